@@ -1,0 +1,226 @@
+"""The `chatarchief` command line: parse, call, print. No logic lives here.
+
+Contract (other tools script against it; see DESIGN.md): exit 0 on success, 1
+when the log or a package is tampered with or inconsistent (first bad record
+named), 2 for usage and configuration errors (one line on stderr naming what is
+wrong and how to fix it). Tracebacks are never the user interface; set
+CHATARCHIEF_DEBUG=1 to see one for an unexpected internal error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
+
+from bridge import config
+from bridge.errors import ChatarchiefError, LogIntegrityError, UsageError
+from bridge.importer import ImportFormat, import_file
+from bridge.log import keys as keyfile
+from bridge.log.keys import KeyMaterial
+from bridge.log.store import CheckpointPolicy, LogStore, initialise
+from bridge.log.verify import verify_log
+
+app = typer.Typer(
+    name="chatarchief",
+    help="Archive officials' business chats into an encrypted, tamper-evident log.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True, highlight=False)
+
+T = TypeVar("T")
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file (flags override it).")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Directory holding the log.")]
+KeyFileOpt = Annotated[Path | None, typer.Option("--key-file", help="Key file (kept outside the data dir).")]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    for line in message.splitlines() or [message]:
+        err.print(f"[bold red]error:[/] {line}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn: Callable[[], T]) -> T:
+    """Turn our errors into one line and an exit code; never a traceback."""
+    try:
+        return fn()
+    except LogIntegrityError as exc:
+        err.print(f"[bold red]TAMPERED:[/] {exc}", markup=True, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except UsageError as exc:
+        _fail(str(exc), 2)
+    except ChatarchiefError as exc:
+        _fail(str(exc), 1)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except OSError as exc:
+        if os.environ.get("CHATARCHIEF_DEBUG"):
+            raise
+        _fail(f"{exc.filename or ''} {exc.strerror or exc}".strip(), 1)
+
+
+def _run(coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    return _guard(lambda: asyncio.run(coro()))
+
+
+def _settings(path: Path | None) -> config.Settings:
+    return _guard(lambda: config.load(path))
+
+
+def _paths(
+    settings: config.Settings, data_dir: Path | None, key_file: Path | None, need_key: bool = True
+) -> tuple[Path, Path | None]:
+    dd = data_dir or settings.storage.data_dir
+    kf = key_file or settings.storage.key_file
+    if need_key and kf is None:
+        _fail("a key file is needed: pass --key-file PATH or set storage.key_file in the config", 2)
+    return dd, kf
+
+
+def _load_keys(key_file: Path, data_dir: Path) -> KeyMaterial:
+    def load() -> KeyMaterial:
+        keyfile.ensure_outside(key_file, data_dir)
+        return keyfile.load(key_file)
+
+    return _guard(load)
+
+
+def _policy(settings: config.Settings) -> CheckpointPolicy:
+    s = settings.storage
+    return CheckpointPolicy(every_records=s.checkpoint_every_records, every_seconds=s.checkpoint_every_seconds)
+
+
+@app.command()
+def init(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_file: ConfigOpt = None) -> None:
+    """Create keys and an empty log. Never overwrites; writes the public key to KEY_FILE.pub."""
+    settings = _settings(config_file)
+    dd, kf = _paths(settings, data_dir, key_file)
+    assert kf is not None
+
+    def create() -> tuple[KeyMaterial, Path]:
+        keyfile.ensure_outside(kf, dd)
+        if (dd / "log.sqlite3").exists():
+            raise UsageError(f"{dd} already holds a log; refusing to overwrite it")
+        if kf.exists():
+            raise UsageError(f"{kf} already exists; refusing to overwrite a key file")
+        kf.parent.mkdir(parents=True, exist_ok=True)
+        material = keyfile.generate(os.urandom(16))
+        pub = keyfile.write_new(kf, material)
+        initialise(dd, material)
+        return material, pub
+
+    material, pub = _guard(create)
+    out.print(f"created log {material.log_id.hex()} in {dd}")
+    out.print(f"key file:   {kf} (mode 0600; keep a copy in escrow, never inside the data dir)")
+    out.print(f"public key: {pub}")
+    out.print(f"            {material.vkey()}")
+
+
+@app.command("import")
+def import_cmd(
+    file: Annotated[Path, typer.Argument(help="File to import, one event per line.")],
+    fmt: Annotated[ImportFormat, typer.Option("--format", help="Input format.")] = ImportFormat.MATRIX_JSONL,
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Append events from a file; bad lines are kept as `unknown`. Ends with a signed checkpoint."""
+    settings = _settings(config_file)
+    dd, kf = _paths(settings, data_dir, key_file)
+    assert kf is not None
+    material = _load_keys(kf, dd)
+    if not file.is_file():
+        _fail(f"{file} is not a readable file", 2)
+    total = file.stat().st_size
+
+    async def go() -> Any:
+        async with await LogStore.open(dd, material, _policy(settings)) as store:
+            if not err.is_terminal:
+                return await import_file(store, file, fmt)
+            columns = (TextColumn("importing"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
+            with Progress(*columns, console=err, transient=True) as bar:
+                task = bar.add_task("import", total=total)
+                return await import_file(store, file, fmt, lambda n: bar.update(task, completed=n))
+
+    counts = _run(go)
+    out.print(
+        f"imported {counts.lines} lines: appended {counts.appended}, duplicates {counts.duplicates},"
+        f" unknown {counts.unknown}"
+    )
+
+
+@app.command()
+def verify(
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    public_key: Annotated[
+        Path | None, typer.Option("--public-key", help="Expected signing key (.pub); default: the log's own.")
+    ] = None,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Check integrity, order and checkpoints (with --key-file: decrypt and check every record too).
+
+    Exit 0 intact, 1 tampered or inconsistent (first bad record named), 2 usage error.
+    """
+    settings = _settings(config_file)
+    dd, kf = _paths(settings, data_dir, key_file, need_key=False)
+    material = _load_keys(kf, dd) if kf is not None else None
+    pub = _guard(lambda: keyfile.load_public(public_key)) if public_key is not None else None
+    report = _guard(lambda: verify_log(dd, material, pub))
+    out.print(f"[green]intact[/]: {report.records} records, {report.checkpoints} signed checkpoints")
+    out.print(f"root {report.root.hex()} signed by {report.signer}")
+    if report.decrypted is not None:
+        kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.kinds.items())) or "none"
+        out.print(f"decrypted and checked {report.decrypted} records ({kinds})")
+    else:
+        out.print("records not decrypted (no --key-file): integrity, order and signatures only")
+    if public_key is None and material is None:
+        out.print("[yellow]note[/]: checked against the log's own public key; pass --public-key to pin it")
+    if report.unsealed:
+        out.print(
+            f"[yellow]note[/]: {report.unsealed} records after the last checkpoint are not sealed yet"
+            " (a crash can leave these; the next run or import seals them)"
+        )
+
+
+@app.command("rotate-key")
+def rotate_key(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_file: ConfigOpt = None) -> None:
+    """Start a new data key; records already written stay readable with their old key."""
+    settings = _settings(config_file)
+    dd, kf = _paths(settings, data_dir, key_file)
+    assert kf is not None
+    material = _load_keys(kf, dd)
+
+    async def go() -> int:
+        async with await LogStore.open(dd, material) as store:
+            return await store.rotate_data_key()
+
+    out.print(f"new data key {_run(go)} is now used for new records")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except BaseException as exc:  # last resort: one line, not a traceback
+        if os.environ.get("CHATARCHIEF_DEBUG"):
+            raise
+        err.print(f"error: internal error ({type(exc).__name__}): {exc}; rerun with CHATARCHIEF_DEBUG=1")
+        sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+"""Configuration: a TOML file plus `CHATARCHIEF_*` environment overrides.
+
+Parsed once into a frozen, typed `Settings`. Precedence, highest first: command
+line flags (applied by the CLI), environment (`CHATARCHIEF_STORAGE__DATA_DIR`,
+nested with a double underscore), the TOML file, defaults. Unknown keys, wrong
+types and values left as `CHANGE_ME` from the example are refused with one line
+per problem naming the key, what is wrong and how to fix it (`ConfigError`; the
+CLI exits 2). Every key is documented in config/chatarchief.example.toml.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bridge.errors import ConfigError
+
+PLACEHOLDER = "CHANGE_ME"
+EXAMPLE = "config/chatarchief.example.toml"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class StorageSettings(_Section):
+    data_dir: Path = Path("data")
+    key_file: Path | None = None
+    checkpoint_every_records: int = Field(10_000, ge=1)
+    checkpoint_every_seconds: float = Field(60.0, gt=0)
+
+
+class MatrixSettings(_Section):
+    homeserver: str
+    user_id: str
+    password_file: Path | None = None
+    access_token_file: Path | None = None
+    device_name: str = "chatarchief"
+    allowed_inviters: tuple[str, ...] = ()
+    rooms: tuple[str, ...] = ()
+    store_dir: Path | None = None
+    max_media_bytes: int = Field(100 * 1024 * 1024, ge=0)
+    sync_timeout_ms: int = Field(30_000, ge=0)
+
+    @field_validator("homeserver")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not v.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL such as https://matrix.example.org")
+        return v.rstrip("/")
+
+    @field_validator("user_id")
+    @classmethod
+    def _mxid(cls, v: str) -> str:
+        if not (v.startswith("@") and ":" in v):
+            raise ValueError("must be a full Matrix user id such as @archive:example.org")
+        return v
+
+    @model_validator(mode="after")
+    def _one_credential(self) -> MatrixSettings:
+        if (self.password_file is None) == (self.access_token_file is None):
+            raise ValueError("set exactly one of password_file or access_token_file")
+        return self
+
+
+class SignalSettings(_Section):
+    endpoint: str
+    account: str | None = None
+    max_disconnected_seconds: float = Field(300.0, gt=0)
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not v.startswith(("unix://", "tcp://", "http://", "https://", "ws://", "wss://")):
+            raise ValueError("must start with unix://, tcp://, http(s):// or ws(s)://")
+        return v
+
+
+class ArchiveSettings(_Section):
+    destination: Path = Path("archive")
+    #: Cron fields "minute hour day month day_of_week" in `timezone`.
+    schedule: str = "0 2 1 * *"
+    timezone: str = "Europe/Amsterdam"
+
+
+class OrganisationSettings(_Section):
+    name: str = "Demo-ministerie"
+    archive_creator_id: str = "demo"
+    #: MDTO waardering: "V" (vernietigen, with a term) or "B" (blijvend bewaren).
+    appraisal: Literal["B", "V"] = "B"
+    retention_years: int | None = Field(None, ge=1)
+
+
+class LoggingSettings(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    format: Literal["json", "text"] = "json"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="CHATARCHIEF_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    storage: StorageSettings = StorageSettings()
+    matrix: MatrixSettings | None = None
+    signal: SignalSettings | None = None
+    archive: ArchiveSettings = ArchiveSettings()
+    organisation: OrganisationSettings = OrganisationSettings()
+    logging: LoggingSettings = LoggingSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment overrides the file (passed as init kwargs).
+        return (env_settings, init_settings)
+
+
+def load(path: Path | None) -> Settings:
+    """Read and validate the config file (None: defaults + environment only)."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        data = _read_toml(path)
+        placeholders = list(_placeholders(data))
+        if placeholders:
+            raise ConfigError(
+                "\n".join(
+                    f"{path}: '{key}' still holds the example placeholder {PLACEHOLDER}; set a real value"
+                    for key in placeholders
+                )
+            )
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        where = str(path) if path is not None else "environment"
+        raise ConfigError("\n".join(_describe(where, err) for err in exc.errors())) from None
+
+
+def _placeholders(data: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose value still contains the example's placeholder."""
+    found: list[str] = []
+    if isinstance(data, dict):
+        for key, value in data.items():
+            found += _placeholders(value, f"{prefix}{key}.")
+    elif isinstance(data, list):
+        for value in data:
+            found += _placeholders(value, prefix)
+    elif isinstance(data, str) and PLACEHOLDER in data:
+        found.append(prefix.rstrip("."))
+    return found
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist; copy {EXAMPLE} and edit it") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    try:
+        return tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _describe(where: str, err: Any) -> str:
+    loc = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int))
+    kind = err.get("type", "")
+    msg = str(err.get("msg", "invalid"))
+    if kind == "extra_forbidden":
+        return f"{where}: unknown key '{loc}'; check its spelling against {EXAMPLE}"
+    if kind == "missing":
+        return f"{where}: '{loc}' is required; see {EXAMPLE}"
+    if msg.startswith("Value error, "):
+        msg = msg[len("Value error, ") :]
+    got = err.get("input")
+    shown = "" if isinstance(got, dict) or got is None else f" (got {str(got)[:60]!r})"
+    return f"{where}: '{loc}' {msg[0].lower() + msg[1:]}{shown}; see {EXAMPLE}"

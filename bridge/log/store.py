@@ -1,0 +1,495 @@
+"""The append-only log on SQLite (aiosqlite, WAL, synchronous=FULL).
+
+Theory of operation
+-------------------
+One writer. `append_events` is the group commit: a batch of events (one sync
+batch, 256 import lines) becomes one transaction that inserts the new records,
+stores the source's cursor (e.g. Matrix `next_batch`) and the tree frontier, and
+maybe signs a checkpoint. The caller acknowledges upstream only after it returns,
+so a crash loses nothing (the cursor did not advance) and duplicates nothing
+(re-delivered events hit the dedup index and are counted, not stored).
+
+Sequence numbers are gapless and assigned in memory under the writer lock; if
+the commit fails (disk full, I/O error) the in-memory state is rolled back with
+the transaction, so the next attempt reuses the same numbers.
+
+Tables: `meta` (log id, public key, KEK check, frontier), `keys` (data keys
+wrapped by the KEK), `records` (seq, dedup tag, header, commitment, ciphertext,
+leaf hash), `checkpoints` (signed notes), `cursors`, `counters`. Triggers forbid
+UPDATE and DELETE on records and checkpoints: not a security boundary (whoever
+owns the file can drop them) but it stops accidents; `verify` is the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiosqlite
+
+from bridge.errors import KeyFileError, StorageError, UsageError
+from bridge.events import Event, canonical_bytes, event_from_bytes
+from bridge.log import checkpoint, crypto, format, merkle
+from bridge.log.keys import KeyMaterial
+
+DB_NAME = "log.sqlite3"
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
+CREATE TABLE keys (
+    key_id INTEGER PRIMARY KEY, purpose TEXT NOT NULL, created_ms INTEGER NOT NULL, wrapped BLOB NOT NULL);
+CREATE TABLE records (
+    seq INTEGER PRIMARY KEY, dedup BLOB NOT NULL UNIQUE, header BLOB NOT NULL,
+    commitment BLOB NOT NULL, body BLOB NOT NULL, leaf BLOB NOT NULL);
+CREATE TABLE checkpoints (size INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, note TEXT NOT NULL);
+CREATE TABLE cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TRIGGER records_no_update BEFORE UPDATE ON records BEGIN SELECT RAISE(ABORT, 'append-only'); END;
+CREATE TRIGGER records_no_delete BEFORE DELETE ON records BEGIN SELECT RAISE(ABORT, 'append-only'); END;
+CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'append-only'); END;
+CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'append-only'); END;
+"""
+
+INDEX_PURPOSE = "index"
+DATA_PURPOSE = "data"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointPolicy:
+    """Sign a checkpoint after `every_records` new records or `every_seconds`."""
+
+    every_records: int = 10_000
+    every_seconds: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    appended: int
+    duplicates: int
+    #: Sequence numbers of the appended records, in input order (duplicates skipped).
+    seqs: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRecord:
+    seq: int
+    header: format.RecordHeader
+    header_bytes: bytes
+    commitment: bytes
+    body: bytes
+
+
+def db_path(data_dir: Path) -> Path:
+    return data_dir / DB_NAME
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _connect_sync(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    return conn
+
+
+def initialise(data_dir: Path, keys: KeyMaterial) -> None:
+    """Create an empty log in `data_dir` (which must not hold one already)."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = db_path(data_dir)
+    if path.exists():
+        raise UsageError(f"{path} already exists; refusing to overwrite an existing log")
+    conn = _connect_sync(path)
+    try:
+        conn.executescript(_SCHEMA)
+        created = now_ms()
+        conn.execute("BEGIN")
+        meta = {
+            "schema_version": str(SCHEMA_VERSION).encode(),
+            "log_id": keys.log_id,
+            "vkey": keys.vkey().encode("ascii"),
+            "kek_check": crypto.kek_check(keys.kek, keys.log_id),
+            "current_data_key": b"1",
+        }
+        conn.executemany("INSERT INTO meta (k, v) VALUES (?, ?)", list(meta.items()))
+        for key_id, purpose in ((0, INDEX_PURPOSE), (1, DATA_PURPOSE)):
+            wrapped = crypto.wrap_key(keys.kek, keys.log_id, key_id, purpose, crypto.random_key())
+            conn.execute(
+                "INSERT INTO keys (key_id, purpose, created_ms, wrapped) VALUES (?, ?, ?, ?)",
+                (key_id, purpose, created, wrapped),
+            )
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def unwrap_keys(rows: Sequence[tuple[int, str, bytes]], keys: KeyMaterial) -> tuple[bytes, dict[int, bytes]]:
+    """(index key, {key_id: data key}) from the keys table; raises crypto.AuthError."""
+    index_key = b""
+    data_keys: dict[int, bytes] = {}
+    for key_id, purpose, wrapped in rows:
+        key = crypto.unwrap_key(keys.kek, keys.log_id, key_id, purpose, wrapped)
+        if purpose == INDEX_PURPOSE:
+            index_key = key
+        else:
+            data_keys[key_id] = key
+    if not index_key:
+        raise crypto.AuthError("the index key is missing")
+    return index_key, data_keys
+
+
+def check_key_matches(meta: dict[str, bytes], keys: KeyMaterial) -> None:
+    """Tell a wrong key file apart from a tampered log before anything else."""
+    if meta.get("log_id") != keys.log_id:
+        found = meta.get("log_id", b"").hex()
+        raise KeyFileError(
+            f"the key file belongs to log {keys.log_id.hex()}, but this data dir holds log {found};"
+            " pass the key file that `init` wrote for this data dir"
+        )
+    if not crypto.hmac_equal(meta.get("kek_check", b""), crypto.kek_check(keys.kek, keys.log_id)):
+        raise KeyFileError("the key file does not match this data dir (wrong key-encryption key)")
+
+
+def frontier_bytes(frontier: merkle.Frontier) -> bytes:
+    """Serialise the right edge of the tree: size (u64) then its subtree hashes."""
+    return frontier.size.to_bytes(8, "big") + b"".join(frontier.hashes)
+
+
+def frontier_from_bytes(data: bytes) -> merkle.Frontier:
+    size = int.from_bytes(data[:8], "big")
+    body = data[8:]
+    hashes = [body[i : i + format.HASH_BYTES] for i in range(0, len(body), format.HASH_BYTES)]
+    return merkle.Frontier.from_hashes(size, hashes)
+
+
+def conversation_tag(index_key: bytes, source: str, conversation: str) -> bytes:
+    return crypto.keyed_tag(index_key, "conversation", source, conversation)
+
+
+def dedup_tag(index_key: bytes, source: str, conversation: str, event_id: str) -> bytes:
+    return crypto.keyed_tag(index_key, "event", source, conversation, event_id)
+
+
+class LogStore:
+    """The writer. Use as `async with await LogStore.open(dir, keys) as store:`."""
+
+    def __init__(
+        self,
+        conn: aiosqlite.Connection,
+        keys: KeyMaterial,
+        index_key: bytes,
+        data_keys: dict[int, bytes],
+        current_key: int,
+        frontier: merkle.Frontier,
+        prev_leaf: bytes,
+        last_checkpoint: tuple[int, int],
+        policy: CheckpointPolicy,
+    ) -> None:
+        self._conn = conn
+        self._keys = keys
+        self._index_key = index_key
+        self._data_keys = data_keys
+        self._current_key = current_key
+        self._frontier = frontier
+        self._prev_leaf = prev_leaf
+        self._last_cp_size, self._last_cp_ms = last_checkpoint
+        self._policy = policy
+        self._lock = asyncio.Lock()
+
+    # -- opening -----------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy | None = None
+    ) -> LogStore:
+        path = db_path(data_dir)
+        if not path.exists():
+            raise UsageError(f"no log in {data_dir}; create one with `chatarchief init`")
+        conn = await aiosqlite.connect(path, isolation_level=None)
+        try:
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=FULL")
+            return await cls._load(conn, keys, policy or CheckpointPolicy())
+        except BaseException:
+            await conn.close()
+            raise
+
+    @classmethod
+    async def _load(cls, conn: aiosqlite.Connection, keys: KeyMaterial, policy: CheckpointPolicy) -> LogStore:
+        meta = {k: bytes(v) async for k, v in await conn.execute("SELECT k, v FROM meta")}
+        if meta.get("schema_version") != str(SCHEMA_VERSION).encode():
+            raise StorageError(f"unsupported log schema {meta.get('schema_version')!r}")
+        check_key_matches(meta, keys)
+        rows = [(int(r[0]), str(r[1]), bytes(r[2])) async for r in await conn.execute(
+            "SELECT key_id, purpose, wrapped FROM keys ORDER BY key_id")]
+        try:
+            index_key, data_keys = unwrap_keys(rows, keys)
+        except crypto.AuthError as exc:
+            raise StorageError(f"the data keys in the log do not unwrap: {exc}; run `chatarchief verify`") from None
+        current = int(meta["current_data_key"])
+        frontier, prev = await cls._load_frontier(conn, meta)
+        async with conn.execute("SELECT size, created_ms FROM checkpoints ORDER BY size DESC LIMIT 1") as cur:
+            row = await cur.fetchone()
+        last_cp = (int(row[0]), int(row[1])) if row else (0, 0)
+        return cls(conn, keys, index_key, data_keys, current, frontier, prev, last_cp, policy)
+
+    @staticmethod
+    async def _load_frontier(conn: aiosqlite.Connection, meta: dict[str, bytes]) -> tuple[merkle.Frontier, bytes]:
+        async with conn.execute("SELECT seq, leaf FROM records ORDER BY seq DESC LIMIT 1") as cur:
+            row = await cur.fetchone()
+        size = int(row[0]) + 1 if row else 0
+        prev = bytes(row[1]) if row else format.GENESIS_PREV
+        saved = meta.get("frontier")
+        if saved is not None:
+            frontier = frontier_from_bytes(saved)
+            if frontier.size == size:
+                return frontier, prev
+        # The frontier is written in the same transaction as the records, so this
+        # only runs on a log from before that or one damaged by hand: rebuild.
+        frontier = merkle.Frontier()
+        async with conn.execute("SELECT leaf FROM records ORDER BY seq") as cur:
+            async for (leaf,) in cur:
+                frontier.append(bytes(leaf))
+        return frontier, prev
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    # -- reading -----------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return self._frontier.size
+
+    @property
+    def keys(self) -> KeyMaterial:
+        return self._keys
+
+    async def get_cursor(self, name: str) -> str | None:
+        async with self._conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def counter(self, name: str) -> int:
+        async with self._conn.execute("SELECT value FROM counters WHERE name = ?", (name,)) as cur:
+            row = await cur.fetchone()
+        return 0 if row is None else int(row[0])
+
+    async def latest_checkpoint(self) -> str | None:
+        async with self._conn.execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1") as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def contains(self, source: str, conversation: str, event_id: str) -> bool:
+        tag = dedup_tag(self._index_key, source, conversation, event_id)
+        async with self._conn.execute("SELECT 1 FROM records WHERE dedup = ?", (tag,)) as cur:
+            return await cur.fetchone() is not None
+
+    async def read_events(self, start: int = 0, stop: int | None = None) -> list[tuple[int, Event]]:
+        """Decrypt records [start, stop) that hold events (for tools; not the verifier)."""
+        out: list[tuple[int, Event]] = []
+        sql = "SELECT seq, header, commitment, body FROM records WHERE seq >= ? AND seq < ? ORDER BY seq"
+        async with self._conn.execute(sql, (start, stop if stop is not None else self.size)) as cur:
+            async for seq, header, commit, body in cur:
+                hdr = format.unpack_header(bytes(header))
+                payload = format.open_record(
+                    self._keys.log_id, self._data_keys, hdr, bytes(header), bytes(commit), bytes(body)
+                )
+                if hdr.type == format.RecordType.EVENT:
+                    out.append((int(seq), event_from_bytes(payload)))
+        return out
+
+    # -- writing -----------------------------------------------------------------
+
+    async def append_events(
+        self, events: Sequence[Event], cursor: tuple[str, str] | None = None
+    ) -> AppendResult:
+        """Group commit: append new events and store `cursor` in one transaction.
+
+        Returns after the transaction is durable (fsync'd WAL). Events already in
+        the log, or repeated within the batch, are counted as duplicates.
+        """
+        entries = [
+            (format.RecordType.EVENT, e.source, e.conversation, e.event_id, canonical_bytes(e)) for e in events
+        ]
+        return await self.append_records(entries, cursor)
+
+    async def append_records(
+        self,
+        entries: Sequence[tuple[format.RecordType, str, str, str, bytes]],
+        cursor: tuple[str, str] | None = None,
+    ) -> AppendResult:
+        """Append (type, source, conversation, id, payload) entries; see `append_events`."""
+        async with self._lock:
+            tags = [dedup_tag(self._index_key, s, c, i) for _, s, c, i, _ in entries]
+            existing = await self._existing(tags)
+            saved = (self._frontier.copy(), self._prev_leaf)
+            rows: list[tuple[int, bytes, bytes, bytes, bytes, bytes]] = []
+            seen: set[bytes] = set()
+            for (rtype, source, conv, _, payload), tag in zip(entries, tags, strict=True):
+                if tag in existing or tag in seen:
+                    continue
+                seen.add(tag)
+                rows.append(self._seal(rtype, source, conv, payload, tag))
+            duplicates = len(entries) - len(rows)
+            try:
+                await self._commit(rows, duplicates, cursor)
+            except BaseException:
+                self._frontier, self._prev_leaf = saved
+                raise
+            return AppendResult(len(rows), duplicates, tuple(r[0] for r in rows))
+
+    async def _existing(self, tags: list[bytes]) -> set[bytes]:
+        found: set[bytes] = set()
+        for i in range(0, len(tags), 500):
+            chunk = tags[i : i + 500]
+            sql = f"SELECT dedup FROM records WHERE dedup IN ({','.join('?' * len(chunk))})"  # noqa: S608
+            async with self._conn.execute(sql, chunk) as cur:
+                found.update(bytes(r[0]) for r in await cur.fetchall())
+        return found
+
+    def _seal(
+        self, rtype: format.RecordType, source: str, conv: str, payload: bytes, tag: bytes
+    ) -> tuple[int, bytes, bytes, bytes, bytes, bytes]:
+        seq = self._frontier.size
+        header = format.RecordHeader(
+            version=format.FORMAT_VERSION,
+            type=rtype,
+            seq=seq,
+            appended_ms=now_ms(),
+            key_id=self._current_key,
+            conversation_tag=conversation_tag(self._index_key, source, conv),
+            nonce=crypto.random_nonce(),
+            prev_leaf=self._prev_leaf,
+        ).pack()
+        plaintext = crypto.random_salt() + payload
+        commit = format.commitment(plaintext)
+        body = crypto.seal(
+            self._data_keys[self._current_key],
+            header[format.NONCE_OFFSET : format.NONCE_OFFSET + crypto.NONCE_BYTES],  # the header's nonce
+            plaintext,
+            format.associated_data(self._keys.log_id, header, commit),
+        )
+        leaf = format.leaf_of(header, commit, body)
+        self._frontier.append(leaf)
+        self._prev_leaf = leaf
+        return (seq, tag, header, commit, body, leaf)
+
+    async def _commit(
+        self,
+        rows: list[tuple[int, bytes, bytes, bytes, bytes, bytes]],
+        duplicates: int,
+        cursor: tuple[str, str] | None,
+    ) -> None:
+        conn = self._conn
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
+                if rows:
+                    await conn.executemany(
+                        "INSERT INTO records (seq, dedup, header, commitment, body, leaf)"
+                        " VALUES (?, ?, ?, ?, ?, ?)",
+                        rows,
+                    )
+                    await conn.execute(
+                        "INSERT OR REPLACE INTO meta (k, v) VALUES ('frontier', ?)", (frontier_bytes(self._frontier),)
+                    )
+                if duplicates:
+                    await conn.execute(
+                        "INSERT INTO counters (name, value) VALUES ('duplicates', ?)"
+                        " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                        (duplicates,),
+                    )
+                if cursor is not None:
+                    await conn.execute(
+                        "INSERT OR REPLACE INTO cursors (name, value, updated_ms) VALUES (?, ?, ?)",
+                        (cursor[0], cursor[1], now_ms()),
+                    )
+                if self._checkpoint_due():
+                    await self._insert_checkpoint()
+                await conn.execute("COMMIT")
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not commit to the log: {exc}") from exc
+
+    def _checkpoint_due(self) -> bool:
+        pending = self._frontier.size - self._last_cp_size
+        if pending <= 0:
+            return False
+        if pending >= self._policy.every_records:
+            return True
+        return (now_ms() - self._last_cp_ms) >= self._policy.every_seconds * 1000
+
+    async def _insert_checkpoint(self) -> str:
+        created = now_ms()
+        cp = checkpoint.Checkpoint(
+            origin=self._keys.key_name, size=self._frontier.size, root=self._frontier.root(), timestamp_ms=created
+        )
+        note = checkpoint.sign_checkpoint(cp, self._keys.key_name, self._keys.signing_key)
+        await self._conn.execute(
+            "INSERT INTO checkpoints (size, created_ms, note) VALUES (?, ?, ?)", (cp.size, created, note)
+        )
+        self._last_cp_size, self._last_cp_ms = cp.size, created
+        return note
+
+    async def checkpoint(self) -> str:
+        """Sign a checkpoint of the current tree now (if the tree grew); returns the latest note."""
+        async with self._lock:
+            if self._frontier.size == self._last_cp_size and self._last_cp_ms:
+                note = await self.latest_checkpoint()
+                assert note is not None
+                return note
+            try:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    note = await self._insert_checkpoint()
+                    await self._conn.execute("COMMIT")
+                except BaseException:
+                    await self._conn.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise StorageError(f"could not write a checkpoint: {exc}") from exc
+            return note
+
+    async def rotate_data_key(self) -> int:
+        """Add a new data key and make it current; old keys stay for reading."""
+        async with self._lock:
+            new_id = max(self._data_keys) + 1
+            key = crypto.random_key()
+            wrapped = crypto.wrap_key(self._keys.kek, self._keys.log_id, new_id, DATA_PURPOSE, key)
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                await self._conn.execute(
+                    "INSERT INTO keys (key_id, purpose, created_ms, wrapped) VALUES (?, ?, ?, ?)",
+                    (new_id, DATA_PURPOSE, now_ms(), wrapped),
+                )
+                await self._conn.execute(
+                    "UPDATE meta SET v = ? WHERE k = 'current_data_key'", (str(new_id).encode(),)
+                )
+                await self._conn.execute("COMMIT")
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            self._data_keys[new_id] = key
+            self._current_key = new_id
+            return new_id

@@ -1,0 +1,237 @@
+"""Offline verification of a log (an fsck that trusts nothing the store says).
+
+`verify_log` opens the database read-only and recomputes everything from the
+stored bytes: every header parses and carries its own position, the hash chain
+links each record to the one before, every leaf hash matches the stored bytes,
+every checkpoint signature verifies against the expected public key and every
+checkpoint's root equals the root recomputed from the leaves. Without keys that
+proves integrity, order and completeness up to the last checkpoint; with the key
+file it also decrypts every record, checks the AEAD tag, the plaintext
+commitment and that each event sits under the conversation and dedup tags it
+claims.
+
+The first failure raises `LogIntegrityError` naming the first bad sequence
+number (or the checkpoint's tree size). Records after the last checkpoint are
+reported as unsealed: a crash can leave such a tail legitimately, and the next
+`run`/`import` seals it.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from bridge.errors import LogIntegrityError, StorageError
+from bridge.events import EncodingError, event_from_bytes
+from bridge.log import checkpoint, crypto, format, merkle
+from bridge.log.keys import KeyMaterial
+from bridge.log.store import check_key_matches, conversation_tag, db_path, dedup_tag, unwrap_keys
+
+Progress = Callable[[int], None]
+
+
+@dataclass
+class VerifyReport:
+    records: int = 0
+    checkpoints: int = 0
+    sealed_size: int = 0
+    decrypted: int | None = None
+    signer: str = ""
+    root: bytes = b""
+    kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def unsealed(self) -> int:
+        return self.records - self.sealed_size
+
+
+@dataclass(frozen=True)
+class _Secrets:
+    log_id: bytes
+    index_key: bytes
+    data_keys: dict[int, bytes]
+
+
+def open_readonly(data_dir: Path) -> sqlite3.Connection:
+    path = db_path(data_dir)
+    if not path.exists():
+        raise StorageError(f"no log at {path}; is --data-dir right?")
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        conn.execute("SELECT 1 FROM meta LIMIT 1")
+    except sqlite3.DatabaseError as exc:
+        raise StorageError(f"{path} is not a readable Chatarchief log: {exc}") from None
+    return conn
+
+
+def verify_log(
+    data_dir: Path,
+    keys: KeyMaterial | None = None,
+    public_key: tuple[str, Ed25519PublicKey] | None = None,
+    progress: Progress | None = None,
+) -> VerifyReport:
+    conn = open_readonly(data_dir)
+    try:
+        return _verify(conn, keys, public_key, progress)
+    except sqlite3.DatabaseError as exc:
+        # A corrupt page is evidence of damage, not a usage error.
+        raise LogIntegrityError(None, f"the database file is damaged: {exc}") from None
+    finally:
+        conn.close()
+
+
+def _verify(
+    conn: sqlite3.Connection,
+    keys: KeyMaterial | None,
+    public_key: tuple[str, Ed25519PublicKey] | None,
+    progress: Progress | None,
+) -> VerifyReport:
+    meta = {str(k): bytes(v) for k, v in conn.execute("SELECT k, v FROM meta")}
+    name, pub = _signer(meta, keys, public_key)
+    secrets = _unlock(conn, meta, keys) if keys is not None else None
+    report = VerifyReport(signer=checkpoint.format_vkey(name, pub), decrypted=0 if secrets else None)
+    checkpoints = _checked_checkpoints(conn, name, pub)
+    report.checkpoints = len(checkpoints)
+    frontier = merkle.Frontier()
+    prev = format.GENESIS_PREV
+    cp_iter = iter(checkpoints)
+    next_cp = next(cp_iter, None)
+    rows = conn.execute("SELECT seq, dedup, header, commitment, body, leaf FROM records ORDER BY seq")
+    for seq, dedup, header_b, commit, body, stored_leaf in rows:
+        i = frontier.size
+        if seq != i:
+            raise LogIntegrityError(i, f"record is missing (the next stored record is {seq})")
+        leaf = _check_record(i, bytes(header_b), bytes(commit), bytes(body), bytes(stored_leaf), prev)
+        if secrets is not None:
+            kind = _check_plaintext(i, secrets, bytes(header_b), bytes(commit), bytes(body), bytes(dedup))
+            report.kinds[kind] = report.kinds.get(kind, 0) + 1
+            report.decrypted = (report.decrypted or 0) + 1
+        frontier.append(leaf)
+        prev = leaf
+        while next_cp is not None and next_cp.size == frontier.size:
+            _check_root(next_cp, frontier)
+            report.sealed_size = next_cp.size
+            next_cp = next(cp_iter, None)
+        if progress is not None and i % 4096 == 0:
+            progress(i)
+    report.records = frontier.size
+    report.root = frontier.root()
+    if next_cp is not None:
+        raise LogIntegrityError(
+            frontier.size,
+            f"log truncated: a signed checkpoint covers {next_cp.size} records but only {frontier.size} are stored",
+        )
+    return report
+
+
+def _signer(
+    meta: dict[str, bytes], keys: KeyMaterial | None, public_key: tuple[str, Ed25519PublicKey] | None
+) -> tuple[str, Ed25519PublicKey]:
+    """The key checkpoints must be signed with: given by the operator, else the log's own."""
+    try:
+        stored = checkpoint.parse_vkey(meta["vkey"].decode("ascii"))
+    except (KeyError, UnicodeDecodeError, checkpoint.CheckpointError) as exc:
+        raise LogIntegrityError(None, f"the log's public key entry is damaged: {exc}") from None
+    expected = public_key or ((keys.key_name, keys.public_key) if keys else None)
+    if expected is None:
+        return stored
+    if checkpoint.format_vkey(*expected) != checkpoint.format_vkey(*stored):
+        raise LogIntegrityError(
+            None,
+            "the log claims another signing key than the one given",
+            expected=checkpoint.format_vkey(*expected),
+            found=checkpoint.format_vkey(*stored),
+        )
+    return expected
+
+
+def _unlock(conn: sqlite3.Connection, meta: dict[str, bytes], keys: KeyMaterial) -> _Secrets:
+    check_key_matches(meta, keys)
+    rows = [(int(k), str(p), bytes(w)) for k, p, w in conn.execute(
+        "SELECT key_id, purpose, wrapped FROM keys ORDER BY key_id")]
+    try:
+        index_key, data_keys = unwrap_keys(rows, keys)
+    except crypto.AuthError as exc:
+        raise LogIntegrityError(None, f"key table altered: {exc}") from None
+    return _Secrets(keys.log_id, index_key, data_keys)
+
+
+def _checked_checkpoints(
+    conn: sqlite3.Connection, name: str, pub: Ed25519PublicKey
+) -> list[checkpoint.Checkpoint]:
+    out: list[checkpoint.Checkpoint] = []
+    for size, note in conn.execute("SELECT size, note FROM checkpoints ORDER BY size"):
+        try:
+            cp = checkpoint.verify_checkpoint_note(str(note), name, pub)
+        except checkpoint.CheckpointError as exc:
+            raise LogIntegrityError(size, f"checkpoint for tree size {size} does not verify: {exc}") from None
+        if cp.size != size:
+            raise LogIntegrityError(
+                size, "checkpoint's stored tree size differs from the signed one", str(cp.size), str(size)
+            )
+        if cp.origin != name:
+            raise LogIntegrityError(size, "checkpoint is for another log", name, cp.origin)
+        out.append(cp)
+    return out
+
+
+def _check_record(
+    seq: int, header_b: bytes, commit: bytes, body: bytes, stored_leaf: bytes, prev: bytes
+) -> bytes:
+    try:
+        header = format.unpack_header(header_b)
+    except format.FormatError as exc:
+        raise LogIntegrityError(seq, f"header does not parse: {exc}") from None
+    if header.seq != seq:
+        raise LogIntegrityError(seq, "record is out of place (swapped or moved)", str(seq), str(header.seq))
+    if len(commit) != format.HASH_BYTES:
+        raise LogIntegrityError(seq, "commitment has the wrong length")
+    leaf = format.leaf_of(header_b, commit, body)
+    if not crypto.hmac_equal(leaf, stored_leaf):
+        raise LogIntegrityError(seq, "stored bytes do not match the record's leaf hash", stored_leaf.hex(), leaf.hex())
+    if not crypto.hmac_equal(header.prev_leaf, prev):
+        where = seq - 1 if seq > 0 else seq
+        raise LogIntegrityError(
+            where,
+            f"hash chain broken: record {seq} committed to a different record {where}",
+            header.prev_leaf.hex(),
+            prev.hex(),
+        )
+    return leaf
+
+
+def _check_plaintext(
+    seq: int, secrets: _Secrets, header_b: bytes, commit: bytes, body: bytes, dedup: bytes
+) -> str:
+    header = format.unpack_header(header_b)
+    try:
+        payload = format.open_record(secrets.log_id, secrets.data_keys, header, header_b, commit, body)
+    except format.RecordAuthError as exc:
+        raise LogIntegrityError(seq, str(exc)) from None
+    if header.type != format.RecordType.EVENT:
+        return header.type.name.lower()
+    try:
+        event = event_from_bytes(payload)
+    except EncodingError as exc:
+        raise LogIntegrityError(seq, f"decrypted payload is not an event: {exc}") from None
+    tag = conversation_tag(secrets.index_key, event.source, event.conversation)
+    if not crypto.hmac_equal(tag, header.conversation_tag):
+        raise LogIntegrityError(seq, "event is filed under another conversation than its header says")
+    if not crypto.hmac_equal(dedup, dedup_tag(secrets.index_key, event.source, event.conversation, event.event_id)):
+        raise LogIntegrityError(seq, "dedup index entry does not belong to this event")
+    return event.kind.value
+
+
+def _check_root(cp: checkpoint.Checkpoint, frontier: merkle.Frontier) -> None:
+    root = frontier.root()
+    if not crypto.hmac_equal(root, cp.root):
+        raise LogIntegrityError(
+            cp.size - 1,
+            f"records up to {cp.size - 1} do not match the signed checkpoint at tree size {cp.size}",
+            cp.root.hex(),
+            root.hex(),
+        )
