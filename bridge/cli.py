@@ -35,8 +35,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True, highlight=False)
+out = Console(soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 T = TypeVar("T")
 
@@ -167,6 +167,10 @@ def verify(
     public_key: Annotated[
         Path | None, typer.Option("--public-key", help="Expected signing key (.pub); default: the log's own.")
     ] = None,
+    pinned: Annotated[
+        list[Path] | None,
+        typer.Option("--checkpoint", help="A checkpoint note kept outside the data dir that the log must extend."),
+    ] = None,
     config_file: ConfigOpt = None,
 ) -> None:
     """Check integrity, order and checkpoints (with --key-file: decrypt and check every record too).
@@ -177,7 +181,8 @@ def verify(
     dd, kf = _paths(settings, data_dir, key_file, need_key=False)
     material = _load_keys(kf, dd) if kf is not None else None
     pub = _guard(lambda: keyfile.load_public(public_key)) if public_key is not None else None
-    report = _guard(lambda: verify_log(dd, material, pub))
+    anchors = [_guard(lambda p=p: p.read_text("utf-8")) for p in pinned or []]
+    report = _guard(lambda: verify_log(dd, material, pub, anchors=anchors))
     out.print(f"[green]intact[/]: {report.records} records, {report.checkpoints} signed checkpoints")
     out.print(f"root {report.root.hex()} signed by {report.signer}")
     if report.decrypted is not None:

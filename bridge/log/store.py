@@ -192,7 +192,7 @@ class LogStore:
         current_key: int,
         frontier: merkle.Frontier,
         prev_leaf: bytes,
-        last_checkpoint: tuple[int, int],
+        last_checkpoint: tuple[int, int],  # (tree size, ms); size -1 when none yet
         policy: CheckpointPolicy,
     ) -> None:
         self._conn = conn
@@ -240,7 +240,8 @@ class LogStore:
         frontier, prev = await cls._load_frontier(conn, meta)
         async with conn.execute("SELECT size, created_ms FROM checkpoints ORDER BY size DESC LIMIT 1") as cur:
             row = await cur.fetchone()
-        last_cp = (int(row[0]), int(row[1])) if row else (0, 0)
+        # No checkpoint yet: count the interval from now, and seal the empty tree on demand.
+        last_cp = (int(row[0]), int(row[1])) if row else (-1, now_ms())
         return cls(conn, keys, index_key, data_keys, current, frontier, prev, last_cp, policy)
 
     @staticmethod
@@ -433,7 +434,7 @@ class LogStore:
             raise StorageError(f"could not commit to the log: {exc}") from exc
 
     def _checkpoint_due(self) -> bool:
-        pending = self._frontier.size - self._last_cp_size
+        pending = self._frontier.size - max(self._last_cp_size, 0)
         if pending <= 0:
             return False
         if pending >= self._policy.every_records:
@@ -455,7 +456,7 @@ class LogStore:
     async def checkpoint(self) -> str:
         """Sign a checkpoint of the current tree now (if the tree grew); returns the latest note."""
         async with self._lock:
-            if self._frontier.size == self._last_cp_size and self._last_cp_ms:
+            if self._frontier.size == self._last_cp_size:
                 note = await self.latest_checkpoint()
                 assert note is not None
                 return note

@@ -19,13 +19,13 @@ reported as unsealed: a crash can leave such a tail legitimately, and the next
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bridge.errors import LogIntegrityError, StorageError
+from bridge.errors import LogIntegrityError, StorageError, UsageError
 from bridge.events import EncodingError, event_from_bytes
 from bridge.log import checkpoint, crypto, format, merkle
 from bridge.log.keys import KeyMaterial
@@ -59,7 +59,7 @@ class _Secrets:
 def open_readonly(data_dir: Path) -> sqlite3.Connection:
     path = db_path(data_dir)
     if not path.exists():
-        raise StorageError(f"no log at {path}; is --data-dir right?")
+        raise UsageError(f"no log at {path}; is --data-dir right?")
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         conn.execute("SELECT 1 FROM meta LIMIT 1")
@@ -73,10 +73,12 @@ def verify_log(
     keys: KeyMaterial | None = None,
     public_key: tuple[str, Ed25519PublicKey] | None = None,
     progress: Progress | None = None,
+    anchors: Sequence[str] = (),
 ) -> VerifyReport:
+    """Verify the log; `anchors` are checkpoint notes kept outside the data dir (pinned)."""
     conn = open_readonly(data_dir)
     try:
-        return _verify(conn, keys, public_key, progress)
+        return _verify(conn, keys, public_key, progress, anchors)
     except sqlite3.DatabaseError as exc:
         # A corrupt page is evidence of damage, not a usage error.
         raise LogIntegrityError(None, f"the database file is damaged: {exc}") from None
@@ -89,13 +91,17 @@ def _verify(
     keys: KeyMaterial | None,
     public_key: tuple[str, Ed25519PublicKey] | None,
     progress: Progress | None,
+    anchors: Sequence[str],
 ) -> VerifyReport:
     meta = {str(k): bytes(v) for k, v in conn.execute("SELECT k, v FROM meta")}
+    if keys is not None:
+        check_key_matches(meta, keys)  # a wrong key file is a usage error, not evidence of tampering
     name, pub = _signer(meta, keys, public_key)
     secrets = _unlock(conn, meta, keys) if keys is not None else None
     report = VerifyReport(signer=checkpoint.format_vkey(name, pub), decrypted=0 if secrets else None)
     checkpoints = _checked_checkpoints(conn, name, pub)
     report.checkpoints = len(checkpoints)
+    checkpoints = sorted([*checkpoints, *(_checked_anchor(a, name, pub) for a in anchors)], key=lambda c: c.size)
     frontier = merkle.Frontier()
     prev = format.GENESIS_PREV
     cp_iter = iter(checkpoints)
@@ -114,7 +120,7 @@ def _verify(
         prev = leaf
         while next_cp is not None and next_cp.size == frontier.size:
             _check_root(next_cp, frontier)
-            report.sealed_size = next_cp.size
+            report.sealed_size = max(report.sealed_size, next_cp.size)
             next_cp = next(cp_iter, None)
         if progress is not None and i % 4096 == 0:
             progress(i)
@@ -150,7 +156,6 @@ def _signer(
 
 
 def _unlock(conn: sqlite3.Connection, meta: dict[str, bytes], keys: KeyMaterial) -> _Secrets:
-    check_key_matches(meta, keys)
     rows = [(int(k), str(p), bytes(w)) for k, p, w in conn.execute(
         "SELECT key_id, purpose, wrapped FROM keys ORDER BY key_id")]
     try:
@@ -177,6 +182,13 @@ def _checked_checkpoints(
             raise LogIntegrityError(size, "checkpoint is for another log", name, cp.origin)
         out.append(cp)
     return out
+
+
+def _checked_anchor(note: str, name: str, pub: Ed25519PublicKey) -> checkpoint.Checkpoint:
+    try:
+        return checkpoint.verify_checkpoint_note(note, name, pub)
+    except checkpoint.CheckpointError as exc:
+        raise UsageError(f"the pinned checkpoint does not verify against this log's key: {exc}") from None
 
 
 def _check_record(

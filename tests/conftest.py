@@ -1,0 +1,77 @@
+"""Shared fixtures: a real log on disk, made through the public API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from bridge.events import MATRIX, ConversationId, Event, EventId, Kind, SenderId
+from bridge.log import keys as keyfile
+from bridge.log.keys import KeyMaterial
+from bridge.log.store import CheckpointPolicy, LogStore, initialise
+
+pytest_plugins = ["tests.support.fixtures"] if (Path(__file__).parent / "support" / "fixtures.py").exists() else []
+
+
+@dataclass
+class LogDir:
+    data_dir: Path
+    key_file: Path
+    keys: KeyMaterial
+
+    @property
+    def db(self) -> Path:
+        return self.data_dir / "log.sqlite3"
+
+
+def make_event(i: int, conversation: str = "!room:example.org", body: str | None = None) -> Event:
+    return Event(
+        source=MATRIX,
+        conversation=ConversationId(conversation),
+        event_id=EventId(f"$event{i}"),
+        kind=Kind.MESSAGE,
+        sender=SenderId("@minister:example.org"),
+        sent_at=1_700_000_000_000 + i,
+        received_at=1_700_000_000_500 + i,
+        content={"msgtype": "m.text", "body": body if body is not None else f"message {i}"},
+        raw={"type": "m.room.message", "event_id": f"$event{i}"},
+    )
+
+
+def create_log(tmp_path: Path) -> LogDir:
+    data_dir = tmp_path / "data"
+    key_file = tmp_path / "keys" / "chatarchief.key"
+    key_file.parent.mkdir(mode=0o700, parents=True)
+    material = keyfile.generate(os.urandom(16))
+    keyfile.write_new(key_file, material)
+    initialise(data_dir, material)
+    return LogDir(data_dir, key_file, material)
+
+
+def fill_log(log: LogDir, n: int, every_records: int = 10, batch: int = 5) -> None:
+    """Append n events in batches, checkpointing every `every_records`, sealing the end."""
+
+    async def go() -> None:
+        policy = CheckpointPolicy(every_records=every_records, every_seconds=3600)
+        async with await LogStore.open(log.data_dir, log.keys, policy) as store:
+            for start in range(0, n, batch):
+                await store.append_events([make_event(i) for i in range(start, min(n, start + batch))])
+            await store.checkpoint()
+
+    asyncio.run(go())
+
+
+@pytest.fixture
+def empty_log(tmp_path: Path) -> LogDir:
+    return create_log(tmp_path)
+
+
+@pytest.fixture
+def filled_log(tmp_path: Path) -> LogDir:
+    log = create_log(tmp_path)
+    fill_log(log, 50)
+    return log

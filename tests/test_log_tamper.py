@@ -1,0 +1,263 @@
+"""Tamper tests against a real log on disk: each change must make verify name the record."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from bridge.errors import KeyFileError, LogIntegrityError
+from bridge.log import keys as keyfile
+from bridge.log.verify import verify_log
+from tests.conftest import LogDir, create_log, fill_log
+
+
+def attacker(db: Path) -> sqlite3.Connection:
+    """Open the database as someone with write access who drops the append-only triggers."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    for name in ("records_no_update", "records_no_delete", "checkpoints_no_update", "checkpoints_no_delete"):
+        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+    return conn
+
+
+def row(conn: sqlite3.Connection, seq: int) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+    r = conn.execute("SELECT dedup, header, commitment, body, leaf FROM records WHERE seq = ?", (seq,)).fetchone()
+    return tuple(bytes(x) for x in r)  # type: ignore[return-value]
+
+
+def flip(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :]
+
+
+def expect_tampered(log: LogDir, seq: int | None, with_key: bool = False) -> LogIntegrityError:
+    with pytest.raises(LogIntegrityError) as info:
+        verify_log(log.data_dir, log.keys if with_key else None)
+    if seq is not None:
+        assert info.value.seq == seq, str(info.value)
+    return info.value
+
+
+def test_intact_log_verifies_with_and_without_key(filled_log: LogDir) -> None:
+    """An untouched log passes both the keyless audit and the full decrypting check."""
+    keyless = verify_log(filled_log.data_dir)
+    full = verify_log(filled_log.data_dir, filled_log.keys)
+    assert keyless.records == full.records == 50
+    assert keyless.sealed_size == 50 and keyless.checkpoints >= 5
+    assert full.decrypted == 50 and full.kinds == {"message": 50}
+    assert keyless.root == full.root
+
+
+@pytest.mark.parametrize("column", ["header", "commitment", "body"])
+def test_flipped_byte_in_a_record_is_named(filled_log: LogDir, column: str) -> None:
+    """One flipped bit in any stored part of record 17 makes verify fail at record 17."""
+    conn = attacker(filled_log.db)
+    value = conn.execute(f"SELECT {column} FROM records WHERE seq = 17").fetchone()[0]
+    conn.execute(f"UPDATE records SET {column} = ? WHERE seq = 17", (flip(bytes(value), len(value) // 2),))
+    conn.close()
+    expect_tampered(filled_log, 17)
+
+
+def test_altered_record_with_recomputed_leaf_is_caught_by_the_chain(filled_log: LogDir) -> None:
+    """An attacker who also rewrites the stored leaf hash is caught by the next record's chain link."""
+    from bridge.log.format import leaf_of
+
+    conn = attacker(filled_log.db)
+    _, header, commit, body, _ = row(conn, 20)
+    body = flip(body, 3)
+    conn.execute("UPDATE records SET body = ?, leaf = ? WHERE seq = 20", (body, leaf_of(header, commit, body)))
+    conn.close()
+    err = expect_tampered(filled_log, 20)
+    assert "chain" in err.reason
+
+
+def test_altered_last_record_with_recomputed_leaf_fails_the_checkpoint(filled_log: LogDir) -> None:
+    """The last record has no successor; the signed checkpoint's root catches it."""
+    from bridge.log.format import leaf_of
+
+    conn = attacker(filled_log.db)
+    _, header, commit, body, _ = row(conn, 49)
+    body = flip(body, 0)
+    conn.execute("UPDATE records SET body = ?, leaf = ? WHERE seq = 49", (body, leaf_of(header, commit, body)))
+    conn.close()
+    err = expect_tampered(filled_log, 49)
+    assert "checkpoint" in err.reason
+
+
+def test_deleted_row_is_named(filled_log: LogDir) -> None:
+    """Deleting record 12 is reported as record 12 missing."""
+    conn = attacker(filled_log.db)
+    conn.execute("DELETE FROM records WHERE seq = 12")
+    conn.close()
+    err = expect_tampered(filled_log, 12)
+    assert "missing" in err.reason
+
+
+def test_swapped_rows_are_named(filled_log: LogDir) -> None:
+    """Swapping the contents of records 5 and 30 fails at record 5 (out of place)."""
+    conn = attacker(filled_log.db)
+    a, b = row(conn, 5), row(conn, 30)
+    conn.execute("UPDATE records SET dedup = x'00' WHERE seq = 5")
+    for seq, values in ((30, a), (5, b)):
+        conn.execute(
+            "UPDATE records SET dedup = ?, header = ?, commitment = ?, body = ?, leaf = ? WHERE seq = ?",
+            (*values, seq),
+        )
+    conn.close()
+    err = expect_tampered(filled_log, 5)
+    assert "out of place" in err.reason
+
+
+def test_renumbered_rows_are_caught(filled_log: LogDir) -> None:
+    """Renumbering rows (seq column) so two records trade places fails at the first of them."""
+    conn = attacker(filled_log.db)
+    conn.execute("UPDATE records SET seq = -1 WHERE seq = 8")
+    conn.execute("UPDATE records SET seq = 8 WHERE seq = 9")
+    conn.execute("UPDATE records SET seq = 9 WHERE seq = -1")
+    conn.close()
+    expect_tampered(filled_log, 8)
+
+
+def test_truncated_log_is_caught(filled_log: LogDir) -> None:
+    """Dropping the last records below the last signed checkpoint is named as truncation."""
+    conn = attacker(filled_log.db)
+    conn.execute("DELETE FROM records WHERE seq >= 45")
+    conn.close()
+    err = expect_tampered(filled_log, 45)
+    assert "truncated" in err.reason
+
+
+def test_truncation_with_checkpoints_removed_needs_an_outside_checkpoint(filled_log: LogDir) -> None:
+    """Whoever can write the data dir can cut the tail and its checkpoints; a checkpoint kept elsewhere catches it.
+
+    From the data dir alone this is indistinguishable from a crash before sealing (reported as an
+    unsealed tail), which is why checkpoints are exported with every package and can be pinned.
+    """
+    from bridge.log import checkpoint
+
+    conn = attacker(filled_log.db)
+    kept = conn.execute("SELECT note FROM checkpoints WHERE size = 50").fetchone()[0]
+    conn.execute("DELETE FROM records WHERE seq >= 45")
+    conn.execute("DELETE FROM checkpoints WHERE size > 45")
+    conn.close()
+    report = verify_log(filled_log.data_dir)
+    assert report.sealed_size == 40 and report.unsealed == 5
+    with pytest.raises(LogIntegrityError) as info:
+        verify_log(filled_log.data_dir, anchors=[kept])
+    assert info.value.seq == 45 and "truncated" in info.value.reason
+    assert checkpoint.parse_checkpoint_note(kept)[0].size == 50
+
+
+def test_outside_checkpoint_of_another_history_is_caught(filled_log: LogDir, tmp_path: Path) -> None:
+    """A pinned checkpoint whose root the log does not reproduce means the history was rewritten."""
+    from bridge.log import checkpoint
+
+    conn = sqlite3.connect(filled_log.db)
+    note = conn.execute("SELECT note FROM checkpoints WHERE size = 30").fetchone()[0]
+    conn.close()
+    cp = checkpoint.parse_checkpoint_note(note)[0]
+    forged = checkpoint.Checkpoint(origin=cp.origin, size=30, root=bytes(32), timestamp_ms=cp.timestamp_ms)
+    signed = checkpoint.sign_checkpoint(forged, filled_log.keys.key_name, filled_log.keys.signing_key)
+    with pytest.raises(LogIntegrityError) as info:
+        verify_log(filled_log.data_dir, anchors=[signed])
+    assert info.value.seq == 29
+
+
+def test_altered_checkpoint_signature_is_named(filled_log: LogDir) -> None:
+    """A checkpoint note whose signature bytes change fails, naming its tree size."""
+    conn = attacker(filled_log.db)
+    note = conn.execute("SELECT note FROM checkpoints WHERE size = 30").fetchone()[0]
+    body, sig_line = note.rstrip("\n").rsplit("\n", 1)
+    prefix, sig = sig_line.rsplit(" ", 1)
+    sig = ("B" if sig[10] != "B" else "C").join([sig[:10], sig[11:]])
+    conn.execute("UPDATE checkpoints SET note = ? WHERE size = 30", (f"{body}\n{prefix} {sig}\n",))
+    conn.close()
+    err = expect_tampered(filled_log, 30)
+    assert "checkpoint" in err.reason
+
+
+def test_altered_checkpoint_tree_size_is_named(filled_log: LogDir) -> None:
+    """Changing the signed tree size in a note breaks its signature; changing the column is a mismatch."""
+    conn = attacker(filled_log.db)
+    note = conn.execute("SELECT note FROM checkpoints WHERE size = 20").fetchone()[0]
+    lines = note.split("\n")
+    lines[1] = "21"
+    conn.execute("UPDATE checkpoints SET note = ? WHERE size = 20", ("\n".join(lines),))
+    conn.close()
+    expect_tampered(filled_log, 20)
+
+
+def test_altered_checkpoint_size_column_is_named(filled_log: LogDir) -> None:
+    """A checkpoint row moved to another tree size no longer matches the size it signs."""
+    conn = attacker(filled_log.db)
+    conn.execute("UPDATE checkpoints SET size = 25 WHERE size = 20")
+    conn.close()
+    expect_tampered(filled_log, 25)
+
+
+def test_checkpoint_signed_by_another_key_fails(filled_log: LogDir, tmp_path: Path) -> None:
+    """Re-signing the log with a different key is caught when the expected key is pinned."""
+    other = create_log(tmp_path / "other")
+    with pytest.raises(LogIntegrityError) as info:
+        verify_log(filled_log.data_dir, public_key=(other.keys.key_name, other.keys.public_key))
+    assert "signing key" in info.value.reason
+
+
+def test_swapped_conversation_tag_is_caught_with_key(filled_log: LogDir) -> None:
+    """Only the decrypting check sees a dedup index entry moved between records."""
+    conn = attacker(filled_log.db)
+    d3 = row(conn, 3)[0]
+    d4 = row(conn, 4)[0]
+    conn.execute("UPDATE records SET dedup = x'00' WHERE seq = 3")
+    conn.execute("UPDATE records SET dedup = ? WHERE seq = 4", (d3,))
+    conn.execute("UPDATE records SET dedup = ? WHERE seq = 3", (d4,))
+    conn.close()
+    verify_log(filled_log.data_dir)  # keyless: the index is not covered by the leaf
+    expect_tampered(filled_log, 3, with_key=True)
+
+
+def test_wrong_key_file_is_a_clear_usage_error(filled_log: LogDir, tmp_path: Path) -> None:
+    """Verifying with another log's key file is a KeyFileError naming both logs, not a crash."""
+    other = create_log(tmp_path / "other")
+    with pytest.raises(KeyFileError) as info:
+        verify_log(filled_log.data_dir, other.keys)
+    assert filled_log.keys.log_id.hex() in str(info.value)
+
+
+def test_altered_key_table_is_tampering(filled_log: LogDir) -> None:
+    """A wrapped data key that no longer unwraps is reported as tampering."""
+    conn = attacker(filled_log.db)
+    wrapped = conn.execute("SELECT wrapped FROM keys WHERE key_id = 1").fetchone()[0]
+    conn.execute("UPDATE keys SET wrapped = ? WHERE key_id = 1", (flip(bytes(wrapped), 20),))
+    conn.close()
+    verify_log(filled_log.data_dir)
+    err = expect_tampered(filled_log, None, with_key=True)
+    assert "key table" in err.reason
+
+
+def test_unsealed_tail_is_reported_not_failed(tmp_path: Path) -> None:
+    """Records after the last checkpoint (a crash before sealing) verify and are counted as unsealed."""
+    import asyncio
+
+    from bridge.log.store import CheckpointPolicy, LogStore
+    from tests.conftest import make_event
+
+    log = create_log(tmp_path)
+    fill_log(log, 20)
+
+    async def add() -> None:
+        policy = CheckpointPolicy(every_records=1000, every_seconds=3600)
+        async with await LogStore.open(log.data_dir, log.keys, policy) as store:
+            await store.append_events([make_event(i) for i in range(100, 103)])
+
+    asyncio.run(add())
+    report = verify_log(log.data_dir, log.keys)
+    assert report.records == 23 and report.unsealed == 3
+
+
+def test_key_file_readable_by_others_is_refused(filled_log: LogDir) -> None:
+    """A key file with mode 0644 is refused with the chmod fix in the message."""
+    filled_log.key_file.chmod(0o644)
+    with pytest.raises(KeyFileError) as info:
+        keyfile.load(filled_log.key_file)
+    assert "chmod 600" in str(info.value)
