@@ -1,0 +1,1 @@
+"""The tamper-evident, encrypted, append-only log: record format, crypto, Merkle tree, checkpoints, store."""
