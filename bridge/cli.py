@@ -13,6 +13,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -181,7 +182,7 @@ def verify(
     dd, kf = _paths(settings, data_dir, key_file, need_key=False)
     material = _load_keys(kf, dd) if kf is not None else None
     pub = _guard(lambda: keyfile.load_public(public_key)) if public_key is not None else None
-    anchors = [_guard(lambda p=p: p.read_text("utf-8")) for p in pinned or []]
+    anchors = [_guard(partial(Path.read_text, p, "utf-8")) for p in pinned or []]
     report = _guard(lambda: verify_log(dd, material, pub, anchors=anchors))
     out.print(f"[green]intact[/]: {report.records} records, {report.checkpoints} signed checkpoints")
     out.print(f"root {report.root.hex()} signed by {report.signer}")

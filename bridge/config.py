@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -30,8 +30,8 @@ class _Section(BaseModel):
 class StorageSettings(_Section):
     data_dir: Path = Path("data")
     key_file: Path | None = None
-    checkpoint_every_records: int = Field(10_000, ge=1)
-    checkpoint_every_seconds: float = Field(60.0, gt=0)
+    checkpoint_every_records: Annotated[int, Field(ge=1)] = 10_000
+    checkpoint_every_seconds: Annotated[float, Field(gt=0)] = 60.0
 
 
 class MatrixSettings(_Section):
@@ -43,8 +43,8 @@ class MatrixSettings(_Section):
     allowed_inviters: tuple[str, ...] = ()
     rooms: tuple[str, ...] = ()
     store_dir: Path | None = None
-    max_media_bytes: int = Field(100 * 1024 * 1024, ge=0)
-    sync_timeout_ms: int = Field(30_000, ge=0)
+    max_media_bytes: Annotated[int, Field(ge=0)] = 100 * 1024 * 1024
+    sync_timeout_ms: Annotated[int, Field(ge=0)] = 30_000
 
     @field_validator("homeserver")
     @classmethod
@@ -70,7 +70,7 @@ class MatrixSettings(_Section):
 class SignalSettings(_Section):
     endpoint: str
     account: str | None = None
-    max_disconnected_seconds: float = Field(300.0, gt=0)
+    max_disconnected_seconds: Annotated[float, Field(gt=0)] = 300.0
 
     @field_validator("endpoint")
     @classmethod
@@ -92,7 +92,7 @@ class OrganisationSettings(_Section):
     archive_creator_id: str = "demo"
     #: MDTO waardering: "V" (vernietigen, with a term) or "B" (blijvend bewaren).
     appraisal: Literal["B", "V"] = "B"
-    retention_years: int | None = Field(None, ge=1)
+    retention_years: Annotated[int | None, Field(ge=1)] = None
 
 
 class LoggingSettings(_Section):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,35 +68,39 @@ async def import_file(
     if fmt is not ImportFormat.MATRIX_JSONL:
         raise UsageError(f"unsupported import format {fmt}")
     counts = ImportCounts()
-    pending: asyncio.Task[AppendResult] | None = None
+    # Up to two batches in flight: one committing (SQLite thread), one sealing.
+    inflight: deque[asyncio.Task[AppendResult]] = deque()
     batch: list[bytes] = []
     read = 0
-    for line in _lines(path):
-        read += len(line)
-        if not line.strip():
-            counts.blank += 1
-            continue
-        counts.lines += 1
-        batch.append(line)
-        if len(batch) >= BATCH:
-            events = _normalise_batch(batch, counts)
-            batch = []
-            await _settle(pending, counts)
-            pending = asyncio.create_task(store.append_events(events))
-            if progress is not None:
-                progress(read)
-    await _settle(pending, counts)
-    if batch:
-        await _settle(asyncio.create_task(store.append_events(_normalise_batch(batch, counts))), counts)
+    try:
+        for line in _lines(path):
+            read += len(line)
+            if not line.strip():
+                counts.blank += 1
+                continue
+            counts.lines += 1
+            batch.append(line)
+            if len(batch) >= BATCH:
+                inflight.append(asyncio.create_task(store.append_events(_normalise_batch(batch, counts))))
+                batch = []
+                await asyncio.sleep(0)  # let the new batch start sealing
+                while len(inflight) >= 2:
+                    _tally(await inflight.popleft(), counts)
+                if progress is not None:
+                    progress(read)
+        if batch:
+            inflight.append(asyncio.create_task(store.append_events(_normalise_batch(batch, counts))))
+        while inflight:
+            _tally(await inflight.popleft(), counts)
+    finally:
+        for task in inflight:
+            task.cancel()
     await store.checkpoint()
     if progress is not None:
         progress(read)
     return counts
 
 
-async def _settle(task: asyncio.Task[AppendResult] | None, counts: ImportCounts) -> None:
-    if task is None:
-        return
-    result = await task
+def _tally(result: AppendResult, counts: ImportCounts) -> None:
     counts.appended += result.appended
     counts.duplicates += result.duplicates

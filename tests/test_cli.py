@@ -125,8 +125,11 @@ def test_verify_pinned_checkpoint_and_public_key(initialised: tuple[Path, Path],
     """--public-key pins the signer; --checkpoint pins a checkpoint the log must still extend."""
     data, key = initialised
     cli("import", "--data-dir", data, "--key-file", key, SAMPLE)
-    note = sqlite3.connect(data / "log.sqlite3").execute(
-        "SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1").fetchone()[0]
+    note = (
+        sqlite3.connect(data / "log.sqlite3")
+        .execute("SELECT note FROM checkpoints ORDER BY size DESC LIMIT 1")
+        .fetchone()[0]
+    )
     pinned = tmp_path / "pinned.checkpoint"
     pinned.write_text(note)
     code, _, stderr = cli("verify", "--data-dir", data, "--public-key", f"{key}.pub", "--checkpoint", pinned)
@@ -170,7 +173,11 @@ def test_console_script_no_traceback_on_missing_config(tmp_path: Path) -> None:
     env = {**os.environ, "COLUMNS": "200"}
     proc = subprocess.run(
         [sys.executable, "-m", "bridge.cli", "verify", "--config", str(tmp_path / "missing.toml")],
-        capture_output=True, text=True, env=env, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2
     assert "does not exist" in proc.stderr and "Traceback" not in proc.stderr
@@ -189,6 +196,7 @@ def test_rotate_key_keeps_old_records_readable(initialised: tuple[Path, Path]) -
     cli("import", "--data-dir", data, "--key-file", key, other)
     code, stdout, _ = cli("verify", "--data-dir", data, "--key-file", key)
     assert code == 0 and "decrypted and checked 17 records" in stdout
-    key_ids = {row[0] for row in sqlite3.connect(data / "log.sqlite3").execute(
-        "SELECT substr(header, 23, 4) FROM records")}
+    key_ids = {
+        row[0] for row in sqlite3.connect(data / "log.sqlite3").execute("SELECT substr(header, 23, 4) FROM records")
+    }
     assert len(key_ids) == 2

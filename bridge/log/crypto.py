@@ -1,6 +1,6 @@
 """Symmetric crypto for the log: AEAD records, wrapped data keys, keyed tags.
 
-All primitives come from `cryptography` (AES-256-GCM, HMAC-SHA256); nothing is
+All primitives come from `cryptography` (AES-256-GCM, HMAC-SHA256, keyed BLAKE2b from hashlib); nothing is
 hand-rolled. Nonces are random 96-bit values, never derived from the sequence
 number: a restored backup can reuse a sequence number, and a repeated
 (key, nonce) pair is fatal for GCM. With a fresh data key per rotation (monthly
@@ -72,24 +72,39 @@ def kek_check(kek: bytes, log_id: bytes) -> bytes:
 
 
 def keyed_tag(key: bytes, *parts: str, length: int = 16) -> bytes:
-    """HMAC-SHA256 over NUL-separated parts, truncated: conversation tags, dedup keys.
+    """Keyed BLAKE2b (a standard MAC mode) over NUL-separated parts, truncated.
 
-    Keeps room ids and event ids out of the plaintext index while still letting
-    the store find duplicates.
+    Used for conversation tags and dedup keys: keeps room ids and event ids out
+    of the plaintext index while still letting the store find duplicates.
     """
     msg = b"\x00".join(p.encode("utf-8", "surrogatepass") for p in parts)
-    return hmac.new(key, msg, hashlib.sha256).digest()[:length]
+    return hashlib.blake2b(msg, key=key, digest_size=length).digest()
+
+
+class Sealer:
+    """AES-256-GCM for one data key, with the cipher object built once."""
+
+    __slots__ = ("_aead",)
+
+    def __init__(self, key: bytes) -> None:
+        self._aead = AESGCM(key)
+
+    def seal(self, nonce: bytes, plaintext: bytes, ad: bytes) -> bytes:
+        return self._aead.encrypt(nonce, plaintext, ad)
+
+    def open(self, nonce: bytes, ciphertext: bytes, ad: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(nonce, ciphertext, ad)
+        except InvalidTag as exc:
+            raise AuthError("record does not authenticate") from exc
 
 
 def seal(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes) -> bytes:
-    return AESGCM(key).encrypt(nonce, plaintext, ad)
+    return Sealer(key).seal(nonce, plaintext, ad)
 
 
 def open_sealed(key: bytes, nonce: bytes, ciphertext: bytes, ad: bytes) -> bytes:
-    try:
-        return AESGCM(key).decrypt(nonce, ciphertext, ad)
-    except InvalidTag as exc:
-        raise AuthError("record does not authenticate") from exc
+    return Sealer(key).open(nonce, ciphertext, ad)
 
 
 def hmac_equal(a: bytes, b: bytes) -> bool:

@@ -115,7 +115,12 @@ class RecordAuthError(ValueError):
 
 
 def open_record(
-    log_id: bytes, data_keys: dict[int, bytes], header: RecordHeader, header_bytes: bytes, commit: bytes, body: bytes
+    log_id: bytes,
+    data_keys: dict[int, bytes],
+    header: RecordHeader,
+    header_bytes: bytes,
+    commit: bytes,
+    body: bytes,
 ) -> bytes:
     """Decrypt a stored record and check its commitment; returns the payload (salt stripped)."""
     key = data_keys.get(header.key_id)

@@ -23,13 +23,15 @@ owns the file can drop them) but it stops accidents; `verify` is the boundary.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Self, TypeVar
 
 import aiosqlite
 
@@ -37,6 +39,8 @@ from bridge.errors import KeyFileError, StorageError, UsageError
 from bridge.events import Event, canonical_bytes, event_from_bytes
 from bridge.log import checkpoint, crypto, format, merkle
 from bridge.log.keys import KeyMaterial
+
+T = TypeVar("T")
 
 DB_NAME = "log.sqlite3"
 SCHEMA_VERSION = 1
@@ -200,18 +204,23 @@ class LogStore:
         self._index_key = index_key
         self._data_keys = data_keys
         self._current_key = current_key
+        self._sealers = {k: crypto.Sealer(v) for k, v in data_keys.items()}
+        # The head: what is sealed, including batches still committing.
         self._frontier = frontier
         self._prev_leaf = prev_leaf
+        # What is durable: the head falls back to this when a commit fails.
+        self._committed = (frontier.copy(), prev_leaf)
         self._last_cp_size, self._last_cp_ms = last_checkpoint
         self._policy = policy
-        self._lock = asyncio.Lock()
+        self._seal_lock = asyncio.Lock()
+        self._tail: asyncio.Future[None] | None = None
+        self._inflight: set[bytes] = set()
+        self._conv_tags: dict[tuple[str, str], bytes] = {}
 
     # -- opening -----------------------------------------------------------------
 
     @classmethod
-    async def open(
-        cls, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy | None = None
-    ) -> LogStore:
+    async def open(cls, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy | None = None) -> LogStore:
         path = db_path(data_dir)
         if not path.exists():
             raise UsageError(f"no log in {data_dir}; create one with `chatarchief init`")
@@ -230,8 +239,10 @@ class LogStore:
         if meta.get("schema_version") != str(SCHEMA_VERSION).encode():
             raise StorageError(f"unsupported log schema {meta.get('schema_version')!r}")
         check_key_matches(meta, keys)
-        rows = [(int(r[0]), str(r[1]), bytes(r[2])) async for r in await conn.execute(
-            "SELECT key_id, purpose, wrapped FROM keys ORDER BY key_id")]
+        rows = [
+            (int(r[0]), str(r[1]), bytes(r[2]))
+            async for r in await conn.execute("SELECT key_id, purpose, wrapped FROM keys ORDER BY key_id")
+        ]
         try:
             index_key, data_keys = unwrap_keys(rows, keys)
         except crypto.AuthError as exc:
@@ -278,7 +289,8 @@ class LogStore:
 
     @property
     def size(self) -> int:
-        return self._frontier.size
+        """Records durable in the log."""
+        return self._committed[0].size
 
     @property
     def keys(self) -> KeyMaterial:
@@ -319,18 +331,22 @@ class LogStore:
         return out
 
     # -- writing -----------------------------------------------------------------
+    #
+    # Appends are pipelined: a batch is checked against the dedup index and sealed
+    # (sequence numbers, encryption, hash chain, frontier) under `_seal_lock`, then
+    # committed in seal order, each commit waiting for the one before. So the next
+    # batch can be sealed on the event loop while SQLite fsyncs the previous one on
+    # aiosqlite's thread. If a commit fails, it and every batch sealed after it
+    # fail, and the head falls back to the last durable state.
 
-    async def append_events(
-        self, events: Sequence[Event], cursor: tuple[str, str] | None = None
-    ) -> AppendResult:
+    async def append_events(self, events: Sequence[Event], cursor: tuple[str, str] | None = None) -> AppendResult:
         """Group commit: append new events and store `cursor` in one transaction.
 
         Returns after the transaction is durable (fsync'd WAL). Events already in
-        the log, or repeated within the batch, are counted as duplicates.
+        the log, or repeated within the batch, are counted as duplicates. Raises
+        StorageError if the batch could not be made durable (nothing of it is).
         """
-        entries = [
-            (format.RecordType.EVENT, e.source, e.conversation, e.event_id, canonical_bytes(e)) for e in events
-        ]
+        entries = [(format.RecordType.EVENT, e.source, e.conversation, e.event_id, canonical_bytes(e)) for e in events]
         return await self.append_records(entries, cursor)
 
     async def append_records(
@@ -339,24 +355,50 @@ class LogStore:
         cursor: tuple[str, str] | None = None,
     ) -> AppendResult:
         """Append (type, source, conversation, id, payload) entries; see `append_events`."""
-        async with self._lock:
-            tags = [dedup_tag(self._index_key, s, c, i) for _, s, c, i, _ in entries]
-            existing = await self._existing(tags)
-            saved = (self._frontier.copy(), self._prev_leaf)
-            rows: list[tuple[int, bytes, bytes, bytes, bytes, bytes]] = []
-            seen: set[bytes] = set()
-            for (rtype, source, conv, _, payload), tag in zip(entries, tags, strict=True):
-                if tag in existing or tag in seen:
-                    continue
-                seen.add(tag)
-                rows.append(self._seal(rtype, source, conv, payload, tag))
-            duplicates = len(entries) - len(rows)
-            try:
-                await self._commit(rows, duplicates, cursor)
-            except BaseException:
-                self._frontier, self._prev_leaf = saved
-                raise
-            return AppendResult(len(rows), duplicates, tuple(r[0] for r in rows))
+        async with self._seal_lock:
+            batch = await self._prepare(entries, cursor)
+            previous, self._tail = self._tail, asyncio.get_running_loop().create_future()
+            done = self._tail
+        try:
+            if previous is not None:
+                await asyncio.shield(previous)
+            sealed = await self._commit(batch)
+        except BaseException as exc:
+            self._frontier, self._prev_leaf = self._committed[0].copy(), self._committed[1]
+            done.set_exception(StorageError(f"an earlier batch failed to commit: {exc}"))
+            done.exception()  # retrieved: later batches see it through `previous`
+            raise
+        else:
+            self._committed = (batch.frontier, batch.prev_leaf)
+            if sealed is not None:
+                self._last_cp_size, self._last_cp_ms = sealed
+            done.set_result(None)
+        finally:
+            self._inflight.difference_update(batch.tags)
+        return AppendResult(len(batch.rows), batch.duplicates, tuple(r[0] for r in batch.rows))
+
+    async def _prepare(
+        self,
+        entries: Sequence[tuple[format.RecordType, str, str, str, bytes]],
+        cursor: tuple[str, str] | None,
+    ) -> _Batch:
+        tags = [dedup_tag(self._index_key, s, c, i) for _, s, c, i, _ in entries]
+        existing = await self._existing(tags)
+        existing |= self._inflight
+        rows: list[_Row] = []
+        fresh: set[bytes] = set()
+        appended_ms = now_ms()
+        width = crypto.NONCE_BYTES + crypto.SALT_BYTES
+        randomness = os.urandom(width * len(entries))  # one syscall per batch, fresh bytes per record
+        for n, ((rtype, source, conv, _, payload), tag) in enumerate(zip(entries, tags, strict=True)):
+            if tag in existing or tag in fresh:
+                continue
+            fresh.add(tag)
+            rows.append(
+                self._seal(rtype, source, conv, payload, tag, appended_ms, randomness[n * width : (n + 1) * width])
+            )
+        self._inflight |= fresh
+        return _Batch(rows, len(entries) - len(rows), cursor, self._frontier.copy(), self._prev_leaf, fresh)
 
     async def _existing(self, tags: list[bytes]) -> set[bytes]:
         found: set[bytes] = set()
@@ -367,130 +409,155 @@ class LogStore:
                 found.update(bytes(r[0]) for r in await cur.fetchall())
         return found
 
+    def _conversation_tag(self, source: str, conv: str) -> bytes:
+        tag = self._conv_tags.get((source, conv))
+        if tag is None:
+            if len(self._conv_tags) > 100_000:
+                self._conv_tags.clear()
+            tag = self._conv_tags[(source, conv)] = conversation_tag(self._index_key, source, conv)
+        return tag
+
     def _seal(
-        self, rtype: format.RecordType, source: str, conv: str, payload: bytes, tag: bytes
-    ) -> tuple[int, bytes, bytes, bytes, bytes, bytes]:
+        self,
+        rtype: format.RecordType,
+        source: str,
+        conv: str,
+        payload: bytes,
+        tag: bytes,
+        appended_ms: int,
+        randomness: bytes,
+    ) -> _Row:
         seq = self._frontier.size
+        nonce, salt = randomness[: crypto.NONCE_BYTES], randomness[crypto.NONCE_BYTES :]
         header = format.RecordHeader(
             version=format.FORMAT_VERSION,
             type=rtype,
             seq=seq,
-            appended_ms=now_ms(),
+            appended_ms=appended_ms,
             key_id=self._current_key,
-            conversation_tag=conversation_tag(self._index_key, source, conv),
-            nonce=crypto.random_nonce(),
+            conversation_tag=self._conversation_tag(source, conv),
+            nonce=nonce,
             prev_leaf=self._prev_leaf,
         ).pack()
-        plaintext = crypto.random_salt() + payload
+        plaintext = salt + payload
         commit = format.commitment(plaintext)
-        body = crypto.seal(
-            self._data_keys[self._current_key],
-            header[format.NONCE_OFFSET : format.NONCE_OFFSET + crypto.NONCE_BYTES],  # the header's nonce
-            plaintext,
-            format.associated_data(self._keys.log_id, header, commit),
-        )
+        ad = format.associated_data(self._keys.log_id, header, commit)
+        body = self._sealers[self._current_key].seal(nonce, plaintext, ad)
         leaf = format.leaf_of(header, commit, body)
         self._frontier.append(leaf)
         self._prev_leaf = leaf
         return (seq, tag, header, commit, body, leaf)
 
-    async def _commit(
-        self,
-        rows: list[tuple[int, bytes, bytes, bytes, bytes, bytes]],
-        duplicates: int,
-        cursor: tuple[str, str] | None,
-    ) -> None:
-        conn = self._conn
-        try:
-            await conn.execute("BEGIN IMMEDIATE")
-            try:
-                if rows:
-                    await conn.executemany(
-                        "INSERT INTO records (seq, dedup, header, commitment, body, leaf)"
-                        " VALUES (?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                    await conn.execute(
-                        "INSERT OR REPLACE INTO meta (k, v) VALUES ('frontier', ?)", (frontier_bytes(self._frontier),)
-                    )
-                if duplicates:
-                    await conn.execute(
-                        "INSERT INTO counters (name, value) VALUES ('duplicates', ?)"
-                        " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
-                        (duplicates,),
-                    )
-                if cursor is not None:
-                    await conn.execute(
-                        "INSERT OR REPLACE INTO cursors (name, value, updated_ms) VALUES (?, ?, ?)",
-                        (cursor[0], cursor[1], now_ms()),
-                    )
-                if self._checkpoint_due():
-                    await self._insert_checkpoint()
-                await conn.execute("COMMIT")
-            except BaseException:
-                await conn.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            raise StorageError(f"could not commit to the log: {exc}") from exc
+    async def _commit(self, batch: _Batch) -> tuple[int, int] | None:
+        """Write the batch in one transaction; returns the checkpoint it signed, if any."""
+        return await self._transaction(lambda: self._write(batch))
 
-    def _checkpoint_due(self) -> bool:
-        pending = self._frontier.size - max(self._last_cp_size, 0)
+    async def _write(self, batch: _Batch) -> tuple[int, int] | None:
+        conn = self._conn
+        if batch.rows:
+            await conn.executemany(
+                "INSERT INTO records (seq, dedup, header, commitment, body, leaf) VALUES (?, ?, ?, ?, ?, ?)",
+                batch.rows,
+            )
+            await conn.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES ('frontier', ?)", (frontier_bytes(batch.frontier),)
+            )
+        if batch.duplicates:
+            await conn.execute(
+                "INSERT INTO counters (name, value) VALUES ('duplicates', ?)"
+                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                (batch.duplicates,),
+            )
+        if batch.cursor is not None:
+            await conn.execute(
+                "INSERT OR REPLACE INTO cursors (name, value, updated_ms) VALUES (?, ?, ?)",
+                (batch.cursor[0], batch.cursor[1], now_ms()),
+            )
+        if self._checkpoint_due(batch.frontier.size):
+            return await self._insert_checkpoint(batch.frontier)
+        return None
+
+    def _checkpoint_due(self, size: int) -> bool:
+        pending = size - max(self._last_cp_size, 0)
         if pending <= 0:
             return False
         if pending >= self._policy.every_records:
             return True
         return (now_ms() - self._last_cp_ms) >= self._policy.every_seconds * 1000
 
-    async def _insert_checkpoint(self) -> str:
+    async def _insert_checkpoint(self, frontier: merkle.Frontier) -> tuple[int, int]:
+        """Sign and insert a checkpoint (inside the caller's transaction): (size, created ms)."""
         created = now_ms()
-        cp = checkpoint.Checkpoint(
-            origin=self._keys.key_name, size=self._frontier.size, root=self._frontier.root(), timestamp_ms=created
-        )
-        note = checkpoint.sign_checkpoint(cp, self._keys.key_name, self._keys.signing_key)
+        name = self._keys.key_name
+        cp = checkpoint.Checkpoint(origin=name, size=frontier.size, root=frontier.root(), timestamp_ms=created)
+        note = checkpoint.sign_checkpoint(cp, name, self._keys.signing_key)
         await self._conn.execute(
             "INSERT INTO checkpoints (size, created_ms, note) VALUES (?, ?, ?)", (cp.size, created, note)
         )
-        self._last_cp_size, self._last_cp_ms = cp.size, created
-        return note
+        return (cp.size, created)
+
+    async def _quiesce(self) -> None:
+        """Wait (holding the seal lock) until every sealed batch has settled."""
+        if self._tail is not None:
+            with contextlib.suppress(StorageError):
+                await asyncio.shield(self._tail)
 
     async def checkpoint(self) -> str:
-        """Sign a checkpoint of the current tree now (if the tree grew); returns the latest note."""
-        async with self._lock:
-            if self._frontier.size == self._last_cp_size:
-                note = await self.latest_checkpoint()
-                assert note is not None
-                return note
-            try:
-                await self._conn.execute("BEGIN IMMEDIATE")
-                try:
-                    note = await self._insert_checkpoint()
-                    await self._conn.execute("COMMIT")
-                except BaseException:
-                    await self._conn.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as exc:
-                raise StorageError(f"could not write a checkpoint: {exc}") from exc
+        """Sign a checkpoint of the durable tree now (if it grew); returns the latest note."""
+        async with self._seal_lock:
+            await self._quiesce()
+            if self.size != self._last_cp_size:
+                sealed = await self._transaction(lambda: self._insert_checkpoint(self._committed[0]))
+                self._last_cp_size, self._last_cp_ms = sealed
+            note = await self.latest_checkpoint()
+            assert note is not None
             return note
 
     async def rotate_data_key(self) -> int:
         """Add a new data key and make it current; old keys stay for reading."""
-        async with self._lock:
+        async with self._seal_lock:
+            await self._quiesce()
             new_id = max(self._data_keys) + 1
             key = crypto.random_key()
             wrapped = crypto.wrap_key(self._keys.kek, self._keys.log_id, new_id, DATA_PURPOSE, key)
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
+
+            async def write() -> None:
                 await self._conn.execute(
                     "INSERT INTO keys (key_id, purpose, created_ms, wrapped) VALUES (?, ?, ?, ?)",
                     (new_id, DATA_PURPOSE, now_ms(), wrapped),
                 )
-                await self._conn.execute(
-                    "UPDATE meta SET v = ? WHERE k = 'current_data_key'", (str(new_id).encode(),)
-                )
+                await self._conn.execute("UPDATE meta SET v = ? WHERE k = 'current_data_key'", (str(new_id).encode(),))
+
+            await self._transaction(write)
+            self._data_keys[new_id] = key
+            self._sealers[new_id] = crypto.Sealer(key)
+            self._current_key = new_id
+            return new_id
+
+    async def _transaction(self, body: Callable[[], Awaitable[T]]) -> T:
+        try:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                result = await body()
                 await self._conn.execute("COMMIT")
             except BaseException:
                 await self._conn.execute("ROLLBACK")
                 raise
-            self._data_keys[new_id] = key
-            self._current_key = new_id
-            return new_id
+        except sqlite3.Error as exc:
+            raise StorageError(f"could not write to the log: {exc}") from exc
+        return result
+
+
+_Row = tuple[int, bytes, bytes, bytes, bytes, bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """A sealed batch waiting for its commit."""
+
+    rows: list[_Row]
+    duplicates: int
+    cursor: tuple[str, str] | None
+    frontier: merkle.Frontier
+    prev_leaf: bytes
+    tags: set[bytes]

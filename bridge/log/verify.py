@@ -156,8 +156,10 @@ def _signer(
 
 
 def _unlock(conn: sqlite3.Connection, meta: dict[str, bytes], keys: KeyMaterial) -> _Secrets:
-    rows = [(int(k), str(p), bytes(w)) for k, p, w in conn.execute(
-        "SELECT key_id, purpose, wrapped FROM keys ORDER BY key_id")]
+    rows = [
+        (int(k), str(p), bytes(w))
+        for k, p, w in conn.execute("SELECT key_id, purpose, wrapped FROM keys ORDER BY key_id")
+    ]
     try:
         index_key, data_keys = unwrap_keys(rows, keys)
     except crypto.AuthError as exc:
@@ -165,9 +167,7 @@ def _unlock(conn: sqlite3.Connection, meta: dict[str, bytes], keys: KeyMaterial)
     return _Secrets(keys.log_id, index_key, data_keys)
 
 
-def _checked_checkpoints(
-    conn: sqlite3.Connection, name: str, pub: Ed25519PublicKey
-) -> list[checkpoint.Checkpoint]:
+def _checked_checkpoints(conn: sqlite3.Connection, name: str, pub: Ed25519PublicKey) -> list[checkpoint.Checkpoint]:
     out: list[checkpoint.Checkpoint] = []
     for size, note in conn.execute("SELECT size, note FROM checkpoints ORDER BY size"):
         try:
@@ -191,9 +191,7 @@ def _checked_anchor(note: str, name: str, pub: Ed25519PublicKey) -> checkpoint.C
         raise UsageError(f"the pinned checkpoint does not verify against this log's key: {exc}") from None
 
 
-def _check_record(
-    seq: int, header_b: bytes, commit: bytes, body: bytes, stored_leaf: bytes, prev: bytes
-) -> bytes:
+def _check_record(seq: int, header_b: bytes, commit: bytes, body: bytes, stored_leaf: bytes, prev: bytes) -> bytes:
     try:
         header = format.unpack_header(header_b)
     except format.FormatError as exc:
@@ -216,9 +214,7 @@ def _check_record(
     return leaf
 
 
-def _check_plaintext(
-    seq: int, secrets: _Secrets, header_b: bytes, commit: bytes, body: bytes, dedup: bytes
-) -> str:
+def _check_plaintext(seq: int, secrets: _Secrets, header_b: bytes, commit: bytes, body: bytes, dedup: bytes) -> str:
     header = format.unpack_header(header_b)
     try:
         payload = format.open_record(secrets.log_id, secrets.data_keys, header, header_b, commit, body)

@@ -1,0 +1,178 @@
+"""Benchmark: `chatarchief import` against a raw SQLite + AES-GCM baseline, in the same run.
+
+Run: `.venv/bin/python bench/ingest.py [--events 100000] [--repeat 2]`
+
+Both pipelines read the same file of synthetic Matrix events (~600 bytes each)
+and each runs in a fresh subprocess so its peak RSS is its own:
+
+- baseline: read line, AES-256-GCM encrypt, SHA-256 the ciphertext, aiosqlite
+  executemany in batches of 256 (WAL, synchronous=FULL). No parsing, no tree.
+- chatarchief: the real import path (parse, normalise, canonical encoding, salted
+  commitment, AEAD with bound header, hash chain, Merkle frontier, dedup index,
+  group commit of 256, signed checkpoints).
+
+Prints events/s of both and the ratio (goal >= 0.5), and peak RSS at two sizes
+to show memory stays flat. Best of `--repeat` runs, since this machine is noisy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+WORDS = (
+    "kamerbrief",
+    "overleg",
+    "minister",
+    "concept",
+    "begroting",
+    "wetsvoorstel",
+    "morgen",
+    "akkoord",
+    "vergadering",
+    "stuk",
+    "graag",
+    "dank",
+    "besluit",
+    "nota",
+    "reactie",
+    "planning",
+)
+
+
+def make_events(path: Path, n: int, seed: int = 7) -> int:
+    rng = random.Random(seed)
+    size = 0
+    with path.open("w") as fh:
+        for i in range(n):
+            body = " ".join(rng.choice(WORDS) for _ in range(38))
+            event = {
+                "type": "m.room.message",
+                "room_id": f"!room{i % 20}:ministerie.example",
+                "event_id": f"${i:012d}abcdefghijklmnopqrstuvwx",
+                "sender": f"@official{i % 7}:ministerie.example",
+                "origin_server_ts": 1_764_000_000_000 + i * 1000,
+                "content": {"msgtype": "m.text", "body": body},
+                "unsigned": {"age": rng.randint(1, 9999)},
+            }
+            line = json.dumps(event, ensure_ascii=False)
+            size += len(line) + 1
+            fh.write(line + "\n")
+    return size
+
+
+async def baseline(path: Path, work: Path) -> int:
+    import hashlib
+
+    import aiosqlite
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    aead = AESGCM(AESGCM.generate_key(256))
+    async with aiosqlite.connect(work / "baseline.sqlite3", isolation_level=None) as db:
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("CREATE TABLE r (seq INTEGER PRIMARY KEY, nonce BLOB, body BLOB, hash BLOB)")
+        rows: list[tuple[int, bytes, bytes, bytes]] = []
+        n = 0
+        with path.open("rb") as fh:
+            for line in fh:
+                nonce = os.urandom(12)
+                body = aead.encrypt(nonce, line, None)
+                rows.append((n, nonce, body, hashlib.sha256(body).digest()))
+                n += 1
+                if len(rows) == 256:
+                    await _insert(db, rows)
+                    rows = []
+        if rows:
+            await _insert(db, rows)
+    return n
+
+
+async def _insert(db: object, rows: list[tuple[int, bytes, bytes, bytes]]) -> None:
+    await db.execute("BEGIN")  # type: ignore[attr-defined]
+    await db.executemany("INSERT INTO r VALUES (?, ?, ?, ?)", rows)  # type: ignore[attr-defined]
+    await db.execute("COMMIT")  # type: ignore[attr-defined]
+
+
+async def chatarchief(path: Path, work: Path) -> int:
+    from bridge.importer import import_file
+    from bridge.log import keys as keyfile
+    from bridge.log.store import LogStore, initialise
+
+    material = keyfile.generate(os.urandom(16))
+    initialise(work / "data", material)
+    async with await LogStore.open(work / "data", material) as store:
+        counts = await import_file(store, path)
+    return counts.appended
+
+
+def child(which: str, path: Path) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        start = time.perf_counter()
+        n = asyncio.run((baseline if which == "baseline" else chatarchief)(path, Path(tmp)))
+        elapsed = time.perf_counter() - start
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    print(json.dumps({"events": n, "seconds": elapsed, "rss_mb": rss_kb / 1024}))
+
+
+def run_child(which: str, path: Path) -> dict[str, float]:
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", which, "--file", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(proc.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--child")
+    ap.add_argument("--file")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, Path(args.file))
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-input-") as tmp:
+        results: dict[tuple[str, int], dict[str, float]] = {}
+        for n in sorted({args.events // 10, args.events}):
+            path = Path(tmp) / f"events-{n}.jsonl"
+            size = make_events(path, n)
+            print(f"input: {n} events, {size / n:.0f} bytes/event average")
+            for which in ("baseline", "chatarchief"):
+                best: dict[str, float] | None = None
+                for _ in range(args.repeat):
+                    r = run_child(which, path)
+                    if best is None or r["seconds"] < best["seconds"]:
+                        best = r
+                assert best is not None and best["events"] == n, best
+                results[(which, n)] = best
+                rate = n / best["seconds"]
+                print(
+                    f"  {which:12s} {rate:10,.0f} events/s  {best['seconds']:6.2f} s  peak RSS {best['rss_mb']:.0f} MB"
+                )
+        n = args.events
+        ratio = (n / results[("chatarchief", n)]["seconds"]) / (n / results[("baseline", n)]["seconds"])
+        print(f"ratio chatarchief/baseline at {n}: {ratio:.2f} (goal >= 0.5)")
+        small = results[("chatarchief", n // 10)]["rss_mb"]
+        print(
+            f"chatarchief peak RSS: {small:.0f} MB at {n // 10}, {results[('chatarchief', n)]['rss_mb']:.0f} MB at {n}"
+        )
+
+
+if __name__ == "__main__":
+    main()

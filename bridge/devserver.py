@@ -1,0 +1,342 @@
+"""A throwaway Synapse homeserver on 127.0.0.1, for tests and `chatarchief demo`.
+
+Contract:
+- `SynapseServer(workdir)` owns `workdir` (config, signing key, SQLite, media,
+  log). `start()` writes the config once, spawns Synapse and returns when
+  `/_matrix/client/versions` answers; `stop()` sends SIGTERM and kills after a
+  timeout. A stopped server can be started again on the same data and port
+  (fault tests restart the homeserver mid-stream).
+- Synapse runs in its own interpreter, because it pins Twisted and friends:
+  `$CHATARCHIEF_SYNAPSE_PYTHON`, else `<repo>/.venv-synapse/bin/python` when it
+  exists, else the current interpreter (a `pip install .[demo]` install).
+- `register_user()` uses the shared-secret admin API (HMAC-SHA1), so the server
+  needs no open registration.
+- The server is loopback-only, without federation, presence or URL previews,
+  with every rate limit lifted: never expose it.
+
+Only the standard library is used (HTTP via urllib), so tests and the demo can
+share it without pulling test dependencies into the package.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from bridge.errors import ChatarchiefError
+
+SYNAPSE_PYTHON_ENV = "CHATARCHIEF_SYNAPSE_PYTHON"
+
+#: Lifted rate limit: Synapse's defaults throttle a test that registers, logs in
+#: and sends in bursts (rc_login allows 5 logins, rc_message 0.2 msg/s).
+_UNLIMITED = {"per_second": 100000, "burst_count": 1000000}
+_RATE_LIMITS = (
+    "rc_message",
+    "rc_registration",
+    "rc_joins_per_room",
+    "rc_key_requests",
+    "rc_3pid_validation",
+    "rc_third_party_invite",
+    "rc_media_create",
+    "rc_room_creation",
+    "rc_reports",
+    "rc_user_directory",
+    "rc_profile",
+    "rc_delayed_event_mgmt",
+    "rc_admin_redaction",
+)
+_NESTED_RATE_LIMITS = {
+    "rc_login": ("address", "account", "failed_attempts"),
+    "rc_joins": ("local", "remote"),
+    "rc_invites": ("per_room", "per_user", "per_issuer"),
+    "rc_presence": ("per_user",),
+}
+
+
+class DevServerError(ChatarchiefError):
+    """The throwaway homeserver could not be set up, started or asked."""
+
+
+def default_synapse_python() -> str:
+    """The interpreter that has `matrix-synapse` installed (see module docstring)."""
+    env = os.environ.get(SYNAPSE_PYTHON_ENV)
+    if env:
+        return env
+    repo_venv = Path(__file__).resolve().parent.parent / ".venv-synapse" / "bin" / "python"
+    if repo_venv.exists():
+        return str(repo_venv)
+    return sys.executable
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_signing_key(path: Path) -> None:
+    """Write a Synapse signing key (`ed25519 <version> <unpadded b64 seed>`).
+
+    Same format as `synapse._scripts.generate_signing_key`, without paying for a
+    second interpreter start (~1 s).
+    """
+    seed = base64.b64encode(secrets.token_bytes(32)).decode("ascii").rstrip("=")
+    path.write_text(f"ed25519 a_{secrets.token_hex(2)} {seed}\n", encoding="ascii")
+    path.chmod(0o600)
+
+
+def homeserver_config(workdir: Path, port: int, shared_secret: str) -> dict[str, Any]:
+    """The homeserver.yaml content (JSON is valid YAML) for a loopback test server."""
+    config: dict[str, Any] = {
+        "server_name": "localhost",
+        "public_baseurl": f"http://127.0.0.1:{port}/",
+        "pid_file": str(workdir / "homeserver.pid"),
+        "listeners": [
+            {
+                "port": port,
+                "bind_addresses": ["127.0.0.1"],
+                "type": "http",
+                "tls": False,
+                "x_forwarded": False,
+                "resources": [{"names": ["client"], "compress": False}],
+            }
+        ],
+        "database": {"name": "sqlite3", "args": {"database": str(workdir / "homeserver.db")}},
+        "log_config": str(workdir / "log.config"),
+        "media_store_path": str(workdir / "media_store"),
+        "max_upload_size": "50M",
+        "registration_shared_secret": shared_secret,
+        "enable_registration": False,
+        "report_stats": False,
+        "macaroon_secret_key": secrets.token_hex(32),
+        "form_secret": secrets.token_hex(32),
+        "signing_key_path": str(workdir / "signing.key"),
+        "trusted_key_servers": [],
+        "suppress_key_server_warning": True,
+        "federation_domain_whitelist": [],
+        "presence": {"enabled": False},
+        "url_preview_enabled": False,
+        "enable_metrics": False,
+        # MSC2815: lets a moderator bot read redacted content (issue 3, stretch goal).
+        "experimental_features": {"msc2815_enabled": True},
+    }
+    for name in _RATE_LIMITS:
+        config[name] = dict(_UNLIMITED)
+    for name, keys in _NESTED_RATE_LIMITS.items():
+        config[name] = {key: dict(_UNLIMITED) for key in keys}
+    return config
+
+
+def _log_config(log_file: Path) -> str:
+    return json.dumps(
+        {
+            "version": 1,
+            "formatters": {"precise": {"format": "%(asctime)s %(name)s %(levelname)s %(message)s"}},
+            "handlers": {
+                "file": {
+                    "class": "logging.FileHandler",
+                    "formatter": "precise",
+                    "filename": str(log_file),
+                    "encoding": "utf8",
+                }
+            },
+            "root": {"level": "WARNING", "handlers": ["file"]},
+            "disable_existing_loggers": False,
+        }
+    )
+
+
+class SynapseServer:
+    """One Synapse process on 127.0.0.1 with its data in `workdir`."""
+
+    def __init__(
+        self,
+        workdir: Path,
+        *,
+        python: str | None = None,
+        port: int | None = None,
+        extra_config: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.workdir = Path(workdir)
+        self.python = python or default_synapse_python()
+        self.port = port or free_port()
+        self.extra_config = dict(extra_config or {})
+        self.shared_secret = secrets.token_hex(32)
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._configured = False
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def server_name(self) -> str:
+        return "localhost"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def config_path(self) -> Path:
+        return self.workdir / "homeserver.yaml"
+
+    def _write_config(self) -> None:
+        """Write config, log config and signing key once; restarts reuse them."""
+        if self._configured:
+            return
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "media_store").mkdir(exist_ok=True)
+        (self.workdir / "log.config").write_text(_log_config(self.workdir / "homeserver.log"))
+        write_signing_key(self.workdir / "signing.key")
+        config = homeserver_config(self.workdir, self.port, self.shared_secret)
+        config.update(self.extra_config)
+        self.config_path.write_text(json.dumps(config, indent=2))
+        self._configured = True
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Spawn Synapse and return once the client API answers."""
+        if self.running:
+            return
+        self._write_config()
+        out = (self.workdir / "stdout.log").open("ab")
+        try:
+            self._proc = subprocess.Popen(
+                [self.python, "-m", "synapse.app.homeserver", "-c", str(self.config_path)],
+                cwd=self.workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            out.close()  # the child holds its own descriptor
+        self._wait_ready(timeout)
+
+    def _wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise DevServerError(
+                    f"synapse exited with {self._proc.returncode} during start:\n{self.log_tail()}"
+                )
+            try:
+                versions = f"{self.url}/_matrix/client/versions"
+                with urllib.request.urlopen(versions, timeout=2) as resp:  # noqa: S310 - our loopback URL
+                    if resp.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise DevServerError(f"synapse did not answer within {timeout:.0f}s:\n{self.log_tail()}")
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout` seconds. Idempotent."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL without a chance to clean up (fault tests)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def restart(self, timeout: float = 60.0) -> None:
+        self.stop()
+        self.start(timeout)
+
+    def log_tail(self, lines: int = 40) -> str:
+        """Last lines of Synapse's own log and stdout (for error messages)."""
+        chunks = []
+        for name in ("homeserver.log", "stdout.log"):
+            path = self.workdir / name
+            if path.exists():
+                text = path.read_text(errors="replace").splitlines()[-lines:]
+                chunks.append(f"--- {name}\n" + "\n".join(text))
+        return "\n".join(chunks)
+
+    # -- users -------------------------------------------------------------
+
+    def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(  # noqa: S310 - our own loopback URL
+            f"{self.url}{path}",
+            data=data,
+            method=method,
+            headers={"Content-Type": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+                return json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")
+            raise DevServerError(f"{method} {path}: HTTP {exc.code}: {detail}") from exc
+
+    def register_user(self, name: str, password: str, admin: bool = False) -> tuple[str, str]:
+        """Create `@name:localhost`; return (user_id, access_token) of a new device."""
+        path = "/_synapse/admin/v1/register"
+        nonce = self._request("GET", path)["nonce"]
+        mac = hmac.new(self.shared_secret.encode(), digestmod=hashlib.sha1)
+        for part in (nonce, name, password):
+            mac.update(part.encode())
+            mac.update(b"\x00")
+        mac.update(b"admin" if admin else b"notadmin")
+        body = {
+            "nonce": nonce,
+            "username": name,
+            "password": password,
+            "admin": admin,
+            "mac": mac.hexdigest(),
+        }
+        result = self._request("POST", path, body)
+        return str(result["user_id"]), str(result["access_token"])
+
+    async def register_user_async(self, name: str, password: str, admin: bool = False) -> tuple[str, str]:
+        """`register_user` off the event loop (a registration takes ~0.4 s)."""
+        return await asyncio.to_thread(self.register_user, name, password, admin)
+
+    # -- context managers ----------------------------------------------------
+
+    def __enter__(self) -> SynapseServer:
+        self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    async def __aenter__(self) -> SynapseServer:
+        await asyncio.to_thread(self.start)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        # Blocking on purpose (~2 s): a cancelled caller must still not leak the process.
+        self.stop()
