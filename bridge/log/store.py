@@ -365,6 +365,8 @@ class LogStore:
             sealed = await self._commit(batch)
         except BaseException as exc:
             self._frontier, self._prev_leaf = self._committed[0].copy(), self._committed[1]
+            if self._tail is done:  # nothing sealed after us: the next batch starts afresh
+                self._tail = None
             done.set_exception(StorageError(f"an earlier batch failed to commit: {exc}"))
             done.exception()  # retrieved: later batches see it through `previous`
             raise

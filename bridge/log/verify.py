@@ -106,6 +106,9 @@ def _verify(
     prev = format.GENESIS_PREV
     cp_iter = iter(checkpoints)
     next_cp = next(cp_iter, None)
+    while next_cp is not None and next_cp.size == 0:  # checkpoints of the empty tree
+        _check_root(next_cp, frontier)
+        next_cp = next(cp_iter, None)
     rows = conn.execute("SELECT seq, dedup, header, commitment, body, leaf FROM records ORDER BY seq")
     for seq, dedup, header_b, commit, body, stored_leaf in rows:
         i = frontier.size
@@ -238,7 +241,7 @@ def _check_root(cp: checkpoint.Checkpoint, frontier: merkle.Frontier) -> None:
     root = frontier.root()
     if not crypto.hmac_equal(root, cp.root):
         raise LogIntegrityError(
-            cp.size - 1,
+            max(cp.size - 1, 0),
             f"records up to {cp.size - 1} do not match the signed checkpoint at tree size {cp.size}",
             cp.root.hex(),
             root.hex(),

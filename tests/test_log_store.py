@@ -1,0 +1,205 @@
+"""The SQLite log store: group commit, idempotency, cursors, failures, reopening, rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.errors import KeyFileError, StorageError, UsageError
+from bridge.events import canonical_bytes
+from bridge.log import format, merkle
+from bridge.log.store import CheckpointPolicy, LogStore
+from bridge.log.verify import verify_log
+from tests.conftest import LogDir, create_log, make_event
+
+
+async def test_duplicates_are_counted_not_stored(empty_log: LogDir) -> None:
+    """The same (source, conversation, event_id) appended twice, across or within batches, is stored once."""
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        first = await store.append_events([make_event(1), make_event(2), make_event(1)])
+        second = await store.append_events([make_event(2), make_event(3)])
+        assert (first.appended, first.duplicates, first.seqs) == (2, 1, (0, 1))
+        assert (second.appended, second.duplicates, second.seqs) == (1, 1, (2,))
+        assert store.size == 3
+        assert await store.counter("duplicates") == 2
+        # Same event id in another conversation is a different event.
+        other = await store.append_events([make_event(1, conversation="!other:example.org")])
+        assert other.appended == 1
+
+
+async def test_cursor_is_stored_with_the_batch(empty_log: LogDir) -> None:
+    """The source cursor is saved in the same transaction as the events it acknowledges."""
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        assert await store.get_cursor("matrix:@bot:x") is None
+        await store.append_events([make_event(1)], cursor=("matrix:@bot:x", "s72594_4483_1934"))
+        assert await store.get_cursor("matrix:@bot:x") == "s72594_4483_1934"
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        assert await store.get_cursor("matrix:@bot:x") == "s72594_4483_1934"
+
+
+async def test_failed_commit_rolls_back_events_and_cursor(empty_log: LogDir) -> None:
+    """A commit that fails (here: the database is locked by another writer) stores nothing, advances nothing,
+    and the next attempt reuses the same sequence numbers."""
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        await store.append_events([make_event(0)], cursor=("c", "t0"))
+        blocker = sqlite3.connect(empty_log.db, isolation_level=None, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")
+        await store._conn.execute("PRAGMA busy_timeout = 0")
+        with pytest.raises(StorageError):
+            await store.append_events([make_event(1), make_event(2)], cursor=("c", "t1"))
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert store.size == 1
+        assert await store.get_cursor("c") == "t0"
+        retry = await store.append_events([make_event(1), make_event(2)], cursor=("c", "t1"))
+        assert retry.seqs == (1, 2)
+        await store.checkpoint()
+    report = verify_log(empty_log.data_dir, empty_log.keys)
+    assert report.records == 3 and report.unsealed == 0
+
+
+async def test_pipelined_batches_keep_order_and_dedup(empty_log: LogDir) -> None:
+    """Batches appended concurrently are committed in order, gapless, and dedup across in-flight batches."""
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        tasks = [
+            asyncio.create_task(store.append_events([make_event(i) for i in range(b * 10, b * 10 + 15)]))
+            for b in range(8)
+        ]
+        results = await asyncio.gather(*tasks)
+        assert sum(r.appended for r in results) == 85
+        assert sum(r.duplicates for r in results) == 8 * 15 - 85
+        seqs = [s for r in results for s in r.seqs]
+        assert seqs == list(range(85))
+        await store.checkpoint()
+    assert verify_log(empty_log.data_dir, empty_log.keys).records == 85
+
+
+async def test_reopen_continues_the_chain_and_tree(empty_log: LogDir) -> None:
+    """Reopening restores the frontier and previous leaf, so appends after a restart verify."""
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        await store.append_events([make_event(i) for i in range(5)])
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        assert store.size == 5
+        await store.append_events([make_event(i) for i in range(5, 9)])
+        await store.checkpoint()
+    report = verify_log(empty_log.data_dir, empty_log.keys)
+    assert report.records == 9 and report.unsealed == 0
+
+
+async def test_lost_frontier_is_rebuilt_from_leaves(empty_log: LogDir) -> None:
+    """If the saved frontier does not match the records it is rebuilt from the stored leaves."""
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        await store.append_events([make_event(i) for i in range(6)])
+    conn = sqlite3.connect(empty_log.db, isolation_level=None)
+    conn.execute("DELETE FROM meta WHERE k = 'frontier'")
+    leaves = [bytes(r[0]) for r in conn.execute("SELECT leaf FROM records ORDER BY seq")]
+    conn.close()
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        assert store._frontier.root() == merkle.root(leaves)
+
+
+async def test_checkpoint_policy_by_count(empty_log: LogDir) -> None:
+    """With every_records=4, checkpoints appear as soon as 4 new records are committed."""
+    policy = CheckpointPolicy(every_records=4, every_seconds=3600)
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys, policy) as store:
+        for i in range(10):
+            await store.append_events([make_event(i)])
+    sizes = [r[0] for r in sqlite3.connect(empty_log.db).execute("SELECT size FROM checkpoints ORDER BY size")]
+    assert sizes == [4, 8]
+
+
+async def test_checkpoint_policy_by_time(empty_log: LogDir) -> None:
+    """With a tiny interval every commit that adds records signs a checkpoint."""
+    policy = CheckpointPolicy(every_records=10_000, every_seconds=0.001)
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys, policy) as store:
+        for i in range(3):
+            await asyncio.sleep(0.005)
+            await store.append_events([make_event(i)])
+    sizes = [r[0] for r in sqlite3.connect(empty_log.db).execute("SELECT size FROM checkpoints ORDER BY size")]
+    assert sizes == [1, 2, 3]
+
+
+async def test_on_demand_checkpoint_of_empty_log(empty_log: LogDir) -> None:
+    """An on-demand checkpoint of an empty log signs tree size 0; repeating it signs nothing new."""
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        first = await store.checkpoint()
+        again = await store.checkpoint()
+    assert first == again and "\n0\n" in first
+
+
+async def test_open_with_another_logs_key_is_refused(empty_log: LogDir, tmp_path: Path) -> None:
+    """Opening the store with another log's keys is a KeyFileError, before anything is written."""
+    other = create_log(tmp_path / "other")
+    with pytest.raises(KeyFileError):
+        await LogStore.open(empty_log.data_dir, other.keys)
+
+
+async def test_open_without_a_log_is_a_usage_error(tmp_path: Path, empty_log: LogDir) -> None:
+    """A data dir without a log points the operator at `init`."""
+    with pytest.raises(UsageError, match="chatarchief init"):
+        await LogStore.open(tmp_path / "nothing", empty_log.keys)
+
+
+async def test_no_plaintext_in_database_file(empty_log: LogDir) -> None:
+    """Message bodies, room ids, event ids and sender ids do not appear in the database files."""
+    marker = "GEHEIM-MARKER-7731"
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        await store.append_events(
+            [make_event(i, conversation=f"!{marker}room:example.org", body=f"{marker} body {i}") for i in range(20)]
+        )
+        await store.checkpoint()
+    for path in empty_log.data_dir.iterdir():
+        data = path.read_bytes()
+        for needle in (marker, "$event1", "@minister"):
+            assert needle.encode() not in data, (path.name, needle)
+
+
+async def test_records_decrypt_back_to_the_events(empty_log: LogDir) -> None:
+    """read_events returns exactly the events appended, in order."""
+    events = [make_event(i) for i in range(12)]
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        await store.append_events(events)
+        back = await store.read_events()
+    assert [e for _, e in back] == events
+    assert [canonical_bytes(e) for _, e in back] == [canonical_bytes(e) for e in events]
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(st.lists(st.integers(0, 40), max_size=12), min_size=1, max_size=8))
+def test_any_append_sequence_verifies(tmp_path_factory: pytest.TempPathFactory, batches: list[list[int]]) -> None:
+    """Property: for any sequence of batches (with repeats), the log holds each event once, gapless, and verifies."""
+    log = create_log(tmp_path_factory.mktemp("prop"))
+
+    async def go() -> int:
+        policy = CheckpointPolicy(every_records=5, every_seconds=3600)
+        async with await LogStore.open(log.data_dir, log.keys, policy) as store:
+            for batch in batches:
+                await store.append_events([make_event(i) for i in batch])
+            await store.checkpoint()
+            return store.size
+
+    size = asyncio.run(go())
+    assert size == len({i for b in batches for i in b})
+    report = verify_log(log.data_dir, log.keys)
+    assert report.records == size and report.unsealed == 0
+
+
+def test_header_round_trip_and_unknown_versions() -> None:
+    """Headers pack to 82 bytes and back; unknown versions and types are refused."""
+    header = format.RecordHeader(1, format.RecordType.EVENT, 7, 123, 2, os.urandom(16), os.urandom(12), bytes(32))
+    packed = header.pack()
+    assert len(packed) == format.HEADER_BYTES == 82
+    assert format.unpack_header(packed) == header
+    assert packed[format.NONCE_OFFSET : format.NONCE_OFFSET + 12] == header.nonce
+    with pytest.raises(format.FormatError):
+        format.unpack_header(b"\x02" + packed[1:])
+    with pytest.raises(format.FormatError):
+        format.unpack_header(packed[:1] + b"\x09" + packed[2:])
+    with pytest.raises(format.FormatError):
+        format.unpack_header(packed[:-1])
