@@ -233,9 +233,7 @@ class SynapseServer:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise DevServerError(
-                    f"synapse exited with {self._proc.returncode} during start:\n{self.log_tail()}"
-                )
+                raise DevServerError(f"synapse exited with {self._proc.returncode} during start:\n{self.log_tail()}")
             try:
                 versions = f"{self.url}/_matrix/client/versions"
                 with urllib.request.urlopen(versions, timeout=2) as resp:  # noqa: S310 - our loopback URL
