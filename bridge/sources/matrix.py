@@ -1,0 +1,397 @@
+"""Live Matrix capture: our own sync loop on matrix-nio, end-to-end encrypted.
+
+Contract with the capture pipeline:
+- `MatrixSource(cfg, sink, blobs).run(stop)` syncs until `stop` is set,
+  reconnecting with exponential backoff while the homeserver is unreachable or
+  refuses; a refused login (`MatrixLoginError`) and any error from the sink
+  propagate (retrying cannot fix either).
+- At start it calls `sink.load_cursor()`. Each sync response becomes one
+  `sink.commit(events, next_batch)`; the next sync starts only after the commit
+  returned, so the token is durable with (never before) its events. A crash
+  replays at most one batch; the log deduplicates on (source, conversation,
+  event_id).
+- Gaps are backfilled through /messages: a `limited` timeline back to the
+  previous token; a room seen for the first time (first run, or just joined)
+  back to the start of the history the bot may see.
+- Invites are accepted from `allowed_inviters` or for `rooms`, else declined;
+  logs carry ids, never message content.
+- Encrypted events nio cannot decrypt are committed as `undecryptable`, their
+  keys requested, and retried when keys arrive (see `matrix_crypto`).
+- Media is fetched into `blobs` (see `matrix_media`); without `blobs` the
+  attachments stay "pending" references.
+
+nio pitfalls handled here: never `sync_forever` (it acknowledges by itself);
+`store_sync_tokens=False` (nio would save the token before we commit); key
+upload/query/claim and to-device sending run between syncs by hand; nio's
+internal endless retry on connection errors is capped so that our backoff and
+`stop` stay in control.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+from nio import AsyncClientConfig, MegolmEvent
+
+from bridge.errors import SourceError
+from bridge.events import Event, EventId, Kind
+from bridge.sources import matrix_crypto as crypto
+from bridge.sources.matrix_client import (
+    MatrixLoginError,
+    MatrixRequestError,
+    RawKeepingClient,
+    checked,
+    close_quietly,
+    open_session,
+)
+from bridge.sources.matrix_events import normalise
+from bridge.sources.matrix_media import BlobSink, MediaFetcher, fetch_attachments
+from bridge.sources.matrix_state import SourceState
+
+__all__ = ["BlobSink", "MatrixSource", "MatrixSourceConfig", "Sink"]
+
+log = logging.getLogger(__name__)
+
+
+class Sink(Protocol):
+    """Where captured events go (the capture pipeline provides it)."""
+
+    async def commit(self, events: Sequence[Event], cursor: str | None) -> None:
+        """Make `events` durable and store `cursor` in the same transaction; return when durable."""
+        ...
+
+    async def load_cursor(self) -> str | None:
+        """The cursor of the last commit, or None before the first."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class MatrixSourceConfig:
+    """What the source needs; the capture pipeline maps `[matrix]` config onto it."""
+
+    homeserver: str
+    store_dir: Path
+    #: Encrypts nio's crypto store; derived from our key material, never a default.
+    pickle_key: bytes
+    user_id: str | None = None
+    password_file: Path | None = None
+    access_token_file: Path | None = None
+    device_name: str = "chatarchief"
+    allowed_inviters: frozenset[str] = frozenset()
+    rooms: frozenset[str] = frozenset()
+    max_media_bytes: int = 100 * 1024 * 1024
+    sync_timeout_ms: int = 30_000
+    #: Events per room per sync; a gap past it is backfilled through /messages.
+    timeline_limit: int = 50
+    backfill_page: int = 100
+    backoff_initial: float = 1.0
+    backoff_max: float = 60.0
+
+
+@dataclass(slots=True)
+class _Batch:
+    """One sync response's worth of work, built before the commit, applied after it."""
+
+    events: list[Event]
+    backfilled: list[str]
+    undecrypted: list[MegolmEvent]
+    late: list[str]
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class MatrixSource:
+    """One bot account on one homeserver (see module docstring)."""
+
+    def __init__(self, cfg: MatrixSourceConfig, sink: Sink, blobs: BlobSink | None = None) -> None:
+        if not cfg.pickle_key:
+            raise ValueError("pickle_key must come from the key material; an empty key is refused")
+        self.cfg = cfg
+        self.sink = sink
+        self.blobs = blobs
+        self._state = SourceState.load(cfg.store_dir)
+        #: Set after each committed sync: tests and health checks wait on it.
+        self.synced = asyncio.Event()
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Capture until `stop` is set (see module docstring for what propagates)."""
+        backoff = self.cfg.backoff_initial
+        while not stop.is_set():
+            try:
+                await self._run_connected(stop)
+            except MatrixLoginError:
+                raise
+            except SourceError as exc:
+                log.warning("matrix source: %s; retrying in %.1fs", exc, backoff)
+                if await _wait(stop, backoff):
+                    return
+                backoff = min(backoff * 2, self.cfg.backoff_max)
+                continue
+            return
+
+    def _new_client(self) -> RawKeepingClient:
+        self.cfg.store_dir.mkdir(parents=True, exist_ok=True)
+        config = AsyncClientConfig(
+            encryption_enabled=True,
+            store_sync_tokens=False,
+            pickle_key=base64.b64encode(self.cfg.pickle_key).decode("ascii"),
+            # nio retries connection errors forever by default; one retry, then our backoff.
+            max_timeouts=1,
+            request_timeout=max(30.0, self.cfg.sync_timeout_ms / 1000 + 15),
+        )
+        return RawKeepingClient(
+            self.cfg.homeserver, self.cfg.user_id or "", store_path=str(self.cfg.store_dir), config=config
+        )
+
+    async def _run_connected(self, stop: asyncio.Event) -> None:
+        client = self._new_client()
+        try:
+            await open_session(
+                client,
+                homeserver=self.cfg.homeserver,
+                store_dir=self.cfg.store_dir,
+                user_id=self.cfg.user_id,
+                password_file=self.cfg.password_file,
+                access_token_file=self.cfg.access_token_file,
+                device_name=self.cfg.device_name,
+            )
+            # Keys go up before anything else: a device must exist with keys before
+            # it is invited, or senders never share room keys with it.
+            await self._maintain_keys(client)
+            cursor = await self.sink.load_cursor()
+            first = True
+            while not stop.is_set():
+                response = await self._sync(client, cursor, first, stop)
+                if response is None:
+                    return
+                cursor = await self._handle(client, response, cursor)
+                first = False
+                await self._maintain_keys(client)
+        finally:
+            await close_quietly(client)
+
+    async def _sync(self, client: RawKeepingClient, cursor: str | None, first: bool, stop: asyncio.Event) -> Any:
+        """One /sync, abandoned (nothing processed) if `stop` is set meanwhile."""
+        # nio skips a response whose next_batch equals its own: keep it in step with
+        # the committed cursor so a replayed batch is decrypted again.
+        client.next_batch = cursor
+        sync_filter = {
+            "room": {"timeline": {"limit": self.cfg.timeline_limit}, "state": {"lazy_load_members": False}},
+            "presence": {"types": []},
+        }
+        call = checked(
+            client.sync(
+                timeout=0 if first else self.cfg.sync_timeout_ms,
+                sync_filter=sync_filter,
+                since=cursor,
+                # Full state once per connection: nio learns every room's members
+                # (needed to track devices and share keys) after a restart.
+                full_state=first and cursor is not None,
+            ),
+            "sync",
+        )
+        sync_task = asyncio.ensure_future(call)
+        stop_task = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({sync_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_task.cancel()
+            if not sync_task.done():
+                sync_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sync_task
+        if not sync_task.done() or sync_task.cancelled():
+            return None
+        return sync_task.result()
+
+    async def _maintain_keys(self, client: RawKeepingClient) -> None:
+        """What `sync_forever` does between syncs: one-time keys, device lists, Olm sessions."""
+        if client.should_upload_keys:
+            await checked(client.keys_upload(), "keys upload")
+        if client.should_query_keys:
+            await checked(client.keys_query(), "keys query")
+        if client.should_claim_keys:
+            await checked(client.keys_claim(client.get_users_for_key_claiming()), "keys claim")
+        for response in await client.send_to_device_messages():
+            if hasattr(response, "status_code"):  # nio keeps failed ones queued for the next round
+                log.warning("to-device message refused: %s", response.status_code)
+
+    # -- one sync batch --------------------------------------------------------
+
+    async def _handle(self, client: RawKeepingClient, response: Any, cursor: str | None) -> str:
+        body: dict[str, Any] = getattr(response, "raw_body", None) or {}
+        rooms = body.get("rooms") or {}
+        await self._handle_invites(client, rooms.get("invite") or {})
+        batch = _Batch([], [], [], [])
+        for room_id, room in (rooms.get("join") or {}).items():
+            await self._collect_room(client, batch, room_id, room, response.rooms.join.get(room_id), cursor, True)
+        for room_id, room in (rooms.get("leave") or {}).items():
+            if room_id not in self._state.backfilled:
+                continue  # a declined invite: no conversation of ours, nothing to archive
+            await self._collect_room(client, batch, room_id, room, response.rooms.leave.get(room_id), cursor, False)
+        if self._state.pending and (body.get("to_device") or {}).get("events"):
+            self._collect_late(client, batch)
+        events = await self._with_media(client, batch.events)
+        await self.sink.commit(events, response.next_batch)
+        self._after_commit(batch)
+        await crypto.request_keys(client, batch.undecrypted)
+        self.synced.set()
+        return str(response.next_batch)
+
+    async def _handle_invites(self, client: RawKeepingClient, invites: dict[str, Any]) -> None:
+        for room_id, invite in invites.items():
+            inviter = _inviter(invite, client.user_id)
+            accept = room_id in self.cfg.rooms or inviter in self.cfg.allowed_inviters
+            try:
+                if accept:
+                    await checked(client.join(room_id), "join")
+                    log.info("accepted invite to %s from %s", room_id, inviter)
+                else:
+                    await checked(client.room_leave(room_id), "decline invite")
+                    log.warning("declined invite to %s from %s: not an allowed inviter", room_id, inviter)
+            except MatrixRequestError as exc:
+                # A room that vanished or forbids us cannot be fixed by retrying the batch.
+                log.warning("invite to %s from %s: %s", room_id, inviter, exc)
+
+    async def _collect_room(
+        self,
+        client: RawKeepingClient,
+        batch: _Batch,
+        room_id: str,
+        room: dict[str, Any],
+        nio_room: Any,
+        cursor: str | None,
+        joined: bool,
+    ) -> None:
+        timeline = room.get("timeline") or {}
+        nio_events = list(nio_room.timeline.events) if nio_room is not None else []
+        decrypted = crypto.decrypted_by_id(nio_events)
+        undecrypted = crypto.undecrypted_by_id(nio_events)
+        older: list[dict[str, Any]] = []
+        prev_batch = timeline.get("prev_batch")
+        if not joined:
+            pass  # a room we left: take what the sync gives, /messages may be forbidden now
+        elif room_id not in self._state.backfilled:
+            older = await self._backfill(client, room_id, prev_batch, None, decrypted, undecrypted)
+            batch.backfilled.append(room_id)
+        elif timeline.get("limited") and cursor is not None:
+            older = await self._backfill(client, room_id, prev_batch, cursor, decrypted, undecrypted)
+        # The state section matters only the first time (state before the visible
+        # history: name, encryption, retention, m.bridge). Later, backfill covers
+        # every gap, and the full-state sync after a restart would only repeat it.
+        state = ((room.get("state") or {}).get("events") or []) if room_id in batch.backfilled else []
+        seen: set[str] = set()
+        for raw in [*older, *state, *(timeline.get("events") or [])]:
+            event_id = raw.get("event_id")
+            if isinstance(event_id, str):
+                if event_id in seen:
+                    continue
+                seen.add(event_id)
+            batch.events.append(self._normalise(client, room_id, raw, decrypted))
+            if isinstance(event_id, str) and event_id in undecrypted and event_id not in decrypted:
+                batch.undecrypted.append(undecrypted[event_id])
+
+    async def _backfill(
+        self,
+        client: RawKeepingClient,
+        room_id: str,
+        start: str | None,
+        end: str | None,
+        decrypted: dict[str, Any],
+        undecrypted: dict[str, MegolmEvent],
+    ) -> list[dict[str, Any]]:
+        """Page back from `start` to `end` (None: to the start of visible history), oldest first."""
+        if not start:
+            return []
+        newest_first: list[dict[str, Any]] = []
+        token = start
+        while True:
+            page = await checked(
+                client.room_messages(room_id, start=token, end=end, limit=self.cfg.backfill_page), "messages"
+            )
+            chunk = (getattr(page, "raw_body", None) or {}).get("chunk") or []
+            newest_first.extend(chunk)
+            decrypted.update(crypto.decrypted_by_id(page.chunk))
+            undecrypted.update(crypto.undecrypted_by_id(page.chunk))
+            if not chunk or not page.end or page.end == token:
+                break
+            token = page.end
+        log.info("backfilled %d events in %s", len(newest_first), room_id)
+        newest_first.reverse()
+        return newest_first
+
+    def _normalise(
+        self, client: RawKeepingClient, room_id: str, raw: dict[str, Any], decrypted: dict[str, Any]
+    ) -> Event:
+        event_id = raw.get("event_id")
+        if raw.get("type") == crypto.ENCRYPTED_TYPE and event_id in decrypted:
+            plain = decrypted[event_id]
+            return normalise(
+                crypto.merge_decrypted(raw, plain),
+                room_id=room_id,
+                received_at=_now_ms(),
+                decryption=crypto.evidence(client, {**raw, "room_id": room_id}, plain),
+            )
+        return normalise(raw, room_id=room_id, received_at=_now_ms())
+
+    def _collect_late(self, client: RawKeepingClient, batch: _Batch) -> None:
+        for event_id, room_id, merged, proof, _ in crypto.late_decryptions(client, self._state.pending):
+            event = normalise(
+                merged,
+                room_id=room_id,
+                received_at=_now_ms(),
+                decryption={**proof, "late": True, "first_record": event_id},
+            )
+            batch.events.append(
+                replace(
+                    event,
+                    event_id=EventId(event_id + crypto.LATE_SUFFIX),
+                    relates_to=event.relates_to or EventId(event_id),
+                )
+            )
+            batch.late.append(event_id)
+            log.info("late decryption of %s in %s", event_id, room_id)
+
+    async def _with_media(self, client: RawKeepingClient, events: list[Event]) -> list[Event]:
+        if self.blobs is None:
+            return events
+        fetcher = MediaFetcher(client.client_session, self.cfg.homeserver, client.access_token)
+        return [await fetch_attachments(fetcher, e, self.blobs, self.cfg.max_media_bytes) for e in events]
+
+    def _after_commit(self, batch: _Batch) -> None:
+        for room_id in batch.backfilled:
+            self._state.mark_backfilled(room_id)
+        for event in batch.events:
+            if event.kind is Kind.UNDECRYPTABLE and event.raw.get("content"):
+                self._state.add_pending(event.event_id, event.conversation, event.raw)
+        for event_id in batch.late:
+            self._state.drop_pending(event_id)
+        self._state.save()
+
+
+def _inviter(invite: dict[str, Any], user_id: str) -> str | None:
+    """Who invited us: the sender of our own m.room.member invite in the stripped state."""
+    for event in (invite.get("invite_state") or {}).get("events") or []:
+        if event.get("type") == "m.room.member" and event.get("state_key") == user_id:
+            sender = event.get("sender")
+            return sender if isinstance(sender, str) else None
+    return None
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; True if `stop` was set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()

@@ -1,0 +1,211 @@
+"""matrix-nio, made strict: checked calls, raw response bodies, and a persistent login.
+
+Contract:
+- `checked(call, what)` awaits a nio call and returns its response, or raises:
+  nio returns `ErrorResponse` objects instead of raising, and a `SyncError`
+  taken for success makes a bot spin (STYLE principle 7). Unreachable servers
+  raise `MatrixUnavailableError`; refusals raise `MatrixRequestError` with the
+  Matrix errcode; a refused login raises `MatrixLoginError` (not retried).
+- `RawKeepingClient` is nio's `AsyncClient` that also keeps the JSON body of
+  sync and /messages responses as `response.raw_body`: the archive stores
+  events exactly as the server sent them, not nio's lossy parse. nio is still
+  what decrypts (it replaces `MegolmEvent`s in its own parse, keyed by event id).
+- `open_session(client, ...)` logs in once and persists `device_id` and the
+  access token (`session.json`, mode 0600, in the store dir) so every restart is
+  the same device with the same crypto store. With an access-token file the
+  token is the operator's (SSO deployments such as MijnBureau disable passwords):
+  whoami tells us the user and device.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from nio import AsyncClient, ErrorResponse, RoomMessagesResponse, SyncResponse
+
+from bridge.errors import SourceError
+
+log = logging.getLogger(__name__)
+
+SESSION_FILE = "session.json"
+
+
+class MatrixUnavailableError(SourceError):
+    """The homeserver could not be reached (retry with backoff)."""
+
+
+class MatrixRequestError(SourceError):
+    """The homeserver refused a request; carries the Matrix errcode."""
+
+    def __init__(self, what: str, errcode: str | None, message: str | None) -> None:
+        self.what = what
+        self.errcode = errcode
+        super().__init__(f"{what} refused by homeserver: {errcode or 'error'}: {message or ''}".rstrip())
+
+
+class MatrixLoginError(SourceError):
+    """Credentials are wrong or revoked: retrying cannot help, the operator must act."""
+
+
+async def checked(call: Awaitable[Any], what: str) -> Any:
+    """Await a nio call; return its response or raise (see module docstring)."""
+    try:
+        response = await call
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        raise MatrixUnavailableError(f"{what}: homeserver unreachable ({type(exc).__name__})") from exc
+    if isinstance(response, ErrorResponse):
+        raise MatrixRequestError(what, response.status_code, response.message)
+    return response
+
+
+class RawKeepingClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
+    """nio's client that also keeps the raw JSON of sync and /messages responses."""
+
+    async def create_matrix_response(
+        self,
+        response_class: type,
+        transport_response: aiohttp.ClientResponse,
+        data: tuple[Any, ...] | None = None,
+        save_to: os.PathLike[str] | None = None,
+    ) -> Any:
+        response = await super().create_matrix_response(response_class, transport_response, data, save_to)
+        if response_class in (SyncResponse, RoomMessagesResponse) and not isinstance(response, ErrorResponse):
+            # aiohttp caches the body nio already read: this re-parses, it does not re-fetch.
+            response.raw_body = orjson.loads(await transport_response.read())
+        return response
+
+
+@dataclass(frozen=True, slots=True)
+class SavedSession:
+    homeserver: str
+    user_id: str
+    device_id: str
+    access_token: str
+
+
+def load_session(store_dir: Path) -> SavedSession | None:
+    path = store_dir / SESSION_FILE
+    if not path.exists():
+        return None
+    d = json.loads(path.read_text(encoding="utf-8"))
+    return SavedSession(d["homeserver"], d["user_id"], d["device_id"], d["access_token"])
+
+
+def save_session(store_dir: Path, session: SavedSession) -> None:
+    """Atomically replace session.json (0600: it holds an access token)."""
+    store_dir.mkdir(parents=True, exist_ok=True)
+    tmp = store_dir / f"{SESSION_FILE}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(
+            {
+                "homeserver": session.homeserver,
+                "user_id": session.user_id,
+                "device_id": session.device_id,
+                "access_token": session.access_token,
+            },
+            f,
+        )
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, store_dir / SESSION_FILE)
+
+
+def _read_secret(path: Path, what: str) -> str:
+    try:
+        value = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise MatrixLoginError(f"cannot read matrix {what} file {path}: {exc.strerror}") from exc
+    if not value:
+        raise MatrixLoginError(f"matrix {what} file {path} is empty")
+    return value
+
+
+async def _whoami(client: AsyncClient) -> tuple[str, str]:
+    try:
+        who = await checked(client.whoami(), "whoami")
+    except MatrixRequestError as exc:
+        if exc.errcode in ("M_UNKNOWN_TOKEN", "M_MISSING_TOKEN", "M_FORBIDDEN"):
+            raise MatrixLoginError(f"access token refused by homeserver ({exc.errcode})") from exc
+        raise
+    if not who.device_id:
+        raise MatrixLoginError("whoami returned no device id: the access token must belong to a device")
+    return str(who.user_id), str(who.device_id)
+
+
+async def open_session(
+    client: AsyncClient,
+    *,
+    homeserver: str,
+    store_dir: Path,
+    user_id: str | None,
+    password_file: Path | None,
+    access_token_file: Path | None,
+    device_name: str,
+) -> None:
+    """Log `client` in (restoring the saved device where possible) and load its crypto store."""
+    if access_token_file is not None:
+        await _login_with_token(client, homeserver, store_dir, user_id, access_token_file)
+        return
+    saved = load_session(store_dir)
+    if saved is not None and saved.homeserver == homeserver and saved.user_id == (user_id or saved.user_id):
+        client.access_token = saved.access_token
+        try:
+            await _whoami(client)
+        except MatrixLoginError:
+            log.warning("saved matrix access token refused; logging in again as the same device")
+        else:
+            client.restore_login(saved.user_id, saved.device_id, saved.access_token)
+            return
+        client.device_id = saved.device_id  # nio's login reuses it: same device, same keys
+    if password_file is None or user_id is None:
+        raise MatrixLoginError("matrix login needs user_id and password_file, or access_token_file")
+    await _login_with_password(client, homeserver, store_dir, user_id, password_file, device_name)
+
+
+async def _login_with_token(
+    client: AsyncClient, homeserver: str, store_dir: Path, user_id: str | None, token_file: Path
+) -> None:
+    token = _read_secret(token_file, "access token")
+    client.access_token = token
+    who_user, who_device = await _whoami(client)
+    if user_id is not None and who_user != user_id:
+        raise MatrixLoginError(f"access token belongs to {who_user}, config says {user_id}")
+    saved = load_session(store_dir)
+    if saved is not None and saved.device_id != who_device:
+        # A new token for a new device: the old crypto store cannot decrypt for it.
+        log.warning("access token is for device %s, store was for %s", who_device, saved.device_id)
+    client.user = who_user
+    client.restore_login(who_user, who_device, token)
+    save_session(store_dir, SavedSession(homeserver, who_user, who_device, token))
+
+
+async def _login_with_password(
+    client: AsyncClient, homeserver: str, store_dir: Path, user_id: str, password_file: Path, device_name: str
+) -> None:
+    password = _read_secret(password_file, "password")
+    client.user = user_id
+    try:
+        response = await checked(client.login(password=password, device_name=device_name), "login")
+    except MatrixRequestError as exc:
+        if exc.errcode in ("M_FORBIDDEN", "M_USER_DEACTIVATED", "M_INVALID_PARAM", "M_UNKNOWN"):
+            raise MatrixLoginError(f"matrix login as {user_id} refused ({exc.errcode})") from exc
+        raise
+    save_session(store_dir, SavedSession(homeserver, response.user_id, response.device_id, response.access_token))
+    log.info("logged in to matrix as %s device %s", response.user_id, response.device_id)
+
+
+async def close_quietly(client: AsyncClient) -> None:
+    """Close nio's HTTP session; never raise from cleanup."""
+    try:
+        await client.close()
+    except (aiohttp.ClientError, OSError):  # pragma: no cover - best effort
+        log.debug("error closing matrix client", exc_info=True)

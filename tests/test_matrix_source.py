@@ -1,0 +1,367 @@
+"""Live Matrix capture against a real Synapse, with real nio clients as the officials.
+
+The sink here is in memory (a list and a cursor) with the log's contract:
+`commit` stores events and cursor together; duplicates are allowed and
+collapsed on (source, conversation, event_id), as the log does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bridge.devserver import SynapseServer
+from bridge.events import Event, Kind
+from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
+from bridge.sources.matrix_client import load_session
+from tests.support.officials import Official, OfficialFactory, ok, poll_until, unique_name
+
+pytestmark = pytest.mark.synapse
+
+
+class MemorySink:
+    """The Sink contract in memory; `commits` keeps every call, duplicates included."""
+
+    def __init__(self) -> None:
+        self.commits: list[tuple[list[Event], str | None]] = []
+        self.cursor: str | None = None
+
+    async def commit(self, events: Sequence[Event], cursor: str | None) -> None:
+        self.commits.append((list(events), cursor))
+        self.cursor = cursor
+
+    async def load_cursor(self) -> str | None:
+        return self.cursor
+
+    @property
+    def stream(self) -> list[Event]:
+        return [e for events, _ in self.commits for e in events]
+
+    def unique(self) -> dict[tuple[str, str, str], Event]:
+        """What the log would hold: first copy of each idempotency key."""
+        out: dict[tuple[str, str, str], Event] = {}
+        for event in self.stream:
+            out.setdefault(event.key, event)
+        return out
+
+    def in_room(self, room_id: str, kind: Kind | None = None) -> list[Event]:
+        return [e for e in self.unique().values() if e.conversation == room_id and (kind is None or e.kind == kind)]
+
+    def find(self, event_id: str) -> Event | None:
+        return next((e for e in self.unique().values() if e.event_id == event_id), None)
+
+
+class MemoryBlobs:
+    """BlobSink in memory: blob id = plaintext sha256 (the real store encrypts)."""
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, tuple[bytes, str | None]] = {}
+
+    async def put(self, data: bytes, media_type: str | None) -> tuple[str, str]:
+        digest = hashlib.sha256(data).hexdigest()
+        self.blobs[digest] = (data, media_type)
+        return digest, digest
+
+
+@dataclass
+class Bot:
+    """The archive bot's account and a way to run MatrixSource objects for it."""
+
+    synapse: SynapseServer
+    user_id: str
+    password_file: Path
+    store_dir: Path
+    allowed: frozenset[str] = frozenset()
+    running: list[tuple[asyncio.Event, asyncio.Task[None]]] = field(default_factory=list)
+
+    def config(self, **overrides: Any) -> MatrixSourceConfig:
+        cfg = MatrixSourceConfig(
+            homeserver=self.synapse.url,
+            store_dir=self.store_dir,
+            pickle_key=b"test-pickle-key-from-key-material",
+            user_id=self.user_id,
+            password_file=self.password_file,
+            device_name="chatarchief-test",
+            allowed_inviters=self.allowed,
+            sync_timeout_ms=5_000,
+            backoff_initial=0.2,
+            backoff_max=1.0,
+        )
+        return replace(cfg, **overrides)
+
+    async def start(self, sink: MemorySink, blobs: MemoryBlobs | None = None, **overrides: Any) -> MatrixSource:
+        source = MatrixSource(self.config(**overrides), sink, blobs)
+        stop = asyncio.Event()
+        task = asyncio.create_task(source.run(stop))
+        self.running.append((stop, task))
+        await poll_until(lambda: bool(sink.commits) or task.done(), timeout=20)
+        if task.done():
+            task.result()  # raise what stopped it
+        return source
+
+    async def stop(self) -> None:
+        """Graceful stop of every running source (finishes the batch in hand)."""
+        while self.running:
+            stop, task = self.running.pop()
+            stop.set()
+            await asyncio.wait_for(task, 15)
+
+
+@pytest.fixture
+async def bot(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[Bot]:
+    name = unique_name("archivebot")
+    password = f"pw-{name}"
+    user_id, _ = await synapse.register_user_async(name, password)
+    password_file = tmp_path / "bot.password"
+    password_file.write_text(password)
+    password_file.chmod(0o600)
+    robot = Bot(synapse, user_id, password_file, tmp_path / "bot-store")
+    try:
+        yield robot
+    finally:
+        await robot.stop()
+
+
+async def invite_bot(alice: Official, bot: Bot, *, encrypted: bool) -> str:
+    """Alice (an allowed inviter) makes a room with the bot and waits until it joined."""
+    room_id = await alice.create_room(encrypted=encrypted, invite=[bot.user_id])
+    await alice.wait_member(room_id, bot.user_id)
+    return room_id
+
+
+def bot_device(bot: Bot) -> str:
+    session = load_session(bot.store_dir)
+    assert session is not None
+    return session.device_id
+
+
+async def wait_event(sink: MemorySink, event_id: str, timeout: float = 20) -> Event:
+    await poll_until(lambda: sink.find(event_id) is not None, timeout)
+    event = sink.find(event_id)
+    assert event is not None
+    return event
+
+
+async def converse(alice: Official, room_id: str) -> dict[str, str]:
+    """Text, formatted text, an edit, a reaction and a deletion; returns their event ids."""
+    ids = {"text": await alice.send_text(room_id, "Besluit: we gaan door")}
+    ids["formatted"] = await alice.send(
+        room_id,
+        {
+            "msgtype": "m.text",
+            "body": "*zeker*",
+            "format": "org.matrix.custom.html",
+            "formatted_body": "<em>zeker</em>",
+        },
+    )
+    ids["edit"] = await alice.send(
+        room_id,
+        {
+            "msgtype": "m.text",
+            "body": "* Besluit: we gaan niet door",
+            "m.new_content": {"msgtype": "m.text", "body": "Besluit: we gaan niet door"},
+            "m.relates_to": {"rel_type": "m.replace", "event_id": ids["text"]},
+        },
+    )
+    ids["reaction"] = await alice.send(
+        room_id, {"m.relates_to": {"rel_type": "m.annotation", "event_id": ids["text"], "key": "👍"}}, "m.reaction"
+    )
+    ids["deletion"] = str(ok(await alice.client.room_redact(room_id, ids["formatted"], reason="typo")).event_id)
+    return ids
+
+
+def assert_conversation(sink: MemorySink, ids: dict[str, str]) -> None:
+    text = sink.find(ids["text"])
+    assert text is not None and text.kind == Kind.MESSAGE
+    assert text.content["body"] == "Besluit: we gaan door"
+    formatted = sink.find(ids["formatted"])
+    assert formatted is not None and formatted.content["formatted_body"] == "<em>zeker</em>"
+    edit = sink.find(ids["edit"])
+    assert edit is not None and edit.kind == Kind.EDIT and edit.relates_to == ids["text"]
+    assert edit.content["body"] == "Besluit: we gaan niet door"
+    reaction = sink.find(ids["reaction"])
+    assert reaction is not None and reaction.kind == Kind.REACTION and reaction.content["key"] == "👍"
+    deletion = sink.find(ids["deletion"])
+    assert deletion is not None and deletion.kind == Kind.DELETION and deletion.relates_to == ids["formatted"]
+
+
+async def test_plain_room_conversation(bot: Bot, official: OfficialFactory) -> None:
+    """In an unencrypted room the bot captures text, formatted text, edit, reaction and deletion,
+    each as its own record, the edit and deletion pointing at their targets and the original kept."""
+    alice = await official("alice")
+    bot.allowed = frozenset({alice.user_id})
+    sink = MemorySink()
+    await bot.start(sink)
+    room_id = await invite_bot(alice, bot, encrypted=False)
+    ids = await converse(alice, room_id)
+    await wait_event(sink, ids["deletion"])
+    assert_conversation(sink, ids)
+    members = sink.in_room(room_id, Kind.MEMBERSHIP)
+    assert {m.content["target"] for m in members} >= {alice.user_id, bot.user_id}
+    assert sink.cursor is not None
+
+
+async def test_encrypted_room_conversation_and_file(bot: Bot, official: OfficialFactory) -> None:
+    """In an encrypted room every message is decrypted and kept with its evidence (sender device,
+    session); an encrypted file is downloaded, decrypted and stored with its plaintext sha256."""
+    alice = await official("alice")
+    bot.allowed = frozenset({alice.user_id})
+    sink, blobs = MemorySink(), MemoryBlobs()
+    await bot.start(sink, blobs)
+    room_id = await invite_bot(alice, bot, encrypted=True)
+    ids = await converse(alice, room_id)
+
+    data = b"%PDF-1.4 vertrouwelijk besluit " * 100
+    upload, keys = await alice.client.upload(
+        io.BytesIO(data), "application/pdf", "besluit.pdf", encrypt=True, filesize=len(data)
+    )
+    ok(upload)
+    file_id = await alice.send(
+        room_id,
+        {
+            "msgtype": "m.file",
+            "body": "besluit.pdf",
+            "info": {"mimetype": "application/pdf", "size": len(data)},
+            "file": {"url": upload.content_uri, **(keys or {})},
+        },
+    )
+    await wait_event(sink, file_id)
+    await wait_event(sink, ids["deletion"])
+    assert_conversation(sink, ids)
+
+    text = sink.find(ids["text"])
+    assert text is not None and text.raw["type"] == "m.room.message"
+    evidence = text.content["encryption"]
+    assert evidence["device_id"] == alice.client.device_id
+    assert evidence["session_id"] and evidence["sender_key"]
+    assert evidence["device_known"] is True and evidence["device_key_matches"] is True
+
+    file_event = sink.find(file_id)
+    assert file_event is not None and file_event.kind == Kind.ATTACHMENT
+    (attachment,) = file_event.attachments
+    assert attachment.status == "stored"
+    assert attachment.sha256 == hashlib.sha256(data).hexdigest()
+    assert attachment.size == len(data)
+    assert blobs.blobs[attachment.blob_id or ""][0] == data
+    assert not sink.in_room(room_id, Kind.UNDECRYPTABLE)
+
+
+async def test_oversized_media_is_recorded_not_fetched(bot: Bot, official: OfficialFactory) -> None:
+    """Media above max_media_bytes is recorded as oversized (never silently skipped) and not stored."""
+    alice = await official("alice")
+    bot.allowed = frozenset({alice.user_id})
+    sink, blobs = MemorySink(), MemoryBlobs()
+    await bot.start(sink, blobs, max_media_bytes=1000)
+    room_id = await invite_bot(alice, bot, encrypted=False)
+    data = bytes(5000)
+    upload, _ = await alice.client.upload(io.BytesIO(data), "image/png", "foto.png", filesize=len(data))
+    ok(upload)
+    # No declared size: the limit must hold while streaming, too.
+    image_id = await alice.send(room_id, {"msgtype": "m.image", "body": "foto.png", "url": upload.content_uri})
+    event = await wait_event(sink, image_id)
+    assert [a.status for a in event.attachments] == ["oversized"]
+    assert not blobs.blobs
+
+
+async def test_invite_from_stranger_is_declined(bot: Bot, official: OfficialFactory) -> None:
+    """An invite from a user not in allowed_inviters is declined and nothing of that room is stored."""
+    alice, mallory = await official("alice"), await official("mallory")
+    bot.allowed = frozenset({alice.user_id})
+    sink = MemorySink()
+    await bot.start(sink)
+    room_id = await mallory.create_room(encrypted=False, invite=[bot.user_id])
+
+    async def declined() -> bool:
+        await mallory.sync()
+        room = mallory.client.rooms.get(room_id)
+        return room is not None and bot.user_id not in room.invited_users and bot.user_id not in room.users
+
+    await poll_until(declined)
+    assert not sink.in_room(room_id)
+
+
+async def test_restart_and_downtime_lose_and_duplicate_nothing(bot: Bot, official: OfficialFactory) -> None:
+    """A new MatrixSource on the same store resumes from the committed cursor: the same device (no
+    new login), messages sent while it was down are captured, and no message is committed twice;
+    200 messages during downtime (a limited sync, timeline limit 10) are all backfilled, decrypted."""
+    alice = await official("alice")
+    bot.allowed = frozenset({alice.user_id})
+    sink = MemorySink()
+    first = await bot.start(sink, timeline_limit=10)
+    room_id = await invite_bot(alice, bot, encrypted=True)
+    before = [await alice.send_text(room_id, f"voor {i}") for i in range(5)]
+    await wait_event(sink, before[-1])
+    device_before = bot_device(bot)
+    await bot.stop()
+    del first
+
+    started = time.monotonic()
+    during = [await alice.send_text(room_id, f"tijdens {i}") for i in range(200)]
+    send_seconds = time.monotonic() - started
+
+    await bot.start(sink, timeline_limit=10)
+    await wait_event(sink, during[-1], timeout=60)
+    after = await alice.send_text(room_id, "na")
+    await wait_event(sink, after)
+
+    messages = [e for e in sink.stream if e.conversation == room_id and e.kind == Kind.MESSAGE]
+    ids = [e.event_id for e in messages]
+    assert len(ids) == len(set(ids)), "a message was committed twice"
+    assert set(ids) == {*before, *during, after}
+    assert {e.content["body"] for e in messages} >= {f"tijdens {i}" for i in range(200)}
+    assert not sink.in_room(room_id, Kind.UNDECRYPTABLE)
+    # Same device across the restart (a new login would be a device without the old keys).
+    assert bot_device(bot) == device_before
+    print(f"sent 200 encrypted messages in {send_seconds:.1f}s")
+
+
+async def test_late_room_key_appends_decrypted_event(bot: Bot, official: OfficialFactory) -> None:
+    """A message whose room key reaches the bot only later is first stored as undecryptable, and
+    when the key arrives the decrypted event is appended as `<event_id>#decrypted`, linked to it."""
+    alice = await official("alice")
+    bot.allowed = frozenset({alice.user_id})
+    sink = MemorySink()
+    await bot.start(sink)
+    room_id = await invite_bot(alice, bot, encrypted=True)
+    await alice.keys()
+    olm = alice.client.olm
+    (bot_device,) = alice.client.device_store[bot.user_id].values()
+
+    # Make the Megolm session ourselves so its key at index 0 can be sent later,
+    # and keep it from the bot's device for now.
+    olm.create_outbound_group_session(room_id)
+    session = olm.outbound_group_sessions[room_id]
+    room_key = {
+        "algorithm": "m.megolm.v1.aes-sha2",
+        "room_id": room_id,
+        "session_id": session.id,
+        "session_key": session.session_key,
+    }
+    alice.client.blacklist_device(bot_device)
+    secret_id = await alice.send_text(room_id, "pas later leesbaar")
+    first = await wait_event(sink, secret_id)
+    assert first.kind == Kind.UNDECRYPTABLE
+
+    # The key arrives late (as from a slow or restored device): an Olm-encrypted m.room_key.
+    from nio.event_builders import ToDeviceMessage
+
+    alice.client.unblacklist_device(bot_device)
+    missing = alice.client.get_missing_sessions(room_id)
+    if missing:
+        ok(await alice.client.keys_claim(missing))
+    olm_session = olm.session_store.get(bot_device.curve25519)
+    payload = olm._olm_encrypt(olm_session, bot_device, "m.room_key", room_key)
+    ok(await alice.client.to_device(ToDeviceMessage("m.room.encrypted", bot.user_id, bot_device.id, payload)))
+
+    late = await wait_event(sink, secret_id + "#decrypted")
+    assert late.kind == Kind.MESSAGE and late.content["body"] == "pas later leesbaar"
+    assert late.relates_to == secret_id
+    assert late.content["encryption"]["late"] is True
