@@ -1,0 +1,39 @@
+# Two commands for a newcomer: `make demo` (set up + run the whole flow on embedded defaults)
+# and `make test` (set up + run the whole test suite). Everything else is a building block.
+PYTHON ?= python3
+VENV := .venv
+SYNAPSE_VENV := .venv-synapse
+SYNAPSE_VERSION := 1.163.2
+
+.PHONY: demo test lint bench setup clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+# Synapse pins Twisted and friends, so it gets a venv of its own (tests and demo start it from there).
+$(SYNAPSE_VENV)/.installed:
+	$(PYTHON) -m venv $(SYNAPSE_VENV)
+	$(SYNAPSE_VENV)/bin/pip install --quiet --upgrade pip
+	$(SYNAPSE_VENV)/bin/pip install --quiet 'matrix-synapse==$(SYNAPSE_VERSION)'
+	touch $@
+
+setup: $(VENV)/.installed $(SYNAPSE_VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/chatarchief demo
+
+test: setup
+	$(VENV)/bin/pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check bridge tests bench
+	$(VENV)/bin/mypy --strict bridge
+
+bench: setup
+	$(VENV)/bin/python bench/ingest.py
+
+clean:
+	rm -rf $(VENV) $(SYNAPSE_VENV) demo-data .pytest_cache .mypy_cache .ruff_cache .hypothesis
