@@ -200,6 +200,28 @@ def verify(
         )
 
 
+@app.command()
+def run(config_file: ConfigOpt = None, data_dir: DataDirOpt = None, key_file: KeyFileOpt = None) -> None:
+    """Run the bot: capture the configured sources until SIGTERM/SIGINT, then seal the log."""
+    if config_file is None:
+        _fail("run needs --config FILE (see config/chatarchief.example.toml)", 2)
+    settings = _settings(config_file)
+    dd, kf = _paths(settings, data_dir, key_file)
+    assert kf is not None
+    material = _load_keys(kf, dd)
+    from bridge import logs
+    from bridge.capture import install_stop_signals, run_capture
+
+    logs.setup(settings.logging.level, settings.logging.format)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        await run_capture(settings, dd, material, stop)
+
+    _run(go)
+
+
 @app.command("rotate-key")
 def rotate_key(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_file: ConfigOpt = None) -> None:
     """Start a new data key; records already written stay readable with their old key."""

@@ -22,7 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from bridge.errors import KeyFileError
 from bridge.log import checkpoint, crypto
@@ -52,6 +54,11 @@ class KeyMaterial:
     def vkey(self) -> str:
         return checkpoint.format_vkey(self.key_name, self.public_key)
 
+    def derive(self, purpose: str, length: int = 32) -> bytes:
+        """A key for another component (e.g. nio's store pickle key), derived with HKDF from the KEK."""
+        info = b"chatarchief/v1/derive\x00" + purpose.encode("ascii")
+        return HKDF(algorithm=hashes.SHA256(), length=length, salt=self.log_id, info=info).derive(self.kek)
+
 
 def key_name_for(log_id: bytes) -> str:
     """The checkpoint origin and signer name of a log."""
@@ -62,17 +69,18 @@ def generate(log_id: bytes) -> KeyMaterial:
     return KeyMaterial(log_id=log_id, kek=crypto.random_key(), signing_key=Ed25519PrivateKey.generate())
 
 
-def check_permissions(path: Path) -> None:
-    """Refuse a key file that group or others may read or write."""
+def check_permissions(path: Path, what: str = "key file") -> None:
+    """Refuse a secret file (key file, password or token file) that group or others may read or write."""
     try:
         mode = path.stat().st_mode
     except FileNotFoundError:
-        raise KeyFileError(f"key file {path} does not exist; create one with `chatarchief init`") from None
+        hint = "create one with `chatarchief init`" if what == "key file" else "check the path in the config"
+        raise KeyFileError(f"{what} {path} does not exist; {hint}") from None
     if not stat.S_ISREG(mode):
-        raise KeyFileError(f"key file {path} is not a regular file")
+        raise KeyFileError(f"{what} {path} is not a regular file")
     if mode & 0o077:
         raise KeyFileError(
-            f"key file {path} has mode {stat.S_IMODE(mode):04o}: it must not be readable by group or others;"
+            f"{what} {path} has mode {stat.S_IMODE(mode):04o}: it must not be readable by group or others;"
             f" fix with `chmod 600 {path}`"
         )
 

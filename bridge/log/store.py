@@ -35,6 +35,7 @@ from typing import Self, TypeVar
 
 import aiosqlite
 
+from bridge.blobs import MediaKeys
 from bridge.errors import KeyFileError, StorageError, UsageError
 from bridge.events import Event, canonical_bytes, event_from_bytes
 from bridge.log import checkpoint, crypto, format, merkle
@@ -295,6 +296,10 @@ class LogStore:
     @property
     def keys(self) -> KeyMaterial:
         return self._keys
+
+    def media_keys(self) -> MediaKeys:
+        """Key material for the blob store of this log (current data key encrypts new media)."""
+        return MediaKeys(self._keys.log_id, self._index_key, dict(self._data_keys), self._current_key)
 
     async def get_cursor(self, name: str) -> str | None:
         async with self._conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)) as cur:

@@ -1,0 +1,131 @@
+"""Source -> log pipeline: the sink sources commit to, and the `run` loop.
+
+Contract: `LogSink.commit(events, cursor)` returns only once the events and the
+cursor are durable in one transaction. While storage fails (disk full, I/O
+error) it keeps the batch, logs an alert, and retries with backoff; the source
+waits meanwhile, so its cursor (sync token, ack) never advances past what is
+stored. `run_capture` wires the configured sources to one LogStore, stops them
+on SIGTERM/SIGINT after the batch in hand, and seals the log with a checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bridge.blobs import BlobStore
+from bridge.config import Settings
+from bridge.errors import StorageError, UsageError
+from bridge.events import Event
+from bridge.log.keys import KeyMaterial, check_permissions
+from bridge.log.store import CheckpointPolicy, LogStore
+from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
+
+log = logging.getLogger(__name__)
+
+
+class LogSink:
+    """Commits a source's batches to the log, with the source's cursor."""
+
+    def __init__(
+        self, store: LogStore, cursor_name: str, *, retry_initial: float = 0.5, retry_max: float = 30.0
+    ) -> None:
+        self._store = store
+        self._name = cursor_name
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self.committed_events = 0
+        self.failed_attempts = 0
+
+    async def load_cursor(self) -> str | None:
+        return await self._store.get_cursor(self._name)
+
+    async def commit(self, events: Sequence[Event], cursor: str | None) -> None:
+        delay = self._retry_initial
+        paused_since: float | None = None
+        while True:
+            try:
+                result = await self._store.append_events(events, (self._name, cursor) if cursor is not None else None)
+            except StorageError as exc:
+                self.failed_attempts += 1
+                if paused_since is None:
+                    paused_since = time.monotonic()
+                    log.error(
+                        "ALERT storage failing; capture paused, nothing acknowledged upstream",
+                        extra={"source": self._name, "error": str(exc), "pending_events": len(events)},
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            if paused_since is not None:
+                log.warning(
+                    "storage recovered; capture resumed",
+                    extra={"source": self._name, "paused_seconds": round(time.monotonic() - paused_since, 1)},
+                )
+            self.committed_events += result.appended
+            return
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT set `stop`: sources finish the batch in hand and save their cursor."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def run_capture(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: asyncio.Event) -> None:
+    """Run every configured source against the log in `data_dir` until `stop` is set."""
+    if settings.matrix is None and settings.signal is None:
+        raise UsageError("no source configured: add a [matrix] (or [signal]) section to the config")
+    if settings.signal is not None:
+        raise UsageError("the [signal] source is not available in this version yet; remove the section")
+    policy = CheckpointPolicy(
+        every_records=settings.storage.checkpoint_every_records,
+        every_seconds=settings.storage.checkpoint_every_seconds,
+    )
+    if settings.matrix is not None:
+        for secret in (settings.matrix.password_file, settings.matrix.access_token_file):
+            if secret is not None:
+                check_permissions(secret, "matrix credential file")
+    async with await LogStore.open(data_dir, keys, policy) as store:
+        await store.checkpoint()  # seal whatever a crash left unsealed
+        blobs = BlobStore(data_dir / "blobs", store.media_keys())
+        tasks: list[asyncio.Task[None]] = []
+        if settings.matrix is not None:
+            cfg = matrix_source_config(settings, data_dir, keys)
+            sink = LogSink(store, f"matrix:{settings.matrix.user_id}")
+            tasks.append(asyncio.create_task(MatrixSource(cfg, sink, blobs).run(stop), name="matrix"))
+        log.info("capture running", extra={"sources": [t.get_name() for t in tasks], "log_size": store.size})
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            stop.set()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            note = await store.checkpoint()
+            log.info("capture stopped; log sealed", extra={"log_size": store.size, "checkpoint_lines": len(note)})
+
+
+def matrix_source_config(settings: Settings, data_dir: Path, keys: KeyMaterial) -> MatrixSourceConfig:
+    m = settings.matrix
+    assert m is not None
+    return MatrixSourceConfig(
+        homeserver=m.homeserver,
+        store_dir=m.store_dir or data_dir / "matrix-store",
+        pickle_key=keys.derive("matrix-nio-store"),
+        user_id=m.user_id,
+        password_file=m.password_file,
+        access_token_file=m.access_token_file,
+        device_name=m.device_name,
+        allowed_inviters=frozenset(m.allowed_inviters),
+        rooms=frozenset(m.rooms),
+        max_media_bytes=m.max_media_bytes,
+        sync_timeout_ms=m.sync_timeout_ms,
+    )
