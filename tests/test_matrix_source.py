@@ -8,6 +8,7 @@ collapsed on (source, conversation, event_id), as the log does.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import io
 import time
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 
 from bridge.devserver import SynapseServer
@@ -365,3 +367,103 @@ async def test_late_room_key_appends_decrypted_event(bot: Bot, official: Officia
     assert late.kind == Kind.MESSAGE and late.content["body"] == "pas later leesbaar"
     assert late.relates_to == secret_id
     assert late.content["encryption"]["late"] is True
+
+
+async def test_token_only_login(synapse: SynapseServer, official: OfficialFactory, tmp_path: Path) -> None:
+    """With only an access-token file (SSO deployments disable passwords) the source learns its user
+    and device from whoami, and captures as that device."""
+    alice = await official("alice")
+    name = unique_name("tokenbot")
+    user_id, token = await synapse.register_user_async(name, f"pw-{name}")
+    token_file = tmp_path / "bot.token"
+    token_file.write_text(token + "\n")
+    bot = Bot(synapse, user_id, tmp_path / "unused", tmp_path / "token-bot-store", frozenset({alice.user_id}))
+    sink = MemorySink()
+    try:
+        await bot.start(sink, user_id=None, password_file=None, access_token_file=token_file)
+        room_id = await invite_bot(alice, bot, encrypted=True)
+        message = await alice.send_text(room_id, "via token")
+        event = await wait_event(sink, message)
+        assert event.kind == Kind.MESSAGE and event.content["body"] == "via token"
+        session = load_session(bot.store_dir)
+        assert session is not None and session.user_id == user_id
+    finally:
+        await bot.stop()
+
+
+async def test_homeserver_restart_is_survived(
+    own_synapse: SynapseServer, official: OfficialFactory, tmp_path: Path
+) -> None:
+    """While the homeserver is down the source backs off and retries; once it is back, capture goes
+    on from the committed cursor without loss."""
+    alice = await official("alice", server=own_synapse)
+    name = unique_name("archivebot")
+    user_id, _ = await own_synapse.register_user_async(name, f"pw-{name}")
+    password_file = tmp_path / "bot.password"
+    password_file.write_text(f"pw-{name}")
+    bot = Bot(own_synapse, user_id, password_file, tmp_path / "bot-store", frozenset({alice.user_id}))
+    sink = MemorySink()
+    try:
+        await bot.start(sink)
+        room_id = await invite_bot(alice, bot, encrypted=True)
+        first = await alice.send_text(room_id, "voor de herstart")
+        await wait_event(sink, first)
+        own_synapse.stop()
+        await asyncio.sleep(1.0)  # let the source hit the outage and back off
+        own_synapse.start()
+        second = await alice.send_text(room_id, "na de herstart")
+        event = await wait_event(sink, second, timeout=30)
+        assert event.content["body"] == "na de herstart"
+        assert [e.event_id for e in sink.stream].count(first) == 1
+    finally:
+        await bot.stop()
+
+
+def _verify_signed(obj: dict[str, Any], user_id: str, public_b64: str) -> None:
+    """Check obj's signature by the Ed25519 key `public_b64` (Matrix canonical JSON)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from bridge.sources.matrix_xsign import canonical_json
+
+    def b64(s: str) -> bytes:
+        return base64.b64decode(s + "=" * (-len(s) % 4))
+
+    signature = obj["signatures"][user_id][f"ed25519:{public_b64}"]
+    unsigned = {k: v for k, v in obj.items() if k not in ("signatures", "unsigned")}
+    Ed25519PublicKey.from_public_bytes(b64(public_b64)).verify(b64(signature), canonical_json(unsigned))
+
+
+async def test_bot_device_is_cross_signed(bot: Bot, official: OfficialFactory) -> None:
+    """The bot bootstraps cross-signing once: /keys/query (as another user sees it) shows a master
+    key, a self-signing key signed by it, and the bot's device signed by the self-signing key; a
+    restart keeps the same master key."""
+    alice = await official("alice")
+    sink = MemorySink()
+    await bot.start(sink)
+
+    async def query() -> dict[str, Any]:
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{bot.synapse.url}/_matrix/client/v3/keys/query",
+                json={"device_keys": {bot.user_id: []}},
+                headers={"Authorization": f"Bearer {alice.client.access_token}"},
+            ) as resp,
+        ):
+            assert resp.status == 200
+            data: dict[str, Any] = await resp.json()
+            return data
+
+    keys = await query()
+    master = keys["master_keys"][bot.user_id]
+    (master_pub,) = master["keys"].values()
+    self_signing = keys["self_signing_keys"][bot.user_id]
+    (ssk_pub,) = self_signing["keys"].values()
+    _verify_signed(self_signing, bot.user_id, master_pub)
+    device = keys["device_keys"][bot.user_id][bot_device(bot)]
+    _verify_signed(device, bot.user_id, ssk_pub)
+
+    await bot.stop()
+    await bot.start(sink)
+    again = await query()
+    assert again["master_keys"][bot.user_id]["keys"] == master["keys"]

@@ -55,6 +55,7 @@ from bridge.sources.matrix_client import (
 from bridge.sources.matrix_events import normalise
 from bridge.sources.matrix_media import BlobSink, MediaFetcher, fetch_attachments
 from bridge.sources.matrix_state import SourceState
+from bridge.sources.matrix_xsign import CrossSigningError, ensure_cross_signed
 
 __all__ = ["BlobSink", "MatrixSource", "MatrixSourceConfig", "Sink"]
 
@@ -120,8 +121,9 @@ class MatrixSource:
         self.sink = sink
         self.blobs = blobs
         self._state = SourceState.load(cfg.store_dir)
-        #: Set after each committed sync: tests and health checks wait on it.
+        #: Set once the first sync batch is committed (tests and health checks wait on it).
         self.synced = asyncio.Event()
+        self._commits = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -129,11 +131,14 @@ class MatrixSource:
         """Capture until `stop` is set (see module docstring for what propagates)."""
         backoff = self.cfg.backoff_initial
         while not stop.is_set():
+            commits_before = self._commits
             try:
                 await self._run_connected(stop)
             except MatrixLoginError:
                 raise
             except SourceError as exc:
+                if self._commits > commits_before:
+                    backoff = self.cfg.backoff_initial  # it worked for a while: a fresh outage
                 log.warning("matrix source: %s; retrying in %.1fs", exc, backoff)
                 if await _wait(stop, backoff):
                     return
@@ -170,6 +175,7 @@ class MatrixSource:
             # Keys go up before anything else: a device must exist with keys before
             # it is invited, or senders never share room keys with it.
             await self._maintain_keys(client)
+            await self._cross_sign(client)
             cursor = await self.sink.load_cursor()
             first = True
             while not stop.is_set():
@@ -181,6 +187,16 @@ class MatrixSource:
                 await self._maintain_keys(client)
         finally:
             await close_quietly(client)
+
+    async def _cross_sign(self, client: RawKeepingClient) -> None:
+        """Best effort: without it only clients that exclude unsigned devices (MSC4153) stop sharing."""
+        password = None
+        if self.cfg.password_file is not None and self.cfg.access_token_file is None:
+            password = self.cfg.password_file.read_text(encoding="utf-8").strip()
+        try:
+            await ensure_cross_signed(client, self.cfg.store_dir, self.cfg.pickle_key, password)
+        except CrossSigningError as exc:
+            log.warning("device not cross-signed: %s", exc)
 
     async def _sync(self, client: RawKeepingClient, cursor: str | None, first: bool, stop: asyncio.Event) -> Any:
         """One /sync, abandoned (nothing processed) if `stop` is set meanwhile."""
@@ -245,6 +261,7 @@ class MatrixSource:
             self._collect_late(client, batch)
         events = await self._with_media(client, batch.events)
         await self.sink.commit(events, response.next_batch)
+        self._commits += 1
         self._after_commit(batch)
         await crypto.request_keys(client, batch.undecrypted)
         self.synced.set()
