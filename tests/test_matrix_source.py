@@ -467,3 +467,31 @@ async def test_bot_device_is_cross_signed(bot: Bot, official: OfficialFactory) -
     await bot.start(sink)
     again = await query()
     assert again["master_keys"][bot.user_id]["keys"] == master["keys"]
+
+
+async def test_redacted_while_down_is_recovered_with_msc2815(bot: Bot, official: OfficialFactory) -> None:
+    """An encrypted message sent and redacted while the bot was down comes back stripped; with
+    MSC2815 on the server and moderator power the bot records the decrypted original (marked as
+    recovered and redacted-before-capture) as well as the deletion."""
+    alice = await official("alice")
+    bot.allowed = frozenset({alice.user_id})
+    sink = MemorySink()
+    await bot.start(sink)
+    room_id = await alice.create_room(encrypted=True, invite=[bot.user_id])
+    await alice.wait_member(room_id, bot.user_id)
+    levels = ok(await alice.client.room_get_state_event(room_id, "m.room.power_levels")).content
+    levels["users"][bot.user_id] = 50
+    ok(await alice.client.room_put_state(room_id, "m.room.power_levels", levels))
+    await wait_event(sink, await alice.send_text(room_id, "bot is moderator"))
+    await bot.stop()
+
+    secret_id = await alice.send_text(room_id, "oeps, verkeerde groep")
+    redaction_id = str(ok(await alice.client.room_redact(room_id, secret_id)).event_id)
+    await bot.start(sink)
+    deletion = await wait_event(sink, redaction_id)
+    assert deletion.kind == Kind.DELETION and deletion.relates_to == secret_id
+    original = sink.find(secret_id)
+    assert original is not None and original.kind == Kind.MESSAGE
+    assert original.content["body"] == "oeps, verkeerde groep"
+    assert original.content["recovered_via"] == "msc2815"
+    assert original.content["redacted_before_capture"] is True

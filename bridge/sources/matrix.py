@@ -54,6 +54,7 @@ from bridge.sources.matrix_client import (
 )
 from bridge.sources.matrix_events import normalise
 from bridge.sources.matrix_media import BlobSink, MediaFetcher, fetch_attachments
+from bridge.sources.matrix_redacted import fetch_unredacted
 from bridge.sources.matrix_state import SourceState
 from bridge.sources.matrix_xsign import CrossSigningError, ensure_cross_signed
 
@@ -259,7 +260,8 @@ class MatrixSource:
             await self._collect_room(client, batch, room_id, room, response.rooms.leave.get(room_id), cursor, False)
         if self._state.pending and (body.get("to_device") or {}).get("events"):
             self._collect_late(client, batch)
-        events = await self._with_media(client, batch.events)
+        events = [await self._recover_redacted(client, e) for e in batch.events]
+        events = await self._with_media(client, events)
         await self.sink.commit(events, response.next_batch)
         self._commits += 1
         self._after_commit(batch)
@@ -380,6 +382,21 @@ class MatrixSource:
             )
             batch.late.append(event_id)
             log.info("late decryption of %s in %s", event_id, room_id)
+
+    async def _recover_redacted(self, client: RawKeepingClient, event: Event) -> Event:
+        """The original of an event redacted before capture, where the server allows (MSC2815)."""
+        if not event.content.get("redacted_before_capture") or event.raw.get("content"):
+            return event
+        found = await fetch_unredacted(client, event.conversation, event.event_id)
+        if found is None:
+            return event
+        raw, proof = found
+        original = normalise(raw, room_id=event.conversation, received_at=event.received_at, decryption=proof)
+        log.info("recovered original of %s redacted before capture", event.event_id)
+        # Keep what the stripped copy told us (who redacted it): the server's
+        # unredacted copy may lack `unsigned.redacted_because`.
+        marker = {k: v for k, v in event.content.items() if k in ("redacted_before_capture", "redacted_by")}
+        return replace(original, content={**original.content, **marker, "recovered_via": "msc2815"})
 
     async def _with_media(self, client: RawKeepingClient, events: list[Event]) -> list[Event]:
         if self.blobs is None:

@@ -1,0 +1,69 @@
+"""Recover the original of events redacted before the bot saw them (MSC2815).
+
+When the bot is down, an event sent and redacted meanwhile reaches it with its
+content stripped. Synapse with `experimental_features.msc2815_enabled` lets a
+user with redact power (a moderator; or a server admin) read the original
+through `GET /rooms/{room}/event/{event}?fi.mau.msc2815.include_unredacted_content=true`,
+until `redaction_retention_period` (default 7 days) purges it.
+
+Contract: `fetch_unredacted(client, room_id, event_id)` returns the original
+event JSON (decrypted where nio can; see `matrix_crypto`) and the decryption
+evidence, or None when the server will not or cannot give it (no MSC2815, no
+power, purged): the event then stays recorded as redacted-before-capture.
+An unreachable server raises `MatrixUnavailableError` (the batch is retried).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+from nio import MegolmEvent
+from nio.exceptions import EncryptionError
+
+from bridge.sources import matrix_crypto as crypto
+from bridge.sources.matrix_client import MatrixUnavailableError
+
+log = logging.getLogger(__name__)
+
+MSC2815_PARAM = "fi.mau.msc2815.include_unredacted_content"
+
+
+async def _get_event(client: Any, room_id: str, event_id: str) -> dict[str, Any] | None:
+    session: aiohttp.ClientSession = client.client_session
+    url = f"{client.homeserver}/_matrix/client/v3/rooms/{quote(room_id, safe='')}/event/{quote(event_id, safe='')}"
+    headers = {"Authorization": f"Bearer {client.access_token}"}
+    try:
+        async with session.get(url, params={MSC2815_PARAM: "true"}, headers=headers) as resp:
+            if resp.status != 200:
+                log.info("original of redacted %s not available: HTTP %d", event_id, resp.status)
+                return None
+            data = await resp.json(content_type=None)
+    except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
+        raise MatrixUnavailableError(f"event fetch: homeserver unreachable ({type(exc).__name__})") from exc
+    return data if isinstance(data, dict) else None
+
+
+async def fetch_unredacted(
+    client: Any, room_id: str, event_id: str
+) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
+    """(original event, decryption evidence or None), or None (see module docstring)."""
+    original = await _get_event(client, room_id, event_id)
+    if original is None or not original.get("content"):
+        return None  # server without MSC2815 answers with the redacted event
+    if original.get("type") != crypto.ENCRYPTED_TYPE:
+        return original, None
+    megolm = MegolmEvent.from_dict({**original, "room_id": room_id})
+    if not isinstance(megolm, MegolmEvent):
+        return original, None
+    megolm.room_id = room_id
+    try:
+        decrypted = client.decrypt_event(megolm)
+    except EncryptionError:
+        return original, None  # ciphertext is still worth keeping
+    if not getattr(decrypted, "decrypted", False):
+        return original, None
+    envelope = {**original, "room_id": room_id}
+    return crypto.merge_decrypted(original, decrypted), crypto.evidence(client, envelope, decrypted)
