@@ -248,7 +248,9 @@ class MatrixSource:
     # -- one sync batch --------------------------------------------------------
 
     async def _handle(self, client: RawKeepingClient, response: Any, cursor: str | None) -> str:
-        body: dict[str, Any] = getattr(response, "raw_body", None) or {}
+        body: dict[str, Any] | None = getattr(response, "raw_body", None)
+        if body is None:  # never advance the cursor over events we did not read
+            raise SourceError("sync response without its raw body (nio changed create_matrix_response?)")
         rooms = body.get("rooms") or {}
         await self._handle_invites(client, rooms.get("invite") or {})
         batch = _Batch([], [], [], [])
