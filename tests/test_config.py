@@ -62,7 +62,7 @@ def test_environment_overrides_file(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 def test_missing_file_says_how_to_fix(tmp_path: Path) -> None:
     """A missing config file points at the example."""
-    with pytest.raises(ConfigError, match="does not exist; copy config/chatarchief.example.toml"):
+    with pytest.raises(ConfigError, match=r"does not exist; copy config/chatarchief\.example\.toml"):
         config.load(tmp_path / "absent.toml")
 
 
