@@ -222,6 +222,18 @@ def run(config_file: ConfigOpt = None, data_dir: DataDirOpt = None, key_file: Ke
     _run(go)
 
 
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option("--dir", help="Work directory (wiped at the next demo).")] = Path(
+        "demo-data"
+    ),
+) -> None:
+    """Throwaway Synapse + archive bot + demo officials, end to end; prints what was captured."""
+    from bridge import demo as demo_module
+
+    _guard(lambda: demo_module.main(workdir, out))
+
+
 @app.command("rotate-key")
 def rotate_key(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_file: ConfigOpt = None) -> None:
     """Start a new data key; records already written stay readable with their old key."""

@@ -1,0 +1,46 @@
+"""Read-only access to a log's events (for the demo, search and export tools).
+
+Opens the database read-only (WAL lets it run beside a live writer), unwraps
+the keys with the key file and yields decrypted events in log order. It
+authenticates every record it returns (AEAD + commitment) but is not the
+verifier: run `verify_log` for the full chain, tree and checkpoint checks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+from bridge.errors import LogIntegrityError
+from bridge.events import Event, event_from_bytes
+from bridge.log import crypto, format
+from bridge.log.keys import KeyMaterial
+from bridge.log.store import check_key_matches, unwrap_keys
+from bridge.log.verify import open_readonly
+
+
+def iter_events(data_dir: Path, keys: KeyMaterial, start: int = 0) -> Iterator[tuple[int, Event]]:
+    """Yield (seq, event) for every event record from `start`, decrypted and authenticated."""
+    conn = open_readonly(data_dir)
+    try:
+        meta = {str(k): bytes(v) for k, v in conn.execute("SELECT k, v FROM meta")}
+        check_key_matches(meta, keys)
+        rows = [(int(k), str(p), bytes(w)) for k, p, w in conn.execute("SELECT key_id, purpose, wrapped FROM keys")]
+        try:
+            _, data_keys = unwrap_keys(rows, keys)
+        except crypto.AuthError as exc:
+            raise LogIntegrityError(None, f"key table altered: {exc}") from None
+        cursor = conn.execute("SELECT seq, header, commitment, body FROM records WHERE seq >= ? ORDER BY seq", (start,))
+        for seq, header_b, commit, body in cursor:
+            header = format.unpack_header(bytes(header_b))
+            if header.type != format.RecordType.EVENT:
+                continue
+            try:
+                payload = format.open_record(
+                    keys.log_id, data_keys, header, bytes(header_b), bytes(commit), bytes(body)
+                )
+            except format.RecordAuthError as exc:
+                raise LogIntegrityError(int(seq), str(exc)) from None
+            yield int(seq), event_from_bytes(payload)
+    finally:
+        conn.close()
