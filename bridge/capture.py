@@ -21,7 +21,7 @@ from pathlib import Path
 from bridge.blobs import BlobStore
 from bridge.config import Settings
 from bridge.errors import StorageError, UsageError
-from bridge.events import Event
+from bridge.events import Event, Kind
 from bridge.log.keys import KeyMaterial, check_permissions
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
@@ -68,7 +68,28 @@ class LogSink:
                     extra={"source": self._name, "paused_seconds": round(time.monotonic() - paused_since, 1)},
                 )
             self.committed_events += result.appended
+            report_compliance_alerts(events, self._name)
             return
+
+
+def report_compliance_alerts(events: Sequence[Event], source: str) -> None:
+    """Log an ALERT (ids only, no content) for events an information specialist must act on.
+
+    A retention policy on a room (`m.room.retention`) means the homeserver will purge
+    history; capture does not depend on it, but the instruction forbids disappearing
+    business messages, so it is flagged as soon as it is durable in the log.
+    """
+    for event in events:
+        if event.kind is Kind.RETENTION_CHANGE:
+            log.warning(
+                "ALERT compliance: retention policy set on a conversation",
+                extra={
+                    "source": source,
+                    "conversation": event.conversation,
+                    "event_id": event.event_id,
+                    "max_lifetime_ms": event.content.get("max_lifetime"),
+                },
+            )
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

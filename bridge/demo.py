@@ -18,6 +18,7 @@ import io
 import logging
 import os
 import shutil
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -220,6 +221,17 @@ def describe(event: Event) -> str:
     return event.kind.value
 
 
+def command_name() -> str:
+    """How the operator invoked us (e.g. `.venv/bin/chatarchief`), so the hint works when pasted."""
+    argv0 = Path(sys.argv[0])
+    if argv0.name != "chatarchief":
+        return "chatarchief"
+    try:
+        return str(argv0.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(argv0)
+
+
 def print_result(result: DemoResult, console: Console) -> None:
     table = Table(title="Captured in the archive (decrypted for display)", show_lines=False)
     for column in ("seq", "room", "kind", "sender", "what"):
@@ -250,7 +262,7 @@ def print_result(result: DemoResult, console: Console) -> None:
     console.print(f"key file (outside the data dir, 0600): {result.key_file}")
     console.print(f"public key for auditors: {result.key_file}.pub")
     console.print(f"config: {result.config_file}")
-    console.print(f"try: chatarchief verify --config {result.config_file}")
+    console.print(f"try: {command_name()} verify --config {result.config_file}")
     console.print(f"demo took {result.seconds:.1f} s; the homeserver and bot are stopped.")
 
 

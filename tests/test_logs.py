@@ -31,3 +31,39 @@ def test_library_debug_logs_are_held_back(capsys: pytest.CaptureFixture[str]) ->
     logging.getLogger("bridge.x").debug("ours")
     err = capsys.readouterr().err
     assert "secret text" not in err and "ours" in err
+
+
+def test_retention_change_raises_a_compliance_alert(caplog: pytest.LogCaptureFixture) -> None:
+    """A captured m.room.retention change is logged as an ALERT with ids and lifetime, never content."""
+    from bridge.capture import report_compliance_alerts
+    from bridge.sources.matrix_events import normalise
+
+    retention = normalise(
+        {
+            "type": "m.room.retention",
+            "state_key": "",
+            "event_id": "$r",
+            "room_id": "!a:b",
+            "sender": "@m:b",
+            "origin_server_ts": 1,
+            "content": {"max_lifetime": 86_400_000},
+        },
+        received_at=2,
+    )
+    text = normalise(
+        {
+            "type": "m.room.message",
+            "event_id": "$t",
+            "room_id": "!a:b",
+            "sender": "@m:b",
+            "origin_server_ts": 1,
+            "content": {"msgtype": "m.text", "body": "geheim"},
+        },
+        received_at=2,
+    )
+    with caplog.at_level(logging.WARNING):
+        report_compliance_alerts([text, retention], "matrix:@bot:b")
+    alerts = [r for r in caplog.records if r.getMessage().startswith("ALERT compliance")]
+    assert len(alerts) == 1
+    assert alerts[0].__dict__["max_lifetime_ms"] == 86_400_000 and alerts[0].__dict__["event_id"] == "$r"
+    assert "geheim" not in caplog.text
