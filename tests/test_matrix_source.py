@@ -38,7 +38,8 @@ class MemorySink:
 
     async def commit(self, events: Sequence[Event], cursor: str | None) -> None:
         self.commits.append((list(events), cursor))
-        self.cursor = cursor
+        if cursor is not None:  # None: a backfill page, the stored cursor stays
+            self.cursor = cursor
 
     async def load_cursor(self) -> str | None:
         return self.cursor

@@ -5,14 +5,16 @@ Contract with the capture pipeline:
   reconnecting with exponential backoff while the homeserver is unreachable or
   refuses; a refused login (`MatrixLoginError`) and any error from the sink
   propagate (retrying cannot fix either).
-- At start it calls `sink.load_cursor()`. Each sync response becomes one
+- At start it calls `sink.load_cursor()`. Each sync response ends with one
   `sink.commit(events, next_batch)`; the next sync starts only after the commit
   returned, so the token is durable with (never before) its events. A crash
   replays at most one batch; the log deduplicates on (source, conversation,
   event_id).
-- Gaps are backfilled through /messages: a `limited` timeline back to the
-  previous token; a room seen for the first time (first run, or just joined)
-  back to the start of the history the bot may see.
+- Gaps are backfilled through /messages (see `matrix_backfill`): a `limited`
+  timeline from the previous token; a room seen for the first time (first run,
+  or just joined) from the start of the history the bot may see. Each page is
+  committed on its own with `cursor=None` (the stored cursor stays), before the
+  sync batch's final commit: memory stays bounded by the page size.
 - Invites are accepted from `allowed_inviters` or for `rooms`, else declined;
   logs carry ids, never message content.
 - Encrypted events nio cannot decrypt are committed as `undecryptable`, their
@@ -44,17 +46,18 @@ from nio import AsyncClientConfig, MegolmEvent
 from bridge.errors import SourceError
 from bridge.events import Event, EventId, Kind
 from bridge.sources import matrix_crypto as crypto
+from bridge.sources.matrix_backfill import gap_pages
 from bridge.sources.matrix_client import (
     MatrixLoginError,
-    MatrixRequestError,
     RawKeepingClient,
     checked,
     close_quietly,
     open_session,
 )
 from bridge.sources.matrix_events import normalise
+from bridge.sources.matrix_invites import handle_invites
 from bridge.sources.matrix_media import BlobSink, MediaFetcher, fetch_attachments
-from bridge.sources.matrix_redacted import fetch_unredacted
+from bridge.sources.matrix_redacted import recover_original
 from bridge.sources.matrix_state import SourceState
 from bridge.sources.matrix_xsign import CrossSigningError, ensure_cross_signed
 
@@ -67,7 +70,10 @@ class Sink(Protocol):
     """Where captured events go (the capture pipeline provides it)."""
 
     async def commit(self, events: Sequence[Event], cursor: str | None) -> None:
-        """Make `events` durable and store `cursor` in the same transaction; return when durable."""
+        """Make `events` durable and store `cursor` in the same transaction; return when durable.
+
+        `cursor=None` leaves the stored cursor as it is (a backfill page of a gap).
+        """
         ...
 
     async def load_cursor(self) -> str | None:
@@ -252,7 +258,7 @@ class MatrixSource:
         if body is None:  # never advance the cursor over events we did not read
             raise SourceError("sync response without its raw body (nio changed create_matrix_response?)")
         rooms = body.get("rooms") or {}
-        await self._handle_invites(client, rooms.get("invite") or {})
+        await handle_invites(client, rooms.get("invite") or {}, self.cfg.allowed_inviters, self.cfg.rooms)
         batch = _Batch([], [], [], [])
         for room_id, room in (rooms.get("join") or {}).items():
             await self._collect_room(client, batch, room_id, room, response.rooms.join.get(room_id), cursor, True)
@@ -262,29 +268,18 @@ class MatrixSource:
             await self._collect_room(client, batch, room_id, room, response.rooms.leave.get(room_id), cursor, False)
         if self._state.pending and (body.get("to_device") or {}).get("events"):
             self._collect_late(client, batch)
-        events = [await self._recover_redacted(client, e) for e in batch.events]
-        events = await self._with_media(client, events)
-        await self.sink.commit(events, response.next_batch)
-        self._commits += 1
-        self._after_commit(batch)
-        await crypto.request_keys(client, batch.undecrypted)
+        await self._commit(client, batch, response.next_batch)
         self.synced.set()
         return str(response.next_batch)
 
-    async def _handle_invites(self, client: RawKeepingClient, invites: dict[str, Any]) -> None:
-        for room_id, invite in invites.items():
-            inviter = _inviter(invite, client.user_id)
-            accept = room_id in self.cfg.rooms or inviter in self.cfg.allowed_inviters
-            try:
-                if accept:
-                    await checked(client.join(room_id), "join")
-                    log.info("accepted invite to %s from %s", room_id, inviter)
-                else:
-                    await checked(client.room_leave(room_id), "decline invite")
-                    log.warning("declined invite to %s from %s: not an allowed inviter", room_id, inviter)
-            except MatrixRequestError as exc:
-                # A room that vanished or forbids us cannot be fixed by retrying the batch.
-                log.warning("invite to %s from %s: %s", room_id, inviter, exc)
+    async def _commit(self, client: RawKeepingClient, batch: _Batch, cursor: str | None) -> None:
+        """Fetch media, commit, then update our state and ask for missing keys."""
+        events = [await recover_original(client, e) for e in batch.events]
+        events = await self._with_media(client, events)
+        await self.sink.commit(events, cursor)
+        self._commits += 1
+        self._after_commit(batch)
+        await crypto.request_keys(client, batch.undecrypted)
 
     async def _collect_room(
         self,
@@ -300,21 +295,32 @@ class MatrixSource:
         nio_events = list(nio_room.timeline.events) if nio_room is not None else []
         decrypted = crypto.decrypted_by_id(nio_events)
         undecrypted = crypto.undecrypted_by_id(nio_events)
-        older: list[dict[str, Any]] = []
         prev_batch = timeline.get("prev_batch")
         if not joined:
             pass  # a room we left: take what the sync gives, /messages may be forbidden now
         elif room_id not in self._state.backfilled:
-            older = await self._backfill(client, room_id, prev_batch, None, decrypted, undecrypted)
+            await self._backfill(client, room_id, None, prev_batch)
             batch.backfilled.append(room_id)
         elif timeline.get("limited") and cursor is not None:
-            older = await self._backfill(client, room_id, prev_batch, cursor, decrypted, undecrypted)
+            await self._backfill(client, room_id, cursor, prev_batch)
         # The state section matters only the first time (state before the visible
         # history: name, encryption, retention, m.bridge). Later, backfill covers
         # every gap, and the full-state sync after a restart would only repeat it.
         state = ((room.get("state") or {}).get("events") or []) if room_id in batch.backfilled else []
+        self._add_events(client, batch, room_id, [*state, *(timeline.get("events") or [])], decrypted, undecrypted)
+
+    def _add_events(
+        self,
+        client: RawKeepingClient,
+        batch: _Batch,
+        room_id: str,
+        raws: list[dict[str, Any]],
+        decrypted: dict[str, Any],
+        undecrypted: dict[str, MegolmEvent],
+    ) -> None:
+        """Normalise `raws` into `batch` (once per event id), noting what did not decrypt."""
         seen: set[str] = set()
-        for raw in [*older, *state, *(timeline.get("events") or [])]:
+        for raw in raws:
             event_id = raw.get("event_id")
             if isinstance(event_id, str):
                 if event_id in seen:
@@ -324,34 +330,17 @@ class MatrixSource:
             if isinstance(event_id, str) and event_id in undecrypted and event_id not in decrypted:
                 batch.undecrypted.append(undecrypted[event_id])
 
-    async def _backfill(
-        self,
-        client: RawKeepingClient,
-        room_id: str,
-        start: str | None,
-        end: str | None,
-        decrypted: dict[str, Any],
-        undecrypted: dict[str, MegolmEvent],
-    ) -> list[dict[str, Any]]:
-        """Page back from `start` to `end` (None: to the start of visible history), oldest first."""
-        if not start:
-            return []
-        newest_first: list[dict[str, Any]] = []
-        token = start
-        while True:
-            page = await checked(
-                client.room_messages(room_id, start=token, end=end, limit=self.cfg.backfill_page), "messages"
-            )
-            chunk = (getattr(page, "raw_body", None) or {}).get("chunk") or []
-            newest_first.extend(chunk)
-            decrypted.update(crypto.decrypted_by_id(page.chunk))
-            undecrypted.update(crypto.undecrypted_by_id(page.chunk))
-            if not chunk or not page.end or page.end == token:
-                break
-            token = page.end
-        log.info("backfilled %d events in %s", len(newest_first), room_id)
-        newest_first.reverse()
-        return newest_first
+    async def _backfill(self, client: RawKeepingClient, room_id: str, since: str | None, until: str | None) -> None:
+        """Commit the gap before `until` page by page, oldest first, leaving the cursor alone."""
+        if not until:
+            return
+        total = 0
+        async for page in gap_pages(client, room_id, since, until, self.cfg.backfill_page):
+            batch = _Batch([], [], [], [])
+            self._add_events(client, batch, room_id, page.events, page.decrypted, page.undecrypted)
+            await self._commit(client, batch, None)
+            total += len(page.events)
+        log.info("backfilled %d events in %s", total, room_id)
 
     def _normalise(
         self, client: RawKeepingClient, room_id: str, raw: dict[str, Any], decrypted: dict[str, Any]
@@ -385,21 +374,6 @@ class MatrixSource:
             batch.late.append(event_id)
             log.info("late decryption of %s in %s", event_id, room_id)
 
-    async def _recover_redacted(self, client: RawKeepingClient, event: Event) -> Event:
-        """The original of an event redacted before capture, where the server allows (MSC2815)."""
-        if not event.content.get("redacted_before_capture") or event.raw.get("content"):
-            return event
-        found = await fetch_unredacted(client, event.conversation, event.event_id)
-        if found is None:
-            return event
-        raw, proof = found
-        original = normalise(raw, room_id=event.conversation, received_at=event.received_at, decryption=proof)
-        log.info("recovered original of %s redacted before capture", event.event_id)
-        # Keep what the stripped copy told us (who redacted it): the server's
-        # unredacted copy may lack `unsigned.redacted_because`.
-        marker = {k: v for k, v in event.content.items() if k in ("redacted_before_capture", "redacted_by")}
-        return replace(original, content={**original.content, **marker, "recovered_via": "msc2815"})
-
     async def _with_media(self, client: RawKeepingClient, events: list[Event]) -> list[Event]:
         if self.blobs is None:
             return events
@@ -415,15 +389,6 @@ class MatrixSource:
         for event_id in batch.late:
             self._state.drop_pending(event_id)
         self._state.save()
-
-
-def _inviter(invite: dict[str, Any], user_id: str) -> str | None:
-    """Who invited us: the sender of our own m.room.member invite in the stripped state."""
-    for event in (invite.get("invite_state") or {}).get("events") or []:
-        if event.get("type") == "m.room.member" and event.get("state_key") == user_id:
-            sender = event.get("sender")
-            return sender if isinstance(sender, str) else None
-    return None
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:

@@ -6,7 +6,10 @@ user with redact power (a moderator; or a server admin) read the original
 through `GET /rooms/{room}/event/{event}?fi.mau.msc2815.include_unredacted_content=true`,
 until `redaction_retention_period` (default 7 days) purges it.
 
-Contract: `fetch_unredacted(client, room_id, event_id)` returns the original
+Contract: `recover_original(client, event)` returns `event` unchanged unless it
+is a redacted-before-capture copy whose original the server gives back: then the
+normalised original, marked `redacted_before_capture` (with `redacted_by`) and
+`recovered_via: "msc2815"`. `fetch_unredacted(client, room_id, event_id)` returns the original
 event JSON (decrypted where nio can; see `matrix_crypto`) and the decryption
 evidence, or None when the server will not or cannot give it (no MSC2815, no
 power, purged): the event then stays recorded as redacted-before-capture.
@@ -16,6 +19,7 @@ An unreachable server raises `MatrixUnavailableError` (the batch is retried).
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote
 
@@ -23,8 +27,10 @@ import aiohttp
 from nio import MegolmEvent
 from nio.exceptions import EncryptionError
 
+from bridge.events import Event
 from bridge.sources import matrix_crypto as crypto
 from bridge.sources.matrix_client import MatrixUnavailableError
+from bridge.sources.matrix_events import normalise
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +73,19 @@ async def fetch_unredacted(
         return original, None
     envelope = {**original, "room_id": room_id}
     return crypto.merge_decrypted(original, decrypted), crypto.evidence(client, envelope, decrypted)
+
+
+async def recover_original(client: Any, event: Event) -> Event:
+    """The original of an event redacted before capture, where the server allows (MSC2815)."""
+    if not event.content.get("redacted_before_capture") or event.raw.get("content"):
+        return event
+    found = await fetch_unredacted(client, event.conversation, event.event_id)
+    if found is None:
+        return event
+    raw, proof = found
+    original = normalise(raw, room_id=event.conversation, received_at=event.received_at, decryption=proof)
+    log.info("recovered original of %s redacted before capture", event.event_id)
+    # Keep what the stripped copy told us (who redacted it): the server's
+    # unredacted copy may lack `unsigned.redacted_because`.
+    marker = {k: v for k, v in event.content.items() if k in ("redacted_before_capture", "redacted_by")}
+    return replace(original, content={**original.content, **marker, "recovered_via": "msc2815"})
