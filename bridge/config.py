@@ -90,9 +90,16 @@ class ArchiveSettings(_Section):
 class OrganisationSettings(_Section):
     name: str = "Demo-ministerie"
     archive_creator_id: str = "demo"
-    #: MDTO waardering: "V" (vernietigen, with a term) or "B" (blijvend bewaren).
-    appraisal: Literal["B", "V"] = "B"
+    #: MDTO waardering: "B" (blijvend te bewaren), "V" (tijdelijk te bewaren: set retention_years)
+    #: or "N" (nader te bepalen).
+    appraisal: Literal["B", "V", "N"] = "B"
     retention_years: Annotated[int | None, Field(ge=1)] = None
+
+    @model_validator(mode="after")
+    def _term_with_v(self) -> OrganisationSettings:
+        if self.appraisal == "V" and self.retention_years is None:
+            raise ValueError("appraisal 'V' (tijdelijk te bewaren) needs retention_years")
+        return self
 
 
 class LoggingSettings(_Section):
