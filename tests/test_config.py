@@ -86,6 +86,7 @@ def test_invalid_toml_is_one_line(tmp_path: Path) -> None:
         ('[matrix]\nhomeserver = "https://m"\n', "'matrix.user_id' is required"),
         ('[signal]\nendpoint = "/run/sock"\n', "unix://"),
         ('[organisation]\nappraisal = "X"\n', "'organisation.appraisal'"),
+        ('[organisation]\nappraisal = "V"\n', "needs retention_years"),
     ],
 )
 def test_each_problem_names_key_and_fix(tmp_path: Path, text: str, needle: str) -> None:
