@@ -47,6 +47,9 @@ class Kind(enum.StrEnum):
     RETENTION_CHANGE = "retention_change"
     UNDECRYPTABLE = "undecryptable"
     UNKNOWN = "unknown"
+    #: Written by the archiver itself, not by a chat participant: a capture gap, an
+    #: outage, a disconnection. Kept in the log so the archive shows what it may miss.
+    NOTICE = "notice"
 
 
 class EncodingError(ValueError):
