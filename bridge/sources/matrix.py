@@ -21,6 +21,8 @@ Contract with the capture pipeline:
   keys requested, and retried when keys arrive (see `matrix_crypto`).
 - Media is fetched into `blobs` (see `matrix_media`); without `blobs` the
   attachments stay "pending" references.
+- Events in bridged rooms carry `content["bridge"]`: the room's bridge state
+  and the sender's remote identity (see `matrix_bridges`).
 
 nio pitfalls handled here: never `sync_forever` (it acknowledges by itself);
 `store_sync_tokens=False` (nio would save the token before we commit); key
@@ -47,6 +49,7 @@ from bridge.errors import SourceError
 from bridge.events import Event, EventId, Kind
 from bridge.sources import matrix_crypto as crypto
 from bridge.sources.matrix_backfill import gap_pages
+from bridge.sources.matrix_bridges import BridgeTracker
 from bridge.sources.matrix_client import (
     MatrixLoginError,
     RawKeepingClient,
@@ -128,6 +131,7 @@ class MatrixSource:
         self.sink = sink
         self.blobs = blobs
         self._state = SourceState.load(cfg.store_dir)
+        self._bridges = BridgeTracker()
         #: Set once the first sync batch is committed (tests and health checks wait on it).
         self.synced = asyncio.Event()
         self._commits = 0
@@ -274,7 +278,7 @@ class MatrixSource:
 
     async def _commit(self, client: RawKeepingClient, batch: _Batch, cursor: str | None) -> None:
         """Fetch media, commit, then update our state and ask for missing keys."""
-        events = [await recover_original(client, e) for e in batch.events]
+        events = [self._bridges.annotate(await recover_original(client, e)) for e in batch.events]
         events = await self._with_media(client, events)
         await self.sink.commit(events, cursor)
         self._commits += 1
@@ -296,6 +300,7 @@ class MatrixSource:
         decrypted = crypto.decrypted_by_id(nio_events)
         undecrypted = crypto.undecrypted_by_id(nio_events)
         prev_batch = timeline.get("prev_batch")
+        self._bridges.learn_state(room_id, (room.get("state") or {}).get("events") or [])
         if not joined:
             pass  # a room we left: take what the sync gives, /messages may be forbidden now
         elif room_id not in self._state.backfilled:
@@ -326,7 +331,8 @@ class MatrixSource:
                 if event_id in seen:
                     continue
                 seen.add(event_id)
-            batch.events.append(self._normalise(client, room_id, raw, decrypted))
+            self._bridges.learn(room_id, raw)
+            batch.events.append(self._bridges.annotate(self._normalise(client, room_id, raw, decrypted)))
             if isinstance(event_id, str) and event_id in undecrypted and event_id not in decrypted:
                 batch.undecrypted.append(undecrypted[event_id])
 
