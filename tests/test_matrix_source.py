@@ -23,7 +23,7 @@ import pytest
 from bridge.devserver import SynapseServer
 from bridge.events import Event, Kind
 from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
-from bridge.sources.matrix_client import load_session
+from bridge.sources.matrix_session import load_identity, load_session
 from tests.support.officials import Official, OfficialFactory, ok, poll_until, unique_name
 
 pytestmark = pytest.mark.synapse
@@ -141,7 +141,7 @@ async def invite_bot(alice: Official, bot: Bot, *, encrypted: bool) -> str:
 
 
 def bot_device(bot: Bot) -> str:
-    session = load_session(bot.store_dir)
+    session = load_identity(bot.store_dir)
     assert session is not None
     return session.device_id
 
@@ -372,7 +372,7 @@ async def test_late_room_key_appends_decrypted_event(bot: Bot, official: Officia
 
 async def test_token_only_login(synapse: SynapseServer, official: OfficialFactory, tmp_path: Path) -> None:
     """With only an access-token file (SSO deployments disable passwords) the source learns its user
-    and device from whoami, and captures as that device."""
+    and device from whoami, and captures as that device; the saved token is encrypted in the store."""
     alice = await official("alice")
     name = unique_name("tokenbot")
     user_id, token = await synapse.register_user_async(name, f"pw-{name}")
@@ -386,8 +386,10 @@ async def test_token_only_login(synapse: SynapseServer, official: OfficialFactor
         message = await alice.send_text(room_id, "via token")
         event = await wait_event(sink, message)
         assert event.kind == Kind.MESSAGE and event.content["body"] == "via token"
-        session = load_session(bot.store_dir)
-        assert session is not None and session.user_id == user_id
+        session = load_session(bot.store_dir, bot.config().pickle_key)
+        assert session is not None and session.user_id == user_id and session.access_token == token
+        # The token is sealed at rest: no file of the store holds it in clear.
+        assert [p for p in bot.store_dir.rglob("*") if p.is_file() and token.encode() in p.read_bytes()] == []
     finally:
         await bot.stop()
 

@@ -23,6 +23,7 @@ from bridge.devserver import SynapseServer
 from bridge.events import Event, Kind
 from bridge.log import keys as keyfile
 from bridge.log.verify import verify_log
+from bridge.sources.matrix_session import load_session
 from tests.support.logview import LogView
 from tests.support.officials import OfficialFactory, poll_until, unique_name
 
@@ -114,8 +115,8 @@ async def test_run_survives_sigkill_and_seals_on_sigterm(
     """`chatarchief run` captures a plain and an encrypted room; SIGKILLed while an official streams
     300 messages and started again, it holds every sent event exactly once (decrypted, by event id),
     the tail the kill left unsealed is sealed at the restart, SIGTERM makes it exit 0 with a
-    checkpoint covering every record, `verify` passes, and no message body appears in its logs or
-    in any file of the data dir."""
+    checkpoint covering every record, `verify` passes, and neither a message body nor the bot's
+    access token appears in its logs or in any file of the data dir."""
     alice = await official("alice")
     name = unique_name("archivebot")
     password = f"pw-{name}"
@@ -195,3 +196,7 @@ async def test_run_survives_sigkill_and_seals_on_sigterm(
     assert b"capture running" in logs and b"capture stopped" in logs
     leaks = [p for p in bot.logs if marker.encode() in p.read_bytes()] + files_containing(data_dir, marker.encode())
     assert leaks == [], f"message bodies in plaintext: {leaks}"
+    session = load_session(data_dir / "matrix-store", keys.derive("matrix-nio-store"))
+    assert session is not None
+    token = session.access_token.encode()
+    assert [p for p in bot.logs if token in p.read_bytes()] + files_containing(data_dir, token) == []

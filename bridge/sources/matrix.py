@@ -182,6 +182,7 @@ class MatrixSource:
                 password_file=self.cfg.password_file,
                 access_token_file=self.cfg.access_token_file,
                 device_name=self.cfg.device_name,
+                session_key=self.cfg.pickle_key,
             )
             # Keys go up before anything else: a device must exist with keys before
             # it is invited, or senders never share room keys with it.

@@ -11,15 +11,15 @@ Contract:
   events exactly as the server sent them, not nio's lossy parse. nio is still
   what decrypts (it replaces `MegolmEvent`s in its own parse, keyed by event id).
 - `open_session(client, ...)` logs in once and persists `device_id` and the
-  access token (`session.json`, mode 0600, in the store dir) so every restart is
-  the same device with the same crypto store. With an access-token file the
+  access token (`session.json` in the store dir, the token sealed under
+  `session_key`: see `matrix_session`) so every restart is the same device with
+  the same crypto store. With an access-token file the
   token is the operator's (SSO deployments such as MijnBureau disable passwords):
   whoami tells us the user and device.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Awaitable
@@ -32,10 +32,9 @@ import orjson
 from nio import AsyncClient, ErrorResponse, RoomMessagesResponse, SyncResponse
 
 from bridge.errors import SourceError
+from bridge.sources.matrix_session import SavedSession, SessionFileError, load_session, save_session
 
 log = logging.getLogger(__name__)
-
-SESSION_FILE = "session.json"
 
 
 class MatrixUnavailableError(SourceError):
@@ -83,42 +82,6 @@ class RawKeepingClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
         return response
 
 
-@dataclass(frozen=True, slots=True)
-class SavedSession:
-    homeserver: str
-    user_id: str
-    device_id: str
-    access_token: str
-
-
-def load_session(store_dir: Path) -> SavedSession | None:
-    path = store_dir / SESSION_FILE
-    if not path.exists():
-        return None
-    d = json.loads(path.read_text(encoding="utf-8"))
-    return SavedSession(d["homeserver"], d["user_id"], d["device_id"], d["access_token"])
-
-
-def save_session(store_dir: Path, session: SavedSession) -> None:
-    """Atomically replace session.json (0600: it holds an access token)."""
-    store_dir.mkdir(parents=True, exist_ok=True)
-    tmp = store_dir / f"{SESSION_FILE}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(
-            {
-                "homeserver": session.homeserver,
-                "user_id": session.user_id,
-                "device_id": session.device_id,
-                "access_token": session.access_token,
-            },
-            f,
-        )
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, store_dir / SESSION_FILE)
-
-
 def _read_secret(path: Path, what: str) -> str:
     try:
         value = path.read_text(encoding="utf-8").strip()
@@ -150,12 +113,14 @@ async def open_session(
     password_file: Path | None,
     access_token_file: Path | None,
     device_name: str,
+    session_key: bytes,
 ) -> None:
     """Log `client` in (restoring the saved device where possible) and load its crypto store."""
+    store = _SessionStore(store_dir, session_key)
     if access_token_file is not None:
-        await _login_with_token(client, homeserver, store_dir, user_id, access_token_file)
+        await _login_with_token(client, homeserver, store, user_id, access_token_file)
         return
-    saved = load_session(store_dir)
+    saved = store.load()
     if saved is not None and saved.homeserver == homeserver and saved.user_id == (user_id or saved.user_id):
         client.access_token = saved.access_token
         try:
@@ -168,28 +133,45 @@ async def open_session(
         client.device_id = saved.device_id  # nio's login reuses it: same device, same keys
     if password_file is None or user_id is None:
         raise MatrixLoginError("matrix login needs user_id and password_file, or access_token_file")
-    await _login_with_password(client, homeserver, store_dir, user_id, password_file, device_name)
+    await _login_with_password(client, homeserver, store, user_id, password_file, device_name)
+
+
+@dataclass(frozen=True, slots=True)
+class _SessionStore:
+    """session.json with its key; a file that will not open is a login problem the operator must fix."""
+
+    store_dir: Path
+    key: bytes
+
+    def load(self) -> SavedSession | None:
+        try:
+            return load_session(self.store_dir, self.key)
+        except SessionFileError as exc:
+            raise MatrixLoginError(str(exc)) from exc
+
+    def save(self, session: SavedSession) -> None:
+        save_session(self.store_dir, session, self.key)
 
 
 async def _login_with_token(
-    client: AsyncClient, homeserver: str, store_dir: Path, user_id: str | None, token_file: Path
+    client: AsyncClient, homeserver: str, store: _SessionStore, user_id: str | None, token_file: Path
 ) -> None:
     token = _read_secret(token_file, "access token")
     client.access_token = token
     who_user, who_device = await _whoami(client)
     if user_id is not None and who_user != user_id:
         raise MatrixLoginError(f"access token belongs to {who_user}, config says {user_id}")
-    saved = load_session(store_dir)
+    saved = store.load()
     if saved is not None and saved.device_id != who_device:
         # A new token for a new device: the old crypto store cannot decrypt for it.
         log.warning("access token is for device %s, store was for %s", who_device, saved.device_id)
     client.user = who_user
     client.restore_login(who_user, who_device, token)
-    save_session(store_dir, SavedSession(homeserver, who_user, who_device, token))
+    store.save(SavedSession(homeserver, who_user, who_device, token))
 
 
 async def _login_with_password(
-    client: AsyncClient, homeserver: str, store_dir: Path, user_id: str, password_file: Path, device_name: str
+    client: AsyncClient, homeserver: str, store: _SessionStore, user_id: str, password_file: Path, device_name: str
 ) -> None:
     password = _read_secret(password_file, "password")
     client.user = user_id
@@ -199,7 +181,7 @@ async def _login_with_password(
         if exc.errcode in ("M_FORBIDDEN", "M_USER_DEACTIVATED", "M_INVALID_PARAM", "M_UNKNOWN"):
             raise MatrixLoginError(f"matrix login as {user_id} refused ({exc.errcode})") from exc
         raise
-    save_session(store_dir, SavedSession(homeserver, response.user_id, response.device_id, response.access_token))
+    store.save(SavedSession(homeserver, response.user_id, response.device_id, response.access_token))
     log.info("logged in to matrix as %s device %s", response.user_id, response.device_id)
 
 
