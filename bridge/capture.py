@@ -131,7 +131,8 @@ async def run_capture(settings: Settings, data_dir: Path, keys: KeyMaterial, sto
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             note = await store.checkpoint()
-            log.info("capture stopped; log sealed", extra={"log_size": store.size, "checkpoint_lines": len(note)})
+            sealed_size = note.split("\n", 2)[1]
+            log.info("capture stopped; log sealed", extra={"log_size": store.size, "sealed_size": sealed_size})
 
 
 def matrix_source_config(settings: Settings, data_dir: Path, keys: KeyMaterial) -> MatrixSourceConfig:

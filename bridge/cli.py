@@ -251,6 +251,8 @@ def rotate_key(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_
 
 def main() -> None:
     """Console-script entry point."""
+    # Everything we create (log, WAL, blobs, nio store, packages in progress) is private by default.
+    os.umask(0o077)
     try:
         app()
     except SystemExit:
