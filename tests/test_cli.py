@@ -200,3 +200,24 @@ def test_rotate_key_keeps_old_records_readable(initialised: tuple[Path, Path]) -
         row[0] for row in sqlite3.connect(data / "log.sqlite3").execute("SELECT substr(header, 23, 4) FROM records")
     }
     assert len(key_ids) == 2
+
+
+def test_files_created_by_commands_are_private(tmp_path: Path) -> None:
+    """Through the console entry point, the log, its WAL and the key file are not readable by group/others."""
+    data, key = tmp_path / "data", tmp_path / "secret" / "k"
+    for args in (
+        ["init", "--data-dir", data, "--key-file", key],
+        ["import", "--data-dir", data, "--key-file", key, SAMPLE],
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "bridge.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+    created = [p for p in data.rglob("*")] + [key]
+    assert created and all(p.stat().st_mode & 0o077 == 0 for p in created), [
+        (p.name, oct(p.stat().st_mode)) for p in created
+    ]
