@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from nio import RoomPreset
 
 from bridge.devserver import SynapseServer
 from bridge.events import Event, Kind
@@ -498,3 +499,16 @@ async def test_redacted_while_down_is_recovered_with_msc2815(bot: Bot, official:
     assert original.content["body"] == "oeps, verkeerde groep"
     assert original.content["recovered_via"] == "msc2815"
     assert original.content["redacted_before_capture"] is True
+
+
+async def test_configured_public_room_is_joined_without_invite(bot: Bot, official: OfficialFactory) -> None:
+    """A room listed in `rooms` is joined at start-up without an invite, and its messages are captured."""
+    alice = await official("alice")
+    response = ok(await alice.client.room_create(preset=RoomPreset.public_chat, name="Openbaar overleg"))
+    room_id = str(response.room_id)
+    sink = MemorySink()
+    await bot.start(sink, rooms=frozenset({room_id}))
+    await alice.wait_member(room_id, bot.user_id)
+    sent = await alice.send_text(room_id, "Agenda voor donderdag")
+    event = await wait_event(sink, sent)
+    assert event.content["body"] == "Agenda voor donderdag"

@@ -58,7 +58,7 @@ from bridge.sources.matrix_client import (
     open_session,
 )
 from bridge.sources.matrix_events import normalise
-from bridge.sources.matrix_invites import handle_invites
+from bridge.sources.matrix_invites import handle_invites, join_configured
 from bridge.sources.matrix_media import BlobSink, MediaFetcher, fetch_attachments
 from bridge.sources.matrix_redacted import recover_original
 from bridge.sources.matrix_state import SourceState
@@ -195,6 +195,8 @@ class MatrixSource:
                 if response is None:
                     return
                 cursor = await self._handle(client, response, cursor)
+                if first and self.cfg.rooms:
+                    await join_configured(client, set(self.cfg.rooms))
                 first = False
                 await self._maintain_keys(client)
         finally:

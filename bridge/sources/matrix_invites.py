@@ -1,4 +1,5 @@
-"""Invites: accept those from allowed inviters or for configured rooms, decline the rest.
+"""Invites and configured rooms: accept invites from allowed inviters or for configured rooms,
+decline the rest, and join configured rooms without waiting for an invite.
 
 Contract: `handle_invites(client, invites, allowed_inviters, rooms)` takes the
 `rooms.invite` section of a sync body. An invite is accepted when the room is
@@ -44,3 +45,17 @@ def inviter(invite: dict[str, Any], user_id: str) -> str | None:
             sender = event.get("sender")
             return sender if isinstance(sender, str) else None
     return None
+
+
+async def join_configured(client: RawKeepingClient, rooms: Set[str]) -> None:
+    """Join configured rooms the bot is not in yet (public or previously invited ones).
+
+    A room that refuses (private, banned, unknown) is logged by id and retried at
+    the next connection; an invite for it is still accepted whenever it comes.
+    """
+    for room_id in sorted(rooms - set(client.rooms)):
+        try:
+            await checked(client.join(room_id), "join configured room")
+            log.info("joined configured room %s", room_id)
+        except MatrixRequestError as exc:
+            log.warning("cannot join configured room %s yet: %s", room_id, exc)
