@@ -38,11 +38,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nio import AsyncClient, AsyncClientConfig, ErrorResponse
-
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bridge.devclients import Official, make_official, ok  # noqa: E402
 from bridge.devserver import SynapseServer  # noqa: E402
 from bridge.events import MATRIX  # noqa: E402
 from bridge.log import keys as keyfile  # noqa: E402
@@ -52,43 +51,11 @@ from bridge.log.store import dedup_tag, unwrap_keys  # noqa: E402
 CLK = os.sysconf("SC_CLK_TCK")
 
 
-def ok(response: Any) -> Any:
-    if isinstance(response, ErrorResponse):
-        raise RuntimeError(f"matrix call failed: {response}")
-    return response
-
-
-@dataclass
-class Person:
-    user_id: str
-    client: AsyncClient
-
-    async def sync(self, timeout_ms: int = 0) -> Any:
-        response = ok(await self.client.sync(timeout=timeout_ms, full_state=self.client.next_batch is None))
-        await self.keys()
-        return response
-
-    async def keys(self) -> None:
-        c = self.client
-        if c.should_upload_keys:
-            ok(await c.keys_upload())
-        if c.should_query_keys:
-            ok(await c.keys_query())
-        if c.should_claim_keys:
-            ok(await c.keys_claim(c.get_users_for_key_claiming()))
-        for response in await c.send_to_device_messages():
-            ok(response)
+Person = Official
 
 
 async def person(server: SynapseServer, store: Path, name: str) -> Person:
-    user_id, _ = await server.register_user_async(name, f"pw-{name}")
-    (store / name).mkdir(parents=True)
-    config = AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False, max_timeouts=3)
-    client = AsyncClient(server.url, user_id, store_path=str(store / name), config=config)
-    ok(await client.login(password=f"pw-{name}", device_name=name))
-    p = Person(user_id, client)
-    await p.sync()
-    return p
+    return await make_official(server, store, name=name)
 
 
 async def until(predicate: Any, timeout: float, what: str) -> None:

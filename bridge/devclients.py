@@ -59,10 +59,11 @@ class Official:
     password: str
     client: AsyncClient
 
-    async def sync(self, timeout_ms: int = 0) -> None:
-        """One sync plus the key work `sync_forever` would do after it."""
-        ok(await self.client.sync(timeout=timeout_ms, full_state=self.client.next_batch is None))
+    async def sync(self, timeout_ms: int = 0) -> Any:
+        """One sync plus the key work `sync_forever` would do after it; returns the sync response."""
+        response = ok(await self.client.sync(timeout=timeout_ms, full_state=self.client.next_batch is None))
         await self.keys()
+        return response
 
     async def keys(self) -> None:
         c = self.client
