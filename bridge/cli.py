@@ -249,6 +249,35 @@ def rotate_key(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_
     out.print(f"new data key {_run(go)} is now used for new records")
 
 
+@app.command("withhold")
+def withhold_cmd(
+    event_id: Annotated[str, typer.Argument(help="Upstream id of the event (e.g. $abc… for Matrix).")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (shown in the package tombstone).")],
+    by: Annotated[str, typer.Option("--by", help="Who decides (shown in the package tombstone).")],
+    conversation: Annotated[
+        str | None, typer.Option("--conversation", help="Conversation id, when the event id is in several.")
+    ] = None,
+    release: Annotated[bool, typer.Option("--release", help="Undo an earlier withhold (another record).")] = False,
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Append a decision record withholding an event from archive packages (or releasing it)."""
+    from bridge.policy import withhold
+
+    settings = _settings(config_file)
+    dd, kf = _paths(settings, data_dir, key_file)
+    assert kf is not None
+    material = _load_keys(kf, dd)
+
+    async def go() -> int:
+        async with await LogStore.open(dd, material, _policy(settings)) as store:
+            return await withhold(store, event_id, reason, by, data_dir=dd, conversation=conversation, release=release)
+
+    seq = _run(go)
+    out.print(f"{'released' if release else 'withheld'} {event_id}: decision record {seq}")
+
+
 def main() -> None:
     """Console-script entry point."""
     # Everything we create (log, WAL, blobs, nio store, packages in progress) is private by default.

@@ -1,9 +1,10 @@
-"""Read-only access to a log's events (for the demo, search and export tools).
+"""Read-only access to a log's events and decisions (for the demo, search and export tools).
 
 Opens the database read-only (WAL lets it run beside a live writer), unwraps
-the keys with the key file and yields decrypted events in log order. It
-authenticates every record it returns (AEAD + commitment) but is not the
-verifier: run `verify_log` for the full chain, tree and checkpoint checks.
+the keys with the key file and yields decrypted events (or decision records)
+in log order. It authenticates every record it returns (AEAD + commitment) but
+is not the verifier: run `verify_log` for the full chain, tree and checkpoint
+checks.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 from bridge.errors import LogIntegrityError
 from bridge.events import Event, event_from_bytes
 from bridge.log import crypto, format
+from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
 from bridge.log.store import check_key_matches, unwrap_keys
 from bridge.log.verify import open_readonly
@@ -21,6 +23,22 @@ from bridge.log.verify import open_readonly
 
 def iter_events(data_dir: Path, keys: KeyMaterial, start: int = 0) -> Iterator[tuple[int, Event]]:
     """Yield (seq, event) for every event record from `start`, decrypted and authenticated."""
+    for seq, payload in _iter_payloads(data_dir, keys, format.RecordType.EVENT, start):
+        yield seq, event_from_bytes(payload)
+
+
+def iter_decisions(data_dir: Path, keys: KeyMaterial, start: int = 0) -> Iterator[tuple[int, Decision]]:
+    """Yield (seq, decision) for every DECISION record from `start`; a payload that does not parse is tampering."""
+    for seq, payload in _iter_payloads(data_dir, keys, format.RecordType.DECISION, start):
+        try:
+            yield seq, parse_decision(payload)
+        except DecisionError as exc:
+            raise LogIntegrityError(seq, f"decision record does not parse: {exc}") from None
+
+
+def _iter_payloads(
+    data_dir: Path, keys: KeyMaterial, rtype: format.RecordType, start: int
+) -> Iterator[tuple[int, bytes]]:
     conn = open_readonly(data_dir)
     try:
         meta = {str(k): bytes(v) for k, v in conn.execute("SELECT k, v FROM meta")}
@@ -33,7 +51,7 @@ def iter_events(data_dir: Path, keys: KeyMaterial, start: int = 0) -> Iterator[t
         cursor = conn.execute("SELECT seq, header, commitment, body FROM records WHERE seq >= ? ORDER BY seq", (start,))
         for seq, header_b, commit, body in cursor:
             header = format.unpack_header(bytes(header_b))
-            if header.type != format.RecordType.EVENT:
+            if header.type != rtype:
                 continue
             try:
                 payload = format.open_record(
@@ -41,6 +59,6 @@ def iter_events(data_dir: Path, keys: KeyMaterial, start: int = 0) -> Iterator[t
                 )
             except format.RecordAuthError as exc:
                 raise LogIntegrityError(int(seq), str(exc)) from None
-            yield int(seq), event_from_bytes(payload)
+            yield int(seq), payload
     finally:
         conn.close()

@@ -7,8 +7,8 @@ every checkpoint signature verifies against the expected public key and every
 checkpoint's root equals the root recomputed from the leaves. Without keys that
 proves integrity, order and completeness up to the last checkpoint; with the key
 file it also decrypts every record, checks the AEAD tag, the plaintext
-commitment and that each event sits under the conversation and dedup tags it
-claims.
+commitment and that each event (and each decision record, which must parse)
+sits under the conversation and dedup tags it claims.
 
 The first failure raises `LogIntegrityError` naming the first bad sequence
 number (or the checkpoint's tree size). Records after the last checkpoint are
@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from bridge.errors import LogIntegrityError, StorageError, UsageError
 from bridge.events import EncodingError, event_from_bytes
 from bridge.log import checkpoint, crypto, format, merkle
+from bridge.log.decision import DECISION_SOURCE, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
 from bridge.log.store import check_key_matches, conversation_tag, db_path, dedup_tag, unwrap_keys
 
@@ -223,6 +224,8 @@ def _check_plaintext(seq: int, secrets: _Secrets, header_b: bytes, commit: bytes
         payload = format.open_record(secrets.log_id, secrets.data_keys, header, header_b, commit, body)
     except format.RecordAuthError as exc:
         raise LogIntegrityError(seq, str(exc)) from None
+    if header.type == format.RecordType.DECISION:
+        return _check_decision(seq, secrets, header, payload, dedup)
     if header.type != format.RecordType.EVENT:
         return header.type.name.lower()
     try:
@@ -235,6 +238,20 @@ def _check_plaintext(seq: int, secrets: _Secrets, header_b: bytes, commit: bytes
     if not crypto.hmac_equal(dedup, dedup_tag(secrets.index_key, event.source, event.conversation, event.event_id)):
         raise LogIntegrityError(seq, "dedup index entry does not belong to this event")
     return event.kind.value
+
+
+def _check_decision(seq: int, secrets: _Secrets, header: format.RecordHeader, payload: bytes, dedup: bytes) -> str:
+    """A decision record must parse and sit under the conversation and dedup tags its payload claims."""
+    try:
+        d = parse_decision(payload)
+    except DecisionError as exc:
+        raise LogIntegrityError(seq, f"decrypted payload is not a decision: {exc}") from None
+    conv = d.target.conversation
+    if not crypto.hmac_equal(conversation_tag(secrets.index_key, DECISION_SOURCE, conv), header.conversation_tag):
+        raise LogIntegrityError(seq, "decision is filed under another conversation than its header says")
+    if not crypto.hmac_equal(dedup, dedup_tag(secrets.index_key, DECISION_SOURCE, conv, d.id)):
+        raise LogIntegrityError(seq, "dedup index entry does not belong to this decision")
+    return "decision"
 
 
 def _check_root(cp: checkpoint.Checkpoint, frontier: merkle.Frontier) -> None:
