@@ -1,0 +1,1 @@
+"""Archive packages: the monthly snapshot, its MDTO metadata and HTML transcripts."""

@@ -1,0 +1,344 @@
+"""A self-contained HTML transcript of one conversation-month (streaming, escaped).
+
+Contract:
+
+* `write_transcript` writes one HTML5 document to `out`, entry by entry, in the
+  order given (log order); memory does not grow with the number of entries
+  (only with the number of distinct senders, for display names).
+* All chat text is hostile: bodies, display names, sender and event ids, file
+  names, reasons. Every piece goes through `clean_text` (control characters,
+  surrogates and noncharacters become U+FFFD, CR/CRLF become LF) and then
+  `html.escape(..., quote=True)`; untrusted text sits inside `<bdi>` so a
+  right-to-left override cannot reorder the text around it. Formatted (HTML)
+  bodies are never rendered: the plain `body` is shown as text.
+* The only URLs are `media` hrefs, which the package writer builds from safe
+  names; they are still checked to be relative (no scheme, no leading slash or
+  backslash), percent-encoded and escaped, else shown unlinked. The document
+  has no scripts and a strict Content-Security-Policy.
+* Deterministic: the same arguments give the same bytes. Times come from the
+  events and are shown in Europe/Amsterdam.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import unicodedata
+import urllib.parse
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import BinaryIO
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from bridge.events import Attachment, Event, Kind
+from bridge.policy import Withheld
+
+TIMEZONE = ZoneInfo("Europe/Amsterdam")
+CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+#: Media types shown inline as <img>; other media are linked. SVG stays linked (keep it simple).
+INLINE_IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+
+
+@dataclass(frozen=True)
+class TranscriptEntry:
+    """One log record of the conversation-month.
+
+    `event` is None only for a record the writer could not or may not show
+    (then `withheld` says why, or a bare note is written). `media` maps an
+    attachment's blob id to its href relative to the transcript.
+    """
+
+    seq: int
+    event: Event | None
+    withheld: Withheld | None = None
+    media: Mapping[str, str] = field(default_factory=dict)
+
+
+def clean_text(text: str) -> str:
+    """The text as shown: CRLF/CR -> LF; other controls (but TAB, LF), surrogates, noncharacters -> U+FFFD."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(ch if _shown(ch) else "\ufffd" for ch in text)
+
+
+def _shown(ch: str) -> bool:
+    if ch in "\t\n":
+        return True
+    cat = unicodedata.category(ch)
+    if cat in ("Cc", "Cs"):
+        return False
+    cp = ord(ch)
+    return not (0xFDD0 <= cp <= 0xFDEF or (cp & 0xFFFE) == 0xFFFE)
+
+
+def esc(text: object) -> str:
+    """Clean and escape any value for text or a double-quoted attribute."""
+    return html.escape(clean_text(str(text)), quote=True)
+
+
+def anchor(event_id: str) -> str:
+    """A stable, safe fragment id for an event (its id hashed: no chat text in attributes)."""
+    return "ev-" + hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+def safe_href(href: str) -> str | None:
+    """A relative href, percent-encoded; None if it is not a plain relative path."""
+    if not href or href.startswith(("/", "\\")) or "\\" in href or any(_control(c) for c in href):
+        return None
+    first = href.split("/", 1)[0]
+    if ":" in first:  # a scheme (javascript:, data:, https:) or a drive letter
+        return None
+    return urllib.parse.quote(href, safe="/")
+
+
+def _control(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cs", "Cf", "Zl", "Zp")
+
+
+def format_time(ms: int | None) -> str:
+    """Milliseconds since the epoch as local Amsterdam time; hostile values never raise."""
+    if ms is None:
+        return "unknown time"
+    try:
+        return datetime.fromtimestamp(ms // 1000, TIMEZONE).strftime("%Y-%m-%d %H:%M:%S %Z")
+    except (OverflowError, OSError, ValueError):
+        return f"invalid time ({ms})"
+
+
+def write_transcript(
+    out: BinaryIO,
+    *,
+    title: str,
+    conversation: str,
+    month: str,
+    entries: Iterable[TranscriptEntry],
+    edited_ids: Collection[str] = frozenset(),
+    deleted_ids: Collection[str] = frozenset(),
+    names: Mapping[str, str] | None = None,
+) -> None:
+    """Write the transcript (see the module docstring).
+
+    `edited_ids`/`deleted_ids`: ids of events edited/deleted later (a pre-pass
+    of the writer), so originals can be marked. If they are Mappings, the value
+    is the id of the (last) edit, resp. the deleting sender, used for a link
+    resp. to say "deleted by sender". `names`: display names known before the
+    month (sender id -> name); membership events in the month update them.
+    """
+    renderer = _Renderer(dict(names or {}), edited_ids, deleted_ids)
+    out.write(_head(title, conversation, month).encode("utf-8"))
+    count = 0
+    for entry in entries:
+        out.write(renderer.entry(entry).encode("utf-8"))
+        count += 1
+    out.write(_foot(count).encode("utf-8"))
+
+
+def _attachment_html(att: Attachment, media: Mapping[str, str]) -> str:
+    name = esc(att.filename or "(no file name)")
+    mtype = att.media_type or ""
+    href = safe_href(media.get(att.blob_id, "")) if att.blob_id else None
+    size = esc(att.size if att.size is not None else "?")
+    detail = f'<span class="meta">{esc(mtype or "unknown type")}, {size} bytes</span>'
+    if href is None:
+        why = "not in this package" if att.status == "stored" else f"{att.status}"
+        if att.error:
+            why += f": {att.error}"
+        return f'<div class="att missing"><bdi>{name}</bdi> {detail} <span class="note">({esc(why)})</span></div>'
+    link = html.escape(href, quote=True)
+    if mtype in INLINE_IMAGES:
+        img = f'<img src="{link}" alt="{name}" loading="lazy">'
+        caption = f"<figcaption><bdi>{name}</bdi> {detail}</figcaption>"
+        return f'<figure class="att"><a href="{link}">{img}</a>{caption}</figure>'
+    return f'<div class="att"><a href="{link}"><bdi>{name}</bdi></a> {detail}</div>'
+
+
+_STYLE = """
+body{font:15px/1.45 system-ui,sans-serif;margin:0 auto;max-width:52rem;padding:1rem;color:#1b1b1b;background:#fff}
+header{border-bottom:2px solid #154273;margin-bottom:1rem}h1{font-size:1.4rem;margin:.2rem 0}
+ol.log{list-style:none;padding:0;margin:0}li.entry{border-bottom:1px solid #e3e3e3;padding:.5rem 0}
+.who{font-weight:600}.id,.meta,.seq{color:#555;font-size:.85em}.time{color:#555;font-size:.85em}
+.body{white-space:pre-wrap;overflow-wrap:anywhere;margin:.2rem 0}.note{color:#555;font-style:italic}
+.mark{display:inline-block;font-size:.8em;padding:0 .4em;border-radius:.3em;background:#eee;margin-left:.3em}
+.edited .mark,.mark.edited{background:#fff3c4}.mark.deleted{background:#fde0dc}
+li.deletion,li.deleted{background:#fff7f6}li.withheld{background:#f2f2f2;color:#333}
+li.retention_change{background:#fff0e0;border-left:4px solid #d46b08;padding-left:.5rem}
+.warn{font-weight:700;color:#8a3c00}figure.att{margin:.3rem 0}figure.att img{max-width:100%;max-height:24rem}
+.att{margin:.2rem 0}pre{white-space:pre-wrap;overflow-wrap:anywhere;font-size:.85em;background:#f7f7f7;padding:.3rem}
+footer{margin-top:1rem;color:#555;font-size:.85em}
+"""
+
+
+def _head(title: str, conversation: str, month: str) -> str:
+    t = esc(title)
+    return (
+        '<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n'
+        f'<meta http-equiv="Content-Security-Policy" content="{html.escape(CSP, quote=True)}">\n'
+        '<meta name="referrer" content="no-referrer">\n'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+        f"<title>{t}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
+        f'<header><h1><bdi>{t}</bdi></h1><p class="meta">Conversation <bdi><code>{esc(conversation)}</code></bdi>,'
+        f" month <bdi>{esc(month)}</bdi>. Times are Europe/Amsterdam. Messages are shown as plain text;"
+        ' edits and deletions keep the original.</p></header>\n<ol class="log">\n'
+    )
+
+
+def _foot(count: int) -> str:
+    return f"</ol>\n<footer><p>{count} records.</p></footer>\n</body>\n</html>\n"
+
+
+_MEMBERSHIP = {"join": "joined", "invite": "was invited", "ban": "was banned", "knock": "asked to join"}
+
+
+class _Renderer:
+    """Renders one entry at a time; remembers only display names (one per sender)."""
+
+    def __init__(self, names: dict[str, str], edited: Collection[str], deleted: Collection[str]) -> None:
+        self._names = names
+        self._edited = edited
+        self._deleted = deleted
+
+    def entry(self, entry: TranscriptEntry) -> str:
+        ev = entry.event
+        if ev is None:
+            body = _tombstone(entry.withheld) if entry.withheld else '<p class="note">record not shown</p>'
+            return _li(f"rec-{entry.seq}", "withheld" if entry.withheld else "note", entry.seq, "", body)
+        if entry.withheld is not None:  # no content, no sender, no names learnt from it
+            return _li(anchor(ev.event_id), "withheld", entry.seq, "", _tombstone(entry.withheld))
+        if ev.kind == Kind.MEMBERSHIP:
+            self._learn_name(ev)
+        head = f'{self._who(ev.sender)} <span class="time">{esc(format_time(ev.sent_at or ev.received_at))}</span>'
+        return _li(anchor(ev.event_id), ev.kind.value, entry.seq, head + self._marks(ev), self._body(ev, entry.media))
+
+    def _learn_name(self, ev: Event) -> None:
+        target, name = _text(ev.content, "target"), _text(ev.content, "displayname")
+        if target is None:
+            return
+        if name and _text(ev.content, "membership") == "join":
+            self._names[target] = name
+        elif _text(ev.content, "membership") in ("leave", "ban"):
+            self._names.pop(target, None)
+
+    def _who(self, sender: str | None) -> str:
+        if sender is None:
+            return '<span class="who note">(no sender)</span>'
+        name = self._names.get(sender)
+        if name and name != sender:
+            return f'<bdi class="who">{esc(name)}</bdi> <bdi class="id">{esc(sender)}</bdi>'
+        return f'<bdi class="who">{esc(sender)}</bdi>'
+
+    def _marks(self, ev: Event) -> str:
+        out = ""
+        eid = ev.event_id
+        if eid in self._edited:
+            last = self._edited.get(eid) if isinstance(self._edited, Mapping) else None
+            see = f", see {_ref(last)}" if isinstance(last, str) and last else ", later versions below"
+            out += f' <span class="mark edited">edited{see}</span>'
+        if eid in self._deleted:
+            deleter = self._deleted.get(eid) if isinstance(self._deleted, Mapping) else None
+            who = " by sender" if deleter is not None and deleter == ev.sender else ""
+            out += f' <span class="mark deleted">deleted{who}; original kept in the archive</span>'
+        if ev.content.get("redacted_before_capture") is True:
+            out += ' <span class="mark deleted">redacted before capture</span>'
+        return out
+
+    def _body(self, ev: Event, media: Mapping[str, str]) -> str:
+        c = ev.content
+        kind = ev.kind
+        if kind in (Kind.MESSAGE, Kind.ATTACHMENT, Kind.EDIT):
+            lead = ""
+            if kind == Kind.EDIT:
+                lead = f'<p class="note">edit of {_ref(ev.relates_to)}</p>'
+                if c.get("new_content_missing") is True:
+                    lead += '<p class="note">(the edit had no new content; its fallback text is shown)</p>'
+            if (reply := _text(c, "reply_to")) is not None:
+                lead += f'<p class="note">in reply to {_ref(reply)}</p>'
+            if (root := _text(c, "thread_root")) is not None:
+                lead += f'<p class="note">in thread {_ref(root)}</p>'
+            body = _text(c, "body")
+            text = f'<div class="body" dir="auto">{esc(body)}</div>' if body else ""
+            if (geo := _text(c, "geo_uri")) is not None:
+                text += f'<p class="meta">location <bdi>{esc(geo)}</bdi></p>'
+            return lead + text + "".join(_attachment_html(a, media) for a in ev.attachments)
+        if kind == Kind.DELETION:
+            reason = _text(c, "reason")
+            why = f" (reason: <bdi>{esc(reason)}</bdi>)" if reason else ""
+            return f'<p class="note">deleted {_ref(ev.relates_to)}{why}; the original stays in the archive</p>'
+        if kind == Kind.REACTION:
+            return f'<p>reacted <bdi class="reaction">{esc(_text(c, "key") or "")}</bdi> to {_ref(ev.relates_to)}</p>'
+        if kind == Kind.MEMBERSHIP:
+            return self._membership(ev)
+        if kind == Kind.RETENTION_CHANGE:
+            return _retention(c)
+        if kind == Kind.STATE:
+            what = f"<bdi><code>{esc(_text(c, 'type') or '?')}</code></bdi>"
+            key = _text(c, "state_key")
+            what += f" (state key <bdi><code>{esc(key)}</code></bdi>)" if key else ""
+            return f"<p>changed conversation state {what}</p>{_json_details(c.get('content'))}"
+        if kind == Kind.UNDECRYPTABLE:
+            alg = esc(_text(c, "algorithm") or "unknown")
+            return f'<p class="note">could not be decrypted (algorithm {alg}); the encrypted event is archived</p>'
+        if kind == Kind.NOTICE:
+            return f'<p class="note">archiver notice</p>{_json_details(c)}'
+        problem = f": {esc(ev.problem)}" if ev.problem else ""
+        return f'<p class="note">unrecognised event, archived as received{problem}</p>'
+
+    def _membership(self, ev: Event) -> str:
+        c = ev.content
+        membership = _text(c, "membership") or "?"
+        target = _text(c, "target") or ""
+        if membership == "leave":
+            verb = "left" if target == ev.sender else "was removed"
+        else:
+            verb = _MEMBERSHIP.get(membership, f"membership {esc(membership)}")
+        out = f"<p>{self._who(target)} {verb}"
+        if (name := _text(c, "displayname")) is not None:
+            out += f" (display name <bdi>{esc(name)}</bdi>)"
+        if (reason := _text(c, "reason")) is not None:
+            out += f" (reason: <bdi>{esc(reason)}</bdi>)"
+        return out + "</p>"
+
+
+def _li(aid: str, kind: str, seq: int, head: str, body: str) -> str:
+    seq_link = f'<a class="seq" href="#{aid}">#{seq}</a>'
+    return f'<li id="{aid}" class="entry {esc(kind)}"><div class="head">{head} {seq_link}</div>{body}</li>\n'
+
+
+def _tombstone(w: Withheld) -> str:
+    return (
+        f'<p class="note">withheld: <bdi>{esc(w.reason)}</bdi>, by <bdi>{esc(w.by)}</bdi>,'
+        f" {esc(format_time(w.at_ms))} (decision record #{w.decision_seq}); the content is not in this package</p>"
+    )
+
+
+def _ref(event_id: str | None) -> str:
+    if not event_id:
+        return '<span class="note">an unknown event</span>'
+    return f'<a href="#{anchor(event_id)}"><bdi class="id">{esc(event_id)}</bdi></a>'
+
+
+def _text(content: Mapping[str, object], key: str) -> str | None:
+    value = content.get(key)
+    return value if isinstance(value, str) else None
+
+
+def _retention(c: Mapping[str, object]) -> str:
+    def days(value: object) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"{value / 86_400_000:g} days"
+        return "none"
+
+    return (
+        '<p class="warn">Compliance warning: a retention policy was set in this conversation'
+        f" (max_lifetime {esc(days(c.get('max_lifetime')))}, min_lifetime {esc(days(c.get('min_lifetime')))})."
+        " Chat clients may delete messages automatically; the archive keeps what it captured.</p>"
+    )
+
+
+def _json_details(value: object) -> str:
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2).decode("utf-8")
+    except TypeError:
+        text = repr(value)
+    return f"<details><summary>content</summary><pre>{esc(text)}</pre></details>"

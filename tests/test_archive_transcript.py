@@ -1,0 +1,297 @@
+"""The HTML transcript: every kind rendered, hostile chat text inert (checked by parsing), deterministic."""
+
+from __future__ import annotations
+
+import io
+from html.parser import HTMLParser
+from typing import Any
+
+import lxml.html
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.archive.transcript import (
+    CSP,
+    TranscriptEntry,
+    anchor,
+    clean_text,
+    format_time,
+    safe_href,
+    write_transcript,
+)
+from bridge.events import MATRIX, Attachment, ConversationId, Event, EventId, Kind, SenderId
+from bridge.policy import Withheld
+
+ROOM = "!room:example.org"
+T0 = 1_700_000_000_000  # 2023-11-14 22:13:20 UTC = 23:13:20 CET
+
+HOSTILE = [
+    "<script>alert(1)</script>",
+    '<img src=x onerror="alert(1)">',
+    "javascript:alert(1)",
+    "</title><script>alert(1)</script>",
+    "\"'><svg onload=alert(1)>",
+    "</style></bdi></li></ol><iframe src=//evil>",
+    "a\x00b\x07c\x1b[31m",
+    "\u202eevil.exe\u202c gpj.",
+    "<!-- x --> ]]> &amp; &lt;",
+    'O\'Brien "quoted"',
+]
+
+
+def ev(i: int, kind: Kind = Kind.MESSAGE, content: dict[str, Any] | None = None, **kw: Any) -> Event:
+    defaults: dict[str, Any] = {
+        "source": MATRIX,
+        "conversation": ConversationId(ROOM),
+        "event_id": EventId(f"$e{i}"),
+        "kind": kind,
+        "sender": SenderId("@minister:example.org"),
+        "sent_at": T0 + i * 1000,
+        "received_at": T0 + i * 1000 + 5,
+        "content": {"msgtype": "m.text", "body": f"message {i}"} if content is None else content,
+    }
+    defaults.update(kw)
+    return Event(**defaults)
+
+
+def render(entries: list[TranscriptEntry], **kw: Any) -> bytes:
+    out = io.BytesIO()
+    args: dict[str, Any] = {"title": "Minister & staf", "conversation": ROOM, "month": "2023-11"}
+    args.update(kw)
+    write_transcript(out, entries=iter(entries), **args)
+    return out.getvalue()
+
+
+def entries_of(events: list[Event], **kw: Any) -> list[TranscriptEntry]:
+    return [TranscriptEntry(seq, e, **kw) for seq, e in enumerate(events)]
+
+
+class _Collect(HTMLParser):
+    """The stdlib's HTML5 tokenizer: a second, independent view of the tags and attributes."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, list[tuple[str, str | None]]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, attrs))
+
+
+def assert_inert(data: bytes) -> Any:
+    """No script, no event handler, no foreign URL; one CSP meta; returns the lxml document."""
+    doc = lxml.html.document_fromstring(data)
+    for bad in ("script", "iframe", "object", "embed", "form", "base", "link", "svg", "math", "textarea"):
+        assert not doc.xpath(f"//{bad}"), bad
+    for el in doc.iter():
+        if not isinstance(el.tag, str):
+            continue
+        for name, value in el.attrib.items():
+            assert not name.lower().startswith("on"), (el.tag, name)
+            if name in ("href", "src"):
+                assert value.startswith("#") or ":" not in value.split("/", 1)[0], value
+    metas = doc.xpath("//meta[@http-equiv]")
+    assert len(metas) == 1 and metas[0].get("content") == CSP
+    parser = _Collect()
+    parser.feed(data.decode("utf-8"))
+    for tag, attrs in parser.tags:
+        assert tag not in ("script", "iframe", "svg", "object", "embed", "base", "form"), tag
+        assert all(not a.startswith("on") for a, _ in attrs), (tag, attrs)
+    return doc
+
+
+def text_of(doc: Any) -> str:
+    return str(doc.text_content())
+
+
+# -- each kind ------------------------------------------------------------------------
+
+
+def test_message_reply_time_and_marks() -> None:
+    """A message shows sender, Amsterdam time and plain body; originals later edited/deleted are marked."""
+    events = [ev(0), ev(1, content={"msgtype": "m.text", "body": "antwoord", "reply_to": "$e0"})]
+    data = render(entries_of(events), edited_ids={"$e0": "$e9"}, deleted_ids={"$e1": "@minister:example.org"})
+    doc = assert_inert(data)
+    text = text_of(doc)
+    assert "2023-11-14 23:13:20 CET" in text and "message 0" in text
+    assert "edited, see $e9" in text and "deleted by sender; original kept in the archive" in text
+    assert doc.xpath(f'//a[@href="#{anchor("$e0")}"]') and doc.xpath(f'//li[@id="{anchor("$e0")}"]')
+
+
+def test_formatted_body_is_never_rendered_as_html() -> None:
+    """formatted_body is ignored: the plain body is shown; HTML in it never becomes elements."""
+    content = {
+        "msgtype": "m.text",
+        "body": "*vet*",
+        "format": "org.matrix.custom.html",
+        "formatted_body": "<b>vet</b><script>alert(1)</script>",
+    }
+    doc = assert_inert(render(entries_of([ev(0, content=content)])))
+    assert not doc.xpath("//b") and "*vet*" in text_of(doc) and "alert" not in text_of(doc)
+
+
+def test_edit_deletion_reaction_link_to_their_target() -> None:
+    """Edits, deletions and reactions name and link their target; a deletion keeps the original visible."""
+    events = [
+        ev(0),
+        ev(1, Kind.EDIT, {"msgtype": "m.text", "body": "message 0 (fixed)"}, relates_to=EventId("$e0")),
+        ev(2, Kind.REACTION, {"key": "👍"}, relates_to=EventId("$e0")),
+        ev(3, Kind.DELETION, {"reason": "typo"}, relates_to=EventId("$e0")),
+    ]
+    doc = assert_inert(render(entries_of(events), edited_ids={"$e0"}, deleted_ids={"$e0"}))
+    text = text_of(doc)
+    assert "edit of $e0" in text and "message 0 (fixed)" in text and "message 0" in text
+    assert "reacted 👍 to $e0" in text
+    assert "deleted $e0 (reason: typo); the original stays in the archive" in text
+    assert "edited, later versions below" in text
+    assert len(doc.xpath(f'//a[not(@class="seq")][@href="#{anchor("$e0")}"]')) == 3
+
+
+def test_membership_names_state_retention_and_notes() -> None:
+    """Joins teach display names; state, retention (a warning), undecryptable and unknown render as notes."""
+    events = [
+        ev(0, Kind.MEMBERSHIP, {"membership": "join", "target": "@minister:example.org", "displayname": "De Minister"}),
+        ev(1),
+        ev(2, Kind.STATE, {"type": "m.room.topic", "state_key": "", "content": {"topic": "Overleg"}}),
+        ev(3, Kind.RETENTION_CHANGE, {"max_lifetime": 86_400_000 * 7, "min_lifetime": None, "previous": None}),
+        ev(4, Kind.UNDECRYPTABLE, {"algorithm": "m.megolm.v1.aes-sha2"}),
+        ev(5, Kind.UNKNOWN, {}, problem="content is not an object"),
+        ev(6, Kind.MEMBERSHIP, {"membership": "leave", "target": "@minister:example.org"}),
+    ]
+    doc = assert_inert(render(entries_of(events)))
+    text = text_of(doc)
+    assert "De Minister @minister:example.org joined" in text
+    assert "m.room.topic" in text and "Overleg" in text
+    assert "Compliance warning" in text and "7 days" in text
+    assert "could not be decrypted" in text and "content is not an object" in text
+    assert "@minister:example.org left" in text
+    assert doc.xpath('//li[contains(@class, "retention_change")]//p[@class="warn"]')
+
+
+def test_attachments_inline_linked_or_missing() -> None:
+    """Images inline via relative src, other files linked, media not in the package noted; no foreign URLs."""
+    img = Attachment("stored", "image/png", "foto.png", 10, "ab", "blob-img")
+    pdf = Attachment("stored", "application/pdf", "nota.pdf", 20, "cd", "blob-pdf")
+    gone = Attachment("failed", "image/png", "kwijt.png", error="404")
+    events = [ev(0, Kind.ATTACHMENT, {"msgtype": "m.image", "body": "foto.png"}, attachments=(img, pdf, gone))]
+    media = {"blob-img": "media/foto.png", "blob-pdf": "media/nota 1.pdf"}
+    doc = assert_inert(render(entries_of(events, media=media)))
+    assert doc.xpath('//img[@src="media/foto.png"][@alt="foto.png"]')
+    assert doc.xpath('//a[@href="media/nota%201.pdf"]')
+    assert "failed: 404" in text_of(doc)
+
+
+@pytest.mark.parametrize(
+    "href",
+    [
+        "javascript:alert(1)",
+        "JaVaScRiPt:x",
+        "data:text/html,x",
+        "https://evil/x",
+        "//evil/x",
+        "/etc/passwd",
+        "\\\\evil\\x",
+        "c:\\x",
+        "media/\x00x",
+        "",
+    ],
+)
+def test_unsafe_media_hrefs_are_not_linked(href: str) -> None:
+    """A media href with a scheme, an absolute path, backslashes or controls is shown unlinked."""
+    att = Attachment("stored", "image/png", "x.png", 1, "ab", "b")
+    doc = assert_inert(
+        render(entries_of([ev(0, Kind.ATTACHMENT, {"body": "x"}, attachments=(att,))], media={"b": href}))
+    )
+    assert not doc.xpath("//img") and not doc.xpath('//a[starts-with(@href, "media")]')
+    assert safe_href(href) is None
+
+
+def test_withheld_shows_only_a_tombstone() -> None:
+    """A withheld event shows reason, author and decision time; not its body, sender or attachments."""
+    att = Attachment("stored", "image/png", "geheim.png", 1, "ab", "b")
+    secret = ev(
+        0,
+        content={"msgtype": "m.text", "body": "partijpolitiek geheim"},
+        attachments=(att,),
+        sender=SenderId("@partijgenoot:example.org"),
+    )
+    w = Withheld("partijpolitiek", "A. Archivaris", T0 + 3_600_000, 42)
+    data = render([TranscriptEntry(0, secret, w, {"b": "media/geheim.png"}), TranscriptEntry(1, None, w)])
+    doc = assert_inert(data)
+    text = text_of(doc)
+    assert "withheld: partijpolitiek, by A. Archivaris, 2023-11-15 00:13:20 CET (decision record #42)" in text
+    for leaked in (b"geheim", b"partijgenoot"):
+        assert leaked not in data
+    assert doc.xpath(f'//li[@id="{anchor("$e0")}"]') and doc.xpath('//li[@id="rec-1"]')
+
+
+def test_times_are_amsterdam_and_hostile_times_do_not_raise() -> None:
+    """Summer time is CEST; absurd timestamps render as 'invalid time' instead of failing the package."""
+    assert format_time(1_720_000_000_000) == "2024-07-03 11:46:40 CEST"
+    assert format_time(2**62).startswith("invalid time")
+    assert format_time(None) == "unknown time"
+    assert_inert(render(entries_of([ev(0, sent_at=-(2**62))])))
+
+
+# -- hostile input ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("evil", HOSTILE)
+def test_hostile_text_everywhere_is_inert_and_shown_as_text(evil: str) -> None:
+    """The same hostile string in title, ids, names, body, file name, reasons: no markup, shown as text."""
+    att = Attachment("stored", f"image/png{evil}", evil, 1, "ab", "b")
+    events = [
+        ev(0, Kind.MEMBERSHIP, {"membership": "join", "target": evil, "displayname": evil}, sender=SenderId(evil)),
+        ev(
+            1,
+            content={"msgtype": "m.text", "body": evil, "reply_to": evil},
+            sender=SenderId(evil),
+            event_id=EventId(evil),
+        ),
+        ev(2, Kind.ATTACHMENT, {"msgtype": "m.file", "body": evil}, attachments=(att,)),
+        ev(3, Kind.DELETION, {"reason": evil}, relates_to=EventId(evil)),
+        ev(4, Kind.REACTION, {"key": evil}, relates_to=EventId(evil)),
+        ev(5, Kind.STATE, {"type": evil, "state_key": evil, "content": {evil: evil}}),
+    ]
+    entries = entries_of(events, media={"b": "media/x.bin"})
+    entries.append(TranscriptEntry(6, ev(6), Withheld(evil, evil, T0, 1)))
+    data = render(entries, title=evil, conversation=evil, month=evil, edited_ids={evil}, deleted_ids={evil})
+    doc = assert_inert(data)
+    shown = clean_text(evil)
+    assert doc.xpath("//title")[0].text_content() == shown
+    assert text_of(doc).count(shown) >= 10
+
+
+def _element_count(data: bytes) -> int:
+    return sum(1 for el in lxml.html.document_fromstring(data).iter() if isinstance(el.tag, str))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(min_size=1))
+def test_any_body_is_text_and_adds_no_elements(body: str) -> None:
+    """For any body: the parsed body text is `clean_text(body)` exactly and the element count is unchanged."""
+    baseline = _element_count(render(entries_of([ev(0, content={"msgtype": "m.text", "body": "x"})])))
+    data = render(entries_of([ev(0, content={"msgtype": "m.text", "body": body})]))
+    doc = assert_inert(data)
+    divs = doc.xpath('//div[@class="body"]')
+    assert len(divs) == 1 and divs[0].text_content() == clean_text(body)
+    assert _element_count(data) == baseline
+
+
+@given(st.text())
+def test_clean_text_is_idempotent_and_control_free(text: str) -> None:
+    """clean_text leaves no C0/C1 control but TAB/LF, no CR, no surrogate; applying it twice changes nothing."""
+    once = clean_text(text)
+    assert clean_text(once) == once
+    assert all(c in "\t\n" or not (ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F) for c in once)
+    assert not any(0xD800 <= ord(c) <= 0xDFFF for c in once)
+    once.encode("utf-8")
+
+
+def test_output_is_deterministic() -> None:
+    """The same entries give byte-identical output; there is no generation timestamp."""
+    events = [ev(0), ev(1, Kind.EDIT, {"msgtype": "m.text", "body": "b"}, relates_to=EventId("$e0"))]
+    first = render(entries_of(events), edited_ids={"$e0"})
+    assert first == render(entries_of(events), edited_ids={"$e0"})
+    assert first.startswith(b"<!DOCTYPE html>") and first.endswith(b"</html>\n")
+    assert b"2 records." in first
