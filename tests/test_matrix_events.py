@@ -898,3 +898,57 @@ _UNPARSED_PROBLEMS = {
     "integer beyond 64 bits",
     "not representable as canonical JSON",
 }
+
+
+INT_MIN, UINT_MAX = -(2**63), 2**64 - 1
+#: Integers on both sides of each 64-bit limit, far beyond them, and ordinary ones.
+EDGE_INTS = (
+    st.integers(min_value=INT_MIN - 2, max_value=INT_MIN + 1)
+    | st.integers(min_value=UINT_MAX - 1, max_value=UINT_MAX + 2)
+    | st.integers(min_value=-(2**200), max_value=2**200)
+    | st.integers()
+)
+#: JSON values with such integers anywhere, next to finite floats (which orjson also parses to float).
+NUMBER_TREES = st.recursive(
+    EDGE_INTS | st.floats(allow_nan=False, allow_infinity=False) | st.booleans() | st.none() | st.text(max_size=5),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=5), children, max_size=3),
+    max_leaves=10,
+)
+
+
+def json_ints(value: Any) -> list[int]:
+    """Every integer (not bool) anywhere in a JSON value."""
+    if isinstance(value, dict):
+        return [i for item in value.values() for i in json_ints(item)]
+    if isinstance(value, list):
+        return [i for item in value for i in json_ints(item)]
+    return [value] if isinstance(value, int) and not isinstance(value, bool) else []
+
+
+@given(st.dictionaries(st.text(max_size=8), NUMBER_TREES, max_size=4), st.booleans(), st.sampled_from([None, 1]))
+def test_integers_beyond_64_bits_anywhere_keep_the_exact_bytes(
+    extra: dict[str, Any], in_content: bool, indent: int | None
+) -> None:
+    """An integer literal outside [-2**63, 2**64-1] anywhere in a JSON line makes it UNKNOWN kept byte for byte
+    (never rounded to a float); with every integer in range the parsed event is kept exactly (types and values)."""
+    raw = text()
+    (raw["content"] if in_content else raw).update(extra)
+    data = json.dumps(raw, indent=indent).encode()
+    for given_as in (data, data.decode()):
+        event = normalise(given_as, received_at=RECEIVED)
+        check_encodes(event)
+        if any(not INT_MIN <= i <= UINT_MAX for i in json_ints(raw)):
+            assert event.kind is Kind.UNKNOWN and event.problem == "integer beyond 64 bits"
+            assert event.raw == {"unparsed_b64": base64.b64encode(data).decode("ascii")}
+        else:
+            assert json.dumps(event.raw, sort_keys=True) == json.dumps(raw, sort_keys=True)
+
+
+def test_content_taken_from_the_event_is_a_copy() -> None:
+    """Mentions and state content are copied into `content`: they share no object with `raw`."""
+    message = norm(text(**{"m.mentions": {"user_ids": ["@a:example.org"]}}))
+    state = norm(ev("m.room.name", {"name": "Kamer", "extra": {"list": [1]}}, state_key=""))
+    assert message.content["mentions"] == message.raw["content"]["m.mentions"]
+    assert message.content["mentions"]["user_ids"] is not message.raw["content"]["m.mentions"]["user_ids"]
+    assert state.content["content"] == state.raw["content"]
+    assert state.content["content"]["extra"]["list"] is not state.raw["content"]["extra"]["list"]

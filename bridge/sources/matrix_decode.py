@@ -1,0 +1,209 @@
+"""Decoding for the Matrix normaliser: input to a plain JSON dict (or its kept bytes), and typed field reads.
+
+Contract (pure; never raises for any input):
+
+* `decode(raw)` returns a `dict` that canonical JSON holds exactly (orjson's
+  fresh parse of bytes/text, or an independent deep copy of a Mapping), so its
+  values have exact JSON types (never subclasses), or an `Undecodable` that
+  keeps the input's exact bytes and says why.
+* Undecodable: not JSON, not a JSON object, any integer literal outside
+  [-2**63, 2**64 - 1] (never rounded to a float), NaN, lone surrogates, non-str
+  keys, nesting canonical JSON cannot encode, non-JSON Python values.
+* The field reads (`opt_str`, `req_id`, ...) return a field of the expected
+  type or raise `Malformed` naming it; null counts as absent.
+
+Why bytes are cheap: orjson's parse is already plain JSON (str keys, no NaN,
+no lone surrogates, integers within 64 bits), except that integer literals
+beyond 64 bits come back as floats. So a parse with no float and shallow
+nesting is kept as is, after one walk over its values. Only a parse with a
+float (Matrix forbids floats, so this is rare) pays for the exact checks: a
+stdlib re-parse that sees integer literals as written, then a canonical
+encode/re-parse round trip.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TypeGuard
+
+import orjson
+
+from bridge import events
+from bridge.events import JSONDict
+
+#: Digit runs long enough to be an integer literal beyond 64 bits (or in a string).
+_LONG_DIGITS = re.compile(rb"\d{19,}")
+_INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
+#: Nesting kept without a round trip; deeper goes the slow way (orjson encodes at most 254 levels).
+_FAST_DEPTH = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Undecodable:
+    """Input kept as bytes: `data` (what the event id is hashed from), why not, and a salvaged dict.
+
+    `salvage` is a parsed dict that could not be kept exactly; its string ids
+    are still worth using.
+    """
+
+    data: bytes
+    problem: str
+    salvage: Mapping[Any, Any] | None = None
+
+
+def decode(raw: object) -> JSONDict | Undecodable:
+    """`raw` as a plain JSON dict, or kept as bytes with the reason."""
+    if type(raw) is bytes:  # the import path: one line of a file
+        return _decode_bytes(raw)
+    if isinstance(raw, Mapping):
+        return _decode_mapping(raw, None)
+    if isinstance(raw, str):
+        return _decode_bytes(raw.encode("utf-8", "surrogatepass"))
+    if isinstance(raw, bytes | bytearray | memoryview):
+        return _decode_bytes(bytes(raw))
+    return Undecodable(reencode(raw), f"input is a {type(raw).__name__}, not an event")
+
+
+def plain_copy(value: Mapping[Any, Any]) -> JSONDict | None:
+    """A plain-JSON deep copy of `value`, or None if canonical JSON would change it."""
+    try:
+        as_dict = dict(value)
+        copied = orjson.loads(events.canonical_json(as_dict))
+    except (events.EncodingError, TypeError, ValueError):
+        return None
+    return copied if copied == as_dict else None
+
+
+def reencode(value: object) -> bytes:
+    """Best-effort bytes of a non-JSON Python value, so that it can still be kept."""
+    try:
+        return json.dumps(value, default=repr).encode("ascii")
+    except (TypeError, ValueError, RecursionError):
+        pass
+    try:
+        return repr(value).encode("utf-8", "backslashreplace")
+    except Exception:  # a repr that fails (e.g. an int too long to print)
+        return f"<unrepresentable {type(value).__name__}>".encode()
+
+
+def _decode_bytes(data: bytes) -> JSONDict | Undecodable:
+    try:
+        parsed = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return Undecodable(data, "not JSON")
+    if type(parsed) is not dict:
+        return Undecodable(data, "not a JSON object")
+    if _plain_as_parsed(parsed, _FAST_DEPTH):  # no float, so no integer beyond 64 bits either
+        return parsed
+    # a float (perhaps an integer beyond 64 bits) or deep nesting: the exact checks
+    if _LONG_DIGITS.search(data) and not _integers_fit(data):
+        return Undecodable(data, "integer beyond 64 bits", parsed)
+    return _decode_mapping(parsed, data)
+
+
+def _decode_mapping(value: Mapping[Any, Any], original: bytes | None) -> JSONDict | Undecodable:
+    copied = plain_copy(value)
+    if copied is None:
+        data = original if original is not None else reencode(value)
+        return Undecodable(data, "not representable as canonical JSON", value)
+    return copied
+
+
+def _plain_as_parsed(value: dict[str, Any] | list[Any], depth: int) -> bool:
+    """True if an orjson parse holds no float and nests under `depth`: canonical JSON keeps it exactly."""
+    if depth == 0:
+        return False
+    item: Any
+    for item in value.values() if type(value) is dict else value:
+        kind = type(item)
+        if kind is str or kind is int:
+            continue
+        if kind is float or ((kind is dict or kind is list) and not _plain_as_parsed(item, depth - 1)):
+            return False
+    return True
+
+
+def _integers_fit(data: bytes) -> bool:
+    """Re-parse with the stdlib, which keeps integer literals exact, and check their range."""
+    try:
+        json.loads(data, parse_int=_checked_int)
+    except (ValueError, RecursionError):
+        return False
+    return True
+
+
+def _checked_int(literal: str) -> int:
+    if len(literal) > 21:  # longer than any 64-bit integer; also avoids huge int() work
+        raise ValueError("integer too long")
+    number = int(literal)
+    if not _INT_MIN <= number <= _UINT_MAX:
+        raise ValueError("integer beyond 64 bits")
+    return number
+
+
+# --- field reads: a present field of the wrong type is malformed; null counts as absent -----
+
+
+class Malformed(Exception):
+    """The event breaks the Matrix spec; the message becomes the Event's `problem`."""
+
+
+def json_copy(value: Any) -> Any:
+    """An independent copy of a decoded value (exact: `decode` only yields what canonical JSON holds)."""
+    return orjson.loads(orjson.dumps(value))
+
+
+def is_int(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def opt_str(d: JSONDict, key: str, where: str = "") -> str | None:
+    value = d.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise Malformed(f"{where}{key} is not a string")
+
+
+def req_str(d: JSONDict, key: str, where: str = "") -> str:
+    value = d.get(key)
+    if isinstance(value, str):
+        return value
+    raise Malformed(f"{where}{key} is missing" if value is None else f"{where}{key} is not a string")
+
+
+def req_id(d: JSONDict, key: str, where: str = "") -> str:
+    value = req_str(d, key, where)
+    if not value:
+        raise Malformed(f"{where}{key} is empty")
+    return value
+
+
+def opt_dict(d: JSONDict, key: str, where: str = "") -> JSONDict | None:
+    value = d.get(key)
+    if value is None or isinstance(value, dict):
+        return value
+    raise Malformed(f"{where}{key} is not an object")
+
+
+def req_dict(d: JSONDict, key: str, where: str = "") -> JSONDict:
+    value = d.get(key)
+    if isinstance(value, dict):
+        return value
+    raise Malformed(f"{where}{key} is missing" if value is None else f"{where}{key} is not an object")
+
+
+def opt_int(d: JSONDict, key: str, where: str = "") -> int | None:
+    value = d.get(key)
+    if value is None or is_int(value):
+        return value
+    raise Malformed(f"{where}{key} is not an integer")
+
+
+def opt_bool(d: JSONDict, key: str, where: str = "") -> bool | None:
+    value = d.get(key)
+    if value is None or isinstance(value, bool):
+        return value
+    raise Malformed(f"{where}{key} is not a boolean")
