@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bridge import events
-from bridge.events import MATRIX, Attachment, Event, Kind
+from bridge.events import MATRIX, Attachment, Event, Kind, canonical_bytes, event_from_bytes
 from bridge.sources.matrix_events import normalise
 
 ROOM = "!VbCnXpQrStUw:example.org"
@@ -952,3 +952,27 @@ def test_content_taken_from_the_event_is_a_copy() -> None:
     assert message.content["mentions"]["user_ids"] is not message.raw["content"]["m.mentions"]["user_ids"]
     assert state.content["content"] == state.raw["content"]
     assert state.content["content"]["extra"]["list"] is not state.raw["content"]["extra"]["list"]
+
+
+@pytest.mark.parametrize("depth", [150, 199, 250, 252, 253, 300, 900])
+@pytest.mark.parametrize("where", ["content", "unsigned"])
+def test_deeply_nested_input_always_encodes(depth: int, where: str) -> None:
+    """However deep the input nests, the Event can be canonically encoded (deep input is kept as bytes)."""
+    inner: object = "x"
+    for _ in range(depth):
+        inner = {"k": inner}
+    raw = {
+        "type": "m.room.name",
+        "state_key": "",
+        "event_id": "$deep",
+        "room_id": "!r:x",
+        "sender": "@a:x",
+        "origin_server_ts": 1,
+        "content": {"name": "n"},
+    }
+    raw[where] = inner if where == "unsigned" else {"name": "n", "deep": inner}
+    for sample in (raw, json.dumps(raw).encode()):
+        event = normalise(sample, received_at=1)
+        assert event_from_bytes(canonical_bytes(event)) == event
+        if depth >= 200:
+            assert event.kind is Kind.UNKNOWN and "nested deeper" in (event.problem or "")

@@ -39,6 +39,8 @@ _LONG_DIGITS = re.compile(rb"\d{19,}")
 _INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
 #: Nesting kept without a round trip; deeper goes the slow way (orjson encodes at most 254 levels).
 _FAST_DEPTH = 64
+#: Deepest input kept as parsed JSON; deeper input is kept as its bytes (see _decode_mapping).
+MAX_DEPTH = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +107,30 @@ def _decode_bytes(data: bytes) -> JSONDict | Undecodable:
 
 
 def _decode_mapping(value: Mapping[Any, Any], original: bytes | None) -> JSONDict | Undecodable:
+    if _deeper_than(value, MAX_DEPTH):
+        # The Event nests `raw` (and state content) a few levels further, and orjson
+        # refuses to encode past 254 levels: keep such input as bytes instead.
+        data = original if original is not None else reencode(value)
+        return Undecodable(data, f"nested deeper than {MAX_DEPTH} levels", value)
     copied = plain_copy(value)
     if copied is None:
         data = original if original is not None else reencode(value)
         return Undecodable(data, "not representable as canonical JSON", value)
     return copied
+
+
+def _deeper_than(value: object, limit: int) -> bool:
+    """True if containers nest more than `limit` levels (iterative: no recursion limit)."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, Mapping):
+            stack.extend((child, depth + 1) for child in item.values() if isinstance(child, Mapping | list | tuple))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, depth + 1) for child in item if isinstance(child, Mapping | list | tuple))
+    return False
 
 
 def _plain_as_parsed(value: dict[str, Any] | list[Any], depth: int) -> bool:
