@@ -3,8 +3,9 @@
 Streams the file line by line (memory stays flat whatever its size), normalises
 each line with the source's pure normaliser, and appends in group-commit batches.
 A bad line never aborts the run: it is kept as an `unknown` event with its raw
-bytes. While one batch commits (SQLite work on aiosqlite's thread) the next is
-normalised, so parsing and fsync overlap. A signed checkpoint is written at the
+bytes. The work is pipelined: the next batch is parsed and sealed on the event
+loop while aiosqlite's thread commits the one before. (A worker process for
+parsing was measured and gained nothing on 2 cores: SQLite is the bottleneck.) A signed checkpoint is written at the
 end, so a truncated tail is caught by `verify`.
 """
 
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.errors import UsageError
-from bridge.events import Event, Kind
+from bridge.events import Kind, canonical_bytes
+from bridge.log.format import RecordType
 from bridge.log.store import AppendResult, LogStore, now_ms
 from bridge.sources import matrix_events
 
@@ -47,15 +49,42 @@ def _lines(path: Path) -> Iterator[bytes]:
         yield from fh
 
 
-def _normalise_batch(lines: list[bytes], counts: ImportCounts) -> list[Event]:
-    received = now_ms()
-    out: list[Event] = []
+Entry = tuple[RecordType, str, str, str, bytes]
+
+
+def encode_batch(lines: list[bytes], received: int) -> tuple[list[Entry], int]:
+    """Normalise and canonically encode a batch: (log entries, how many are `unknown`).
+
+    Pure: runs on the event loop while the previous batch commits on aiosqlite's thread.
+    """
+    entries: list[Entry] = []
+    unknown = 0
     for line in lines:
         event = matrix_events.normalise(line.rstrip(b"\r\n"), received_at=received)
-        if event.kind is Kind.UNKNOWN:
-            counts.unknown += 1
-        out.append(event)
-    return out
+        unknown += event.kind is Kind.UNKNOWN
+        entries.append((RecordType.EVENT, event.source, event.conversation, event.event_id, canonical_bytes(event)))
+    return entries, unknown
+
+
+def _batches(path: Path, counts: ImportCounts, progress: Callable[[int], None] | None) -> Iterator[list[bytes]]:
+    batch: list[bytes] = []
+    read = 0
+    for line in _lines(path):
+        read += len(line)
+        if not line.strip():
+            counts.blank += 1
+            continue
+        counts.lines += 1
+        batch.append(line)
+        if len(batch) >= BATCH:
+            yield batch
+            batch = []
+            if progress is not None:
+                progress(read)
+    if batch:
+        yield batch
+    if progress is not None:
+        progress(read)
 
 
 async def import_file(
@@ -68,36 +97,22 @@ async def import_file(
     if fmt is not ImportFormat.MATRIX_JSONL:
         raise UsageError(f"unsupported import format {fmt}")
     counts = ImportCounts()
-    # Up to two batches in flight: one committing (SQLite thread), one sealing.
-    inflight: deque[asyncio.Task[AppendResult]] = deque()
-    batch: list[bytes] = []
-    read = 0
+    # Pipeline: one batch sealing on the event loop while the one before commits.
+    appending: deque[asyncio.Task[AppendResult]] = deque()
     try:
-        for line in _lines(path):
-            read += len(line)
-            if not line.strip():
-                counts.blank += 1
-                continue
-            counts.lines += 1
-            batch.append(line)
-            if len(batch) >= BATCH:
-                inflight.append(asyncio.create_task(store.append_events(_normalise_batch(batch, counts))))
-                batch = []
-                await asyncio.sleep(0)  # let the new batch start sealing
-                while len(inflight) >= 2:
-                    _tally(await inflight.popleft(), counts)
-                if progress is not None:
-                    progress(read)
-        if batch:
-            inflight.append(asyncio.create_task(store.append_events(_normalise_batch(batch, counts))))
-        while inflight:
-            _tally(await inflight.popleft(), counts)
+        for lines in _batches(path, counts, progress):
+            entries, unknown = encode_batch(lines, now_ms())
+            counts.unknown += unknown
+            appending.append(asyncio.create_task(store.append_records(entries)))
+            await asyncio.sleep(0)  # let it start sealing
+            while len(appending) >= 2:
+                _tally(await appending.popleft(), counts)
+        while appending:
+            _tally(await appending.popleft(), counts)
     finally:
-        for task in inflight:
+        for task in appending:
             task.cancel()
     await store.checkpoint()
-    if progress is not None:
-        progress(read)
     return counts
 
 
