@@ -21,7 +21,8 @@ from pathlib import Path
 from bridge.errors import UsageError
 from bridge.events import Kind, canonical_bytes
 from bridge.log.format import RecordType
-from bridge.log.store import AppendResult, LogStore, now_ms
+from bridge.log.schema import now_ms
+from bridge.log.store import AppendResult, LogStore
 from bridge.sources import matrix_events
 
 BATCH = 256

@@ -17,7 +17,7 @@ from bridge.events import Event, event_from_bytes
 from bridge.log import crypto, format
 from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
-from bridge.log.store import check_key_matches, unwrap_keys
+from bridge.log.schema import check_key_matches, unwrap_keys
 from bridge.log.verify import open_readonly
 
 

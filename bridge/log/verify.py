@@ -30,7 +30,7 @@ from bridge.events import EncodingError, event_from_bytes
 from bridge.log import checkpoint, crypto, format, merkle
 from bridge.log.decision import DECISION_SOURCE, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
-from bridge.log.store import check_key_matches, conversation_tag, db_path, dedup_tag, unwrap_keys
+from bridge.log.schema import check_key_matches, conversation_tag, db_path, dedup_tag, unwrap_keys
 
 Progress = Callable[[int], None]
 
