@@ -25,6 +25,7 @@ from bridge.events import Event, Kind
 from bridge.log.keys import KeyMaterial, check_permissions
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
+from bridge.sources.signal import SignalSource, SignalSourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,8 +105,6 @@ async def run_capture(settings: Settings, data_dir: Path, keys: KeyMaterial, sto
     """Run every configured source against the log in `data_dir` until `stop` is set."""
     if settings.matrix is None and settings.signal is None:
         raise UsageError("no source configured: add a [matrix] (or [signal]) section to the config")
-    if settings.signal is not None:
-        raise UsageError("the [signal] source is not available in this version yet; remove the section")
     policy = CheckpointPolicy(
         every_records=settings.storage.checkpoint_every_records,
         every_seconds=settings.storage.checkpoint_every_seconds,
@@ -122,6 +121,10 @@ async def run_capture(settings: Settings, data_dir: Path, keys: KeyMaterial, sto
             cfg = matrix_source_config(settings, data_dir, keys)
             sink = LogSink(store, f"matrix:{settings.matrix.user_id}")
             tasks.append(asyncio.create_task(MatrixSource(cfg, sink, blobs).run(stop), name="matrix"))
+        if settings.signal is not None:
+            signal_cfg = signal_source_config(settings)
+            sink = LogSink(store, f"signal:{settings.signal.account or settings.signal.endpoint}")
+            tasks.append(asyncio.create_task(SignalSource(signal_cfg, sink, blobs).run(stop), name="signal"))
         log.info("capture running", extra={"sources": [t.get_name() for t in tasks], "log_size": store.size})
         try:
             await asyncio.gather(*tasks)
@@ -150,4 +153,18 @@ def matrix_source_config(settings: Settings, data_dir: Path, keys: KeyMaterial) 
         rooms=frozenset(m.rooms),
         max_media_bytes=m.max_media_bytes,
         sync_timeout_ms=m.sync_timeout_ms,
+    )
+
+
+def signal_source_config(settings: Settings) -> SignalSourceConfig:
+    s = settings.signal
+    assert s is not None
+    return SignalSourceConfig(
+        endpoint=s.endpoint,
+        account=s.account,
+        receive_mode=s.receive_mode,
+        attachments_dir=s.attachments_dir,
+        max_media_bytes=s.max_media_bytes,
+        max_message_bytes=s.max_message_bytes,
+        max_disconnected_seconds=s.max_disconnected_seconds,
     )

@@ -71,6 +71,11 @@ class SignalSettings(_Section):
     endpoint: str
     account: str | None = None
     max_disconnected_seconds: Annotated[float, Field(gt=0)] = 300.0
+    #: The daemon's --receive-mode: "manual" makes capture call subscribeReceive after each connect.
+    receive_mode: Literal["manual", "on-connection", "on-start"] = "manual"
+    attachments_dir: Path | None = None
+    max_media_bytes: Annotated[int, Field(ge=0)] = 100 * 1024 * 1024
+    max_message_bytes: Annotated[int, Field(ge=1024)] = 16 * 1024 * 1024
 
     @field_validator("endpoint")
     @classmethod
@@ -78,6 +83,12 @@ class SignalSettings(_Section):
         if not v.startswith(("unix://", "tcp://", "http://", "https://", "ws://", "wss://")):
             raise ValueError("must start with unix://, tcp://, http(s):// or ws(s)://")
         return v
+
+    @model_validator(mode="after")
+    def _websocket_account(self) -> SignalSettings:
+        if self.endpoint.startswith(("ws://", "wss://")) and not self.account:
+            raise ValueError("a signal-cli-rest-api websocket endpoint (ws://) needs account")
+        return self
 
 
 class ArchiveSettings(_Section):

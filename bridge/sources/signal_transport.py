@@ -34,7 +34,7 @@ import aiohttp
 import orjson
 
 from bridge.errors import SourceError
-from bridge.sources.signal_framing import LineSplitter, Oversized, SseParser, classify, request
+from bridge.sources.signal_framing import HEAD_BYTES, LineSplitter, Oversized, SseParser, classify, request
 
 _CHUNK = 64 * 1024
 CALL_TIMEOUT = 120.0
@@ -199,12 +199,16 @@ class SocketChannel(Channel):
 
     can_subscribe = True
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_line: int, hw: int) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, max_line: int, max_response: int, hw: int
+    ) -> None:
         super().__init__(hw)
         self._writer = writer
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[Any]] = {}
-        self._start(self._read(reader, LineSplitter(max_line)))
+        self._max_line = max_line
+        # Responses may be longer than notifications: getAttachment returns a file as base64.
+        self._start(self._read(reader, LineSplitter(max(max_line, max_response))))
 
     async def _read(self, reader: asyncio.StreamReader, splitter: LineSplitter) -> None:
         while data := await reader.read(_CHUNK):
@@ -215,6 +219,8 @@ class SocketChannel(Channel):
                     if future is not None and not future.done():
                         future.set_result(response)
                     continue
+                if isinstance(line, bytes) and len(line) > self._max_line:
+                    line = Oversized(len(line), line[:HEAD_BYTES])
                 await self._push(Incoming(line))
 
     def _close(self, reason: str) -> None:
@@ -364,9 +370,13 @@ async def open_channel(
     high_water: int,
     session: aiohttp.ClientSession | None,
     last_event_id: str | None = None,
+    max_media: int = 0,
 ) -> Channel:
-    """Connect (see module docstring); HTTP and websocket channels use `session`."""
-    channel = await _connect(endpoint, account, max_line, high_water, session, last_event_id)
+    """Connect (see module docstring); HTTP and websocket channels use `session`.
+
+    `max_line` bounds a notification; a response may hold `max_media` bytes as base64.
+    """
+    channel = await _connect(endpoint, account, max_line, high_water, session, last_event_id, max_media)
     channel.account = account
     return channel
 
@@ -378,6 +388,7 @@ async def _connect(
     high_water: int,
     session: aiohttp.ClientSession | None,
     last_event_id: str | None,
+    max_media: int,
 ) -> Channel:
     try:
         if endpoint.kind in ("unix", "tcp"):
@@ -385,7 +396,7 @@ async def _connect(
                 reader, writer = await asyncio.open_unix_connection(endpoint.path, limit=_CHUNK)
             else:
                 reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port, limit=_CHUNK)
-            return SocketChannel(reader, writer, max_line, high_water)
+            return SocketChannel(reader, writer, max_line, max_media * 4 // 3 + _CHUNK, high_water)
         assert session is not None
         if endpoint.kind == "http":
             http = HttpChannel(session, endpoint.url, max_line, high_water)

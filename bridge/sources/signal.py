@@ -1,0 +1,307 @@
+"""Live Signal capture from a signal-cli daemon (JSON-RPC over unix socket/TCP, HTTP+SSE, rest-api websocket).
+
+Contract with the capture pipeline:
+- `SignalSource(cfg, sink, blobs).run(stop)` captures until `stop` is set,
+  reconnecting with exponential backoff (fast: `backoff_initial` 0.2 s) while
+  the daemon is unreachable; errors from the sink propagate.
+- signal-cli keeps no history and has no cursor: what it pushes while nobody
+  listens is gone unless it runs with `--receive-mode=manual` (or
+  `on-connection`), where it only pulls from Signal's servers while a client
+  is subscribed. With `receive_mode = "manual"` the source calls
+  `subscribeReceive` after each socket/TCP connect (HTTP SSE and the rest-api
+  websocket subscribe by connecting). See docs/signal.md for the window that
+  remains (signal-cli acknowledges to Signal before our commit).
+- Each batch (what arrived together, at most `batch_max`) is normalised,
+  its attachments fetched, and committed with one `sink.commit(events,
+  cursor)`; the next read happens after the commit returned (backpressure:
+  the transport stops reading while a batch is pending). A re-delivered
+  envelope has the same (source, conversation, event_id) and is stored once.
+- The cursor is our own JSON `{"at": ms, "sse": last SSE event id}`: `at`
+  (refreshed by an empty commit every `heartbeat_seconds` while idle) dates the
+  start of an outage the bot itself was down for; `sse` is sent as
+  `Last-Event-ID` so signal-cli's HTTP endpoint replays what it still holds.
+- Every outage becomes a Kind.NOTICE event (`content.notice =
+  "capture_gap"`, `gap_start_ms`, `gap_end_ms`, `reason`) committed on
+  reconnect; an outage longer than `max_disconnected_seconds` logs an ALERT.
+- Receipts and typing notifications are counted (`self.counts`), not stored;
+  a view-once message logs a compliance ALERT once durable. Logs carry ids and
+  counts only, never message content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bridge import events
+from bridge.errors import SourceError
+from bridge.events import ConversationId, Event, EventId, Kind
+from bridge.sources.matrix import Sink
+from bridge.sources.matrix_media import BlobSink
+from bridge.sources.signal_envelopes import normalise_envelope, unstored_kind
+from bridge.sources.signal_framing import Oversized
+from bridge.sources.signal_media import fetch_attachments
+from bridge.sources.signal_transport import (
+    Channel,
+    Incoming,
+    SignalRpcError,
+    SignalUnavailable,
+    open_channel,
+    parse_endpoint,
+)
+
+__all__ = ["SignalSource", "SignalSourceConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class SignalSourceConfig:
+    """What the source needs; the capture pipeline maps `[signal]` config onto it."""
+
+    endpoint: str
+    account: str | None = None
+    receive_mode: str = "manual"
+    attachments_dir: Path | None = None
+    max_media_bytes: int = 100 * 1024 * 1024
+    max_message_bytes: int = 16 * 1024 * 1024
+    max_disconnected_seconds: float = 300.0
+    backoff_initial: float = 0.2
+    backoff_max: float = 10.0
+    batch_max: int = 200
+    high_water: int = 400
+    heartbeat_seconds: float = 60.0
+
+
+@dataclass
+class _Gap:
+    start_ms: int
+    reason: str
+    started: float  # monotonic
+    alerted: bool = False
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class SignalSource:
+    """One signal-cli endpoint (see module docstring)."""
+
+    def __init__(self, cfg: SignalSourceConfig, sink: Sink, blobs: BlobSink | None = None) -> None:
+        self.cfg = cfg
+        self.sink = sink
+        self.blobs = blobs
+        self.endpoint = parse_endpoint(cfg.endpoint)
+        #: Set while connected and subscribed (tests and health checks wait on it).
+        self.connected = asyncio.Event()
+        self.counts: Counter[str] = Counter()
+        self._sse_id: str | None = None
+        self._gap: _Gap | None = None
+        self._notice_conversation = ConversationId(f"notice:signal:{cfg.account or self.endpoint.label}")
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Capture until `stop` is set (see module docstring)."""
+        self._resume(await self.sink.load_cursor())
+        backoff = self.cfg.backoff_initial
+        async with aiohttp.ClientSession() as session:
+            while not stop.is_set():
+                try:
+                    channel = await open_channel(
+                        self.endpoint,
+                        account=self.cfg.account,
+                        max_line=self.cfg.max_message_bytes,
+                        high_water=self.cfg.high_water,
+                        session=session,
+                        last_event_id=self._sse_id,
+                        max_media=self.cfg.max_media_bytes,
+                    )
+                except SignalUnavailable as exc:
+                    self._outage(str(exc))
+                    if await _wait(stop, backoff):
+                        return
+                    backoff = min(backoff * 2, self.cfg.backoff_max)
+                    continue
+                try:
+                    await self._connected(channel, stop)
+                    backoff = self.cfg.backoff_initial
+                except SignalUnavailable as exc:
+                    self._outage(str(exc))
+                    backoff = self.cfg.backoff_initial  # it was up: retry at once-ish
+                    if await _wait(stop, backoff):
+                        return
+                finally:
+                    self.connected.clear()
+                    await channel.aclose()
+
+    def _resume(self, cursor: str | None) -> None:
+        """Read our cursor: an outage since the last commit before a restart, and the SSE resume id."""
+        if not cursor:
+            return
+        try:
+            saved = orjson.loads(cursor)
+        except orjson.JSONDecodeError:
+            return
+        if isinstance(saved, dict):
+            sse = saved.get("sse")
+            self._sse_id = sse if isinstance(sse, str) else None
+            at = saved.get("at")
+            if isinstance(at, int):
+                self._gap = _Gap(at, "capture was not running", time.monotonic())
+
+    def _outage(self, reason: str) -> None:
+        self.connected.clear()
+        if self._gap is None:
+            self._gap = _Gap(_now_ms(), reason, time.monotonic())
+            log.warning("signal-cli connection lost; reconnecting", extra={"endpoint": self.endpoint.label})
+        gap = self._gap
+        if not gap.alerted and time.monotonic() - gap.started >= self.cfg.max_disconnected_seconds:
+            gap.alerted = True
+            log.error(
+                "ALERT signal capture disconnected too long; messages may be missed",
+                extra={"endpoint": self.endpoint.label, "since_ms": gap.start_ms, "reason": gap.reason},
+            )
+
+    async def _connected(self, channel: Channel, stop: asyncio.Event) -> None:
+        subscription = None
+        if self.cfg.receive_mode == "manual" and channel.can_subscribe:
+            try:
+                subscription = await channel.call("subscribeReceive", self._account_params())
+            except SignalRpcError as exc:
+                log.error("signal-cli refused subscribeReceive", extra={"code": str(exc.code)})
+                raise SignalUnavailable(f"subscribeReceive refused ({exc.code})") from exc
+            log.info("signal-cli subscribed", extra={"subscription": str(subscription)})
+        if self._gap is not None:
+            await self._commit([self._gap_notice(self._gap)])
+            self._gap = None
+        log.info("signal-cli connected", extra={"endpoint": self.endpoint.label, "mode": self.cfg.receive_mode})
+        self.connected.set()
+        await self._pump(channel, stop)
+        await self._finish(channel, subscription)
+
+    async def _finish(self, channel: Channel, subscription: object) -> None:
+        """On stop: unsubscribe (signal-cli stops pulling from Signal), then commit what was read."""
+        if isinstance(subscription, int):
+            with contextlib.suppress(SourceError, TimeoutError):
+                params = {**(self._account_params() or {}), "subscription": subscription}
+                await asyncio.wait_for(channel.call("unsubscribeReceive", params), 5.0)
+        while rest := channel.drain(self.cfg.batch_max):
+            await self._handle(channel, rest)
+
+    def _account_params(self) -> dict[str, Any] | None:
+        return {"account": self.cfg.account} if self.cfg.account else None
+
+    async def _pump(self, channel: Channel, stop: asyncio.Event) -> None:
+        stop_task = asyncio.ensure_future(stop.wait())
+        try:
+            while not stop.is_set():
+                next_task = asyncio.ensure_future(channel.next(self.cfg.heartbeat_seconds))
+                await asyncio.wait({next_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+                if not next_task.done():
+                    next_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await next_task
+                    return
+                first = next_task.result()  # raises SignalUnavailable once the connection is gone
+                if first is None:
+                    await self._commit([])  # heartbeat: keeps the cursor's "at" fresh
+                    continue
+                await self._handle(channel, [first, *channel.drain(self.cfg.batch_max - 1)])
+        finally:
+            stop_task.cancel()
+
+    async def _handle(self, channel: Channel, items: list[Incoming]) -> None:
+        received_at = _now_ms()
+        batch: list[Event] = []
+        seen: set[tuple[str, str, str]] = set()
+        for item in items:
+            if item.sse_id is not None:
+                self._sse_id = item.sse_id
+            for event in self._normalise(item, received_at):
+                if event.key not in seen:
+                    seen.add(event.key)
+                    batch.append(event)
+        folder, limit = self.cfg.attachments_dir, self.cfg.max_media_bytes
+        batch = [await fetch_attachments(e, channel, self.blobs, folder, limit) for e in batch]
+        await self._commit(batch)
+        self._after_commit(batch)
+
+    def _normalise(self, item: Incoming, received_at: int) -> list[Event]:
+        if isinstance(item.data, Oversized):
+            self.counts["oversized"] += 1
+            return [_oversized_event(item.data, received_at)]
+        found = normalise_envelope(item.data, account=self.cfg.account, received_at=received_at)
+        if not found:
+            self.counts[unstored_kind(item.data) or "empty"] += 1
+        return found
+
+    async def _commit(self, batch: Sequence[Event]) -> None:
+        cursor = orjson.dumps({"at": _now_ms(), "sse": self._sse_id}).decode("ascii")
+        await self.sink.commit(batch, cursor)
+
+    def _after_commit(self, batch: Sequence[Event]) -> None:
+        for event in batch:
+            self.counts[event.kind.value] += 1
+            if event.content.get("view_once") is True:
+                log.warning(
+                    "ALERT compliance: view-once message captured",
+                    extra={"source": "signal", "conversation": event.conversation, "event_id": event.event_id},
+                )
+            if event.kind is Kind.UNKNOWN:
+                log.warning("signal envelope kept as unknown", extra={"event_id": event.event_id})
+
+    def _gap_notice(self, gap: _Gap) -> Event:
+        end = _now_ms()
+        content: dict[str, Any] = {
+            "notice": "capture_gap",
+            "gap_start_ms": gap.start_ms,
+            "gap_end_ms": end,
+            "reason": gap.reason,
+            "endpoint": self.endpoint.label,
+            "receive_mode": self.cfg.receive_mode,
+        }
+        log.warning("signal capture gap recorded", extra={"gap_ms": end - gap.start_ms, "reason": gap.reason})
+        return Event(
+            source=events.SIGNAL,
+            conversation=self._notice_conversation,
+            event_id=EventId(f"gap:{gap.start_ms}-{end}"),
+            kind=Kind.NOTICE,
+            sender=None,
+            sent_at=end,
+            received_at=end,
+            content=content,
+        )
+
+
+def _oversized_event(item: Oversized, received_at: int) -> Event:
+    """A line longer than max_message_bytes: kept as UNKNOWN with its size and first bytes."""
+    head = events.unparsed_raw(item.head)
+    return Event(
+        source=events.SIGNAL,
+        conversation=ConversationId("unknown"),
+        event_id=EventId(f"oversized:{item.size}:{hashlib.sha256(item.head).hexdigest()}"),
+        kind=Kind.UNKNOWN,
+        sender=None,
+        sent_at=None,
+        received_at=received_at,
+        raw={**head, "size": item.size, "truncated": True},
+        problem=f"message of {item.size} bytes exceeds max_message_bytes; first {len(item.head)} bytes kept",
+    )
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Sleep up to `seconds`; True if `stop` was set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()
