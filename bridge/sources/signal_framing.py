@@ -4,7 +4,7 @@ Contract (pure; bytes in, values out; never raises on input):
 
 * `LineSplitter(max_bytes).feed(chunk)` returns the complete lines in `chunk`
   (newline-delimited JSON-RPC, as signal-cli writes on its unix socket and
-  TCP port; a trailing CR is dropped, blank lines skipped). A line longer than
+  TCP port; a trailing CR is dropped, blank lines skipped unless `keep_blank`). A line longer than
   `max_bytes` is not buffered: it comes out as `Oversized(size, head)` with
   its first `HEAD_BYTES`, so memory stays bounded and the record still exists.
 * `SseParser.feed(line)` turns the lines of `GET /api/v1/events` into
@@ -38,8 +38,9 @@ class Oversized:
 class LineSplitter:
     """Splits a byte stream into lines of at most `max_bytes` (see module docstring)."""
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, *, keep_blank: bool = False) -> None:
         self._max = max_bytes
+        self._keep_blank = keep_blank  # SSE: a blank line ends an event
         self._buf = bytearray()
         self._skipping: tuple[bytes, int] | None = None  # (head, size so far) of an oversized line
 
@@ -58,7 +59,7 @@ class LineSplitter:
                 self._skipping = None
             else:
                 line = bytes(self._buf).rstrip(b"\r")
-                if line.strip():
+                if self._keep_blank or line.strip():
                     out.append(line)
             self._buf.clear()
             start = newline + 1

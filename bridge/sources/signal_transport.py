@@ -282,7 +282,7 @@ class HttpChannel(Channel):
         self._start(self._read(response))
 
     async def _read(self, response: aiohttp.ClientResponse) -> None:
-        splitter, parser = LineSplitter(self._max_line), SseParser()
+        splitter, parser = LineSplitter(self._max_line, keep_blank=True), SseParser()
         try:
             async for chunk in response.content.iter_any():
                 for line in splitter.feed(chunk):
