@@ -67,6 +67,8 @@ class LineSplitter:
     def _take(self, piece: bytes) -> None:
         if self._skipping is not None:
             head, size = self._skipping
+            if len(head) < HEAD_BYTES:
+                head += piece[: HEAD_BYTES - len(head)]
             self._skipping = (head, size + len(piece))
         elif len(self._buf) + len(piece) > self._max:
             head = (bytes(self._buf[:HEAD_BYTES]) + piece[:HEAD_BYTES])[:HEAD_BYTES]
