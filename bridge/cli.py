@@ -278,6 +278,51 @@ def withhold_cmd(
     out.print(f"{'released' if release else 'withheld'} {event_id}: decision record {seq}")
 
 
+@app.command()
+def snapshot(
+    month: Annotated[str, typer.Option("--month", help="Calendar month YYYY-MM (archive.timezone).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="The package directory to create.")],
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Write the sealed package (BagIt, MDTO, proofs) of a month that has ended."""
+    from bridge.archive.package import ArchiveOptions
+    from bridge.archive.package import snapshot as write_snapshot
+    from bridge.archive.range import parse_month
+
+    settings = _settings(config_file)
+    dd, kf = _paths(settings, data_dir, key_file)
+    assert kf is not None
+    material = _load_keys(kf, dd)
+    options = ArchiveOptions.from_settings(settings)
+    result = _guard(lambda: write_snapshot(dd, material, parse_month(month), out_dir, options))
+    verb = "wrote" if result.written else "already there (identical)"
+    out.print(f"{verb}: {result.path} ({result.month}, records {result.start}..{result.end - 1})")
+
+
+@app.command("verify-package")
+def verify_package_cmd(
+    path: Annotated[Path, typer.Argument(help="The package directory.")],
+    public_key: Annotated[Path, typer.Option("--public-key", help="The log's verifier key (KEY_FILE.pub).")],
+    previous: Annotated[
+        Path | None, typer.Option("--previous", help="The previous month's package, to check the chain.")
+    ] = None,
+) -> None:
+    """Check a package with only its public key. Exit 0 intact, 1 not (naming what failed), 2 usage."""
+    from bridge.archive.verify_package import verify_package
+
+    pub = _guard(lambda: keyfile.load_public(public_key))
+    report = _guard(lambda: verify_package(path, pub, previous))
+    out.print(
+        f"[green]intact[/]: {report.month} ({report.status}), records {report.start}..{report.end - 1}"
+        f" in {report.record_files} record files, {report.media_files} media, {report.mdto_files} MDTO files valid"
+    )
+    out.print(f"end root {report.root.hex()} signed by {pub[0]}")
+    if previous is not None:
+        out.print(f"extends the previous package {previous}")
+
+
 def main() -> None:
     """Console-script entry point."""
     # Everything we create (log, WAL, blobs, nio store, packages in progress) is private by default.

@@ -1,0 +1,299 @@
+"""What ties a plaintext package to the signed log (pure: bytes in, values out).
+
+Record lines
+------------
+Every record of a package's range is one JSON line (canonical: sorted keys, no
+whitespace) in exactly one file: an event in its dossier's `events.jsonl`,
+anything else (decision records) in `proof/other-records.jsonl`. A line holds
+what an auditor needs to recompute the record's Merkle leaf without any key:
+
+    {"ciphertext_sha256": hex, "event" | "decision": <the canonical payload>,
+     ["files": {blob id: path in the package}], "header": base64, "salt": base64, "seq": n}
+
+    leaf = SHA-256(0x00 || header || SHA-256(salt || payload) || ciphertext hash)
+
+where payload = canonical JSON of the "event"/"decision" value. A withheld
+event keeps its leaf but not its content: "commitment" (base64) replaces the
+payload and salt, and "withheld" {reason, by, at_ms, decision_seq} says why. A
+record of a type this version does not know carries only its commitment.
+
+Proof folder
+------------
+`range.json` (month, time zone, start, end, status), `frontier-start.json` (the
+tree's right edge at `start`: one subtree root per set bit of `start`),
+`leaves.txt` (the range's leaf hashes, hex, one per line, in order),
+`consistency-proof.json` (RFC 9162 PROOF(start, end)), and the signed
+checkpoints at `start` (absent for a package starting at 0) and `end`.
+The frontier extended with the range's leaves must give the end root, and its
+own root the start root: that alone proves the range extends the start tree;
+the consistency proof says the same in the RFC's form, for tools that speak it.
+`ConsistencyBuilder` computes the proof from the start frontier and a stream
+of the range's leaves, in O(log n) memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from bridge.events import canonical_json
+from bridge.log import format, merkle
+
+LEAF_LINE_BYTES = 65  # 64 hex digits + "\n"
+
+
+class LineError(ValueError):
+    """A record line that cannot be read (malformed, wrong lengths, not canonical)."""
+
+
+def b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _unb64(value: object, length: int | None, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise LineError(f"{what} is not a string")
+    try:
+        raw = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise LineError(f"{what} is not base64") from None
+    if length is not None and len(raw) != length:
+        raise LineError(f"{what} is {len(raw)} bytes, expected {length}")
+    return raw
+
+
+def _unhex(value: object, length: int, what: str) -> bytes:
+    if not isinstance(value, str) or len(value) != 2 * length:
+        raise LineError(f"{what} is not {2 * length} hex digits")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise LineError(f"{what} is not hex") from None
+
+
+# -- writing lines (fast paths: keys already in sorted order, payload already canonical) --------
+
+
+def content_line(
+    key: str, seq: int, header: bytes, salt: bytes, payload: bytes, ct_hash: bytes, files: Mapping[str, str] | None
+) -> bytes:
+    """The line of a record shown in full; `key` is "event" or "decision"; equals canonical_json of the dict."""
+    parts = [b'{"ciphertext_sha256":"', ct_hash.hex().encode(), b'","', key.encode(), b'":', payload]
+    if files:
+        parts += [b',"files":', canonical_json(dict(files))]
+    parts += [b',"header":"', b64(header).encode(), b'","salt":"', b64(salt).encode(), b'","seq":', str(seq).encode()]
+    parts.append(b"}\n")
+    return b"".join(parts)
+
+
+def sealed_line(seq: int, header: bytes, commit: bytes, ct_hash: bytes, withheld: Mapping[str, Any] | None) -> bytes:
+    """The line of a record whose content is not in the package (withheld, or of an unknown type)."""
+    d: dict[str, Any] = {
+        "ciphertext_sha256": ct_hash.hex(),
+        "commitment": b64(commit),
+        "header": b64(header),
+        "seq": seq,
+    }
+    if withheld is not None:
+        d["withheld"] = dict(withheld)
+    return canonical_json(d) + b"\n"
+
+
+# -- reading lines --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RecordLine:
+    seq: int
+    header: format.RecordHeader
+    leaf: bytes
+    #: "event", "decision" or None (content not in the package)
+    key: str | None
+    content: dict[str, Any] | None
+    withheld: dict[str, Any] | None
+    files: dict[str, str]
+
+
+def parse_line(line: bytes) -> RecordLine:
+    """Parse and check one record line; its leaf is recomputed from what it holds. Raises LineError."""
+    try:
+        d = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        raise LineError("not JSON") from None
+    if not isinstance(d, dict):
+        raise LineError("not a JSON object")
+    seq = d.get("seq")
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise LineError("seq is not a non-negative integer")
+    header_b = _unb64(d.get("header"), format.HEADER_BYTES, "header")
+    try:
+        header = format.unpack_header(header_b)
+    except format.FormatError as exc:
+        raise LineError(f"header: {exc}") from None
+    if header.seq != seq:
+        raise LineError(f"header says record {header.seq}, line says {seq}")
+    ct_hash = _unhex(d.get("ciphertext_sha256"), format.HASH_BYTES, "ciphertext_sha256")
+    key = next((k for k in ("event", "decision") if k in d), None)
+    content: dict[str, Any] | None = None
+    withheld = d.get("withheld")
+    if key is not None:
+        allowed = {"ciphertext_sha256", key, "files", "header", "salt", "seq"}
+        expected_type = format.RecordType.EVENT if key == "event" else format.RecordType.DECISION
+        if header.type != expected_type:
+            raise LineError(f"a {key} line on a record of type {header.type.name}")
+        content = d[key]
+        if not isinstance(content, dict):
+            raise LineError(f"{key} is not an object")
+        salt = _unb64(d.get("salt"), None, "salt")
+        commit = format.commitment(salt + canonical_json(content))
+    else:
+        allowed = {"ciphertext_sha256", "commitment", "header", "seq", "withheld"}
+        commit = _unb64(d.get("commitment"), format.HASH_BYTES, "commitment")
+        if withheld is not None and not isinstance(withheld, dict):
+            raise LineError("withheld is not an object")
+    extra = set(d) - allowed
+    if extra:
+        raise LineError(f"unexpected fields {sorted(extra)}")
+    files = d.get("files") or {}
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise LineError("files is not an object of strings")
+    leaf = merkle.leaf_hash(format.leaf_data(header_b, commit, ct_hash))
+    return RecordLine(seq, header, leaf, key, content, withheld, files)
+
+
+# -- proof folder files ------------------------------------------------------------------------------
+
+
+def pretty_json(value: Any) -> bytes:
+    """Deterministic, readable JSON for the proof folder."""
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2) + b"\n"
+
+
+def frontier_json(frontier: merkle.Frontier) -> bytes:
+    return pretty_json({"size": frontier.size, "hashes": [h.hex() for h in frontier.hashes]})
+
+
+def parse_frontier(data: bytes) -> merkle.Frontier:
+    d = orjson.loads(data)
+    if not isinstance(d, dict) or not isinstance(d.get("hashes"), list):
+        raise ValueError("frontier-start.json must hold size and hashes")
+    hashes = [_unhex(h, merkle.HASH_SIZE, "frontier hash") for h in d["hashes"]]
+    size = d.get("size")
+    if not isinstance(size, int):
+        raise ValueError("frontier size must be an integer")
+    return merkle.Frontier.from_hashes(size, hashes)
+
+
+def consistency_json(old_size: int, new_size: int, proof: Sequence[bytes]) -> bytes:
+    return pretty_json({"old_size": old_size, "new_size": new_size, "proof": [h.hex() for h in proof]})
+
+
+def parse_consistency(data: bytes) -> tuple[int, int, list[bytes]]:
+    d = orjson.loads(data)
+    if not isinstance(d, dict) or not isinstance(d.get("proof"), list):
+        raise ValueError("consistency-proof.json must hold old_size, new_size and proof")
+    old, new = d.get("old_size"), d.get("new_size")
+    if not (isinstance(old, int) and isinstance(new, int)):
+        raise ValueError("old_size and new_size must be integers")
+    return old, new, [_unhex(h, merkle.HASH_SIZE, "proof hash") for h in d["proof"]]
+
+
+def leaf_line(leaf: bytes) -> bytes:
+    return leaf.hex().encode("ascii") + b"\n"
+
+
+# -- consistency proof from a frontier and a stream of leaves ----------------------------------------
+
+
+def _split(n: int) -> int:
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
+    """The leaf ranges [lo, hi) whose subtree roots make RFC 9162 PROOF(old_size, new_size), in proof order."""
+    if not 0 <= old_size <= new_size:
+        raise ValueError(f"old size {old_size} is outside 0..{new_size}")
+    if old_size in (0, new_size):
+        return []
+    top_down: list[tuple[int, int]] = []
+    lo, hi, m, whole_old_tree = 0, new_size, old_size, True
+    while m != hi - lo:
+        k = _split(hi - lo)
+        if m <= k:
+            top_down.append((lo + k, hi))
+            hi = lo + k
+        else:
+            top_down.append((lo, lo + k))
+            lo, m, whole_old_tree = lo + k, m - k, False
+    if not whole_old_tree:
+        top_down.append((lo, hi))
+    return top_down[::-1]
+
+
+def _root_from_frontier(frontier: merkle.Frontier, lo: int, hi: int) -> bytes:
+    """Root of leaves [lo, hi) inside the frontier's tree, from its perfect subtrees that tile [lo, hi)."""
+    nodes: list[bytes] = []
+    offset = 0
+    for bit, node in zip(_set_bits(frontier.size), frontier.hashes, strict=True):
+        span = 1 << bit
+        if offset >= lo and offset + span <= hi:
+            nodes.append(node)
+        elif offset < hi and offset + span > lo:
+            raise ValueError(f"[{lo}, {hi}) is not tiled by the frontier's subtrees")
+        offset += span
+    root = nodes[-1]
+    for left in reversed(nodes[:-1]):
+        root = merkle.node_hash(left, root)
+    return root
+
+
+def _set_bits(n: int) -> list[int]:
+    return [b for b in range(n.bit_length() - 1, -1, -1) if n >> b & 1]
+
+
+class ConsistencyBuilder:
+    """PROOF(start, end) from the frontier at `start` and the leaves start..end-1 fed in order."""
+
+    def __init__(self, start_frontier: merkle.Frontier, end: int) -> None:
+        self._start = start_frontier.size
+        self._end = end
+        self._ranges = consistency_ranges(self._start, end)
+        self._roots: dict[tuple[int, int], bytes] = {
+            r: _root_from_frontier(start_frontier, *r) for r in self._ranges if r[1] <= self._start
+        }
+        self._pending = sorted(r for r in self._ranges if r[0] >= self._start)
+        self._current: merkle.Frontier | None = None
+        self._next = self._start
+
+    def add(self, leaf: bytes) -> None:
+        i = self._next
+        self._next += 1
+        if not self._pending or i < self._pending[0][0]:
+            return
+        lo, hi = self._pending[0]
+        if self._current is None:
+            self._current = merkle.Frontier()
+        self._current.append(leaf)
+        if i + 1 == hi:
+            self._roots[(lo, hi)] = self._current.root()
+            self._current = None
+            self._pending.pop(0)
+
+    def proof(self) -> list[bytes]:
+        if self._next != self._end:
+            raise ValueError(f"fed {self._next - self._start} leaves, expected {self._end - self._start}")
+        return [self._roots[r] for r in self._ranges]
+
+
+def extend_root(frontier: merkle.Frontier, leaves: Iterable[bytes]) -> bytes:
+    return merkle.extend(frontier, leaves).root()
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

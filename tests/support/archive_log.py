@@ -1,0 +1,113 @@
+"""Build logs spanning several months through the public API, for the archive tests.
+
+Append times are controlled by patching `bridge.log.store.now_ms` (the writer's
+clock); everything else goes through `LogStore.append_events`, `BlobStore.put`
+and `policy.withhold`, exactly as capture does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from bridge.archive.mdto import Organisation
+from bridge.archive.package import ArchiveOptions
+from bridge.blobs import BlobStore
+from bridge.events import MATRIX, Attachment, ConversationId, Event, EventId, Kind, SenderId
+from bridge.log import store as store_module
+from bridge.log.store import CheckpointPolicy, LogStore
+from bridge.policy import withhold
+from tests.conftest import LogDir
+
+AMS = ZoneInfo("Europe/Amsterdam")
+OPTIONS = ArchiveOptions(Organisation("Ministerie van Tests", "https://organisaties.overheid.nl/1/Test"))
+ROOM_A = "!alpha:example.org"
+ROOM_B = "!beta:example.org"
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(64))
+
+
+def ms(year: int, month: int, day: int, hour: int = 12) -> int:
+    return int(datetime(year, month, day, hour, tzinfo=AMS).timestamp()) * 1000
+
+
+def event(
+    n: int,
+    room: str = ROOM_A,
+    kind: Kind = Kind.MESSAGE,
+    body: str | None = None,
+    relates_to: str | None = None,
+    sender: str = "@minister:example.org",
+    attachments: tuple[Attachment, ...] = (),
+    content: dict[str, object] | None = None,
+) -> Event:
+    c: dict[str, object] = content if content is not None else {"msgtype": "m.text", "body": body or f"bericht {n}"}
+    return Event(
+        source=MATRIX,
+        conversation=ConversationId(room),
+        event_id=EventId(f"$e{n}"),
+        kind=kind,
+        sender=SenderId(sender),
+        sent_at=1_700_000_000_000 + n,
+        received_at=1_700_000_000_500 + n,
+        content=c,
+        relates_to=None if relates_to is None else EventId(relates_to),
+        attachments=attachments,
+        raw={"type": "m.room.message", "event_id": f"$e{n}"},
+    )
+
+
+def append(
+    log: LogDir, monkeypatch: pytest.MonkeyPatch, batches: list[tuple[int, list[Event]]], seal: bool = True
+) -> None:
+    """Append each batch with the writer's clock at its time; seal with a checkpoint at the end."""
+
+    async def go() -> None:
+        policy = CheckpointPolicy(every_records=7, every_seconds=10**9)
+        async with await LogStore.open(log.data_dir, log.keys, policy) as store:
+            for at, events in batches:
+                monkeypatch.setattr(store_module, "now_ms", lambda at=at: at)
+                await store.append_events(events)
+            if seal:
+                await store.checkpoint()
+
+    asyncio.run(go())
+
+
+def january_february(log: LogDir, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two months of chat: January (two rooms, edit, deletion, reaction, image, a withheld message), February."""
+
+    async def go() -> None:
+        monkeypatch.setattr(store_module, "now_ms", lambda: ms(2024, 1, 5))
+        policy = CheckpointPolicy(every_records=7, every_seconds=10**9)
+        async with await LogStore.open(log.data_dir, log.keys, policy) as store:
+            blobs = BlobStore(log.data_dir / "blobs", store.media_keys())
+            blob_id, sha = await blobs.put(PNG, "image/png")
+            img = Attachment("stored", "image/png", "foto <script>.png", len(PNG), sha, blob_id)
+            name = {"type": "m.room.name", "state_key": "", "content": {"name": "Crisisoverleg"}}
+            await store.append_events(
+                [
+                    event(0, kind=Kind.STATE, content=name),
+                    event(1, body="Goedemorgen <script>alert(1)</script>"),
+                    event(2, room=ROOM_B, body="privé: verjaardag"),
+                    event(3, body="concept kamerbrief"),
+                    event(4, kind=Kind.EDIT, relates_to="$e3", body="concept kamerbrief v2"),
+                    event(5, kind=Kind.ATTACHMENT, attachments=(img,), content={"body": "foto"}),
+                ]
+            )
+            monkeypatch.setattr(store_module, "now_ms", lambda: ms(2024, 1, 20))
+            await store.append_events(
+                [
+                    event(6, kind=Kind.DELETION, relates_to="$e1", content={}),
+                    event(7, kind=Kind.REACTION, relates_to="$e3", content={"key": "👍"}),
+                    event(8, room=ROOM_B, body="ok", sender="@woordvoerder:example.org"),
+                ]
+            )
+            await withhold(store, "$e2", "privé", "I. Specialist", data_dir=log.data_dir, clock=lambda: ms(2024, 1, 21))
+            monkeypatch.setattr(store_module, "now_ms", lambda: ms(2024, 2, 3))
+            await store.append_events([event(n, room=ROOM_A if n % 2 else ROOM_B) for n in range(9, 19)])
+            await store.checkpoint()
+
+    asyncio.run(go())
