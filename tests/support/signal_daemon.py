@@ -93,6 +93,7 @@ class SignalDaemon:
         self._sse: deque[tuple[int, bytes]] = deque(maxlen=1000)
         self._sse_prefix = f"{int(time.time() * 1000)}-"
         self._sse_seq = itertools.count(1)
+        self._closing: set[asyncio.Future[bool]] = set()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -119,7 +120,7 @@ class SignalDaemon:
         app = web.Application(client_max_size=2**26)
         app.router.add_post("/api/v1/rpc", self._http_rpc)
         app.router.add_get("/api/v1/events", self._http_events)
-        app.router.add_get("/api/v1/check", lambda _: web.Response(status=200))
+        app.router.add_get("/api/v1/check", self._http_check)
         app.router.add_get("/v1/receive/{number}", self._ws_receive)
         app.router.add_get("/v1/attachments/{id}", self._rest_attachment)
         self._runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=0.5)
@@ -297,6 +298,9 @@ class SignalDaemon:
                 self._clients.remove(client)
             writer.close()
 
+    async def _http_check(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
     async def _http_rpc(self, request: web.Request) -> web.Response:
         if not request.content_type.startswith("application/json"):
             return web.Response(status=415)
@@ -342,7 +346,7 @@ class SignalDaemon:
             await ws.send_str(data.decode("utf-8", "replace"))
 
         def close() -> None:
-            asyncio.ensure_future(ws.close())
+            self._closing.add(asyncio.ensure_future(ws.close()))
 
         client = _Client("ws", send, close)
         self._joined(client)
