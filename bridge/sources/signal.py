@@ -232,10 +232,34 @@ class SignalSource:
                 if event.key not in seen:
                     seen.add(event.key)
                     batch.append(event)
-        folder, limit = self.cfg.attachments_dir, self.cfg.max_media_bytes
-        batch = [await fetch_attachments(e, channel, self.blobs, folder, limit) for e in batch]
+        if any(a.status == "pending" for e in batch for a in e.attachments):
+            batch = await self._with_media(channel, batch)
         await self._commit(batch)
         self._after_commit(batch)
+
+    async def _with_media(self, channel: Channel, batch: list[Event]) -> list[Event]:
+        """Fetch attachments; a socket connection that just dropped is replaced by a side connection.
+
+        Only in manual mode: there an unsubscribed connection receives nothing, so no envelope can be
+        delivered to (and lost with) the side connection. HTTP and rest-api requests do not depend on
+        the event stream.
+        """
+        side: Channel | None = None
+        if channel.closed and channel.can_subscribe and self.cfg.receive_mode == "manual":
+            with contextlib.suppress(SignalUnavailable, TimeoutError):
+                side = await asyncio.wait_for(
+                    open_channel(
+                        self.endpoint, account=self.cfg.account, max_line=self.cfg.max_message_bytes,
+                        high_water=self.cfg.high_water, session=None, max_media=self.cfg.max_media_bytes,
+                    ),
+                    5.0,
+                )  # fmt: skip
+        folder, limit = self.cfg.attachments_dir, self.cfg.max_media_bytes
+        try:
+            return [await fetch_attachments(e, side or channel, self.blobs, folder, limit) for e in batch]
+        finally:
+            if side is not None:
+                await side.aclose()
 
     def _normalise(self, item: Incoming, received_at: int) -> list[Event]:
         if isinstance(item.data, Oversized):

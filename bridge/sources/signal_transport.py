@@ -107,6 +107,10 @@ class Channel:
         self._outstanding = 0
         self._reader: asyncio.Task[None] | None = None
 
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
     # -- consumer side ---------------------------------------------------------
 
     async def next(self, timeout: float) -> Incoming | None:
