@@ -24,6 +24,7 @@ from bridge.errors import StorageError, UsageError
 from bridge.events import Event, Kind
 from bridge.log.keys import KeyMaterial, check_permissions
 from bridge.log.store import CheckpointPolicy, LogStore
+from bridge.scheduler import ArchiveJobs
 from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
 from bridge.sources.signal import SignalSource, SignalSourceConfig
 
@@ -116,6 +117,7 @@ async def run_capture(settings: Settings, data_dir: Path, keys: KeyMaterial, sto
     async with await LogStore.open(data_dir, keys, policy) as store:
         await store.checkpoint()  # seal whatever a crash left unsealed
         blobs = BlobStore(data_dir / "blobs", store.media_keys())
+        archive = ArchiveJobs.from_settings(settings, data_dir, keys, store)
         tasks: list[asyncio.Task[None]] = []
         if settings.matrix is not None:
             cfg = matrix_source_config(settings, data_dir, keys)
@@ -125,6 +127,7 @@ async def run_capture(settings: Settings, data_dir: Path, keys: KeyMaterial, sto
             signal_cfg = signal_source_config(settings)
             sink = LogSink(store, f"signal:{settings.signal.account or settings.signal.endpoint}")
             tasks.append(asyncio.create_task(SignalSource(signal_cfg, sink, blobs).run(stop), name="signal"))
+        archive.start()  # monthly packages: catches up missed months now, then on archive.schedule
         log.info("capture running", extra={"sources": [t.get_name() for t in tasks], "log_size": store.size})
         try:
             await asyncio.gather(*tasks)
@@ -133,6 +136,7 @@ async def run_capture(settings: Settings, data_dir: Path, keys: KeyMaterial, sto
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await archive.stop()
             note = await store.checkpoint()
             sealed_size = note.split("\n", 2)[1]
             log.info("capture stopped; log sealed", extra={"log_size": store.size, "sealed_size": sealed_size})

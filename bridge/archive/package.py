@@ -368,4 +368,17 @@ def _local_date(ms: int, timezone: str) -> date:
     return datetime.fromtimestamp(ms / 1000, ranges.zone(timezone)).date()
 
 
-__all__ = ["ArchiveOptions", "SnapshotResult", "package_name", "snapshot"]
+
+
+def interim_package(data_dir: Path, keys: KeyMaterial, options: ArchiveOptions, destination: Path) -> SnapshotResult:
+    """The current month so far, closed by a fresh checkpoint (for the demo): `destination/<name>-interim`.
+
+    Labelled "open month, interim" in bag-info.txt and proof/range.json; the
+    real package of the month is written once it has ended.
+    """
+    month = ranges.month_of(now_ms(), options.timezone)
+    out = destination / package_name(keys.log_id, month, interim=True)
+    return snapshot(data_dir, keys, month, out, options, allow_open_month=True)
+
+
+__all__ = ["ArchiveOptions", "SnapshotResult", "interim_package", "package_name", "snapshot"]
