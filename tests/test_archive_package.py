@@ -148,14 +148,14 @@ def test_refuses_a_month_whose_end_is_not_sealed(tmp_path: Path, monkeypatch: py
 def test_empty_month_and_many_conversations_with_few_open_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A month without records is an empty, valid package; 150 conversations work with at most 4 open files."""
+    """A month without records is an empty, valid package; 150 conversations work with a 4 KiB spill buffer."""
     import bridge.archive.package as package
 
     log = create_log(tmp_path)
     events = [event(i, room=f"!room{i % 150}:example.org") for i in range(600)]
     append(log, monkeypatch, [(ms(2024, 3, 2), events[:300]), (ms(2024, 3, 30), events[300:])])
     monkeypatch.undo()
-    monkeypatch.setattr(package, "MAX_OPEN", 4)
+    monkeypatch.setattr(package, "SPILL_BYTES", 4096)
     empty = snapshot(log.data_dir, log.keys, Month(2024, 2), tmp_path / "feb", OPTIONS)
     assert (empty.start, empty.end) == (0, 0)
     bagit.Bag(str(empty.path)).validate()

@@ -11,10 +11,10 @@ Theory of operation
    line (see `proof.py`) to its dossier's `events.jsonl` (events) or to
    `proof/other-records.jsonl` (decisions), its leaf to `proof/leaves.txt`;
    media of the dossier's events are decrypted into `media/`. Many
-   conversations mean many files: at most `MAX_OPEN` stay open (least
-   recently used are closed and reopened for append), so file handles are
-   bounded; memory holds per dossier only its edit/deletion targets and
-   media names;
+   conversations mean many files: lines of all dossiers are buffered up to
+   `SPILL_BYTES` in all, then appended to their files one at a time, so file
+   handles and memory are bounded; beyond that, memory
+   holds per dossier only its edit/deletion targets and media names;
 3. render (`render.py`): per dossier, `events.jsonl` is read back to write
    `transcript.html` and the MDTO XML; then the Serie, the pakbon, the proof
    files and the bag's tag files.
@@ -41,11 +41,10 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import orjson
 
@@ -67,7 +66,7 @@ from bridge.policy import Withheld, fold_decisions, withheld_for
 
 log = logging.getLogger(__name__)
 
-MAX_OPEN = 64
+SPILL_BYTES = 16 << 20  # event lines held in memory before they are appended to their files
 MEDIA_NAME_BYTES = 200
 STATUS_CLOSED = "closed month"
 STATUS_INTERIM = "open month, interim"
@@ -190,28 +189,42 @@ def _seal(data_dir: Path, keys: KeyMaterial, plan: Plan) -> tuple[str | None, st
 
 
 class _Spill:
-    """Append-only writers for many files with at most `limit` open at once (LRU)."""
+    """Appends to many files with bounded memory and one file open at a time.
 
-    def __init__(self, root: Path, limit: int = MAX_OPEN) -> None:
+    Lines are buffered per file; when all buffers together exceed `limit`
+    bytes, every buffer is appended to its file (open, write, close). So memory
+    is bounded by `limit` and the number of opens by (bytes / limit) x files,
+    whatever the number of conversations.
+    """
+
+    def __init__(self, root: Path, limit: int) -> None:
         self._root = root
         self._limit = limit
-        self._open: OrderedDict[str, BinaryIO] = OrderedDict()
+        self._buffers: dict[str, list[bytes]] = {}
+        self._held = 0
+        self.opens = 0
 
     def write(self, rel: str, data: bytes) -> None:
-        fh = self._open.get(rel)
-        if fh is None:
-            if len(self._open) >= self._limit:
-                self._open.popitem(last=False)[1].close()
-            path = self._root / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fh = self._open[rel] = path.open("ab")
-        else:
-            self._open.move_to_end(rel)
-        fh.write(data)
+        buf = self._buffers.get(rel)
+        if buf is None:
+            buf = self._buffers[rel] = []
+            (self._root / rel).parent.mkdir(parents=True, exist_ok=True)
+        buf.append(data)
+        self._held += len(data)
+        if self._held >= self._limit:
+            self.flush()
+
+    def flush(self) -> None:
+        for rel, buf in self._buffers.items():
+            if buf:
+                with (self._root / rel).open("ab") as fh:
+                    fh.write(b"".join(buf))
+                self.opens += 1
+                buf.clear()
+        self._held = 0
 
     def close(self) -> None:
-        while self._open:
-            self._open.popitem()[1].close()
+        self.flush()
 
 
 def _write_records(
@@ -222,7 +235,7 @@ def _write_records(
     serie = serie_folder(view.keys.log_id)
     dossiers: dict[bytes, DossierState] = {}
     folders: set[str] = set()
-    spill = _Spill(builder.root / "data")
+    spill = _Spill(builder.root / "data", SPILL_BYTES)
     frontier = plan.frontier_start.copy()
     consistency = proof.ConsistencyBuilder(plan.frontier_start, plan.end)
     other = builder.open("proof/other-records.jsonl")

@@ -1,0 +1,176 @@
+"""Benchmark: `snapshot` (monthly package) throughput and peak memory, against a bare-decrypt baseline.
+
+Run: `.venv/bin/python bench/snapshot.py [--events 100000 1000000] [--rooms 100]`
+
+For each size a fresh log is built through the public API (LogStore.append_events,
+~600-byte synthetic Matrix messages spread over `--rooms` conversations, all
+appended in one past month), then each measurement runs in its own subprocess
+so its peak RSS is its own:
+
+- baseline: read the month's records from SQLite, AES-GCM decrypt, SHA-256 the
+  ciphertext, write the plaintext to one file (the least any package must do);
+- snapshot: the real `snapshot` (plan pass, decrypt, per-dossier JSONL, leaves,
+  consistency proof, transcripts, MDTO, pakbon, BagIt, fsync, rename);
+- verify-package: the real verifier with the public key only.
+
+Prints MB/s of log processed (stored header + commitment + ciphertext bytes of
+the range), events/s, peak RSS, and the ratio to the baseline. Goal: >= 100 MB/s
+and peak RSS < 150 MB at both sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import resource
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bridge.archive.mdto import Organisation  # noqa: E402
+from bridge.archive.package import ArchiveOptions, snapshot  # noqa: E402
+from bridge.archive.range import Month  # noqa: E402
+from bridge.events import MATRIX, ConversationId, Event, EventId, Kind, SenderId  # noqa: E402
+from bridge.log import keys as keyfile  # noqa: E402
+from bridge.log import store as store_module  # noqa: E402
+from bridge.log.store import CheckpointPolicy, LogStore, initialise  # noqa: E402
+
+MONTH = Month(2024, 1)
+APPENDED_MS = 1_705_320_000_000  # 2024-01-15, Amsterdam
+WORDS = ("kamerbrief", "overleg", "minister", "concept", "begroting", "wetsvoorstel", "morgen", "akkoord", "nota")
+OPTIONS = ArchiveOptions(Organisation("Benchmark-ministerie", "bench"))
+
+
+def make_event(i: int, rooms: int, rng: random.Random) -> Event:
+    body = " ".join(rng.choice(WORDS) for _ in range(38))
+    room = f"!room{i % rooms}:bench.example"
+    return Event(
+        source=MATRIX,
+        conversation=ConversationId(room),
+        event_id=EventId(f"$bench{i}"),
+        kind=Kind.MESSAGE,
+        sender=SenderId(f"@user{i % 7}:bench.example"),
+        sent_at=APPENDED_MS + i,
+        received_at=APPENDED_MS + i + 40,
+        content={"msgtype": "m.text", "body": body},
+        raw={"type": "m.room.message", "event_id": f"$bench{i}", "content": {"msgtype": "m.text", "body": body}},
+    )
+
+
+def build_log(workdir: Path, n: int, rooms: int) -> tuple[Path, Path]:
+    data_dir, key_file = workdir / "data", workdir / "keys" / "bench.key"
+    key_file.parent.mkdir(mode=0o700, parents=True)
+    material = keyfile.generate(os.urandom(16))
+    keyfile.write_new(key_file, material)
+    initialise(data_dir, material)
+    store_module.now_ms = lambda: APPENDED_MS  # type: ignore[assignment]  # every record in January 2024
+    rng = random.Random(7)
+
+    async def go() -> None:
+        policy = CheckpointPolicy(every_records=10_000, every_seconds=10**9)
+        async with await LogStore.open(data_dir, material, policy) as store:
+            for start in range(0, n, 1000):
+                await store.append_events([make_event(i, rooms, rng) for i in range(start, min(n, start + 1000))])
+            await store.checkpoint()
+
+    asyncio.run(go())
+    return data_dir, key_file
+
+
+def range_bytes(data_dir: Path) -> int:
+    conn = sqlite3.connect(data_dir / "log.sqlite3")
+    try:
+        row = conn.execute("SELECT sum(length(header) + length(commitment) + length(body)) FROM records").fetchone()
+        return int(row[0] or 0)
+    finally:
+        conn.close()
+
+
+# -- children (each in its own process: its own peak RSS) ------------------------------------------
+
+
+def child_baseline(data_dir: Path, key_file: Path, out: Path) -> None:
+    from bridge.archive.logscan import LogView
+
+    material = keyfile.load(key_file)
+    with LogView(data_dir, material) as view, out.open("wb") as fh:
+        for rec in view.records(0, view.size()):
+            fh.write(rec.payload + b"\n")
+
+
+def child_snapshot(data_dir: Path, key_file: Path, out: Path) -> None:
+    snapshot(data_dir, keyfile.load(key_file), MONTH, out, OPTIONS)
+
+
+def child_verify(data_dir: Path, key_file: Path, out: Path) -> None:
+    from bridge.archive.verify_package import verify_package
+
+    verify_package(out, keyfile.load_public(keyfile.public_path(key_file)))
+
+
+CHILDREN = {"baseline": child_baseline, "snapshot": child_snapshot, "verify": child_verify}
+
+
+def run_child(name: str, data_dir: Path, key_file: Path, out: Path) -> tuple[float, float]:
+    """(seconds, peak RSS MB) of one measurement in a fresh process."""
+    cmd = [sys.executable, __file__, "--child", name, str(data_dir), str(key_file), str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{proc.stderr}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return float(result["seconds"]), float(result["rss_mb"])
+
+
+def bench(n: int, rooms: int) -> None:
+    with tempfile.TemporaryDirectory(prefix="chatarchief-bench-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        data_dir, key_file = build_log(work, n, rooms)
+        built = time.perf_counter() - t0
+        size = range_bytes(data_dir)
+        mb = size / 1e6
+        print(f"\n{n:,} events in {rooms} conversations: log range {mb:.0f} MB (built in {built:.0f} s)")
+        base_s, base_rss = run_child("baseline", data_dir, key_file, work / "plain.jsonl")
+        snap_s, snap_rss = run_child("snapshot", data_dir, key_file, work / "package")
+        pkg_mb = sum(p.stat().st_size for p in (work / "package").rglob("*") if p.is_file()) / 1e6
+        ver_s, ver_rss = run_child("verify", data_dir, key_file, work / "package")
+        for label, s, rss in (
+            ("baseline (decrypt only)", base_s, base_rss),
+            ("snapshot", snap_s, snap_rss),
+            ("verify-package", ver_s, ver_rss),
+        ):
+            print(f"  {label:24} {s:7.1f} s  {mb / s:7.1f} MB/s  {n / s:9,.0f} events/s  peak RSS {rss:6.1f} MB")
+        print(f"  snapshot / baseline throughput: {base_s / snap_s:.2f}; package {pkg_mb:.0f} MB on disk")
+        shutil.rmtree(work / "package", ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
+    parser.add_argument("--rooms", type=int, default=100)
+    parser.add_argument("--child", nargs=4, metavar=("NAME", "DATA", "KEY", "OUT"))
+    args = parser.parse_args()
+    if args.child:
+        name, data, key, out = args.child
+        t0 = time.perf_counter()
+        CHILDREN[name](Path(data), Path(key), Path(out))
+        seconds = time.perf_counter() - t0
+        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"seconds": seconds, "rss_mb": rss_mb}))
+        return
+    for n in args.events:
+        bench(n, args.rooms)
+
+
+if __name__ == "__main__":
+    main()
