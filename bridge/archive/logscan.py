@@ -192,6 +192,11 @@ class LogView:
                 f" {self.sealed_size()}; seal it first (`chatarchief run` checkpoints every minute and when it"
                 " stops; `import` at its end)"
             )
+        if target is None and start > self.sealed_size():
+            # An open month may end in unsealed records (pass 2 checks those), but what precedes it must be sealed.
+            raise UsageError(
+                f"records before {win.month} are not sealed by a checkpoint yet; seal the log first (`chatarchief run`)"
+            )
         start_note = self._checked_note(start, start_frontier.root()) if start > 0 else None
         end_note = self._checked_note(end, end_root)
         if target is not None and target != end:

@@ -142,12 +142,13 @@ def snapshot(
         raise UsageError(f"month {month} has not ended yet (it ends {_local(win.end_ms, options.timezone)})")
     with LogView(data_dir, keys) as view:
         plan = view.plan(win, open_month=interim)
-        start_note, end_note = _seal(data_dir, keys, plan)
         builder = BagBuilder(out)
         try:
             dossiers, other_count = _write_records(
                 view, builder, plan, month, BlobStore(data_dir / "blobs", view.media_keys())
             )
+            # Sign missing checkpoints only now: pass 2 has recomputed every leaf of the range from its bytes.
+            start_note, end_note = _seal(data_dir, keys, plan)
             status = STATUS_INTERIM if interim else STATUS_CLOSED
             end_cp = checkpoint.parse_checkpoint_body(checkpoint.open_note(end_note)[0])
             sealed_ms = end_cp.timestamp_ms if end_cp.timestamp_ms is not None else win.end_ms
