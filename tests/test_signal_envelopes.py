@@ -16,7 +16,7 @@ from tests.support.signal_daemon import ACCOUNT, fixture_names, load_fixture
 PEER_UUID = "5e2f9d10-8a3b-4c6d-b7e8-1f2a3b4c5d6e"
 OWN_UUID = "0b7c3a52-1d5e-4f7a-9c1e-6f0e2a1b3c4d"
 GROUP = "group:U3RhbmRpbmdDb21taXR0ZWVCZWxlaWRzb3ZlcmxlZyE="
-DIRECT = f"direct:{PEER_UUID}"
+DIRECT = f"direct:{ACCOUNT}:{PEER_UUID}"  # 1:1 chats are scoped by the archived account
 
 # fixture -> (kind, conversation, event_id, relates_to)
 EXPECTED: dict[str, tuple[Kind, str, str, str | None]] = {
@@ -61,7 +61,11 @@ def test_envelope_kinds(name: str) -> None:
     event = one(params)
     kind, conversation, event_id, relates_to = EXPECTED[name]
     assert (event.source, event.kind, event.conversation, event.event_id, event.relates_to) == (
-        SIGNAL, kind, conversation, event_id, relates_to
+        SIGNAL,
+        kind,
+        conversation,
+        event_id,
+        relates_to,
     )
     assert event.raw == params
     assert event_from_bytes(canonical_bytes(event)) == event
@@ -109,7 +113,11 @@ def test_attachment_is_pending_with_signal_cli_id() -> None:
     """Attachments are pending references: signal-cli's id (in url), content type, file name, size."""
     (attachment,) = one(load_fixture("attachment")).attachments
     assert (attachment.status, attachment.url, attachment.media_type, attachment.filename, attachment.size) == (
-        "pending", "Xq3vT0bLm9Jk2a1.pdf", "application/pdf", "nota.pdf", 2048
+        "pending",
+        "Xq3vT0bLm9Jk2a1.pdf",
+        "application/pdf",
+        "nota.pdf",
+        2048,
     )
 
 
@@ -202,3 +210,15 @@ def test_any_bytes_never_raise(data: bytes) -> None:
     """Any line of bytes normalises without raising; what is stored round-trips."""
     for event in normalise_envelope(data, account=None, received_at=7):
         assert event_from_bytes(canonical_bytes(event)) == event
+
+
+def test_direct_chats_of_two_archived_phones_stay_apart() -> None:
+    """The same peer writing to two linked business phones gives two conversations; without a known
+    account the conversation falls back to the peer alone."""
+    params = load_fixture("dm_received")
+    first = normalise_envelope({**params, "account": "+31600000001"}, account=None, received_at=1)
+    second = normalise_envelope({**params, "account": "+31600000002"}, account=None, received_at=1)
+    assert first[0].conversation == f"direct:+31600000001:{PEER_UUID}"
+    assert second[0].conversation == f"direct:+31600000002:{PEER_UUID}"
+    bare = {k: v for k, v in params.items() if k != "account"}
+    assert normalise_envelope(bare, account=None, received_at=1)[0].conversation == f"direct:{PEER_UUID}"

@@ -19,8 +19,9 @@ Contract (pure: no I/O, no clock, no randomness):
   author + ":" + the message's timestamp (for edits the edit's own envelope
   timestamp, `relates_to` = author + ":" + `targetSentTimestamp`). A
   re-delivered envelope therefore has the same id and is stored once.
-* Conversation: "group:" + groupId, else "direct:" + the peer (the destination
-  of what the linked phone sent, the source of what it received).
+* Conversation: "group:" + groupId, else "direct:" + our account + ":" + the
+  peer (the destination of what the linked phone sent, the source of what it
+  received); "direct:" + the peer alone when the account is unknown.
 * Kinds: message/attachment (body, reply_to/quote, mentions, text_styles,
   view_once, expires_in_seconds, group), edit, deletion (remoteDelete),
   reaction (key, remove), retention_change (disappearing-messages timer:
@@ -144,6 +145,10 @@ def _build(params: JSONDict, account: str | None, received_at: int) -> list[Even
     own = inner.get("account") if isinstance(inner.get("account"), str) else account
     if own and "account" not in content:
         content = {**content, "account": own}
+    if own and conversation.startswith("direct:"):
+        # A 1:1 chat belongs to the linked phone that had it: two archived phones talking
+        # to the same person are two conversations, not one.
+        conversation = f"direct:{own}:{conversation[len('direct:') :]}"
     return [
         Event(
             source=events.SIGNAL,
