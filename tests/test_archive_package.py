@@ -163,3 +163,17 @@ def test_empty_month_and_many_conversations_with_few_open_files(
     assert len(full.transcripts) == 150
     assert sum(len(p.read_text().splitlines()) for p in (full.path / "data").rglob("events.jsonl")) == 600
     assert os.path.exists(full.path / "data" / "proof" / "leaves.txt")
+
+
+def test_interim_package_of_the_current_month_for_the_demo(tmp_path: Path) -> None:
+    """interim_package writes the range so far, closed by a fresh checkpoint, and returns its transcripts."""
+    from bridge.archive.package import interim_package
+    from bridge.archive.verify_package import verify_package
+    from tests.conftest import fill_log
+
+    log = create_log(tmp_path)
+    fill_log(log, 12)  # appended now: the current month
+    result = interim_package(log.data_dir, log.keys, OPTIONS, tmp_path / "archive")
+    assert result.path.name.endswith("-interim") and (result.start, result.end) == (0, 12)
+    assert [p.name for p in result.transcripts] == ["transcript.html"]
+    verify_package(result.path, (log.keys.key_name, log.keys.public_key))
