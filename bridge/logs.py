@@ -60,5 +60,5 @@ def setup(level: str = "INFO", fmt: str = "json") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # nio logs event bodies at DEBUG; keep libraries at WARNING whatever our level.
-    for noisy in ("nio", "aiohttp", "peewee", "asyncio"):
+    for noisy in ("nio", "aiohttp", "aiosqlite", "peewee", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -10,6 +10,18 @@ import pytest
 from bridge import logs
 
 
+@pytest.fixture(autouse=True)
+def restore_logging() -> object:
+    """`logs.setup` reconfigures the root logger; put it back so later tests don't log into a closed stream."""
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    levels = {name: logging.getLogger(name).level for name in ("nio", "aiohttp", "aiosqlite", "peewee", "asyncio")}
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
 def test_json_lines_carry_extras_and_redact_tokens(capsys: pytest.CaptureFixture[str]) -> None:
     """A log record becomes one JSON object; bearer/access tokens in any message are masked."""
     logs.setup("INFO", "json")
