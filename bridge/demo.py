@@ -6,8 +6,10 @@ officials, creates a fresh log, and runs the real capture pipeline (the same
 `run_capture` as `chatarchief run`, logging in token-only). The officials chat
 in an encrypted and a plain room: text, a reply, an edit, a deletion, a
 reaction and a file. When every sent event is durable in the log, everything is
-stopped and the demo prints what was captured, the result of `verify`, and
-where the data lives. Work files go to `./demo-data` (wiped at the next demo
+stopped, the month so far is written as an (interim) archive package and
+checked with the public key alone, and the demo prints what was captured, the
+results of `verify` and `verify-package`, the transcripts to open, and where
+the data lives. Work files go to `./demo-data` (wiped at the next demo
 run; a directory not made by the demo is never touched).
 """
 
@@ -29,6 +31,8 @@ from rich.console import Console
 from rich.table import Table
 
 from bridge import config, logs
+from bridge.archive.package import ArchiveOptions, SnapshotResult, interim_package
+from bridge.archive.verify_package import PackageReport, verify_package
 from bridge.capture import run_capture
 from bridge.devclients import Official, make_official, ok, poll_until
 from bridge.devserver import SynapseServer
@@ -52,6 +56,8 @@ class DemoResult:
     sent: dict[str, str] = field(default_factory=dict)  # event id -> room id
     events: list[tuple[int, Event]] = field(default_factory=list)
     report: VerifyReport | None = None
+    package: SnapshotResult | None = None
+    package_report: PackageReport | None = None
     seconds: float = 0.0
 
 
@@ -81,6 +87,7 @@ def write_config(
         f'[storage]\ndata_dir = "{result.data_dir}"\nkey_file = "{result.key_file}"\n\n'
         f'[matrix]\nhomeserver = "{server.url}"\nuser_id = "{bot_id}"\naccess_token_file = "{token_file}"\n'
         f"allowed_inviters = [{inviters}]\nsync_timeout_ms = 1000\n\n"
+        f'[archive]\ndestination = "{result.workdir / "archive"}"\n\n'
         '[organisation]\nname = "Demo-ministerie"\narchive_creator_id = "demo"\n\n'
         '[logging]\nlevel = "WARNING"\nformat = "text"\n'
     )
@@ -189,6 +196,12 @@ async def run_demo(workdir: Path) -> DemoResult:
         await bot
         result.events = list(iter_events(result.data_dir, material))
         result.report = verify_log(result.data_dir, material)
+        # The month is still open: write the package of the month so far (labelled interim),
+        # then check it as an archivist would, with the public key only.
+        options = ArchiveOptions.from_settings(settings)
+        result.package = interim_package(result.data_dir, material, options, settings.archive.destination)
+        public = keyfile.load_public(keyfile.public_path(result.key_file))
+        result.package_report = verify_package(result.package.path, public)
     finally:
         stop.set()
         if bot is not None and not bot.done():
@@ -258,6 +271,16 @@ def print_result(result: DemoResult, console: Console) -> None:
         f"[green]verify: intact[/] — {report.records} records, {report.checkpoints} signed checkpoints,"
         f" all decrypted and checked; root {report.root.hex()[:16]}…"
     )
+    package, checked = result.package, result.package_report
+    assert package is not None and checked is not None
+    console.print(
+        f"[green]verify-package: intact[/] — records {checked.start}..{checked.end - 1} of the log, "
+        f"{checked.record_files} event files, {checked.media_files} media files, {checked.mdto_files} MDTO files"
+        " (checked with the public key only)"
+    )
+    console.print(f"\nmonthly package (BagIt + MDTO, {package.status}): {package.path}")
+    for transcript in package.transcripts:
+        console.print(f"  open in a browser: {transcript}")
     console.print(f"\nlog (encrypted SQLite): {result.data_dir}")
     console.print(f"key file (outside the data dir, 0600): {result.key_file}")
     console.print(f"public key for auditors: {result.key_file}.pub")

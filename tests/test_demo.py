@@ -33,6 +33,12 @@ async def test_demo_captures_every_sent_event_and_verifies(tmp_path: Path) -> No
     assert result.report is not None and result.report.unsealed == 0
     assert result.report.records == len(result.events)
     assert result.seconds < 60
+    # The month so far is packaged, verified with the public key only, one transcript per room.
+    assert result.package is not None and result.package_report is not None
+    assert result.package_report.end == result.report.records
+    assert len(result.package.transcripts) == 2 and all(t.is_file() for t in result.package.transcripts)
+    html = b"".join(t.read_bytes() for t in result.package.transcripts)
+    assert "Kun je de Kamerbrief".encode() in html
 
 
 def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
@@ -62,4 +68,5 @@ def test_demo_command_prints_summary(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "verify: intact" in proc.stdout and "Overleg Kamerbrief" in proc.stdout
+    assert "verify-package: intact" in proc.stdout and "transcript.html" in proc.stdout
     assert "Traceback" not in proc.stderr
