@@ -8,13 +8,9 @@ assertions are about what is durable, not about what the bot says it did.
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import subprocess
-import sys
 import uuid
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -24,89 +20,11 @@ from bridge.events import Event, Kind
 from bridge.log import keys as keyfile
 from bridge.log.verify import verify_log
 from bridge.sources.matrix_session import load_session
+from tests.support.botrun import BotRun, chatarchief, files_containing, write_config
 from tests.support.logview import LogView
 from tests.support.officials import OfficialFactory, poll_until, unique_name
 
 pytestmark = [pytest.mark.synapse, pytest.mark.slow]
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def chatarchief(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run the command line to completion (as an operator would)."""
-    return subprocess.run(
-        [sys.executable, "-m", "bridge.cli", *args], capture_output=True, text=True, timeout=60, cwd=REPO
-    )
-
-
-@dataclass
-class BotRun:
-    """`chatarchief run --config` as a child process; each start logs to its own stderr file."""
-
-    config: Path
-    workdir: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-
-    @property
-    def logs(self) -> list[Path]:
-        return sorted(self.workdir.glob("run-*.stderr"))
-
-    def start(self) -> subprocess.Popen[bytes]:
-        stderr = (self.workdir / f"run-{len(self.procs)}.stderr").open("wb")
-        try:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "bridge.cli", "run", "--config", str(self.config)],
-                stdin=subprocess.DEVNULL,
-                stdout=stderr,
-                stderr=stderr,
-                cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            )
-        finally:
-            stderr.close()
-        self.procs.append(proc)
-        return proc
-
-    def stderr_tail(self) -> str:
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in self.logs)
-
-    def cleanup(self) -> None:
-        for proc in self.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-
-
-def write_config(tmp_path: Path, synapse: SynapseServer, user_id: str, password: str, allowed: str) -> Path:
-    secrets_dir = tmp_path / "secrets"
-    secrets_dir.mkdir(mode=0o700)
-    password_file = secrets_dir / "bot.password"
-    password_file.write_text(password)
-    password_file.chmod(0o600)
-    config = tmp_path / "chatarchief.toml"
-    config.write_text(
-        f"""
-[storage]
-data_dir = "{tmp_path / "data"}"
-key_file = "{secrets_dir / "chatarchief.key"}"
-
-[matrix]
-homeserver = "{synapse.url}"
-user_id = "{user_id}"
-password_file = "{password_file}"
-allowed_inviters = ["{allowed}"]
-sync_timeout_ms = 5000
-
-[logging]
-level = "INFO"
-format = "json"
-"""
-    )
-    return config
-
-
-def files_containing(root: Path, needle: bytes) -> list[Path]:
-    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
 
 
 async def test_run_survives_sigkill_and_seals_on_sigterm(

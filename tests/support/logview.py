@@ -48,6 +48,9 @@ class LogView:
     def cursors(self) -> dict[str, str]:
         return {str(k): str(v) for k, v in self._conn.execute("SELECT name, value FROM cursors")}
 
+    def counters(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self._conn.execute("SELECT name, value FROM counters")}
+
     def checkpoint_sizes(self) -> list[int]:
         return [int(s) for (s,) in self._conn.execute("SELECT size FROM checkpoints ORDER BY size")]
 
