@@ -15,6 +15,12 @@ Contract with the capture pipeline:
   or just joined) from the start of the history the bot may see. Each page is
   committed on its own with `cursor=None` (the stored cursor stays), before the
   sync batch's final commit: memory stays bounded by the page size.
+- An outage (homeserver unreachable or refusing, at start-up or mid-stream)
+  is logged when it starts and becomes one Kind.NOTICE event (`content.notice
+  = "capture_gap"`, `gap_start_ms`, `gap_end_ms`, `reason`) committed with the
+  first sync batch after it. Nothing is lost meanwhile (the homeserver keeps
+  the history; the cursor and backfill pick it up): the notice is the record
+  that capture was late, not that it missed events.
 - Invites are accepted from `allowed_inviters` or for `rooms`, else declined;
   logs carry ids, never message content.
 - Encrypted events nio cannot decrypt are committed as `undecryptable`, their
@@ -46,7 +52,7 @@ from typing import Any, Protocol
 from nio import AsyncClientConfig, MegolmEvent
 
 from bridge.errors import SourceError
-from bridge.events import Event, EventId, Kind
+from bridge.events import MATRIX, ConversationId, Event, EventId, Kind
 from bridge.sources import matrix_crypto as crypto
 from bridge.sources.matrix_backfill import gap_pages
 from bridge.sources.matrix_bridges import BridgeTracker
@@ -135,6 +141,8 @@ class MatrixSource:
         #: Set once the first sync batch is committed (tests and health checks wait on it).
         self.synced = asyncio.Event()
         self._commits = 0
+        #: (start ms, reason) of an outage not yet recorded in the log.
+        self._outage: tuple[int, str] | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -150,6 +158,10 @@ class MatrixSource:
             except SourceError as exc:
                 if self._commits > commits_before:
                     backoff = self.cfg.backoff_initial  # it worked for a while: a fresh outage
+                if self._outage is None:
+                    self._outage = (_now_ms(), str(exc))
+                    log.warning("matrix homeserver unreachable; capture waits and reconnects", extra={
+                        "homeserver": self.cfg.homeserver, "reason": str(exc)})  # fmt: skip
                 log.warning("matrix source: %s; retrying in %.1fs", exc, backoff)
                 if await _wait(stop, backoff):
                     return
@@ -275,7 +287,10 @@ class MatrixSource:
             await self._collect_room(client, batch, room_id, room, response.rooms.leave.get(room_id), cursor, False)
         if self._state.pending and (body.get("to_device") or {}).get("events"):
             self._collect_late(client, batch)
+        if self._outage is not None:
+            batch.events.append(self._gap_notice(*self._outage))
         await self._commit(client, batch, response.next_batch)
+        self._outage = None
         self.synced.set()
         return str(response.next_batch)
 
@@ -388,6 +403,27 @@ class MatrixSource:
             return events
         fetcher = MediaFetcher(client.client_session, self.cfg.homeserver, client.access_token)
         return [await fetch_attachments(fetcher, e, self.blobs, self.cfg.max_media_bytes) for e in events]
+
+    def _gap_notice(self, start_ms: int, reason: str) -> Event:
+        """The record of an outage, committed with the first sync batch after it."""
+        end = _now_ms()
+        log.warning("matrix homeserver reachable again; outage recorded", extra={"gap_ms": end - start_ms})
+        return Event(
+            source=MATRIX,
+            conversation=ConversationId(f"notice:matrix:{self.cfg.user_id or self.cfg.homeserver}"),
+            event_id=EventId(f"gap:{start_ms}-{end}"),
+            kind=Kind.NOTICE,
+            sender=None,
+            sent_at=end,
+            received_at=end,
+            content={
+                "notice": "capture_gap",
+                "gap_start_ms": start_ms,
+                "gap_end_ms": end,
+                "reason": reason,
+                "homeserver": self.cfg.homeserver,
+            },
+        )
 
     def _after_commit(self, batch: _Batch) -> None:
         for room_id in batch.backfilled:
