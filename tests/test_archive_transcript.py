@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import unicodedata
 from html.parser import HTMLParser
 from typing import Any
 
@@ -286,6 +287,43 @@ def test_clean_text_is_idempotent_and_control_free(text: str) -> None:
     assert all(c in "\t\n" or not (ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F) for c in once)
     assert not any(0xD800 <= ord(c) <= 0xDFFF for c in once)
     once.encode("utf-8")
+
+
+def reference_clean_text(text: str) -> str:
+    """The first, per-character clean_text: the definition the fast one must match."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(ch if _reference_shown(ch) else "\ufffd" for ch in text)
+
+
+def _reference_shown(ch: str) -> bool:
+    if ch in "\t\n":
+        return True
+    if unicodedata.category(ch) in ("Cc", "Cs"):
+        return False
+    cp = ord(ch)
+    return not (0xFDD0 <= cp <= 0xFDEF or (cp & 0xFFFE) == 0xFFFE)
+
+
+#: Characters at the edges of what clean_text keeps, mixed into arbitrary text (surrogates included).
+EDGES = "\t\n\r\x00\x08\x0b\x1f \x7e\x7f\x80\x9f\xa0\xad\u200d\u202e\u2028\ud7ff\ud800\udfff\ue000"
+EDGES += "\ufdcf\ufdd0\ufdef\ufdf0\ufeff\ufffd\ufffe\uffff\U00010000\U0001fffe\U0001ffff\U0010fffd\U0010ffff"
+
+
+@settings(max_examples=2000)
+@given(st.text(alphabet=st.one_of(st.sampled_from(EDGES), st.characters(exclude_categories=()))))
+def test_clean_text_equals_the_reference_implementation(text: str) -> None:
+    """The regex/isprintable clean_text gives exactly what the per-character reference gives, for any text."""
+    assert clean_text(text) == reference_clean_text(text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "plain", "a\r\nb\rc\n", "tab\tnew\nline", "é👍\n", "\u202e\n\x00", EDGES],
+    ids=["empty", "plain", "cr", "tab-lf", "non-ascii", "bidi-nul", "edges"],
+)
+def test_clean_text_equals_the_reference_on_edge_cases(text: str) -> None:
+    """Each fast path (printable, only TAB/LF/CR, needs replacing) agrees with the reference."""
+    assert clean_text(text) == reference_clean_text(text)
 
 
 def test_output_is_deterministic() -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import html
+import re
 import unicodedata
 import urllib.parse
 from collections.abc import Collection, Iterable, Mapping
@@ -57,20 +58,25 @@ class TranscriptEntry:
     media: Mapping[str, str] = field(default_factory=dict)
 
 
+#: What `clean_text` replaces: C0/C1 controls but TAB and LF, surrogates, and the 66 noncharacters.
+_UNSHOWN = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(chr(plane << 16 | low) for plane in range(17) for low in (0xFFFE, 0xFFFF))
+    + "]"
+)
+
+
 def clean_text(text: str) -> str:
     """The text as shown: CRLF/CR -> LF; other controls (but TAB, LF), surrogates, noncharacters -> U+FFFD."""
-    text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return "".join(ch if _shown(ch) else "\ufffd" for ch in text)
-
-
-def _shown(ch: str) -> bool:
-    if ch in "\t\n":
-        return True
-    cat = unicodedata.category(ch)
-    if cat in ("Cc", "Cs"):
-        return False
-    cp = ord(ch)
-    return not (0xFDD0 <= cp <= 0xFDEF or (cp & 0xFFFE) == 0xFFFE)
+    # Fast paths: every character `_UNSHOWN` matches is in category Cc, Cs or Cn (noncharacters are never
+    # assigned), and str.isprintable() is False for all of those, so printable text has nothing to replace.
+    if text.isprintable():
+        return text
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text.replace("\n", "").replace("\t", "").isprintable():
+        return text
+    return _UNSHOWN.sub("\ufffd", text)
 
 
 def esc(text: object) -> str:
