@@ -122,11 +122,18 @@ class LogStore:
         path = db_path(data_dir)
         if not path.exists():
             raise UsageError(f"no log in {data_dir}; create one with `chatarchief init`")
-        conn = await aiosqlite.connect(path, isolation_level=None)
         try:
+            conn = await aiosqlite.connect(path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the log {path}: {exc}") from None
+        try:
+            # WAL mode creates -wal and -shm beside the database: a full disk fails here.
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=FULL")
             return await cls._load(conn, keys, policy or CheckpointPolicy())
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise StorageError(f"cannot open the log {path} (disk full or unwritable?): {exc}") from None
         except BaseException:
             await conn.close()
             raise

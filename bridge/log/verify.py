@@ -62,10 +62,28 @@ def open_readonly(data_dir: Path) -> sqlite3.Connection:
     if not path.exists():
         raise UsageError(f"no log at {path}; is --data-dir right?")
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-        conn.execute("SELECT 1 FROM meta LIMIT 1")
+        return _connect(path, "mode=ro")
+    except sqlite3.OperationalError as exc:
+        wal = path.with_name(path.name + "-wal")
+        if wal.exists() and wal.stat().st_size > 0:
+            raise StorageError(f"{path} is not readable: {exc}") from None
+        # Cleanly closed (no WAL): a read-only open must still create the -shm file, which a full or
+        # read-only disk refuses. Nothing is in a WAL, so the database file alone is the whole log.
+        try:
+            return _connect(path, "mode=ro&immutable=1")
+        except sqlite3.DatabaseError as again:
+            raise StorageError(f"{path} is not a readable Chatarchief log: {again}") from None
     except sqlite3.DatabaseError as exc:
         raise StorageError(f"{path} is not a readable Chatarchief log: {exc}") from None
+
+
+def _connect(path: Path, mode: str) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{path}?{mode}", uri=True)
+    try:
+        conn.execute("SELECT 1 FROM meta LIMIT 1")
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 
