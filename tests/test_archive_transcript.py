@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import unicodedata
+from datetime import datetime
 from html.parser import HTMLParser
 from typing import Any
 
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 
 from bridge.archive.transcript import (
     CSP,
+    TIMEZONE,
     TranscriptEntry,
     anchor,
     clean_text,
@@ -232,6 +234,47 @@ def test_times_are_amsterdam_and_hostile_times_do_not_raise() -> None:
     assert format_time(2**62).startswith("invalid time")
     assert format_time(None) == "unknown time"
     assert_inert(render(entries_of([ev(0, sent_at=-(2**62))])))
+
+
+def reference_format_time(ms: int) -> str:
+    """format_time as first written: strftime for every value."""
+    try:
+        return datetime.fromtimestamp(ms // 1000, TIMEZONE).strftime("%Y-%m-%d %H:%M:%S %Z")
+    except (OverflowError, OSError, ValueError):
+        return f"invalid time ({ms})"
+
+
+@settings(max_examples=2000)
+@given(
+    st.one_of(
+        st.integers(),
+        st.integers(min_value=-62_135_600_000_000, max_value=253_402_400_000_000),  # around years 1..9999
+        st.integers(min_value=-4_000_000_000_000, max_value=4_200_000_000_000),  # 1843..2103: LMT, AMT, DST
+    )
+)
+def test_format_time_equals_strftime(ms: int) -> None:
+    """The hand-formatted time is exactly strftime's string (zone names, DST, years below 1000, overflow)."""
+    assert format_time(ms) == reference_format_time(ms)
+
+
+def test_format_time_equals_strftime_around_every_amsterdam_transition() -> None:
+    """Each second within two minutes of the clock changes of 1900..2100 formats as strftime does."""
+
+    def offset(second: int) -> object:
+        return datetime.fromtimestamp(second, TIMEZONE).utcoffset()
+
+    transitions = 0
+    for day in range(-70 * 366, 130 * 366):
+        lo, hi = day * 86_400, day * 86_400 + 86_400
+        if offset(lo) == offset(hi):
+            continue
+        while hi - lo > 1:  # the first second of the new offset
+            mid = (lo + hi) // 2
+            lo, hi = (mid, hi) if offset(mid) == offset(lo) else (lo, mid)
+        transitions += 1
+        for second in range(hi - 120, hi + 120):
+            assert format_time(second * 1000 + 999) == reference_format_time(second * 1000 + 999)
+    assert transitions > 300
 
 
 # -- hostile input ------------------------------------------------------------------------

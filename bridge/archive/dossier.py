@@ -50,25 +50,24 @@ class DossierSummary:
         if event.sender is not None and event.kind != Kind.NOTICE:
             self._senders.add((event.source, event.sender))
         at = event.sent_at if event.sent_at is not None else event.received_at
-        actor = Participant(event.sender, event.source) if event.sender is not None else None
         if event.kind in (Kind.MESSAGE, Kind.ATTACHMENT) and not self._created:
             self._created = True
-            self._events.append(DossierEvent("Creatie", at, actor, "eerste bericht van de maand"))
+            self._events.append(DossierEvent("Creatie", at, _actor(event), "eerste bericht van de maand"))
         elif event.kind == Kind.EDIT:
-            self._detail("Wijziging", at, actor, f"bericht {event.relates_to} gewijzigd; eerdere versies bewaard")
+            self._detail("Wijziging", at, event, f"bericht {event.relates_to} gewijzigd; eerdere versies bewaard")
         elif event.kind == Kind.DELETION:
-            self._detail("Verwijdering in chat", at, actor, f"bericht {event.relates_to} verwijderd; origineel bewaard")
+            self._detail("Verwijdering in chat", at, event, f"bericht {event.relates_to} verwijderd; origineel bewaard")
 
     def _learn_name(self, event: Event) -> None:
         target, name = event.content.get("target"), event.content.get("displayname")
         if isinstance(target, str) and isinstance(name, str) and name:
             self._names[(event.source, target)] = name
 
-    def _detail(self, kind: EventType, at: int, actor: Participant | None, result: str) -> None:
+    def _detail(self, kind: EventType, at: int, event: Event, result: str) -> None:
         n = self._per_type.get(kind, 0)
         self._per_type[kind] = n + 1
         if n < self.cap:
-            self._events.append(DossierEvent(kind, at, actor, result))
+            self._events.append(DossierEvent(kind, at, _actor(event), result))
             return
         folded = self._folded.setdefault(kind, _Folded())
         folded.count += 1
@@ -88,3 +87,7 @@ class DossierSummary:
                 DossierEvent("Bevriezing", sealed_at_ms, ARCHIVER, "maand verzegeld met een ondertekend checkpoint")
             )
         return tuple(out)
+
+
+def _actor(event: Event) -> Participant | None:
+    return Participant(event.sender, event.source) if event.sender is not None else None

@@ -108,9 +108,13 @@ def format_time(ms: int | None) -> str:
     if ms is None:
         return "unknown time"
     try:
-        return datetime.fromtimestamp(ms // 1000, TIMEZONE).strftime("%Y-%m-%d %H:%M:%S %Z")
+        t = datetime.fromtimestamp(ms // 1000, TIMEZONE)
     except (OverflowError, OSError, ValueError):
         return f"invalid time ({ms})"
+    if t.year < 1000:  # strftime's %Y pads these or not depending on the C library: keep its output
+        return t.strftime("%Y-%m-%d %H:%M:%S %Z")
+    # The same string as strftime("%Y-%m-%d %H:%M:%S %Z"), without its cost (it dominated per-entry time).
+    return f"{t.year}-{t.month:02d}-{t.day:02d} {t.hour:02d}:{t.minute:02d}:{t.second:02d} {t.tzname()}"
 
 
 def write_transcript(
@@ -135,10 +139,19 @@ def write_transcript(
     renderer = _Renderer(dict(names or {}), edited_ids, deleted_ids)
     out.write(_head(title, conversation, month).encode("utf-8"))
     count = 0
+    batch: list[str] = []
     for entry in entries:
-        out.write(renderer.entry(entry).encode("utf-8"))
+        batch.append(renderer.entry(entry))
         count += 1
-    out.write(_foot(count).encode("utf-8"))
+        if len(batch) == _BATCH:
+            out.write("".join(batch).encode("utf-8"))
+            batch.clear()
+    batch.append(_foot(count))
+    out.write("".join(batch).encode("utf-8"))
+
+
+#: Entries rendered before one write: fewer, larger writes; memory stays bounded (~100 KB per batch).
+_BATCH = 256
 
 
 def _attachment_html(att: Attachment, media: Mapping[str, str]) -> str:
@@ -204,6 +217,7 @@ class _Renderer:
         self._names = names
         self._edited = edited
         self._deleted = deleted
+        self._who_html: dict[str | None, str] = {}  # `_who` per sender, valid while `_names` is unchanged
 
     def entry(self, entry: TranscriptEntry) -> str:
         ev = entry.event
@@ -223,10 +237,18 @@ class _Renderer:
             return
         if name and _text(ev.content, "membership") == "join":
             self._names[target] = name
+            self._who_html.pop(target, None)
         elif _text(ev.content, "membership") in ("leave", "ban"):
             self._names.pop(target, None)
+            self._who_html.pop(target, None)
 
     def _who(self, sender: str | None) -> str:
+        shown = self._who_html.get(sender)
+        if shown is None:
+            shown = self._who_html[sender] = self._who_uncached(sender)
+        return shown
+
+    def _who_uncached(self, sender: str | None) -> str:
         if sender is None:
             return '<span class="who note">(no sender)</span>'
         name = self._names.get(sender)
@@ -308,7 +330,11 @@ class _Renderer:
 
 def _li(aid: str, kind: str, seq: int, head: str, body: str) -> str:
     seq_link = f'<a class="seq" href="#{aid}">#{seq}</a>'
-    return f'<li id="{aid}" class="entry {esc(kind)}"><div class="head">{head} {seq_link}</div>{body}</li>\n'
+    css = _KIND_CLASS.get(kind) or esc(kind)
+    return f'<li id="{aid}" class="entry {css}"><div class="head">{head} {seq_link}</div>{body}</li>\n'
+
+
+_KIND_CLASS = {k: esc(k) for k in (*(kind.value for kind in Kind), "withheld", "note")}
 
 
 def _tombstone(w: Withheld) -> str:
