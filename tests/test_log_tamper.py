@@ -131,14 +131,22 @@ def test_truncation_with_checkpoints_removed_needs_an_outside_checkpoint(filled_
     """Whoever can write the data dir can cut the tail and its checkpoints; a checkpoint kept elsewhere catches it.
 
     From the data dir alone this is indistinguishable from a crash before sealing (reported as an
-    unsealed tail), which is why checkpoints are exported with every package and can be pinned.
+    unsealed tail) once the attacker also rewrites the saved frontier (a naive cut that leaves it is
+    caught), which is why checkpoints are exported with every package and can be pinned.
     """
-    from bridge.log import checkpoint
+    from bridge.log import checkpoint, merkle
+    from bridge.log.schema import frontier_bytes
 
     conn = attacker(filled_log.db)
     kept = conn.execute("SELECT note FROM checkpoints WHERE size = 50").fetchone()[0]
     conn.execute("DELETE FROM records WHERE seq >= 45")
     conn.execute("DELETE FROM checkpoints WHERE size > 45")
+    with pytest.raises(LogIntegrityError, match="frontier"):
+        verify_log(filled_log.data_dir)
+    frontier = merkle.Frontier()
+    for (leaf,) in conn.execute("SELECT leaf FROM records ORDER BY seq"):
+        frontier.append(bytes(leaf))
+    conn.execute("UPDATE meta SET v = ? WHERE k = 'frontier'", (frontier_bytes(frontier),))
     conn.close()
     report = verify_log(filled_log.data_dir)
     assert report.sealed_size == 40 and report.unsealed == 5

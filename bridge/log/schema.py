@@ -36,6 +36,17 @@ CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
     BEGIN SELECT RAISE(ABORT, 'append-only'); END;
 """
 
+
+def expected_schema() -> list[tuple[str, str, str, str | None]]:
+    """(type, name, table, sql) of every schema object a log holds, sorted: what `verify` compares against."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(_SCHEMA)
+        return sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
+    finally:
+        conn.close()
+
+
 INDEX_PURPOSE = "index"
 DATA_PURPOSE = "data"
 

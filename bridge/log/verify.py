@@ -30,7 +30,15 @@ from bridge.events import EncodingError, event_from_bytes
 from bridge.log import checkpoint, crypto, format, merkle
 from bridge.log.decision import DECISION_SOURCE, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
-from bridge.log.schema import check_key_matches, conversation_tag, db_path, dedup_tag, unwrap_keys
+from bridge.log.schema import (
+    check_key_matches,
+    conversation_tag,
+    db_path,
+    dedup_tag,
+    expected_schema,
+    frontier_bytes,
+    unwrap_keys,
+)
 
 Progress = Callable[[int], None]
 
@@ -75,6 +83,8 @@ def open_readonly(data_dir: Path) -> sqlite3.Connection:
             raise StorageError(f"{path} is not a readable Chatarchief log: {again}") from None
     except sqlite3.DatabaseError as exc:
         raise StorageError(f"{path} is not a readable Chatarchief log: {exc}") from None
+    except UnicodeDecodeError:  # SQLite's message quotes a damaged schema that is no longer UTF-8
+        raise StorageError(f"{path} is not a readable Chatarchief log: its schema is damaged") from None
 
 
 def _connect(path: Path, mode: str) -> sqlite3.Connection:
@@ -98,8 +108,8 @@ def verify_log(
     conn = open_readonly(data_dir)
     try:
         return _verify(conn, keys, public_key, progress, anchors)
-    except sqlite3.DatabaseError as exc:
-        # A corrupt page is evidence of damage, not a usage error.
+    except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+        # A corrupt page (or a TEXT value that is no longer UTF-8) is evidence of damage, not a usage error.
         raise LogIntegrityError(None, f"the database file is damaged: {exc}") from None
     finally:
         conn.close()
@@ -153,7 +163,40 @@ def _verify(
             frontier.size,
             f"log truncated: a signed checkpoint covers {next_cp.size} records but only {frontier.size} are stored",
         )
+    _check_bookkeeping(conn, meta, frontier)
     return report
+
+
+def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes], frontier: merkle.Frontier) -> None:
+    """What the writer trusts besides the records: the schema and the saved frontier.
+
+    Neither is evidence, but the writer builds on both: a damaged frontier would be
+    extended into wrong roots, a damaged schema (say, a column type) changes how
+    later rows are stored. Dropped triggers are tolerated: they only guard against
+    accidents (see store.py); a trigger that is present must be the one we wrote.
+    """
+    expected = {(t, n): (tbl, sql) for t, n, tbl, sql in expected_schema()}
+    found = {(str(t), str(n)): (str(tbl), sql) for t, n, tbl, sql in conn.execute(
+        "SELECT type, name, tbl_name, sql FROM sqlite_master")}  # fmt: skip
+    for key, value in found.items():
+        if expected.get(key) != value:
+            raise LogIntegrityError(None, f"the database schema was altered: {key[0]} {key[1]!r}", found=str(value))
+    missing = [name for (kind, name) in expected if kind != "trigger" and (kind, name) not in found]
+    if missing:
+        raise LogIntegrityError(None, f"the database schema was altered: {', '.join(missing)} missing")
+    # Source cursors and counters are operational state (not signed): read them so damage shows, and
+    # let SQLite check every b-tree and that each index (the dedup index above all) matches its table.
+    conn.execute("SELECT name, value, updated_ms FROM cursors").fetchall()
+    conn.execute("SELECT name, value FROM counters").fetchall()
+    problems = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(5)")]
+    if problems != ["ok"]:
+        raise LogIntegrityError(None, f"the database file is damaged: {'; '.join(problems)}")
+    saved = meta.get("frontier")
+    if saved is not None and not crypto.hmac_equal(saved, frontier_bytes(frontier)):
+        raise LogIntegrityError(
+            frontier.size,
+            "the saved tree frontier (meta) does not match the records; the writer would extend it wrongly",
+        )
 
 
 def _signer(
@@ -191,11 +234,16 @@ def _unlock(conn: sqlite3.Connection, meta: dict[str, bytes], keys: KeyMaterial)
 
 def _checked_checkpoints(conn: sqlite3.Connection, name: str, pub: Ed25519PublicKey) -> list[checkpoint.Checkpoint]:
     out: list[checkpoint.Checkpoint] = []
-    for size, note in conn.execute("SELECT size, note FROM checkpoints ORDER BY size"):
+    for size, created_ms, note in conn.execute("SELECT size, created_ms, note FROM checkpoints ORDER BY size"):
         try:
             cp = checkpoint.verify_checkpoint_note(str(note), name, pub)
         except checkpoint.CheckpointError as exc:
             raise LogIntegrityError(size, f"checkpoint for tree size {size} does not verify: {exc}") from None
+        if cp.timestamp_ms is not None and created_ms != cp.timestamp_ms:
+            # The writer's checkpoint interval and the archive read this column: it must be the signed time.
+            raise LogIntegrityError(
+                size, "checkpoint's stored time differs from the signed one", str(cp.timestamp_ms), str(created_ms)
+            )
         if cp.size != size:
             raise LogIntegrityError(
                 size, "checkpoint's stored tree size differs from the signed one", str(cp.size), str(size)
