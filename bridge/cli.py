@@ -97,6 +97,16 @@ def _load_keys(key_file: Path, data_dir: Path) -> KeyMaterial:
     return _guard(load)
 
 
+def _open_keys(
+    config_file: Path | None, data_dir: Path | None, key_file: Path | None
+) -> tuple[config.Settings, Path, KeyMaterial]:
+    """Config, data dir and key material for a command that needs the key file."""
+    settings = _settings(config_file)
+    dd, kf = _paths(settings, data_dir, key_file)
+    assert kf is not None
+    return settings, dd, _load_keys(kf, dd)
+
+
 def _policy(settings: config.Settings) -> CheckpointPolicy:
     s = settings.storage
     return CheckpointPolicy(every_records=s.checkpoint_every_records, every_seconds=s.checkpoint_every_seconds)
@@ -137,10 +147,7 @@ def import_cmd(
     config_file: ConfigOpt = None,
 ) -> None:
     """Append events from a file; bad lines are kept as `unknown`. Ends with a signed checkpoint."""
-    settings = _settings(config_file)
-    dd, kf = _paths(settings, data_dir, key_file)
-    assert kf is not None
-    material = _load_keys(kf, dd)
+    settings, dd, material = _open_keys(config_file, data_dir, key_file)
     if not file.is_file():
         _fail(f"{file} is not a readable file", 2)
     total = file.stat().st_size
@@ -205,10 +212,7 @@ def run(config_file: ConfigOpt = None, data_dir: DataDirOpt = None, key_file: Ke
     """Run the bot: capture the configured sources until SIGTERM/SIGINT, then seal the log."""
     if config_file is None:
         _fail("run needs --config FILE (see config/chatarchief.example.toml)", 2)
-    settings = _settings(config_file)
-    dd, kf = _paths(settings, data_dir, key_file)
-    assert kf is not None
-    material = _load_keys(kf, dd)
+    settings, dd, material = _open_keys(config_file, data_dir, key_file)
     from bridge import logs
     from bridge.capture import install_stop_signals, run_capture
 
@@ -237,10 +241,7 @@ def demo(
 @app.command("rotate-key")
 def rotate_key(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_file: ConfigOpt = None) -> None:
     """Start a new data key; records already written stay readable with their old key."""
-    settings = _settings(config_file)
-    dd, kf = _paths(settings, data_dir, key_file)
-    assert kf is not None
-    material = _load_keys(kf, dd)
+    _, dd, material = _open_keys(config_file, data_dir, key_file)
 
     async def go() -> int:
         async with await LogStore.open(dd, material) as store:
@@ -265,10 +266,7 @@ def withhold_cmd(
     """Append a decision record withholding an event from archive packages (or releasing it)."""
     from bridge.policy import withhold
 
-    settings = _settings(config_file)
-    dd, kf = _paths(settings, data_dir, key_file)
-    assert kf is not None
-    material = _load_keys(kf, dd)
+    settings, dd, material = _open_keys(config_file, data_dir, key_file)
 
     async def go() -> int:
         async with await LogStore.open(dd, material, _policy(settings)) as store:
@@ -291,10 +289,7 @@ def snapshot(
     from bridge.archive.package import snapshot as write_snapshot
     from bridge.archive.range import parse_month
 
-    settings = _settings(config_file)
-    dd, kf = _paths(settings, data_dir, key_file)
-    assert kf is not None
-    material = _load_keys(kf, dd)
+    settings, dd, material = _open_keys(config_file, data_dir, key_file)
     options = ArchiveOptions.from_settings(settings)
     result = _guard(lambda: write_snapshot(dd, material, parse_month(month), out_dir, options))
     verb = "wrote" if result.written else "already there (identical)"
