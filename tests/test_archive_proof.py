@@ -58,6 +58,32 @@ def test_content_line_is_canonical_json_and_recomputes_the_leaf() -> None:
     assert rec.content == ev.to_json()
 
 
+@settings(max_examples=300)
+@given(
+    st.sampled_from(["event", "decision"]),
+    st.integers(min_value=0, max_value=2**63 - 1),
+    st.binary(max_size=40),
+    st.dictionaries(st.text(max_size=8), st.text(max_size=12), max_size=3),
+    st.dictionaries(st.text(max_size=8), st.one_of(st.text(max_size=20), st.integers(-(2**63), 2**63 - 1)), max_size=4),
+)
+def test_content_line_equals_canonical_json_of_its_dict(
+    key: str, seq: int, salt: bytes, files: dict[str, str], content: dict[str, object]
+) -> None:
+    """For any seq, salt, files and content, the byte-template line is canonical JSON of the record's dict."""
+    header, ct_hash = _header(seq % 2**64), hashlib.sha256(salt).digest()
+    line = proof.content_line(key, seq, header, salt, canonical_json(content), ct_hash, files or None)
+    d: dict[str, object] = {
+        "ciphertext_sha256": ct_hash.hex(),
+        key: content,
+        "header": proof.b64(header),
+        "salt": proof.b64(salt),
+        "seq": seq,
+    }
+    if files:
+        d["files"] = files
+    assert line == canonical_json(d) + b"\n"
+
+
 def test_sealed_line_keeps_the_leaf_without_content() -> None:
     """A withheld record's line has header, commitment and ciphertext hash: the same leaf, no plaintext."""
     header, commit, ct = _header(3), os.urandom(32), os.urandom(10)

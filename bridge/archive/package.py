@@ -68,6 +68,7 @@ log = logging.getLogger(__name__)
 
 SPILL_BYTES = 16 << 20  # event lines held in memory before they are appended to their files
 MEDIA_NAME_BYTES = 200
+LEAF_BATCH = 4096  # leaf lines (65 bytes each) held before they are written
 STATUS_CLOSED = "closed month"
 STATUS_INTERIM = "open month, interim"
 
@@ -241,10 +242,14 @@ def _write_records(
     consistency = proof.ConsistencyBuilder(plan.frontier_start, plan.end)
     other = builder.open("proof/other-records.jsonl")
     leaves = builder.open("proof/leaves.txt")
+    leaf_lines: list[bytes] = []  # written LEAF_BATCH at a time
     others = 0
     try:
         for rec in view.records(plan.start, plan.end, view.leaf_before(plan.start)):
-            leaves.write(proof.leaf_line(rec.leaf))
+            leaf_lines.append(proof.leaf_line(rec.leaf))
+            if len(leaf_lines) == LEAF_BATCH:
+                leaves.write(b"".join(leaf_lines))
+                leaf_lines.clear()
             frontier.append(rec.leaf)
             consistency.add(rec.leaf)
             if rec.header.type != format.RecordType.EVENT:
@@ -265,6 +270,7 @@ def _write_records(
             state.sha.update(line)
             state.size += len(line)
             state.records += 1
+        leaves.write(b"".join(leaf_lines))
     finally:
         spill.close()
         other.close()
@@ -380,8 +386,6 @@ def _local(ms: int, timezone: str) -> str:
 
 def _local_date(ms: int, timezone: str) -> date:
     return datetime.fromtimestamp(ms / 1000, ranges.zone(timezone)).date()
-
-
 
 
 def interim_package(data_dir: Path, keys: KeyMaterial, options: ArchiveOptions, destination: Path) -> SnapshotResult:

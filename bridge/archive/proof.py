@@ -84,12 +84,16 @@ def content_line(
     key: str, seq: int, header: bytes, salt: bytes, payload: bytes, ct_hash: bytes, files: Mapping[str, str] | None
 ) -> bytes:
     """The line of a record shown in full; `key` is "event" or "decision"; equals canonical_json of the dict."""
-    parts = [b'{"ciphertext_sha256":"', ct_hash.hex().encode(), b'","', key.encode(), b'":', payload]
-    if files:
-        parts += [b',"files":', canonical_json(dict(files))]
-    parts += [b',"header":"', b64(header).encode(), b'","salt":"', b64(salt).encode(), b'","seq":', str(seq).encode()]
-    parts.append(b"}\n")
-    return b"".join(parts)
+    files_part = b',"files":' + canonical_json(dict(files)) if files else b""
+    return b'{"ciphertext_sha256":"%b","%b":%b%b,"header":"%b","salt":"%b","seq":%d}\n' % (
+        binascii.hexlify(ct_hash),
+        key.encode(),
+        payload,
+        files_part,
+        binascii.b2a_base64(header, newline=False),
+        binascii.b2a_base64(salt, newline=False),
+        seq,
+    )
 
 
 def sealed_line(seq: int, header: bytes, commit: bytes, ct_hash: bytes, withheld: Mapping[str, Any] | None) -> bytes:

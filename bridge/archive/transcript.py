@@ -288,7 +288,9 @@ class _Renderer:
             text = f'<div class="body" dir="auto">{esc(body)}</div>' if body else ""
             if (geo := _text(c, "geo_uri")) is not None:
                 text += f'<p class="meta">location <bdi>{esc(geo)}</bdi></p>'
-            return lead + text + "".join(_attachment_html(a, media) for a in ev.attachments)
+            if ev.attachments:
+                text += "".join(_attachment_html(a, media) for a in ev.attachments)
+            return lead + text
         if kind == Kind.DELETION:
             reason = _text(c, "reason")
             why = f" (reason: <bdi>{esc(reason)}</bdi>)" if reason else ""
