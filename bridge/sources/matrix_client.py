@@ -10,6 +10,9 @@ Contract:
   sync and /messages responses as `response.raw_body`: the archive stores
   events exactly as the server sent them, not nio's lossy parse. nio is still
   what decrypts (it replaces `MegolmEvent`s in its own parse, keyed by event id).
+- It also drops other devices' display names from /keys/query responses before
+  nio stores them: nio keeps them in plaintext in its crypto store, the bot does
+  not need them, and officials name their devices freely (no plaintext at rest).
 - `open_session(client, ...)` logs in once and persists `device_id` and the
   access token (`session.json` in the store dir, the token sealed under
   `session_key`: see `matrix_session`) so every restart is the same device with
@@ -29,7 +32,7 @@ from typing import Any
 
 import aiohttp
 import orjson
-from nio import AsyncClient, ErrorResponse, RoomMessagesResponse, SyncResponse
+from nio import AsyncClient, ErrorResponse, KeysQueryResponse, RoomMessagesResponse, SyncResponse
 
 from bridge.errors import SourceError
 from bridge.sources.matrix_session import SavedSession, SessionFileError, load_session, save_session
@@ -79,7 +82,20 @@ class RawKeepingClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
         if response_class in (SyncResponse, RoomMessagesResponse) and not isinstance(response, ErrorResponse):
             # aiohttp caches the body nio already read: this re-parses, it does not re-fetch.
             response.raw_body = orjson.loads(await transport_response.read())
+        if response_class is KeysQueryResponse and not isinstance(response, ErrorResponse):
+            _drop_display_names(response.device_keys)
         return response
+
+
+def _drop_display_names(device_keys: Any) -> None:
+    """Remove `unsigned.device_display_name` (outside the signed part) from a /keys/query answer."""
+    if not isinstance(device_keys, dict):
+        return
+    for devices in device_keys.values():
+        for payload in (devices or {}).values() if isinstance(devices, dict) else ():
+            unsigned = payload.get("unsigned") if isinstance(payload, dict) else None
+            if isinstance(unsigned, dict):
+                unsigned.pop("device_display_name", None)
 
 
 def _read_secret(path: Path, what: str) -> str:

@@ -33,6 +33,8 @@ class BotRun:
     config: Path
     workdir: Path
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    #: Extra environment for the child (e.g. TMPDIR, to find what it writes to temp).
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def logs(self) -> list[Path]:
@@ -51,7 +53,7 @@ class BotRun:
                 stdout=stderr,
                 stderr=stderr,
                 cwd=REPO,
-                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                env={**os.environ, "PYTHONUNBUFFERED": "1", **self.env},
             )
         finally:
             stderr.close()
