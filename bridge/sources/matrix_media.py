@@ -6,8 +6,10 @@ with every "pending" attachment resolved to one of:
   (`/_matrix/client/v1/media/download`), decrypted when the event carried an
   encrypted `file`, handed to `BlobSink.put` (which encrypts at rest); `sha256`
   and `size` are of the plaintext;
-- "oversized": declared or actual size above `max_bytes`; nothing fetched past
-  the limit, never silently skipped;
+- "oversized": actual size above `max_bytes` (the server's Content-Length, or
+  the bytes streamed so far); nothing fetched past the limit, never silently
+  skipped, `error` names the limit. The size a sender declares (`info.size`) is
+  not trusted: a false one would otherwise keep any file out of the archive;
 - "failed": the server refused (404, 403...) or the bytes did not decrypt or
   match their hash; `error` says which, without content.
 An unreachable homeserver raises `MatrixUnavailableError` instead, so the sync
@@ -122,12 +124,10 @@ async def _fetch_one(
 ) -> Attachment:
     if attachment.url is None:
         return replace(attachment, status="failed", error="no media url")
-    if attachment.size is not None and attachment.size > max_bytes:
-        return replace(attachment, status="oversized")
     try:
         body, content_type = await fetcher.get(attachment.url, max_bytes)
     except Oversized:
-        return replace(attachment, status="oversized")
+        return replace(attachment, status="oversized", error=f"larger than max_media_bytes ({max_bytes} bytes)")
     except MediaRefused as exc:
         log.warning("media %s not fetched: %s", attachment.url, exc)
         return replace(attachment, status="failed", error=f"download refused: {exc}")
