@@ -38,7 +38,7 @@ async def test_demo_captures_every_sent_event_and_verifies(tmp_path: Path) -> No
     assert result.package_report.end == result.report.records
     assert len(result.package.transcripts) == 2 and all(t.is_file() for t in result.package.transcripts)
     html = b"".join(t.read_bytes() for t in result.package.transcripts)
-    assert "Kun je de Kamerbrief".encode() in html
+    assert b"Kun je de Kamerbrief" in html
 
 
 def test_demo_refuses_a_directory_it_did_not_make(tmp_path: Path) -> None:
