@@ -260,11 +260,6 @@ def test_random_byte_corruptions_of_packages_are_detected(tmp_path: Path, monkey
     assert missed == [], missed[:10]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bagit raises UnicodeDecodeError on a manifest that is no longer UTF-8 and verify_package lets it "
-    "through (a traceback, not one clear line); the fix belongs in bridge/archive/verify_package.py::_check_bag",
-)
 def test_package_with_a_non_utf8_manifest_is_rejected_with_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

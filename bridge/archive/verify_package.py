@@ -106,6 +106,9 @@ def _check_bag(path: Path) -> None:
         raise _fail(f"bag fixity: {details}") from None
     except bagit.BagError as exc:
         raise _fail(f"bag: {exc}") from None
+    except (UnicodeDecodeError, ValueError, OSError) as exc:
+        # bagit lets these through for damaged tag files (e.g. a manifest that is no longer UTF-8)
+        raise _fail(f"bag: tag files unreadable ({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def _json(p: Path) -> dict[str, object]:
