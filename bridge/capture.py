@@ -4,7 +4,8 @@ Contract: `LogSink.commit(events, cursor)` returns only once the events and the
 cursor are durable in one transaction. While storage fails (disk full, I/O
 error) it keeps the batch, logs an alert, and retries with backoff; the source
 waits meanwhile, so its cursor (sync token, ack) never advances past what is
-stored. `run_capture` wires the configured sources to one LogStore, stops them
+stored. `RetryingBlobs` does the same for media, which are written before the
+event that references them. `run_capture` wires the configured sources to one LogStore, stops them
 on SIGTERM/SIGINT after the batch in hand, and seals the log with a checkpoint.
 """
 
@@ -15,8 +16,9 @@ import contextlib
 import logging
 import signal
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from bridge.blobs import BlobStore
 from bridge.config import Settings
@@ -29,6 +31,45 @@ from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
 from bridge.sources.signal import SignalSource, SignalSourceConfig
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class StorageRetry:
+    """Retries a storage write while it raises StorageError (disk full, I/O error), with backoff.
+
+    The first failure of an outage logs one ALERT, the recovery one warning; the
+    caller (and so the source, and so the upstream ack) waits meanwhile.
+    """
+
+    def __init__(self, name: str, *, retry_initial: float = 0.5, retry_max: float = 30.0) -> None:
+        self._name = name
+        self._retry_initial = retry_initial
+        self._retry_max = retry_max
+        self.failed_attempts = 0
+
+    async def __call__(self, write: Callable[[], Awaitable[T]], pending: str) -> T:
+        delay = self._retry_initial
+        paused_since: float | None = None
+        while True:
+            try:
+                result = await write()
+            except StorageError as exc:
+                self.failed_attempts += 1
+                if paused_since is None:
+                    paused_since = time.monotonic()
+                    log.error(
+                        "ALERT storage failing; capture paused, nothing acknowledged upstream",
+                        extra={"source": self._name, "error": str(exc), "pending": pending},
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._retry_max)
+                continue
+            if paused_since is not None:
+                log.warning(
+                    "storage recovered; capture resumed",
+                    extra={"source": self._name, "paused_seconds": round(time.monotonic() - paused_since, 1)},
+                )
+            return result
 
 
 class LogSink:
@@ -39,39 +80,41 @@ class LogSink:
     ) -> None:
         self._store = store
         self._name = cursor_name
-        self._retry_initial = retry_initial
-        self._retry_max = retry_max
+        self._retry = StorageRetry(cursor_name, retry_initial=retry_initial, retry_max=retry_max)
         self.committed_events = 0
-        self.failed_attempts = 0
+
+    @property
+    def failed_attempts(self) -> int:
+        return self._retry.failed_attempts
 
     async def load_cursor(self) -> str | None:
         return await self._store.get_cursor(self._name)
 
     async def commit(self, events: Sequence[Event], cursor: str | None) -> None:
-        delay = self._retry_initial
-        paused_since: float | None = None
-        while True:
-            try:
-                result = await self._store.append_events(events, (self._name, cursor) if cursor is not None else None)
-            except StorageError as exc:
-                self.failed_attempts += 1
-                if paused_since is None:
-                    paused_since = time.monotonic()
-                    log.error(
-                        "ALERT storage failing; capture paused, nothing acknowledged upstream",
-                        extra={"source": self._name, "error": str(exc), "pending_events": len(events)},
-                    )
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self._retry_max)
-                continue
-            if paused_since is not None:
-                log.warning(
-                    "storage recovered; capture resumed",
-                    extra={"source": self._name, "paused_seconds": round(time.monotonic() - paused_since, 1)},
-                )
-            self.committed_events += result.appended
-            report_compliance_alerts(events, self._name)
-            return
+        entry = (self._name, cursor) if cursor is not None else None
+        result = await self._retry(lambda: self._store.append_events(events, entry), f"{len(events)} events")
+        self.committed_events += result.appended
+        report_compliance_alerts(events, self._name)
+
+
+class RetryingBlobs:
+    """The blob store as sources see it: a failing media write pauses capture like a failing commit.
+
+    Media are stored before the event that references them is committed, so
+    without this a full disk would stop the bot at the first attachment instead
+    of pausing it.
+    """
+
+    def __init__(self, blobs: BlobStore, name: str = "blobs", **retry: float) -> None:
+        self._blobs = blobs
+        self._retry = StorageRetry(name, **retry)
+
+    @property
+    def failed_attempts(self) -> int:
+        return self._retry.failed_attempts
+
+    async def put(self, data: bytes, media_type: str | None) -> tuple[str, str]:
+        return await self._retry(lambda: self._blobs.put(data, media_type), f"media of {len(data)} bytes")
 
 
 def report_compliance_alerts(events: Sequence[Event], source: str) -> None:
@@ -116,7 +159,7 @@ async def run_capture(settings: Settings, data_dir: Path, keys: KeyMaterial, sto
                 check_permissions(secret, "matrix credential file")
     async with await LogStore.open(data_dir, keys, policy) as store:
         await store.checkpoint()  # seal whatever a crash left unsealed
-        blobs = BlobStore(data_dir / "blobs", store.media_keys())
+        blobs = RetryingBlobs(BlobStore(data_dir / "blobs", store.media_keys()))
         archive = ArchiveJobs.from_settings(settings, data_dir, keys, store)
         tasks: list[asyncio.Task[None]] = []
         if settings.matrix is not None:

@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from bridge.capture import LogSink
+from bridge.blobs import BlobStore
+from bridge.capture import LogSink, RetryingBlobs
 from bridge.errors import StorageError
 from bridge.events import Event
 from bridge.log import keys as keyfile
@@ -163,3 +164,29 @@ async def test_full_disk_at_open_is_a_clear_storage_error_and_leaves_the_log_int
         await store.append_events(batch(99))
         await store.checkpoint()
     assert verify_log(data_dir, keys).records == failed_at + 20
+
+
+async def test_full_disk_pauses_media_writes_instead_of_stopping_the_bot(
+    small_disk: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Media are stored before their event is committed; on a full disk `RetryingBlobs.put` (what
+    `run` hands the sources) waits with one ALERT instead of raising, and stores the blob once space
+    returns: the source never reaches its commit, so nothing is acknowledged meanwhile."""
+    caplog.set_level(logging.WARNING, logger="bridge.capture")
+    keys = keyfile.generate(os.urandom(16))
+    data_dir = small_disk / "data"
+    initialise(data_dir, keys)
+    async with await LogStore.open(data_dir, keys) as store:
+        blobs = BlobStore(data_dir / "blobs", store.media_keys())
+        retrying = RetryingBlobs(blobs, retry_initial=0.05, retry_max=0.2)
+        await asyncio.to_thread(fill, small_disk / "filler")
+        media = os.urandom(256 * 1024)
+        put = asyncio.create_task(retrying.put(media, "image/png"))
+        await poll_until(lambda: retrying.failed_attempts >= 3 or put.done(), timeout=30)
+        assert not put.done(), "a media write succeeded on a full disk"
+        (small_disk / "filler").unlink()
+        blob_id, _ = await asyncio.wait_for(put, 30)
+        assert blobs.get(blob_id) == media
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum(m.startswith("ALERT storage failing") for m in messages) == 1
+    assert any("capture resumed" in m for m in messages)
