@@ -269,3 +269,22 @@ def test_key_file_readable_by_others_is_refused(filled_log: LogDir) -> None:
     with pytest.raises(KeyFileError) as info:
         keyfile.load(filled_log.key_file)
     assert "chmod 600" in str(info.value)
+
+
+async def test_altered_cursor_is_refused_and_caught(empty_log: LogDir) -> None:
+    """A sync token changed on disk would make the bot skip events: the store refuses to resume from it
+    and verify with the key names it."""
+    from bridge.log.store import LogStore
+    from tests.conftest import make_event
+
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        await store.append_events([make_event(1)], cursor=("matrix:@bot:x", "s100_1"))
+    verify_log(empty_log.data_dir, empty_log.keys)
+    conn = sqlite3.connect(empty_log.db, isolation_level=None)
+    conn.execute("UPDATE cursors SET value = 's999999_1'")
+    conn.close()
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        with pytest.raises(LogIntegrityError, match="cursor"):
+            await store.get_cursor("matrix:@bot:x")
+    err = expect_tampered(empty_log, None, with_key=True)
+    assert "cursor" in err.reason

@@ -26,7 +26,8 @@ CREATE TABLE records (
     seq INTEGER PRIMARY KEY, dedup BLOB NOT NULL UNIQUE, header BLOB NOT NULL,
     commitment BLOB NOT NULL, body BLOB NOT NULL, leaf BLOB NOT NULL);
 CREATE TABLE checkpoints (size INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, note TEXT NOT NULL);
-CREATE TABLE cursors (name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_ms INTEGER NOT NULL);
+CREATE TABLE cursors (
+    name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_ms INTEGER NOT NULL, mac BLOB NOT NULL);
 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
 CREATE TRIGGER records_no_update BEFORE UPDATE ON records BEGIN SELECT RAISE(ABORT, 'append-only'); END;
 CREATE TRIGGER records_no_delete BEFORE DELETE ON records BEGIN SELECT RAISE(ABORT, 'append-only'); END;
@@ -141,3 +142,8 @@ def conversation_tag(index_key: bytes, source: str, conversation: str) -> bytes:
 
 def dedup_tag(index_key: bytes, source: str, conversation: str, event_id: str) -> bytes:
     return crypto.keyed_tag(index_key, "event", source, conversation, event_id)
+
+
+def cursor_mac(index_key: bytes, name: str, value: str) -> bytes:
+    """Keyed tag over a source cursor: an altered sync token must not silently skip events."""
+    return crypto.keyed_tag(index_key, "cursor", name, value)

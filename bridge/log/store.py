@@ -36,7 +36,7 @@ from typing import Self, TypeVar
 import aiosqlite
 
 from bridge.blobs import MediaKeys
-from bridge.errors import StorageError, UsageError
+from bridge.errors import LogIntegrityError, StorageError, UsageError
 from bridge.events import Event, canonical_bytes, event_from_bytes
 from bridge.log import checkpoint, crypto, format, merkle
 from bridge.log.keys import KeyMaterial
@@ -45,6 +45,7 @@ from bridge.log.schema import (
     SCHEMA_VERSION,
     check_key_matches,
     conversation_tag,
+    cursor_mac,
     db_path,
     dedup_tag,
     frontier_bytes,
@@ -206,9 +207,17 @@ class LogStore:
         return MediaKeys(self._keys.log_id, self._index_key, dict(self._data_keys), self._current_key)
 
     async def get_cursor(self, name: str) -> str | None:
-        async with self._conn.execute("SELECT value FROM cursors WHERE name = ?", (name,)) as cur:
+        """The source's stored cursor; refuses one whose MAC does not match (resuming could skip events)."""
+        async with self._conn.execute("SELECT value, mac FROM cursors WHERE name = ?", (name,)) as cur:
             row = await cur.fetchone()
-        return None if row is None else str(row[0])
+        if row is None:
+            return None
+        value = str(row[0])
+        if not crypto.hmac_equal(bytes(row[1]), cursor_mac(self._index_key, name, value)):
+            raise LogIntegrityError(
+                None, f"the stored cursor of {name} was altered; refusing to resume from it (run verify)"
+            )
+        return value
 
     async def counter(self, name: str) -> int:
         async with self._conn.execute("SELECT value FROM counters WHERE name = ?", (name,)) as cur:
@@ -381,8 +390,8 @@ class LogStore:
             )
         if batch.cursor is not None:
             await conn.execute(
-                "INSERT OR REPLACE INTO cursors (name, value, updated_ms) VALUES (?, ?, ?)",
-                (batch.cursor[0], batch.cursor[1], now_ms()),
+                "INSERT OR REPLACE INTO cursors (name, value, updated_ms, mac) VALUES (?, ?, ?, ?)",
+                (batch.cursor[0], batch.cursor[1], now_ms(), cursor_mac(self._index_key, *batch.cursor)),
             )
         if self._checkpoint_due(batch.frontier.size):
             return await self._insert_checkpoint(batch.frontier)

@@ -33,6 +33,7 @@ from bridge.log.keys import KeyMaterial
 from bridge.log.schema import (
     check_key_matches,
     conversation_tag,
+    cursor_mac,
     db_path,
     dedup_tag,
     expected_schema,
@@ -164,7 +165,16 @@ def _verify(
             f"log truncated: a signed checkpoint covers {next_cp.size} records but only {frontier.size} are stored",
         )
     _check_bookkeeping(conn, meta, frontier)
+    if secrets is not None:
+        _check_cursors(conn, secrets)
     return report
+
+
+def _check_cursors(conn: sqlite3.Connection, secrets: _Secrets) -> None:
+    """Each source cursor carries a keyed MAC: an altered sync token would make the bot skip events."""
+    for name, value, mac in conn.execute("SELECT name, value, mac FROM cursors ORDER BY name"):
+        if not crypto.hmac_equal(bytes(mac), cursor_mac(secrets.index_key, str(name), str(value))):
+            raise LogIntegrityError(None, f"the stored cursor of {name} was altered")
 
 
 def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes], frontier: merkle.Frontier) -> None:
@@ -184,9 +194,9 @@ def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes], frontie
     missing = [name for (kind, name) in expected if kind != "trigger" and (kind, name) not in found]
     if missing:
         raise LogIntegrityError(None, f"the database schema was altered: {', '.join(missing)} missing")
-    # Source cursors and counters are operational state (not signed): read them so damage shows, and
+    # Cursors (MAC-checked with the key, see _check_cursors) and counters: read them so damage shows, and
     # let SQLite check every b-tree and that each index (the dedup index above all) matches its table.
-    conn.execute("SELECT name, value, updated_ms FROM cursors").fetchall()
+    conn.execute("SELECT name, value, updated_ms, mac FROM cursors").fetchall()
     conn.execute("SELECT name, value FROM counters").fetchall()
     problems = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(5)")]
     if problems != ["ok"]:
