@@ -12,9 +12,9 @@ on SIGTERM/SIGINT after the batch in hand, and seals the log with a checkpoint.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -139,10 +139,11 @@ def report_compliance_alerts(events: Sequence[Event], source: str) -> None:
 
 def install_stop_signals(stop: asyncio.Event) -> None:
     """SIGTERM/SIGINT set `stop`: sources finish the batch in hand and save their cursor."""
+    if sys.platform == "win32":  # the loop has no signal handlers there; Ctrl+C still interrupts
+        return
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, stop.set)
 
 
 async def run_capture(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: asyncio.Event) -> None:
