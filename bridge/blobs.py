@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge.durable import write_atomic
 from bridge.errors import LogIntegrityError, StorageError
 from bridge.log import crypto
 
@@ -76,7 +76,8 @@ class BlobStore:
         prefix = _PREFIX.pack(MAGIC, key_id, nonce)
         body = crypto.seal(self._keys.data_keys[key_id], nonce, data, self._ad(blob_id, key_id))
         try:
-            _write_atomic(target, prefix + body)
+            target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_atomic(target, prefix + body)
         except OSError as exc:
             raise StorageError(f"could not store media blob: {exc.strerror}") from exc
         return blob_id, digest
@@ -100,26 +101,3 @@ class BlobStore:
 
     def _ad(self, blob_id: str, key_id: int) -> bytes:
         return MAGIC + self._keys.log_id + bytes.fromhex(blob_id) + key_id.to_bytes(4, "big")
-
-
-def _write_atomic(target: Path, data: bytes) -> None:
-    """Temp file beside the target, fsync, rename, fsync the directory: never a half blob."""
-    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-    os.replace(tmp, target)
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

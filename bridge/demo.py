@@ -36,6 +36,7 @@ from bridge.archive.verify_package import PackageReport, verify_package
 from bridge.capture import run_capture
 from bridge.devclients import Official, make_official, ok, poll_until
 from bridge.devserver import SynapseServer
+from bridge.durable import write_exclusive
 from bridge.errors import UsageError
 from bridge.events import Event, Kind
 from bridge.log import keys as keyfile
@@ -73,9 +74,7 @@ def prepare_workdir(workdir: Path) -> None:
 
 def write_secret(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
+    write_exclusive(path, text.encode("utf-8"), 0o600)
 
 
 def write_config(

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Self
 
+from bridge.durable import fsync_dir
 from bridge.errors import UsageError
 
 BAGIT_TXT = b"BagIt-Version: 1.0\nTag-File-Character-Encoding: UTF-8\n"
@@ -126,19 +127,11 @@ class BagBuilder:
                 raise UsageError(f"{self.final} already holds a different package; refusing to overwrite it")
             return False
         os.rename(self.root, self.final)
-        _fsync_dir(self.final.parent)
+        fsync_dir(self.final.parent)
         return True
 
     def discard(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _fsync_tree(root: Path) -> None:
@@ -149,7 +142,7 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-        _fsync_dir(Path(dirpath))
+        fsync_dir(Path(dirpath))
 
 
 def _same_tree(a: Path, b: Path) -> bool:

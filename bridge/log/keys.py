@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from bridge import durable
 from bridge.errors import KeyFileError
 from bridge.log import checkpoint, crypto
 
@@ -150,21 +150,10 @@ def load_public(path: Path) -> tuple[str, Ed25519PublicKey]:
 
 
 def write_exclusive(path: Path, data: bytes, mode: int) -> None:
-    """Create-exclusive, write, fsync file and directory: never overwrites."""
+    """Create-exclusive durable write; refusals become one-line KeyFileErrors."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        durable.write_exclusive(path, data, mode)
     except FileExistsError:
         raise KeyFileError(f"{path} already exists; refusing to overwrite") from None
     except OSError as exc:
         raise KeyFileError(f"cannot create {path}: {exc.strerror}") from None
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)

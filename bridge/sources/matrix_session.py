@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from bridge.durable import write_atomic
 from bridge.errors import SourceError
 
 log = logging.getLogger(__name__)
@@ -131,10 +132,4 @@ def save_session(store_dir: Path, session: SavedSession, key: bytes) -> None:
         "device_id": session.device_id,
         "access_token_sealed": base64.b64encode(sealed).decode("ascii"),
     }
-    tmp = store_dir / f"{SESSION_FILE}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(doc, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, store_dir / SESSION_FILE)
+    write_atomic(store_dir / SESSION_FILE, json.dumps(doc).encode("utf-8"))

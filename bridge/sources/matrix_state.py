@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from bridge.durable import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +77,5 @@ class SourceState:
             "backfilled": sorted(self.backfilled),
             "pending": {eid: {"room_id": p.room_id, "raw": p.raw} for eid, p in self.pending.items()},
         }
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_atomic(self.path, json.dumps(payload).encode("utf-8"))
         self.dirty = False

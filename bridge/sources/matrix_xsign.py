@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from bridge.durable import write_atomic
 from bridge.errors import SourceError
 from bridge.sources.matrix_client import MatrixUnavailableError
 
@@ -100,13 +101,7 @@ def save_keys(path: Path, secret: bytes, keys: dict[str, Ed25519PrivateKey]) -> 
     )
     nonce = os.urandom(12)
     blob = nonce + AESGCM(_wrapping_key(secret)).encrypt(nonce, plain, b"cross-signing v1")
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(blob)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomic(path, blob)
 
 
 def load_keys(path: Path, secret: bytes) -> dict[str, Ed25519PrivateKey]:
