@@ -40,10 +40,6 @@ def random_nonce() -> bytes:
     return os.urandom(NONCE_BYTES)
 
 
-def random_salt() -> bytes:
-    return os.urandom(SALT_BYTES)
-
-
 def wrap_key(kek: bytes, log_id: bytes, key_id: int, purpose: str, key: bytes) -> bytes:
     """Encrypt a data key under the key-encryption key; binds log, key id and purpose."""
     nonce = random_nonce()

@@ -74,15 +74,6 @@ class AppendResult:
     seqs: tuple[int, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class StoredRecord:
-    seq: int
-    header: format.RecordHeader
-    header_bytes: bytes
-    commitment: bytes
-    body: bytes
-
-
 class LogStore:
     """The writer. Use as `async with await LogStore.open(dir, keys) as store:`."""
 

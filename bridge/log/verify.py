@@ -144,9 +144,9 @@ def _verify(
         i = frontier.size
         if seq != i:
             raise LogIntegrityError(i, f"record is missing (the next stored record is {seq})")
-        leaf = _check_record(i, bytes(header_b), bytes(commit), bytes(body), bytes(stored_leaf), prev)
+        header, leaf = _check_record(i, bytes(header_b), bytes(commit), bytes(body), bytes(stored_leaf), prev)
         if secrets is not None:
-            kind = _check_plaintext(i, secrets, bytes(header_b), bytes(commit), bytes(body), bytes(dedup))
+            kind = _check_plaintext(i, secrets, header, bytes(header_b), bytes(commit), bytes(body), bytes(dedup))
             report.kinds[kind] = report.kinds.get(kind, 0) + 1
             report.decrypted = (report.decrypted or 0) + 1
         frontier.append(leaf)
@@ -271,7 +271,10 @@ def _checked_anchor(note: str, name: str, pub: Ed25519PublicKey) -> checkpoint.C
         raise UsageError(f"the pinned checkpoint does not verify against this log's key: {exc}") from None
 
 
-def _check_record(seq: int, header_b: bytes, commit: bytes, body: bytes, stored_leaf: bytes, prev: bytes) -> bytes:
+def _check_record(
+    seq: int, header_b: bytes, commit: bytes, body: bytes, stored_leaf: bytes, prev: bytes
+) -> tuple[format.RecordHeader, bytes]:
+    """The parsed header and the recomputed leaf, or LogIntegrityError naming `seq`."""
     try:
         header = format.unpack_header(header_b)
     except format.FormatError as exc:
@@ -291,11 +294,12 @@ def _check_record(seq: int, header_b: bytes, commit: bytes, body: bytes, stored_
             header.prev_leaf.hex(),
             prev.hex(),
         )
-    return leaf
+    return header, leaf
 
 
-def _check_plaintext(seq: int, secrets: _Secrets, header_b: bytes, commit: bytes, body: bytes, dedup: bytes) -> str:
-    header = format.unpack_header(header_b)
+def _check_plaintext(
+    seq: int, secrets: _Secrets, header: format.RecordHeader, header_b: bytes, commit: bytes, body: bytes, dedup: bytes
+) -> str:
     try:
         payload = format.open_record(secrets.log_id, secrets.data_keys, header, header_b, commit, body)
     except format.RecordAuthError as exc:
