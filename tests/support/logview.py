@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
 
-from bridge.events import MATRIX, Event, event_from_bytes
-from bridge.log import format
+from bridge.events import MATRIX, Event
 from bridge.log.keys import KeyMaterial
+from bridge.log.reader import iter_events
 from bridge.log.store import dedup_tag, unwrap_keys
 from bridge.log.verify import open_readonly
 
@@ -26,10 +26,11 @@ from bridge.log.verify import open_readonly
 class LogView:
     def __init__(self, data_dir: Path, keys: KeyMaterial) -> None:
         self._conn: sqlite3.Connection = open_readonly(data_dir)
+        self._data_dir = data_dir
         self._keys = keys
         sql = "SELECT key_id, purpose, wrapped FROM keys"
         rows = [(int(k), str(p), bytes(w)) for k, p, w in self._conn.execute(sql)]
-        self._index_key, self._data_keys = unwrap_keys(rows, keys)
+        self._index_key, _ = unwrap_keys(rows, keys)
         self._events: list[tuple[int, Event]] = []
 
     def close(self) -> None:
@@ -67,12 +68,5 @@ class LogView:
     def events(self) -> list[tuple[int, Event]]:
         """Every event record, decrypted (incrementally: records read before are kept)."""
         start = self._events[-1][0] + 1 if self._events else 0
-        sql = "SELECT seq, header, commitment, body FROM records WHERE seq >= ? ORDER BY seq"
-        for seq, header, commit, body in self._conn.execute(sql, (start,)):
-            hdr = format.unpack_header(bytes(header))
-            payload = format.open_record(
-                self._keys.log_id, self._data_keys, hdr, bytes(header), bytes(commit), bytes(body)
-            )
-            if hdr.type == format.RecordType.EVENT:
-                self._events.append((int(seq), event_from_bytes(payload)))
+        self._events.extend(iter_events(self._data_dir, self._keys, start))
         return list(self._events)
