@@ -44,15 +44,15 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from nio import AsyncClientConfig, MegolmEvent
 
 from bridge.errors import SourceError
 from bridge.events import MATRIX, ConversationId, Event, EventId, Kind
+from bridge.sources import BlobSink, Sink
 from bridge.sources import matrix_crypto as crypto
 from bridge.sources.matrix_backfill import gap_pages
 from bridge.sources.matrix_bridges import BridgeTracker
@@ -65,7 +65,7 @@ from bridge.sources.matrix_client import (
 )
 from bridge.sources.matrix_events import normalise
 from bridge.sources.matrix_invites import handle_invites, join_configured
-from bridge.sources.matrix_media import BlobSink, MediaFetcher, fetch_attachments
+from bridge.sources.matrix_media import MediaFetcher, fetch_attachments
 from bridge.sources.matrix_redacted import recover_original
 from bridge.sources.matrix_state import SourceState
 from bridge.sources.matrix_xsign import CrossSigningError, ensure_cross_signed
@@ -73,21 +73,6 @@ from bridge.sources.matrix_xsign import CrossSigningError, ensure_cross_signed
 __all__ = ["BlobSink", "MatrixSource", "MatrixSourceConfig", "Sink"]
 
 log = logging.getLogger(__name__)
-
-
-class Sink(Protocol):
-    """Where captured events go (the capture pipeline provides it)."""
-
-    async def commit(self, events: Sequence[Event], cursor: str | None) -> None:
-        """Make `events` durable and store `cursor` in the same transaction; return when durable.
-
-        `cursor=None` leaves the stored cursor as it is (a backfill page of a gap).
-        """
-        ...
-
-    async def load_cursor(self) -> str | None:
-        """The cursor of the last commit, or None before the first."""
-        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import quote, urlparse
 
 import aiohttp
@@ -33,20 +33,13 @@ from nio.crypto.attachments import decrypt_attachment
 from nio.exceptions import EncryptionError
 
 from bridge.events import Attachment, Event
+from bridge.sources import BlobSink
 from bridge.sources.matrix_client import MatrixUnavailableError
 
 log = logging.getLogger(__name__)
 
 MEDIA_DOWNLOAD_PATH = "/_matrix/client/v1/media/download"
 _CHUNK = 64 * 1024
-
-
-class BlobSink(Protocol):
-    """Encrypted content-addressed media store (the capture pipeline provides it)."""
-
-    async def put(self, data: bytes, media_type: str | None) -> tuple[str, str]:
-        """Store `data` encrypted; return (blob_id, plaintext sha256 hex)."""
-        ...
 
 
 class Oversized(Exception):

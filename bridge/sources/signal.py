@@ -47,8 +47,7 @@ import orjson
 from bridge import events
 from bridge.errors import SourceError
 from bridge.events import ConversationId, Event, EventId, Kind
-from bridge.sources.matrix import Sink
-from bridge.sources.matrix_media import BlobSink
+from bridge.sources import BlobSink, Sink
 from bridge.sources.signal_envelopes import normalise_envelope, unstored_kind
 from bridge.sources.signal_framing import Oversized
 from bridge.sources.signal_media import fetch_attachments

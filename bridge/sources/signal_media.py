@@ -30,7 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from bridge.events import Attachment, Event
-from bridge.sources.matrix_media import BlobSink
+from bridge.sources import BlobSink
 from bridge.sources.signal_transport import AttachmentTooLarge, Channel, SignalRpcError, SignalUnavailable
 
 log = logging.getLogger(__name__)
