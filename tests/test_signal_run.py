@@ -19,6 +19,7 @@ from bridge.blobs import BlobStore
 from bridge.capture import LogSink
 from bridge.events import Kind
 from bridge.log import keys as keyfile
+from bridge.log.reader import iter_events
 from bridge.log.store import LogStore
 from bridge.log.verify import verify_log
 from bridge.sources.signal import SignalSource, SignalSourceConfig
@@ -73,7 +74,7 @@ async def test_capture_into_the_real_log(empty_log: LogDir, tmp_path: Path) -> N
             stop.set()
             await task
             await store.checkpoint()
-            stored = [e for _, e in await store.read_events()]
+            stored = [e for _, e in iter_events(empty_log.data_dir, empty_log.keys)]
     finally:
         await daemon.stop()
     keys = Counter(e.key for e in stored)

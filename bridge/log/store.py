@@ -37,7 +37,7 @@ import aiosqlite
 
 from bridge.blobs import MediaKeys
 from bridge.errors import LogIntegrityError, StorageError, UsageError
-from bridge.events import Event, canonical_bytes, event_from_bytes
+from bridge.events import Event, canonical_bytes
 from bridge.log import checkpoint, crypto, format, merkle
 from bridge.log.keys import KeyMaterial
 from bridge.log.schema import (
@@ -224,20 +224,6 @@ class LogStore:
         tag = dedup_tag(self._index_key, source, conversation, event_id)
         async with self._conn.execute("SELECT 1 FROM records WHERE dedup = ?", (tag,)) as cur:
             return await cur.fetchone() is not None
-
-    async def read_events(self, start: int = 0, stop: int | None = None) -> list[tuple[int, Event]]:
-        """Decrypt records [start, stop) that hold events (for tools; not the verifier)."""
-        out: list[tuple[int, Event]] = []
-        sql = "SELECT seq, header, commitment, body FROM records WHERE seq >= ? AND seq < ? ORDER BY seq"
-        async with self._conn.execute(sql, (start, stop if stop is not None else self.size)) as cur:
-            async for seq, header, commit, body in cur:
-                hdr = format.unpack_header(bytes(header))
-                payload = format.open_record(
-                    self._keys.log_id, self._data_keys, hdr, bytes(header), bytes(commit), bytes(body)
-                )
-                if hdr.type == format.RecordType.EVENT:
-                    out.append((int(seq), event_from_bytes(payload)))
-        return out
 
     # -- writing -----------------------------------------------------------------
     #
