@@ -120,11 +120,17 @@ class RetryingBlobs:
 def report_compliance_alerts(events: Sequence[Event], source: str) -> None:
     """Log an ALERT (ids only, no content) for events an information specialist must act on.
 
-    A retention policy on a room (`m.room.retention`) means the homeserver will purge
-    history; capture does not depend on it, but the instruction forbids disappearing
-    business messages, so it is flagged as soon as it is durable in the log.
+    A retention policy on a room (`m.room.retention`, or a Signal disappearing-message
+    timer) means messages are set to disappear; capture does not depend on it, but the
+    instruction forbids disappearing business messages, so it is flagged as soon as it
+    is durable in the log. So is a view-once message (captured, but gone on the phones).
     """
     for event in events:
+        if event.content.get("view_once") is True:
+            log.warning(
+                "ALERT compliance: view-once message captured",
+                extra={"source": source, "conversation": event.conversation, "event_id": event.event_id},
+            )
         if event.kind is Kind.RETENTION_CHANGE:
             log.warning(
                 "ALERT compliance: retention policy set on a conversation",

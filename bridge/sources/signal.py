@@ -24,7 +24,7 @@ Contract with the capture pipeline:
   "capture_gap"`, `gap_start_ms`, `gap_end_ms`, `reason`) committed on
   reconnect; an outage longer than `max_disconnected_seconds` logs an ALERT.
 - Receipts and typing notifications are counted (`self.counts`), not stored;
-  a view-once message logs a compliance ALERT once durable. Logs carry ids and
+  a view-once message gets a compliance ALERT once durable (capture.report_compliance_alerts). Logs carry ids and
   counts only, never message content.
 """
 
@@ -276,11 +276,6 @@ class SignalSource:
     def _after_commit(self, batch: Sequence[Event]) -> None:
         for event in batch:
             self.counts[event.kind.value] += 1
-            if event.content.get("view_once") is True:
-                log.warning(
-                    "ALERT compliance: view-once message captured",
-                    extra={"source": "signal", "conversation": event.conversation, "event_id": event.event_id},
-                )
             if event.kind is Kind.UNKNOWN:
                 log.warning("signal envelope kept as unknown", extra={"event_id": event.event_id})
 
