@@ -42,6 +42,18 @@ class RecordType(enum.IntEnum):
     EVENT = 1
     #: An information specialist's decision about an event (e.g. withhold).
     DECISION = 2
+    #: A key record: one data or index key, wrapped under the KEK (clear record, see `clear.py`).
+    KEY = 3
+    #: A stored media blob: its id, and SHA-256 and size of the encrypted file (clear record, see `clear.py`).
+    BLOB = 4
+
+
+#: Record types stored in the clear: `body` is salt || payload, not encrypted, so keyless `verify` and a
+#: package reader can read them. They hold nothing secret (a wrapped key, a blob's keyed id and file hash).
+CLEAR_TYPES = frozenset({RecordType.KEY, RecordType.BLOB})
+#: Conversation tag and nonce of a clear record (it belongs to no conversation and is not encrypted).
+CLEAR_TAG = bytes(TAG_BYTES)
+CLEAR_NONCE = bytes(12)
 
 
 class FormatError(ValueError):
@@ -108,6 +120,20 @@ def split_plaintext(plaintext: bytes) -> tuple[bytes, bytes]:
     if len(plaintext) < crypto.SALT_BYTES:
         raise FormatError("plaintext shorter than its salt")
     return plaintext[: crypto.SALT_BYTES], plaintext[crypto.SALT_BYTES :]
+
+
+def open_clear(header: RecordHeader, commit: bytes, body: bytes) -> tuple[bytes, bytes]:
+    """(salt, payload) of a clear record (KEY, BLOB); raises RecordAuthError if it is not one or is altered."""
+    if header.type not in CLEAR_TYPES:
+        raise RecordAuthError(f"a {header.type.name} record is not stored in the clear")
+    if header.conversation_tag != CLEAR_TAG or header.nonce != CLEAR_NONCE:
+        raise RecordAuthError("a clear record must carry a zero conversation tag and nonce")
+    if not crypto.hmac_equal(commitment(body), commit):
+        raise RecordAuthError("clear record does not match its commitment")
+    try:
+        return split_plaintext(body)
+    except FormatError as exc:
+        raise RecordAuthError(str(exc)) from None
 
 
 class RecordAuthError(ValueError):

@@ -40,6 +40,7 @@ from bridge.errors import LogIntegrityError, StorageError, UsageError
 from bridge.events import Event, canonical_bytes
 from bridge.log import checkpoint, crypto, format, merkle
 from bridge.log.keys import KeyMaterial
+from bridge.log.lock import WriterLock
 from bridge.log.schema import (
     DATA_PURPOSE,
     SCHEMA_VERSION,
@@ -106,6 +107,7 @@ class LogStore:
         self._tail: asyncio.Future[None] | None = None
         self._inflight: set[bytes] = set()
         self._conv_tags: dict[tuple[str, str], bytes] = {}
+        self._lock: WriterLock | None = None
 
     # -- opening -----------------------------------------------------------------
 
@@ -115,20 +117,29 @@ class LogStore:
         if not path.exists():
             raise UsageError(f"no log in {data_dir}; create one with `chatarchief init`")
         try:
+            lock = WriterLock.acquire(data_dir)  # one writer: raises WriterBusy naming the holder's PID
+        except OSError as exc:
+            raise StorageError(f"cannot take the writer lock in {data_dir}: {exc.strerror}") from None
+        try:
             conn = await aiosqlite.connect(path, isolation_level=None)
         except sqlite3.Error as exc:
+            lock.release()
             raise StorageError(f"cannot open the log {path}: {exc}") from None
         try:
             # WAL mode creates -wal and -shm beside the database: a full disk fails here.
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=FULL")
-            return await cls._load(conn, keys, policy or CheckpointPolicy())
+            store = await cls._load(conn, keys, policy or CheckpointPolicy())
         except sqlite3.Error as exc:
             await conn.close()
+            lock.release()
             raise StorageError(f"cannot open the log {path} (disk full or unwritable?): {exc}") from None
         except BaseException:
             await conn.close()
+            lock.release()
             raise
+        store._lock = lock
+        return store
 
     @classmethod
     async def _load(cls, conn: aiosqlite.Connection, keys: KeyMaterial, policy: CheckpointPolicy) -> LogStore:
@@ -172,7 +183,11 @@ class LogStore:
         return frontier, prev
 
     async def close(self) -> None:
-        await self._conn.close()
+        try:
+            await self._conn.close()
+        finally:
+            if self._lock is not None:
+                self._lock.release()
 
     async def __aenter__(self) -> Self:
         return self
