@@ -25,7 +25,7 @@ from bridge.archive.range import Month
 from bridge.cli import app
 from bridge.log import keys as keyfile
 from tests.conftest import LogDir, create_log
-from tests.support.archive_log import OPTIONS, january_february
+from tests.support.archive_log import OPTIONS, january_february, seal_for
 
 runner = CliRunner()
 TAG_MANIFESTS = ("manifest-sha256.txt", "tagmanifest-sha256.txt")
@@ -37,7 +37,7 @@ def january(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LogDir, 
     log = create_log(tmp)
     with pytest.MonkeyPatch.context() as mp:
         january_february(log, mp)
-    yield log, snapshot(log.data_dir, log.keys, Month(2024, 1), tmp / "pkg" / "jan", OPTIONS).path
+    yield log, snapshot(log.data_dir, log.keys, Month(2024, 1), tmp / "pkg" / "jan", OPTIONS, seal=seal_for(log)).path
 
 
 @pytest.fixture
@@ -74,7 +74,9 @@ def fix_sidecar(path: Path, old: bytes) -> None:
     """Update the `.bestand.MDTO.xml` of `path` (checksum and size) after its content changed from `old`."""
     sidecar = path.with_name(path.name + ".bestand.MDTO.xml")
     new = path.read_bytes()
-    text = sidecar.read_bytes().replace(hashlib.sha256(old).hexdigest().encode(), hashlib.sha256(new).hexdigest().encode())
+    text = sidecar.read_bytes().replace(
+        hashlib.sha256(old).hexdigest().encode(), hashlib.sha256(new).hexdigest().encode()
+    )
     sidecar.write_bytes(text.replace(f">{len(old)}<".encode(), f">{len(new)}<".encode()))
 
 

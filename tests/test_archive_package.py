@@ -15,7 +15,7 @@ from bridge.archive.range import Month
 from bridge.errors import UsageError
 from bridge.log.verify import verify_log
 from tests.conftest import LogDir, create_log
-from tests.support.archive_log import OPTIONS, ROOM_A, append, event, january_february, ms
+from tests.support.archive_log import OPTIONS, ROOM_A, append, event, january_february, ms, seal_for
 
 XSD = Path(__file__).resolve().parents[2] / "shared" / "mdto" / "MDTO-XML1.0.1.xsd"
 
@@ -35,7 +35,7 @@ def _files(root: Path) -> dict[str, bytes]:
 def test_package_is_a_valid_bag_with_mdto_that_the_xsd_accepts(two_months: LogDir, tmp_path: Path) -> None:
     """bagit-python validates the bag; the Nationaal Archief XSD (the shared copy) accepts every MDTO file."""
     out = tmp_path / "jan"
-    result = snapshot(two_months.data_dir, two_months.keys, Month(2024, 1), out, OPTIONS)
+    result = snapshot(two_months.data_dir, two_months.keys, Month(2024, 1), out, OPTIONS, seal=seal_for(two_months))
     assert (result.start, result.end, result.written) == (0, 10, True)
     bagit.Bag(str(out)).validate()
     schema = xmlschema.XMLSchema(str(XSD)) if XSD.exists() else None
@@ -51,7 +51,7 @@ def test_package_is_a_valid_bag_with_mdto_that_the_xsd_accepts(two_months: LogDi
 def test_package_holds_every_record_of_the_month_and_withholds_content(two_months: LogDir, tmp_path: Path) -> None:
     """Every version, the deleted original and the image are kept; the withheld message is a tombstone only."""
     out = tmp_path / "jan"
-    snapshot(two_months.data_dir, two_months.keys, Month(2024, 1), out, OPTIONS)
+    snapshot(two_months.data_dir, two_months.keys, Month(2024, 1), out, OPTIONS, seal=seal_for(two_months))
     text = b"".join(p.read_bytes() for p in (out / "data").rglob("*") if p.is_file())
     for kept in (b"concept kamerbrief v2", b'concept kamerbrief"', b"Goedemorgen", b"Crisisoverleg"):
         assert kept in text
@@ -65,20 +65,26 @@ def test_package_holds_every_record_of_the_month_and_withholds_content(two_month
 
 def test_same_log_gives_byte_identical_packages(two_months: LogDir, tmp_path: Path) -> None:
     """Determinism: two snapshots of the same month (different paths) have the same bytes in every file."""
-    a = snapshot(two_months.data_dir, two_months.keys, Month(2024, 2), tmp_path / "a", OPTIONS)
-    b = snapshot(two_months.data_dir, two_months.keys, Month(2024, 2), tmp_path / "b", OPTIONS)
+    a = snapshot(
+        two_months.data_dir, two_months.keys, Month(2024, 2), tmp_path / "a", OPTIONS, seal=seal_for(two_months)
+    )
+    b = snapshot(
+        two_months.data_dir, two_months.keys, Month(2024, 2), tmp_path / "b", OPTIONS, seal=seal_for(two_months)
+    )
     assert _files(a.path) == _files(b.path)
-    assert (a.path / "bag-info.txt").read_text().count("Bagging-Date: 2024-03-01") == 1
+    # The end checkpoint was signed on 3 February (the writer's clock): the package cannot show February
+    # closed, so it says interim, dated by its checkpoint.
+    assert (a.path / "bag-info.txt").read_text().count("Bagging-Date: 2024-02-03") == 1
 
 
 def test_rerun_is_idempotent_and_a_different_package_is_never_overwritten(two_months: LogDir, tmp_path: Path) -> None:
     """Same bytes at --out: success without writing; anything else there: refused, left untouched."""
     out = tmp_path / "jan"
-    snapshot(two_months.data_dir, two_months.keys, Month(2024, 1), out, OPTIONS)
-    again = snapshot(two_months.data_dir, two_months.keys, Month(2024, 1), out, OPTIONS)
+    snapshot(two_months.data_dir, two_months.keys, Month(2024, 1), out, OPTIONS, seal=seal_for(two_months))
+    again = snapshot(two_months.data_dir, two_months.keys, Month(2024, 1), out, OPTIONS, seal=seal_for(two_months))
     assert not again.written
     with pytest.raises(UsageError, match="different package"):
-        snapshot(two_months.data_dir, two_months.keys, Month(2024, 2), out, OPTIONS)
+        snapshot(two_months.data_dir, two_months.keys, Month(2024, 2), out, OPTIONS, seal=seal_for(two_months))
     assert "Chatarchief-Month: 2024-01" in (out / "bag-info.txt").read_text()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp dirs left behind
 
@@ -92,7 +98,9 @@ def test_a_crash_leaves_no_half_package(two_months: LogDir, tmp_path: Path, monk
 
     monkeypatch.setattr(package, "render_package", boom)
     with pytest.raises(OSError):
-        snapshot(two_months.data_dir, two_months.keys, Month(2024, 1), tmp_path / "jan", OPTIONS)
+        snapshot(
+            two_months.data_dir, two_months.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(two_months)
+        )
     assert list(tmp_path.iterdir()) == [tmp_path / "data", tmp_path / "keys"]
 
 
@@ -104,11 +112,11 @@ def test_snapshot_signs_and_stores_prefix_checkpoints_the_log_verifies(
     append(log, monkeypatch, [(ms(2024, 1, 3), [event(1), event(2)]), (ms(2024, 2, 3), [event(3), event(4)])])
     monkeypatch.undo()
     assert verify_log(log.data_dir, log.keys).checkpoints == 1  # at 4 only
-    result = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS)
+    result = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log))
     assert (result.start, result.end) == (0, 2)
     assert verify_log(log.data_dir, log.keys).checkpoints == 2
     assert (tmp_path / "jan/data/proof/checkpoint-end.txt").read_text().split("\n")[1] == "2"
-    feb = snapshot(log.data_dir, log.keys, Month(2024, 2), tmp_path / "feb", OPTIONS)
+    feb = snapshot(log.data_dir, log.keys, Month(2024, 2), tmp_path / "feb", OPTIONS, seal=seal_for(log))
     assert (tmp_path / "feb/data/proof/checkpoint-start.txt").read_bytes() == (
         tmp_path / "jan/data/proof/checkpoint-end.txt"
     ).read_bytes()
@@ -121,7 +129,14 @@ def test_refuses_a_month_that_has_not_ended(two_months: LogDir, tmp_path: Path) 
 
     today = date.today()
     with pytest.raises(UsageError, match="has not ended"):
-        snapshot(two_months.data_dir, two_months.keys, Month(today.year, today.month), tmp_path / "now", OPTIONS)
+        snapshot(
+            two_months.data_dir,
+            two_months.keys,
+            Month(today.year, today.month),
+            tmp_path / "now",
+            OPTIONS,
+            seal=seal_for(two_months),
+        )
     result = snapshot(
         two_months.data_dir,
         two_months.keys,
@@ -141,7 +156,7 @@ def test_refuses_a_month_whose_end_is_not_sealed(tmp_path: Path, monkeypatch: py
     append(log, monkeypatch, [(ms(2024, 1, 9), [event(2, room=ROOM_A)])], seal=False)
     monkeypatch.undo()
     with pytest.raises(UsageError, match="sealed only up to"):
-        snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS)
+        snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log))
     assert not (tmp_path / "jan").exists()
 
 
@@ -156,10 +171,10 @@ def test_empty_month_and_many_conversations_with_few_open_files(
     append(log, monkeypatch, [(ms(2024, 3, 2), events[:300]), (ms(2024, 3, 30), events[300:])])
     monkeypatch.undo()
     monkeypatch.setattr(package, "SPILL_BYTES", 4096)
-    empty = snapshot(log.data_dir, log.keys, Month(2024, 2), tmp_path / "feb", OPTIONS)
+    empty = snapshot(log.data_dir, log.keys, Month(2024, 2), tmp_path / "feb", OPTIONS, seal=seal_for(log))
     assert (empty.start, empty.end) == (0, 0)
     bagit.Bag(str(empty.path)).validate()
-    full = snapshot(log.data_dir, log.keys, Month(2024, 3), tmp_path / "mar", OPTIONS)
+    full = snapshot(log.data_dir, log.keys, Month(2024, 3), tmp_path / "mar", OPTIONS, seal=seal_for(log))
     assert len(full.transcripts) == 150
     assert sum(len(p.read_text().splitlines()) for p in (full.path / "data").rglob("events.jsonl")) == 600
     assert os.path.exists(full.path / "data" / "proof" / "leaves.txt")
@@ -173,7 +188,7 @@ def test_interim_package_of_the_current_month_for_the_demo(tmp_path: Path) -> No
 
     log = create_log(tmp_path)
     fill_log(log, 12)  # appended now: the current month
-    result = interim_package(log.data_dir, log.keys, OPTIONS, tmp_path / "archive")
+    result = interim_package(log.data_dir, log.keys, OPTIONS, tmp_path / "archive", seal_for(log))
     assert result.path.name.endswith("-interim") and (result.start, result.end) == (0, 12)
     assert [p.name for p in result.transcripts] == ["transcript.html"]
     verify_package(result.path, (log.keys.key_name, log.keys.public_key))

@@ -22,7 +22,7 @@ from bridge.cli import app
 from bridge.log import checkpoint
 from bridge.log import keys as keyfile
 from tests.conftest import LogDir, create_log
-from tests.support.archive_log import OPTIONS, january_february
+from tests.support.archive_log import OPTIONS, january_february, seal_for
 
 runner = CliRunner()
 
@@ -32,8 +32,8 @@ def packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[LogDir, P
     log = create_log(tmp_path)
     january_february(log, monkeypatch)
     monkeypatch.undo()
-    jan = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "pkg" / "jan", OPTIONS).path
-    feb = snapshot(log.data_dir, log.keys, Month(2024, 2), tmp_path / "pkg" / "feb", OPTIONS).path
+    jan = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "pkg" / "jan", OPTIONS, seal=seal_for(log)).path
+    feb = snapshot(log.data_dir, log.keys, Month(2024, 2), tmp_path / "pkg" / "feb", OPTIONS, seal=seal_for(log)).path
     return log, jan, feb
 
 

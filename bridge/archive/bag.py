@@ -18,6 +18,7 @@ the process's working directory (unsafe inside the running bot);
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import hashlib
 import os
@@ -25,7 +26,7 @@ import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Self
+from typing import BinaryIO, Protocol, Self
 
 from bridge.durable import fsync_dir
 from bridge.errors import UsageError
@@ -63,6 +64,48 @@ class HashingFile:
         self.close()
 
 
+class OutFile(Protocol):
+    """A payload file being produced: written to, closed, then its SHA-256 and size are known."""
+
+    size: int
+
+    def write(self, data: bytes) -> int: ...
+    def close(self) -> None: ...
+    def hexdigest(self) -> str: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None: ...
+
+
+class PackageSink(Protocol):
+    """Where the renderers put payload files: `BagBuilder` writes them, verify-package compares them."""
+
+    payload: dict[str, tuple[str, int]]
+
+    def data_path(self, rel: str) -> Path: ...
+    def open(self, rel: str) -> OutFile: ...
+    def done(self, rel: str, fh: OutFile) -> None: ...
+    def write(self, rel: str, data: bytes) -> tuple[str, int]: ...
+
+
+def tag_files(
+    payload: dict[str, tuple[str, int]], info: Iterable[tuple[str, str]], extra: dict[str, bytes]
+) -> dict[str, bytes]:
+    """Every tag file of a bag (bagit.txt, bag-info.txt with Payload-Oxum, manifests, `extra` tag files)."""
+    total = sum(size for _, size in payload.values())
+    lines = [*info, ("Payload-Oxum", f"{total}.{len(payload)}")]
+    tags: dict[str, bytes] = {
+        "bagit.txt": BAGIT_TXT,
+        "bag-info.txt": "".join(f"{k}: {v}\n" for k, v in lines).encode("utf-8"),
+        "manifest-sha256.txt": "".join(
+            f"{digest}  {manifest_path('data/' + rel)}\n" for rel, (digest, _) in sorted(payload.items())
+        ).encode("utf-8"),
+        **extra,
+    }
+    tagmanifest = "".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in sorted(tags.items()))
+    tags["tagmanifest-sha256.txt"] = tagmanifest.encode("utf-8")
+    return tags
+
+
 def manifest_path(rel: str) -> str:
     """A path as RFC 8493 manifests write it (CR, LF and % percent-encoded)."""
     return rel.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
@@ -71,11 +114,13 @@ def manifest_path(rel: str) -> str:
 class BagBuilder:
     """Builds a bag in a temp dir beside `final`; `publish()` moves it into place."""
 
-    def __init__(self, final: Path) -> None:
+    def __init__(self, final: Path, workdir: Path | None = None) -> None:
+        """Build in `workdir` (a private directory; default: beside `final`), publish to `final`."""
         self.final = final
         final.parent.mkdir(parents=True, exist_ok=True)
-        self.root = final.parent / f".{final.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
-        self.root.mkdir(mode=0o755)
+        base = workdir if workdir is not None else final.parent
+        self.root = base / f".{final.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+        self.root.mkdir(mode=0o700)
         #: payload path (relative to data/) -> (sha256 hex, size)
         self.payload: dict[str, tuple[str, int]] = {}
 
@@ -88,7 +133,7 @@ class BagBuilder:
         """A new payload file `data/<rel>`; call `done(rel, file)` after closing it."""
         return HashingFile(self.data_path(rel))
 
-    def done(self, rel: str, fh: HashingFile) -> None:
+    def done(self, rel: str, fh: OutFile) -> None:
         self.payload[rel] = (fh.hexdigest(), fh.size)
 
     def add(self, rel: str, digest: str, size: int) -> None:
@@ -101,24 +146,18 @@ class BagBuilder:
         self.done(rel, fh)
         return self.payload[rel]
 
-    def finish(self, info: Iterable[tuple[str, str]]) -> None:
-        """Write the tag files; `info` are bag-info.txt lines (Payload-Oxum is added)."""
-        total = sum(size for _, size in self.payload.values())
-        lines = [*info, ("Payload-Oxum", f"{total}.{len(self.payload)}")]
-        tags: dict[str, bytes] = {
-            "bagit.txt": BAGIT_TXT,
-            "bag-info.txt": "".join(f"{k}: {v}\n" for k, v in lines).encode("utf-8"),
-            "manifest-sha256.txt": "".join(
-                f"{digest}  {manifest_path('data/' + rel)}\n" for rel, (digest, _) in sorted(self.payload.items())
-            ).encode("utf-8"),
-        }
-        for name, data in tags.items():
+    def finish(self, info: Iterable[tuple[str, str]], extra: dict[str, bytes] | None = None) -> None:
+        """Write the tag files; `info` are bag-info.txt lines (Payload-Oxum is added), `extra` more tag files."""
+        for name, data in tag_files(self.payload, info, extra or {}).items():
             (self.root / name).write_bytes(data)
-        tagmanifest = "".join(f"{hashlib.sha256(d).hexdigest()}  {n}\n" for n, d in sorted(tags.items()))
-        (self.root / "tagmanifest-sha256.txt").write_bytes(tagmanifest.encode("utf-8"))
 
     def publish(self) -> bool:
-        """Move the bag to its final path; True if written, False if an identical bag was already there."""
+        """Move the bag to its final path; True if written, False if an identical bag was already there.
+
+        A rename when the work dir is on the final path's file system; else a copy into a
+        temp dir beside the final path, fsynced, then renamed: either way the final name
+        appears at once, complete, or not at all.
+        """
         _fsync_tree(self.root)
         if self.final.exists():
             same = _same_tree(self.root, self.final)
@@ -126,12 +165,50 @@ class BagBuilder:
             if not same:
                 raise UsageError(f"{self.final} already holds a different package; refusing to overwrite it")
             return False
-        os.rename(self.root, self.final)
+        self.root.chmod(0o755)
+        try:
+            os.rename(self.root, self.final)
+        except OSError as exc:
+            if exc.errno != errno.EXDEV:
+                raise
+            beside = self.final.parent / f".{self.final.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+            try:
+                shutil.copytree(self.root, beside)
+                _fsync_tree(beside)
+                os.rename(beside, self.final)
+            except BaseException:
+                shutil.rmtree(beside, ignore_errors=True)
+                raise
+            self.discard()
         fsync_dir(self.final.parent)
         return True
 
     def discard(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def remove_stale(workdir: Path) -> list[Path]:
+    """Remove temp bags in `workdir` left by a process that is gone (a crash); returns what was removed."""
+    removed: list[Path] = []
+    for p in workdir.glob(".*.tmp-*"):
+        try:
+            pid = int(p.name.rsplit(".tmp-", 1)[1].split("-", 1)[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync_tree(root: Path) -> None:

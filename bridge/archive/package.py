@@ -4,25 +4,35 @@ Theory of operation
 -------------------
 `snapshot` makes the package of one month in three streaming passes:
 
-1. plan (`LogView.plan`): the month's leaf range [start, end), the frontier
-   at `start`, the decisions before `end`, the checkpoints at `start` and
-   `end` (signed now for a prefix when the table has none);
+1. plan (`plan.py` over the read API `bridge.log.view`): the month's leaf
+   range [start, end), the frontier at `start`, the decisions before `end`,
+   the checkpoints at `start` and `end` (asked of the injected `seal` when the
+   log has none at that size: the archive never signs), and the decisions
+   before `start` with inclusion proofs;
 2. records: every record of the range is decrypted once and written as one
    line (see `proof.py`) to its dossier's `events.jsonl` (events) or to
-   `proof/other-records.jsonl` (decisions), its leaf to `proof/leaves.txt`;
-   media of the dossier's events are decrypted into `media/`. Many
+   `proof/other-records.jsonl` (decisions, and KEY/BLOB records, which are
+   stored in the clear and need no key), its leaf to `proof/leaves.txt`;
+   media of the dossier's events are decrypted into `media/`; a missing blob
+   is refused (exit 1) unless `allow_missing_media`, which lists it in
+   `proof/missing-media.jsonl`. Many
    conversations mean many files: lines of all dossiers are buffered up to
    `SPILL_BYTES` in all, then appended to their files one at a time, so file
    handles and memory are bounded; beyond that, memory
    holds per dossier only its edit/deletion targets and media names;
-3. render (`render.py`): per dossier, `events.jsonl` is read back to write
+3. render (`render.py`, the same code verify-package runs): per dossier, `events.jsonl` is read back to write
    `transcript.html` and the MDTO XML; then the Serie, the pakbon, the proof
    files and the bag's tag files.
 
-Determinism: every byte derives from the log, the config and the checkpoints
+Determinism: every byte derives from the records, the render parameters
+(`derive.RenderParams`, carried in `proof/package.json`) and the checkpoints
 (stored once signed, so a rerun reuses them): names are sorted, times come from
 the log, and Bagging-Date is the first day after the month (an interim
-package: the day of its checkpoint). Atomicity and no-overwrite: `bag.py`.
+package: the day of its checkpoint). `derive.py` holds what both sides share.
+
+Plaintext is only ever written under `<data_dir>/tmp/` (0700; temp bags of a
+crashed run are removed at the next start) and then published to `out`:
+renamed, or copied beside `out` and renamed (`bag.py`). No-overwrite: `bag.py`.
 
 Layout (under the bag's `data/`)::
 
@@ -32,45 +42,50 @@ Layout (under the bag's `data/`)::
     <serie>/<dossier>/events.jsonl (+ .bestand.MDTO.xml)
     <serie>/<dossier>/transcript.html (+ .bestand.MDTO.xml)
     <serie>/<dossier>/media/<seq>-<name> (+ .bestand.MDTO.xml)
-    proof/range.json, frontier-start.json, leaves.txt, consistency-proof.json,
+    proof/range.json, package.json, frontier-start.json, leaves.txt, consistency-proof.json,
           checkpoint-start.txt (not for a package starting at record 0),
-          checkpoint-end.txt, other-records.jsonl
+          checkpoint-end.txt, other-records.jsonl, decisions-before.jsonl, missing-media.jsonl
+  (bag root) LEESMIJ.txt: a tag file, so it sits beside bag-info.txt where a person opens the package
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
-import logging
-from dataclasses import dataclass, field
-from datetime import date, datetime
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from bridge.archive import proof
+from bridge.archive import derive, proof
 from bridge.archive import range as ranges
-from bridge.archive.bag import BagBuilder
-from bridge.archive.logscan import LogView, Plan, RangeRecord, seal_prefix
+from bridge.archive.bag import BagBuilder, HashingFile, remove_stale
+from bridge.archive.derive import STATUS_CLOSED, STATUS_INTERIM, DossierState, RenderParams, package_name
 from bridge.archive.mdto import Organisation
-from bridge.archive.names import safe_name
+from bridge.archive.plan import Plan, Seal, carried_decisions, plan, seal_notes
 from bridge.archive.render import render_package
 from bridge.blobs import BlobStore
 from bridge.config import Settings
 from bridge.errors import LogIntegrityError, UsageError
-from bridge.events import Event
 from bridge.log import checkpoint, crypto, format
 from bridge.log.keys import KeyMaterial
 from bridge.log.schema import now_ms
-from bridge.policy import Withheld, fold_decisions, withheld_for
-
-log = logging.getLogger(__name__)
+from bridge.log.view import LogView, RangeRecord
+from bridge.policy import Withheld, fold_decisions
 
 SPILL_BYTES = 16 << 20  # event lines held in memory before they are appended to their files
-MEDIA_NAME_BYTES = 200
 LEAF_BATCH = 4096  # leaf lines (65 bytes each) held before they are written
-STATUS_CLOSED = "closed month"
-STATUS_INTERIM = "open month, interim"
+TMP_DIR = "tmp"  # under the data dir: the only place plaintext is written before `out`
+#: Content key of a line in proof/other-records.jsonl, per record type.
+OTHER_KEYS = {format.RecordType.DECISION: "decision", format.RecordType.KEY: "key", format.RecordType.BLOB: "blob"}
+
+
+class MissingMediaError(LogIntegrityError):
+    """A stored attachment's blob is gone from the blob store (snapshot without --allow-missing-media)."""
 
 
 @dataclass(frozen=True)
@@ -94,31 +109,52 @@ class SnapshotResult:
     status: str
     written: bool  # False: an identical package was already there
     transcripts: tuple[Path, ...]
+    missing_media: int = 0
 
 
-@dataclass
-class DossierState:
-    """What pass 2 knows about one conversation-month (bounded: no per-event state)."""
+def writer_seal(data_dir: Path, keys: KeyMaterial) -> Seal:
+    """The default `seal`: asks the log's writer (`bridge.log`), never signs here.
 
-    source: str
-    conversation: str
-    folder: str  # relative to data/
-    name: str | None = None  # the room's name (last m.room.name of the month)
-    sha: Any = field(default_factory=hashlib.sha256)
-    size: int = 0
-    records: int = 0
-    edited: dict[str, str] = field(default_factory=dict)
-    deleted: dict[str, str | None] = field(default_factory=dict)
-    media: dict[str, str] = field(default_factory=dict)  # blob id -> path relative to the folder
-    media_info: list[tuple[str, str | None, str | None]] = field(default_factory=list)  # (rel, type, filename)
+    wired by control: the control engineer replaces this with the call through the
+    running bot's control socket (or `bridge.log.writer.seal_at`); until then it opens
+    a `LogStore` for the purpose and calls `seal_prefix`, or, for a package ending at
+    the log's current size, the store's own `checkpoint()`.
+    """
 
-    @property
-    def events_rel(self) -> str:
-        return f"{self.folder}/events.jsonl"
+    def seal(size: int) -> str:
+        try:
+            from bridge.log import writer  # type: ignore[attr-defined,unused-ignore]
+
+            seal_at: Callable[[Path, KeyMaterial, int], str] | None = getattr(writer, "seal_at", None)
+        except ImportError:
+            seal_at = None
+        if seal_at is not None:
+            return seal_at(data_dir, keys, size)
+
+        async def go() -> str:
+            from bridge.log.store import LogStore
+
+            async with await LogStore.open(data_dir, keys) as store:
+                prefix = getattr(store, "seal_prefix", None)
+                if prefix is not None:
+                    return str(await prefix(size))
+                if store.size == size:
+                    return await store.checkpoint()
+            raise UsageError(f"this log's writer cannot sign a checkpoint at tree size {size} yet (a past boundary)")
+
+        with ThreadPoolExecutor(1) as pool:  # the caller may be inside an event loop (the demo)
+            return pool.submit(asyncio.run, go()).result()
+
+    return seal
 
 
-def package_name(log_id: bytes, month: ranges.Month, interim: bool = False) -> str:
-    return f"chatarchief-{log_id.hex()[:8]}-{month}" + ("-interim" if interim else "")
+def private_workdir(data_dir: Path) -> Path:
+    """`<data_dir>/tmp` (0700), with temp bags of crashed runs removed."""
+    work = data_dir / TMP_DIR
+    work.mkdir(mode=0o700, exist_ok=True)
+    os.chmod(work, 0o700)
+    remove_stale(work)
+    return work
 
 
 def snapshot(
@@ -128,66 +164,50 @@ def snapshot(
     out: Path,
     options: ArchiveOptions,
     *,
+    seal: Seal | None = None,
     allow_open_month: bool = False,
+    allow_missing_media: bool = False,
 ) -> SnapshotResult:
     """Write the package of `month` to `out` (a new directory); see the module docstring.
 
-    Refuses (UsageError) a month that has not ended unless `allow_open_month`
-    (then the package covers the range so far, closed by a fresh checkpoint,
-    and says "open month, interim" in bag-info.txt), a month whose end is not
-    sealed by a checkpoint yet, and a different package already at `out`.
+    `seal(size)` gives the signed checkpoint note at a tree size, signing one if the log
+    has none (the log's writer does that; default `writer_seal`); the note is checked
+    against the root this snapshot computed. Refuses (UsageError) a month that has not ended unless
+    `allow_open_month` (then the package covers the range so far), and a different
+    package already at `out`; refuses (MissingMediaError, exit 1) a stored attachment
+    whose blob is gone unless `allow_missing_media`.
     """
     win = ranges.window(month, options.timezone)
-    interim = now_ms() < win.end_ms
-    if interim and not allow_open_month:
+    open_now = now_ms() < win.end_ms
+    if open_now and not allow_open_month:
         raise UsageError(f"month {month} has not ended yet (it ends {_local(win.end_ms, options.timezone)})")
+    params = RenderParams(options.organisation, options.timezone, keys.log_id.hex(), month)
+    if seal is None:
+        seal = writer_seal(data_dir, keys)
+    work = private_workdir(data_dir)
     with LogView(data_dir, keys) as view:
-        plan = view.plan(win, open_month=interim)
-        builder = BagBuilder(out)
+        p = plan(view, win, open_month=open_now)
+        carried = carried_decisions(view, p)
+        builder = BagBuilder(out, work)
         try:
-            dossiers, other_count = _write_records(
-                view, builder, plan, month, BlobStore(data_dir / "blobs", view.media_keys())
-            )
-            # Sign missing checkpoints only now: pass 2 has recomputed every leaf of the range from its bytes.
-            start_note, end_note = _seal(data_dir, keys, plan)
-            status = STATUS_INTERIM if interim else STATUS_CLOSED
+            blobs = BlobStore(data_dir / "blobs", view.media_keys())
+            dossiers, others, missing = _write_records(view, builder, p, params, blobs, allow_missing_media)
+            # Ask for missing checkpoints only now: pass 2 has recomputed every leaf of the range from its bytes.
+            start_note, end_note = seal_notes(keys, p, seal)
             end_cp = checkpoint.parse_checkpoint_body(checkpoint.open_note(end_note)[0])
             sealed_ms = end_cp.timestamp_ms if end_cp.timestamp_ms is not None else win.end_ms
-            _write_proof(builder, plan, win, status, start_note, end_note)
-            transcripts = render_package(builder, keys, month, options, dossiers, plan, sealed_ms, status)
-            bagging = _local_date(sealed_ms if interim else win.end_ms, options.timezone)
-            builder.finish(
-                [
-                    ("Bag-Software-Agent", "chatarchief"),
-                    ("Bagging-Date", bagging.isoformat()),
-                    ("Source-Organization", options.organisation.name),
-                    ("External-Identifier", package_name(keys.log_id, month, interim)),
-                    (
-                        "External-Description",
-                        f"Chatarchief package of {month} ({options.timezone}), records"
-                        f" {plan.start}..{plan.end - 1}, {len(dossiers)} conversations, {other_count} other records",
-                    ),
-                    ("Chatarchief-Month", str(month)),
-                    ("Chatarchief-Range", f"{plan.start} {plan.end}"),
-                    ("Chatarchief-Status", status),
-                    ("Chatarchief-Log", keys.key_name),
-                ]
-            )
+            status = derive.status_of(sealed_ms, win)
+            _write_proof(builder, p, win, status, start_note, end_note, params, carried)
+            transcripts = render_package(builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status)
+            info = derive.bag_info(params, keys.key_name, win, p.start, p.end, len(dossiers), others, sealed_ms)
+            text = derive.leesmij(params, keys.key_name, p.start, p.end, status == STATUS_INTERIM)
+            builder.finish(info, {"LEESMIJ.txt": text})
             written = builder.publish()
         except BaseException:
             builder.discard()
             raise
     paths = tuple(out / "data" / t for t in transcripts)
-    return SnapshotResult(out, str(month), plan.start, plan.end, status, written, paths)
-
-
-def _seal(data_dir: Path, keys: KeyMaterial, plan: Plan) -> tuple[str | None, str]:
-    """The checkpoints at start and end, signing (and storing) a prefix checkpoint where none exists."""
-    start_note = plan.start_note
-    if start_note is None and plan.start > 0:
-        start_note = seal_prefix(data_dir, keys, plan.start, plan.frontier_start.root())
-    end_note = plan.end_note or seal_prefix(data_dir, keys, plan.end, plan.end_root)
-    return start_note, end_note
+    return SnapshotResult(out, str(month), p.start, p.end, status, written, paths, missing)
 
 
 class _Spill:
@@ -230,22 +250,22 @@ class _Spill:
 
 
 def _write_records(
-    view: LogView, builder: BagBuilder, plan: Plan, month: ranges.Month, blobs: BlobStore
-) -> tuple[list[DossierState], int]:
+    view: LogView, builder: BagBuilder, p: Plan, params: RenderParams, blobs: BlobStore, allow_missing: bool
+) -> tuple[list[DossierState], int, int]:
     """Pass 2: one line per record into its file, leaves into proof/leaves.txt; returns the dossiers."""
-    withheld = fold_decisions(plan.decisions)
-    serie = serie_folder(view.keys.log_id)
+    withheld = fold_decisions(p.decisions)
     dossiers: dict[bytes, DossierState] = {}
-    folders: set[str] = set()
     spill = _Spill(builder.root / "data", SPILL_BYTES)
-    frontier = plan.frontier_start.copy()
-    consistency = proof.ConsistencyBuilder(plan.frontier_start, plan.end)
+    frontier = p.frontier_start.copy()
+    consistency = proof.ConsistencyBuilder(p.frontier_start, p.end)
     other = builder.open("proof/other-records.jsonl")
     leaves = builder.open("proof/leaves.txt")
+    missing = builder.open("proof/missing-media.jsonl")
+    media = _MediaCopier(builder, blobs, missing, allow_missing)
     leaf_lines: list[bytes] = []  # written LEAF_BATCH at a time
     others = 0
     try:
-        for rec in view.records(plan.start, plan.end, view.leaf_before(plan.start)):
+        for rec in view.records(p.start, p.end, view.leaf_before(p.start)):
             leaf_lines.append(proof.leaf_line(rec.leaf))
             if len(leaf_lines) == LEAF_BATCH:
                 leaves.write(b"".join(leaf_lines))
@@ -253,19 +273,18 @@ def _write_records(
             frontier.append(rec.leaf)
             consistency.add(rec.leaf)
             if rec.header.type != format.RecordType.EVENT:
+                key = OTHER_KEYS[rec.header.type]
                 other.write(
-                    proof.content_line(
-                        "decision", rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None
-                    )
+                    proof.content_line(key, rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None)
                 )
                 others += 1
                 continue
             d = orjson.loads(rec.payload)
             state = dossiers.get(rec.header.conversation_tag)
             if state is None:
-                state = _new_dossier(d, serie, month, folders)
+                state = derive.new_dossier(params.serie, str(d["source"]), str(d["conversation"]), params.month)
                 dossiers[rec.header.conversation_tag] = state
-            line = _event_line(rec, d, state, withheld, builder, blobs)
+            line = _event_line(rec, d, state, withheld, media)
             spill.write(state.events_rel, line)
             state.sha.update(line)
             state.size += len(line)
@@ -275,27 +294,16 @@ def _write_records(
         spill.close()
         other.close()
         leaves.close()
+        missing.close()
     builder.done("proof/other-records.jsonl", other)
     builder.done("proof/leaves.txt", leaves)
-    if frontier.size != plan.end or not crypto.hmac_equal(frontier.root(), plan.end_root):
-        raise LogIntegrityError(plan.end - 1, "the range's records do not give the signed root at the month's end")
-    builder.write("proof/consistency-proof.json", proof.consistency_json(plan.start, plan.end, consistency.proof()))
+    builder.done("proof/missing-media.jsonl", missing)
+    if frontier.size != p.end or not crypto.hmac_equal(frontier.root(), p.end_root):
+        raise LogIntegrityError(p.end - 1, "the range's records do not give the signed root at the month's end")
+    builder.write("proof/consistency-proof.json", proof.consistency_json(p.start, p.end, consistency.proof()))
     for state in dossiers.values():
         builder.add(state.events_rel, state.sha.hexdigest(), state.size)
-    return sorted(dossiers.values(), key=lambda s: s.folder), others
-
-
-def serie_folder(log_id: bytes) -> str:
-    return f"chatarchief-{log_id.hex()}"
-
-
-def _new_dossier(d: dict[str, Any], serie: str, month: ranges.Month, taken: set[str]) -> DossierState:
-    source, conversation = str(d["source"]), str(d["conversation"])
-    name = safe_name(f"{source}_{conversation}_{month}", 200)
-    if name in taken:  # two texts with the same safe name (cannot happen with hashed names; stay safe)
-        name = safe_name(f"{name}_{len(taken)}", 200)
-    taken.add(name)
-    return DossierState(source, conversation, f"{serie}/{name}")
+    return sorted(dossiers.values(), key=lambda s: s.folder), others, media.missing
 
 
 def _event_line(
@@ -303,92 +311,78 @@ def _event_line(
     d: dict[str, Any],
     state: DossierState,
     withheld: dict[tuple[str, str, str], Withheld],
-    builder: BagBuilder,
-    blobs: BlobStore,
+    media: _MediaCopier,
 ) -> bytes:
-    hidden = withheld_for(Event.from_json(d), withheld) if withheld else None
-    if hidden is not None:
-        tomb = {"reason": hidden.reason, "by": hidden.by, "at_ms": hidden.at_ms, "decision_seq": hidden.decision_seq}
-        return proof.sealed_line(rec.seq, rec.header_bytes, rec.commitment, rec.ciphertext_hash, tomb)
-    kind, target = d.get("kind"), d.get("relates_to")
-    if isinstance(target, str):
-        if kind == "edit":
-            state.edited[target] = str(d["event_id"])
-        elif kind == "deletion":
-            sender = d.get("sender")
-            state.deleted[target] = sender if isinstance(sender, str) else None
-    if kind == "state" and isinstance(content := d.get("content"), dict) and content.get("type") == "m.room.name":
-        inner = content.get("content")
-        name = inner.get("name") if isinstance(inner, dict) else None
-        state.name = name if isinstance(name, str) and name else state.name
-    files: dict[str, str] = {}
-    for att in d.get("attachments") or ():
-        blob_id = att.get("blob_id")
-        if att.get("status") != "stored" or not isinstance(blob_id, str):
-            continue
-        rel = state.media.get(blob_id) or _extract_media(rec.seq, att, blob_id, state, builder, blobs)
-        if rel is not None:
-            files[blob_id] = rel
-    return proof.content_line("event", rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, files)
+    return derive.event_line(
+        rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, rec.commitment, d, state, withheld, media
+    )
 
 
-def _extract_media(
-    seq: int, att: dict[str, Any], blob_id: str, state: DossierState, builder: BagBuilder, blobs: BlobStore
-) -> str | None:
-    try:
-        data = blobs.get(blob_id)
-    except (FileNotFoundError, ValueError):
-        log.warning(
-            "media blob missing from the blob store; the package lists it as absent",
-            extra={"seq": seq, "blob_id": blob_id},
-        )
-        return None
-    want = att.get("sha256")
-    if isinstance(want, str) and hashlib.sha256(data).hexdigest() != want.lower():
-        raise LogIntegrityError(seq, f"media blob {blob_id} does not hold the content its event names")
-    filename = att.get("filename") if isinstance(att.get("filename"), str) else None
-    rel = f"media/{seq}-{safe_name(filename or blob_id[:16], MEDIA_NAME_BYTES)}"
-    builder.write(f"{state.folder}/{rel}", data)
-    state.media[blob_id] = rel
-    media_type = att.get("media_type") if isinstance(att.get("media_type"), str) else None
-    state.media_info.append((rel, media_type, filename))
-    return rel
+class _MediaCopier:
+    """The snapshot's media hook: decrypts a stored blob into the package, or notes it missing (if allowed)."""
+
+    def __init__(self, builder: BagBuilder, blobs: BlobStore, notices: HashingFile, allow_missing: bool) -> None:
+        self._builder = builder
+        self._blobs = blobs
+        self._notices = notices
+        self._allow = allow_missing
+        self.missing = 0
+
+    def __call__(self, seq: int, att: dict[str, Any], rel: str) -> bool:
+        blob_id = str(att["blob_id"])
+        try:
+            data = self._blobs.get(blob_id)
+        except FileNotFoundError:
+            if not self._allow:
+                raise MissingMediaError(
+                    seq,
+                    f"media blob {blob_id} of record {seq} is missing from the blob store; restore it, or write"
+                    " the package with --allow-missing-media (each absence is then listed in the package)",
+                ) from None
+            self._notices.write(derive.missing_line(seq, blob_id, rel))
+            self.missing += 1
+            return False
+        except ValueError as exc:
+            raise LogIntegrityError(seq, f"media blob {blob_id} does not decrypt: {exc}") from None
+        want = att.get("sha256")
+        if isinstance(want, str) and hashlib.sha256(data).hexdigest() != want.lower():
+            raise LogIntegrityError(seq, f"media blob {blob_id} does not hold the content its event names")
+        self._builder.write(rel, data)
+        return True
 
 
 def _write_proof(
     builder: BagBuilder,
-    plan: Plan,
+    p: Plan,
     win: ranges.Window,
     status: str,
     start_note: str | None,
     end_note: str,
+    params: RenderParams,
+    carried: list[tuple[RangeRecord, list[bytes]]],
 ) -> None:
-    doc = {
-        "month": str(win.month),
-        "timezone": win.timezone,
-        "month_start_ms": win.start_ms,
-        "month_end_ms": win.end_ms,
-        "start": plan.start,
-        "end": plan.end,
-        "status": status,
-        "rule": "start/end = first record whose appended_ms >= the month's/next month's first instant",
-    }
-    builder.write("proof/range.json", proof.pretty_json(doc))
-    builder.write("proof/frontier-start.json", proof.frontier_json(plan.frontier_start))
+    builder.write("proof/range.json", derive.range_json(win, p.start, p.end, status))
+    builder.write("proof/package.json", params.to_json())
+    builder.write("proof/frontier-start.json", proof.frontier_json(p.frontier_start))
     if start_note is not None:
         builder.write("proof/checkpoint-start.txt", start_note.encode("utf-8"))
     builder.write("proof/checkpoint-end.txt", end_note.encode("utf-8"))
+    lines = [
+        proof.carried_line(rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, path)
+        for rec, path in carried
+    ]
+    builder.write("proof/decisions-before.jsonl", b"".join(lines))
 
 
 def _local(ms: int, timezone: str) -> str:
+    from datetime import datetime
+
     return datetime.fromtimestamp(ms / 1000, ranges.zone(timezone)).isoformat(timespec="minutes")
 
 
-def _local_date(ms: int, timezone: str) -> date:
-    return datetime.fromtimestamp(ms / 1000, ranges.zone(timezone)).date()
-
-
-def interim_package(data_dir: Path, keys: KeyMaterial, options: ArchiveOptions, destination: Path) -> SnapshotResult:
+def interim_package(
+    data_dir: Path, keys: KeyMaterial, options: ArchiveOptions, destination: Path, seal: Seal | None = None
+) -> SnapshotResult:
     """The current month so far, closed by a fresh checkpoint (for the demo): `destination/<name>-interim`.
 
     Labelled "open month, interim" in bag-info.txt and proof/range.json; the
@@ -396,7 +390,16 @@ def interim_package(data_dir: Path, keys: KeyMaterial, options: ArchiveOptions, 
     """
     month = ranges.month_of(now_ms(), options.timezone)
     out = destination / package_name(keys.log_id, month, interim=True)
-    return snapshot(data_dir, keys, month, out, options, allow_open_month=True)
+    return snapshot(data_dir, keys, month, out, options, seal=seal, allow_open_month=True)
 
 
-__all__ = ["ArchiveOptions", "SnapshotResult", "interim_package", "package_name", "snapshot"]
+__all__ = [
+    "STATUS_CLOSED",
+    "STATUS_INTERIM",
+    "ArchiveOptions",
+    "MissingMediaError",
+    "SnapshotResult",
+    "interim_package",
+    "package_name",
+    "snapshot",
+]

@@ -43,7 +43,7 @@ from typing import Any
 import orjson
 
 from bridge.events import canonical_json
-from bridge.log import format, merkle
+from bridge.log import clear, format, merkle
 
 LEAF_LINE_BYTES = 65  # 64 hex digits + "\n"
 
@@ -96,6 +96,13 @@ def content_line(
     )
 
 
+def carried_line(seq: int, header: bytes, salt: bytes, payload: bytes, ct_hash: bytes, path: Sequence[bytes]) -> bytes:
+    """A decision from before the range with its RFC 9162 inclusion proof (proof/decisions-before.jsonl)."""
+    d = orjson.loads(content_line("decision", seq, header, salt, payload, ct_hash, None))
+    d["inclusion"] = [h.hex() for h in path]
+    return canonical_json(d) + b"\n"
+
+
 def sealed_line(seq: int, header: bytes, commit: bytes, ct_hash: bytes, withheld: Mapping[str, Any] | None) -> bytes:
     """The line of a record whose content is not in the package (withheld, or of an unknown type)."""
     d: dict[str, Any] = {
@@ -117,15 +124,33 @@ class RecordLine:
     seq: int
     header: format.RecordHeader
     leaf: bytes
-    #: "event", "decision" or None (content not in the package)
+    #: "event", "decision", "key", "blob" or None (content not in the package)
     key: str | None
     content: dict[str, Any] | None
     withheld: dict[str, Any] | None
     files: dict[str, str]
+    header_bytes: bytes = b""
+    commitment: bytes = b""
+    ciphertext_hash: bytes = b""
+    salt: bytes = b""
+    payload: bytes = b""  # canonical JSON of `content` (b"" without content)
+    inclusion: tuple[bytes, ...] = ()
 
 
-def parse_line(line: bytes) -> RecordLine:
-    """Parse and check one record line; its leaf is recomputed from what it holds. Raises LineError."""
+#: The content key of a line for each record type shown in full.
+CONTENT_KEYS = {
+    "event": format.RecordType.EVENT,
+    "decision": format.RecordType.DECISION,
+    "key": format.RecordType.KEY,
+    "blob": format.RecordType.BLOB,
+}
+
+
+def parse_line(line: bytes, *, inclusion: bool = False) -> RecordLine:
+    """Parse and check one record line; its leaf is recomputed from what it holds. Raises LineError.
+
+    With `inclusion`, the line also carries "inclusion": [hex] (proof/decisions-before.jsonl).
+    """
     try:
         d = orjson.loads(line)
     except orjson.JSONDecodeError:
@@ -143,24 +168,34 @@ def parse_line(line: bytes) -> RecordLine:
     if header.seq != seq:
         raise LineError(f"header says record {header.seq}, line says {seq}")
     ct_hash = _unhex(d.get("ciphertext_sha256"), format.HASH_BYTES, "ciphertext_sha256")
-    key = next((k for k in ("event", "decision") if k in d), None)
+    key = next((k for k in CONTENT_KEYS if k in d), None)
     content: dict[str, Any] | None = None
     withheld = d.get("withheld")
+    salt = payload = b""
     if key is not None:
         allowed = {"ciphertext_sha256", key, "files", "header", "salt", "seq"}
-        expected_type = format.RecordType.EVENT if key == "event" else format.RecordType.DECISION
-        if header.type != expected_type:
+        if header.type != CONTENT_KEYS[key]:
             raise LineError(f"a {key} line on a record of type {header.type.name}")
         content = d[key]
         if not isinstance(content, dict):
             raise LineError(f"{key} is not an object")
         salt = _unb64(d.get("salt"), None, "salt")
-        commit = format.commitment(salt + canonical_json(content))
+        payload = canonical_json(content)
+        commit = format.commitment(salt + payload)
+        if header.type in format.CLEAR_TYPES:
+            _check_clear(header, key, payload, commit, ct_hash)
     else:
         allowed = {"ciphertext_sha256", "commitment", "header", "seq", "withheld"}
         commit = _unb64(d.get("commitment"), format.HASH_BYTES, "commitment")
-        if withheld is not None and not isinstance(withheld, dict):
-            raise LineError("withheld is not an object")
+        if not isinstance(withheld, dict):
+            raise LineError("a line without content must carry a withheld tombstone (a bare line)")
+    proof_path: tuple[bytes, ...] = ()
+    if inclusion:
+        allowed.add("inclusion")
+        raw = d.get("inclusion")
+        if not isinstance(raw, list):
+            raise LineError("inclusion is not a list of hashes")
+        proof_path = tuple(_unhex(h, merkle.HASH_SIZE, "inclusion hash") for h in raw)
     extra = set(d) - allowed
     if extra:
         raise LineError(f"unexpected fields {sorted(extra)}")
@@ -168,7 +203,21 @@ def parse_line(line: bytes) -> RecordLine:
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
         raise LineError("files is not an object of strings")
     leaf = merkle.leaf_hash(format.leaf_data(header_b, commit, ct_hash))
-    return RecordLine(seq, header, leaf, key, content, withheld, files)
+    return RecordLine(
+        seq, header, leaf, key, content, withheld, files, header_b, commit, ct_hash, salt, payload, proof_path
+    )
+
+
+def _check_clear(header: format.RecordHeader, key: str, payload: bytes, commit: bytes, ct_hash: bytes) -> None:
+    """A clear record (KEY, BLOB): stored body = salt || payload, so its hash is the commitment."""
+    if header.conversation_tag != format.CLEAR_TAG or header.nonce != format.CLEAR_NONCE:
+        raise LineError("a clear record must carry a zero conversation tag and nonce")
+    if ct_hash != commit:
+        raise LineError("ciphertext_sha256 of a clear record is not SHA-256(salt || payload)")
+    try:
+        (clear.parse_key if key == "key" else clear.parse_blob)(payload)
+    except clear.ClearRecordError as exc:
+        raise LineError(f"{key} record: {exc}") from None
 
 
 # -- proof folder files ------------------------------------------------------------------------------
@@ -301,3 +350,61 @@ def extend_root(frontier: merkle.Frontier, leaves: Iterable[bytes]) -> bytes:
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+# -- inclusion proofs for chosen leaves from one stream of leaves --------------------------------------
+
+
+def inclusion_ranges(index: int, size: int) -> list[tuple[int, int]]:
+    """The leaf ranges [lo, hi) whose subtree roots make RFC 9162 PATH(index, size), in proof order.
+
+    Each range is either a perfect subtree aligned to its width or ends at `size` (a right edge).
+    """
+    if not 0 <= index < size:
+        raise ValueError(f"index {index} is outside 0..{size - 1}")
+    top_down: list[tuple[int, int]] = []
+    lo, hi = 0, size
+    while hi - lo > 1:
+        k = _split(hi - lo)
+        if index < lo + k:
+            top_down.append((lo + k, hi))
+            hi = lo + k
+        else:
+            top_down.append((lo, lo + k))
+            lo += k
+    return top_down[::-1]
+
+
+class SubtreeRoots:
+    """Roots of chosen ranges (from `inclusion_ranges`) of a tree of `size` leaves, fed in order once.
+
+    Perfect subtrees are caught as they complete (amortised O(1) per leaf); right-edge ranges
+    come from the finished frontier.
+    """
+
+    def __init__(self, wanted: set[tuple[int, int]], size: int) -> None:
+        self._wanted = wanted
+        self._size = size
+        self._stack: list[tuple[int, int, bytes]] = []
+        self._frontier = merkle.Frontier()
+        self._found: dict[tuple[int, int], bytes] = {}
+
+    def add(self, leaf: bytes) -> None:
+        i = self._frontier.size
+        self._frontier.append(leaf)
+        node = (i, i + 1, leaf)
+        while True:
+            if node[:2] in self._wanted:
+                self._found[node[:2]] = node[2]
+            if not self._stack or self._stack[-1][1] - self._stack[-1][0] != node[1] - node[0]:
+                break
+            left = self._stack.pop()
+            node = (left[0], node[1], merkle.node_hash(left[2], node[2]))
+        self._stack.append(node)
+
+    def finish(self) -> dict[tuple[int, int], bytes]:
+        if self._frontier.size != self._size:
+            raise ValueError(f"fed {self._frontier.size} leaves, expected {self._size}")
+        for rng in self._wanted - set(self._found):
+            self._found[rng] = _root_from_frontier(self._frontier, *rng)
+        return dict(self._found)

@@ -10,41 +10,40 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import orjson
 
 from bridge.archive import mdto
-from bridge.archive.bag import BagBuilder
+from bridge.archive.bag import PackageSink
+from bridge.archive.derive import DossierState, RenderParams
 from bridge.archive.dossier import DossierSummary
 from bridge.archive.range import Month
 from bridge.archive.transcript import TranscriptEntry, write_transcript
 from bridge.events import Event
-from bridge.log.keys import KeyMaterial
 from bridge.policy import Withheld
-
-if TYPE_CHECKING:
-    from bridge.archive.logscan import Plan
-    from bridge.archive.package import ArchiveOptions, DossierState
 
 BRON = "Chatarchief"
 SIDECAR = ".bestand.MDTO.xml"
 
 
 def render_package(
-    builder: BagBuilder,
-    keys: KeyMaterial,
-    month: Month,
-    options: ArchiveOptions,
+    builder: PackageSink,
+    params: RenderParams,
+    key_name: str,
     dossiers: Sequence[DossierState],
-    plan: Plan,
+    start: int,
+    end: int,
     sealed_ms: int,
     status: str,
 ) -> list[str]:
-    """Write transcripts, MDTO and pakbon; returns the transcripts' paths relative to data/."""
-    org = options.organisation
-    serie_name = dossiers[0].folder.split("/", 1)[0] if dossiers else f"chatarchief-{keys.log_id.hex()}"
-    serie = mdto.Ref(f"Chatarchief {keys.log_id.hex()}", f"chatarchief:{keys.log_id.hex()}", BRON)
+    """Write transcripts, MDTO and pakbon; returns the transcripts' paths relative to data/.
+
+    The same code runs in `snapshot` (writing) and in `verify-package` (a sink that compares).
+    """
+    org = params.organisation
+    month = params.month
+    serie_name = params.serie
+    serie = mdto.Ref(f"Chatarchief {params.log_id}", f"chatarchief:{params.log_id}", BRON)
     transcripts: list[str] = []
     refs: list[mdto.Ref] = []
     objects = [mdto.PakbonDossier(f"{serie_name}.MDTO.xml", serie.kenmerk or "", serie.name, "Serie")]
@@ -58,20 +57,21 @@ def render_package(
         BRON,
         serie.name,
         org,
-        omschrijving=f"Zakelijke chatberichten, vastgelegd door Chatarchief (log {keys.log_id.hex()})",
+        omschrijving=f"Zakelijke chatberichten, vastgelegd door Chatarchief (log {params.log_id})",
         dossiers=tuple(refs),
     )
     builder.write(f"{serie_name}.MDTO.xml", mdto.serie_xml(serie_info))
     info = mdto.PakbonInfo(
-        identificatie=f"{keys.key_name}/{month}/{plan.start}-{plan.end}",
+        identificatie=f"{key_name}/{month}/{start}-{end}",
         naam=f"Chatarchief {month}",
         aanmaaktijd=mdto.xml_datetime(sealed_ms),
         archiefvormer=org.name,
         archiefvormer_kenmerk=org.creator_id,
-        bijzonderheden=f"{status}; records {plan.start} tot {plan.end} van het log; bewijs in proof/",
+        bijzonderheden=f"{status}; records {start} tot {end} van het log; bewijs in proof/",
     )
     files = [mdto.PakbonFile(rel, size, digest) for rel, (digest, size) in sorted(builder.payload.items())]
-    with builder.open("pakbon.xml") as fh:
+    fh = builder.open("pakbon.xml")
+    with fh:
         mdto.write_pakbon(fh, info, objects, files)  # type: ignore[arg-type]
     builder.done("pakbon.xml", fh)
     return transcripts
@@ -93,14 +93,15 @@ def _entries(path: Path, state: DossierState, summary: DossierSummary) -> Iterat
 
 
 def _render_dossier(
-    builder: BagBuilder, month: Month, org: mdto.Organisation, serie: mdto.Ref, state: DossierState, sealed_ms: int
+    builder: PackageSink, month: Month, org: mdto.Organisation, serie: mdto.Ref, state: DossierState, sealed_ms: int
 ) -> mdto.Ref:
     kenmerk = f"{serie.kenmerk}:{state.source}:{state.conversation}:{month}"
     naam = f"{state.name or state.conversation} ({month})"
     ref = mdto.Ref(naam, kenmerk, BRON)
     summary = DossierSummary()
     transcript_rel = f"{state.folder}/transcript.html"
-    with builder.open(transcript_rel) as out:
+    out = builder.open(transcript_rel)
+    with out:
         write_transcript(
             out,  # type: ignore[arg-type]
             title=naam,

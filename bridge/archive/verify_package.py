@@ -2,24 +2,42 @@
 
 Checks, in order; the first failure raises `PackageIntegrityError` naming it:
 
-1. BagIt fixity: `bagit.Bag(path).validate()` (every payload and tag file
-   against its manifest, Payload-Oxum, completeness);
-2. the end checkpoint (and the start checkpoint, for a package not starting
-   at record 0) verify against the public key and have the range's sizes;
-3. the start frontier's root is the start checkpoint's root, and the frontier
-   extended with `leaves.txt` gives the end checkpoint's root;
-4. every record line (each dossier's `events.jsonl`, `proof/other-records.jsonl`)
-   recomputes to the leaf at its position in `leaves.txt` (the plaintext and
-   salt give the commitment; header and ciphertext hash the rest), lines are in
-   log order within a file, each position of the range is covered exactly
-   once, the events of a dossier are of one conversation, and each media file
-   has the SHA-256 its (signed) event names;
+1. shape and BagIt fixity: the bag root holds exactly the tag files a package
+   has (`bagit.txt` gone from a folder with `data/` is tampering, not a usage
+   error), then `bagit.Bag(path).validate()` (every payload and tag file against
+   its manifest, Payload-Oxum, completeness);
+2. the end checkpoint (and the start checkpoint, for a package not starting at
+   record 0) verify against the public key and have the range's sizes; the start
+   frontier gives the start root and, extended with `leaves.txt`, the end root;
+3. the render parameters (`proof/package.json`: declared, not proven) give the
+   month's window; `proof/range.json` must be the one derived from them, the
+   range and the status the signed end checkpoint's time gives;
+4. record lines, streamed with a cap of `MAX_LINE_BYTES` per line: first the
+   decisions from before the range (`decisions-before.jsonl`, each with an RFC
+   9162 inclusion proof against the start checkpoint), then
+   `proof/other-records.jsonl` (decisions, KEY and BLOB records: never an
+   event), then each dossier's `events.jsonl`. Every line recomputes to the leaf
+   at its position, covers it once, in log order, within the month's window of
+   append times; and every line equals the line the package writer derives from
+   the same record (`derive.event_line`): the `files` of a stored attachment,
+   the tombstone of a withheld event (which must be what folding the package's
+   decisions gives, for a decision about that conversation), and no bare line.
+   A dossier holds one conversation (one conversation tag, unique among
+   dossiers) and its folder name is the one derived from that conversation;
+   every stored attachment is in the package with its SHA-256, unless
+   `proof/missing-media.jsonl` declares it missing;
 5. the RFC 9162 consistency proof from the start to the end checkpoint;
 6. every `*.MDTO.xml` validates against the MDTO 1.0.1 XSD;
-7. with a previous package: its end checkpoint is byte-identical to this
+7. re-derivation: the package writer's renderers run again over the proven
+   lines into a sink that compares (`_Rederive`): transcripts, MDTO XML,
+   pakbon, bag-info.txt, LEESMIJ.txt and both manifests must be byte-identical,
+   and no payload file may exist that the records do not give;
+8. with a previous package: its end checkpoint is byte-identical to this
    package's start checkpoint, and its range ends where this one starts.
 
-Memory is flat: lines are streamed and `leaves.txt` is read through mmap.
+Memory is flat: lines are streamed (each at most `MAX_LINE_BYTES`), files are
+hashed in chunks, `leaves.txt` is read through mmap; only per-dossier edit,
+deletion and media names and the decisions are held, as in `snapshot`.
 """
 
 from __future__ import annotations
@@ -27,17 +45,48 @@ from __future__ import annotations
 import hashlib
 import logging
 import mmap
+import os
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
 
 import bagit
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bridge.archive import mdto, proof
+from bridge.archive import derive, mdto, proof
+from bridge.archive import range as ranges
+from bridge.archive.bag import OutFile, tag_files
+from bridge.archive.derive import DossierState, RenderParams
+from bridge.archive.render import render_package
 from bridge.errors import LogIntegrityError, UsageError
 from bridge.log import checkpoint, crypto, merkle
+from bridge.log.decision import Decision, DecisionError, parse_decision
+from bridge.policy import Withheld, fold_decisions
+
+#: The longest record line read (64 MiB): one event's payload holds its normalised content and its raw
+#: original, each bounded by `max_message_bytes` (16 MiB by default), plus JSON escaping and base64 fields.
+#: Media are files, never inline. A longer line is refused (exit 1) without being read into memory.
+MAX_LINE_BYTES = 64 << 20
+#: The largest small proof file read whole (range.json, package.json, checkpoints, frontier, proofs).
+MAX_SMALL_FILE = 4 << 20
+TAG_FILES = frozenset(
+    {"bagit.txt", "bag-info.txt", "manifest-sha256.txt", "tagmanifest-sha256.txt", "LEESMIJ.txt", "data"}
+)
+PROOF_INPUTS = (  # payload files taken as they are (each checked above, not rendered)
+    "proof/range.json",
+    "proof/package.json",
+    "proof/frontier-start.json",
+    "proof/leaves.txt",
+    "proof/consistency-proof.json",
+    "proof/checkpoint-start.txt",
+    "proof/checkpoint-end.txt",
+    "proof/other-records.jsonl",
+    "proof/decisions-before.jsonl",
+    "proof/missing-media.jsonl",
+)
 
 
 class PackageIntegrityError(LogIntegrityError):
@@ -57,6 +106,7 @@ class PackageReport:
     media_files: int
     mdto_files: int
     root: bytes
+    missing_media: int = 0
 
 
 def _fail(reason: str) -> PackageIntegrityError:
@@ -64,11 +114,10 @@ def _fail(reason: str) -> PackageIntegrityError:
 
 
 def verify_package(path: Path, public_key: tuple[str, Ed25519PublicKey], previous: Path | None = None) -> PackageReport:
-    if not (path / "bagit.txt").is_file():
-        raise UsageError(f"{path} is not a package (no bagit.txt)")
-    if previous is not None and not (previous / "bagit.txt").is_file():
-        raise UsageError(f"--previous {previous} is not a package (no bagit.txt)")
-    _check_bag(path)
+    _check_shape(path, "")
+    if previous is not None:
+        _check_shape(previous, "--previous ")
+    manifest = _check_bag(path)
     data = path / "data"
     pdir = data / "proof"
     rng = _json(pdir / "range.json")
@@ -82,25 +131,57 @@ def verify_package(path: Path, public_key: tuple[str, Ed25519PublicKey], previou
     elif (pdir / "checkpoint-start.txt").exists():
         raise _fail("proof/checkpoint-start.txt present in a package that starts at record 0")
     try:
-        frontier = proof.parse_frontier((pdir / "frontier-start.json").read_bytes())
-    except (ValueError, orjson.JSONDecodeError, OSError) as exc:
+        frontier = proof.parse_frontier(_small(pdir / "frontier-start.json"))
+    except (ValueError, orjson.JSONDecodeError) as exc:
         raise _fail(f"proof/frontier-start.json is unreadable: {exc}") from None
     if frontier.size != start or not crypto.hmac_equal(frontier.root(), start_root):
         raise _fail("proof/frontier-start.json does not give the start checkpoint's root")
-    counts = _check_leaves_and_records(data, pdir / "leaves.txt", frontier, start, end, end_cp.root)
+    params, win = _params(pdir)
+    sealed_ms = end_cp.timestamp_ms if end_cp.timestamp_ms is not None else win.end_ms
+    status = derive.status_of(sealed_ms, win)
+    _check_range(pdir, rng, win, start, end, status, sealed_ms)
+    sink = _Rederive(path, manifest)
+    records = _Records(data, sink, params, win, start, end, start_root)
+    counts = records.check(pdir / "leaves.txt", frontier, end_cp.root)
     _check_consistency(pdir / "consistency-proof.json", start, end, start_root, end_cp.root)
     mdto_files = _check_mdto(data)
+    for rel in PROOF_INPUTS:
+        if rel in manifest:
+            sink.take(rel)
+    dossiers = sorted(records.dossiers.values(), key=lambda s: s.folder)
+    render_package(sink, params, public_key[0], dossiers, start, end, sealed_ms, status)
+    sink.finish_payload()
+    info = derive.bag_info(params, public_key[0], win, start, end, len(dossiers), records.others, sealed_ms)
+    text = derive.leesmij(params, public_key[0], start, end, status == derive.STATUS_INTERIM)
+    _check_tags(path, tag_files(sink.payload, info, {"LEESMIJ.txt": text}))
     if previous is not None:
         _check_previous(previous, pdir, start, public_key)
     return PackageReport(
-        str(rng.get("month")), start, end, str(rng.get("status")), counts[0], counts[1], mdto_files, end_cp.root
+        str(params.month), start, end, status, counts[0], counts[1], mdto_files, end_cp.root, records.missing_count
     )
 
 
-def _check_bag(path: Path) -> None:
+# -- shape, bag, small files -------------------------------------------------------------------------
+
+
+def _check_shape(path: Path, what: str) -> None:
+    if not path.is_dir():
+        raise UsageError(f"{what}{path} is not a package (not a directory)")
+    if not (path / "bagit.txt").is_file():
+        if (path / "data" / "proof").is_dir():  # a package's payload without its bag declaration
+            raise _fail(f"{what}{path}: bagit.txt is missing from a package that has data/proof/ (tampered)")
+        raise UsageError(f"{what}{path} is not a package (no bagit.txt)")
+
+
+def _check_bag(path: Path) -> dict[str, str]:
+    """BagIt validation; returns the payload manifest (path relative to data/ -> sha256 hex)."""
+    extra = sorted(p.name for p in path.iterdir() if p.name not in TAG_FILES)
+    if extra:
+        raise _fail(f"{extra[0]}: a file at the bag's root that no package has")
     logging.getLogger("bagit").setLevel(logging.ERROR)
     try:
-        bagit.Bag(str(path)).validate()
+        bag = bagit.Bag(str(path))
+        bag.validate()
     except bagit.BagValidationError as exc:
         details = "; ".join(str(d) for d in exc.details[:3]) if exc.details else str(exc)
         raise _fail(f"bag fixity: {details}") from None
@@ -109,12 +190,28 @@ def _check_bag(path: Path) -> None:
     except (UnicodeDecodeError, ValueError, OSError) as exc:
         # bagit lets these through for damaged tag files (e.g. a manifest that is no longer UTF-8)
         raise _fail(f"bag: tag files unreadable ({type(exc).__name__}: {str(exc)[:120]})") from None
+    out: dict[str, str] = {}
+    for rel, hashes in bag.entries.items():
+        if rel.startswith("data/"):
+            out[rel[len("data/") :]] = str(hashes.get("sha256", ""))
+    return out
+
+
+def _small(p: Path) -> bytes:
+    try:
+        with p.open("rb") as fh:
+            data = fh.read(MAX_SMALL_FILE + 1)
+    except OSError:
+        raise _fail(f"proof/{p.name} is missing or unreadable") from None
+    if len(data) > MAX_SMALL_FILE:
+        raise _fail(f"proof/{p.name} is larger than {MAX_SMALL_FILE} bytes")
+    return data
 
 
 def _json(p: Path) -> dict[str, object]:
     try:
-        d = orjson.loads(p.read_bytes())
-    except (OSError, orjson.JSONDecodeError) as exc:
+        d = orjson.loads(_small(p))
+    except orjson.JSONDecodeError as exc:
         raise _fail(f"{p.name} is unreadable: {exc}") from None
     if not isinstance(d, dict):
         raise _fail(f"{p.name} is not a JSON object")
@@ -122,10 +219,7 @@ def _json(p: Path) -> dict[str, object]:
 
 
 def _checkpoint(p: Path, key: tuple[str, Ed25519PublicKey], size: int, which: str) -> checkpoint.Checkpoint:
-    try:
-        note = p.read_bytes()
-    except OSError:
-        raise _fail(f"proof/{p.name} is missing") from None
+    note = _small(p)
     try:
         cp = checkpoint.verify_checkpoint_note(note, key[0], key[1], origin=key[0])
     except checkpoint.CheckpointError as exc:
@@ -135,36 +229,306 @@ def _checkpoint(p: Path, key: tuple[str, Ed25519PublicKey], size: int, which: st
     return cp
 
 
-def _record_files(data: Path) -> Iterator[tuple[str, Path]]:
-    for p in sorted(data.rglob("events.jsonl")):
-        yield f"dossier {p.parent.relative_to(data)}", p
-    yield "proof/other-records.jsonl", data / "proof" / "other-records.jsonl"
-
-
-def _check_leaves_and_records(
-    data: Path, leaves_path: Path, frontier: merkle.Frontier, start: int, end: int, end_root: bytes
-) -> tuple[int, int]:
-    n = end - start
+def _params(pdir: Path) -> tuple[RenderParams, ranges.Window]:
     try:
-        size = leaves_path.stat().st_size
+        params = RenderParams.parse(_small(pdir / "package.json"))
+        return params, ranges.window(params.month, params.timezone)
+    except (ValueError, orjson.JSONDecodeError, UsageError) as exc:
+        raise _fail(f"proof/package.json (the render parameters) is unreadable: {exc}") from None
+
+
+def _check_range(
+    pdir: Path, rng: dict[str, object], win: ranges.Window, start: int, end: int, status: str, sealed_ms: int
+) -> None:
+    if rng.get("status") != status:
+        raise _fail(
+            f"proof/range.json says status {rng.get('status')!r}, but the end checkpoint was signed at"
+            f" {sealed_ms} (ms), {'after' if status == derive.STATUS_CLOSED else 'before'} the month's end:"
+            f" status {status!r}"
+        )
+    if rng.get("month") != str(win.month):
+        raise _fail(f"proof/range.json says month {rng.get('month')!r}, proof/package.json {win.month}")
+    if _small(pdir / "range.json") != derive.range_json(win, start, end, status):
+        raise _fail("proof/range.json is not the one the month's window and the range give")
+
+
+# -- record lines --------------------------------------------------------------------------------------
+
+
+def iter_lines(path: Path, label: str, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a file, each line at most `limit` bytes (a longer one is refused unread)."""
+    try:
+        fh = path.open("rb")
     except OSError:
-        raise _fail("proof/leaves.txt is missing") from None
-    if size != n * proof.LEAF_LINE_BYTES:
-        raise _fail(f"proof/leaves.txt holds {size} bytes, expected {n} leaves of the range")
-    with leaves_path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if n else _Empty() as mm:
-        grown = frontier.copy()
-        for i in range(n):
-            grown.append(_leaf_at(mm, i))
-        if not crypto.hmac_equal(grown.root(), end_root):
-            raise _fail("proof/leaves.txt extended from the start frontier does not give the end checkpoint's root")
-        seen = bytearray(n)
-        files = media = 0
-        for label, path in _record_files(data):
-            files += 1
-            media += _check_record_file(label, path, mm, seen, start, end)
-    if n and (missing := seen.find(0)) >= 0:
-        raise _fail(f"record {start + missing} of the range is missing from the package")
-    return files, media
+        raise _fail(f"{label}: file is missing") from None
+    with fh:
+        number = 0
+        while line := fh.readline(limit + 1):
+            number += 1
+            if len(line) > limit:
+                raise _fail(f"{label} line {number}: longer than the limit of {limit} bytes")
+            yield number, line
+
+
+@dataclass
+class _Position:
+    seen: bytearray
+    start: int
+    end: int
+    mm: mmap.mmap | bytes
+
+
+class _Records:
+    """Pass over every record line: position, leaf, and the line the package writer derives from it."""
+
+    def __init__(
+        self,
+        data: Path,
+        sink: _Rederive,
+        params: RenderParams,
+        win: ranges.Window,
+        start: int,
+        end: int,
+        start_root: bytes,
+    ) -> None:
+        self._data = data
+        self._sink = sink
+        self._params = params
+        self._win = win
+        self._start = start
+        self._end = end
+        self._start_root = start_root
+        self.decisions: dict[int, Decision] = {}
+        self.dossiers: dict[str, DossierState] = {}
+        self._tags: dict[bytes, str] = {}
+        self.others = 0
+        self.media = 0
+        self.missing: dict[tuple[int, str], str] = {}
+        self.missing_count = 0
+        self._withheld: dict[tuple[str, str, str], Withheld] = {}
+
+    def check(self, leaves_path: Path, frontier: merkle.Frontier, end_root: bytes) -> tuple[int, int]:
+        n = self._end - self._start
+        try:
+            size = leaves_path.stat().st_size
+        except OSError:
+            raise _fail("proof/leaves.txt is missing") from None
+        if size != n * proof.LEAF_LINE_BYTES:
+            raise _fail(f"proof/leaves.txt holds {size} bytes, expected {n} leaves of the range")
+        with leaves_path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if n else _Empty() as mm:
+            grown = frontier.copy()
+            for i in range(n):
+                grown.append(_leaf_at(mm, i))
+            if not crypto.hmac_equal(grown.root(), end_root):
+                raise _fail("proof/leaves.txt extended from the start frontier does not give the end checkpoint's root")
+            pos = _Position(bytearray(n), self._start, self._end, mm)
+            self._decisions_before()
+            self._other_records(pos)
+            self._missing_media()
+            files = 1
+            for p in sorted(self._data.rglob("events.jsonl")):
+                files += 1
+                self._dossier(p, pos)
+        if n and (missing := pos.seen.find(0)) >= 0:
+            raise _fail(f"record {self._start + missing} of the range is missing from the package")
+        unused = sorted(self.missing.items())
+        if unused:
+            (seq, blob_id), _ = unused[0]
+            raise _fail(f"proof/missing-media.jsonl lists blob {blob_id} of record {seq}, not a stored attachment")
+        return files, self.media
+
+    # -- proof/decisions-before.jsonl and proof/other-records.jsonl --
+
+    def _decisions_before(self) -> None:
+        label = "proof/decisions-before.jsonl"
+        last = -1
+        for number, line in iter_lines(self._data / "proof" / "decisions-before.jsonl", label):
+            where = f"{label} line {number}"
+            rec = _parse(line, where, inclusion=True)
+            if rec.key != "decision" or not last < rec.seq < self._start:
+                raise _fail(f"{where}: record {rec.seq} is not a decision from before the range, in log order")
+            last = rec.seq
+            if not merkle.verify_inclusion(rec.leaf, rec.seq, self._start, rec.inclusion, self._start_root):
+                raise _fail(f"{where}: decision {rec.seq} is not under the start checkpoint (inclusion proof fails)")
+            want = proof.carried_line(
+                rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, rec.inclusion
+            )
+            if line != want:
+                raise _fail(f"{where}: not the line the package writer gives for decision {rec.seq}")
+            self.decisions[rec.seq] = _decision(rec, where)
+
+    def _other_records(self, pos: _Position) -> None:
+        label = "proof/other-records.jsonl"
+        last = -1
+        for number, line in iter_lines(self._data / "proof" / "other-records.jsonl", label):
+            where = f"{label} line {number}"
+            rec = _parse(line, where)
+            last = self._place(rec, where, pos, last)
+            if rec.key is None or rec.key == "event":
+                raise _fail(
+                    f"{where}: record {rec.seq} is an event; it belongs in its conversation's dossier, not here"
+                )
+            want = proof.content_line(
+                rec.key, rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None
+            )
+            if line != want:
+                raise _fail(f"{where}: not the line the package writer gives for record {rec.seq}")
+            if rec.key == "decision":
+                self.decisions[rec.seq] = _decision(rec, where)
+            self.others += 1
+        self._withheld = fold_decisions(sorted(self.decisions.items()))
+
+    def _missing_media(self) -> None:
+        label = "proof/missing-media.jsonl"
+        for number, line in iter_lines(self._data / "proof" / "missing-media.jsonl", label):
+            try:
+                d = orjson.loads(line)
+                seq, blob_id, rel = d["seq"], d["blob_id"], d["path"]
+                if not (isinstance(seq, int) and isinstance(blob_id, str) and isinstance(rel, str)):
+                    raise TypeError
+            except (orjson.JSONDecodeError, KeyError, TypeError):
+                raise _fail(f"{label} line {number}: not a missing-media notice") from None
+            if line != derive.missing_line(seq, blob_id, rel):
+                raise _fail(f"{label} line {number}: not the notice the package writer gives")
+            self.missing[(seq, blob_id)] = rel
+
+    def _place(self, rec: proof.RecordLine, where: str, pos: _Position, last: int) -> int:
+        if not pos.start <= rec.seq < pos.end:
+            raise _fail(f"{where}: record {rec.seq} is outside the package's range {pos.start}..{pos.end - 1}")
+        if rec.seq <= last:
+            raise _fail(f"{where}: record {rec.seq} is out of log order (after record {last})")
+        if pos.seen[rec.seq - pos.start]:
+            raise _fail(f"{where}: record {rec.seq} appears twice in the package")
+        pos.seen[rec.seq - pos.start] = 1
+        if not crypto.hmac_equal(rec.leaf, _leaf_at(pos.mm, rec.seq - pos.start)):
+            what = "event" if rec.key == "event" else "record"
+            raise _fail(f"{where}: {what} altered (record {rec.seq} does not give the log's leaf)")
+        appended = rec.header.appended_ms
+        if appended >= self._win.end_ms or (rec.seq == self._start and appended < self._win.start_ms):
+            raise _fail(f"{where}: record {rec.seq} was appended at {appended} (ms), outside month {self._win.month}")
+        return rec.seq
+
+    # -- dossiers --
+
+    def _dossier(self, path: Path, pos: _Position) -> None:
+        folder = path.parent.relative_to(self._data).as_posix()
+        label = f"dossier {folder}"
+        state: DossierState | None = None
+        tag: bytes | None = None
+        last = -1
+        for number, line in iter_lines(path, label):
+            where = f"{label} line {number}"
+            rec = _parse(line, where)
+            last = self._place(rec, where, pos, last)
+            if rec.key == "event" and rec.content is not None:
+                conv = (str(rec.content.get("source")), str(rec.content.get("conversation")))
+            elif rec.key is None and rec.withheld is not None:
+                conv = self._backing(rec, where).target.key[:2]
+            else:
+                raise _fail(f"{where}: record {rec.seq} is a {rec.key} record; it belongs in proof/other-records.jsonl")
+            if state is None:
+                state = derive.new_dossier(self._params.serie, conv[0], conv[1], self._params.month)
+                if state.folder != folder:
+                    raise _fail(
+                        f"{label}: its records are of conversation {conv[1]!r} ({conv[0]}), whose folder is"
+                        f" {state.folder!r}"
+                    )
+                tag = rec.header.conversation_tag
+                if tag in self._tags:
+                    raise _fail(f"{where}: record {rec.seq} is of the conversation of dossier {self._tags[tag]}")
+                self._tags[tag] = folder
+            elif (state.source, state.conversation) != conv or rec.header.conversation_tag != tag:
+                raise _fail(f"{where}: record {rec.seq} belongs to another conversation")
+            want = self._derived(rec, state, where)
+            if line != want:
+                raise _fail(f"{where}: not the line the package writer gives for record {rec.seq}")
+            state.records += 1
+        if state is None:
+            raise _fail(f"{label}: events.jsonl holds no record")
+        self.dossiers[folder] = state
+        self._sink.take(state.events_rel)
+
+    def _backing(self, rec: proof.RecordLine, where: str) -> Decision:
+        """The decision a tombstone names; it must be one the package carries."""
+        tomb = rec.withheld or {}
+        seq = tomb.get("decision_seq")
+        decision = self.decisions.get(seq) if isinstance(seq, int) and not isinstance(seq, bool) else None
+        if decision is None or decision.decision != "withhold":
+            raise _fail(f"{where}: record {rec.seq} is withheld by decision {seq!r}, which the package does not hold")
+        return decision
+
+    def _derived(self, rec: proof.RecordLine, state: DossierState, where: str) -> bytes:
+        if rec.key == "event" and rec.content is not None:
+            return derive.event_line(
+                rec.seq,
+                rec.header_bytes,
+                rec.salt,
+                rec.payload,
+                rec.ciphertext_hash,
+                rec.commitment,
+                rec.content,
+                state,
+                self._withheld,
+                lambda seq, att, rel: self._media(seq, att, rel, where),
+            )
+        decision = self._backing(rec, where)
+        folded = self._withheld.get(decision.target.key)
+        if folded is None or folded.decision_seq != (rec.withheld or {}).get("decision_seq"):
+            raise _fail(
+                f"{where}: record {rec.seq}'s tombstone is not what the package's decisions give (decision"
+                f" {(rec.withheld or {}).get('decision_seq')} is released or superseded)"
+            )
+        return proof.sealed_line(
+            rec.seq, rec.header_bytes, rec.commitment, rec.ciphertext_hash, derive.tombstone(folded)
+        )
+
+    def _media(self, seq: int, att: dict[str, Any], rel: str, where: str) -> bool:
+        blob_id = str(att["blob_id"])
+        declared = self.missing.pop((seq, blob_id), None)
+        if declared is not None:
+            if declared != rel:
+                raise _fail(f"{where}: missing-media notice for record {seq} names {declared!r}, expected {rel!r}")
+            self.missing_count += 1
+            return False
+        p = self._data / rel
+        try:
+            digest = _sha256_file(p)
+        except OSError:
+            raise _fail(
+                f"{where}: record {seq} stored attachment {blob_id}, but {rel} is not in the package"
+                " (nor listed in proof/missing-media.jsonl)"
+            ) from None
+        sha = att.get("sha256")
+        if isinstance(sha, str) and not crypto.hmac_equal(digest.encode(), sha.lower().encode()):
+            raise _fail(f"{where}: media file {rel} altered (not the content record {seq} names)")
+        self._sink.take(rel)
+        self.media += 1
+        return True
+
+
+def _parse(line: bytes, where: str, *, inclusion: bool = False) -> proof.RecordLine:
+    try:
+        return proof.parse_line(line, inclusion=inclusion)
+    except proof.LineError as exc:
+        seq = _seq_of(line)
+        at = f" (record {seq})" if seq is not None else ""
+        raise _fail(f"{where}: unreadable record line{at}: {exc}") from None
+
+
+def _seq_of(line: bytes) -> int | None:
+    try:
+        d = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    seq = d.get("seq") if isinstance(d, dict) else None
+    return seq if isinstance(seq, int) else None
+
+
+def _decision(rec: proof.RecordLine, where: str) -> Decision:
+    try:
+        return parse_decision(rec.payload)
+    except DecisionError as exc:
+        raise _fail(f"{where}: decision {rec.seq} does not parse: {exc}") from None
 
 
 class _Empty:
@@ -186,59 +550,6 @@ def _leaf_at(mm: mmap.mmap | bytes, i: int) -> bytes:
         raise _fail(f"proof/leaves.txt line {i + 1} is not a hex leaf hash") from None
 
 
-def _check_record_file(label: str, path: Path, mm: mmap.mmap | bytes, seen: bytearray, start: int, end: int) -> int:
-    if not path.is_file():
-        raise _fail(f"{label}: file is missing")
-    last = -1
-    conversation: tuple[object, object] | None = None
-    media = 0
-    with path.open("rb") as fh:
-        for number, line in enumerate(fh, 1):
-            where = f"{label} line {number}"
-            try:
-                rec = proof.parse_line(line)
-            except proof.LineError as exc:
-                raise _fail(f"{where}: unreadable record line ({exc})") from None
-            if not start <= rec.seq < end:
-                raise _fail(f"{where}: record {rec.seq} is outside the package's range {start}..{end - 1}")
-            if rec.seq <= last:
-                raise _fail(f"{where}: record {rec.seq} is out of log order (after record {last})")
-            last = rec.seq
-            if seen[rec.seq - start]:
-                raise _fail(f"{where}: record {rec.seq} appears twice in the package")
-            seen[rec.seq - start] = 1
-            if not crypto.hmac_equal(rec.leaf, _leaf_at(mm, rec.seq - start)):
-                what = "event" if rec.key == "event" else "record"
-                raise _fail(f"{where}: {what} altered (record {rec.seq} does not give the log's leaf)")
-            if rec.key == "event" and rec.content is not None:
-                conv = (rec.content.get("source"), rec.content.get("conversation"))
-                if conversation is None:
-                    conversation = conv
-                elif conv != conversation:
-                    raise _fail(f"{where}: record {rec.seq} belongs to another conversation")
-                media += _check_media(where, path.parent, rec)
-    return media
-
-
-def _check_media(where: str, folder: Path, rec: proof.RecordLine) -> int:
-    assert rec.content is not None
-    atts = rec.content.get("attachments") or []
-    for blob_id, rel in rec.files.items():
-        sha = next((a.get("sha256") for a in atts if isinstance(a, dict) and a.get("blob_id") == blob_id), None)
-        if not isinstance(sha, str):
-            raise _fail(f"{where}: media {rel!r} is not an attachment of record {rec.seq}")
-        target = (folder / rel).resolve()
-        if folder.resolve() not in target.parents:
-            raise _fail(f"{where}: media path {rel!r} leaves the dossier")
-        try:
-            digest = _sha256_file(target)
-        except OSError:
-            raise _fail(f"{where}: media file {rel} is missing") from None
-        if not crypto.hmac_equal(digest.encode(), sha.lower().encode()):
-            raise _fail(f"{where}: media file {rel} altered (not the content record {rec.seq} names)")
-    return len(rec.files)
-
-
 def _sha256_file(p: Path) -> str:
     h = hashlib.sha256()
     with p.open("rb") as fh:
@@ -247,10 +558,96 @@ def _sha256_file(p: Path) -> str:
     return h.hexdigest()
 
 
+# -- re-derivation sink --------------------------------------------------------------------------------
+
+
+@dataclass
+class _HashOnly:
+    """An `OutFile` that keeps only the SHA-256 and size of what is written."""
+
+    sha: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
+
+    def write(self, data: bytes) -> int:
+        self.sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        return None
+
+    def hexdigest(self) -> str:
+        return str(self.sha.hexdigest())
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        return None
+
+
+class _Rederive:
+    """A `PackageSink` that compares: each rendered file must be the package's file, byte for byte.
+
+    The manifest's SHA-256 (checked against the files by bagit) stands for the
+    package's bytes, so equal digests are equal files. Files taken as they are
+    (`take`: record files and media checked line by line or by their signed
+    hash, proof inputs) join the payload with their manifest digest.
+    """
+
+    def __init__(self, root: Path, manifest: dict[str, str]) -> None:
+        self._root = root
+        self._manifest = manifest
+        self.payload: dict[str, tuple[str, int]] = {}
+
+    def data_path(self, rel: str) -> Path:
+        return self._root / "data" / rel
+
+    def open(self, rel: str) -> OutFile:
+        return _HashOnly()
+
+    def done(self, rel: str, fh: OutFile) -> None:
+        self._compare(rel, fh.hexdigest(), fh.size)
+
+    def write(self, rel: str, data: bytes) -> tuple[str, int]:
+        self._compare(rel, hashlib.sha256(data).hexdigest(), len(data))
+        return self.payload[rel]
+
+    def take(self, rel: str) -> None:
+        digest = self._manifest.get(rel)
+        if digest is None:
+            raise _fail(f"{rel} is missing from the package")
+        self.payload[rel] = (digest, os.stat(self.data_path(rel)).st_size)
+
+    def _compare(self, rel: str, digest: str, size: int) -> None:
+        want = self._manifest.get(rel)
+        if want is None:
+            raise _fail(f"{rel} is missing from the package (its records give it)")
+        if not crypto.hmac_equal(want.encode(), digest.encode()):
+            raise _fail(f"{rel} is not the file its records give (re-derived bytes differ)")
+        self.payload[rel] = (digest, size)
+
+    def finish_payload(self) -> None:
+        extra = sorted(set(self._manifest) - set(self.payload))
+        if extra:
+            raise _fail(f"data/{extra[0]}: a file no record of the package gives (added)")
+
+
+def _check_tags(path: Path, tags: dict[str, bytes]) -> None:
+    for name in sorted(tags, key=lambda n: (n != "bag-info.txt", n)):
+        try:
+            found = _read_limited(path / name)
+        except OSError:
+            raise _fail(f"{name} is missing") from None
+        if found != tags[name]:
+            what = " (month, range, status, names...)" if name == "bag-info.txt" else ""
+            raise _fail(f"{name} is not the one the records and the signed checkpoint give{what}")
+
+
 def _check_consistency(p: Path, start: int, end: int, start_root: bytes, end_root: bytes) -> None:
     try:
-        old, new, path = proof.parse_consistency(p.read_bytes())
-    except (OSError, ValueError) as exc:
+        old, new, path = proof.parse_consistency(_small(p))
+    except ValueError as exc:
         raise _fail(f"proof/consistency-proof.json is unreadable: {exc}") from None
     if (old, new) != (start, end) or not merkle.verify_consistency(start, end, start_root, end_root, path):
         raise _fail("proof/consistency-proof.json does not prove the end tree extends the start tree")
@@ -260,11 +657,19 @@ def _check_mdto(data: Path) -> int:
     count = 0
     for p in sorted(data.rglob("*.MDTO.xml")):
         try:
-            mdto.validate(p.read_bytes())
+            mdto.validate(_read_limited(p))
         except mdto.MdtoError as exc:
             raise _fail(f"{p.relative_to(data)}: not valid MDTO: {exc}") from None
         count += 1
     return count
+
+
+def _read_limited(p: Path) -> bytes:
+    with p.open("rb") as fh:
+        data = fh.read(MAX_LINE_BYTES + 1)
+    if len(data) > MAX_LINE_BYTES:
+        raise _fail(f"{p.name} is larger than {MAX_LINE_BYTES} bytes")
+    return data
 
 
 def _check_previous(previous: Path, pdir: Path, start: int, key: tuple[str, Ed25519PublicKey]) -> None:
@@ -274,5 +679,8 @@ def _check_previous(previous: Path, pdir: Path, start: int, key: tuple[str, Ed25
     _checkpoint(prev_proof / "checkpoint-end.txt", key, prev_end if isinstance(prev_end, int) else -1, "previous end")
     if prev_end != start:
         raise _fail(f"the previous package ends at record {prev_end}, this one starts at {start}")
-    if start > 0 and (pdir / "checkpoint-start.txt").read_bytes() != (prev_proof / "checkpoint-end.txt").read_bytes():
+    if start > 0 and _small(pdir / "checkpoint-start.txt") != _small(prev_proof / "checkpoint-end.txt"):
         raise _fail("this package's start checkpoint is not the previous package's end checkpoint")
+
+
+__all__ = ["MAX_LINE_BYTES", "PackageIntegrityError", "PackageReport", "iter_lines", "verify_package"]

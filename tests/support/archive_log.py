@@ -8,6 +8,8 @@ and `policy.withhold`, exactly as capture does.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Callable
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -17,7 +19,9 @@ from bridge.archive.mdto import Organisation
 from bridge.archive.package import ArchiveOptions
 from bridge.blobs import BlobStore
 from bridge.events import MATRIX, Attachment, ConversationId, Event, EventId, Kind, SenderId
+from bridge.log import checkpoint, merkle
 from bridge.log import store as store_module
+from bridge.log.schema import db_path, now_ms
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.policy import withhold
 from tests.conftest import LogDir
@@ -111,3 +115,40 @@ def january_february(log: LogDir, monkeypatch: pytest.MonkeyPatch) -> None:
             await store.checkpoint()
 
     asyncio.run(go())
+
+
+def seal_for(log: LogDir) -> Callable[[int], str]:
+    """The `seal` the archive is given: the log writer's `LogStore.seal_prefix` once it exists, else a stand-in.
+
+    The stand-in does what the writer's call promises (the stored note at that size, else one signed now
+    over the stored leaves and stored), with the test's direct database access; the archive checks the
+    note it gets against the root it computed, so a wrong stand-in could not make a test pass.
+    """
+    if hasattr(LogStore, "seal_prefix"):
+
+        def by_store(size: int) -> str:
+            async def go() -> str:
+                async with await LogStore.open(log.data_dir, log.keys) as store:
+                    return str(await store.seal_prefix(size))  # type: ignore[attr-defined]
+
+            return asyncio.run(go())
+
+        return by_store
+    return lambda size: _seal_here(log, size)
+
+
+def _seal_here(log: LogDir, size: int) -> str:
+    conn = sqlite3.connect(db_path(log.data_dir), timeout=30, isolation_level=None)
+    try:
+        row = conn.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
+        if row is not None:
+            return str(row[0])
+        leaves = [bytes(r[0]) for r in conn.execute("SELECT leaf FROM records WHERE seq < ? ORDER BY seq", (size,))]
+        assert len(leaves) == size, "sealing beyond the stored records"
+        name = log.keys.key_name
+        cp = checkpoint.Checkpoint(origin=name, size=size, root=merkle.root(leaves), timestamp_ms=now_ms())
+        note = checkpoint.sign_checkpoint(cp, name, log.keys.signing_key)
+        conn.execute("INSERT INTO checkpoints (size, created_ms, note) VALUES (?, ?, ?)", (size, cp.timestamp_ms, note))
+        return note
+    finally:
+        conn.close()

@@ -1,0 +1,303 @@
+"""What a package's readable files are made of, as functions of proven records (pure; shared by both sides).
+
+`snapshot` and `verify-package` run this same code: the writer on records it
+decrypted from the log, the verifier on the record lines it proved against the
+signed leaves. So every file a person reads (record lines with their `files`
+and tombstones, folder and file names, transcripts, MDTO, pakbon, range.json,
+bag-info.txt, LEESMIJ.txt) is re-derived by the verifier and compared byte for
+byte with the package.
+
+Inputs that are not records are the render parameters (`RenderParams`:
+organisation, time zone, log id, month), carried in `proof/package.json`.
+They are declared by whoever made the package, not proven: they are labels.
+What the officials wrote, the withhold decisions and the range are proven.
+Two values are derived from signed data: the status ("closed month" when the
+end checkpoint was signed at or after the month's end, else "open month,
+interim") and the sealing time (the end checkpoint's timestamp).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from typing import Any
+
+import orjson
+
+from bridge.archive import proof
+from bridge.archive import range as ranges
+from bridge.archive.mdto import Organisation
+from bridge.archive.names import safe_name
+from bridge.errors import UsageError
+from bridge.events import Event, canonical_json
+from bridge.policy import Withheld, withheld_for
+
+STATUS_CLOSED = "closed month"
+STATUS_INTERIM = "open month, interim"
+MEDIA_NAME_BYTES = 200
+PARAMS_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    """Declared (not proven) inputs of the renderers; `proof/package.json`."""
+
+    organisation: Organisation
+    timezone: str
+    log_id: str  # hex
+    month: ranges.Month
+
+    def to_json(self) -> bytes:
+        o = self.organisation
+        return proof.pretty_json(
+            {
+                "v": PARAMS_VERSION,
+                "declared_not_proven": "labels for the renderers; the records and the range are proven",
+                "log_id": self.log_id,
+                "month": str(self.month),
+                "timezone": self.timezone,
+                "organisation": {
+                    "name": o.name,
+                    "creator_id": o.creator_id,
+                    "appraisal": o.appraisal,
+                    "retention_years": o.retention_years,
+                },
+            }
+        )
+
+    @classmethod
+    def parse(cls, data: bytes) -> RenderParams:
+        """Raises ValueError for anything but what `to_json` writes (checked by writing it back)."""
+        d = orjson.loads(data)
+        if not isinstance(d, dict) or not isinstance(d.get("organisation"), dict):
+            raise ValueError("package.json must be an object with an organisation")
+        o = d["organisation"]
+        retention = o.get("retention_years")
+        if retention is not None and (isinstance(retention, bool) or not isinstance(retention, int)):
+            raise ValueError("organisation.retention_years must be an integer or null")
+        fields = (o.get("name"), o.get("creator_id"), d.get("timezone"), d.get("log_id"), d.get("month"))
+        if not all(isinstance(f, str) for f in fields) or o.get("appraisal") not in ("B", "V", "N"):
+            raise ValueError("package.json: a field is missing or has the wrong type")
+        try:
+            month = ranges.parse_month(str(d["month"]))
+        except UsageError:  # a usage error on the command line, a damaged package here
+            raise ValueError("package.json: month is not YYYY-MM") from None
+        org = Organisation(str(o["name"]), str(o["creator_id"]), o["appraisal"], retention)
+        params = cls(org, str(d["timezone"]), str(d["log_id"]), month)
+        if params.to_json() != data:
+            raise ValueError("package.json is not in the form the package writer gives")
+        return params
+
+    @property
+    def serie(self) -> str:
+        return f"chatarchief-{self.log_id}"
+
+
+def status_of(sealed_ms: int, win: ranges.Window) -> str:
+    """Closed only if the end checkpoint was signed once the month was over."""
+    return STATUS_CLOSED if sealed_ms >= win.end_ms else STATUS_INTERIM
+
+
+def package_name(log_id: bytes | str, month: ranges.Month, interim: bool = False) -> str:
+    hexid = log_id if isinstance(log_id, str) else log_id.hex()
+    return f"chatarchief-{hexid[:8]}-{month}" + ("-interim" if interim else "")
+
+
+def local_date(ms: int, timezone: str) -> date:
+    return datetime.fromtimestamp(ms / 1000, ranges.zone(timezone)).date()
+
+
+def range_json(win: ranges.Window, start: int, end: int, status: str) -> bytes:
+    return proof.pretty_json(
+        {
+            "month": str(win.month),
+            "timezone": win.timezone,
+            "month_start_ms": win.start_ms,
+            "month_end_ms": win.end_ms,
+            "start": start,
+            "end": end,
+            "status": status,
+            "rule": "start/end = first record whose appended_ms >= the month's/next month's first instant",
+        }
+    )
+
+
+def bag_info(
+    params: RenderParams,
+    key_name: str,
+    win: ranges.Window,
+    start: int,
+    end: int,
+    dossiers: int,
+    others: int,
+    sealed_ms: int,
+) -> list[tuple[str, str]]:
+    """bag-info.txt lines (without Payload-Oxum, which the bag adds)."""
+    status = status_of(sealed_ms, win)
+    interim = status == STATUS_INTERIM
+    bagging = local_date(sealed_ms if interim else win.end_ms, params.timezone)
+    return [
+        ("Bag-Software-Agent", "chatarchief"),
+        ("Bagging-Date", bagging.isoformat()),
+        ("Source-Organization", params.organisation.name),
+        ("External-Identifier", package_name(params.log_id, params.month, interim)),
+        (
+            "External-Description",
+            f"Chatarchief package of {params.month} ({params.timezone}), records"
+            f" {start}..{end - 1}, {dossiers} conversations, {others} other records",
+        ),
+        ("Chatarchief-Month", str(params.month)),
+        ("Chatarchief-Range", f"{start} {end}"),
+        ("Chatarchief-Status", status),
+        ("Chatarchief-Log", key_name),
+    ]
+
+
+# -- dossiers and their record lines ---------------------------------------------------------------
+
+
+@dataclass
+class DossierState:
+    """What the record pass knows about one conversation-month (bounded: no per-event state)."""
+
+    source: str
+    conversation: str
+    folder: str  # relative to data/
+    name: str | None = None  # the room's name (last m.room.name of the month)
+    sha: Any = field(default_factory=hashlib.sha256)
+    size: int = 0
+    records: int = 0
+    edited: dict[str, str] = field(default_factory=dict)
+    deleted: dict[str, str | None] = field(default_factory=dict)
+    media: dict[str, str] = field(default_factory=dict)  # blob id -> path relative to the folder
+    media_info: list[tuple[str, str | None, str | None]] = field(default_factory=list)  # (rel, type, filename)
+
+    @property
+    def events_rel(self) -> str:
+        return f"{self.folder}/events.jsonl"
+
+
+def dossier_folder(serie: str, source: str, conversation: str, month: ranges.Month) -> str:
+    return f"{serie}/{safe_name(f'{source}_{conversation}_{month}', 200)}"
+
+
+def new_dossier(serie: str, source: str, conversation: str, month: ranges.Month) -> DossierState:
+    return DossierState(source, conversation, dossier_folder(serie, source, conversation, month))
+
+
+def media_rel(seq: int, att: Mapping[str, Any]) -> str:
+    """Where an attachment's file goes in its dossier: `media/<seq>-<safe file name>`."""
+    filename = att.get("filename") if isinstance(att.get("filename"), str) else None
+    blob_id = str(att.get("blob_id"))
+    return f"media/{seq}-{safe_name(filename or blob_id[:16], MEDIA_NAME_BYTES)}"
+
+
+def stored_attachments(d: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The attachments of an event payload the log says were stored (status "stored" with a blob id)."""
+    return [
+        att
+        for att in d.get("attachments") or ()
+        if isinstance(att, dict) and att.get("status") == "stored" and isinstance(att.get("blob_id"), str)
+    ]
+
+
+def tombstone(w: Withheld) -> dict[str, Any]:
+    return {"reason": w.reason, "by": w.by, "at_ms": w.at_ms, "decision_seq": w.decision_seq}
+
+
+#: (seq, attachment, path relative to data/) -> True if the file is in the package, False if declared missing.
+MediaHook = Callable[[int, dict[str, Any], str], bool]
+
+
+def event_line(
+    seq: int,
+    header: bytes,
+    salt: bytes,
+    payload: bytes,
+    ct_hash: bytes,
+    commit: bytes,
+    d: dict[str, Any],
+    state: DossierState,
+    withheld: Mapping[tuple[str, str, str], Withheld],
+    media: MediaHook,
+) -> bytes:
+    """The line of an event in its dossier's events.jsonl; updates `state` (edits, deletions, name, media)."""
+    hidden = withheld_for(Event.from_json(d), withheld) if withheld else None
+    if hidden is not None:
+        return proof.sealed_line(seq, header, commit, ct_hash, tombstone(hidden))
+    kind, target = d.get("kind"), d.get("relates_to")
+    if isinstance(target, str):
+        if kind == "edit":
+            state.edited[target] = str(d["event_id"])
+        elif kind == "deletion":
+            sender = d.get("sender")
+            state.deleted[target] = sender if isinstance(sender, str) else None
+    if kind == "state" and isinstance(content := d.get("content"), dict) and content.get("type") == "m.room.name":
+        inner = content.get("content")
+        name = inner.get("name") if isinstance(inner, dict) else None
+        state.name = name if isinstance(name, str) and name else state.name
+    files: dict[str, str] = {}
+    for att in stored_attachments(d):
+        blob_id = str(att["blob_id"])
+        rel = state.media.get(blob_id)
+        if rel is None:
+            rel = media_rel(seq, att)
+            if not media(seq, att, f"{state.folder}/{rel}"):
+                continue
+            state.media[blob_id] = rel
+            mtype = att.get("media_type") if isinstance(att.get("media_type"), str) else None
+            fname = att.get("filename") if isinstance(att.get("filename"), str) else None
+            state.media_info.append((rel, mtype, fname))
+        files[blob_id] = rel
+    return proof.content_line("event", seq, header, salt, payload, ct_hash, files)
+
+
+def missing_line(seq: int, blob_id: str, rel: str) -> bytes:
+    """A line of proof/missing-media.jsonl: a stored attachment whose blob was gone at snapshot time."""
+    return canonical_json({"blob_id": blob_id, "path": rel, "seq": seq}) + b"\n"
+
+
+LEESMIJ = """\
+LEESMIJ - Chatarchief-pakket {name}
+
+Dit is een BagIt-pakket (RFC 8493) met de zakelijke chatberichten van {month}
+({timezone}), records {start} tot {end} van het log {key_name}.
+
+Wat is bewezen
+- De regels in data/<serie>/<dossier>/events.jsonl en data/proof/*.jsonl zijn
+  de records van het log, in volgorde, compleet: elke regel geeft de Merkle-leaf
+  uit data/proof/leaves.txt, en die leaves geven de ondertekende checkpoints
+  (data/proof/checkpoint-*.txt, Ed25519).
+- Alle andere bestanden die een mens leest - transcript.html, alle *.MDTO.xml,
+  pakbon.xml, proof/range.json, bag-info.txt, dit bestand, de map- en
+  bestandsnamen - zijn uit die records afgeleid. verify-package leidt ze
+  opnieuw af en vergelijkt ze byte voor byte.
+- Een afgeschermd bericht (withheld) toont alleen de beslissing die het
+  afschermt; die beslissing staat als record in het pakket.
+- Media: de SHA-256 in het (bewezen) record moet kloppen met het bestand;
+  een ontbrekend bestand mag alleen als het in proof/missing-media.jsonl staat.
+
+Wat is verklaard, niet bewezen
+- data/proof/package.json: naam en kenmerk van de organisatie, tijdzone,
+  log-id en maand. Dit zijn labels voor de weergave; de maker van het pakket
+  verklaart ze. Wat de bestuurders schreven is bewezen, deze labels niet.
+
+Controleren
+  bagit.py --validate .                  (vaste inhoud: manifesten en Payload-Oxum)
+  sha256sum -c manifest-sha256.txt       (hetzelfde, zonder BagIt-software)
+  chatarchief verify-package . --public-key LOG.pub [--previous VORIG-PAKKET]
+                                         (alles hierboven; uitslag 0 = intact)
+"""
+
+
+def leesmij(params: RenderParams, key_name: str, start: int, end: int, interim: bool) -> bytes:
+    return LEESMIJ.format(
+        name=package_name(params.log_id, params.month, interim),
+        month=params.month,
+        timezone=params.timezone,
+        start=start,
+        end=end,
+        key_name=key_name,
+    ).encode("utf-8")

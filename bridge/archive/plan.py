@@ -1,0 +1,177 @@
+"""Planning a month's package over the log's read API (`bridge.log.view`; no SQL here, never signs).
+
+`plan(view, window)` scans headers and stored leaves in log order from record 0
+to find the month's range [start, end) (see `range.py`), the tree's frontier at
+`start`, the decisions before `end` (decrypted: they say which events are
+withheld), and the roots at `start`, at `end` and at the first stored
+checkpoint at or after `end`, each checked against the signed checkpoints at
+those sizes. A missing checkpoint at `start` or `end` is asked of the injected
+`seal` (the log's writer signs; the archive never does), and the note it
+returns is checked here against the root this scan computed: a log must never
+sign two inconsistent checkpoints, and the archive never trusts a note it did
+not verify.
+
+`carried_decisions` gives the decisions before `start` with an RFC 9162
+inclusion proof against the start checkpoint, so a package can show the
+decisions of earlier months that still withhold events of its range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bridge.archive import proof
+from bridge.archive.range import BoundaryScan, Window
+from bridge.errors import LogIntegrityError, UsageError
+from bridge.log import checkpoint, crypto, format, merkle
+from bridge.log.decision import Decision
+from bridge.log.keys import KeyMaterial
+from bridge.log.view import LogView, RangeRecord, ScanRow, appended_ms
+
+#: "give me the signed checkpoint note at tree size N (sign one if none exists)"
+Seal = Callable[[int], str]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A month's range and what proves it; `start_note`/`end_note` are None until sealed."""
+
+    start: int
+    end: int
+    log_size: int
+    frontier_start: merkle.Frontier
+    end_root: bytes
+    decisions: tuple[tuple[int, Decision], ...]
+    decision_rows: tuple[ScanRow, ...]  # the stored rows of the decisions before `start`
+    start_note: str | None
+    end_note: str | None
+    first_appended_ms: int | None
+
+
+def plan(view: LogView, win: Window, *, open_month: bool = False) -> Plan:
+    """The month's range and evidence (see the module docstring); raises UsageError if not sealed."""
+    with view.consistent():
+        return _plan(view, win, open_month)
+
+
+def _plan(view: LogView, win: Window, open_month: bool) -> Plan:
+    scan = BoundaryScan(win)
+    frontier = merkle.Frontier()
+    start_frontier: merkle.Frontier | None = None
+    end_root: bytes | None = None
+    target: int | None = None
+    decisions: list[tuple[int, Decision]] = []
+    rows: list[ScanRow] = []
+    first_ms: int | None = None
+    for row in view.scan():
+        seq = row.seq
+        if seq != frontier.size:
+            raise LogIntegrityError(frontier.size, f"record is missing (the next stored record is {seq})")
+        appended = appended_ms(row.header)
+        if first_ms is None:
+            first_ms = appended
+        if end_root is None:
+            scan.feed(seq, appended)
+            if scan.start == seq and start_frontier is None:
+                start_frontier = frontier.copy()
+            if scan.end is not None:
+                end_root = frontier.root()
+                target = view.first_checkpoint_from(seq)
+            elif row.type == format.RecordType.DECISION:
+                decisions.append((seq, view.decision(row)))
+                if scan.start is None:
+                    rows.append(row)
+        if target is not None and frontier.size == target:
+            break
+        frontier.append(row.leaf)
+    size = view.size()
+    if end_root is None:  # no record reached the month's end: the range runs to the log's end
+        start, end = scan.finish(frontier.size)
+        if start_frontier is None:
+            start_frontier = frontier.copy()
+        end_root = frontier.root()
+        target = view.first_checkpoint_from(end)
+    else:
+        start, end = scan.finish(size)
+    assert start_frontier is not None
+    if target is not None and target > frontier.size:
+        raise LogIntegrityError(
+            frontier.size, f"log truncated: a signed checkpoint covers {target} records but only {size} are stored"
+        )
+    sealed = view.sealed_size()
+    if target is None and not open_month:
+        raise UsageError(
+            f"month {win.month} ends at record {end} but the log is sealed only up to record"
+            f" {sealed}; seal it first (`chatarchief run` checkpoints every minute and when it"
+            " stops; `import` at its end)"
+        )
+    if target is None and start > sealed:
+        # An open month may end in unsealed records (pass 2 checks those), but what precedes it must be sealed.
+        raise UsageError(
+            f"records before {win.month} are not sealed by a checkpoint yet; seal the log first (`chatarchief run`)"
+        )
+    keys = view.keys
+    start_note = checked_note(view.note_at(start), keys, start, start_frontier.root()) if start > 0 else None
+    end_note = checked_note(view.note_at(end), keys, end, end_root)
+    if target is not None and target != end:
+        checked_note(view.note_at(target), keys, target, frontier.root())
+    kept = tuple(r for r in rows if r.seq < start)
+    return Plan(start, end, size, start_frontier, end_root, tuple(decisions), kept, start_note, end_note, first_ms)
+
+
+def checked_note(note: str | None, keys: KeyMaterial, size: int, root: bytes) -> str | None:
+    """`note` after checking its signature, size and root; None if None."""
+    if note is None:
+        return None
+    name = keys.key_name
+    try:
+        cp = checkpoint.verify_checkpoint_note(note, name, keys.public_key, origin=name)
+    except checkpoint.CheckpointError as exc:
+        raise LogIntegrityError(size, f"checkpoint for tree size {size} does not verify: {exc}") from None
+    if cp.size != size or not crypto.hmac_equal(cp.root, root):
+        raise LogIntegrityError(
+            max(size - 1, 0), f"records up to {size - 1} do not match the signed checkpoint at tree size {size}"
+        )
+    return note
+
+
+def seal_notes(keys: KeyMaterial, p: Plan, seal: Seal | None) -> tuple[str | None, str]:
+    """The checkpoints at start and end; a missing one is asked of `seal` and checked against the scan's root."""
+
+    def ask(size: int, root: bytes) -> str:
+        if seal is None:
+            raise UsageError(
+                f"the log has no signed checkpoint at tree size {size} (the month's boundary); run the snapshot"
+                " with the log's writer (`chatarchief snapshot`, or the monthly job of `chatarchief run`)"
+            )
+        note = checked_note(seal(size), keys, size, root)
+        assert note is not None
+        return note
+
+    start_note = p.start_note
+    if start_note is None and p.start > 0:
+        start_note = ask(p.start, p.frontier_start.root())
+    end_note = p.end_note or ask(p.end, p.end_root)
+    return start_note, end_note
+
+
+def carried_decisions(view: LogView, p: Plan) -> list[tuple[RangeRecord, list[bytes]]]:
+    """Each decision before `start` with its inclusion proof in the tree of size `start` (checked)."""
+    if not p.decision_rows:
+        return []
+    wanted = {r.seq: proof.inclusion_ranges(r.seq, p.start) for r in p.decision_rows}
+    roots = proof.SubtreeRoots({rng for ranges in wanted.values() for rng in ranges}, p.start)
+    with view.consistent():
+        for _, leaf in view.leaves(0, p.start):
+            roots.add(leaf)
+    found = roots.finish()
+    start_root = p.frontier_start.root()
+    out: list[tuple[RangeRecord, list[bytes]]] = []
+    for row in p.decision_rows:
+        path = [found[rng] for rng in wanted[row.seq]]
+        rec = view.opened(row)
+        if not merkle.verify_inclusion(rec.leaf, row.seq, p.start, path, start_root):
+            raise LogIntegrityError(row.seq, "decision record is not under the start checkpoint's root")
+        out.append((rec, path))
+    return out
