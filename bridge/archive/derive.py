@@ -12,8 +12,10 @@ organisation, time zone, log id, month), carried in `proof/package.json`.
 They are declared by whoever made the package, not proven: they are labels.
 What the officials wrote, the withhold decisions and the range are proven.
 Two values are derived from signed data: the status ("closed month" when the
-end checkpoint was signed at or after the month's end, else "open month,
-interim") and the sealing time (the end checkpoint's timestamp).
+end checkpoint was signed at or after the month's end, or when
+`proof/closing.json` shows the first record after the range was appended after
+it; else "open month, interim") and the sealing time (the end checkpoint's
+timestamp).
 """
 
 from __future__ import annotations
@@ -95,9 +97,10 @@ class RenderParams:
         return f"chatarchief-{self.log_id}"
 
 
-def status_of(sealed_ms: int, win: ranges.Window) -> str:
-    """Closed only if the end checkpoint was signed once the month was over."""
-    return STATUS_CLOSED if sealed_ms >= win.end_ms else STATUS_INTERIM
+def status_of(sealed_ms: int, win: ranges.Window, closed_later: bool = False) -> str:
+    """Closed if the end checkpoint was signed once the month was over, or a closing proof shows it
+    (`proof/closing.json`: the first record after the range was appended after the month's end)."""
+    return STATUS_CLOSED if sealed_ms >= win.end_ms or closed_later else STATUS_INTERIM
 
 
 def package_name(log_id: bytes | str, month: ranges.Month, interim: bool = False) -> str:
@@ -133,9 +136,9 @@ def bag_info(
     dossiers: int,
     others: int,
     sealed_ms: int,
+    status: str,
 ) -> list[tuple[str, str]]:
     """bag-info.txt lines (without Payload-Oxum, which the bag adds)."""
-    status = status_of(sealed_ms, win)
     interim = status == STATUS_INTERIM
     bagging = local_date(sealed_ms if interim else win.end_ms, params.timezone)
     return [

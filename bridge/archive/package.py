@@ -66,7 +66,7 @@ from bridge.archive import range as ranges
 from bridge.archive.bag import BagBuilder, HashingFile, remove_stale
 from bridge.archive.derive import STATUS_CLOSED, STATUS_INTERIM, DossierState, RenderParams, package_name
 from bridge.archive.mdto import Organisation
-from bridge.archive.plan import Plan, Seal, carried_decisions, plan, seal_notes
+from bridge.archive.plan import Plan, Seal, carried_decisions, closing, plan, seal_notes
 from bridge.archive.render import render_package
 from bridge.blobs import BlobStore
 from bridge.config import Settings
@@ -196,10 +196,11 @@ def snapshot(
             start_note, end_note = seal_notes(keys, p, seal)
             end_cp = checkpoint.parse_checkpoint_body(checkpoint.open_note(end_note)[0])
             sealed_ms = end_cp.timestamp_ms if end_cp.timestamp_ms is not None else win.end_ms
-            status = derive.status_of(sealed_ms, win)
+            closed = _closing(builder, view, p, win) if sealed_ms < win.end_ms else False
+            status = derive.status_of(sealed_ms, win, closed)
             _write_proof(builder, p, win, status, start_note, end_note, params, carried)
             transcripts = render_package(builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status)
-            info = derive.bag_info(params, keys.key_name, win, p.start, p.end, len(dossiers), others, sealed_ms)
+            info = derive.bag_info(params, keys.key_name, win, p.start, p.end, len(dossiers), others, sealed_ms, status)
             text = derive.leesmij(params, keys.key_name, p.start, p.end, status == STATUS_INTERIM)
             builder.finish(info, {"LEESMIJ.txt": text})
             written = builder.publish()
@@ -349,6 +350,19 @@ class _MediaCopier:
             raise LogIntegrityError(seq, f"media blob {blob_id} does not hold the content its event names")
         self._builder.write(rel, data)
         return True
+
+
+def _closing(builder: BagBuilder, view: LogView, p: Plan, win: ranges.Window) -> bool:
+    """Write proof/closing.json (+ checkpoint-close.txt) when the log can show the month is over."""
+    c = closing(view, p, win)
+    if c is None:
+        return False
+    builder.write(
+        "proof/closing.json",
+        proof.closing_json(p.end, c.header, c.commitment, c.ciphertext_hash, c.size, c.inclusion, c.consistency),
+    )
+    builder.write("proof/checkpoint-close.txt", c.note.encode("utf-8"))
+    return True
 
 
 def _write_proof(

@@ -156,6 +156,51 @@ def seal_notes(keys: KeyMaterial, p: Plan, seal: Seal | None) -> tuple[str | Non
     return start_note, end_note
 
 
+@dataclass(frozen=True)
+class Closing:
+    """Proof that the month was over when the log was sealed later: the first record after the range.
+
+    Record `end` (its leaf data, no content) was appended at or after the month's end; it sits at index
+    `end` of a later signed checkpoint (`note`, tree size `size`), whose tree extends the end tree.
+    """
+
+    size: int
+    note: str
+    header: bytes
+    commitment: bytes
+    ciphertext_hash: bytes
+    inclusion: list[bytes]
+    consistency: list[bytes]
+
+
+def closing(view: LogView, p: Plan, win: Window) -> Closing | None:
+    """The closing proof of a month whose end checkpoint predates the month's end, if the log has one."""
+    if p.end >= p.log_size:
+        return None
+    header, commit, ct_hash = view.leaf_parts(p.end)
+    if appended_ms(header) < win.end_ms:
+        return None
+    size = view.first_checkpoint_from(p.end + 1)
+    if size is None:
+        return None
+    wanted = proof.inclusion_ranges(p.end, size)
+    roots = proof.SubtreeRoots(set(wanted), size)
+    consistency: proof.ConsistencyBuilder | None = None
+    frontier = merkle.Frontier()
+    with view.consistent():
+        for seq, leaf in view.leaves(0, size):
+            if seq == p.end:
+                consistency = proof.ConsistencyBuilder(frontier, size)
+            roots.add(leaf)
+            frontier.append(leaf)
+            if consistency is not None:
+                consistency.add(leaf)
+        note = checked_note(view.note_at(size), view.keys, size, frontier.root())
+    assert note is not None and consistency is not None
+    found = roots.finish()
+    return Closing(size, note, header, commit, ct_hash, [found[r] for r in wanted], consistency.proof())
+
+
 def carried_decisions(view: LogView, p: Plan) -> list[tuple[RangeRecord, list[bytes]]]:
     """Each decision before `start` with its inclusion proof in the tree of size `start` (checked)."""
     if not p.decision_rows:

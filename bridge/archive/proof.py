@@ -247,6 +247,66 @@ def consistency_json(old_size: int, new_size: int, proof: Sequence[bytes]) -> by
     return pretty_json({"old_size": old_size, "new_size": new_size, "proof": [h.hex() for h in proof]})
 
 
+def closing_json(
+    seq: int,
+    header: bytes,
+    commit: bytes,
+    ct_hash: bytes,
+    size: int,
+    inclusion: Sequence[bytes],
+    consistency: Sequence[bytes],
+) -> bytes:
+    """proof/closing.json: the first record after the range, in a later checkpoint (see `plan.Closing`)."""
+    return pretty_json(
+        {
+            "record": {
+                "seq": seq,
+                "header": b64(header),
+                "commitment": b64(commit),
+                "ciphertext_sha256": ct_hash.hex(),
+            },
+            "checkpoint_size": size,
+            "inclusion": [h.hex() for h in inclusion],
+            "consistency": [h.hex() for h in consistency],
+        }
+    )
+
+
+@dataclass(frozen=True)
+class ClosingProof:
+    seq: int
+    header: format.RecordHeader
+    leaf: bytes
+    size: int
+    inclusion: list[bytes]
+    consistency: list[bytes]
+
+
+def parse_closing(data: bytes) -> ClosingProof:
+    """Raises ValueError (LineError) for anything but what `closing_json` writes."""
+    d = orjson.loads(data)
+    rec = d.get("record") if isinstance(d, dict) else None
+    if (
+        not isinstance(rec, dict)
+        or not isinstance(d.get("inclusion"), list)
+        or not isinstance(d.get("consistency"), list)
+    ):
+        raise ValueError("closing.json must hold record, checkpoint_size, inclusion and consistency")
+    seq, size = rec.get("seq"), d.get("checkpoint_size")
+    if not (isinstance(seq, int) and isinstance(size, int)):
+        raise ValueError("seq and checkpoint_size must be integers")
+    header_b = _unb64(rec.get("header"), format.HEADER_BYTES, "header")
+    commit = _unb64(rec.get("commitment"), format.HASH_BYTES, "commitment")
+    ct_hash = _unhex(rec.get("ciphertext_sha256"), format.HASH_BYTES, "ciphertext_sha256")
+    inclusion = [_unhex(h, merkle.HASH_SIZE, "inclusion hash") for h in d["inclusion"]]
+    consistency = [_unhex(h, merkle.HASH_SIZE, "consistency hash") for h in d["consistency"]]
+    if closing_json(seq, header_b, commit, ct_hash, size, inclusion, consistency) != data:
+        raise ValueError("closing.json is not in the form the package writer gives")
+    header = format.unpack_header(header_b)
+    leaf = merkle.leaf_hash(format.leaf_data(header_b, commit, ct_hash))
+    return ClosingProof(seq, header, leaf, size, inclusion, consistency)
+
+
 def parse_consistency(data: bytes) -> tuple[int, int, list[bytes]]:
     d = orjson.loads(data)
     if not isinstance(d, dict) or not isinstance(d.get("proof"), list):

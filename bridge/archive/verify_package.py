@@ -86,6 +86,8 @@ PROOF_INPUTS = (  # payload files taken as they are (each checked above, not ren
     "proof/other-records.jsonl",
     "proof/decisions-before.jsonl",
     "proof/missing-media.jsonl",
+    "proof/closing.json",
+    "proof/checkpoint-close.txt",
 )
 
 
@@ -138,7 +140,8 @@ def verify_package(path: Path, public_key: tuple[str, Ed25519PublicKey], previou
         raise _fail("proof/frontier-start.json does not give the start checkpoint's root")
     params, win = _params(pdir)
     sealed_ms = end_cp.timestamp_ms if end_cp.timestamp_ms is not None else win.end_ms
-    status = derive.status_of(sealed_ms, win)
+    closed = _check_closing(pdir, public_key, win, end, end_cp.root, sealed_ms)
+    status = derive.status_of(sealed_ms, win, closed)
     _check_range(pdir, rng, win, start, end, status, sealed_ms)
     sink = _Rederive(path, manifest)
     records = _Records(data, sink, params, win, start, end, start_root)
@@ -151,7 +154,7 @@ def verify_package(path: Path, public_key: tuple[str, Ed25519PublicKey], previou
     dossiers = sorted(records.dossiers.values(), key=lambda s: s.folder)
     render_package(sink, params, public_key[0], dossiers, start, end, sealed_ms, status)
     sink.finish_payload()
-    info = derive.bag_info(params, public_key[0], win, start, end, len(dossiers), records.others, sealed_ms)
+    info = derive.bag_info(params, public_key[0], win, start, end, len(dossiers), records.others, sealed_ms, status)
     text = derive.leesmij(params, public_key[0], start, end, status == derive.STATUS_INTERIM)
     _check_tags(path, tag_files(sink.payload, info, {"LEESMIJ.txt": text}))
     if previous is not None:
@@ -237,14 +240,41 @@ def _params(pdir: Path) -> tuple[RenderParams, ranges.Window]:
         raise _fail(f"proof/package.json (the render parameters) is unreadable: {exc}") from None
 
 
+def _check_closing(
+    pdir: Path, key: tuple[str, Ed25519PublicKey], win: ranges.Window, end: int, end_root: bytes, sealed_ms: int
+) -> bool:
+    """True if proof/closing.json shows the month over: record `end`, appended after the month's end, is in a
+    later signed checkpoint whose tree extends the end tree."""
+    path = pdir / "closing.json"
+    if not path.exists():
+        if (pdir / "checkpoint-close.txt").exists():
+            raise _fail("proof/checkpoint-close.txt without proof/closing.json")
+        return False
+    if sealed_ms >= win.end_ms:
+        raise _fail("proof/closing.json in a package whose end checkpoint already closes the month")
+    try:
+        c = proof.parse_closing(_small(path))
+    except (ValueError, orjson.JSONDecodeError) as exc:
+        raise _fail(f"proof/closing.json is unreadable: {exc}") from None
+    close = _checkpoint(pdir / "checkpoint-close.txt", key, c.size, "closing")
+    if c.seq != end or c.header.seq != end or c.size <= end:
+        raise _fail("proof/closing.json is not about the first record after the range")
+    if c.header.appended_ms < win.end_ms:
+        raise _fail(f"proof/closing.json: record {end} was appended before the month's end")
+    if not merkle.verify_inclusion(c.leaf, end, c.size, c.inclusion, close.root):
+        raise _fail(f"proof/closing.json: record {end} is not in the closing checkpoint (inclusion proof fails)")
+    if not merkle.verify_consistency(end, c.size, end_root, close.root, c.consistency):
+        raise _fail("proof/closing.json: the closing checkpoint does not extend the end checkpoint")
+    return True
+
+
 def _check_range(
     pdir: Path, rng: dict[str, object], win: ranges.Window, start: int, end: int, status: str, sealed_ms: int
 ) -> None:
     if rng.get("status") != status:
         raise _fail(
-            f"proof/range.json says status {rng.get('status')!r}, but the end checkpoint was signed at"
-            f" {sealed_ms} (ms), {'after' if status == derive.STATUS_CLOSED else 'before'} the month's end:"
-            f" status {status!r}"
+            f"proof/range.json says status {rng.get('status')!r}, but the signed checkpoints give {status!r}"
+            f" (end checkpoint signed at {sealed_ms} ms, the month ends at {win.end_ms} ms)"
         )
     if rng.get("month") != str(win.month):
         raise _fail(f"proof/range.json says month {rng.get('month')!r}, proof/package.json {win.month}")

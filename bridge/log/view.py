@@ -187,6 +187,17 @@ class LogView:
         except DecisionError as exc:
             raise LogIntegrityError(row.seq, f"decision record does not parse: {exc}") from None
 
+    def leaf_parts(self, seq: int) -> tuple[bytes, bytes, bytes]:
+        """(header, commitment, SHA-256 of the stored body) of record `seq`, checked against its stored leaf."""
+        row = self._conn.execute("SELECT header, commitment, body, leaf FROM records WHERE seq = ?", (seq,)).fetchone()
+        if row is None:
+            raise LogIntegrityError(seq, "record is missing")
+        header, commit, body, stored = (bytes(v) for v in row)
+        ct_hash = hashlib.sha256(body).digest()
+        if not crypto.hmac_equal(merkle.leaf_hash(format.leaf_data(header, commit, ct_hash)), stored):
+            raise LogIntegrityError(seq, "stored bytes do not match the record's leaf hash")
+        return header, commit, ct_hash
+
     def opened(self, row: ScanRow) -> RangeRecord:
         """A DECISION row of `scan()` authenticated (leaf recomputed, content opened) like `records` does."""
         header = self._header(row.seq, row.header)
