@@ -283,17 +283,31 @@ def snapshot(
     data_dir: DataDirOpt = None,
     key_file: KeyFileOpt = None,
     config_file: ConfigOpt = None,
+    allow_missing_media: Annotated[
+        bool,
+        typer.Option(
+            "--allow-missing-media",
+            help="Write the package even if media blobs are gone; each absence is listed in the package.",
+        ),
+    ] = False,
 ) -> None:
     """Write the sealed package (BagIt, MDTO, proofs) of a month that has ended."""
-    from bridge.archive.package import ArchiveOptions
+    from bridge.archive.package import ArchiveOptions, writer_seal
     from bridge.archive.package import snapshot as write_snapshot
     from bridge.archive.range import parse_month
 
     settings, dd, material = _open_keys(config_file, data_dir, key_file)
     options = ArchiveOptions.from_settings(settings)
-    result = _guard(lambda: write_snapshot(dd, material, parse_month(month), out_dir, options))
+    seal = writer_seal(dd, material)  # wired by control: the running bot's control socket signs when it holds the log
+    result = _guard(
+        lambda: write_snapshot(
+            dd, material, parse_month(month), out_dir, options, seal=seal, allow_missing_media=allow_missing_media
+        )
+    )
     verb = "wrote" if result.written else "already there (identical)"
     out.print(f"{verb}: {result.path} ({result.month}, records {result.start}..{result.end - 1})")
+    if result.missing_media:
+        err.print(f"warning: {result.missing_media} media files missing, listed in data/proof/missing-media.jsonl")
 
 
 @app.command("verify-package")

@@ -56,9 +56,7 @@ def verify(log: LogDir, path: Path) -> tuple[int, str]:
 def rebag(root: Path) -> None:
     """What an insider does after a forgery: rewrite both manifests and Payload-Oxum; bagit then accepts it."""
     files = sorted(p for p in (root / "data").rglob("*") if p.is_file())
-    (root / "manifest-sha256.txt").write_text(
-        "".join(f"{hashlib.sha256(p.read_bytes()).hexdigest()}  {p.relative_to(root)}\n" for p in files)
-    )
+    (root / "manifest-sha256.txt").write_text("".join(f"{_sha256(p)}  {p.relative_to(root)}\n" for p in files))
     info = [ln for ln in (root / "bag-info.txt").read_text().splitlines() if not ln.startswith("Payload-Oxum")]
     info.append(f"Payload-Oxum: {sum(p.stat().st_size for p in files)}.{len(files)}")
     (root / "bag-info.txt").write_text("\n".join(info) + "\n")
@@ -68,6 +66,11 @@ def rebag(root: Path) -> None:
     )
     logging.getLogger("bagit").setLevel(logging.ERROR)
     bagit.Bag(str(root)).validate()  # the forgery is a valid bag: only the re-derivation can catch it
+
+
+def _sha256(p: Path) -> str:
+    with p.open("rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def fix_sidecar(path: Path, old: bytes) -> None:
