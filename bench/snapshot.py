@@ -11,7 +11,9 @@ so its peak RSS is its own:
   ciphertext, write the plaintext to one file (the least any package must do);
 - snapshot: the real `snapshot` (plan pass, decrypt, per-dossier JSONL, leaves,
   consistency proof, transcripts, MDTO, pakbon, BagIt, fsync, rename);
-- verify-package: the real verifier with the public key only.
+- verify-package before: the verifier as it was before it re-derived the readable files
+  (`bench/verify_before.py`, frozen), on the same package;
+- verify-package: the real verifier with the public key only (re-derives every file).
 
 Prints MB/s of log processed (stored header + commitment + ciphertext bytes of
 the range), events/s, peak RSS, and the ratio to the baseline. Goal: >= 100 MB/s
@@ -100,7 +102,7 @@ def range_bytes(data_dir: Path) -> int:
 
 
 def child_baseline(data_dir: Path, key_file: Path, out: Path) -> None:
-    from bridge.archive.logscan import LogView
+    from bridge.log.view import LogView
 
     material = keyfile.load(key_file)
     with LogView(data_dir, material) as view, out.open("wb") as fh:
@@ -118,7 +120,19 @@ def child_verify(data_dir: Path, key_file: Path, out: Path) -> None:
     verify_package(out, keyfile.load_public(keyfile.public_path(key_file)))
 
 
-CHILDREN = {"baseline": child_baseline, "snapshot": child_snapshot, "verify": child_verify}
+def child_verify_before(data_dir: Path, key_file: Path, out: Path) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from verify_before import verify_package  # the verifier before re-derivation, frozen for comparison
+
+    verify_package(out, keyfile.load_public(keyfile.public_path(key_file)))
+
+
+CHILDREN = {
+    "baseline": child_baseline,
+    "snapshot": child_snapshot,
+    "verify": child_verify,
+    "verify_before": child_verify_before,
+}
 
 
 def run_child(name: str, data_dir: Path, key_file: Path, out: Path) -> tuple[float, float]:
@@ -143,14 +157,17 @@ def bench(n: int, rooms: int) -> None:
         base_s, base_rss = run_child("baseline", data_dir, key_file, work / "plain.jsonl")
         snap_s, snap_rss = run_child("snapshot", data_dir, key_file, work / "package")
         pkg_mb = sum(p.stat().st_size for p in (work / "package").rglob("*") if p.is_file()) / 1e6
+        before_s, before_rss = run_child("verify_before", data_dir, key_file, work / "package")
         ver_s, ver_rss = run_child("verify", data_dir, key_file, work / "package")
         for label, s, rss in (
             ("baseline (decrypt only)", base_s, base_rss),
             ("snapshot", snap_s, snap_rss),
-            ("verify-package", ver_s, ver_rss),
+            ("verify-package before", before_s, before_rss),
+            ("verify-package (re-derives)", ver_s, ver_rss),
         ):
-            print(f"  {label:24} {s:7.1f} s  {mb / s:7.1f} MB/s  {n / s:9,.0f} events/s  peak RSS {rss:6.1f} MB")
+            print(f"  {label:28} {s:7.1f} s  {mb / s:7.1f} MB/s  {n / s:9,.0f} events/s  peak RSS {rss:6.1f} MB")
         print(f"  snapshot / baseline throughput: {base_s / snap_s:.2f}; package {pkg_mb:.0f} MB on disk")
+        print(f"  verify-package after / before throughput: {before_s / ver_s:.2f} (re-deriving every readable file)")
         shutil.rmtree(work / "package", ignore_errors=True)
 
 
