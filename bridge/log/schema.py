@@ -52,6 +52,9 @@ def expected_schema() -> list[tuple[str, str, str, str | None]]:
         conn.close()
 
 
+#: Records a new log starts with: the KEY records of the index key (seq 0) and of data key 1 (seq 1).
+INIT_RECORDS = 2
+
 #: Every entry of the `meta` table (verify refuses others).
 META_KEYS = ("schema_version", "log_id", "vkey", "kek_check")
 

@@ -371,8 +371,11 @@ class LogStore:
         cursor: tuple[str, str] | None,
     ) -> _Batch:
         tags = [dedup_tag(self._index_key, s, c, i) for _, s, c, i, _ in entries]
+        # Tags of batches in flight now: one that commits while the lookup below waits has left `_inflight`
+        # by the time it returns, though the lookup (queued before its insert) did not see it.
+        pending = set(self._inflight)
         existing = await self._existing(tags)
-        existing |= self._inflight
+        existing |= pending | self._inflight
         rows: list[_Row] = []
         fresh: set[bytes] = set()
         appended_ms = now_ms()
