@@ -169,12 +169,19 @@ async def test_rotation_undo_and_bogus_current_key_are_tampering(filled_log: Log
         await store.append_events([make_event(700)])
         await store.checkpoint()
     conn = attacker(filled_log.db)
-    conn.execute("INSERT INTO meta (k, v) VALUES ('current_data_key', 'bogus')")
+    conn.execute("INSERT INTO meta (k, v) VALUES ('current_data_key', 'bogus')")  # TEXT where bytes belong
+    conn.close()
+    code, output = cli("verify", "--data-dir", filled_log.data_dir)
+    assert code == 1 and "meta" in output
+    with pytest.raises(LogIntegrityError, match="meta"):
+        await LogStore.open(filled_log.data_dir, filled_log.keys)
+    conn = attacker(filled_log.db)
+    conn.execute("UPDATE meta SET v = x'31' WHERE k = 'current_data_key'")  # a stale pointer: data key 1
     conn.close()
     code, output = cli("verify", "--data-dir", filled_log.data_dir)
     assert code == 1 and "meta" in output
     async with await LogStore.open(filled_log.data_dir, filled_log.keys) as store:
-        assert store._current_key == 2
+        assert store._current_key == 2  # the pointer is derived from the key records, never read
     conn = attacker(filled_log.db)
     conn.execute("DELETE FROM meta WHERE k = 'current_data_key'")
     conn.execute("DELETE FROM keys WHERE key_id = 2")
