@@ -14,6 +14,7 @@ import logging
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import bagit
 import orjson
@@ -24,8 +25,8 @@ from bridge.archive.package import snapshot
 from bridge.archive.range import Month
 from bridge.cli import app
 from bridge.log import keys as keyfile
-from tests.conftest import LogDir, create_log
-from tests.support.archive_log import OPTIONS, january_february, seal_for
+from tests.conftest import LogDir
+from tests.support.archive_log import OPTIONS, create_archive_log, january_february, seal_for
 
 runner = CliRunner()
 TAG_MANIFESTS = ("manifest-sha256.txt", "tagmanifest-sha256.txt")
@@ -34,7 +35,7 @@ TAG_MANIFESTS = ("manifest-sha256.txt", "tagmanifest-sha256.txt")
 @pytest.fixture(scope="module")
 def january(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LogDir, Path]]:
     tmp = tmp_path_factory.mktemp("forgery")
-    log = create_log(tmp)
+    log = create_archive_log(tmp)
     with pytest.MonkeyPatch.context() as mp:
         january_february(log, mp)
     yield log, snapshot(log.data_dir, log.keys, Month(2024, 1), tmp / "pkg" / "jan", OPTIONS, seal=seal_for(log)).path
@@ -91,12 +92,13 @@ def lines(p: Path) -> list[bytes]:
     return p.read_bytes().splitlines(keepends=True)
 
 
-def line_of(p: Path, seq: int) -> tuple[int, dict[str, object]]:
+def line_of(p: Path, event_id: str) -> tuple[int, dict[str, Any]]:
+    """The line of the event with upstream id `event_id` (and its index in the file)."""
     for i, raw in enumerate(lines(p)):
         d = orjson.loads(raw)
-        if d["seq"] == seq:
+        if isinstance(d.get("event"), dict) and d["event"]["event_id"] == event_id:
             return i, d
-    raise AssertionError(f"record {seq} not in {p}")
+    raise AssertionError(f"event {event_id} not in {p}")
 
 
 def canonical(d: dict[str, object]) -> bytes:
@@ -120,8 +122,8 @@ def sealed_from(d: dict[str, object], withheld: dict[str, object] | None) -> byt
     return canonical(out)
 
 
-def replace_line(p: Path, seq: int, new: bytes | None) -> None:
-    i, _ = line_of(p, seq)
+def replace_line(p: Path, event_id: str, new: bytes | None) -> None:
+    i, _ = line_of(p, event_id)
     ls = lines(p)
     if new is None:
         del ls[i]
@@ -226,38 +228,44 @@ def test_month_and_status_changed_everywhere_are_caught(january: tuple[LogDir, P
     refused(january[0], pkg, "status")
 
 
-@pytest.mark.parametrize("decision_seq", [4, 9, 10_000])
+@pytest.mark.parametrize("backing", ["an event", "a decision about another conversation", "no record"])
 def test_message_replaced_by_an_unbacked_tombstone_is_caught(
-    january: tuple[LogDir, Path], pkg: Path, decision_seq: int
+    january: tuple[LogDir, Path], pkg: Path, backing: str
 ) -> None:
     """A message hidden behind a `withheld` tombstone: refused unless a decision of the package backs exactly it.
 
-    4 is an event (no decision), 9 a real decision about another conversation's message, 10000 no record.
+    The tombstone names an event's seq, the real decision (which withholds a message of the other
+    conversation), or a seq outside the log.
     """
     ev = dossier(pkg, "alpha") / "events.jsonl"
-    _, d = line_of(ev, 3)
-    tomb = {"at_ms": 1705834800000, "by": "I. Specialist", "decision_seq": decision_seq, "reason": "privé"}
-    replace_line(ev, 3, sealed_from(d, tomb))
-    refused(january[0], pkg, "record 3")
+    _, d = line_of(ev, "$e3")
+    decision = orjson.loads((pkg / "data/proof/other-records.jsonl").read_bytes().splitlines()[-1])
+    assert "decision" in decision
+    seq = {"an event": line_of(ev, "$e4")[1]["seq"], "no record": 10_000}.get(backing, decision["seq"])
+    tomb = {"at_ms": 1705834800000, "by": "I. Specialist", "decision_seq": seq, "reason": "privé"}
+    replace_line(ev, "$e3", sealed_from(d, tomb))
+    refused(january[0], pkg, f"record {d['seq']}")
 
 
 def test_bare_line_without_content_is_caught(january: tuple[LogDir, Path], pkg: Path) -> None:
     """A line with header and commitment but neither content nor tombstone (leaf still right) is refused."""
     ev = dossier(pkg, "alpha") / "events.jsonl"
-    _, d = line_of(ev, 3)
-    replace_line(ev, 3, sealed_from(d, None))
-    refused(january[0], pkg, "record 3")
+    _, d = line_of(ev, "$e3")
+    replace_line(ev, "$e3", sealed_from(d, None))
+    refused(january[0], pkg, f"record {d['seq']}", "bare line")
 
 
 def test_message_moved_into_other_records_is_caught(january: tuple[LogDir, Path], pkg: Path) -> None:
     """An event line moved out of its dossier into proof/other-records.jsonl (in log order) is refused."""
     ev = dossier(pkg, "beta") / "events.jsonl"
-    i, _ = line_of(ev, 8)
+    i, d = line_of(ev, "$e8")
     moved = lines(ev)[i]
-    replace_line(ev, 8, None)
+    replace_line(ev, "$e8", None)
     other = pkg / "data" / "proof" / "other-records.jsonl"
-    other.write_bytes(moved + other.read_bytes())
-    refused(january[0], pkg, "record 8")
+    rest = lines(other)
+    at = sum(1 for raw in rest if orjson.loads(raw)["seq"] < d["seq"])
+    other.write_bytes(b"".join([*rest[:at], moved, *rest[at:]]))
+    refused(january[0], pkg, f"record {d['seq']} is an event")
 
 
 def test_attachment_deleted_with_its_files_entry_is_caught(january: tuple[LogDir, Path], pkg: Path) -> None:
@@ -267,10 +275,10 @@ def test_attachment_deleted_with_its_files_entry_is_caught(january: tuple[LogDir
         p.unlink()
     (alpha / "media").rmdir()
     ev = alpha / "events.jsonl"
-    _, d = line_of(ev, 5)
+    _, d = line_of(ev, "$e5")
     assert d.pop("files")
-    replace_line(ev, 5, canonical(d))
-    refused(january[0], pkg, "record 5")
+    replace_line(ev, "$e5", canonical(d))
+    refused(january[0], pkg, f"record {d['seq']} stored attachment")
 
 
 def test_bagit_txt_deleted_is_tampering_not_usage(january: tuple[LogDir, Path], pkg: Path) -> None:

@@ -14,15 +14,15 @@ from bridge.archive.package import snapshot
 from bridge.archive.range import Month
 from bridge.errors import UsageError
 from bridge.log.verify import verify_log
-from tests.conftest import LogDir, create_log
-from tests.support.archive_log import OPTIONS, ROOM_A, append, event, january_february, ms, seal_for
+from tests.conftest import LogDir
+from tests.support.archive_log import OPTIONS, ROOM_A, append, create_archive_log, event, january_february, ms, seal_for
 
 XSD = Path(__file__).resolve().parents[2] / "shared" / "mdto" / "MDTO-XML1.0.1.xsd"
 
 
 @pytest.fixture
 def two_months(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LogDir:
-    log = create_log(tmp_path)
+    log = create_archive_log(tmp_path)
     january_february(log, monkeypatch)
     monkeypatch.undo()
     return log
@@ -36,7 +36,8 @@ def test_package_is_a_valid_bag_with_mdto_that_the_xsd_accepts(two_months: LogDi
     """bagit-python validates the bag; the Nationaal Archief XSD (the shared copy) accepts every MDTO file."""
     out = tmp_path / "jan"
     result = snapshot(two_months.data_dir, two_months.keys, Month(2024, 1), out, OPTIONS, seal=seal_for(two_months))
-    assert (result.start, result.end, result.written) == (0, 10, True)
+    # 2 KEY records (the log's creation), 9 events, the image's BLOB record, the decision
+    assert (result.start, result.end, result.written) == (0, 13, True)
     bagit.Bag(str(out)).validate()
     schema = xmlschema.XMLSchema(str(XSD)) if XSD.exists() else None
     mdto_files = sorted((out / "data").rglob("*.MDTO.xml"))
@@ -60,7 +61,7 @@ def test_package_holds_every_record_of_the_month_and_withholds_content(two_month
     assert len(alpha.read_text().splitlines()) == 7
     transcript = (alpha.parent / "transcript.html").read_text()
     assert "<script>alert" not in transcript and "&lt;script&gt;" in transcript
-    assert "media/5-" in transcript and list((alpha.parent / "media").iterdir())
+    assert "media/8-" in transcript and list((alpha.parent / "media").iterdir())
 
 
 def test_same_log_gives_byte_identical_packages(two_months: LogDir, tmp_path: Path) -> None:
@@ -72,9 +73,7 @@ def test_same_log_gives_byte_identical_packages(two_months: LogDir, tmp_path: Pa
         two_months.data_dir, two_months.keys, Month(2024, 2), tmp_path / "b", OPTIONS, seal=seal_for(two_months)
     )
     assert _files(a.path) == _files(b.path)
-    # The end checkpoint was signed on 3 February (the writer's clock): the package cannot show February
-    # closed, so it says interim, dated by its checkpoint.
-    assert (a.path / "bag-info.txt").read_text().count("Bagging-Date: 2024-02-03") == 1
+    assert (a.path / "bag-info.txt").read_text().count("Bagging-Date: 2024-03-01") == 1
 
 
 def test_rerun_is_idempotent_and_a_different_package_is_never_overwritten(two_months: LogDir, tmp_path: Path) -> None:
@@ -108,19 +107,19 @@ def test_snapshot_signs_and_stores_prefix_checkpoints_the_log_verifies(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A month is closed by a checkpoint at exactly its end, signed when missing, stored; `verify` accepts it."""
-    log = create_log(tmp_path)
+    log = create_archive_log(tmp_path)
     append(log, monkeypatch, [(ms(2024, 1, 3), [event(1), event(2)]), (ms(2024, 2, 3), [event(3), event(4)])])
     monkeypatch.undo()
-    assert verify_log(log.data_dir, log.keys).checkpoints == 1  # at 4 only
+    assert verify_log(log.data_dir, log.keys).checkpoints == 2  # at 2 (creation) and 6 only
     result = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log))
-    assert (result.start, result.end) == (0, 2)
-    assert verify_log(log.data_dir, log.keys).checkpoints == 2
-    assert (tmp_path / "jan/data/proof/checkpoint-end.txt").read_text().split("\n")[1] == "2"
+    assert (result.start, result.end) == (0, 4)
+    assert verify_log(log.data_dir, log.keys).checkpoints == 3
+    assert (tmp_path / "jan/data/proof/checkpoint-end.txt").read_text().split("\n")[1] == "4"
     feb = snapshot(log.data_dir, log.keys, Month(2024, 2), tmp_path / "feb", OPTIONS, seal=seal_for(log))
     assert (tmp_path / "feb/data/proof/checkpoint-start.txt").read_bytes() == (
         tmp_path / "jan/data/proof/checkpoint-end.txt"
     ).read_bytes()
-    assert (feb.start, feb.end) == (2, 4)
+    assert (feb.start, feb.end) == (4, 6)
 
 
 def test_refuses_a_month_that_has_not_ended(two_months: LogDir, tmp_path: Path) -> None:
@@ -145,13 +144,13 @@ def test_refuses_a_month_that_has_not_ended(two_months: LogDir, tmp_path: Path) 
         OPTIONS,
         allow_open_month=True,
     )
-    assert result.status == "open month, interim" and result.start == result.end == 20
+    assert result.status == "open month, interim" and result.start == result.end == 23
     assert "Chatarchief-Status: open month, interim" in (result.path / "bag-info.txt").read_text()
 
 
 def test_refuses_a_month_whose_end_is_not_sealed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Records of the month after the last checkpoint (a crash tail) must be sealed before the month is packaged."""
-    log = create_log(tmp_path)
+    log = create_archive_log(tmp_path)
     append(log, monkeypatch, [(ms(2024, 1, 3), [event(1)])], seal=True)
     append(log, monkeypatch, [(ms(2024, 1, 9), [event(2, room=ROOM_A)])], seal=False)
     monkeypatch.undo()
@@ -166,13 +165,13 @@ def test_empty_month_and_many_conversations_with_few_open_files(
     """A month without records is an empty, valid package; 150 conversations work with a 4 KiB spill buffer."""
     import bridge.archive.package as package
 
-    log = create_log(tmp_path)
+    log = create_archive_log(tmp_path)
     events = [event(i, room=f"!room{i % 150}:example.org") for i in range(600)]
     append(log, monkeypatch, [(ms(2024, 3, 2), events[:300]), (ms(2024, 3, 30), events[300:])])
     monkeypatch.undo()
     monkeypatch.setattr(package, "SPILL_BYTES", 4096)
     empty = snapshot(log.data_dir, log.keys, Month(2024, 2), tmp_path / "feb", OPTIONS, seal=seal_for(log))
-    assert (empty.start, empty.end) == (0, 0)
+    assert (empty.start, empty.end) == (2, 2)  # after the 2 KEY records of January
     bagit.Bag(str(empty.path)).validate()
     full = snapshot(log.data_dir, log.keys, Month(2024, 3), tmp_path / "mar", OPTIONS, seal=seal_for(log))
     assert len(full.transcripts) == 150
@@ -184,11 +183,11 @@ def test_interim_package_of_the_current_month_for_the_demo(tmp_path: Path) -> No
     """interim_package writes the range so far, closed by a fresh checkpoint, and returns its transcripts."""
     from bridge.archive.package import interim_package
     from bridge.archive.verify_package import verify_package
-    from tests.conftest import fill_log
+    from tests.conftest import create_log, fill_log
 
-    log = create_log(tmp_path)
+    log = create_log(tmp_path)  # created now: its 2 KEY records open the current month
     fill_log(log, 12)  # appended now: the current month
     result = interim_package(log.data_dir, log.keys, OPTIONS, tmp_path / "archive", seal_for(log))
-    assert result.path.name.endswith("-interim") and (result.start, result.end) == (0, 12)
+    assert result.path.name.endswith("-interim") and (result.start, result.end) == (0, 14)
     assert [p.name for p in result.transcripts] == ["transcript.html"]
     verify_package(result.path, (log.keys.key_name, log.keys.public_key))

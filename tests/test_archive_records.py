@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
-import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -26,50 +25,16 @@ from bridge.archive.verify_package import MAX_LINE_BYTES, PackageIntegrityError,
 from bridge.blobs import BlobStore
 from bridge.cli import app
 from bridge.events import Attachment, Kind
-from bridge.log import clear, format, merkle
+from bridge.log import clear
 from bridge.log import keys as keyfile
 from bridge.log import store as store_module
-from bridge.log.schema import db_path, frontier_bytes
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.policy import withhold
-from tests.conftest import LogDir, create_log
-from tests.support.archive_log import OPTIONS, PNG, append, event, ms, seal_for
+from tests.conftest import LogDir
+from tests.support.archive_log import OPTIONS, PNG, create_archive_log, event, ms, seal_for
 from tests.test_archive_forgery import rebag
 
 runner = CliRunner()
-
-
-def append_clear(log: LogDir, payloads: list[tuple[format.RecordType, bytes]], at_ms: int) -> None:
-    """Append clear records after the last stored one (chain, leaf, frontier as the writer keeps them)."""
-    conn = sqlite3.connect(db_path(log.data_dir), isolation_level=None)
-    try:
-        leaves = [bytes(r[0]) for r in conn.execute("SELECT leaf FROM records ORDER BY seq")]
-        conn.execute("BEGIN IMMEDIATE")
-        for rtype, payload in payloads:
-            seq = len(leaves)
-            header = format.RecordHeader(
-                format.FORMAT_VERSION,
-                rtype,
-                seq,
-                at_ms,
-                0,
-                format.CLEAR_TAG,
-                format.CLEAR_NONCE,
-                leaves[-1] if leaves else format.GENESIS_PREV,
-            ).pack()
-            body = os.urandom(16) + payload
-            commit = format.commitment(body)
-            leaf = format.leaf_of(header, commit, body)
-            conn.execute(
-                "INSERT INTO records (seq, dedup, header, commitment, body, leaf) VALUES (?, ?, ?, ?, ?, ?)",
-                (seq, os.urandom(32), header, commit, body, leaf),
-            )
-            leaves.append(leaf)
-        frontier = merkle.extend(merkle.Frontier(), leaves)
-        conn.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('frontier', ?)", (frontier_bytes(frontier),))
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
 
 
 def verify_cli(log: LogDir, path: Path) -> tuple[int, str]:
@@ -78,33 +43,31 @@ def verify_cli(log: LogDir, path: Path) -> tuple[int, str]:
     return result.exit_code, " ".join(result.output.split())
 
 
-KEY = clear.KeyRecord(1, "data", ms(2024, 1, 4), b"\x01" * 60).encode()
-BLOB = clear.BlobRecord("ab" * 20, "cd" * 32, 1234).encode()
-
-
 def test_clear_records_are_carried_and_recomputed_without_a_key(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """KEY and BLOB records go to proof/other-records.jsonl with their payload; verify-package recomputes their
-    leaves (commitment = SHA-256(salt || payload) = ciphertext hash) and an altered wrapped key is caught."""
-    log = create_log(tmp_path)
-    append_clear(log, [(format.RecordType.KEY, KEY), (format.RecordType.BLOB, BLOB)], ms(2024, 1, 4))
-    append(log, monkeypatch, [(ms(2024, 1, 5), [event(1), event(2)]), (ms(2024, 2, 2), [event(3)])])
-    monkeypatch.undo()
+    """The log's KEY records (seq 0, 1) and the BLOB record of an image go to proof/other-records.jsonl with
+    their payload; verify-package recomputes their leaves (commitment = SHA-256(salt || payload) = ciphertext
+    hash) without any key, and an altered wrapped key is caught."""
+    log = _month_with_image(tmp_path, monkeypatch)
     pkg = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log)).path
     lines = [orjson.loads(x) for x in (pkg / "data/proof/other-records.jsonl").read_bytes().splitlines()]
     assert [sorted(d) for d in lines] == [
         ["ciphertext_sha256", "header", "key", "salt", "seq"],
+        ["ciphertext_sha256", "header", "key", "salt", "seq"],
         ["blob", "ciphertext_sha256", "header", "salt", "seq"],
     ]
-    assert proof.canonical_json(lines[0]["key"]) == KEY and lines[1]["blob"]["size"] == 1234
+    assert [d["seq"] for d in lines[:2]] == [0, 1] and [d["key"]["purpose"] for d in lines[:2]] == ["index", "data"]
+    blob = clear.parse_blob(proof.canonical_json(lines[2]["blob"]))
+    assert (log.data_dir / "blobs" / blob.blob_id[:2] / blob.blob_id).stat().st_size == blob.size
     code, out = verify_cli(log, pkg)
     assert code == 0, out
     other = pkg / "data/proof/other-records.jsonl"
-    other.write_bytes(other.read_bytes().replace(b"AQEBAQEB", b"AgEBAQEB", 1))
+    wrapped = lines[1]["key"]["wrapped"]
+    other.write_bytes(other.read_bytes().replace(wrapped.encode(), ("A" + wrapped[1:]).encode()))
     rebag(pkg)
     code, out = verify_cli(log, pkg)
-    assert code == 1 and "other-records.jsonl line 1" in out and "(record 0)" in out, out
+    assert code == 1 and "other-records.jsonl line 2" in out and "record 1" in out, out
 
 
 def test_a_decision_from_an_earlier_month_is_carried_with_its_inclusion_proof(
@@ -112,7 +75,7 @@ def test_a_decision_from_an_earlier_month_is_carried_with_its_inclusion_proof(
 ) -> None:
     """A January withhold hides February's edit of that message: the February package carries the decision
     in proof/decisions-before.jsonl with an RFC 9162 inclusion proof; without it the tombstone is refused."""
-    log = create_log(tmp_path)
+    log = create_archive_log(tmp_path)
 
     async def go() -> None:
         async with await LogStore.open(log.data_dir, log.keys, CheckpointPolicy(5, 10**9)) as store:
@@ -129,18 +92,19 @@ def test_a_decision_from_an_earlier_month_is_carried_with_its_inclusion_proof(
     feb = snapshot(log.data_dir, log.keys, Month(2024, 2), tmp_path / "feb", OPTIONS, seal=seal_for(log)).path
     assert b"geheim" not in b"".join(p.read_bytes() for p in feb.rglob("*") if p.is_file())
     carried = (feb / "data/proof/decisions-before.jsonl").read_bytes().splitlines()
-    assert len(carried) == 1 and orjson.loads(carried[0])["seq"] == 5
+    decision_seq = orjson.loads(carried[0])["seq"]
+    assert len(carried) == 1 and orjson.loads(carried[0])["decision"]["target"]["event_id"] == "$e3"
     assert verify_cli(log, feb)[0] == 0
     pub = keyfile.load_public(keyfile.public_path(log.key_file))
     verify_package(feb, pub, previous=jan)
     (feb / "data/proof/decisions-before.jsonl").write_bytes(b"")
     rebag(feb)
     code, out = verify_cli(log, feb)
-    assert code == 1 and "withheld by decision 5, which the package does not hold" in out, out
+    assert code == 1 and f"withheld by decision {decision_seq}, which the package does not hold" in out, out
 
 
 def _month_with_image(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LogDir:
-    log = create_log(tmp_path)
+    log = create_archive_log(tmp_path)
 
     async def go() -> None:
         monkeypatch.setattr(store_module, "now_ms", lambda: ms(2024, 1, 5))
@@ -165,17 +129,19 @@ def test_snapshot_refuses_a_missing_blob_unless_allowed_and_then_lists_it(
     absence in proof/missing-media.jsonl and verifies; removing that notice is caught."""
     log = _month_with_image(tmp_path, monkeypatch)
     shutil.rmtree(log.data_dir / "blobs")
-    with pytest.raises(MissingMediaError, match="of record 1 is missing"):
+    with pytest.raises(MissingMediaError, match=r"of record \d+ is missing"):
         snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log))
     assert not (tmp_path / "jan").exists()
     args = ["snapshot", "--data-dir", str(log.data_dir), "--key-file", str(log.key_file), "--month", "2024-01"]
-    result = runner.invoke(app, [*args, "--out", str(tmp_path / "jan")])
-    assert result.exit_code == 1 and "record 1" in result.output and "--allow-missing-media" in result.output
-    seal_for(log)(2)  # the month's end checkpoint: until the writer's seal_prefix lands, the CLI seals only at the end
+    refused = runner.invoke(app, [*args, "--out", str(tmp_path / "jan")])
+    assert refused.exit_code == 1 and not (tmp_path / "jan").exists()
+    result = refused
+    assert result.exit_code == 1 and "of record" in result.output and "--allow-missing-media" in result.output
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "jan"), "--allow-missing-media"])
     assert result.exit_code == 0, result.output
     notice = orjson.loads((tmp_path / "jan/data/proof/missing-media.jsonl").read_bytes())
-    assert notice["seq"] == 1 and notice["path"].endswith("media/1-foto.png")
+    assert notice["path"].endswith(f"media/{notice['seq']}-foto.png")
+    assert notice["blob_id"] in " ".join(refused.output.split()).replace(" ", "")
     code, out = verify_cli(log, tmp_path / "jan")
     assert code == 0, out
     (tmp_path / "jan/data/proof/missing-media.jsonl").write_bytes(b"")

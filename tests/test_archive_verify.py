@@ -21,15 +21,15 @@ from bridge.archive.range import Month
 from bridge.cli import app
 from bridge.log import checkpoint
 from bridge.log import keys as keyfile
-from tests.conftest import LogDir, create_log
-from tests.support.archive_log import OPTIONS, january_february, seal_for
+from tests.conftest import LogDir
+from tests.support.archive_log import OPTIONS, create_archive_log, january_february, seal_for
 
 runner = CliRunner()
 
 
 @pytest.fixture
 def packages(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[LogDir, Path, Path]:
-    log = create_log(tmp_path)
+    log = create_archive_log(tmp_path)
     january_february(log, monkeypatch)
     monkeypatch.undo()
     jan = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "pkg" / "jan", OPTIONS, seal=seal_for(log)).path
@@ -72,7 +72,7 @@ def test_fresh_packages_verify_and_chain(packages: tuple[LogDir, Path, Path]) ->
     log, jan, feb = packages
     code, out = verify(log, jan)
     assert code == 0, out
-    assert "intact" in out and "records 0..9" in out
+    assert "intact" in out and "records 0..12" in out
     code, out = verify(log, feb, "--previous", str(jan))
     assert code == 0, out
 
@@ -97,7 +97,7 @@ def _swap_lines(p: Path) -> None:
     [
         (_remove_line, "is missing from the package"),
         (_edit_line, "line 4: event altered"),
-        (_swap_lines, "line 3: record 1 is out of log order"),
+        (_swap_lines, "line 3: record 3 is out of log order"),
     ],
 )
 def test_event_lines_removed_edited_or_reordered_are_caught(
@@ -122,7 +122,7 @@ def test_changed_media_file_is_caught(packages: tuple[LogDir, Path, Path], tmp_p
     """A replaced image fails fixity, and with rewritten manifests its signed SHA-256 still does not match."""
     log, jan, _ = packages
     pkg = copy(jan, tmp_path)
-    media = next((pkg / "data").rglob("media/5-*.png"))
+    media = next((pkg / "data").rglob("media/8-*.png"))
     media.write_bytes(b"\x89PNG other picture")
     rebag(pkg)
     code, out = verify(log, pkg)
@@ -159,7 +159,7 @@ def test_previous_package_mismatch_is_caught(packages: tuple[LogDir, Path, Path]
     """February checked against itself (or a package that does not end where it starts) as --previous: exit 1."""
     log, jan, feb = packages
     code, out = verify(log, feb, "--previous", str(feb))
-    assert code == 1 and "previous package ends at record 20" in out
+    assert code == 1 and "previous package ends at record 23" in out
     code, out = verify(log, jan, "--previous", str(feb))
     assert code == 1
 

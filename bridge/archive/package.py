@@ -53,7 +53,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,34 +112,20 @@ class SnapshotResult:
 
 
 def writer_seal(data_dir: Path, keys: KeyMaterial) -> Seal:
-    """The default `seal`: asks the log's writer (`bridge.log`), never signs here.
+    """The default `seal`: asks the log's writer (`LogStore.seal_prefix`, which authenticates the leaves
+    before it signs); the archive never signs.
 
-    wired by control: the control engineer replaces this with the call through the
-    running bot's control socket (or `bridge.log.writer.seal_at`); until then it opens
-    a `LogStore` for the purpose and calls `seal_prefix`, or, for a package ending at
-    the log's current size, the store's own `checkpoint()`.
+    wired by control: the control engineer replaces this with the call through the running bot's
+    control socket (or `bridge.log.writer.seal_at`); until then it opens a `LogStore` for the purpose,
+    which takes the writer lock (refused while `run` holds it).
     """
 
     def seal(size: int) -> str:
-        try:
-            from bridge.log import writer  # type: ignore[attr-defined,unused-ignore]
-
-            seal_at: Callable[[Path, KeyMaterial, int], str] | None = getattr(writer, "seal_at", None)
-        except ImportError:
-            seal_at = None
-        if seal_at is not None:
-            return seal_at(data_dir, keys, size)
-
         async def go() -> str:
             from bridge.log.store import LogStore
 
             async with await LogStore.open(data_dir, keys) as store:
-                prefix = getattr(store, "seal_prefix", None)
-                if prefix is not None:
-                    return str(await prefix(size))
-                if store.size == size:
-                    return await store.checkpoint()
-            raise UsageError(f"this log's writer cannot sign a checkpoint at tree size {size} yet (a past boundary)")
+                return await store.seal_prefix(size)
 
         with ThreadPoolExecutor(1) as pool:  # the caller may be inside an event loop (the demo)
             return pool.submit(asyncio.run, go()).result()

@@ -11,6 +11,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -20,11 +21,12 @@ from bridge.archive.package import ArchiveOptions
 from bridge.blobs import BlobStore
 from bridge.events import MATRIX, Attachment, ConversationId, Event, EventId, Kind, SenderId
 from bridge.log import checkpoint, merkle
+from bridge.log import schema as schema_module
 from bridge.log import store as store_module
 from bridge.log.schema import db_path, now_ms
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.policy import withhold
-from tests.conftest import LogDir
+from tests.conftest import LogDir, create_log
 
 AMS = ZoneInfo("Europe/Amsterdam")
 OPTIONS = ArchiveOptions(Organisation("Ministerie van Tests", "https://organisaties.overheid.nl/1/Test"))
@@ -117,6 +119,14 @@ def january_february(log: LogDir, monkeypatch: pytest.MonkeyPatch) -> None:
     asyncio.run(go())
 
 
+def create_archive_log(tmp_path: Path) -> LogDir:
+    """`create_log` with the log created on 1 January 2024, 01:00 (its KEY records at seq 0 and 1 carry that
+    append time), so the months the archive tests write (2024) follow the log's creation as they would."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(schema_module, "now_ms", lambda: ms(2024, 1, 1, 1))
+        return create_log(tmp_path)
+
+
 def seal_for(log: LogDir) -> Callable[[int], str]:
     """The `seal` the archive is given: the log writer's `LogStore.seal_prefix` once it exists, else a stand-in.
 
@@ -129,7 +139,7 @@ def seal_for(log: LogDir) -> Callable[[int], str]:
         def by_store(size: int) -> str:
             async def go() -> str:
                 async with await LogStore.open(log.data_dir, log.keys) as store:
-                    return str(await store.seal_prefix(size))  # type: ignore[attr-defined]
+                    return await store.seal_prefix(size)
 
             return asyncio.run(go())
 
