@@ -66,3 +66,44 @@ def test_bad_schedule_is_a_config_error(tmp_path: Path) -> None:
     """archive.schedule must be a cron expression."""
     with pytest.raises(ConfigError, match=r"archive\.schedule"):
         ArchiveJobs(tmp_path, None, tmp_path, OPTIONS, "every month")  # type: ignore[arg-type]
+
+
+def test_a_target_path_it_did_not_write_is_an_alert_and_retried(
+    two_months: LogDir, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A month whose package path already holds something chatarchief did not write (here a folder with a
+    stray file) is not skipped silently nor overwritten: ALERT, the other months are written, and once the
+    path is cleared the next run writes it."""
+    dest = tmp_path / "archive"
+    jan = dest / package_name(two_months.keys.log_id, Month(2024, 1))
+    jan.mkdir(parents=True)
+    (jan / "notes.txt").write_text("not a package")
+    jobs = ArchiveJobs(two_months.data_dir, two_months.keys, dest, OPTIONS, retry_seconds=60)
+    first = asyncio.run(jobs.catch_up())
+    assert "2024-01" not in [r.month for r in first] and "2024-02" in [r.month for r in first]
+    assert jobs.failed == ["2024-01"]
+    assert (jan / "notes.txt").read_text() == "not a package"
+    assert any("ALERT monthly package blocked" in r.getMessage() for r in caplog.records)
+    (jan / "notes.txt").unlink()
+    jan.rmdir()
+    second = asyncio.run(jobs.catch_up())
+    assert [r.month for r in second] == ["2024-01"] and jobs.failed == []
+
+
+def test_a_blocked_month_schedules_a_retry(two_months: LogDir, tmp_path: Path) -> None:
+    """Inside the scheduler a blocked month adds a one-off retry job, instead of waiting a whole month."""
+    dest = tmp_path / "archive"
+    (dest / package_name(two_months.keys.log_id, Month(2024, 1))).mkdir(parents=True)
+
+    async def go() -> list[str]:
+        jobs = ArchiveJobs(two_months.data_dir, two_months.keys, dest, OPTIONS, retry_seconds=3600)
+        jobs.start()
+        await asyncio.sleep(0)
+        while jobs._running:  # the start-up catch-up
+            await asyncio.sleep(0.05)
+        assert jobs._scheduler is not None
+        ids = [job.id for job in jobs._scheduler.get_jobs()]
+        await jobs.stop()
+        return ids
+
+    assert "monthly-snapshot-retry" in asyncio.run(go())
