@@ -186,6 +186,12 @@ def verify(
         list[Path] | None,
         typer.Option("--checkpoint", help="A checkpoint note kept outside the data dir that the log must extend."),
     ] = None,
+    allow_unsealed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsealed", help="Keyless: accept records after the last checkpoint (beside a running bot)."
+        ),
+    ] = False,
     config_file: ConfigOpt = None,
 ) -> None:
     """Check integrity, order and checkpoints (with --key-file: decrypt and check every record too).
@@ -197,7 +203,7 @@ def verify(
     material = _load_keys(kf, dd) if kf is not None else None
     pub = _guard(lambda: keyfile.load_public(public_key)) if public_key is not None else None
     anchors = [_guard(partial(Path.read_text, p, "utf-8")) for p in pinned or []]
-    report = _guard(lambda: verify_log(dd, material, pub, anchors=anchors))
+    report = _guard(lambda: verify_log(dd, material, pub, anchors=anchors, allow_unsealed=allow_unsealed))
     out.print(f"[green]intact[/]: {report.records} records, {report.checkpoints} signed checkpoints")
     out.print(f"root {report.root.hex()} signed by {report.signer}")
     if report.decrypted is not None:
@@ -208,9 +214,10 @@ def verify(
     if public_key is None and material is None:
         out.print("[yellow]note[/]: checked against the log's own public key; pass --public-key to pin it")
     if report.unsealed:
+        how = "authenticated with the key" if material is not None else "NOT vouched for (--allow-unsealed)"
         out.print(
-            f"[yellow]note[/]: {report.unsealed} records after the last checkpoint are not sealed yet"
-            " (a crash can leave these; the next run or import seals them)"
+            f"[yellow]note[/]: {report.unsealed} records after the last checkpoint are not sealed yet, {how}"
+            " (a running bot or a crash leaves these; the next writer seals them)"
         )
 
 

@@ -16,6 +16,7 @@ from bridge.events import canonical_bytes
 from bridge.log import format, merkle
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.log.verify import verify_log
+from bridge.log.schema import INIT_RECORDS as B  # a new log holds its two key records
 from tests.conftest import LogDir, create_log, make_event
 
 
@@ -24,9 +25,9 @@ async def test_duplicates_are_counted_not_stored(empty_log: LogDir) -> None:
     async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
         first = await store.append_events([make_event(1), make_event(2), make_event(1)])
         second = await store.append_events([make_event(2), make_event(3)])
-        assert (first.appended, first.duplicates, first.seqs) == (2, 1, (0, 1))
-        assert (second.appended, second.duplicates, second.seqs) == (1, 1, (2,))
-        assert store.size == 3
+        assert (first.appended, first.duplicates, first.seqs) == (2, 1, (B, B + 1))
+        assert (second.appended, second.duplicates, second.seqs) == (1, 1, (B + 2,))
+        assert store.size == B + 3
         assert await store.counter("duplicates") == 2
         # Same event id in another conversation is a different event.
         other = await store.append_events([make_event(1, conversation="!other:example.org")])
@@ -55,13 +56,13 @@ async def test_failed_commit_rolls_back_events_and_cursor(empty_log: LogDir) -> 
             await store.append_events([make_event(1), make_event(2)], cursor=("c", "t1"))
         blocker.execute("ROLLBACK")
         blocker.close()
-        assert store.size == 1
+        assert store.size == B + 1
         assert await store.get_cursor("c") == "t0"
         retry = await store.append_events([make_event(1), make_event(2)], cursor=("c", "t1"))
-        assert retry.seqs == (1, 2)
+        assert retry.seqs == (B + 1, B + 2)
         await store.checkpoint()
     report = verify_log(empty_log.data_dir, empty_log.keys)
-    assert report.records == 3 and report.unsealed == 0
+    assert report.records == B + 3 and report.unsealed == 0
 
 
 async def test_pipelined_batches_keep_order_and_dedup(empty_log: LogDir) -> None:
@@ -75,9 +76,9 @@ async def test_pipelined_batches_keep_order_and_dedup(empty_log: LogDir) -> None
         assert sum(r.appended for r in results) == 85
         assert sum(r.duplicates for r in results) == 8 * 15 - 85
         seqs = [s for r in results for s in r.seqs]
-        assert seqs == list(range(85))
+        assert seqs == list(range(B, B + 85))
         await store.checkpoint()
-    assert verify_log(empty_log.data_dir, empty_log.keys).records == 85
+    assert verify_log(empty_log.data_dir, empty_log.keys).records == B + 85
 
 
 async def test_reopen_continues_the_chain_and_tree(empty_log: LogDir) -> None:
@@ -85,22 +86,27 @@ async def test_reopen_continues_the_chain_and_tree(empty_log: LogDir) -> None:
     async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
         await store.append_events([make_event(i) for i in range(5)])
     async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
-        assert store.size == 5
+        assert store.size == B + 5
         await store.append_events([make_event(i) for i in range(5, 9)])
         await store.checkpoint()
     report = verify_log(empty_log.data_dir, empty_log.keys)
-    assert report.records == 9 and report.unsealed == 0
+    assert report.records == B + 9 and report.unsealed == 0
 
 
-async def test_lost_frontier_is_rebuilt_from_leaves(empty_log: LogDir) -> None:
-    """If the saved frontier does not match the records it is rebuilt from the stored leaves."""
+async def test_frontier_is_rebuilt_from_the_signed_edge_and_the_tail(empty_log: LogDir) -> None:
+    """On open the head is the newest signed edge extended by the unsealed records, recomputed from their bytes."""
     async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
         await store.append_events([make_event(i) for i in range(6)])
+        await store.checkpoint()
+        await store.append_events([make_event(i) for i in range(6, 9)])  # an unsealed tail
     conn = sqlite3.connect(empty_log.db, isolation_level=None)
-    conn.execute("DELETE FROM meta WHERE k = 'frontier'")
-    leaves = [bytes(r[0]) for r in conn.execute("SELECT leaf FROM records ORDER BY seq")]
+    leaves = [
+        format.leaf_of(bytes(h), bytes(c), bytes(b))
+        for h, c, b in conn.execute("SELECT header, commitment, body FROM records ORDER BY seq")
+    ]
     conn.close()
     async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        assert store.size == B + 9
         assert store._frontier.root() == merkle.root(leaves)
 
 
@@ -111,7 +117,7 @@ async def test_checkpoint_policy_by_count(empty_log: LogDir) -> None:
         for i in range(10):
             await store.append_events([make_event(i)])
     sizes = [r[0] for r in sqlite3.connect(empty_log.db).execute("SELECT size FROM checkpoints ORDER BY size")]
-    assert sizes == [4, 8]
+    assert sizes == [B, B + 4, B + 8]
 
 
 async def test_checkpoint_policy_by_time(empty_log: LogDir) -> None:
@@ -122,15 +128,15 @@ async def test_checkpoint_policy_by_time(empty_log: LogDir) -> None:
             await asyncio.sleep(0.005)
             await store.append_events([make_event(i)])
     sizes = [r[0] for r in sqlite3.connect(empty_log.db).execute("SELECT size FROM checkpoints ORDER BY size")]
-    assert sizes == [1, 2, 3]
+    assert sizes == [B, B + 1, B + 2, B + 3]
 
 
-async def test_on_demand_checkpoint_of_empty_log(empty_log: LogDir) -> None:
-    """An on-demand checkpoint of an empty log signs tree size 0; repeating it signs nothing new."""
+async def test_on_demand_checkpoint_of_a_new_log(empty_log: LogDir) -> None:
+    """A new log is sealed over its key records; an on-demand checkpoint signs nothing new."""
     async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
         first = await store.checkpoint()
         again = await store.checkpoint()
-    assert first == again and "\n0\n" in first
+    assert first == again and f"\n{B}\n" in first
 
 
 async def test_open_with_another_logs_key_is_refused(empty_log: LogDir, tmp_path: Path) -> None:
@@ -187,7 +193,7 @@ def test_any_append_sequence_verifies(tmp_path_factory: pytest.TempPathFactory, 
             return store.size
 
     size = asyncio.run(go())
-    assert size == len({i for b in batches for i in b})
+    assert size == B + len({i for b in batches for i in b})
     report = verify_log(log.data_dir, log.keys)
     assert report.records == size and report.unsealed == 0
 

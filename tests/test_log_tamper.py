@@ -9,6 +9,7 @@ import pytest
 
 from bridge.errors import KeyFileError, LogIntegrityError
 from bridge.log import keys as keyfile
+from bridge.log.schema import INIT_RECORDS as B  # a new log holds its two key records
 from bridge.log.verify import verify_log
 from tests.conftest import LogDir, create_log, fill_log
 
@@ -42,9 +43,9 @@ def test_intact_log_verifies_with_and_without_key(filled_log: LogDir) -> None:
     """An untouched log passes both the keyless audit and the full decrypting check."""
     keyless = verify_log(filled_log.data_dir)
     full = verify_log(filled_log.data_dir, filled_log.keys)
-    assert keyless.records == full.records == 50
-    assert keyless.sealed_size == 50 and keyless.checkpoints >= 5
-    assert full.decrypted == 50 and full.kinds == {"message": 50}
+    assert keyless.records == full.records == B + 50
+    assert keyless.sealed_size == B + 50 and keyless.checkpoints >= 5
+    assert full.decrypted == B + 50 and full.kinds == {"key": 2, "message": 50}
     assert keyless.root == full.root
 
 
@@ -76,11 +77,12 @@ def test_altered_last_record_with_recomputed_leaf_fails_the_checkpoint(filled_lo
     from bridge.log.format import leaf_of
 
     conn = attacker(filled_log.db)
-    _, header, commit, body, _ = row(conn, 49)
+    last = B + 49
+    _, header, commit, body, _ = row(conn, last)
     body = flip(body, 0)
-    conn.execute("UPDATE records SET body = ?, leaf = ? WHERE seq = 49", (body, leaf_of(header, commit, body)))
+    conn.execute("UPDATE records SET body = ?, leaf = ? WHERE seq = ?", (body, leaf_of(header, commit, body), last))
     conn.close()
-    err = expect_tampered(filled_log, 49)
+    err = expect_tampered(filled_log, last)
     assert "checkpoint" in err.reason
 
 
@@ -130,30 +132,25 @@ def test_truncated_log_is_caught(filled_log: LogDir) -> None:
 def test_truncation_with_checkpoints_removed_needs_an_outside_checkpoint(filled_log: LogDir) -> None:
     """Whoever can write the data dir can cut the tail and its checkpoints; a checkpoint kept elsewhere catches it.
 
-    From the data dir alone this is indistinguishable from a crash before sealing (reported as an
-    unsealed tail) once the attacker also rewrites the saved frontier (a naive cut that leaves it is
-    caught), which is why checkpoints are exported with every package and can be pinned.
+    From the data dir alone this looks like a crash before sealing: an unsealed tail, which keyless
+    verify refuses unless told it runs beside a bot (--allow-unsealed); checkpoints are exported with
+    every package and can be pinned, and then the cut is named.
     """
-    from bridge.log import checkpoint, merkle
-    from bridge.log.schema import frontier_bytes
+    from bridge.log import checkpoint
 
     conn = attacker(filled_log.db)
-    kept = conn.execute("SELECT note FROM checkpoints WHERE size = 50").fetchone()[0]
+    kept = conn.execute("SELECT note FROM checkpoints WHERE size = ?", (B + 50,)).fetchone()[0]
     conn.execute("DELETE FROM records WHERE seq >= 45")
     conn.execute("DELETE FROM checkpoints WHERE size > 45")
-    with pytest.raises(LogIntegrityError, match="frontier"):
-        verify_log(filled_log.data_dir)
-    frontier = merkle.Frontier()
-    for (leaf,) in conn.execute("SELECT leaf FROM records ORDER BY seq"):
-        frontier.append(bytes(leaf))
-    conn.execute("UPDATE meta SET v = ? WHERE k = 'frontier'", (frontier_bytes(frontier),))
     conn.close()
-    report = verify_log(filled_log.data_dir)
-    assert report.sealed_size == 40 and report.unsealed == 5
+    with pytest.raises(LogIntegrityError, match="vouched for by nothing"):
+        verify_log(filled_log.data_dir)
+    report = verify_log(filled_log.data_dir, allow_unsealed=True)
+    assert report.sealed_size == B + 40 and report.unsealed == 45 - (B + 40)
     with pytest.raises(LogIntegrityError) as info:
-        verify_log(filled_log.data_dir, anchors=[kept])
+        verify_log(filled_log.data_dir, anchors=[kept], allow_unsealed=True)
     assert info.value.seq == 45 and "truncated" in info.value.reason
-    assert checkpoint.parse_checkpoint_note(kept)[0].size == 50
+    assert checkpoint.parse_checkpoint_note(kept)[0].size == B + 50
 
 
 def test_outside_checkpoint_of_another_history_is_caught(filled_log: LogDir, tmp_path: Path) -> None:
@@ -161,44 +158,44 @@ def test_outside_checkpoint_of_another_history_is_caught(filled_log: LogDir, tmp
     from bridge.log import checkpoint
 
     conn = sqlite3.connect(filled_log.db)
-    note = conn.execute("SELECT note FROM checkpoints WHERE size = 30").fetchone()[0]
+    note = conn.execute("SELECT note FROM checkpoints WHERE size = 32").fetchone()[0]
     conn.close()
     cp = checkpoint.parse_checkpoint_note(note)[0]
-    forged = checkpoint.Checkpoint(origin=cp.origin, size=30, root=bytes(32), timestamp_ms=cp.timestamp_ms)
+    forged = checkpoint.Checkpoint(origin=cp.origin, size=32, root=bytes(32), timestamp_ms=cp.timestamp_ms)
     signed = checkpoint.sign_checkpoint(forged, filled_log.keys.key_name, filled_log.keys.signing_key)
     with pytest.raises(LogIntegrityError) as info:
         verify_log(filled_log.data_dir, anchors=[signed])
-    assert info.value.seq == 29
+    assert info.value.seq == 31
 
 
 def test_altered_checkpoint_signature_is_named(filled_log: LogDir) -> None:
     """A checkpoint note whose signature bytes change fails, naming its tree size."""
     conn = attacker(filled_log.db)
-    note = conn.execute("SELECT note FROM checkpoints WHERE size = 30").fetchone()[0]
+    note = conn.execute("SELECT note FROM checkpoints WHERE size = 32").fetchone()[0]
     body, sig_line = note.rstrip("\n").rsplit("\n", 1)
     prefix, sig = sig_line.rsplit(" ", 1)
     sig = ("B" if sig[10] != "B" else "C").join([sig[:10], sig[11:]])
-    conn.execute("UPDATE checkpoints SET note = ? WHERE size = 30", (f"{body}\n{prefix} {sig}\n",))
+    conn.execute("UPDATE checkpoints SET note = ? WHERE size = 32", (f"{body}\n{prefix} {sig}\n",))
     conn.close()
-    err = expect_tampered(filled_log, 30)
+    err = expect_tampered(filled_log, 32)
     assert "checkpoint" in err.reason
 
 
 def test_altered_checkpoint_tree_size_is_named(filled_log: LogDir) -> None:
     """Changing the signed tree size in a note breaks its signature; changing the column is a mismatch."""
     conn = attacker(filled_log.db)
-    note = conn.execute("SELECT note FROM checkpoints WHERE size = 20").fetchone()[0]
+    note = conn.execute("SELECT note FROM checkpoints WHERE size = 22").fetchone()[0]
     lines = note.split("\n")
-    lines[1] = "21"
-    conn.execute("UPDATE checkpoints SET note = ? WHERE size = 20", ("\n".join(lines),))
+    lines[1] = "23"
+    conn.execute("UPDATE checkpoints SET note = ? WHERE size = 22", ("\n".join(lines),))
     conn.close()
-    expect_tampered(filled_log, 20)
+    expect_tampered(filled_log, 22)
 
 
 def test_altered_checkpoint_size_column_is_named(filled_log: LogDir) -> None:
     """A checkpoint row moved to another tree size no longer matches the size it signs."""
     conn = attacker(filled_log.db)
-    conn.execute("UPDATE checkpoints SET size = 25 WHERE size = 20")
+    conn.execute("UPDATE checkpoints SET size = 25 WHERE size = 22")
     conn.close()
     expect_tampered(filled_log, 25)
 
@@ -233,18 +230,20 @@ def test_wrong_key_file_is_a_clear_usage_error(filled_log: LogDir, tmp_path: Pat
 
 
 def test_altered_key_table_is_tampering(filled_log: LogDir) -> None:
-    """A wrapped data key that no longer unwraps is reported as tampering."""
+    """A wrapped data key changed in the key table differs from its KEY record: caught with and without the key."""
     conn = attacker(filled_log.db)
     wrapped = conn.execute("SELECT wrapped FROM keys WHERE key_id = 1").fetchone()[0]
     conn.execute("UPDATE keys SET wrapped = ? WHERE key_id = 1", (flip(bytes(wrapped), 20),))
     conn.close()
-    verify_log(filled_log.data_dir)
+    err = expect_tampered(filled_log, 1)
+    assert "key table" in err.reason
     err = expect_tampered(filled_log, None, with_key=True)
     assert "key table" in err.reason
 
 
-def test_unsealed_tail_is_reported_not_failed(tmp_path: Path) -> None:
-    """Records after the last checkpoint (a crash before sealing) verify and are counted as unsealed."""
+def test_unsealed_tail_is_authenticated_with_the_key_refused_without(tmp_path: Path) -> None:
+    """Records after the last checkpoint (a crash before sealing) verify with the key (AEAD) and are counted
+    as unsealed; keyless, nothing vouches for them, so they fail unless --allow-unsealed."""
     import asyncio
 
     from bridge.log.store import CheckpointPolicy, LogStore
@@ -260,7 +259,10 @@ def test_unsealed_tail_is_reported_not_failed(tmp_path: Path) -> None:
 
     asyncio.run(add())
     report = verify_log(log.data_dir, log.keys)
-    assert report.records == 23 and report.unsealed == 3
+    assert report.records == B + 23 and report.unsealed == 3
+    with pytest.raises(LogIntegrityError, match="vouched for by nothing"):
+        verify_log(log.data_dir)
+    assert verify_log(log.data_dir, allow_unsealed=True).unsealed == 3
 
 
 def test_key_file_readable_by_others_is_refused(filled_log: LogDir) -> None:

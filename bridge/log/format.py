@@ -115,6 +115,18 @@ def leaf_of(header: bytes, commit: bytes, ciphertext: bytes) -> bytes:
     return merkle.leaf_hash(leaf_data(header, commit, hashlib.sha256(ciphertext).digest()))
 
 
+def seal_clear(
+    rtype: RecordType, seq: int, appended_ms: int, key_id: int, prev_leaf: bytes, salt: bytes, payload: bytes
+) -> tuple[bytes, bytes, bytes, bytes]:
+    """(header, commitment, body, leaf) of a clear record: body = salt || payload, not encrypted."""
+    if rtype not in CLEAR_TYPES:
+        raise FormatError(f"a {rtype.name} record is not stored in the clear")
+    header = RecordHeader(FORMAT_VERSION, rtype, seq, appended_ms, key_id, CLEAR_TAG, CLEAR_NONCE, prev_leaf).pack()
+    body = salt + payload
+    commit = commitment(body)
+    return header, commit, body, leaf_of(header, commit, body)
+
+
 def split_plaintext(plaintext: bytes) -> tuple[bytes, bytes]:
     """(salt, payload) from a decrypted record."""
     if len(plaintext) < crypto.SALT_BYTES:

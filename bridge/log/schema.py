@@ -6,26 +6,30 @@ reader (`reader`), none of which may trust the others' in-memory state.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from bridge.errors import KeyFileError, UsageError
-from bridge.log import crypto, format, merkle
+from bridge.log import checkpoint, crypto, format, merkle
+from bridge.log.clear import KeyRecord
 from bridge.log.keys import KeyMaterial
 
 DB_NAME = "log.sqlite3"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 CREATE TABLE keys (
-    key_id INTEGER PRIMARY KEY, purpose TEXT NOT NULL, created_ms INTEGER NOT NULL, wrapped BLOB NOT NULL);
+    key_id INTEGER PRIMARY KEY, purpose TEXT NOT NULL, created_ms INTEGER NOT NULL, wrapped BLOB NOT NULL,
+    seq INTEGER NOT NULL UNIQUE);
 CREATE TABLE records (
     seq INTEGER PRIMARY KEY, dedup BLOB NOT NULL UNIQUE, header BLOB NOT NULL,
     commitment BLOB NOT NULL, body BLOB NOT NULL, leaf BLOB NOT NULL);
-CREATE TABLE checkpoints (size INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, note TEXT NOT NULL);
+CREATE TABLE checkpoints (
+    size INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, note TEXT NOT NULL, frontier BLOB NOT NULL);
 CREATE TABLE cursors (
     name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_ms INTEGER NOT NULL, mac BLOB NOT NULL);
 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -48,6 +52,12 @@ def expected_schema() -> list[tuple[str, str, str, str | None]]:
         conn.close()
 
 
+#: Records a new log starts with: the KEY records of the index key (seq 0) and of data key 1 (seq 1).
+INIT_RECORDS = 2
+
+#: Every entry of the `meta` table (verify refuses others).
+META_KEYS = ("schema_version", "log_id", "vkey", "kek_check")
+
 INDEX_PURPOSE = "index"
 DATA_PURPOSE = "data"
 
@@ -68,7 +78,12 @@ def _connect_sync(path: Path) -> sqlite3.Connection:
 
 
 def initialise(data_dir: Path, keys: KeyMaterial) -> None:
-    """Create an empty log in `data_dir` (which must not hold one already)."""
+    """Create a log in `data_dir` (which must not hold one already).
+
+    The log starts with two KEY records (seq 0: the index key, seq 1: data key 1)
+    and a checkpoint over them, so the wrapped keys are under the proof from the
+    first byte and a fresh log verifies keyless.
+    """
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = db_path(data_dir)
     if path.exists():
@@ -83,18 +98,59 @@ def initialise(data_dir: Path, keys: KeyMaterial) -> None:
             "log_id": keys.log_id,
             "vkey": keys.vkey().encode("ascii"),
             "kek_check": crypto.kek_check(keys.kek, keys.log_id),
-            "current_data_key": b"1",
         }
         conn.executemany("INSERT INTO meta (k, v) VALUES (?, ?)", list(meta.items()))
+        frontier = merkle.Frontier()
+        prev = format.GENESIS_PREV
         for key_id, purpose in ((0, INDEX_PURPOSE), (1, DATA_PURPOSE)):
-            wrapped = crypto.wrap_key(keys.kek, keys.log_id, key_id, purpose, crypto.random_key())
-            conn.execute(
-                "INSERT INTO keys (key_id, purpose, created_ms, wrapped) VALUES (?, ?, ?, ?)",
-                (key_id, purpose, created, wrapped),
-            )
+            record = key_record(keys, key_id, purpose, crypto.random_key(), created)
+            row = seal_key_record(record, frontier.size, created, prev)
+            conn.execute(_INSERT_RECORD, row)
+            conn.execute(_INSERT_KEY, key_row(record, frontier.size))
+            frontier.append(row[5])
+            prev = row[5]
+        conn.execute(_INSERT_CHECKPOINT, checkpoint_row(keys, frontier))
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+_INSERT_RECORD = "INSERT INTO records (seq, dedup, header, commitment, body, leaf) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_KEY = "INSERT INTO keys (key_id, purpose, created_ms, wrapped, seq) VALUES (?, ?, ?, ?, ?)"
+_INSERT_CHECKPOINT = "INSERT INTO checkpoints (size, created_ms, note, frontier) VALUES (?, ?, ?, ?)"
+
+#: A row of `records`: (seq, dedup tag, header, commitment, body, leaf).
+RecordRow = tuple[int, bytes, bytes, bytes, bytes, bytes]
+
+
+def key_record(keys: KeyMaterial, key_id: int, purpose: str, key: bytes, created_ms: int) -> KeyRecord:
+    """The KEY record of a fresh key: wrapped under the KEK (AD binds log id, key id, purpose)."""
+    return KeyRecord(key_id, purpose, created_ms, crypto.wrap_key(keys.kek, keys.log_id, key_id, purpose, key))
+
+
+def key_dedup(key_id: int) -> bytes:
+    """Dedup column of a KEY record: not keyed (there is one record per key id, and no secret to hide)."""
+    return b"key\x00" + key_id.to_bytes(8, "big")
+
+
+def seal_key_record(record: KeyRecord, seq: int, appended_ms: int, prev_leaf: bytes) -> RecordRow:
+    header, commit, body, leaf = format.seal_clear(
+        format.RecordType.KEY, seq, appended_ms, record.key_id, prev_leaf, os.urandom(crypto.SALT_BYTES),
+        record.encode(),
+    )  # fmt: skip
+    return (seq, key_dedup(record.key_id), header, commit, body, leaf)
+
+
+def key_row(record: KeyRecord, seq: int) -> tuple[int, str, int, bytes, int]:
+    return (record.key_id, record.purpose, record.created_ms, record.wrapped, seq)
+
+
+def checkpoint_row(keys: KeyMaterial, frontier: merkle.Frontier) -> tuple[int, int, str, bytes]:
+    """Sign a checkpoint of `frontier` now: the `checkpoints` row (size, created ms, note, frontier)."""
+    created = now_ms()
+    name = keys.key_name
+    cp = checkpoint.Checkpoint(origin=name, size=frontier.size, root=frontier.root(), timestamp_ms=created)
+    return (cp.size, created, checkpoint.sign_checkpoint(cp, name, keys.signing_key), frontier_bytes(frontier))
 
 
 def unwrap_keys(rows: Sequence[tuple[int, str, bytes]], keys: KeyMaterial) -> tuple[bytes, dict[int, bytes]]:

@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import logging
 import os
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
@@ -38,25 +40,33 @@ import aiosqlite
 from bridge.blobs import MediaKeys
 from bridge.errors import LogIntegrityError, StorageError, UsageError
 from bridge.events import Event, canonical_bytes
-from bridge.log import checkpoint, crypto, format, merkle
+from bridge.log import audit, checkpoint, crypto, format, merkle
+from bridge.log.clear import BLOB_SOURCE, BlobRecord, KeyRecord
 from bridge.log.keys import KeyMaterial
 from bridge.log.lock import WriterLock
 from bridge.log.schema import (
     DATA_PURPOSE,
     SCHEMA_VERSION,
     check_key_matches,
+    checkpoint_row,
     conversation_tag,
     cursor_mac,
     db_path,
     dedup_tag,
-    frontier_bytes,
     frontier_from_bytes,
+    key_record,
+    key_row,
     now_ms,
+    seal_key_record,
     unwrap_keys,
 )
 from bridge.log.schema import initialise as initialise  # re-export: the writer's API creates logs too
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
+#: What `append_records` takes: (type, source, conversation, id, payload); (source, conversation, id) is the
+#: idempotency key.
+Entry = tuple[format.RecordType, str, str, str, bytes]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +118,8 @@ class LogStore:
         self._inflight: set[bytes] = set()
         self._conv_tags: dict[tuple[str, str], bytes] = {}
         self._lock: WriterLock | None = None
+        self._blob_root: Path | None = None
+        self._blobs_seen: set[str] = set()
 
     # -- opening -----------------------------------------------------------------
 
@@ -129,7 +141,7 @@ class LogStore:
             # WAL mode creates -wal and -shm beside the database: a full disk fails here.
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=FULL")
-            store = await cls._load(conn, keys, policy or CheckpointPolicy())
+            store = await cls._load(conn, data_dir, keys, policy or CheckpointPolicy())
         except sqlite3.Error as exc:
             await conn.close()
             lock.release()
@@ -142,45 +154,83 @@ class LogStore:
         return store
 
     @classmethod
-    async def _load(cls, conn: aiosqlite.Connection, keys: KeyMaterial, policy: CheckpointPolicy) -> LogStore:
+    async def _load(
+        cls, conn: aiosqlite.Connection, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy
+    ) -> LogStore:
         meta = {k: bytes(v) async for k, v in await conn.execute("SELECT k, v FROM meta")}
         if meta.get("schema_version") != str(SCHEMA_VERSION).encode():
-            raise StorageError(f"unsupported log schema {meta.get('schema_version')!r}")
+            raise StorageError(
+                f"unsupported log schema {meta.get('schema_version')!r} (this version writes {SCHEMA_VERSION});"
+                " a log from an earlier development version must be re-created and re-imported"
+            )
         check_key_matches(meta, keys)
         rows = [
-            (int(r[0]), str(r[1]), bytes(r[2]))
-            async for r in await conn.execute("SELECT key_id, purpose, wrapped FROM keys ORDER BY key_id")
+            (int(r[0]), str(r[1]), bytes(r[2]), int(r[3]))
+            async for r in await conn.execute("SELECT key_id, purpose, wrapped, seq FROM keys ORDER BY key_id")
         ]
         try:
-            index_key, data_keys = unwrap_keys(rows, keys)
+            index_key, data_keys = unwrap_keys([r[:3] for r in rows], keys)
         except crypto.AuthError as exc:
-            raise StorageError(f"the data keys in the log do not unwrap: {exc}; run `chatarchief verify`") from None
-        current = int(meta["current_data_key"])
-        frontier, prev = await cls._load_frontier(conn, meta)
-        async with conn.execute("SELECT size, created_ms FROM checkpoints ORDER BY size DESC LIMIT 1") as cur:
-            row = await cur.fetchone()
-        # No checkpoint yet: count the interval from now, and seal the empty tree on demand.
-        last_cp = (int(row[0]), int(row[1])) if row else (-1, now_ms())
-        return cls(conn, keys, index_key, data_keys, current, frontier, prev, last_cp, policy)
+            raise LogIntegrityError(None, f"the key table was altered: {exc}; run `chatarchief verify`") from None
+        secrets = audit.Secrets(keys.log_id, index_key, data_keys)
+        key_seqs = {r[3]: r[0] for r in rows}
+        await cls._check_key_records(conn, key_seqs, rows)
+        frontier, prev, last_cp = await cls._authenticate_tail(conn, keys, secrets, key_seqs)
+        current = max(data_keys)  # the newest data key (KEY records are under the proof; no mutable pointer)
+        store = cls(conn, keys, index_key, data_keys, current, frontier, prev, last_cp, policy)
+        store._blob_root = data_dir / "blobs"
+        return store
 
     @staticmethod
-    async def _load_frontier(conn: aiosqlite.Connection, meta: dict[str, bytes]) -> tuple[merkle.Frontier, bytes]:
-        async with conn.execute("SELECT seq, leaf FROM records ORDER BY seq DESC LIMIT 1") as cur:
-            row = await cur.fetchone()
-        size = int(row[0]) + 1 if row else 0
-        prev = bytes(row[1]) if row else format.GENESIS_PREV
-        saved = meta.get("frontier")
-        if saved is not None:
-            frontier = frontier_from_bytes(saved)
-            if frontier.size == size:
-                return frontier, prev
-        # The frontier is written in the same transaction as the records, so this
-        # only runs on a log from before that or one damaged by hand: rebuild.
-        frontier = merkle.Frontier()
-        async with conn.execute("SELECT leaf FROM records ORDER BY seq") as cur:
-            async for (leaf,) in cur:
-                frontier.append(bytes(leaf))
-        return frontier, prev
+    async def _check_key_records(
+        conn: aiosqlite.Connection, key_seqs: dict[int, int], rows: list[tuple[int, str, bytes, int]]
+    ) -> None:
+        """Each row of the key table must be the KEY record it names (the records are the evidence)."""
+        for key_id, purpose, wrapped, seq in rows:
+            async with conn.execute("SELECT header, commitment, body FROM records WHERE seq = ?", (seq,)) as cur:
+                row = await cur.fetchone()
+            if row is None:
+                raise LogIntegrityError(seq, f"the key table names record {seq} for key {key_id}, which is missing")
+            try:
+                header = format.unpack_header(bytes(row[0]))
+            except format.FormatError as exc:
+                raise LogIntegrityError(seq, f"header does not parse: {exc}") from None
+            if header.type != format.RecordType.KEY:
+                raise LogIntegrityError(seq, f"the key table names record {seq} for key {key_id}: not a key record")
+            rec = audit.open_clear_record(seq, header, bytes(row[1]), bytes(row[2]))
+            if not isinstance(rec, KeyRecord) or rec != KeyRecord(key_id, purpose, rec.created_ms, wrapped):
+                raise LogIntegrityError(seq, f"key {key_id} in the key table differs from its key record")
+
+    @staticmethod
+    async def _authenticate_tail(
+        conn: aiosqlite.Connection, keys: KeyMaterial, secrets: audit.Secrets, key_seqs: dict[int, int]
+    ) -> tuple[merkle.Frontier, bytes, tuple[int, int]]:
+        """Authenticate everything after the last signed checkpoint before this process signs anything.
+
+        The frontier comes from the newest checkpoint whose stored frontier gives
+        its signed root (a stored frontier is never trusted beyond that); every
+        later record is recomputed from its bytes, chained, decrypted and checked
+        (AEAD, commitment, tags) and its leaf appended. Any failure raises
+        LogIntegrityError naming the first bad record: nothing gets signed.
+        """
+        frontier, last_cp = await _signed_frontier(conn, keys)
+        prev = await _leaf_before(conn, frontier.size)
+        async with conn.execute(
+            "SELECT seq, dedup, header, commitment, body, leaf FROM records WHERE seq >= ? ORDER BY seq",
+            (frontier.size,),
+        ) as cur:
+            while batch := await cur.fetchmany(1024):
+                for seq, dedup, header_b, commit, body, stored in batch:
+                    if seq != frontier.size:
+                        raise LogIntegrityError(frontier.size, f"record is missing (the next stored record is {seq})")
+                    header_b, commit, body = bytes(header_b), bytes(commit), bytes(body)
+                    header, leaf = audit.check_stored(seq, header_b, commit, body, bytes(stored), prev)
+                    opened = audit.check_plaintext(seq, secrets, header, header_b, commit, body, bytes(dedup))
+                    if isinstance(opened, KeyRecord) and key_seqs.get(seq) != opened.key_id:
+                        raise LogIntegrityError(seq, f"key record {opened.key_id} is not in the key table")
+                    frontier.append(leaf)
+                    prev = leaf
+        return frontier, prev, last_cp
 
     async def close(self) -> None:
         try:
@@ -256,12 +306,38 @@ class LogStore:
         the log, or repeated within the batch, are counted as duplicates. Raises
         StorageError if the batch could not be made durable (nothing of it is).
         """
-        entries = [(format.RecordType.EVENT, e.source, e.conversation, e.event_id, canonical_bytes(e)) for e in events]
+        entries: list[Entry] = []
+        for e in events:
+            for att in e.attachments:
+                if att.status == "stored" and isinstance(att.blob_id, str) and att.blob_id not in self._blobs_seen:
+                    blob = await self._blob_entry(att.blob_id)
+                    if blob is not None:
+                        entries.append(blob)
+            entries.append((format.RecordType.EVENT, e.source, e.conversation, e.event_id, canonical_bytes(e)))
         return await self.append_records(entries, cursor)
+
+    async def _blob_entry(self, blob_id: str) -> Entry | None:
+        """The BLOB record of a stored media file (id, SHA-256 and size of the encrypted file), appended
+        before the first event that references it, so keyless `verify` checks the file (dedup keeps it once)."""
+        if self._blob_root is None:
+            return None
+        path = self._blob_root / blob_id[:2] / blob_id
+        try:
+            digest, size = await asyncio.to_thread(_file_digest, path)
+        except (OSError, ValueError) as exc:
+            log.error(
+                "ALERT media blob missing when its event is committed; verify and snapshot will report it",
+                extra={"blob_id": blob_id, "error": type(exc).__name__},
+            )
+            return None
+        if len(self._blobs_seen) > 100_000:
+            self._blobs_seen.clear()
+        self._blobs_seen.add(blob_id)
+        return (format.RecordType.BLOB, BLOB_SOURCE, "", blob_id, BlobRecord(blob_id, digest, size).encode())
 
     async def append_records(
         self,
-        entries: Sequence[tuple[format.RecordType, str, str, str, bytes]],
+        entries: Sequence[Entry],
         cursor: tuple[str, str] | None = None,
     ) -> AppendResult:
         """Append (type, source, conversation, id, payload) entries; see `append_events`."""
@@ -291,12 +367,15 @@ class LogStore:
 
     async def _prepare(
         self,
-        entries: Sequence[tuple[format.RecordType, str, str, str, bytes]],
+        entries: Sequence[Entry],
         cursor: tuple[str, str] | None,
     ) -> _Batch:
         tags = [dedup_tag(self._index_key, s, c, i) for _, s, c, i, _ in entries]
+        # Tags of batches in flight now: one that commits while the lookup below waits has left `_inflight`
+        # by the time it returns, though the lookup (queued before its insert) did not see it.
+        pending = set(self._inflight)
         existing = await self._existing(tags)
-        existing |= self._inflight
+        existing |= pending | self._inflight
         rows: list[_Row] = []
         fresh: set[bytes] = set()
         appended_ms = now_ms()
@@ -341,6 +420,11 @@ class LogStore:
     ) -> _Row:
         seq = self._frontier.size
         nonce, salt = randomness[: crypto.NONCE_BYTES], randomness[crypto.NONCE_BYTES :]
+        if rtype in format.CLEAR_TYPES:
+            header, commit, body, leaf = format.seal_clear(rtype, seq, appended_ms, 0, self._prev_leaf, salt, payload)
+            self._frontier.append(leaf)
+            self._prev_leaf = leaf
+            return (seq, tag, header, commit, body, leaf)
         header = format.RecordHeader(
             version=format.FORMAT_VERSION,
             type=rtype,
@@ -371,9 +455,6 @@ class LogStore:
                 "INSERT INTO records (seq, dedup, header, commitment, body, leaf) VALUES (?, ?, ?, ?, ?, ?)",
                 batch.rows,
             )
-            await conn.execute(
-                "INSERT OR REPLACE INTO meta (k, v) VALUES ('frontier', ?)", (frontier_bytes(batch.frontier),)
-            )
         if batch.duplicates:
             await conn.execute(
                 "INSERT INTO counters (name, value) VALUES ('duplicates', ?)"
@@ -399,14 +480,9 @@ class LogStore:
 
     async def _insert_checkpoint(self, frontier: merkle.Frontier) -> tuple[int, int]:
         """Sign and insert a checkpoint (inside the caller's transaction): (size, created ms)."""
-        created = now_ms()
-        name = self._keys.key_name
-        cp = checkpoint.Checkpoint(origin=name, size=frontier.size, root=frontier.root(), timestamp_ms=created)
-        note = checkpoint.sign_checkpoint(cp, name, self._keys.signing_key)
-        await self._conn.execute(
-            "INSERT INTO checkpoints (size, created_ms, note) VALUES (?, ?, ?)", (cp.size, created, note)
-        )
-        return (cp.size, created)
+        row = checkpoint_row(self._keys, frontier)
+        await self._conn.execute("INSERT INTO checkpoints (size, created_ms, note, frontier) VALUES (?, ?, ?, ?)", row)
+        return (row[0], row[1])
 
     async def _quiesce(self) -> None:
         """Wait (holding the seal lock) until every sealed batch has settled."""
@@ -426,25 +502,113 @@ class LogStore:
             return note
 
     async def rotate_data_key(self) -> int:
-        """Add a new data key and make it current; old keys stay for reading."""
+        """Add a new data key and make it current; old keys stay for reading.
+
+        The key is appended as a KEY record (under the proof) with its key-table
+        row in one transaction, and sealed by a checkpoint at once.
+        """
         async with self._seal_lock:
             await self._quiesce()
             new_id = max(self._data_keys) + 1
             key = crypto.random_key()
-            wrapped = crypto.wrap_key(self._keys.kek, self._keys.log_id, new_id, DATA_PURPOSE, key)
+            record = key_record(self._keys, new_id, DATA_PURPOSE, key, now_ms())
+            frontier, prev = self._committed[0].copy(), self._committed[1]
+            row = seal_key_record(record, frontier.size, record.created_ms, prev)
+            frontier.append(row[5])
 
-            async def write() -> None:
+            async def write() -> tuple[int, int]:
                 await self._conn.execute(
-                    "INSERT INTO keys (key_id, purpose, created_ms, wrapped) VALUES (?, ?, ?, ?)",
-                    (new_id, DATA_PURPOSE, now_ms(), wrapped),
+                    "INSERT INTO records (seq, dedup, header, commitment, body, leaf) VALUES (?, ?, ?, ?, ?, ?)", row
                 )
-                await self._conn.execute("UPDATE meta SET v = ? WHERE k = 'current_data_key'", (str(new_id).encode(),))
+                await self._conn.execute(
+                    "INSERT INTO keys (key_id, purpose, created_ms, wrapped, seq) VALUES (?, ?, ?, ?, ?)",
+                    key_row(record, row[0]),
+                )
+                return await self._insert_checkpoint(frontier)
 
-            await self._transaction(write)
+            sealed = await self._transaction(write)
+            self._committed = (frontier, row[5])
+            self._frontier, self._prev_leaf = frontier.copy(), row[5]
+            self._last_cp_size, self._last_cp_ms = sealed
             self._data_keys[new_id] = key
             self._sealers[new_id] = crypto.Sealer(key)
             self._current_key = new_id
             return new_id
+
+    async def seal_prefix(self, size: int) -> str:
+        """The signed checkpoint note at tree size `size`: the stored one, else one signed now and stored.
+
+        Used to close a month at its last record. The root is computed from
+        leaves recomputed from the stored bytes, starting at the newest proven
+        checkpoint edge at or below `size`, and shown consistent with what is
+        already signed (the next checkpoint above `size`, or this writer's own
+        authenticated head) before anything is signed.
+        """
+        async with self._seal_lock:
+            await self._quiesce()
+            head, _ = self._committed
+            if not 0 <= size <= head.size:
+                raise UsageError(f"cannot seal tree size {size}: the log holds {head.size} records")
+            name = self._keys.key_name
+            async with self._conn.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)) as cur:
+                found = await cur.fetchone()
+            if found is not None:
+                try:
+                    checkpoint.verify_checkpoint_note(str(found[0]), name, self._keys.public_key, origin=name)
+                except checkpoint.CheckpointError as exc:
+                    raise LogIntegrityError(size, f"checkpoint for tree size {size} does not verify: {exc}") from None
+                return str(found[0])
+            prefix = await self._proven_prefix(size)
+
+            async def write() -> str:
+                row = checkpoint_row(self._keys, prefix)
+                await self._conn.execute(
+                    "INSERT INTO checkpoints (size, created_ms, note, frontier) VALUES (?, ?, ?, ?)", row
+                )
+                return row[2]
+
+            return await self._transaction(write)
+
+    async def _proven_prefix(self, size: int) -> merkle.Frontier:
+        """The tree's edge at `size`, from leaves that are shown to be the signed (or own) ones."""
+        async with self._conn.execute(
+            "SELECT size, note, frontier FROM checkpoints WHERE size <= ? ORDER BY size DESC LIMIT 1", (size,)
+        ) as cur:
+            low = await cur.fetchone()
+        async with self._conn.execute(
+            "SELECT size, note FROM checkpoints WHERE size > ? ORDER BY size LIMIT 1", (size,)
+        ) as cur:
+            high = await cur.fetchone()
+        name = self._keys.key_name
+        frontier = merkle.Frontier()
+        if low is not None:
+            cp = _verified(str(low[1]), name, self._keys, int(low[0]))
+            frontier = frontier_from_bytes(bytes(low[2]))
+            if frontier.size != cp.size or not crypto.hmac_equal(frontier.root(), cp.root):
+                raise LogIntegrityError(cp.size, f"the stored tree edge at checkpoint {cp.size} is not its signed one")
+        head, _ = self._committed
+        if high is not None:
+            target_size, target_root = int(high[0]), _verified(str(high[1]), name, self._keys, int(high[0])).root
+        else:
+            target_size, target_root = head.size, head.root()
+        prefix: merkle.Frontier | None = frontier.copy() if frontier.size == size else None
+        async with self._conn.execute(
+            "SELECT seq, header, commitment, body FROM records WHERE seq >= ? AND seq < ? ORDER BY seq",
+            (frontier.size, target_size),
+        ) as cur:
+            while batch := await cur.fetchmany(4096):
+                for seq, header_b, commit, body in batch:
+                    if seq != frontier.size:
+                        raise LogIntegrityError(frontier.size, f"record is missing (the next stored record is {seq})")
+                    frontier.append(format.leaf_of(bytes(header_b), bytes(commit), bytes(body)))
+                    if frontier.size == size:
+                        prefix = frontier.copy()
+        if frontier.size != target_size or not crypto.hmac_equal(frontier.root(), target_root):
+            raise LogIntegrityError(
+                max(size - 1, 0), f"records up to {target_size - 1} do not give the signed root at {target_size}"
+            )
+        assert prefix is not None
+        return prefix
 
     async def _transaction(self, body: Callable[[], Awaitable[T]]) -> T:
         try:
@@ -473,3 +637,53 @@ class _Batch:
     frontier: merkle.Frontier
     prev_leaf: bytes
     tags: set[bytes]
+
+
+async def _signed_frontier(conn: aiosqlite.Connection, keys: KeyMaterial) -> tuple[merkle.Frontier, tuple[int, int]]:
+    """The tree's right edge at the newest checkpoint, proven by its signature; ((size, ms)), or the empty tree."""
+    name = keys.key_name
+    sql = "SELECT size, created_ms, note, frontier FROM checkpoints ORDER BY size DESC LIMIT 1"
+    async with conn.execute(sql) as cur:
+        row = await cur.fetchone()
+    if row is None:  # every log starts with a checkpoint; without one, authenticate from record 0
+        return merkle.Frontier(), (-1, now_ms())
+    size = int(row[0])
+    try:
+        cp = checkpoint.verify_checkpoint_note(str(row[2]), name, keys.public_key, origin=name)
+        frontier = frontier_from_bytes(bytes(row[3]))
+    except (checkpoint.CheckpointError, ValueError) as exc:
+        raise LogIntegrityError(size, f"the newest checkpoint (tree size {size}) does not verify: {exc}") from None
+    if cp.size != size or frontier.size != size or not crypto.hmac_equal(frontier.root(), cp.root):
+        raise LogIntegrityError(size, f"the stored tree edge at checkpoint {size} does not give its signed root")
+    return frontier, (size, int(row[1]))
+
+
+async def _leaf_before(conn: aiosqlite.Connection, size: int) -> bytes:
+    """The leaf of record `size - 1` recomputed from its stored bytes (the chain link of the next record)."""
+    if size == 0:
+        return format.GENESIS_PREV
+    async with conn.execute("SELECT header, commitment, body FROM records WHERE seq = ?", (size - 1,)) as cur:
+        row = await cur.fetchone()
+    if row is None:
+        raise LogIntegrityError(size - 1, f"log truncated: a signed checkpoint covers {size} records")
+    return format.leaf_of(bytes(row[0]), bytes(row[1]), bytes(row[2]))
+
+
+def _verified(note: str, name: str, keys: KeyMaterial, size: int) -> checkpoint.Checkpoint:
+    try:
+        cp = checkpoint.verify_checkpoint_note(note, name, keys.public_key, origin=name)
+    except checkpoint.CheckpointError as exc:
+        raise LogIntegrityError(size, f"checkpoint for tree size {size} does not verify: {exc}") from None
+    if cp.size != size:
+        raise LogIntegrityError(size, f"checkpoint stored at tree size {size} is signed for {cp.size}")
+    return cp
+
+
+def _file_digest(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size

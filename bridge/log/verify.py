@@ -10,14 +10,23 @@ file it also decrypts every record, checks the AEAD tag, the plaintext
 commitment and that each event (and each decision record, which must parse)
 sits under the conversation and dedup tags it claims.
 
+Clear records are checked without a key: KEY records (the wrapped keys) must
+be exactly what the `keys` table holds, BLOB records name media files that must
+exist in `blobs/` with the SHA-256 and size recorded (with the key, each also
+decrypts to the content its id names, and every stored attachment of an event
+names a blob recorded before it). Each checkpoint's stored tree edge must be the
+one recomputed at its size (the writer resumes from it).
+
 The first failure raises `LogIntegrityError` naming the first bad sequence
 number (or the checkpoint's tree size). Records after the last checkpoint are
-reported as unsealed: a crash can leave such a tail legitimately, and the next
-`run`/`import` seals it.
+vouched for by nothing but their AEAD: keyless, they fail unless the caller
+allows them (beside a running bot); with the key, they are authenticated and
+reported as unsealed (a crash can leave such a tail; the next writer seals it).
 """
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,17 +34,17 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from bridge.blobs import BlobStore, MediaKeys
 from bridge.errors import LogIntegrityError, StorageError, UsageError
-from bridge.events import EncodingError, event_from_bytes
-from bridge.log import checkpoint, crypto, format, merkle
-from bridge.log.decision import DECISION_SOURCE, DecisionError, parse_decision
+from bridge.events import Event
+from bridge.log import audit, checkpoint, crypto, format, merkle
+from bridge.log.clear import BlobRecord, KeyRecord
 from bridge.log.keys import KeyMaterial
 from bridge.log.schema import (
+    META_KEYS,
     check_key_matches,
-    conversation_tag,
     cursor_mac,
     db_path,
-    dedup_tag,
     expected_schema,
     frontier_bytes,
     unwrap_keys,
@@ -57,13 +66,6 @@ class VerifyReport:
     @property
     def unsealed(self) -> int:
         return self.records - self.sealed_size
-
-
-@dataclass(frozen=True)
-class _Secrets:
-    log_id: bytes
-    index_key: bytes
-    data_keys: dict[int, bytes]
 
 
 def open_readonly(data_dir: Path) -> sqlite3.Connection:
@@ -98,61 +100,94 @@ def _connect(path: Path, mode: str) -> sqlite3.Connection:
     return conn
 
 
+
 def verify_log(
     data_dir: Path,
     keys: KeyMaterial | None = None,
     public_key: tuple[str, Ed25519PublicKey] | None = None,
     progress: Progress | None = None,
     anchors: Sequence[str] = (),
+    *,
+    allow_unsealed: bool = False,
 ) -> VerifyReport:
-    """Verify the log; `anchors` are checkpoint notes kept outside the data dir (pinned)."""
+    """Verify the log; `anchors` are checkpoint notes kept outside the data dir (pinned).
+
+    Keyless, records after the last checkpoint are tampering (nothing vouches
+    for them) unless `allow_unsealed`; with the key they are authenticated by
+    decryption and only reported as unsealed.
+    """
     conn = open_readonly(data_dir)
     try:
-        return _verify(conn, keys, public_key, progress, anchors)
+        report = _verify(conn, data_dir, keys, public_key, progress, anchors)
     except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
         # A corrupt page (or a TEXT value that is no longer UTF-8) is evidence of damage, not a usage error.
         raise LogIntegrityError(None, f"the database file is damaged: {exc}") from None
     finally:
         conn.close()
+    if report.unsealed and keys is None and not allow_unsealed:
+        raise LogIntegrityError(
+            report.sealed_size,
+            f"{report.unsealed} records after the last signed checkpoint (tree size {report.sealed_size}) are"
+            " vouched for by nothing; check them with --key-file, or pass --allow-unsealed beside a running bot",
+        )
+    return report
 
 
 def _verify(
     conn: sqlite3.Connection,
+    data_dir: Path,
     keys: KeyMaterial | None,
     public_key: tuple[str, Ed25519PublicKey] | None,
     progress: Progress | None,
     anchors: Sequence[str],
 ) -> VerifyReport:
+    conn.execute("BEGIN")  # one consistent snapshot, also beside a running writer
     meta = {str(k): bytes(v) for k, v in conn.execute("SELECT k, v FROM meta")}
     if keys is not None:
         check_key_matches(meta, keys)  # a wrong key file is a usage error, not evidence of tampering
     name, pub = _signer(meta, keys, public_key)
-    secrets = _unlock(conn, meta, keys) if keys is not None else None
+    secrets = _unlock(conn, keys) if keys is not None else None
     report = VerifyReport(signer=checkpoint.format_vkey(name, pub), decrypted=0 if secrets else None)
-    checkpoints = _checked_checkpoints(conn, name, pub)
-    report.checkpoints = len(checkpoints)
-    checkpoints = sorted([*checkpoints, *(_checked_anchor(a, name, pub) for a in anchors)], key=lambda c: c.size)
+    stored = _checked_checkpoints(conn, name, pub)
+    report.checkpoints = len(stored)
+    edges = {cp.size: edge for cp, edge in stored}
+    pinned = [_checked_anchor(a, name, pub) for a in anchors]
+    checkpoints = sorted([*(cp for cp, _ in stored), *pinned], key=lambda c: c.size)
     frontier = merkle.Frontier()
     prev = format.GENESIS_PREV
     cp_iter = iter(checkpoints)
     next_cp = next(cp_iter, None)
     while next_cp is not None and next_cp.size == 0:  # checkpoints of the empty tree
-        _check_root(next_cp, frontier)
+        _check_root(next_cp, frontier, edges)
         next_cp = next(cp_iter, None)
+    key_records: dict[int, tuple[int, KeyRecord]] = {}
+    blobs = _BlobCheck(data_dir / "blobs", secrets)
     rows = conn.execute("SELECT seq, dedup, header, commitment, body, leaf FROM records ORDER BY seq")
     for seq, dedup, header_b, commit, body, stored_leaf in rows:
         i = frontier.size
         if seq != i:
             raise LogIntegrityError(i, f"record is missing (the next stored record is {seq})")
-        header, leaf = _check_record(i, bytes(header_b), bytes(commit), bytes(body), bytes(stored_leaf), prev)
+        header_b, commit, body = bytes(header_b), bytes(commit), bytes(body)
+        header, leaf = audit.check_stored(i, header_b, commit, body, bytes(stored_leaf), prev)
+        if header.type in format.CLEAR_TYPES:
+            clear = audit.open_clear_record(i, header, commit, body)
+            if isinstance(clear, KeyRecord):
+                if clear.key_id in key_records:
+                    raise LogIntegrityError(i, f"key {clear.key_id} is recorded twice")
+                key_records[clear.key_id] = (i, clear)
+            else:
+                blobs.check_record(i, clear)
         if secrets is not None:
-            kind = _check_plaintext(i, secrets, header, bytes(header_b), bytes(commit), bytes(body), bytes(dedup))
+            opened = audit.check_plaintext(i, secrets, header, header_b, commit, body, bytes(dedup))
+            if isinstance(opened, Event):
+                blobs.check_event(i, opened)
+            kind = audit.kind_of(opened)
             report.kinds[kind] = report.kinds.get(kind, 0) + 1
             report.decrypted = (report.decrypted or 0) + 1
         frontier.append(leaf)
         prev = leaf
         while next_cp is not None and next_cp.size == frontier.size:
-            _check_root(next_cp, frontier)
+            _check_root(next_cp, frontier, edges)
             report.sealed_size = max(report.sealed_size, next_cp.size)
             next_cp = next(cp_iter, None)
         if progress is not None and i % 4096 == 0:
@@ -164,25 +199,86 @@ def _verify(
             frontier.size,
             f"log truncated: a signed checkpoint covers {next_cp.size} records but only {frontier.size} are stored",
         )
-    _check_bookkeeping(conn, meta, frontier)
+    _check_key_table(conn, key_records)
+    _check_bookkeeping(conn, meta)
     if secrets is not None:
         _check_cursors(conn, secrets)
+    conn.execute("COMMIT")
     return report
 
 
-def _check_cursors(conn: sqlite3.Connection, secrets: _Secrets) -> None:
+class _BlobCheck:
+    """Media under the proof: each BLOB record's file exists with its hash and size; with the key it
+    decrypts to the content its id names, and each stored attachment names a blob recorded before it."""
+
+    def __init__(self, root: Path, secrets: audit.Secrets | None) -> None:
+        self._root = root
+        self._recorded: set[str] = set()
+        self._store: BlobStore | None = None
+        if secrets is not None:
+            media = MediaKeys(secrets.log_id, secrets.index_key, secrets.data_keys, max(secrets.data_keys))
+            self._store = BlobStore(root, media)
+
+    def check_record(self, seq: int, rec: BlobRecord) -> None:
+        path = self._root / rec.blob_id[:2] / rec.blob_id
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            raise LogIntegrityError(seq, f"media blob {rec.blob_id} is missing from the blob store") from None
+        digest = hashlib.sha256(raw).hexdigest()
+        if len(raw) != rec.size or not crypto.hmac_equal(digest.encode(), rec.sha256.encode()):
+            raise LogIntegrityError(seq, f"media blob {rec.blob_id} was altered (not the file its record names)")
+        if self._store is not None:
+            try:
+                self._store.get(rec.blob_id)  # decrypts and checks the plaintext against the id
+            except LogIntegrityError as exc:
+                raise LogIntegrityError(seq, exc.reason) from None
+        self._recorded.add(rec.blob_id)
+
+    def check_event(self, seq: int, event: Event) -> None:
+        for att in event.attachments:
+            if att.status == "stored" and att.blob_id is not None and att.blob_id not in self._recorded:
+                raise LogIntegrityError(
+                    seq, f"a stored attachment names media blob {att.blob_id}, which no earlier record vouches for"
+                )
+
+
+def _check_key_table(conn: sqlite3.Connection, records: dict[int, tuple[int, KeyRecord]]) -> None:
+    """The key table is an index of the KEY records (the evidence): it must hold exactly them."""
+    table = {
+        int(k): (int(seq), KeyRecord(int(k), str(p), int(c), bytes(w)))
+        for k, p, c, w, seq in conn.execute("SELECT key_id, purpose, created_ms, wrapped, seq FROM keys")
+    }
+    for key_id in sorted(records.keys() | table.keys()):
+        if key_id not in table:
+            raise LogIntegrityError(records[key_id][0], f"key {key_id} is missing from the key table")
+        if key_id not in records:
+            raise LogIntegrityError(
+                table[key_id][0], f"the key table holds key {key_id}, which no key record vouches for"
+            )
+        if table[key_id] != records[key_id]:
+            raise LogIntegrityError(records[key_id][0], f"key {key_id} in the key table differs from its key record")
+    purposes = {rec.purpose for _, rec in records.values()}
+    if purposes != {"index", "data"}:
+        raise LogIntegrityError(None, "the log holds no index key record or no data key record")
+
+
+def _check_cursors(conn: sqlite3.Connection, secrets: audit.Secrets) -> None:
     """Each source cursor carries a keyed MAC: an altered sync token would make the bot skip events."""
     for name, value, mac in conn.execute("SELECT name, value, mac FROM cursors ORDER BY name"):
         if not crypto.hmac_equal(bytes(mac), cursor_mac(secrets.index_key, str(name), str(value))):
             raise LogIntegrityError(None, f"the stored cursor of {name} was altered")
 
 
-def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes], frontier: merkle.Frontier) -> None:
-    """What the writer trusts besides the records: the schema and the saved frontier.
 
-    Neither is evidence, but the writer builds on both: a damaged frontier would be
-    extended into wrong roots, a damaged schema (say, a column type) changes how
-    later rows are stored. Dropped triggers are tolerated: they only guard against
+
+def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes]) -> None:
+    """What the writer reads besides the records: the schema and the meta table.
+
+    Neither is evidence, but a damaged schema (say, a column type) changes how
+    later rows are stored, and a meta entry this version never writes (such as
+    an earlier version's saved frontier or current-key pointer) is a sign of a
+    hand-edited data dir. Dropped triggers are tolerated: they only guard against
     accidents (see store.py); a trigger that is present must be the one we wrote.
     """
     expected = {(t, n): (tbl, sql) for t, n, tbl, sql in expected_schema()}
@@ -194,6 +290,9 @@ def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes], frontie
     missing = [name for (kind, name) in expected if kind != "trigger" and (kind, name) not in found]
     if missing:
         raise LogIntegrityError(None, f"the database schema was altered: {', '.join(missing)} missing")
+    unknown = sorted(set(meta) - set(META_KEYS))
+    if unknown:
+        raise LogIntegrityError(None, f"the meta table holds entries this log never writes: {', '.join(unknown)}")
     # Cursors (MAC-checked with the key, see _check_cursors) and counters: read them so damage shows, and
     # let SQLite check every b-tree and that each index (the dedup index above all) matches its table.
     conn.execute("SELECT name, value, updated_ms, mac FROM cursors").fetchall()
@@ -201,12 +300,62 @@ def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes], frontie
     problems = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(5)")]
     if problems != ["ok"]:
         raise LogIntegrityError(None, f"the database file is damaged: {'; '.join(problems)}")
-    saved = meta.get("frontier")
-    if saved is not None and not crypto.hmac_equal(saved, frontier_bytes(frontier)):
+
+
+def _checked_checkpoints(
+    conn: sqlite3.Connection, name: str, pub: Ed25519PublicKey
+) -> list[tuple[checkpoint.Checkpoint, bytes]]:
+    """Every stored checkpoint with its stored tree edge, after checking signature, size, time and origin."""
+    out: list[tuple[checkpoint.Checkpoint, bytes]] = []
+    rows = conn.execute("SELECT size, created_ms, note, frontier FROM checkpoints ORDER BY size")
+    for size, created_ms, note, edge in rows:
+        try:
+            cp = checkpoint.verify_checkpoint_note(str(note), name, pub)
+        except checkpoint.CheckpointError as exc:
+            raise LogIntegrityError(size, f"checkpoint for tree size {size} does not verify: {exc}") from None
+        if cp.timestamp_ms is not None and created_ms != cp.timestamp_ms:
+            # The writer's checkpoint interval and the archive read this column: it must be the signed time.
+            raise LogIntegrityError(
+                size, "checkpoint's stored time differs from the signed one", str(cp.timestamp_ms), str(created_ms)
+            )
+        if cp.size != size:
+            raise LogIntegrityError(
+                size, "checkpoint's stored tree size differs from the signed one", str(cp.size), str(size)
+            )
+        if cp.origin != name:
+            raise LogIntegrityError(size, "checkpoint is for another log", name, cp.origin)
+        out.append((cp, bytes(edge)))
+    return out
+
+
+def _unlock(conn: sqlite3.Connection, keys: KeyMaterial) -> audit.Secrets:
+    rows = [
+        (int(k), str(p), bytes(w))
+        for k, p, w in conn.execute("SELECT key_id, purpose, wrapped FROM keys ORDER BY key_id")
+    ]
+    try:
+        index_key, data_keys = unwrap_keys(rows, keys)
+    except crypto.AuthError as exc:
+        raise LogIntegrityError(None, f"key table altered: {exc}") from None
+    if not data_keys:
+        raise LogIntegrityError(None, "key table altered: it holds no data key")
+    return audit.Secrets(keys.log_id, index_key, data_keys)
+
+
+def _check_root(cp: checkpoint.Checkpoint, frontier: merkle.Frontier, edges: dict[int, bytes]) -> None:
+    root = frontier.root()
+    if not crypto.hmac_equal(root, cp.root):
         raise LogIntegrityError(
-            frontier.size,
-            "the saved tree frontier (meta) does not match the records; the writer would extend it wrongly",
+            max(cp.size - 1, 0),
+            f"records up to {cp.size - 1} do not match the signed checkpoint at tree size {cp.size}",
+            cp.root.hex(),
+            root.hex(),
         )
+    edge = edges.get(cp.size)
+    if edge is not None and not crypto.hmac_equal(edge, frontier_bytes(frontier)):
+        # The writer resumes from the newest edge only after checking it against the signed root; a
+        # wrong one is a hand-edited data dir all the same.
+        raise LogIntegrityError(cp.size, f"the stored tree edge at checkpoint {cp.size} is not the recomputed one")
 
 
 def _signer(
@@ -230,40 +379,6 @@ def _signer(
     return expected
 
 
-def _unlock(conn: sqlite3.Connection, meta: dict[str, bytes], keys: KeyMaterial) -> _Secrets:
-    rows = [
-        (int(k), str(p), bytes(w))
-        for k, p, w in conn.execute("SELECT key_id, purpose, wrapped FROM keys ORDER BY key_id")
-    ]
-    try:
-        index_key, data_keys = unwrap_keys(rows, keys)
-    except crypto.AuthError as exc:
-        raise LogIntegrityError(None, f"key table altered: {exc}") from None
-    return _Secrets(keys.log_id, index_key, data_keys)
-
-
-def _checked_checkpoints(conn: sqlite3.Connection, name: str, pub: Ed25519PublicKey) -> list[checkpoint.Checkpoint]:
-    out: list[checkpoint.Checkpoint] = []
-    for size, created_ms, note in conn.execute("SELECT size, created_ms, note FROM checkpoints ORDER BY size"):
-        try:
-            cp = checkpoint.verify_checkpoint_note(str(note), name, pub)
-        except checkpoint.CheckpointError as exc:
-            raise LogIntegrityError(size, f"checkpoint for tree size {size} does not verify: {exc}") from None
-        if cp.timestamp_ms is not None and created_ms != cp.timestamp_ms:
-            # The writer's checkpoint interval and the archive read this column: it must be the signed time.
-            raise LogIntegrityError(
-                size, "checkpoint's stored time differs from the signed one", str(cp.timestamp_ms), str(created_ms)
-            )
-        if cp.size != size:
-            raise LogIntegrityError(
-                size, "checkpoint's stored tree size differs from the signed one", str(cp.size), str(size)
-            )
-        if cp.origin != name:
-            raise LogIntegrityError(size, "checkpoint is for another log", name, cp.origin)
-        out.append(cp)
-    return out
-
-
 def _checked_anchor(note: str, name: str, pub: Ed25519PublicKey) -> checkpoint.Checkpoint:
     try:
         return checkpoint.verify_checkpoint_note(note, name, pub)
@@ -271,75 +386,3 @@ def _checked_anchor(note: str, name: str, pub: Ed25519PublicKey) -> checkpoint.C
         raise UsageError(f"the pinned checkpoint does not verify against this log's key: {exc}") from None
 
 
-def _check_record(
-    seq: int, header_b: bytes, commit: bytes, body: bytes, stored_leaf: bytes, prev: bytes
-) -> tuple[format.RecordHeader, bytes]:
-    """The parsed header and the recomputed leaf, or LogIntegrityError naming `seq`."""
-    try:
-        header = format.unpack_header(header_b)
-    except format.FormatError as exc:
-        raise LogIntegrityError(seq, f"header does not parse: {exc}") from None
-    if header.seq != seq:
-        raise LogIntegrityError(seq, "record is out of place (swapped or moved)", str(seq), str(header.seq))
-    if len(commit) != format.HASH_BYTES:
-        raise LogIntegrityError(seq, "commitment has the wrong length")
-    leaf = format.leaf_of(header_b, commit, body)
-    if not crypto.hmac_equal(leaf, stored_leaf):
-        raise LogIntegrityError(seq, "stored bytes do not match the record's leaf hash", stored_leaf.hex(), leaf.hex())
-    if not crypto.hmac_equal(header.prev_leaf, prev):
-        where = seq - 1 if seq > 0 else seq
-        raise LogIntegrityError(
-            where,
-            f"hash chain broken: record {seq} committed to a different record {where}",
-            header.prev_leaf.hex(),
-            prev.hex(),
-        )
-    return header, leaf
-
-
-def _check_plaintext(
-    seq: int, secrets: _Secrets, header: format.RecordHeader, header_b: bytes, commit: bytes, body: bytes, dedup: bytes
-) -> str:
-    try:
-        payload = format.open_record(secrets.log_id, secrets.data_keys, header, header_b, commit, body)
-    except format.RecordAuthError as exc:
-        raise LogIntegrityError(seq, str(exc)) from None
-    if header.type == format.RecordType.DECISION:
-        return _check_decision(seq, secrets, header, payload, dedup)
-    if header.type != format.RecordType.EVENT:
-        return header.type.name.lower()
-    try:
-        event = event_from_bytes(payload)
-    except EncodingError as exc:
-        raise LogIntegrityError(seq, f"decrypted payload is not an event: {exc}") from None
-    tag = conversation_tag(secrets.index_key, event.source, event.conversation)
-    if not crypto.hmac_equal(tag, header.conversation_tag):
-        raise LogIntegrityError(seq, "event is filed under another conversation than its header says")
-    if not crypto.hmac_equal(dedup, dedup_tag(secrets.index_key, event.source, event.conversation, event.event_id)):
-        raise LogIntegrityError(seq, "dedup index entry does not belong to this event")
-    return event.kind.value
-
-
-def _check_decision(seq: int, secrets: _Secrets, header: format.RecordHeader, payload: bytes, dedup: bytes) -> str:
-    """A decision record must parse and sit under the conversation and dedup tags its payload claims."""
-    try:
-        d = parse_decision(payload)
-    except DecisionError as exc:
-        raise LogIntegrityError(seq, f"decrypted payload is not a decision: {exc}") from None
-    conv = d.target.conversation
-    if not crypto.hmac_equal(conversation_tag(secrets.index_key, DECISION_SOURCE, conv), header.conversation_tag):
-        raise LogIntegrityError(seq, "decision is filed under another conversation than its header says")
-    if not crypto.hmac_equal(dedup, dedup_tag(secrets.index_key, DECISION_SOURCE, conv, d.id)):
-        raise LogIntegrityError(seq, "dedup index entry does not belong to this decision")
-    return "decision"
-
-
-def _check_root(cp: checkpoint.Checkpoint, frontier: merkle.Frontier) -> None:
-    root = frontier.root()
-    if not crypto.hmac_equal(root, cp.root):
-        raise LogIntegrityError(
-            max(cp.size - 1, 0),
-            f"records up to {cp.size - 1} do not match the signed checkpoint at tree size {cp.size}",
-            cp.root.hex(),
-            root.hex(),
-        )

@@ -1,0 +1,144 @@
+"""Checking one stored record against everything it claims (pure: bytes in, values out).
+
+Shared by the offline verifier (`verify.py`, every record of the log) and the
+writer (`store.py`, every record after the last signed checkpoint before it
+signs anything), so the two can never disagree on what an authentic record is.
+
+`check_stored` needs no key: the header parses and names its own position, the
+commitment has the right size, the leaf recomputed from the stored bytes equals
+the stored leaf column, and the header links to the previous leaf. `open_clear_record`
+(no key) reads a KEY or BLOB record. `check_plaintext` (with the keys) decrypts
+an EVENT or DECISION record, checks the AEAD tag, the commitment, that the
+payload parses and that the record sits under the conversation and dedup tags
+its payload claims; for clear records it checks their dedup entry.
+
+Every failure raises `LogIntegrityError` naming the record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bridge.errors import LogIntegrityError
+from bridge.events import EncodingError, Event, event_from_bytes
+from bridge.log import crypto, format
+from bridge.log.clear import BLOB_SOURCE, BlobRecord, ClearRecordError, KeyRecord, parse_blob, parse_key
+from bridge.log.decision import DECISION_SOURCE, Decision, DecisionError, parse_decision
+from bridge.log.schema import conversation_tag, dedup_tag, key_dedup
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """What decrypting records needs: the log id, the index key and every data key."""
+
+    log_id: bytes
+    index_key: bytes
+    data_keys: dict[int, bytes]
+
+    def __repr__(self) -> str:
+        return f"Secrets(log_id={self.log_id.hex()}, keys=<hidden>)"
+
+
+Opened = Event | Decision | KeyRecord | BlobRecord
+
+
+def check_stored(
+    seq: int, header_b: bytes, commit: bytes, body: bytes, stored_leaf: bytes, prev: bytes | None
+) -> tuple[format.RecordHeader, bytes]:
+    """The parsed header and the leaf recomputed from the stored bytes; `prev` None skips the chain check."""
+    try:
+        header = format.unpack_header(header_b)
+    except format.FormatError as exc:
+        raise LogIntegrityError(seq, f"header does not parse: {exc}") from None
+    if header.seq != seq:
+        raise LogIntegrityError(seq, "record is out of place (swapped or moved)", str(seq), str(header.seq))
+    if len(commit) != format.HASH_BYTES:
+        raise LogIntegrityError(seq, "commitment has the wrong length")
+    leaf = format.leaf_of(header_b, commit, body)
+    if not crypto.hmac_equal(leaf, stored_leaf):
+        raise LogIntegrityError(seq, "stored bytes do not match the record's leaf hash", stored_leaf.hex(), leaf.hex())
+    if prev is not None and not crypto.hmac_equal(header.prev_leaf, prev):
+        where = seq - 1 if seq > 0 else seq
+        raise LogIntegrityError(
+            where,
+            f"hash chain broken: record {seq} committed to a different record {where}",
+            header.prev_leaf.hex(),
+            prev.hex(),
+        )
+    return header, leaf
+
+
+def open_clear_record(seq: int, header: format.RecordHeader, commit: bytes, body: bytes) -> KeyRecord | BlobRecord:
+    """The payload of a KEY or BLOB record, checked against its commitment (no key needed)."""
+    try:
+        _, payload = format.open_clear(header, commit, body)
+        if header.type == format.RecordType.KEY:
+            key = parse_key(payload)
+            if key.key_id != header.key_id:
+                raise ClearRecordError(f"key record names key {key.key_id} but its header key {header.key_id}")
+            return key
+        return parse_blob(payload)
+    except (format.RecordAuthError, ClearRecordError) as exc:
+        raise LogIntegrityError(seq, f"{header.type.name.lower()} record: {exc}") from None
+
+
+def check_plaintext(
+    seq: int,
+    secrets: Secrets,
+    header: format.RecordHeader,
+    header_b: bytes,
+    commit: bytes,
+    body: bytes,
+    dedup: bytes,
+) -> Opened:
+    """Decrypt and check a record against its tags (see the module docstring); returns what it holds."""
+    if header.type in format.CLEAR_TYPES:
+        clear = open_clear_record(seq, header, commit, body)
+        if isinstance(clear, KeyRecord):
+            expected = key_dedup(clear.key_id)
+        else:
+            expected = dedup_tag(secrets.index_key, BLOB_SOURCE, "", clear.blob_id)
+        if not crypto.hmac_equal(dedup, expected):
+            raise LogIntegrityError(seq, "dedup index entry does not belong to this record")
+        return clear
+    try:
+        payload = format.open_record(secrets.log_id, secrets.data_keys, header, header_b, commit, body)
+    except format.RecordAuthError as exc:
+        raise LogIntegrityError(seq, str(exc)) from None
+    if header.type == format.RecordType.DECISION:
+        return _check_decision(seq, secrets, header, payload, dedup)
+    try:
+        event = event_from_bytes(payload)
+    except EncodingError as exc:
+        raise LogIntegrityError(seq, f"decrypted payload is not an event: {exc}") from None
+    tag = conversation_tag(secrets.index_key, event.source, event.conversation)
+    if not crypto.hmac_equal(tag, header.conversation_tag):
+        raise LogIntegrityError(seq, "event is filed under another conversation than its header says")
+    if not crypto.hmac_equal(dedup, dedup_tag(secrets.index_key, event.source, event.conversation, event.event_id)):
+        raise LogIntegrityError(seq, "dedup index entry does not belong to this event")
+    return event
+
+
+def _check_decision(
+    seq: int, secrets: Secrets, header: format.RecordHeader, payload: bytes, dedup: bytes
+) -> Decision:
+    """A decision record must parse and sit under the conversation and dedup tags its payload claims."""
+    try:
+        d = parse_decision(payload)
+    except DecisionError as exc:
+        raise LogIntegrityError(seq, f"decrypted payload is not a decision: {exc}") from None
+    conv = d.target.conversation
+    if not crypto.hmac_equal(conversation_tag(secrets.index_key, DECISION_SOURCE, conv), header.conversation_tag):
+        raise LogIntegrityError(seq, "decision is filed under another conversation than its header says")
+    if not crypto.hmac_equal(dedup, dedup_tag(secrets.index_key, DECISION_SOURCE, conv, d.id)):
+        raise LogIntegrityError(seq, "dedup index entry does not belong to this decision")
+    return d
+
+
+def kind_of(opened: Opened) -> str:
+    """The name `verify` counts a record under."""
+    if isinstance(opened, Event):
+        return opened.kind.value
+    if isinstance(opened, Decision):
+        return "decision"
+    return "key" if isinstance(opened, KeyRecord) else "blob"
