@@ -64,10 +64,6 @@ def socket_path(data_dir: Path) -> Path:
     return data_dir / SOCKET_NAME
 
 
-class ControlRefused(UsageError):
-    """The bot refused this connection (another user, or a key file of another log)."""
-
-
 # -- framing (pure) ---------------------------------------------------------------
 
 
@@ -306,7 +302,7 @@ class ControlServer:
             size = request.get("size")
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise UsageError("seal_prefix: size must be a non-negative integer")
-            return seal_prefix_of(store, size)
+            return store.seal_prefix(size)
         raise UsageError(f"unknown control op {op!r}")
 
 
@@ -315,13 +311,6 @@ async def _append(store: LogStore, entries: list[Entry]) -> dict[str, Any]:
     return {"appended": result.appended, "duplicates": result.duplicates, "seqs": list(result.seqs)}
 
 
-async def seal_prefix_of(store: LogStore, size: int) -> str:
-    """`store.seal_prefix(size)`: the signed checkpoint note at tree size `size` (the log owner's new API)."""
-    seal = getattr(store, "seal_prefix", None)
-    if seal is None:
-        raise UsageError("this log store cannot seal a prefix (LogStore.seal_prefix is missing)")
-    note = await seal(size)
-    return str(note)
 
 
 # -- client (the other commands) ----------------------------------------------------

@@ -24,7 +24,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from bridge.control import ControlClient, seal_prefix_of
+from bridge.control import ControlClient
 from bridge.errors import UsageError
 from bridge.log import format
 from bridge.log.keys import KeyMaterial
@@ -96,7 +96,7 @@ class LocalWriter:
         return await self.store.rotate_data_key()
 
     async def seal_prefix(self, size: int) -> str:
-        return await seal_prefix_of(self.store, size)
+        return await self.store.seal_prefix(size)
 
 
 class RemoteWriter:
@@ -177,6 +177,6 @@ def seal_in_loop(store: LogStore, loop: asyncio.AbstractEventLoop) -> Callable[[
     def seal(size: int) -> str:
         if threading.get_ident() == loop_thread:
             raise RuntimeError("seal_in_loop's callable must run in a worker thread, not on the event loop")
-        return asyncio.run_coroutine_threadsafe(seal_prefix_of(store, size), loop).result()
+        return asyncio.run_coroutine_threadsafe(store.seal_prefix(size), loop).result()
 
     return seal
