@@ -30,9 +30,11 @@ from bridge.log.reader import iter_decisions, iter_events
 from bridge.log.writer import seal_at
 from tests.support.logview import LogView
 from tests.support.signal_daemon import ACCOUNT, SignalDaemon
+from tests.test_fault_disk import fill, small_disk
 from tests.test_signal_run import numbered, until
 
 REPO = Path(__file__).resolve().parents[1]
+__all__ = ["small_disk"]  # the 16 MiB tmpfs fixture
 IMPORTED = 600
 
 
@@ -62,9 +64,9 @@ def import_lines(n: int, room: str = "!import:example.org") -> bytes:
 class Bot:
     """`chatarchief run --config` with a [signal] section against the stand-in daemon."""
 
-    def __init__(self, tmp_path: Path, daemon: SignalDaemon) -> None:
+    def __init__(self, tmp_path: Path, daemon: SignalDaemon, data: Path | None = None) -> None:
         self.tmp = tmp_path
-        self.data = tmp_path / "data"
+        self.data = data or tmp_path / "data"
         secrets = tmp_path / "secrets"
         secrets.mkdir(mode=0o700)
         self.key = secrets / "chatarchief.key"
@@ -229,3 +231,48 @@ async def test_sigterm_right_after_start_and_socket_cleanup(running: Any) -> Non
     assert not (bot.data / "control.sock").exists()
     rotated = await asyncio.to_thread(bot.cli, "rotate-key")
     assert rotated.returncode == 0 and "running bot" not in rotated.stdout, rotated.stderr
+
+
+@pytest.mark.slow
+async def test_sigterm_stops_a_bot_paused_by_failing_storage(small_disk: Path, tmp_path: Path) -> None:
+    """The data dir on a tmpfs that fills up: the bot pauses capture with one ALERT and retries; SIGTERM
+    still stops it within seconds (before: the retry loop ignored SIGTERM and needed SIGKILL), exit 0,
+    and what is on disk verifies."""
+    (tmp_path / "daemon").mkdir()
+    daemon = SignalDaemon(tmp_path / "daemon", keepalive=0.2)
+    await daemon.start()
+    bot = Bot(tmp_path, daemon, data=small_disk / "data")
+    try:
+        assert chatarchief("init", "--config", str(bot.config)).returncode == 0
+        proc = bot.start()
+        await until(lambda: daemon.subscribed() or proc.poll() is not None)
+        assert proc.poll() is None, bot.stderr.read_text()
+        await asyncio.to_thread(fill, small_disk / "filler")
+        i = 0
+
+        def paused() -> bool:
+            return "ALERT storage failing" in bot.stderr.read_text()
+
+        deadline = time.monotonic() + 30
+        while not paused():
+            assert time.monotonic() < deadline, "the bot never hit the full disk"
+            params = numbered(i)
+            params["envelope"]["dataMessage"]["message"] = f"ZEGEL {i} " + "x" * 4000
+            daemon.enqueue(params)
+            i += 1
+            await asyncio.sleep(0.01)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        code = await asyncio.to_thread(proc.wait, 15)
+        took = time.monotonic() - started
+        assert code == 0, bot.stderr.read_text()[-3000:]
+        assert took < 5, f"SIGTERM took {took:.1f}s"
+    finally:
+        bot.kill()
+        await daemon.stop()
+    logs = bot.stderr.read_text()
+    assert "ALERT could not seal the log at stop" in logs or "capture stopped; log sealed" in logs
+    (small_disk / "filler").unlink()
+    verified = chatarchief("verify", "--config", str(bot.config), "--allow-unsealed")
+    assert verified.returncode == 0, verified.stderr
+    print(f"\nfigure: SIGTERM while storage failed took {took:.2f}s")
