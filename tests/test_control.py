@@ -137,3 +137,24 @@ async def test_a_data_dir_writable_by_others_is_refused(empty_log: LogDir) -> No
     with pytest.raises(UsageError, match="group or others may write"):
         async with open_writer(empty_log.data_dir, empty_log.keys):
             pass
+
+
+async def test_the_monthly_job_seals_through_the_bots_own_store(empty_log: LogDir) -> None:
+    """Inside `run`, snapshot's worker thread gets `seal(size)` that runs the store's seal_prefix on the
+    bot's loop (no second connection); called on the loop itself it refuses instead of deadlocking."""
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        await store.append_events([make_event(i) for i in range(4)])
+        seal = writer_module.seal_in_loop(store, asyncio.get_running_loop())
+        size = store.size - 1
+        note = await asyncio.to_thread(seal, size)
+        assert note.split("\n")[1] == str(size)
+        assert await asyncio.to_thread(seal, size) == note  # stored once, then reused
+        with pytest.raises(RuntimeError, match="worker thread"):
+            seal(size)
+
+
+def test_seal_at_without_a_bot_takes_the_lock_itself(filled_log: LogDir) -> None:
+    """Outside `run`, `seal_at` opens the log itself (lock taken and released) and returns the note."""
+    note = writer_module.seal_at(filled_log.data_dir, filled_log.keys, 3)
+    assert note.split("\n")[1] == "3"
+    assert writer_module.seal_at(filled_log.data_dir, filled_log.keys, 3) == note
