@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge import events
@@ -976,3 +976,37 @@ def test_deeply_nested_input_always_encodes(depth: int, where: str) -> None:
         assert event_from_bytes(canonical_bytes(event)) == event
         if depth >= 200:
             assert event.kind is Kind.UNKNOWN and "nested deeper" in (event.problem or "")
+
+
+# -- duplicate keys (issue 9: import keeps the raw bytes and marks the problem) ------------------------------
+
+
+def test_duplicate_key_is_kept_raw_and_marked() -> None:
+    """A line whose object repeats a key (parsers disagree on which value wins) is kept as its exact bytes,
+    flagged, with its ids still used; a `":` inside a string value is no false alarm."""
+    line = b'{"type":"m.room.message","room_id":"!r:x","event_id":"$d","content":{"body":"ja","body":"nee"}}'
+    event = normalise(line, received_at=1)
+    assert event.kind is Kind.UNKNOWN and event.problem == "duplicate JSON key 'body'"
+    assert (event.conversation, event.event_id) == ("!r:x", "$d")
+    assert base64.b64decode(event.raw["unparsed_b64"]) == line
+    spaced = b'{"type" : "m.room.message", "type" : "m.reaction", "room_id":"!r:x","event_id":"$e"}'
+    assert normalise(spaced, received_at=1).problem == "duplicate JSON key 'type'"
+    quoted = (
+        b'{"type":"m.room.message","room_id":"!r:x","event_id":"$q",'
+        b'"content":{"msgtype":"m.text","body":"a\\":b"}}'
+    )
+    assert normalise(quoted, received_at=1).kind is Kind.MESSAGE
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.dictionaries(st.text(min_size=1, max_size=8), st.integers(-5, 5) | st.text(max_size=5), min_size=1),
+    st.data(),
+)
+def test_any_repeated_key_is_caught(content: dict[str, object], data: st.DataObject) -> None:
+    """Property: writing one key of an object twice (any position, any value) is always detected."""
+    key = data.draw(st.sampled_from(sorted(content)))
+    items = [f"{json.dumps(k)}:{json.dumps(v)}" for k, v in content.items()]
+    items.insert(data.draw(st.integers(0, len(items))), f"{json.dumps(key)}:0")
+    line = ('{"type":"m.room.message","room_id":"!r:x","event_id":"$p","content":{' + ",".join(items) + "}}").encode()
+    assert normalise(line, received_at=1).problem == f"duplicate JSON key {key[:60]!r}"

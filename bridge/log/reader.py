@@ -9,15 +9,17 @@ checks.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 from bridge.errors import LogIntegrityError
 from bridge.events import Event, event_from_bytes
 from bridge.log import crypto, format
+from bridge.log.clear import ClearRecordError, parse_key
 from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
-from bridge.log.schema import check_key_matches, unwrap_keys
+from bridge.log.schema import check_key_matches, meta_dict, unwrap_keys
 from bridge.log.verify import open_readonly
 
 
@@ -36,18 +38,45 @@ def iter_decisions(data_dir: Path, keys: KeyMaterial, start: int = 0) -> Iterato
             raise LogIntegrityError(seq, f"decision record does not parse: {exc}") from None
 
 
+def load_keys(conn: sqlite3.Connection, keys: KeyMaterial) -> tuple[bytes, dict[int, bytes]]:
+    """(index key, data keys) from the key table, or, when that was emptied or altered, from the log's KEY
+    records: the key file and the log alone recover every key (`verify` still reports the altered table)."""
+    rows = [(int(k), str(p), bytes(w)) for k, p, w in conn.execute("SELECT key_id, purpose, wrapped FROM keys")]
+    try:
+        index_key, data_keys = unwrap_keys(rows, keys)
+        if data_keys:
+            return index_key, data_keys
+    except crypto.AuthError:
+        pass
+    return recover_keys(conn, keys)
+
+
+def recover_keys(conn: sqlite3.Connection, keys: KeyMaterial) -> tuple[bytes, dict[int, bytes]]:
+    """Every key unwrapped from the KEY records themselves (a full scan of the headers)."""
+    found: list[tuple[int, str, bytes]] = []
+    sql = "SELECT seq, header, commitment, body FROM records WHERE substr(header, 2, 1) = x'03' ORDER BY seq"
+    for seq, header_b, commit, body in conn.execute(sql):
+        try:
+            header = format.unpack_header(bytes(header_b))
+            _, payload = format.open_clear(header, bytes(commit), bytes(body))
+            rec = parse_key(payload)
+        except (format.FormatError, format.RecordAuthError, ClearRecordError) as exc:
+            raise LogIntegrityError(int(seq), f"key record does not parse: {exc}") from None
+        found.append((rec.key_id, rec.purpose, rec.wrapped))
+    try:
+        return unwrap_keys(found, keys)
+    except crypto.AuthError as exc:
+        raise LogIntegrityError(None, f"the key records do not unwrap with this key file: {exc}") from None
+
+
 def _iter_payloads(
     data_dir: Path, keys: KeyMaterial, rtype: format.RecordType, start: int
 ) -> Iterator[tuple[int, bytes]]:
     conn = open_readonly(data_dir)
     try:
-        meta = {str(k): bytes(v) for k, v in conn.execute("SELECT k, v FROM meta")}
+        meta = meta_dict(conn.execute("SELECT k, v FROM meta"))
         check_key_matches(meta, keys)
-        rows = [(int(k), str(p), bytes(w)) for k, p, w in conn.execute("SELECT key_id, purpose, wrapped FROM keys")]
-        try:
-            _, data_keys = unwrap_keys(rows, keys)
-        except crypto.AuthError as exc:
-            raise LogIntegrityError(None, f"key table altered: {exc}") from None
+        _, data_keys = load_keys(conn, keys)
         cursor = conn.execute("SELECT seq, header, commitment, body FROM records WHERE seq >= ? ORDER BY seq", (start,))
         for seq, header_b, commit, body in cursor:
             header = format.unpack_header(bytes(header_b))

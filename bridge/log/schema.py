@@ -9,10 +9,10 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from bridge.errors import KeyFileError, UsageError
+from bridge.errors import KeyFileError, LogIntegrityError, UsageError
 from bridge.log import checkpoint, crypto, format, merkle
 from bridge.log.clear import KeyRecord
 from bridge.log.keys import KeyMaterial
@@ -166,6 +166,16 @@ def unwrap_keys(rows: Sequence[tuple[int, str, bytes]], keys: KeyMaterial) -> tu
     if not index_key:
         raise crypto.AuthError("the index key is missing")
     return index_key, data_keys
+
+
+def meta_dict(rows: Iterable[tuple[object, object]]) -> dict[str, bytes]:
+    """The `meta` table as {key: bytes}; a value of another SQL type is tampering, not a crash."""
+    out: dict[str, bytes] = {}
+    for k, v in rows:
+        if not isinstance(v, bytes | memoryview):
+            raise LogIntegrityError(None, f"the meta table was altered: entry {str(k)[:40]!r} is not a byte string")
+        out[str(k)] = bytes(v)
+    return out
 
 
 def check_key_matches(meta: dict[str, bytes], keys: KeyMaterial) -> None:

@@ -56,6 +56,7 @@ from bridge.log.schema import (
     frontier_from_bytes,
     key_record,
     key_row,
+    meta_dict,
     now_ms,
     seal_key_record,
     unwrap_keys,
@@ -157,7 +158,7 @@ class LogStore:
     async def _load(
         cls, conn: aiosqlite.Connection, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy
     ) -> LogStore:
-        meta = {k: bytes(v) async for k, v in await conn.execute("SELECT k, v FROM meta")}
+        meta = meta_dict([tuple(r) async for r in await conn.execute("SELECT k, v FROM meta")])
         if meta.get("schema_version") != str(SCHEMA_VERSION).encode():
             raise StorageError(
                 f"unsupported log schema {meta.get('schema_version')!r} (this version writes {SCHEMA_VERSION});"

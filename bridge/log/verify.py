@@ -47,6 +47,7 @@ from bridge.log.schema import (
     db_path,
     expected_schema,
     frontier_bytes,
+    meta_dict,
     unwrap_keys,
 )
 
@@ -142,7 +143,7 @@ def _verify(
     anchors: Sequence[str],
 ) -> VerifyReport:
     conn.execute("BEGIN")  # one consistent snapshot, also beside a running writer
-    meta = {str(k): bytes(v) for k, v in conn.execute("SELECT k, v FROM meta")}
+    meta = meta_dict(conn.execute("SELECT k, v FROM meta"))
     if keys is not None:
         check_key_matches(meta, keys)  # a wrong key file is a usage error, not evidence of tampering
     name, pub = _signer(meta, keys, public_key)

@@ -6,7 +6,8 @@ Contract (pure; never raises for any input):
   fresh parse of bytes/text, or an independent deep copy of a Mapping), so its
   values have exact JSON types (never subclasses), or an `Undecodable` that
   keeps the input's exact bytes and says why.
-* Undecodable: not JSON, not a JSON object, any integer literal outside
+* Undecodable: not JSON, not a JSON object, a key repeated within one object
+  (parsers disagree on which value wins), any integer literal outside
   [-2**63, 2**64 - 1] (never rounded to a float), NaN, lone surrogates, non-str
   keys, nesting canonical JSON cannot encode, non-JSON Python values.
 * The field reads (`opt_str`, `req_id`, ...) return a field of the expected
@@ -37,6 +38,8 @@ from bridge.events import JSONDict
 #: Digit runs long enough to be an integer literal beyond 64 bits (or in a string).
 _LONG_DIGITS = re.compile(rb"\d{19,}")
 _INT_MIN, _UINT_MAX = -(2**63), 2**64 - 1
+#: A key spaced before its colon (`"k" :`): the fast duplicate-key count does not see it.
+_SPACED_COLON = re.compile(rb'"[ \t\r\n]+:')
 #: Nesting kept without a round trip; deeper goes the slow way (orjson encodes at most 254 levels).
 _FAST_DEPTH = 64
 #: Deepest input kept as parsed JSON; deeper input is kept as its bytes (see _decode_mapping).
@@ -98,6 +101,10 @@ def _decode_bytes(data: bytes) -> JSONDict | Undecodable:
         return Undecodable(data, "not JSON")
     if type(parsed) is not dict:
         return Undecodable(data, "not a JSON object")
+    duplicate = _duplicate_key(data, parsed)
+    if duplicate is not None:
+        # orjson keeps the last of two equal keys; which one a reader sees is not ours to choose
+        return Undecodable(data, f"duplicate JSON key {duplicate[:60]!r}", parsed)
     if _plain_as_parsed(parsed, _FAST_DEPTH):  # no float, so no integer beyond 64 bits either
         return parsed
     # a float (perhaps an integer beyond 64 bits) or deep nesting: the exact checks
@@ -117,6 +124,46 @@ def _decode_mapping(value: Mapping[Any, Any], original: bytes | None) -> JSONDic
         data = original if original is not None else reencode(value)
         return Undecodable(data, "not representable as canonical JSON", value)
     return copied
+
+
+def _duplicate_key(data: bytes, parsed: dict[str, Any]) -> str | None:
+    """A key that occurs twice in one object of `data`, or None.
+
+    Fast path: every key of compact or ordinarily spaced JSON ends in `":`, so
+    when the text holds no more `":` than the parse holds keys (and no key is
+    spaced before its colon), no key was repeated. Otherwise (repeats, or `":`
+    inside string values) the stdlib parser walks the pairs as written.
+    """
+    if data.count(b'":') <= _count_keys(parsed) and not _SPACED_COLON.search(data):
+        return None
+    found: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen and not found:
+                found.append(key)
+            seen.add(key)
+        return dict(items)
+
+    try:
+        json.loads(data, object_pairs_hook=pairs)
+    except (ValueError, RecursionError):
+        return None  # orjson parsed it; whatever the stdlib refuses here is judged elsewhere
+    return found[0] if found else None
+
+
+def _count_keys(value: object) -> int:
+    n = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if type(item) is dict:
+            n += len(item)
+            stack.extend(v for v in item.values() if type(v) is dict or type(v) is list)
+        elif type(item) is list:
+            stack.extend(v for v in item if type(v) is dict or type(v) is list)
+    return n
 
 
 def _deeper_than(value: object, limit: int) -> bool:
