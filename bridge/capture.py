@@ -5,27 +5,39 @@ cursor are durable in one transaction. While storage fails (disk full, I/O
 error) it keeps the batch, logs an alert, and retries with backoff; the source
 waits meanwhile, so its cursor (sync token, ack) never advances past what is
 stored. `RetryingBlobs` does the same for media, which are written before the
-event that references them. `run_capture` wires the configured sources to one LogStore, stops them
-on SIGTERM/SIGINT after the batch in hand, and seals the log with a checkpoint.
+event that references them. `run_capture` wires the configured sources to one LogStore, serves
+the control socket (`bridge.control`: other commands write through the bot), stops the sources on
+SIGTERM/SIGINT after the batch in hand, and seals the log with a checkpoint.
+
+Stopping always works: a source gets `STOP_GRACE_SECONDS` to commit the batch in
+hand, then it is cancelled; a write paused by failing storage gives up at once
+(`CaptureStopped`). Either way nothing was acknowledged upstream that is not
+durable, since a source acknowledges only after its commit returned.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
+import resource
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bridge.blobs import BlobStore
 from bridge.config import Settings
+from bridge.control import ControlServer
 from bridge.errors import StorageError, UsageError
 from bridge.events import Event, Kind
 from bridge.log.keys import KeyMaterial, check_permissions
+from bridge.log.lock import WriterBusy
 from bridge.log.store import CheckpointPolicy, LogStore
+from bridge.log.writer import check_private_dir, seal_in_loop
 from bridge.scheduler import ArchiveJobs
 from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
 from bridge.sources.signal import SignalSource, SignalSourceConfig
@@ -33,19 +45,36 @@ from bridge.sources.signal import SignalSource, SignalSourceConfig
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+#: After SIGTERM, how long a source may take to commit the batch in hand before it is cancelled.
+STOP_GRACE_SECONDS = 5.0
+
+
+class CaptureStopped(StorageError):
+    """Stop was requested while storage was failing: the write was given up (nothing acknowledged)."""
+
 
 class StorageRetry:
     """Retries a storage write while it raises StorageError (disk full, I/O error), with backoff.
 
     The first failure of an outage logs one ALERT, the recovery one warning; the
-    caller (and so the source, and so the upstream ack) waits meanwhile.
+    caller (and so the source, and so the upstream ack) waits meanwhile. When
+    `stop` is set while paused, the write is given up with `CaptureStopped`.
     """
 
-    def __init__(self, name: str, *, retry_initial: float = 0.5, retry_max: float = 30.0) -> None:
+    def __init__(
+        self,
+        name: str,
+        *,
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
+        stop: asyncio.Event | None = None,
+    ) -> None:
         self._name = name
         self._retry_initial = retry_initial
         self._retry_max = retry_max
+        self._stop = stop
         self.failed_attempts = 0
+        self.paused = False
 
     async def __call__(self, write: Callable[[], Awaitable[T]], pending: str) -> T:
         delay = self._retry_initial
@@ -57,13 +86,17 @@ class StorageRetry:
                 self.failed_attempts += 1
                 if paused_since is None:
                     paused_since = time.monotonic()
+                    self.paused = True
                     log.error(
                         "ALERT storage failing; capture paused, nothing acknowledged upstream",
                         extra={"source": self._name, "error": str(exc), "pending": pending},
                     )
-                await asyncio.sleep(delay)
+                if await self._stopped_within(delay):
+                    self.paused = False
+                    raise CaptureStopped(f"stopped while storage was failing; {pending} not stored") from exc
                 delay = min(delay * 2, self._retry_max)
                 continue
+            self.paused = False
             if paused_since is not None:
                 log.warning(
                     "storage recovered; capture resumed",
@@ -71,21 +104,39 @@ class StorageRetry:
                 )
             return result
 
+    async def _stopped_within(self, seconds: float) -> bool:
+        if self._stop is None:
+            await asyncio.sleep(seconds)
+            return False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
+
 
 class LogSink:
     """Commits a source's batches to the log, with the source's cursor."""
 
     def __init__(
-        self, store: LogStore, cursor_name: str, *, retry_initial: float = 0.5, retry_max: float = 30.0
+        self,
+        store: LogStore,
+        cursor_name: str,
+        *,
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
+        stop: asyncio.Event | None = None,
     ) -> None:
         self._store = store
         self._name = cursor_name
-        self._retry = StorageRetry(cursor_name, retry_initial=retry_initial, retry_max=retry_max)
+        self._retry = StorageRetry(cursor_name, retry_initial=retry_initial, retry_max=retry_max, stop=stop)
         self.committed_events = 0
 
     @property
     def failed_attempts(self) -> int:
         return self._retry.failed_attempts
+
+    @property
+    def paused(self) -> bool:
+        return self._retry.paused
 
     async def load_cursor(self) -> str | None:
         return await self._store.get_cursor(self._name)
@@ -105,13 +156,19 @@ class RetryingBlobs:
     of pausing it.
     """
 
-    def __init__(self, blobs: BlobStore, name: str = "blobs", **retry: float) -> None:
+    def __init__(
+        self, blobs: BlobStore, name: str = "blobs", *, stop: asyncio.Event | None = None, **retry: float
+    ) -> None:
         self._blobs = blobs
-        self._retry = StorageRetry(name, **retry)
+        self._retry = StorageRetry(name, stop=stop, **retry)
 
     @property
     def failed_attempts(self) -> int:
         return self._retry.failed_attempts
+
+    @property
+    def paused(self) -> bool:
+        return self._retry.paused
 
     async def put(self, data: bytes, media_type: str | None) -> tuple[str, str]:
         return await self._retry(lambda: self._blobs.put(data, media_type), f"media of {len(data)} bytes")
@@ -152,6 +209,16 @@ def install_stop_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
+def disable_core_dumps() -> None:
+    """No core file may hold the keys or decrypted chats: RLIMIT_CORE 0, and not dumpable (Linux)."""
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            pr_set_dumpable = 4
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
+
+
 async def run_capture(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: asyncio.Event) -> None:
     """Run every configured source against the log in `data_dir` until `stop` is set."""
     if settings.matrix is None and settings.signal is None:
@@ -164,32 +231,102 @@ async def run_capture(settings: Settings, data_dir: Path, keys: KeyMaterial, sto
         for secret in (settings.matrix.password_file, settings.matrix.access_token_file):
             if secret is not None:
                 check_permissions(secret, "matrix credential file")
-    async with await LogStore.open(data_dir, keys, policy) as store:
+    check_private_dir(data_dir)
+    try:
+        store = await LogStore.open(data_dir, keys, policy)
+    except WriterBusy as busy:
+        who = f"process {busy.pid}" if busy.pid is not None else "another process"
+        raise UsageError(
+            f"{who} already writes the log in {data_dir} (lock {data_dir / 'writer.lock'}); one bot per data dir"
+            " (import, withhold, rotate-key and snapshot hand their work to it)"
+        ) from None
+    async with store:
         await store.checkpoint()  # seal whatever a crash left unsealed
-        blobs = RetryingBlobs(BlobStore(data_dir / "blobs", store.media_keys()))
-        archive = ArchiveJobs.from_settings(settings, data_dir, keys, store)
+        blobs = RetryingBlobs(BlobStore(data_dir / "blobs", store.media_keys()), stop=stop)
+        seal = seal_in_loop(store, asyncio.get_running_loop())
+        archive = ArchiveJobs.from_settings(settings, data_dir, keys, store, seal=seal)
         tasks: list[asyncio.Task[None]] = []
+        retries: list[LogSink | RetryingBlobs] = [blobs]
         if settings.matrix is not None:
             cfg = matrix_source_config(settings, data_dir, keys)
-            sink = LogSink(store, f"matrix:{settings.matrix.user_id}")
+            sink = LogSink(store, f"matrix:{settings.matrix.user_id}", stop=stop)
+            retries.append(sink)
             tasks.append(asyncio.create_task(MatrixSource(cfg, sink, blobs).run(stop), name="matrix"))
         if settings.signal is not None:
             signal_cfg = signal_source_config(settings)
-            sink = LogSink(store, f"signal:{settings.signal.account or settings.signal.endpoint}")
+            sink = LogSink(store, f"signal:{settings.signal.account or settings.signal.endpoint}", stop=stop)
+            retries.append(sink)
             tasks.append(asyncio.create_task(SignalSource(signal_cfg, sink, blobs).run(stop), name="signal"))
-        archive.start()  # monthly packages: catches up missed months now, then on archive.schedule
-        log.info("capture running", extra={"sources": [t.get_name() for t in tasks], "log_size": store.size})
         try:
-            await asyncio.gather(*tasks)
+            async with ControlServer(data_dir, store):
+                archive.start()  # monthly packages: catches up missed months now, then on archive.schedule
+                log.info("capture running", extra={"sources": [t.get_name() for t in tasks], "log_size": store.size})
+                try:
+                    await supervise(tasks, stop, retries)
+                finally:
+                    await archive.stop()
         finally:
             stop.set()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await archive.stop()
-            note = await store.checkpoint()
-            sealed_size = note.split("\n", 2)[1]
-            log.info("capture stopped; log sealed", extra={"log_size": store.size, "sealed_size": sealed_size})
+            try:
+                note = await store.checkpoint()
+            except StorageError as exc:
+                log.error("ALERT could not seal the log at stop; the next start seals it", extra={"error": str(exc)})
+            else:
+                sealed_size = note.split("\n", 2)[1]
+                log.info("capture stopped; log sealed", extra={"log_size": store.size, "sealed_size": sealed_size})
+
+
+async def supervise(
+    tasks: Iterable[asyncio.Task[Any]],
+    stop: asyncio.Event,
+    retries: Sequence[LogSink | RetryingBlobs] = (),
+    grace: float = STOP_GRACE_SECONDS,
+) -> None:
+    """Wait for the sources until `stop`; then give them `grace` seconds (none while storage is paused).
+
+    A source failing raises here (the others are cancelled by the caller); one
+    that stopped because storage failed at stop time (`CaptureStopped`) is a
+    clean stop. Returns with every task done or cancelled.
+    """
+    pending: set[asyncio.Task[Any]] = set(tasks)
+    stopping = asyncio.create_task(stop.wait())
+    loop = asyncio.get_running_loop()
+    try:
+        while pending and not stop.is_set():
+            done, _ = await asyncio.wait(pending | {stopping}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stopping}:
+                pending.discard(task)
+                _reap(task)
+        deadline = loop.time() + grace
+        while pending and not any(r.paused for r in retries):
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning("stopping: a source did not finish its batch in time; cancelled (nothing acknowledged)")
+                break
+            done, pending = await asyncio.wait(pending, timeout=min(left, 0.2))
+            for task in done:
+                _reap(task)
+    finally:
+        stopping.cancel()
+        for task in pending:
+            task.cancel()
+        results = await asyncio.gather(*pending, return_exceptions=True)
+        for result in results:
+            if isinstance(result, CaptureStopped | asyncio.CancelledError):
+                continue
+            if isinstance(result, BaseException):
+                log.error("a source failed while stopping", extra={"error": type(result).__name__})
+
+
+def _reap(task: asyncio.Task[Any]) -> None:
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None and not isinstance(exc, CaptureStopped):
+        raise exc
 
 
 def matrix_source_config(settings: Settings, data_dir: Path, keys: KeyMaterial) -> MatrixSourceConfig:

@@ -26,8 +26,9 @@ from bridge.errors import ChatarchiefError, LogIntegrityError, UsageError
 from bridge.importer import ImportFormat, import_file
 from bridge.log import keys as keyfile
 from bridge.log.keys import KeyMaterial
-from bridge.log.store import CheckpointPolicy, LogStore, initialise
+from bridge.log.store import CheckpointPolicy, initialise
 from bridge.log.verify import verify_log
+from bridge.log.writer import check_private_dir, open_writer
 
 app = typer.Typer(
     name="chatarchief",
@@ -92,6 +93,7 @@ def _paths(
 def _load_keys(key_file: Path, data_dir: Path) -> KeyMaterial:
     def load() -> KeyMaterial:
         keyfile.ensure_outside(key_file, data_dir)
+        check_private_dir(key_file.parent, "key directory")
         return keyfile.load(key_file)
 
     return _guard(load)
@@ -105,6 +107,10 @@ def _open_keys(
     dd, kf = _paths(settings, data_dir, key_file)
     assert kf is not None
     return settings, dd, _load_keys(kf, dd)
+
+
+def _via(pid: int | None) -> str:
+    return f" (through the running bot, process {pid})" if pid is not None else ""
 
 
 def _policy(settings: config.Settings) -> CheckpointPolicy:
@@ -152,19 +158,20 @@ def import_cmd(
         _fail(f"{file} is not a readable file", 2)
     total = file.stat().st_size
 
-    async def go() -> Any:
-        async with await LogStore.open(dd, material, _policy(settings)) as store:
+    async def go() -> tuple[Any, int | None]:
+        async with open_writer(dd, material, _policy(settings)) as writer:
             if not err.is_terminal:
-                return await import_file(store, file, fmt)
+                return await import_file(writer, file, fmt), writer.remote_pid
             columns = (TextColumn("importing"), BarColumn(), DownloadColumn(), TimeRemainingColumn())
             with Progress(*columns, console=err, transient=True) as bar:
                 task = bar.add_task("import", total=total)
-                return await import_file(store, file, fmt, lambda n: bar.update(task, completed=n))
+                counts = await import_file(writer, file, fmt, lambda n: bar.update(task, completed=n))
+                return counts, writer.remote_pid
 
-    counts = _run(go)
+    counts, pid = _run(go)
     out.print(
         f"imported {counts.lines} lines: appended {counts.appended}, duplicates {counts.duplicates},"
-        f" unknown {counts.unknown}"
+        f" unknown {counts.unknown}{_via(pid)}"
     )
 
 
@@ -221,8 +228,9 @@ def run(config_file: ConfigOpt = None, data_dir: DataDirOpt = None, key_file: Ke
         _fail("run needs --config FILE (see config/chatarchief.example.toml)", 2)
     settings, dd, material = _open_keys(config_file, data_dir, key_file)
     from bridge import logs
-    from bridge.capture import install_stop_signals, run_capture
+    from bridge.capture import disable_core_dumps, install_stop_signals, run_capture
 
+    disable_core_dumps()  # the process holds the keys and decrypted chats
     logs.setup(settings.logging.level, settings.logging.format)
 
     async def go() -> None:
@@ -250,11 +258,12 @@ def rotate_key(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_
     """Start a new data key; records already written stay readable with their old key."""
     _, dd, material = _open_keys(config_file, data_dir, key_file)
 
-    async def go() -> int:
-        async with await LogStore.open(dd, material) as store:
-            return await store.rotate_data_key()
+    async def go() -> tuple[int, int | None]:
+        async with open_writer(dd, material) as writer:
+            return await writer.rotate_data_key(), writer.remote_pid
 
-    out.print(f"new data key {_run(go)} is now used for new records")
+    key_id, pid = _run(go)
+    out.print(f"new data key {key_id} is now used for new records{_via(pid)}")
 
 
 @app.command("withhold")
@@ -275,12 +284,13 @@ def withhold_cmd(
 
     settings, dd, material = _open_keys(config_file, data_dir, key_file)
 
-    async def go() -> int:
-        async with await LogStore.open(dd, material, _policy(settings)) as store:
-            return await withhold(store, event_id, reason, by, data_dir=dd, conversation=conversation, release=release)
+    async def go() -> tuple[int, int | None]:
+        async with open_writer(dd, material, _policy(settings)) as writer:
+            seq = await withhold(writer, event_id, reason, by, data_dir=dd, conversation=conversation, release=release)
+            return seq, writer.remote_pid
 
-    seq = _run(go)
-    out.print(f"{'released' if release else 'withheld'} {event_id}: decision record {seq}")
+    seq, pid = _run(go)
+    out.print(f"{'released' if release else 'withheld'} {event_id}: decision record {seq}{_via(pid)}")
 
 
 @app.command()

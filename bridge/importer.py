@@ -22,7 +22,8 @@ from bridge.errors import UsageError
 from bridge.events import Kind, canonical_bytes
 from bridge.log.format import RecordType
 from bridge.log.schema import now_ms
-from bridge.log.store import AppendResult, LogStore
+from bridge.log.store import AppendResult
+from bridge.log.writer import Appender
 from bridge.sources import matrix_events
 
 BATCH = 256
@@ -89,7 +90,7 @@ def _batches(path: Path, counts: ImportCounts, progress: Callable[[int], None] |
 
 
 async def import_file(
-    store: LogStore,
+    store: Appender,
     path: Path,
     fmt: ImportFormat = ImportFormat.MATRIX_JSONL,
     progress: Callable[[int], None] | None = None,

@@ -35,7 +35,7 @@ from bridge.log.decision import (
 from bridge.log.format import RecordType
 from bridge.log.keys import KeyMaterial
 from bridge.log.reader import iter_decisions, iter_events
-from bridge.log.store import LogStore
+from bridge.log.writer import Appender
 
 __all__ = [
     "Decision",
@@ -113,7 +113,7 @@ def choose_target(targets: list[DecisionTarget], event_id: str, conversation: st
 
 
 async def withhold(
-    store: LogStore,
+    store: Appender,
     event_id: str,
     reason: str,
     by: str,
@@ -125,8 +125,9 @@ async def withhold(
 ) -> int:
     """Append a withhold (or, with `release`, a release) decision; returns its sequence number.
 
-    `data_dir` must be the directory `store` was opened on (the target is looked
-    up with the read-only reader, beside the writer). Raises UsageError for an
+    `data_dir` must be the directory `store` writes (the target is looked up
+    with the read-only reader, beside the writer; `store` may be the running
+    bot's, through `bridge.log.writer.open_writer`). Raises UsageError for an
     empty reason/by, an unknown or ambiguous event id, or a release of an event
     that is not withheld. The decision is sealed by a checkpoint before return.
     """

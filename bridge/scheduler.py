@@ -6,21 +6,30 @@ package is not yet in `archive.destination`), then on the cron
 `archive.schedule` in `archive.timezone` (default the 1st at 02:00
 Europe/Amsterdam). A month whose package directory exists is never written
 again (and the writer itself refuses to overwrite a different package), so
-restarts and a late catch-up are harmless. Before each run the live log is
-sealed with a checkpoint, so the month just ended can be closed. Snapshots run
-one at a time in a worker thread; a failing month is logged as an ALERT and
-the next run retries it. `stop()` waits for a snapshot in progress (it is
-atomic either way: a crash leaves no half package).
+restarts and a late catch-up are harmless. A target path that holds anything
+this log did not write (a stray file, an empty folder, another log's package)
+is never touched: it is an ALERT and retried later. Before each run the live
+log is sealed with a checkpoint, so the month just ended can be closed; the
+month-end checkpoint is signed through `seal` (inside `run`: the bot's own
+store, on its event loop), never a second connection. Snapshots run one at a
+time in a worker thread; a failing or blocked month is logged as an ALERT and
+retried after `retry_seconds` (and at every scheduled run). `stop()` waits for
+a snapshot in progress (it is atomic either way: a crash leaves no half package).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
 
 from bridge.archive.logscan import LogView
 from bridge.archive.package import ArchiveOptions, SnapshotResult, package_name, snapshot
@@ -32,6 +41,20 @@ from bridge.log.schema import now_ms
 from bridge.log.store import LogStore
 
 log = logging.getLogger(__name__)
+
+RETRY_SECONDS = 3600.0
+# Until the archive's `snapshot(..., seal=...)` lands, it seals through its own connection.
+_SNAPSHOT_TAKES_SEAL = "seal" in inspect.signature(snapshot).parameters
+
+
+def written_by_us(path: Path, name: str, key_name: str) -> bool:
+    """Whether `path` is a package this log wrote: a bag whose bag-info names it and this log."""
+    try:
+        info = (path / "bag-info.txt").read_text("utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    lines = set(info.splitlines())
+    return f"External-Identifier: {name}" in lines and f"Chatarchief-Log: {key_name}" in lines
 
 
 def due_months(first_appended_ms: int | None, now: int, timezone: str) -> list[Month]:
@@ -54,12 +77,19 @@ class ArchiveJobs:
         options: ArchiveOptions,
         schedule: str = "0 2 1 * *",
         store: LogStore | None = None,
+        *,
+        seal: Callable[[int], str] | None = None,
+        retry_seconds: float = RETRY_SECONDS,
     ) -> None:
         self._data_dir = data_dir
         self._keys = keys
         self._destination = destination
         self._options = options
         self._store = store
+        self._seal = seal
+        self._retry_seconds = retry_seconds
+        #: Months that failed or were blocked at the last run (retried later).
+        self.failed: list[str] = []
         try:
             self._trigger = CronTrigger.from_crontab(schedule, timezone=zone(options.timezone))
         except ValueError as exc:
@@ -69,9 +99,18 @@ class ArchiveJobs:
         self._running: set[asyncio.Task[list[SnapshotResult]]] = set()
 
     @classmethod
-    def from_settings(cls, settings: Settings, data_dir: Path, keys: KeyMaterial, store: LogStore) -> ArchiveJobs:
+    def from_settings(
+        cls,
+        settings: Settings,
+        data_dir: Path,
+        keys: KeyMaterial,
+        store: LogStore,
+        *,
+        seal: Callable[[int], str] | None = None,
+    ) -> ArchiveJobs:
         a = settings.archive
-        return cls(data_dir, keys, a.destination, ArchiveOptions.from_settings(settings), a.schedule, store)
+        options = ArchiveOptions.from_settings(settings)
+        return cls(data_dir, keys, a.destination, options, a.schedule, store, seal=seal)
 
     def start(self) -> None:
         scheduler = AsyncIOScheduler(timezone=zone(self._options.timezone))
@@ -101,22 +140,51 @@ class ArchiveJobs:
         async with self._lock:
             if self._store is not None:
                 await self._store.checkpoint()  # seal the tail: the month that just ended can close
-            return await asyncio.to_thread(self._catch_up)
+            written, self.failed = await asyncio.to_thread(self._catch_up)
+            if self.failed:
+                self._schedule_retry()
+            return written
 
-    def _catch_up(self) -> list[SnapshotResult]:
+    def _schedule_retry(self) -> None:
+        if self._scheduler is None:
+            return
+        when = datetime.now(UTC) + timedelta(seconds=self._retry_seconds)
+        self._scheduler.add_job(
+            self._job, DateTrigger(when), id="monthly-snapshot-retry", replace_existing=True, coalesce=True
+        )
+
+    def _snapshot(self, month: Month, out: Path) -> SnapshotResult:
+        if self._seal is not None and _SNAPSHOT_TAKES_SEAL:
+            write: Any = snapshot
+            result: SnapshotResult = write(self._data_dir, self._keys, month, out, self._options, seal=self._seal)
+            return result
+        return snapshot(self._data_dir, self._keys, month, out, self._options)
+
+    def _catch_up(self) -> tuple[list[SnapshotResult], list[str]]:
         with LogView(self._data_dir, self._keys) as view:
             first = view.first_appended_ms()
         written: list[SnapshotResult] = []
+        failed: list[str] = []
         for month in due_months(first, now_ms(), self._options.timezone):
-            out = self._destination / package_name(self._keys.log_id, month)
-            if out.exists():
+            name = package_name(self._keys.log_id, month)
+            out = self._destination / name
+            if out.exists() or out.is_symlink():
+                if written_by_us(out, name, self._keys.key_name):
+                    continue
+                failed.append(str(month))
+                log.error(
+                    "ALERT monthly package blocked: its target path holds something chatarchief did not write;"
+                    " move it away, the package is retried later",
+                    extra={"month": str(month), "path": str(out), "retry_seconds": self._retry_seconds},
+                )
                 continue
             try:
-                result = snapshot(self._data_dir, self._keys, month, out, self._options)
+                result = self._snapshot(month, out)
             except (ChatarchiefError, OSError) as exc:
+                failed.append(str(month))
                 log.error(
-                    "ALERT monthly package failed; retried at the next run",
-                    extra={"month": str(month), "error": str(exc)},
+                    "ALERT monthly package failed; retried later",
+                    extra={"month": str(month), "error": str(exc), "retry_seconds": self._retry_seconds},
                 )
                 continue
             log.info(
@@ -124,4 +192,4 @@ class ArchiveJobs:
                 extra={"month": str(month), "path": str(out), "records": result.end - result.start},
             )
             written.append(result)
-        return written
+        return written, failed

@@ -221,3 +221,25 @@ def test_files_created_by_commands_are_private(tmp_path: Path) -> None:
     assert created and all(p.stat().st_mode & 0o077 == 0 for p in created), [
         (p.name, oct(p.stat().st_mode)) for p in created
     ]
+
+
+def test_key_directory_writable_by_others_is_refused(initialised: tuple[Path, Path]) -> None:
+    """Whoever can write the key's directory can swap the key file: every command loading it refuses, exit 2."""
+    data, key = initialised
+    key.parent.chmod(0o777)
+    try:
+        for args in (("verify", "--key-file", key), ("rotate-key", "--key-file", key)):
+            code, _, stderr = cli(*args, "--data-dir", data)
+            assert code == 2 and "key directory" in stderr and "chmod go-w" in stderr, stderr
+    finally:
+        key.parent.chmod(0o700)
+
+
+def test_data_dir_writable_by_others_is_refused_for_writes(initialised: tuple[Path, Path]) -> None:
+    """A data dir group or others may write is refused (exit 2, one line) by every command that writes it."""
+    data, key = initialised
+    data.chmod(0o775)
+    code, _, stderr = cli("import", "--data-dir", data, "--key-file", key, SAMPLE)
+    assert code == 2 and "group or others may write" in stderr, stderr
+    code, _, stderr = cli("withhold", "$t1", "--reason", "r", "--by", "b", "--data-dir", data, "--key-file", key)
+    assert code == 2 and "group or others may write" in stderr, stderr

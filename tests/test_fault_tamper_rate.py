@@ -34,6 +34,7 @@ from bridge.archive.range import Month
 from bridge.archive.verify_package import verify_package
 from bridge.errors import LogIntegrityError, StorageError, UsageError
 from bridge.log import keys as keyfile
+from bridge.log.schema import INIT_RECORDS as B  # a new log holds its two key records
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.log.verify import verify_log
 from tests.conftest import LogDir, create_log, make_event
@@ -206,7 +207,7 @@ def test_random_record_level_edits_are_all_detected(pristine: tuple[LogDir, byte
         name = list(EDITS)[trial % len(EDITS)]
         log.db.write_bytes(data)
         conn = attacker(log.db)
-        EDITS[name](conn, rng, 120)
+        EDITS[name](conn, rng, B + 120)
         conn.close()
         outcomes[(name, classify(log, None))] += 1
     log.db.write_bytes(data)

@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from bridge.errors import KeyFileError, StorageError, UsageError
 from bridge.events import canonical_bytes
 from bridge.log import format, merkle
+from bridge.log.schema import INIT_RECORDS as B  # a new log holds its two key records
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.log.verify import verify_log
-from bridge.log.schema import INIT_RECORDS as B  # a new log holds its two key records
 from tests.conftest import LogDir, create_log, make_event
 
 

@@ -42,6 +42,17 @@ class Secrets:
 Opened = Event | Decision | KeyRecord | BlobRecord
 
 
+def blobs_of(seq: int, *values: object) -> tuple[bytes, ...]:
+    """The stored columns of a record as bytes; a value of another SQL type (a damaged or edited row) is
+    tampering naming the record, not a crash."""
+    out = []
+    for v in values:
+        if not isinstance(v, bytes | memoryview):
+            raise LogIntegrityError(seq, f"a stored column holds a {type(v).__name__}, not bytes")
+        out.append(bytes(v))
+    return tuple(out)
+
+
 def check_stored(
     seq: int, header_b: bytes, commit: bytes, body: bytes, stored_leaf: bytes, prev: bytes | None
 ) -> tuple[format.RecordHeader, bytes]:

@@ -75,7 +75,8 @@ def _iter_payloads(
     conn = open_readonly(data_dir)
     try:
         meta = meta_dict(conn.execute("SELECT k, v FROM meta"))
-        check_key_matches(meta, keys)
+        check_key_matches(meta, keys, [(int(k), str(p), bytes(w)) for k, p, w in conn.execute(
+            "SELECT key_id, purpose, wrapped FROM keys")])  # fmt: skip
         _, data_keys = load_keys(conn, keys)
         cursor = conn.execute("SELECT seq, header, commitment, body FROM records WHERE seq >= ? ORDER BY seq", (start,))
         for seq, header_b, commit, body in cursor:

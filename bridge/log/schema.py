@@ -178,16 +178,34 @@ def meta_dict(rows: Iterable[tuple[object, object]]) -> dict[str, bytes]:
     return out
 
 
-def check_key_matches(meta: dict[str, bytes], keys: KeyMaterial) -> None:
-    """Tell a wrong key file apart from a tampered log before anything else."""
-    if meta.get("log_id") != keys.log_id:
+def check_key_matches(
+    meta: dict[str, bytes], keys: KeyMaterial, wrapped: Sequence[tuple[int, str, bytes]] = ()
+) -> None:
+    """Tell a wrong key file (UsageError, exit 2) apart from a tampered log (exit 1) before anything else.
+
+    `wrapped` are (key id, purpose, wrapped key) rows of the log: when the meta
+    entries disagree with the key file yet one of these unwraps under it (the
+    AEAD binds log id, key id and purpose), the key file is right and the meta
+    table was altered.
+    """
+    log_ok = meta.get("log_id") == keys.log_id
+    kek_ok = log_ok and crypto.hmac_equal(meta.get("kek_check", b""), crypto.kek_check(keys.kek, keys.log_id))
+    if kek_ok:
+        return
+    for key_id, purpose, blob in wrapped:
+        try:
+            crypto.unwrap_key(keys.kek, keys.log_id, key_id, purpose, blob)
+        except crypto.AuthError:
+            continue
+        what = "log id" if not log_ok else "key check value"
+        raise LogIntegrityError(None, f"the meta table was altered: its {what} does not match the log's own keys")
+    if not log_ok:
         found = meta.get("log_id", b"").hex()
         raise KeyFileError(
             f"the key file belongs to log {keys.log_id.hex()}, but this data dir holds log {found};"
             " pass the key file that `init` wrote for this data dir"
         )
-    if not crypto.hmac_equal(meta.get("kek_check", b""), crypto.kek_check(keys.kek, keys.log_id)):
-        raise KeyFileError("the key file does not match this data dir (wrong key-encryption key)")
+    raise KeyFileError("the key file does not match this data dir (wrong key-encryption key)")
 
 
 def frontier_bytes(frontier: merkle.Frontier) -> bytes:

@@ -164,11 +164,11 @@ class LogStore:
                 f"unsupported log schema {meta.get('schema_version')!r} (this version writes {SCHEMA_VERSION});"
                 " a log from an earlier development version must be re-created and re-imported"
             )
-        check_key_matches(meta, keys)
         rows = [
             (int(r[0]), str(r[1]), bytes(r[2]), int(r[3]))
             async for r in await conn.execute("SELECT key_id, purpose, wrapped, seq FROM keys ORDER BY key_id")
         ]
+        check_key_matches(meta, keys, [r[:3] for r in rows])
         try:
             index_key, data_keys = unwrap_keys([r[:3] for r in rows], keys)
         except crypto.AuthError as exc:
@@ -224,9 +224,9 @@ class LogStore:
                 for seq, dedup, header_b, commit, body, stored in batch:
                     if seq != frontier.size:
                         raise LogIntegrityError(frontier.size, f"record is missing (the next stored record is {seq})")
-                    header_b, commit, body = bytes(header_b), bytes(commit), bytes(body)
-                    header, leaf = audit.check_stored(seq, header_b, commit, body, bytes(stored), prev)
-                    opened = audit.check_plaintext(seq, secrets, header, header_b, commit, body, bytes(dedup))
+                    header_b, commit, body, stored, dedup = audit.blobs_of(seq, header_b, commit, body, stored, dedup)
+                    header, leaf = audit.check_stored(seq, header_b, commit, body, stored, prev)
+                    opened = audit.check_plaintext(seq, secrets, header, header_b, commit, body, dedup)
                     if isinstance(opened, KeyRecord) and key_seqs.get(seq) != opened.key_id:
                         raise LogIntegrityError(seq, f"key record {opened.key_id} is not in the key table")
                     frontier.append(leaf)

@@ -144,8 +144,9 @@ def _verify(
 ) -> VerifyReport:
     conn.execute("BEGIN")  # one consistent snapshot, also beside a running writer
     meta = meta_dict(conn.execute("SELECT k, v FROM meta"))
-    if keys is not None:
-        check_key_matches(meta, keys)  # a wrong key file is a usage error, not evidence of tampering
+    if keys is not None:  # a wrong key file is a usage error, not evidence of tampering
+        check_key_matches(meta, keys, [(int(k), str(p), bytes(w)) for k, p, w in conn.execute(
+            "SELECT key_id, purpose, wrapped FROM keys")])  # fmt: skip
     name, pub = _signer(meta, keys, public_key)
     secrets = _unlock(conn, keys) if keys is not None else None
     report = VerifyReport(signer=checkpoint.format_vkey(name, pub), decrypted=0 if secrets else None)
@@ -168,8 +169,8 @@ def _verify(
         i = frontier.size
         if seq != i:
             raise LogIntegrityError(i, f"record is missing (the next stored record is {seq})")
-        header_b, commit, body = bytes(header_b), bytes(commit), bytes(body)
-        header, leaf = audit.check_stored(i, header_b, commit, body, bytes(stored_leaf), prev)
+        header_b, commit, body, stored_leaf, dedup = audit.blobs_of(i, header_b, commit, body, stored_leaf, dedup)
+        header, leaf = audit.check_stored(i, header_b, commit, body, stored_leaf, prev)
         if header.type in format.CLEAR_TYPES:
             clear = audit.open_clear_record(i, header, commit, body)
             if isinstance(clear, KeyRecord):
@@ -179,7 +180,7 @@ def _verify(
             else:
                 blobs.check_record(i, clear)
         if secrets is not None:
-            opened = audit.check_plaintext(i, secrets, header, header_b, commit, body, bytes(dedup))
+            opened = audit.check_plaintext(i, secrets, header, header_b, commit, body, dedup)
             if isinstance(opened, Event):
                 blobs.check_event(i, opened)
             kind = audit.kind_of(opened)
