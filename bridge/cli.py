@@ -315,7 +315,7 @@ def snapshot(
 
     settings, dd, material = _open_keys(config_file, data_dir, key_file)
     options = ArchiveOptions.from_settings(settings)
-    seal = writer_seal(dd, material)  # wired by control: the running bot's control socket signs when it holds the log
+    seal = writer_seal(dd, material)  # bridge.log.writer.seal_at: the running bot signs when it holds the log
     result = _guard(
         lambda: write_snapshot(
             dd, material, parse_month(month), out_dir, options, seal=seal, allow_missing_media=allow_missing_media

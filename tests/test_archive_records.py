@@ -64,7 +64,8 @@ def test_clear_records_are_carried_and_recomputed_without_a_key(
     assert code == 0, out
     other = pkg / "data/proof/other-records.jsonl"
     wrapped = lines[1]["key"]["wrapped"]
-    other.write_bytes(other.read_bytes().replace(wrapped.encode(), ("A" + wrapped[1:]).encode()))
+    forged = ("B" if wrapped[0] == "A" else "A") + wrapped[1:]
+    other.write_bytes(other.read_bytes().replace(wrapped.encode(), forged.encode()))
     rebag(pkg)
     code, out = verify_cli(log, pkg)
     assert code == 1 and "other-records.jsonl line 2" in out and "record 1" in out, out

@@ -50,7 +50,6 @@ Layout (under the bag's `data/`)::
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -112,23 +111,15 @@ class SnapshotResult:
 
 
 def writer_seal(data_dir: Path, keys: KeyMaterial) -> Seal:
-    """The default `seal`: asks the log's writer (`LogStore.seal_prefix`, which authenticates the leaves
-    before it signs); the archive never signs.
-
-    wired by control: the control engineer replaces this with the call through the running bot's
-    control socket (or `bridge.log.writer.seal_at`); until then it opens a `LogStore` for the purpose,
-    which takes the writer lock (refused while `run` holds it).
-    """
+    """The default `seal`: `bridge.log.writer.seal_at` (the running bot's writer over its control socket,
+    else a local `LogStore.seal_prefix`, which authenticates the leaves before it signs); the archive
+    never signs. Inside `run` the scheduler passes `seal_in_loop` instead."""
 
     def seal(size: int) -> str:
-        async def go() -> str:
-            from bridge.log.store import LogStore
+        from bridge.log.writer import seal_at
 
-            async with await LogStore.open(data_dir, keys) as store:
-                return await store.seal_prefix(size)
-
-        with ThreadPoolExecutor(1) as pool:  # the caller may be inside an event loop (the demo)
-            return pool.submit(asyncio.run, go()).result()
+        with ThreadPoolExecutor(1) as pool:  # seal_at runs its own event loop; the caller may be in one (demo)
+            return pool.submit(seal_at, data_dir, keys, size).result()
 
     return seal
 
