@@ -44,6 +44,7 @@ from bridge.archive.package import ArchiveOptions, snapshot  # noqa: E402
 from bridge.archive.range import Month  # noqa: E402
 from bridge.events import MATRIX, ConversationId, Event, EventId, Kind, SenderId  # noqa: E402
 from bridge.log import keys as keyfile  # noqa: E402
+from bridge.log import schema as schema_module  # noqa: E402
 from bridge.log import store as store_module  # noqa: E402
 from bridge.log.store import CheckpointPolicy, LogStore, initialise  # noqa: E402
 
@@ -74,6 +75,7 @@ def build_log(workdir: Path, n: int, rooms: int) -> tuple[Path, Path]:
     key_file.parent.mkdir(mode=0o700, parents=True)
     material = keyfile.generate(os.urandom(16))
     keyfile.write_new(key_file, material)
+    schema_module.now_ms = lambda: APPENDED_MS  # type: ignore[assignment]  # the log's KEY records too
     initialise(data_dir, material)
     store_module.now_ms = lambda: APPENDED_MS  # type: ignore[assignment]  # every record in January 2024
     rng = random.Random(7)
