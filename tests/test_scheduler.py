@@ -44,7 +44,8 @@ def test_catch_up_writes_missed_months_once(two_months: LogDir, tmp_path: Path) 
     jobs = ArchiveJobs(two_months.data_dir, two_months.keys, dest, OPTIONS)
     first = asyncio.run(jobs.catch_up())
     assert [r.month for r in first][:3] == ["2024-01", "2024-02", "2024-03"]
-    assert (first[0].start, first[0].end, first[1].end, first[2].end) == (0, 10, 20, 20)
+    # January: the two KEY records of `init`, one BLOB record (its image) and 10 events; February: 10 events
+    assert (first[0].start, first[0].end, first[1].end, first[2].end) == (0, 13, 23, 23)
     jan = dest / package_name(two_months.keys.log_id, Month(2024, 1))
     stamp = (jan / "bag-info.txt").stat().st_mtime_ns
     assert asyncio.run(jobs.catch_up()) == []
