@@ -31,7 +31,10 @@ async def test_demo_captures_every_sent_event_and_verifies(tmp_path: Path) -> No
     deleted = [captured[i].relates_to for i in result.sent if captured[i].kind is Kind.DELETION]
     assert all(d in captured and captured[d].content["body"] for d in deleted)  # originals kept
     assert result.report is not None and result.report.unsealed == 0
-    assert result.report.records == len(result.events)
+    # besides the events: the two KEY records of `init` and one BLOB record per stored file
+    kinds = result.report.kinds
+    assert kinds["key"] == 2 and kinds["blob"] == len({f.attachments[0].blob_id for f in files})
+    assert result.report.records == len(result.events) + kinds["key"] + kinds["blob"]
     assert result.seconds < 60
     # The month so far is packaged, verified with the public key only, one transcript per room.
     assert result.package is not None and result.package_report is not None
