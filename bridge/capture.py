@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from bridge.archive.package import private_workdir
 from bridge.blobs import BlobStore
 from bridge.config import Settings
 from bridge.control import ControlServer
@@ -242,6 +243,7 @@ async def run_capture(settings: Settings, data_dir: Path, keys: KeyMaterial, sto
         ) from None
     async with store:
         await store.checkpoint()  # seal whatever a crash left unsealed
+        await asyncio.to_thread(private_workdir, data_dir)  # plaintext temp bags of a crashed snapshot go now
         blobs = RetryingBlobs(BlobStore(data_dir / "blobs", store.media_keys()), stop=stop)
         seal = seal_in_loop(store, asyncio.get_running_loop())
         archive = ArchiveJobs.from_settings(settings, data_dir, keys, store, seal=seal)
