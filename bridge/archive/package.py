@@ -68,7 +68,7 @@ from bridge.archive.plan import Plan, Seal, carried_decisions, closing, plan, se
 from bridge.archive.render import render_package
 from bridge.blobs import BlobStore
 from bridge.config import Settings
-from bridge.errors import LogIntegrityError, UsageError
+from bridge.errors import Check, LogIntegrityError, UsageError
 from bridge.log import checkpoint, crypto, format
 from bridge.log.keys import KeyMaterial
 from bridge.log.schema import now_ms
@@ -276,7 +276,13 @@ def _write_records(
     builder.done("proof/leaves.txt", leaves)
     builder.done("proof/missing-media.jsonl", missing)
     if frontier.size != p.end or not crypto.hmac_equal(frontier.root(), p.end_root):
-        raise LogIntegrityError(p.end - 1, "the range's records do not give the signed root at the month's end")
+        raise LogIntegrityError(
+            p.end - 1,
+            "the range's records do not give the signed root at the month's end",
+            f"size {p.end}, root {p.end_root.hex()}",
+            f"size {frontier.size}, root {frontier.root().hex()}",
+            check=Check.CHECKPOINT_ROOT,
+        )
     builder.write("proof/consistency-proof.json", proof.consistency_json(p.start, p.end, consistency.proof()))
     for state in dossiers.values():
         builder.add(state.events_rel, state.sha.hexdigest(), state.size)
@@ -315,15 +321,18 @@ class _MediaCopier:
                     seq,
                     f"media blob {blob_id} of record {seq} is missing from the blob store; restore it, or write"
                     " the package with --allow-missing-media (each absence is then listed in the package)",
+                    check=Check.BLOB,
                 ) from None
             self._notices.write(derive.missing_line(seq, blob_id, rel))
             self.missing += 1
             return False
         except ValueError as exc:
-            raise LogIntegrityError(seq, f"media blob {blob_id} does not decrypt: {exc}") from None
+            raise LogIntegrityError(seq, f"media blob {blob_id} does not decrypt: {exc}", check=Check.BLOB) from None
         want = att.get("sha256")
-        if isinstance(want, str) and hashlib.sha256(data).hexdigest() != want.lower():
-            raise LogIntegrityError(seq, f"media blob {blob_id} does not hold the content its event names")
+        if isinstance(want, str) and (got := hashlib.sha256(data).hexdigest()) != want.lower():
+            raise LogIntegrityError(
+                seq, f"media blob {blob_id} does not hold the content its event names", want, got, check=Check.BLOB
+            )
         self._builder.write(rel, data)
         return True
 
