@@ -118,6 +118,21 @@ class PackageReport:
     root: bytes
     missing_media: int = 0
 
+    def to_json(self) -> dict[str, object]:
+        """The report as `verify-package --json` prints it."""
+        return {
+            "intact": True,
+            "month": self.month,
+            "start": self.start,
+            "end": self.end,
+            "status": self.status,
+            "record_files": self.record_files,
+            "media_files": self.media_files,
+            "mdto_files": self.mdto_files,
+            "missing_media": self.missing_media,
+            "root": self.root.hex(),
+        }
+
 
 def _fail(
     check: Check, reason: str, expected: Evidence = None, found: Evidence = None, *, seq: int | None = None

@@ -68,6 +68,20 @@ class VerifyReport:
     def unsealed(self) -> int:
         return self.records - self.sealed_size
 
+    def to_json(self) -> dict[str, object]:
+        """The report as `verify --json` prints it."""
+        return {
+            "intact": True,
+            "records": self.records,
+            "checkpoints": self.checkpoints,
+            "sealed_size": self.sealed_size,
+            "unsealed": self.unsealed,
+            "decrypted": self.decrypted,
+            "kinds": dict(sorted(self.kinds.items())),
+            "signer": self.signer,
+            "root": self.root.hex(),
+        }
+
 
 def open_readonly(data_dir: Path) -> sqlite3.Connection:
     path = db_path(data_dir)
