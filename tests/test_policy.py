@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from bridge.cli import app
 from bridge.errors import LogIntegrityError, UsageError
-from bridge.events import MATRIX, EncodingError, ConversationId, Event, EventId, Kind, SenderId
+from bridge.events import MATRIX, ConversationId, EncodingError, Event, EventId, Kind, SenderId
 from bridge.log import format
 from bridge.log.decision import (
     DECISION_SOURCE,
