@@ -215,7 +215,15 @@ def closing(view: LogView, p: Plan, win: Window) -> Closing | None:
     return Closing(size, note, header, commit, ct_hash, [found[r] for r in wanted], consistency.proof())
 
 
-def carried_decisions(view: LogView, p: Plan) -> list[tuple[RangeRecord, list[bytes]]]:
+@dataclass(frozen=True)
+class Carried:
+    """A decision from before the range, with its inclusion proof in the tree of size `start`."""
+
+    record: RangeRecord
+    inclusion: list[bytes]
+
+
+def carried_decisions(view: LogView, p: Plan) -> list[Carried]:
     """Each decision before `start` with its inclusion proof in the tree of size `start` (checked)."""
     if not p.decision_rows:
         return []
@@ -226,7 +234,7 @@ def carried_decisions(view: LogView, p: Plan) -> list[tuple[RangeRecord, list[by
             roots.add(leaf)
     found = roots.finish()
     start_root = p.frontier_start.root()
-    out: list[tuple[RangeRecord, list[bytes]]] = []
+    out: list[Carried] = []
     for row in p.decision_rows:
         path = [found[rng] for rng in wanted[row.seq]]
         rec = view.opened(row)
@@ -237,5 +245,5 @@ def carried_decisions(view: LogView, p: Plan) -> list[tuple[RangeRecord, list[by
                 start_root,
                 check=Check.CHECKPOINT_ROOT,
             )
-        out.append((rec, path))
+        out.append(Carried(rec, path))
     return out

@@ -62,6 +62,7 @@ from bridge.archive.bag import OutFile, tag_files
 from bridge.archive.derive import DossierState, RenderParams
 from bridge.archive.render import render_package
 from bridge.errors import Check, Evidence, LogIntegrityError, UsageError
+from bridge.events import Attachment, EncodingError, Event
 from bridge.log import checkpoint, crypto, merkle
 from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.policy import Withheld, fold_decisions
@@ -568,8 +569,9 @@ class _Records:
             where = f"{label} line {number}"
             rec = _parse(line, where)
             last = self._place(rec, where, pos, last)
-            if rec.key == "event" and rec.content is not None:
-                conv = (str(rec.content.get("source")), str(rec.content.get("conversation")))
+            event = _event(rec, where) if rec.key == "event" else None
+            if event is not None:
+                conv = (str(event.source), str(event.conversation))
             elif rec.key is None and rec.withheld is not None:
                 conv = self._backing(rec, where).target.key[:2]
             else:
@@ -601,7 +603,7 @@ class _Records:
                 raise _fail(
                     Check.PACKAGE_DOSSIER, f"{where}: record {rec.seq} belongs to another conversation", seq=rec.seq
                 )
-            want = self._derived(rec, state, where)
+            want = self._derived(rec, event, state, where)
             if line != want:
                 raise _fail(
                     Check.PACKAGE_RECORD,
@@ -629,8 +631,8 @@ class _Records:
             )
         return decision
 
-    def _derived(self, rec: proof.RecordLine, state: DossierState, where: str) -> bytes:
-        if rec.key == "event" and rec.content is not None:
+    def _derived(self, rec: proof.RecordLine, event: Event | None, state: DossierState, where: str) -> bytes:
+        if event is not None:
             return derive.event_line(
                 rec.seq,
                 rec.header_bytes,
@@ -638,7 +640,7 @@ class _Records:
                 rec.payload,
                 rec.ciphertext_hash,
                 rec.commitment,
-                rec.content,
+                event,
                 state,
                 self._withheld,
                 lambda seq, att, rel: self._media(seq, att, rel, where),
@@ -658,8 +660,8 @@ class _Records:
             rec.seq, rec.header_bytes, rec.commitment, rec.ciphertext_hash, derive.tombstone(folded)
         )
 
-    def _media(self, seq: int, att: dict[str, Any], rel: str, where: str) -> bool:
-        blob_id = str(att["blob_id"])
+    def _media(self, seq: int, att: Attachment, rel: str, where: str) -> bool:
+        blob_id = str(att.blob_id)
         declared = self.missing.pop((seq, blob_id), None)
         if declared is not None:
             if declared != rel:
@@ -680,7 +682,7 @@ class _Records:
                 " (nor listed in proof/missing-media.jsonl)",
                 seq=seq,
             ) from None
-        sha = att.get("sha256")
+        sha = att.sha256
         if isinstance(sha, str) and not crypto.hmac_equal(digest.encode(), sha.lower().encode()):
             raise _fail(
                 Check.PACKAGE_MEDIA,
@@ -701,6 +703,14 @@ def _parse(line: bytes, where: str, *, inclusion: bool = False) -> proof.RecordL
         seq = _seq_of(line)
         at = f" (record {seq})" if seq is not None else ""
         raise _fail(Check.PACKAGE_RECORD, f"{where}: unreadable record line{at}: {exc}", seq=seq) from None
+
+
+def _event(rec: proof.RecordLine, where: str) -> Event:
+    """The event of a proven event line (its content is the record's payload, which the leaf vouches for)."""
+    try:
+        return Event.from_json(rec.content or {})
+    except EncodingError as exc:
+        raise _fail(Check.PACKAGE_RECORD, f"{where}: record {rec.seq} is not an event: {exc}", seq=rec.seq) from None
 
 
 def _seq_of(line: bytes) -> int | None:
