@@ -17,9 +17,9 @@ def test_every_exception_class_of_the_package_descends_from_the_root() -> None:
     for info in pkgutil.walk_packages(bridge.__path__, "bridge."):
         module = importlib.import_module(info.name)
         for name, cls in inspect.getmembers(module, inspect.isclass):
-            if cls.__module__ == info.name and issubclass(cls, BaseException):
-                if not issubclass(cls, ChatarchiefError):
-                    outside.append(f"{info.name}.{name}")
+            ours = cls.__module__ == info.name and issubclass(cls, BaseException)
+            if ours and not issubclass(cls, ChatarchiefError):
+                outside.append(f"{info.name}.{name}")
     assert outside == []
 
 
