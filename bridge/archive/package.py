@@ -67,7 +67,6 @@ from bridge.archive.mdto import Organisation
 from bridge.archive.plan import Plan, Seal, carried_decisions, closing, plan, seal_notes
 from bridge.archive.render import render_package
 from bridge.blobs import BlobStore
-from bridge.config import Settings
 from bridge.errors import LogIntegrityError, UsageError
 from bridge.log import checkpoint, crypto, format
 from bridge.log.keys import KeyMaterial
@@ -90,12 +89,6 @@ class MissingMediaError(LogIntegrityError):
 class ArchiveOptions:
     organisation: Organisation
     timezone: str = "Europe/Amsterdam"
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ArchiveOptions:
-        o = settings.organisation
-        org = Organisation(o.name, o.archive_creator_id, o.appraisal, o.retention_years)
-        return cls(org, settings.archive.timezone)
 
 
 @dataclass(frozen=True)
