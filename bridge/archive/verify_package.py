@@ -70,6 +70,7 @@ from bridge.policy import Withheld, fold_decisions
 #: original, each bounded by `max_message_bytes` (16 MiB by default), plus JSON escaping and base64 fields.
 #: Media are files, never inline. A longer line is refused (exit 1) without being read into memory.
 MAX_LINE_BYTES = 64 << 20
+_LINE_PIECE = 1 << 20
 #: The largest small proof file read whole (range.json, package.json, checkpoints, frontier, proofs).
 MAX_SMALL_FILE = 4 << 20
 TAG_FILES = frozenset(
@@ -293,11 +294,22 @@ def iter_lines(path: Path, label: str, limit: int = MAX_LINE_BYTES) -> Iterator[
         raise _fail(f"{label}: file is missing") from None
     with fh:
         number = 0
-        while line := fh.readline(limit + 1):
+        while True:
+            # read a line in pieces of at most 1 MiB, so an oversized one costs at most `limit` bytes before it is
+            # refused (one `readline(limit + 1)` buffers and copies it: twice the limit and more)
+            parts: list[bytes] = []
+            size = 0
+            while chunk := fh.readline(min(_LINE_PIECE, limit + 1 - size)):
+                parts.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise _fail(f"{label} line {number + 1}: longer than the limit of {limit} bytes")
+                if chunk.endswith(b"\n"):
+                    break
+            if not parts:
+                return
             number += 1
-            if len(line) > limit:
-                raise _fail(f"{label} line {number}: longer than the limit of {limit} bytes")
-            yield number, line
+            yield number, parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 @dataclass
