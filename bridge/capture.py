@@ -1,13 +1,14 @@
-"""Source -> log pipeline: the sink sources commit to, and the `run` loop.
+"""Source -> log pipeline: the sink sources commit to, storage retries, and source supervision.
 
 Contract: `LogSink.commit(events, cursor)` returns only once the events and the
 cursor are durable in one transaction. While storage fails (disk full, I/O
 error) it keeps the batch, logs an alert, and retries with backoff; the source
 waits meanwhile, so its cursor (sync token, ack) never advances past what is
 stored. `RetryingBlobs` does the same for media, which are written before the
-event that references them. `run_capture` wires the configured sources to one LogStore, serves
-the control socket (`bridge.control`: other commands write through the bot), stops the sources on
-SIGTERM/SIGINT after the batch in hand, and seals the log with a checkpoint.
+event that references them. `supervise` watches the running sources and stops
+them after the batch in hand. Wiring (which sources, which store, the archive
+jobs, the control socket) is `bridge.app`'s: this module knows no config,
+scheduler or archive.
 
 Stopping always works: a source gets `STOP_GRACE_SECONDS` to commit the batch in
 hand, then it is cancelled; a write paused by failing storage gives up at once
@@ -19,29 +20,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import logging
-import resource
-import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from pathlib import Path
 from typing import Any, TypeVar
 
-from bridge.archive.package import private_workdir
 from bridge.blobs import BlobStore
-from bridge.config import Settings
-from bridge.control import ControlServer
-from bridge.errors import StorageError, UsageError
+from bridge.errors import StorageError
 from bridge.events import Event, Kind
-from bridge.log.keys import KeyMaterial, check_permissions
-from bridge.log.lock import WriterBusy
-from bridge.log.store import CheckpointPolicy, LogStore
-from bridge.log.writer import check_private_dir, seal_in_loop
-from bridge.scheduler import ArchiveJobs
-from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
-from bridge.sources.signal import SignalSource, SignalSourceConfig
+from bridge.log.store import LogStore
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -201,86 +188,6 @@ def report_compliance_alerts(events: Sequence[Event], source: str) -> None:
             )
 
 
-def install_stop_signals(stop: asyncio.Event) -> None:
-    """SIGTERM/SIGINT set `stop`: sources finish the batch in hand and save their cursor."""
-    if sys.platform == "win32":  # the loop has no signal handlers there; Ctrl+C still interrupts
-        return
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-
-def disable_core_dumps() -> None:
-    """No core file may hold the keys or decrypted chats: RLIMIT_CORE 0, and not dumpable (Linux)."""
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    if sys.platform.startswith("linux"):
-        with contextlib.suppress(OSError, AttributeError):
-            pr_set_dumpable = 4
-            ctypes.CDLL(None, use_errno=True).prctl(pr_set_dumpable, 0, 0, 0, 0)
-
-
-async def run_capture(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: asyncio.Event) -> None:
-    """Run every configured source against the log in `data_dir` until `stop` is set."""
-    if settings.matrix is None and settings.signal is None:
-        raise UsageError("no source configured: add a [matrix] (or [signal]) section to the config")
-    policy = CheckpointPolicy(
-        every_records=settings.storage.checkpoint_every_records,
-        every_seconds=settings.storage.checkpoint_every_seconds,
-    )
-    if settings.matrix is not None:
-        for secret in (settings.matrix.password_file, settings.matrix.access_token_file):
-            if secret is not None:
-                check_permissions(secret, "matrix credential file")
-    check_private_dir(data_dir)
-    try:
-        store = await LogStore.open(data_dir, keys, policy)
-    except WriterBusy as busy:
-        who = f"process {busy.pid}" if busy.pid is not None else "another process"
-        raise UsageError(
-            f"{who} already writes the log in {data_dir} (lock {data_dir / 'writer.lock'}); one bot per data dir"
-            " (import, withhold, rotate-key and snapshot hand their work to it)"
-        ) from None
-    async with store:
-        await store.checkpoint()  # seal whatever a crash left unsealed
-        await asyncio.to_thread(private_workdir, data_dir)  # plaintext temp bags of a crashed snapshot go now
-        blobs = RetryingBlobs(BlobStore(data_dir / "blobs", store.media_keys()), stop=stop)
-        seal = seal_in_loop(store, asyncio.get_running_loop())
-        archive = ArchiveJobs.from_settings(settings, data_dir, keys, store, seal=seal)
-        tasks: list[asyncio.Task[None]] = []
-        retries: list[LogSink | RetryingBlobs] = [blobs]
-        if settings.matrix is not None:
-            cfg = matrix_source_config(settings, data_dir, keys)
-            sink = LogSink(store, f"matrix:{settings.matrix.user_id}", stop=stop)
-            retries.append(sink)
-            tasks.append(asyncio.create_task(MatrixSource(cfg, sink, blobs).run(stop), name="matrix"))
-        if settings.signal is not None:
-            signal_cfg = signal_source_config(settings)
-            sink = LogSink(store, f"signal:{settings.signal.account or settings.signal.endpoint}", stop=stop)
-            retries.append(sink)
-            tasks.append(asyncio.create_task(SignalSource(signal_cfg, sink, blobs).run(stop), name="signal"))
-        try:
-            async with ControlServer(data_dir, store):
-                archive.start()  # monthly packages: catches up missed months now, then on archive.schedule
-                log.info("capture running", extra={"sources": [t.get_name() for t in tasks], "log_size": store.size})
-                try:
-                    await supervise(tasks, stop, retries)
-                finally:
-                    await archive.stop()
-        finally:
-            stop.set()
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            try:
-                note = await store.checkpoint()
-            except StorageError as exc:
-                log.error("ALERT could not seal the log at stop; the next start seals it", extra={"error": str(exc)})
-            else:
-                sealed_size = note.split("\n", 2)[1]
-                log.info("capture stopped; log sealed", extra={"log_size": store.size, "sealed_size": sealed_size})
-
-
 async def supervise(
     tasks: Iterable[asyncio.Task[Any]],
     stop: asyncio.Event,
@@ -329,35 +236,3 @@ def _reap(task: asyncio.Task[Any]) -> None:
     exc = task.exception()
     if exc is not None and not isinstance(exc, CaptureStopped):
         raise exc
-
-
-def matrix_source_config(settings: Settings, data_dir: Path, keys: KeyMaterial) -> MatrixSourceConfig:
-    m = settings.matrix
-    assert m is not None
-    return MatrixSourceConfig(
-        homeserver=m.homeserver,
-        store_dir=m.store_dir or data_dir / "matrix-store",
-        pickle_key=keys.derive("matrix-nio-store"),
-        user_id=m.user_id,
-        password_file=m.password_file,
-        access_token_file=m.access_token_file,
-        device_name=m.device_name,
-        allowed_inviters=frozenset(m.allowed_inviters),
-        rooms=frozenset(m.rooms),
-        max_media_bytes=m.max_media_bytes,
-        sync_timeout_ms=m.sync_timeout_ms,
-    )
-
-
-def signal_source_config(settings: Settings) -> SignalSourceConfig:
-    s = settings.signal
-    assert s is not None
-    return SignalSourceConfig(
-        endpoint=s.endpoint,
-        account=s.account,
-        receive_mode=s.receive_mode,
-        attachments_dir=s.attachments_dir,
-        max_media_bytes=s.max_media_bytes,
-        max_message_bytes=s.max_message_bytes,
-        max_disconnected_seconds=s.max_disconnected_seconds,
-    )

@@ -259,16 +259,16 @@ def run(config_file: ConfigOpt = None, data_dir: DataDirOpt = None, key_file: Ke
     """Run the bot: capture the configured sources until SIGTERM/SIGINT, then seal the log."""
     _require(config_file is not None, "run needs --config FILE (see config/chatarchief.example.toml)")
     settings, dd, material = _open_keys(config_file, data_dir, key_file)
+    from bridge import app as wiring
     from bridge import logs
-    from bridge.capture import disable_core_dumps, install_stop_signals, run_capture
 
-    disable_core_dumps()  # the process holds the keys and decrypted chats
+    wiring.disable_core_dumps()  # the process holds the keys and decrypted chats
     logs.setup(settings.logging.level, settings.logging.format)
 
     async def go() -> None:
         stop = asyncio.Event()
-        install_stop_signals(stop)
-        await run_capture(settings, dd, material, stop)
+        wiring.install_stop_signals(stop)
+        await wiring.run(settings, dd, material, stop)
 
     _run(go)
 
@@ -312,7 +312,7 @@ def withhold_cmd(
     config_file: ConfigOpt = None,
 ) -> None:
     """Append a decision record withholding an event from archive packages (or releasing it)."""
-    from bridge.policy import withhold
+    from bridge.withhold import withhold
 
     settings, dd, material = _open_keys(config_file, data_dir, key_file)
 
@@ -341,12 +341,13 @@ def snapshot(
     ] = False,
 ) -> None:
     """Write the sealed package (BagIt, MDTO, proofs) of a month that has ended."""
-    from bridge.archive.package import ArchiveOptions, writer_seal
+    from bridge.app import archive_options
     from bridge.archive.package import snapshot as write_snapshot
+    from bridge.archive.package import writer_seal
     from bridge.archive.range import parse_month
 
     settings, dd, material = _open_keys(config_file, data_dir, key_file)
-    options = ArchiveOptions.from_settings(settings)
+    options = archive_options(settings)
     seal = writer_seal(dd, material)  # bridge.log.writer.seal_at: the running bot signs when it holds the log
     result = _guard(
         lambda: write_snapshot(

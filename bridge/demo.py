@@ -3,7 +3,7 @@
 Starts a throwaway Synapse on 127.0.0.1 (from `.venv-synapse`, or the Python
 named by CHATARCHIEF_SYNAPSE_PYTHON), registers an archive bot and two demo
 officials, creates a fresh log, and runs the real capture pipeline (the same
-`run_capture` as `chatarchief run`, logging in token-only). The officials chat
+`bridge.app.run` as `chatarchief run`, logging in token-only). The officials chat
 in an encrypted and a plain room: text, a reply, an edit, a deletion, a
 reaction and a file. When every sent event is durable in the log, everything is
 stopped, the month so far is written as an (interim) archive package and
@@ -31,9 +31,10 @@ from rich.console import Console
 from rich.table import Table
 
 from bridge import config, logs
-from bridge.archive.package import ArchiveOptions, SnapshotResult, interim_package
+from bridge.app import archive_options
+from bridge.app import run as run_bot
+from bridge.archive.package import SnapshotResult, interim_package
 from bridge.archive.verify_package import PackageReport, verify_package
-from bridge.capture import run_capture
 from bridge.devclients import Official, make_official, ok, poll_until
 from bridge.devserver import SynapseServer
 from bridge.durable import write_exclusive
@@ -181,7 +182,7 @@ async def run_demo(workdir: Path) -> DemoResult:
         initialise(result.data_dir, material)
         write_config(result, server, bot_id, token_file, [o.user_id for o in officials])
         settings = config.load(result.config_file)
-        bot = asyncio.create_task(run_capture(settings, result.data_dir, material, stop))
+        bot = asyncio.create_task(run_bot(settings, result.data_dir, material, stop))
         await chat(officials[0], officials[1], bot_id, result.sent)
 
         def captured() -> bool:
@@ -197,7 +198,7 @@ async def run_demo(workdir: Path) -> DemoResult:
         result.report = verify_log(result.data_dir, material)
         # The month is still open: write the package of the month so far (labelled interim),
         # then check it as an archivist would, with the public key only.
-        options = ArchiveOptions.from_settings(settings)
+        options = archive_options(settings)
         result.package = interim_package(result.data_dir, material, options, settings.archive.destination)
         public = keyfile.load_public(keyfile.public_path(result.key_file))
         result.package_report = verify_package(result.package.path, public)

@@ -1,14 +1,18 @@
-"""Named durable writes (STYLE: create-exclusive, atomic-replace; always fsync).
+"""Named durable writes (STYLE: create-exclusive, atomic-replace; always fsync), the one copy every
+module uses (key file, blobs, Matrix session and state, demo config; `fsync_dir` for the archive's bags).
 
 Contract: when these return, the file's bytes and its directory entry are on
-disk (file fsynced, then the directory fsynced), so a crash leaves either the
-old file or the new one, never a half-written one, and a name once created is
-not lost.
+disk (file fsynced, then the directory fsynced), and a name once created is not
+lost.
 
 - `write_exclusive(path, data, mode)`: create a new file; raises
-  FileExistsError if the name exists (never overwrites).
+  FileExistsError if the name exists (never overwrites). It writes under the
+  final name, so a crash before it returns can leave a short file there; its
+  callers create files once (`init`), and a rerun refuses the leftover instead
+  of overwriting it.
 - `write_atomic(path, data, mode)`: replace `path` with `data` through a
-  uniquely named temp file beside it (removed again if the write fails).
+  uniquely named temp file beside it (removed again if the write fails), so a
+  crash leaves either the old file or the new one, never a half-written one.
 """
 
 from __future__ import annotations

@@ -20,31 +20,26 @@ a snapshot in progress (it is atomic either way: a crash leaves no half package)
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.date import DateTrigger
 
-from bridge.archive.logscan import LogView
 from bridge.archive.package import ArchiveOptions, SnapshotResult, package_name, snapshot
 from bridge.archive.range import Month, month_of, months, zone
-from bridge.config import Settings
 from bridge.errors import ChatarchiefError, ConfigError
 from bridge.log.keys import KeyMaterial
 from bridge.log.schema import now_ms
 from bridge.log.store import LogStore
+from bridge.log.view import LogView
 
 log = logging.getLogger(__name__)
 
 RETRY_SECONDS = 3600.0
-# Until the archive's `snapshot(..., seal=...)` lands, it seals through its own connection.
-_SNAPSHOT_TAKES_SEAL = "seal" in inspect.signature(snapshot).parameters
 
 
 def written_by_us(path: Path, name: str, key_name: str) -> bool:
@@ -98,20 +93,6 @@ class ArchiveJobs:
         self._lock = asyncio.Lock()
         self._running: set[asyncio.Task[list[SnapshotResult]]] = set()
 
-    @classmethod
-    def from_settings(
-        cls,
-        settings: Settings,
-        data_dir: Path,
-        keys: KeyMaterial,
-        store: LogStore,
-        *,
-        seal: Callable[[int], str] | None = None,
-    ) -> ArchiveJobs:
-        a = settings.archive
-        options = ArchiveOptions.from_settings(settings)
-        return cls(data_dir, keys, a.destination, options, a.schedule, store, seal=seal)
-
     def start(self) -> None:
         scheduler = AsyncIOScheduler(timezone=zone(self._options.timezone))
         scheduler.add_job(self._job, self._trigger, id="monthly-snapshot", coalesce=True, max_instances=1)
@@ -154,11 +135,7 @@ class ArchiveJobs:
         )
 
     def _snapshot(self, month: Month, out: Path) -> SnapshotResult:
-        if self._seal is not None and _SNAPSHOT_TAKES_SEAL:
-            write: Any = snapshot
-            result: SnapshotResult = write(self._data_dir, self._keys, month, out, self._options, seal=self._seal)
-            return result
-        return snapshot(self._data_dir, self._keys, month, out, self._options)
+        return snapshot(self._data_dir, self._keys, month, out, self._options, seal=self._seal)
 
     def _catch_up(self) -> tuple[list[SnapshotResult], list[str]]:
         with LogView(self._data_dir, self._keys) as view:

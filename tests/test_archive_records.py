@@ -29,7 +29,7 @@ from bridge.log import clear
 from bridge.log import keys as keyfile
 from bridge.log import store as store_module
 from bridge.log.store import CheckpointPolicy, LogStore
-from bridge.policy import withhold
+from bridge.withhold import withhold
 from tests.conftest import LogDir
 from tests.support.archive_log import OPTIONS, PNG, create_archive_log, event, ms, seal_for
 from tests.support.figures import record

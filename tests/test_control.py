@@ -1,4 +1,4 @@
-"""The control socket (bridge.control) and the writer door (bridge.log.writer), in one process.
+"""The control socket (bridge.log.control) and the writer door (bridge.log.writer), in one process.
 
 The end-to-end attack with a real `chatarchief run` is in test_control_run.py; here each rule of the
 socket is pinned on its own: who may connect, which key, which records, which frames.
@@ -13,19 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from bridge.control import MAX_FRAME, ControlClient, ControlServer, read_frame
 from bridge.errors import UsageError
 from bridge.events import canonical_bytes
 from bridge.importer import import_file
 from bridge.log import keys as keyfile
 from bridge.log import writer as writer_module
+from bridge.log.control import MAX_FRAME, ControlClient, ControlServer, read_frame
 from bridge.log.format import RecordType
 from bridge.log.lock import WriterBusy
 from bridge.log.reader import iter_decisions, iter_events
 from bridge.log.store import LogStore
 from bridge.log.verify import verify_log
 from bridge.log.writer import open_writer
-from bridge.policy import withhold
+from bridge.withhold import withhold
 from tests.conftest import LogDir, make_event
 
 SAMPLE = Path(__file__).resolve().parent.parent / "bridge" / "samples" / "sample-conversation.jsonl"

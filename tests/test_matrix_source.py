@@ -12,7 +12,7 @@ import base64
 import hashlib
 import io
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -26,41 +26,9 @@ from bridge.events import Event, Kind
 from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
 from bridge.sources.matrix_session import load_identity, load_session
 from tests.support.officials import Official, OfficialFactory, ok, poll_until, unique_name
+from tests.support.sinks import RecordingSink as MemorySink
 
 pytestmark = pytest.mark.synapse
-
-
-class MemorySink:
-    """The Sink contract in memory; `commits` keeps every call, duplicates included."""
-
-    def __init__(self) -> None:
-        self.commits: list[tuple[list[Event], str | None]] = []
-        self.cursor: str | None = None
-
-    async def commit(self, events: Sequence[Event], cursor: str | None) -> None:
-        self.commits.append((list(events), cursor))
-        if cursor is not None:  # None: a backfill page, the stored cursor stays
-            self.cursor = cursor
-
-    async def load_cursor(self) -> str | None:
-        return self.cursor
-
-    @property
-    def stream(self) -> list[Event]:
-        return [e for events, _ in self.commits for e in events]
-
-    def unique(self) -> dict[tuple[str, str, str], Event]:
-        """What the log would hold: first copy of each idempotency key."""
-        out: dict[tuple[str, str, str], Event] = {}
-        for event in self.stream:
-            out.setdefault(event.key, event)
-        return out
-
-    def in_room(self, room_id: str, kind: Kind | None = None) -> list[Event]:
-        return [e for e in self.unique().values() if e.conversation == room_id and (kind is None or e.kind == kind)]
-
-    def find(self, event_id: str) -> Event | None:
-        return next((e for e in self.unique().values() if e.event_id == event_id), None)
 
 
 class MemoryBlobs:

@@ -28,7 +28,8 @@ from bridge.log.reader import iter_decisions
 from bridge.log.schema import INIT_RECORDS as B  # a new log holds its two key records
 from bridge.log.store import LogStore
 from bridge.log.verify import verify_log
-from bridge.policy import Withheld, current_withheld, fold_decisions, withheld_for, withhold
+from bridge.policy import Withheld, fold_decisions, withheld_for
+from bridge.withhold import current_withheld, withhold
 from tests.conftest import LogDir, create_log, make_event
 
 ROOM = "!room:example.org"

@@ -12,39 +12,18 @@ import contextlib
 import copy
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from bridge.events import Event, Kind
+from bridge.events import Kind
 from bridge.sources.signal import SignalSource, SignalSourceConfig
 from tests.support.signal_daemon import ACCOUNT, SignalDaemon, fixture_names, load_fixture
+from tests.support.sinks import DedupSink as MemorySink
 
 STORED_FIXTURES = [n for n in fixture_names() if n not in ("receipt", "typing", "sync_read")]
-
-
-class MemorySink:
-    def __init__(self) -> None:
-        self.events: dict[tuple[str, str, str], Event] = {}
-        self.offered: list[Event] = []
-        self.cursor: str | None = None
-        self.commits = 0
-
-    async def commit(self, events: Sequence[Event], cursor: str | None) -> None:
-        for event in events:
-            self.offered.append(event)
-            self.events.setdefault(event.key, event)
-        if cursor is not None:
-            self.cursor = cursor
-        self.commits += 1
-
-    async def load_cursor(self) -> str | None:
-        return self.cursor
-
-    def of_kind(self, kind: Kind) -> list[Event]:
-        return [e for e in self.events.values() if e.kind is kind]
 
 
 class MemoryBlobs:

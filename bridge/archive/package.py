@@ -64,7 +64,6 @@ from bridge.archive.mdto import Organisation
 from bridge.archive.plan import Carried, Plan, Seal, carried_decisions, closing, plan, seal_notes
 from bridge.archive.render import render_package
 from bridge.blobs import BlobStore
-from bridge.config import Settings
 from bridge.errors import Check, LogIntegrityError, UsageError
 from bridge.events import Attachment, EncodingError, Event, event_from_bytes
 from bridge.log import checkpoint, crypto, format
@@ -88,12 +87,6 @@ class MissingMediaError(LogIntegrityError):
 class ArchiveOptions:
     organisation: Organisation
     timezone: str = "Europe/Amsterdam"
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> ArchiveOptions:
-        o = settings.organisation
-        org = Organisation(o.name, o.archive_creator_id, o.appraisal, o.retention_years)
-        return cls(org, settings.archive.timezone)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,9 @@
 All primitives come from `cryptography` (AES-256-GCM, HMAC-SHA256, keyed BLAKE2b from hashlib); nothing is
 hand-rolled. Nonces are random 96-bit values, never derived from the sequence
 number: a restored backup can reuse a sequence number, and a repeated
-(key, nonce) pair is fatal for GCM. With a fresh data key per rotation (monthly
-by default) each key stays far below GCM's 2^32 random-nonce message limit.
+(key, nonce) pair is fatal for GCM. Data keys change only when an operator runs
+`chatarchief rotate-key` (nothing rotates on a timer; docs/keys.md advises at
+least yearly), which keeps each key far below GCM's 2^32 random-nonce message limit.
 
 Contract: every function is pure apart from drawing random bytes; failures to
 authenticate raise `AuthError`, never return garbage.

@@ -4,20 +4,23 @@ Theory of operation
 -------------------
 One writer. `append_events` is the group commit: a batch of events (one sync
 batch, 256 import lines) becomes one transaction that inserts the new records,
-stores the source's cursor (e.g. Matrix `next_batch`) and the tree frontier, and
-maybe signs a checkpoint. The caller acknowledges upstream only after it returns,
-so a crash loses nothing (the cursor did not advance) and duplicates nothing
-(re-delivered events hit the dedup index and are counted, not stored).
+stores the source's cursor (e.g. Matrix `next_batch`), and maybe signs a
+checkpoint (whose row keeps the tree frontier at its size: the only place a
+frontier is stored; the tail after it is re-authenticated at open). The caller
+acknowledges upstream only after it returns, so a crash loses nothing (the
+cursor did not advance) and duplicates nothing (re-delivered events hit the
+dedup index and are counted, not stored).
 
 Sequence numbers are gapless and assigned in memory under the writer lock; if
 the commit fails (disk full, I/O error) the in-memory state is rolled back with
 the transaction, so the next attempt reuses the same numbers.
 
 The layout (schema, creation, key unwrapping, tags) is in `schema.py`.
-Tables: `meta` (log id, public key, KEK check, frontier), `keys` (data keys
-wrapped by the KEK), `records` (seq, dedup tag, header, commitment, ciphertext,
-leaf hash), `checkpoints` (signed notes), `cursors`, `counters`. Triggers forbid
-UPDATE and DELETE on records and checkpoints: not a security boundary (whoever
+Tables: `meta` (schema version, log id, public key, KEK check), `keys` (data keys
+wrapped by the KEK; the current one is the newest data KEY record, no pointer),
+`records` (seq, dedup tag, header, commitment, ciphertext, leaf hash),
+`checkpoints` (signed notes and the frontier at their size), `cursors`,
+`counters`. Triggers forbid UPDATE and DELETE on records and checkpoints: not a security boundary (whoever
 owns the file can drop them) but it stops accidents; `verify` is the boundary.
 """
 

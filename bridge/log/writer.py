@@ -3,7 +3,7 @@
 Contract: `async with open_writer(data_dir, keys, policy) as w` takes the data
 dir's writer lock and gives the local `LogStore` when no process holds it (as
 before); when `chatarchief run` holds it, gives a proxy that hands each call to
-that bot over its control socket (`bridge.control`), so operators never stop
+that bot over its control socket (`bridge.log.control`), so operators never stop
 capture to import, withhold, rotate a key or seal a month. Both offer the same
 narrow `Writer` API. When the lock is held by something that is not a bot (an
 import in progress), the writer is refused with `WriterBusy` naming its PID
@@ -24,9 +24,9 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
-from bridge.control import ControlClient
 from bridge.errors import UsageError
 from bridge.log import format
+from bridge.log.control import ControlClient
 from bridge.log.keys import KeyMaterial
 from bridge.log.lock import WriterBusy
 from bridge.log.store import AppendResult, CheckpointPolicy, LogStore

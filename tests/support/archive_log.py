@@ -25,7 +25,7 @@ from bridge.log import schema as schema_module
 from bridge.log import store as store_module
 from bridge.log.schema import db_path, now_ms
 from bridge.log.store import CheckpointPolicy, LogStore
-from bridge.policy import withhold
+from bridge.withhold import withhold
 from tests.conftest import LogDir, create_log
 
 AMS = ZoneInfo("Europe/Amsterdam")
