@@ -34,8 +34,8 @@ from bridge import config, logs
 from bridge.archive.package import ArchiveOptions, SnapshotResult, interim_package
 from bridge.archive.verify_package import PackageReport, verify_package
 from bridge.capture import run_capture
-from bridge.devclients import Official, make_official, ok, poll_until
-from bridge.devserver import SynapseServer
+from bridge.dev.officials import Official, make_official, ok, poll_until
+from bridge.dev.synapse import SynapseServer
 from bridge.durable import write_exclusive
 from bridge.errors import UsageError
 from bridge.events import Event, Kind

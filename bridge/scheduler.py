@@ -34,10 +34,10 @@ from apscheduler.triggers.date import DateTrigger
 from bridge.archive.logscan import LogView
 from bridge.archive.package import ArchiveOptions, SnapshotResult, package_name, snapshot
 from bridge.archive.range import Month, month_of, months, zone
+from bridge.clock import now_ms
 from bridge.config import Settings
 from bridge.errors import ChatarchiefError, ConfigError
 from bridge.log.keys import KeyMaterial
-from bridge.log.schema import now_ms
 from bridge.log.store import LogStore
 
 log = logging.getLogger(__name__)

@@ -32,10 +32,10 @@ import pytest
 from bridge.archive.package import snapshot
 from bridge.archive.range import Month
 from bridge.archive.verify_package import verify_package
-from bridge.devserver import SynapseServer
+from bridge.dev.synapse import SynapseServer
 from bridge.events import Kind
 from bridge.log import keys as keyfile
-from bridge.sources.matrix_invites import handle_invites
+from bridge.sources.matrix.invites import handle_invites
 from tests.support.archive_log import OPTIONS
 from tests.support.botrun import BotRun, chatarchief, write_config
 from tests.support.logview import LogView

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Set
 from typing import Any
 
-from bridge.sources.matrix_client import MatrixRequestError, RawKeepingClient, checked
+from bridge.sources.matrix.client import MatrixRequestError, RawKeepingClient, checked
 
 log = logging.getLogger(__name__)
 

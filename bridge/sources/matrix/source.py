@@ -10,7 +10,7 @@ Contract with the capture pipeline:
   returned, so the token is durable with (never before) its events. A crash
   replays at most one batch; the log deduplicates on (source, conversation,
   event_id).
-- Gaps are backfilled through /messages (see `matrix_backfill`): a `limited`
+- Gaps are backfilled through /messages (see `backfill`): a `limited`
   timeline from the previous token; a room seen for the first time (first run,
   or just joined) from the start of the history the bot may see. Each page is
   committed on its own with `cursor=None` (the stored cursor stays), before the
@@ -24,11 +24,11 @@ Contract with the capture pipeline:
 - Invites are accepted from `allowed_inviters` or for `rooms`, else declined;
   logs carry ids, never message content.
 - Encrypted events nio cannot decrypt are committed as `undecryptable`, their
-  keys requested, and retried when keys arrive (see `matrix_crypto`).
-- Media is fetched into `blobs` (see `matrix_media`); without `blobs` the
+  keys requested, and retried when keys arrive (see `crypto`).
+- Media is fetched into `blobs` (see `media`); without `blobs` the
   attachments stay "pending" references.
 - Events in bridged rooms carry `content["bridge"]`: the room's bridge state
-  and the sender's remote identity (see `matrix_bridges`).
+  and the sender's remote identity (see `bridges`).
 
 nio pitfalls handled here: never `sync_forever` (it acknowledges by itself);
 `store_sync_tokens=False` (nio would save the token before we commit); key
@@ -43,34 +43,35 @@ import asyncio
 import base64
 import contextlib
 import logging
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from nio import AsyncClientConfig, MegolmEvent
 
+from bridge.clock import now_ms
 from bridge.errors import SourceError
 from bridge.events import MATRIX, ConversationId, Event, EventId, Kind
 from bridge.sources import BlobSink, Sink
-from bridge.sources import matrix_crypto as crypto
-from bridge.sources.matrix_backfill import gap_pages
-from bridge.sources.matrix_bridges import BridgeTracker
-from bridge.sources.matrix_client import (
+from bridge.sources.matrix import crypto
+from bridge.sources.matrix.backfill import gap_pages
+from bridge.sources.matrix.bridges import BridgeTracker
+from bridge.sources.matrix.client import (
     MatrixLoginError,
     RawKeepingClient,
     checked,
     close_quietly,
     open_session,
 )
-from bridge.sources.matrix_events import normalise
-from bridge.sources.matrix_invites import handle_invites, join_configured
-from bridge.sources.matrix_media import MediaFetcher, fetch_attachments
-from bridge.sources.matrix_redacted import recover_original
-from bridge.sources.matrix_state import SourceState
-from bridge.sources.matrix_xsign import CrossSigningError, ensure_cross_signed
+from bridge.sources.matrix.cross_signing import CrossSigningError, ensure_cross_signed
+from bridge.sources.matrix.invites import handle_invites, join_configured
+from bridge.sources.matrix.media import MediaFetcher, fetch_attachments
+from bridge.sources.matrix.normalise import normalise
+from bridge.sources.matrix.redacted import recover_original
+from bridge.sources.matrix.state import SourceState
+from bridge.sources.outage import Backoff, Outage, gap_notice, wait
 
-__all__ = ["BlobSink", "MatrixSource", "MatrixSourceConfig", "Sink"]
+__all__ = ["MatrixSource", "MatrixSourceConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,6 @@ class _Batch:
     late: list[str]
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class MatrixSource:
     """One bot account on one homeserver (see module docstring)."""
 
@@ -126,14 +123,14 @@ class MatrixSource:
         #: Set once the first sync batch is committed (tests and health checks wait on it).
         self.synced = asyncio.Event()
         self._commits = 0
-        #: (start ms, reason) of an outage not yet recorded in the log.
-        self._outage: tuple[int, str] | None = None
+        #: An outage not yet recorded in the log.
+        self._outage: Outage | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Capture until `stop` is set (see module docstring for what propagates)."""
-        backoff = self.cfg.backoff_initial
+        backoff = Backoff(self.cfg.backoff_initial, self.cfg.backoff_max)
         while not stop.is_set():
             commits_before = self._commits
             try:
@@ -142,15 +139,15 @@ class MatrixSource:
                 raise
             except SourceError as exc:
                 if self._commits > commits_before:
-                    backoff = self.cfg.backoff_initial  # it worked for a while: a fresh outage
+                    backoff.reset()  # it worked for a while: a fresh outage
                 if self._outage is None:
-                    self._outage = (_now_ms(), str(exc))
+                    self._outage = Outage(now_ms(), str(exc))
                     log.warning("matrix homeserver unreachable; capture waits and reconnects", extra={
                         "homeserver": self.cfg.homeserver, "reason": str(exc)})  # fmt: skip
-                log.warning("matrix source: %s; retrying in %.1fs", exc, backoff)
-                if await _wait(stop, backoff):
+                delay = backoff.next()
+                log.warning("matrix source: %s; retrying in %.1fs", exc, delay)
+                if await wait(stop, delay):
                     return
-                backoff = min(backoff * 2, self.cfg.backoff_max)
                 continue
             return
 
@@ -273,7 +270,7 @@ class MatrixSource:
         if self._state.pending and (body.get("to_device") or {}).get("events"):
             self._collect_late(client, batch)
         if self._outage is not None:
-            batch.events.append(self._gap_notice(*self._outage))
+            batch.events.append(self._gap_notice(self._outage))
         await self._commit(client, batch, response.next_batch)
         self._outage = None
         self.synced.set()
@@ -360,17 +357,17 @@ class MatrixSource:
             return normalise(
                 crypto.merge_decrypted(raw, plain),
                 room_id=room_id,
-                received_at=_now_ms(),
+                received_at=now_ms(),
                 decryption=crypto.evidence(client, {**raw, "room_id": room_id}, plain),
             )
-        return normalise(raw, room_id=room_id, received_at=_now_ms())
+        return normalise(raw, room_id=room_id, received_at=now_ms())
 
     def _collect_late(self, client: RawKeepingClient, batch: _Batch) -> None:
         for event_id, room_id, merged, proof, _ in crypto.late_decryptions(client, self._state.pending):
             event = normalise(
                 merged,
                 room_id=room_id,
-                received_at=_now_ms(),
+                received_at=now_ms(),
                 decryption={**proof, "late": True, "first_record": event_id},
             )
             batch.events.append(
@@ -389,26 +386,12 @@ class MatrixSource:
         fetcher = MediaFetcher(client.client_session, self.cfg.homeserver, client.access_token)
         return [await fetch_attachments(fetcher, e, self.blobs, self.cfg.max_media_bytes) for e in events]
 
-    def _gap_notice(self, start_ms: int, reason: str) -> Event:
+    def _gap_notice(self, outage: Outage) -> Event:
         """The record of an outage, committed with the first sync batch after it."""
-        end = _now_ms()
-        log.warning("matrix homeserver reachable again; outage recorded", extra={"gap_ms": end - start_ms})
-        return Event(
-            source=MATRIX,
-            conversation=ConversationId(f"notice:matrix:{self.cfg.user_id or self.cfg.homeserver}"),
-            event_id=EventId(f"gap:{start_ms}-{end}"),
-            kind=Kind.NOTICE,
-            sender=None,
-            sent_at=end,
-            received_at=end,
-            content={
-                "notice": "capture_gap",
-                "gap_start_ms": start_ms,
-                "gap_end_ms": end,
-                "reason": reason,
-                "homeserver": self.cfg.homeserver,
-            },
-        )
+        end = now_ms()
+        log.warning("matrix homeserver reachable again; outage recorded", extra={"gap_ms": end - outage.start_ms})
+        conversation = ConversationId(f"notice:matrix:{self.cfg.user_id or self.cfg.homeserver}")
+        return gap_notice(MATRIX, conversation, outage, end, {"homeserver": self.cfg.homeserver})
 
     def _after_commit(self, batch: _Batch) -> None:
         for room_id in batch.backfilled:
@@ -419,10 +402,3 @@ class MatrixSource:
         for event_id in batch.late:
             self._state.drop_pending(event_id)
         self._state.save()
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to `seconds`; True if `stop` was set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()
