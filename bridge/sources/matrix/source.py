@@ -17,8 +17,8 @@ Contract with the capture pipeline:
   sync batch's final commit: memory stays bounded by the page size.
 - An outage (homeserver unreachable or refusing, at start-up or mid-stream)
   is logged when it starts and becomes one Kind.NOTICE event (`content.notice
-  = "capture_gap"`, `gap_start_ms`, `gap_end_ms`, `reason`) committed with the
-  first sync batch after it. Nothing is lost meanwhile (the homeserver keeps
+  = "capture_gap"`, built by `sources.outage.gap_notice`, plus `homeserver`)
+  committed with the first sync batch after it. Nothing is lost meanwhile (the homeserver keeps
   the history; the cursor and backfill pick it up): the notice is the record
   that capture was late, not that it missed events.
 - Invites are accepted from `allowed_inviters` or for `rooms`, else declined;

@@ -21,8 +21,8 @@ Contract with the capture pipeline:
   start of an outage the bot itself was down for; `sse` is sent as
   `Last-Event-ID` so signal-cli's HTTP endpoint replays what it still holds.
 - Every outage becomes a Kind.NOTICE event (`content.notice =
-  "capture_gap"`, `gap_start_ms`, `gap_end_ms`, `reason`) committed on
-  reconnect; an outage longer than `max_disconnected_seconds` logs an ALERT.
+  "capture_gap"`, built by `sources.outage.gap_notice`, plus `endpoint` and
+  `receive_mode`) committed on reconnect; an outage longer than `max_disconnected_seconds` logs an ALERT.
 - Receipts and typing notifications are counted (`self.counts`), not stored;
   a view-once message gets a compliance ALERT once durable (capture.report_compliance_alerts). Logs carry ids and
   counts only, never message content.
