@@ -68,15 +68,15 @@ _Parts = tuple[Kind, JSONDict, str | None, tuple[Attachment, ...]]
 
 
 def normalise(
-    raw: Mapping[str, Any] | bytes | str,
+    raw: object,
     *,
     room_id: str | None = None,
     received_at: int,
     decryption: Mapping[str, Any] | None = None,
 ) -> Event:
-    """One Matrix client-server event (dict, or its JSON text) as an `Event`; never raises.
+    """One Matrix client-server event (dict, or its JSON text; anything else is kept as unknown) as an `Event`.
 
-    `room_id` is used when the event has none (sync timelines omit it).
+    Never raises. `room_id` is used when the event has none (sync timelines omit it).
     `decryption` is the live source's evidence for a decrypted event (session
     id, sender key, device, verified...); it is stored as `content["encryption"]`.
     """

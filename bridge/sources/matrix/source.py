@@ -30,6 +30,10 @@ Contract with the capture pipeline:
 - Events in bridged rooms carry `content["bridge"]`: the room's bridge state
   and the sender's remote identity (see `bridges`).
 
+What a sync batch stores, backfills, accepts and skips is decided by the pure
+`planner.plan` (unit-tested without a homeserver); this module carries the
+plan out on nio.
+
 nio pitfalls handled here: never `sync_forever` (it acknowledges by itself);
 `store_sync_tokens=False` (nio would save the token before we commit); key
 upload/query/claim and to-device sending run between syncs by hand; nio's
@@ -43,6 +47,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -67,6 +72,7 @@ from bridge.sources.matrix.cross_signing import CrossSigningError, ensure_cross_
 from bridge.sources.matrix.invites import handle_invites, join_configured
 from bridge.sources.matrix.media import MediaFetcher, fetch_attachments
 from bridge.sources.matrix.normalise import normalise
+from bridge.sources.matrix.planner import Backfill, RoomPlan, Rules, SyncState, plan
 from bridge.sources.matrix.redacted import recover_original
 from bridge.sources.matrix.state import SourceState
 from bridge.sources.outage import Backoff, Outage, gap_notice, wait
@@ -258,16 +264,14 @@ class MatrixSource:
         body: dict[str, Any] | None = getattr(response, "raw_body", None)
         if body is None:  # never advance the cursor over events we did not read
             raise SourceError("sync response without its raw body (nio changed create_matrix_response?)")
-        rooms = body.get("rooms") or {}
-        await handle_invites(client, rooms.get("invite") or {}, self.cfg.allowed_inviters, self.cfg.rooms)
+        rules = Rules(client.user_id, self.cfg.allowed_inviters, self.cfg.rooms)
+        todo = plan(body, SyncState(cursor, self._state.backfilled, bool(self._state.pending)), rules)
+        await handle_invites(client, todo.invites)
         batch = _Batch([], [], [], [])
-        for room_id, room in (rooms.get("join") or {}).items():
-            await self._collect_room(client, batch, room_id, room, response.rooms.join.get(room_id), cursor, True)
-        for room_id, room in (rooms.get("leave") or {}).items():
-            if room_id not in self._state.backfilled:
-                continue  # a declined invite: no conversation of ours, nothing to archive
-            await self._collect_room(client, batch, room_id, room, response.rooms.leave.get(room_id), cursor, False)
-        if self._state.pending and (body.get("to_device") or {}).get("events"):
+        for room in todo.rooms:
+            nio_rooms = response.rooms.join if room.joined else response.rooms.leave
+            await self._collect_room(client, batch, room, nio_rooms.get(room.room_id))
+        if todo.retry_late:
             self._collect_late(client, batch)
         if self._outage is not None:
             batch.events.append(self._gap_notice(self._outage))
@@ -285,63 +289,45 @@ class MatrixSource:
         self._after_commit(batch)
         await crypto.request_keys(client, batch.undecrypted)
 
-    async def _collect_room(
-        self,
-        client: RawKeepingClient,
-        batch: _Batch,
-        room_id: str,
-        room: dict[str, Any],
-        nio_room: Any,
-        cursor: str | None,
-        joined: bool,
-    ) -> None:
-        timeline = room.get("timeline") or {}
+    async def _collect_room(self, client: RawKeepingClient, batch: _Batch, room: RoomPlan, nio_room: Any) -> None:
+        """Carry out one room's plan: learn bridge state, backfill, then queue the events to store."""
         nio_events = list(nio_room.timeline.events) if nio_room is not None else []
         decrypted = crypto.decrypted_by_id(nio_events)
         undecrypted = crypto.undecrypted_by_id(nio_events)
-        prev_batch = timeline.get("prev_batch")
-        self._bridges.learn_state(room_id, (room.get("state") or {}).get("events") or [])
-        if not joined:
-            pass  # a room we left: take what the sync gives, /messages may be forbidden now
-        elif room_id not in self._state.backfilled:
-            await self._backfill(client, room_id, None, prev_batch)
-            batch.backfilled.append(room_id)
-        elif timeline.get("limited") and cursor is not None:
-            await self._backfill(client, room_id, cursor, prev_batch)
-        # The state section matters only the first time (state before the visible
-        # history: name, encryption, retention, m.bridge). Later, backfill covers
-        # every gap, and the full-state sync after a restart would only repeat it.
-        state = ((room.get("state") or {}).get("events") or []) if room_id in batch.backfilled else []
-        self._add_events(client, batch, room_id, [*state, *(timeline.get("events") or [])], decrypted, undecrypted)
+        self._bridges.learn_state(room.room_id, list(room.learn))
+        if room.backfill is not None:
+            await self._backfill(client, room.room_id, room.backfill)
+        if room.mark_backfilled:
+            batch.backfilled.append(room.room_id)
+        self._add_events(client, batch, room.room_id, room.store, decrypted, undecrypted)
 
     def _add_events(
         self,
         client: RawKeepingClient,
         batch: _Batch,
         room_id: str,
-        raws: list[dict[str, Any]],
+        raws: Sequence[object],
         decrypted: dict[str, Any],
         undecrypted: dict[str, MegolmEvent],
     ) -> None:
         """Normalise `raws` into `batch` (once per event id), noting what did not decrypt."""
         seen: set[str] = set()
         for raw in raws:
-            event_id = raw.get("event_id")
+            event_id = raw.get("event_id") if isinstance(raw, dict) else None
             if isinstance(event_id, str):
                 if event_id in seen:
                     continue
                 seen.add(event_id)
-            self._bridges.learn(room_id, raw)
+            if isinstance(raw, dict):
+                self._bridges.learn(room_id, raw)
             batch.events.append(self._bridges.annotate(self._normalise(client, room_id, raw, decrypted)))
             if isinstance(event_id, str) and event_id in undecrypted and event_id not in decrypted:
                 batch.undecrypted.append(undecrypted[event_id])
 
-    async def _backfill(self, client: RawKeepingClient, room_id: str, since: str | None, until: str | None) -> None:
-        """Commit the gap before `until` page by page, oldest first, leaving the cursor alone."""
-        if not until:
-            return
+    async def _backfill(self, client: RawKeepingClient, room_id: str, gap: Backfill) -> None:
+        """Commit the gap before `gap.until` page by page, oldest first, leaving the cursor alone."""
         total = 0
-        async for page in gap_pages(client, room_id, since, until, self.cfg.backfill_page):
+        async for page in gap_pages(client, room_id, gap.since, gap.until, self.cfg.backfill_page):
             batch = _Batch([], [], [], [])
             self._add_events(client, batch, room_id, page.events, page.decrypted, page.undecrypted)
             await self._commit(client, batch, None)
@@ -349,8 +335,10 @@ class MatrixSource:
         log.info("backfilled %d events in %s", total, room_id)
 
     def _normalise(
-        self, client: RawKeepingClient, room_id: str, raw: dict[str, Any], decrypted: dict[str, Any]
+        self, client: RawKeepingClient, room_id: str, raw: object, decrypted: dict[str, Any]
     ) -> Event:
+        if not isinstance(raw, dict):
+            return normalise(raw, room_id=room_id, received_at=now_ms())
         event_id = raw.get("event_id")
         if raw.get("type") == crypto.ENCRYPTED_TYPE and event_id in decrypted:
             plain = decrypted[event_id]
