@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.durable import write_atomic
-from bridge.errors import LogIntegrityError, StorageError
+from bridge.errors import Check, LogIntegrityError, StorageError
 from bridge.log import crypto
 
 MAGIC = b"CAB1"
@@ -86,17 +86,22 @@ class BlobStore:
         """Decrypt a blob; raises LogIntegrityError if it is altered or not the content its id names."""
         raw = self.path(blob_id).read_bytes()
         if len(raw) < _PREFIX.size:
-            raise LogIntegrityError(None, f"blob {blob_id} is truncated")
+            raise LogIntegrityError(
+                None, f"blob {blob_id} is truncated", f">= {_PREFIX.size} bytes", f"{len(raw)} bytes", check=Check.BLOB
+            )
         magic, key_id, nonce = _PREFIX.unpack_from(raw)
         key = self._keys.data_keys.get(key_id)
         if magic != MAGIC or key is None:
-            raise LogIntegrityError(None, f"blob {blob_id} has an unknown format or key")
+            raise LogIntegrityError(None, f"blob {blob_id} has an unknown format or key", check=Check.BLOB)
         try:
             data = crypto.open_sealed(key, nonce, raw[_PREFIX.size :], self._ad(blob_id, key_id))
         except crypto.AuthError:
-            raise LogIntegrityError(None, f"blob {blob_id} does not authenticate") from None
-        if not crypto.hmac_equal(bytes.fromhex(blob_id), bytes.fromhex(self.blob_id(hashlib.sha256(data).hexdigest()))):
-            raise LogIntegrityError(None, f"blob {blob_id} holds other content than its id names")
+            raise LogIntegrityError(None, f"blob {blob_id} does not authenticate", check=Check.BLOB) from None
+        named = self.blob_id(hashlib.sha256(data).hexdigest())
+        if not crypto.hmac_equal(bytes.fromhex(blob_id), bytes.fromhex(named)):
+            raise LogIntegrityError(
+                None, f"blob {blob_id} holds other content than its id names", blob_id, named, check=Check.BLOB
+            )
         return data
 
     def _ad(self, blob_id: str, key_id: int) -> bytes:

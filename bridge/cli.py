@@ -10,6 +10,7 @@ CHATARCHIEF_DEBUG=1 to see one for an unexpected internal error.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 from collections.abc import Callable, Coroutine
@@ -44,6 +45,9 @@ T = TypeVar("T")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file (flags override it).")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Directory holding the log.")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print the report (or the failure: check, record, evidence) as JSON on stdout.")
+]
 KeyFileOpt = Annotated[Path | None, typer.Option("--key-file", help="Key file (kept outside the data dir).")]
 
 
@@ -53,11 +57,18 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _guard(fn: Callable[[], T]) -> T:
-    """Turn our errors into one line and an exit code; never a traceback."""
+def _guard(fn: Callable[[], T], *, as_json: bool = False) -> T:
+    """Turn our errors into one line and an exit code; never a traceback.
+
+    The one place the CLI handles errors: commands call through it and never catch
+    on their own. With `as_json`, an integrity failure is also printed on stdout as
+    a JSON object (`LogIntegrityError.to_json`: the check, record, reason and evidence).
+    """
     try:
         return fn()
     except LogIntegrityError as exc:
+        if as_json:
+            _print_json(exc.to_json())
         err.print(f"[bold red]TAMPERED:[/] {exc}", markup=True, soft_wrap=True)
         raise typer.Exit(1) from None
     except UsageError as exc:
@@ -72,6 +83,20 @@ def _guard(fn: Callable[[], T]) -> T:
         _fail(f"{exc.filename or ''} {exc.strerror or exc}".strip(), 1)
 
 
+def _require(condition: bool, message: str) -> None:
+    """A usage error a command finds itself goes through `_guard` like every other."""
+
+    def check() -> None:
+        if not condition:
+            raise UsageError(message)
+
+    _guard(check)
+
+
+def _print_json(value: dict[str, object]) -> None:
+    typer.echo(json.dumps(value, sort_keys=True))
+
+
 def _run(coro: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return _guard(lambda: asyncio.run(coro()))
 
@@ -83,11 +108,14 @@ def _settings(path: Path | None) -> config.Settings:
 def _paths(
     settings: config.Settings, data_dir: Path | None, key_file: Path | None, need_key: bool = True
 ) -> tuple[Path, Path | None]:
-    dd = data_dir or settings.storage.data_dir
-    kf = key_file or settings.storage.key_file
-    if need_key and kf is None:
-        _fail("a key file is needed: pass --key-file PATH or set storage.key_file in the config", 2)
-    return dd, kf
+    def resolve() -> tuple[Path, Path | None]:
+        dd = data_dir or settings.storage.data_dir
+        kf = key_file or settings.storage.key_file
+        if need_key and kf is None:
+            raise UsageError("a key file is needed: pass --key-file PATH or set storage.key_file in the config")
+        return dd, kf
+
+    return _guard(resolve)
 
 
 def _load_keys(key_file: Path, data_dir: Path) -> KeyMaterial:
@@ -154,8 +182,7 @@ def import_cmd(
 ) -> None:
     """Append events from a file; bad lines are kept as `unknown`. Ends with a signed checkpoint."""
     settings, dd, material = _open_keys(config_file, data_dir, key_file)
-    if not file.is_file():
-        _fail(f"{file} is not a readable file", 2)
+    _require(file.is_file(), f"{file} is not a readable file")
     total = file.stat().st_size
 
     async def go() -> tuple[Any, int | None]:
@@ -193,6 +220,7 @@ def verify(
         ),
     ] = False,
     config_file: ConfigOpt = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Check integrity, order and checkpoints (with --key-file: decrypt and check every record too).
 
@@ -203,7 +231,12 @@ def verify(
     material = _load_keys(kf, dd) if kf is not None else None
     pub = _guard(lambda: keyfile.load_public(public_key)) if public_key is not None else None
     anchors = [_guard(partial(Path.read_text, p, "utf-8")) for p in pinned or []]
-    report = _guard(lambda: verify_log(dd, material, pub, anchors=anchors, allow_unsealed=allow_unsealed))
+    report = _guard(
+        lambda: verify_log(dd, material, pub, anchors=anchors, allow_unsealed=allow_unsealed), as_json=as_json
+    )
+    if as_json:
+        _print_json(report.to_json())
+        return
     out.print(f"[green]intact[/]: {report.records} records, {report.checkpoints} signed checkpoints")
     out.print(f"root {report.root.hex()} signed by {report.signer}")
     if report.decrypted is not None:
@@ -224,8 +257,7 @@ def verify(
 @app.command()
 def run(config_file: ConfigOpt = None, data_dir: DataDirOpt = None, key_file: KeyFileOpt = None) -> None:
     """Run the bot: capture the configured sources until SIGTERM/SIGINT, then seal the log."""
-    if config_file is None:
-        _fail("run needs --config FILE (see config/chatarchief.example.toml)", 2)
+    _require(config_file is not None, "run needs --config FILE (see config/chatarchief.example.toml)")
     settings, dd, material = _open_keys(config_file, data_dir, key_file)
     from bridge import logs
     from bridge.capture import disable_core_dumps, install_stop_signals, run_capture
@@ -334,12 +366,16 @@ def verify_package_cmd(
     previous: Annotated[
         Path | None, typer.Option("--previous", help="The previous month's package, to check the chain.")
     ] = None,
+    as_json: JsonOpt = False,
 ) -> None:
     """Check a package with only its public key. Exit 0 intact, 1 not (naming what failed), 2 usage."""
     from bridge.archive.verify_package import verify_package
 
     pub = _guard(lambda: keyfile.load_public(public_key))
-    report = _guard(lambda: verify_package(path, pub, previous))
+    report = _guard(lambda: verify_package(path, pub, previous), as_json=as_json)
+    if as_json:
+        _print_json(report.to_json())
+        return
     out.print(
         f"[green]intact[/]: {report.month} ({report.status}), records {report.start}..{report.end - 1}"
         f" in {report.record_files} record files, {report.media_files} media, {report.mdto_files} MDTO files valid"

@@ -42,7 +42,7 @@ from typing import Any, Self
 
 import orjson
 
-from bridge.errors import ChatarchiefError, LogIntegrityError, StorageError, UsageError
+from bridge.errors import ChatarchiefError, Check, LogIntegrityError, StorageError, UsageError
 from bridge.log.format import RecordType
 from bridge.log.keys import KeyMaterial
 from bridge.log.store import AppendResult, LogStore
@@ -127,9 +127,9 @@ def peer_uid(sock: socket.socket) -> int:
     return int(uid)
 
 
-def _error(exc: BaseException) -> dict[str, str]:
+def _error(exc: BaseException) -> dict[str, object]:
     if isinstance(exc, LogIntegrityError):
-        return {"kind": "integrity", "message": str(exc)}
+        return {"kind": "integrity", **exc.to_json(), "message": str(exc)}
     if isinstance(exc, UsageError):
         return {"kind": "usage", "message": str(exc)}
     if isinstance(exc, ChatarchiefError):
@@ -141,10 +141,27 @@ def _raise(error: Any) -> None:
     kind = error.get("kind") if isinstance(error, dict) else None
     message = str(error.get("message", "")) if isinstance(error, dict) else str(error)
     if kind == "integrity":
-        raise LogIntegrityError(None, message)
+        raise _integrity(error)
     if kind == "usage":
         raise UsageError(message)
     raise StorageError(f"the running bot could not do it: {message}")
+
+
+def _integrity(error: dict[str, Any]) -> LogIntegrityError:
+    """The bot's integrity error rebuilt with its check and evidence (an older bot sends only a message)."""
+
+    def text(key: str) -> str | None:
+        v = error.get(key)
+        return v if isinstance(v, str) else None
+
+    try:
+        check = Check(str(error.get("check")))
+    except ValueError:
+        check = Check.UNSPECIFIED
+    seq = error.get("seq")
+    seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+    reason = text("reason") or str(error.get("message", ""))
+    return LogIntegrityError(seq, reason, text("expected"), text("found"), check=check)
 
 
 # -- server (inside `run`) -----------------------------------------------------------
@@ -309,8 +326,6 @@ class ControlServer:
 async def _append(store: LogStore, entries: list[Entry]) -> dict[str, Any]:
     result = await store.append_records(entries)
     return {"appended": result.appended, "duplicates": result.duplicates, "seqs": list(result.seqs)}
-
-
 
 
 # -- client (the other commands) ----------------------------------------------------

@@ -20,6 +20,8 @@ from typing import Any, NewType
 
 import orjson
 
+from bridge.errors import DataError
+
 SourceName = NewType("SourceName", str)
 ConversationId = NewType("ConversationId", str)
 EventId = NewType("EventId", str)
@@ -52,7 +54,7 @@ class Kind(enum.StrEnum):
     NOTICE = "notice"
 
 
-class EncodingError(ValueError):
+class EncodingError(DataError, ValueError):
     """Bytes that are not a canonical event encoding (local bug or tampering)."""
 
 

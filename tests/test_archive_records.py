@@ -32,6 +32,7 @@ from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.policy import withhold
 from tests.conftest import LogDir
 from tests.support.archive_log import OPTIONS, PNG, create_archive_log, event, ms, seal_for
+from tests.support.figures import record
 from tests.test_archive_forgery import rebag
 
 runner = CliRunner()
@@ -215,4 +216,5 @@ def test_a_400_mib_line_is_refused_with_flat_memory(tmp_path: Path, monkeypatch:
     assert done.returncode == 1, done.stderr + done.stdout
     assert f"longer than the limit of {MAX_LINE_BYTES} bytes" in " ".join(done.stderr.split())
     peak_kib = int(done.stdout.split("RSS")[1])
+    record("verify_package_400mib_line", peak_rss_kib=peak_kib, line_limit_bytes=MAX_LINE_BYTES)
     assert peak_kib < 300 * 1024, peak_kib  # well under the 400 MiB line (1.3 GB before the cap)

@@ -8,6 +8,7 @@ log-level checks (leaves, checkpoints, chain) must catch it on their own.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from collections.abc import Callable
@@ -127,6 +128,26 @@ def test_changed_media_file_is_caught(packages: tuple[LogDir, Path, Path], tmp_p
     rebag(pkg)
     code, out = verify(log, pkg)
     assert code == 1 and "media file" in out and "altered" in out
+
+
+def test_verify_package_json_names_the_check(packages: tuple[LogDir, Path, Path], tmp_path: Path) -> None:
+    """verify-package --json prints the report when intact; a replaced image (manifests rewritten) exits 1 with
+    check package_media, the record and both SHA-256 digests as a JSON object on stdout."""
+    log, jan, _ = packages
+    pub = keyfile.public_path(log.key_file)
+    ok = runner.invoke(app, ["verify-package", str(jan), "--public-key", str(pub), "--json"])
+    report = json.loads(ok.stdout)
+    assert ok.exit_code == 0 and report["intact"] is True and report["month"] == "2024-01"
+    pkg = copy(jan, tmp_path)
+    media = next((pkg / "data").rglob("media/8-*.png"))
+    media.write_bytes(b"\x89PNG other picture")
+    rebag(pkg)
+    bad = runner.invoke(app, ["verify-package", str(pkg), "--public-key", str(pub), "--json"])
+    failure = json.loads(bad.stdout)
+    assert bad.exit_code == 1 and "altered" in bad.stderr
+    assert failure["intact"] is False and failure["check"] == "package_media" and failure["seq"] == 8
+    assert failure["found"] == hashlib.sha256(b"\x89PNG other picture").hexdigest()
+    assert failure["expected"] != failure["found"] and len(failure["expected"]) == 64
 
 
 def test_edited_leaves_are_caught(packages: tuple[LogDir, Path, Path], tmp_path: Path) -> None:

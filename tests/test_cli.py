@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -91,6 +92,33 @@ def test_verify_intact_then_tampered(initialised: tuple[Path, Path]) -> None:
     conn.close()
     code, _, stderr = cli("verify", "--data-dir", data)
     assert code == 1 and "record 6" in stderr
+
+
+def test_verify_json_reports_the_check_and_its_evidence(initialised: tuple[Path, Path]) -> None:
+    """verify --json prints the report on success; on a changed leaf it exits 1 with the failed check, the
+    record and both hashes as one JSON object on stdout, and stderr keeps its one line."""
+    data, key = initialised
+    cli("import", "--data-dir", data, "--key-file", key, SAMPLE)
+    code, stdout, _ = cli("verify", "--data-dir", data, "--key-file", key, "--json")
+    report = json.loads(stdout)
+    assert code == 0 and report["intact"] is True and report["records"] == report["sealed_size"] > 0
+    assert report["decrypted"] == report["records"] and len(report["root"]) == 64
+    conn = sqlite3.connect(data / "log.sqlite3", isolation_level=None)
+    conn.execute("DROP TRIGGER records_no_update")
+    stored = bytes(conn.execute("SELECT leaf FROM records WHERE seq = 4").fetchone()[0])
+    conn.execute("UPDATE records SET leaf = ? WHERE seq = 4", (bytes(32),))
+    conn.close()
+    code, stdout, stderr = cli("verify", "--data-dir", data, "--json")
+    failure = json.loads(stdout)
+    assert code == 1 and len(stderr.strip().splitlines()) == 1 and "record 4" in stderr
+    assert failure == {
+        "intact": False,
+        "check": "leaf",
+        "seq": 4,
+        "reason": "stored bytes do not match the record's leaf hash",
+        "expected": bytes(32).hex(),
+        "found": stored.hex(),
+    }
 
 
 def test_verify_with_wrong_key_is_exit_2_without_traceback(initialised: tuple[Path, Path], tmp_path: Path) -> None:

@@ -219,7 +219,7 @@ def test_random_record_level_edits_are_all_detected(pristine: tuple[LogDir, byte
 def test_random_byte_corruptions_of_packages_are_detected(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """300 single-byte changes at random offsets across every file of two monthly packages (events,
     transcripts, media, MDTO XML, proof folder, BagIt tag files), each on the pristine package:
-    `verify_package` rejects every one."""
+    `verify_package` rejects every one with an integrity or usage error, never a crash."""
     log = create_log(tmp_path)
     january_february(log, monkeypatch)
     monkeypatch.undo()
@@ -234,6 +234,7 @@ def test_random_byte_corruptions_of_packages_are_detected(tmp_path: Path, monkey
     outcomes: Counter[str] = Counter()
     by_file: Counter[str] = Counter()
     missed: list[tuple[str, int]] = []
+    crashed: list[tuple[str, int, str]] = []
     for _ in range(PACKAGE_TRIALS):
         (target,) = rng.choices(files, weights=[max(s, 64) for s in sizes])  # small tag files still get hit
         original = target.read_bytes()
@@ -250,8 +251,9 @@ def test_random_byte_corruptions_of_packages_are_detected(tmp_path: Path, monkey
             missed.append((str(target.relative_to(pkg)), at))
         except (LogIntegrityError, UsageError):
             outcome = "detected"
-        except Exception as exc:  # rejected, but by a crash instead of one clear line: counted apart
+        except Exception as exc:  # rejected, but by a crash instead of one clear line: a bug
             outcome = f"crashed:{type(exc).__name__}"
+            crashed.append((str(target.relative_to(pkg)), at, repr(exc)[:200]))
         finally:
             target.write_bytes(original)
         outcomes[outcome] += 1
@@ -259,6 +261,7 @@ def test_random_byte_corruptions_of_packages_are_detected(tmp_path: Path, monkey
     record("tamper_packages", seed=SEED + 2, trials=PACKAGE_TRIALS, files=len(files), **outcomes,
            files_hit=len(by_file))  # fmt: skip
     assert missed == [], missed[:10]
+    assert crashed == [], crashed[:10]
 
 
 def test_package_with_a_non_utf8_manifest_is_rejected_with_a_clear_error(

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.errors import KeyFileError, LogIntegrityError
+from bridge.errors import Check, KeyFileError, LogIntegrityError
 from bridge.log import keys as keyfile
 from bridge.log.schema import INIT_RECORDS as B  # a new log holds its two key records
 from bridge.log.verify import verify_log
@@ -69,7 +69,8 @@ def test_altered_record_with_recomputed_leaf_is_caught_by_the_chain(filled_log: 
     conn.execute("UPDATE records SET body = ?, leaf = ? WHERE seq = 20", (body, leaf_of(header, commit, body)))
     conn.close()
     err = expect_tampered(filled_log, 20)
-    assert "chain" in err.reason
+    assert "chain" in err.reason and err.check == Check.CHAIN
+    assert err.expected is not None and err.found is not None and err.expected != err.found  # both leaf hashes
 
 
 def test_altered_last_record_with_recomputed_leaf_fails_the_checkpoint(filled_log: LogDir) -> None:
@@ -83,7 +84,8 @@ def test_altered_last_record_with_recomputed_leaf_fails_the_checkpoint(filled_lo
     conn.execute("UPDATE records SET body = ?, leaf = ? WHERE seq = ?", (body, leaf_of(header, commit, body), last))
     conn.close()
     err = expect_tampered(filled_log, last)
-    assert "checkpoint" in err.reason
+    assert "checkpoint" in err.reason and err.check == Check.CHECKPOINT_ROOT
+    assert len(err.expected or "") == len(err.found or "") == 64  # the signed root and the recomputed one
 
 
 def test_deleted_row_is_named(filled_log: LogDir) -> None:
@@ -92,7 +94,8 @@ def test_deleted_row_is_named(filled_log: LogDir) -> None:
     conn.execute("DELETE FROM records WHERE seq = 12")
     conn.close()
     err = expect_tampered(filled_log, 12)
-    assert "missing" in err.reason
+    assert "missing" in err.reason and err.check == Check.MISSING_RECORD
+    assert (err.expected, err.found) == ("12", "13")
 
 
 def test_swapped_rows_are_named(filled_log: LogDir) -> None:
@@ -107,7 +110,8 @@ def test_swapped_rows_are_named(filled_log: LogDir) -> None:
         )
     conn.close()
     err = expect_tampered(filled_log, 5)
-    assert "out of place" in err.reason
+    assert "out of place" in err.reason and err.check == Check.POSITION
+    assert (err.expected, err.found) == ("5", "30")
 
 
 def test_renumbered_rows_are_caught(filled_log: LogDir) -> None:
@@ -126,7 +130,7 @@ def test_truncated_log_is_caught(filled_log: LogDir) -> None:
     conn.execute("DELETE FROM records WHERE seq >= 45")
     conn.close()
     err = expect_tampered(filled_log, 45)
-    assert "truncated" in err.reason
+    assert "truncated" in err.reason and err.check == Check.TRUNCATED
 
 
 def test_truncation_with_checkpoints_removed_needs_an_outside_checkpoint(filled_log: LogDir) -> None:
@@ -178,7 +182,7 @@ def test_altered_checkpoint_signature_is_named(filled_log: LogDir) -> None:
     conn.execute("UPDATE checkpoints SET note = ? WHERE size = 32", (f"{body}\n{prefix} {sig}\n",))
     conn.close()
     err = expect_tampered(filled_log, 32)
-    assert "checkpoint" in err.reason
+    assert "checkpoint" in err.reason and err.check == Check.CHECKPOINT_SIGNATURE
 
 
 def test_altered_checkpoint_tree_size_is_named(filled_log: LogDir) -> None:
@@ -289,4 +293,4 @@ async def test_altered_cursor_is_refused_and_caught(empty_log: LogDir) -> None:
         with pytest.raises(LogIntegrityError, match="cursor"):
             await store.get_cursor("matrix:@bot:x")
     err = expect_tampered(empty_log, None, with_key=True)
-    assert "cursor" in err.reason
+    assert "cursor" in err.reason and err.check == Check.CURSOR

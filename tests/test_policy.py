@@ -7,13 +7,13 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from bridge.cli import app
 from bridge.errors import LogIntegrityError, UsageError
-from bridge.events import MATRIX, ConversationId, Event, EventId, Kind, SenderId
+from bridge.events import MATRIX, ConversationId, EncodingError, Event, EventId, Kind, SenderId
 from bridge.log import format
 from bridge.log.decision import (
     DECISION_SOURCE,
@@ -96,12 +96,15 @@ def test_malformed_payloads_are_refused(payload: bytes) -> None:
 
 
 @given(st.text(min_size=1).filter(str.strip), st.text(min_size=1).filter(str.strip), st.integers(0, 2**62))
+@example(reason="why \ud800", by="archivist", at_ms=0)
 def test_any_text_round_trips(reason: str, by: str, at_ms: int) -> None:
-    """Hostile reason/author text survives the canonical encoding exactly."""
+    """Hostile reason/author text survives the canonical encoding exactly; text holding a lone surrogate
+    (which cannot be encoded) is refused with EncodingError, never mangled."""
     try:
         d = Decision(new_decision_id(), "withhold", DecisionTarget("matrix", ROOM, "$x"), reason, by, at_ms)
         payload = encode_decision(d)
-    except Exception:  # lone surrogates cannot be encoded: refused, never mangled
+    except EncodingError:  # lone surrogates cannot be encoded: refused, never mangled
+        assert any(0xD800 <= ord(c) <= 0xDFFF for c in reason + by)
         return
     assert parse_decision(payload) == d
 

@@ -33,7 +33,7 @@ from bridge.archive import range as ranges
 from bridge.archive.mdto import Organisation
 from bridge.archive.names import safe_name
 from bridge.errors import UsageError
-from bridge.events import Event, canonical_json
+from bridge.events import Attachment, Event, Kind, canonical_json
 from bridge.policy import Withheld, withheld_for
 
 STATUS_CLOSED = "closed month"
@@ -161,6 +161,15 @@ def bag_info(
 # -- dossiers and their record lines ---------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class MediaFile:
+    """A media file of a dossier: its path relative to the dossier folder, and what the event says it is."""
+
+    rel: str
+    media_type: str | None
+    filename: str | None
+
+
 @dataclass
 class DossierState:
     """What the record pass knows about one conversation-month (bounded: no per-event state)."""
@@ -175,7 +184,7 @@ class DossierState:
     edited: dict[str, str] = field(default_factory=dict)
     deleted: dict[str, str | None] = field(default_factory=dict)
     media: dict[str, str] = field(default_factory=dict)  # blob id -> path relative to the folder
-    media_info: list[tuple[str, str | None, str | None]] = field(default_factory=list)  # (rel, type, filename)
+    media_info: list[MediaFile] = field(default_factory=list)
 
     @property
     def events_rel(self) -> str:
@@ -190,20 +199,20 @@ def new_dossier(serie: str, source: str, conversation: str, month: ranges.Month)
     return DossierState(source, conversation, dossier_folder(serie, source, conversation, month))
 
 
-def media_rel(seq: int, att: Mapping[str, Any]) -> str:
+def _text(value: object) -> str | None:
+    """A field of a stored event as text; the payload is proven, not validated, so check the type."""
+    return value if isinstance(value, str) else None
+
+
+def media_rel(seq: int, att: Attachment) -> str:
     """Where an attachment's file goes in its dossier: `media/<seq>-<safe file name>`."""
-    filename = att.get("filename") if isinstance(att.get("filename"), str) else None
-    blob_id = str(att.get("blob_id"))
-    return f"media/{seq}-{safe_name(filename or blob_id[:16], MEDIA_NAME_BYTES)}"
+    blob_id = str(att.blob_id)
+    return f"media/{seq}-{safe_name(_text(att.filename) or blob_id[:16], MEDIA_NAME_BYTES)}"
 
 
-def stored_attachments(d: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The attachments of an event payload the log says were stored (status "stored" with a blob id)."""
-    return [
-        att
-        for att in d.get("attachments") or ()
-        if isinstance(att, dict) and att.get("status") == "stored" and isinstance(att.get("blob_id"), str)
-    ]
+def stored_attachments(event: Event) -> list[Attachment]:
+    """The attachments of an event the log says were stored (status "stored" with a blob id)."""
+    return [att for att in event.attachments if att.status == "stored" and isinstance(att.blob_id, str)]
 
 
 def tombstone(w: Withheld) -> dict[str, Any]:
@@ -211,7 +220,7 @@ def tombstone(w: Withheld) -> dict[str, Any]:
 
 
 #: (seq, attachment, path relative to data/) -> True if the file is in the package, False if declared missing.
-MediaHook = Callable[[int, dict[str, Any], str], bool]
+MediaHook = Callable[[int, Attachment, str], bool]
 
 
 def event_line(
@@ -221,40 +230,47 @@ def event_line(
     payload: bytes,
     ct_hash: bytes,
     commit: bytes,
-    d: dict[str, Any],
+    event: Event,
     state: DossierState,
     withheld: Mapping[tuple[str, str, str], Withheld],
     media: MediaHook,
 ) -> bytes:
-    """The line of an event in its dossier's events.jsonl; updates `state` (edits, deletions, name, media)."""
-    hidden = withheld_for(Event.from_json(d), withheld) if withheld else None
+    """The line of an event in its dossier's events.jsonl; updates `state` (edits, deletions, name, media).
+
+    `payload` is the event's stored bytes, `event` the same decoded: the line carries the bytes.
+    """
+    hidden = withheld_for(event, withheld) if withheld else None
     if hidden is not None:
         return proof.sealed_line(seq, header, commit, ct_hash, tombstone(hidden))
-    kind, target = d.get("kind"), d.get("relates_to")
-    if isinstance(target, str):
-        if kind == "edit":
-            state.edited[target] = str(d["event_id"])
-        elif kind == "deletion":
-            sender = d.get("sender")
-            state.deleted[target] = sender if isinstance(sender, str) else None
-    if kind == "state" and isinstance(content := d.get("content"), dict) and content.get("type") == "m.room.name":
-        inner = content.get("content")
-        name = inner.get("name") if isinstance(inner, dict) else None
-        state.name = name if isinstance(name, str) and name else state.name
+    target = _text(event.relates_to)
+    if target is not None:
+        if event.kind == Kind.EDIT:
+            state.edited[target] = str(event.event_id)
+        elif event.kind == Kind.DELETION:
+            state.deleted[target] = _text(event.sender)
+    if event.kind == Kind.STATE and (name := _room_name(event)):
+        state.name = name
     files: dict[str, str] = {}
-    for att in stored_attachments(d):
-        blob_id = str(att["blob_id"])
+    for att in stored_attachments(event):
+        blob_id = str(att.blob_id)
         rel = state.media.get(blob_id)
         if rel is None:
             rel = media_rel(seq, att)
             if not media(seq, att, f"{state.folder}/{rel}"):
                 continue
             state.media[blob_id] = rel
-            mtype = att.get("media_type") if isinstance(att.get("media_type"), str) else None
-            fname = att.get("filename") if isinstance(att.get("filename"), str) else None
-            state.media_info.append((rel, mtype, fname))
+            state.media_info.append(MediaFile(rel, _text(att.media_type), _text(att.filename)))
         files[blob_id] = rel
     return proof.content_line("event", seq, header, salt, payload, ct_hash, files)
+
+
+def _room_name(event: Event) -> str | None:
+    """The name an `m.room.name` state event sets (None for other state, or an empty name)."""
+    content = event.content
+    if not isinstance(content, dict) or content.get("type") != "m.room.name":
+        return None
+    inner = content.get("content")
+    return _text(inner.get("name") if isinstance(inner, dict) else None) or None
 
 
 def missing_line(seq: int, blob_id: str, rel: str) -> bytes:

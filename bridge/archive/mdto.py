@@ -46,6 +46,7 @@ from lxml import etree
 from bridge.archive.names import safe_name, xml_text
 from bridge.archive.pakbon import PakbonDossier, PakbonFile, PakbonInfo, pakbon_xml, write_pakbon
 from bridge.archive.pronom import pronom_for, pronom_name
+from bridge.errors import DataError
 
 NS = "https://www.nationaalarchief.nl/mdto"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
@@ -80,7 +81,7 @@ __all__ = [
 ]
 
 
-class MdtoError(ValueError):
+class MdtoError(DataError, ValueError):
     """XML that does not validate against the MDTO schema; the message names the first problem."""
 
 

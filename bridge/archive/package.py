@@ -55,21 +55,19 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import orjson
 
 from bridge.archive import derive, proof
 from bridge.archive import range as ranges
 from bridge.archive.bag import BagBuilder, HashingFile, remove_stale
 from bridge.archive.derive import STATUS_CLOSED, STATUS_INTERIM, DossierState, RenderParams, package_name
 from bridge.archive.mdto import Organisation
-from bridge.archive.plan import Plan, Seal, carried_decisions, closing, plan, seal_notes
+from bridge.archive.plan import Carried, Plan, Seal, carried_decisions, closing, plan, seal_notes
 from bridge.archive.render import render_package
 from bridge.blobs import BlobStore
 from bridge.clock import now_ms
 from bridge.config import Settings
-from bridge.errors import LogIntegrityError, UsageError
+from bridge.errors import Check, LogIntegrityError, UsageError
+from bridge.events import Attachment, EncodingError, Event, event_from_bytes
 from bridge.log import checkpoint, crypto, format
 from bridge.log.keys import KeyMaterial
 from bridge.log.view import LogView, RangeRecord
@@ -256,12 +254,12 @@ def _write_records(
                 )
                 others += 1
                 continue
-            d = orjson.loads(rec.payload)
+            event = _event(rec)
             state = dossiers.get(rec.header.conversation_tag)
             if state is None:
-                state = derive.new_dossier(params.serie, str(d["source"]), str(d["conversation"]), params.month)
+                state = derive.new_dossier(params.serie, event.source, event.conversation, params.month)
                 dossiers[rec.header.conversation_tag] = state
-            line = _event_line(rec, d, state, withheld, media)
+            line = _event_line(rec, event, state, withheld, media)
             spill.write(state.events_rel, line)
             state.sha.update(line)
             state.size += len(line)
@@ -276,7 +274,13 @@ def _write_records(
     builder.done("proof/leaves.txt", leaves)
     builder.done("proof/missing-media.jsonl", missing)
     if frontier.size != p.end or not crypto.hmac_equal(frontier.root(), p.end_root):
-        raise LogIntegrityError(p.end - 1, "the range's records do not give the signed root at the month's end")
+        raise LogIntegrityError(
+            p.end - 1,
+            "the range's records do not give the signed root at the month's end",
+            f"size {p.end}, root {p.end_root.hex()}",
+            f"size {frontier.size}, root {frontier.root().hex()}",
+            check=Check.CHECKPOINT_ROOT,
+        )
     builder.write("proof/consistency-proof.json", proof.consistency_json(p.start, p.end, consistency.proof()))
     for state in dossiers.values():
         builder.add(state.events_rel, state.sha.hexdigest(), state.size)
@@ -285,14 +289,31 @@ def _write_records(
 
 def _event_line(
     rec: RangeRecord,
-    d: dict[str, Any],
+    event: Event,
     state: DossierState,
     withheld: dict[tuple[str, str, str], Withheld],
     media: _MediaCopier,
 ) -> bytes:
     return derive.event_line(
-        rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, rec.commitment, d, state, withheld, media
+        rec.seq,
+        rec.header_bytes,
+        rec.salt,
+        rec.payload,
+        rec.ciphertext_hash,
+        rec.commitment,
+        event,
+        state,
+        withheld,
+        media,
     )
+
+
+def _event(rec: RangeRecord) -> Event:
+    """The event an authenticated EVENT record holds (`verify` checks that every one decodes)."""
+    try:
+        return event_from_bytes(rec.payload)
+    except EncodingError as exc:
+        raise LogIntegrityError(rec.seq, f"decrypted payload is not an event: {exc}", check=Check.PAYLOAD) from None
 
 
 class _MediaCopier:
@@ -305,8 +326,8 @@ class _MediaCopier:
         self._allow = allow_missing
         self.missing = 0
 
-    def __call__(self, seq: int, att: dict[str, Any], rel: str) -> bool:
-        blob_id = str(att["blob_id"])
+    def __call__(self, seq: int, att: Attachment, rel: str) -> bool:
+        blob_id = str(att.blob_id)
         try:
             data = self._blobs.get(blob_id)
         except FileNotFoundError:
@@ -315,15 +336,18 @@ class _MediaCopier:
                     seq,
                     f"media blob {blob_id} of record {seq} is missing from the blob store; restore it, or write"
                     " the package with --allow-missing-media (each absence is then listed in the package)",
+                    check=Check.BLOB,
                 ) from None
             self._notices.write(derive.missing_line(seq, blob_id, rel))
             self.missing += 1
             return False
         except ValueError as exc:
-            raise LogIntegrityError(seq, f"media blob {blob_id} does not decrypt: {exc}") from None
-        want = att.get("sha256")
-        if isinstance(want, str) and hashlib.sha256(data).hexdigest() != want.lower():
-            raise LogIntegrityError(seq, f"media blob {blob_id} does not hold the content its event names")
+            raise LogIntegrityError(seq, f"media blob {blob_id} does not decrypt: {exc}", check=Check.BLOB) from None
+        want = att.sha256
+        if isinstance(want, str) and (got := hashlib.sha256(data).hexdigest()) != want.lower():
+            raise LogIntegrityError(
+                seq, f"media blob {blob_id} does not hold the content its event names", want, got, check=Check.BLOB
+            )
         self._builder.write(rel, data)
         return True
 
@@ -349,7 +373,7 @@ def _write_proof(
     start_note: str | None,
     end_note: str,
     params: RenderParams,
-    carried: list[tuple[RangeRecord, list[bytes]]],
+    carried: list[Carried],
 ) -> None:
     builder.write("proof/range.json", derive.range_json(win, p.start, p.end, status))
     builder.write("proof/package.json", params.to_json())
@@ -358,8 +382,10 @@ def _write_proof(
         builder.write("proof/checkpoint-start.txt", start_note.encode("utf-8"))
     builder.write("proof/checkpoint-end.txt", end_note.encode("utf-8"))
     lines = [
-        proof.carried_line(rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, path)
-        for rec, path in carried
+        proof.carried_line(
+            c.record.seq, c.record.header_bytes, c.record.salt, c.record.payload, c.record.ciphertext_hash, c.inclusion
+        )
+        for c in carried
     ]
     builder.write("proof/decisions-before.jsonl", b"".join(lines))
 

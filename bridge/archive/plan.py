@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from bridge.archive import proof
 from bridge.archive.range import BoundaryScan, Window
-from bridge.errors import LogIntegrityError, UsageError
+from bridge.errors import Check, LogIntegrityError, UsageError
 from bridge.log import checkpoint, crypto, format, merkle
 from bridge.log.decision import Decision
 from bridge.log.keys import KeyMaterial
@@ -67,7 +67,13 @@ def _plan(view: LogView, win: Window, open_month: bool) -> Plan:
     for row in view.scan():
         seq = row.seq
         if seq != frontier.size:
-            raise LogIntegrityError(frontier.size, f"record is missing (the next stored record is {seq})")
+            raise LogIntegrityError(
+                frontier.size,
+                f"record is missing (the next stored record is {seq})",
+                frontier.size,
+                seq,
+                check=Check.MISSING_RECORD,
+            )
         appended = appended_ms(row.header)
         if first_ms is None:
             first_ms = appended
@@ -97,7 +103,9 @@ def _plan(view: LogView, win: Window, open_month: bool) -> Plan:
     assert start_frontier is not None
     if target is not None and target > frontier.size:
         raise LogIntegrityError(
-            frontier.size, f"log truncated: a signed checkpoint covers {target} records but only {size} are stored"
+            frontier.size,
+            f"log truncated: a signed checkpoint covers {target} records but only {size} are stored",
+            check=Check.TRUNCATED,
         )
     sealed = view.sealed_size()
     if target is None and not open_month:
@@ -128,10 +136,16 @@ def checked_note(note: str | None, keys: KeyMaterial, size: int, root: bytes) ->
     try:
         cp = checkpoint.verify_checkpoint_note(note, name, keys.public_key, origin=name)
     except checkpoint.CheckpointError as exc:
-        raise LogIntegrityError(size, f"checkpoint for tree size {size} does not verify: {exc}") from None
+        raise LogIntegrityError(
+            size, f"checkpoint for tree size {size} does not verify: {exc}", check=Check.CHECKPOINT_SIGNATURE
+        ) from None
     if cp.size != size or not crypto.hmac_equal(cp.root, root):
         raise LogIntegrityError(
-            max(size - 1, 0), f"records up to {size - 1} do not match the signed checkpoint at tree size {size}"
+            max(size - 1, 0),
+            f"records up to {size - 1} do not match the signed checkpoint at tree size {size}",
+            f"size {size}, root {root.hex()}",
+            f"size {cp.size}, root {cp.root.hex()}",
+            check=Check.CHECKPOINT_ROOT,
         )
     return note
 
@@ -201,7 +215,15 @@ def closing(view: LogView, p: Plan, win: Window) -> Closing | None:
     return Closing(size, note, header, commit, ct_hash, [found[r] for r in wanted], consistency.proof())
 
 
-def carried_decisions(view: LogView, p: Plan) -> list[tuple[RangeRecord, list[bytes]]]:
+@dataclass(frozen=True)
+class Carried:
+    """A decision from before the range, with its inclusion proof in the tree of size `start`."""
+
+    record: RangeRecord
+    inclusion: list[bytes]
+
+
+def carried_decisions(view: LogView, p: Plan) -> list[Carried]:
     """Each decision before `start` with its inclusion proof in the tree of size `start` (checked)."""
     if not p.decision_rows:
         return []
@@ -212,11 +234,16 @@ def carried_decisions(view: LogView, p: Plan) -> list[tuple[RangeRecord, list[by
             roots.add(leaf)
     found = roots.finish()
     start_root = p.frontier_start.root()
-    out: list[tuple[RangeRecord, list[bytes]]] = []
+    out: list[Carried] = []
     for row in p.decision_rows:
         path = [found[rng] for rng in wanted[row.seq]]
         rec = view.opened(row)
         if not merkle.verify_inclusion(rec.leaf, row.seq, p.start, path, start_root):
-            raise LogIntegrityError(row.seq, "decision record is not under the start checkpoint's root")
-        out.append((rec, path))
+            raise LogIntegrityError(
+                row.seq,
+                "decision record is not under the start checkpoint's root",
+                start_root,
+                check=Check.CHECKPOINT_ROOT,
+            )
+        out.append(Carried(rec, path))
     return out

@@ -42,13 +42,14 @@ from typing import Any
 
 import orjson
 
+from bridge.errors import DataError
 from bridge.events import canonical_json
 from bridge.log import clear, format, merkle
 
 LEAF_LINE_BYTES = 65  # 64 hex digits + "\n"
 
 
-class LineError(ValueError):
+class LineError(DataError, ValueError):
     """A record line that cannot be read (malformed, wrong lengths, not canonical)."""
 
 

@@ -9,13 +9,14 @@ the archive (Serie) its own, and the pakbon lists every payload file.
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from bridge.archive import mdto
 from bridge.archive.bag import PackageSink
-from bridge.archive.derive import DossierState, RenderParams
+from bridge.archive.derive import DossierState, MediaFile, RenderParams
 from bridge.archive.dossier import DossierSummary
 from bridge.archive.range import Month
 from bridge.archive.transcript import TranscriptEntry, write_transcript
@@ -77,19 +78,35 @@ def render_package(
     return transcripts
 
 
+@dataclass(frozen=True, slots=True)
+class DossierLine:
+    """What the renderers read of a line of events.jsonl: an event, or the tombstone that withholds one.
+
+    The lines are the package writer's own (`snapshot`) or proven line by line (`verify-package`).
+    """
+
+    seq: int
+    event: Event | None
+    withheld: Withheld | None
+
+    @classmethod
+    def parse(cls, line: bytes) -> DossierLine:
+        d = orjson.loads(line)
+        tomb = d.get("withheld")
+        if tomb is not None:
+            return cls(d["seq"], None, Withheld(tomb["reason"], tomb["by"], tomb["at_ms"], tomb["decision_seq"]))
+        return cls(d["seq"], Event.from_json(d["event"]), None)
+
+
 def _entries(path: Path, state: DossierState, summary: DossierSummary) -> Iterator[TranscriptEntry]:
     with path.open("rb") as fh:
-        for line in fh:
-            d = orjson.loads(line)
-            tomb = d.get("withheld")
-            if tomb is not None:
-                w = Withheld(tomb["reason"], tomb["by"], tomb["at_ms"], tomb["decision_seq"])
+        for raw in fh:
+            line = DossierLine.parse(raw)
+            if line.event is None:
                 summary.withheld_count += 1
-                yield TranscriptEntry(d["seq"], None, w, state.media)
-                continue
-            event = Event.from_json(d["event"])
-            summary.add(event)
-            yield TranscriptEntry(d["seq"], event, None, state.media)
+            else:
+                summary.add(line.event)
+            yield TranscriptEntry(line.seq, line.event, line.withheld, state.media)
 
 
 def _render_dossier(
@@ -112,13 +129,14 @@ def _render_dossier(
             deleted_ids=state.deleted,
         )
     builder.done(transcript_rel, out)
-    files: list[tuple[str, str | None, str | None]] = [
-        ("events.jsonl", "application/x-ndjson", None),
-        ("transcript.html", "text/html", None),
+    files = [
+        MediaFile("events.jsonl", "application/x-ndjson", None),
+        MediaFile("transcript.html", "text/html", None),
+        *state.media_info,
     ]
-    files += [(rel, mtype, name) for rel, mtype, name in state.media_info]
     file_refs: list[mdto.Ref] = []
-    for rel, media_type, _ in files:
+    for file in files:
+        rel, media_type = file.rel, file.media_type
         full = f"{state.folder}/{rel}"
         digest, size = builder.payload[full]
         with builder.data_path(full).open("rb") as fh:

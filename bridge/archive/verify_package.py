@@ -61,7 +61,8 @@ from bridge.archive import range as ranges
 from bridge.archive.bag import OutFile, tag_files
 from bridge.archive.derive import DossierState, RenderParams
 from bridge.archive.render import render_package
-from bridge.errors import LogIntegrityError, UsageError
+from bridge.errors import Check, Evidence, LogIntegrityError, UsageError
+from bridge.events import Attachment, EncodingError, Event
 from bridge.log import checkpoint, crypto, merkle
 from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.policy import Withheld, fold_decisions
@@ -70,6 +71,7 @@ from bridge.policy import Withheld, fold_decisions
 #: original, each bounded by `max_message_bytes` (16 MiB by default), plus JSON escaping and base64 fields.
 #: Media are files, never inline. A longer line is refused (exit 1) without being read into memory.
 MAX_LINE_BYTES = 64 << 20
+_LINE_PIECE = 1 << 20
 #: The largest small proof file read whole (range.json, package.json, checkpoints, frontier, proofs).
 MAX_SMALL_FILE = 4 << 20
 TAG_FILES = frozenset(
@@ -92,10 +94,18 @@ PROOF_INPUTS = (  # payload files taken as they are (each checked above, not ren
 
 
 class PackageIntegrityError(LogIntegrityError):
-    """The package is not intact or not what the log signed; the message says where."""
+    """The package is not intact or not what the log signed; the message says where (file, line, record)."""
 
-    def __init__(self, reason: str) -> None:
-        super().__init__(None, reason)
+    def __init__(
+        self, check: Check, reason: str, expected: Evidence = None, found: Evidence = None, *, seq: int | None = None
+    ) -> None:
+        super().__init__(seq, reason, expected, found, check=check)
+
+    def _detail(self) -> str:
+        detail = self.reason  # names the file, its line and the record itself
+        if self.expected is not None or self.found is not None:
+            detail += f" (expected {self.expected}, found {self.found})"
+        return detail
 
 
 @dataclass(frozen=True)
@@ -110,9 +120,26 @@ class PackageReport:
     root: bytes
     missing_media: int = 0
 
+    def to_json(self) -> dict[str, object]:
+        """The report as `verify-package --json` prints it."""
+        return {
+            "intact": True,
+            "month": self.month,
+            "start": self.start,
+            "end": self.end,
+            "status": self.status,
+            "record_files": self.record_files,
+            "media_files": self.media_files,
+            "mdto_files": self.mdto_files,
+            "missing_media": self.missing_media,
+            "root": self.root.hex(),
+        }
 
-def _fail(reason: str) -> PackageIntegrityError:
-    return PackageIntegrityError(reason)
+
+def _fail(
+    check: Check, reason: str, expected: Evidence = None, found: Evidence = None, *, seq: int | None = None
+) -> PackageIntegrityError:
+    return PackageIntegrityError(check, reason, expected, found, seq=seq)
 
 
 def verify_package(path: Path, public_key: tuple[str, Ed25519PublicKey], previous: Path | None = None) -> PackageReport:
@@ -125,19 +152,24 @@ def verify_package(path: Path, public_key: tuple[str, Ed25519PublicKey], previou
     rng = _json(pdir / "range.json")
     start, end = rng.get("start"), rng.get("end")
     if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
-        raise _fail("proof/range.json: start and end are not a valid range")
+        raise _fail(Check.PACKAGE_RANGE, "proof/range.json: start and end are not a valid range")
     end_cp = _checkpoint(pdir / "checkpoint-end.txt", public_key, end, "end")
     start_root = merkle.EMPTY_ROOT
     if start > 0:
         start_root = _checkpoint(pdir / "checkpoint-start.txt", public_key, start, "start").root
     elif (pdir / "checkpoint-start.txt").exists():
-        raise _fail("proof/checkpoint-start.txt present in a package that starts at record 0")
+        raise _fail(Check.PACKAGE_CHECKPOINT, "proof/checkpoint-start.txt present in a package that starts at record 0")
     try:
         frontier = proof.parse_frontier(_small(pdir / "frontier-start.json"))
     except (ValueError, orjson.JSONDecodeError) as exc:
-        raise _fail(f"proof/frontier-start.json is unreadable: {exc}") from None
+        raise _fail(Check.PACKAGE_RANGE, f"proof/frontier-start.json is unreadable: {exc}") from None
     if frontier.size != start or not crypto.hmac_equal(frontier.root(), start_root):
-        raise _fail("proof/frontier-start.json does not give the start checkpoint's root")
+        raise _fail(
+            Check.PACKAGE_RANGE,
+            "proof/frontier-start.json does not give the start checkpoint's root",
+            f"size {start}, root {start_root.hex()}",
+            f"size {frontier.size}, root {frontier.root().hex()}",
+        )
     params, win = _params(pdir)
     sealed_ms = end_cp.timestamp_ms if end_cp.timestamp_ms is not None else win.end_ms
     closed = _check_closing(pdir, public_key, win, end, end_cp.root, sealed_ms)
@@ -172,7 +204,10 @@ def _check_shape(path: Path, what: str) -> None:
         raise UsageError(f"{what}{path} is not a package (not a directory)")
     if not (path / "bagit.txt").is_file():
         if (path / "data" / "proof").is_dir():  # a package's payload without its bag declaration
-            raise _fail(f"{what}{path}: bagit.txt is missing from a package that has data/proof/ (tampered)")
+            raise _fail(
+                Check.PACKAGE_SHAPE,
+                f"{what}{path}: bagit.txt is missing from a package that has data/proof/ (tampered)",
+            )
         raise UsageError(f"{what}{path} is not a package (no bagit.txt)")
 
 
@@ -180,19 +215,21 @@ def _check_bag(path: Path) -> dict[str, str]:
     """BagIt validation; returns the payload manifest (path relative to data/ -> sha256 hex)."""
     extra = sorted(p.name for p in path.iterdir() if p.name not in TAG_FILES)
     if extra:
-        raise _fail(f"{extra[0]}: a file at the bag's root that no package has")
+        raise _fail(Check.PACKAGE_SHAPE, f"{extra[0]}: a file at the bag's root that no package has", found=extra[0])
     logging.getLogger("bagit").setLevel(logging.ERROR)
     try:
         bag = bagit.Bag(str(path))
         bag.validate()
     except bagit.BagValidationError as exc:
         details = "; ".join(str(d) for d in exc.details[:3]) if exc.details else str(exc)
-        raise _fail(f"bag fixity: {details}") from None
+        raise _fail(Check.PACKAGE_FIXITY, f"bag fixity: {details}") from None
     except bagit.BagError as exc:
-        raise _fail(f"bag: {exc}") from None
+        raise _fail(Check.PACKAGE_FIXITY, f"bag: {exc}") from None
     except (UnicodeDecodeError, ValueError, OSError) as exc:
         # bagit lets these through for damaged tag files (e.g. a manifest that is no longer UTF-8)
-        raise _fail(f"bag: tag files unreadable ({type(exc).__name__}: {str(exc)[:120]})") from None
+        raise _fail(
+            Check.PACKAGE_FIXITY, f"bag: tag files unreadable ({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
     out: dict[str, str] = {}
     for rel, hashes in bag.entries.items():
         if rel.startswith("data/"):
@@ -205,9 +242,11 @@ def _small(p: Path) -> bytes:
         with p.open("rb") as fh:
             data = fh.read(MAX_SMALL_FILE + 1)
     except OSError:
-        raise _fail(f"proof/{p.name} is missing or unreadable") from None
+        raise _fail(Check.PACKAGE_SHAPE, f"proof/{p.name} is missing or unreadable") from None
     if len(data) > MAX_SMALL_FILE:
-        raise _fail(f"proof/{p.name} is larger than {MAX_SMALL_FILE} bytes")
+        raise _fail(
+            Check.PACKAGE_SHAPE, f"proof/{p.name} is larger than {MAX_SMALL_FILE} bytes", f"<= {MAX_SMALL_FILE} bytes"
+        )
     return data
 
 
@@ -215,9 +254,9 @@ def _json(p: Path) -> dict[str, object]:
     try:
         d = orjson.loads(_small(p))
     except orjson.JSONDecodeError as exc:
-        raise _fail(f"{p.name} is unreadable: {exc}") from None
+        raise _fail(Check.PACKAGE_RANGE, f"{p.name} is unreadable: {exc}") from None
     if not isinstance(d, dict):
-        raise _fail(f"{p.name} is not a JSON object")
+        raise _fail(Check.PACKAGE_RANGE, f"{p.name} is not a JSON object")
     return d
 
 
@@ -226,9 +265,17 @@ def _checkpoint(p: Path, key: tuple[str, Ed25519PublicKey], size: int, which: st
     try:
         cp = checkpoint.verify_checkpoint_note(note, key[0], key[1], origin=key[0])
     except checkpoint.CheckpointError as exc:
-        raise _fail(f"{which} checkpoint (proof/{p.name}) does not verify against the public key: {exc}") from None
+        raise _fail(
+            Check.PACKAGE_CHECKPOINT,
+            f"{which} checkpoint (proof/{p.name}) does not verify against the public key: {exc}",
+        ) from None
     if cp.size != size:
-        raise _fail(f"{which} checkpoint is for tree size {cp.size}, the range says {size}")
+        raise _fail(
+            Check.PACKAGE_CHECKPOINT,
+            f"{which} checkpoint is for tree size {cp.size}, the range says {size}",
+            size,
+            cp.size,
+        )
     return cp
 
 
@@ -237,7 +284,7 @@ def _params(pdir: Path) -> tuple[RenderParams, ranges.Window]:
         params = RenderParams.parse(_small(pdir / "package.json"))
         return params, ranges.window(params.month, params.timezone)
     except (ValueError, orjson.JSONDecodeError, UsageError) as exc:
-        raise _fail(f"proof/package.json (the render parameters) is unreadable: {exc}") from None
+        raise _fail(Check.PACKAGE_RANGE, f"proof/package.json (the render parameters) is unreadable: {exc}") from None
 
 
 def _check_closing(
@@ -248,23 +295,30 @@ def _check_closing(
     path = pdir / "closing.json"
     if not path.exists():
         if (pdir / "checkpoint-close.txt").exists():
-            raise _fail("proof/checkpoint-close.txt without proof/closing.json")
+            raise _fail(Check.PACKAGE_CLOSING, "proof/checkpoint-close.txt without proof/closing.json")
         return False
     if sealed_ms >= win.end_ms:
-        raise _fail("proof/closing.json in a package whose end checkpoint already closes the month")
+        raise _fail(
+            Check.PACKAGE_CLOSING, "proof/closing.json in a package whose end checkpoint already closes the month"
+        )
     try:
         c = proof.parse_closing(_small(path))
     except (ValueError, orjson.JSONDecodeError) as exc:
-        raise _fail(f"proof/closing.json is unreadable: {exc}") from None
+        raise _fail(Check.PACKAGE_CLOSING, f"proof/closing.json is unreadable: {exc}") from None
     close = _checkpoint(pdir / "checkpoint-close.txt", key, c.size, "closing")
     if c.seq != end or c.header.seq != end or c.size <= end:
-        raise _fail("proof/closing.json is not about the first record after the range")
+        raise _fail(Check.PACKAGE_CLOSING, "proof/closing.json is not about the first record after the range")
     if c.header.appended_ms < win.end_ms:
-        raise _fail(f"proof/closing.json: record {end} was appended before the month's end")
+        raise _fail(Check.PACKAGE_CLOSING, f"proof/closing.json: record {end} was appended before the month's end")
     if not merkle.verify_inclusion(c.leaf, end, c.size, c.inclusion, close.root):
-        raise _fail(f"proof/closing.json: record {end} is not in the closing checkpoint (inclusion proof fails)")
+        raise _fail(
+            Check.PACKAGE_CLOSING,
+            f"proof/closing.json: record {end} is not in the closing checkpoint (inclusion proof fails)",
+        )
     if not merkle.verify_consistency(end, c.size, end_root, close.root, c.consistency):
-        raise _fail("proof/closing.json: the closing checkpoint does not extend the end checkpoint")
+        raise _fail(
+            Check.PACKAGE_CLOSING, "proof/closing.json: the closing checkpoint does not extend the end checkpoint"
+        )
     return True
 
 
@@ -273,13 +327,16 @@ def _check_range(
 ) -> None:
     if rng.get("status") != status:
         raise _fail(
+            Check.PACKAGE_RANGE,
             f"proof/range.json says status {rng.get('status')!r}, but the signed checkpoints give {status!r}"
-            f" (end checkpoint signed at {sealed_ms} ms, the month ends at {win.end_ms} ms)"
+            f" (end checkpoint signed at {sealed_ms} ms, the month ends at {win.end_ms} ms)",
         )
     if rng.get("month") != str(win.month):
-        raise _fail(f"proof/range.json says month {rng.get('month')!r}, proof/package.json {win.month}")
+        raise _fail(
+            Check.PACKAGE_RANGE, f"proof/range.json says month {rng.get('month')!r}, proof/package.json {win.month}"
+        )
     if _small(pdir / "range.json") != derive.range_json(win, start, end, status):
-        raise _fail("proof/range.json is not the one the month's window and the range give")
+        raise _fail(Check.PACKAGE_RANGE, "proof/range.json is not the one the month's window and the range give")
 
 
 # -- record lines --------------------------------------------------------------------------------------
@@ -290,14 +347,29 @@ def iter_lines(path: Path, label: str, limit: int = MAX_LINE_BYTES) -> Iterator[
     try:
         fh = path.open("rb")
     except OSError:
-        raise _fail(f"{label}: file is missing") from None
+        raise _fail(Check.PACKAGE_SHAPE, f"{label}: file is missing") from None
     with fh:
         number = 0
-        while line := fh.readline(limit + 1):
+        while True:
+            # read a line in pieces of at most 1 MiB, so an oversized one costs at most `limit` bytes before it is
+            # refused (one `readline(limit + 1)` buffers and copies it: twice the limit and more)
+            parts: list[bytes] = []
+            size = 0
+            while chunk := fh.readline(min(_LINE_PIECE, limit + 1 - size)):
+                parts.append(chunk)
+                size += len(chunk)
+                if size > limit:
+                    raise _fail(
+                        Check.PACKAGE_RECORD,
+                        f"{label} line {number + 1}: longer than the limit of {limit} bytes",
+                        f"<= {limit} bytes",
+                    )
+                if chunk.endswith(b"\n"):
+                    break
+            if not parts:
+                return
             number += 1
-            if len(line) > limit:
-                raise _fail(f"{label} line {number}: longer than the limit of {limit} bytes")
-            yield number, line
+            yield number, parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 @dataclass
@@ -342,15 +414,25 @@ class _Records:
         try:
             size = leaves_path.stat().st_size
         except OSError:
-            raise _fail("proof/leaves.txt is missing") from None
+            raise _fail(Check.PACKAGE_LEAVES, "proof/leaves.txt is missing") from None
         if size != n * proof.LEAF_LINE_BYTES:
-            raise _fail(f"proof/leaves.txt holds {size} bytes, expected {n} leaves of the range")
+            raise _fail(
+                Check.PACKAGE_LEAVES,
+                f"proof/leaves.txt holds {size} bytes, expected {n} leaves of the range",
+                f"{n * proof.LEAF_LINE_BYTES} bytes",
+                f"{size} bytes",
+            )
         with leaves_path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if n else _Empty() as mm:
             grown = frontier.copy()
             for i in range(n):
                 grown.append(_leaf_at(mm, i))
             if not crypto.hmac_equal(grown.root(), end_root):
-                raise _fail("proof/leaves.txt extended from the start frontier does not give the end checkpoint's root")
+                raise _fail(
+                    Check.PACKAGE_LEAVES,
+                    "proof/leaves.txt extended from the start frontier does not give the end checkpoint's root",
+                    end_root,
+                    grown.root(),
+                )
             pos = _Position(bytearray(n), self._start, self._end, mm)
             self._decisions_before()
             self._other_records(pos)
@@ -360,11 +442,19 @@ class _Records:
                 files += 1
                 self._dossier(p, pos)
         if n and (missing := pos.seen.find(0)) >= 0:
-            raise _fail(f"record {self._start + missing} of the range is missing from the package")
+            raise _fail(
+                Check.PACKAGE_MISSING_RECORD,
+                f"record {self._start + missing} of the range is missing from the package",
+                seq=self._start + missing,
+            )
         unused = sorted(self.missing.items())
         if unused:
             (seq, blob_id), _ = unused[0]
-            raise _fail(f"proof/missing-media.jsonl lists blob {blob_id} of record {seq}, not a stored attachment")
+            raise _fail(
+                Check.PACKAGE_MEDIA,
+                f"proof/missing-media.jsonl lists blob {blob_id} of record {seq}, not a stored attachment",
+                seq=seq,
+            )
         return files, self.media
 
     # -- proof/decisions-before.jsonl and proof/other-records.jsonl --
@@ -376,15 +466,30 @@ class _Records:
             where = f"{label} line {number}"
             rec = _parse(line, where, inclusion=True)
             if rec.key != "decision" or not last < rec.seq < self._start:
-                raise _fail(f"{where}: record {rec.seq} is not a decision from before the range, in log order")
+                raise _fail(
+                    Check.PACKAGE_ORDER,
+                    f"{where}: record {rec.seq} is not a decision from before the range, in log order",
+                    seq=rec.seq,
+                )
             last = rec.seq
             if not merkle.verify_inclusion(rec.leaf, rec.seq, self._start, rec.inclusion, self._start_root):
-                raise _fail(f"{where}: decision {rec.seq} is not under the start checkpoint (inclusion proof fails)")
+                raise _fail(
+                    Check.PACKAGE_CONSISTENCY,
+                    f"{where}: decision {rec.seq} is not under the start checkpoint (inclusion proof fails)",
+                    self._start_root,
+                    seq=rec.seq,
+                )
             want = proof.carried_line(
                 rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, rec.inclusion
             )
             if line != want:
-                raise _fail(f"{where}: not the line the package writer gives for decision {rec.seq}")
+                raise _fail(
+                    Check.PACKAGE_RECORD,
+                    f"{where}: not the line the package writer gives for decision {rec.seq}",
+                    _digest(want),
+                    _digest(line),
+                    seq=rec.seq,
+                )
             self.decisions[rec.seq] = _decision(rec, where)
 
     def _other_records(self, pos: _Position) -> None:
@@ -396,13 +501,21 @@ class _Records:
             last = self._place(rec, where, pos, last)
             if rec.key is None or rec.key == "event":
                 raise _fail(
-                    f"{where}: record {rec.seq} is an event; it belongs in its conversation's dossier, not here"
+                    Check.PACKAGE_DOSSIER,
+                    f"{where}: record {rec.seq} is an event; it belongs in its conversation's dossier, not here",
+                    seq=rec.seq,
                 )
             want = proof.content_line(
                 rec.key, rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None
             )
             if line != want:
-                raise _fail(f"{where}: not the line the package writer gives for record {rec.seq}")
+                raise _fail(
+                    Check.PACKAGE_RECORD,
+                    f"{where}: not the line the package writer gives for record {rec.seq}",
+                    _digest(want),
+                    _digest(line),
+                    seq=rec.seq,
+                )
             if rec.key == "decision":
                 self.decisions[rec.seq] = _decision(rec, where)
             self.others += 1
@@ -417,25 +530,43 @@ class _Records:
                 if not (isinstance(seq, int) and isinstance(blob_id, str) and isinstance(rel, str)):
                     raise TypeError
             except (orjson.JSONDecodeError, KeyError, TypeError):
-                raise _fail(f"{label} line {number}: not a missing-media notice") from None
+                raise _fail(Check.PACKAGE_MEDIA, f"{label} line {number}: not a missing-media notice") from None
             if line != derive.missing_line(seq, blob_id, rel):
-                raise _fail(f"{label} line {number}: not the notice the package writer gives")
+                raise _fail(Check.PACKAGE_MEDIA, f"{label} line {number}: not the notice the package writer gives")
             self.missing[(seq, blob_id)] = rel
 
     def _place(self, rec: proof.RecordLine, where: str, pos: _Position, last: int) -> int:
         if not pos.start <= rec.seq < pos.end:
-            raise _fail(f"{where}: record {rec.seq} is outside the package's range {pos.start}..{pos.end - 1}")
+            raise _fail(
+                Check.PACKAGE_ORDER,
+                f"{where}: record {rec.seq} is outside the package's range {pos.start}..{pos.end - 1}",
+                seq=rec.seq,
+            )
         if rec.seq <= last:
-            raise _fail(f"{where}: record {rec.seq} is out of log order (after record {last})")
+            raise _fail(
+                Check.PACKAGE_ORDER, f"{where}: record {rec.seq} is out of log order (after record {last})", seq=rec.seq
+            )
         if pos.seen[rec.seq - pos.start]:
-            raise _fail(f"{where}: record {rec.seq} appears twice in the package")
+            raise _fail(Check.PACKAGE_ORDER, f"{where}: record {rec.seq} appears twice in the package", seq=rec.seq)
         pos.seen[rec.seq - pos.start] = 1
-        if not crypto.hmac_equal(rec.leaf, _leaf_at(pos.mm, rec.seq - pos.start)):
+        if not crypto.hmac_equal(rec.leaf, leaf := _leaf_at(pos.mm, rec.seq - pos.start)):
             what = "event" if rec.key == "event" else "record"
-            raise _fail(f"{where}: {what} altered (record {rec.seq} does not give the log's leaf)")
+            raise _fail(
+                Check.PACKAGE_RECORD,
+                f"{where}: {what} altered (record {rec.seq} does not give the log's leaf)",
+                leaf,
+                rec.leaf,
+                seq=rec.seq,
+            )
         appended = rec.header.appended_ms
         if appended >= self._win.end_ms or (rec.seq == self._start and appended < self._win.start_ms):
-            raise _fail(f"{where}: record {rec.seq} was appended at {appended} (ms), outside month {self._win.month}")
+            raise _fail(
+                Check.PACKAGE_ORDER,
+                f"{where}: record {rec.seq} was appended at {appended} (ms), outside month {self._win.month}",
+                f"{self._win.start_ms} <= appended_ms < {self._win.end_ms}",
+                appended,
+                seq=rec.seq,
+            )
         return rec.seq
 
     # -- dossiers --
@@ -450,31 +581,52 @@ class _Records:
             where = f"{label} line {number}"
             rec = _parse(line, where)
             last = self._place(rec, where, pos, last)
-            if rec.key == "event" and rec.content is not None:
-                conv = (str(rec.content.get("source")), str(rec.content.get("conversation")))
+            event = _event(rec, where) if rec.key == "event" else None
+            if event is not None:
+                conv = (str(event.source), str(event.conversation))
             elif rec.key is None and rec.withheld is not None:
                 conv = self._backing(rec, where).target.key[:2]
             else:
-                raise _fail(f"{where}: record {rec.seq} is a {rec.key} record; it belongs in proof/other-records.jsonl")
+                raise _fail(
+                    Check.PACKAGE_DOSSIER,
+                    f"{where}: record {rec.seq} is a {rec.key} record; it belongs in proof/other-records.jsonl",
+                    seq=rec.seq,
+                )
             if state is None:
                 state = derive.new_dossier(self._params.serie, conv[0], conv[1], self._params.month)
                 if state.folder != folder:
                     raise _fail(
+                        Check.PACKAGE_DOSSIER,
                         f"{label}: its records are of conversation {conv[1]!r} ({conv[0]}), whose folder is"
-                        f" {state.folder!r}"
+                        f" {state.folder!r}",
+                        state.folder,
+                        folder,
+                        seq=rec.seq,
                     )
                 tag = rec.header.conversation_tag
                 if tag in self._tags:
-                    raise _fail(f"{where}: record {rec.seq} is of the conversation of dossier {self._tags[tag]}")
+                    raise _fail(
+                        Check.PACKAGE_DOSSIER,
+                        f"{where}: record {rec.seq} is of the conversation of dossier {self._tags[tag]}",
+                        seq=rec.seq,
+                    )
                 self._tags[tag] = folder
             elif (state.source, state.conversation) != conv or rec.header.conversation_tag != tag:
-                raise _fail(f"{where}: record {rec.seq} belongs to another conversation")
-            want = self._derived(rec, state, where)
+                raise _fail(
+                    Check.PACKAGE_DOSSIER, f"{where}: record {rec.seq} belongs to another conversation", seq=rec.seq
+                )
+            want = self._derived(rec, event, state, where)
             if line != want:
-                raise _fail(f"{where}: not the line the package writer gives for record {rec.seq}")
+                raise _fail(
+                    Check.PACKAGE_RECORD,
+                    f"{where}: not the line the package writer gives for record {rec.seq}",
+                    _digest(want),
+                    _digest(line),
+                    seq=rec.seq,
+                )
             state.records += 1
         if state is None:
-            raise _fail(f"{label}: events.jsonl holds no record")
+            raise _fail(Check.PACKAGE_DOSSIER, f"{label}: events.jsonl holds no record")
         self.dossiers[folder] = state
         self._sink.take(state.events_rel)
 
@@ -484,11 +636,15 @@ class _Records:
         seq = tomb.get("decision_seq")
         decision = self.decisions.get(seq) if isinstance(seq, int) and not isinstance(seq, bool) else None
         if decision is None or decision.decision != "withhold":
-            raise _fail(f"{where}: record {rec.seq} is withheld by decision {seq!r}, which the package does not hold")
+            raise _fail(
+                Check.PACKAGE_WITHHELD,
+                f"{where}: record {rec.seq} is withheld by decision {seq!r}, which the package does not hold",
+                seq=rec.seq,
+            )
         return decision
 
-    def _derived(self, rec: proof.RecordLine, state: DossierState, where: str) -> bytes:
-        if rec.key == "event" and rec.content is not None:
+    def _derived(self, rec: proof.RecordLine, event: Event | None, state: DossierState, where: str) -> bytes:
+        if event is not None:
             return derive.event_line(
                 rec.seq,
                 rec.header_bytes,
@@ -496,7 +652,7 @@ class _Records:
                 rec.payload,
                 rec.ciphertext_hash,
                 rec.commitment,
-                rec.content,
+                event,
                 state,
                 self._withheld,
                 lambda seq, att, rel: self._media(seq, att, rel, where),
@@ -505,19 +661,27 @@ class _Records:
         folded = self._withheld.get(decision.target.key)
         if folded is None or folded.decision_seq != (rec.withheld or {}).get("decision_seq"):
             raise _fail(
+                Check.PACKAGE_WITHHELD,
                 f"{where}: record {rec.seq}'s tombstone is not what the package's decisions give (decision"
-                f" {(rec.withheld or {}).get('decision_seq')} is released or superseded)"
+                f" {(rec.withheld or {}).get('decision_seq')} is released or superseded)",
+                None if folded is None else f"decision {folded.decision_seq}",
+                f"decision {(rec.withheld or {}).get('decision_seq')}",
+                seq=rec.seq,
             )
         return proof.sealed_line(
             rec.seq, rec.header_bytes, rec.commitment, rec.ciphertext_hash, derive.tombstone(folded)
         )
 
-    def _media(self, seq: int, att: dict[str, Any], rel: str, where: str) -> bool:
-        blob_id = str(att["blob_id"])
+    def _media(self, seq: int, att: Attachment, rel: str, where: str) -> bool:
+        blob_id = str(att.blob_id)
         declared = self.missing.pop((seq, blob_id), None)
         if declared is not None:
             if declared != rel:
-                raise _fail(f"{where}: missing-media notice for record {seq} names {declared!r}, expected {rel!r}")
+                raise _fail(
+                    Check.PACKAGE_MEDIA,
+                    f"{where}: missing-media notice for record {seq} names {declared!r}, expected {rel!r}",
+                    seq=seq,
+                )
             self.missing_count += 1
             return False
         p = self._data / rel
@@ -525,12 +689,20 @@ class _Records:
             digest = _sha256_file(p)
         except OSError:
             raise _fail(
+                Check.PACKAGE_MEDIA,
                 f"{where}: record {seq} stored attachment {blob_id}, but {rel} is not in the package"
-                " (nor listed in proof/missing-media.jsonl)"
+                " (nor listed in proof/missing-media.jsonl)",
+                seq=seq,
             ) from None
-        sha = att.get("sha256")
+        sha = att.sha256
         if isinstance(sha, str) and not crypto.hmac_equal(digest.encode(), sha.lower().encode()):
-            raise _fail(f"{where}: media file {rel} altered (not the content record {seq} names)")
+            raise _fail(
+                Check.PACKAGE_MEDIA,
+                f"{where}: media file {rel} altered (not the content record {seq} names)",
+                sha.lower(),
+                digest,
+                seq=seq,
+            )
         self._sink.take(rel)
         self.media += 1
         return True
@@ -542,7 +714,15 @@ def _parse(line: bytes, where: str, *, inclusion: bool = False) -> proof.RecordL
     except proof.LineError as exc:
         seq = _seq_of(line)
         at = f" (record {seq})" if seq is not None else ""
-        raise _fail(f"{where}: unreadable record line{at}: {exc}") from None
+        raise _fail(Check.PACKAGE_RECORD, f"{where}: unreadable record line{at}: {exc}", seq=seq) from None
+
+
+def _event(rec: proof.RecordLine, where: str) -> Event:
+    """The event of a proven event line (its content is the record's payload, which the leaf vouches for)."""
+    try:
+        return Event.from_json(rec.content or {})
+    except EncodingError as exc:
+        raise _fail(Check.PACKAGE_RECORD, f"{where}: record {rec.seq} is not an event: {exc}", seq=rec.seq) from None
 
 
 def _seq_of(line: bytes) -> int | None:
@@ -558,7 +738,7 @@ def _decision(rec: proof.RecordLine, where: str) -> Decision:
     try:
         return parse_decision(rec.payload)
     except DecisionError as exc:
-        raise _fail(f"{where}: decision {rec.seq} does not parse: {exc}") from None
+        raise _fail(Check.PACKAGE_RECORD, f"{where}: decision {rec.seq} does not parse: {exc}", seq=rec.seq) from None
 
 
 class _Empty:
@@ -577,7 +757,12 @@ def _leaf_at(mm: mmap.mmap | bytes, i: int) -> bytes:
             raise ValueError
         return bytes.fromhex(line[:64].decode("ascii"))
     except ValueError:
-        raise _fail(f"proof/leaves.txt line {i + 1} is not a hex leaf hash") from None
+        raise _fail(Check.PACKAGE_LEAVES, f"proof/leaves.txt line {i + 1} is not a hex leaf hash") from None
+
+
+def _digest(data: bytes) -> str:
+    """Evidence for two lines or files that differ: their SHA-256 and size (never their content)."""
+    return f"sha256 {hashlib.sha256(data).hexdigest()}, {len(data)} bytes"
 
 
 def _sha256_file(p: Path) -> str:
@@ -646,21 +831,28 @@ class _Rederive:
     def take(self, rel: str) -> None:
         digest = self._manifest.get(rel)
         if digest is None:
-            raise _fail(f"{rel} is missing from the package")
+            raise _fail(Check.PACKAGE_DERIVED, f"{rel} is missing from the package")
         self.payload[rel] = (digest, os.stat(self.data_path(rel)).st_size)
 
     def _compare(self, rel: str, digest: str, size: int) -> None:
         want = self._manifest.get(rel)
         if want is None:
-            raise _fail(f"{rel} is missing from the package (its records give it)")
+            raise _fail(Check.PACKAGE_DERIVED, f"{rel} is missing from the package (its records give it)")
         if not crypto.hmac_equal(want.encode(), digest.encode()):
-            raise _fail(f"{rel} is not the file its records give (re-derived bytes differ)")
+            raise _fail(
+                Check.PACKAGE_DERIVED,
+                f"{rel} is not the file its records give (re-derived bytes differ)",
+                f"sha256 {digest}",
+                f"sha256 {want}",
+            )
         self.payload[rel] = (digest, size)
 
     def finish_payload(self) -> None:
         extra = sorted(set(self._manifest) - set(self.payload))
         if extra:
-            raise _fail(f"data/{extra[0]}: a file no record of the package gives (added)")
+            raise _fail(
+                Check.PACKAGE_DERIVED, f"data/{extra[0]}: a file no record of the package gives (added)", found=extra[0]
+            )
 
 
 def _check_tags(path: Path, tags: dict[str, bytes]) -> None:
@@ -668,19 +860,26 @@ def _check_tags(path: Path, tags: dict[str, bytes]) -> None:
         try:
             found = _read_limited(path / name)
         except OSError:
-            raise _fail(f"{name} is missing") from None
+            raise _fail(Check.PACKAGE_SHAPE, f"{name} is missing") from None
         if found != tags[name]:
             what = " (month, range, status, names...)" if name == "bag-info.txt" else ""
-            raise _fail(f"{name} is not the one the records and the signed checkpoint give{what}")
+            raise _fail(
+                Check.PACKAGE_DERIVED,
+                f"{name} is not the one the records and the signed checkpoint give{what}",
+                _digest(tags[name]),
+                _digest(found),
+            )
 
 
 def _check_consistency(p: Path, start: int, end: int, start_root: bytes, end_root: bytes) -> None:
     try:
         old, new, path = proof.parse_consistency(_small(p))
     except ValueError as exc:
-        raise _fail(f"proof/consistency-proof.json is unreadable: {exc}") from None
+        raise _fail(Check.PACKAGE_CONSISTENCY, f"proof/consistency-proof.json is unreadable: {exc}") from None
     if (old, new) != (start, end) or not merkle.verify_consistency(start, end, start_root, end_root, path):
-        raise _fail("proof/consistency-proof.json does not prove the end tree extends the start tree")
+        raise _fail(
+            Check.PACKAGE_CONSISTENCY, "proof/consistency-proof.json does not prove the end tree extends the start tree"
+        )
 
 
 def _check_mdto(data: Path) -> int:
@@ -689,7 +888,7 @@ def _check_mdto(data: Path) -> int:
         try:
             mdto.validate(_read_limited(p))
         except mdto.MdtoError as exc:
-            raise _fail(f"{p.relative_to(data)}: not valid MDTO: {exc}") from None
+            raise _fail(Check.PACKAGE_MDTO, f"{p.relative_to(data)}: not valid MDTO: {exc}") from None
         count += 1
     return count
 
@@ -698,7 +897,9 @@ def _read_limited(p: Path) -> bytes:
     with p.open("rb") as fh:
         data = fh.read(MAX_LINE_BYTES + 1)
     if len(data) > MAX_LINE_BYTES:
-        raise _fail(f"{p.name} is larger than {MAX_LINE_BYTES} bytes")
+        raise _fail(
+            Check.PACKAGE_SHAPE, f"{p.name} is larger than {MAX_LINE_BYTES} bytes", f"<= {MAX_LINE_BYTES} bytes"
+        )
     return data
 
 
@@ -708,9 +909,16 @@ def _check_previous(previous: Path, pdir: Path, start: int, key: tuple[str, Ed25
     prev_end = prev_range.get("end")
     _checkpoint(prev_proof / "checkpoint-end.txt", key, prev_end if isinstance(prev_end, int) else -1, "previous end")
     if prev_end != start:
-        raise _fail(f"the previous package ends at record {prev_end}, this one starts at {start}")
+        raise _fail(
+            Check.PACKAGE_PREVIOUS,
+            f"the previous package ends at record {prev_end}, this one starts at {start}",
+            start,
+            str(prev_end),
+        )
     if start > 0 and _small(pdir / "checkpoint-start.txt") != _small(prev_proof / "checkpoint-end.txt"):
-        raise _fail("this package's start checkpoint is not the previous package's end checkpoint")
+        raise _fail(
+            Check.PACKAGE_PREVIOUS, "this package's start checkpoint is not the previous package's end checkpoint"
+        )
 
 
 __all__ = ["MAX_LINE_BYTES", "PackageIntegrityError", "PackageReport", "iter_lines", "verify_package"]

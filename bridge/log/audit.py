@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bridge.errors import LogIntegrityError
+from bridge.errors import Check, LogIntegrityError
 from bridge.events import EncodingError, Event, event_from_bytes
 from bridge.log import crypto, format
 from bridge.log.clear import BLOB_SOURCE, BlobRecord, ClearRecordError, KeyRecord, parse_blob, parse_key
@@ -48,7 +48,9 @@ def blobs_of(seq: int, *values: object) -> tuple[bytes, ...]:
     out = []
     for v in values:
         if not isinstance(v, bytes | memoryview):
-            raise LogIntegrityError(seq, f"a stored column holds a {type(v).__name__}, not bytes")
+            raise LogIntegrityError(
+                seq, "a stored column holds another type than bytes", "bytes", type(v).__name__, check=Check.DATABASE
+            )
         out.append(bytes(v))
     return tuple(out)
 
@@ -60,21 +62,26 @@ def check_stored(
     try:
         header = format.unpack_header(header_b)
     except format.FormatError as exc:
-        raise LogIntegrityError(seq, f"header does not parse: {exc}") from None
+        raise LogIntegrityError(seq, f"header does not parse: {exc}", check=Check.HEADER) from None
     if header.seq != seq:
-        raise LogIntegrityError(seq, "record is out of place (swapped or moved)", str(seq), str(header.seq))
+        raise LogIntegrityError(seq, "record is out of place (swapped or moved)", seq, header.seq, check=Check.POSITION)
     if len(commit) != format.HASH_BYTES:
-        raise LogIntegrityError(seq, "commitment has the wrong length")
+        raise LogIntegrityError(
+            seq, "commitment has the wrong length", format.HASH_BYTES, len(commit), check=Check.COMMITMENT
+        )
     leaf = format.leaf_of(header_b, commit, body)
     if not crypto.hmac_equal(leaf, stored_leaf):
-        raise LogIntegrityError(seq, "stored bytes do not match the record's leaf hash", stored_leaf.hex(), leaf.hex())
+        raise LogIntegrityError(
+            seq, "stored bytes do not match the record's leaf hash", stored_leaf, leaf, check=Check.LEAF
+        )
     if prev is not None and not crypto.hmac_equal(header.prev_leaf, prev):
         where = seq - 1 if seq > 0 else seq
         raise LogIntegrityError(
             where,
             f"hash chain broken: record {seq} committed to a different record {where}",
-            header.prev_leaf.hex(),
-            prev.hex(),
+            header.prev_leaf,
+            prev,
+            check=Check.CHAIN,
         )
     return header, leaf
 
@@ -90,7 +97,8 @@ def open_clear_record(seq: int, header: format.RecordHeader, commit: bytes, body
             return key
         return parse_blob(payload)
     except (format.RecordAuthError, ClearRecordError) as exc:
-        raise LogIntegrityError(seq, f"{header.type.name.lower()} record: {exc}") from None
+        check = Check.COMMITMENT if isinstance(exc, format.CommitmentMismatch) else Check.CLEAR_RECORD
+        raise LogIntegrityError(seq, f"{header.type.name.lower()} record: {exc}", check=check) from None
 
 
 def check_plaintext(
@@ -110,40 +118,62 @@ def check_plaintext(
         else:
             expected = dedup_tag(secrets.index_key, BLOB_SOURCE, "", clear.blob_id)
         if not crypto.hmac_equal(dedup, expected):
-            raise LogIntegrityError(seq, "dedup index entry does not belong to this record")
+            raise LogIntegrityError(
+                seq, "dedup index entry does not belong to this record", expected, dedup, check=Check.TAGS
+            )
         return clear
     try:
         payload = format.open_record(secrets.log_id, secrets.data_keys, header, header_b, commit, body)
     except format.RecordAuthError as exc:
-        raise LogIntegrityError(seq, str(exc)) from None
+        raise LogIntegrityError(seq, str(exc), check=auth_check(exc)) from None
     if header.type == format.RecordType.DECISION:
         return _check_decision(seq, secrets, header, payload, dedup)
     try:
         event = event_from_bytes(payload)
     except EncodingError as exc:
-        raise LogIntegrityError(seq, f"decrypted payload is not an event: {exc}") from None
+        raise LogIntegrityError(seq, f"decrypted payload is not an event: {exc}", check=Check.PAYLOAD) from None
     tag = conversation_tag(secrets.index_key, event.source, event.conversation)
     if not crypto.hmac_equal(tag, header.conversation_tag):
-        raise LogIntegrityError(seq, "event is filed under another conversation than its header says")
-    if not crypto.hmac_equal(dedup, dedup_tag(secrets.index_key, event.source, event.conversation, event.event_id)):
-        raise LogIntegrityError(seq, "dedup index entry does not belong to this event")
+        raise LogIntegrityError(
+            seq,
+            "event is filed under another conversation than its header says",
+            tag,
+            header.conversation_tag,
+            check=Check.TAGS,
+        )
+    want = dedup_tag(secrets.index_key, event.source, event.conversation, event.event_id)
+    if not crypto.hmac_equal(dedup, want):
+        raise LogIntegrityError(seq, "dedup index entry does not belong to this event", want, dedup, check=Check.TAGS)
     return event
 
 
-def _check_decision(
-    seq: int, secrets: Secrets, header: format.RecordHeader, payload: bytes, dedup: bytes
-) -> Decision:
+def _check_decision(seq: int, secrets: Secrets, header: format.RecordHeader, payload: bytes, dedup: bytes) -> Decision:
     """A decision record must parse and sit under the conversation and dedup tags its payload claims."""
     try:
         d = parse_decision(payload)
     except DecisionError as exc:
-        raise LogIntegrityError(seq, f"decrypted payload is not a decision: {exc}") from None
+        raise LogIntegrityError(seq, f"decrypted payload is not a decision: {exc}", check=Check.PAYLOAD) from None
     conv = d.target.conversation
-    if not crypto.hmac_equal(conversation_tag(secrets.index_key, DECISION_SOURCE, conv), header.conversation_tag):
-        raise LogIntegrityError(seq, "decision is filed under another conversation than its header says")
-    if not crypto.hmac_equal(dedup, dedup_tag(secrets.index_key, DECISION_SOURCE, conv, d.id)):
-        raise LogIntegrityError(seq, "dedup index entry does not belong to this decision")
+    tag = conversation_tag(secrets.index_key, DECISION_SOURCE, conv)
+    if not crypto.hmac_equal(tag, header.conversation_tag):
+        raise LogIntegrityError(
+            seq,
+            "decision is filed under another conversation than its header says",
+            tag,
+            header.conversation_tag,
+            check=Check.TAGS,
+        )
+    want = dedup_tag(secrets.index_key, DECISION_SOURCE, conv, d.id)
+    if not crypto.hmac_equal(dedup, want):
+        raise LogIntegrityError(
+            seq, "dedup index entry does not belong to this decision", want, dedup, check=Check.TAGS
+        )
     return d
+
+
+def auth_check(exc: format.RecordAuthError) -> Check:
+    """A commitment mismatch is named apart from a record that does not open (AEAD tag, key, form)."""
+    return Check.COMMITMENT if isinstance(exc, format.CommitmentMismatch) else Check.AEAD
 
 
 def kind_of(opened: Opened) -> str:

@@ -41,6 +41,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from bridge.errors import DataError
+
 SIGNATURE_PREFIX = "\u2014 "  # em dash, space
 ALG_ED25519 = 0x01
 KEY_ID_SIZE = 4
@@ -70,7 +72,7 @@ class Reason(enum.StrEnum):
     BAD_KEY_NAME = "bad key name"
 
 
-class CheckpointError(ValueError):
+class CheckpointError(DataError, ValueError):
     """A note, checkpoint or verifier key was refused; `evidence` quotes what was wrong."""
 
     def __init__(self, reason: Reason, evidence: object = None) -> None:
@@ -110,9 +112,7 @@ def _is_utf8(text: str) -> bool:
 
 
 def _valid_key_name(name: str) -> bool:
-    return (
-        bool(name) and _is_utf8(name) and "+" not in name and not any(ch.isspace() or ch < " " for ch in name)
-    )
+    return bool(name) and _is_utf8(name) and "+" not in name and not any(ch.isspace() or ch < " " for ch in name)
 
 
 def _raw_public(public_key: Ed25519PublicKey) -> bytes:
@@ -151,9 +151,7 @@ def parse_vkey(text: str) -> tuple[str, Ed25519PublicKey]:
     public_key = Ed25519PublicKey.from_public_bytes(blob[1:])
     expected = key_id(name, public_key).hex()
     if id_hex.lower() != expected:
-        raise CheckpointError(
-            Reason.MALFORMED_KEY, f"key ID {id_hex} does not match name and key ({expected})"
-        )
+        raise CheckpointError(Reason.MALFORMED_KEY, f"key ID {id_hex} does not match name and key ({expected})")
     return name, public_key
 
 

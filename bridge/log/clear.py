@@ -34,6 +34,7 @@ from typing import Any
 
 import orjson
 
+from bridge.errors import DataError
 from bridge.events import canonical_json
 
 CLEAR_VERSION = 1
@@ -44,7 +45,7 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 PURPOSES = ("index", "data")
 
 
-class ClearRecordError(ValueError):
+class ClearRecordError(DataError, ValueError):
     """Bytes that are not a canonical KEY or BLOB payload (local bug or tampering)."""
 
 

@@ -19,6 +19,8 @@ import os
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from bridge.errors import DataError
+
 KEY_BYTES = 32
 NONCE_BYTES = 12
 SALT_BYTES = 16
@@ -28,7 +30,7 @@ _KEK_CHECK_DOMAIN = b"chatarchief/v1/kek-check\x00"
 RECORD_DOMAIN = b"chatarchief/v1/record\x00"
 
 
-class AuthError(Exception):
+class AuthError(DataError):
     """Ciphertext or wrapped key failed authentication (wrong key or tampering)."""
 
 

@@ -28,6 +28,7 @@ from typing import Literal
 
 import orjson
 
+from bridge.errors import DataError
 from bridge.events import canonical_json
 
 DECISION_VERSION = 1
@@ -39,7 +40,7 @@ Verdict = Literal["withhold", "release"]
 _VERDICTS: tuple[Verdict, ...] = ("withhold", "release")
 
 
-class DecisionError(ValueError):
+class DecisionError(DataError, ValueError):
     """Bytes that are not a canonical decision payload (local bug or tampering)."""
 
 

@@ -26,6 +26,7 @@ import hashlib
 import struct
 from dataclasses import dataclass
 
+from bridge.errors import DataError
 from bridge.log import crypto, merkle
 
 FORMAT_VERSION = 1
@@ -56,7 +57,7 @@ CLEAR_TAG = bytes(TAG_BYTES)
 CLEAR_NONCE = bytes(12)
 
 
-class FormatError(ValueError):
+class FormatError(DataError, ValueError):
     """Bytes that are not a record of a known version/type."""
 
 
@@ -141,15 +142,19 @@ def open_clear(header: RecordHeader, commit: bytes, body: bytes) -> tuple[bytes,
     if header.conversation_tag != CLEAR_TAG or header.nonce != CLEAR_NONCE:
         raise RecordAuthError("a clear record must carry a zero conversation tag and nonce")
     if not crypto.hmac_equal(commitment(body), commit):
-        raise RecordAuthError("clear record does not match its commitment")
+        raise CommitmentMismatch("clear record does not match its commitment")
     try:
         return split_plaintext(body)
     except FormatError as exc:
         raise RecordAuthError(str(exc)) from None
 
 
-class RecordAuthError(ValueError):
+class RecordAuthError(DataError, ValueError):
     """A record that does not decrypt or whose plaintext does not match its commitment."""
+
+
+class CommitmentMismatch(RecordAuthError):
+    """The record opens, but its plaintext is not the one its stored commitment names."""
 
 
 def open_record(
@@ -169,5 +174,5 @@ def open_record(
     except crypto.AuthError as exc:
         raise RecordAuthError("ciphertext does not authenticate under its data key") from exc
     if not crypto.hmac_equal(commitment(plaintext), commit):
-        raise RecordAuthError("plaintext does not match the stored commitment")
+        raise CommitmentMismatch("plaintext does not match the stored commitment")
     return split_plaintext(plaintext)[1]

@@ -13,9 +13,9 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
-from bridge.errors import LogIntegrityError
+from bridge.errors import Check, LogIntegrityError
 from bridge.events import Event, event_from_bytes
-from bridge.log import crypto, format
+from bridge.log import audit, crypto, format
 from bridge.log.clear import ClearRecordError, parse_key
 from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
@@ -35,7 +35,7 @@ def iter_decisions(data_dir: Path, keys: KeyMaterial, start: int = 0) -> Iterato
         try:
             yield seq, parse_decision(payload)
         except DecisionError as exc:
-            raise LogIntegrityError(seq, f"decision record does not parse: {exc}") from None
+            raise LogIntegrityError(seq, f"decision record does not parse: {exc}", check=Check.PAYLOAD) from None
 
 
 def load_keys(conn: sqlite3.Connection, keys: KeyMaterial) -> tuple[bytes, dict[int, bytes]]:
@@ -61,12 +61,14 @@ def recover_keys(conn: sqlite3.Connection, keys: KeyMaterial) -> tuple[bytes, di
             _, payload = format.open_clear(header, bytes(commit), bytes(body))
             rec = parse_key(payload)
         except (format.FormatError, format.RecordAuthError, ClearRecordError) as exc:
-            raise LogIntegrityError(int(seq), f"key record does not parse: {exc}") from None
+            raise LogIntegrityError(int(seq), f"key record does not parse: {exc}", check=Check.CLEAR_RECORD) from None
         found.append((rec.key_id, rec.purpose, rec.wrapped))
     try:
         return unwrap_keys(found, keys)
     except crypto.AuthError as exc:
-        raise LogIntegrityError(None, f"the key records do not unwrap with this key file: {exc}") from None
+        raise LogIntegrityError(
+            None, f"the key records do not unwrap with this key file: {exc}", check=Check.KEY_TABLE
+        ) from None
 
 
 def _iter_payloads(
@@ -88,7 +90,7 @@ def _iter_payloads(
                     keys.log_id, data_keys, header, bytes(header_b), bytes(commit), bytes(body)
                 )
             except format.RecordAuthError as exc:
-                raise LogIntegrityError(int(seq), str(exc)) from None
+                raise LogIntegrityError(int(seq), str(exc), check=audit.auth_check(exc)) from None
             yield int(seq), payload
     finally:
         conn.close()

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from bridge.clock import now_ms
-from bridge.errors import KeyFileError, LogIntegrityError, UsageError
+from bridge.errors import Check, KeyFileError, LogIntegrityError, UsageError
 from bridge.log import checkpoint, crypto, format, merkle
 from bridge.log.clear import KeyRecord
 from bridge.log.keys import KeyMaterial
@@ -169,7 +169,13 @@ def meta_dict(rows: Iterable[tuple[object, object]]) -> dict[str, bytes]:
     out: dict[str, bytes] = {}
     for k, v in rows:
         if not isinstance(v, bytes | memoryview):
-            raise LogIntegrityError(None, f"the meta table was altered: entry {str(k)[:40]!r} is not a byte string")
+            raise LogIntegrityError(
+                None,
+                f"the meta table was altered: entry {str(k)[:40]!r} is not a byte string",
+                "bytes",
+                type(v).__name__,
+                check=Check.META,
+            )
         out[str(k)] = bytes(v)
     return out
 
@@ -194,7 +200,9 @@ def check_key_matches(
         except crypto.AuthError:
             continue
         what = "log id" if not log_ok else "key check value"
-        raise LogIntegrityError(None, f"the meta table was altered: its {what} does not match the log's own keys")
+        raise LogIntegrityError(
+            None, f"the meta table was altered: its {what} does not match the log's own keys", check=Check.META
+        )
     if not log_ok:
         found = meta.get("log_id", b"").hex()
         raise KeyFileError(

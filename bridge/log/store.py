@@ -39,7 +39,7 @@ import aiosqlite
 
 from bridge.blobs import MediaKeys
 from bridge.clock import now_ms
-from bridge.errors import LogIntegrityError, StorageError, UsageError
+from bridge.errors import Check, LogIntegrityError, StorageError, UsageError
 from bridge.events import Event, canonical_bytes
 from bridge.log import audit, checkpoint, crypto, format, merkle
 from bridge.log.clear import BLOB_SOURCE, BlobRecord, KeyRecord
@@ -172,7 +172,9 @@ class LogStore:
         try:
             index_key, data_keys = unwrap_keys([r[:3] for r in rows], keys)
         except crypto.AuthError as exc:
-            raise LogIntegrityError(None, f"the key table was altered: {exc}; run `chatarchief verify`") from None
+            raise LogIntegrityError(
+                None, f"the key table was altered: {exc}; run `chatarchief verify`", check=Check.KEY_TABLE
+            ) from None
         secrets = audit.Secrets(keys.log_id, index_key, data_keys)
         key_seqs = {r[3]: r[0] for r in rows}
         await cls._check_key_records(conn, key_seqs, rows)
@@ -191,16 +193,26 @@ class LogStore:
             async with conn.execute("SELECT header, commitment, body FROM records WHERE seq = ?", (seq,)) as cur:
                 row = await cur.fetchone()
             if row is None:
-                raise LogIntegrityError(seq, f"the key table names record {seq} for key {key_id}, which is missing")
+                raise LogIntegrityError(
+                    seq, f"the key table names record {seq} for key {key_id}, which is missing", check=Check.KEY_TABLE
+                )
             try:
                 header = format.unpack_header(bytes(row[0]))
             except format.FormatError as exc:
-                raise LogIntegrityError(seq, f"header does not parse: {exc}") from None
+                raise LogIntegrityError(seq, f"header does not parse: {exc}", check=Check.HEADER) from None
             if header.type != format.RecordType.KEY:
-                raise LogIntegrityError(seq, f"the key table names record {seq} for key {key_id}: not a key record")
+                raise LogIntegrityError(
+                    seq,
+                    f"the key table names record {seq} for key {key_id}: not a key record",
+                    format.RecordType.KEY.name,
+                    header.type.name,
+                    check=Check.KEY_TABLE,
+                )
             rec = audit.open_clear_record(seq, header, bytes(row[1]), bytes(row[2]))
             if not isinstance(rec, KeyRecord) or rec != KeyRecord(key_id, purpose, rec.created_ms, wrapped):
-                raise LogIntegrityError(seq, f"key {key_id} in the key table differs from its key record")
+                raise LogIntegrityError(
+                    seq, f"key {key_id} in the key table differs from its key record", check=Check.KEY_TABLE
+                )
 
     @staticmethod
     async def _authenticate_tail(
@@ -223,12 +235,24 @@ class LogStore:
             while batch := await cur.fetchmany(1024):
                 for seq, dedup, header_b, commit, body, stored in batch:
                     if seq != frontier.size:
-                        raise LogIntegrityError(frontier.size, f"record is missing (the next stored record is {seq})")
+                        raise LogIntegrityError(
+                            frontier.size,
+                            f"record is missing (the next stored record is {seq})",
+                            frontier.size,
+                            seq,
+                            check=Check.MISSING_RECORD,
+                        )
                     header_b, commit, body, stored, dedup = audit.blobs_of(seq, header_b, commit, body, stored, dedup)
                     header, leaf = audit.check_stored(seq, header_b, commit, body, stored, prev)
                     opened = audit.check_plaintext(seq, secrets, header, header_b, commit, body, dedup)
                     if isinstance(opened, KeyRecord) and key_seqs.get(seq) != opened.key_id:
-                        raise LogIntegrityError(seq, f"key record {opened.key_id} is not in the key table")
+                        raise LogIntegrityError(
+                            seq,
+                            f"key record {opened.key_id} is not in the key table",
+                            opened.key_id,
+                            key_seqs.get(seq),
+                            check=Check.KEY_TABLE,
+                        )
                     frontier.append(leaf)
                     prev = leaf
         return frontier, prev, last_cp
@@ -272,7 +296,9 @@ class LogStore:
         value = str(row[0])
         if not crypto.hmac_equal(bytes(row[1]), cursor_mac(self._index_key, name, value)):
             raise LogIntegrityError(
-                None, f"the stored cursor of {name} was altered; refusing to resume from it (run verify)"
+                None,
+                f"the stored cursor of {name} was altered; refusing to resume from it (run verify)",
+                check=Check.CURSOR,
             )
         return value
 
@@ -557,7 +583,11 @@ class LogStore:
                 try:
                     checkpoint.verify_checkpoint_note(str(found[0]), name, self._keys.public_key, origin=name)
                 except checkpoint.CheckpointError as exc:
-                    raise LogIntegrityError(size, f"checkpoint for tree size {size} does not verify: {exc}") from None
+                    raise LogIntegrityError(
+                        size,
+                        f"checkpoint for tree size {size} does not verify: {exc}",
+                        check=Check.CHECKPOINT_SIGNATURE,
+                    ) from None
                 return str(found[0])
             prefix = await self._proven_prefix(size)
 
@@ -586,7 +616,13 @@ class LogStore:
             cp = _verified(str(low[1]), name, self._keys, int(low[0]))
             frontier = frontier_from_bytes(bytes(low[2]))
             if frontier.size != cp.size or not crypto.hmac_equal(frontier.root(), cp.root):
-                raise LogIntegrityError(cp.size, f"the stored tree edge at checkpoint {cp.size} is not its signed one")
+                raise LogIntegrityError(
+                    cp.size,
+                    f"the stored tree edge at checkpoint {cp.size} is not its signed one",
+                    f"size {cp.size}, root {cp.root.hex()}",
+                    f"size {frontier.size}, root {frontier.root().hex()}",
+                    check=Check.EDGE,
+                )
         head, _ = self._committed
         if high is not None:
             target_size, target_root = int(high[0]), _verified(str(high[1]), name, self._keys, int(high[0])).root
@@ -600,13 +636,23 @@ class LogStore:
             while batch := await cur.fetchmany(4096):
                 for seq, header_b, commit, body in batch:
                     if seq != frontier.size:
-                        raise LogIntegrityError(frontier.size, f"record is missing (the next stored record is {seq})")
+                        raise LogIntegrityError(
+                            frontier.size,
+                            f"record is missing (the next stored record is {seq})",
+                            frontier.size,
+                            seq,
+                            check=Check.MISSING_RECORD,
+                        )
                     frontier.append(format.leaf_of(bytes(header_b), bytes(commit), bytes(body)))
                     if frontier.size == size:
                         prefix = frontier.copy()
         if frontier.size != target_size or not crypto.hmac_equal(frontier.root(), target_root):
             raise LogIntegrityError(
-                max(size - 1, 0), f"records up to {target_size - 1} do not give the signed root at {target_size}"
+                max(size - 1, 0),
+                f"records up to {target_size - 1} do not give the signed root at {target_size}",
+                f"size {target_size}, root {target_root.hex()}",
+                f"size {frontier.size}, root {frontier.root().hex()}",
+                check=Check.CHECKPOINT_ROOT,
             )
         assert prefix is not None
         return prefix
@@ -653,9 +699,17 @@ async def _signed_frontier(conn: aiosqlite.Connection, keys: KeyMaterial) -> tup
         cp = checkpoint.verify_checkpoint_note(str(row[2]), name, keys.public_key, origin=name)
         frontier = frontier_from_bytes(bytes(row[3]))
     except (checkpoint.CheckpointError, ValueError) as exc:
-        raise LogIntegrityError(size, f"the newest checkpoint (tree size {size}) does not verify: {exc}") from None
+        raise LogIntegrityError(
+            size, f"the newest checkpoint (tree size {size}) does not verify: {exc}", check=Check.CHECKPOINT_SIGNATURE
+        ) from None
     if cp.size != size or frontier.size != size or not crypto.hmac_equal(frontier.root(), cp.root):
-        raise LogIntegrityError(size, f"the stored tree edge at checkpoint {size} does not give its signed root")
+        raise LogIntegrityError(
+            size,
+            f"the stored tree edge at checkpoint {size} does not give its signed root",
+            f"size {size}, root {cp.root.hex()}",
+            f"size {frontier.size}, root {frontier.root().hex()}",
+            check=Check.EDGE,
+        )
     return frontier, (size, int(row[1]))
 
 
@@ -666,7 +720,9 @@ async def _leaf_before(conn: aiosqlite.Connection, size: int) -> bytes:
     async with conn.execute("SELECT header, commitment, body FROM records WHERE seq = ?", (size - 1,)) as cur:
         row = await cur.fetchone()
     if row is None:
-        raise LogIntegrityError(size - 1, f"log truncated: a signed checkpoint covers {size} records")
+        raise LogIntegrityError(
+            size - 1, f"log truncated: a signed checkpoint covers {size} records", check=Check.TRUNCATED
+        )
     return format.leaf_of(bytes(row[0]), bytes(row[1]), bytes(row[2]))
 
 
@@ -674,9 +730,17 @@ def _verified(note: str, name: str, keys: KeyMaterial, size: int) -> checkpoint.
     try:
         cp = checkpoint.verify_checkpoint_note(note, name, keys.public_key, origin=name)
     except checkpoint.CheckpointError as exc:
-        raise LogIntegrityError(size, f"checkpoint for tree size {size} does not verify: {exc}") from None
+        raise LogIntegrityError(
+            size, f"checkpoint for tree size {size} does not verify: {exc}", check=Check.CHECKPOINT_SIGNATURE
+        ) from None
     if cp.size != size:
-        raise LogIntegrityError(size, f"checkpoint stored at tree size {size} is signed for {cp.size}")
+        raise LogIntegrityError(
+            size,
+            f"checkpoint stored at tree size {size} is signed for {cp.size}",
+            size,
+            cp.size,
+            check=Check.CHECKPOINT_ROW,
+        )
     return cp
 
 

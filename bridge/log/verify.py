@@ -35,7 +35,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bridge.blobs import BlobStore, MediaKeys
-from bridge.errors import LogIntegrityError, StorageError, UsageError
+from bridge.errors import Check, LogIntegrityError, StorageError, UsageError
 from bridge.events import Event
 from bridge.log import audit, checkpoint, crypto, format, merkle
 from bridge.log.clear import BlobRecord, KeyRecord
@@ -67,6 +67,20 @@ class VerifyReport:
     @property
     def unsealed(self) -> int:
         return self.records - self.sealed_size
+
+    def to_json(self) -> dict[str, object]:
+        """The report as `verify --json` prints it."""
+        return {
+            "intact": True,
+            "records": self.records,
+            "checkpoints": self.checkpoints,
+            "sealed_size": self.sealed_size,
+            "unsealed": self.unsealed,
+            "decrypted": self.decrypted,
+            "kinds": dict(sorted(self.kinds.items())),
+            "signer": self.signer,
+            "root": self.root.hex(),
+        }
 
 
 def open_readonly(data_dir: Path) -> sqlite3.Connection:
@@ -101,7 +115,6 @@ def _connect(path: Path, mode: str) -> sqlite3.Connection:
     return conn
 
 
-
 def verify_log(
     data_dir: Path,
     keys: KeyMaterial | None = None,
@@ -122,7 +135,7 @@ def verify_log(
         report = _verify(conn, data_dir, keys, public_key, progress, anchors)
     except (sqlite3.DatabaseError, UnicodeDecodeError) as exc:
         # A corrupt page (or a TEXT value that is no longer UTF-8) is evidence of damage, not a usage error.
-        raise LogIntegrityError(None, f"the database file is damaged: {exc}") from None
+        raise LogIntegrityError(None, f"the database file is damaged: {exc}", check=Check.DATABASE) from None
     finally:
         conn.close()
     if report.unsealed and keys is None and not allow_unsealed:
@@ -130,6 +143,7 @@ def verify_log(
             report.sealed_size,
             f"{report.unsealed} records after the last signed checkpoint (tree size {report.sealed_size}) are"
             " vouched for by nothing; check them with --key-file, or pass --allow-unsealed beside a running bot",
+            check=Check.UNSEALED,
         )
     return report
 
@@ -168,14 +182,21 @@ def _verify(
     for seq, dedup, header_b, commit, body, stored_leaf in rows:
         i = frontier.size
         if seq != i:
-            raise LogIntegrityError(i, f"record is missing (the next stored record is {seq})")
+            raise LogIntegrityError(
+                i, f"record is missing (the next stored record is {seq})", i, seq, check=Check.MISSING_RECORD
+            )
         header_b, commit, body, stored_leaf, dedup = audit.blobs_of(i, header_b, commit, body, stored_leaf, dedup)
         header, leaf = audit.check_stored(i, header_b, commit, body, stored_leaf, prev)
         if header.type in format.CLEAR_TYPES:
             clear = audit.open_clear_record(i, header, commit, body)
             if isinstance(clear, KeyRecord):
                 if clear.key_id in key_records:
-                    raise LogIntegrityError(i, f"key {clear.key_id} is recorded twice")
+                    raise LogIntegrityError(
+                        i,
+                        f"key {clear.key_id} is recorded twice",
+                        found=f"key {clear.key_id} at record {key_records[clear.key_id][0]}",
+                        check=Check.KEY_TABLE,
+                    )
                 key_records[clear.key_id] = (i, clear)
             else:
                 blobs.check_record(i, clear)
@@ -200,6 +221,7 @@ def _verify(
         raise LogIntegrityError(
             frontier.size,
             f"log truncated: a signed checkpoint covers {next_cp.size} records but only {frontier.size} are stored",
+            check=Check.TRUNCATED,
         )
     _check_key_table(conn, key_records)
     _check_bookkeeping(conn, meta)
@@ -226,22 +248,32 @@ class _BlobCheck:
         try:
             raw = path.read_bytes()
         except OSError:
-            raise LogIntegrityError(seq, f"media blob {rec.blob_id} is missing from the blob store") from None
+            raise LogIntegrityError(
+                seq, f"media blob {rec.blob_id} is missing from the blob store", check=Check.BLOB
+            ) from None
         digest = hashlib.sha256(raw).hexdigest()
         if len(raw) != rec.size or not crypto.hmac_equal(digest.encode(), rec.sha256.encode()):
-            raise LogIntegrityError(seq, f"media blob {rec.blob_id} was altered (not the file its record names)")
+            raise LogIntegrityError(
+                seq,
+                f"media blob {rec.blob_id} was altered (not the file its record names)",
+                f"sha256 {rec.sha256}, {rec.size} bytes",
+                f"sha256 {digest}, {len(raw)} bytes",
+                check=Check.BLOB,
+            )
         if self._store is not None:
             try:
                 self._store.get(rec.blob_id)  # decrypts and checks the plaintext against the id
             except LogIntegrityError as exc:
-                raise LogIntegrityError(seq, exc.reason) from None
+                raise LogIntegrityError(seq, exc.reason, exc.expected, exc.found, check=exc.check) from None
         self._recorded.add(rec.blob_id)
 
     def check_event(self, seq: int, event: Event) -> None:
         for att in event.attachments:
             if att.status == "stored" and att.blob_id is not None and att.blob_id not in self._recorded:
                 raise LogIntegrityError(
-                    seq, f"a stored attachment names media blob {att.blob_id}, which no earlier record vouches for"
+                    seq,
+                    f"a stored attachment names media blob {att.blob_id}, which no earlier record vouches for",
+                    check=Check.BLOB,
                 )
 
 
@@ -253,25 +285,46 @@ def _check_key_table(conn: sqlite3.Connection, records: dict[int, tuple[int, Key
     }
     for key_id in sorted(records.keys() | table.keys()):
         if key_id not in table:
-            raise LogIntegrityError(records[key_id][0], f"key {key_id} is missing from the key table")
+            raise LogIntegrityError(
+                records[key_id][0], f"key {key_id} is missing from the key table", check=Check.KEY_TABLE
+            )
         if key_id not in records:
             raise LogIntegrityError(
-                table[key_id][0], f"the key table holds key {key_id}, which no key record vouches for"
+                table[key_id][0],
+                f"the key table holds key {key_id}, which no key record vouches for",
+                check=Check.KEY_TABLE,
             )
         if table[key_id] != records[key_id]:
-            raise LogIntegrityError(records[key_id][0], f"key {key_id} in the key table differs from its key record")
+            raise LogIntegrityError(
+                records[key_id][0],
+                f"key {key_id} in the key table differs from its key record",
+                _key_row(records[key_id]),
+                _key_row(table[key_id]),
+                check=Check.KEY_TABLE,
+            )
     purposes = {rec.purpose for _, rec in records.values()}
     if purposes != {"index", "data"}:
-        raise LogIntegrityError(None, "the log holds no index key record or no data key record")
+        raise LogIntegrityError(
+            None,
+            "the log holds no index key record or no data key record",
+            "index, data",
+            ", ".join(sorted(purposes)) or "none",
+            check=Check.KEY_TABLE,
+        )
+
+
+def _key_row(row: tuple[int, KeyRecord]) -> str:
+    """A key row as evidence: its record, purpose, time and wrapped key's hash (never the wrapped key)."""
+    seq, rec = row
+    wrapped = hashlib.sha256(rec.wrapped).hexdigest()
+    return f"record {seq}, {rec.purpose}, created {rec.created_ms}, wrapped sha256 {wrapped}"
 
 
 def _check_cursors(conn: sqlite3.Connection, secrets: audit.Secrets) -> None:
     """Each source cursor carries a keyed MAC: an altered sync token would make the bot skip events."""
     for name, value, mac in conn.execute("SELECT name, value, mac FROM cursors ORDER BY name"):
         if not crypto.hmac_equal(bytes(mac), cursor_mac(secrets.index_key, str(name), str(value))):
-            raise LogIntegrityError(None, f"the stored cursor of {name} was altered")
-
-
+            raise LogIntegrityError(None, f"the stored cursor of {name} was altered", check=Check.CURSOR)
 
 
 def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes]) -> None:
@@ -288,20 +341,41 @@ def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes]) -> None
         "SELECT type, name, tbl_name, sql FROM sqlite_master")}  # fmt: skip
     for key, value in found.items():
         if expected.get(key) != value:
-            raise LogIntegrityError(None, f"the database schema was altered: {key[0]} {key[1]!r}", found=str(value))
+            raise LogIntegrityError(
+                None,
+                f"the database schema was altered: {key[0]} {key[1]!r}",
+                None if key not in expected else str(expected[key]),
+                str(value),
+                check=Check.SCHEMA,
+            )
     missing = [name for (kind, name) in expected if kind != "trigger" and (kind, name) not in found]
     if missing:
-        raise LogIntegrityError(None, f"the database schema was altered: {', '.join(missing)} missing")
+        raise LogIntegrityError(
+            None,
+            f"the database schema was altered: {', '.join(missing)} missing",
+            found="missing",
+            check=Check.SCHEMA,
+        )
     unknown = sorted(set(meta) - set(META_KEYS))
     if unknown:
-        raise LogIntegrityError(None, f"the meta table holds entries this log never writes: {', '.join(unknown)}")
+        raise LogIntegrityError(
+            None,
+            f"the meta table holds entries this log never writes: {', '.join(unknown)}",
+            check=Check.META,
+        )
     # Cursors (MAC-checked with the key, see _check_cursors) and counters: read them so damage shows, and
     # let SQLite check every b-tree and that each index (the dedup index above all) matches its table.
     conn.execute("SELECT name, value, updated_ms, mac FROM cursors").fetchall()
     conn.execute("SELECT name, value FROM counters").fetchall()
     problems = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(5)")]
     if problems != ["ok"]:
-        raise LogIntegrityError(None, f"the database file is damaged: {'; '.join(problems)}")
+        raise LogIntegrityError(
+            None,
+            f"the database file is damaged: {'; '.join(problems)}",
+            "ok",
+            "; ".join(problems),
+            check=Check.DATABASE,
+        )
 
 
 def _checked_checkpoints(
@@ -314,18 +388,30 @@ def _checked_checkpoints(
         try:
             cp = checkpoint.verify_checkpoint_note(str(note), name, pub)
         except checkpoint.CheckpointError as exc:
-            raise LogIntegrityError(size, f"checkpoint for tree size {size} does not verify: {exc}") from None
+            raise LogIntegrityError(
+                size, f"checkpoint for tree size {size} does not verify: {exc}", check=Check.CHECKPOINT_SIGNATURE
+            ) from None
         if cp.timestamp_ms is not None and created_ms != cp.timestamp_ms:
             # The writer's checkpoint interval and the archive read this column: it must be the signed time.
             raise LogIntegrityError(
-                size, "checkpoint's stored time differs from the signed one", str(cp.timestamp_ms), str(created_ms)
+                size,
+                "checkpoint's stored time differs from the signed one",
+                cp.timestamp_ms,
+                created_ms,
+                check=Check.CHECKPOINT_ROW,
             )
         if cp.size != size:
             raise LogIntegrityError(
-                size, "checkpoint's stored tree size differs from the signed one", str(cp.size), str(size)
+                size,
+                "checkpoint's stored tree size differs from the signed one",
+                cp.size,
+                size,
+                check=Check.CHECKPOINT_ROW,
             )
         if cp.origin != name:
-            raise LogIntegrityError(size, "checkpoint is for another log", name, cp.origin)
+            raise LogIntegrityError(
+                size, "checkpoint is for another log", name, cp.origin, check=Check.CHECKPOINT_SIGNATURE
+            )
         out.append((cp, bytes(edge)))
     return out
 
@@ -338,9 +424,9 @@ def _unlock(conn: sqlite3.Connection, keys: KeyMaterial) -> audit.Secrets:
     try:
         index_key, data_keys = unwrap_keys(rows, keys)
     except crypto.AuthError as exc:
-        raise LogIntegrityError(None, f"key table altered: {exc}") from None
+        raise LogIntegrityError(None, f"key table altered: {exc}", check=Check.KEY_TABLE) from None
     if not data_keys:
-        raise LogIntegrityError(None, "key table altered: it holds no data key")
+        raise LogIntegrityError(None, "key table altered: it holds no data key", check=Check.KEY_TABLE)
     return audit.Secrets(keys.log_id, index_key, data_keys)
 
 
@@ -350,14 +436,21 @@ def _check_root(cp: checkpoint.Checkpoint, frontier: merkle.Frontier, edges: dic
         raise LogIntegrityError(
             max(cp.size - 1, 0),
             f"records up to {cp.size - 1} do not match the signed checkpoint at tree size {cp.size}",
-            cp.root.hex(),
-            root.hex(),
+            cp.root,
+            root,
+            check=Check.CHECKPOINT_ROOT,
         )
     edge = edges.get(cp.size)
-    if edge is not None and not crypto.hmac_equal(edge, frontier_bytes(frontier)):
+    if edge is not None and not crypto.hmac_equal(edge, want := frontier_bytes(frontier)):
         # The writer resumes from the newest edge only after checking it against the signed root; a
         # wrong one is a hand-edited data dir all the same.
-        raise LogIntegrityError(cp.size, f"the stored tree edge at checkpoint {cp.size} is not the recomputed one")
+        raise LogIntegrityError(
+            cp.size,
+            f"the stored tree edge at checkpoint {cp.size} is not the recomputed one",
+            hashlib.sha256(want).hexdigest(),
+            hashlib.sha256(edge).hexdigest(),
+            check=Check.EDGE,
+        )
 
 
 def _signer(
@@ -367,7 +460,9 @@ def _signer(
     try:
         stored = checkpoint.parse_vkey(meta["vkey"].decode("ascii"))
     except (KeyError, UnicodeDecodeError, checkpoint.CheckpointError) as exc:
-        raise LogIntegrityError(None, f"the log's public key entry is damaged: {exc}") from None
+        raise LogIntegrityError(
+            None, f"the log's public key entry is damaged: {exc}", check=Check.SIGNING_KEY
+        ) from None
     expected = public_key or ((keys.key_name, keys.public_key) if keys else None)
     if expected is None:
         return stored
@@ -377,6 +472,7 @@ def _signer(
             "the log claims another signing key than the one given",
             expected=checkpoint.format_vkey(*expected),
             found=checkpoint.format_vkey(*stored),
+            check=Check.SIGNING_KEY,
         )
     return expected
 
@@ -386,5 +482,3 @@ def _checked_anchor(note: str, name: str, pub: Ed25519PublicKey) -> checkpoint.C
         return checkpoint.verify_checkpoint_note(note, name, pub)
     except checkpoint.CheckpointError as exc:
         raise UsageError(f"the pinned checkpoint does not verify against this log's key: {exc}") from None
-
-

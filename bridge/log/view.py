@@ -33,8 +33,8 @@ from types import TracebackType
 from typing import Self
 
 from bridge.blobs import MediaKeys
-from bridge.errors import LogIntegrityError
-from bridge.log import crypto, format, merkle
+from bridge.errors import Check, LogIntegrityError
+from bridge.log import audit, crypto, format, merkle
 from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
 from bridge.log.schema import check_key_matches, unwrap_keys
@@ -95,7 +95,7 @@ class LogView:
             try:
                 self._index_key, self._data_keys = unwrap_keys(rows, keys)
             except crypto.AuthError as exc:
-                raise LogIntegrityError(None, f"key table altered: {exc}") from None
+                raise LogIntegrityError(None, f"key table altered: {exc}", check=Check.KEY_TABLE) from None
             self._sealers = {k: crypto.Sealer(v) for k, v in self._data_keys.items()}
         except BaseException:
             self._conn.close()
@@ -166,11 +166,19 @@ class LogView:
         while rows := cur.fetchmany(_BATCH):
             for seq, leaf in rows:
                 if seq != expected:
-                    raise LogIntegrityError(expected, f"record is missing (the next stored record is {seq})")
+                    raise LogIntegrityError(
+                        expected,
+                        f"record is missing (the next stored record is {seq})",
+                        expected,
+                        seq,
+                        check=Check.MISSING_RECORD,
+                    )
                 expected += 1
                 yield int(seq), bytes(leaf)
         if expected != end:
-            raise LogIntegrityError(expected, f"record is missing (the range ends at {end})")
+            raise LogIntegrityError(
+                expected, f"record is missing (the range ends at {end})", end, expected, check=Check.MISSING_RECORD
+            )
 
     def leaf_before(self, seq: int) -> bytes | None:
         if seq == 0:
@@ -185,17 +193,20 @@ class LogView:
         try:
             return parse_decision(payload)
         except DecisionError as exc:
-            raise LogIntegrityError(row.seq, f"decision record does not parse: {exc}") from None
+            raise LogIntegrityError(row.seq, f"decision record does not parse: {exc}", check=Check.PAYLOAD) from None
 
     def leaf_parts(self, seq: int) -> tuple[bytes, bytes, bytes]:
         """(header, commitment, SHA-256 of the stored body) of record `seq`, checked against its stored leaf."""
         row = self._conn.execute("SELECT header, commitment, body, leaf FROM records WHERE seq = ?", (seq,)).fetchone()
         if row is None:
-            raise LogIntegrityError(seq, "record is missing")
+            raise LogIntegrityError(seq, "record is missing", check=Check.MISSING_RECORD)
         header, commit, body, stored = (bytes(v) for v in row)
         ct_hash = hashlib.sha256(body).digest()
-        if not crypto.hmac_equal(merkle.leaf_hash(format.leaf_data(header, commit, ct_hash)), stored):
-            raise LogIntegrityError(seq, "stored bytes do not match the record's leaf hash")
+        leaf = merkle.leaf_hash(format.leaf_data(header, commit, ct_hash))
+        if not crypto.hmac_equal(leaf, stored):
+            raise LogIntegrityError(
+                seq, "stored bytes do not match the record's leaf hash", stored, leaf, check=Check.LEAF
+            )
         return header, commit, ct_hash
 
     def opened(self, row: ScanRow) -> RangeRecord:
@@ -203,8 +214,14 @@ class LogView:
         header = self._header(row.seq, row.header)
         ct_hash = hashlib.sha256(row.body).digest()
         leaf = merkle.leaf_hash(format.leaf_data(row.header, row.commitment, ct_hash))
-        if header.seq != row.seq or not crypto.hmac_equal(leaf, row.leaf):
-            raise LogIntegrityError(row.seq, "stored bytes do not match the record's leaf hash")
+        if header.seq != row.seq:
+            raise LogIntegrityError(
+                row.seq, "record is out of place (swapped or moved)", row.seq, header.seq, check=Check.POSITION
+            )
+        if not crypto.hmac_equal(leaf, row.leaf):
+            raise LogIntegrityError(
+                row.seq, "stored bytes do not match the record's leaf hash", row.leaf, leaf, check=Check.LEAF
+            )
         salt, payload = self._open(row.seq, row.header, header, row.commitment, row.body)
         return RangeRecord(row.seq, row.header, header, row.commitment, ct_hash, leaf, salt, payload)
 
@@ -218,30 +235,42 @@ class LogView:
         while rows := cur.fetchmany(1024):
             for seq, header_b, commit, body, stored in rows:
                 if seq != expected:
-                    raise LogIntegrityError(expected, f"record is missing (the next stored record is {seq})")
+                    raise LogIntegrityError(
+                        expected,
+                        f"record is missing (the next stored record is {seq})",
+                        expected,
+                        seq,
+                        check=Check.MISSING_RECORD,
+                    )
                 expected += 1
                 header_b, commit, body = bytes(header_b), bytes(commit), bytes(body)
                 header = self._header(seq, header_b)
                 if header.seq != seq:
-                    raise LogIntegrityError(seq, "record is out of place (swapped or moved)")
+                    raise LogIntegrityError(
+                        seq, "record is out of place (swapped or moved)", seq, header.seq, check=Check.POSITION
+                    )
                 ct_hash = hashlib.sha256(body).digest()
                 leaf = merkle.leaf_hash(format.leaf_data(header_b, commit, ct_hash))
                 if not crypto.hmac_equal(leaf, bytes(stored)):
-                    raise LogIntegrityError(seq, "stored bytes do not match the record's leaf hash")
+                    raise LogIntegrityError(
+                        seq, "stored bytes do not match the record's leaf hash", bytes(stored), leaf, check=Check.LEAF
+                    )
                 if prev_leaf is not None and not crypto.hmac_equal(header.prev_leaf, prev_leaf):
-                    raise LogIntegrityError(seq, "hash chain broken")
+                    raise LogIntegrityError(seq, "hash chain broken", header.prev_leaf, prev_leaf, check=Check.CHAIN)
                 prev_leaf = leaf
                 salt, payload = self._open(seq, header_b, header, commit, body)
                 yield RangeRecord(seq, header_b, header, commit, ct_hash, leaf, salt, payload)
         if expected != end:
-            raise LogIntegrityError(expected, f"record is missing (the range ends at {end})")
+            raise LogIntegrityError(
+                expected, f"record is missing (the range ends at {end})", end, expected, check=Check.MISSING_RECORD
+            )
 
     @staticmethod
     def _header(seq: int, header_b: bytes) -> format.RecordHeader:
         try:
             return format.unpack_header(header_b)
         except format.FormatError as exc:
-            raise LogIntegrityError(seq, f"header does not parse: {exc}") from None
+            raise LogIntegrityError(seq, f"header does not parse: {exc}", check=Check.HEADER) from None
 
     def _open(
         self, seq: int, header_b: bytes, header: format.RecordHeader, commit: bytes, body: bytes
@@ -250,20 +279,24 @@ class LogView:
             try:
                 return format.open_clear(header, commit, body)
             except format.RecordAuthError as exc:
-                raise LogIntegrityError(seq, f"clear record: {exc}") from None
+                raise LogIntegrityError(seq, f"clear record: {exc}", check=audit.auth_check(exc)) from None
         sealer = self._sealers.get(header.key_id)
         if sealer is None:
-            raise LogIntegrityError(seq, f"data key {header.key_id} is not in the key table")
+            raise LogIntegrityError(seq, f"data key {header.key_id} is not in the key table", check=Check.KEY_TABLE)
         try:
             plaintext = sealer.open(header.nonce, body, format.associated_data(self._keys.log_id, header_b, commit))
         except crypto.AuthError:
-            raise LogIntegrityError(seq, "ciphertext does not authenticate under its data key") from None
-        if not crypto.hmac_equal(format.commitment(plaintext), commit):
-            raise LogIntegrityError(seq, "plaintext does not match the stored commitment")
+            raise LogIntegrityError(
+                seq, "ciphertext does not authenticate under its data key", check=Check.AEAD
+            ) from None
+        if not crypto.hmac_equal(got := format.commitment(plaintext), commit):
+            raise LogIntegrityError(
+                seq, "plaintext does not match the stored commitment", commit, got, check=Check.COMMITMENT
+            )
         try:
             return format.split_plaintext(plaintext)
         except format.FormatError as exc:
-            raise LogIntegrityError(seq, str(exc)) from None
+            raise LogIntegrityError(seq, str(exc), check=Check.PAYLOAD) from None
 
 
 __all__ = ["APPENDED", "LogView", "RangeRecord", "ScanRow", "appended_ms"]

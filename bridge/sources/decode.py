@@ -33,6 +33,7 @@ from typing import Any, TypeGuard
 import orjson
 
 from bridge import events
+from bridge.errors import DataError
 from bridge.events import JSONDict
 
 #: Digit runs long enough to be an integer literal beyond 64 bits (or in a string).
@@ -215,7 +216,7 @@ def _checked_int(literal: str) -> int:
 # --- field reads: a present field of the wrong type is malformed; null counts as absent -----
 
 
-class Malformed(Exception):
+class Malformed(DataError):
     """The event breaks the Matrix spec; the message becomes the Event's `problem`."""
 
 

@@ -32,6 +32,7 @@ import aiohttp
 from nio.crypto.attachments import decrypt_attachment
 from nio.exceptions import EncryptionError
 
+from bridge.errors import SourceError
 from bridge.events import Attachment, Event
 from bridge.sources import BlobSink
 from bridge.sources.matrix.client import MatrixUnavailableError
@@ -42,7 +43,7 @@ MEDIA_DOWNLOAD_PATH = "/_matrix/client/v1/media/download"
 _CHUNK = 64 * 1024
 
 
-class Oversized(Exception):
+class Oversized(SourceError):
     """The body grew past the limit while streaming."""
 
 
@@ -80,7 +81,7 @@ class MediaFetcher:
             raise MatrixUnavailableError(f"media download: homeserver unreachable ({type(exc).__name__})") from exc
 
 
-class MediaRefused(Exception):
+class MediaRefused(SourceError):
     """The homeserver answered but would not give the media."""
 
 

@@ -29,6 +29,7 @@ import stat
 from dataclasses import replace
 from pathlib import Path
 
+from bridge.errors import SourceError
 from bridge.events import Attachment, Event
 from bridge.sources import BlobSink
 from bridge.sources.signal.transport import AttachmentTooLarge, Channel, SignalRpcError, SignalUnavailable
@@ -36,7 +37,7 @@ from bridge.sources.signal.transport import AttachmentTooLarge, Channel, SignalR
 log = logging.getLogger(__name__)
 
 
-class _NotInFolder(Exception):
+class _NotInFolder(SourceError):
     """The folder has no usable file for this id (fall back to the connection)."""
 
 

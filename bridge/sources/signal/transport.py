@@ -52,7 +52,7 @@ class SignalRpcError(SourceError):
         super().__init__(f"JSON-RPC error {code}: {message[:200]}")
 
 
-class AttachmentTooLarge(Exception):
+class AttachmentTooLarge(SourceError):
     """The attachment is larger than the configured limit."""
 
 
