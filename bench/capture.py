@@ -2,7 +2,7 @@
 
 Run: `.venv/bin/python bench/capture.py [--senders 4] [--messages 50]`
 
-A throwaway Synapse (bridge.devserver) on 127.0.0.1. `--senders` officials (nio
+A throwaway Synapse (bridge.dev.synapse) on 127.0.0.1. `--senders` officials (nio
 clients with E2EE) each send `--messages` messages, alternating between a plain
 and an encrypted room, all senders at once. Two observers are members of both
 rooms:
@@ -41,8 +41,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bridge.devclients import Official, make_official, ok  # noqa: E402
-from bridge.devserver import SynapseServer  # noqa: E402
+from bridge.dev.officials import Official, make_official, ok  # noqa: E402
+from bridge.dev.synapse import SynapseServer  # noqa: E402
 from bridge.events import MATRIX  # noqa: E402
 from bridge.log import keys as keyfile  # noqa: E402
 from bridge.log.keys import KeyMaterial  # noqa: E402

@@ -35,8 +35,8 @@ from bridge.app import archive_options
 from bridge.app import run as run_bot
 from bridge.archive.package import SnapshotResult, interim_package
 from bridge.archive.verify_package import PackageReport, verify_package
-from bridge.devclients import Official, make_official, ok, poll_until
-from bridge.devserver import SynapseServer
+from bridge.dev.officials import Official, make_official, ok, poll_until
+from bridge.dev.synapse import SynapseServer
 from bridge.durable import write_exclusive
 from bridge.errors import UsageError
 from bridge.events import Event, Kind

@@ -18,13 +18,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge.clock import now_ms
 from bridge.errors import UsageError
 from bridge.events import Kind, canonical_bytes
 from bridge.log.format import RecordType
-from bridge.log.schema import now_ms
 from bridge.log.store import AppendResult
 from bridge.log.writer import Appender
-from bridge.sources import matrix_events
+from bridge.sources.matrix.normalise import normalise
 
 BATCH = 256
 
@@ -62,7 +62,7 @@ def encode_batch(lines: list[bytes], received: int) -> tuple[list[Entry], int]:
     entries: list[Entry] = []
     unknown = 0
     for line in lines:
-        event = matrix_events.normalise(line.rstrip(b"\r\n"), received_at=received)
+        event = normalise(line.rstrip(b"\r\n"), received_at=received)
         unknown += event.kind is Kind.UNKNOWN
         entries.append((RecordType.EVENT, event.source, event.conversation, event.event_id, canonical_bytes(event)))
     return entries, unknown

@@ -31,9 +31,9 @@ from apscheduler.triggers.date import DateTrigger
 
 from bridge.archive.package import ArchiveOptions, SnapshotResult, package_name, snapshot
 from bridge.archive.range import Month, month_of, months, zone
+from bridge.clock import now_ms
 from bridge.errors import ChatarchiefError, ConfigError
 from bridge.log.keys import KeyMaterial
-from bridge.log.schema import now_ms
 from bridge.log.store import LogStore
 from bridge.log.view import LogView
 

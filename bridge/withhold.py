@@ -10,10 +10,10 @@ package is the pure fold in `bridge.policy`.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bridge.clock import now_ms
 from bridge.errors import UsageError
 from bridge.log.decision import DECISION_SOURCE, Decision, DecisionTarget, Verdict, encode_decision, new_decision_id
 from bridge.log.format import RecordType
@@ -83,7 +83,7 @@ async def withhold(
         current = await asyncio.to_thread(current_withheld, data_dir, store.keys)
         if target.key not in current:
             raise UsageError(f"event {event_id!r} in {target.conversation!r} is not withheld; nothing to release")
-    at_ms = clock() if clock is not None else time.time_ns() // 1_000_000
+    at_ms = clock() if clock is not None else now_ms()
     decision = Decision(new_decision_id(), verdict, target, reason, by, at_ms)
     entry = (RecordType.DECISION, DECISION_SOURCE, target.conversation, decision.id, encode_decision(decision))
     result = await store.append_records([entry])

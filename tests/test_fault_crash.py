@@ -26,11 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devserver import DevServerError, SynapseServer
+from bridge.dev.synapse import DevServerError, SynapseServer
 from bridge.events import Kind
 from bridge.log import keys as keyfile
 from bridge.log.verify import verify_log
-from bridge.sources.matrix_crypto import LATE_SUFFIX
+from bridge.sources.matrix.crypto import LATE_SUFFIX
 from tests.support.botrun import BotRun, chatarchief, write_config
 from tests.support.figures import record
 from tests.support.logview import LogView

@@ -16,7 +16,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from bridge.devserver import DevServerError, SynapseServer
+from bridge.dev.synapse import DevServerError, SynapseServer
 from bridge.events import Kind
 from bridge.log import keys as keyfile
 from bridge.log.verify import verify_log

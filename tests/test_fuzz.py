@@ -36,8 +36,8 @@ from bridge.events import Event, Kind, canonical_bytes, event_from_bytes
 from bridge.importer import encode_batch, import_file
 from bridge.log import keys as keyfile
 from bridge.log.store import LogStore, initialise
-from bridge.sources.matrix_events import normalise
-from bridge.sources.signal_envelopes import normalise_envelope, unstored_kind
+from bridge.sources.matrix.normalise import normalise
+from bridge.sources.signal.envelopes import normalise_envelope, unstored_kind
 from tests.support.figures import record
 
 pytestmark = pytest.mark.slow

@@ -32,10 +32,11 @@ import pytest
 from bridge.archive.package import snapshot
 from bridge.archive.range import Month
 from bridge.archive.verify_package import verify_package
-from bridge.devserver import SynapseServer
+from bridge.dev.synapse import SynapseServer
 from bridge.events import Kind
 from bridge.log import keys as keyfile
-from bridge.sources.matrix_invites import handle_invites
+from bridge.sources.matrix.invites import handle_invites
+from bridge.sources.matrix.planner import Rules, SyncState, plan
 from tests.support.archive_log import OPTIONS
 from tests.support.botrun import BotRun, chatarchief, write_config
 from tests.support.logview import LogView
@@ -195,7 +196,9 @@ async def test_invites_from_unknown_users_and_servers_are_declined() -> None:
         "!forged:evil.example": _invite("@official:example.org", target="@someone-else:example.org"),
         "!nobody:evil.example": {"invite_state": {"events": []}},
     }
-    await handle_invites(client, invites, frozenset({"@official:example.org"}), frozenset())  # type: ignore[arg-type]
+    rules = Rules(client.user_id, frozenset({"@official:example.org"}))
+    todo = plan({"rooms": {"invite": invites}}, SyncState(None, set()), rules)
+    await handle_invites(client, todo.invites)  # type: ignore[arg-type]
     assert sorted(client.calls) == sorted([
         ("join", "!ok:example.org"), ("leave", "!stranger:example.org"), ("leave", "!otherserver:evil.example"),
         ("leave", "!forged:evil.example"), ("leave", "!nobody:evil.example"),

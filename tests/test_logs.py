@@ -48,7 +48,7 @@ def test_library_debug_logs_are_held_back(capsys: pytest.CaptureFixture[str]) ->
 def test_retention_change_raises_a_compliance_alert(caplog: pytest.LogCaptureFixture) -> None:
     """A captured m.room.retention change is logged as an ALERT with ids and lifetime, never content."""
     from bridge.capture import report_compliance_alerts
-    from bridge.sources.matrix_events import normalise
+    from bridge.sources.matrix.normalise import normalise
 
     retention = normalise(
         {

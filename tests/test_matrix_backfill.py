@@ -1,4 +1,4 @@
-"""Backfill commits page by page (bridge/sources/matrix_backfill.py) against a real Synapse."""
+"""Backfill commits page by page (bridge/sources/matrix/backfill.py) against a real Synapse."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bridged rooms (bridge/sources/matrix_bridges.py): the archive shows the original network and sender."""
+"""Bridged rooms (bridge/sources/matrix/bridges.py): the archive shows the original network and sender."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from nio import AsyncClient
 
-from bridge.devserver import SynapseServer
+from bridge.dev.synapse import SynapseServer
 from bridge.events import MATRIX, ConversationId, Event, EventId, Kind, SenderId
-from bridge.sources.matrix_bridges import BridgeTracker
+from bridge.sources.matrix.bridges import BridgeTracker
 from tests.support.officials import OfficialFactory, ok
 from tests.test_matrix_source import Bot, MemorySink, bot, wait_event
 

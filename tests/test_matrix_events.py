@@ -1,4 +1,4 @@
-"""Tests for bridge.sources.matrix_events: Matrix client-server events -> Event.
+"""Tests for bridge.sources.matrix.normalise: Matrix client-server events -> Event.
 
 Example events follow what Synapse serves over /sync and /messages (spec v1.x).
 """
@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from bridge import events
 from bridge.events import MATRIX, Attachment, Event, Kind, canonical_bytes, event_from_bytes
-from bridge.sources.matrix_events import normalise
+from bridge.sources.matrix.normalise import normalise
 
 ROOM = "!VbCnXpQrStUw:example.org"
 TS = 1_700_000_000_000

@@ -1,4 +1,4 @@
-"""The saved Matrix session (bridge/sources/matrix_session.py): the access token is sealed at rest."""
+"""The saved Matrix session (bridge/sources/matrix/session.py): the access token is sealed at rest."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.sources.matrix_session import (
+from bridge.sources.matrix.session import (
     SESSION_FILE,
     SavedSession,
     SessionFileError,

@@ -21,10 +21,10 @@ import aiohttp
 import pytest
 from nio import RoomPreset
 
-from bridge.devserver import SynapseServer
+from bridge.dev.synapse import SynapseServer
 from bridge.events import Event, Kind
 from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
-from bridge.sources.matrix_session import load_identity, load_session
+from bridge.sources.matrix.session import load_identity, load_session
 from tests.support.officials import Official, OfficialFactory, ok, poll_until, unique_name
 from tests.support.sinks import RecordingSink as MemorySink
 
@@ -395,7 +395,7 @@ def _verify_signed(obj: dict[str, Any], user_id: str, public_b64: str) -> None:
     """Check obj's signature by the Ed25519 key `public_b64` (Matrix canonical JSON)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-    from bridge.sources.matrix_xsign import canonical_json
+    from bridge.sources.matrix.cross_signing import canonical_json
 
     def b64(s: str) -> bytes:
         return base64.b64decode(s + "=" * (-len(s) % 4))

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devserver import SynapseServer
+from bridge.dev.synapse import SynapseServer
 from bridge.log import keys as keyfile
 from bridge.log.verify import verify_log
-from bridge.sources.matrix_session import load_session
+from bridge.sources.matrix.session import load_session
 from tests.support.botrun import BotRun, chatarchief, write_config
 from tests.support.figures import record
 from tests.support.logview import LogView

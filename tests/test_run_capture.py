@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devserver import SynapseServer
+from bridge.dev.synapse import SynapseServer
 from bridge.events import Event, Kind
 from bridge.log import keys as keyfile
 from bridge.log.verify import verify_log
-from bridge.sources.matrix_session import load_session
+from bridge.sources.matrix.session import load_session
 from tests.support.botrun import BotRun, chatarchief, files_containing, write_config
 from tests.support.logview import LogView
 from tests.support.officials import OfficialFactory, poll_until, unique_name

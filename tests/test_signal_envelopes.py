@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.events import SIGNAL, Kind, canonical_bytes, event_from_bytes
-from bridge.sources.signal_envelopes import normalise_envelope, unstored_kind
+from bridge.sources.signal.envelopes import normalise_envelope, unstored_kind
 from tests.support.signal_daemon import ACCOUNT, fixture_names, load_fixture
 
 PEER_UUID = "5e2f9d10-8a3b-4c6d-b7e8-1f2a3b4c5d6e"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge.sources.signal_framing import HEAD_BYTES, LineSplitter, Oversized, SseEvent, SseParser, classify, request
+from bridge.sources.signal.framing import HEAD_BYTES, LineSplitter, Oversized, SseEvent, SseParser, classify, request
 
 
 def test_lines_split_across_chunks() -> None:

@@ -64,11 +64,11 @@ from bridge.archive.mdto import Organisation
 from bridge.archive.plan import Carried, Plan, Seal, carried_decisions, closing, plan, seal_notes
 from bridge.archive.render import render_package
 from bridge.blobs import BlobStore
+from bridge.clock import now_ms
 from bridge.errors import Check, LogIntegrityError, UsageError
 from bridge.events import Attachment, EncodingError, Event, event_from_bytes
 from bridge.log import checkpoint, crypto, format
 from bridge.log.keys import KeyMaterial
-from bridge.log.schema import now_ms
 from bridge.log.view import LogView, RangeRecord
 from bridge.policy import Withheld, fold_decisions
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from bridge.clock import now_ms
 from bridge.errors import Check, KeyFileError, LogIntegrityError, UsageError
 from bridge.log import checkpoint, crypto, format, merkle
 from bridge.log.clear import KeyRecord
@@ -64,10 +64,6 @@ DATA_PURPOSE = "data"
 
 def db_path(data_dir: Path) -> Path:
     return data_dir / DB_NAME
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _connect_sync(path: Path) -> sqlite3.Connection:

@@ -41,6 +41,7 @@ from typing import Self, TypeVar
 import aiosqlite
 
 from bridge.blobs import MediaKeys
+from bridge.clock import now_ms
 from bridge.errors import Check, LogIntegrityError, StorageError, UsageError
 from bridge.events import Event, canonical_bytes
 from bridge.log import audit, checkpoint, crypto, format, merkle
@@ -60,7 +61,6 @@ from bridge.log.schema import (
     key_record,
     key_row,
     meta_dict,
-    now_ms,
     seal_key_record,
     unwrap_keys,
 )

@@ -19,11 +19,12 @@ import pytest
 from bridge.archive.mdto import Organisation
 from bridge.archive.package import ArchiveOptions
 from bridge.blobs import BlobStore
+from bridge.clock import now_ms
 from bridge.events import MATRIX, Attachment, ConversationId, Event, EventId, Kind, SenderId
 from bridge.log import checkpoint, merkle
 from bridge.log import schema as schema_module
 from bridge.log import store as store_module
-from bridge.log.schema import db_path, now_ms
+from bridge.log.schema import db_path
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.withhold import withhold
 from tests.conftest import LogDir, create_log

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bridge.devserver import SynapseServer
+from bridge.dev.synapse import SynapseServer
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bridge.devserver import SynapseServer
+from bridge.dev.synapse import SynapseServer
 from tests.support.officials import Official, OfficialFactory, make_official
 
 

@@ -1,5 +1,5 @@
-"""Officials for integration tests: re-exported from `bridge.devclients` (shared with the demo)."""
+"""Officials for integration tests: re-exported from `bridge.dev.officials` (shared with the demo)."""
 
-from bridge.devclients import Official, OfficialFactory, make_official, ok, poll_until, unique_name
+from bridge.dev.officials import Official, OfficialFactory, make_official, ok, poll_until, unique_name
 
 __all__ = ["Official", "OfficialFactory", "make_official", "ok", "poll_until", "unique_name"]

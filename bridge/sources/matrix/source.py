@@ -10,25 +10,29 @@ Contract with the capture pipeline:
   returned, so the token is durable with (never before) its events. A crash
   replays at most one batch; the log deduplicates on (source, conversation,
   event_id).
-- Gaps are backfilled through /messages (see `matrix_backfill`): a `limited`
+- Gaps are backfilled through /messages (see `backfill`): a `limited`
   timeline from the previous token; a room seen for the first time (first run,
   or just joined) from the start of the history the bot may see. Each page is
   committed on its own with `cursor=None` (the stored cursor stays), before the
   sync batch's final commit: memory stays bounded by the page size.
 - An outage (homeserver unreachable or refusing, at start-up or mid-stream)
   is logged when it starts and becomes one Kind.NOTICE event (`content.notice
-  = "capture_gap"`, `gap_start_ms`, `gap_end_ms`, `reason`) committed with the
-  first sync batch after it. Nothing is lost meanwhile (the homeserver keeps
+  = "capture_gap"`, built by `sources.outage.gap_notice`, plus `homeserver`)
+  committed with the first sync batch after it. Nothing is lost meanwhile (the homeserver keeps
   the history; the cursor and backfill pick it up): the notice is the record
   that capture was late, not that it missed events.
 - Invites are accepted from `allowed_inviters` or for `rooms`, else declined;
   logs carry ids, never message content.
 - Encrypted events nio cannot decrypt are committed as `undecryptable`, their
-  keys requested, and retried when keys arrive (see `matrix_crypto`).
-- Media is fetched into `blobs` (see `matrix_media`); without `blobs` the
+  keys requested, and retried when keys arrive (see `crypto`).
+- Media is fetched into `blobs` (see `media`); without `blobs` the
   attachments stay "pending" references.
 - Events in bridged rooms carry `content["bridge"]`: the room's bridge state
-  and the sender's remote identity (see `matrix_bridges`).
+  and the sender's remote identity (see `bridges`).
+
+What a sync batch stores, backfills, accepts and skips is decided by the pure
+`planner.plan` (unit-tested without a homeserver); this module carries the
+plan out on nio.
 
 nio pitfalls handled here: never `sync_forever` (it acknowledges by itself);
 `store_sync_tokens=False` (nio would save the token before we commit); key
@@ -43,34 +47,37 @@ import asyncio
 import base64
 import contextlib
 import logging
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from nio import AsyncClientConfig, MegolmEvent
 
+from bridge.clock import now_ms
 from bridge.errors import SourceError
 from bridge.events import MATRIX, ConversationId, Event, EventId, Kind
 from bridge.sources import BlobSink, Sink
-from bridge.sources import matrix_crypto as crypto
-from bridge.sources.matrix_backfill import gap_pages
-from bridge.sources.matrix_bridges import BridgeTracker
-from bridge.sources.matrix_client import (
+from bridge.sources.matrix import crypto
+from bridge.sources.matrix.backfill import gap_pages
+from bridge.sources.matrix.bridges import BridgeTracker
+from bridge.sources.matrix.client import (
     MatrixLoginError,
     RawKeepingClient,
     checked,
     close_quietly,
     open_session,
 )
-from bridge.sources.matrix_events import normalise
-from bridge.sources.matrix_invites import handle_invites, join_configured
-from bridge.sources.matrix_media import MediaFetcher, fetch_attachments
-from bridge.sources.matrix_redacted import recover_original
-from bridge.sources.matrix_state import SourceState
-from bridge.sources.matrix_xsign import CrossSigningError, ensure_cross_signed
+from bridge.sources.matrix.cross_signing import CrossSigningError, ensure_cross_signed
+from bridge.sources.matrix.invites import handle_invites, join_configured
+from bridge.sources.matrix.media import MediaFetcher, fetch_attachments
+from bridge.sources.matrix.normalise import normalise
+from bridge.sources.matrix.planner import Backfill, RoomPlan, Rules, SyncState, plan
+from bridge.sources.matrix.redacted import recover_original
+from bridge.sources.matrix.state import SourceState
+from bridge.sources.outage import Backoff, Outage, gap_notice, wait
 
-__all__ = ["BlobSink", "MatrixSource", "MatrixSourceConfig", "Sink"]
+__all__ = ["MatrixSource", "MatrixSourceConfig"]
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +115,6 @@ class _Batch:
     late: list[str]
 
 
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class MatrixSource:
     """One bot account on one homeserver (see module docstring)."""
 
@@ -126,14 +129,14 @@ class MatrixSource:
         #: Set once the first sync batch is committed (tests and health checks wait on it).
         self.synced = asyncio.Event()
         self._commits = 0
-        #: (start ms, reason) of an outage not yet recorded in the log.
-        self._outage: tuple[int, str] | None = None
+        #: An outage not yet recorded in the log.
+        self._outage: Outage | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
         """Capture until `stop` is set (see module docstring for what propagates)."""
-        backoff = self.cfg.backoff_initial
+        backoff = Backoff(self.cfg.backoff_initial, self.cfg.backoff_max)
         while not stop.is_set():
             commits_before = self._commits
             try:
@@ -142,15 +145,15 @@ class MatrixSource:
                 raise
             except SourceError as exc:
                 if self._commits > commits_before:
-                    backoff = self.cfg.backoff_initial  # it worked for a while: a fresh outage
+                    backoff.reset()  # it worked for a while: a fresh outage
                 if self._outage is None:
-                    self._outage = (_now_ms(), str(exc))
+                    self._outage = Outage(now_ms(), str(exc))
                     log.warning("matrix homeserver unreachable; capture waits and reconnects", extra={
                         "homeserver": self.cfg.homeserver, "reason": str(exc)})  # fmt: skip
-                log.warning("matrix source: %s; retrying in %.1fs", exc, backoff)
-                if await _wait(stop, backoff):
+                delay = backoff.next()
+                log.warning("matrix source: %s; retrying in %.1fs", exc, delay)
+                if await wait(stop, delay):
                     return
-                backoff = min(backoff * 2, self.cfg.backoff_max)
                 continue
             return
 
@@ -261,19 +264,17 @@ class MatrixSource:
         body: dict[str, Any] | None = getattr(response, "raw_body", None)
         if body is None:  # never advance the cursor over events we did not read
             raise SourceError("sync response without its raw body (nio changed create_matrix_response?)")
-        rooms = body.get("rooms") or {}
-        await handle_invites(client, rooms.get("invite") or {}, self.cfg.allowed_inviters, self.cfg.rooms)
+        rules = Rules(client.user_id, self.cfg.allowed_inviters, self.cfg.rooms)
+        todo = plan(body, SyncState(cursor, self._state.backfilled, bool(self._state.pending)), rules)
+        await handle_invites(client, todo.invites)
         batch = _Batch([], [], [], [])
-        for room_id, room in (rooms.get("join") or {}).items():
-            await self._collect_room(client, batch, room_id, room, response.rooms.join.get(room_id), cursor, True)
-        for room_id, room in (rooms.get("leave") or {}).items():
-            if room_id not in self._state.backfilled:
-                continue  # a declined invite: no conversation of ours, nothing to archive
-            await self._collect_room(client, batch, room_id, room, response.rooms.leave.get(room_id), cursor, False)
-        if self._state.pending and (body.get("to_device") or {}).get("events"):
+        for room in todo.rooms:
+            nio_rooms = response.rooms.join if room.joined else response.rooms.leave
+            await self._collect_room(client, batch, room, nio_rooms.get(room.room_id))
+        if todo.retry_late:
             self._collect_late(client, batch)
         if self._outage is not None:
-            batch.events.append(self._gap_notice(*self._outage))
+            batch.events.append(self._gap_notice(self._outage))
         await self._commit(client, batch, response.next_batch)
         self._outage = None
         self.synced.set()
@@ -288,63 +289,45 @@ class MatrixSource:
         self._after_commit(batch)
         await crypto.request_keys(client, batch.undecrypted)
 
-    async def _collect_room(
-        self,
-        client: RawKeepingClient,
-        batch: _Batch,
-        room_id: str,
-        room: dict[str, Any],
-        nio_room: Any,
-        cursor: str | None,
-        joined: bool,
-    ) -> None:
-        timeline = room.get("timeline") or {}
+    async def _collect_room(self, client: RawKeepingClient, batch: _Batch, room: RoomPlan, nio_room: Any) -> None:
+        """Carry out one room's plan: learn bridge state, backfill, then queue the events to store."""
         nio_events = list(nio_room.timeline.events) if nio_room is not None else []
         decrypted = crypto.decrypted_by_id(nio_events)
         undecrypted = crypto.undecrypted_by_id(nio_events)
-        prev_batch = timeline.get("prev_batch")
-        self._bridges.learn_state(room_id, (room.get("state") or {}).get("events") or [])
-        if not joined:
-            pass  # a room we left: take what the sync gives, /messages may be forbidden now
-        elif room_id not in self._state.backfilled:
-            await self._backfill(client, room_id, None, prev_batch)
-            batch.backfilled.append(room_id)
-        elif timeline.get("limited") and cursor is not None:
-            await self._backfill(client, room_id, cursor, prev_batch)
-        # The state section matters only the first time (state before the visible
-        # history: name, encryption, retention, m.bridge). Later, backfill covers
-        # every gap, and the full-state sync after a restart would only repeat it.
-        state = ((room.get("state") or {}).get("events") or []) if room_id in batch.backfilled else []
-        self._add_events(client, batch, room_id, [*state, *(timeline.get("events") or [])], decrypted, undecrypted)
+        self._bridges.learn_state(room.room_id, list(room.learn))
+        if room.backfill is not None:
+            await self._backfill(client, room.room_id, room.backfill)
+        if room.mark_backfilled:
+            batch.backfilled.append(room.room_id)
+        self._add_events(client, batch, room.room_id, room.store, decrypted, undecrypted)
 
     def _add_events(
         self,
         client: RawKeepingClient,
         batch: _Batch,
         room_id: str,
-        raws: list[dict[str, Any]],
+        raws: Sequence[object],
         decrypted: dict[str, Any],
         undecrypted: dict[str, MegolmEvent],
     ) -> None:
         """Normalise `raws` into `batch` (once per event id), noting what did not decrypt."""
         seen: set[str] = set()
         for raw in raws:
-            event_id = raw.get("event_id")
+            event_id = raw.get("event_id") if isinstance(raw, dict) else None
             if isinstance(event_id, str):
                 if event_id in seen:
                     continue
                 seen.add(event_id)
-            self._bridges.learn(room_id, raw)
+            if isinstance(raw, dict):
+                self._bridges.learn(room_id, raw)
             batch.events.append(self._bridges.annotate(self._normalise(client, room_id, raw, decrypted)))
             if isinstance(event_id, str) and event_id in undecrypted and event_id not in decrypted:
                 batch.undecrypted.append(undecrypted[event_id])
 
-    async def _backfill(self, client: RawKeepingClient, room_id: str, since: str | None, until: str | None) -> None:
-        """Commit the gap before `until` page by page, oldest first, leaving the cursor alone."""
-        if not until:
-            return
+    async def _backfill(self, client: RawKeepingClient, room_id: str, gap: Backfill) -> None:
+        """Commit the gap before `gap.until` page by page, oldest first, leaving the cursor alone."""
         total = 0
-        async for page in gap_pages(client, room_id, since, until, self.cfg.backfill_page):
+        async for page in gap_pages(client, room_id, gap.since, gap.until, self.cfg.backfill_page):
             batch = _Batch([], [], [], [])
             self._add_events(client, batch, room_id, page.events, page.decrypted, page.undecrypted)
             await self._commit(client, batch, None)
@@ -352,25 +335,27 @@ class MatrixSource:
         log.info("backfilled %d events in %s", total, room_id)
 
     def _normalise(
-        self, client: RawKeepingClient, room_id: str, raw: dict[str, Any], decrypted: dict[str, Any]
+        self, client: RawKeepingClient, room_id: str, raw: object, decrypted: dict[str, Any]
     ) -> Event:
+        if not isinstance(raw, dict):
+            return normalise(raw, room_id=room_id, received_at=now_ms())
         event_id = raw.get("event_id")
         if raw.get("type") == crypto.ENCRYPTED_TYPE and event_id in decrypted:
             plain = decrypted[event_id]
             return normalise(
                 crypto.merge_decrypted(raw, plain),
                 room_id=room_id,
-                received_at=_now_ms(),
+                received_at=now_ms(),
                 decryption=crypto.evidence(client, {**raw, "room_id": room_id}, plain),
             )
-        return normalise(raw, room_id=room_id, received_at=_now_ms())
+        return normalise(raw, room_id=room_id, received_at=now_ms())
 
     def _collect_late(self, client: RawKeepingClient, batch: _Batch) -> None:
         for event_id, room_id, merged, proof, _ in crypto.late_decryptions(client, self._state.pending):
             event = normalise(
                 merged,
                 room_id=room_id,
-                received_at=_now_ms(),
+                received_at=now_ms(),
                 decryption={**proof, "late": True, "first_record": event_id},
             )
             batch.events.append(
@@ -389,26 +374,12 @@ class MatrixSource:
         fetcher = MediaFetcher(client.client_session, self.cfg.homeserver, client.access_token)
         return [await fetch_attachments(fetcher, e, self.blobs, self.cfg.max_media_bytes) for e in events]
 
-    def _gap_notice(self, start_ms: int, reason: str) -> Event:
+    def _gap_notice(self, outage: Outage) -> Event:
         """The record of an outage, committed with the first sync batch after it."""
-        end = _now_ms()
-        log.warning("matrix homeserver reachable again; outage recorded", extra={"gap_ms": end - start_ms})
-        return Event(
-            source=MATRIX,
-            conversation=ConversationId(f"notice:matrix:{self.cfg.user_id or self.cfg.homeserver}"),
-            event_id=EventId(f"gap:{start_ms}-{end}"),
-            kind=Kind.NOTICE,
-            sender=None,
-            sent_at=end,
-            received_at=end,
-            content={
-                "notice": "capture_gap",
-                "gap_start_ms": start_ms,
-                "gap_end_ms": end,
-                "reason": reason,
-                "homeserver": self.cfg.homeserver,
-            },
-        )
+        end = now_ms()
+        log.warning("matrix homeserver reachable again; outage recorded", extra={"gap_ms": end - outage.start_ms})
+        conversation = ConversationId(f"notice:matrix:{self.cfg.user_id or self.cfg.homeserver}")
+        return gap_notice(MATRIX, conversation, outage, end, {"homeserver": self.cfg.homeserver})
 
     def _after_commit(self, batch: _Batch) -> None:
         for room_id in batch.backfilled:
@@ -419,10 +390,3 @@ class MatrixSource:
         for event_id in batch.late:
             self._state.drop_pending(event_id)
         self._state.save()
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to `seconds`; True if `stop` was set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()

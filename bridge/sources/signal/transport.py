@@ -34,7 +34,7 @@ import aiohttp
 import orjson
 
 from bridge.errors import SourceError
-from bridge.sources.signal_framing import HEAD_BYTES, LineSplitter, Oversized, SseParser, classify, request
+from bridge.sources.signal.framing import HEAD_BYTES, LineSplitter, Oversized, SseParser, classify, request
 
 _CHUNK = 64 * 1024
 CALL_TIMEOUT = 120.0

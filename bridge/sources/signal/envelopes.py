@@ -38,7 +38,7 @@ from typing import Any
 
 from bridge import events
 from bridge.events import Attachment, ConversationId, Event, EventId, JSONDict, Kind, SenderId
-from bridge.sources.matrix_decode import (
+from bridge.sources.decode import (
     Malformed,
     Undecodable,
     decode,

@@ -78,7 +78,7 @@ def default_synapse_python() -> str:
     env = os.environ.get(SYNAPSE_PYTHON_ENV)
     if env:
         return env
-    repo_venv = Path(__file__).resolve().parent.parent / ".venv-synapse" / "bin" / "python"
+    repo_venv = Path(__file__).resolve().parents[2] / ".venv-synapse" / "bin" / "python"
     if repo_venv.exists():
         return str(repo_venv)
     return sys.executable

@@ -20,7 +20,7 @@ from typing import Any
 
 from nio import AsyncClient, AsyncClientConfig, ErrorResponse
 
-from bridge.devserver import DevServerError, SynapseServer
+from bridge.dev.synapse import DevServerError, SynapseServer
 
 _counter = itertools.count()
 

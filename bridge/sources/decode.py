@@ -1,4 +1,4 @@
-"""Decoding for the Matrix normaliser: input to a plain JSON dict (or its kept bytes), and typed field reads.
+"""Decoding for both normalisers (Matrix and Signal): input to a plain JSON dict (or its kept bytes), typed field reads.
 
 Contract (pure; never raises for any input):
 

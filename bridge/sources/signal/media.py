@@ -32,7 +32,7 @@ from pathlib import Path
 from bridge.errors import SourceError
 from bridge.events import Attachment, Event
 from bridge.sources import BlobSink
-from bridge.sources.signal_transport import AttachmentTooLarge, Channel, SignalRpcError, SignalUnavailable
+from bridge.sources.signal.transport import AttachmentTooLarge, Channel, SignalRpcError, SignalUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from bridge.durable import write_atomic
 from bridge.errors import SourceError
-from bridge.sources.matrix_client import MatrixUnavailableError
+from bridge.sources.matrix.client import MatrixUnavailableError
 
 log = logging.getLogger(__name__)
 

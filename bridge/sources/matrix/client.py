@@ -15,7 +15,7 @@ Contract:
   not need them, and officials name their devices freely (no plaintext at rest).
 - `open_session(client, ...)` logs in once and persists `device_id` and the
   access token (`session.json` in the store dir, the token sealed under
-  `session_key`: see `matrix_session`) so every restart is the same device with
+  `session_key`: see `session`) so every restart is the same device with
   the same crypto store. With an access-token file the
   token is the operator's (SSO deployments such as MijnBureau disable passwords):
   whoami tells us the user and device.
@@ -35,7 +35,7 @@ import orjson
 from nio import AsyncClient, ErrorResponse, KeysQueryResponse, RoomMessagesResponse, SyncResponse
 
 from bridge.errors import SourceError
-from bridge.sources.matrix_session import SavedSession, SessionFileError, load_session, save_session
+from bridge.sources.matrix.session import SavedSession, SessionFileError, load_session, save_session
 
 log = logging.getLogger(__name__)
 

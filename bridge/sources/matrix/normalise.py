@@ -16,7 +16,7 @@ Contract (pure: no I/O, no clock, no randomness):
   handlers). Events redacted before capture keep their kind and carry
   `redacted_before_capture: true` (and `redacted_by` when known).
 
-Theory of operation: `matrix_decode.decode` turns the input into a plain JSON
+Theory of operation: `decode.decode` turns the input into a plain JSON
 dict or keeps its bytes; `_envelope` reads the fields every event has;
 `_classify` picks a handler by state_key presence and type. Handlers read
 fields through accessors that raise `Malformed`, which becomes an UNKNOWN
@@ -34,7 +34,7 @@ from typing import Any
 
 from bridge import events
 from bridge.events import Attachment, ConversationId, Event, EventId, JSONDict, Kind, SenderId
-from bridge.sources.matrix_decode import (
+from bridge.sources.decode import (
     Malformed,
     Undecodable,
     decode,
@@ -68,15 +68,15 @@ _Parts = tuple[Kind, JSONDict, str | None, tuple[Attachment, ...]]
 
 
 def normalise(
-    raw: Mapping[str, Any] | bytes | str,
+    raw: object,
     *,
     room_id: str | None = None,
     received_at: int,
     decryption: Mapping[str, Any] | None = None,
 ) -> Event:
-    """One Matrix client-server event (dict, or its JSON text) as an `Event`; never raises.
+    """One Matrix client-server event (dict, or its JSON text; anything else is kept as unknown) as an `Event`.
 
-    `room_id` is used when the event has none (sync timelines omit it).
+    Never raises. `room_id` is used when the event has none (sync timelines omit it).
     `decryption` is the live source's evidence for a decrypted event (session
     id, sender key, device, verified...); it is stored as `content["encryption"]`.
     """

@@ -10,7 +10,7 @@ Contract: `recover_original(client, event)` returns `event` unchanged unless it
 is a redacted-before-capture copy whose original the server gives back: then the
 normalised original, marked `redacted_before_capture` (with `redacted_by`) and
 `recovered_via: "msc2815"`. `fetch_unredacted(client, room_id, event_id)` returns the original
-event JSON (decrypted where nio can; see `matrix_crypto`) and the decryption
+event JSON (decrypted where nio can; see `crypto`) and the decryption
 evidence, or None when the server will not or cannot give it (no MSC2815, no
 power, purged): the event then stays recorded as redacted-before-capture.
 An unreachable server raises `MatrixUnavailableError` (the batch is retried).
@@ -28,9 +28,9 @@ from nio import MegolmEvent
 from nio.exceptions import EncryptionError
 
 from bridge.events import Event
-from bridge.sources import matrix_crypto as crypto
-from bridge.sources.matrix_client import MatrixUnavailableError
-from bridge.sources.matrix_events import normalise
+from bridge.sources.matrix import crypto
+from bridge.sources.matrix.client import MatrixUnavailableError
+from bridge.sources.matrix.normalise import normalise
 
 log = logging.getLogger(__name__)
 

@@ -35,7 +35,7 @@ from nio.exceptions import EncryptionError
 from bridge.errors import SourceError
 from bridge.events import Attachment, Event
 from bridge.sources import BlobSink
-from bridge.sources.matrix_client import MatrixUnavailableError
+from bridge.sources.matrix.client import MatrixUnavailableError
 
 log = logging.getLogger(__name__)
 

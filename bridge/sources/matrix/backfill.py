@@ -28,8 +28,8 @@ from typing import Any
 
 from nio import MegolmEvent, MessageDirection
 
-from bridge.sources import matrix_crypto as crypto
-from bridge.sources.matrix_client import RawKeepingClient, checked
+from bridge.sources.matrix import crypto
+from bridge.sources.matrix.client import RawKeepingClient, checked
 
 log = logging.getLogger(__name__)
 

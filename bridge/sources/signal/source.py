@@ -21,8 +21,8 @@ Contract with the capture pipeline:
   start of an outage the bot itself was down for; `sse` is sent as
   `Last-Event-ID` so signal-cli's HTTP endpoint replays what it still holds.
 - Every outage becomes a Kind.NOTICE event (`content.notice =
-  "capture_gap"`, `gap_start_ms`, `gap_end_ms`, `reason`) committed on
-  reconnect; an outage longer than `max_disconnected_seconds` logs an ALERT.
+  "capture_gap"`, built by `sources.outage.gap_notice`, plus `endpoint` and
+  `receive_mode`) committed on reconnect; an outage longer than `max_disconnected_seconds` logs an ALERT.
 - Receipts and typing notifications are counted (`self.counts`), not stored;
   a view-once message gets a compliance ALERT once durable (capture.report_compliance_alerts). Logs carry ids and
   counts only, never message content.
@@ -34,7 +34,6 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,13 +44,15 @@ import aiohttp
 import orjson
 
 from bridge import events
+from bridge.clock import now_ms
 from bridge.errors import SourceError
 from bridge.events import ConversationId, Event, EventId, Kind
 from bridge.sources import BlobSink, Sink
-from bridge.sources.signal_envelopes import normalise_envelope, unstored_kind
-from bridge.sources.signal_framing import Oversized
-from bridge.sources.signal_media import fetch_attachments
-from bridge.sources.signal_transport import (
+from bridge.sources.outage import Backoff, Outage, gap_notice, wait
+from bridge.sources.signal.envelopes import normalise_envelope, unstored_kind
+from bridge.sources.signal.framing import Oversized
+from bridge.sources.signal.media import fetch_attachments
+from bridge.sources.signal.transport import (
     Channel,
     Incoming,
     SignalRpcError,
@@ -83,18 +84,6 @@ class SignalSourceConfig:
     heartbeat_seconds: float = 60.0
 
 
-@dataclass
-class _Gap:
-    start_ms: int
-    reason: str
-    started: float  # monotonic
-    alerted: bool = False
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 class SignalSource:
     """One signal-cli endpoint (see module docstring)."""
 
@@ -107,13 +96,13 @@ class SignalSource:
         self.connected = asyncio.Event()
         self.counts: Counter[str] = Counter()
         self._sse_id: str | None = None
-        self._gap: _Gap | None = None
+        self._gap: Outage | None = None
         self._notice_conversation = ConversationId(f"notice:signal:{cfg.account or self.endpoint.label}")
 
     async def run(self, stop: asyncio.Event) -> None:
         """Capture until `stop` is set (see module docstring)."""
         self._resume(await self.sink.load_cursor())
-        backoff = self.cfg.backoff_initial
+        backoff = Backoff(self.cfg.backoff_initial, self.cfg.backoff_max)
         async with aiohttp.ClientSession() as session:
             while not stop.is_set():
                 try:
@@ -128,17 +117,16 @@ class SignalSource:
                     )
                 except SignalUnavailable as exc:
                     self._outage(str(exc))
-                    if await _wait(stop, backoff):
+                    if await wait(stop, backoff.next()):
                         return
-                    backoff = min(backoff * 2, self.cfg.backoff_max)
                     continue
                 try:
                     await self._connected(channel, stop)
-                    backoff = self.cfg.backoff_initial
+                    backoff.reset()
                 except SignalUnavailable as exc:
                     self._outage(str(exc))
-                    backoff = self.cfg.backoff_initial  # it was up: retry at once-ish
-                    if await _wait(stop, backoff):
+                    backoff.reset()  # it was up: retry at once-ish
+                    if await wait(stop, backoff.delay):
                         return
                 finally:
                     self.connected.clear()
@@ -157,16 +145,15 @@ class SignalSource:
             self._sse_id = sse if isinstance(sse, str) else None
             at = saved.get("at")
             if isinstance(at, int):
-                self._gap = _Gap(at, "capture was not running", time.monotonic())
+                self._gap = Outage(at, "capture was not running")
 
     def _outage(self, reason: str) -> None:
         self.connected.clear()
         if self._gap is None:
-            self._gap = _Gap(_now_ms(), reason, time.monotonic())
+            self._gap = Outage(now_ms(), reason)
             log.warning("signal-cli connection lost; reconnecting", extra={"endpoint": self.endpoint.label})
         gap = self._gap
-        if not gap.alerted and time.monotonic() - gap.started >= self.cfg.max_disconnected_seconds:
-            gap.alerted = True
+        if gap.overdue(self.cfg.max_disconnected_seconds):
             log.error(
                 "ALERT signal capture disconnected too long; messages may be missed",
                 extra={"endpoint": self.endpoint.label, "since_ms": gap.start_ms, "reason": gap.reason},
@@ -221,7 +208,7 @@ class SignalSource:
             stop_task.cancel()
 
     async def _handle(self, channel: Channel, items: list[Incoming]) -> None:
-        received_at = _now_ms()
+        received_at = now_ms()
         batch: list[Event] = []
         seen: set[tuple[str, str, str]] = set()
         for item in items:
@@ -270,7 +257,7 @@ class SignalSource:
         return found
 
     async def _commit(self, batch: Sequence[Event]) -> None:
-        cursor = orjson.dumps({"at": _now_ms(), "sse": self._sse_id}).decode("ascii")
+        cursor = orjson.dumps({"at": now_ms(), "sse": self._sse_id}).decode("ascii")
         await self.sink.commit(batch, cursor)
 
     def _after_commit(self, batch: Sequence[Event]) -> None:
@@ -279,27 +266,11 @@ class SignalSource:
             if event.kind is Kind.UNKNOWN:
                 log.warning("signal envelope kept as unknown", extra={"event_id": event.event_id})
 
-    def _gap_notice(self, gap: _Gap) -> Event:
-        end = _now_ms()
-        content: dict[str, Any] = {
-            "notice": "capture_gap",
-            "gap_start_ms": gap.start_ms,
-            "gap_end_ms": end,
-            "reason": gap.reason,
-            "endpoint": self.endpoint.label,
-            "receive_mode": self.cfg.receive_mode,
-        }
+    def _gap_notice(self, gap: Outage) -> Event:
+        end = now_ms()
         log.warning("signal capture gap recorded", extra={"gap_ms": end - gap.start_ms, "reason": gap.reason})
-        return Event(
-            source=events.SIGNAL,
-            conversation=self._notice_conversation,
-            event_id=EventId(f"gap:{gap.start_ms}-{end}"),
-            kind=Kind.NOTICE,
-            sender=None,
-            sent_at=end,
-            received_at=end,
-            content=content,
-        )
+        detail = {"endpoint": self.endpoint.label, "receive_mode": self.cfg.receive_mode}
+        return gap_notice(events.SIGNAL, self._notice_conversation, gap, end, detail)
 
 
 def _oversized_event(item: Oversized, received_at: int) -> Event:
@@ -316,10 +287,3 @@ def _oversized_event(item: Oversized, received_at: int) -> Event:
         raw={**head, "size": item.size, "truncated": True},
         problem=f"message of {item.size} bytes exceeds max_message_bytes; first {len(item.head)} bytes kept",
     )
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> bool:
-    """Sleep up to `seconds`; True if `stop` was set meanwhile."""
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-    return stop.is_set()

@@ -2,7 +2,7 @@
 
 nio decrypts inside `receive_response` and swaps each `MegolmEvent` in its own
 parse for the decrypted event (same event id). We keep the server's raw JSON
-(see `matrix_client.RawKeepingClient`) and, per event id, replace the
+(see `client.RawKeepingClient`) and, per event id, replace the
 encrypted `type`/`content` by the decrypted ones: the rest of the envelope
 (`event_id`, `sender`, `origin_server_ts`, `unsigned`) stays as the server sent it.
 
@@ -30,7 +30,7 @@ from typing import Any
 from nio import AsyncClient, MegolmEvent
 from nio.exceptions import EncryptionError, LocalProtocolError
 
-from bridge.sources.matrix_state import PendingEvent
+from bridge.sources.matrix.state import PendingEvent
 
 log = logging.getLogger(__name__)
 
