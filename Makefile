@@ -30,8 +30,7 @@ test: setup
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check bridge tests bench scripts
-	# enabled after the one-time format (the lead runs `ruff format` over the tree once, after the merges):
-	# $(VENV)/bin/ruff format --check bridge tests bench scripts
+	$(VENV)/bin/ruff format --check bridge tests bench scripts
 	$(VENV)/bin/mypy --strict bridge
 	$(VENV)/bin/lint-imports
 

@@ -119,9 +119,7 @@ class LoggingSettings(_Section):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="CHATARCHIEF_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    model_config = SettingsConfigDict(env_prefix="CHATARCHIEF_", env_nested_delimiter="__", extra="forbid", frozen=True)
 
     storage: StorageSettings = StorageSettings()
     matrix: MatrixSettings | None = None

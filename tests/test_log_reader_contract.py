@@ -175,4 +175,3 @@ async def test_the_writer_door_reads_the_same_checkpoints_as_the_view(written: L
     async with WRITERS[name](written) as writer:
         for size, note in notes.items():
             assert await writer.seal_prefix(size) == note
-

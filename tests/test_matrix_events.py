@@ -992,8 +992,7 @@ def test_duplicate_key_is_kept_raw_and_marked() -> None:
     spaced = b'{"type" : "m.room.message", "type" : "m.reaction", "room_id":"!r:x","event_id":"$e"}'
     assert normalise(spaced, received_at=1).problem == "duplicate JSON key 'type'"
     quoted = (
-        b'{"type":"m.room.message","room_id":"!r:x","event_id":"$q",'
-        b'"content":{"msgtype":"m.text","body":"a\\":b"}}'
+        b'{"type":"m.room.message","room_id":"!r:x","event_id":"$q","content":{"msgtype":"m.text","body":"a\\":b"}}'
     )
     assert normalise(quoted, received_at=1).kind is Kind.MESSAGE
 

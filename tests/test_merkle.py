@@ -437,9 +437,7 @@ def test_corrupted_published_consistency_proofs_fail(old: int, new: int, proof: 
         (old, new, r1, r2, [proof[0], *proof]),
         (old, new, r1, r2, proof[:-1]),
     ]
-    probes += [
-        (old, new, r1, r2, [*proof[:i], flip(proof[i], 4), *proof[i + 1 :]]) for i in range(len(proof))
-    ]
+    probes += [(old, new, r1, r2, [*proof[:i], flip(proof[i], 4), *proof[i + 1 :]]) for i in range(len(proof))]
     for args in probes:
         assert not verify_consistency(*args), args
 

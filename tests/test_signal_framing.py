@@ -38,7 +38,7 @@ def test_oversized_line_is_not_buffered() -> None:
 def test_sse_events_and_keepalives() -> None:
     """`:` keep-alives are ignored, id/event/data are read, several data lines join, a blank line dispatches."""
     parser = SseParser()
-    lines = [b":", b"id:1-1", b"event:receive", b"data:{\"a\":", b"data: 1}", b"", b":", b""]
+    lines = [b":", b"id:1-1", b"event:receive", b'data:{"a":', b"data: 1}", b"", b":", b""]
     events = [e for e in (parser.feed(line) for line in lines) if e is not None]
     assert events == [SseEvent("1-1", "receive", b'{"a":\n1}')]
     assert parser.last_id == "1-1"

@@ -195,8 +195,10 @@ async def test_huge_messages(daemon: SignalDaemon) -> None:
     messages = {e.event_id: e for e in sink.of_kind(Kind.MESSAGE)}
     assert any(len(e.content["body"] or "") == 6_000_000 for e in messages.values())
     (over,) = sink.of_kind(Kind.UNKNOWN)
-    assert over.raw["truncated"] is True and over.raw["size"] > 9_000_000 and "exceeds max_message_bytes" in (
-        over.problem or ""
+    assert (
+        over.raw["truncated"] is True
+        and over.raw["size"] > 9_000_000
+        and "exceeds max_message_bytes" in (over.problem or "")
     )
 
 
@@ -274,4 +276,3 @@ async def test_stop_commits_what_was_read(daemon: SignalDaemon) -> None:
             daemon.enqueue(numbered(i))
         await until(lambda: daemon.delivered == 50)
     assert len(sink.of_kind(Kind.MESSAGE)) == 50
-

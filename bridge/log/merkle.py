@@ -101,9 +101,7 @@ class Frontier:
         if isinstance(size, bool) or not isinstance(size, int) or size < 0:
             raise ValueError(f"frontier size must be a non-negative int, got {size!r}")
         if len(hashes) != size.bit_count():
-            raise ValueError(
-                f"a frontier of size {size} has {size.bit_count()} subtree hashes, got {len(hashes)}"
-            )
+            raise ValueError(f"a frontier of size {size} has {size.bit_count()} subtree hashes, got {len(hashes)}")
         _require_hashes(hashes)
         frontier = cls()
         frontier._size = size
@@ -220,9 +218,7 @@ def _shift_until_odd_or_zero(fn: int, sn: int) -> tuple[int, int]:
     return fn, sn
 
 
-def verify_inclusion(
-    leaf_hash: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes
-) -> bool:
+def verify_inclusion(leaf_hash: bytes, index: int, tree_size: int, proof: Sequence[bytes], root: bytes) -> bool:
     """RFC 9162 §2.1.3.2: does `proof` put `leaf_hash` at `index` under `root`?"""
     if not (_is_hash(leaf_hash) and _is_hash(root) and all(_is_hash(p) for p in proof)):
         return False
@@ -242,9 +238,7 @@ def verify_inclusion(
     return sn == 0 and _same(r, root)
 
 
-def verify_consistency(
-    old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]
-) -> bool:
+def verify_consistency(old_size: int, new_size: int, old_root: bytes, new_root: bytes, proof: Sequence[bytes]) -> bool:
     """RFC 9162 §2.1.4.2: is the tree (old_size, old_root) a prefix of (new_size, new_root)?"""
     if not (_is_hash(old_root) and _is_hash(new_root) and all(_is_hash(p) for p in proof)):
         return False

@@ -334,9 +334,7 @@ class MatrixSource:
             total += len(page.events)
         log.info("backfilled %d events in %s", total, room_id)
 
-    def _normalise(
-        self, client: RawKeepingClient, room_id: str, raw: object, decrypted: dict[str, Any]
-    ) -> Event:
+    def _normalise(self, client: RawKeepingClient, room_id: str, raw: object, decrypted: dict[str, Any]) -> Event:
         if not isinstance(raw, dict):
             return normalise(raw, room_id=room_id, received_at=now_ms())
         event_id = raw.get("event_id")
