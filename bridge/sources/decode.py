@@ -135,7 +135,11 @@ def _duplicate_key(data: bytes, parsed: dict[str, Any]) -> str | None:
     spaced before its colon), no key was repeated. Otherwise (repeats, or `":`
     inside string values) the stdlib parser walks the pairs as written.
     """
-    if data.count(b'":') <= _count_keys(parsed) and not _SPACED_COLON.search(data):
+    try:
+        keys = _count_keys(parsed)
+    except RecursionError:  # nesting deeper than Python's stack: let the exact walk below decide
+        keys = -1
+    if data.count(b'":') <= keys and not _SPACED_COLON.search(data):
         return None
     found: list[str] = []
 
@@ -154,16 +158,16 @@ def _duplicate_key(data: bytes, parsed: dict[str, Any]) -> str | None:
     return found[0] if found else None
 
 
-def _count_keys(value: object) -> int:
+def _count_keys(value: dict[str, Any] | list[Any]) -> int:
+    """Keys in every object of a parse (recursive: the usual event is two or three levels deep)."""
     n = 0
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if type(item) is dict:
-            n += len(item)
-            stack.extend(v for v in item.values() if type(v) is dict or type(v) is list)
-        elif type(item) is list:
-            stack.extend(v for v in item if type(v) is dict or type(v) is list)
+    if type(value) is dict:
+        n = len(value)
+        value = value.values()  # type: ignore[assignment]
+    for item in value:
+        kind = type(item)
+        if kind is dict or kind is list:
+            n += _count_keys(item)  # type: ignore[arg-type]
     return n
 
 
