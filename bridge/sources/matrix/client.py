@@ -180,7 +180,10 @@ async def _login_with_token(
     saved = store.load()
     if saved is not None and saved.device_id != who_device:
         # A new token for a new device: the old crypto store cannot decrypt for it.
-        log.warning("access token is for device %s, store was for %s", who_device, saved.device_id)
+        log.warning(
+            "access token is for another device than the store",
+            extra={"device_id": who_device, "stored_device_id": saved.device_id},
+        )
     client.user = who_user
     client.restore_login(who_user, who_device, token)
     store.save(SavedSession(homeserver, who_user, who_device, token))
@@ -198,7 +201,7 @@ async def _login_with_password(
             raise MatrixLoginError(f"matrix login as {user_id} refused ({exc.errcode})") from exc
         raise
     store.save(SavedSession(homeserver, response.user_id, response.device_id, response.access_token))
-    log.info("logged in to matrix as %s device %s", response.user_id, response.device_id)
+    log.info("logged in to matrix", extra={"user_id": response.user_id, "device_id": response.device_id})
 
 
 async def close_quietly(client: AsyncClient) -> None:

@@ -98,7 +98,10 @@ async def request_keys(client: AsyncClient, events: Iterable[MegolmEvent]) -> No
         except LocalProtocolError:
             continue  # already requested in an earlier run
         if hasattr(response, "status_code"):
-            log.warning("room key request for session %s refused: %s", event.session_id, response.status_code)
+            log.warning(
+                "room key request refused",
+                extra={"session_id": event.session_id, "code": str(response.status_code)},
+            )
 
 
 def late_decryptions(

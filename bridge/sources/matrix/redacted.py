@@ -44,7 +44,9 @@ async def _get_event(client: Any, room_id: str, event_id: str) -> dict[str, Any]
     try:
         async with session.get(url, params={MSC2815_PARAM: "true"}, headers=headers) as resp:
             if resp.status != 200:
-                log.info("original of redacted %s not available: HTTP %d", event_id, resp.status)
+                log.info(
+                    "original of redacted event not available", extra={"event_id": event_id, "status": resp.status}
+                )
                 return None
             data = await resp.json(content_type=None)
     except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
@@ -84,7 +86,7 @@ async def recover_original(client: Any, event: Event) -> Event:
         return event
     raw, proof = found
     original = normalise(raw, room_id=event.conversation, received_at=event.received_at, decryption=proof)
-    log.info("recovered original of %s redacted before capture", event.event_id)
+    log.info("recovered original redacted before capture", extra={"event_id": event.event_id})
     # Keep what the stripped copy told us (who redacted it): the server's
     # unredacted copy may lack `unsigned.redacted_because`.
     marker = {k: v for k, v in event.content.items() if k in ("redacted_before_capture", "redacted_by")}

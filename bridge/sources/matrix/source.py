@@ -151,7 +151,7 @@ class MatrixSource:
                     log.warning("matrix homeserver unreachable; capture waits and reconnects", extra={
                         "homeserver": self.cfg.homeserver, "reason": str(exc)})  # fmt: skip
                 delay = backoff.next()
-                log.warning("matrix source: %s; retrying in %.1fs", exc, delay)
+                log.warning("matrix source retries", extra={"error": str(exc), "delay_s": round(delay, 1)})
                 if await wait(stop, delay):
                     return
                 continue
@@ -210,7 +210,7 @@ class MatrixSource:
         try:
             await ensure_cross_signed(client, self.cfg.store_dir, self.cfg.pickle_key, password)
         except CrossSigningError as exc:
-            log.warning("device not cross-signed: %s", exc)
+            log.warning("device not cross-signed", extra={"error": str(exc)})
 
     async def _sync(self, client: RawKeepingClient, cursor: str | None, first: bool, stop: asyncio.Event) -> Any:
         """One /sync, abandoned (nothing processed) if `stop` is set meanwhile."""
@@ -256,7 +256,7 @@ class MatrixSource:
             await checked(client.keys_claim(client.get_users_for_key_claiming()), "keys claim")
         for response in await client.send_to_device_messages():
             if hasattr(response, "status_code"):  # nio keeps failed ones queued for the next round
-                log.warning("to-device message refused: %s", response.status_code)
+                log.warning("to-device message refused", extra={"code": str(response.status_code)})
 
     # -- one sync batch --------------------------------------------------------
 
@@ -332,7 +332,7 @@ class MatrixSource:
             self._add_events(client, batch, room_id, page.events, page.decrypted, page.undecrypted)
             await self._commit(client, batch, None)
             total += len(page.events)
-        log.info("backfilled %d events in %s", total, room_id)
+        log.info("backfilled", extra={"room_id": room_id, "events": total})
 
     def _normalise(self, client: RawKeepingClient, room_id: str, raw: object, decrypted: dict[str, Any]) -> Event:
         if not isinstance(raw, dict):
@@ -364,7 +364,7 @@ class MatrixSource:
                 )
             )
             batch.late.append(event_id)
-            log.info("late decryption of %s in %s", event_id, room_id)
+            log.info("late decryption", extra={"event_id": event_id, "room_id": room_id})
 
     async def _with_media(self, client: RawKeepingClient, events: list[Event]) -> list[Event]:
         if self.blobs is None:

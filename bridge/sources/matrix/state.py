@@ -63,7 +63,7 @@ class SourceState:
         while len(self.pending) > MAX_PENDING:
             oldest = next(iter(self.pending))
             del self.pending[oldest]
-            log.warning("forgetting undecryptable event %s: too many pending", oldest)
+            log.warning("forgetting undecryptable event: too many pending", extra={"event_id": oldest})
         self.dirty = True
 
     def drop_pending(self, event_id: str) -> None:
