@@ -29,6 +29,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -210,3 +211,22 @@ async def close_quietly(client: AsyncClient) -> None:
         await client.close()
     except (aiohttp.ClientError, OSError):  # pragma: no cover - best effort
         log.debug("error closing matrix client", exc_info=True)
+
+
+async def fetch_event(
+    client: AsyncClient, room_id: str, event_id: str, params: dict[str, str] | None = None
+) -> dict[str, Any] | None:
+    """`GET /rooms/{room}/event/{event}`: the event JSON, or None when the server does not give it (not an error:
+    callers decide); an unreachable server raises `MatrixUnavailableError` (the batch is retried)."""
+    session: aiohttp.ClientSession = client.client_session
+    url = f"{client.homeserver}/_matrix/client/v3/rooms/{quote(room_id, safe='')}/event/{quote(event_id, safe='')}"
+    headers = {"Authorization": f"Bearer {client.access_token}"}
+    try:
+        async with session.get(url, params=params or {}, headers=headers) as resp:
+            if resp.status != 200:
+                log.info("event not available", extra={"event_id": event_id, "status": resp.status})
+                return None
+            data = await resp.json(content_type=None)
+    except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
+        raise MatrixUnavailableError(f"event fetch: homeserver unreachable ({type(exc).__name__})") from exc
+    return data if isinstance(data, dict) else None
