@@ -37,6 +37,7 @@ from nio import AsyncClient, ErrorResponse, KeysQueryResponse, RoomMessagesRespo
 
 from bridge.errors import SourceError
 from bridge.sources.matrix.session import SavedSession, SessionFileError, load_session, save_session
+from bridge.sources.offload import off_loop
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +82,10 @@ class RawKeepingClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
     ) -> Any:
         response = await super().create_matrix_response(response_class, transport_response, data, save_to)
         if response_class in (SyncResponse, RoomMessagesResponse) and not isinstance(response, ErrorResponse):
-            # aiohttp caches the body nio already read: this re-parses, it does not re-fetch.
-            response.raw_body = orjson.loads(await transport_response.read())
+            # aiohttp caches the body nio already read: this re-parses, it does not re-fetch
+            # (off the loop when large: a full-state sync of many rooms runs to megabytes).
+            body = await transport_response.read()
+            response.raw_body = await off_loop(len(body), orjson.loads, body)
         if response_class is KeysQueryResponse and not isinstance(response, ErrorResponse):
             _drop_display_names(response.device_keys)
         return response
