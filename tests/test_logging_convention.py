@@ -12,8 +12,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 LEVELS = {"debug", "info", "warning", "error", "exception", "critical"}
-#: Modules still on %-args, converted as part of the sources move (issue 10, part 3); remove when done.
-PENDING = ("bridge/sources/matrix",)
 
 
 def offending_calls(path: Path) -> list[int]:
@@ -36,7 +34,6 @@ def test_log_calls_carry_fields_in_extra_not_in_the_message() -> None:
     offenders = [
         f"{path.relative_to(ROOT)}:{line}"
         for path in sorted((ROOT / "bridge").rglob("*.py"))
-        if not str(path.relative_to(ROOT)).startswith(PENDING)
         for line in offending_calls(path)
     ]
     assert offenders == []

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,7 @@ from bridge.dev.synapse import SynapseServer
 from bridge.events import Event, Kind
 from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
 from bridge.sources.matrix.session import load_identity, load_session
+from bridge.sources.matrix.state import LEGACY_FILE, decode
 from tests.support.officials import Official, OfficialFactory, ok, poll_until, unique_name
 from tests.support.sinks import RecordingSink as MemorySink
 
@@ -295,6 +297,39 @@ async def test_restart_and_downtime_lose_and_duplicate_nothing(bot: Bot, officia
     print(f"sent 200 encrypted messages in {send_seconds:.1f}s")
 
 
+class HeldBackKey:
+    """Alice's Megolm session for a room, made by hand so its key can reach the bot's device later."""
+
+    def __init__(self, alice: Official, bot: Bot, room_id: str) -> None:
+        self.alice, self.room_id = alice, room_id
+        olm = alice.client.olm
+        (self.device,) = alice.client.device_store[bot.user_id].values()
+        self.bot_user = bot.user_id
+        olm.create_outbound_group_session(room_id)
+        session = olm.outbound_group_sessions[room_id]
+        self.room_key = {
+            "algorithm": "m.megolm.v1.aes-sha2",
+            "room_id": room_id,
+            "session_id": session.id,
+            "session_key": session.session_key,
+        }
+        alice.client.blacklist_device(self.device)
+
+    async def send(self) -> None:
+        """The key arrives late (as from a slow or restored device): an Olm-encrypted m.room_key."""
+        from nio.event_builders import ToDeviceMessage
+
+        client = self.alice.client
+        client.unblacklist_device(self.device)
+        missing = client.get_missing_sessions(self.room_id)
+        if missing:
+            ok(await client.keys_claim(missing))
+        olm_session = client.olm.session_store.get(self.device.curve25519)
+        payload = client.olm._olm_encrypt(olm_session, self.device, "m.room_key", self.room_key)
+        message = ToDeviceMessage("m.room.encrypted", self.bot_user, self.device.id, payload)
+        ok(await client.to_device(message))
+
+
 async def test_late_room_key_appends_decrypted_event(bot: Bot, official: OfficialFactory) -> None:
     """A message whose room key reaches the bot only later is first stored as undecryptable, and
     when the key arrives the decrypted event is appended as `<event_id>#decrypted`, linked to it."""
@@ -304,39 +339,56 @@ async def test_late_room_key_appends_decrypted_event(bot: Bot, official: Officia
     await bot.start(sink)
     room_id = await invite_bot(alice, bot, encrypted=True)
     await alice.keys()
-    olm = alice.client.olm
-    (bot_device,) = alice.client.device_store[bot.user_id].values()
-
-    # Make the Megolm session ourselves so its key at index 0 can be sent later,
-    # and keep it from the bot's device for now.
-    olm.create_outbound_group_session(room_id)
-    session = olm.outbound_group_sessions[room_id]
-    room_key = {
-        "algorithm": "m.megolm.v1.aes-sha2",
-        "room_id": room_id,
-        "session_id": session.id,
-        "session_key": session.session_key,
-    }
-    alice.client.blacklist_device(bot_device)
+    key = HeldBackKey(alice, bot, room_id)
     secret_id = await alice.send_text(room_id, "pas later leesbaar")
     first = await wait_event(sink, secret_id)
     assert first.kind == Kind.UNDECRYPTABLE
 
-    # The key arrives late (as from a slow or restored device): an Olm-encrypted m.room_key.
-    from nio.event_builders import ToDeviceMessage
-
-    alice.client.unblacklist_device(bot_device)
-    missing = alice.client.get_missing_sessions(room_id)
-    if missing:
-        ok(await alice.client.keys_claim(missing))
-    olm_session = olm.session_store.get(bot_device.curve25519)
-    payload = olm._olm_encrypt(olm_session, bot_device, "m.room_key", room_key)
-    ok(await alice.client.to_device(ToDeviceMessage("m.room.encrypted", bot.user_id, bot_device.id, payload)))
-
+    await key.send()
     late = await wait_event(sink, secret_id + "#decrypted")
     assert late.kind == Kind.MESSAGE and late.content["body"] == "pas later leesbaar"
     assert late.relates_to == secret_id
     assert late.content["encryption"]["late"] is True
+    assert decode(sink.cursor).pending == (), "a decrypted event stays pending"
+
+
+async def test_pending_state_survives_restart_and_old_side_file_is_migrated(
+    bot: Bot, official: OfficialFactory
+) -> None:
+    """The undecryptable events awaiting keys and the backfilled rooms live in the committed cursor
+    (ids, no message content): an old `source_state.json` (with raw events) beside a bare-token cursor
+    is folded in on start, committed with the next batch and deleted; after the restart the key's
+    arrival still appends the late decryption, fetched again from the homeserver by id."""
+    alice = await official("alice")
+    bot.allowed = frozenset({alice.user_id})
+    sink = MemorySink()
+    await bot.start(sink)
+    room_id = await invite_bot(alice, bot, encrypted=True)
+    await alice.keys()
+    key = HeldBackKey(alice, bot, room_id)
+    secret_id = await alice.send_text(room_id, "na herstart leesbaar")
+    first = await wait_event(sink, secret_id)
+    assert first.kind == Kind.UNDECRYPTABLE
+    state = decode(sink.cursor)
+    assert room_id in state.backfilled and [p.event_id for p in state.pending] == [secret_id]
+    await bot.stop()
+
+    # What an older version left: a bare sync token in the log, the rest in a side file.
+    legacy = {"backfilled": [room_id], "pending": {secret_id: {"room_id": room_id, "raw": first.raw}}}
+    (bot.store_dir / LEGACY_FILE).write_text(json.dumps(legacy))
+    sink.cursor = state.token
+    commits = len(sink.commits)
+    await bot.start(sink)
+    await poll_until(lambda: len(sink.commits) > commits, timeout=20)
+    assert not (bot.store_dir / LEGACY_FILE).exists()
+    migrated = decode(sink.cursor)
+    assert room_id in migrated.backfilled and [p.event_id for p in migrated.pending] == [secret_id]
+    assert "na herstart" not in str(sink.cursor) and first.raw["content"]["ciphertext"] not in str(sink.cursor)
+
+    await key.send()
+    late = await wait_event(sink, secret_id + "#decrypted")
+    assert late.content["body"] == "na herstart leesbaar" and late.relates_to == secret_id
+    await poll_until(lambda: decode(sink.cursor).pending == (), timeout=10)
 
 
 async def test_token_only_login(synapse: SynapseServer, official: OfficialFactory, tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import orjson
@@ -36,6 +37,7 @@ from nio import AsyncClient, ErrorResponse, KeysQueryResponse, RoomMessagesRespo
 
 from bridge.errors import SourceError
 from bridge.sources.matrix.session import SavedSession, SessionFileError, load_session, save_session
+from bridge.sources.offload import off_loop
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +82,10 @@ class RawKeepingClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
     ) -> Any:
         response = await super().create_matrix_response(response_class, transport_response, data, save_to)
         if response_class in (SyncResponse, RoomMessagesResponse) and not isinstance(response, ErrorResponse):
-            # aiohttp caches the body nio already read: this re-parses, it does not re-fetch.
-            response.raw_body = orjson.loads(await transport_response.read())
+            # aiohttp caches the body nio already read: this re-parses, it does not re-fetch
+            # (off the loop when large: a full-state sync of many rooms runs to megabytes).
+            body = await transport_response.read()
+            response.raw_body = await off_loop(len(body), orjson.loads, body)
         if response_class is KeysQueryResponse and not isinstance(response, ErrorResponse):
             _drop_display_names(response.device_keys)
         return response
@@ -180,7 +184,10 @@ async def _login_with_token(
     saved = store.load()
     if saved is not None and saved.device_id != who_device:
         # A new token for a new device: the old crypto store cannot decrypt for it.
-        log.warning("access token is for device %s, store was for %s", who_device, saved.device_id)
+        log.warning(
+            "access token is for another device than the store",
+            extra={"device_id": who_device, "stored_device_id": saved.device_id},
+        )
     client.user = who_user
     client.restore_login(who_user, who_device, token)
     store.save(SavedSession(homeserver, who_user, who_device, token))
@@ -198,7 +205,7 @@ async def _login_with_password(
             raise MatrixLoginError(f"matrix login as {user_id} refused ({exc.errcode})") from exc
         raise
     store.save(SavedSession(homeserver, response.user_id, response.device_id, response.access_token))
-    log.info("logged in to matrix as %s device %s", response.user_id, response.device_id)
+    log.info("logged in to matrix", extra={"user_id": response.user_id, "device_id": response.device_id})
 
 
 async def close_quietly(client: AsyncClient) -> None:
@@ -207,3 +214,22 @@ async def close_quietly(client: AsyncClient) -> None:
         await client.close()
     except (aiohttp.ClientError, OSError):  # pragma: no cover - best effort
         log.debug("error closing matrix client", exc_info=True)
+
+
+async def fetch_event(
+    client: AsyncClient, room_id: str, event_id: str, params: dict[str, str] | None = None
+) -> dict[str, Any] | None:
+    """`GET /rooms/{room}/event/{event}`: the event JSON, or None when the server does not give it (not an error:
+    callers decide); an unreachable server raises `MatrixUnavailableError` (the batch is retried)."""
+    session: aiohttp.ClientSession = client.client_session
+    url = f"{client.homeserver}/_matrix/client/v3/rooms/{quote(room_id, safe='')}/event/{quote(event_id, safe='')}"
+    headers = {"Authorization": f"Bearer {client.access_token}"}
+    try:
+        async with session.get(url, params=params or {}, headers=headers) as resp:
+            if resp.status != 200:
+                log.info("event not available", extra={"event_id": event_id, "status": resp.status})
+                return None
+            data = await resp.json(content_type=None)
+    except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
+        raise MatrixUnavailableError(f"event fetch: homeserver unreachable ({type(exc).__name__})") from exc
+    return data if isinstance(data, dict) else None

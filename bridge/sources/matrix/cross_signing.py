@@ -182,7 +182,7 @@ async def ensure_cross_signed(client: Any, store_dir: Path, secret: bytes, passw
         save_keys(path, secret, keys)  # before the upload: never publish keys we could lose
     if server_master is None:
         await _upload_keys(client, keys, password)
-        log.info("uploaded cross-signing keys for %s", user)
+        log.info("uploaded cross-signing keys", extra={"user_id": user})
         server = await _own_keys(client)
         server_master = (server.get("master_keys") or {}).get(user)
     ours = f"ed25519:{public_key(keys['master'])}"
@@ -195,4 +195,4 @@ async def ensure_cross_signed(client: Any, store_dir: Path, secret: bytes, passw
     if self_signing in ((device.get("signatures") or {}).get(user) or {}):
         return
     await _sign_device(client, keys, device)
-    log.info("cross-signed device %s of %s", device_id, user)
+    log.info("cross-signed device", extra={"device_id": device_id, "user_id": user})

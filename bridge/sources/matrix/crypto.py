@@ -15,7 +15,7 @@ and whether its curve25519 key is the one that made the Megolm session),
 `cross_signed`: None, because matrix-nio has no cross-signing (matrix-nio#229).
 
 Late keys: an event that did not decrypt is committed as `undecryptable`; once
-its key arrives, `late_decryptions` decrypts it again and the source appends
+its key arrives, `late.late_decryptions` decrypts it again and the source appends
 it under the event id `<event_id>#decrypted` (`LATE_SUFFIX`), with
 `relates_to` = the original event id unless the event has a relation of its own
 (an edit, reaction...) — the id prefix always links it to the first record.
@@ -28,9 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from nio import AsyncClient, MegolmEvent
-from nio.exceptions import EncryptionError, LocalProtocolError
-
-from bridge.sources.matrix.state import PendingEvent
+from nio.exceptions import LocalProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -98,26 +96,7 @@ async def request_keys(client: AsyncClient, events: Iterable[MegolmEvent]) -> No
         except LocalProtocolError:
             continue  # already requested in an earlier run
         if hasattr(response, "status_code"):
-            log.warning("room key request for session %s refused: %s", event.session_id, response.status_code)
-
-
-def late_decryptions(
-    client: AsyncClient, pending: dict[str, PendingEvent]
-) -> list[tuple[str, str, dict[str, Any], dict[str, Any], Any]]:
-    """Pending events that decrypt now: (event_id, room_id, decrypted raw, evidence, nio event)."""
-    found = []
-    for event_id, item in pending.items():
-        raw = {**item.raw, "room_id": item.room_id}
-        megolm = MegolmEvent.from_dict(raw)
-        if not isinstance(megolm, MegolmEvent):
-            continue
-        megolm.room_id = item.room_id
-        try:
-            decrypted = client.decrypt_event(megolm)
-        except EncryptionError:
-            continue
-        if not getattr(decrypted, "decrypted", False):
-            continue  # decrypted to a malformed payload nio could not parse: stays undecryptable
-        merged = merge_decrypted(item.raw, decrypted)
-        found.append((event_id, item.room_id, merged, evidence(client, item.raw, decrypted), decrypted))
-    return found
+            log.warning(
+                "room key request refused",
+                extra={"session_id": event.session_id, "code": str(response.status_code)},
+            )

@@ -26,12 +26,12 @@ async def handle_invites(client: RawKeepingClient, invites: Iterable[Invite]) ->
         try:
             if invite.accept:
                 await checked(client.join(room_id), "join")
-                log.info("accepted invite to %s from %s", room_id, who)
+                log.info("accepted invite", extra={"room_id": room_id, "inviter": who})
             else:
                 await checked(client.room_leave(room_id), "decline invite")
-                log.warning("declined invite to %s from %s: not an allowed inviter", room_id, who)
+                log.warning("declined invite: not an allowed inviter", extra={"room_id": room_id, "inviter": who})
         except MatrixRequestError as exc:
-            log.warning("invite to %s from %s: %s", room_id, who, exc)
+            log.warning("invite not handled", extra={"room_id": room_id, "inviter": who, "error": str(exc)})
 
 
 async def join_configured(client: RawKeepingClient, rooms: Set[str]) -> None:
@@ -43,6 +43,6 @@ async def join_configured(client: RawKeepingClient, rooms: Set[str]) -> None:
     for room_id in sorted(rooms - set(client.rooms)):
         try:
             await checked(client.join(room_id), "join configured room")
-            log.info("joined configured room %s", room_id)
+            log.info("joined configured room", extra={"room_id": room_id})
         except MatrixRequestError as exc:
-            log.warning("cannot join configured room %s yet: %s", room_id, exc)
+            log.warning("cannot join configured room yet", extra={"room_id": room_id, "error": str(exc)})

@@ -123,13 +123,13 @@ async def _fetch_one(
     except Oversized:
         return replace(attachment, status="oversized", error=f"larger than max_media_bytes ({max_bytes} bytes)")
     except MediaRefused as exc:
-        log.warning("media %s not fetched: %s", attachment.url, exc)
+        log.warning("media not fetched", extra={"url": attachment.url, "error": str(exc)})
         return replace(attachment, status="failed", error=f"download refused: {exc}")
     if file_info is not None:
         try:
             body = await asyncio.to_thread(_decrypt, body, file_info)
         except (EncryptionError, KeyError, TypeError, ValueError) as exc:
-            log.warning("media %s did not decrypt: %s", attachment.url, type(exc).__name__)
+            log.warning("media did not decrypt", extra={"url": attachment.url, "error": type(exc).__name__})
             return replace(attachment, status="failed", error=f"decryption failed: {type(exc).__name__}")
     media_type = attachment.media_type or content_type
     blob_id, sha256 = await blobs.put(body, media_type)

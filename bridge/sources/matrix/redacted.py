@@ -21,15 +21,13 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from typing import Any
-from urllib.parse import quote
 
-import aiohttp
 from nio import MegolmEvent
 from nio.exceptions import EncryptionError
 
 from bridge.events import Event
 from bridge.sources.matrix import crypto
-from bridge.sources.matrix.client import MatrixUnavailableError
+from bridge.sources.matrix.client import fetch_event
 from bridge.sources.matrix.normalise import normalise
 
 log = logging.getLogger(__name__)
@@ -37,26 +35,11 @@ log = logging.getLogger(__name__)
 MSC2815_PARAM = "fi.mau.msc2815.include_unredacted_content"
 
 
-async def _get_event(client: Any, room_id: str, event_id: str) -> dict[str, Any] | None:
-    session: aiohttp.ClientSession = client.client_session
-    url = f"{client.homeserver}/_matrix/client/v3/rooms/{quote(room_id, safe='')}/event/{quote(event_id, safe='')}"
-    headers = {"Authorization": f"Bearer {client.access_token}"}
-    try:
-        async with session.get(url, params={MSC2815_PARAM: "true"}, headers=headers) as resp:
-            if resp.status != 200:
-                log.info("original of redacted %s not available: HTTP %d", event_id, resp.status)
-                return None
-            data = await resp.json(content_type=None)
-    except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
-        raise MatrixUnavailableError(f"event fetch: homeserver unreachable ({type(exc).__name__})") from exc
-    return data if isinstance(data, dict) else None
-
-
 async def fetch_unredacted(
     client: Any, room_id: str, event_id: str
 ) -> tuple[dict[str, Any], dict[str, Any] | None] | None:
     """(original event, decryption evidence or None), or None (see module docstring)."""
-    original = await _get_event(client, room_id, event_id)
+    original = await fetch_event(client, room_id, event_id, {MSC2815_PARAM: "true"})
     if original is None or not original.get("content"):
         return None  # server without MSC2815 answers with the redacted event
     if original.get("type") != crypto.ENCRYPTED_TYPE:
@@ -84,7 +67,7 @@ async def recover_original(client: Any, event: Event) -> Event:
         return event
     raw, proof = found
     original = normalise(raw, room_id=event.conversation, received_at=event.received_at, decryption=proof)
-    log.info("recovered original of %s redacted before capture", event.event_id)
+    log.info("recovered original redacted before capture", extra={"event_id": event.event_id})
     # Keep what the stripped copy told us (who redacted it): the server's
     # unredacted copy may lack `unsigned.redacted_because`.
     marker = {k: v for k, v in event.content.items() if k in ("redacted_before_capture", "redacted_by")}

@@ -106,7 +106,7 @@ def load_session(store_dir: Path, key: bytes) -> SavedSession | None:
     if isinstance(legacy, str):
         session = SavedSession(homeserver, user_id, device_id, legacy)
         save_session(store_dir, session, key)
-        log.info("encrypted the access token in %s", path)
+        log.info("encrypted the access token", extra={"path": str(path)})
         return session
     try:
         sealed = base64.b64decode(data["access_token_sealed"], validate=True)

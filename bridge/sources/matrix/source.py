@@ -6,14 +6,20 @@ Contract with the capture pipeline:
   refuses; a refused login (`MatrixLoginError`) and any error from the sink
   propagate (retrying cannot fix either).
 - At start it calls `sink.load_cursor()`. Each sync response ends with one
-  `sink.commit(events, next_batch)`; the next sync starts only after the commit
+  `sink.commit(events, cursor)`; the next sync starts only after the commit
   returned, so the token is durable with (never before) its events. A crash
   replays at most one batch; the log deduplicates on (source, conversation,
   event_id).
+- The cursor is the source's whole resume state (`state`): the sync token,
+  the rooms already backfilled and the undecryptable events awaiting keys (as
+  ids), a small versioned JSON document committed in the transaction of the
+  events it describes. No side file: an old `source_state.json` is folded into
+  the state on connect, committed with the next batch, then deleted.
 - Gaps are backfilled through /messages (see `backfill`): a `limited`
   timeline from the previous token; a room seen for the first time (first run,
   or just joined) from the start of the history the bot may see. Each page is
-  committed on its own with `cursor=None` (the stored cursor stays), before the
+  committed on its own with `cursor=None` (the stored cursor stays; or, when the
+  page changed the state, the document with the same token), before the
   sync batch's final commit: memory stays bounded by the page size.
 - An outage (homeserver unreachable or refusing, at start-up or mid-stream)
   is logged when it starts and becomes one Kind.NOTICE event (`content.notice
@@ -24,7 +30,7 @@ Contract with the capture pipeline:
 - Invites are accepted from `allowed_inviters` or for `rooms`, else declined;
   logs carry ids, never message content.
 - Encrypted events nio cannot decrypt are committed as `undecryptable`, their
-  keys requested, and retried when keys arrive (see `crypto`).
+  keys requested, and retried when keys arrive (see `crypto`, `late`).
 - Media is fetched into `blobs` (see `media`); without `blobs` the
   attachments stay "pending" references.
 - Events in bridged rooms carry `content["bridge"]`: the room's bridge state
@@ -47,15 +53,18 @@ import asyncio
 import base64
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
 from nio import AsyncClientConfig, MegolmEvent
 
 from bridge.clock import now_ms
-from bridge.errors import SourceError
+from bridge.durable import fsync_dir
+from bridge.errors import DataError, SourceError
 from bridge.events import MATRIX, ConversationId, Event, EventId, Kind
 from bridge.sources import BlobSink, Sink
 from bridge.sources.matrix import crypto
@@ -70,11 +79,12 @@ from bridge.sources.matrix.client import (
 )
 from bridge.sources.matrix.cross_signing import CrossSigningError, ensure_cross_signed
 from bridge.sources.matrix.invites import handle_invites, join_configured
+from bridge.sources.matrix.late import late_decryptions
 from bridge.sources.matrix.media import MediaFetcher, fetch_attachments
 from bridge.sources.matrix.normalise import normalise
 from bridge.sources.matrix.planner import Backfill, RoomPlan, Rules, SyncState, plan
 from bridge.sources.matrix.redacted import recover_original
-from bridge.sources.matrix.state import SourceState
+from bridge.sources.matrix.state import LEGACY_FILE, SourceState, decode, encode, migrate_legacy, pending_event
 from bridge.sources.outage import Backoff, Outage, gap_notice, wait
 
 __all__ = ["MatrixSource", "MatrixSourceConfig"]
@@ -112,7 +122,8 @@ class _Batch:
     events: list[Event]
     backfilled: list[str]
     undecrypted: list[MegolmEvent]
-    late: list[str]
+    #: Pending event ids settled by this batch (decrypted late, or given up).
+    resolved: list[str]
 
 
 class MatrixSource:
@@ -124,7 +135,10 @@ class MatrixSource:
         self.cfg = cfg
         self.sink = sink
         self.blobs = blobs
-        self._state = SourceState.load(cfg.store_dir)
+        #: The committed resume state (loaded from the sink on every connect).
+        self._state = SourceState()
+        #: An old side file folded into `_state`, deleted once a commit holds its content.
+        self._legacy: Path | None = None
         self._bridges = BridgeTracker()
         #: Set once the first sync batch is committed (tests and health checks wait on it).
         self.synced = asyncio.Event()
@@ -151,7 +165,7 @@ class MatrixSource:
                     log.warning("matrix homeserver unreachable; capture waits and reconnects", extra={
                         "homeserver": self.cfg.homeserver, "reason": str(exc)})  # fmt: skip
                 delay = backoff.next()
-                log.warning("matrix source: %s; retrying in %.1fs", exc, delay)
+                log.warning("matrix source retries", extra={"error": str(exc), "delay_s": round(delay, 1)})
                 if await wait(stop, delay):
                     return
                 continue
@@ -188,7 +202,9 @@ class MatrixSource:
             # it is invited, or senders never share room keys with it.
             await self._maintain_keys(client)
             await self._cross_sign(client)
-            cursor = await self.sink.load_cursor()
+            self._state = decode(await self.sink.load_cursor())
+            self._migrate_legacy_file()
+            cursor = self._state.token
             first = True
             while not stop.is_set():
                 response = await self._sync(client, cursor, first, stop)
@@ -210,7 +226,7 @@ class MatrixSource:
         try:
             await ensure_cross_signed(client, self.cfg.store_dir, self.cfg.pickle_key, password)
         except CrossSigningError as exc:
-            log.warning("device not cross-signed: %s", exc)
+            log.warning("device not cross-signed", extra={"error": str(exc)})
 
     async def _sync(self, client: RawKeepingClient, cursor: str | None, first: bool, stop: asyncio.Event) -> Any:
         """One /sync, abandoned (nothing processed) if `stop` is set meanwhile."""
@@ -256,7 +272,7 @@ class MatrixSource:
             await checked(client.keys_claim(client.get_users_for_key_claiming()), "keys claim")
         for response in await client.send_to_device_messages():
             if hasattr(response, "status_code"):  # nio keeps failed ones queued for the next round
-                log.warning("to-device message refused: %s", response.status_code)
+                log.warning("to-device message refused", extra={"code": str(response.status_code)})
 
     # -- one sync batch --------------------------------------------------------
 
@@ -272,7 +288,7 @@ class MatrixSource:
             nio_rooms = response.rooms.join if room.joined else response.rooms.leave
             await self._collect_room(client, batch, room, nio_rooms.get(room.room_id))
         if todo.retry_late:
-            self._collect_late(client, batch)
+            await self._collect_late(client, batch)
         if self._outage is not None:
             batch.events.append(self._gap_notice(self._outage))
         await self._commit(client, batch, response.next_batch)
@@ -280,13 +296,29 @@ class MatrixSource:
         self.synced.set()
         return str(response.next_batch)
 
-    async def _commit(self, client: RawKeepingClient, batch: _Batch, cursor: str | None) -> None:
-        """Fetch media, commit, then update our state and ask for missing keys."""
+    async def _commit(self, client: RawKeepingClient, batch: _Batch, token: str | None) -> None:
+        """Fetch media, commit the events with the state they lead to, then ask for missing keys.
+
+        `token=None` (a backfill page) keeps the sync token; the cursor is then passed only when the state
+        changed (or a side file awaits its move), so an unchanged cursor is not rewritten page by page.
+        """
         events = [self._bridges.annotate(await recover_original(client, e)) for e in batch.events]
         events = await self._with_media(client, events)
-        await self.sink.commit(events, cursor)
+        state = self._state.after(
+            token=token,
+            backfilled=batch.backfilled,
+            pending=[
+                p
+                for e in events
+                if e.kind is Kind.UNDECRYPTABLE and (p := pending_event(e.event_id, e.conversation, e.raw))
+            ],
+            resolved=batch.resolved,
+        )
+        changed = token is not None or state != self._state or self._legacy is not None
+        await self.sink.commit(events, encode(state) if changed else None)
+        self._state = state
         self._commits += 1
-        self._after_commit(batch)
+        self._drop_legacy_file()
         await crypto.request_keys(client, batch.undecrypted)
 
     async def _collect_room(self, client: RawKeepingClient, batch: _Batch, room: RoomPlan, nio_room: Any) -> None:
@@ -332,7 +364,7 @@ class MatrixSource:
             self._add_events(client, batch, room_id, page.events, page.decrypted, page.undecrypted)
             await self._commit(client, batch, None)
             total += len(page.events)
-        log.info("backfilled %d events in %s", total, room_id)
+        log.info("backfilled", extra={"room_id": room_id, "events": total})
 
     def _normalise(self, client: RawKeepingClient, room_id: str, raw: object, decrypted: dict[str, Any]) -> Event:
         if not isinstance(raw, dict):
@@ -348,13 +380,18 @@ class MatrixSource:
             )
         return normalise(raw, room_id=room_id, received_at=now_ms())
 
-    def _collect_late(self, client: RawKeepingClient, batch: _Batch) -> None:
-        for event_id, room_id, merged, proof, _ in crypto.late_decryptions(client, self._state.pending):
+    async def _collect_late(self, client: RawKeepingClient, batch: _Batch) -> None:
+        """Queue the late decryptions of pending events whose key arrived; settle every one tried."""
+        for late in await late_decryptions(client, self._state.pending):
+            event_id, room_id = late.pending.event_id, late.pending.room_id
+            batch.resolved.append(event_id)
+            if late.merged is None:
+                continue
             event = normalise(
-                merged,
+                late.merged,
                 room_id=room_id,
                 received_at=now_ms(),
-                decryption={**proof, "late": True, "first_record": event_id},
+                decryption={**(late.evidence or {}), "late": True, "first_record": event_id},
             )
             batch.events.append(
                 replace(
@@ -363,8 +400,7 @@ class MatrixSource:
                     relates_to=event.relates_to or EventId(event_id),
                 )
             )
-            batch.late.append(event_id)
-            log.info("late decryption of %s in %s", event_id, room_id)
+            log.info("late decryption", extra={"event_id": event_id, "room_id": room_id})
 
     async def _with_media(self, client: RawKeepingClient, events: list[Event]) -> list[Event]:
         if self.blobs is None:
@@ -379,12 +415,25 @@ class MatrixSource:
         conversation = ConversationId(f"notice:matrix:{self.cfg.user_id or self.cfg.homeserver}")
         return gap_notice(MATRIX, conversation, outage, end, {"homeserver": self.cfg.homeserver})
 
-    def _after_commit(self, batch: _Batch) -> None:
-        for room_id in batch.backfilled:
-            self._state.mark_backfilled(room_id)
-        for event in batch.events:
-            if event.kind is Kind.UNDECRYPTABLE and event.raw.get("content"):
-                self._state.add_pending(event.event_id, event.conversation, event.raw)
-        for event_id in batch.late:
-            self._state.drop_pending(event_id)
-        self._state.save()
+    def _migrate_legacy_file(self) -> None:
+        """Fold an old `source_state.json` into the state; the next commit stores it, then the file goes."""
+        path = self.cfg.store_dir / LEGACY_FILE
+        if not path.exists():
+            return
+        try:
+            legacy = orjson.loads(path.read_bytes())
+            if not isinstance(legacy, dict):
+                raise TypeError("not a JSON object")
+            self._state = migrate_legacy(self._state, legacy)
+        except (orjson.JSONDecodeError, ValueError, TypeError) as exc:
+            raise DataError(f"{path} cannot be read ({exc}); move it away to start without it") from None
+        self._legacy = path
+        log.info("moving the old source state file into the log", extra={"path": str(path)})
+
+    def _drop_legacy_file(self) -> None:
+        if self._legacy is None:
+            return
+        os.unlink(self._legacy)
+        fsync_dir(self._legacy.parent)
+        log.info("old source state file moved into the log and deleted", extra={"path": str(self._legacy)})
+        self._legacy = None

@@ -1,81 +1,174 @@
-"""The Matrix source's own small state beside nio's crypto store.
+"""The Matrix source's resume state, stored as its cursor: committed with the events it describes.
 
-Contract: `SourceState.load(store_dir)` / `.save()` (atomic rename, fsync) hold
-- `backfilled`: rooms whose visible history has been paged in once, so a
-  restart does not page every room back to its creation again;
-- `pending`: encrypted events stored as `undecryptable`, kept (raw, with room)
-  so they can be decrypted when their room key arrives later.
-The sync token is NOT here: it lives in the log, committed with the events.
-`save()` runs after a commit; a crash in between only causes duplicate work
-(backfill again, or an already appended late decryption appended again), which
-the log's idempotency key absorbs.
+Contract (pure; no I/O):
+- `SourceState` (frozen) is what the source must know to resume exactly:
+  - `token`: the sync token of the last committed batch (None before the first);
+  - `backfilled`: rooms whose visible history has been paged in once, so a
+    restart does not page every room back to its creation again;
+  - `pending`: undecryptable events already in the log, retried when their
+    room key arrives, as ids only (`PendingEvent`: event id, room, Megolm
+    session, a digest of the ciphertext), oldest first, at most `MAX_PENDING`.
+- `encode(state)` is a small versioned JSON document; the source hands it to
+  `Sink.commit` as the cursor, so it is stored in the transaction of the
+  batch it describes, under the cursor's keyed MAC (`bridge.log.store`).
+  `decode(cursor)` is its inverse; a bare sync token (a log from before the
+  document) decodes to that token with empty state; any other non-document
+  raises `DataError` (resuming from a guess could skip or repeat history).
+- `SourceState.after(...)` is the state once a batch is committed.
+- `migrate_legacy(state, doc)` folds in the `source_state.json` that older
+  versions kept beside the log (see `source.MatrixSource` for the one-time move).
+
+Why ids and not raw events: the raw encrypted event is already in the log as
+the `undecryptable` record. The late retry fetches it again from the
+homeserver by id (`late`), only once nio holds the session's key, and accepts
+it only if its ciphertext has the stored digest: the late record decrypts the
+very ciphertext the first record holds. Size: about 70 bytes per pending
+event plus about 130 per Megolm session (events are grouped by session), so at
+most ~200 KB at `MAX_PENDING`, typically well under 1 KB; `backfilled` grows
+with the rooms the bot is in.
 """
 
 from __future__ import annotations
 
-import json
+import base64
+import hashlib
 import logging
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from bridge.durable import write_atomic
+import orjson
+
+from bridge.errors import DataError
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "source_state.json"
+VERSION = 1
+#: The file older versions kept beside nio's store; moved into the cursor once.
+LEGACY_FILE = "source_state.json"
 #: Bound on remembered undecryptable events; the oldest are forgotten first
 #: (they stay in the log as undecryptable; only the late retry is given up).
-MAX_PENDING = 10_000
+MAX_PENDING = 1_000
+MEGOLM = "m.megolm.v1.aes-sha2"
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class PendingEvent:
+    """An undecryptable event in the log, waiting for the key of its Megolm session."""
+
+    event_id: str
     room_id: str
-    raw: dict[str, Any]
+    sender_key: str
+    session_id: str
+    #: `ciphertext_digest` of the stored ciphertext.
+    digest: str
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class SourceState:
-    path: Path
-    backfilled: set[str] = field(default_factory=set)
-    pending: dict[str, PendingEvent] = field(default_factory=dict)  # insertion order = age
-    dirty: bool = False
+    """What the source knows after its last commit (see module docstring)."""
 
-    @classmethod
-    def load(cls, store_dir: Path) -> SourceState:
-        path = store_dir / STATE_FILE
-        if not path.exists():
-            return cls(path)
-        d = json.loads(path.read_text(encoding="utf-8"))
-        pending = {event_id: PendingEvent(p["room_id"], p["raw"]) for event_id, p in d.get("pending", {}).items()}
-        return cls(path, set(d.get("backfilled", [])), pending)
+    token: str | None = None
+    backfilled: frozenset[str] = frozenset()
+    pending: tuple[PendingEvent, ...] = field(default=())
 
-    def mark_backfilled(self, room_id: str) -> None:
-        if room_id not in self.backfilled:
-            self.backfilled.add(room_id)
-            self.dirty = True
+    def after(
+        self,
+        *,
+        token: str | None,
+        backfilled: Iterable[str] = (),
+        pending: Iterable[PendingEvent] = (),
+        resolved: Iterable[str] = (),
+    ) -> SourceState:
+        """The state once a batch is committed: `token` (None keeps the current one), rooms marked backfilled,
+        new pending events added (known ids ignored), `resolved` ones dropped, the oldest forgotten past
+        `MAX_PENDING`."""
+        done = set(resolved)
+        kept = [p for p in self.pending if p.event_id not in done]
+        known = {p.event_id for p in kept}
+        for item in pending:
+            if item.event_id not in known and item.event_id not in done:
+                kept.append(item)
+                known.add(item.event_id)
+        forgotten = kept[: max(0, len(kept) - MAX_PENDING)]
+        for item in forgotten:
+            log.warning("forgetting undecryptable event: too many pending", extra={"event_id": item.event_id})
+        return SourceState(
+            self.token if token is None else token,
+            self.backfilled | frozenset(backfilled),
+            tuple(kept[len(forgotten) :]),
+        )
 
-    def add_pending(self, event_id: str, room_id: str, raw: dict[str, Any]) -> None:
-        if event_id in self.pending:
-            return
-        self.pending[event_id] = PendingEvent(room_id, raw)
-        while len(self.pending) > MAX_PENDING:
-            oldest = next(iter(self.pending))
-            del self.pending[oldest]
-            log.warning("forgetting undecryptable event %s: too many pending", oldest)
-        self.dirty = True
 
-    def drop_pending(self, event_id: str) -> None:
-        if self.pending.pop(event_id, None) is not None:
-            self.dirty = True
+def ciphertext_digest(ciphertext: str) -> str:
+    """A short digest of a Megolm ciphertext (128 bits of SHA-256, base64url): enough to tell it apart."""
+    return base64.urlsafe_b64encode(hashlib.sha256(ciphertext.encode("utf-8")).digest()[:16]).decode("ascii")
 
-    def save(self) -> None:
-        if not self.dirty:
-            return
-        payload = {
-            "backfilled": sorted(self.backfilled),
-            "pending": {eid: {"room_id": p.room_id, "raw": p.raw} for eid, p in self.pending.items()},
-        }
-        write_atomic(self.path, json.dumps(payload).encode("utf-8"))
-        self.dirty = False
+
+def pending_event(event_id: str, room_id: str, raw: Mapping[str, Any]) -> PendingEvent | None:
+    """The pending entry for an undecryptable raw event, or None when it is no Megolm event (no retry can help)."""
+    content = raw.get("content")
+    if not isinstance(content, dict) or content.get("algorithm") != MEGOLM:
+        return None
+    fields = [content.get(k) for k in ("sender_key", "session_id", "ciphertext")]
+    if not all(isinstance(f, str) and f for f in fields):
+        return None
+    sender_key, session_id, ciphertext = (str(f) for f in fields)
+    return PendingEvent(event_id, room_id, sender_key, session_id, ciphertext_digest(ciphertext))
+
+
+def encode(state: SourceState) -> str:
+    """The state as the versioned cursor document (pending grouped by session, oldest session first)."""
+    sessions: dict[tuple[str, str, str], list[list[str]]] = {}
+    for p in state.pending:
+        sessions.setdefault((p.room_id, p.sender_key, p.session_id), []).append([p.event_id, p.digest])
+    doc = {
+        "v": VERSION,
+        "token": state.token,
+        "backfilled": sorted(state.backfilled),
+        "pending": [[*key, events] for key, events in sessions.items()],
+    }
+    return orjson.dumps(doc).decode("utf-8")
+
+
+def decode(cursor: str | None) -> SourceState:
+    """The state a stored cursor holds (see module docstring); raises `DataError` for a malformed document."""
+    if cursor is None:
+        return SourceState()
+    if not cursor.startswith("{"):
+        return SourceState(token=cursor)  # a bare sync token: a log written before the document
+    try:
+        doc = orjson.loads(cursor)
+        if not isinstance(doc, dict) or doc.get("v") != VERSION:
+            raise ValueError("unknown version")
+        token = doc["token"]
+        if token is not None and not isinstance(token, str):
+            raise ValueError("token")
+        backfilled = frozenset(_strs(doc["backfilled"]))
+        pending = []
+        for room_id, sender_key, session_id, events in doc["pending"]:
+            for event_id, digest in events:
+                pending.append(PendingEvent(*_strs([event_id, room_id, sender_key, session_id, digest])))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise DataError(f"the Matrix source's stored state is not a version {VERSION} document ({exc})") from None
+    return SourceState(token, backfilled, tuple(pending))
+
+
+def migrate_legacy(state: SourceState, legacy: Mapping[str, Any]) -> SourceState:
+    """`state` with the content of an old `source_state.json` folded in (raw pending events become ids)."""
+    raw_pending = legacy.get("pending")
+    pending = []
+    for event_id, item in (raw_pending if isinstance(raw_pending, dict) else {}).items():
+        room_id = item.get("room_id") if isinstance(item, dict) else None
+        raw = item.get("raw") if isinstance(item, dict) else None
+        if isinstance(room_id, str) and isinstance(raw, dict):
+            entry = pending_event(str(event_id), room_id, raw)
+            if entry is not None:
+                pending.append(entry)
+    return state.after(token=None, backfilled=_strs(legacy.get("backfilled", [])), pending=pending)
+
+
+def _strs(value: object) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        raise ValueError("expected a list of strings")
+    return value

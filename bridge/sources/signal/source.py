@@ -48,6 +48,7 @@ from bridge.clock import now_ms
 from bridge.errors import SourceError
 from bridge.events import ConversationId, Event, EventId, Kind
 from bridge.sources import BlobSink, Sink
+from bridge.sources.offload import off_loop
 from bridge.sources.outage import Backoff, Outage, gap_notice, wait
 from bridge.sources.signal.envelopes import normalise_envelope, unstored_kind
 from bridge.sources.signal.framing import Oversized
@@ -214,7 +215,8 @@ class SignalSource:
         for item in items:
             if item.sse_id is not None:
                 self._sse_id = item.sse_id
-            for event in self._normalise(item, received_at):
+            size = len(item.data) if isinstance(item.data, bytes) else 0
+            for event in await off_loop(size, self._normalise, item, received_at):
                 if event.key not in seen:
                     seen.add(event.key)
                     batch.append(event)

@@ -34,6 +34,7 @@ import aiohttp
 import orjson
 
 from bridge.errors import SourceError
+from bridge.sources.offload import off_loop
 from bridge.sources.signal.framing import HEAD_BYTES, LineSplitter, Oversized, SseParser, classify, request
 
 _CHUNK = 64 * 1024
@@ -190,12 +191,35 @@ class Channel:
         if len(data) > (max_bytes // 3 + 1) * 4 + 4:
             raise AttachmentTooLarge
         try:
-            body = base64.b64decode(data, validate=True)
+            body = await off_loop(len(data), b64decode_chunked, data)
         except (binascii.Error, ValueError):
             raise SignalRpcError(None, "getAttachment data is not base64") from None
         if len(body) > max_bytes:
             raise AttachmentTooLarge
         return body
+
+
+#: Characters per base64 decode call (a multiple of 4): about 3 ms each.
+B64_CHUNK = 1 << 20
+
+
+def b64decode_chunked(data: str) -> bytes:
+    """Strict base64 decode in `B64_CHUNK` pieces, so that in a worker thread the event loop gets the GIL
+    between pieces (binascii holds it for a whole call: 0.4 s for a 100 MiB attachment).
+
+    Accepts and refuses exactly what `base64.b64decode(data, validate=True)` does.
+    """
+    if len(data) <= B64_CHUNK:
+        return base64.b64decode(data, validate=True)
+    if len(data) % 4:
+        raise binascii.Error("Incorrect padding")
+    parts = []
+    for start in range(0, len(data), B64_CHUNK):
+        piece = data[start : start + B64_CHUNK]
+        if start + B64_CHUNK < len(data) and piece.endswith("="):
+            raise binascii.Error("padding before the end")  # one call would refuse it too
+        parts.append(base64.b64decode(piece, validate=True))
+    return b"".join(parts)
 
 
 class SocketChannel(Channel):
@@ -217,7 +241,8 @@ class SocketChannel(Channel):
     async def _read(self, reader: asyncio.StreamReader, splitter: LineSplitter) -> None:
         while data := await reader.read(_CHUNK):
             for line in splitter.feed(data):
-                response = None if isinstance(line, Oversized) else classify(line)
+                # A response may be a getAttachment file as base64 (~133 MB): parsed off the loop.
+                response = None if isinstance(line, Oversized) else await off_loop(len(line), classify, line)
                 if response is not None:
                     future = self._waiting.pop(response.id, None) if isinstance(response.id, int) else None
                     if future is not None and not future.done():
@@ -309,7 +334,8 @@ class HttpChannel(Channel):
                     return None
                 if response.status != 200:
                     raise SignalUnavailable(f"{method}: HTTP {response.status}")
-                message = orjson.loads(await response.read())
+                raw = await response.read()
+                message = await off_loop(len(raw), orjson.loads, raw)
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise SignalUnavailable(f"{method}: {type(exc).__name__}") from exc
         except orjson.JSONDecodeError:
