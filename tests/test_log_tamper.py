@@ -294,3 +294,19 @@ async def test_altered_cursor_is_refused_and_caught(empty_log: LogDir) -> None:
             await store.get_cursor("matrix:@bot:x")
     err = expect_tampered(empty_log, None, with_key=True)
     assert "cursor" in err.reason and err.check == Check.CURSOR
+
+
+async def test_cursor_values_are_encrypted_at_rest(empty_log: LogDir) -> None:
+    """A source cursor may hold room, event and session ids (the Matrix source's state document): it is stored
+    sealed, so none of it is readable in the database file, and it reads back exactly."""
+    from bridge.log.store import LogStore
+    from tests.conftest import make_event
+
+    marker = '{"v":1,"token":"s1_GEHEIM","pending":[["!GEHEIMroom:example.org","$GEHEIMevent"]]}'
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        await store.append_events([make_event(1)], cursor=("matrix:@bot:x", marker))
+        assert await store.get_cursor("matrix:@bot:x") == marker
+    for path in empty_log.data_dir.iterdir():
+        if path.is_file():
+            assert b"GEHEIM" not in path.read_bytes(), path.name
+    verify_log(empty_log.data_dir, empty_log.keys)  # the sealed cursor checks out with the key

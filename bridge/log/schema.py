@@ -6,6 +6,8 @@ reader (`reader`), none of which may trust the others' in-memory state.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -230,6 +232,39 @@ def conversation_tag(index_key: bytes, source: str, conversation: str) -> bytes:
 
 def dedup_tag(index_key: bytes, source: str, conversation: str, event_id: str) -> bytes:
     return crypto.keyed_tag(index_key, "event", source, conversation, event_id)
+
+
+_CURSOR_PREFIX = "enc1:"
+_CURSOR_DOMAIN = b"chatarchief/v1/cursor\x00"
+
+
+def seal_cursor(index_key: bytes, name: str, value: str) -> str:
+    """A cursor value as stored: AES-256-GCM under a key derived from the index key (a source's cursor may hold
+    room, event and session ids, which are never in the clear at rest), base64 text with a version prefix."""
+    nonce = crypto.random_nonce()
+    body = crypto.seal(_cursor_key(index_key), nonce, value.encode("utf-8", "surrogatepass"), _cursor_ad(name))
+    return _CURSOR_PREFIX + base64.b64encode(nonce + body).decode("ascii")
+
+
+def open_cursor(index_key: bytes, name: str, stored: object) -> str:
+    """The cursor value from its stored form; raises crypto.AuthError for anything we did not seal."""
+    if not isinstance(stored, str) or not stored.startswith(_CURSOR_PREFIX):
+        raise crypto.AuthError("cursor is not sealed")
+    try:
+        raw = base64.b64decode(stored[len(_CURSOR_PREFIX) :], validate=True)
+    except (binascii.Error, ValueError):
+        raise crypto.AuthError("cursor is not base64") from None
+    nonce, body = raw[: crypto.NONCE_BYTES], raw[crypto.NONCE_BYTES :]
+    plain = crypto.open_sealed(_cursor_key(index_key), nonce, body, _cursor_ad(name))
+    return plain.decode("utf-8", "surrogatepass")
+
+
+def _cursor_key(index_key: bytes) -> bytes:
+    return crypto.keyed_tag(index_key, "cursor-encryption", length=32)
+
+
+def _cursor_ad(name: str) -> bytes:
+    return _CURSOR_DOMAIN + name.encode("utf-8", "surrogatepass")
 
 
 def cursor_mac(index_key: bytes, name: str, value: str) -> bytes:

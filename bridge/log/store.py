@@ -61,6 +61,8 @@ from bridge.log.schema import (
     key_record,
     key_row,
     meta_dict,
+    open_cursor,
+    seal_cursor,
     seal_key_record,
     unwrap_keys,
 )
@@ -296,8 +298,11 @@ class LogStore:
             row = await cur.fetchone()
         if row is None:
             return None
-        value = str(row[0])
-        if not crypto.hmac_equal(bytes(row[1]), cursor_mac(self._index_key, name, value)):
+        try:
+            value = open_cursor(self._index_key, name, row[0])
+        except crypto.AuthError:
+            value = None
+        if value is None or not crypto.hmac_equal(bytes(row[1]), cursor_mac(self._index_key, name, value)):
             raise LogIntegrityError(
                 None,
                 f"the stored cursor of {name} was altered; refusing to resume from it (run verify)",
@@ -494,7 +499,12 @@ class LogStore:
         if batch.cursor is not None:
             await conn.execute(
                 "INSERT OR REPLACE INTO cursors (name, value, updated_ms, mac) VALUES (?, ?, ?, ?)",
-                (batch.cursor[0], batch.cursor[1], now_ms(), cursor_mac(self._index_key, *batch.cursor)),
+                (
+                    batch.cursor[0],
+                    seal_cursor(self._index_key, *batch.cursor),
+                    now_ms(),
+                    cursor_mac(self._index_key, *batch.cursor),
+                ),
             )
         if self._checkpoint_due(batch.frontier.size):
             return await self._insert_checkpoint(batch.frontier)

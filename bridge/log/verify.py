@@ -48,6 +48,7 @@ from bridge.log.schema import (
     expected_schema,
     frontier_bytes,
     meta_dict,
+    open_cursor,
     unwrap_keys,
 )
 
@@ -322,8 +323,12 @@ def _key_row(row: tuple[int, KeyRecord]) -> str:
 
 def _check_cursors(conn: sqlite3.Connection, secrets: audit.Secrets) -> None:
     """Each source cursor carries a keyed MAC: an altered sync token would make the bot skip events."""
-    for name, value, mac in conn.execute("SELECT name, value, mac FROM cursors ORDER BY name"):
-        if not crypto.hmac_equal(bytes(mac), cursor_mac(secrets.index_key, str(name), str(value))):
+    for name, stored, mac in conn.execute("SELECT name, value, mac FROM cursors ORDER BY name"):
+        try:
+            value: str | None = open_cursor(secrets.index_key, str(name), stored)
+        except crypto.AuthError:
+            value = None
+        if value is None or not crypto.hmac_equal(bytes(mac), cursor_mac(secrets.index_key, str(name), value)):
             raise LogIntegrityError(None, f"the stored cursor of {name} was altered", check=Check.CURSOR)
 
 
