@@ -19,6 +19,7 @@ from types import TracebackType
 from bridge.events import MATRIX, Event
 from bridge.log.keys import KeyMaterial
 from bridge.log.reader import iter_events
+from bridge.log.schema import open_cursor
 from bridge.log.store import dedup_tag, unwrap_keys
 from bridge.log.verify import open_readonly
 
@@ -47,7 +48,9 @@ class LogView:
         return int(n)
 
     def cursors(self) -> dict[str, str]:
-        return {str(k): str(v) for k, v in self._conn.execute("SELECT name, value FROM cursors")}
+        """Each source's cursor as the source wrote it (values are sealed at rest)."""
+        rows = self._conn.execute("SELECT name, value FROM cursors")
+        return {str(k): open_cursor(self._index_key, str(k), v) for k, v in rows}
 
     def counters(self) -> dict[str, int]:
         return {str(k): int(v) for k, v in self._conn.execute("SELECT name, value FROM counters")}
