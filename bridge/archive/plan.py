@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from bridge.archive import proof
 from bridge.archive.range import BoundaryScan, Window
 from bridge.errors import Check, LogIntegrityError, UsageError
-from bridge.log import checkpoint, crypto, format, merkle
+from bridge.log import audit, checkpoint, crypto, format, merkle
 from bridge.log.decision import Decision
 from bridge.log.keys import KeyMaterial
 from bridge.log.view import LogView, RangeRecord, ScanRow, appended_ms
@@ -66,14 +66,7 @@ def _plan(view: LogView, win: Window, open_month: bool) -> Plan:
     first_ms: int | None = None
     for row in view.scan():
         seq = row.seq
-        if seq != frontier.size:
-            raise LogIntegrityError(
-                frontier.size,
-                f"record is missing (the next stored record is {seq})",
-                frontier.size,
-                seq,
-                check=Check.MISSING_RECORD,
-            )
+        audit.check_position(frontier.size, seq)
         appended = appended_ms(row.header)
         if first_ms is None:
             first_ms = appended

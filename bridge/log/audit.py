@@ -55,6 +55,18 @@ def blobs_of(seq: int, *values: object) -> tuple[bytes, ...]:
     return tuple(out)
 
 
+def check_position(expected: int, found: int) -> None:
+    """The next stored record must be the one expected: a gap in the sequence is a missing record."""
+    if found != expected:
+        raise LogIntegrityError(
+            expected,
+            f"record is missing (the next stored record is {found})",
+            expected,
+            found,
+            check=Check.MISSING_RECORD,
+        )
+
+
 def check_stored(
     seq: int, header_b: bytes, commit: bytes, body: bytes, stored_leaf: bytes, prev: bytes | None
 ) -> tuple[format.RecordHeader, bytes]:

@@ -239,14 +239,7 @@ class LogStore:
         ) as cur:
             while batch := await cur.fetchmany(1024):
                 for seq, dedup, header_b, commit, body, stored in batch:
-                    if seq != frontier.size:
-                        raise LogIntegrityError(
-                            frontier.size,
-                            f"record is missing (the next stored record is {seq})",
-                            frontier.size,
-                            seq,
-                            check=Check.MISSING_RECORD,
-                        )
+                    audit.check_position(frontier.size, seq)
                     header_b, commit, body, stored, dedup = audit.blobs_of(seq, header_b, commit, body, stored, dedup)
                     header, leaf = audit.check_stored(seq, header_b, commit, body, stored, prev)
                     opened = audit.check_plaintext(seq, secrets, header, header_b, commit, body, dedup)
@@ -648,14 +641,7 @@ class LogStore:
         ) as cur:
             while batch := await cur.fetchmany(4096):
                 for seq, header_b, commit, body in batch:
-                    if seq != frontier.size:
-                        raise LogIntegrityError(
-                            frontier.size,
-                            f"record is missing (the next stored record is {seq})",
-                            frontier.size,
-                            seq,
-                            check=Check.MISSING_RECORD,
-                        )
+                    audit.check_position(frontier.size, seq)
                     frontier.append(format.leaf_of(bytes(header_b), bytes(commit), bytes(body)))
                     if frontier.size == size:
                         prefix = frontier.copy()

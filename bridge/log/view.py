@@ -165,14 +165,7 @@ class LogView:
         expected = start
         while rows := cur.fetchmany(_BATCH):
             for seq, leaf in rows:
-                if seq != expected:
-                    raise LogIntegrityError(
-                        expected,
-                        f"record is missing (the next stored record is {seq})",
-                        expected,
-                        seq,
-                        check=Check.MISSING_RECORD,
-                    )
+                audit.check_position(expected, seq)
                 expected += 1
                 yield int(seq), bytes(leaf)
         if expected != end:
@@ -234,14 +227,7 @@ class LogView:
         expected = start
         while rows := cur.fetchmany(1024):
             for seq, header_b, commit, body, stored in rows:
-                if seq != expected:
-                    raise LogIntegrityError(
-                        expected,
-                        f"record is missing (the next stored record is {seq})",
-                        expected,
-                        seq,
-                        check=Check.MISSING_RECORD,
-                    )
+                audit.check_position(expected, seq)
                 expected += 1
                 header_b, commit, body = bytes(header_b), bytes(commit), bytes(body)
                 header = self._header(seq, header_b)
