@@ -47,6 +47,11 @@ class Kind(enum.StrEnum):
     MEMBERSHIP = "membership"
     STATE = "state"
     RETENTION_CHANGE = "retention_change"
+    #: A poll: its start (question, answers), a vote, or its end; votes and ends relate to the start.
+    #: content["poll"] = {"action": "start", "question": str, "answers": [{"id": str, "text": str}],
+    #: "max_selections": int, "disclosed": bool} | {"action": "vote", "answers": [answer ids]} |
+    #: {"action": "end", "text": str | None}; relates_to = the start's event id for "vote" and "end".
+    POLL = "poll"
     UNDECRYPTABLE = "undecryptable"
     UNKNOWN = "unknown"
     #: Written by the archiver itself, not by a chat participant: a capture gap, an
