@@ -15,6 +15,8 @@ from tests.support.signal_daemon import ACCOUNT, fixture_names, load_fixture
 
 PEER_UUID = "5e2f9d10-8a3b-4c6d-b7e8-1f2a3b4c5d6e"
 OWN_UUID = "0b7c3a52-1d5e-4f7a-9c1e-6f0e2a1b3c4d"
+PEER_PNI = "84a939c0-1ea4-48cb-bf72-e5d48099cd9f"  # the PNI quoted in signal-cli issue 1834
+PEER_NUMBER = "+31600000002"
 GROUP = "group:U3RhbmRpbmdDb21taXR0ZWVCZWxlaWRzb3ZlcmxlZyE="
 DIRECT = f"direct:{ACCOUNT}:{PEER_UUID}"  # 1:1 chats are scoped by the archived account
 
@@ -34,10 +36,29 @@ EXPECTED: dict[str, tuple[Kind, str, str, str | None]] = {
     "expiration_timer": (Kind.RETENTION_CHANGE, DIRECT, f"{PEER_UUID}:1700000012000", None),
     "expiration_timer_legacy": (Kind.RETENTION_CHANGE, DIRECT, f"{PEER_UUID}:1700000013000", None),
     "view_once": (Kind.ATTACHMENT, DIRECT, f"{PEER_UUID}:1700000014000", None),
-    "story": (Kind.UNKNOWN, "unknown", f"{PEER_UUID}:1700000018000", None),
-    "unknown_field": (Kind.MESSAGE, DIRECT, f"{PEER_UUID}:1700000019000", None),
+    "story": (Kind.MESSAGE, DIRECT, f"{PEER_UUID}:1700000018000", None),
+    "poll_create": (Kind.POLL, DIRECT, f"{PEER_UUID}:1700000019000", None),
     "group_update": (Kind.STATE, GROUP, f"{PEER_UUID}:1700000020000", None),
     "decryption_error": (Kind.UNDECRYPTABLE, DIRECT, f"{PEER_UUID}:1700000021000", None),
+    # issue 11: polls, newer data messages, stories, calls, syncs, and the ways one peer is named
+    "poll_vote": (Kind.POLL, DIRECT, f"{OWN_UUID}:1700000030000", f"{PEER_UUID}:1700000019000"),
+    "poll_terminate": (Kind.POLL, DIRECT, f"{PEER_UUID}:1700000031000", f"{PEER_UUID}:1700000019000"),
+    "poll_create_group": (Kind.POLL, GROUP, f"{PEER_UUID}:1700000032000", None),
+    "admin_delete": (Kind.DELETION, GROUP, f"{PEER_UUID}:1700000033000", f"{OWN_UUID}:1700000004000"),
+    "pin_message": (Kind.STATE, GROUP, f"{PEER_UUID}:1700000034000", f"{OWN_UUID}:1700000004000"),
+    "unpin_message": (Kind.STATE, GROUP, f"{PEER_UUID}:1700000035000", f"{OWN_UUID}:1700000004000"),
+    "payment": (Kind.MESSAGE, DIRECT, f"{PEER_UUID}:1700000036000", None),
+    "sticker": (Kind.MESSAGE, GROUP, f"{PEER_UUID}:1700000037000", None),
+    "shared_contact": (Kind.MESSAGE, DIRECT, f"{PEER_UUID}:1700000038000", None),
+    "attachment_caption": (Kind.ATTACHMENT, DIRECT, f"{PEER_UUID}:1700000039000", None),
+    "story_group": (Kind.ATTACHMENT, GROUP, f"{PEER_UUID}:1700000040000", None),
+    "sent_story": (Kind.MESSAGE, f"stories:{OWN_UUID}", f"{OWN_UUID}:1700000041000", None),
+    "call_offer": (Kind.STATE, DIRECT, f"{PEER_UUID}:1700000042000", None),
+    "call_hangup": (Kind.STATE, DIRECT, f"{PEER_UUID}:1700000043000", None),
+    "contacts_sync": (Kind.STATE, f"sync:{OWN_UUID}", f"{OWN_UUID}:1700000044000", None),
+    "sent_first_to_pni": (Kind.MESSAGE, f"direct:{ACCOUNT}:PNI:{PEER_PNI}", f"{OWN_UUID}:1700000045000", None),
+    "dm_uuid_only": (Kind.MESSAGE, DIRECT, f"{PEER_UUID}:1700000046000", None),
+    "dm_number_only": (Kind.MESSAGE, f"direct:{ACCOUNT}:{PEER_NUMBER}", f"{PEER_NUMBER}:1700000047000", None),
 }
 UNSTORED = {"receipt": "receiptMessage", "typing": "typingMessage", "sync_read": "syncReceipt"}
 
@@ -104,9 +125,10 @@ def test_quote_becomes_reply_to() -> None:
 
 
 def test_reactions_and_their_removal() -> None:
-    """A reaction has the emoji as key; its removal is a reaction with remove: true."""
-    assert one(load_fixture("reaction")).content["key"] == "\U0001f44d"
-    assert one(load_fixture("reaction_remove")).content["remove"] is True
+    """A reaction has the emoji as key and removed: false; its removal is a reaction with removed: true."""
+    added = one(load_fixture("reaction"))
+    assert added.content["key"] == "\U0001f44d" and added.content["removed"] is False
+    assert one(load_fixture("reaction_remove")).content["removed"] is True
 
 
 def test_attachment_is_pending_with_signal_cli_id() -> None:
@@ -138,10 +160,13 @@ def test_view_once_is_captured_and_marked() -> None:
 
 
 def test_unknown_fields_are_flagged_and_kept() -> None:
-    """A dataMessage field the normaliser does not know is named in `problem`; the raw keeps it."""
-    event = one(load_fixture("unknown_field"))
-    assert event.problem is not None and "pollCreate" in event.problem
-    assert event.raw["envelope"]["dataMessage"]["pollCreate"]["question"] == "Vrijdag of maandag?"
+    """A dataMessage field the normaliser does not know (a future signal-cli's) is named in `problem`;
+    the message is still a message and the raw keeps the field."""
+    params = load_fixture("dm_received")
+    params["envelope"]["dataMessage"]["futureField"] = {"x": 1}
+    event = one(params)
+    assert event.kind is Kind.MESSAGE and event.problem is not None and "futureField" in event.problem
+    assert event.raw["envelope"]["dataMessage"]["futureField"] == {"x": 1}
 
 
 def test_the_three_wire_shapes_give_the_same_event() -> None:

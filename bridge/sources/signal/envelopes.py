@@ -51,13 +51,17 @@ from bridge.sources.decode import (
     reencode,
     req_dict,
 )
+from bridge.sources.signal import parts
+from bridge.sources.signal.parts import Parts as _Parts
+from bridge.sources.signal.parts import first_str as _first_str
 
 #: dataMessage fields this normaliser understands; others are flagged (and kept in raw).
 _KNOWN_DATA = frozenset(
     {
         "timestamp", "message", "expiresInSeconds", "isExpirationUpdate", "viewOnce", "reaction", "quote",
         "mentions", "previews", "attachments", "sticker", "remoteDelete", "contacts", "textStyles", "groupInfo",
-        "storyContext",
+        "storyContext", "payment", "pollCreate", "pollVote", "pollTerminate", "pinMessage", "unpinMessage",
+        "adminDelete",
     }
 )  # fmt: skip
 #: The fields of a bare (pre-0.13.21) timer change; anything else set means it is not one.
@@ -69,8 +73,6 @@ _UNSTORED = ("receiptMessage", "typingMessage")
 #: syncMessage keys that are only read/viewed markers (receipts from the phone).
 _SYNC_RECEIPTS = frozenset({"readMessages", "viewedMessages"})
 _OTHER_CONTENT = ("storyMessage", "callMessage")
-
-_Parts = tuple[Kind, JSONDict, str | None, tuple[Attachment, ...]]
 
 
 def normalise_envelope(params: Mapping[str, Any] | bytes, *, account: str | None, received_at: int) -> list[Event]:
@@ -145,6 +147,8 @@ def _build(params: JSONDict, account: str | None, received_at: int) -> list[Even
     own = inner.get("account") if isinstance(inner.get("account"), str) else account
     if own and "account" not in content:
         content = {**content, "account": own}
+    if isinstance(name := envelope.get("sourceName"), str) and name:
+        content = {**content, "sender_name": name}
     if own and conversation.startswith("direct:"):
         # A 1:1 chat belongs to the linked phone that had it: two archived phones talking
         # to the same person are two conversations, not one.
@@ -181,34 +185,76 @@ _Classified = tuple[str, str, Kind, JSONDict, str | None, tuple[Attachment, ...]
 def _classify(envelope: JSONDict, params: JSONDict, author: str) -> _Classified:
     """conversation, event_id, kind, content, relates_to, attachments, problem."""
     own_id = f"{author}:{envelope['timestamp']}"
+    seen = parts.identities(opt_str(envelope, "sourceUuid"), opt_str(envelope, "sourceNumber"), envelope.get("source"))
     if (data := opt_dict(envelope, "dataMessage")) is not None:
-        return _data_event(data, author, own_id, peer=author)
+        return _with_identities(_data_event(data, author, own_id, peer=author), seen)
     if (edit := opt_dict(envelope, "editMessage")) is not None:
-        return _edit_event(edit, author, own_id, peer=author)
+        return _with_identities(_edit_event(edit, author, own_id, peer=author), seen)
     if (sync := opt_dict(envelope, "syncMessage")) is not None:
-        sent = opt_dict(sync, "sentMessage", "syncMessage.")
-        if sent is None:
-            raise Malformed("syncMessage without sentMessage is not normalised (kept raw)")
-        peer = _first_str(sent, ("destinationUuid", "destinationNumber", "destination"))
-        if (sent_edit := opt_dict(sent, "editMessage", "sentMessage.")) is not None:
-            conversation, event_id, kind, content, relates_to, attachments, problem = _edit_event(
-                sent_edit, author, own_id, peer
-            )
-        else:
-            skip = ("destination", "destinationNumber", "destinationUuid")
-            conversation, event_id, kind, content, relates_to, attachments, problem = _data_event(
-                sent, author, None, peer, skip
-            )
-        content["sent_by_linked_phone"] = True
-        return (conversation, event_id, kind, content, relates_to, attachments, problem)
+        return _sync_event(sync, author, own_id)
     if isinstance(params.get("exception"), dict):
         exc = params["exception"]
         content = {"error": opt_str(exc, "message", "exception."), "error_type": opt_str(exc, "type", "exception.")}
         return (f"direct:{author}", own_id, Kind.UNDECRYPTABLE, content, None, (), None)
-    for key in _OTHER_CONTENT:
-        if envelope.get(key) is not None:
-            raise Malformed(f"{key} is not normalised (kept raw)")
+    if (story := opt_dict(envelope, "storyMessage")) is not None:
+        return _with_identities(_story_event(story, author, own_id, author), seen)
+    if (call := opt_dict(envelope, "callMessage")) is not None:
+        summary = parts.call(call)
+        call_content: JSONDict = {"type": "signal.call", "call": summary, "content": dict(summary)}
+        return _with_identities((f"direct:{author}", own_id, Kind.STATE, call_content, None, (), None), seen)
     raise Malformed("envelope carries no message")
+
+
+def _sync_event(sync: JSONDict, author: str, own_id: str) -> _Classified:
+    """What the linked phone sent (message, edit, story), or its contact/group/block list syncs."""
+    sent = opt_dict(sync, "sentMessage", "syncMessage.")
+    if sent is None:
+        if (story := opt_dict(sync, "sentStoryMessage", "syncMessage.")) is not None:
+            peer = _first_str(story, ("destinationUuid", "destinationNumber"))
+            classified = _story_event(story, author, own_id, peer)
+            seen = parts.identities(opt_str(story, "destinationUuid"), opt_str(story, "destinationNumber"), None)
+            return _linked_phone(_with_identities(classified, seen))
+        if (state := parts.sync_state(sync)) is not None:
+            # The account's own devices talking to each other: filed under the account, not a chat.
+            return (f"sync:{author}", own_id, Kind.STATE, state, None, (), None)
+        raise Malformed("syncMessage without sentMessage is not normalised (kept raw)")
+    peer = _first_str(sent, ("destinationUuid", "destinationNumber", "destination"))
+    if (sent_edit := opt_dict(sent, "editMessage", "sentMessage.")) is not None:
+        classified = _edit_event(sent_edit, author, own_id, peer)
+    else:
+        skip = ("destination", "destinationNumber", "destinationUuid")
+        classified = _data_event(sent, author, None, peer, skip)
+    seen = parts.identities(
+        opt_str(sent, "destinationUuid"), opt_str(sent, "destinationNumber"), sent.get("destination")
+    )
+    return _linked_phone(_with_identities(classified, seen))
+
+
+def _linked_phone(classified: _Classified) -> _Classified:
+    classified[3]["sent_by_linked_phone"] = True
+    return classified
+
+
+def _with_identities(classified: _Classified, seen: JSONDict) -> _Classified:
+    """A 1:1 event records the ACI, PNI and number seen for its peer, so a later mapping can join them."""
+    if classified[0].startswith("direct:") and any(seen.values()):
+        classified[3]["identities"] = seen
+    return classified
+
+
+def _story_event(story: JSONDict, author: str, own_id: str, peer: str | None) -> _Classified:
+    """A story: in its group, else the 1:1 chat with its poster (or addressee); a story to all contacts
+    sent from the linked phone has no chat and is filed under "stories:" + the author."""
+    content: JSONDict = {"story": parts.story(story)}
+    content["body"] = content["story"]["text"]
+    group_id = content["story"]["group_id"]
+    conversation = f"group:{group_id}" if group_id else f"direct:{peer}" if peer else f"stories:{author}"
+    file_item = opt_dict(story, "fileAttachment", "storyMessage.")
+    attachments = _attachments({"attachments": [file_item]}) if file_item is not None else ()
+    if file_item is not None and (caption := parts.captions([file_item])) is not None:
+        content["captions"] = caption
+    kind = Kind.ATTACHMENT if attachments else Kind.MESSAGE
+    return (conversation, own_id, kind, content, None, attachments, None)
 
 
 def _edit_event(edit: JSONDict, author: str, own_id: str, peer: str | None) -> _Classified:
@@ -233,6 +279,8 @@ def _data_event(
     kind, content, relates_to, attachments = _data_parts(data, author)
     if group is not None:
         content["group"] = group
+        if group["name"]:
+            content["group_name"] = group["name"]
     unknown = sorted(k for k, v in data.items() if v is not None and k not in _KNOWN_DATA and k not in skip)
     problem = f"fields not normalised (kept in raw): {', '.join(k[:40] for k in unknown[:8])}" if unknown else None
     return (conversation, own_id, kind, content, relates_to, attachments, problem)
@@ -262,6 +310,9 @@ def _data_parts(data: JSONDict, author: str) -> _Parts:
         if not is_int(target):
             raise Malformed("remoteDelete.timestamp is not an integer")
         return (Kind.DELETION, {}, f"{author}:{target}", ())
+    for newer in (parts.admin_delete(data), parts.poll(data, author), parts.pin(data)):
+        if newer is not None:
+            return newer
     if (reaction := opt_dict(data, "reaction")) is not None:
         return _reaction(reaction)
     expires = opt_int(data, "expiresInSeconds")
@@ -295,8 +346,10 @@ def _reaction(reaction: JSONDict) -> _Parts:
     if target_author is None or not is_int(target_ts):
         raise Malformed("reaction has no target author or targetSentTimestamp")
     emoji = opt_str(reaction, "emoji", "reaction.") or ""
-    remove = bool(opt_bool(reaction, "isRemove", "reaction."))
-    return (Kind.REACTION, {"key": emoji, "remove": remove}, f"{target_author}:{target_ts}", ())
+    # `removed` (always a bool): True withdraws the emoji from the target. Events logged before this
+    # field carry the same fact as `remove`.
+    removed = bool(opt_bool(reaction, "isRemove", "reaction."))
+    return (Kind.REACTION, {"key": emoji, "removed": removed}, f"{target_author}:{target_ts}", ())
 
 
 def _message(data: JSONDict, expires: int | None) -> _Parts:
@@ -313,15 +366,24 @@ def _message(data: JSONDict, expires: int | None) -> _Parts:
             if not isinstance(value, list):
                 raise Malformed(f"{key} is not a list")
             content[out] = json_copy(value)
-    for key, out in (("sticker", "sticker"), ("contacts", "contacts"), ("storyContext", "story_context")):
-        if data.get(key) is not None:
-            content[out] = json_copy(data[key])
+    if data.get("storyContext") is not None:
+        content["story_context"] = json_copy(data["storyContext"])
+    for key, value in (
+        ("sticker", parts.sticker(data)),
+        ("contacts", parts.shared_contacts(data)),
+        ("payment", parts.payment(data)),
+    ):
+        if value is not None:
+            content[key] = value
     if opt_bool(data, "viewOnce"):
         content["view_once"] = True
     if expires:
         content["expires_in_seconds"] = expires
     attachments = _attachments(data)
-    kind = Kind.ATTACHMENT if attachments or data.get("sticker") is not None else Kind.MESSAGE
+    if attachments and (found := parts.captions(data["attachments"])) is not None:
+        content["captions"] = found
+    # A sticker's image is in its pack, not fetched like an attachment: the event is a MESSAGE.
+    kind = Kind.ATTACHMENT if attachments else Kind.MESSAGE
     return (kind, content, None, attachments)
 
 
@@ -348,14 +410,6 @@ def _attachments(data: JSONDict) -> tuple[Attachment, ...]:
             )
         )
     return tuple(out)
-
-
-def _first_str(d: JSONDict, keys: tuple[str, ...]) -> str | None:
-    for key in keys:
-        value = d.get(key)
-        if isinstance(value, str) and value:
-            return value
-    return None
 
 
 # --- unknown ----------------------------------------------------------------------------------
