@@ -54,6 +54,8 @@ async def test_capture_into_the_real_log(empty_log: LogDir, tmp_path: Path) -> N
     await daemon.start()
     daemon.attachments["Xq3vT0bLm9Jk2a1.pdf"] = b"%PDF-1.4 nota"
     daemon.attachments["Vw1Onc3ImAgE.jpg"] = b"\xff\xd8\xff jpeg"
+    daemon.attachments["aB3dE5fG7hJ9kL1.jpg"] = b"\xff\xd8\xff whiteboard"  # attachment_caption
+    daemon.attachments["St0ryF1le2b3c4d.jpg"] = b"\xff\xd8\xff story"  # story_group
     try:
         async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
             blobs = BlobStore(empty_log.data_dir / "blobs", store.media_keys())

@@ -91,7 +91,7 @@ async def test_every_envelope_kind_over_every_transport(daemon: SignalDaemon, tr
             daemon.enqueue(load_fixture(name))
         await until(lambda: len([e for e in sink.events.values() if e.kind is not Kind.NOTICE]) == len(STORED_FIXTURES))
     kinds = sorted(e.kind.value for e in sink.events.values())
-    assert "unknown" in kinds and "edit" in kinds and "retention_change" in kinds
+    assert "poll" in kinds and "edit" in kinds and "retention_change" in kinds
     assert source.counts["receiptMessage"] == 1 and source.counts["typingMessage"] == 1
     (pdf,) = [a for e in sink.events.values() for a in e.attachments if a.media_type == "application/pdf"]
     assert pdf.status == "stored" and blobs.data[pdf.blob_id or ""] == b"%PDF-1.4 de nota"
