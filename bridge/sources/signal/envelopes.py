@@ -19,14 +19,17 @@ Contract (pure: no I/O, no clock, no randomness):
   author + ":" + the message's timestamp (for edits the edit's own envelope
   timestamp, `relates_to` = author + ":" + `targetSentTimestamp`). A
   re-delivered envelope therefore has the same id and is stored once.
+* Every event keeps `sender_name` (sourceName); 1:1 events keep `identities` {aci, pni, number} of the
+  peer as seen in this envelope (see `parts.py`).
 * Conversation: "group:" + groupId, else "direct:" + our account + ":" + the
   peer (the destination of what the linked phone sent, the source of what it
   received); "direct:" + the peer alone when the account is unknown.
-* Kinds: message/attachment (body, reply_to/quote, mentions, text_styles,
-  view_once, expires_in_seconds, group), edit, deletion (remoteDelete),
-  reaction (key, remove), retention_change (disappearing-messages timer:
-  `expires_in_seconds`, `max_lifetime` in ms or None when off), state (group
-  update), undecryptable (an `exception` without content), unknown.
+* Kinds: message/attachment (body, reply_to/quote, mentions, text_styles, view_once, expires_in_seconds,
+  group, group_name, captions, sticker, contacts, payment; stories in their group or 1:1 chat), edit,
+  deletion (remoteDelete, adminDelete), reaction (key, removed), poll (see `events.Kind.POLL`),
+  retention_change (disappearing-messages timer: `expires_in_seconds`, `max_lifetime` in ms or None when
+  off), state (group update, pins, calls; the account's own contact/group/block syncs under "sync:" +
+  author), undecryptable (an `exception` without content), unknown.
   Attachments are "pending" with signal-cli's attachment id in `url`.
 """
 
