@@ -2,9 +2,13 @@
 
 Contract (pure: no I/O, no clock, no randomness):
 
-* `normalise(...)` never raises. Input that breaks the Matrix spec becomes an
-  `Event` of kind UNKNOWN whose `problem` names the first thing found wrong;
-  nothing is guessed and nothing is dropped.
+* `normalise(...)` never raises. Input whose envelope, type or defining
+  fields (a message's msgtype and body, an edit's target, a poll's question)
+  break the Matrix spec becomes an `Event` of kind UNKNOWN whose `problem`
+  names the first thing found wrong. A bad optional field (a mistyped
+  `file`, `m.mentions`, relation, duration, ...) is left out and named in
+  `problem` ("; "-joined), and the event keeps its kind. Nothing is guessed
+  and nothing is dropped.
 * `Event.raw` is the whole event as received. Input that is not a JSON object,
   or that canonical JSON cannot hold exactly (integers beyond 64 bits, NaN,
   lone surrogates, tuples or other non-JSON Python values), is kept byte for
@@ -19,8 +23,9 @@ Contract (pure: no I/O, no clock, no randomness):
 Theory of operation: `decode.decode` turns the input into a plain JSON
 dict or keeps its bytes; `_envelope` reads the fields every event has;
 `_classify` picks a handler by state_key presence and type. Handlers read
-fields through accessors that raise `Malformed`, which becomes an UNKNOWN
-event. The `except Exception` in `normalise` is a safety net for bugs here,
+defining fields through accessors that raise `Malformed`, which becomes an
+UNKNOWN event, and optional ones through `decode.soft`, which appends the
+`Malformed` text to the event's problems instead. The `except Exception` in `normalise` is a safety net for bugs here,
 never a path for input. The importer calls this once per line, so the path of
 a well-formed event makes few calls: optional fields are looked at only when
 present, and decoded values are copied with orjson rather than `copy.deepcopy`.
