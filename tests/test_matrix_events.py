@@ -237,10 +237,14 @@ def test_sticker() -> None:
         ({"url": 42}, "url is not a string"),
     ],
 )
-def test_media_without_one_clear_url_is_unknown(media: dict[str, Any], problem: str) -> None:
-    """Media with no url, an ambiguous one, or a wrongly typed one is UNKNOWN, not guessed."""
+def test_media_without_one_clear_url_is_a_failed_attachment(media: dict[str, Any], problem: str) -> None:
+    """Media with no url, an ambiguous one, or a wrongly typed one stays an ATTACHMENT whose media is
+    "failed" with no url (nothing guessed, nothing fetched); the problem names why."""
     event = norm(ev("m.room.message", {"msgtype": "m.image", "body": "a", **media}))
-    assert event.kind is Kind.UNKNOWN
+    assert event.kind is Kind.ATTACHMENT and event.content == {"msgtype": "m.image", "body": "a"}
+    (attachment,) = event.attachments
+    assert attachment.status == "failed" and attachment.url is None
+    assert attachment.error is not None and problem in attachment.error
     assert event.problem is not None and problem in event.problem
 
 
@@ -289,15 +293,30 @@ def test_edit_to_an_attachment_stays_an_edit() -> None:
 @pytest.mark.parametrize(
     "raw",
     [
-        edit("not an object"),
-        edit({"msgtype": "m.text"}),
         ev("m.room.message", {"msgtype": "m.text", "body": "x", "m.relates_to": {"rel_type": "m.replace"}}),
+        ev(
+            "m.room.message",
+            {"msgtype": "m.text", "body": "x", "m.relates_to": {"rel_type": "m.replace", "event_id": 7}},
+        ),
     ],
-    ids=["new-content-not-object", "new-content-without-body", "no-target"],
+    ids=["no-target", "target-not-a-string"],
 )
-def test_malformed_edit_is_unknown(raw: dict[str, Any]) -> None:
-    """An edit with a bad m.new_content or no target is UNKNOWN."""
+def test_edit_without_target_is_unknown(raw: dict[str, Any]) -> None:
+    """An edit that names no original is UNKNOWN: there is nothing it could be an edit of."""
     assert norm(raw).kind is Kind.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("new_content", "problem"),
+    [("not an object", "m.new_content is not an object"), ({"msgtype": "m.text"}, "m.new_content: body is missing")],
+)
+def test_bad_new_content_falls_back_to_the_outer_content(new_content: Any, problem: str) -> None:
+    """An edit whose m.new_content is unusable keeps its target and the outer (fallback) content,
+    marked new_content_missing, with the problem named."""
+    event = norm(edit(new_content))
+    assert event.kind is Kind.EDIT and event.relates_to == "$original"
+    assert event.content == {"msgtype": "m.text", "body": "* Het besluit is uitgesteld.", "new_content_missing": True}
+    assert event.problem == problem
 
 
 # --- deletions and reactions ------------------------------------------------------------------
@@ -599,11 +618,6 @@ def test_unknown_event_type() -> None:
         (ev("m.room.message", "text"), "content is not an object"),
         (ev("m.room.message", {"msgtype": "m.text", "body": 5}), "body is not a string"),
         (ev("m.room.message", {"body": "x"}), "msgtype is missing"),
-        (text(**{"m.relates_to": "$x"}), "m.relates_to is not an object"),
-        (text(**{"m.relates_to": {"m.in_reply_to": {"event_id": 1}}}), "m.in_reply_to.event_id"),
-        (text(**{"m.mentions": ["@a:example.org"]}), "m.mentions is not an object"),
-        (text(format=1), "format is not a string"),
-        (ev("m.room.message", {"msgtype": "m.location", "body": "x"}), "geo_uri is missing"),
         ({**text(), "type": 7}, "type is not a non-empty string"),
         ({**text(), "origin_server_ts": True}, "origin_server_ts"),
         ({**text(), "origin_server_ts": "1700000000000"}, "origin_server_ts"),
@@ -618,6 +632,24 @@ def test_wrong_types_are_unknown(raw: dict[str, Any], problem: str) -> None:
     event = norm(raw)
     assert event.kind is Kind.UNKNOWN
     assert event.problem is not None and problem in event.problem
+    assert event.raw == raw
+
+
+@pytest.mark.parametrize(
+    ("raw", "problem"),
+    [
+        (text(**{"m.relates_to": "$x"}), "m.relates_to is not an object"),
+        (text(**{"m.relates_to": {"m.in_reply_to": {"event_id": 1}}}), "m.in_reply_to.event_id is not a string"),
+        (text(**{"m.mentions": ["@a:example.org"]}), "m.mentions is not an object"),
+        (text(format=1), "format is not a string"),
+        (ev("m.room.message", {"msgtype": "m.location", "body": "x"}), "geo_uri is missing"),
+    ],
+)
+def test_a_bad_optional_field_is_marked_not_fatal(raw: dict[str, Any], problem: str) -> None:
+    """A wrongly typed optional field leaves the message a MESSAGE with its body; the problem names the field."""
+    event = norm(raw)
+    assert event.kind is Kind.MESSAGE and event.content["body"] == raw["content"]["body"]
+    assert event.problem == problem
     assert event.raw == raw
 
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeGuard
+from typing import Any, ParamSpec, TypeGuard, TypeVar
 
 import orjson
 
@@ -222,6 +222,20 @@ def _checked_int(literal: str) -> int:
 
 class Malformed(DataError):
     """The event breaks the Matrix spec; the message becomes the Event's `problem`."""
+
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+
+def soft(problems: list[str], read: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T | None:
+    """`read(...)`, or None with its `Malformed` text added to `problems`: for an optional field whose
+    bad value should be marked on the event, not make the whole event unknown."""
+    try:
+        return read(*args, **kwargs)
+    except Malformed as exc:
+        problems.append(str(exc))
+        return None
 
 
 def json_copy(value: Any) -> Any:

@@ -2,9 +2,13 @@
 
 Contract (pure: no I/O, no clock, no randomness):
 
-* `normalise(...)` never raises. Input that breaks the Matrix spec becomes an
-  `Event` of kind UNKNOWN whose `problem` names the first thing found wrong;
-  nothing is guessed and nothing is dropped.
+* `normalise(...)` never raises. Input whose envelope, type or defining
+  fields (a message's msgtype and body, an edit's target, a poll's question)
+  break the Matrix spec becomes an `Event` of kind UNKNOWN whose `problem`
+  names the first thing found wrong. A bad optional field (a mistyped
+  `file`, `m.mentions`, relation, duration, ...) is left out and named in
+  `problem` ("; "-joined), and the event keeps its kind. Nothing is guessed
+  and nothing is dropped.
 * `Event.raw` is the whole event as received. Input that is not a JSON object,
   or that canonical JSON cannot hold exactly (integers beyond 64 bits, NaN,
   lone surrogates, tuples or other non-JSON Python values), is kept byte for
@@ -19,8 +23,9 @@ Contract (pure: no I/O, no clock, no randomness):
 Theory of operation: `decode.decode` turns the input into a plain JSON
 dict or keeps its bytes; `_envelope` reads the fields every event has;
 `_classify` picks a handler by state_key presence and type. Handlers read
-fields through accessors that raise `Malformed`, which becomes an UNKNOWN
-event. The `except Exception` in `normalise` is a safety net for bugs here,
+defining fields through accessors that raise `Malformed`, which becomes an
+UNKNOWN event, and optional ones through `decode.soft`, which appends the
+`Malformed` text to the event's problems instead. The `except Exception` in `normalise` is a safety net for bugs here,
 never a path for input. The importer calls this once per line, so the path of
 a well-formed event makes few calls: optional fields are looked at only when
 present, and decoded values are copied with orjson rather than `copy.deepcopy`.
@@ -49,7 +54,9 @@ from bridge.sources.decode import (
     req_dict,
     req_id,
     req_str,
+    soft,
 )
+from bridge.sources.matrix.polls import POLL_TYPES, poll_content, text_of
 
 _ATTACHMENT_MSGTYPES = frozenset({"m.image", "m.file", "m.video", "m.audio"})
 #: Timeline types whose content is empty only once redacted, with the kind they keep.
@@ -58,7 +65,20 @@ _BARE_KIND = {
     "m.sticker": Kind.ATTACHMENT,
     "m.reaction": Kind.REACTION,
     "m.room.encrypted": Kind.UNDECRYPTABLE,
+    **dict.fromkeys(POLL_TYPES, Kind.POLL),
 }
+#: VoIP signalling (spec "Voice over IP"), kept as state with `content["call"]`.
+_CALL_TYPES = frozenset(
+    {
+        "m.call.invite",
+        "m.call.answer",
+        "m.call.hangup",
+        "m.call.reject",
+        "m.call.candidates",
+        "m.call.select_answer",
+        "m.call.negotiate",
+    }
+)
 _ENVELOPE_IDS = ("room_id", "event_id", "sender")
 
 
@@ -100,8 +120,10 @@ def _build(event: JSONDict, room: str | None, received_at: int, decryption: Mapp
     content: JSONDict = {}
     attachments: tuple[Attachment, ...] = ()
     if problem is None:  # a mistyped envelope field already makes the event unknown
+        problems: list[str] = []  # bad optional fields: marked on the event, which keeps its kind
         try:
-            kind, content, relates_to, attachments = _classify(event)
+            kind, content, relates_to, attachments = _classify(event, problems)
+            problem = "; ".join(problems) or None
         except Malformed as exc:
             problem = str(exc)
     if decryption is not None:
@@ -190,7 +212,7 @@ def _with_decryption(content: JSONDict, decryption: Mapping[str, Any] | None) ->
 # --- kinds ----------------------------------------------------------------------------------
 
 
-def _classify(event: JSONDict) -> _Parts:
+def _classify(event: JSONDict, problems: list[str]) -> _Parts:
     etype = event.get("type")
     if not isinstance(etype, str) or not etype:
         raise Malformed("type is not a non-empty string")
@@ -207,7 +229,7 @@ def _classify(event: JSONDict) -> _Parts:
     elif not content and etype in _BARE_KIND:
         kind, out, relates_to, attachments = _BARE_KIND[etype], {}, None, ()
     elif (handler := _TIMELINE.get(etype)) is not None:
-        kind, out, relates_to, attachments = handler(event, content, marker is not None)
+        kind, out, relates_to, attachments = handler(event, content, marker is not None, problems)
     else:
         raise Malformed(f"unknown event type {etype[:64]!r}")
     return kind, out if marker is None else {**out, **marker}, relates_to, attachments
@@ -234,82 +256,135 @@ def _state_parts(etype: str, event: JSONDict, content: JSONDict) -> _Parts:
         return _member_parts(state_key, event, content)
     if etype == "m.room.retention" and state_key == "":
         return _retention_parts(event, content)
-    return (Kind.STATE, {"type": etype, "state_key": state_key, "content": json_copy(content)}, None, ())
+    out: JSONDict = {"type": etype, "state_key": state_key, "content": json_copy(content)}
+    # room upgrades: the link to the next (tombstone) and the previous (create) room, read without the dump
+    if etype == "m.room.tombstone" and isinstance(room := content.get("replacement_room"), str) and room:
+        out["replacement_room"] = room
+    elif etype == "m.room.create" and isinstance(content.get("predecessor"), dict):
+        out["predecessor"] = json_copy(content["predecessor"])
+    return (Kind.STATE, out, None, ())
 
 
-def _message_parts(_event: JSONDict, content: JSONDict, _redacted: bool) -> _Parts:
-    relation = opt_dict(content, "m.relates_to")
-    if relation is not None and relation.get("rel_type") == "m.replace":
-        return _edit_parts(content, relation)
-    body, attachments = _message_content(content)
+def _message_parts(_event: JSONDict, content: JSONDict, _redacted: bool, problems: list[str]) -> _Parts:
+    relation = content.get("m.relates_to")  # a bad one is named once, by _relation_fields
+    if isinstance(relation, dict) and relation.get("rel_type") == "m.replace":
+        return _edit_parts(content, relation, problems)
+    body, attachments = _message_content(content, problems)
     return (Kind.ATTACHMENT if attachments else Kind.MESSAGE, body, None, attachments)
 
 
-def _edit_parts(content: JSONDict, relation: JSONDict) -> _Parts:
-    """An edit: content is the new content; without m.new_content, the outer one (marked)."""
+def _edit_parts(content: JSONDict, relation: JSONDict, problems: list[str]) -> _Parts:
+    """An edit: content is the new content; without a usable m.new_content, the outer one (marked).
+
+    The spec ignores an edit whose sender is not the original's; only the transcript knows both
+    senders, so the edit is kept as sent and the transcript decides.
+    """
     target = req_id(relation, "event_id", "m.relates_to.")
-    new_content = opt_dict(content, "m.new_content")
+    new_content = soft(problems, opt_dict, content, "m.new_content")
     if new_content is not None:
-        body, attachments = _message_content(new_content)
-    else:
-        outer = {key: value for key, value in content.items() if key != "m.relates_to"}
-        body, attachments = _message_content(outer)
-        body["new_content_missing"] = True
+        try:
+            body, attachments = _message_content(new_content, problems)
+            return (Kind.EDIT, body, target, attachments)
+        except Malformed as exc:
+            problems.append(f"m.new_content: {exc}")
+    outer = {key: value for key, value in content.items() if key not in ("m.relates_to", "m.new_content")}
+    body, attachments = _message_content(outer, problems)
+    body["new_content_missing"] = True
     return (Kind.EDIT, body, target, attachments)
 
 
-def _message_content(content: JSONDict) -> tuple[JSONDict, tuple[Attachment, ...]]:
-    """The stable message dict (msgtype, body, optional format/relations/mentions) and media."""
+def _message_content(content: JSONDict, problems: list[str]) -> tuple[JSONDict, tuple[Attachment, ...]]:
+    """The stable message dict (msgtype, body, optional format/relations/mentions/voice) and media.
+
+    msgtype and body make a message; a bad optional field is left out and named in `problems`.
+    """
     msgtype = req_str(content, "msgtype")
     out: JSONDict = {"msgtype": msgtype, "body": req_str(content, "body")}
     for key in ("format", "formatted_body"):
-        if content.get(key) is not None:
-            out[key] = req_str(content, key)
-    if msgtype == "m.location":
-        out["geo_uri"] = req_str(content, "geo_uri")
+        if content.get(key) is not None and (value := soft(problems, req_str, content, key)) is not None:
+            out[key] = value
+    if msgtype == "m.location" and (geo_uri := soft(problems, req_str, content, "geo_uri")) is not None:
+        out["geo_uri"] = geo_uri
     if content.get("m.relates_to") is not None:
-        out.update(_relation_fields(content))
-    if content.get("m.mentions") is not None:
-        out["mentions"] = json_copy(req_dict(content, "m.mentions"))
-    attachments = (_attachment(content),) if msgtype in _ATTACHMENT_MSGTYPES else ()
-    return out, attachments
+        out.update(_relation_fields(content, problems))
+    if content.get("m.mentions") is not None and (mentions := soft(problems, req_dict, content, "m.mentions")):
+        out["mentions"] = json_copy(mentions)
+    if msgtype not in _ATTACHMENT_MSGTYPES:
+        return out, ()
+    info = soft(problems, opt_dict, content, "info") or {}
+    if msgtype in ("m.audio", "m.video"):
+        out.update(_duration(content, info, problems))
+    return out, (_attachment(content, info, problems),)
 
 
-def _relation_fields(content: JSONDict) -> JSONDict:
+def _duration(content: JSONDict, info: JSONDict, problems: list[str]) -> JSONDict:
+    """`duration` (ms) of audio or video, and `voice: true` for a voice message (MSC3245)."""
+    out: JSONDict = {}
+    if content.get("org.matrix.msc3245.voice") is not None:
+        out["voice"] = True
+    duration = info.get("duration")
+    if duration is None and isinstance(audio := content.get("org.matrix.msc1767.audio"), dict):
+        duration = audio.get("duration")
+    if is_int(duration) and duration >= 0:
+        out["duration"] = duration
+    elif duration is not None:
+        problems.append("info.duration is not a non-negative integer")
+    return out
+
+
+def _relation_fields(content: JSONDict, problems: list[str]) -> JSONDict:
     """reply_to, thread_root (+ reply_is_fallback) or another relation of a message."""
-    relation = opt_dict(content, "m.relates_to")
+    relation = soft(problems, opt_dict, content, "m.relates_to")
     if relation is None:
         return {}
     out: JSONDict = {}
-    if (reply := opt_dict(relation, "m.in_reply_to", "m.relates_to.")) is not None:
-        out["reply_to"] = req_id(reply, "event_id", "m.in_reply_to.")
-    rel_type = opt_str(relation, "rel_type", "m.relates_to.")
+    reply = soft(problems, opt_dict, relation, "m.in_reply_to", "m.relates_to.")
+    if reply is not None and (reply_to := soft(problems, req_id, reply, "event_id", "m.in_reply_to.")) is not None:
+        out["reply_to"] = reply_to
+    rel_type = soft(problems, opt_str, relation, "rel_type", "m.relates_to.")
+    if rel_type is None:
+        return out
+    target = soft(problems, req_id, relation, "event_id", "m.relates_to.")
+    if target is None:
+        return out
     if rel_type == "m.thread":
-        out["thread_root"] = req_id(relation, "event_id", "m.relates_to.")
-        if opt_bool(relation, "is_falling_back", "m.relates_to."):
+        out["thread_root"] = target
+        if relation.get("is_falling_back") is True:
             out["reply_is_fallback"] = True
-    elif rel_type is not None:
-        target = req_id(relation, "event_id", "m.relates_to.")
+    else:
         out["relation"] = {"rel_type": rel_type, "event_id": target}
     return out
 
 
-def _attachment(content: JSONDict) -> Attachment:
-    info = opt_dict(content, "info") or {}
+def _attachment(content: JSONDict, info: JSONDict, problems: list[str]) -> Attachment:
+    """The media reference; without one clear URL it is recorded as "failed" with the reason (nothing guessed)."""
     size = info.get("size")
+    filename = soft(problems, opt_str, content, "filename")
+    try:
+        url: str | None = _media_url(content, problems)
+        status, error = "pending", None
+    except Malformed as exc:
+        problems.append(str(exc))
+        url, status, error = None, "failed", f"no usable media url: {exc}"
     return Attachment(
-        status="pending",
-        url=_media_url(content),
-        media_type=opt_str(info, "mimetype", "info."),
-        filename=opt_str(content, "filename") or opt_str(content, "body"),
+        status=status,
+        url=url,
+        media_type=soft(problems, opt_str, info, "mimetype", "info."),
+        filename=filename or opt_str(content, "body"),
         size=size if is_int(size) and size >= 0 else None,
+        error=error,
     )
 
 
-def _media_url(content: JSONDict) -> str:
+def _media_url(content: JSONDict, problems: list[str]) -> str:
     """The mxc URL: `url` for plain media, `file.url` for encrypted media (never both)."""
     url = opt_str(content, "url")
-    file = opt_dict(content, "file")
+    file = content.get("file")
+    if file is not None and not isinstance(file, dict):
+        if url:  # a usable url beside a broken `file`: the url is the media, the broken field is named
+            problems.append("file is not an object")
+            return url
+        raise Malformed("file is not an object")
     if url is not None and file is not None:
         raise Malformed("media has both url and file")
     if file is not None:
@@ -319,13 +394,14 @@ def _media_url(content: JSONDict) -> str:
     return url
 
 
-def _sticker_parts(_event: JSONDict, content: JSONDict, _redacted: bool) -> _Parts:
+def _sticker_parts(_event: JSONDict, content: JSONDict, _redacted: bool, problems: list[str]) -> _Parts:
     out: JSONDict = {"sticker": True, "body": req_str(content, "body")}
-    out.update(_relation_fields(content))
-    return (Kind.ATTACHMENT, out, None, (_attachment(content),))
+    out.update(_relation_fields(content, problems))
+    info = soft(problems, opt_dict, content, "info") or {}
+    return (Kind.ATTACHMENT, out, None, (_attachment(content, info, problems),))
 
 
-def _reaction_parts(_event: JSONDict, content: JSONDict, _redacted: bool) -> _Parts:
+def _reaction_parts(_event: JSONDict, content: JSONDict, _redacted: bool, _problems: list[str]) -> _Parts:
     relation = req_dict(content, "m.relates_to")
     if relation.get("rel_type") != "m.annotation":
         raise Malformed("m.reaction rel_type is not m.annotation")
@@ -334,7 +410,7 @@ def _reaction_parts(_event: JSONDict, content: JSONDict, _redacted: bool) -> _Pa
     return (Kind.REACTION, {"key": key}, target, ())
 
 
-def _redaction_parts(event: JSONDict, content: JSONDict, redacted: bool) -> _Parts:
+def _redaction_parts(event: JSONDict, content: JSONDict, redacted: bool, _problems: list[str]) -> _Parts:
     """Top-level `redacts` (room v1-v10) or `content.redacts` (v11); both must agree."""
     top = opt_str(event, "redacts")
     inner = opt_str(content, "redacts", "content.")
@@ -346,21 +422,66 @@ def _redaction_parts(event: JSONDict, content: JSONDict, redacted: bool) -> _Par
     return (Kind.DELETION, {"reason": opt_str(content, "reason")}, target, ())
 
 
-def _encrypted_parts(_event: JSONDict, content: JSONDict, _redacted: bool) -> _Parts:
+def _encrypted_parts(_event: JSONDict, content: JSONDict, _redacted: bool, problems: list[str]) -> _Parts:
+    """Still encrypted: the session evidence, and the relation the spec keeps in the clear.
+
+    An encrypted edit, thread reply or reply carries `m.relates_to` outside the ciphertext, so an
+    event that never decrypts still points at its original: relates_to is its target, `rel_type`
+    (and `reply_to`, `reply_is_fallback`) are in content.
+    """
     out: JSONDict = {"algorithm": req_str(content, "algorithm")}
     for key in ("sender_key", "session_id", "device_id"):
-        if content.get(key) is not None:
-            out[key] = req_str(content, key)
-    return (Kind.UNDECRYPTABLE, out, None, ())
+        if content.get(key) is not None and (value := soft(problems, req_str, content, key)) is not None:
+            out[key] = value
+    relation = soft(problems, opt_dict, content, "m.relates_to")
+    if relation is None:
+        return (Kind.UNDECRYPTABLE, out, None, ())
+    target = None
+    if (rel_type := soft(problems, opt_str, relation, "rel_type", "m.relates_to.")) is not None:
+        out["rel_type"] = rel_type
+        target = soft(problems, req_id, relation, "event_id", "m.relates_to.")
+    reply = soft(problems, opt_dict, relation, "m.in_reply_to", "m.relates_to.")
+    if reply is not None and (reply_to := soft(problems, req_id, reply, "event_id", "m.in_reply_to.")) is not None:
+        out["reply_to"] = reply_to
+    if relation.get("is_falling_back") is True:
+        out["reply_is_fallback"] = True
+    return (Kind.UNDECRYPTABLE, out, target, ())
 
 
-#: Timeline (non-state) handlers by type; each gets (event, content, redacted before capture).
-_TIMELINE: dict[str, Callable[[JSONDict, JSONDict, bool], _Parts]] = {
+def _poll_parts(event: JSONDict, content: JSONDict, _redacted: bool, problems: list[str]) -> _Parts:
+    """A poll start, vote or end (`Kind.POLL`); a start also keeps its text fallback and relations."""
+    poll, target = poll_content(event["type"], content, problems)
+    out: JSONDict = {"poll": poll}
+    if poll["action"] == "start":
+        if (fallback := text_of(content)) is not None:
+            out["body"] = fallback
+        if content.get("m.relates_to") is not None:
+            out.update(_relation_fields(content, problems))
+        if isinstance(mentions := content.get("m.mentions"), dict):
+            out["mentions"] = json_copy(mentions)
+    return (Kind.POLL, out, target, ())
+
+
+def _call_parts(event: JSONDict, content: JSONDict, _redacted: bool, problems: list[str]) -> _Parts:
+    """A VoIP call event (spec "Voice over IP"): recorded as conversation state, not as a message.
+
+    Calls are signalling, not something a participant wrote, so Kind.STATE (what the transcript
+    already shows as "changed conversation state") with `content["call"]`; SDP and candidates stay in raw.
+    """
+    call: JSONDict = {"action": event["type"].removeprefix("m.call."), "call_id": req_id(content, "call_id")}
+    call["reason"] = soft(problems, opt_str, content, "reason")
+    return (Kind.STATE, {"type": event["type"], "call": call}, None, ())
+
+
+#: Timeline (non-state) handlers by type; each gets (event, content, redacted before capture, problems).
+_TIMELINE: dict[str, Callable[[JSONDict, JSONDict, bool, list[str]], _Parts]] = {
     "m.room.message": _message_parts,
     "m.sticker": _sticker_parts,
     "m.reaction": _reaction_parts,
     "m.room.redaction": _redaction_parts,
     "m.room.encrypted": _encrypted_parts,
+    **dict.fromkeys(POLL_TYPES, _poll_parts),
+    **dict.fromkeys(_CALL_TYPES, _call_parts),
 }
 
 
