@@ -121,16 +121,46 @@ def test_message_reply_time_and_marks() -> None:
     assert doc.xpath(f'//a[@href="#{anchor("$e0")}"]') and doc.xpath(f'//li[@id="{anchor("$e0")}"]')
 
 
-def test_formatted_body_is_never_rendered_as_html() -> None:
-    """formatted_body is ignored: the plain body is shown; HTML in it never becomes elements."""
+def test_formatted_body_is_sanitised_with_the_plain_body_one_click_away() -> None:
+    """A differing Matrix HTML body is shown through the allow-list (tags kept, attributes, scripts and
+    links' targets dropped); the plain body sits in a <details>."""
     content = {
         "msgtype": "m.text",
-        "body": "*vet*",
+        "body": "*vet* link",
         "format": "org.matrix.custom.html",
-        "formatted_body": "<b>vet</b><script>alert(1)</script>",
+        "formatted_body": '<b onclick="x()">vet</b><script>alert(1)</script><a href="https://evil/">link</a>'
+        '<img src="mxc://evil/x"><font color="red">!</font>',
     }
     doc = assert_inert(render(entries_of([ev(0, content=content)])))
-    assert not doc.xpath("//b") and "*vet*" in text_of(doc) and "alert" not in text_of(doc)
+    formatted = doc.xpath('//div[@class="body formatted"]')[0]
+    assert (
+        lxml.html.tostring(formatted, encoding="unicode")
+        == '<div class="body formatted" dir="auto"><b>vet</b>link!</div>'
+    )
+    assert doc.xpath("//details/summary")[0].text_content() == "plain text as sent"
+    assert doc.xpath('//details/div[@class="body plain"]')[0].text_content() == "*vet* link"
+    assert "alert" not in text_of(doc) and not doc.xpath("//img")
+
+
+def test_formatted_body_equal_to_body_or_not_html_is_plain() -> None:
+    """No <details> when the formatted body is the body, or its format is not Matrix HTML."""
+    same = {"msgtype": "m.text", "body": "x", "format": "org.matrix.custom.html", "formatted_body": "x"}
+    other = {"msgtype": "m.text", "body": "x", "format": "text/markdown", "formatted_body": "<b>x</b>"}
+    doc = assert_inert(render(entries_of([ev(0, content=same), ev(1, content=other)])))
+    assert not doc.xpath("//details") and not doc.xpath("//b") and len(doc.xpath('//div[@class="body"]')) == 2
+
+
+def test_reply_fallback_is_not_shown_twice() -> None:
+    """A reply's quoted fallback (`> ` lines in body, <mx-reply> in formatted_body) is stripped; without a
+    reply relation the same text is shown as sent."""
+    body = "> <@minister:example.org> message 0\n> tweede regel\n\nmijn antwoord"
+    formatted = "<mx-reply><blockquote>message 0</blockquote></mx-reply>mijn <i>antwoord</i>"
+    reply = {"msgtype": "m.text", "body": body, "reply_to": "$e0"}
+    rich = {**reply, "format": "org.matrix.custom.html", "formatted_body": formatted}
+    plain = {"msgtype": "m.text", "body": body}
+    doc = assert_inert(render(entries_of([ev(0), ev(1, content=reply), ev(2, content=rich), ev(3, content=plain)])))
+    bodies = [d.text_content() for d in doc.xpath('//div[contains(@class, "body")]')]
+    assert bodies == ["message 0", "mijn antwoord", "mijn antwoord", "mijn antwoord", body]
 
 
 def test_edit_deletion_reaction_link_to_their_target() -> None:
