@@ -403,7 +403,7 @@ class _Renderer:
             verb = _MEMBERSHIP.get(membership, f"membership {esc(membership)}")
         out = f"<p>{self._who(target)} {verb}"
         if (name := _text(c, "displayname")) is not None:
-            out += f" (display name <bdi>{esc(name)}</bdi>)"
+            out += f" (display name <bdi>{esc_id(name)}</bdi>)"
         if (reason := _text(c, "reason")) is not None:
             out += f" (reason: <bdi>{esc(reason)}</bdi>)"
         return out + "</p>"
