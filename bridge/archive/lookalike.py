@@ -20,7 +20,11 @@ from collections.abc import Iterable
 #: than U+0020 (NBSP and friends make two names look equal).
 _INVISIBLE = re.compile(
     "[\u00a0\u00ad\u034f\u061c\u115f\u1160\u1680\u17b4\u17b5\u180b-\u180f\u2000-\u200f\u2028-\u202f"
-    "\u205f-\u206f\u2800\u3000\u3164\ufe00-\ufe0d\ufeff\uffa0\U000e0000-\U000e0fff]"
+    "\u205f-\u206f\u2800\u3000\u3164\ufe00-\ufe0d\ufeff\uffa0\U000e0000-\U000e0fff"
+    # the other format characters (Unicode category Cf): Arabic and Syriac marks, annotation, Egyptian,
+    # shorthand and musical format controls
+    "\u0600-\u0605\u06dd\u070f\u0890\u0891\u08e2\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U0001343f"
+    "\U0001bca0-\U0001bca3\U0001d173-\U0001d17a]"
 )
 #: Removed before comparing (the emoji variation selectors too).
 _IGNORED = re.compile(_INVISIBLE.pattern[:-1] + "\ufe0e\ufe0f]")
