@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from bridge.archive.lookahead import Lookahead
 from bridge.archive.transcript import (
     CSP,
     TIMEZONE,
@@ -121,16 +122,46 @@ def test_message_reply_time_and_marks() -> None:
     assert doc.xpath(f'//a[@href="#{anchor("$e0")}"]') and doc.xpath(f'//li[@id="{anchor("$e0")}"]')
 
 
-def test_formatted_body_is_never_rendered_as_html() -> None:
-    """formatted_body is ignored: the plain body is shown; HTML in it never becomes elements."""
+def test_formatted_body_is_sanitised_with_the_plain_body_one_click_away() -> None:
+    """A differing Matrix HTML body is shown through the allow-list (tags kept, attributes, scripts and
+    links' targets dropped); the plain body sits in a <details>."""
     content = {
         "msgtype": "m.text",
-        "body": "*vet*",
+        "body": "*vet* link",
         "format": "org.matrix.custom.html",
-        "formatted_body": "<b>vet</b><script>alert(1)</script>",
+        "formatted_body": '<b onclick="x()">vet</b><script>alert(1)</script><a href="https://evil/">link</a>'
+        '<img src="mxc://evil/x"><font color="red">!</font>',
     }
     doc = assert_inert(render(entries_of([ev(0, content=content)])))
-    assert not doc.xpath("//b") and "*vet*" in text_of(doc) and "alert" not in text_of(doc)
+    formatted = doc.xpath('//div[@class="body formatted"]')[0]
+    assert (
+        lxml.html.tostring(formatted, encoding="unicode")
+        == '<div class="body formatted" dir="auto"><b>vet</b>link!</div>'
+    )
+    assert doc.xpath("//details/summary")[0].text_content() == "plain text as sent"
+    assert doc.xpath('//details/div[@class="body plain"]')[0].text_content() == "*vet* link"
+    assert "alert" not in text_of(doc) and not doc.xpath("//img")
+
+
+def test_formatted_body_equal_to_body_or_not_html_is_plain() -> None:
+    """No <details> when the formatted body is the body, or its format is not Matrix HTML."""
+    same = {"msgtype": "m.text", "body": "x", "format": "org.matrix.custom.html", "formatted_body": "x"}
+    other = {"msgtype": "m.text", "body": "x", "format": "text/markdown", "formatted_body": "<b>x</b>"}
+    doc = assert_inert(render(entries_of([ev(0, content=same), ev(1, content=other)])))
+    assert not doc.xpath("//details") and not doc.xpath("//b") and len(doc.xpath('//div[@class="body"]')) == 2
+
+
+def test_reply_fallback_is_not_shown_twice() -> None:
+    """A reply's quoted fallback (`> ` lines in body, <mx-reply> in formatted_body) is stripped; without a
+    reply relation the same text is shown as sent."""
+    body = "> <@minister:example.org> message 0\n> tweede regel\n\nmijn antwoord"
+    formatted = "<mx-reply><blockquote>message 0</blockquote></mx-reply>mijn <i>antwoord</i>"
+    reply = {"msgtype": "m.text", "body": body, "reply_to": "$e0"}
+    rich = {**reply, "format": "org.matrix.custom.html", "formatted_body": formatted}
+    plain = {"msgtype": "m.text", "body": body}
+    doc = assert_inert(render(entries_of([ev(0), ev(1, content=reply), ev(2, content=rich), ev(3, content=plain)])))
+    bodies = [d.text_content() for d in doc.xpath('//div[contains(@class, "body")]')]
+    assert bodies == ["message 0", "mijn antwoord", "mijn antwoord", "mijn antwoord", body]
 
 
 def test_edit_deletion_reaction_link_to_their_target() -> None:
@@ -376,3 +407,158 @@ def test_output_is_deterministic() -> None:
     assert first == render(entries_of(events), edited_ids={"$e0"})
     assert first.startswith(b"<!DOCTYPE html>") and first.endswith(b"</html>\n")
     assert b"2 records." in first
+
+
+# -- fidelity: polls, removed reactions, edits by others, lookalike names, markers ------------------------
+
+ALICE, BOB = SenderId("@alice:example.org"), SenderId("@bob:example.org")
+
+
+def render_ahead(events: list[Event], **kw: Any) -> Any:
+    """Render with the first pass the package writer does; returns the checked document."""
+    return assert_inert(render(entries_of(events), lookahead=Lookahead.of(events), **kw))
+
+
+def poll_events() -> list[Event]:
+    answers = [{"id": "ja", "text": "Ja"}, {"id": "nee", "text": "Nee"}]
+    start = {"action": "start", "question": "Akkoord?", "answers": answers, "max_selections": 1, "disclosed": True}
+    vote = {"action": "vote"}
+    s = EventId("$e0")
+    return [
+        ev(0, Kind.POLL, {"poll": start}),
+        ev(1, Kind.POLL, {"poll": {**vote, "answers": ["ja"]}}, relates_to=s, sender=ALICE),
+        ev(2, Kind.POLL, {"poll": {**vote, "answers": ["nee"]}}, relates_to=s, sender=BOB),
+        ev(3, Kind.POLL, {"poll": {**vote, "answers": ["ja"]}}, relates_to=s, sender=BOB),
+        ev(4, Kind.POLL, {"poll": {**vote, "answers": ["bogus"]}}, relates_to=s),
+        ev(5, Kind.POLL, {"poll": {"action": "end", "text": "Besloten"}}, relates_to=s),
+        ev(6, Kind.POLL, {"poll": {**vote, "answers": ["nee"]}}, relates_to=s, sender=ALICE),
+    ]
+
+
+def test_poll_start_votes_and_result() -> None:
+    """A poll shows question and answers, each voter's last vote under the start, replaced votes noted,
+    unknown answers and late votes not counted, and the result per answer at its end."""
+    doc = render_ahead(poll_events())
+    text = " ".join(text_of(doc).split())
+    assert "started a poll: Akkoord?" in text
+    assert [li.text_content() for li in doc.xpath('//ol[@class="answers"]/li')] == ["Ja", "Nee"]
+    votes = [" ".join(li.text_content().split()) for li in doc.xpath('//ul[@class="votes"]/li')]
+    assert votes == [
+        "@alice:example.org: “Ja” ($e1)",
+        "@bob:example.org: “Ja” ($e3)",
+        "@minister:example.org: no answer ($e4)",
+    ]
+    assert "replaces this sender's earlier vote $e2" in text
+    assert "voted bogus (not an answer of this poll) in poll $e0" in text
+    assert "ended poll $e0 Besloten" in text
+    assert [li.text_content() for li in doc.xpath('//ul[@class="tally"]/li')] == ["Ja: 2", "Nee: 0"]
+    assert "after the poll ended: not counted" in text
+
+
+def test_poll_without_first_pass_or_start_still_shows_what_it_can() -> None:
+    """Without the first pass a start still lists its answers; a vote on a poll not started this month
+    shows its answer ids and says why."""
+    events = poll_events()
+    doc = assert_inert(render(entries_of([events[0], events[1]])))
+    assert [li.text_content() for li in doc.xpath('//ol[@class="answers"]/li')] == ["Ja", "Nee"]
+    doc = render_ahead([events[1]])
+    assert "the poll was not started this month" in text_of(doc) and "ja" in text_of(doc)
+
+
+@pytest.mark.parametrize("flag", ["removed", "remove"])
+def test_removed_reaction_never_reads_reacted(flag: str) -> None:
+    """A reaction with removed (or, in older logs, remove) true reads "removed reaction"."""
+    events = [ev(0), ev(1, Kind.REACTION, {"key": "👍", flag: True}, relates_to=EventId("$e0"))]
+    text = text_of(render_ahead(events))
+    assert "removed reaction 👍 to $e0" in text and "reacted" not in text
+
+
+def test_edit_by_another_sender_is_a_rejected_attempt() -> None:
+    """An edit whose sender is not the original's does not mark the original edited: the original notes
+    the ignored attempt and the edit is shown as rejected; the sender's own edit still marks it."""
+    target = EventId("$e0")
+    events = [
+        ev(0),
+        ev(1, Kind.EDIT, {"msgtype": "m.text", "body": "ik trek mijn steun in"}, relates_to=target, sender=BOB),
+        ev(2, Kind.EDIT, {"msgtype": "m.text", "body": "message 0, fixed"}, relates_to=EventId("$e9"), sender=BOB),
+    ]
+    doc = render_ahead(events, edited_ids={"$e0": "$e1"})
+    text = " ".join(text_of(doc).split())
+    assert "edited" not in doc.xpath(f'//li[@id="{anchor("$e0")}"]')[0].text_content().replace("edit attempt", "")
+    assert "edit attempt by another sender ignored, see $e1" in text
+    assert "rejected edit attempt: $e0 was sent by @minister:example.org, not by this sender" in text
+    assert "edit of $e9" in text  # original not in this month: shown as sent
+    own = [*events, ev(3, Kind.EDIT, {"msgtype": "m.text", "body": "v2"}, relates_to=target)]
+    text = " ".join(text_of(render_ahead(own, edited_ids={"$e0": "$e3"})).split())
+    assert "edited, see $e3" in text and "edit attempt by another sender ignored, see $e1" in text
+
+
+def join(i: int, who: str, name: str) -> Event:
+    return ev(i, Kind.MEMBERSHIP, {"membership": "join", "target": who, "displayname": name}, sender=SenderId(who))
+
+
+def test_names_and_ids_show_invisibles_and_full_ids() -> None:
+    """Bidi overrides and zero-width characters in names and ids are shown as ⟨U+XXXX⟩; the id is always shown."""
+    sneaky = "@ev\u202eil\u200b:example.org"
+    events = [join(0, sneaky, "Mini\u200dster"), ev(1, sender=SenderId(sneaky))]
+    text = text_of(render_ahead(events))
+    assert "Mini⟨U+200D⟩ster @ev⟨U+202E⟩il⟨U+200B⟩:example.org" in text
+    assert "\u202e" not in text and "\u200d" not in text
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        ("De Minister", "display name looks like that of @minister:example.org"),
+        ("de  MINISTER\u200b", "display name looks like that of @minister:example.org"),
+        ("Dе Мinistеr", "display name looks like that of @minister:example.org"),  # Cyrillic е, М
+        ("@minister:example.org", "display name looks like the id @minister:example.org"),
+        ("ｍｉｎｉｓｔｅｒ", "display name looks like the id @minister:example.org"),  # fullwidth, NFKC
+    ],
+)
+def test_lookalike_names_are_flagged(name: str, why: str) -> None:
+    """A display name equal to another participant's name or id after NFKC, casefold, removing invisibles
+    and folding Cyrillic/Greek lookalikes carries a visible warning; the genuine name does not."""
+    events = [join(0, "@minister:example.org", "De Minister"), join(1, "@evil:example.org", name), ev(2)]
+    doc = render_ahead(events)
+
+    def warnings(i: int) -> list[str]:
+        return [
+            w.text_content()
+            for w in doc.xpath(f'//li[@id="{anchor(f"$e{i}")}"]/div[@class="head"]//span[@class="warn lookalike"]')
+        ]
+
+    assert warnings(1) == [f"⚠ {why}"]
+    assert warnings(2) in ([], ["⚠ display name looks like that of @evil:example.org"])  # symmetric for names
+
+
+def test_distinct_names_are_not_flagged() -> None:
+    """Different names and ids carry no warning."""
+    events = [join(0, "@minister:example.org", "De Minister"), join(1, "@bob:example.org", "Bob"), ev(2)]
+    assert not render_ahead(events).xpath('//span[contains(@class, "lookalike")]')
+
+
+def test_lookalike_ids_are_flagged() -> None:
+    """An id that differs from another only by a homoglyph or an invisible is flagged on both."""
+    events = [ev(0), ev(1, sender=SenderId("@mіnister:example.org"))]  # Cyrillic і
+    warnings = [w.text_content() for w in render_ahead(events).xpath('//span[@class="warn lookalike"]')]
+    assert warnings == ["⚠ id looks like @mіnister:example.org", "⚠ id looks like @minister:example.org"]
+
+
+def test_voice_view_once_and_disappearing_markers() -> None:
+    """Voice messages show a marker and their duration; view-once and disappearing messages say so."""
+    events = [
+        ev(0, Kind.ATTACHMENT, {"msgtype": "m.audio", "body": "v.ogg", "voice": {}, "info": {"duration": 83_000}}),
+        ev(1, content={"body": "geheim", "view_once": True, "expires_in_seconds": 3600}),
+    ]
+    text = text_of(render_ahead(events))
+    assert "voice message, 1:23" in text and "view once" in text and "disappearing: clients delete it 1:00:00" in text
+
+
+def test_unknown_event_shows_type_and_content() -> None:
+    """An unknown event names its raw type and shows its content as indented JSON."""
+    raw = {"type": "com.example.thing", "content": {"x": "<b>1</b>"}}
+    doc = render_ahead([ev(0, Kind.UNKNOWN, {}, raw=raw, problem="unknown event type")])
+    text = text_of(doc)
+    assert "unrecognised event of type com.example.thing" in text and '"x": "<b>1</b>"' in text
+    assert not doc.xpath("//b")

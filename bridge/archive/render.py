@@ -18,6 +18,7 @@ from bridge.archive import mdto
 from bridge.archive.bag import PackageSink
 from bridge.archive.derive import DossierState, MediaFile, RenderParams
 from bridge.archive.dossier import DossierSummary
+from bridge.archive.lookahead import Lookahead
 from bridge.archive.range import Month
 from bridge.archive.transcript import TranscriptEntry, write_transcript
 from bridge.events import Event
@@ -109,6 +110,13 @@ def _entries(path: Path, state: DossierState, summary: DossierSummary) -> Iterat
             yield TranscriptEntry(line.seq, line.event, line.withheld, state.media)
 
 
+def _lookahead(path: Path, state: DossierState) -> Lookahead:
+    """The transcript's first pass over the dossier's events (polls, edits, participants); tombstones skipped."""
+    with path.open("rb") as fh:
+        lines = (DossierLine.parse(raw) for raw in fh)
+        return Lookahead.of((line.event for line in lines if line.event is not None), state.edited.keys())
+
+
 def _render_dossier(
     builder: PackageSink, month: Month, org: mdto.Organisation, serie: mdto.Ref, state: DossierState, sealed_ms: int
 ) -> mdto.Ref:
@@ -127,6 +135,7 @@ def _render_dossier(
             entries=_entries(builder.data_path(state.events_rel), state, summary),
             edited_ids=state.edited,
             deleted_ids=state.deleted,
+            lookahead=_lookahead(builder.data_path(state.events_rel), state),
         )
     builder.done(transcript_rel, out)
     files = [

@@ -9,8 +9,13 @@ Contract:
   names, reasons. Every piece goes through `clean_text` (control characters,
   surrogates and noncharacters become U+FFFD, CR/CRLF become LF) and then
   `html.escape(..., quote=True)`; untrusted text sits inside `<bdi>` so a
-  right-to-left override cannot reorder the text around it. Formatted (HTML)
-  bodies are never rendered: the plain `body` is shown as text.
+  right-to-left override cannot reorder the text around it. Names and ids also
+  go through `lookalike.visible` (invisible and bidi-control characters shown as
+  `⟨U+XXXX⟩`); the full sender id is always shown next to a display name, and a
+  name or id that looks like another participant's is flagged. A Matrix HTML
+  body that differs from the plain one is shown through a strict allow-list
+  sanitiser (`formatted.sanitise`, no attributes at all), the plain body one
+  click away.
 * The only URLs are `media` hrefs, which the package writer builds from safe
   names; they are still checked to be relative (no scheme, no leading slash or
   backslash), percent-encoded and escaped, else shown unlinked. The document
@@ -26,7 +31,7 @@ import html
 import re
 import unicodedata
 import urllib.parse
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import BinaryIO
@@ -34,6 +39,9 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from bridge.archive.formatted import sanitise, shows_formatted, strip_reply_fallback
+from bridge.archive.lookahead import Lookahead, Poll, answers_of
+from bridge.archive.lookalike import visible
 from bridge.events import Attachment, Event, Kind
 from bridge.policy import Withheld
 
@@ -84,6 +92,11 @@ def esc(text: object) -> str:
     return html.escape(clean_text(str(text)), quote=True)
 
 
+def esc_id(text: object) -> str:
+    """Like `esc`, for names and ids: invisible and bidi-control characters made visible first."""
+    return html.escape(visible(clean_text(str(text))), quote=True)
+
+
 def anchor(event_id: str) -> str:
     """A stable, safe fragment id for an event (its id hashed: no chat text in attributes)."""
     return "ev-" + hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()[:20]
@@ -127,6 +140,7 @@ def write_transcript(
     edited_ids: Collection[str] = frozenset(),
     deleted_ids: Collection[str] = frozenset(),
     names: Mapping[str, str] | None = None,
+    lookahead: Lookahead | None = None,
 ) -> None:
     """Write the transcript (see the module docstring).
 
@@ -135,8 +149,14 @@ def write_transcript(
     is the id of the (last) edit, resp. the deleting sender, used for a link
     resp. to say "deleted by sender". `names`: display names known before the
     month (sender id -> name); membership events in the month update them.
+    `lookahead`: the first pass over the same events (polls, edits checked
+    against the original's sender, participants); without it polls show no
+    votes and `edited_ids` is trusted as given.
     """
-    renderer = _Renderer(dict(names or {}), edited_ids, deleted_ids)
+    ahead = lookahead or Lookahead()
+    for sender, name in (names or {}).items():
+        ahead.participants.add(sender, name)
+    renderer = _Renderer(dict(names or {}), ahead.edited if ahead.checks_edits else edited_ids, deleted_ids, ahead)
     out.write(_head(title, conversation, month).encode("utf-8"))
     count = 0
     batch: list[str] = []
@@ -183,7 +203,8 @@ ol.log{list-style:none;padding:0;margin:0}li.entry{border-bottom:1px solid #e3e3
 .edited .mark,.mark.edited{background:#fff3c4}.mark.deleted{background:#fde0dc}
 li.deletion,li.deleted{background:#fff7f6}li.withheld{background:#f2f2f2;color:#333}
 li.retention_change{background:#fff0e0;border-left:4px solid #d46b08;padding-left:.5rem}
-.warn{font-weight:700;color:#8a3c00}figure.att{margin:.3rem 0}figure.att img{max-width:100%;max-height:24rem}
+.warn{font-weight:700;color:#8a3c00}.mark.rejected{background:#fde0dc}
+.formatted{white-space:normal}figure.att{margin:.3rem 0}figure.att img{max-width:100%;max-height:24rem}
 .att{margin:.2rem 0}pre{white-space:pre-wrap;overflow-wrap:anywhere;font-size:.85em;background:#f7f7f7;padding:.3rem}
 footer{margin-top:1rem;color:#555;font-size:.85em}
 """
@@ -198,8 +219,9 @@ def _head(title: str, conversation: str, month: str) -> str:
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         f"<title>{t}</title>\n<style>{_STYLE}</style>\n</head>\n<body>\n"
         f'<header><h1><bdi>{t}</bdi></h1><p class="meta">Conversation <bdi><code>{esc(conversation)}</code></bdi>,'
-        f" month <bdi>{esc(month)}</bdi>. Times are Europe/Amsterdam. Messages are shown as plain text;"
-        ' edits and deletions keep the original.</p></header>\n<ol class="log">\n'
+        f" month <bdi>{esc(month)}</bdi>. Times are Europe/Amsterdam. Formatted messages are shown"
+        " sanitised, their plain text one click away; edits and deletions keep the original; ⟨U+…⟩ marks an"
+        ' invisible or direction-changing character in a name or id.</p></header>\n<ol class="log">\n'
     )
 
 
@@ -213,7 +235,10 @@ _MEMBERSHIP = {"join": "joined", "invite": "was invited", "ban": "was banned", "
 class _Renderer:
     """Renders one entry at a time; remembers only display names (one per sender)."""
 
-    def __init__(self, names: dict[str, str], edited: Collection[str], deleted: Collection[str]) -> None:
+    def __init__(
+        self, names: dict[str, str], edited: Collection[str], deleted: Collection[str], ahead: Lookahead
+    ) -> None:
+        self._ahead = ahead
         self._names = names
         self._edited = edited
         self._deleted = deleted
@@ -251,10 +276,16 @@ class _Renderer:
     def _who_uncached(self, sender: str | None) -> str:
         if sender is None:
             return '<span class="who note">(no sender)</span>'
+        participants = self._ahead.participants
         name = self._names.get(sender)
+        warnings = [w for w in (participants.id_warning(sender),) if w]
         if name and name != sender:
-            return f'<bdi class="who">{esc(name)}</bdi> <bdi class="id">{esc(sender)}</bdi>'
-        return f'<bdi class="who">{esc(sender)}</bdi>'
+            shown = f'<bdi class="who">{esc_id(name)}</bdi> <bdi class="id">{esc_id(sender)}</bdi>'
+            if (why := participants.name_warning(sender, name)) is not None:
+                warnings.insert(0, why)
+        else:
+            shown = f'<bdi class="who">{esc_id(sender)}</bdi>'
+        return shown + "".join(f' <span class="warn lookalike">⚠ <bdi>{esc_id(w)}</bdi></span>' for w in warnings)
 
     def _marks(self, ev: Event) -> str:
         out = ""
@@ -267,6 +298,8 @@ class _Renderer:
             deleter = self._deleted.get(eid) if isinstance(self._deleted, Mapping) else None
             who = " by sender" if deleter is not None and deleter == ev.sender else ""
             out += f' <span class="mark deleted">deleted{who}; original kept in the archive</span>'
+        for attempt in self._ahead.attempts.get(eid, ()):
+            out += f' <span class="mark rejected">edit attempt by another sender ignored, see {_ref(attempt)}</span>'
         if ev.content.get("redacted_before_capture") is True:
             out += ' <span class="mark deleted">redacted before capture</span>'
         return out
@@ -278,14 +311,19 @@ class _Renderer:
             lead = ""
             if kind == Kind.EDIT:
                 lead = f'<p class="note">edit of {_ref(ev.relates_to)}</p>'
+                if (owner := self._ahead.rejected.get(ev.event_id)) is not None:
+                    lead = (
+                        f'<p class="warn">rejected edit attempt: {_ref(ev.relates_to)} was sent by'
+                        f" <bdi>{esc_id(owner)}</bdi>, not by this sender; the original is unchanged"
+                        " (chat clients ignore edits by anyone but the original sender)</p>"
+                    )
                 if c.get("new_content_missing") is True:
                     lead += '<p class="note">(the edit had no new content; its fallback text is shown)</p>'
             if (reply := _text(c, "reply_to")) is not None:
                 lead += f'<p class="note">in reply to {_ref(reply)}</p>'
             if (root := _text(c, "thread_root")) is not None:
                 lead += f'<p class="note">in thread {_ref(root)}</p>'
-            body = _text(c, "body")
-            text = f'<div class="body" dir="auto">{esc(body)}</div>' if body else ""
+            text = _message_text(c) + _message_marks(c)
             if (geo := _text(c, "geo_uri")) is not None:
                 text += f'<p class="meta">location <bdi>{esc(geo)}</bdi></p>'
             if ev.attachments:
@@ -296,7 +334,11 @@ class _Renderer:
             why = f" (reason: <bdi>{esc(reason)}</bdi>)" if reason else ""
             return f'<p class="note">deleted {_ref(ev.relates_to)}{why}; the original stays in the archive</p>'
         if kind == Kind.REACTION:
-            return f'<p>reacted <bdi class="reaction">{esc(_text(c, "key") or "")}</bdi> to {_ref(ev.relates_to)}</p>'
+            # "removed" is the stored flag; "remove" is how logs written before named it.
+            verb = "removed reaction" if c.get("removed") is True or c.get("remove") is True else "reacted"
+            return f'<p>{verb} <bdi class="reaction">{esc(_text(c, "key") or "")}</bdi> to {_ref(ev.relates_to)}</p>'
+        if kind == Kind.POLL:
+            return self._poll(ev)
         if kind == Kind.MEMBERSHIP:
             return self._membership(ev)
         if kind == Kind.RETENTION_CHANGE:
@@ -312,7 +354,44 @@ class _Renderer:
         if kind == Kind.NOTICE:
             return f'<p class="note">archiver notice</p>{_json_details(c)}'
         problem = f": {esc(ev.problem)}" if ev.problem else ""
-        return f'<p class="note">unrecognised event, archived as received{problem}</p>'
+        raw_type = ev.raw.get("type")
+        typ = f" of type <bdi><code>{esc(raw_type)}</code></bdi>" if isinstance(raw_type, str) else ""
+        raw_content = ev.raw.get("content", c) if c == {} else c
+        return f'<p class="note">unrecognised event{typ}, archived as received{problem}</p>{_json_details(raw_content)}'
+
+    def _poll(self, ev: Event) -> str:
+        poll = ev.content.get("poll")
+        if not isinstance(poll, dict):
+            return '<p class="note">poll event without poll content, archived as received</p>'
+        action = poll.get("action")
+        start = self._ahead.polls.get(ev.event_id if action == "start" else ev.relates_to or "")
+        if action == "start":
+            return _poll_start(poll, start, self._who)
+        if action == "vote":
+            return self._vote(ev, poll, start)
+        if action == "end":
+            result = self._ahead.results.get(ev.event_id)
+            text = f' <bdi dir="auto">{esc(poll["text"])}</bdi>' if isinstance(poll.get("text"), str) else ""
+            out = f"<p>ended poll {_ref(ev.relates_to)}{text}</p>"
+            if result is None:
+                return out + '<p class="note">(not the first end of a poll started this month: no result here)</p>'
+            rows = "".join(f"<li><bdi>{esc(a.text)}</bdi>: {n}</li>" for a, n in result)
+            return out + f'<p>Result (last vote of each sender before the end):</p><ul class="tally">{rows}</ul>'
+        return f'<p class="note">poll event <bdi>{esc(action)}</bdi>, archived as received</p>'
+
+    def _vote(self, ev: Event, poll: Mapping[str, object], start: Poll | None) -> str:
+        chosen = poll.get("answers")
+        ids = [a for a in chosen if isinstance(a, str)] if isinstance(chosen, list) else []
+        shown = ", ".join(_answer(start, a) for a in ids) or "no answer (vote withdrawn)"
+        out = f"<p>voted {shown} in poll {_ref(ev.relates_to)}</p>"
+        note = self._ahead.votes.get(ev.event_id)
+        if start is None:
+            return out + '<p class="note">(the poll was not started this month: its answers are not shown)</p>'
+        if note is not None and note.late:
+            return out + '<p class="note">after the poll ended: not counted</p>'
+        if note is not None and note.replaces is not None:
+            out += f'<p class="note">replaces this sender\'s earlier vote {_ref(note.replaces)}</p>'
+        return out
 
     def _membership(self, ev: Event) -> str:
         c = ev.content
@@ -324,10 +403,81 @@ class _Renderer:
             verb = _MEMBERSHIP.get(membership, f"membership {esc(membership)}")
         out = f"<p>{self._who(target)} {verb}"
         if (name := _text(c, "displayname")) is not None:
-            out += f" (display name <bdi>{esc(name)}</bdi>)"
+            out += f" (display name <bdi>{esc_id(name)}</bdi>)"
         if (reason := _text(c, "reason")) is not None:
             out += f" (reason: <bdi>{esc(reason)}</bdi>)"
         return out + "</p>"
+
+
+def _message_text(c: Mapping[str, object]) -> str:
+    """The body: formatted (sanitised) with the plain text one click away, or the plain text."""
+    reply = isinstance(c.get("reply_to"), str)
+    body = _text(c, "body") or ""
+    if reply:  # the quoted fallback repeats the message replied to, which has its own entry
+        body = strip_reply_fallback(body)
+    formatted = shows_formatted(dict(c))
+    if formatted is None:
+        return f'<div class="body" dir="auto">{esc(body)}</div>' if body else ""
+    return (
+        f'<div class="body formatted" dir="auto">{sanitise(formatted, reply)}</div>'
+        f'<details><summary>plain text as sent</summary><div class="body plain" dir="auto">{esc(body)}</div>'
+        "</details>"
+    )
+
+
+def _message_marks(c: Mapping[str, object]) -> str:
+    marks = []
+    if c.get("voice") not in (None, False):
+        duration = _duration(c)
+        marks.append("voice message" + (f", {duration}" if duration else ""))
+    if c.get("view_once") is True:
+        marks.append("view once: the recipient could open it once")
+    seconds = c.get("expires_in_seconds")
+    if isinstance(seconds, int) and not isinstance(seconds, bool) and seconds > 0:
+        marks.append(f"disappearing: clients delete it {_span(seconds * 1000)} after reading")
+    return "".join(f'<p class="meta marker">{esc(m)}</p>' for m in marks)
+
+
+def _duration(c: Mapping[str, object]) -> str | None:
+    """The duration of a voice message in ms: `duration_ms`, `voice.duration` or `info.duration`."""
+    for holder, key in ((c, "duration_ms"), (c.get("voice"), "duration"), (c.get("info"), "duration")):
+        value = holder.get(key) if isinstance(holder, Mapping) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return _span(value)
+    return None
+
+
+def _span(ms: int) -> str:
+    seconds = ms // 1000
+    if seconds < 3600:
+        return f"{seconds // 60}:{seconds % 60:02d}"
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _answer(start: Poll | None, answer_id: str) -> str:
+    text = start.answer_text(answer_id) if start is not None else None
+    if text is None:
+        return f"<bdi><code>{esc_id(answer_id)}</code></bdi>" + (" (not an answer of this poll)" if start else "")
+    return f"“<bdi>{esc(text)}</bdi>”"
+
+
+def _poll_start(poll: Mapping[str, object], start: Poll | None, who: Callable[[str | None], str]) -> str:
+    question = esc(poll.get("question") if isinstance(poll.get("question"), str) else "")
+    out = f'<p>started a poll: <bdi dir="auto" class="question">{question}</bdi></p>'
+    answers = start.answers if start is not None else answers_of(poll.get("answers"))
+    out += '<ol class="answers">' + "".join(f"<li><bdi>{esc(a.text)}</bdi></li>" for a in answers) + "</ol>"
+    if start is None:
+        return out
+    limit = f"up to {start.max_selections} answers" if start.max_selections > 1 else "one answer"
+    out += f'<p class="meta">{limit} per voter</p>'
+    if not start.votes:
+        return out + '<p class="note">no counted votes this month</p>'
+    rows = "".join(
+        f"<li>{who(sender)}: {', '.join(_answer(start, a) for a in chosen) or 'no answer'} ({_ref(vote)})</li>"
+        for sender, (vote, chosen) in sorted(start.votes.items())
+    )
+    when = "at its end" if start.end_id else "at the end of this month (the poll was not ended)"
+    return out + f'<p>Votes {when}, each voter\'s last vote:</p><ul class="votes">{rows}</ul>'
 
 
 def _li(aid: str, kind: str, seq: int, head: str, body: str) -> str:
@@ -349,7 +499,7 @@ def _tombstone(w: Withheld) -> str:
 def _ref(event_id: str | None) -> str:
     if not event_id:
         return '<span class="note">an unknown event</span>'
-    return f'<a href="#{anchor(event_id)}"><bdi class="id">{esc(event_id)}</bdi></a>'
+    return f'<a href="#{anchor(event_id)}"><bdi class="id">{esc_id(event_id)}</bdi></a>'
 
 
 def _text(content: Mapping[str, object], key: str) -> str | None:

@@ -1,0 +1,157 @@
+"""What a transcript needs to know before it writes an entry: a first pass over the month's events (pure).
+
+The transcript is written in log order, one entry at a time, but some entries must
+show what comes later: a poll start shows who finally chose what, an original
+message is marked "edited" only when its own sender edited it. `Lookahead.of(events)`
+reads the month's events once (memory grows with the number of polls, votes, edits
+and participants, not with messages) and answers those questions; the transcript
+writer then streams the entries as before. Like the transcript, it is a function
+of the record lines only, so `verify-package` derives the same answers.
+
+Poll rules (the Matrix spec's, which Signal's polls follow too): a sender's later
+vote (in log order) replaces their earlier one; only the first end counts; votes
+after it are not counted; answer ids that are not the poll's are not counted; a
+vote with more answers than `max_selections` counts its first `max_selections`.
+Edit rule (the spec's): an edit counts only if its sender is the original's sender.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass, field
+
+from bridge.archive.lookalike import Participants
+from bridge.events import Event, Kind
+
+
+@dataclass(frozen=True)
+class Answer:
+    answer_id: str
+    text: str
+
+
+@dataclass
+class Poll:
+    """A poll start and what happened to it in this month."""
+
+    start_id: str
+    creator: str | None
+    question: str
+    answers: tuple[Answer, ...]
+    max_selections: int
+    #: sender -> (vote event id, counted answer ids) of their current vote
+    votes: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    end_id: str | None = None
+
+    def answer_text(self, answer_id: str) -> str | None:
+        return next((a.text for a in self.answers if a.answer_id == answer_id), None)
+
+    def counted(self, answer_ids: Iterable[str]) -> tuple[str, ...]:
+        valid = [a for a in answer_ids if self.answer_text(a) is not None]
+        return tuple(dict.fromkeys(valid))[: max(self.max_selections, 1)]
+
+    def tally(self) -> list[tuple[Answer, int]]:
+        counts = {a.answer_id: 0 for a in self.answers}
+        for _vote, chosen in self.votes.values():
+            for answer_id in chosen:
+                counts[answer_id] += 1
+        return [(a, counts[a.answer_id]) for a in self.answers]
+
+
+@dataclass(frozen=True)
+class VoteNote:
+    """How one vote event counts: the vote it replaces, or why it does not count."""
+
+    replaces: str | None = None
+    late: bool = False
+
+
+@dataclass
+class Lookahead:
+    """Answers of the first pass (see the module docstring)."""
+
+    polls: dict[str, Poll] = field(default_factory=dict)
+    votes: dict[str, VoteNote] = field(default_factory=dict)
+    #: end event id -> the tally when the poll ended
+    results: dict[str, list[tuple[Answer, int]]] = field(default_factory=dict)
+    #: original event id -> id of its last edit by its own sender
+    edited: dict[str, str] = field(default_factory=dict)
+    #: edit event id -> sender of the original it tried to edit (a different sender: the edit is ignored)
+    rejected: dict[str, str] = field(default_factory=dict)
+    #: original event id -> ids of rejected edit attempts on it
+    attempts: dict[str, list[str]] = field(default_factory=dict)
+    participants: Participants = field(default_factory=Participants)
+    checks_edits: bool = False
+
+    @classmethod
+    def of(cls, events: Iterable[Event], edit_targets: Collection[str] | None = None) -> Lookahead:
+        """One pass over the month's events in log order. `edit_targets`: ids that some edit names (the
+        package writer's pre-pass knows them); only their senders are remembered. None: remember all."""
+        ahead = cls(checks_edits=True)
+        senders: dict[str, str | None] = {}
+        edits: list[tuple[str, str | None, str]] = []
+        for ev in events:
+            ahead._observe(ev)
+            if edit_targets is None or ev.event_id in edit_targets:
+                senders[ev.event_id] = ev.sender
+            if ev.kind == Kind.EDIT and ev.relates_to is not None:
+                edits.append((ev.event_id, ev.sender, ev.relates_to))
+        for edit_id, sender, target in edits:
+            if target not in senders:
+                continue  # the original is not in this month: nothing here is marked, the edit is shown as sent
+            original = senders[target]
+            if sender == original:
+                ahead.edited[target] = edit_id
+            else:
+                ahead.rejected[edit_id] = original or "(no sender)"
+                ahead.attempts.setdefault(target, []).append(edit_id)
+        return ahead
+
+    def _observe(self, ev: Event) -> None:
+        if ev.sender is not None:
+            self.participants.add(ev.sender)
+        c = ev.content
+        if ev.kind == Kind.MEMBERSHIP and isinstance(target := c.get("target"), str):
+            name = c.get("displayname")
+            self.participants.add(target, name if isinstance(name, str) else None)
+        if ev.kind == Kind.POLL and isinstance(poll := c.get("poll"), dict):
+            self._poll(ev, poll)
+
+    def _poll(self, ev: Event, poll: dict[str, object]) -> None:
+        action = poll.get("action")
+        if action == "start":
+            self.polls[ev.event_id] = Poll(
+                ev.event_id, ev.sender, _str(poll.get("question")), answers_of(poll.get("answers")), _max(poll)
+            )
+            return
+        start = self.polls.get(ev.relates_to or "")
+        if start is None:
+            return
+        if action == "vote" and ev.sender is not None:
+            if start.end_id is not None:
+                self.votes[ev.event_id] = VoteNote(late=True)
+                return
+            previous = start.votes.get(ev.sender)
+            self.votes[ev.event_id] = VoteNote(replaces=previous[0] if previous else None)
+            chosen = poll.get("answers")
+            ids = [a for a in chosen if isinstance(a, str)] if isinstance(chosen, list) else []
+            start.votes[ev.sender] = (ev.event_id, start.counted(ids))
+        elif action == "end" and start.end_id is None:
+            start.end_id = ev.event_id
+            self.results[ev.event_id] = start.tally()
+
+
+def _str(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def answers_of(value: object) -> tuple[Answer, ...]:
+    if not isinstance(value, list):
+        return ()
+    out = [Answer(_str(a.get("id")), _str(a.get("text"))) for a in value if isinstance(a, dict)]
+    return tuple(a for a in out if a.answer_id)
+
+
+def _max(poll: dict[str, object]) -> int:
+    value = poll.get("max_selections")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 1
