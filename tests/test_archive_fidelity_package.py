@@ -1,0 +1,77 @@
+"""Issue 11's transcript features through a real package: what the lookahead pass renders (poll votes and
+result, an edit attempt by another sender, lookalike names) is re-derived byte for byte by verify-package, and
+a forged result is caught."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from bridge.archive.package import snapshot
+from bridge.archive.range import Month
+from bridge.archive.verify_package import PackageIntegrityError, verify_package
+from bridge.events import Kind
+from bridge.log import keys as keyfile
+from bridge.log import store as store_module
+from bridge.log.store import CheckpointPolicy, LogStore
+from tests.conftest import LogDir
+from tests.support.archive_log import OPTIONS, create_archive_log, event, ms, seal_for
+from tests.test_archive_forgery import rebag
+
+MINISTER = "@minister:example.org"
+OTHER = "@woordvoerder:example.org"
+
+
+def _log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LogDir:
+    log = create_archive_log(tmp_path)
+    start = {"action": "start", "question": "Kamerbrief vandaag versturen?", "max_selections": 1,
+             "disclosed": True, "answers": [{"id": "ja", "text": "Ja"}, {"id": "nee", "text": "Nee"}]}  # fmt: skip
+    records = [
+        event(1, kind=Kind.POLL, content={"poll": start, "body": "Kamerbrief vandaag versturen?"}),
+        event(
+            2, kind=Kind.POLL, relates_to="$e1", sender=OTHER, content={"poll": {"action": "vote", "answers": ["nee"]}}
+        ),
+        event(
+            3, kind=Kind.POLL, relates_to="$e1", sender=OTHER, content={"poll": {"action": "vote", "answers": ["ja"]}}
+        ),
+        event(4, kind=Kind.POLL, relates_to="$e1", content={"poll": {"action": "vote", "answers": ["ja"]}}),
+        event(5, kind=Kind.POLL, relates_to="$e1", content={"poll": {"action": "end", "text": "Gesloten"}}),
+        event(6, body="Het concept staat klaar."),
+        event(7, kind=Kind.EDIT, relates_to="$e6", sender=OTHER, body="Het concept is ingetrokken."),
+        event(8, body="akkoord", sender="@m\u0456nister:example.org"),  # Cyrillic i: looks like the minister
+    ]
+
+    async def go() -> None:
+        monkeypatch.setattr(store_module, "now_ms", lambda: ms(2024, 1, 5))
+        async with await LogStore.open(log.data_dir, log.keys, CheckpointPolicy(50, 10**9)) as store:
+            await store.append_events(records)
+            monkeypatch.setattr(store_module, "now_ms", lambda: ms(2024, 2, 5))
+            await store.append_events([event(9)])
+            await store.checkpoint()
+
+    asyncio.run(go())
+    monkeypatch.undo()
+    return log
+
+
+def test_poll_edit_attempt_and_lookalike_survive_re_derivation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The transcript shows the poll's result (the later vote of a sender replaces the earlier), the edit by
+    another sender as a rejected attempt, and a lookalike warning; verify-package re-derives it exactly, and a
+    transcript whose result was changed (manifests rebuilt) is caught."""
+    log = _log(tmp_path, monkeypatch)
+    pkg = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log))
+    html = b"".join(t.read_bytes() for t in pkg.transcripts).decode()
+    assert "Kamerbrief vandaag versturen?" in html
+    assert "<bdi>Ja</bdi>: 2</li>" in html and "<bdi>Nee</bdi>: 0</li>" in html
+    assert "rejected edit attempt" in html
+    assert "looks like" in html
+    pub = keyfile.load_public(keyfile.public_path(log.key_file))
+    verify_package(pkg.path, pub)
+    transcript = pkg.transcripts[0]
+    forged = transcript.read_text().replace("<bdi>Ja</bdi>: 2</li>", "<bdi>Ja</bdi>: 0</li>")
+    transcript.write_text(forged.replace("<bdi>Nee</bdi>: 0</li>", "<bdi>Nee</bdi>: 2</li>"))
+    rebag(pkg.path)
+    with pytest.raises(PackageIntegrityError, match="transcript"):
+        verify_package(pkg.path, pub)
