@@ -211,3 +211,34 @@ def test_header_round_trip_and_unknown_versions() -> None:
         format.unpack_header(packed[:1] + b"\x09" + packed[2:])
     with pytest.raises(format.FormatError):
         format.unpack_header(packed[:-1])
+
+
+async def test_other_content_under_a_known_id_is_kept_as_a_conflicting_version(empty_log: LogDir) -> None:
+    """An id already in the log arriving with other content (a decrypted export imported over a live capture
+    that could not decrypt) is stored as a version pointing at the original; the same content again, even
+    with another arrival time, decryption evidence or raw transport field, is a duplicate; so is the version
+    arriving a second time."""
+    import dataclasses
+
+    from bridge.events import Kind
+    from bridge.log.reader import iter_events
+
+    live = dataclasses.replace(make_event(1), kind=Kind.UNDECRYPTABLE, content={"algorithm": "m.megolm.v1.aes-sha2"})
+    decrypted = dataclasses.replace(make_event(1), received_at=live.received_at + 5000)
+    redelivered = dataclasses.replace(
+        live, received_at=live.received_at + 9000, raw={**live.raw, "unsigned": {"age": 1234}}
+    )
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        assert (await store.append_events([live])).appended == 1
+        again = await store.append_events([redelivered])
+        assert (again.appended, again.duplicates) == (0, 1)
+        version = await store.append_events([decrypted])
+        assert (version.appended, version.duplicates) == (1, 0)
+        twice = await store.append_events([dataclasses.replace(decrypted, received_at=1)])
+        assert (twice.appended, twice.duplicates) == (0, 1)
+        await store.checkpoint()
+    stored = [e for _, e in iter_events(empty_log.data_dir, empty_log.keys)]
+    assert [e.kind for e in stored] == [Kind.UNDECRYPTABLE, Kind.MESSAGE]
+    assert stored[1].event_id.startswith("$event1#version-") and stored[1].content["version_of"] == "$event1"
+    assert stored[1].content["body"] == "message 1"
+    verify_log(empty_log.data_dir, empty_log.keys)

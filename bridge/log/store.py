@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
@@ -43,7 +44,7 @@ import aiosqlite
 from bridge.blobs import MediaKeys
 from bridge.clock import now_ms
 from bridge.errors import Check, LogIntegrityError, StorageError, UsageError
-from bridge.events import Event, canonical_bytes
+from bridge.events import EncodingError, Event, EventId, canonical_bytes, canonical_json, event_from_bytes
 from bridge.log import audit, checkpoint, crypto, format, merkle
 from bridge.log.clear import BLOB_SOURCE, BlobRecord, KeyRecord
 from bridge.log.keys import KeyMaterial
@@ -402,8 +403,9 @@ class LogStore:
         # Tags of batches in flight now: one that commits while the lookup below waits has left `_inflight`
         # by the time it returns, though the lookup (queued before its insert) did not see it.
         pending = set(self._inflight)
-        existing = await self._existing(tags)
-        existing |= pending | self._inflight
+        in_log = await self._existing(tags)
+        entries, tags = await self._versions(entries, tags, in_log)
+        existing = in_log | pending | self._inflight
         rows: list[_Row] = []
         fresh: set[bytes] = set()
         appended_ms = now_ms()
@@ -418,6 +420,60 @@ class LogStore:
             )
         self._inflight |= fresh
         return _Batch(rows, len(entries) - len(rows), cursor, self._frontier.copy(), self._prev_leaf, fresh)
+
+    async def _versions(
+        self, entries: Sequence[Entry], tags: list[bytes], in_log: set[bytes]
+    ) -> tuple[Sequence[Entry], list[bytes]]:
+        """An event whose id the log already holds with *other* content is a conflicting version, not a duplicate.
+
+        Identical (kind, sender, sent time, content without decryption evidence, relation) is a duplicate, as
+        a re-delivery after a crash is. Anything else (a decrypted export imported over a live capture that
+        could not decrypt, a server that now returns other content) is kept: the event is stored under
+        `<id>#version-<16 hex of its identity hash>` with `content["version_of"] = <id>`, so both stay in the
+        archive. `in_log` gains the tags of versions already stored (repeats are duplicates again).
+        """
+        changed: list[int] = []
+        out_entries, out_tags = list(entries), list(tags)
+        for n, ((rtype, source, conv, event_id, payload), tag) in enumerate(zip(entries, tags, strict=True)):
+            if rtype != format.RecordType.EVENT or tag not in in_log:
+                continue
+            stored = await self._stored_event(tag)
+            if stored is None:
+                continue
+            new = event_from_bytes(payload)
+            identity = _identity(new)
+            if identity == _identity(stored):
+                continue
+            version_id = f"{event_id}#version-{hashlib.sha256(identity).hexdigest()[:16]}"
+            version = dataclasses.replace(
+                new, event_id=EventId(version_id), content={**new.content, "version_of": event_id}
+            )
+            out_entries[n] = (rtype, source, conv, version_id, canonical_bytes(version))
+            out_tags[n] = dedup_tag(self._index_key, source, conv, version_id)
+            changed.append(n)
+        if changed:
+            in_log |= await self._existing([out_tags[n] for n in changed])
+            log.warning(
+                "events arrived again with other content; kept as conflicting versions",
+                extra={"versions": len(changed)},
+            )
+        return out_entries, out_tags
+
+    async def _stored_event(self, tag: bytes) -> Event | None:
+        """The event the log holds under a dedup tag (decrypted and authenticated), or None if unreadable."""
+        async with self._conn.execute("SELECT header, commitment, body FROM records WHERE dedup = ?", (tag,)) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        try:
+            header_b = bytes(row[0])
+            header = format.unpack_header(header_b)
+            payload = format.open_record(
+                self._keys.log_id, self._data_keys, header, header_b, bytes(row[1]), bytes(row[2])
+            )
+            return event_from_bytes(payload)
+        except (format.FormatError, format.RecordAuthError, EncodingError):
+            return None  # `verify` names a damaged record; here it only means "treat as a duplicate"
 
     async def _existing(self, tags: list[bytes]) -> set[bytes]:
         found: set[bytes] = set()
@@ -751,3 +807,18 @@ def _file_digest(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
+
+
+def _identity(event: Event) -> bytes:
+    """What makes two deliveries of one event id the same event: not when it arrived, not the decryption
+    evidence, not the raw envelope's transport fields (a server's `unsigned.age` changes on every delivery)."""
+    content = {k: v for k, v in event.content.items() if k != "encryption"}
+    return canonical_json(
+        {
+            "kind": event.kind.value,
+            "sender": event.sender,
+            "sent_at": event.sent_at,
+            "content": content,
+            "relates_to": event.relates_to,
+        }
+    )
