@@ -204,10 +204,33 @@ def _text(value: object) -> str | None:
     return value if isinstance(value, str) else None
 
 
+#: File extensions for media types, for files whose name has none (Signal attachments, nameless Matrix media):
+#: a fixed table, not the host's mime.types, so a package's names are the same wherever it is re-derived.
+EXTENSIONS: dict[str, str] = {
+    "image/jpeg": ".jpg", "image/png": ".png", "image/gif": ".gif", "image/webp": ".webp",
+    "image/heic": ".heic", "image/heif": ".heif", "image/tiff": ".tif", "image/svg+xml": ".svg",
+    "video/mp4": ".mp4", "video/quicktime": ".mov", "video/webm": ".webm", "video/3gpp": ".3gp",
+    "audio/ogg": ".ogg", "audio/mpeg": ".mp3", "audio/mp4": ".m4a", "audio/aac": ".aac", "audio/wav": ".wav",
+    "audio/webm": ".weba", "application/pdf": ".pdf", "text/plain": ".txt", "text/csv": ".csv",
+    "text/vcard": ".vcf", "text/x-vcard": ".vcf", "application/zip": ".zip", "application/json": ".json",
+    "application/msword": ".doc", "application/vnd.ms-excel": ".xls", "application/vnd.ms-powerpoint": ".ppt",
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": ".docx",
+    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": ".xlsx",
+    "application/vnd.openxmlformats-officedocument.presentationml.presentation": ".pptx",
+    "application/vnd.oasis.opendocument.text": ".odt", "application/vnd.oasis.opendocument.spreadsheet": ".ods",
+}  # fmt: skip
+
+
 def media_rel(seq: int, att: Attachment) -> str:
-    """Where an attachment's file goes in its dossier: `media/<seq>-<safe file name>`."""
+    """Where an attachment's file goes in its dossier: `media/<seq>-<safe file name>`, with the extension of its
+    media type when the name has none (so an archivist's tools open it)."""
     blob_id = str(att.blob_id)
-    return f"media/{seq}-{safe_name(_text(att.filename) or blob_id[:16], MEDIA_NAME_BYTES)}"
+    name = _text(att.filename) or blob_id[:16]
+    media_type = _text(att.media_type)
+    ext = EXTENSIONS.get(media_type.split(";")[0].strip().lower()) if media_type else None
+    if ext is not None and "." not in name.rsplit("/", 1)[-1].lstrip("."):
+        name += ext
+    return f"media/{seq}-{safe_name(name, MEDIA_NAME_BYTES)}"
 
 
 def stored_attachments(event: Event) -> list[Attachment]:
