@@ -638,18 +638,10 @@ class LogStore:
             head, _ = self._committed
             if not 0 <= size <= head.size:
                 raise UsageError(f"cannot seal tree size {size}: the log holds {head.size} records")
-            name = self._keys.key_name
             async with self._conn.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)) as cur:
                 found = await cur.fetchone()
             if found is not None:
-                try:
-                    checkpoint.verify_checkpoint_note(str(found[0]), name, self._keys.public_key, origin=name)
-                except checkpoint.CheckpointError as exc:
-                    raise LogIntegrityError(
-                        size,
-                        f"checkpoint for tree size {size} does not verify: {exc}",
-                        check=Check.CHECKPOINT_SIGNATURE,
-                    ) from None
+                _verified(str(found[0]), self._keys, size)
                 return str(found[0])
             prefix = await self._proven_prefix(size)
 
@@ -672,22 +664,12 @@ class LogStore:
             "SELECT size, note FROM checkpoints WHERE size > ? ORDER BY size LIMIT 1", (size,)
         ) as cur:
             high = await cur.fetchone()
-        name = self._keys.key_name
         frontier = merkle.Frontier()
         if low is not None:
-            cp = _verified(str(low[1]), name, self._keys, int(low[0]))
-            frontier = frontier_from_bytes(bytes(low[2]))
-            if frontier.size != cp.size or not crypto.hmac_equal(frontier.root(), cp.root):
-                raise LogIntegrityError(
-                    cp.size,
-                    f"the stored tree edge at checkpoint {cp.size} is not its signed one",
-                    f"size {cp.size}, root {cp.root.hex()}",
-                    f"size {frontier.size}, root {frontier.root().hex()}",
-                    check=Check.EDGE,
-                )
+            _, frontier = _proven_edge(self._keys, int(low[0]), str(low[1]), bytes(low[2]))
         head, _ = self._committed
         if high is not None:
-            target_size, target_root = int(high[0]), _verified(str(high[1]), name, self._keys, int(high[0])).root
+            target_size, target_root = int(high[0]), _verified(str(high[1]), self._keys, int(high[0])).root
         else:
             target_size, target_root = head.size, head.root()
         prefix: merkle.Frontier | None = frontier.copy() if frontier.size == size else None
@@ -743,28 +725,13 @@ class _Batch:
 
 async def _signed_frontier(conn: aiosqlite.Connection, keys: KeyMaterial) -> tuple[merkle.Frontier, tuple[int, int]]:
     """The tree's right edge at the newest checkpoint, proven by its signature; ((size, ms)), or the empty tree."""
-    name = keys.key_name
     sql = "SELECT size, created_ms, note, frontier FROM checkpoints ORDER BY size DESC LIMIT 1"
     async with conn.execute(sql) as cur:
         row = await cur.fetchone()
     if row is None:  # every log starts with a checkpoint; without one, authenticate from record 0
         return merkle.Frontier(), (-1, now_ms())
     size = int(row[0])
-    try:
-        cp = checkpoint.verify_checkpoint_note(str(row[2]), name, keys.public_key, origin=name)
-        frontier = frontier_from_bytes(bytes(row[3]))
-    except (checkpoint.CheckpointError, ValueError) as exc:
-        raise LogIntegrityError(
-            size, f"the newest checkpoint (tree size {size}) does not verify: {exc}", check=Check.CHECKPOINT_SIGNATURE
-        ) from None
-    if cp.size != size or frontier.size != size or not crypto.hmac_equal(frontier.root(), cp.root):
-        raise LogIntegrityError(
-            size,
-            f"the stored tree edge at checkpoint {size} does not give its signed root",
-            f"size {size}, root {cp.root.hex()}",
-            f"size {frontier.size}, root {frontier.root().hex()}",
-            check=Check.EDGE,
-        )
+    _, frontier = _proven_edge(keys, size, str(row[2]), bytes(row[3]))
     return frontier, (size, int(row[1]))
 
 
@@ -781,7 +748,9 @@ async def _leaf_before(conn: aiosqlite.Connection, size: int) -> bytes:
     return format.leaf_of(bytes(row[0]), bytes(row[1]), bytes(row[2]))
 
 
-def _verified(note: str, name: str, keys: KeyMaterial, size: int) -> checkpoint.Checkpoint:
+def _verified(note: str, keys: KeyMaterial, size: int) -> checkpoint.Checkpoint:
+    """The checkpoint stored at tree size `size`, signed by this log's key for that size."""
+    name = keys.key_name
     try:
         cp = checkpoint.verify_checkpoint_note(note, name, keys.public_key, origin=name)
     except checkpoint.CheckpointError as exc:
@@ -797,6 +766,26 @@ def _verified(note: str, name: str, keys: KeyMaterial, size: int) -> checkpoint.
             check=Check.CHECKPOINT_ROW,
         )
     return cp
+
+
+def _proven_edge(keys: KeyMaterial, size: int, note: str, edge: bytes) -> tuple[checkpoint.Checkpoint, merkle.Frontier]:
+    """A checkpoint and its stored tree edge, the edge trusted only because it gives the signed root."""
+    cp = _verified(note, keys, size)
+    try:
+        frontier = frontier_from_bytes(edge)
+    except ValueError as exc:
+        raise LogIntegrityError(
+            size, f"the stored tree edge at checkpoint {size} is damaged: {exc}", check=Check.EDGE
+        ) from None
+    if frontier.size != size or not crypto.hmac_equal(frontier.root(), cp.root):
+        raise LogIntegrityError(
+            size,
+            f"the stored tree edge at checkpoint {size} does not give its signed root",
+            f"size {size}, root {cp.root.hex()}",
+            f"size {frontier.size}, root {frontier.root().hex()}",
+            check=Check.EDGE,
+        )
+    return cp, frontier
 
 
 def _file_digest(path: Path) -> tuple[str, int]:
