@@ -144,19 +144,27 @@ def check_plaintext(
         event = event_from_bytes(payload)
     except EncodingError as exc:
         raise LogIntegrityError(seq, f"decrypted payload is not an event: {exc}", check=Check.PAYLOAD) from None
-    tag = conversation_tag(secrets.index_key, event.source, event.conversation)
+    _check_tags(seq, secrets, header, dedup, (event.source, event.conversation, event.event_id), "event")
+    return event
+
+
+def _check_tags(
+    seq: int, secrets: Secrets, header: format.RecordHeader, dedup: bytes, key: tuple[str, str, str], what: str
+) -> None:
+    """A record sits under the conversation tag and the dedup entry of its (source, conversation, id)."""
+    source, conversation, record_id = key
+    tag = conversation_tag(secrets.index_key, source, conversation)
     if not crypto.hmac_equal(tag, header.conversation_tag):
         raise LogIntegrityError(
             seq,
-            "event is filed under another conversation than its header says",
+            f"{what} is filed under another conversation than its header says",
             tag,
             header.conversation_tag,
             check=Check.TAGS,
         )
-    want = dedup_tag(secrets.index_key, event.source, event.conversation, event.event_id)
+    want = dedup_tag(secrets.index_key, source, conversation, record_id)
     if not crypto.hmac_equal(dedup, want):
-        raise LogIntegrityError(seq, "dedup index entry does not belong to this event", want, dedup, check=Check.TAGS)
-    return event
+        raise LogIntegrityError(seq, f"dedup index entry does not belong to this {what}", want, dedup, check=Check.TAGS)
 
 
 def _check_decision(seq: int, secrets: Secrets, header: format.RecordHeader, payload: bytes, dedup: bytes) -> Decision:
@@ -165,21 +173,7 @@ def _check_decision(seq: int, secrets: Secrets, header: format.RecordHeader, pay
         d = parse_decision(payload)
     except DecisionError as exc:
         raise LogIntegrityError(seq, f"decrypted payload is not a decision: {exc}", check=Check.PAYLOAD) from None
-    conv = d.target.conversation
-    tag = conversation_tag(secrets.index_key, DECISION_SOURCE, conv)
-    if not crypto.hmac_equal(tag, header.conversation_tag):
-        raise LogIntegrityError(
-            seq,
-            "decision is filed under another conversation than its header says",
-            tag,
-            header.conversation_tag,
-            check=Check.TAGS,
-        )
-    want = dedup_tag(secrets.index_key, DECISION_SOURCE, conv, d.id)
-    if not crypto.hmac_equal(dedup, want):
-        raise LogIntegrityError(
-            seq, "dedup index entry does not belong to this decision", want, dedup, check=Check.TAGS
-        )
+    _check_tags(seq, secrets, header, dedup, (DECISION_SOURCE, d.target.conversation, d.id), "decision")
     return d
 
 
