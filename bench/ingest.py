@@ -22,7 +22,6 @@ import asyncio
 import json
 import os
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from peak import peak_rss_mb  # noqa: E402  (bench/ is the script's own directory on sys.path)
 
 WORDS = (
     "kamerbrief",
@@ -123,8 +124,7 @@ def child(which: str, path: Path) -> None:
         start = time.perf_counter()
         n = asyncio.run((baseline if which == "baseline" else chatarchief)(path, Path(tmp)))
         elapsed = time.perf_counter() - start
-    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"events": n, "seconds": elapsed, "rss_mb": rss_kb / 1024}))
+    print(json.dumps({"events": n, "seconds": elapsed, "rss_mb": peak_rss_mb()}))
 
 
 def run_child(which: str, path: Path) -> dict[str, float]:

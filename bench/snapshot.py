@@ -11,8 +11,6 @@ so its peak RSS is its own:
   ciphertext, write the plaintext to one file (the least any package must do);
 - snapshot: the real `snapshot` (plan pass, decrypt, per-dossier JSONL, leaves,
   consistency proof, transcripts, MDTO, pakbon, BagIt, fsync, rename);
-- verify-package before: the verifier as it was before it re-derived the readable files
-  (`bench/verify_before.py`, frozen), on the same package;
 - verify-package: the real verifier with the public key only (re-derives every file).
 
 Prints MB/s of log processed (stored header + commitment + ciphertext bytes of
@@ -27,7 +25,6 @@ import asyncio
 import json
 import os
 import random
-import resource
 import shutil
 import sqlite3
 import subprocess
@@ -38,6 +35,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from peak import peak_rss_mb  # noqa: E402  (bench/ is the script's own directory on sys.path)
 
 from bridge.archive.mdto import Organisation  # noqa: E402
 from bridge.archive.package import ArchiveOptions, snapshot  # noqa: E402
@@ -122,18 +121,10 @@ def child_verify(data_dir: Path, key_file: Path, out: Path) -> None:
     verify_package(out, keyfile.load_public(keyfile.public_path(key_file)))
 
 
-def child_verify_before(data_dir: Path, key_file: Path, out: Path) -> None:
-    sys.path.insert(0, str(ROOT / "bench"))
-    from verify_before import verify_package  # the verifier before re-derivation, frozen for comparison
-
-    verify_package(out, keyfile.load_public(keyfile.public_path(key_file)))
-
-
 CHILDREN = {
     "baseline": child_baseline,
     "snapshot": child_snapshot,
     "verify": child_verify,
-    "verify_before": child_verify_before,
 }
 
 
@@ -159,17 +150,15 @@ def bench(n: int, rooms: int) -> None:
         base_s, base_rss = run_child("baseline", data_dir, key_file, work / "plain.jsonl")
         snap_s, snap_rss = run_child("snapshot", data_dir, key_file, work / "package")
         pkg_mb = sum(p.stat().st_size for p in (work / "package").rglob("*") if p.is_file()) / 1e6
-        before_s, before_rss = run_child("verify_before", data_dir, key_file, work / "package")
         ver_s, ver_rss = run_child("verify", data_dir, key_file, work / "package")
         for label, s, rss in (
             ("baseline (decrypt only)", base_s, base_rss),
             ("snapshot", snap_s, snap_rss),
-            ("verify-package before", before_s, before_rss),
             ("verify-package (re-derives)", ver_s, ver_rss),
         ):
             print(f"  {label:28} {s:7.1f} s  {mb / s:7.1f} MB/s  {n / s:9,.0f} events/s  peak RSS {rss:6.1f} MB")
         print(f"  snapshot / baseline throughput: {base_s / snap_s:.2f}; package {pkg_mb:.0f} MB on disk")
-        print(f"  verify-package after / before throughput: {before_s / ver_s:.2f} (re-deriving every readable file)")
+        print(f"  verify-package / baseline throughput: {base_s / ver_s:.2f} (re-deriving every readable file)")
         shutil.rmtree(work / "package", ignore_errors=True)
 
 
@@ -184,7 +173,7 @@ def main() -> None:
         t0 = time.perf_counter()
         CHILDREN[name](Path(data), Path(key), Path(out))
         seconds = time.perf_counter() - t0
-        rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        rss_mb = peak_rss_mb()
         print(json.dumps({"seconds": seconds, "rss_mb": rss_mb}))
         return
     for n in args.events:
