@@ -342,6 +342,18 @@ def _check_range(
 # -- record lines --------------------------------------------------------------------------------------
 
 
+def _same_line(line: bytes, want: bytes, where: str, what: str, seq: int) -> None:
+    """A record line must be byte for byte the line the package writer derives from the same record."""
+    if line != want:
+        raise _fail(
+            Check.PACKAGE_RECORD,
+            f"{where}: not the line the package writer gives for {what} {seq}",
+            _digest(want),
+            _digest(line),
+            seq=seq,
+        )
+
+
 def iter_lines(path: Path, label: str, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
     """(line number, line) of a file, each line at most `limit` bytes (a longer one is refused unread)."""
     try:
@@ -482,14 +494,7 @@ class _Records:
             want = proof.carried_line(
                 rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, rec.inclusion
             )
-            if line != want:
-                raise _fail(
-                    Check.PACKAGE_RECORD,
-                    f"{where}: not the line the package writer gives for decision {rec.seq}",
-                    _digest(want),
-                    _digest(line),
-                    seq=rec.seq,
-                )
+            _same_line(line, want, where, "decision", rec.seq)
             self.decisions[rec.seq] = _decision(rec, where)
 
     def _other_records(self, pos: _Position) -> None:
@@ -508,14 +513,7 @@ class _Records:
             want = proof.content_line(
                 rec.key, rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None
             )
-            if line != want:
-                raise _fail(
-                    Check.PACKAGE_RECORD,
-                    f"{where}: not the line the package writer gives for record {rec.seq}",
-                    _digest(want),
-                    _digest(line),
-                    seq=rec.seq,
-                )
+            _same_line(line, want, where, "record", rec.seq)
             if rec.key == "decision":
                 self.decisions[rec.seq] = _decision(rec, where)
             self.others += 1
@@ -616,14 +614,7 @@ class _Records:
                     Check.PACKAGE_DOSSIER, f"{where}: record {rec.seq} belongs to another conversation", seq=rec.seq
                 )
             want = self._derived(rec, event, state, where)
-            if line != want:
-                raise _fail(
-                    Check.PACKAGE_RECORD,
-                    f"{where}: not the line the package writer gives for record {rec.seq}",
-                    _digest(want),
-                    _digest(line),
-                    seq=rec.seq,
-                )
+            _same_line(line, want, where, "record", rec.seq)
             state.records += 1
         if state is None:
             raise _fail(Check.PACKAGE_DOSSIER, f"{label}: events.jsonl holds no record")
