@@ -15,11 +15,13 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from functools import partial
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bridge import config
@@ -37,23 +39,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain one-line usage errors and help, no boxes
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Markup off by default: paths and messages may hold "[...]"; the few coloured words opt in (`markup=True`).
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 T = TypeVar("T")
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file (flags override it).")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Directory holding the log.")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", metavar="FILE", help="TOML config file (flags override it).")
+]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", metavar="DIR", help="Directory holding the log.")]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print the report (or the failure: check, record, evidence) as JSON on stdout.")
 ]
-KeyFileOpt = Annotated[Path | None, typer.Option("--key-file", help="Key file (kept outside the data dir).")]
+KeyFileOpt = Annotated[
+    Path | None, typer.Option("--key-file", metavar="FILE", help="Key file (kept outside the data dir).")
+]
 
 
 def _fail(message: str, code: int) -> NoReturn:
     for line in message.splitlines() or [message]:
-        err.print(f"[bold red]error:[/] {line}", markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(line)}", markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -69,7 +77,7 @@ def _guard(fn: Callable[[], T], *, as_json: bool = False) -> T:
     except LogIntegrityError as exc:
         if as_json:
             _print_json(exc.to_json())
-        err.print(f"[bold red]TAMPERED:[/] {exc}", markup=True, soft_wrap=True)
+        err.print(f"[bold red]TAMPERED:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         raise typer.Exit(1) from None
     except UsageError as exc:
         _fail(str(exc), 2)
@@ -77,10 +85,10 @@ def _guard(fn: Callable[[], T], *, as_json: bool = False) -> T:
         _fail(str(exc), 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except OSError as exc:
+    except OSError as exc:  # a file the operator named cannot be read or written: usage, not tampering
         if os.environ.get("CHATARCHIEF_DEBUG"):
             raise
-        _fail(f"{exc.filename or ''} {exc.strerror or exc}".strip(), 1)
+        _fail(f"{exc.filename or ''}: {exc.strerror or exc}".strip(": "), 2)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -91,6 +99,32 @@ def _require(condition: bool, message: str) -> None:
             raise UsageError(message)
 
     _guard(check)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"chatarchief {_installed_version()}")
+        raise typer.Exit(0)
+
+
+def _installed_version() -> str:
+    try:
+        return metadata.version("chatarchief")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        return "unknown (not installed)"
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Archive officials' business chats into an encrypted, tamper-evident log."""
 
 
 def _print_json(value: dict[str, object]) -> None:
@@ -174,8 +208,10 @@ def init(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_file: 
 
 @app.command("import")
 def import_cmd(
-    file: Annotated[Path, typer.Argument(help="File to import, one event per line.")],
-    fmt: Annotated[ImportFormat, typer.Option("--format", help="Input format.")] = ImportFormat.MATRIX_JSONL,
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="File to import, one event per line.")],
+    fmt: Annotated[
+        ImportFormat, typer.Option("--format", metavar="FORMAT", help="Input format.")
+    ] = ImportFormat.MATRIX_JSONL,
     data_dir: DataDirOpt = None,
     key_file: KeyFileOpt = None,
     config_file: ConfigOpt = None,
@@ -207,11 +243,14 @@ def verify(
     data_dir: DataDirOpt = None,
     key_file: KeyFileOpt = None,
     public_key: Annotated[
-        Path | None, typer.Option("--public-key", help="Expected signing key (.pub); default: the log's own.")
+        Path | None,
+        typer.Option("--public-key", metavar="FILE", help="Expected signing key (.pub); default: the log's own."),
     ] = None,
     pinned: Annotated[
         list[Path] | None,
-        typer.Option("--checkpoint", help="A checkpoint note kept outside the data dir that the log must extend."),
+        typer.Option(
+            "--checkpoint", metavar="NOTE", help="A checkpoint note kept outside the data dir that the log must extend."
+        ),
     ] = None,
     allow_unsealed: Annotated[
         bool,
@@ -237,7 +276,9 @@ def verify(
     if as_json:
         _print_json(report.to_json())
         return
-    out.print(f"[green]intact[/]: {report.records} records, {report.checkpoints} signed checkpoints")
+    out.print(
+        f"[green]intact[/]: {report.records} records, {_count(report.checkpoints, 'signed checkpoint')}", markup=True
+    )
     out.print(f"root {report.root.hex()} signed by {report.signer}")
     if report.decrypted is not None:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.kinds.items())) or "none"
@@ -245,12 +286,13 @@ def verify(
     else:
         out.print("records not decrypted (no --key-file): integrity, order and signatures only")
     if public_key is None and material is None:
-        out.print("[yellow]note[/]: checked against the log's own public key; pass --public-key to pin it")
+        out.print("[yellow]note[/]: checked against the log's own public key; pass --public-key to pin it", markup=True)
     if report.unsealed:
         how = "authenticated with the key" if material is not None else "NOT vouched for (--allow-unsealed)"
         out.print(
             f"[yellow]note[/]: {report.unsealed} records after the last checkpoint are not sealed yet, {how}"
-            " (a running bot or a crash leaves these; the next writer seals them)"
+            " (a running bot or a crash leaves these; the next writer seals them)",
+            markup=True,
         )
 
 
@@ -275,9 +317,9 @@ def run(config_file: ConfigOpt = None, data_dir: DataDirOpt = None, key_file: Ke
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option("--dir", help="Work directory (wiped at the next demo).")] = Path(
-        "demo-data"
-    ),
+    workdir: Annotated[
+        Path, typer.Option("--dir", metavar="DIR", help="Work directory (wiped at the next demo).")
+    ] = Path("demo-data"),
 ) -> None:
     """Throwaway Synapse + archive bot + demo officials, end to end; prints what was captured."""
     from bridge import demo as demo_module
@@ -300,11 +342,14 @@ def rotate_key(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_
 
 @app.command("withhold")
 def withhold_cmd(
-    event_id: Annotated[str, typer.Argument(help="Upstream id of the event (e.g. $abc… for Matrix).")],
-    reason: Annotated[str, typer.Option("--reason", help="Why (shown in the package tombstone).")],
-    by: Annotated[str, typer.Option("--by", help="Who decides (shown in the package tombstone).")],
+    event_id: Annotated[
+        str, typer.Argument(metavar="EVENT_ID", help="Upstream id of the event (e.g. $abc… for Matrix).")
+    ],
+    reason: Annotated[str, typer.Option("--reason", metavar="TEXT", help="Why (shown in the package tombstone).")],
+    by: Annotated[str, typer.Option("--by", metavar="NAME", help="Who decides (shown in the package tombstone).")],
     conversation: Annotated[
-        str | None, typer.Option("--conversation", help="Conversation id, when the event id is in several.")
+        str | None,
+        typer.Option("--conversation", metavar="ID", help="Conversation id, when the event id is in several."),
     ] = None,
     release: Annotated[bool, typer.Option("--release", help="Undo an earlier withhold (another record).")] = False,
     data_dir: DataDirOpt = None,
@@ -327,8 +372,10 @@ def withhold_cmd(
 
 @app.command()
 def snapshot(
-    month: Annotated[str, typer.Option("--month", help="Calendar month YYYY-MM (archive.timezone).")],
-    out_dir: Annotated[Path, typer.Option("--out", help="The package directory to create.")],
+    month: Annotated[
+        str, typer.Option("--month", metavar="YYYY-MM", help="Calendar month YYYY-MM (archive.timezone).")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="The package directory to create.")],
     data_dir: DataDirOpt = None,
     key_file: KeyFileOpt = None,
     config_file: ConfigOpt = None,
@@ -362,10 +409,13 @@ def snapshot(
 
 @app.command("verify-package")
 def verify_package_cmd(
-    path: Annotated[Path, typer.Argument(help="The package directory.")],
-    public_key: Annotated[Path, typer.Option("--public-key", help="The log's verifier key (KEY_FILE.pub).")],
+    path: Annotated[Path, typer.Argument(metavar="PACKAGE", help="The package directory.")],
+    public_key: Annotated[
+        Path, typer.Option("--public-key", metavar="FILE", help="The log's verifier key (KEY_FILE.pub).")
+    ],
     previous: Annotated[
-        Path | None, typer.Option("--previous", help="The previous month's package, to check the chain.")
+        Path | None,
+        typer.Option("--previous", metavar="PACKAGE", help="The previous month's package, to check the chain."),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -379,7 +429,8 @@ def verify_package_cmd(
         return
     out.print(
         f"[green]intact[/]: {report.month} ({report.status}), records {report.start}..{report.end - 1}"
-        f" in {report.record_files} record files, {report.media_files} media, {report.mdto_files} MDTO files valid"
+        f" in {report.record_files} record files, {report.media_files} media, {report.mdto_files} MDTO files valid",
+        markup=True,
     )
     out.print(f"end root {report.root.hex()} signed by {pub[0]}")
     if previous is not None:
@@ -397,7 +448,7 @@ def main() -> None:
     except BaseException as exc:  # last resort: one line, not a traceback
         if os.environ.get("CHATARCHIEF_DEBUG"):
             raise
-        err.print(f"error: internal error ({type(exc).__name__}): {exc}; rerun with CHATARCHIEF_DEBUG=1")
+        err.print(f"error: internal error ({type(exc).__name__}): {exc}; rerun with CHATARCHIEF_DEBUG=1", markup=False)
         sys.exit(70)
 
 

@@ -36,7 +36,7 @@ from tests.support.officials import OfficialFactory, ok, unique_name
 pytestmark = pytest.mark.synapse
 
 
-class Killed(Exception):  # noqa: N818 - it stands for SIGKILL
+class Killed(Exception):
     """The process dies here: nothing after this point runs, memory is gone."""
 
 

@@ -45,8 +45,8 @@ from urllib.parse import quote
 import aiohttp
 import orjson
 from nio import (
-    AsyncClient,
     Api,
+    AsyncClient,
     ErrorResponse,
     KeysQueryResponse,
     KeysUploadError,
