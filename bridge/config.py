@@ -32,6 +32,8 @@ class StorageSettings(_Section):
     key_file: Path | None = None
     checkpoint_every_records: Annotated[int, Field(ge=1)] = 10_000
     checkpoint_every_seconds: Annotated[float, Field(gt=0)] = 60.0
+    #: A heartbeat record every this many minutes proves the bot was alive (a silent month vs a dead bot).
+    heartbeat_minutes: Annotated[float, Field(gt=0)] = 15.0
 
 
 class MatrixSettings(_Section):
