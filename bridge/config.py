@@ -43,6 +43,8 @@ class MatrixSettings(_Section):
     access_token_file: Path | None = None
     device_name: str = "chatarchief"
     allowed_inviters: tuple[str, ...] = ()
+    #: Whose rooms `chatarchief coverage` checks (default: allowed_inviters).
+    officials: tuple[str, ...] = ()
     rooms: tuple[str, ...] = ()
     store_dir: Path | None = None
     max_media_bytes: Annotated[int, Field(ge=0)] = 100 * 1024 * 1024
