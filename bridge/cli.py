@@ -437,6 +437,41 @@ def verify_package_cmd(
         out.print(f"extends the previous package {previous}")
 
 
+@app.command()
+def coverage(config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Officials' rooms vs the archiver's presence (admin API when the bot is a server admin). Exit 1 if uncovered."""
+    _require(config_file is not None, "coverage needs --config FILE (see config/chatarchief.example.toml)")
+    settings, dd, material = _open_keys(config_file, None, None)
+    from bridge import coverage as cov
+    from bridge.log.reader import iter_events
+
+    m = settings.matrix
+    _require(m is not None, "coverage needs a [matrix] section in the config")
+    assert m is not None
+    officials = frozenset(m.officials or m.allowed_inviters)
+    _require(bool(officials), "coverage needs matrix.officials (or matrix.allowed_inviters) to know whose rooms")
+    opts = cov.CoverageOptions(m.homeserver, m.user_id, officials, m.password_file, m.access_token_file)
+    report = _run(lambda: cov.survey(opts))
+    stats = _guard(lambda: cov.log_stats(e for _, e in iter_events(dd, material)))
+    report = cov.with_log(report, stats)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        out.print(
+            f"{len(report.rooms)} official room(s) ({report.via.replace('_', ' ')}); uncovered: {len(report.uncovered)}"
+        )
+        for r in report.rooms:
+            mark = "[green]covered[/]" if r.covered else "[bold red]UNCOVERED[/]"
+            out.print(
+                f"{mark} {r.room_id} {'encrypted' if r.encrypted else 'plain'} officials={','.join(r.officials)}"
+                f" archiver={r.archiver_membership} since={r.archiver_since_ms} captured={r.log.captured}"
+                f" undecryptable={r.log.undecryptable} last={r.log.last_captured_ms}",
+                soft_wrap=True,
+            )
+    if report.uncovered:
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Console-script entry point."""
     # Everything we create (log, WAL, blobs, nio store, packages in progress) is private by default.
