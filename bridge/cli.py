@@ -357,17 +357,24 @@ def withhold_cmd(
     config_file: ConfigOpt = None,
 ) -> None:
     """Append a decision record withholding an event from archive packages (or releasing it)."""
-    from bridge.withhold import withhold
+    from bridge.withhold import Outcome, withhold
 
     settings, dd, material = _open_keys(config_file, data_dir, key_file)
 
-    async def go() -> tuple[int, int | None]:
+    async def go() -> tuple[Outcome, int | None]:
         async with open_writer(dd, material, _policy(settings)) as writer:
-            seq = await withhold(writer, event_id, reason, by, data_dir=dd, conversation=conversation, release=release)
-            return seq, writer.remote_pid
+            done = await withhold(writer, event_id, reason, by, data_dir=dd, conversation=conversation, release=release)
+            return done, writer.remote_pid
 
-    seq, pid = _run(go)
-    out.print(f"{'released' if release else 'withheld'} {event_id}: decision record {seq}{_via(pid)}")
+    done, pid = _run(go)
+    if done.standing is not None:
+        s = done.standing
+        out.print(
+            f"{event_id} in {done.target.conversation} is already withheld: decision record {done.seq} by {s.by}"
+            f" ({s.reason}); nothing appended (to change the reason: --release, then withhold again)"
+        )
+        return
+    out.print(f"{'released' if release else 'withheld'} {event_id}: decision record {done.seq}{_via(pid)}")
 
 
 @app.command()
