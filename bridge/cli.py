@@ -340,6 +340,121 @@ def rotate_key(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_
     out.print(f"new data key {key_id} is now used for new records{_via(pid)}")
 
 
+def _moment(value: str, tz: str, end_of_day: bool, flag: str) -> int:
+    """`YYYY-MM-DD` or an ISO date-time, in the archive's timezone unless it carries an offset; ms UTC."""
+    from datetime import date, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    def parse() -> int:
+        try:
+            if len(value) == 10:
+                day = date.fromisoformat(value)
+                start = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(tz))
+                return int(((start + timedelta(days=1)) if end_of_day else start).timestamp() * 1000)
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise UsageError(f"{flag} {value!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM]") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=ZoneInfo(tz))
+        return int(moment.timestamp() * 1000)
+
+    return _guard(parse)
+
+
+@app.command("events")
+def events_cmd(
+    conversation: Annotated[
+        str | None, typer.Option("--conversation", metavar="ID", help="Only this conversation (room id, group id).")
+    ] = None,
+    sender: Annotated[
+        str | None, typer.Option("--sender", metavar="TEXT", help="Sender id contains TEXT (case-insensitive).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", metavar="DATE", help="Sent on or after (YYYY-MM-DD or ISO date-time).")
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--until", metavar="DATE", help="Sent before; a plain date includes that whole day."),
+    ] = None,
+    text: Annotated[
+        str | None, typer.Option("--text", metavar="TEXT", help="Text, captions, poll answers… contain TEXT.")
+    ] = None,
+    kind: Annotated[
+        list[str] | None, typer.Option("--kind", metavar="KIND", help="Only this kind (repeatable): message, edit…")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", help="Print at most N events (0: all).")] = 200,
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    config_file: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List and search events (decrypted in memory, nothing written); ids are printed ready to paste.
+
+    Dates are in archive.timezone (Europe/Amsterdam by default). Exit 0 when something matched, 1 when the
+    log fails its checks while being read, 2 for usage errors (and 0 with a note when nothing matched).
+    """
+    import shlex
+
+    from bridge.events import Kind
+    from bridge.search import Query, find, snippet, when_ms
+
+    settings, dd, material = _open_keys(config_file, data_dir, key_file)
+    tz = settings.archive.timezone
+    known = {k.value: k for k in Kind}
+    unknown = [k for k in kind or [] if k not in known]
+    _require(not unknown, f"--kind {', '.join(unknown)}: not a kind; one of {', '.join(sorted(known))}")
+    _require(limit >= 0, "--limit must be 0 (all) or more")
+    query = Query(
+        conversation=conversation,
+        sender=sender,
+        since_ms=_moment(since, tz, False, "--since") if since else None,
+        until_ms=_moment(until, tz, True, "--until") if until else None,
+        text=text,
+        kinds=frozenset(known[k] for k in kind or []),
+    )
+
+    def listing() -> tuple[int, bool]:
+        from datetime import UTC, datetime
+        from zoneinfo import ZoneInfo
+
+        shown, more = 0, False
+        zone = ZoneInfo(tz)
+        for found in find(dd, material, query):
+            if limit and shown == limit:
+                more = True
+                break
+            ev = found.event
+            at = datetime.fromtimestamp(when_ms(ev) / 1000, UTC).astimezone(zone)
+            if as_json:
+                row = {
+                    "seq": found.seq,
+                    "source": ev.source,
+                    "conversation": ev.conversation,
+                    "event_id": ev.event_id,
+                    "kind": ev.kind.value,
+                    "sender": ev.sender,
+                    "sent_at": ev.sent_at,
+                    "received_at": ev.received_at,
+                    "text": snippet(ev, 200),
+                }
+                typer.echo(json.dumps(row, ensure_ascii=False, sort_keys=True))
+            else:
+                out.print(
+                    f"{found.seq:>6}  {at:%Y-%m-%d %H:%M}  {ev.kind.value:<13} {ev.sender or '-'}  "
+                    f"{shlex.quote(ev.event_id)} --conversation {shlex.quote(ev.conversation)}  {snippet(ev)}",
+                    highlight=False,
+                )
+            shown += 1
+        return shown, more
+
+    shown, more = _guard(listing)
+    if not as_json:
+        if shown == 0:
+            err.print("no events match")
+        elif more:
+            err.print(f"first {_count(shown, 'event')} shown; narrow the search or pass --limit 0 for all")
+
+
 @app.command("withhold")
 def withhold_cmd(
     event_id: Annotated[
