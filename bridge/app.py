@@ -49,6 +49,7 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
     """Run every configured source against the log in `data_dir` until `stop` is set."""
     if settings.matrix is None and settings.signal is None:
         raise UsageError("no source configured: add a [matrix] (or [signal]) section to the config")
+    options = archive_options(settings)  # refused now, not at the first month's end
     if settings.matrix is not None:
         for secret in (settings.matrix.password_file, settings.matrix.access_token_file):
             if secret is not None:
@@ -69,7 +70,7 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
         blobs = RetryingBlobs(BlobStore(data_dir / "blobs", store.media_keys()), stop=stop)
         seal = seal_in_loop(store, asyncio.get_running_loop())
         a = settings.archive
-        archive = ArchiveJobs(data_dir, keys, a.destination, archive_options(settings), a.schedule, store, seal=seal)
+        archive = ArchiveJobs(data_dir, keys, a.destination, options, a.schedule, store, seal=seal)
         tasks: list[asyncio.Task[None]] = []
         retries: list[LogSink | RetryingBlobs] = [blobs]
         if settings.matrix is not None:
@@ -151,7 +152,13 @@ def checkpoint_policy(settings: Settings) -> CheckpointPolicy:
 
 
 def archive_options(settings: Settings) -> ArchiveOptions:
+    """What packages say about their owner; a UsageError when the config names none."""
     o = settings.organisation
+    if o is None:
+        raise UsageError(
+            "no [organisation] in the config: packages must name the archive's owner; add [organisation] with"
+            ' name = "Ministerie van …" and archive_creator_id = "…" (see config/chatarchief.example.toml)'
+        )
     org = Organisation(o.name, o.archive_creator_id, o.appraisal, o.retention_years)
     return ArchiveOptions(org, settings.archive.timezone)
 
