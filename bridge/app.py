@@ -19,11 +19,13 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import resource
 import signal
 import sys
 from pathlib import Path
 
+from bridge import __version__
 from bridge.archive.mdto import Organisation
 from bridge.archive.package import ArchiveOptions, private_workdir
 from bridge.blobs import BlobStore
@@ -88,7 +90,20 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
             async with ControlServer(data_dir, store):
                 heartbeats.start()
                 archive.start()  # monthly packages: catches up missed months now, then on archive.schedule
-                log.info("capture running", extra={"sources": [t.get_name() for t in tasks], "log_size": store.size})
+                log.info(
+                    "capture running",
+                    extra={
+                        "version": __version__,
+                        "sources": [t.get_name() for t in tasks],
+                        "data_dir": str(data_dir),
+                        "log_id": keys.log_id.hex(),
+                        "log_size": store.size,
+                        "writer_lock": str(data_dir / "writer.lock"),
+                        "pid": os.getpid(),
+                        "heartbeat_minutes": settings.storage.heartbeat_minutes,
+                        "archive_schedule": settings.archive.schedule,
+                    },
+                )
                 try:
                     await supervise(tasks, stop, retries)
                 finally:
@@ -104,7 +119,7 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
             except StorageError as exc:
                 log.error("ALERT could not seal the log at stop; the next start seals it", extra={"error": str(exc)})
             else:
-                sealed_size = note.split("\n", 2)[1]
+                sealed_size = int(note.split("\n", 2)[1])
                 log.info("capture stopped; log sealed", extra={"log_size": store.size, "sealed_size": sealed_size})
 
 
