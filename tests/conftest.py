@@ -16,8 +16,8 @@ from bridge.log.keys import KeyMaterial
 from bridge.log.store import CheckpointPolicy, LogStore, initialise
 
 # Hypothesis profiles: `fast` for `make check` (before a commit), `thorough` in CI (`.ci/run`, or any run with CI
-# set), `local` (hypothesis' defaults, no deadline) otherwise. HYPOTHESIS_PROFILE picks one explicitly. Tests that fix their own
-# max_examples keep it; the profile sets it for the others and the deadline for all.
+# set), `local` (hypothesis' defaults, no deadline) otherwise. HYPOTHESIS_PROFILE picks one explicitly. Tests
+# that fix their own max_examples keep it; the profile sets it for the others and the deadline for all.
 settings.register_profile("fast", max_examples=20, deadline=None)
 settings.register_profile(
     "thorough", max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow], print_blob=True
