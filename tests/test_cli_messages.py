@@ -75,6 +75,7 @@ def test_an_out_dir_that_cannot_be_created_is_a_usage_error(initialised: tuple[P
         "snapshot", "--month", "2026-01", "--out", blocker / "pkg", "--data-dir", data, "--key-file", key
     )
     assert code == 2, stderr
+    assert "cannot create the package" in stderr and "a-file" in stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
 
 
@@ -133,3 +134,19 @@ def test_snapshot_and_run_refuse_without_an_organisation(initialised: tuple[Path
     )
     code, _, stderr = cli("run", "--config", config)
     assert code == 2 and "no [organisation] in the config" in stderr
+
+
+def test_a_month_before_the_log_began_is_refused_and_explained(tmp_path: Path) -> None:
+    """`snapshot --month 1999-01` on a log begun later: exit 2, nothing written, and the operator learns that
+    months follow append time (where imported messages went), instead of an empty "closed month" package."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[organisation]\nname = "Ministerie van Testzaken"\narchive_creator_id = "mvtz"\n'
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\nkey_file = "{secrets / "k.key"}"\n'
+    )
+    assert cli("init", "--config", config)[0] == 0
+    code, _, stderr = cli("snapshot", "--config", config, "--month", "1999-01", "--out", tmp_path / "pkg")
+    assert code == 2 and "ended before this log began" in stderr and "imported" in stderr
+    assert not (tmp_path / "pkg").exists()
