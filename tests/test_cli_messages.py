@@ -71,9 +71,10 @@ def test_an_out_dir_that_cannot_be_created_is_a_usage_error(initialised: tuple[P
     data, key = initialised
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    code, _, stderr = cli(
-        "snapshot", "--month", "2026-01", "--out", blocker / "pkg", "--data-dir", data, "--key-file", key
-    )
+    org = tmp_path / "org.toml"
+    org.write_text('[organisation]\nname = "Ministerie van Testzaken"\narchive_creator_id = "mvtz"\n')
+    args = ["--config", org, "--data-dir", data, "--key-file", key]
+    code, _, stderr = cli("snapshot", "--month", "2026-01", "--out", blocker / "pkg", *args)
     assert code == 2, stderr
     assert "cannot create the package" in stderr and "a-file" in stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
