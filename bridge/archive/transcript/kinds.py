@@ -1,0 +1,277 @@
+"""How the transcript shows each kind of event: one `Renderer` call per entry (pure).
+
+`Renderer.entry` turns one `TranscriptEntry` into its `<li>`: the sender (full id always shown,
+lookalike names and ids flagged), the time, the marks the first pass found (edited, deleted, rejected
+edit attempts) and a body for every kind. It remembers only display names (one per sender).
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from bridge.archive.formatted import sanitise, shows_formatted, strip_reply_fallback
+from bridge.archive.lookahead import Lookahead
+from bridge.archive.transcript.polls import poll_html
+from bridge.archive.transcript.text import (
+    INLINE_IMAGES,
+    anchor,
+    esc,
+    esc_id,
+    format_time,
+    json_details,
+    ref,
+    safe_href,
+    span,
+    text_of,
+)
+from bridge.events import Attachment, Event, Kind
+from bridge.policy import Withheld
+
+
+@dataclass(frozen=True)
+class TranscriptEntry:
+    """One log record of the conversation-month.
+
+    `event` is None only for a record the writer could not or may not show
+    (then `withheld` says why, or a bare note is written). `media` maps an
+    attachment's blob id to its href relative to the transcript.
+    """
+
+    seq: int
+    event: Event | None
+    withheld: Withheld | None = None
+    media: Mapping[str, str] = field(default_factory=dict)
+
+
+_MEMBERSHIP = {"join": "joined", "invite": "was invited", "ban": "was banned", "knock": "asked to join"}
+
+
+class Renderer:
+    """Renders one entry at a time; remembers only display names (one per sender)."""
+
+    def __init__(
+        self, names: dict[str, str], edited: Collection[str], deleted: Collection[str], ahead: Lookahead
+    ) -> None:
+        self._ahead = ahead
+        self._names = names
+        self._edited = edited
+        self._deleted = deleted
+        self._who_html: dict[str | None, str] = {}  # `_who` per sender, valid while `_names` is unchanged
+
+    def entry(self, entry: TranscriptEntry) -> str:
+        ev = entry.event
+        if ev is None:
+            body = tombstone(entry.withheld) if entry.withheld else '<p class="note">record not shown</p>'
+            return li(f"rec-{entry.seq}", "withheld" if entry.withheld else "note", entry.seq, "", body)
+        if entry.withheld is not None:  # no content, no sender, no names learnt from it
+            return li(anchor(ev.event_id), "withheld", entry.seq, "", tombstone(entry.withheld))
+        if ev.kind == Kind.MEMBERSHIP:
+            self._learn_name(ev)
+        head = f'{self._who(ev.sender)} <span class="time">{esc(format_time(ev.sent_at or ev.received_at))}</span>'
+        return li(anchor(ev.event_id), ev.kind.value, entry.seq, head + self._marks(ev), self._body(ev, entry.media))
+
+    def _learn_name(self, ev: Event) -> None:
+        target, name = text_of(ev.content, "target"), text_of(ev.content, "displayname")
+        if target is None:
+            return
+        if name and text_of(ev.content, "membership") == "join":
+            self._names[target] = name
+            self._who_html.pop(target, None)
+        elif text_of(ev.content, "membership") in ("leave", "ban"):
+            self._names.pop(target, None)
+            self._who_html.pop(target, None)
+
+    def _who(self, sender: str | None) -> str:
+        shown = self._who_html.get(sender)
+        if shown is None:
+            shown = self._who_html[sender] = self._who_uncached(sender)
+        return shown
+
+    def _who_uncached(self, sender: str | None) -> str:
+        if sender is None:
+            return '<span class="who note">(no sender)</span>'
+        participants = self._ahead.participants
+        name = self._names.get(sender)
+        warnings = [w for w in (participants.id_warning(sender),) if w]
+        if name and name != sender:
+            shown = f'<bdi class="who">{esc_id(name)}</bdi> <bdi class="id">{esc_id(sender)}</bdi>'
+            if (why := participants.name_warning(sender, name)) is not None:
+                warnings.insert(0, why)
+        else:
+            shown = f'<bdi class="who">{esc_id(sender)}</bdi>'
+        return shown + "".join(f' <span class="warn lookalike">⚠ <bdi>{esc_id(w)}</bdi></span>' for w in warnings)
+
+    def _marks(self, ev: Event) -> str:
+        out = ""
+        eid = ev.event_id
+        if eid in self._edited:
+            last = self._edited.get(eid) if isinstance(self._edited, Mapping) else None
+            see = f", see {ref(last)}" if isinstance(last, str) and last else ", later versions below"
+            out += f' <span class="mark edited">edited{see}</span>'
+        if eid in self._deleted:
+            deleter = self._deleted.get(eid) if isinstance(self._deleted, Mapping) else None
+            who = " by sender" if deleter is not None and deleter == ev.sender else ""
+            out += f' <span class="mark deleted">deleted{who}; original kept in the archive</span>'
+        for attempt in self._ahead.attempts.get(eid, ()):
+            out += f' <span class="mark rejected">edit attempt by another sender ignored, see {ref(attempt)}</span>'
+        if ev.content.get("redacted_before_capture") is True:
+            out += ' <span class="mark deleted">redacted before capture</span>'
+        return out
+
+    def _body(self, ev: Event, media: Mapping[str, str]) -> str:
+        c = ev.content
+        kind = ev.kind
+        if kind in (Kind.MESSAGE, Kind.ATTACHMENT, Kind.EDIT):
+            lead = ""
+            if kind == Kind.EDIT:
+                lead = f'<p class="note">edit of {ref(ev.relates_to)}</p>'
+                if (owner := self._ahead.rejected.get(ev.event_id)) is not None:
+                    lead = (
+                        f'<p class="warn">rejected edit attempt: {ref(ev.relates_to)} was sent by'
+                        f" <bdi>{esc_id(owner)}</bdi>, not by this sender; the original is unchanged"
+                        " (chat clients ignore edits by anyone but the original sender)</p>"
+                    )
+                if c.get("new_content_missing") is True:
+                    lead += '<p class="note">(the edit had no new content; its fallback text is shown)</p>'
+            if (reply := text_of(c, "reply_to")) is not None:
+                lead += f'<p class="note">in reply to {ref(reply)}</p>'
+            if (root := text_of(c, "thread_root")) is not None:
+                lead += f'<p class="note">in thread {ref(root)}</p>'
+            text = message_text(c) + message_marks(c)
+            if (geo := text_of(c, "geo_uri")) is not None:
+                text += f'<p class="meta">location <bdi>{esc(geo)}</bdi></p>'
+            if ev.attachments:
+                text += "".join(attachment_html(a, media) for a in ev.attachments)
+            return lead + text
+        if kind == Kind.DELETION:
+            reason = text_of(c, "reason")
+            why = f" (reason: <bdi>{esc(reason)}</bdi>)" if reason else ""
+            return f'<p class="note">deleted {ref(ev.relates_to)}{why}; the original stays in the archive</p>'
+        if kind == Kind.REACTION:
+            # "removed" is the stored flag; "remove" is how logs written before named it.
+            verb = "removed reaction" if c.get("removed") is True or c.get("remove") is True else "reacted"
+            return f'<p>{verb} <bdi class="reaction">{esc(text_of(c, "key") or "")}</bdi> to {ref(ev.relates_to)}</p>'
+        if kind == Kind.POLL:
+            return poll_html(ev, self._ahead, self._who)
+        if kind == Kind.MEMBERSHIP:
+            return self._membership(ev)
+        if kind == Kind.RETENTION_CHANGE:
+            return retention(c)
+        if kind == Kind.STATE:
+            what = f"<bdi><code>{esc(text_of(c, 'type') or '?')}</code></bdi>"
+            key = text_of(c, "state_key")
+            what += f" (state key <bdi><code>{esc(key)}</code></bdi>)" if key else ""
+            return f"<p>changed conversation state {what}</p>{json_details(c.get('content'))}"
+        if kind == Kind.UNDECRYPTABLE:
+            alg = esc(text_of(c, "algorithm") or "unknown")
+            return f'<p class="note">could not be decrypted (algorithm {alg}); the encrypted event is archived</p>'
+        if kind == Kind.NOTICE:
+            return f'<p class="note">archiver notice</p>{json_details(c)}'
+        problem = f": {esc(ev.problem)}" if ev.problem else ""
+        raw_type = ev.raw.get("type")
+        typ = f" of type <bdi><code>{esc(raw_type)}</code></bdi>" if isinstance(raw_type, str) else ""
+        raw_content = ev.raw.get("content", c) if c == {} else c
+        return f'<p class="note">unrecognised event{typ}, archived as received{problem}</p>{json_details(raw_content)}'
+
+    def _membership(self, ev: Event) -> str:
+        c = ev.content
+        membership = text_of(c, "membership") or "?"
+        target = text_of(c, "target") or ""
+        if membership == "leave":
+            verb = "left" if target == ev.sender else "was removed"
+        else:
+            verb = _MEMBERSHIP.get(membership, f"membership {esc(membership)}")
+        out = f"<p>{self._who(target)} {verb}"
+        if (name := text_of(c, "displayname")) is not None:
+            out += f" (display name <bdi>{esc_id(name)}</bdi>)"
+        if (reason := text_of(c, "reason")) is not None:
+            out += f" (reason: <bdi>{esc(reason)}</bdi>)"
+        return out + "</p>"
+
+
+def attachment_html(att: Attachment, media: Mapping[str, str]) -> str:
+    name = esc(att.filename or "(no file name)")
+    mtype = att.media_type or ""
+    href = safe_href(media.get(att.blob_id, "")) if att.blob_id else None
+    size = esc(att.size if att.size is not None else "?")
+    detail = f'<span class="meta">{esc(mtype or "unknown type")}, {size} bytes</span>'
+    if href is None:
+        why = "not in this package" if att.status == "stored" else f"{att.status}"
+        if att.error:
+            why += f": {att.error}"
+        return f'<div class="att missing"><bdi>{name}</bdi> {detail} <span class="note">({esc(why)})</span></div>'
+    link = html.escape(href, quote=True)
+    if mtype in INLINE_IMAGES:
+        img = f'<img src="{link}" alt="{name}" loading="lazy">'
+        caption = f"<figcaption><bdi>{name}</bdi> {detail}</figcaption>"
+        return f'<figure class="att"><a href="{link}">{img}</a>{caption}</figure>'
+    return f'<div class="att"><a href="{link}"><bdi>{name}</bdi></a> {detail}</div>'
+
+
+def message_text(c: Mapping[str, object]) -> str:
+    """The body: formatted (sanitised) with the plain text one click away, or the plain text."""
+    reply = isinstance(c.get("reply_to"), str)
+    body = text_of(c, "body") or ""
+    if reply:  # the quoted fallback repeats the message replied to, which has its own entry
+        body = strip_reply_fallback(body)
+    formatted = shows_formatted(dict(c))
+    if formatted is None:
+        return f'<div class="body" dir="auto">{esc(body)}</div>' if body else ""
+    return (
+        f'<div class="body formatted" dir="auto">{sanitise(formatted, reply)}</div>'
+        f'<details><summary>plain text as sent</summary><div class="body plain" dir="auto">{esc(body)}</div>'
+        "</details>"
+    )
+
+
+def message_marks(c: Mapping[str, object]) -> str:
+    marks = []
+    if c.get("voice") not in (None, False):
+        duration = duration_text(c)
+        marks.append("voice message" + (f", {duration}" if duration else ""))
+    if c.get("view_once") is True:
+        marks.append("view once: the recipient could open it once")
+    seconds = c.get("expires_in_seconds")
+    if isinstance(seconds, int) and not isinstance(seconds, bool) and seconds > 0:
+        marks.append(f"disappearing: clients delete it {span(seconds * 1000)} after reading")
+    return "".join(f'<p class="meta marker">{esc(m)}</p>' for m in marks)
+
+
+def duration_text(c: Mapping[str, object]) -> str | None:
+    """The duration of a voice message in ms: `duration_ms`, `voice.duration` or `info.duration`."""
+    for holder, key in ((c, "duration_ms"), (c.get("voice"), "duration"), (c.get("info"), "duration")):
+        value = holder.get(key) if isinstance(holder, Mapping) else None
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return span(value)
+    return None
+
+
+def retention(c: Mapping[str, object]) -> str:
+    def days(value: object) -> str:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return f"{value / 86_400_000:g} days"
+        return "none"
+
+    return (
+        '<p class="warn">Compliance warning: a retention policy was set in this conversation'
+        f" (max_lifetime {esc(days(c.get('max_lifetime')))}, min_lifetime {esc(days(c.get('min_lifetime')))})."
+        " Chat clients may delete messages automatically; the archive keeps what it captured.</p>"
+    )
+
+
+def li(aid: str, kind: str, seq: int, head: str, body: str) -> str:
+    seq_link = f'<a class="seq" href="#{aid}">#{seq}</a>'
+    css = _KIND_CLASS.get(kind) or esc(kind)
+    return f'<li id="{aid}" class="entry {css}"><div class="head">{head} {seq_link}</div>{body}</li>\n'
+
+
+_KIND_CLASS = {k: esc(k) for k in (*(kind.value for kind in Kind), "withheld", "note")}
+
+
+def tombstone(w: Withheld) -> str:
+    return (
+        f'<p class="note">withheld: <bdi>{esc(w.reason)}</bdi>, by <bdi>{esc(w.by)}</bdi>,'
+        f" {esc(format_time(w.at_ms))} (decision record #{w.decision_seq}); the content is not in this package</p>"
+    )
