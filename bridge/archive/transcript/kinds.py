@@ -7,26 +7,23 @@ edit attempts) and a body for every kind. It remembers only display names (one p
 
 from __future__ import annotations
 
-import html
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from bridge.archive.formatted import sanitise, shows_formatted, strip_reply_fallback
 from bridge.archive.lookahead import Lookahead
+from bridge.archive.transcript.message import message_body
 from bridge.archive.transcript.polls import poll_html
+from bridge.archive.transcript.state import state_html
 from bridge.archive.transcript.text import (
-    INLINE_IMAGES,
     anchor,
     esc,
     esc_id,
     format_time,
     json_details,
     ref,
-    safe_href,
-    span,
     text_of,
 )
-from bridge.events import Attachment, Event, Kind
+from bridge.events import Event, Kind
 from bridge.policy import Withheld
 
 
@@ -52,9 +49,15 @@ class Renderer:
     """Renders one entry at a time; remembers only display names (one per sender)."""
 
     def __init__(
-        self, names: dict[str, str], edited: Collection[str], deleted: Collection[str], ahead: Lookahead
+        self,
+        names: dict[str, str],
+        edited: Collection[str],
+        deleted: Collection[str],
+        ahead: Lookahead,
+        links: Mapping[str, str] | None = None,
     ) -> None:
         self._ahead = ahead
+        self._links: Mapping[str, str] = links or {}
         self._names = names
         self._edited = edited
         self._deleted = deleted
@@ -124,27 +127,7 @@ class Renderer:
         c = ev.content
         kind = ev.kind
         if kind in (Kind.MESSAGE, Kind.ATTACHMENT, Kind.EDIT):
-            lead = ""
-            if kind == Kind.EDIT:
-                lead = f'<p class="note">edit of {ref(ev.relates_to)}</p>'
-                if (owner := self._ahead.rejected.get(ev.event_id)) is not None:
-                    lead = (
-                        f'<p class="warn">rejected edit attempt: {ref(ev.relates_to)} was sent by'
-                        f" <bdi>{esc_id(owner)}</bdi>, not by this sender; the original is unchanged"
-                        " (chat clients ignore edits by anyone but the original sender)</p>"
-                    )
-                if c.get("new_content_missing") is True:
-                    lead += '<p class="note">(the edit had no new content; its fallback text is shown)</p>'
-            if (reply := text_of(c, "reply_to")) is not None:
-                lead += f'<p class="note">in reply to {ref(reply)}</p>'
-            if (root := text_of(c, "thread_root")) is not None:
-                lead += f'<p class="note">in thread {ref(root)}</p>'
-            text = message_text(c) + message_marks(c)
-            if (geo := text_of(c, "geo_uri")) is not None:
-                text += f'<p class="meta">location <bdi>{esc(geo)}</bdi></p>'
-            if ev.attachments:
-                text += "".join(attachment_html(a, media) for a in ev.attachments)
-            return lead + text
+            return self._edit_lead(ev) + message_body(ev, media)
         if kind == Kind.DELETION:
             reason = text_of(c, "reason")
             why = f" (reason: <bdi>{esc(reason)}</bdi>)" if reason else ""
@@ -160,10 +143,7 @@ class Renderer:
         if kind == Kind.RETENTION_CHANGE:
             return retention(c)
         if kind == Kind.STATE:
-            what = f"<bdi><code>{esc(text_of(c, 'type') or '?')}</code></bdi>"
-            key = text_of(c, "state_key")
-            what += f" (state key <bdi><code>{esc(key)}</code></bdi>)" if key else ""
-            return f"<p>changed conversation state {what}</p>{json_details(c.get('content'))}"
+            return state_html(ev, self._ahead, self._who, self._links)
         if kind == Kind.UNDECRYPTABLE:
             alg = esc(text_of(c, "algorithm") or "unknown")
             return f'<p class="note">could not be decrypted (algorithm {alg}); the encrypted event is archived</p>'
@@ -174,6 +154,21 @@ class Renderer:
         typ = f" of type <bdi><code>{esc(raw_type)}</code></bdi>" if isinstance(raw_type, str) else ""
         raw_content = ev.raw.get("content", c) if c == {} else c
         return f'<p class="note">unrecognised event{typ}, archived as received{problem}</p>{json_details(raw_content)}'
+
+    def _edit_lead(self, ev: Event) -> str:
+        """What an edit says before its text: what it edits, or that it is a rejected attempt."""
+        if ev.kind != Kind.EDIT:
+            return ""
+        lead = f'<p class="note">edit of {ref(ev.relates_to)}</p>'
+        if (owner := self._ahead.rejected.get(ev.event_id)) is not None:
+            lead = (
+                f'<p class="warn">rejected edit attempt: {ref(ev.relates_to)} was sent by'
+                f" <bdi>{esc_id(owner)}</bdi>, not by this sender; the original is unchanged"
+                " (chat clients ignore edits by anyone but the original sender)</p>"
+            )
+        if ev.content.get("new_content_missing") is True:
+            lead += '<p class="note">(the edit had no new content; its fallback text is shown)</p>'
+        return lead
 
     def _membership(self, ev: Event) -> str:
         c = ev.content
@@ -189,63 +184,6 @@ class Renderer:
         if (reason := text_of(c, "reason")) is not None:
             out += f" (reason: <bdi>{esc(reason)}</bdi>)"
         return out + "</p>"
-
-
-def attachment_html(att: Attachment, media: Mapping[str, str]) -> str:
-    name = esc(att.filename or "(no file name)")
-    mtype = att.media_type or ""
-    href = safe_href(media.get(att.blob_id, "")) if att.blob_id else None
-    size = esc(att.size if att.size is not None else "?")
-    detail = f'<span class="meta">{esc(mtype or "unknown type")}, {size} bytes</span>'
-    if href is None:
-        why = "not in this package" if att.status == "stored" else f"{att.status}"
-        if att.error:
-            why += f": {att.error}"
-        return f'<div class="att missing"><bdi>{name}</bdi> {detail} <span class="note">({esc(why)})</span></div>'
-    link = html.escape(href, quote=True)
-    if mtype in INLINE_IMAGES:
-        img = f'<img src="{link}" alt="{name}" loading="lazy">'
-        caption = f"<figcaption><bdi>{name}</bdi> {detail}</figcaption>"
-        return f'<figure class="att"><a href="{link}">{img}</a>{caption}</figure>'
-    return f'<div class="att"><a href="{link}"><bdi>{name}</bdi></a> {detail}</div>'
-
-
-def message_text(c: Mapping[str, object]) -> str:
-    """The body: formatted (sanitised) with the plain text one click away, or the plain text."""
-    reply = isinstance(c.get("reply_to"), str)
-    body = text_of(c, "body") or ""
-    if reply:  # the quoted fallback repeats the message replied to, which has its own entry
-        body = strip_reply_fallback(body)
-    formatted = shows_formatted(dict(c))
-    if formatted is None:
-        return f'<div class="body" dir="auto">{esc(body)}</div>' if body else ""
-    return (
-        f'<div class="body formatted" dir="auto">{sanitise(formatted, reply)}</div>'
-        f'<details><summary>plain text as sent</summary><div class="body plain" dir="auto">{esc(body)}</div>'
-        "</details>"
-    )
-
-
-def message_marks(c: Mapping[str, object]) -> str:
-    marks = []
-    if c.get("voice") not in (None, False):
-        duration = duration_text(c)
-        marks.append("voice message" + (f", {duration}" if duration else ""))
-    if c.get("view_once") is True:
-        marks.append("view once: the recipient could open it once")
-    seconds = c.get("expires_in_seconds")
-    if isinstance(seconds, int) and not isinstance(seconds, bool) and seconds > 0:
-        marks.append(f"disappearing: clients delete it {span(seconds * 1000)} after reading")
-    return "".join(f'<p class="meta marker">{esc(m)}</p>' for m in marks)
-
-
-def duration_text(c: Mapping[str, object]) -> str | None:
-    """The duration of a voice message in ms: `duration_ms`, `voice.duration` or `info.duration`."""
-    for holder, key in ((c, "duration_ms"), (c.get("voice"), "duration"), (c.get("info"), "duration")):
-        value = holder.get(key) if isinstance(holder, Mapping) else None
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-            return span(value)
-    return None
 
 
 def retention(c: Mapping[str, object]) -> str:

@@ -26,6 +26,7 @@ def write_transcript(
     deleted_ids: Collection[str] = frozenset(),
     names: Mapping[str, str] | None = None,
     lookahead: Lookahead | None = None,
+    links: Mapping[str, str] | None = None,
 ) -> None:
     """Write the transcript (see the module docstring).
 
@@ -36,12 +37,15 @@ def write_transcript(
     month (sender id -> name); membership events in the month update them.
     `lookahead`: the first pass over the same events (polls, edits checked
     against the original's sender, participants); without it polls show no
-    votes and `edited_ids` is trusted as given.
+    votes and `edited_ids` is trusted as given. `links`: conversation id -> href (relative to this
+    transcript) of another conversation's transcript in the same package, for room upgrades.
     """
     ahead = lookahead or Lookahead()
     for sender, name in (names or {}).items():
         ahead.participants.add(sender, name)
-    renderer = Renderer(dict(names or {}), ahead.edited if ahead.checks_edits else edited_ids, deleted_ids, ahead)
+    renderer = Renderer(
+        dict(names or {}), ahead.edited if ahead.checks_edits else edited_ids, deleted_ids, ahead, links
+    )
     out.write(_head(title, conversation, month).encode("utf-8"))
     count = 0
     batch: list[str] = []
