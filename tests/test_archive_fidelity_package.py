@@ -5,6 +5,7 @@ a forged result is caught."""
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from bridge.log import keys as keyfile
 from bridge.log import store as store_module
 from bridge.log.store import CheckpointPolicy, LogStore
 from tests.conftest import LogDir
-from tests.support.archive_log import OPTIONS, create_archive_log, event, ms, seal_for
+from tests.support.archive_log import OPTIONS, ROOM_B, create_archive_log, event, ms, seal_for
 from tests.test_archive_forgery import rebag
 
 MINISTER = "@minister:example.org"
@@ -41,6 +42,21 @@ def _log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LogDir:
         event(6, body="Het concept staat klaar."),
         event(7, kind=Kind.EDIT, relates_to="$e6", sender=OTHER, body="Het concept is ingetrokken."),
         event(8, body="akkoord", sender="@m\u0456nister:example.org"),  # Cyrillic i: looks like the minister
+        event(10, body="nog een keer", sender="@m\u0456nister:example.org"),
+        event(11, kind=Kind.STATE, content={"type": "m.call.invite", "call": {"action": "invite", "call_id": "k1"}}),
+        event(
+            12,
+            kind=Kind.STATE,
+            sender=OTHER,
+            content={"type": "m.call.answer", "call": {"action": "answer", "call_id": "k1"}},
+        ),
+        event(13, kind=Kind.STATE, content={"type": "m.call.hangup", "call": {"action": "hangup", "call_id": "k1"}}),
+        event(
+            14,
+            kind=Kind.STATE,
+            content={"type": "m.room.tombstone", "state_key": "", "replacement_room": ROOM_B, "content": {}},
+        ),
+        event(15, room=ROOM_B, body="verder hier"),
     ]
 
     async def go() -> None:
@@ -67,6 +83,12 @@ def test_poll_edit_attempt_and_lookalike_survive_re_derivation(tmp_path: Path, m
     assert "<bdi>Ja</bdi>: 2</li>" in html and "<bdi>Nee</bdi>: 0</li>" in html
     assert "rejected edit attempt" in html
     assert "looks like" in html
+    alpha = next(t for t in pkg.transcripts if "alpha" in str(t)).read_text()
+    beta = next(t for t in pkg.transcripts if "beta" in str(t))
+    assert alpha.count('<section class="lookalikes">') == 1 and alpha.count('class="warn lookalike"') == 2
+    assert "started a call" in alpha and "answered by" in alpha and "ended the call" in alpha
+    link = f'<a class="conversation" href="../{urllib.parse.quote(beta.parent.name)}/transcript.html">'
+    assert link in alpha and "continues in" in alpha
     pub = keyfile.load_public(keyfile.public_path(log.key_file))
     verify_package(pkg.path, pub)
     transcript = pkg.transcripts[0]

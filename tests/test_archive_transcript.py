@@ -538,11 +538,35 @@ def test_distinct_names_are_not_flagged() -> None:
     assert not render_ahead(events).xpath('//span[contains(@class, "lookalike")]')
 
 
-def test_lookalike_ids_are_flagged() -> None:
-    """An id that differs from another only by a homoglyph or an invisible is flagged on both."""
-    events = [ev(0), ev(1, sender=SenderId("@mіnister:example.org"))]  # Cyrillic і
-    warnings = [w.text_content() for w in render_ahead(events).xpath('//span[@class="warn lookalike"]')]
-    assert warnings == ["⚠ id looks like @mіnister:example.org", "⚠ id looks like @minister:example.org"]
+def test_lookalike_ids_are_flagged_once_on_the_later_one() -> None:
+    """An id that differs from another only by a homoglyph is listed once, in the notice at the top, and only
+    the later-appearing id carries the marker (the code cannot tell which one is the impostor)."""
+    events = [ev(0), ev(1, sender=SenderId("@mіnister:example.org")), ev(2)]  # Cyrillic і
+    doc = render_ahead(events)
+    warnings = [w.text_content() for w in doc.xpath('//span[@class="warn lookalike"]')]
+    assert warnings == ["⚠ id looks like @minister:example.org"]
+    assert doc.xpath(f'//li[@id="{anchor("$e1")}"]//span[@class="warn lookalike"]')
+    notice = doc.xpath('//section[@class="lookalikes"]//li')
+    assert [li.text_content() for li in notice] == [
+        "@mіnister:example.org and @minister:example.org: the ids look alike"
+    ]
+
+
+def test_lookalike_notice_lists_each_pair_once_whatever_the_traffic() -> None:
+    """However many messages both look-alikes send, the notice has one line per pair; no look-alikes, no notice."""
+    evil = SenderId("@evil:example.org")
+    events = [join(0, "@minister:example.org", "De Minister"), join(1, evil, "De Mіnister")]
+    events += [ev(i, sender=evil if i % 2 else SenderId("@minister:example.org")) for i in range(2, 40)]
+    doc = render_ahead(events)
+    rows = [li.text_content() for li in doc.xpath('//section[@class="lookalikes"]//li')]
+    assert rows == ["@evil:example.org and @minister:example.org: “De Mіnister” looks like “De Minister”"]
+    marked = {
+        li.get("id")
+        for li in doc.xpath('//li[contains(@class, "entry")]')
+        if li.xpath('.//span[@class="warn lookalike"]')
+    }
+    assert marked == {anchor(f"$e{i}") for i in range(1, 40, 2)}  # evil's join and messages, never the minister's
+    assert not render_ahead([ev(0), ev(1, sender=SenderId("@bob:example.org"))]).xpath("//section")
 
 
 def test_voice_view_once_and_disappearing_markers() -> None:

@@ -7,10 +7,11 @@ edit attempts) and a body for every kind. It remembers only display names (one p
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bridge.archive.lookahead import Lookahead
+from bridge.archive.lookalike import Lookalike
 from bridge.archive.transcript.message import message_body
 from bridge.archive.transcript.polls import poll_html
 from bridge.archive.transcript.state import state_html
@@ -55,8 +56,12 @@ class Renderer:
         deleted: Collection[str],
         ahead: Lookahead,
         links: Mapping[str, str] | None = None,
+        lookalikes: Iterable[Lookalike] = (),
     ) -> None:
         self._ahead = ahead
+        self._marked: dict[str, list[str]] = {}  # later-appearing look-alike id -> its marker texts
+        for found in lookalikes:
+            self._marked.setdefault(found.subject, []).append(found.why)
         self._links: Mapping[str, str] = links or {}
         self._names = names
         self._edited = edited
@@ -95,16 +100,13 @@ class Renderer:
     def _who_uncached(self, sender: str | None) -> str:
         if sender is None:
             return '<span class="who note">(no sender)</span>'
-        participants = self._ahead.participants
         name = self._names.get(sender)
-        warnings = [w for w in (participants.id_warning(sender),) if w]
         if name and name != sender:
             shown = f'<bdi class="who">{esc_id(name)}</bdi> <bdi class="id">{esc_id(sender)}</bdi>'
-            if (why := participants.name_warning(sender, name)) is not None:
-                warnings.insert(0, why)
         else:
             shown = f'<bdi class="who">{esc_id(sender)}</bdi>'
-        return shown + "".join(f' <span class="warn lookalike">⚠ <bdi>{esc_id(w)}</bdi></span>' for w in warnings)
+        marks = self._marked.get(sender, ())
+        return shown + "".join(f' <span class="warn lookalike">⚠ <bdi>{esc_id(w)}</bdi></span>' for w in marks)
 
     def _marks(self, ev: Event) -> str:
         out = ""

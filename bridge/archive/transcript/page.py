@@ -11,8 +11,9 @@ from collections.abc import Collection, Iterable, Mapping
 from typing import BinaryIO
 
 from bridge.archive.lookahead import Lookahead
+from bridge.archive.lookalike import Lookalike
 from bridge.archive.transcript.kinds import Renderer, TranscriptEntry
-from bridge.archive.transcript.text import CSP, esc
+from bridge.archive.transcript.text import CSP, esc, esc_id
 
 
 def write_transcript(
@@ -43,10 +44,10 @@ def write_transcript(
     ahead = lookahead or Lookahead()
     for sender, name in (names or {}).items():
         ahead.participants.add(sender, name)
-    renderer = Renderer(
-        dict(names or {}), ahead.edited if ahead.checks_edits else edited_ids, deleted_ids, ahead, links
-    )
-    out.write(_head(title, conversation, month).encode("utf-8"))
+    found = ahead.participants.lookalikes()
+    edited = ahead.edited if ahead.checks_edits else edited_ids
+    renderer = Renderer(dict(names or {}), edited, deleted_ids, ahead, links, found)
+    out.write((_head(title, conversation, month) + lookalike_notice(found) + '<ol class="log">\n').encode("utf-8"))
     count = 0
     batch: list[str] = []
     for entry in entries:
@@ -77,6 +78,7 @@ li.retention_change{background:#fff0e0;border-left:4px solid #d46b08;padding-lef
 .formatted{white-space:normal}figure.att{margin:.3rem 0}figure.att img{max-width:100%;max-height:24rem}
 .att{margin:.2rem 0}pre{white-space:pre-wrap;overflow-wrap:anywhere;font-size:.85em;background:#f7f7f7;padding:.3rem}
 footer{margin-top:1rem;color:#555;font-size:.85em}
+section.lookalikes{border:2px solid #d46b08;background:#fff7ec;padding:.3rem .6rem;margin-bottom:1rem}
 """
 
 
@@ -91,7 +93,25 @@ def _head(title: str, conversation: str, month: str) -> str:
         f'<header><h1><bdi>{t}</bdi></h1><p class="meta">Conversation <bdi><code>{esc(conversation)}</code></bdi>,'
         f" month <bdi>{esc(month)}</bdi>. Times are Europe/Amsterdam. Formatted messages are shown"
         " sanitised, their plain text one click away; edits and deletions keep the original; ⟨U+…⟩ marks an"
-        ' invisible or direction-changing character in a name or id.</p></header>\n<ol class="log">\n'
+        " invisible or direction-changing character in a name or id.</p></header>\n"
+    )
+
+
+def lookalike_notice(found: Iterable[Lookalike]) -> str:
+    """The one notice at the top listing each look-alike pair once (empty when there is none)."""
+    rows = "".join(
+        f'<li><bdi class="id">{esc_id(f.subject)}</bdi>'
+        + (f' and <bdi class="id">{esc_id(f.other)}</bdi>' if f.other is not None else "")
+        + f": <bdi>{esc_id(f.detail)}</bdi></li>"
+        for f in found
+    )
+    if not rows:
+        return ""
+    return (
+        '<section class="lookalikes"><p class="warn">⚠ Look-alike participants: these ids or display names can be'
+        " mistaken for one another (compared without invisible characters, case, width or Cyrillic/Greek"
+        " look-alike letters). Which one, if any, is an impostor cannot be told from the chat; entries of the"
+        f" first-named, later-appearing id carry a ⚠ marker.</p><ul>{rows}</ul></section>\n"
     )
 
 
