@@ -21,6 +21,7 @@ from bridge.archive.transcript import TranscriptEntry, write_transcript
 from bridge.events import MATRIX, SIGNAL, ConversationId, Event, EventId, Kind, SenderId
 from bridge.sources.matrix.normalise import normalise
 from bridge.sources.signal.envelopes import normalise_envelope
+from bridge.sources.signal.identities import Identity, mapping_event
 
 FIXTURES = Path(__file__).parent / "fixtures"
 RECEIVED = 1_700_000_000_750
@@ -53,7 +54,13 @@ def _synthetic() -> list[tuple[str, Event]]:
         ("synthetic:deletion", ev(Kind.DELETION, {"reason": None}, "$d")),
         ("synthetic:empty message", ev(Kind.MESSAGE, {"body": None}, "$e")),
         ("synthetic:empty unknown", ev(Kind.UNKNOWN, {}, "$u")),
+        ("synthetic:identity mapping", _mapping()),
     ]
+
+
+def _mapping() -> Event:
+    person = Identity("5e2f9d10-8a3b-4c6d-b7e8-1f2a3b4c5d6e", "PNI:84a939c0", "+31600000002")
+    return mapping_event("+31600000001", person, "listContacts", {}, 1)
 
 
 ALL = _matrix_events() + _signal_events() + _synthetic()
@@ -200,3 +207,10 @@ def test_room_upgrade_names_and_links_the_other_conversation() -> None:
     assert [a.get("href") for a in tomb_li.xpath(".//a[@class='conversation']")] == ["../next/transcript.html"]
     assert "continues" in create_li.text_content() and predecessor in create_li.text_content()
     assert create_li.xpath(".//a[@class='conversation']") == []  # not in this package: shown, not linked
+
+
+def test_identity_mapping_names_every_id() -> None:
+    """A Signal identity mapping says which ids are one person and where signal-cli said so."""
+    event = _one("synthetic:identity mapping")
+    text = bodies([event])[event.event_id]
+    assert "one person" in text and "+31600000002" in text and "PNI:84a939c0" in text and "listContacts" in text

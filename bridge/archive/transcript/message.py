@@ -20,6 +20,8 @@ def message_body(ev: Event, media: Mapping[str, str]) -> str:
         lead += f'<p class="note">in reply to {ref(reply)}</p>'
     if (root := text_of(c, "thread_root")) is not None:
         lead += f'<p class="note">in thread {ref(root)}</p>'
+    if (received := text_of(c, "conversation_as_received")) is not None:
+        lead += f'<p class="note">arrived as conversation <bdi><code>{esc_id(received)}</code></bdi></p>'
     text = (sticker_html(c) if c.get("sticker") is True else message_text(c)) + message_marks(c) + extras_html(c)
     if (geo := text_of(c, "geo_uri")) is not None:
         text += f'<p class="meta">location <bdi>{esc(geo)}</bdi></p>'

@@ -47,6 +47,14 @@ def state_html(ev: Event, ahead: Lookahead, who: Who, links: Mapping[str, str]) 
             f"<p>created this conversation as the upgrade of {conversation_link(room, links)}: it continues that"
             f" conversation</p>{json_details(c.get('content'))}"
         )
+    if text_of(c, "type") == "signal.identity_mapping" and isinstance(ids := c.get("identities"), Mapping):
+        named = [
+            f"{label} <bdi><code>{esc_id(value)}</code></bdi>"
+            for label, value in (("ACI", ids.get("aci")), ("number", ids.get("number")), ("PNI", ids.get("pni")))
+            if isinstance(value, str)
+        ]
+        source = esc(text_of(c, "learnt_from") or "?")
+        return f"<p>signal-cli reports these are one person: {', '.join(named)} (from {source})</p>"
     if isinstance(pin := c.get("pin"), Mapping):
         action = "pinned" if pin.get("action") == "pin" else "unpinned"
         seconds = pin.get("duration_seconds")
