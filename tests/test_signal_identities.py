@@ -7,6 +7,7 @@ answers are built field by field from signal-cli's `JsonContact` and `ListIdenti
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -94,7 +95,7 @@ def test_mapping_event_is_idempotent_and_filed_in_the_persons_conversation() -> 
 
 
 @pytest.fixture
-async def daemon(tmp_path: Path):  # type: ignore[no-untyped-def]
+async def daemon(tmp_path: Path) -> AsyncIterator[SignalDaemon]:
     server = SignalDaemon(tmp_path, keepalive=0.2)
     await server.start()
     try:
