@@ -13,7 +13,7 @@ import pytest
 from bridge.archive.package import snapshot
 from bridge.archive.range import Month
 from bridge.archive.verify_package import PackageIntegrityError, verify_package
-from bridge.events import Kind
+from bridge.events import SIGNAL, ConversationId, Event, EventId, Kind, SenderId
 from bridge.log import keys as keyfile
 from bridge.log import store as store_module
 from bridge.log.store import CheckpointPolicy, LogStore
@@ -97,3 +97,34 @@ def test_poll_edit_attempt_and_lookalike_survive_re_derivation(tmp_path: Path, m
     rebag(pkg.path)
     with pytest.raises(PackageIntegrityError, match="transcript"):
         verify_package(pkg.path, pub)
+
+
+def test_signal_group_dossier_is_titled_by_its_group_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Signal group dossier is titled by the group name its messages carry (not its base64 id), its senders
+    by their profile names, and verify-package re-derives it."""
+    log = create_archive_log(tmp_path)
+    group = "group:U3RhbmRpbmdDb21taXR0ZWVCZWxlaWRzb3ZlcmxlZyE="
+    sender = "5e2f9d10-8a3b-4c6d-b7e8-1f2a3b4c5d6e"
+
+    def signal(n: int, name: str) -> Event:
+        content = {"body": f"bericht {n}", "group_name": name, "sender_name": "Peer"}
+        return Event(
+            SIGNAL, ConversationId(group), EventId(f"{sender}:{n}"), Kind.MESSAGE, SenderId(sender), n, n, content
+        )
+
+    async def go() -> None:
+        monkeypatch.setattr(store_module, "now_ms", lambda: ms(2024, 1, 5))
+        async with await LogStore.open(log.data_dir, log.keys, CheckpointPolicy(50, 10**9)) as store:
+            await store.append_events([signal(1, "Oud overleg"), signal(2, "Beleidsoverleg")])
+            monkeypatch.setattr(store_module, "now_ms", lambda: ms(2024, 2, 5))
+            await store.append_events([signal(3, "later")])
+            await store.checkpoint()
+
+    asyncio.run(go())
+    monkeypatch.undo()
+    pkg = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log))
+    (transcript,) = pkg.transcripts
+    html = transcript.read_text()
+    assert "<title>Beleidsoverleg (2024-01)</title>" in html  # the last name of the month
+    assert f'<bdi class="who">Peer</bdi> <bdi class="id">{sender}</bdi>' in html
+    verify_package(pkg.path, keyfile.load_public(keyfile.public_path(log.key_file)))

@@ -15,9 +15,12 @@ from typing import Any
 
 import lxml.html
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from bridge.archive.lookahead import Lookahead
 from bridge.archive.transcript import TranscriptEntry, write_transcript
+from bridge.archive.transcript.message import with_mentions
 from bridge.events import MATRIX, SIGNAL, ConversationId, Event, EventId, Kind, SenderId
 from bridge.sources.matrix.normalise import normalise
 from bridge.sources.signal.envelopes import normalise_envelope
@@ -214,3 +217,48 @@ def test_identity_mapping_names_every_id() -> None:
     event = _one("synthetic:identity mapping")
     text = bodies([event])[event.event_id]
     assert "one person" in text and "+31600000002" in text and "PNI:84a939c0" in text and "listContacts" in text
+
+
+def test_signal_mentions_show_the_person_not_a_placeholder() -> None:
+    """A Signal mention (U+FFFC at `start`, UTF-16 units) reads "@" + the person's name when the transcript
+    knows it (their `sourceName` on an earlier message), else "@" + their id; never the bare placeholder."""
+    group = _one("signal:group_message")
+    (mention,) = group.content["mentions"]
+    text = bodies([group])[group.event_id]
+    assert "\ufffc" not in text and f"@{mention['uuid']}" in text
+    earlier = dataclasses.replace(
+        group,
+        event_id=EventId("earlier"),
+        sender=SenderId(mention["uuid"]),
+        content={"body": "hoi", "sender_name": "Joke"},
+    )
+    assert "@Joke" in bodies([earlier, group])[group.event_id]
+
+
+def test_signal_sender_name_is_shown_with_the_full_id() -> None:
+    """Signal has no membership events: the envelope's `sourceName` is the display name, next to the full id."""
+    event = _one("signal:dm_received")
+    out = io.BytesIO()
+    write_transcript(out, title="t", conversation="c", month="m", entries=[TranscriptEntry(1, event)])
+    head = lxml.html.fromstring(out.getvalue()).xpath("//div[@class='head']")[0].text_content()
+    assert f"{event.content['sender_name']} {event.sender}" in head
+
+
+@given(
+    body=st.text(alphabet=st.sampled_from("ab\ufffc😀 ")),
+    mentions=st.lists(
+        st.fixed_dictionaries(
+            {"uuid": st.sampled_from(["u1", "u2"]), "start": st.integers(-3, 12), "length": st.integers(-1, 3)}
+        ),
+        max_size=4,
+    ),
+)
+def test_with_mentions_never_raises_and_keeps_text_outside_mentions(body: str, mentions: list[dict[str, Any]]) -> None:
+    """Whatever offsets a hostile envelope gives, the substitution never raises; without mentions the body is
+    unchanged; every valid non-overlapping mention becomes "@" + the name."""
+    assert with_mentions(body, [], str) == body
+    shown = with_mentions(body, mentions, lambda who: who.upper())
+    units = len(body.encode("utf-16-le")) // 2
+    valid = [m for m in mentions if m["start"] >= 0 and m["length"] >= 0 and m["start"] + m["length"] <= units]
+    if len(valid) == 1:
+        assert "@" + valid[0]["uuid"].upper() in shown

@@ -142,7 +142,8 @@ class Lookahead:
 
     def _observe(self, ev: Event) -> None:
         if ev.sender is not None:
-            self.participants.add(ev.sender)
+            name = ev.content.get("sender_name")  # Signal: the sender's profile name, on every envelope
+            self.participants.add(ev.sender, name if isinstance(name, str) else None)
         c = ev.content
         if ev.kind == Kind.MEMBERSHIP and isinstance(target := c.get("target"), str):
             name = c.get("displayname")

@@ -24,7 +24,7 @@ from bridge.archive.transcript.text import (
     ref,
     text_of,
 )
-from bridge.events import Event, Kind
+from bridge.events import SIGNAL, Event, Kind
 from bridge.policy import Withheld
 
 
@@ -77,6 +77,8 @@ class Renderer:
             return li(anchor(ev.event_id), "withheld", entry.seq, "", tombstone(entry.withheld))
         if ev.kind == Kind.MEMBERSHIP:
             self._learn_name(ev)
+        elif ev.source == SIGNAL and ev.sender is not None and (name := text_of(ev.content, "sender_name")):
+            self._learn_signal_name(ev.sender, name)
         head = f'{self._who(ev.sender)} <span class="time">{esc(format_time(ev.sent_at or ev.received_at))}</span>'
         return li(anchor(ev.event_id), ev.kind.value, entry.seq, head + self._marks(ev), self._body(ev, entry.media))
 
@@ -90,6 +92,16 @@ class Renderer:
         elif text_of(ev.content, "membership") in ("leave", "ban"):
             self._names.pop(target, None)
             self._who_html.pop(target, None)
+
+    def _learn_signal_name(self, sender: str, name: str) -> None:
+        """Signal has no membership events: every envelope carries the sender's profile name (`sourceName`)."""
+        if self._names.get(sender) != name:
+            self._names[sender] = name
+            self._who_html.pop(sender, None)
+
+    def _name_of(self, user_id: str) -> str:
+        """The display name known for `user_id` (for a mention), else the id itself."""
+        return self._names.get(user_id) or user_id
 
     def _who(self, sender: str | None) -> str:
         shown = self._who_html.get(sender)
@@ -129,7 +141,7 @@ class Renderer:
         c = ev.content
         kind = ev.kind
         if kind in (Kind.MESSAGE, Kind.ATTACHMENT, Kind.EDIT):
-            return self._edit_lead(ev) + message_body(ev, media)
+            return self._edit_lead(ev) + message_body(ev, media, self._name_of)
         if kind == Kind.DELETION:
             reason = text_of(c, "reason")
             why = f" (reason: <bdi>{esc(reason)}</bdi>)" if reason else ""

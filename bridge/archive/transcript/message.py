@@ -5,16 +5,21 @@ payments and shared contacts (pure). An entry with none of these says it is empt
 from __future__ import annotations
 
 import html
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from bridge.archive.formatted import sanitise, shows_formatted, strip_reply_fallback
-from bridge.archive.transcript.text import INLINE_IMAGES, esc, esc_id, ref, safe_href, span, text_of
-from bridge.events import Attachment, Event
+from bridge.archive.lookalike import visible
+from bridge.archive.transcript.text import INLINE_IMAGES, clean_text, esc, esc_id, ref, safe_href, span, text_of
+from bridge.events import SIGNAL, Attachment, Event
 
 
-def message_body(ev: Event, media: Mapping[str, str]) -> str:
-    """Everything a message-like entry shows after the edit lead: relations, text, marks, extras, media."""
+def message_body(ev: Event, media: Mapping[str, str], name_of: Callable[[str], str] = str) -> str:
+    """Everything a message-like entry shows after the edit lead: relations, text, marks, extras, media.
+
+    `name_of`: the display name for a user id, used for Signal mentions."""
     c = ev.content
+    if ev.source == SIGNAL and isinstance(mentions := c.get("mentions"), list) and isinstance(c.get("body"), str):
+        c = {**c, "body": with_mentions(c["body"], mentions, name_of)}
     lead = ""
     if (reply := text_of(c, "reply_to")) is not None:
         lead += f'<p class="note">in reply to {ref(reply)}</p>'
@@ -34,6 +39,31 @@ def message_body(ev: Event, media: Mapping[str, str]) -> str:
     if not text:
         text = '<p class="note">(empty message: no text, media or other content; archived as received)</p>'
     return lead + text
+
+
+def with_mentions(body: str, mentions: list[object], name_of: Callable[[str], str]) -> str:
+    """A Signal body with each mention's placeholder (U+FFFC at `start`, `length` UTF-16 units, as
+    signal-cli's JsonMention gives them) replaced by "@" and the person's name, else their id. Mentions that
+    overlap or lie outside the body are left as sent."""
+    units = body.encode("utf-16-le", "surrogatepass")
+    out: list[str] = []
+    pos = 0
+    spans: list[tuple[int, int, str]] = []
+    for m in mentions:
+        if not isinstance(m, Mapping):
+            continue
+        start, length = m.get("start"), m.get("length")
+        who = next((v for k in ("uuid", "number", "name") if isinstance(v := m.get(k), str) and v), None)
+        if isinstance(start, int) and isinstance(length, int) and not isinstance(start, bool) and who is not None:
+            spans.append((start, length, who))
+    for start, length, who in sorted(spans):
+        if start < pos or length < 0 or isinstance(length, bool) or (start + length) * 2 > len(units):
+            continue
+        out.append(units[pos * 2 : start * 2].decode("utf-16-le", "replace"))
+        out.append("@" + visible(clean_text(name_of(who))))
+        pos = start + length
+    out.append(units[pos * 2 :].decode("utf-16-le", "replace"))
+    return "".join(out)
 
 
 def sticker_html(c: Mapping[str, object]) -> str:
