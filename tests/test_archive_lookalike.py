@@ -30,18 +30,18 @@ def test_skeleton_folds_case_width_invisibles_and_homoglyphs() -> None:
     assert skeleton("De Minister") != skeleton("De Ministers")
 
 
-def test_participants_flag_names_and_ids() -> None:
-    """A name like another's name, id or localpart is flagged; an id like another id is flagged; the rest not."""
+def test_participants_collect_names_in_order_of_appearance() -> None:
+    """Participants remember every name of each id, in order of first appearance: the later id is the subject."""
     p = Participants()
     p.add("@minister:example.org", "De Minister")
-    p.add("@evil:example.org")
     p.add("@bob:example.org", "Bob")
-    assert p.name_warning("@evil:example.org", "De Mіnister") == "display name looks like that of @minister:example.org"
-    assert p.name_warning("@evil:example.org", "MINISTER") == "display name looks like the id @minister:example.org"
-    assert p.name_warning("@evil:example.org", "\u200b") is not None
-    assert p.name_warning("@bob:example.org", "Bob") is None
+    p.add("@evil:example.org")
+    p.add("@evil:example.org", "MINISTER")
     p.add("@b\u200bob:example.org")
-    assert p.id_warning("@bob:example.org") == "id looks like @b\u200bob:example.org"
+    assert [(f.subject, f.other, f.why) for f in p.lookalikes()] == [
+        ("@evil:example.org", "@minister:example.org", "display name looks like the id @minister:example.org"),
+        ("@b\u200bob:example.org", "@bob:example.org", "id looks like @bob:example.org"),
+    ]
 
 
 def test_lookalikes_name_each_pair_once_with_the_later_id_as_subject() -> None:

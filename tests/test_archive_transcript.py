@@ -24,7 +24,7 @@ from bridge.archive.transcript import (
     safe_href,
     write_transcript,
 )
-from bridge.events import MATRIX, Attachment, ConversationId, Event, EventId, Kind, SenderId
+from bridge.events import MATRIX, SIGNAL, Attachment, ConversationId, Event, EventId, Kind, SenderId
 from bridge.policy import Withheld
 
 ROOM = "!room:example.org"
@@ -335,6 +335,41 @@ def test_hostile_text_everywhere_is_inert_and_shown_as_text(evil: str) -> None:
     shown = clean_text(evil)
     assert doc.xpath("//title")[0].text_content() == shown
     assert text_of(doc).count(shown) >= 10
+
+
+@pytest.mark.parametrize("evil", HOSTILE)
+def test_hostile_text_in_notices_calls_upgrades_and_signal_parts_is_inert(evil: str) -> None:
+    """Hostile text in look-alike names (the notice), call reasons, upgrade targets, stickers, payments,
+    shared contacts, captions, mentions, sender names and identity mappings: no markup, shown as text."""
+    signal = {"source": SIGNAL, "sender": SenderId("5e2f9d10")}
+    call = {"type": "m.call.hangup", "call": {"action": "hangup", "call_id": evil, "reason": evil}}
+    extras = {
+        "body": "\ufffc " + evil,
+        "sender_name": evil,
+        "mentions": [{"uuid": evil, "start": 0, "length": 1}],
+        "sticker": {"pack_id": evil, "sticker_id": 1, "emoji": evil},
+        "payment": {"note": evil, "amount": evil},
+        "contacts": [{"name": evil, "numbers": [evil], "emails": [evil], "organization": evil}],
+        "captions": [evil],
+        "conversation_as_received": evil,
+    }
+    att = Attachment("stored", "image/png", evil, 1, "ab", "b")
+    events = [
+        join(0, "@minister:example.org", evil),
+        join(1, "@evil:example.org", evil),
+        ev(2, Kind.STATE, {"type": "m.call.invite", "call": {"action": "invite", "call_id": evil}}),
+        ev(3, Kind.STATE, call),
+        ev(4, Kind.STATE, {"type": "m.room.tombstone", "state_key": "", "replacement_room": evil, "content": {}}),
+        ev(5, Kind.STATE, {"type": "m.room.create", "state_key": "", "predecessor": {"room_id": evil}}),
+        ev(6, Kind.ATTACHMENT, extras, attachments=(att,), **signal),
+        ev(7, Kind.STATE, {"type": "signal.identity_mapping", "identities": {"aci": evil, "number": evil}}, **signal),
+        ev(8, Kind.STATE, {"type": "signal.pin", "pin": {"action": "pin", "target": evil, "duration_seconds": 60}}),
+    ]
+    doc = assert_inert(
+        render(entries_of(events, media={"b": "media/x.png"}), lookahead=Lookahead.of(events), links={evil: evil})
+    )
+    assert doc.xpath('//section[@class="lookalikes"]')
+    assert text_of(doc).count(clean_text(evil)) >= 10
 
 
 def _element_count(data: bytes) -> int:

@@ -5,9 +5,10 @@ a marker `⟨U+XXXX⟩`, so a zero-width joiner or a right-to-left override in a
 name or an id is seen, not obeyed. `skeleton(text)` is the comparison key for
 "looks the same": invisibles removed, NFKC, casefold, and the common Cyrillic and
 Greek letters that look like Latin ones folded to those (a short table, not the
-full Unicode confusables list). `Participants` flags a display name whose skeleton
-equals another participant's name or id, and an id whose skeleton equals another's; `lookalikes` lists
-each such pair once, the later-appearing id as its subject (what the transcript's notice shows).
+full Unicode confusables list). `lookalikes` (and `Participants.lookalikes`) lists each pair of
+participants that look alike once (a display name whose skeleton equals another participant's name, id
+or id localpart; an id whose skeleton equals another's), the later-appearing id as its subject: what the
+transcript's notice shows and marks.
 """
 
 from __future__ import annotations
@@ -78,31 +79,9 @@ class Participants:
         for user_id in ids:
             self.add(user_id)
 
-    def name_warning(self, user_id: str, name: str) -> str | None:
-        """Why `name` (shown for `user_id`) may be mistaken for another participant, or None."""
-        key = skeleton(name)
-        if not key:
-            return "display name is empty once invisible characters are removed"
-        for other in sorted(self._names):
-            if other == user_id:
-                continue
-            if name == other or key == skeleton(other) or key == skeleton(_localpart(other) or other):
-                return f"display name looks like the id {other}"
-            if any(skeleton(n) == key for n in self._names[other]):
-                return f"display name looks like that of {other}"
-        return None
-
     def lookalikes(self) -> list[Lookalike]:
         """Every look-alike pair among the participants seen so far (see `lookalikes`)."""
         return lookalikes(self._names)
-
-    def id_warning(self, user_id: str) -> str | None:
-        """Why the id `user_id` may be mistaken for another participant's id, or None."""
-        key = skeleton(user_id)
-        for other in sorted(self._names):
-            if other != user_id and skeleton(other) == key:
-                return f"id looks like {other}"
-        return None
 
 
 @dataclass(frozen=True)
