@@ -25,6 +25,40 @@ PNI = f"PNI:{PEER_PNI}"
 PERSON = Recipient(aci=PEER_UUID, pni=PNI, number=PEER_NUMBER, name="Peer")
 
 
+#: The record components of signal-cli's JsonContact (src/main/java/org/asamk/signal/json/JsonContact.java; `internal`
+#: is @JsonInclude(NON_NULL) and only set with --internal) and of ListIdentitiesCommand.JsonIdentity, in order.
+JSON_CONTACT = (
+    "number", "uuid", "username", "name", "givenName", "familyName", "nickName", "nickGivenName", "nickFamilyName",
+    "note", "color", "isArchived", "isBlocked", "isHidden", "messageExpirationTime", "profileSharing", "unregistered",
+    "profile",
+)  # fmt: skip
+JSON_PROFILE = (
+    "lastUpdateTimestamp",
+    "givenName",
+    "familyName",
+    "about",
+    "aboutEmoji",
+    "hasAvatar",
+    "mobileCoinAddress",
+)
+JSON_IDENTITY = (
+    "number",
+    "uuid",
+    "fingerprint",
+    "safetyNumber",
+    "scannableSafetyNumber",
+    "trustLevel",
+    "addedTimestamp",
+)
+
+
+def test_stand_in_speaks_signal_clis_exact_shapes() -> None:
+    """The stand-in daemon's listContacts / listIdentities entries have exactly signal-cli's fields, in order."""
+    contact = PERSON.contact_json()
+    assert tuple(contact) == JSON_CONTACT and tuple(contact["profile"]) == JSON_PROFILE
+    assert tuple(PERSON.identity_json()) == JSON_IDENTITY
+
+
 def test_contacts_and_identities_shapes_give_aci_and_number() -> None:
     """A JsonContact and a JsonIdentity name the ACI (`uuid`) and the number; neither names the PNI, which is
     added only to the single answer of a "PNI:" lookup. Entries naming nothing are counted, not guessed."""
