@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bridge import events
+from bridge.errors import SourceError
 from bridge.events import ConversationId, Event, EventId, JSONDict, Kind
 
 #: `listContacts` / `listIdentities` entries name the ACI `uuid` (RecipientAddress.uuid() is the ACI).
@@ -49,7 +50,7 @@ class Identity:
         return {"aci": self.aci, "number": self.number, "pni": self.pni}
 
 
-class Conflict(ValueError):
+class Conflict(SourceError):
     """A report that would make one person of two ACIs or two PNIs (e.g. a number now used by someone else)."""
 
 
