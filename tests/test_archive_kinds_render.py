@@ -262,3 +262,15 @@ def test_with_mentions_never_raises_and_keeps_text_outside_mentions(body: str, m
     valid = [m for m in mentions if m["start"] >= 0 and m["length"] >= 0 and m["start"] + m["length"] <= units]
     if len(valid) == 1:
         assert "@" + valid[0]["uuid"].upper() in shown
+
+
+def test_identity_mapping_links_the_persons_other_conversations_in_the_package() -> None:
+    """The mapping event, filed in the person's ACI conversation, links the dossiers this package holds under
+    the person's PNI or number (messages captured before the link was known)."""
+    event = _one("synthetic:identity mapping")
+    pni_conversation = "direct:+31600000001:PNI:84a939c0"
+    out = io.BytesIO()
+    links = {pni_conversation: "../pni/transcript.html", "direct:+31600000001:+31699999999": "../other/t.html"}
+    write_transcript(out, title="t", conversation="c", month="m", entries=[TranscriptEntry(1, event)], links=links)
+    hrefs = lxml.html.fromstring(out.getvalue()).xpath("//a[@class='conversation']/@href")
+    assert hrefs == ["../pni/transcript.html"]

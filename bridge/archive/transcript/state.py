@@ -48,13 +48,7 @@ def state_html(ev: Event, ahead: Lookahead, who: Who, links: Mapping[str, str]) 
             f" conversation</p>{json_details(c.get('content'))}"
         )
     if text_of(c, "type") == "signal.identity_mapping" and isinstance(ids := c.get("identities"), Mapping):
-        named = [
-            f"{label} <bdi><code>{esc_id(value)}</code></bdi>"
-            for label, value in (("ACI", ids.get("aci")), ("number", ids.get("number")), ("PNI", ids.get("pni")))
-            if isinstance(value, str)
-        ]
-        source = esc(text_of(c, "learnt_from") or "?")
-        return f"<p>signal-cli reports these are one person: {', '.join(named)} (from {source})</p>"
+        return _identity_mapping(ev, ids, links)
     if isinstance(pin := c.get("pin"), Mapping):
         action = "pinned" if pin.get("action") == "pin" else "unpinned"
         seconds = pin.get("duration_seconds")
@@ -64,6 +58,28 @@ def state_html(ev: Event, ahead: Lookahead, who: Who, links: Mapping[str, str]) 
     key = text_of(c, "state_key")
     what += f" (state key <bdi><code>{esc(key)}</code></bdi>)" if key else ""
     return f"<p>changed conversation state {what}</p>{json_details(c.get('content'))}"
+
+
+def _identity_mapping(ev: Event, ids: Mapping[str, object], links: Mapping[str, str]) -> str:
+    """Which ids signal-cli says are one person, and the conversations this package holds under the others."""
+    named = [
+        f"{label} <bdi><code>{esc_id(value)}</code></bdi>"
+        for label, value in (("ACI", ids.get("aci")), ("number", ids.get("number")), ("PNI", ids.get("pni")))
+        if isinstance(value, str)
+    ]
+    source = esc(text_of(ev.content, "learnt_from") or "?")
+    out = f"<p>signal-cli reports these are one person: {', '.join(named)} (from {source})</p>"
+    # the mapping is filed under the person's conversation ("direct:" [account ":"] peer); earlier messages
+    # keyed by the person's other ids are in sibling conversations with the same prefix
+    peer = next((v for v in (ids.get("aci"), ids.get("number"), ids.get("pni")) if isinstance(v, str) and v), "")
+    if not peer or not ev.conversation.endswith(peer):
+        return out
+    prefix = ev.conversation[: len(ev.conversation) - len(peer)]
+    others = [prefix + v for v in (ids.get("aci"), ids.get("number"), ids.get("pni")) if isinstance(v, str) and v]
+    held = [conversation_link(o, links) for o in others if o != ev.conversation and o in links]
+    if held:
+        out += f'<p class="note">earlier messages under the other ids: {", ".join(held)}</p>'
+    return out
 
 
 def conversation_link(conversation: str, links: Mapping[str, str]) -> str:
