@@ -1,5 +1,10 @@
 """A self-contained HTML transcript of one conversation-month (streaming, escaped).
 
+Modules: `page` (the document, the look-alike notice), `kinds` (one entry per
+event kind), `message` (text, media, stickers, payments, contacts, mentions),
+`state` (calls, upgrades, pins, identity mappings, other state), `polls`,
+`text` (escaping, ids, times, hrefs).
+
 Contract:
 
 * `write_transcript` writes one HTML5 document to `out`, entry by entry, in the
@@ -11,15 +16,19 @@ Contract:
   `html.escape(..., quote=True)`; untrusted text sits inside `<bdi>` so a
   right-to-left override cannot reorder the text around it. Names and ids also
   go through `lookalike.visible` (invisible and bidi-control characters shown as
-  `⟨U+XXXX⟩`); the full sender id is always shown next to a display name, and a
-  name or id that looks like another participant's is flagged. A Matrix HTML
+  `⟨U+XXXX⟩`); the full sender id is always shown next to a display name. Names
+  and ids that look alike are listed once per pair in a notice at the top, and
+  the later-appearing id of each pair carries a marker. A Matrix HTML
   body that differs from the plain one is shown through a strict allow-list
   sanitiser (`formatted.sanitise`, no attributes at all), the plain body one
   click away.
-* The only URLs are `media` hrefs, which the package writer builds from safe
-  names; they are still checked to be relative (no scheme, no leading slash or
+* The only URLs are `media` hrefs and `links` to other dossiers' transcripts
+  (room upgrades, Signal identity mappings), which the package writer builds
+  from safe names; they are still checked to be relative (no scheme, no leading slash or
   backslash), percent-encoded and escaped, else shown unlinked. The document
   has no scripts and a strict Content-Security-Policy.
+* No entry is blank: every kind has a body that says something
+  (tests/test_archive_kinds_render.py).
 * Deterministic: the same arguments give the same bytes. Times come from the
   events and are shown in Europe/Amsterdam.
 """
