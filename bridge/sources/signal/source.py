@@ -23,14 +23,15 @@ Contract with the capture pipeline:
 - Every outage becomes a Kind.NOTICE event (`content.notice =
   "capture_gap"`, built by `sources.outage.gap_notice`, plus `endpoint` and
   `receive_mode`) committed on reconnect; an outage longer than `max_disconnected_seconds` logs an ALERT.
-- Identities (`identities.py`): after each connect the source asks the daemon's `listContacts`
-  (all recipients) and `listIdentities`, and for a 1:1 peer named only by "PNI:" or only by number it
-  asks `listContacts {recipient: [peer]}` once per connection; envelopes naming a peer two ways teach
-  the same (recorded by their own event's `identities`). Each new link the daemon reports is committed
-  as a `signal.identity_mapping` STATE event (before the events it re-keys), and a 1:1 event whose
-  peer is a known person's PNI or number is filed under that person's conversation (ACI, else
-  number), keeping `conversation_as_received`. A daemon that does not answer these methods (older
-  signal-cli, the rest-api websocket) only costs the join (counted).
+- Identities (`identity_join.py`; the pure part is `identities.py`): after each connect the
+  source asks the daemon's `listContacts` (all recipients) and `listIdentities`, and for a 1:1 peer
+  named only by "PNI:" or only by number it asks `listContacts {recipient: [peer]}` once per
+  connection; envelopes naming a peer two ways teach the same (recorded by their own event's
+  `identities`). Each new link the daemon reports is committed as a `signal.identity_mapping` STATE
+  event (before the events it re-keys), and a 1:1 event whose peer is a known person's PNI or number
+  is filed under that person's conversation (ACI, else number), keeping `conversation_as_received`.
+  A daemon that does not answer these methods (older signal-cli, the rest-api websocket) only costs
+  the join (counted).
 - Receipts and typing notifications are counted (`self.counts`), not stored;
   a view-once message gets a compliance ALERT once durable (capture.report_compliance_alerts). Logs carry ids and
   counts only, never message content.
@@ -40,7 +41,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import logging
 from collections import Counter
@@ -61,7 +61,7 @@ from bridge.sources.offload import off_loop
 from bridge.sources.outage import Backoff, Outage, gap_notice, wait
 from bridge.sources.signal.envelopes import normalise_envelope, unstored_kind
 from bridge.sources.signal.framing import Oversized
-from bridge.sources.signal.identities import Conflict, Identity, IdentityMap, from_envelope, from_rpc, mapping_event
+from bridge.sources.signal.identity_join import IdentityJoin
 from bridge.sources.signal.media import fetch_attachments
 from bridge.sources.signal.transport import (
     Channel,
@@ -109,8 +109,7 @@ class SignalSource:
         self._sse_id: str | None = None
         self._gap: Outage | None = None
         self._notice_conversation = ConversationId(f"notice:signal:{cfg.account or self.endpoint.label}")
-        self._identities = IdentityMap()
-        self._asked: set[str] = set()  # peers looked up with listContacts on this connection
+        self._identities = IdentityJoin(cfg.account, self.counts)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Capture until `stop` is set (see module docstring)."""
@@ -184,8 +183,7 @@ class SignalSource:
         if self._gap is not None:
             await self._commit([self._gap_notice(self._gap)])
             self._gap = None
-        self._asked.clear()
-        if mappings := await self._ask_identities(channel, now_ms()):
+        if mappings := await self._identities.on_connect(channel, now_ms()):
             await self._commit(mappings)
             self._after_commit(mappings)
         log.info("signal-cli connected", extra={"endpoint": self.endpoint.label, "mode": self.cfg.receive_mode})
@@ -236,7 +234,7 @@ class SignalSource:
                 if event.key not in seen:
                     seen.add(event.key)
                     batch.append(event)
-        batch = await self._join_identities(channel, batch, received_at)
+        batch = await self._identities.join(channel, batch, received_at)
         if any(a.status == "pending" for e in batch for a in e.attachments):
             batch = await self._with_media(channel, batch)
         await self._commit(batch)
@@ -266,61 +264,6 @@ class SignalSource:
             if side is not None:
                 await side.aclose()
 
-    async def _ask_identities(self, channel: Channel, received_at: int, peer: str | None = None) -> list[Event]:
-        """Ask the daemon who is who (all recipients, or the one `peer`); the mapping events of new links."""
-        mappings: list[Event] = []
-        calls: list[tuple[str, dict[str, Any]]] = (
-            [("listContacts", {"recipient": [peer], "allRecipients": True})]
-            if peer is not None
-            else [("listContacts", {"allRecipients": True}), ("listIdentities", {})]
-        )
-        for method, params in calls:
-            try:
-                result = await channel.call(method, {**(self._account_params() or {}), **params})
-            except SignalRpcError as exc:
-                self.counts["identity_lookup_refused"] += 1
-                log.warning("signal-cli refused an identity lookup", extra={"method": method, "code": str(exc.code)})
-                continue
-            asked = peer if peer is not None and peer.startswith("PNI:") else None
-            found, bad = from_rpc(result, asked)
-            self.counts["identity_entry_malformed"] += bad
-            for identity, entry in found:
-                mappings += self._learn(identity, method, entry, received_at)
-        return mappings
-
-    def _learn(self, identity: Identity, learnt_from: str, raw: dict[str, Any], received_at: int) -> list[Event]:
-        try:
-            person = self._identities.learn(identity)
-        except Conflict:
-            self.counts["identity_conflict"] += 1
-            return []
-        if person is None:
-            return []
-        return [mapping_event(self.cfg.account, person, learnt_from, raw, received_at)]
-
-    async def _join_identities(self, channel: Channel, batch: list[Event], received_at: int) -> list[Event]:
-        """Learn from the batch's envelopes (and the daemon, for peers known by one name only), then file
-        each 1:1 event under its person's conversation; mapping events go first."""
-        mappings: list[Event] = []
-        for event in batch:
-            # What an envelope shows is recorded by its own event (`identities`): learnt, not re-recorded.
-            if (identity := from_envelope(event.content.get("identities"))) is not None:
-                with contextlib.suppress(Conflict):
-                    self._identities.learn(identity)
-            peer = _direct_peer(event)
-            if peer is not None and peer not in self._asked and _one_name_only(peer, self._identities):
-                self._asked.add(peer)
-                mappings += await self._ask_identities(channel, received_at, peer)
-        return mappings + [self._rekeyed(event) for event in batch]
-
-    def _rekeyed(self, event: Event) -> Event:
-        peer = _direct_peer(event)
-        if peer is None or (canonical := self._identities.peer(peer)) == peer:
-            return event
-        conversation = event.conversation[: len(event.conversation) - len(peer)] + canonical
-        content = {**event.content, "conversation_as_received": event.conversation}
-        return dataclasses.replace(event, conversation=ConversationId(conversation), content=content)
-
     def _normalise(self, item: Incoming, received_at: int) -> list[Event]:
         if isinstance(item.data, Oversized):
             self.counts["oversized"] += 1
@@ -345,22 +288,6 @@ class SignalSource:
         log.warning("signal capture gap recorded", extra={"gap_ms": end - gap.start_ms, "reason": gap.reason})
         detail = {"endpoint": self.endpoint.label, "receive_mode": self.cfg.receive_mode}
         return gap_notice(events.SIGNAL, self._notice_conversation, gap, end, detail)
-
-
-def _direct_peer(event: Event) -> str | None:
-    """The peer part of a 1:1 conversation id ("direct:" [+ account + ":"] + peer), else None."""
-    if event.kind is Kind.NOTICE or not event.conversation.startswith("direct:"):
-        return None
-    account = event.content.get("account")
-    prefix = f"direct:{account}:" if isinstance(account, str) and account else "direct:"
-    peer = event.conversation[len(prefix) :] if event.conversation.startswith(prefix) else None
-    return peer or None
-
-
-def _one_name_only(peer: str, known: IdentityMap) -> bool:
-    """A peer named by PNI or number whose person (ACI) is not known yet: worth asking the daemon."""
-    person = known.person(peer)
-    return (peer.startswith(("PNI:", "+"))) and (person is None or person.aci is None)
 
 
 def _oversized_event(item: Oversized, received_at: int) -> Event:
