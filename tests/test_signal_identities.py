@@ -71,18 +71,23 @@ def test_contacts_and_identities_shapes_give_aci_and_number() -> None:
     assert from_rpc({"not": "a list"}) == ([], 1)
 
 
-def test_map_joins_names_once_and_refuses_two_acis() -> None:
-    """PNI and number join the ACI; the same report again adds nothing; a report making one person of two ACIs
-    is refused and changes nothing."""
+def test_map_joins_names_once_and_never_joins_two_acis() -> None:
+    """PNI and number join the ACI; the same report again adds nothing; a recycled number (reported with
+    another ACI) moves to that ACI, so the old owner's chat does not receive the new owner's messages; a
+    report without an ACI naming two persons' ids is refused and changes nothing."""
     known = IdentityMap()
     assert known.learn(Identity(None, PNI, PEER_NUMBER)) == Identity(None, PNI, PEER_NUMBER)
     assert known.peer(PNI) == PEER_NUMBER
     assert known.learn(Identity(PEER_UUID, None, PEER_NUMBER)) == Identity(PEER_UUID, PNI, PEER_NUMBER)
     assert {known.peer(n) for n in (PNI, PEER_NUMBER, PEER_UUID)} == {PEER_UUID}
     assert known.learn(Identity(PEER_UUID, None, PEER_NUMBER)) is None
+    new_owner = "11111111-2222-3333-4444-555555555555"
+    assert known.learn(Identity(new_owner, None, PEER_NUMBER)) == Identity(new_owner, None, PEER_NUMBER)
+    assert known.peer(PEER_NUMBER) == new_owner and known.peer(PNI) == PEER_UUID
+    assert known.person(PEER_UUID) == Identity(PEER_UUID, PNI, None)
     with pytest.raises(Conflict):
-        known.learn(Identity("11111111-2222-3333-4444-555555555555", None, PEER_NUMBER))
-    assert known.peer(PEER_NUMBER) == PEER_UUID
+        known.learn(Identity(None, PNI, PEER_NUMBER))  # PNI is the old owner's, the number the new owner's
+    assert known.peer(PEER_NUMBER) == new_owner and known.peer(PNI) == PEER_UUID
     assert known.peer("+31699999999") == "+31699999999"  # unknown: itself
 
 

@@ -15,24 +15,21 @@ known only by number opens a second or third conversation. What says they are on
 
 Contract: `IdentityMap.learn(identity)` merges what it names into one person and returns the person as
 now known when that added a link, else None (so the same report twice is one mapping event). It never
-merges two different ACIs or two different PNIs (a recycled number): such a report is refused
-(`Conflict`) and nothing changes. `peer(identifier)` is the identifier a 1:1 conversation is keyed by:
-the person's ACI, else number, else PNI. `mapping_event` is the STATE event that records a mapping, its
+merges two different ACIs: a number or PNI reported with another ACI moves to it (a recycled number),
+and a report without an ACI whose names belong to two ACIs is refused (`Conflict`), changing nothing.
+`peer(identifier)` is the identifier a 1:1 conversation is keyed by: the person's ACI, else number, else
+PNI. `mapping_event` is the STATE event that records a mapping, its
 id a hash of (account, person), so re-recording the same mapping is idempotent.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from bridge import events
 from bridge.errors import SourceError
 from bridge.events import ConversationId, Event, EventId, JSONDict, Kind
-
-#: `listContacts` / `listIdentities` entries name the ACI `uuid` (RecipientAddress.uuid() is the ACI).
-RPC_METHODS = ("listContacts", "listIdentities")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,42 +103,40 @@ class IdentityMap:
     def learn(self, identity: Identity) -> Identity | None:
         """Merge `identity` into what is known; the merged person if that added a link, else None.
 
-        Raises `Conflict` (and changes nothing) for a report joining two ACIs or two PNIs.
+        A number or PNI reported with a different ACI than the one it had moves to the new ACI (a recycled
+        number belongs to whoever signal-cli says has it now). Raises `Conflict` (and changes nothing) for a
+        report without an ACI whose names belong to two different ACIs: which person is meant is unknown.
         """
         merged = identity
+        moving: list[tuple[Identity, str]] = []
         for name in identity.names():
-            if (known := self._person.get(name)) is not None:
-                merged = _merge(merged, known)
+            if (known := self._person.get(name)) is None:
+                continue
+            if identity.aci and known.aci and known.aci != identity.aci:
+                moving.append((known, name))
+                continue
+            merged = _merge(merged, known)
+        for known, name in moving:
+            self._detach(known, name)
         if all(self._person.get(name) == merged for name in merged.names()):
             return None
         for name in merged.names():
             self._person[name] = merged
         return merged if len(merged.names()) >= 2 else None
 
-    def learn_all(self, identities: Iterable[Identity]) -> tuple[list[Identity], int]:
-        """`learn` each; the persons that changed (in order, once each) and the number of conflicts."""
-        changed: dict[tuple[str, ...], Identity] = {}
-        conflicts = 0
-        for identity in identities:
-            try:
-                person = self.learn(identity)
-            except Conflict:
-                conflicts += 1
-                continue
-            if person is not None:
-                changed[person.names()] = person
-        # a person merged further later in the same report is recorded once, as it ended up
-        final = {self._person[names[0]].names(): self._person[names[0]] for names in changed}
-        return list(final.values()), conflicts
+    def _detach(self, person: Identity, name: str) -> None:
+        """`name` (a number or PNI) no longer belongs to `person`."""
+        rest = Identity(*(None if value == name else value for value in (person.aci, person.pni, person.number)))
+        for other in rest.names():
+            self._person[other] = rest
+        self._person.pop(name, None)
 
 
-def _merge(a: Identity, b: Identity) -> Identity:
-    for field in ("aci", "pni", "number"):
-        x, y = getattr(a, field), getattr(b, field)
-        if field != "number" and x and y and x != y:
-            raise Conflict(f"two different {field.upper()}s for one person")
-    number = a.number or b.number  # the newer report's number wins (a number change)
-    return Identity(a.aci or b.aci, a.pni or b.pni, number)
+def _merge(newer: Identity, older: Identity) -> Identity:
+    """One person from two reports; the newer report's number and PNI win (they change with the number)."""
+    if newer.aci and older.aci and newer.aci != older.aci:
+        raise Conflict("two different ACIs for one person")
+    return Identity(newer.aci or older.aci, newer.pni or older.pni, newer.number or older.number)
 
 
 def mapping_event(account: str | None, person: Identity, learnt_from: str, raw: JSONDict, received_at: int) -> Event:
