@@ -38,7 +38,7 @@ from bridge.log.schema import INIT_RECORDS as B  # a new log holds its two key r
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.log.verify import verify_log
 from tests.conftest import LogDir, create_log, make_event
-from tests.support.archive_log import OPTIONS, january_february
+from tests.support.archive_log import OPTIONS, create_archive_log, january_february
 from tests.support.figures import record
 
 pytestmark = pytest.mark.slow
@@ -220,7 +220,7 @@ def test_random_byte_corruptions_of_packages_are_detected(tmp_path: Path, monkey
     """300 single-byte changes at random offsets across every file of two monthly packages (events,
     transcripts, media, MDTO XML, proof folder, BagIt tag files), each on the pristine package:
     `verify_package` rejects every one with an integrity or usage error, never a crash."""
-    log = create_log(tmp_path)
+    log = create_archive_log(tmp_path)  # begun 1 January 2024, so January holds the chat (not an empty month)
     january_february(log, monkeypatch)
     monkeypatch.undo()
     jan = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "pkg" / "jan", OPTIONS).path
@@ -268,7 +268,7 @@ def test_package_with_a_non_utf8_manifest_is_rejected_with_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A byte in manifest-sha256.txt that makes it invalid UTF-8 is reported as PackageIntegrityError."""
-    log = create_log(tmp_path)
+    log = create_archive_log(tmp_path)  # begun 1 January 2024, so January holds the chat (not an empty month)
     january_february(log, monkeypatch)
     monkeypatch.undo()
     jan = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "pkg" / "jan", OPTIONS).path

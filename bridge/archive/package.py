@@ -154,14 +154,14 @@ def snapshot(
         seal = writer_seal(data_dir, keys)
     work = private_workdir(data_dir)
     with LogView(data_dir, keys) as view:
+        p = plan(view, win, open_month=open_now)
         began = view.first_appended_ms()
-        if began is not None and win.end_ms <= began:
+        if p.start == p.end and began is not None and win.end_ms <= began:
             raise UsageError(
                 f"month {month} ended before this log began ({_local(began, options.timezone)}): no record of it"
                 " is here. Months follow the time a record was appended, so messages imported later (with older"
                 " dates) are in the package of the month they were imported (docs/archive-package.md)"
             )
-        p = plan(view, win, open_month=open_now)
         carried = carried_decisions(view, p)
         builder = BagBuilder(out, work)
         try:
