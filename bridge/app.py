@@ -24,20 +24,26 @@ import signal
 import sys
 from pathlib import Path
 
+import aiohttp
+
 from bridge.archive.mdto import Organisation
 from bridge.archive.package import ArchiveOptions, private_workdir
 from bridge.blobs import BlobStore
 from bridge.capture import LogSink, RetryingBlobs, supervise
 from bridge.config import Settings
-from bridge.errors import StorageError, UsageError
+from bridge.errors import ConfigError, StorageError, UsageError
 from bridge.log.control import ControlServer
 from bridge.log.keys import KeyMaterial, check_permissions
 from bridge.log.lock import WriterBusy
 from bridge.log.store import CheckpointPolicy, LogStore
+from bridge.log.view import LogView
 from bridge.log.writer import check_private_dir, seal_in_loop
 from bridge.scheduler import ArchiveJobs
 from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
 from bridge.sources.signal import SignalSource, SignalSourceConfig
+from bridge.witness.client import Witnessing
+from bridge.witness.cosigned import CosignatureStore
+from bridge.witness.note import NoteError, parse_vkey
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +84,7 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
             sink = LogSink(store, f"signal:{settings.signal.account or settings.signal.endpoint}", stop=stop)
             retries.append(sink)
             tasks.append(asyncio.create_task(SignalSource(signal_cfg, sink, blobs).run(stop), name="signal"))
+        witnessing = witness_task(settings, data_dir, keys, store, stop)
         try:
             async with ControlServer(data_dir, store):
                 archive.start()  # monthly packages: catches up missed months now, then on archive.schedule
@@ -98,6 +105,51 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
             else:
                 sealed_size = note.split("\n", 2)[1]
                 log.info("capture stopped; log sealed", extra={"log_size": store.size, "sealed_size": sealed_size})
+            if witnessing is not None:
+                await witnessing.finish()
+
+
+class _WitnessTask:
+    """The witnessing loop beside capture; at stop, one last round (bounded) for the final checkpoint."""
+
+    def __init__(self, witnessing: Witnessing, store: CosignatureStore, stop: asyncio.Event) -> None:
+        self.witnessing = witnessing
+        self.store = store
+        self.task = asyncio.create_task(witnessing.run(stop), name="witness")
+
+    async def finish(self, timeout: float = 10.0) -> None:
+        await asyncio.gather(self.task, return_exceptions=True)
+        try:
+            async with aiohttp.ClientSession() as session:
+                await asyncio.wait_for(self.witnessing.sync_once(session, force=True), timeout)
+        except Exception as exc:  # the next start catches up
+            log.warning("final witnessing round failed", extra={"error": str(exc)})
+        finally:
+            self.store.close()
+
+
+def witness_task(
+    settings: Settings, data_dir: Path, keys: KeyMaterial, store: LogStore, stop: asyncio.Event
+) -> _WitnessTask | None:
+    """Start asking the configured witnesses (None when [witness] is absent: today's behaviour)."""
+    w = settings.witness
+    if w is None:
+        return None
+    try:
+        targets = [(url, parse_vkey(key)) for url, key in zip(w.urls, w.public_keys, strict=True)]
+    except NoteError as exc:
+        raise ConfigError(f"[witness] public_keys: {exc}") from None
+    cosigned = CosignatureStore(data_dir)
+
+    def leaves(n: int) -> list[bytes]:  # in a worker thread: its own read-only connection
+        with LogView(data_dir, keys) as view:
+            return [leaf for _, leaf in view.leaves(0, n)]
+
+    witnessing = Witnessing(
+        targets, cosigned, store.latest_checkpoint, leaves,
+        poll_seconds=w.poll_seconds, retry_max=w.retry_max_seconds, timeout=w.timeout_seconds,
+    )  # fmt: skip
+    return _WitnessTask(witnessing, cosigned, stop)
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

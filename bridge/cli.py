@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from bridge import config
+from bridge import cli_witness, config
 from bridge.errors import ChatarchiefError, LogIntegrityError, UsageError
 from bridge.importer import ImportFormat, import_file
 from bridge.log import keys as keyfile
@@ -221,6 +221,8 @@ def verify(
     ] = False,
     config_file: ConfigOpt = None,
     as_json: JsonOpt = False,
+    witness_key: cli_witness.WitnessKeyOpt = None,
+    quorum: cli_witness.QuorumOpt = None,
 ) -> None:
     """Check integrity, order and checkpoints (with --key-file: decrypt and check every record too).
 
@@ -231,14 +233,22 @@ def verify(
     material = _load_keys(kf, dd) if kf is not None else None
     pub = _guard(lambda: keyfile.load_public(public_key)) if public_key is not None else None
     anchors = [_guard(partial(Path.read_text, p, "utf-8")) for p in pinned or []]
+    witnesses, need = _guard(lambda: cli_witness.witness_verifiers(witness_key, quorum))
     report = _guard(
         lambda: verify_log(dd, material, pub, anchors=anchors, allow_unsealed=allow_unsealed), as_json=as_json
     )
+    cosigners: list[str] = []
+    if witnesses:
+        text = report.newest_checkpoint
+        cosigners = _guard(lambda: cli_witness.check_log_witnessed(dd, text, witnesses, need), as_json=as_json)
     if as_json:
-        _print_json(report.to_json())
+        _print_json({**report.to_json(), **({"witnessed_by": cosigners} if witnesses else {})})
         return
     out.print(f"[green]intact[/]: {report.records} records, {report.checkpoints} signed checkpoints")
     out.print(f"root {report.root.hex()} signed by {report.signer}")
+    if witnesses:
+        size = report.newest_checkpoint.split("\n", 2)[1]
+        out.print(f"witnessed: checkpoint {size} cosigned by {', '.join(cosigners)} (quorum {need})")
     if report.decrypted is not None:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.kinds.items())) or "none"
         out.print(f"decrypted and checked {report.decrypted} records ({kinds})")
@@ -384,6 +394,9 @@ def verify_package_cmd(
     out.print(f"end root {report.root.hex()} signed by {pub[0]}")
     if previous is not None:
         out.print(f"extends the previous package {previous}")
+
+
+cli_witness.register(app, _guard, out)  # `chatarchief witness init|serve`
 
 
 def main() -> None:
