@@ -208,4 +208,3 @@ class Witnessing:
             log.log(level, "ALERT witness did not cosign; capture goes on, retrying",
                     extra={"witness": t.url, "error": why, "retry_in": t.delay})  # fmt: skip
         return why
-

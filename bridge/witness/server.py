@@ -147,7 +147,7 @@ class Witness:
         for origin in self.logs:
             if hashlib.sha256(origin.encode("utf-8")).hexdigest() == origin_hash:
                 latest = self.state.latest(origin)
-                return None if latest is None else latest.note[:-1] + latest.cosignature
+                return None if latest is None else latest.note + latest.cosignature
         return None
 
 
