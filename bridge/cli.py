@@ -378,12 +378,15 @@ def verify_package_cmd(
         Path | None, typer.Option("--previous", help="The previous month's package, to check the chain.")
     ] = None,
     as_json: JsonOpt = False,
+    witness_key: cli_witness.WitnessKeyOpt = None,
+    quorum: cli_witness.QuorumOpt = None,
 ) -> None:
     """Check a package with only its public key. Exit 0 intact, 1 not (naming what failed), 2 usage."""
     from bridge.archive.verify_package import verify_package
 
     pub = _guard(lambda: keyfile.load_public(public_key))
-    report = _guard(lambda: verify_package(path, pub, previous), as_json=as_json)
+    witnesses, need = _guard(lambda: cli_witness.witness_verifiers(witness_key, quorum))
+    report = _guard(lambda: verify_package(path, pub, previous, witnesses=witnesses, quorum=need), as_json=as_json)
     if as_json:
         _print_json(report.to_json())
         return
@@ -394,6 +397,8 @@ def verify_package_cmd(
     out.print(f"end root {report.root.hex()} signed by {pub[0]}")
     if previous is not None:
         out.print(f"extends the previous package {previous}")
+    if witnesses:
+        out.print(f"witnessed: extended by checkpoints cosigned by {', '.join(report.witnessed_by)} (quorum {need})")
 
 
 cli_witness.register(app, _guard, out)  # `chatarchief witness init|serve`

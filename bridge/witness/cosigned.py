@@ -40,6 +40,10 @@ class CosignatureStore:
                 self._conn: sqlite3.Connection | None = None
                 return
             self._conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+            found = self._conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'cosignatures'").fetchone()
+            if found is None:  # created but never written: nothing cosigned
+                self._conn.close()
+                self._conn = None
         else:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._conn.execute("PRAGMA journal_mode=WAL")
@@ -87,8 +91,17 @@ class CosignatureStore:
                 continue  # a damaged row counts for nothing
         return sigs
 
+    def rows_from(self, size: int) -> list[tuple[int, str, str]]:
+        """(size, witness vkey, checkpoint text) of every cosignature at or above `size`, smallest first."""
+        if self._conn is None:
+            return []
+        rows = self._conn.execute(
+            "SELECT size, witness, checkpoint FROM cosignatures WHERE size >= ? ORDER BY size, witness", (size,)
+        )
+        return [(int(r[0]), str(r[1]), str(r[2])) for r in rows]
+
     def cosigned_note(self, note: str) -> str:
         """`note` (a checkpoint note) with every stored cosignature over its text appended."""
         text, _, _ = note.rpartition("\n\n")
-        extra = "".join(f"{s.line}\n" for s in self.signatures_for(text + "\n"))
+        extra = "".join(sorted(f"{s.line}\n" for s in self.signatures_for(text + "\n")))
         return note + extra
