@@ -1,0 +1,74 @@
+"""The witness config: one line per problem naming the key (ConfigError, exit 2), nothing half-set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bridge.cli import app
+from bridge.errors import ConfigError
+from bridge.witness.config import load_witness_config
+from bridge.witness.note import CosignerKey
+
+LOG_VKEY = "example.com/foo+530d903a+AekyeRrm56hApGFkyQR4ZCbV54Id2LKaANYcrnKv3U2k"
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "witness.toml"
+    path.write_text(text)
+    return path
+
+
+def test_valid_config(tmp_path: Path) -> None:
+    """Defaults: loopback listen, evidence beside state."""
+    cfg = load_witness_config(
+        write(
+            tmp_path,
+            f'key_file = "k"\nstate = "s/state.db"\n[[logs]]\norigin = "example.com/foo"\nvkeys = ["{LOG_VKEY}"]\n',
+        )
+    )
+    assert cfg.host == "127.0.0.1" and cfg.evidence() == Path("s/evidence")
+    assert cfg.logs[0].verifiers()[0].name == "example.com/foo"
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ('key_file = "k"\nstate = "s"\nlisten = "nowhere"\n', "listen"),
+        ('key_file = "k"\nstate = "s"\ntls_cert = "c"\n', "tls_key"),
+        ('key_file = "k"\nstate = "s"\nallow_clients = ["not-an-ip"]\n', "not-an-ip"),
+        ('key_file = "k"\nstate = "s"\nmystery = 1\n', "mystery"),
+        ('key_file = "k"\nstate = "s"\n[[logs]]\norigin = "o"\nvkeys = ["o+00000000+AA=="]\n', "logs"),
+        (
+            'key_file = "k"\nstate = "s"\n[[logs]]\norigin = "o"\nvkeys = ["'
+            + CosignerKey.generate("w/1").verifier.vkey
+            + '"]\n',
+            "0x01",
+        ),
+        ('state = "s"\n', "key_file"),
+    ],
+)
+def test_bad_configs(tmp_path: Path, text: str, needle: str) -> None:
+    """A bad listen address, half TLS, a bad network, an unknown key, a bad or cosigner vkey for a log,
+    a missing key file: ConfigError naming it."""
+    with pytest.raises(ConfigError, match=needle):
+        load_witness_config(write(tmp_path, text))
+
+
+def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
+    """`witness serve` with a config naming a missing key file: one line, exit 2, no traceback."""
+    path = write(tmp_path, f'key_file = "{tmp_path / "none.key"}"\nstate = "{tmp_path / "s.db"}"\n')
+    result = CliRunner().invoke(app, ["witness", "serve", "--config", str(path)])
+    assert result.exit_code == 2 and "witness init" in result.output and "Traceback" not in result.output
+
+
+def test_world_readable_witness_key_is_refused(tmp_path: Path) -> None:
+    """A witness key file group or others can read is refused (exit 2)."""
+    key = tmp_path / "w.key"
+    key.write_text(CosignerKey.generate("w.example/1").to_text())
+    key.chmod(0o644)
+    path = write(tmp_path, f'key_file = "{key}"\nstate = "{tmp_path / "s.db"}"\n')
+    result = CliRunner().invoke(app, ["witness", "serve", "--config", str(path)])
+    assert result.exit_code == 2 and "chmod 600" in result.output
