@@ -118,11 +118,13 @@ def _paths(
     return _guard(resolve)
 
 
-def _load_keys(key_file: Path, data_dir: Path) -> KeyMaterial:
+def _load_keys(key_file: Path, data_dir: Path, signing_key: Path | None = None) -> KeyMaterial:
     def load() -> KeyMaterial:
         keyfile.ensure_outside(key_file, data_dir)
         check_private_dir(key_file.parent, "key directory")
-        return keyfile.load(key_file)
+        if signing_key is not None:
+            keyfile.ensure_outside(signing_key, data_dir)
+        return keyfile.load(key_file, signing_key)
 
     return _guard(load)
 
@@ -134,7 +136,7 @@ def _open_keys(
     settings = _settings(config_file)
     dd, kf = _paths(settings, data_dir, key_file)
     assert kf is not None
-    return settings, dd, _load_keys(kf, dd)
+    return settings, dd, _load_keys(kf, dd, settings.storage.signing_key_file)
 
 
 def _via(pid: int | None) -> str:
@@ -146,28 +148,47 @@ def _policy(settings: config.Settings) -> CheckpointPolicy:
     return CheckpointPolicy(every_records=s.checkpoint_every_records, every_seconds=s.checkpoint_every_seconds)
 
 
+SigningKeyOpt = Annotated[
+    Path | None,
+    typer.Option("--signing-key", help="The checkpoint signing key's own file (default KEY_FILE.signing)."),
+]
+
+
 @app.command()
-def init(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_file: ConfigOpt = None) -> None:
-    """Create keys and an empty log. Never overwrites; writes the public key to KEY_FILE.pub."""
+def init(
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    config_file: ConfigOpt = None,
+    signing_key: SigningKeyOpt = None,
+) -> None:
+    """Create keys and an empty log. Never overwrites; writes the public key to KEY_FILE.pub.
+
+    The key-encryption key goes to KEY_FILE, the Ed25519 signing key to its own file (both 0600).
+    """
     settings = _settings(config_file)
     dd, kf = _paths(settings, data_dir, key_file)
     assert kf is not None
+    sk = signing_key or settings.storage.signing_key_file or keyfile.signing_path(kf)
 
     def create() -> tuple[KeyMaterial, Path]:
         keyfile.ensure_outside(kf, dd)
+        keyfile.ensure_outside(sk, dd)
         if (dd / "log.sqlite3").exists():
             raise UsageError(f"{dd} already holds a log; refusing to overwrite it")
-        if kf.exists():
-            raise UsageError(f"{kf} already exists; refusing to overwrite a key file")
+        for path in (kf, sk):
+            if path.exists():
+                raise UsageError(f"{path} already exists; refusing to overwrite a key file")
         kf.parent.mkdir(parents=True, exist_ok=True)
+        sk.parent.mkdir(parents=True, exist_ok=True)
         material = keyfile.generate(os.urandom(16))
-        pub = keyfile.write_new(kf, material)
+        pub = keyfile.write_new(kf, material, sk)
         initialise(dd, material)
         return material, pub
 
     material, pub = _guard(create)
     out.print(f"created log {material.log_id.hex()} in {dd}")
     out.print(f"key file:   {kf} (mode 0600; keep a copy in escrow, never inside the data dir)")
+    out.print(f"signing key: {sk} (mode 0600; signs checkpoints; hold it apart from the key file where you can)")
     out.print(f"public key: {pub}")
     out.print(f"            {material.vkey()}")
 
@@ -306,6 +327,29 @@ def rotate_key(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_
 
     key_id, pid = _run(go)
     out.print(f"new data key {key_id} is now used for new records{_via(pid)}")
+
+
+@app.command("migrate-signing-key")
+def migrate_signing_key_cmd(
+    key_file: KeyFileOpt = None, signing_key: SigningKeyOpt = None, config_file: ConfigOpt = None
+) -> None:
+    """Move the signing key of an older (combined) key file into its own 0600 file; safe to rerun."""
+    settings = _settings(config_file)
+    kf = key_file or settings.storage.key_file
+    _require(kf is not None, "a key file is needed: pass --key-file PATH or set storage.key_file in the config")
+    assert kf is not None
+    sk = signing_key or settings.storage.signing_key_file
+
+    def migrate() -> tuple[Path, bool]:
+        keyfile.ensure_outside(sk or keyfile.signing_path(kf), settings.storage.data_dir)
+        return keyfile.migrate_signing_key(kf, sk)
+
+    path, moved = _guard(migrate)
+    if moved:
+        out.print(f"signing key moved to {path} (0600); {kf} now holds only the key-encryption key")
+        out.print("replace the escrow copy of the key file, and escrow the signing key file too")
+    else:
+        out.print(f"{kf} already keeps the signing key apart ({path}); nothing to do")
 
 
 @app.command("withhold")

@@ -30,6 +30,8 @@ class _Section(BaseModel):
 class StorageSettings(_Section):
     data_dir: Path = Path("data")
     key_file: Path | None = None
+    #: The checkpoint signing key's own file (default: beside the key file, KEY_FILE.signing).
+    signing_key_file: Path | None = None
     checkpoint_every_records: Annotated[int, Field(ge=1)] = 10_000
     checkpoint_every_seconds: Annotated[float, Field(gt=0)] = 60.0
 
