@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from bridge.errors import DataError
 from bridge.log import checkpoint, merkle
 from bridge.log.view import LogView
 from bridge.witness.cosigned import CosignatureStore
@@ -65,7 +66,7 @@ def witnessed_json(view: LogView, data_dir: Path, end: int) -> bytes | None:
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
 
 
-class WitnessedError(ValueError):
+class WitnessedError(DataError, ValueError):
     """proof/witnessed.json does not show what it claims; the message says which entry and why."""
 
 

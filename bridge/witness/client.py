@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from bridge.errors import SourceError
 from bridge.log import merkle
 from bridge.witness.cosigned import CosignatureStore
 from bridge.witness.note import NoteError, NoteSignature, Verifier, parse_checkpoint, parse_signature_lines, split_note
@@ -54,7 +55,7 @@ class Refused:
 Outcome = Cosigned | Conflict | Refused
 
 
-class WitnessUnavailable(Exception):
+class WitnessUnavailable(SourceError):
     """The witness could not be reached or failed (network error, timeout, 5xx): try again later."""
 
 
