@@ -44,6 +44,7 @@ graph:
 
 bench: setup
 	$(VENV)/bin/python bench/ingest.py
+	$(VENV)/bin/python bench/witness.py
 
 clean:
 	rm -rf $(VENV) $(SYNAPSE_VENV) demo-data .pytest_cache .mypy_cache .ruff_cache .hypothesis
