@@ -53,7 +53,8 @@ def witness_verifiers(values: list[str] | None, quorum: int | None) -> tuple[lis
             raise UsageError(
                 f"--witness-key {key.name}: not a cosignature key (type 0x04), this is type {key.alg:#04x}"
             )
-        keys.append(key)
+        if key not in keys:  # the same witness twice counts once
+            keys.append(key)
     if not keys:
         if quorum:
             raise UsageError("--quorum needs at least one --witness-key")

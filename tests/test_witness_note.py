@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge.log import keys as keyfile
 from bridge.witness.note import (
     ALG_COSIGNATURE_V1,
     ALG_ED25519,
@@ -33,6 +34,7 @@ from bridge.witness.note import (
     verified_signatures,
 )
 from bridge.witness.request import AddCheckpoint, RequestError, parse_add_checkpoint
+from tests.conftest import LogDir
 
 C2SP = Path(__file__).parent / "fixtures" / "c2sp"
 
@@ -126,6 +128,44 @@ def independent_cosignature_check(vkey: str, note: str) -> int:
         Ed25519PublicKey.from_public_bytes(pub).verify(raw[12:], message)  # raises if invalid
         return ts
     raise AssertionError("no cosignature by that key")
+
+
+def independent_note_check(vkey: str, note: str) -> str:
+    """Returns the text of `note` once the Ed25519 note signature (type 0x01) by `vkey` verifies.
+
+    Written from signed-note.md alone: id = SHA-256(name||"\n"||0x01||pub)[:4]; the signature is over the text,
+    which is everything before the last blank line, including its final newline.
+    """
+    name, id_hex, blob64 = vkey.split("+", 2)
+    blob = base64.b64decode(blob64)
+    assert blob[0] == 0x01 and len(blob) == 33
+    pub = blob[1:]
+    kid = hashlib.sha256(name.encode() + b"\n\x01" + pub).digest()[:4]
+    assert kid.hex() == id_hex
+    cut = note.rindex("\n\n")
+    text = note[: cut + 1]
+    for line in note[cut + 2 :].splitlines():
+        dash, key_name, sig64 = line.split(" ")
+        raw = base64.b64decode(sig64)
+        if dash == "\u2014" and key_name == name and raw[:4] == kid:
+            Ed25519PublicKey.from_public_bytes(pub).verify(raw[4:], text.encode())
+            return text
+    raise AssertionError("no signature by that key")
+
+
+def test_our_log_checkpoints_pass_an_independent_check(filled_log: LogDir) -> None:
+    """Every checkpoint a real log signed verifies with a signed-note checker that does not import our code,
+    against the vkey in KEY.pub, and is a tlog-checkpoint (origin = key name, decimal size, base64 root)."""
+    import sqlite3
+
+    vkey = keyfile.public_path(filled_log.key_file).read_text().strip()
+    conn = sqlite3.connect(filled_log.db)
+    notes = [str(r[0]) for r in conn.execute("SELECT note FROM checkpoints")]
+    conn.close()
+    assert len(notes) > 3
+    for note in notes:
+        origin, size, root, *_ = independent_note_check(vkey, note).split("\n")
+        assert origin == vkey.split("+")[0] and size.isdigit() and len(base64.b64decode(root)) == 32
 
 
 def test_our_cosignature_passes_an_independent_check() -> None:

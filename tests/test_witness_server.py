@@ -12,10 +12,12 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
+import pytest
 from typer.testing import CliRunner
 
 from bridge.cli import app
@@ -29,6 +31,7 @@ from bridge.witness.note import CosignerKey, Verifier, parse_vkey, split_note
 from bridge.witness.request import AddCheckpoint
 from bridge.witness.server import serve
 from tests.conftest import LogDir, create_log, fill_log, make_event
+from tests.test_witness_note import independent_cosignature_check
 
 runner = CliRunner()
 WITNESS_NAME = "witness.test.example/w1"
@@ -200,6 +203,7 @@ async def test_status_codes(tmp_path: Path) -> None:
         cosig = key.verifier
         (sig,) = [s for s in split_note(note + sig_line)[1] if cosig.matches(s)]
         assert cosig.verify(text, sig) and (cosig.timestamp(sig) or 0) > 0
+        assert abs(independent_cosignature_check(cosig.vkey, note + sig_line) - time.time()) < 60
         status, body, ctype = await post(url, AddCheckpoint(0, (), note).encode())
         assert (status, body, ctype) == (409, f"{size}\n", "text/x.tlog.size")
         # grow the log; a wrong proof is 422, the right one 200
@@ -352,3 +356,65 @@ def test_verify_quorum_usage_errors(filled_log: LogDir) -> None:
     assert r.exit_code == 2 and "0x04" in r.output
     r = runner.invoke(app, ["verify", "--data-dir", str(filled_log.data_dir), "--witness-key", w.vkey])
     assert r.exit_code == 1 and "0 valid witness cosignature" in r.output
+
+
+async def test_oversized_body_is_refused(tmp_path: Path) -> None:
+    """A body over the limit is refused (413) without being parsed; the witness keeps serving."""
+    log = create_log(tmp_path)
+    config, _ = make_witness(tmp_path, [log])
+    async with running(config) as url:
+        status, _, _ = await post(url, b"old 0\n\n" + b"x" * (300 * 1024))
+        assert status == 413
+        assert (await post(url, AddCheckpoint(0, (), newest_note(log)).encode()))[0] == 200
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return cert_path, key_path
+
+
+async def test_tls_and_prefix(tmp_path: Path) -> None:
+    """With tls_cert/tls_key and a prefix, add-checkpoint is served over HTTPS under the prefix; the client
+    (trusting that certificate) gets a cosignature; plain HTTP to the port fails."""
+    import ssl
+
+    log = create_log(tmp_path)
+    cert, key_pem = _self_signed(tmp_path)
+    config, key = make_witness(tmp_path, [log], tls_cert=cert, tls_key=key_pem, prefix="/w")
+    async with running(config) as url:
+        https = url.replace("http://", "https://") + "/w"
+        ctx = ssl.create_default_context(cafile=str(cert))
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=ctx)) as s:
+            async with s.post(https + "/add-checkpoint", data=AddCheckpoint(0, (), newest_note(log)).encode()) as r:
+                body = await r.text()
+                assert r.status == 200
+            assert key.verifier.matches(split_note(newest_note(log) + body)[1][-1])
+        with pytest.raises(aiohttp.ClientError):
+            await post(url + "/w", AddCheckpoint(0, (), newest_note(log)).encode())
