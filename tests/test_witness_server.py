@@ -418,3 +418,69 @@ async def test_tls_and_prefix(tmp_path: Path) -> None:
             assert key.verifier.matches(split_note(newest_note(log) + body)[1][-1])
         with pytest.raises(aiohttp.ClientError):
             await post(url + "/w", AddCheckpoint(0, (), newest_note(log)).encode())
+
+
+async def test_client_relearns_the_witness_size_after_losing_its_store(tmp_path: Path) -> None:
+    """The data dir's cosignature store is lost (restored from an old backup): the client starts from 0, the
+    witness answers 409 with its size, and the client catches up with one proof from that size."""
+    log = create_log(tmp_path)
+    await asyncio.to_thread(fill_log, log, 10)
+    config, key = make_witness(tmp_path, [log])
+    async with running(config) as url:
+        w = witnessing(log, url, key.verifier)
+        assert (await sync(w)).startswith("cosigned 12")
+        w.store.close()
+        for suffix in ("", "-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(str(log.data_dir / "cosignatures.sqlite3") + suffix)
+        await asyncio.to_thread(_grow, log, 10, 5)
+        assert await sync(witnessing(log, url, key.verifier)) == "cosigned 17 (proof from 12)"
+
+
+async def test_a_lying_witness_is_never_stored(tmp_path: Path) -> None:
+    """A 'witness' that answers 200 with a cosignature by another key, or over another checkpoint, gets
+    nothing stored and is reported as refusing; verify --quorum then fails."""
+    from aiohttp import web
+
+    log = create_log(tmp_path)
+    await asyncio.to_thread(fill_log, log, 10)
+    pinned = CosignerKey.generate("liar.example/w")
+    impostor = CosignerKey.generate("liar.example/w")  # same name, other key
+    other_text = split_note(newest_note(log))[0].replace("\n12\n", "\n13\n")
+    answers = [
+        impostor.cosign(split_note(newest_note(log))[0], int(time.time())).line + "\n",
+        pinned.cosign(other_text, int(time.time())).line + "\n",
+    ]
+
+    async def lie(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(text=answers.pop(0))
+
+    app_ = web.Application()
+    app_.router.add_post("/add-checkpoint", lie)
+    runner_ = web.AppRunner(app_)
+    await runner_.setup()
+    site = web.TCPSite(runner_, "127.0.0.1", 0)
+    await site.start()
+    try:
+        url = f"http://127.0.0.1:{runner_.addresses[0][1]}"
+        w = witnessing(log, url, pinned.verifier)
+        assert "no valid cosignature" in await sync(w)
+        w.targets[0].next_try = 0
+        assert "no valid cosignature" in await sync(w)
+        assert w.store.signatures_for(split_note(newest_note(log))[0]) == []
+    finally:
+        await runner_.cleanup()
+    code, _ = await asyncio.to_thread(verify_cli, log, pinned.verifier)
+    assert code == 1
+
+
+def test_verify_json_names_the_witness_check(filled_log: LogDir) -> None:
+    """`verify --json` with too few cosignatures prints the failure with check 'witness' and the size."""
+    import json
+
+    w = CosignerKey.generate("w.example/1").verifier
+    r = runner.invoke(app, ["verify", "--data-dir", str(filled_log.data_dir), "--witness-key", w.vkey, "--json"])
+    assert r.exit_code == 1
+    doc = json.loads(r.stdout.splitlines()[0])
+    assert doc["check"] == "witness" and doc["seq"] == 52 and (doc["expected"], doc["found"]) == ("1", "0")
