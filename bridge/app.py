@@ -147,7 +147,7 @@ def witness_task(
 
     witnessing = Witnessing(
         targets, cosigned, store.latest_checkpoint, leaves,
-        poll_seconds=w.poll_seconds, retry_max=w.retry_max_seconds, timeout=w.timeout_seconds,
+        quorum=w.quorum, poll_seconds=w.poll_seconds, retry_max=w.retry_max_seconds, timeout=w.timeout_seconds,
     )  # fmt: skip
     return _WitnessTask(witnessing, cosigned, stop)
 

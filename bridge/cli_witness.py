@@ -114,9 +114,11 @@ def register(app: typer.Typer, guard: Guard, out: Console) -> None:
         config_file: Annotated[Path, typer.Option("--config", help="Witness config TOML (see docs/witness.md).")],
     ) -> None:
         """Serve add-checkpoint until SIGTERM/SIGINT."""
+        from bridge import logs
         from bridge.witness.server import serve as run_server
 
         config = guard(lambda: load_witness_config(config_file))
+        logs.setup("INFO", "json")  # refusals (fork evidence) are logged as JSON lines on stderr
 
         async def go() -> None:
             stop = asyncio.Event()

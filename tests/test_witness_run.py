@@ -111,6 +111,9 @@ timeout_seconds = 2.0
         await daemon.stop()
     with LogView(tmp_path / "data", keys) as view:
         assert cosigned_sizes(tmp_path / "data")[-1] == view.checkpoint_sizes()[-1] == view.size()
+    logs = bot_log.read_text()
+    assert logs.index("ALERT newest checkpoint lacks its witness quorum") < logs.index("newest checkpoint witnessed")
+    assert "ZEGEL" not in logs
     verify = chatarchief("verify", "--config", str(config), "--witness-key", witness_vkey, "--quorum", "1")
     assert verify.returncode == 0, verify.stderr
     assert "cosigned by witness.test.example/run" in verify.stdout

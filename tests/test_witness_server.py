@@ -214,6 +214,10 @@ async def test_status_codes(tmp_path: Path) -> None:
         bad = [*good[:-1], hashlib.sha256(b"x").digest()]
         assert (await post(url, AddCheckpoint(size, tuple(bad), new_note).encode()))[0] == 422
         assert (await post(url, AddCheckpoint(size, tuple(good), new_note).encode()))[0] == 200
+        # rollback: the older, validly signed checkpoint is refused whatever old size is claimed
+        assert (await post(url, AddCheckpoint(len(new_leaves), (), note).encode()))[0] == 400
+        status, body, _ = await post(url, AddCheckpoint(size, (), note).encode())
+        assert (status, body) == (409, f"{len(new_leaves)}\n")
         # the monitoring endpoint serves the latest checkpoint with the log's and our signatures
         origin_hash = hashlib.sha256(log.keys.key_name.encode()).hexdigest()
         async with aiohttp.ClientSession() as s, s.get(f"{url}/{origin_hash}/checkpoint") as r:

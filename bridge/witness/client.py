@@ -113,6 +113,7 @@ class Witnessing:
         latest_note: Callable[[], Awaitable[str | None]],
         leaves: Callable[[int], Sequence[bytes]],
         *,
+        quorum: int = 1,
         poll_seconds: float = 2.0,
         retry_min: float = 1.0,
         retry_max: float = 300.0,
@@ -123,6 +124,8 @@ class Witnessing:
         self.store = store
         self._latest_note = latest_note
         self._leaves = leaves
+        self.quorum = quorum
+        self.witnessed: bool | None = None  # does the newest checkpoint have a quorum? (None: not known yet)
         self.poll_seconds = poll_seconds
         self.retry_min = retry_min
         self.retry_max = retry_max
@@ -133,7 +136,7 @@ class Witnessing:
         async with aiohttp.ClientSession() as session:
             while not stop.is_set():
                 try:
-                    await self.sync_once(session)
+                    self._report_quorum(await self.sync_once(session))
                 except Exception:  # never let witnessing take capture down
                     log.exception("ALERT witnessing round failed")
                 with contextlib.suppress(TimeoutError):
@@ -166,6 +169,20 @@ class Witnessing:
                     return {t.url: "local leaves do not match the checkpoint" for t in self.targets}
             report[t.url] = await self._ask(session, t, note, cp.size, leaves)
         return report
+
+    def _report_quorum(self, report: dict[str, str]) -> None:
+        """Log when the newest checkpoint loses or regains its quorum of cosignatures (once per change)."""
+        if not report:
+            return
+        done = sum(1 for what in report.values() if what == "up to date" or what.startswith("cosigned"))
+        ok = done >= self.quorum
+        if ok != self.witnessed:
+            if ok:
+                log.info("newest checkpoint witnessed", extra={"witnesses": done, "quorum": self.quorum})
+            else:
+                log.warning("ALERT newest checkpoint lacks its witness quorum (verify --quorum would fail)",
+                            extra={"witnesses": done, "quorum": self.quorum})  # fmt: skip
+            self.witnessed = ok
 
     def _has(self, t: WitnessTarget, text: str) -> bool:
         return any(t.key.matches(s) for s in self.store.signatures_for(text))
