@@ -149,6 +149,7 @@ def witness_task(
         targets, cosigned, store.latest_checkpoint, leaves,
         quorum=w.quorum, poll_seconds=w.poll_seconds, retry_max=w.retry_max_seconds, timeout=w.timeout_seconds,
     )  # fmt: skip
+    store.on_checkpoint = witnessing.wake  # a signed checkpoint wakes the client; sealing never waits for it
     return _WitnessTask(witnessing, cosigned, stop)
 
 

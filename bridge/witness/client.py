@@ -19,7 +19,6 @@ O(log n) and are left for later.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -131,6 +130,11 @@ class Witnessing:
         self.retry_max = retry_max
         self.timeout = timeout
         self._clock = clock
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """A new checkpoint was signed: start a round now instead of at the next poll (non-blocking)."""
+        self._wake.set()
 
     async def run(self, stop: asyncio.Event) -> None:
         async with aiohttp.ClientSession() as session:
@@ -139,8 +143,17 @@ class Witnessing:
                     self._report_quorum(await self.sync_once(session))
                 except Exception:  # never let witnessing take capture down
                     log.exception("ALERT witnessing round failed")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), self.poll_seconds)
+                await self._sleep(stop)
+
+    async def _sleep(self, stop: asyncio.Event) -> None:
+        """Until the next poll, a `wake()`, or stop."""
+        waiters = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._wake.wait())]
+        try:
+            await asyncio.wait(waiters, timeout=self.poll_seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+            self._wake.clear()
 
     async def sync_once(self, session: aiohttp.ClientSession, *, force: bool = False) -> dict[str, str]:
         """One round: each witness due for it gets the newest checkpoint. Returns url -> what happened."""
