@@ -20,7 +20,13 @@ $(SYNAPSE_VENV)/.installed:
 	$(SYNAPSE_VENV)/bin/pip install --quiet 'matrix-synapse==$(SYNAPSE_VERSION)'
 	touch $@
 
-setup: $(VENV)/.installed $(SYNAPSE_VENV)/.installed
+# Chatarchief's Synapse module (synapse-module/), installed for real into Synapse's venv; tests and the demo
+# also find it without this (they put synapse-module/ on Synapse's PYTHONPATH).
+$(SYNAPSE_VENV)/.module-installed: $(SYNAPSE_VENV)/.installed $(wildcard synapse-module/pyproject.toml synapse-module/chatarchief_synapse/*.py)
+	$(SYNAPSE_VENV)/bin/pip install --quiet ./synapse-module
+	touch $@
+
+setup: $(VENV)/.installed $(SYNAPSE_VENV)/.installed $(SYNAPSE_VENV)/.module-installed
 
 demo: setup
 	$(VENV)/bin/chatarchief demo
@@ -47,4 +53,4 @@ bench: setup
 	$(VENV)/bin/python bench/witness.py
 
 clean:
-	rm -rf $(VENV) $(SYNAPSE_VENV) demo-data .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(SYNAPSE_VENV) demo-data synapse-module/build synapse-module/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -30,8 +30,10 @@ from bridge.archive.mdto import Organisation
 from bridge.archive.package import ArchiveOptions, private_workdir
 from bridge.blobs import BlobStore
 from bridge.capture import LogSink, RetryingBlobs, supervise
+from bridge.clock import now_ms
 from bridge.config import Settings
 from bridge.errors import ConfigError, StorageError, UsageError
+from bridge.liveness import Heartbeats, restart_gap
 from bridge.log.control import ControlServer
 from bridge.log.keys import KeyMaterial, check_permissions
 from bridge.log.lock import WriterBusy
@@ -66,6 +68,7 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
             " (import, withhold, rotate-key and snapshot hand their work to it)"
         ) from None
     async with store:
+        await record_restart_gap(store, data_dir, keys)
         await store.checkpoint()  # seal whatever a crash left unsealed
         await asyncio.to_thread(private_workdir, data_dir)  # plaintext temp bags of a crashed snapshot go now
         blobs = RetryingBlobs(BlobStore(data_dir / "blobs", store.media_keys()), stop=stop)
@@ -86,12 +89,15 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
             tasks.append(asyncio.create_task(SignalSource(signal_cfg, sink, blobs).run(stop), name="signal"))
         witnessing = witness_task(settings, data_dir, keys, store, stop)
         try:
+            heartbeats = Heartbeats(store, settings.storage.heartbeat_minutes * 60)
             async with ControlServer(data_dir, store):
+                heartbeats.start()
                 archive.start()  # monthly packages: catches up missed months now, then on archive.schedule
                 log.info("capture running", extra={"sources": [t.get_name() for t in tasks], "log_size": store.size})
                 try:
                     await supervise(tasks, stop, retries)
                 finally:
+                    await heartbeats.stop()
                     await archive.stop()
         finally:
             stop.set()
@@ -151,6 +157,25 @@ def witness_task(
     )  # fmt: skip
     store.on_checkpoint = witnessing.wake  # a signed checkpoint wakes the client; sealing never waits for it
     return _WitnessTask(witnessing, cosigned, stop)
+
+
+async def record_restart_gap(store: LogStore, data_dir: Path, keys: KeyMaterial) -> None:
+    """The bot was not running between its log's last record and now: record that span (bridge.liveness)."""
+
+    def last() -> tuple[int, int] | None:
+        with LogView(data_dir, keys) as view:
+            return view.last_appended()
+
+    found = await asyncio.to_thread(last)
+    if found is None:
+        return
+    seq, last_ms = found
+    gap = restart_gap(last_ms, now_ms(), seq)
+    await store.append_events([gap])
+    log.warning(
+        "capture gap recorded: the bot was not running",
+        extra={"gap_start_ms": gap.content["gap_start_ms"], "gap_end_ms": gap.content["gap_end_ms"]},
+    )
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:

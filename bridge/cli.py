@@ -15,11 +15,13 @@ import os
 import sys
 from collections.abc import Callable, Coroutine
 from functools import partial
+from importlib import metadata
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bridge import cli_witness, config
@@ -37,23 +39,29 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain one-line usage errors and help, no boxes
 )
-out = Console(soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Markup off by default: paths and messages may hold "[...]"; the few coloured words opt in (`markup=True`).
+out = Console(soft_wrap=True, markup=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 
 T = TypeVar("T")
 
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="TOML config file (flags override it).")]
-DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="Directory holding the log.")]
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", metavar="FILE", help="TOML config file (flags override it).")
+]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", metavar="DIR", help="Directory holding the log.")]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print the report (or the failure: check, record, evidence) as JSON on stdout.")
 ]
-KeyFileOpt = Annotated[Path | None, typer.Option("--key-file", help="Key file (kept outside the data dir).")]
+KeyFileOpt = Annotated[
+    Path | None, typer.Option("--key-file", metavar="FILE", help="Key file (kept outside the data dir).")
+]
 
 
 def _fail(message: str, code: int) -> NoReturn:
     for line in message.splitlines() or [message]:
-        err.print(f"[bold red]error:[/] {line}", markup=True, soft_wrap=True)
+        err.print(f"[bold red]error:[/] {escape(line)}", markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -69,7 +77,7 @@ def _guard(fn: Callable[[], T], *, as_json: bool = False) -> T:
     except LogIntegrityError as exc:
         if as_json:
             _print_json(exc.to_json())
-        err.print(f"[bold red]TAMPERED:[/] {exc}", markup=True, soft_wrap=True)
+        err.print(f"[bold red]TAMPERED:[/] {escape(str(exc))}", markup=True, soft_wrap=True)
         raise typer.Exit(1) from None
     except UsageError as exc:
         _fail(str(exc), 2)
@@ -77,10 +85,10 @@ def _guard(fn: Callable[[], T], *, as_json: bool = False) -> T:
         _fail(str(exc), 1)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
-    except OSError as exc:
+    except OSError as exc:  # a file the operator named cannot be read or written: usage, not tampering
         if os.environ.get("CHATARCHIEF_DEBUG"):
             raise
-        _fail(f"{exc.filename or ''} {exc.strerror or exc}".strip(), 1)
+        _fail(f"{exc.filename or ''}: {exc.strerror or exc}".strip(": "), 2)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -91,6 +99,32 @@ def _require(condition: bool, message: str) -> None:
             raise UsageError(message)
 
     _guard(check)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"chatarchief {_installed_version()}")
+        raise typer.Exit(0)
+
+
+def _installed_version() -> str:
+    try:
+        return metadata.version("chatarchief")
+    except metadata.PackageNotFoundError:  # run from a source tree without installing
+        return "unknown (not installed)"
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = False,
+) -> None:
+    """Archive officials' business chats into an encrypted, tamper-evident log."""
 
 
 def _print_json(value: dict[str, object]) -> None:
@@ -195,8 +229,10 @@ def init(
 
 @app.command("import")
 def import_cmd(
-    file: Annotated[Path, typer.Argument(help="File to import, one event per line.")],
-    fmt: Annotated[ImportFormat, typer.Option("--format", help="Input format.")] = ImportFormat.MATRIX_JSONL,
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="File to import, one event per line.")],
+    fmt: Annotated[
+        ImportFormat, typer.Option("--format", metavar="FORMAT", help="Input format.")
+    ] = ImportFormat.MATRIX_JSONL,
     data_dir: DataDirOpt = None,
     key_file: KeyFileOpt = None,
     config_file: ConfigOpt = None,
@@ -228,11 +264,14 @@ def verify(
     data_dir: DataDirOpt = None,
     key_file: KeyFileOpt = None,
     public_key: Annotated[
-        Path | None, typer.Option("--public-key", help="Expected signing key (.pub); default: the log's own.")
+        Path | None,
+        typer.Option("--public-key", metavar="FILE", help="Expected signing key (.pub); default: the log's own."),
     ] = None,
     pinned: Annotated[
         list[Path] | None,
-        typer.Option("--checkpoint", help="A checkpoint note kept outside the data dir that the log must extend."),
+        typer.Option(
+            "--checkpoint", metavar="NOTE", help="A checkpoint note kept outside the data dir that the log must extend."
+        ),
     ] = None,
     allow_unsealed: Annotated[
         bool,
@@ -265,7 +304,9 @@ def verify(
     if as_json:
         _print_json({**report.to_json(), **({"witnessed_by": cosigners} if witnesses else {})})
         return
-    out.print(f"[green]intact[/]: {report.records} records, {report.checkpoints} signed checkpoints")
+    out.print(
+        f"[green]intact[/]: {report.records} records, {_count(report.checkpoints, 'signed checkpoint')}", markup=True
+    )
     out.print(f"root {report.root.hex()} signed by {report.signer}")
     if witnesses:
         size = report.newest_checkpoint.split("\n", 2)[1]
@@ -276,12 +317,13 @@ def verify(
     else:
         out.print("records not decrypted (no --key-file): integrity, order and signatures only")
     if public_key is None and material is None:
-        out.print("[yellow]note[/]: checked against the log's own public key; pass --public-key to pin it")
+        out.print("[yellow]note[/]: checked against the log's own public key; pass --public-key to pin it", markup=True)
     if report.unsealed:
         how = "authenticated with the key" if material is not None else "NOT vouched for (--allow-unsealed)"
         out.print(
             f"[yellow]note[/]: {report.unsealed} records after the last checkpoint are not sealed yet, {how}"
-            " (a running bot or a crash leaves these; the next writer seals them)"
+            " (a running bot or a crash leaves these; the next writer seals them)",
+            markup=True,
         )
 
 
@@ -306,9 +348,9 @@ def run(config_file: ConfigOpt = None, data_dir: DataDirOpt = None, key_file: Ke
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option("--dir", help="Work directory (wiped at the next demo).")] = Path(
-        "demo-data"
-    ),
+    workdir: Annotated[
+        Path, typer.Option("--dir", metavar="DIR", help="Work directory (wiped at the next demo).")
+    ] = Path("demo-data"),
 ) -> None:
     """Throwaway Synapse + archive bot + demo officials, end to end; prints what was captured."""
     from bridge import demo as demo_module
@@ -352,13 +394,131 @@ def migrate_signing_key_cmd(
         out.print(f"{kf} already keeps the signing key apart ({path}); nothing to do")
 
 
+def _moment(value: str, tz: str, end_of_day: bool, flag: str) -> int:
+    """`YYYY-MM-DD` or an ISO date-time, in the archive's timezone unless it carries an offset; ms UTC."""
+    from datetime import date, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    def parse() -> int:
+        try:
+            if len(value) == 10:
+                day = date.fromisoformat(value)
+                start = datetime(day.year, day.month, day.day, tzinfo=ZoneInfo(tz))
+                return int(((start + timedelta(days=1)) if end_of_day else start).timestamp() * 1000)
+            moment = datetime.fromisoformat(value)
+        except ValueError:
+            raise UsageError(f"{flag} {value!r}: expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS][+HH:MM]") from None
+        if moment.tzinfo is None:
+            moment = moment.replace(tzinfo=ZoneInfo(tz))
+        return int(moment.timestamp() * 1000)
+
+    return _guard(parse)
+
+
+@app.command("events")
+def events_cmd(
+    conversation: Annotated[
+        str | None, typer.Option("--conversation", metavar="ID", help="Only this conversation (room id, group id).")
+    ] = None,
+    sender: Annotated[
+        str | None, typer.Option("--sender", metavar="TEXT", help="Sender id contains TEXT (case-insensitive).")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", metavar="DATE", help="Sent on or after (YYYY-MM-DD or ISO date-time).")
+    ] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--until", metavar="DATE", help="Sent before; a plain date includes that whole day."),
+    ] = None,
+    text: Annotated[
+        str | None, typer.Option("--text", metavar="TEXT", help="Text, captions, poll answers… contain TEXT.")
+    ] = None,
+    kind: Annotated[
+        list[str] | None, typer.Option("--kind", metavar="KIND", help="Only this kind (repeatable): message, edit…")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", help="Print at most N events (0: all).")] = 200,
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    config_file: ConfigOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List and search events (decrypted in memory, nothing written); ids are printed ready to paste.
+
+    Dates are in archive.timezone (Europe/Amsterdam by default). Exit 0 when something matched, 1 when the
+    log fails its checks while being read, 2 for usage errors (and 0 with a note when nothing matched).
+    """
+    import shlex
+
+    from bridge.events import Kind
+    from bridge.search import Query, find, snippet, when_ms
+
+    settings, dd, material = _open_keys(config_file, data_dir, key_file)
+    tz = settings.archive.timezone
+    known = {k.value: k for k in Kind}
+    unknown = [k for k in kind or [] if k not in known]
+    _require(not unknown, f"--kind {', '.join(unknown)}: not a kind; one of {', '.join(sorted(known))}")
+    _require(limit >= 0, "--limit must be 0 (all) or more")
+    query = Query(
+        conversation=conversation,
+        sender=sender,
+        since_ms=_moment(since, tz, False, "--since") if since else None,
+        until_ms=_moment(until, tz, True, "--until") if until else None,
+        text=text,
+        kinds=frozenset(known[k] for k in kind or []),
+    )
+
+    def listing() -> tuple[int, bool]:
+        from datetime import UTC, datetime
+        from zoneinfo import ZoneInfo
+
+        shown, more = 0, False
+        zone = ZoneInfo(tz)
+        for found in find(dd, material, query):
+            if limit and shown == limit:
+                more = True
+                break
+            ev = found.event
+            at = datetime.fromtimestamp(when_ms(ev) / 1000, UTC).astimezone(zone)
+            if as_json:
+                row = {
+                    "seq": found.seq,
+                    "source": ev.source,
+                    "conversation": ev.conversation,
+                    "event_id": ev.event_id,
+                    "kind": ev.kind.value,
+                    "sender": ev.sender,
+                    "sent_at": ev.sent_at,
+                    "received_at": ev.received_at,
+                    "text": snippet(ev, 200),
+                }
+                typer.echo(json.dumps(row, ensure_ascii=False, sort_keys=True))
+            else:
+                out.print(
+                    f"{found.seq:>6}  {at:%Y-%m-%d %H:%M}  {ev.kind.value:<13} {ev.sender or '-'}  "
+                    f"{shlex.quote(ev.event_id)} --conversation {shlex.quote(ev.conversation)}  {snippet(ev)}",
+                    highlight=False,
+                )
+            shown += 1
+        return shown, more
+
+    shown, more = _guard(listing)
+    if not as_json:
+        if shown == 0:
+            err.print("no events match")
+        elif more:
+            err.print(f"first {_count(shown, 'event')} shown; narrow the search or pass --limit 0 for all")
+
+
 @app.command("withhold")
 def withhold_cmd(
-    event_id: Annotated[str, typer.Argument(help="Upstream id of the event (e.g. $abc… for Matrix).")],
-    reason: Annotated[str, typer.Option("--reason", help="Why (shown in the package tombstone).")],
-    by: Annotated[str, typer.Option("--by", help="Who decides (shown in the package tombstone).")],
+    event_id: Annotated[
+        str, typer.Argument(metavar="EVENT_ID", help="Upstream id of the event (e.g. $abc… for Matrix).")
+    ],
+    reason: Annotated[str, typer.Option("--reason", metavar="TEXT", help="Why (shown in the package tombstone).")],
+    by: Annotated[str, typer.Option("--by", metavar="NAME", help="Who decides (shown in the package tombstone).")],
     conversation: Annotated[
-        str | None, typer.Option("--conversation", help="Conversation id, when the event id is in several.")
+        str | None,
+        typer.Option("--conversation", metavar="ID", help="Conversation id, when the event id is in several."),
     ] = None,
     release: Annotated[bool, typer.Option("--release", help="Undo an earlier withhold (another record).")] = False,
     data_dir: DataDirOpt = None,
@@ -366,23 +526,32 @@ def withhold_cmd(
     config_file: ConfigOpt = None,
 ) -> None:
     """Append a decision record withholding an event from archive packages (or releasing it)."""
-    from bridge.withhold import withhold
+    from bridge.withhold import Outcome, withhold
 
     settings, dd, material = _open_keys(config_file, data_dir, key_file)
 
-    async def go() -> tuple[int, int | None]:
+    async def go() -> tuple[Outcome, int | None]:
         async with open_writer(dd, material, _policy(settings)) as writer:
-            seq = await withhold(writer, event_id, reason, by, data_dir=dd, conversation=conversation, release=release)
-            return seq, writer.remote_pid
+            done = await withhold(writer, event_id, reason, by, data_dir=dd, conversation=conversation, release=release)
+            return done, writer.remote_pid
 
-    seq, pid = _run(go)
-    out.print(f"{'released' if release else 'withheld'} {event_id}: decision record {seq}{_via(pid)}")
+    done, pid = _run(go)
+    if done.standing is not None:
+        s = done.standing
+        out.print(
+            f"{event_id} in {done.target.conversation} is already withheld: decision record {done.seq} by {s.by}"
+            f" ({s.reason}); nothing appended (to change the reason: --release, then withhold again)"
+        )
+        return
+    out.print(f"{'released' if release else 'withheld'} {event_id}: decision record {done.seq}{_via(pid)}")
 
 
 @app.command()
 def snapshot(
-    month: Annotated[str, typer.Option("--month", help="Calendar month YYYY-MM (archive.timezone).")],
-    out_dir: Annotated[Path, typer.Option("--out", help="The package directory to create.")],
+    month: Annotated[
+        str, typer.Option("--month", metavar="YYYY-MM", help="Calendar month YYYY-MM (archive.timezone).")
+    ],
+    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="The package directory to create.")],
     data_dir: DataDirOpt = None,
     key_file: KeyFileOpt = None,
     config_file: ConfigOpt = None,
@@ -416,10 +585,13 @@ def snapshot(
 
 @app.command("verify-package")
 def verify_package_cmd(
-    path: Annotated[Path, typer.Argument(help="The package directory.")],
-    public_key: Annotated[Path, typer.Option("--public-key", help="The log's verifier key (KEY_FILE.pub).")],
+    path: Annotated[Path, typer.Argument(metavar="PACKAGE", help="The package directory.")],
+    public_key: Annotated[
+        Path, typer.Option("--public-key", metavar="FILE", help="The log's verifier key (KEY_FILE.pub).")
+    ],
     previous: Annotated[
-        Path | None, typer.Option("--previous", help="The previous month's package, to check the chain.")
+        Path | None,
+        typer.Option("--previous", metavar="PACKAGE", help="The previous month's package, to check the chain."),
     ] = None,
     as_json: JsonOpt = False,
     witness_key: cli_witness.WitnessKeyOpt = None,
@@ -436,7 +608,8 @@ def verify_package_cmd(
         return
     out.print(
         f"[green]intact[/]: {report.month} ({report.status}), records {report.start}..{report.end - 1}"
-        f" in {report.record_files} record files, {report.media_files} media, {report.mdto_files} MDTO files valid"
+        f" in {report.record_files} record files, {report.media_files} media, {report.mdto_files} MDTO files valid",
+        markup=True,
     )
     out.print(f"end root {report.root.hex()} signed by {pub[0]}")
     if previous is not None:
@@ -446,6 +619,41 @@ def verify_package_cmd(
 
 
 cli_witness.register(app, _guard, out)  # `chatarchief witness init|serve`
+
+
+@app.command()
+def coverage(config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Officials' rooms vs the archiver's presence (admin API when the bot is a server admin). Exit 1 if uncovered."""
+    _require(config_file is not None, "coverage needs --config FILE (see config/chatarchief.example.toml)")
+    settings, dd, material = _open_keys(config_file, None, None)
+    from bridge import coverage as cov
+    from bridge.log.reader import iter_events
+
+    m = settings.matrix
+    _require(m is not None, "coverage needs a [matrix] section in the config")
+    assert m is not None
+    officials = frozenset(m.officials or m.allowed_inviters)
+    _require(bool(officials), "coverage needs matrix.officials (or matrix.allowed_inviters) to know whose rooms")
+    opts = cov.CoverageOptions(m.homeserver, m.user_id, officials, m.password_file, m.access_token_file)
+    report = _run(lambda: cov.survey(opts))
+    stats = _guard(lambda: cov.log_stats(e for _, e in iter_events(dd, material)))
+    report = cov.with_log(report, stats)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        out.print(
+            f"{len(report.rooms)} official room(s) ({report.via.replace('_', ' ')}); uncovered: {len(report.uncovered)}"
+        )
+        for r in report.rooms:
+            mark = "[green]covered[/]" if r.covered else "[bold red]UNCOVERED[/]"
+            out.print(
+                f"{mark} {r.room_id} {'encrypted' if r.encrypted else 'plain'} officials={','.join(r.officials)}"
+                f" archiver={r.archiver_membership} since={r.archiver_since_ms} captured={r.log.captured}"
+                f" undecryptable={r.log.undecryptable} last={r.log.last_captured_ms}",
+                soft_wrap=True,
+            )
+    if report.uncovered:
+        raise typer.Exit(1)
 
 
 def main() -> None:
@@ -459,7 +667,7 @@ def main() -> None:
     except BaseException as exc:  # last resort: one line, not a traceback
         if os.environ.get("CHATARCHIEF_DEBUG"):
             raise
-        err.print(f"error: internal error ({type(exc).__name__}): {exc}; rerun with CHATARCHIEF_DEBUG=1")
+        err.print(f"error: internal error ({type(exc).__name__}): {exc}; rerun with CHATARCHIEF_DEBUG=1", markup=False)
         sys.exit(70)
 
 

@@ -34,6 +34,8 @@ class StorageSettings(_Section):
     signing_key_file: Path | None = None
     checkpoint_every_records: Annotated[int, Field(ge=1)] = 10_000
     checkpoint_every_seconds: Annotated[float, Field(gt=0)] = 60.0
+    #: A heartbeat record every this many minutes proves the bot was alive (a silent month vs a dead bot).
+    heartbeat_minutes: Annotated[float, Field(gt=0)] = 15.0
 
 
 class MatrixSettings(_Section):
@@ -43,6 +45,8 @@ class MatrixSettings(_Section):
     access_token_file: Path | None = None
     device_name: str = "chatarchief"
     allowed_inviters: tuple[str, ...] = ()
+    #: Whose rooms `chatarchief coverage` checks (default: allowed_inviters).
+    officials: tuple[str, ...] = ()
     rooms: tuple[str, ...] = ()
     store_dir: Path | None = None
     max_media_bytes: Annotated[int, Field(ge=0)] = 100 * 1024 * 1024

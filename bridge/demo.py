@@ -36,7 +36,7 @@ from bridge.app import run as run_bot
 from bridge.archive.package import SnapshotResult, interim_package
 from bridge.archive.verify_package import PackageReport, verify_package
 from bridge.dev.officials import Official, make_official, ok, poll_until
-from bridge.dev.synapse import SynapseServer
+from bridge.dev.synapse import SynapseServer, archiver_module_config
 from bridge.durable import write_exclusive
 from bridge.errors import UsageError
 from bridge.events import Event, Kind
@@ -166,7 +166,9 @@ async def run_demo(workdir: Path) -> DemoResult:
     started = time.monotonic()
     prepare_workdir(workdir)
     result = DemoResult(workdir, workdir / "data", workdir / "secrets" / "demo.key", workdir / "chatarchief.toml")
-    server = SynapseServer(workdir / "synapse")
+    # Chatarchief's Synapse module puts the archive bot into every room the officials create (synapse-module/).
+    module = archiver_module_config("@archief:localhost", officials=("@minister:localhost", "@woordvoerder:localhost"))
+    server = SynapseServer(workdir / "synapse", archiver_module=module)
     await asyncio.to_thread(server.start)
     officials: list[Official] = []
     stop = asyncio.Event()
@@ -183,6 +185,16 @@ async def run_demo(workdir: Path) -> DemoResult:
         write_config(result, server, bot_id, token_file, [o.user_id for o in officials])
         settings = config.load(result.config_file)
         bot = asyncio.create_task(run_bot(settings, result.data_dir, material, stop))
+        # The module joins the bot at room creation, so wait until its device has keys: messages sent before
+        # that could never be decrypted by it (docs/synapse-module.md, "Operating").
+        token = officials[0].client.access_token
+
+        async def bot_ready() -> bool:
+            if bot is not None and bot.done():
+                bot.result()
+            return await asyncio.to_thread(server.has_device_keys, token, bot_id)
+
+        await poll_until(bot_ready, timeout=CAPTURE_TIMEOUT, interval=0.2)
         await chat(officials[0], officials[1], bot_id, result.sent)
 
         def captured() -> bool:

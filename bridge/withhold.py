@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.clock import now_ms
@@ -21,6 +22,16 @@ from bridge.log.keys import KeyMaterial
 from bridge.log.reader import iter_decisions, iter_events
 from bridge.log.writer import Appender
 from bridge.policy import TargetKey, Withheld, fold_decisions
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The decision record in force after `withhold`: `appended` is False when it was already there."""
+
+    seq: int
+    appended: bool
+    target: DecisionTarget
+    standing: Withheld | None = None  # the earlier withhold that already covered the target
 
 
 def current_withheld(data_dir: Path, keys: KeyMaterial) -> dict[TargetKey, Withheld]:
@@ -60,8 +71,11 @@ async def withhold(
     conversation: str | None = None,
     release: bool = False,
     clock: Callable[[], int] | None = None,
-) -> int:
-    """Append a withhold (or, with `release`, a release) decision; returns its sequence number.
+) -> Outcome:
+    """Append a withhold (or, with `release`, a release) decision; returns where it stands.
+
+    Withholding an event that is already withheld appends nothing (one event, one standing decision):
+    the outcome names the earlier decision. To change the reason, release it and withhold it again.
 
     `data_dir` must be the directory `store` writes (the target is looked up
     with the read-only reader, beside the writer; `store` may be the running
@@ -79,13 +93,15 @@ async def withhold(
     targets = await asyncio.to_thread(find_targets, data_dir, store.keys, event_id)
     target = choose_target(targets, event_id, conversation)
     verdict: Verdict = "release" if release else "withhold"
-    if release:
-        current = await asyncio.to_thread(current_withheld, data_dir, store.keys)
-        if target.key not in current:
-            raise UsageError(f"event {event_id!r} in {target.conversation!r} is not withheld; nothing to release")
+    current = await asyncio.to_thread(current_withheld, data_dir, store.keys)
+    standing = current.get(target.key)
+    if release and standing is None:
+        raise UsageError(f"event {event_id!r} in {target.conversation!r} is not withheld; nothing to release")
+    if not release and standing is not None:
+        return Outcome(standing.decision_seq, False, target, standing)
     at_ms = clock() if clock is not None else now_ms()
     decision = Decision(new_decision_id(), verdict, target, reason, by, at_ms)
     entry = (RecordType.DECISION, DECISION_SOURCE, target.conversation, decision.id, encode_decision(decision))
     result = await store.append_records([entry])
     await store.checkpoint()
-    return result.seqs[0]
+    return Outcome(result.seqs[0], True, target)

@@ -41,7 +41,7 @@ async def test_commands_write_through_the_bot_that_holds_the_lock(empty_log: Log
                 assert writer.remote_pid == os.getpid()
                 counts = await import_file(writer, SAMPLE)
                 await store.append_events([make_event(1)])  # the bot's own capture goes on meanwhile
-                seq = await withhold(writer, "$t1", "privé", "IS", data_dir=empty_log.data_dir)
+                seq = (await withhold(writer, "$t1", "privé", "IS", data_dir=empty_log.data_dir)).seq
                 assert await writer.rotate_data_key() == 2
             await store.append_events([make_event(2)])
         size = store.size

@@ -36,10 +36,12 @@ async def test_demo_captures_every_sent_event_and_verifies(tmp_path: Path) -> No
     assert kinds["key"] == 2 and kinds["blob"] == len({f.attachments[0].blob_id for f in files})
     assert result.report.records == len(result.events) + kinds["key"] + kinds["blob"]
     assert result.seconds < 60
-    # The month so far is packaged, verified with the public key only, one transcript per room.
+    # The month so far is packaged, verified with the public key only, one transcript per room, plus the
+    # bot's own liveness dossier (heartbeats, bridge.liveness).
     assert result.package is not None and result.package_report is not None
     assert result.package_report.end == result.report.records
-    assert len(result.package.transcripts) == 2 and all(t.is_file() for t in result.package.transcripts)
+    assert len(result.package.transcripts) == 3 and all(t.is_file() for t in result.package.transcripts)
+    assert any(e.content.get("notice") == "heartbeat" for _, e in result.events)
     html = b"".join(t.read_bytes() for t in result.package.transcripts)
     assert b"Kun je de Kamerbrief" in html
 

@@ -56,7 +56,8 @@ async def append(log: LogDir, events: list[Event]) -> None:
 
 async def decide(log: LogDir, event_id: str, **kwargs: object) -> int:
     async with await LogStore.open(log.data_dir, log.keys) as store:
-        return await withhold(store, event_id, "privé", "archivaris", data_dir=log.data_dir, **kwargs)  # type: ignore[arg-type]
+        done = await withhold(store, event_id, "privé", "archivaris", data_dir=log.data_dir, **kwargs)  # type: ignore[arg-type]
+        return done.seq
 
 
 @pytest.fixture
@@ -259,3 +260,23 @@ def test_cli_withhold_exit_codes(log: LogDir) -> None:
     missing = runner.invoke(app, [*base, "$event0", "--by", "b"])
     assert missing.exit_code == 2
     assert verify_log(log.data_dir, log.keys).kinds["decision"] == 3
+
+
+def test_withholding_twice_is_one_decision(log: LogDir) -> None:
+    """A second withhold of an already withheld event appends nothing, exits 0 and names the standing decision;
+    after a release, withholding again is a new decision (that is how a reason is changed)."""
+    base = ["withhold", "--data-dir", str(log.data_dir), "--key-file", str(log.key_file), "$event0"]
+    first = runner.invoke(app, [*base, "--reason", "privé", "--by", "archivaris"])
+    assert first.exit_code == 0, first.stderr
+    size = sqlite3.connect(log.db).execute("SELECT count(*) FROM records").fetchone()[0]
+    again = runner.invoke(app, [*base, "--reason", "andere reden", "--by", "iemand anders"])
+    assert again.exit_code == 0, again.stderr
+    assert "already withheld" in again.stdout and f"decision record {B + 4}" in again.stdout
+    assert "privé" in again.stdout  # the standing reason, not the new one
+    assert sqlite3.connect(log.db).execute("SELECT count(*) FROM records").fetchone()[0] == size
+    assert [d.decision for _, d in iter_decisions(log.data_dir, log.keys)] == ["withhold"]
+    assert runner.invoke(app, [*base, "--reason", "r", "--by", "b", "--release"]).exit_code == 0
+    renewed = runner.invoke(app, [*base, "--reason", "andere reden", "--by", "iemand anders"])
+    assert renewed.exit_code == 0 and "withheld $event0" in renewed.stdout
+    state = current_withheld(log.data_dir, log.keys)
+    assert [w.reason for w in state.values()] == ["andere reden"]

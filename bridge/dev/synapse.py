@@ -11,6 +11,9 @@ Contract:
   exists, else the current interpreter (a `pip install .[demo]` install).
 - `register_user()` uses the shared-secret admin API (HMAC-SHA1), so the server
   needs no open registration.
+- `archiver_module=archiver_module_config(...)` loads Chatarchief's own Synapse
+  module (`synapse-module/`, put on the child's PYTHONPATH, so a checkout works
+  without installing it); only the tests and the demo that need it turn it on.
 - The server is loopback-only, without federation, presence or URL previews,
   with every rate limit lifted: never expose it.
 
@@ -42,6 +45,9 @@ from typing import Any
 from bridge.errors import ChatarchiefError
 
 SYNAPSE_PYTHON_ENV = "CHATARCHIEF_SYNAPSE_PYTHON"
+#: The Synapse module's source tree in a checkout (`pip install ./synapse-module` installs it for real).
+SYNAPSE_MODULE_DIR = Path(__file__).resolve().parents[2] / "synapse-module"
+ARCHIVER_MODULE = "chatarchief_synapse.ArchiverModule"
 
 #: Lifted rate limit: Synapse's defaults throttle a test that registers, logs in
 #: and sends in bursts (rc_login allows 5 logins, rc_message 0.2 msg/s).
@@ -163,6 +169,22 @@ def _log_config(log_file: Path) -> str:
     )
 
 
+def archiver_module_config(
+    archiver: str,
+    *,
+    officials: tuple[str, ...] = (),
+    all_local_users: bool = False,
+    admins: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """The `modules:` entry that loads `chatarchief_synapse.ArchiverModule` (keys as in docs/synapse-module.md)."""
+    config: dict[str, Any] = {"archiver": archiver, "admins": list(admins)}
+    if all_local_users:
+        config["all_local_users"] = True
+    else:
+        config["officials"] = list(officials)
+    return {"module": ARCHIVER_MODULE, "config": config}
+
+
 class SynapseServer:
     """One Synapse process on 127.0.0.1 with its data in `workdir`."""
 
@@ -173,11 +195,13 @@ class SynapseServer:
         python: str | None = None,
         port: int | None = None,
         extra_config: Mapping[str, Any] | None = None,
+        archiver_module: Mapping[str, Any] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
         self.python = python or default_synapse_python()
         self.port = port or free_port()
         self.extra_config = dict(extra_config or {})
+        self.archiver_module = dict(archiver_module) if archiver_module is not None else None
         self.shared_secret = secrets.token_hex(32)
         self._proc: subprocess.Popen[bytes] | None = None
         self._configured = False
@@ -207,6 +231,8 @@ class SynapseServer:
         (self.workdir / "log.config").write_text(_log_config(self.workdir / "homeserver.log"))
         write_signing_key(self.workdir / "signing.key")
         config = homeserver_config(self.workdir, self.port, self.shared_secret)
+        if self.archiver_module is not None:
+            config["modules"] = [self.archiver_module]
         config.update(self.extra_config)
         self.config_path.write_text(json.dumps(config, indent=2))
         self._configured = True
@@ -216,6 +242,9 @@ class SynapseServer:
         if self.running:
             return
         self._write_config()
+        env = dict(os.environ)
+        if self.archiver_module is not None:
+            env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SYNAPSE_MODULE_DIR), env.get("PYTHONPATH")) if p)
         out = (self.workdir / "stdout.log").open("ab")
         try:
             self._proc = subprocess.Popen(
@@ -224,6 +253,7 @@ class SynapseServer:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env=env,
             )
         finally:
             out.close()  # the child holds its own descriptor
@@ -280,13 +310,16 @@ class SynapseServer:
 
     # -- users -------------------------------------------------------------
 
-    def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
+    def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None, token: str | None = None) -> Any:
         data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": "application/json"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
         req = urllib.request.Request(  # noqa: S310 - our own loopback URL
             f"{self.url}{path}",
             data=data,
             method=method,
-            headers={"Content-Type": "application/json"},
+            headers=headers,
         )
         try:
             with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
@@ -313,6 +346,12 @@ class SynapseServer:
         }
         result = self._request("POST", path, body)
         return str(result["user_id"]), str(result["access_token"])
+
+    def has_device_keys(self, token: str, user_id: str) -> bool:
+        """Whether `user_id` has uploaded device keys (asked as the holder of `token`)."""
+        body: dict[str, Any] = {"device_keys": {user_id: []}}
+        result = self._request("POST", "/_matrix/client/v3/keys/query", body, token=token)
+        return bool(result.get("device_keys", {}).get(user_id))
 
     async def register_user_async(self, name: str, password: str, admin: bool = False) -> tuple[str, str]:
         """`register_user` off the event loop (a registration takes ~0.4 s)."""

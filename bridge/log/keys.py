@@ -270,10 +270,14 @@ def load_public(path: Path) -> tuple[str, Ed25519PublicKey]:
         text = path.read_text("ascii").strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"public key file {path} cannot be read: {exc}") from None
+    if text.startswith("{"):  # never echo it: this is what a key file (secrets) looks like
+        raise KeyFileError(f"{path} is not a public key file (it looks like the private key file); pass its .pub")
     try:
         return checkpoint.parse_vkey(text)
-    except checkpoint.CheckpointError as exc:
-        raise KeyFileError(f"public key file {path} is malformed: {exc}") from None
+    except checkpoint.CheckpointError:  # the reason quotes the text: a wrong file may hold secrets
+        raise KeyFileError(
+            f"public key file {path} is malformed: expected one line name+keyid+base64 (the .pub init wrote)"
+        ) from None
 
 
 def write_exclusive(path: Path, data: bytes, mode: int) -> None:

@@ -138,6 +138,18 @@ class LogView:
         row = self._conn.execute("SELECT header FROM records WHERE seq = 0").fetchone()
         return None if row is None else appended_ms(bytes(row[0]))
 
+    def last_appended(self) -> tuple[int, int] | None:
+        """(seq, appended_ms) of the log's last record, None while it holds no event yet (a fresh log's key
+        records are no sign of a bot that ran)."""
+        rows = self._conn.execute("SELECT seq, header FROM records ORDER BY seq DESC")
+        last: tuple[int, int] | None = None
+        for seq, header in rows:
+            if last is None:
+                last = (int(seq), appended_ms(bytes(header)))
+            if bytes(header)[TYPE_OFFSET] == format.RecordType.EVENT:
+                return last
+        return None
+
     def note_at(self, size: int) -> str | None:
         row = self._conn.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)).fetchone()
         return None if row is None else str(row[0])

@@ -13,6 +13,17 @@ Contract:
 - It also drops other devices' display names from /keys/query responses before
   nio stores them: nio keeps them in plaintext in its crypto store, the bot does
   not need them, and officials name their devices freely (no plaintext at rest).
+- It keeps nio's crypto store crash-safe where nio is not (a kill at either
+  point loses room keys for good; tests/test_matrix_crash_windows.py):
+  one-time keys are saved before they are uploaded (nio saves the account
+  only after the server answered: killed in between, the server hands out
+  keys whose private halves are gone, and the restarted device's new keys
+  reuse the same key ids, which the server refuses), and each sync response is
+  taken into the store in one SQLite transaction (nio writes the account,
+  Olm session and Megolm session of one to-device room key separately: killed
+  in between, the replayed sync cannot decrypt it again). A replayed sync
+  after a committed transaction only finds Olm messages already used, which
+  nio logs and skips: their room keys are already stored.
 - `open_session(client, ...)` logs in once and persists `device_id` and the
   access token (`session.json` in the store dir, the token sealed under
   `session_key`: see `session`) so every restart is the same device with
@@ -33,7 +44,17 @@ from urllib.parse import quote
 
 import aiohttp
 import orjson
-from nio import AsyncClient, ErrorResponse, KeysQueryResponse, RoomMessagesResponse, SyncResponse
+from nio import (
+    Api,
+    AsyncClient,
+    ErrorResponse,
+    KeysQueryResponse,
+    KeysUploadError,
+    KeysUploadResponse,
+    Response,
+    RoomMessagesResponse,
+    SyncResponse,
+)
 
 from bridge.errors import SourceError
 from bridge.sources.matrix.session import SavedSession, SessionFileError, load_session, save_session
@@ -89,6 +110,29 @@ class RawKeepingClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
         if response_class is KeysQueryResponse and not isinstance(response, ErrorResponse):
             _drop_display_names(response.device_keys)
         return response
+
+    async def keys_upload(self) -> KeysUploadResponse | KeysUploadError:
+        """nio's upload, with the account (new one-time keys included) saved before the keys leave.
+
+        A device restarted after a kill mid-upload holds the same unpublished keys and uploads them
+        again (the server accepts an identical key twice) along with any new ones.
+        """
+        if self.olm is None or not self.should_upload_keys:
+            return await super().keys_upload()  # nio's own refusal (no store, nothing to upload)
+        content = self.olm.share_keys()
+        self.olm.save_account()
+        method, path, data = Api.keys_upload(self.access_token, content)
+        response: KeysUploadResponse | KeysUploadError = await self._send(KeysUploadResponse, method, path, data)
+        return response
+
+    async def receive_response(self, response: Response) -> None:
+        """nio's handling; a sync response's crypto-store writes commit together or not at all."""
+        store = self.store
+        if not isinstance(response, SyncResponse) or store is None:
+            await super().receive_response(response)
+            return
+        with store.database.atomic():
+            await super().receive_response(response)
 
 
 def _drop_display_names(device_keys: Any) -> None:
