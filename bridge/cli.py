@@ -184,7 +184,9 @@ def _policy(settings: config.Settings) -> CheckpointPolicy:
 
 SigningKeyOpt = Annotated[
     Path | None,
-    typer.Option("--signing-key", help="The checkpoint signing key's own file (default KEY_FILE.signing)."),
+    typer.Option(
+        "--signing-key", metavar="FILE", help="The checkpoint signing key's own file (default KEY_FILE.signing)."
+    ),
 ]
 
 

@@ -30,12 +30,15 @@ WitnessKeyOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--witness-key",
+        metavar="VKEY|FILE",
         help="A witness's verifier key (name+id+key, type 0x04) or a file holding one; repeatable.",
     ),
 ]
 QuorumOpt = Annotated[
     int | None,
-    typer.Option("--quorum", help="How many of the --witness-key witnesses must have cosigned (default 1)."),
+    typer.Option(
+        "--quorum", metavar="N", help="How many of the --witness-key witnesses must have cosigned (default 1)."
+    ),
 ]
 
 
@@ -84,10 +87,17 @@ def register(app: typer.Typer, guard: Guard, out: Console) -> None:
     @witness_app.command("init")
     def init(
         name: Annotated[
-            str, typer.Option("--name", help="The witness's name, a schema-less URL (witness.example.nl/w1).")
+            str,
+            typer.Option(
+                "--name", metavar="NAME", help="The witness's name, a schema-less URL (witness.example.nl/w1)."
+            ),
         ],
-        key_file: Annotated[Path | None, typer.Option("--key-file", help="Where to write the key (0600).")] = None,
-        config_file: Annotated[Path | None, typer.Option("--config", help="Witness config (its key_file).")] = None,
+        key_file: Annotated[
+            Path | None, typer.Option("--key-file", metavar="FILE", help="Where to write the key (0600).")
+        ] = None,
+        config_file: Annotated[
+            Path | None, typer.Option("--config", metavar="FILE", help="Witness config (its key_file).")
+        ] = None,
     ) -> None:
         """Create a witness key (never overwrites); writes KEY_FILE.pub and prints the verifier key."""
 
@@ -111,7 +121,9 @@ def register(app: typer.Typer, guard: Guard, out: Console) -> None:
 
     @witness_app.command("serve")
     def serve(
-        config_file: Annotated[Path, typer.Option("--config", help="Witness config TOML (see docs/witness.md).")],
+        config_file: Annotated[
+            Path, typer.Option("--config", metavar="FILE", help="Witness config TOML (see docs/witness.md).")
+        ],
     ) -> None:
         """Serve add-checkpoint until SIGTERM/SIGINT."""
         from bridge import logs
