@@ -87,11 +87,13 @@ def register(app: typer.Typer, guard: Guard, out: Console) -> None:
     @witness_app.command("init")
     def init(
         name: Annotated[
-            str,
+            str | None,
             typer.Option(
-                "--name", metavar="NAME", help="The witness's name, a schema-less URL (witness.example.nl/w1)."
+                "--name",
+                metavar="NAME",
+                help="The witness's name, a schema-less URL (witness.example.nl/w1); default: the config's name.",
             ),
-        ],
+        ] = None,
         key_file: Annotated[
             Path | None, typer.Option("--key-file", metavar="FILE", help="Where to write the key (0600).")
         ] = None,
@@ -102,13 +104,17 @@ def register(app: typer.Typer, guard: Guard, out: Console) -> None:
         """Create a witness key (never overwrites); writes KEY_FILE.pub and prints the verifier key."""
 
         def create() -> str:
-            path = key_file or (load_witness_config(config_file).key_file if config_file is not None else None)
+            config = load_witness_config(config_file) if config_file is not None else None
+            path = key_file or (config.key_file if config is not None else None)
             if path is None:
                 raise UsageError("pass --key-file PATH or --config FILE (with key_file)")
+            witness_name = name or (config.name if config is not None else None)
+            if witness_name is None:
+                raise UsageError("pass --name NAME (e.g. witness.example.nl/w1) or set name in the witness config")
             if path.exists():
                 raise UsageError(f"{path} already exists; refusing to overwrite a witness key")
             try:
-                key = CosignerKey.generate(name)
+                key = CosignerKey.generate(witness_name)
             except NoteError as exc:
                 raise UsageError(str(exc)) from None
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)

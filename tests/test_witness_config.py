@@ -72,3 +72,19 @@ def test_world_readable_witness_key_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, f'key_file = "{key}"\nstate = "{tmp_path / "s.db"}"\n')
     result = CliRunner().invoke(app, ["witness", "serve", "--config", str(path)])
     assert result.exit_code == 2 and "chmod 600" in result.output
+
+
+def test_init_and_serve_from_the_config_name(tmp_path: Path) -> None:
+    """`witness init --config` takes name and key_file from the config; `serve` refuses a key of another name."""
+    path = write(
+        tmp_path, f'name = "w.example.nl/cfg"\nkey_file = "{tmp_path / "k" / "w.key"}"\nstate = "{tmp_path / "s.db"}"\n'
+    )
+    result = CliRunner().invoke(app, ["witness", "init", "--config", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "w.example.nl/cfg+" in result.output
+    other = write(
+        tmp_path,
+        f'name = "w.example.nl/other"\nkey_file = "{tmp_path / "k" / "w.key"}"\nstate = "{tmp_path / "s.db"}"\n',
+    )
+    result = CliRunner().invoke(app, ["witness", "serve", "--config", str(other)])
+    assert result.exit_code == 2 and "the config names" in result.output

@@ -52,6 +52,8 @@ class LogEntry(_Frozen):
 
 
 class WitnessConfig(_Frozen):
+    #: The witness's name (a schema-less URL); `witness init --config` uses it, `serve` checks the key has it.
+    name: str | None = None
     key_file: Path
     state: Path
     evidence_dir: Path | None = None

@@ -193,6 +193,8 @@ def make_app(
 
 def build(config: WitnessConfig) -> tuple[Witness, web.Application]:
     key = load_cosigner_key(config.key_file)
+    if config.name is not None and key.name != config.name:
+        raise KeyFileError(f"witness key file {config.key_file} is for {key.name!r}, the config names {config.name!r}")
     state = WitnessState(config.state, config.evidence())
     logs = {entry.origin: entry.verifiers() for entry in config.logs}
     witness = Witness(key, logs, state)
