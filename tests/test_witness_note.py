@@ -303,3 +303,34 @@ def test_ed25519_key_is_not_reused_for_a_log_key() -> None:
     priv = Ed25519PrivateKey.generate()
     v = Verifier("log.example/1", ALG_ED25519, priv.public_key().public_bytes_raw())
     assert parse_vkey(v.vkey) == v
+
+
+# -- another implementation's values (transparency-dev/formats, note/note_cosigv1_test.go) ---------------------
+# Constants from its tests (TestCoSigV1NewVerifier, TestCosignatureTimestamp): a deployed witness's cosignature
+# vkey, an Ed25519 note vkey, and a cosignature whose timestamp it decodes as 1727964367.
+
+REMORA_VKEY = "remora.n621.de+da77ade7+BOvN63jn/bLvkieywe8R6UYAtVtNbZpXh34x7onlmtw2"
+TEST_NOTE_VKEY = "TEST+7997405c+AQcC+FTVKf0jlTdHDY3rbevmnKxxPjigCXlVtGe6RIr6"
+GO_COSIG = "ZGhGuQAAAABm/qTPeyKXD+R2rzyQsxPiP8mXum7qq/iF0u4vanlqJyocWODBt97w9uL+8qT7S5gxEHWWOworDcFiEBYJXORmnFBOBA=="
+GO_NOTE_SIG = "eQjRQm6eSKzFoiYalgwCPXu2y3ijtg68is9M46JKxuZB+dRfTmeQeDBoXnvxZx2ugnkyV+MUMLXpWs1hPb/W/4xkNQY="
+
+
+def test_another_implementations_vkeys_parse_with_the_same_key_ids() -> None:
+    """Go's vkeys (a real witness's 0x04 key, a 0x01 key whose base64 holds '+') parse, and our key ID
+    computation gives the IDs that implementation wrote into them."""
+    remora = parse_vkey(REMORA_VKEY)
+    assert (remora.name, remora.alg, remora.key_id.hex()) == ("remora.n621.de", ALG_COSIGNATURE_V1, "da77ade7")
+    assert remora.vkey == REMORA_VKEY
+    test = parse_vkey(TEST_NOTE_VKEY)
+    assert (test.alg, test.key_id.hex()) == (ALG_ED25519, "7997405c") and test.vkey == TEST_NOTE_VKEY
+
+
+def test_another_implementations_cosignature_timestamp() -> None:
+    """Our reading of a cosignature's timestamp agrees with Go's on its test value; a plain Ed25519 note
+    signature (no timestamp) is not taken for a cosignature."""
+    raw = base64.b64decode(GO_COSIG)
+    sig = NoteSignature("w", raw[:4], raw[4:])
+    key = Verifier("w", ALG_COSIGNATURE_V1, bytes(32))
+    assert key.timestamp(sig) == 1727964367
+    plain = base64.b64decode(GO_NOTE_SIG)
+    assert key.timestamp(NoteSignature("w", plain[:4], plain[4:])) is None
