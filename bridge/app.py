@@ -45,7 +45,7 @@ from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
 from bridge.sources.signal import SignalSource, SignalSourceConfig
 from bridge.witness.client import Witnessing
 from bridge.witness.cosigned import CosignatureStore
-from bridge.witness.note import NoteError, parse_vkey
+from bridge.witness.note import ALG_COSIGNATURE_V1, NoteError, Verifier, parse_vkey
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
             if secret is not None:
                 check_permissions(secret, "matrix credential file")
     check_private_dir(data_dir)
+    targets = witness_targets(settings)  # a bad [witness] key is a config error before anything starts
     try:
         store = await LogStore.open(data_dir, keys, checkpoint_policy(settings))
     except WriterBusy as busy:
@@ -75,6 +76,7 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
         seal = seal_in_loop(store, asyncio.get_running_loop())
         a = settings.archive
         archive = ArchiveJobs(data_dir, keys, a.destination, archive_options(settings), a.schedule, store, seal=seal)
+        witnessing = witness_task(settings, targets, data_dir, keys, store, stop)
         tasks: list[asyncio.Task[None]] = []
         retries: list[LogSink | RetryingBlobs] = [blobs]
         if settings.matrix is not None:
@@ -87,7 +89,6 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
             sink = LogSink(store, f"signal:{settings.signal.account or settings.signal.endpoint}", stop=stop)
             retries.append(sink)
             tasks.append(asyncio.create_task(SignalSource(signal_cfg, sink, blobs).run(stop), name="signal"))
-        witnessing = witness_task(settings, data_dir, keys, store, stop)
         try:
             heartbeats = Heartbeats(store, settings.storage.heartbeat_minutes * 60)
             async with ControlServer(data_dir, store):
@@ -134,17 +135,33 @@ class _WitnessTask:
             self.store.close()
 
 
+def witness_targets(settings: Settings) -> list[tuple[str, Verifier]]:
+    """(url, key) of each configured witness; ConfigError for a key that is not a cosignature vkey."""
+    w = settings.witness
+    if w is None:
+        return []
+    try:
+        targets = [(url, parse_vkey(key)) for url, key in zip(w.urls, w.public_keys, strict=True)]
+    except NoteError as exc:
+        raise ConfigError(f"[witness] public_keys: {exc}") from None
+    for _, key in targets:
+        if key.alg != ALG_COSIGNATURE_V1:
+            raise ConfigError(f"[witness] public_keys: {key.name} is not a witness cosignature key (type 0x04)")
+    return targets
+
+
 def witness_task(
-    settings: Settings, data_dir: Path, keys: KeyMaterial, store: LogStore, stop: asyncio.Event
+    settings: Settings,
+    targets: list[tuple[str, Verifier]],
+    data_dir: Path,
+    keys: KeyMaterial,
+    store: LogStore,
+    stop: asyncio.Event,
 ) -> _WitnessTask | None:
     """Start asking the configured witnesses (None when [witness] is absent: today's behaviour)."""
     w = settings.witness
     if w is None:
         return None
-    try:
-        targets = [(url, parse_vkey(key)) for url, key in zip(w.urls, w.public_keys, strict=True)]
-    except NoteError as exc:
-        raise ConfigError(f"[witness] public_keys: {exc}") from None
     cosigned = CosignatureStore(data_dir)
 
     def leaves(n: int) -> list[bytes]:  # in a worker thread: its own read-only connection

@@ -88,3 +88,20 @@ def test_init_and_serve_from_the_config_name(tmp_path: Path) -> None:
     )
     result = CliRunner().invoke(app, ["witness", "serve", "--config", str(other)])
     assert result.exit_code == 2 and "the config names" in result.output
+
+
+def test_run_refuses_a_log_key_as_witness_key(tmp_path: Path) -> None:
+    """`run` with a [witness] public key that is not a cosignature key (a log's 0x01 key): exit 2 naming
+    [witness], before the log is opened or any source started."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    config = tmp_path / "chatarchief.toml"
+    config.write_text(
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\nkey_file = "{secrets / "k.key"}"\n'
+        '[signal]\nendpoint = "tcp://127.0.0.1:1"\n'
+        f'[witness]\nurls = ["http://127.0.0.1:1"]\npublic_keys = ["{LOG_VKEY}"]\n'
+    )
+    runner = CliRunner()
+    assert runner.invoke(app, ["init", "--config", str(config)]).exit_code == 0
+    result = runner.invoke(app, ["run", "--config", str(config)])
+    assert result.exit_code == 2 and "[witness]" in result.output and "0x04" in result.output
