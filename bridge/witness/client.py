@@ -218,7 +218,7 @@ class Witnessing:
             except WitnessUnavailable as exc:
                 return self._failed(t, str(exc), alert=t.delay == 0)
             if isinstance(outcome, Cosigned):
-                self.store.add(text, outcome.signature, t.key)
+                await asyncio.to_thread(self.store.add, text, outcome.signature, t.key)  # fsync off the loop
                 if t.last_error:
                     log.info("witness back; caught up", extra={"witness": t.url, "size": size, "from": old})
                 t.known_size, t.delay, t.next_try, t.last_error = size, 0.0, 0.0, ""
