@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import ctypes
 import logging
+import os
 import resource
 import signal
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 
 import aiohttp
 
+from bridge import __version__
 from bridge.archive.mdto import Organisation
 from bridge.archive.package import ArchiveOptions, private_workdir
 from bridge.blobs import BlobStore
@@ -54,6 +56,7 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
     """Run every configured source against the log in `data_dir` until `stop` is set."""
     if settings.matrix is None and settings.signal is None:
         raise UsageError("no source configured: add a [matrix] (or [signal]) section to the config")
+    options = archive_options(settings)  # refused now, not at the first month's end
     if settings.matrix is not None:
         for secret in (settings.matrix.password_file, settings.matrix.access_token_file):
             if secret is not None:
@@ -75,7 +78,7 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
         blobs = RetryingBlobs(BlobStore(data_dir / "blobs", store.media_keys()), stop=stop)
         seal = seal_in_loop(store, asyncio.get_running_loop())
         a = settings.archive
-        archive = ArchiveJobs(data_dir, keys, a.destination, archive_options(settings), a.schedule, store, seal=seal)
+        archive = ArchiveJobs(data_dir, keys, a.destination, options, a.schedule, store, seal=seal)
         witnessing = witness_task(settings, targets, data_dir, keys, store, stop)
         tasks: list[asyncio.Task[None]] = []
         retries: list[LogSink | RetryingBlobs] = [blobs]
@@ -94,7 +97,20 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
             async with ControlServer(data_dir, store):
                 heartbeats.start()
                 archive.start()  # monthly packages: catches up missed months now, then on archive.schedule
-                log.info("capture running", extra={"sources": [t.get_name() for t in tasks], "log_size": store.size})
+                log.info(
+                    "capture running",
+                    extra={
+                        "version": __version__,
+                        "sources": [t.get_name() for t in tasks],
+                        "data_dir": str(data_dir),
+                        "log_id": keys.log_id.hex(),
+                        "log_size": store.size,
+                        "writer_lock": str(data_dir / "writer.lock"),
+                        "pid": os.getpid(),
+                        "heartbeat_minutes": settings.storage.heartbeat_minutes,
+                        "archive_schedule": settings.archive.schedule,
+                    },
+                )
                 try:
                     await supervise(tasks, stop, retries)
                 finally:
@@ -110,7 +126,7 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
             except StorageError as exc:
                 log.error("ALERT could not seal the log at stop; the next start seals it", extra={"error": str(exc)})
             else:
-                sealed_size = note.split("\n", 2)[1]
+                sealed_size = int(note.split("\n", 2)[1])
                 log.info("capture stopped; log sealed", extra={"log_size": store.size, "sealed_size": sealed_size})
             if witnessing is not None:
                 await witnessing.finish()
@@ -220,7 +236,13 @@ def checkpoint_policy(settings: Settings) -> CheckpointPolicy:
 
 
 def archive_options(settings: Settings) -> ArchiveOptions:
+    """What packages say about their owner; a UsageError when the config names none."""
     o = settings.organisation
+    if o is None:
+        raise UsageError(
+            "no [organisation] in the config: packages must name the archive's owner; add [organisation] with"
+            ' name = "Ministerie van …" and archive_creator_id = "…" (see config/chatarchief.example.toml)'
+        )
     org = Organisation(o.name, o.archive_creator_id, o.appraisal, o.retention_years)
     return ArchiveOptions(org, settings.archive.timezone)
 

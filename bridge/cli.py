@@ -572,7 +572,7 @@ def snapshot(
     from bridge.archive.range import parse_month
 
     settings, dd, material = _open_keys(config_file, data_dir, key_file)
-    options = archive_options(settings)
+    options = _guard(lambda: archive_options(settings))
     seal = writer_seal(dd, material)  # bridge.log.writer.seal_at: the running bot signs when it holds the log
     result = _guard(
         lambda: write_snapshot(

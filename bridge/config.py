@@ -105,8 +105,10 @@ class ArchiveSettings(_Section):
 
 
 class OrganisationSettings(_Section):
-    name: str = "Demo-ministerie"
-    archive_creator_id: str = "demo"
+    """Who the archive belongs to: required for `run` and `snapshot` (packages name it), no default."""
+
+    name: Annotated[str, Field(min_length=1)]
+    archive_creator_id: Annotated[str, Field(min_length=1)]
     #: MDTO waardering: "B" (blijvend te bewaren), "V" (tijdelijk te bewaren: set retention_years)
     #: or "N" (nader te bepalen).
     appraisal: Literal["B", "V", "N"] = "B"
@@ -169,7 +171,8 @@ class Settings(BaseSettings):
     matrix: MatrixSettings | None = None
     signal: SignalSettings | None = None
     archive: ArchiveSettings = ArchiveSettings()
-    organisation: OrganisationSettings = OrganisationSettings()
+    #: None until configured: `run` and `snapshot` refuse without it (a package must not name a made-up owner).
+    organisation: OrganisationSettings | None = None
     logging: LoggingSettings = LoggingSettings()
     witness: WitnessSettings | None = None
 

@@ -59,6 +59,15 @@ def setup(level: str = "INFO", fmt: str = "json") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # nio logs event bodies at DEBUG; keep libraries at WARNING whatever our level.
-    for noisy in ("nio", "aiohttp", "aiosqlite", "peewee", "asyncio"):
+    # nio logs event bodies at DEBUG; keep libraries at WARNING whatever our level (apscheduler narrates its
+    # job store at INFO; our scheduler logs what it schedules itself).
+    for noisy in ("nio", "aiohttp", "aiosqlite", "peewee", "asyncio", "apscheduler", "tzlocal"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # nio says "Timed out, sleeping for 0s" for any connection error, refused ones included; our sources log
+    # the real reason ("homeserver unreachable (connection refused)") with the retry.
+    logging.getLogger("nio.client.async_client").addFilter(_DropNioTimeouts())
+
+
+class _DropNioTimeouts(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timed out, sleeping for")

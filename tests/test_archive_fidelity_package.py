@@ -5,6 +5,7 @@ a forged result is caught."""
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from pathlib import Path
 
 import pytest
@@ -12,12 +13,12 @@ import pytest
 from bridge.archive.package import snapshot
 from bridge.archive.range import Month
 from bridge.archive.verify_package import PackageIntegrityError, verify_package
-from bridge.events import Kind
+from bridge.events import SIGNAL, ConversationId, Event, EventId, Kind, SenderId
 from bridge.log import keys as keyfile
 from bridge.log import store as store_module
 from bridge.log.store import CheckpointPolicy, LogStore
 from tests.conftest import LogDir
-from tests.support.archive_log import OPTIONS, create_archive_log, event, ms, seal_for
+from tests.support.archive_log import OPTIONS, ROOM_B, create_archive_log, event, ms, seal_for
 from tests.test_archive_forgery import rebag
 
 MINISTER = "@minister:example.org"
@@ -41,6 +42,21 @@ def _log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LogDir:
         event(6, body="Het concept staat klaar."),
         event(7, kind=Kind.EDIT, relates_to="$e6", sender=OTHER, body="Het concept is ingetrokken."),
         event(8, body="akkoord", sender="@m\u0456nister:example.org"),  # Cyrillic i: looks like the minister
+        event(10, body="nog een keer", sender="@m\u0456nister:example.org"),
+        event(11, kind=Kind.STATE, content={"type": "m.call.invite", "call": {"action": "invite", "call_id": "k1"}}),
+        event(
+            12,
+            kind=Kind.STATE,
+            sender=OTHER,
+            content={"type": "m.call.answer", "call": {"action": "answer", "call_id": "k1"}},
+        ),
+        event(13, kind=Kind.STATE, content={"type": "m.call.hangup", "call": {"action": "hangup", "call_id": "k1"}}),
+        event(
+            14,
+            kind=Kind.STATE,
+            content={"type": "m.room.tombstone", "state_key": "", "replacement_room": ROOM_B, "content": {}},
+        ),
+        event(15, room=ROOM_B, body="verder hier"),
     ]
 
     async def go() -> None:
@@ -67,6 +83,12 @@ def test_poll_edit_attempt_and_lookalike_survive_re_derivation(tmp_path: Path, m
     assert "<bdi>Ja</bdi>: 2</li>" in html and "<bdi>Nee</bdi>: 0</li>" in html
     assert "rejected edit attempt" in html
     assert "looks like" in html
+    alpha = next(t for t in pkg.transcripts if "alpha" in str(t)).read_text()
+    beta = next(t for t in pkg.transcripts if "beta" in str(t))
+    assert alpha.count('<section class="lookalikes">') == 1 and alpha.count('class="warn lookalike"') == 2
+    assert "started a call" in alpha and "answered by" in alpha and "ended the call" in alpha
+    link = f'<a class="conversation" href="../{urllib.parse.quote(beta.parent.name)}/transcript.html">'
+    assert link in alpha and "continues in" in alpha
     pub = keyfile.load_public(keyfile.public_path(log.key_file))
     verify_package(pkg.path, pub)
     transcript = pkg.transcripts[0]
@@ -75,3 +97,34 @@ def test_poll_edit_attempt_and_lookalike_survive_re_derivation(tmp_path: Path, m
     rebag(pkg.path)
     with pytest.raises(PackageIntegrityError, match="transcript"):
         verify_package(pkg.path, pub)
+
+
+def test_signal_group_dossier_is_titled_by_its_group_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Signal group dossier is titled by the group name its messages carry (not its base64 id), its senders
+    by their profile names, and verify-package re-derives it."""
+    log = create_archive_log(tmp_path)
+    group = "group:U3RhbmRpbmdDb21taXR0ZWVCZWxlaWRzb3ZlcmxlZyE="
+    sender = "5e2f9d10-8a3b-4c6d-b7e8-1f2a3b4c5d6e"
+
+    def signal(n: int, name: str) -> Event:
+        content = {"body": f"bericht {n}", "group_name": name, "sender_name": "Peer"}
+        return Event(
+            SIGNAL, ConversationId(group), EventId(f"{sender}:{n}"), Kind.MESSAGE, SenderId(sender), n, n, content
+        )
+
+    async def go() -> None:
+        monkeypatch.setattr(store_module, "now_ms", lambda: ms(2024, 1, 5))
+        async with await LogStore.open(log.data_dir, log.keys, CheckpointPolicy(50, 10**9)) as store:
+            await store.append_events([signal(1, "Oud overleg"), signal(2, "Beleidsoverleg")])
+            monkeypatch.setattr(store_module, "now_ms", lambda: ms(2024, 2, 5))
+            await store.append_events([signal(3, "later")])
+            await store.checkpoint()
+
+    asyncio.run(go())
+    monkeypatch.undo()
+    pkg = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log))
+    (transcript,) = pkg.transcripts
+    html = transcript.read_text()
+    assert "<title>Beleidsoverleg (2024-01)</title>" in html  # the last name of the month
+    assert f'<bdi class="who">Peer</bdi> <bdi class="id">{sender}</bdi>' in html
+    verify_package(pkg.path, keyfile.load_public(keyfile.public_path(log.key_file)))

@@ -134,7 +134,10 @@ def test_snapshot_refuses_a_missing_blob_unless_allowed_and_then_lists_it(
     with pytest.raises(MissingMediaError, match=r"of record \d+ is missing"):
         snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log))
     assert not (tmp_path / "jan").exists()
-    args = ["snapshot", "--data-dir", str(log.data_dir), "--key-file", str(log.key_file), "--month", "2024-01"]
+    org = tmp_path / "org.toml"
+    org.write_text('[organisation]\nname = "Ministerie van Testzaken"\narchive_creator_id = "mvtz"\n')
+    args = ["snapshot", "--config", str(org), "--data-dir", str(log.data_dir), "--key-file", str(log.key_file)]
+    args += ["--month", "2024-01"]
     refused = runner.invoke(app, [*args, "--out", str(tmp_path / "jan")])
     assert refused.exit_code == 1 and not (tmp_path / "jan").exists()
     result = refused

@@ -24,7 +24,7 @@ from bridge.archive.transcript import (
     safe_href,
     write_transcript,
 )
-from bridge.events import MATRIX, Attachment, ConversationId, Event, EventId, Kind, SenderId
+from bridge.events import MATRIX, SIGNAL, Attachment, ConversationId, Event, EventId, Kind, SenderId
 from bridge.policy import Withheld
 
 ROOM = "!room:example.org"
@@ -337,6 +337,41 @@ def test_hostile_text_everywhere_is_inert_and_shown_as_text(evil: str) -> None:
     assert text_of(doc).count(shown) >= 10
 
 
+@pytest.mark.parametrize("evil", HOSTILE)
+def test_hostile_text_in_notices_calls_upgrades_and_signal_parts_is_inert(evil: str) -> None:
+    """Hostile text in look-alike names (the notice), call reasons, upgrade targets, stickers, payments,
+    shared contacts, captions, mentions, sender names and identity mappings: no markup, shown as text."""
+    signal = {"source": SIGNAL, "sender": SenderId("5e2f9d10")}
+    call = {"type": "m.call.hangup", "call": {"action": "hangup", "call_id": evil, "reason": evil}}
+    extras = {
+        "body": "\ufffc " + evil,
+        "sender_name": evil,
+        "mentions": [{"uuid": evil, "start": 0, "length": 1}],
+        "sticker": {"pack_id": evil, "sticker_id": 1, "emoji": evil},
+        "payment": {"note": evil, "amount": evil},
+        "contacts": [{"name": evil, "numbers": [evil], "emails": [evil], "organization": evil}],
+        "captions": [evil],
+        "conversation_as_received": evil,
+    }
+    att = Attachment("stored", "image/png", evil, 1, "ab", "b")
+    events = [
+        join(0, "@minister:example.org", evil),
+        join(1, "@evil:example.org", evil),
+        ev(2, Kind.STATE, {"type": "m.call.invite", "call": {"action": "invite", "call_id": evil}}),
+        ev(3, Kind.STATE, call),
+        ev(4, Kind.STATE, {"type": "m.room.tombstone", "state_key": "", "replacement_room": evil, "content": {}}),
+        ev(5, Kind.STATE, {"type": "m.room.create", "state_key": "", "predecessor": {"room_id": evil}}),
+        ev(6, Kind.ATTACHMENT, extras, attachments=(att,), **signal),
+        ev(7, Kind.STATE, {"type": "signal.identity_mapping", "identities": {"aci": evil, "number": evil}}, **signal),
+        ev(8, Kind.STATE, {"type": "signal.pin", "pin": {"action": "pin", "target": evil, "duration_seconds": 60}}),
+    ]
+    doc = assert_inert(
+        render(entries_of(events, media={"b": "media/x.png"}), lookahead=Lookahead.of(events), links={evil: evil})
+    )
+    assert doc.xpath('//section[@class="lookalikes"]')
+    assert text_of(doc).count(clean_text(evil)) >= 10
+
+
 def _element_count(data: bytes) -> int:
     return sum(1 for el in lxml.html.document_fromstring(data).iter() if isinstance(el.tag, str))
 
@@ -538,11 +573,35 @@ def test_distinct_names_are_not_flagged() -> None:
     assert not render_ahead(events).xpath('//span[contains(@class, "lookalike")]')
 
 
-def test_lookalike_ids_are_flagged() -> None:
-    """An id that differs from another only by a homoglyph or an invisible is flagged on both."""
-    events = [ev(0), ev(1, sender=SenderId("@mіnister:example.org"))]  # Cyrillic і
-    warnings = [w.text_content() for w in render_ahead(events).xpath('//span[@class="warn lookalike"]')]
-    assert warnings == ["⚠ id looks like @mіnister:example.org", "⚠ id looks like @minister:example.org"]
+def test_lookalike_ids_are_flagged_once_on_the_later_one() -> None:
+    """An id that differs from another only by a homoglyph is listed once, in the notice at the top, and only
+    the later-appearing id carries the marker (the code cannot tell which one is the impostor)."""
+    events = [ev(0), ev(1, sender=SenderId("@mіnister:example.org")), ev(2)]  # Cyrillic і
+    doc = render_ahead(events)
+    warnings = [w.text_content() for w in doc.xpath('//span[@class="warn lookalike"]')]
+    assert warnings == ["⚠ id looks like @minister:example.org"]
+    assert doc.xpath(f'//li[@id="{anchor("$e1")}"]//span[@class="warn lookalike"]')
+    notice = doc.xpath('//section[@class="lookalikes"]//li')
+    assert [li.text_content() for li in notice] == [
+        "@mіnister:example.org and @minister:example.org: the ids look alike"
+    ]
+
+
+def test_lookalike_notice_lists_each_pair_once_whatever_the_traffic() -> None:
+    """However many messages both look-alikes send, the notice has one line per pair; no look-alikes, no notice."""
+    evil = SenderId("@evil:example.org")
+    events = [join(0, "@minister:example.org", "De Minister"), join(1, evil, "De Mіnister")]
+    events += [ev(i, sender=evil if i % 2 else SenderId("@minister:example.org")) for i in range(2, 40)]
+    doc = render_ahead(events)
+    rows = [li.text_content() for li in doc.xpath('//section[@class="lookalikes"]//li')]
+    assert rows == ["@evil:example.org and @minister:example.org: “De Mіnister” looks like “De Minister”"]
+    marked = {
+        li.get("id")
+        for li in doc.xpath('//li[contains(@class, "entry")]')
+        if li.xpath('.//span[@class="warn lookalike"]')
+    }
+    assert marked == {anchor(f"$e{i}") for i in range(1, 40, 2)}  # evil's join and messages, never the minister's
+    assert not render_ahead([ev(0), ev(1, sender=SenderId("@bob:example.org"))]).xpath("//section")
 
 
 def test_voice_view_once_and_disappearing_markers() -> None:

@@ -198,7 +198,10 @@ def test_usage_errors_exit_2(packages: tuple[LogDir, Path, Path], tmp_path: Path
 def test_snapshot_command_writes_a_package(packages: tuple[LogDir, Path, Path], tmp_path: Path) -> None:
     """`chatarchief snapshot` writes the month; an identical rerun succeeds; other config over it is refused."""
     log, jan, _ = packages
-    args = ["snapshot", "--data-dir", str(log.data_dir), "--key-file", str(log.key_file), "--month", "2024-01"]
+    org = tmp_path / "org.toml"
+    org.write_text('[organisation]\nname = "Ministerie van Testzaken"\narchive_creator_id = "mvtz"\n')
+    args = ["snapshot", "--config", str(org), "--data-dir", str(log.data_dir), "--key-file", str(log.key_file)]
+    args += ["--month", "2024-01"]
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "cli-jan")])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, [*args, "--out", str(tmp_path / "cli-jan")])

@@ -41,7 +41,7 @@ def test_section_names_in_an_error_are_printed_as_written(tmp_path: Path) -> Non
     secrets = tmp_path / "secrets"
     secrets.mkdir(mode=0o700)
     config.write_text(
-        f'[organisation]\nname = "Ministerie"\n[storage]\ndata_dir = "{tmp_path / "data"}"\n'
+        f'[organisation]\nname = "Ministerie"\narchive_creator_id = "m"\n[storage]\ndata_dir = "{tmp_path / "data"}"\n'
         f'key_file = "{secrets / "k.key"}"\n'
     )
     assert cli("init", "--config", config)[0] == 0
@@ -71,10 +71,12 @@ def test_an_out_dir_that_cannot_be_created_is_a_usage_error(initialised: tuple[P
     data, key = initialised
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
-    code, _, stderr = cli(
-        "snapshot", "--month", "2026-01", "--out", blocker / "pkg", "--data-dir", data, "--key-file", key
-    )
+    org = tmp_path / "org.toml"
+    org.write_text('[organisation]\nname = "Ministerie van Testzaken"\narchive_creator_id = "mvtz"\n')
+    args = ["--config", org, "--data-dir", data, "--key-file", key]
+    code, _, stderr = cli("snapshot", "--month", "2026-01", "--out", blocker / "pkg", *args)
     assert code == 2, stderr
+    assert "cannot create the package" in stderr and "a-file" in stderr
     assert "Traceback" not in stderr and len(stderr.strip().splitlines()) == 1
 
 
@@ -116,3 +118,36 @@ def test_counts_are_singular_for_one(initialised: tuple[Path, Path]) -> None:
     code, stdout, _ = cli("verify", "--data-dir", data, "--key-file", key)
     assert code == 0
     assert "1 signed checkpoint" in stdout and "1 signed checkpoints" not in stdout
+
+
+def test_snapshot_and_run_refuse_without_an_organisation(initialised: tuple[Path, Path], tmp_path: Path) -> None:
+    """No made-up owner ("Demo-ministerie") in a real package: without [organisation] both refuse, exit 2."""
+    data, key = initialised
+    code, _, stderr = cli(
+        "snapshot", "--month", "2026-01", "--out", tmp_path / "pkg", "--data-dir", data, "--key-file", key
+    )
+    assert code == 2 and "no [organisation] in the config" in stderr
+    assert not (tmp_path / "pkg").exists()
+    config = tmp_path / "c.toml"
+    config.write_text(
+        f'[storage]\ndata_dir = "{data}"\nkey_file = "{key}"\n'
+        '[signal]\nendpoint = "tcp://127.0.0.1:9"\naccount = "+31600000000"\n'
+    )
+    code, _, stderr = cli("run", "--config", config)
+    assert code == 2 and "no [organisation] in the config" in stderr
+
+
+def test_a_month_before_the_log_began_is_refused_and_explained(tmp_path: Path) -> None:
+    """`snapshot --month 1999-01` on a log begun later: exit 2, nothing written, and the operator learns that
+    months follow append time (where imported messages went), instead of an empty "closed month" package."""
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[organisation]\nname = "Ministerie van Testzaken"\narchive_creator_id = "mvtz"\n'
+        f'[storage]\ndata_dir = "{tmp_path / "data"}"\nkey_file = "{secrets / "k.key"}"\n'
+    )
+    assert cli("init", "--config", config)[0] == 0
+    code, _, stderr = cli("snapshot", "--config", config, "--month", "1999-01", "--out", tmp_path / "pkg")
+    assert code == 2 and "ended before this log began" in stderr and "imported" in stderr
+    assert not (tmp_path / "pkg").exists()

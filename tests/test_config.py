@@ -30,7 +30,7 @@ def test_example_is_refused_until_placeholders_are_replaced(tmp_path: Path) -> N
     filled = EXAMPLE.read_text().replace("CHANGE_ME", "ministerie")
     settings = config.load(write(tmp_path, filled))
     assert settings.matrix is not None and settings.matrix.homeserver == "https://matrix.ministerie.example"
-    assert settings.organisation.appraisal == "B"
+    assert settings.organisation is not None and settings.organisation.appraisal == "B"
 
 
 def test_example_documents_every_key() -> None:
@@ -86,7 +86,9 @@ def test_invalid_toml_is_one_line(tmp_path: Path) -> None:
         ('[matrix]\nhomeserver = "https://m"\n', "'matrix.user_id' is required"),
         ('[signal]\nendpoint = "/run/sock"\n', "unix://"),
         ('[organisation]\nappraisal = "X"\n', "'organisation.appraisal'"),
-        ('[organisation]\nappraisal = "V"\n', "needs retention_years"),
+        ('[organisation]\nname = "M"\narchive_creator_id = "m"\nappraisal = "V"\n', "needs retention_years"),
+        ('[organisation]\nname = ""\narchive_creator_id = "m"\n', "'organisation.name'"),
+        ('[organisation]\nname = "M"\n', "'organisation.archive_creator_id' is required"),
     ],
 )
 def test_each_problem_names_key_and_fix(tmp_path: Path, text: str, needle: str) -> None:

@@ -73,6 +73,10 @@ class Bot:
         self.config = tmp_path / "chatarchief.toml"
         self.config.write_text(
             f"""
+[organisation]
+name = "Ministerie van Testzaken"
+archive_creator_id = "mvtz"
+
 [storage]
 data_dir = "{self.data}"
 key_file = "{self.key}"

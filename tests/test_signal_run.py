@@ -108,6 +108,10 @@ async def test_chatarchief_run_with_signal_section(tmp_path: Path) -> None:
     config = tmp_path / "chatarchief.toml"
     config.write_text(
         f"""
+[organisation]
+name = "Ministerie van Testzaken"
+archive_creator_id = "mvtz"
+
 [storage]
 data_dir = "{tmp_path / "data"}"
 key_file = "{secrets / "chatarchief.key"}"

@@ -33,7 +33,7 @@ from bridge.archive import range as ranges
 from bridge.archive.mdto import Organisation
 from bridge.archive.names import safe_name
 from bridge.errors import UsageError
-from bridge.events import Attachment, Event, Kind, canonical_json
+from bridge.events import SIGNAL, Attachment, Event, Kind, canonical_json
 from bridge.policy import Withheld, withheld_for
 
 STATUS_CLOSED = "closed month"
@@ -271,7 +271,7 @@ def event_line(
             state.edited[target] = str(event.event_id)
         elif event.kind == Kind.DELETION:
             state.deleted[target] = _text(event.sender)
-    if event.kind == Kind.STATE and (name := _room_name(event)):
+    if (event.kind == Kind.STATE or event.source == SIGNAL) and (name := _room_name(event)):
         state.name = name
     files: dict[str, str] = {}
     for att in stored_attachments(event):
@@ -288,8 +288,11 @@ def event_line(
 
 
 def _room_name(event: Event) -> str | None:
-    """The name an `m.room.name` state event sets (None for other state, or an empty name)."""
+    """The name an `m.room.name` state event sets, or the group name a Signal group event carries (None for
+    other events, or an empty name)."""
     content = event.content
+    if event.source == SIGNAL and isinstance(content, dict) and event.conversation.startswith("group:"):
+        return _text(content.get("group_name")) or None
     if not isinstance(content, dict) or content.get("type") != "m.room.name":
         return None
     inner = content.get("content")

@@ -13,6 +13,9 @@ vote (in log order) replaces their earlier one; only the first end counts; votes
 after it are not counted; answer ids that are not the poll's are not counted; a
 vote with more answers than `max_selections` counts its first `max_selections`.
 Edit rule (the spec's): an edit counts only if its sender is the original's sender.
+Call rule: a call is keyed by its call id; its first start (Matrix `invite`, Signal `offer`), first
+`answer` and first end (`hangup`, `reject`, `busy`) make its summary: who started, answered and ended
+it, and how long it lasted (end time minus answer time, from the events' own times).
 """
 
 from __future__ import annotations
@@ -58,6 +61,34 @@ class Poll:
         return [(a, counts[a.answer_id]) for a in self.answers]
 
 
+#: Call actions (Matrix `m.call.*` without the prefix, Signal's call message parts) by role.
+CALL_STARTS = frozenset({"invite", "offer"})
+CALL_ANSWERS = frozenset({"answer"})
+CALL_ENDS = frozenset({"hangup", "reject", "busy"})
+
+
+@dataclass
+class Call:
+    """One call of this month, from its signalling events (see the module docstring)."""
+
+    start_id: str | None = None
+    started_by: str | None = None
+    answered_by: str | None = None
+    answered_at: int | None = None
+    end_id: str | None = None
+    ended_by: str | None = None
+    ended_at: int | None = None
+    end_action: str | None = None
+    end_reason: str | None = None
+
+    @property
+    def duration_ms(self) -> int | None:
+        """How long the call lasted once answered; None when it was not answered or did not end here."""
+        if self.answered_at is None or self.ended_at is None:
+            return None
+        return max(self.ended_at - self.answered_at, 0)
+
+
 @dataclass(frozen=True)
 class VoteNote:
     """How one vote event counts: the vote it replaces, or why it does not count."""
@@ -81,6 +112,8 @@ class Lookahead:
     #: original event id -> ids of rejected edit attempts on it
     attempts: dict[str, list[str]] = field(default_factory=dict)
     participants: Participants = field(default_factory=Participants)
+    #: call id -> what its signalling events say (STATE events with `content["call"]`)
+    calls: dict[str, Call] = field(default_factory=dict)
     checks_edits: bool = False
 
     @classmethod
@@ -109,13 +142,31 @@ class Lookahead:
 
     def _observe(self, ev: Event) -> None:
         if ev.sender is not None:
-            self.participants.add(ev.sender)
+            name = ev.content.get("sender_name")  # Signal: the sender's profile name, on every envelope
+            self.participants.add(ev.sender, name if isinstance(name, str) else None)
         c = ev.content
         if ev.kind == Kind.MEMBERSHIP and isinstance(target := c.get("target"), str):
             name = c.get("displayname")
             self.participants.add(target, name if isinstance(name, str) else None)
         if ev.kind == Kind.POLL and isinstance(poll := c.get("poll"), dict):
             self._poll(ev, poll)
+        if ev.kind == Kind.STATE and isinstance(call := c.get("call"), dict):
+            self._call(ev, call)
+
+    def _call(self, ev: Event, call: dict[str, object]) -> None:
+        call_id, action = call.get("call_id"), call.get("action")
+        if not isinstance(call_id, str) or not isinstance(action, str):
+            return
+        info = self.calls.setdefault(call_id, Call())
+        at = ev.sent_at if ev.sent_at is not None else ev.received_at
+        if action in CALL_STARTS and info.start_id is None:
+            info.start_id, info.started_by = ev.event_id, ev.sender
+        elif action in CALL_ANSWERS and info.answered_at is None and info.end_id is None:
+            info.answered_by, info.answered_at = ev.sender, at
+        elif action in CALL_ENDS and info.end_id is None:
+            info.end_id, info.ended_by, info.ended_at, info.end_action = ev.event_id, ev.sender, at, action
+            reason = call.get("reason")
+            info.end_reason = reason if isinstance(reason, str) else None
 
     def _poll(self, ev: Event, poll: dict[str, object]) -> None:
         action = poll.get("action")

@@ -5,15 +5,18 @@ a marker `⟨U+XXXX⟩`, so a zero-width joiner or a right-to-left override in a
 name or an id is seen, not obeyed. `skeleton(text)` is the comparison key for
 "looks the same": invisibles removed, NFKC, casefold, and the common Cyrillic and
 Greek letters that look like Latin ones folded to those (a short table, not the
-full Unicode confusables list). `Participants` flags a display name whose skeleton
-equals another participant's name or id, and an id whose skeleton equals another's.
+full Unicode confusables list). `lookalikes` (and `Participants.lookalikes`) lists each pair of
+participants that look alike once (a display name whose skeleton equals another participant's name, id
+or id localpart; an id whose skeleton equals another's), the later-appearing id as its subject: what the
+transcript's notice shows and marks.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 #: Shown as a marker in names and ids: bidi controls and marks, zero-width and other default-ignorable
 #: characters, Hangul fillers, tag characters, variation selectors but the emoji ones, and spaces other
@@ -76,24 +79,72 @@ class Participants:
         for user_id in ids:
             self.add(user_id)
 
-    def name_warning(self, user_id: str, name: str) -> str | None:
-        """Why `name` (shown for `user_id`) may be mistaken for another participant, or None."""
-        key = skeleton(name)
-        if not key:
-            return "display name is empty once invisible characters are removed"
-        for other in sorted(self._names):
-            if other == user_id:
-                continue
-            if name == other or key == skeleton(other) or key == skeleton(_localpart(other) or other):
-                return f"display name looks like the id {other}"
-            if any(skeleton(n) == key for n in self._names[other]):
-                return f"display name looks like that of {other}"
-        return None
+    def lookalikes(self) -> list[Lookalike]:
+        """Every look-alike pair among the participants seen so far (see `lookalikes`)."""
+        return lookalikes(self._names)
 
-    def id_warning(self, user_id: str) -> str | None:
-        """Why the id `user_id` may be mistaken for another participant's id, or None."""
-        key = skeleton(user_id)
-        for other in sorted(self._names):
-            if other != user_id and skeleton(other) == key:
-                return f"id looks like {other}"
-        return None
+
+@dataclass(frozen=True)
+class Lookalike:
+    """One look-alike finding: `subject` (the later-appearing id, which carries the marker) looks like `other`
+    (the earlier one; None for a finding about `subject` alone). `why` is the marker's text, `detail` the
+    notice's (it names the display names involved)."""
+
+    subject: str
+    other: str | None
+    why: str
+    detail: str
+
+
+def lookalikes(names: Mapping[str, Iterable[str]]) -> list[Lookalike]:
+    """Every look-alike pair of `names` (id -> display names, in order of first appearance), once per pair.
+
+    The code cannot tell which of two look-alikes is the impostor, so each pair is reported once and the
+    later-appearing id is the subject. Rules, first match per pair: ids with the same skeleton; a display
+    name whose skeleton is another's id or id localpart; two display names with the same skeleton; and,
+    alone, a display name that is empty once invisibles are removed. A group of k look-alike ids or names
+    gives k-1 pairs (each with the first of the group), so a crowd of "Jan"s stays linear; every id that
+    looks like an earlier one is the subject of at least one finding.
+    """
+    order = list(names)
+    ids: dict[str, list[int]] = {}
+    id_like: dict[str, list[int]] = {}  # ids and id localparts: what a display name must not look like
+    held: dict[str, list[tuple[int, str]]] = {}
+    empty: list[tuple[int, str]] = []
+    for i, user_id in enumerate(order):
+        ids.setdefault(skeleton(user_id), []).append(i)
+        id_like.setdefault(skeleton(user_id), []).append(i)
+        if (local := _localpart(user_id)) is not None:
+            id_like.setdefault(skeleton(local), []).append(i)
+        for name in sorted(set(names[user_id])):
+            key = skeleton(name)
+            if key:
+                held.setdefault(key, []).append((i, name))
+            else:
+                empty.append((i, name))
+    found: dict[tuple[int, int], Lookalike] = {}
+
+    def pair(a: int, b: int, why: str, detail: str) -> None:
+        if a != b and (key := (min(a, b), max(a, b))) not in found:
+            found[key] = Lookalike(order[max(a, b)], order[min(a, b)], why, detail)
+
+    for group in ids.values():
+        first, *rest = group
+        for j in rest:
+            pair(first, j, f"id looks like {order[first]}", "the ids look alike")
+    for key, holders in held.items():
+        for i, name in holders:  # a name that looks like another's id
+            for j in dict.fromkeys(id_like.get(key, [])):
+                if i > j:
+                    pair(i, j, f"display name looks like the id {order[j]}", f"display name “{name}” looks like the id")
+                elif i < j:
+                    pair(i, j, f"id looks like the display name of {order[i]}", f"id looks like display name “{name}”")
+        (first, first_name), *rest_names = sorted(holders)
+        for j, name in rest_names:  # a name that looks like another's name
+            pair(first, j, f"display name looks like that of {order[first]}", f"“{name}” looks like “{first_name}”")
+    out = sorted(found.items())
+    alone = [
+        (i, Lookalike(order[i], None, "display name is empty once invisible characters are removed", f"“{name}”"))
+        for i, name in empty
+    ]
+    return [finding for _, finding in sorted([(key[1], f) for key, f in out] + alone, key=lambda t: t[0])]

@@ -146,6 +146,7 @@ def snapshot(
     package already at `out`; refuses (MissingMediaError, exit 1) a stored attachment
     whose blob is gone unless `allow_missing_media`.
     """
+    _check_destination(out)
     win = ranges.window(month, options.timezone)
     open_now = now_ms() < win.end_ms
     if open_now and not allow_open_month:
@@ -155,6 +156,13 @@ def snapshot(
         seal = writer_seal(data_dir, keys)
     work = private_workdir(data_dir)
     with LogView(data_dir, keys) as view:
+        began = view.first_appended_ms()
+        if began is not None and win.end_ms <= began:
+            raise UsageError(
+                f"month {month} ended before this log began ({_local(began, options.timezone)}): no record of it"
+                " is here. Months follow the time a record was appended, so messages imported later (with older"
+                " dates) are in the package of the month they were imported (docs/archive-package.md)"
+            )
         p = plan(view, win, open_month=open_now)
         carried = carried_decisions(view, p)
         builder = BagBuilder(out, work)
@@ -387,6 +395,17 @@ def _write_proof(
         for c in carried
     ]
     builder.write("proof/decisions-before.jsonl", b"".join(lines))
+
+
+def _check_destination(out: Path) -> None:
+    """Refuse at once (not after the work) a package path that cannot be created."""
+    parent = out.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the package at {out}: {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot create the package at {out}: {parent} is not writable")
 
 
 def _local(ms: int, timezone: str) -> str:

@@ -8,6 +8,7 @@ the archive (Serie) its own, and the pakbon lists every payload file.
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +51,8 @@ def render_package(
     refs: list[mdto.Ref] = []
     objects = [mdto.PakbonDossier(f"{serie_name}.MDTO.xml", serie.kenmerk or "", serie.name, "Serie")]
     for state in dossiers:
-        ref = _render_dossier(builder, month, org, serie, state, sealed_ms)
+        links = conversation_links(state, dossiers)
+        ref = _render_dossier(builder, month, org, serie, state, sealed_ms, links)
         refs.append(ref)
         objects.append(mdto.PakbonDossier(f"{state.folder}.MDTO.xml", ref.kenmerk or "", ref.name))
         transcripts.append(f"{state.folder}/transcript.html")
@@ -117,8 +119,24 @@ def _lookahead(path: Path, state: DossierState) -> Lookahead:
         return Lookahead.of((line.event for line in lines if line.event is not None), state.edited.keys())
 
 
+def conversation_links(state: DossierState, dossiers: Sequence[DossierState]) -> dict[str, str]:
+    """Conversation id -> href (relative to `state`'s transcript) of the other dossiers of the same source in
+    this package: what a room upgrade in `state` links to."""
+    return {
+        other.conversation: posixpath.relpath(f"{other.folder}/transcript.html", state.folder)
+        for other in dossiers
+        if other.source == state.source and other.conversation != state.conversation
+    }
+
+
 def _render_dossier(
-    builder: PackageSink, month: Month, org: mdto.Organisation, serie: mdto.Ref, state: DossierState, sealed_ms: int
+    builder: PackageSink,
+    month: Month,
+    org: mdto.Organisation,
+    serie: mdto.Ref,
+    state: DossierState,
+    sealed_ms: int,
+    links: dict[str, str],
 ) -> mdto.Ref:
     kenmerk = f"{serie.kenmerk}:{state.source}:{state.conversation}:{month}"
     naam = f"{state.name or state.conversation} ({month})"
@@ -136,6 +154,7 @@ def _render_dossier(
             edited_ids=state.edited,
             deleted_ids=state.deleted,
             lookahead=_lookahead(builder.data_path(state.events_rel), state),
+            links=links,
         )
     builder.done(transcript_rel, out)
     files = [

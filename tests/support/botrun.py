@@ -92,6 +92,10 @@ def write_config(
     config = tmp_path / "chatarchief.toml"
     config.write_text(
         f"""
+[organisation]
+name = "Ministerie van Testzaken"
+archive_creator_id = "mvtz"
+
 [storage]
 data_dir = "{tmp_path / "data"}"
 key_file = "{secrets_dir / "chatarchief.key"}"

@@ -10,7 +10,11 @@ from signal-cli-rest-api's json-rpc mode:
 * unix socket and TCP: JSON-RPC 2.0, one JSON object per line; methods
   `subscribeReceive` (result: a subscription id from one process-wide
   counter), `unsubscribeReceive {subscription}`, `getAttachment {id,
-  recipient|groupId}` (result `{"data": base64}`), `version`; notifications
+  recipient|groupId}` (result `{"data": base64}`), `version`, `listContacts {recipient(s)?,
+  allRecipients?}` (a list of `JsonContact`, src/main/java/org/asamk/signal/json/JsonContact.java, filled
+  as `ListContactsCommand` does: `uuid` is the ACI, no PNI field; a "PNI:<uuid>" recipient is resolved to
+  the recipient holding it, as `RecipientIdentifier.Single.fromString` does) and `listIdentities
+  {number?}` (a list of `ListIdentitiesCommand.JsonIdentity`); notifications
   `{"jsonrpc":"2.0","method":"receive","params":{"envelope":...,"account":...}}`,
   or in the subscription shape `params: {"subscription": N, "result": {...}}`.
 * HTTP: `POST /api/v1/rpc`, `GET /api/v1/events` (SSE: `id:`, `event:receive`,
@@ -59,6 +63,40 @@ def fixture_names() -> list[str]:
     return sorted(p.stem for p in FIXTURES.glob("*.json"))
 
 
+@dataclass
+class Recipient:
+    """One recipient in the stand-in's store (signal-cli's `RecipientAddress` plus contact/identity bits)."""
+
+    aci: str | None = None
+    pni: str | None = None  # "PNI:<uuid>", as signal-cli's ServiceId.toString() writes it
+    number: str | None = None
+    name: str | None = None
+    is_contact: bool = True
+    fingerprint: str = "05" + "ab" * 32
+
+    def matches(self, identifier: str) -> bool:
+        return identifier in (self.aci, self.pni, self.number)
+
+    def contact_json(self) -> dict[str, Any]:
+        """`JsonContact`, fields in the record's order; nulls written (signal-cli's default)."""
+        return {
+            "number": self.number, "uuid": self.aci, "username": None, "name": self.name or "",
+            "givenName": self.name, "familyName": None, "nickName": None, "nickGivenName": None,
+            "nickFamilyName": None, "note": None, "color": None, "isArchived": False, "isBlocked": False,
+            "isHidden": False, "messageExpirationTime": 0, "profileSharing": True, "unregistered": False,
+            "profile": {"lastUpdateTimestamp": 0, "givenName": self.name, "familyName": None, "about": None,
+                        "aboutEmoji": None, "hasAvatar": False, "mobileCoinAddress": None},
+        }  # fmt: skip
+
+    def identity_json(self) -> dict[str, Any]:
+        """`ListIdentitiesCommand.JsonIdentity`."""
+        return {
+            "number": self.number, "uuid": self.aci, "fingerprint": self.fingerprint,
+            "safetyNumber": "12345 67890 12345 67890 12345 67890 12345 67890 12345 67890 12345 67890",
+            "scannableSafetyNumber": None, "trustLevel": "TRUSTED_UNVERIFIED", "addedTimestamp": 1700000000000,
+        }  # fmt: skip
+
+
 @dataclass(eq=False)
 class _Client:
     """One connected client: socket (with its subscriptions), SSE or websocket."""
@@ -78,6 +116,8 @@ class SignalDaemon:
         self.tcp_port = 0
         self.http_port = 0
         self.attachments: dict[str, bytes] = {}
+        self.recipients: list[Recipient] = []
+        self.methods_missing: set[str] = set()  # answered "Method not implemented" (an older signal-cli)
         self.lost: list[Any] = []
         self.delivered = 0
         self.requests: list[tuple[str, Any]] = []
@@ -257,6 +297,18 @@ class SignalDaemon:
                 raise _RpcError(-1, "Unknown subscription id")
             client.subscriptions.remove(sub)
             return {}
+        if method in self.methods_missing:
+            raise _RpcError(-32601, "Method not implemented")
+        if method == "listContacts":
+            wanted = params.get("recipient", params.get("recipients")) or []
+            wanted = wanted if isinstance(wanted, list) else [wanted]
+            found = [r for r in self.recipients if r.is_contact or params.get("allRecipients") is True]
+            if wanted:
+                found = [r for r in found if any(r.matches(w) for w in wanted)]
+            return [r.contact_json() for r in found]
+        if method == "listIdentities":
+            number = params.get("number")
+            return [r.identity_json() for r in self.recipients if number is None or r.matches(number)]
         if method == "getAttachment":
             attachment_id = params.get("id")
             if not isinstance(attachment_id, str) or not (params.get("recipient") or params.get("groupId")):

@@ -34,8 +34,10 @@ Contract:
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,12 +82,30 @@ class MatrixLoginError(SourceError):
     """Credentials are wrong or revoked: retrying cannot help, the operator must act."""
 
 
+def why_unreachable(exc: BaseException) -> str:
+    """What an operator can act on: "connection refused", "timed out", "name not resolved"… not a class name."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, aiohttp.ClientConnectorError):
+            seen = seen.os_error
+        if isinstance(seen, ConnectionRefusedError) or getattr(seen, "errno", None) == errno.ECONNREFUSED:
+            return "connection refused"
+        if isinstance(seen, TimeoutError | aiohttp.ServerTimeoutError):
+            return "timed out"
+        if isinstance(seen, socket.gaierror):
+            return "host name not resolved"
+        if isinstance(seen, OSError) and seen.strerror:
+            return str(seen.strerror).lower()
+        seen = seen.__cause__ or seen.__context__
+    return type(exc).__name__
+
+
 async def checked(call: Awaitable[Any], what: str) -> Any:
     """Await a nio call; return its response or raise (see module docstring)."""
     try:
         response = await call
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        raise MatrixUnavailableError(f"{what}: homeserver unreachable ({type(exc).__name__})") from exc
+        raise MatrixUnavailableError(f"{what}: homeserver unreachable ({why_unreachable(exc)})") from exc
     if isinstance(response, ErrorResponse):
         raise MatrixRequestError(what, response.status_code, response.message)
     return response
@@ -275,5 +295,5 @@ async def fetch_event(
                 return None
             data = await resp.json(content_type=None)
     except (aiohttp.ClientConnectionError, TimeoutError, OSError) as exc:
-        raise MatrixUnavailableError(f"event fetch: homeserver unreachable ({type(exc).__name__})") from exc
+        raise MatrixUnavailableError(f"event fetch: homeserver unreachable ({why_unreachable(exc)})") from exc
     return data if isinstance(data, dict) else None

@@ -2,7 +2,9 @@
 
 Modules, pure first:
 - `framing`: bytes -> JSON-RPC lines and SSE events (no I/O).
-- `envelopes`: a signal-cli envelope -> `Event`s; never raises.
+- `envelopes`: a signal-cli envelope -> `Event`s; never raises. It reads data messages with
+  `data_message`, syncs, stories and calls with `other_content`, newer message parts with `parts`.
+- `identities` (pure) and `identity_join`: one person's ACI, PNI and number joined into one conversation.
 - `transport`: the connection to signal-cli (unix socket, TCP, HTTP+SSE, rest-api websocket).
 - `media`: attachments from signal-cli into the blob store.
 - `source`: `SignalSource`, the receive loop that commits each batch to the `Sink`.

@@ -23,6 +23,15 @@ Contract with the capture pipeline:
 - Every outage becomes a Kind.NOTICE event (`content.notice =
   "capture_gap"`, built by `sources.outage.gap_notice`, plus `endpoint` and
   `receive_mode`) committed on reconnect; an outage longer than `max_disconnected_seconds` logs an ALERT.
+- Identities (`identity_join.py`; the pure part is `identities.py`): after each connect the
+  source asks the daemon's `listContacts` (all recipients) and `listIdentities`, and for a 1:1 peer
+  named only by "PNI:" or only by number it asks `listContacts {recipient: [peer]}` once per
+  connection; envelopes naming a peer two ways teach the same (recorded by their own event's
+  `identities`). Each new link the daemon reports is committed as a `signal.identity_mapping` STATE
+  event (before the events it re-keys), and a 1:1 event whose peer is a known person's PNI or number
+  is filed under that person's conversation (ACI, else number), keeping `conversation_as_received`.
+  A daemon that does not answer these methods (older signal-cli, the rest-api websocket) only costs
+  the join (counted).
 - Receipts and typing notifications are counted (`self.counts`), not stored;
   a view-once message gets a compliance ALERT once durable (capture.report_compliance_alerts). Logs carry ids and
   counts only, never message content.
@@ -52,6 +61,7 @@ from bridge.sources.offload import off_loop
 from bridge.sources.outage import Backoff, Outage, gap_notice, wait
 from bridge.sources.signal.envelopes import normalise_envelope, unstored_kind
 from bridge.sources.signal.framing import Oversized
+from bridge.sources.signal.identity_join import IdentityJoin
 from bridge.sources.signal.media import fetch_attachments
 from bridge.sources.signal.transport import (
     Channel,
@@ -99,6 +109,7 @@ class SignalSource:
         self._sse_id: str | None = None
         self._gap: Outage | None = None
         self._notice_conversation = ConversationId(f"notice:signal:{cfg.account or self.endpoint.label}")
+        self._identities = IdentityJoin(cfg.account, self.counts)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Capture until `stop` is set (see module docstring)."""
@@ -172,6 +183,9 @@ class SignalSource:
         if self._gap is not None:
             await self._commit([self._gap_notice(self._gap)])
             self._gap = None
+        if mappings := await self._identities.on_connect(channel, now_ms()):
+            await self._commit(mappings)
+            self._after_commit(mappings)
         log.info("signal-cli connected", extra={"endpoint": self.endpoint.label, "mode": self.cfg.receive_mode})
         self.connected.set()
         await self._pump(channel, stop)
@@ -220,6 +234,7 @@ class SignalSource:
                 if event.key not in seen:
                     seen.add(event.key)
                     batch.append(event)
+        batch = await self._identities.join(channel, batch, received_at)
         if any(a.status == "pending" for e in batch for a in e.attachments):
             batch = await self._with_media(channel, batch)
         await self._commit(batch)

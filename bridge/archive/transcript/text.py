@@ -1,0 +1,121 @@
+"""Safe text for the transcript: every piece of chat text, id, time and href as it may appear in HTML (pure).
+
+All chat text is hostile. `clean_text` replaces control characters, surrogates and noncharacters
+(U+FFFD) and normalises line ends; `esc` escapes the result for text or a double-quoted attribute;
+`esc_id` also makes invisible and bidi-control characters visible (names and ids). `anchor` is an
+event's fragment id (a hash: no chat text in attributes); `safe_href` accepts only plain relative paths.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import re
+import unicodedata
+import urllib.parse
+from collections.abc import Mapping
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from bridge.archive.lookalike import visible
+
+TIMEZONE = ZoneInfo("Europe/Amsterdam")
+
+
+CSP = "default-src 'none'; img-src 'self' data:; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+
+
+#: Media types shown inline as <img>; other media are linked. SVG stays linked (keep it simple).
+INLINE_IMAGES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+
+
+#: What `clean_text` replaces: C0/C1 controls but TAB and LF, surrogates, and the 66 noncharacters.
+_UNSHOWN = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff\ufdd0-\ufdef"
+    + "".join(chr(plane << 16 | low) for plane in range(17) for low in (0xFFFE, 0xFFFF))
+    + "]"
+)
+
+
+def clean_text(text: str) -> str:
+    """The text as shown: CRLF/CR -> LF; other controls (but TAB, LF), surrogates, noncharacters -> U+FFFD."""
+    # Fast paths: every character `_UNSHOWN` matches is in category Cc, Cs or Cn (noncharacters are never
+    # assigned), and str.isprintable() is False for all of those, so printable text has nothing to replace.
+    if text.isprintable():
+        return text
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    if text.replace("\n", "").replace("\t", "").isprintable():
+        return text
+    return _UNSHOWN.sub("\ufffd", text)
+
+
+def esc(text: object) -> str:
+    """Clean and escape any value for text or a double-quoted attribute."""
+    return html.escape(clean_text(str(text)), quote=True)
+
+
+def esc_id(text: object) -> str:
+    """Like `esc`, for names and ids: invisible and bidi-control characters made visible first."""
+    return html.escape(visible(clean_text(str(text))), quote=True)
+
+
+def anchor(event_id: str) -> str:
+    """A stable, safe fragment id for an event (its id hashed: no chat text in attributes)."""
+    return "ev-" + hashlib.sha256(event_id.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+def safe_href(href: str) -> str | None:
+    """A relative href, percent-encoded; None if it is not a plain relative path."""
+    if not href or href.startswith(("/", "\\")) or "\\" in href or any(_control(c) for c in href):
+        return None
+    first = href.split("/", 1)[0]
+    if ":" in first:  # a scheme (javascript:, data:, https:) or a drive letter
+        return None
+    return urllib.parse.quote(href, safe="/")
+
+
+def _control(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cs", "Cf", "Zl", "Zp")
+
+
+def format_time(ms: int | None) -> str:
+    """Milliseconds since the epoch as local Amsterdam time; hostile values never raise."""
+    if ms is None:
+        return "unknown time"
+    try:
+        t = datetime.fromtimestamp(ms // 1000, TIMEZONE)
+    except (OverflowError, OSError, ValueError):
+        return f"invalid time ({ms})"
+    if t.year < 1000:  # strftime's %Y pads these or not depending on the C library: keep its output
+        return t.strftime("%Y-%m-%d %H:%M:%S %Z")
+    # The same string as strftime("%Y-%m-%d %H:%M:%S %Z"), without its cost (it dominated per-entry time).
+    return f"{t.year}-{t.month:02d}-{t.day:02d} {t.hour:02d}:{t.minute:02d}:{t.second:02d} {t.tzname()}"
+
+
+def ref(event_id: str | None) -> str:
+    if not event_id:
+        return '<span class="note">an unknown event</span>'
+    return f'<a href="#{anchor(event_id)}"><bdi class="id">{esc_id(event_id)}</bdi></a>'
+
+
+def text_of(content: Mapping[str, object], key: str) -> str | None:
+    value = content.get(key)
+    return value if isinstance(value, str) else None
+
+
+def json_details(value: object) -> str:
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2).decode("utf-8")
+    except TypeError:
+        text = repr(value)
+    return f"<details><summary>content</summary><pre>{esc(text)}</pre></details>"
+
+
+def span(ms: int) -> str:
+    seconds = ms // 1000
+    if seconds < 3600:
+        return f"{seconds // 60}:{seconds % 60:02d}"
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
