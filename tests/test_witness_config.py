@@ -99,6 +99,7 @@ def test_run_refuses_a_log_key_as_witness_key(tmp_path: Path) -> None:
     config.write_text(
         f'[storage]\ndata_dir = "{tmp_path / "data"}"\nkey_file = "{secrets / "k.key"}"\n'
         '[signal]\nendpoint = "tcp://127.0.0.1:1"\n'
+        '[organisation]\nname = "Ministerie van Testzaken"\narchive_creator_id = "mvtz"\n'
         f'[witness]\nurls = ["http://127.0.0.1:1"]\npublic_keys = ["{LOG_VKEY}"]\n'
     )
     runner = CliRunner()

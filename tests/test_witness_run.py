@@ -56,6 +56,10 @@ checkpoint_every_seconds = 0.5
 endpoint = "{daemon.endpoints["tcp"]}"
 account = "{ACCOUNT}"
 
+[organisation]
+name = "Ministerie van Testzaken"
+archive_creator_id = "mvtz"
+
 [witness]
 urls = ["http://127.0.0.1:{port}"]
 public_keys = ["{witness_vkey}"]
