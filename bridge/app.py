@@ -25,6 +25,8 @@ import signal
 import sys
 from pathlib import Path
 
+import aiohttp
+
 from bridge import __version__
 from bridge.archive.mdto import Organisation
 from bridge.archive.package import ArchiveOptions, private_workdir
@@ -32,7 +34,7 @@ from bridge.blobs import BlobStore
 from bridge.capture import LogSink, RetryingBlobs, supervise
 from bridge.clock import now_ms
 from bridge.config import Settings
-from bridge.errors import StorageError, UsageError
+from bridge.errors import ConfigError, StorageError, UsageError
 from bridge.liveness import Heartbeats, restart_gap
 from bridge.log.control import ControlServer
 from bridge.log.keys import KeyMaterial, check_permissions
@@ -43,6 +45,9 @@ from bridge.log.writer import check_private_dir, seal_in_loop
 from bridge.scheduler import ArchiveJobs
 from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
 from bridge.sources.signal import SignalSource, SignalSourceConfig
+from bridge.witness.client import Witnessing
+from bridge.witness.cosigned import CosignatureStore
+from bridge.witness.note import ALG_COSIGNATURE_V1, NoteError, Verifier, parse_vkey
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,7 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
             if secret is not None:
                 check_permissions(secret, "matrix credential file")
     check_private_dir(data_dir)
+    targets = witness_targets(settings)  # a bad [witness] key is a config error before anything starts
     try:
         store = await LogStore.open(data_dir, keys, checkpoint_policy(settings))
     except WriterBusy as busy:
@@ -73,6 +79,7 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
         seal = seal_in_loop(store, asyncio.get_running_loop())
         a = settings.archive
         archive = ArchiveJobs(data_dir, keys, a.destination, options, a.schedule, store, seal=seal)
+        witnessing = witness_task(settings, targets, data_dir, keys, store, stop)
         tasks: list[asyncio.Task[None]] = []
         retries: list[LogSink | RetryingBlobs] = [blobs]
         if settings.matrix is not None:
@@ -121,6 +128,68 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
             else:
                 sealed_size = int(note.split("\n", 2)[1])
                 log.info("capture stopped; log sealed", extra={"log_size": store.size, "sealed_size": sealed_size})
+            if witnessing is not None:
+                await witnessing.finish()
+
+
+class _WitnessTask:
+    """The witnessing loop beside capture; at stop, one last round (bounded) for the final checkpoint."""
+
+    def __init__(self, witnessing: Witnessing, store: CosignatureStore, stop: asyncio.Event) -> None:
+        self.witnessing = witnessing
+        self.store = store
+        self.task = asyncio.create_task(witnessing.run(stop), name="witness")
+
+    async def finish(self, timeout: float = 10.0) -> None:
+        await asyncio.gather(self.task, return_exceptions=True)
+        try:
+            async with aiohttp.ClientSession() as session:
+                await asyncio.wait_for(self.witnessing.sync_once(session, force=True), timeout)
+        except Exception as exc:  # the next start catches up
+            log.warning("final witnessing round failed", extra={"error": str(exc)})
+        finally:
+            self.store.close()
+
+
+def witness_targets(settings: Settings) -> list[tuple[str, Verifier]]:
+    """(url, key) of each configured witness; ConfigError for a key that is not a cosignature vkey."""
+    w = settings.witness
+    if w is None:
+        return []
+    try:
+        targets = [(url, parse_vkey(key)) for url, key in zip(w.urls, w.public_keys, strict=True)]
+    except NoteError as exc:
+        raise ConfigError(f"[witness] public_keys: {exc}") from None
+    for _, key in targets:
+        if key.alg != ALG_COSIGNATURE_V1:
+            raise ConfigError(f"[witness] public_keys: {key.name} is not a witness cosignature key (type 0x04)")
+    return targets
+
+
+def witness_task(
+    settings: Settings,
+    targets: list[tuple[str, Verifier]],
+    data_dir: Path,
+    keys: KeyMaterial,
+    store: LogStore,
+    stop: asyncio.Event,
+) -> _WitnessTask | None:
+    """Start asking the configured witnesses (None when [witness] is absent: today's behaviour)."""
+    w = settings.witness
+    if w is None:
+        return None
+    cosigned = CosignatureStore(data_dir)
+
+    def leaves(n: int) -> list[bytes]:  # in a worker thread: its own read-only connection
+        with LogView(data_dir, keys) as view:
+            return [leaf for _, leaf in view.leaves(0, n)]
+
+    witnessing = Witnessing(
+        targets, cosigned, store.latest_checkpoint, leaves,
+        quorum=w.quorum, poll_seconds=w.poll_seconds, retry_max=w.retry_max_seconds, timeout=w.timeout_seconds,
+    )  # fmt: skip
+    store.on_checkpoint = witnessing.wake  # a signed checkpoint wakes the client; sealing never waits for it
+    return _WitnessTask(witnessing, cosigned, stop)
 
 
 async def record_restart_gap(store: LogStore, data_dir: Path, keys: KeyMaterial) -> None:

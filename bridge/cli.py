@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn
 
-from bridge import config
+from bridge import cli_witness, config
 from bridge.errors import ChatarchiefError, LogIntegrityError, UsageError
 from bridge.importer import ImportFormat, import_file
 from bridge.log import keys as keyfile
@@ -152,11 +152,13 @@ def _paths(
     return _guard(resolve)
 
 
-def _load_keys(key_file: Path, data_dir: Path) -> KeyMaterial:
+def _load_keys(key_file: Path, data_dir: Path, signing_key: Path | None = None) -> KeyMaterial:
     def load() -> KeyMaterial:
         keyfile.ensure_outside(key_file, data_dir)
         check_private_dir(key_file.parent, "key directory")
-        return keyfile.load(key_file)
+        if signing_key is not None:
+            keyfile.ensure_outside(signing_key, data_dir)
+        return keyfile.load(key_file, signing_key)
 
     return _guard(load)
 
@@ -168,7 +170,7 @@ def _open_keys(
     settings = _settings(config_file)
     dd, kf = _paths(settings, data_dir, key_file)
     assert kf is not None
-    return settings, dd, _load_keys(kf, dd)
+    return settings, dd, _load_keys(kf, dd, settings.storage.signing_key_file)
 
 
 def _via(pid: int | None) -> str:
@@ -180,28 +182,49 @@ def _policy(settings: config.Settings) -> CheckpointPolicy:
     return CheckpointPolicy(every_records=s.checkpoint_every_records, every_seconds=s.checkpoint_every_seconds)
 
 
+SigningKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--signing-key", metavar="FILE", help="The checkpoint signing key's own file (default KEY_FILE.signing)."
+    ),
+]
+
+
 @app.command()
-def init(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_file: ConfigOpt = None) -> None:
-    """Create keys and an empty log. Never overwrites; writes the public key to KEY_FILE.pub."""
+def init(
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    config_file: ConfigOpt = None,
+    signing_key: SigningKeyOpt = None,
+) -> None:
+    """Create keys and an empty log. Never overwrites; writes the public key to KEY_FILE.pub.
+
+    The key-encryption key goes to KEY_FILE, the Ed25519 signing key to its own file (both 0600).
+    """
     settings = _settings(config_file)
     dd, kf = _paths(settings, data_dir, key_file)
     assert kf is not None
+    sk = signing_key or settings.storage.signing_key_file or keyfile.signing_path(kf)
 
     def create() -> tuple[KeyMaterial, Path]:
         keyfile.ensure_outside(kf, dd)
+        keyfile.ensure_outside(sk, dd)
         if (dd / "log.sqlite3").exists():
             raise UsageError(f"{dd} already holds a log; refusing to overwrite it")
-        if kf.exists():
-            raise UsageError(f"{kf} already exists; refusing to overwrite a key file")
+        for path in (kf, sk):
+            if path.exists():
+                raise UsageError(f"{path} already exists; refusing to overwrite a key file")
         kf.parent.mkdir(parents=True, exist_ok=True)
+        sk.parent.mkdir(parents=True, exist_ok=True)
         material = keyfile.generate(os.urandom(16))
-        pub = keyfile.write_new(kf, material)
+        pub = keyfile.write_new(kf, material, sk)
         initialise(dd, material)
         return material, pub
 
     material, pub = _guard(create)
     out.print(f"created log {material.log_id.hex()} in {dd}")
     out.print(f"key file:   {kf} (mode 0600; keep a copy in escrow, never inside the data dir)")
+    out.print(f"signing key: {sk} (mode 0600; signs checkpoints; hold it apart from the key file where you can)")
     out.print(f"public key: {pub}")
     out.print(f"            {material.vkey()}")
 
@@ -260,6 +283,8 @@ def verify(
     ] = False,
     config_file: ConfigOpt = None,
     as_json: JsonOpt = False,
+    witness_key: cli_witness.WitnessKeyOpt = None,
+    quorum: cli_witness.QuorumOpt = None,
 ) -> None:
     """Check integrity, order and checkpoints (with --key-file: decrypt and check every record too).
 
@@ -270,16 +295,24 @@ def verify(
     material = _load_keys(kf, dd) if kf is not None else None
     pub = _guard(lambda: keyfile.load_public(public_key)) if public_key is not None else None
     anchors = [_guard(partial(Path.read_text, p, "utf-8")) for p in pinned or []]
+    witnesses, need = _guard(lambda: cli_witness.witness_verifiers(witness_key, quorum))
     report = _guard(
         lambda: verify_log(dd, material, pub, anchors=anchors, allow_unsealed=allow_unsealed), as_json=as_json
     )
+    cosigners: list[str] = []
+    if witnesses:
+        text = report.newest_checkpoint
+        cosigners = _guard(lambda: cli_witness.check_log_witnessed(dd, text, witnesses, need), as_json=as_json)
     if as_json:
-        _print_json(report.to_json())
+        _print_json({**report.to_json(), **({"witnessed_by": cosigners} if witnesses else {})})
         return
     out.print(
         f"[green]intact[/]: {report.records} records, {_count(report.checkpoints, 'signed checkpoint')}", markup=True
     )
     out.print(f"root {report.root.hex()} signed by {report.signer}")
+    if witnesses:
+        size = report.newest_checkpoint.split("\n", 2)[1]
+        out.print(f"witnessed: checkpoint {size} cosigned by {', '.join(cosigners)} (quorum {need})")
     if report.decrypted is not None:
         kinds = ", ".join(f"{k} {n}" for k, n in sorted(report.kinds.items())) or "none"
         out.print(f"decrypted and checked {report.decrypted} records ({kinds})")
@@ -338,6 +371,29 @@ def rotate_key(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_
 
     key_id, pid = _run(go)
     out.print(f"new data key {key_id} is now used for new records{_via(pid)}")
+
+
+@app.command("migrate-signing-key")
+def migrate_signing_key_cmd(
+    key_file: KeyFileOpt = None, signing_key: SigningKeyOpt = None, config_file: ConfigOpt = None
+) -> None:
+    """Move the signing key of an older (combined) key file into its own 0600 file; safe to rerun."""
+    settings = _settings(config_file)
+    kf = key_file or settings.storage.key_file
+    _require(kf is not None, "a key file is needed: pass --key-file PATH or set storage.key_file in the config")
+    assert kf is not None
+    sk = signing_key or settings.storage.signing_key_file
+
+    def migrate() -> tuple[Path, bool]:
+        keyfile.ensure_outside(sk or keyfile.signing_path(kf), settings.storage.data_dir)
+        return keyfile.migrate_signing_key(kf, sk)
+
+    path, moved = _guard(migrate)
+    if moved:
+        out.print(f"signing key moved to {path} (0600); {kf} now holds only the key-encryption key")
+        out.print("replace the escrow copy of the key file, and escrow the signing key file too")
+    else:
+        out.print(f"{kf} already keeps the signing key apart ({path}); nothing to do")
 
 
 def _moment(value: str, tz: str, end_of_day: bool, flag: str) -> int:
@@ -540,12 +596,15 @@ def verify_package_cmd(
         typer.Option("--previous", metavar="PACKAGE", help="The previous month's package, to check the chain."),
     ] = None,
     as_json: JsonOpt = False,
+    witness_key: cli_witness.WitnessKeyOpt = None,
+    quorum: cli_witness.QuorumOpt = None,
 ) -> None:
     """Check a package with only its public key. Exit 0 intact, 1 not (naming what failed), 2 usage."""
     from bridge.archive.verify_package import verify_package
 
     pub = _guard(lambda: keyfile.load_public(public_key))
-    report = _guard(lambda: verify_package(path, pub, previous), as_json=as_json)
+    witnesses, need = _guard(lambda: cli_witness.witness_verifiers(witness_key, quorum))
+    report = _guard(lambda: verify_package(path, pub, previous, witnesses=witnesses, quorum=need), as_json=as_json)
     if as_json:
         _print_json(report.to_json())
         return
@@ -557,6 +616,11 @@ def verify_package_cmd(
     out.print(f"end root {report.root.hex()} signed by {pub[0]}")
     if previous is not None:
         out.print(f"extends the previous package {previous}")
+    if witnesses:
+        out.print(f"witnessed: extended by checkpoints cosigned by {', '.join(report.witnessed_by)} (quorum {need})")
+
+
+cli_witness.register(app, _guard, out)  # `chatarchief witness init|serve`
 
 
 @app.command()

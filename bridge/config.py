@@ -30,6 +30,8 @@ class _Section(BaseModel):
 class StorageSettings(_Section):
     data_dir: Path = Path("data")
     key_file: Path | None = None
+    #: The checkpoint signing key's own file (default: beside the key file, KEY_FILE.signing).
+    signing_key_file: Path | None = None
     checkpoint_every_records: Annotated[int, Field(ge=1)] = 10_000
     checkpoint_every_seconds: Annotated[float, Field(gt=0)] = 60.0
     #: A heartbeat record every this many minutes proves the bot was alive (a silent month vs a dead bot).
@@ -119,6 +121,44 @@ class OrganisationSettings(_Section):
         return self
 
 
+class WitnessSettings(_Section):
+    """Witnesses the bot asks to cosign every checkpoint (C2SP tlog-witness); absent: none asked."""
+
+    #: Submission prefixes, e.g. "https://witness.example.nl/chatarchief" (add-checkpoint is appended).
+    urls: Annotated[tuple[str, ...], Field(min_length=1)]
+    #: Their verifier keys (name+id+base64(0x04 || key)), in the order of `urls`.
+    public_keys: Annotated[tuple[str, ...], Field(min_length=1)]
+    #: How many must have cosigned for the bot to report a checkpoint as witnessed (`verify --quorum`).
+    quorum: Annotated[int, Field(ge=1)] = 1
+    poll_seconds: Annotated[float, Field(gt=0)] = 2.0
+    retry_max_seconds: Annotated[float, Field(gt=0)] = 300.0
+    timeout_seconds: Annotated[float, Field(gt=0)] = 10.0
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for url in v:
+            if not url.startswith(("https://", "http://")):
+                raise ValueError(f"{url!r} must be an http(s) URL (the witness's submission prefix)")
+        return v
+
+    @field_validator("public_keys")
+    @classmethod
+    def _vkeys(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for key in v:
+            if key.count("+") < 2 or any(ch.isspace() for ch in key):
+                raise ValueError(f"{key[:40]!r} is not a verifier key (name+keyid+base64); `witness init` prints one")
+        return v
+
+    @model_validator(mode="after")
+    def _pairs(self) -> WitnessSettings:
+        if len(self.urls) != len(self.public_keys):
+            raise ValueError("urls and public_keys must list the same witnesses, in the same order")
+        if self.quorum > len(self.urls):
+            raise ValueError(f"quorum {self.quorum} is more than the {len(self.urls)} witnesses listed")
+        return self
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -134,6 +174,7 @@ class Settings(BaseSettings):
     #: None until configured: `run` and `snapshot` refuse without it (a package must not name a made-up owner).
     organisation: OrganisationSettings | None = None
     logging: LoggingSettings = LoggingSettings()
+    witness: WitnessSettings | None = None
 
     @classmethod
     def settings_customise_sources(

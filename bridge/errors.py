@@ -100,6 +100,8 @@ class Check(enum.StrEnum):
     PACKAGE_MDTO = "package_mdto"  # an MDTO file does not validate
     PACKAGE_DERIVED = "package_derived"  # a rendered file is not the one its records give
     PACKAGE_PREVIOUS = "package_previous"  # the previous package does not chain to this one
+    # -- witnesses (verify / verify-package --witness-key --quorum) --
+    WITNESS = "witness"  # a checkpoint relied on lacks a quorum of valid witness cosignatures
     #: Reported by the running bot over the control socket without a name (an older bot).
     UNSPECIFIED = "unspecified"
 

@@ -337,12 +337,27 @@ Controleren
 """
 
 
-def leesmij(params: RenderParams, key_name: str, start: int, end: int, interim: bool) -> bytes:
-    return LEESMIJ.format(
+LEESMIJ_WITNESSED = """
+Getuigen (witnesses)
+- data/proof/witnessed.json bevat checkpoints van het log die onafhankelijke
+  getuigen (C2SP tlog-witness) medeondertekenden, elk met een bewijs dat het
+  dit pakket voortzet. Wie het log herschrijft, ook met de sleutel, krijgt die
+  handtekeningen niet opnieuw. Leg de publieke sleutels van de getuigen vast
+  (van de getuigen zelf, niet uit dit pakket) en controleer met
+  chatarchief verify-package . --public-key LOG.pub \\
+      --witness-key GETUIGE1.pub --witness-key GETUIGE2.pub --quorum 2
+"""
+
+
+def leesmij(
+    params: RenderParams, key_name: str, start: int, end: int, interim: bool, *, witnessed: bool = False
+) -> bytes:
+    text = LEESMIJ.format(
         name=package_name(params.log_id, params.month, interim),
         month=params.month,
         timezone=params.timezone,
         start=start,
         end=end,
         key_name=key_name,
-    ).encode("utf-8")
+    )
+    return (text + (LEESMIJ_WITNESSED if witnessed else "")).encode("utf-8")

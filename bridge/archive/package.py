@@ -63,6 +63,8 @@ from bridge.archive.derive import STATUS_CLOSED, STATUS_INTERIM, DossierState, R
 from bridge.archive.mdto import Organisation
 from bridge.archive.plan import Carried, Plan, Seal, carried_decisions, closing, plan, seal_notes
 from bridge.archive.render import render_package
+from bridge.archive.witnessed import FILE as WITNESSED_FILE
+from bridge.archive.witnessed import witnessed_json
 from bridge.blobs import BlobStore
 from bridge.clock import now_ms
 from bridge.errors import Check, LogIntegrityError, UsageError
@@ -174,9 +176,13 @@ def snapshot(
             closed = _closing(builder, view, p, win) if sealed_ms < win.end_ms else False
             status = derive.status_of(sealed_ms, win, closed)
             _write_proof(builder, p, win, status, start_note, end_note, params, carried)
+            cosigned = witnessed_json(view, data_dir, p.end)  # witnesses' checkpoints extending the end, if any
+            if cosigned is not None:
+                builder.write(WITNESSED_FILE, cosigned)
             transcripts = render_package(builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status)
             info = derive.bag_info(params, keys.key_name, win, p.start, p.end, len(dossiers), others, sealed_ms, status)
-            text = derive.leesmij(params, keys.key_name, p.start, p.end, status == STATUS_INTERIM)
+            interim = status == STATUS_INTERIM
+            text = derive.leesmij(params, keys.key_name, p.start, p.end, interim, witnessed=cosigned is not None)
             builder.finish(info, {"LEESMIJ.txt": text})
             written = builder.publish()
         except BaseException:

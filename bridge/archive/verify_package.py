@@ -46,7 +46,7 @@ import hashlib
 import logging
 import mmap
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -61,11 +61,14 @@ from bridge.archive import range as ranges
 from bridge.archive.bag import OutFile, tag_files
 from bridge.archive.derive import DossierState, RenderParams
 from bridge.archive.render import render_package
+from bridge.archive.witnessed import FILE as WITNESSED_FILE
+from bridge.archive.witnessed import WitnessedError, check_witnessed
 from bridge.errors import Check, Evidence, LogIntegrityError, UsageError
 from bridge.events import Attachment, EncodingError, Event
 from bridge.log import checkpoint, crypto, merkle
 from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.policy import Withheld, fold_decisions
+from bridge.witness.note import Verifier
 
 #: The longest record line read (64 MiB): one event's payload holds its normalised content and its raw
 #: original, each bounded by `max_message_bytes` (16 MiB by default), plus JSON escaping and base64 fields.
@@ -90,6 +93,7 @@ PROOF_INPUTS = (  # payload files taken as they are (each checked above, not ren
     "proof/missing-media.jsonl",
     "proof/closing.json",
     "proof/checkpoint-close.txt",
+    WITNESSED_FILE,
 )
 
 
@@ -119,6 +123,8 @@ class PackageReport:
     mdto_files: int
     root: bytes
     missing_media: int = 0
+    #: Pinned witnesses (names) that cosigned a checkpoint extending this package (`--witness-key`).
+    witnessed_by: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, object]:
         """The report as `verify-package --json` prints it."""
@@ -133,6 +139,7 @@ class PackageReport:
             "mdto_files": self.mdto_files,
             "missing_media": self.missing_media,
             "root": self.root.hex(),
+            "witnessed_by": list(self.witnessed_by),
         }
 
 
@@ -142,7 +149,14 @@ def _fail(
     return PackageIntegrityError(check, reason, expected, found, seq=seq)
 
 
-def verify_package(path: Path, public_key: tuple[str, Ed25519PublicKey], previous: Path | None = None) -> PackageReport:
+def verify_package(
+    path: Path,
+    public_key: tuple[str, Ed25519PublicKey],
+    previous: Path | None = None,
+    *,
+    witnesses: Sequence[Verifier] = (),
+    quorum: int = 0,
+) -> PackageReport:
     _check_shape(path, "")
     if previous is not None:
         _check_shape(previous, "--previous ")
@@ -180,6 +194,7 @@ def verify_package(path: Path, public_key: tuple[str, Ed25519PublicKey], previou
     counts = records.check(pdir / "leaves.txt", frontier, end_cp.root)
     _check_consistency(pdir / "consistency-proof.json", start, end, start_root, end_cp.root)
     mdto_files = _check_mdto(data)
+    witnessed_by = _check_witnessed(pdir, manifest, public_key, end, end_cp.root, witnesses, quorum)
     for rel in PROOF_INPUTS:
         if rel in manifest:
             sink.take(rel)
@@ -187,13 +202,42 @@ def verify_package(path: Path, public_key: tuple[str, Ed25519PublicKey], previou
     render_package(sink, params, public_key[0], dossiers, start, end, sealed_ms, status)
     sink.finish_payload()
     info = derive.bag_info(params, public_key[0], win, start, end, len(dossiers), records.others, sealed_ms, status)
-    text = derive.leesmij(params, public_key[0], start, end, status == derive.STATUS_INTERIM)
+    interim = status == derive.STATUS_INTERIM
+    text = derive.leesmij(params, public_key[0], start, end, interim, witnessed=WITNESSED_FILE in manifest)
     _check_tags(path, tag_files(sink.payload, info, {"LEESMIJ.txt": text}))
     if previous is not None:
         _check_previous(previous, pdir, start, public_key)
     return PackageReport(
-        str(params.month), start, end, status, counts[0], counts[1], mdto_files, end_cp.root, records.missing_count
-    )
+        str(params.month), start, end, status, counts[0], counts[1], mdto_files, end_cp.root, records.missing_count,
+        tuple(witnessed_by),
+    )  # fmt: skip
+
+
+def _check_witnessed(
+    pdir: Path,
+    manifest: dict[str, str],
+    public_key: tuple[str, Ed25519PublicKey],
+    end: int,
+    end_root: bytes,
+    witnesses: Sequence[Verifier],
+    quorum: int,
+) -> list[str]:
+    """proof/witnessed.json, when present, is checked whole; with pinned witnesses, `quorum` must have cosigned."""
+    data = _small(pdir / "witnessed.json") if WITNESSED_FILE in manifest else None
+    try:
+        smallest, names = check_witnessed(data, public_key, end, end_root, witnesses)
+    except WitnessedError as exc:
+        raise _fail(Check.WITNESS, str(exc)) from None
+    if len(names) < quorum:
+        where = "the package carries no witnessed checkpoint" if smallest is None else f"checkpoints from {smallest}"
+        raise _fail(
+            Check.WITNESS,
+            f"end checkpoint (tree size {end}): {len(names)} pinned witness(es) cosigned a checkpoint extending it"
+            f" ({where}), the quorum is {quorum}",
+            quorum,
+            len(names),
+        )
+    return names
 
 
 # -- shape, bag, small files -------------------------------------------------------------------------

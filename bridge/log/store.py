@@ -127,6 +127,10 @@ class LogStore:
         self._lock: WriterLock | None = None
         self._blob_root: Path | None = None
         self._blobs_seen: set[str] = set()
+        #: Called (on the loop, must not block) after a transaction that signed a checkpoint has committed:
+        #: how `run` wakes the witness client at once (docs/witness.md). Never awaited by the sealing path.
+        self.on_checkpoint: Callable[[], None] | None = None
+        self._signed_in_transaction = False
 
     # -- opening -----------------------------------------------------------------
 
@@ -571,6 +575,7 @@ class LogStore:
         """Sign and insert a checkpoint (inside the caller's transaction): (size, created ms)."""
         row = checkpoint_row(self._keys, frontier)
         await self._conn.execute("INSERT INTO checkpoints (size, created_ms, note, frontier) VALUES (?, ?, ?, ?)", row)
+        self._signed_in_transaction = True
         return (row[0], row[1])
 
     async def _quiesce(self) -> None:
@@ -695,6 +700,7 @@ class LogStore:
         return prefix
 
     async def _transaction(self, body: Callable[[], Awaitable[T]]) -> T:
+        self._signed_in_transaction = False
         try:
             await self._conn.execute("BEGIN IMMEDIATE")
             try:
@@ -705,6 +711,11 @@ class LogStore:
                 raise
         except sqlite3.Error as exc:
             raise StorageError(f"could not write to the log: {exc}") from exc
+        if self._signed_in_transaction and self.on_checkpoint is not None:
+            try:
+                self.on_checkpoint()
+            except Exception:  # a listener's bug must not fail a committed write
+                log.exception("on_checkpoint listener failed")
         return result
 
 

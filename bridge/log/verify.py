@@ -64,6 +64,8 @@ class VerifyReport:
     signer: str = ""
     root: bytes = b""
     kinds: dict[str, int] = field(default_factory=dict)
+    #: The note text of the newest stored checkpoint (verified): what witnesses cosign.
+    newest_checkpoint: str = ""
 
     @property
     def unsealed(self) -> int:
@@ -167,6 +169,7 @@ def _verify(
     report = VerifyReport(signer=checkpoint.format_vkey(name, pub), decrypted=0 if secrets else None)
     stored = _checked_checkpoints(conn, name, pub)
     report.checkpoints = len(stored)
+    report.newest_checkpoint = stored[-1][0].body() if stored else ""
     edges = {cp.size: edge for cp, edge in stored}
     pinned = [_checked_anchor(a, name, pub) for a in anchors]
     checkpoints = sorted([*(cp for cp, _ in stored), *pinned], key=lambda c: c.size)

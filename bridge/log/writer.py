@@ -140,6 +140,7 @@ async def open_writer(
             await client.close()
         return
     async with store:
+        _ = keys.signing_key  # a writer signs: without the signing key, refuse before anything is appended
         yield LocalWriter(store)
 
 

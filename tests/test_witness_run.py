@@ -1,0 +1,123 @@
+"""`chatarchief run` with a [witness] section against a real `chatarchief witness serve`: capture goes on while
+the witness is down, the newest checkpoint is cosigned once it is up, and `verify --witness-key` passes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from bridge.log import keys as keyfile
+from tests.support.logview import LogView
+from tests.support.signal_daemon import ACCOUNT, SignalDaemon
+from tests.test_signal_run import REPO, chatarchief, numbered, until
+from tests.test_witness_server import _free_port
+
+
+def cosigned_sizes(data_dir: Path) -> list[int]:
+    db = data_dir / "cosignatures.sqlite3"
+    if not db.exists():
+        return []
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [int(r[0]) for r in conn.execute("SELECT size FROM cosignatures ORDER BY size")]
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        conn.close()
+
+
+async def test_run_asks_the_witness_and_survives_its_absence(tmp_path: Path) -> None:
+    """The bot starts with its witness down: messages are still captured and sealed (capture never waits on
+    the network; the log warns). The witness comes up: the bot catches it up to the newest checkpoint; at
+    SIGTERM the final checkpoint is cosigned too, and `verify --witness-key K --quorum 1` exits 0."""
+    (tmp_path / "daemon").mkdir()
+    daemon = SignalDaemon(tmp_path / "daemon", keepalive=0.2)
+    await daemon.start()
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    port = _free_port()
+    wdir = tmp_path / "witness"
+    init_w = chatarchief("witness", "init", "--name", "witness.test.example/run", "--key-file", str(wdir / "w.key"))
+    assert init_w.returncode == 0, init_w.stderr
+    witness_vkey = (wdir / "w.key.pub").read_text().strip()
+    config = tmp_path / "chatarchief.toml"
+    config.write_text(
+        f"""
+[storage]
+data_dir = "{tmp_path / "data"}"
+key_file = "{secrets / "chatarchief.key"}"
+checkpoint_every_seconds = 0.5
+
+[signal]
+endpoint = "{daemon.endpoints["tcp"]}"
+account = "{ACCOUNT}"
+
+[organisation]
+name = "Ministerie van Testzaken"
+archive_creator_id = "mvtz"
+
+[witness]
+urls = ["http://127.0.0.1:{port}"]
+public_keys = ["{witness_vkey}"]
+quorum = 1
+poll_seconds = 0.2
+retry_max_seconds = 1.0
+timeout_seconds = 2.0
+"""
+    )
+    init = chatarchief("init", "--config", str(config))
+    assert init.returncode == 0, init.stderr
+    log_vkey = (secrets / "chatarchief.key.pub").read_text().strip()
+    wconfig = wdir / "witness.toml"
+    wconfig.write_text(
+        f'key_file = "{wdir / "w.key"}"\nstate = "{wdir / "state.sqlite3"}"\nlisten = "127.0.0.1:{port}"\n'
+        f'[[logs]]\norigin = "{log_vkey.split("+")[0]}"\nvkeys = ["{log_vkey}"]\n'
+    )
+    keys = keyfile.load(secrets / "chatarchief.key")
+    bot_log = tmp_path / "run.stderr"
+    bot: subprocess.Popen[bytes] | None = None
+    witness: subprocess.Popen[bytes] | None = None
+    try:
+        with bot_log.open("wb") as out:
+            bot = subprocess.Popen(
+                [sys.executable, "-m", "bridge.cli", "run", "--config", str(config)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=REPO,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )  # fmt: skip
+        await until(lambda: daemon.subscribed() or bot.poll() is not None)
+        for i in range(5):
+            daemon.enqueue(numbered(i))
+        with LogView(tmp_path / "data", keys) as view:
+            await until(lambda: len(view.events()) >= 5)
+        await until(lambda: b"ALERT witness did not cosign" in bot_log.read_bytes())
+        assert cosigned_sizes(tmp_path / "data") == []
+        witness = subprocess.Popen(
+            [sys.executable, "-m", "bridge.cli", "witness", "serve", "--config", str(wconfig)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
+        )  # fmt: skip
+        with LogView(tmp_path / "data", keys) as view:
+            await until(lambda: view.checkpoint_sizes()[-1] in cosigned_sizes(tmp_path / "data"), timeout=30)
+        for i in range(5, 9):
+            daemon.enqueue(numbered(i))
+        with LogView(tmp_path / "data", keys) as view:
+            await until(lambda: len(view.events()) >= 9)
+        bot.send_signal(signal.SIGTERM)
+        assert bot.wait(timeout=30) == 0, bot_log.read_text()
+    finally:
+        for proc in (bot, witness):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        await daemon.stop()
+    with LogView(tmp_path / "data", keys) as view:
+        assert cosigned_sizes(tmp_path / "data")[-1] == view.checkpoint_sizes()[-1] == view.size()
+    logs = bot_log.read_text()
+    assert logs.index("ALERT newest checkpoint lacks its witness quorum") < logs.index("newest checkpoint witnessed")
+    assert "ZEGEL" not in logs
+    verify = chatarchief("verify", "--config", str(config), "--witness-key", witness_vkey, "--quorum", "1")
+    assert verify.returncode == 0, verify.stderr
+    assert "cosigned by witness.test.example/run" in verify.stdout
