@@ -60,6 +60,7 @@ from bridge.archive import derive, mdto, proof
 from bridge.archive import range as ranges
 from bridge.archive.bag import OutFile, tag_files
 from bridge.archive.derive import DossierState, RenderParams
+from bridge.archive.gaps import LISTING_REL, Listing
 from bridge.archive.render import render_package
 from bridge.errors import Check, Evidence, LogIntegrityError, UsageError
 from bridge.events import Attachment, EncodingError, Event
@@ -183,11 +184,14 @@ def verify_package(path: Path, public_key: tuple[str, Ed25519PublicKey], previou
     for rel in PROOF_INPUTS:
         if rel in manifest:
             sink.take(rel)
+    listed = LISTING_REL in manifest or not records.listing.empty  # packages made before the listing have none
+    if listed:
+        sink.write(LISTING_REL, records.listing.to_json(win, sealed_ms))
     dossiers = sorted(records.dossiers.values(), key=lambda s: s.folder)
     render_package(sink, params, public_key[0], dossiers, start, end, sealed_ms, status)
     sink.finish_payload()
     info = derive.bag_info(params, public_key[0], win, start, end, len(dossiers), records.others, sealed_ms, status)
-    text = derive.leesmij(params, public_key[0], start, end, status == derive.STATUS_INTERIM)
+    text = derive.leesmij(params, public_key[0], start, end, status == derive.STATUS_INTERIM, liveness=listed)
     _check_tags(path, tag_files(sink.payload, info, {"LEESMIJ.txt": text}))
     if previous is not None:
         _check_previous(previous, pdir, start, public_key)
@@ -420,6 +424,7 @@ class _Records:
         self.missing: dict[tuple[int, str], str] = {}
         self.missing_count = 0
         self._withheld: dict[tuple[str, str, str], Withheld] = {}
+        self.listing = Listing()
 
     def check(self, leaves_path: Path, frontier: merkle.Frontier, end_root: bytes) -> tuple[int, int]:
         n = self._end - self._start
@@ -647,6 +652,7 @@ class _Records:
                 state,
                 self._withheld,
                 lambda seq, att, rel: self._media(seq, att, rel, where),
+                self.listing,
             )
         decision = self._backing(rec, where)
         folded = self._withheld.get(decision.target.key)
