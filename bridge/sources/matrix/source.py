@@ -27,6 +27,15 @@ Contract with the capture pipeline:
   committed with the first sync batch after it. Nothing is lost meanwhile (the homeserver keeps
   the history; the cursor and backfill pick it up): the notice is the record
   that capture was late, not that it missed events.
+- Holes the source can see (see `holes`): an event whose `prev_events` the
+  bot never saw in its room, or a `limited` timeline whose backfill
+  /messages refused (403, 404...). One `capture_gap` notice per room and
+  batch, in that room's conversation, with reason `prev_events_unseen` or
+  `limited_sync_unfilled`, the span (newest event seen before the hole to the
+  first after it) and the ids; committed with the batch. The known ids per
+  room travel in the committed state (`state.heads`), so a restart does not
+  lose them. A transient refusal (rate limit, unknown error) is retried as
+  an outage instead: the cursor stays, nothing is skipped.
 - Invites are accepted from `allowed_inviters` or for `rooms`, else declined;
   logs carry ids, never message content.
 - Encrypted events nio cannot decrypt are committed as `undecryptable`, their
@@ -72,12 +81,14 @@ from bridge.sources.matrix.backfill import gap_pages
 from bridge.sources.matrix.bridges import BridgeTracker
 from bridge.sources.matrix.client import (
     MatrixLoginError,
+    MatrixRequestError,
     RawKeepingClient,
     checked,
     close_quietly,
     open_session,
 )
 from bridge.sources.matrix.cross_signing import CrossSigningError, ensure_cross_signed
+from bridge.sources.matrix.holes import Hole, Holes, notice_detail
 from bridge.sources.matrix.invites import handle_invites, join_configured
 from bridge.sources.matrix.late import late_decryptions
 from bridge.sources.matrix.media import MediaFetcher, fetch_attachments
@@ -88,6 +99,13 @@ from bridge.sources.matrix.state import LEGACY_FILE, SourceState, decode, encode
 from bridge.sources.outage import Backoff, Outage, gap_notice, wait
 
 __all__ = ["MatrixSource", "MatrixSourceConfig"]
+
+#: `_add_events(checked=_ALL)`: check every event (a backfill page is all timeline).
+_ALL: frozenset[str] = frozenset({"*all*"})
+#: A limited gap whose /messages pages held no event.
+_EMPTY = "messages gave no event"
+#: Refusals retried as an outage (the cursor stays) rather than recorded as a hole.
+_TRANSIENT = frozenset({None, "M_LIMIT_EXCEEDED", "M_UNKNOWN", "M_UNKNOWN_TOKEN"})
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +163,8 @@ class MatrixSource:
         self._commits = 0
         #: An outage not yet recorded in the log.
         self._outage: Outage | None = None
+        #: Holes in rooms' histories (rebuilt from the committed heads on every connect).
+        self._holes = Holes()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -203,6 +223,7 @@ class MatrixSource:
             await self._maintain_keys(client)
             await self._cross_sign(client)
             self._state = decode(await self.sink.load_cursor())
+            self._holes = Holes(self._state.heads, client.user_id)
             self._migrate_legacy_file()
             cursor = self._state.token
             first = True
@@ -313,6 +334,9 @@ class MatrixSource:
                 if e.kind is Kind.UNDECRYPTABLE and (p := pending_event(e.event_id, e.conversation, e.raw))
             ],
             resolved=batch.resolved,
+            # heads move with the sync token only: a backfill page keeps the stored cursor (a crash re-fetches the
+            # gap, whose events connect to the heads of the last batch)
+            heads=self._holes.heads() if token is not None else None,
         )
         changed = token is not None or state != self._state or self._legacy is not None
         await self.sink.commit(events, encode(state) if changed else None)
@@ -327,11 +351,16 @@ class MatrixSource:
         decrypted = crypto.decrypted_by_id(nio_events)
         undecrypted = crypto.undecrypted_by_id(nio_events)
         self._bridges.learn_state(room.room_id, list(room.learn))
+        before_ms = self._holes.last_ts(room.room_id)
+        unfilled = None
         if room.backfill is not None:
-            await self._backfill(client, room.room_id, room.backfill)
+            unfilled = await self._backfill(client, room.room_id, room.backfill)
         if room.mark_backfilled:
             batch.backfilled.append(room.room_id)
-        self._add_events(client, batch, room.room_id, room.store, decrypted, undecrypted)
+        self._add_events(client, batch, room.room_id, room.store, decrypted, undecrypted, room.timeline_ids)
+        holes = self._holes.take(room.room_id)
+        if holes or (unfilled is not None and unfilled != _EMPTY):
+            batch.events.append(self._hole_notice(room.room_id, holes, unfilled, before_ms))
 
     def _add_events(
         self,
@@ -341,10 +370,15 @@ class MatrixSource:
         raws: Sequence[object],
         decrypted: dict[str, Any],
         undecrypted: dict[str, MegolmEvent],
+        checked: frozenset[str] | None = frozenset(),
     ) -> None:
-        """Normalise `raws` into `batch` (once per event id), noting what did not decrypt."""
+        """Normalise `raws` into `batch` (once per event id), noting what did not decrypt; every event is
+        seen by the hole detector, the ids in `checked` (all, for `ALL`) checked against it; None: neither
+        (a left room)."""
         seen: set[str] = set()
         for raw in raws:
+            if checked is not None and isinstance(raw, dict):
+                self._holes.see(room_id, raw, checked is _ALL or raw.get("event_id") in checked)
             event_id = raw.get("event_id") if isinstance(raw, dict) else None
             if isinstance(event_id, str):
                 if event_id in seen:
@@ -356,15 +390,33 @@ class MatrixSource:
             if isinstance(event_id, str) and event_id in undecrypted and event_id not in decrypted:
                 batch.undecrypted.append(undecrypted[event_id])
 
-    async def _backfill(self, client: RawKeepingClient, room_id: str, gap: Backfill) -> None:
-        """Commit the gap before `gap.until` page by page, oldest first, leaving the cursor alone."""
+    async def _backfill(self, client: RawKeepingClient, room_id: str, gap: Backfill) -> str | None:
+        """Commit the gap before `gap.until` page by page, oldest first, leaving the cursor alone.
+
+        Returns why a known room's gap could not be filled (None: filled): `_EMPTY` when /messages gave no
+        event for a `limited` gap (a hole only if prev_events show one), or the refusal's errcode."""
         total = 0
-        async for page in gap_pages(client, room_id, gap.since, gap.until, self.cfg.backfill_page):
-            batch = _Batch([], [], [], [])
-            self._add_events(client, batch, room_id, page.events, page.decrypted, page.undecrypted)
-            await self._commit(client, batch, None)
-            total += len(page.events)
+        try:
+            async for page in gap_pages(client, room_id, gap.since, gap.until, self.cfg.backfill_page):
+                batch = _Batch([], [], [], [])
+                self._add_events(client, batch, room_id, page.events, page.decrypted, page.undecrypted, _ALL)
+                await self._commit(client, batch, None)
+                total += len(page.events)
+        except MatrixRequestError as exc:
+            if exc.errcode in _TRANSIENT:
+                raise
+            log.warning("backfill refused; the hole is recorded", extra={"room_id": room_id, "errcode": exc.errcode})
+            return f"messages refused: {exc.errcode}"
         log.info("backfilled", extra={"room_id": room_id, "events": total})
+        return _EMPTY if total == 0 and gap.since is not None else None
+
+    def _hole_notice(self, room_id: str, holes: list[Hole], unfilled: str | None, before_ms: int | None) -> Event:
+        """The one `capture_gap` notice of a room's holes in this batch, in the room's conversation."""
+        reason, detail = notice_detail(holes, unfilled)
+        end = next((h.end_ms for h in holes if h.end_ms is not None), None) or now_ms()
+        start = next((h.start_ms for h in holes if h.start_ms is not None), None) or before_ms or end
+        log.warning("hole in a room's history recorded", extra={"room_id": room_id, "reason": reason})
+        return gap_notice(MATRIX, ConversationId(room_id), Outage(start, reason), end, detail)
 
     def _normalise(self, client: RawKeepingClient, room_id: str, raw: object, decrypted: dict[str, Any]) -> Event:
         if not isinstance(raw, dict):
