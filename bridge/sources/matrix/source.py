@@ -36,6 +36,12 @@ Contract with the capture pipeline:
   room travel in the committed state (`state.heads`), so a restart does not
   lose them. A transient refusal (rate limit, unknown error) is retried as
   an outage instead: the cursor stays, nothing is skipped.
+- Room upgrades (see `upgrades`): a tombstone seen in a joined room (timeline,
+  backfill, or the state of a room seen for the first time) makes the bot
+  join the replacement room on its own, before the batch is committed; a
+  refused join is recorded as a `capture_gap` notice in the old room (reason
+  `successor_room_not_joined`). A stored `m.room.create` naming a
+  predecessor adds a `room_upgrade` notice in the new room pointing back.
 - Invites are accepted from `allowed_inviters` or for `rooms`, else declined;
   logs carry ids, never message content.
 - Encrypted events nio cannot decrypt are committed as `undecryptable`, their
@@ -96,6 +102,7 @@ from bridge.sources.matrix.normalise import normalise
 from bridge.sources.matrix.planner import Backfill, RoomPlan, Rules, SyncState, plan
 from bridge.sources.matrix.redacted import recover_original
 from bridge.sources.matrix.state import LEGACY_FILE, SourceState, decode, encode, migrate_legacy, pending_event
+from bridge.sources.matrix.upgrades import Tombstone, back_link, not_followed, tombstone
 from bridge.sources.outage import Backoff, Outage, gap_notice, wait
 
 __all__ = ["MatrixSource", "MatrixSourceConfig"]
@@ -165,6 +172,8 @@ class MatrixSource:
         self._outage: Outage | None = None
         #: Holes in rooms' histories (rebuilt from the committed heads on every connect).
         self._holes = Holes()
+        #: Tombstones seen since the last sync batch was committed (a backfill page may hold one).
+        self._tombstones: list[tuple[str, Tombstone]] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -224,6 +233,7 @@ class MatrixSource:
             await self._cross_sign(client)
             self._state = decode(await self.sink.load_cursor())
             self._holes = Holes(self._state.heads, client.user_id)
+            self._tombstones = []
             self._migrate_legacy_file()
             cursor = self._state.token
             first = True
@@ -310,6 +320,7 @@ class MatrixSource:
             await self._collect_room(client, batch, room, nio_rooms.get(room.room_id))
         if todo.retry_late:
             await self._collect_late(client, batch)
+        await self._follow_upgrades(client, batch)
         if self._outage is not None:
             batch.events.append(self._gap_notice(self._outage))
         await self._commit(client, batch, response.next_batch)
@@ -379,6 +390,8 @@ class MatrixSource:
         for raw in raws:
             if checked is not None and isinstance(raw, dict):
                 self._holes.see(room_id, raw, checked is _ALL or raw.get("event_id") in checked)
+                if (tomb := tombstone(raw)) is not None:
+                    self._tombstones.append((room_id, tomb))
             event_id = raw.get("event_id") if isinstance(raw, dict) else None
             if isinstance(event_id, str):
                 if event_id in seen:
@@ -387,6 +400,8 @@ class MatrixSource:
             if isinstance(raw, dict):
                 self._bridges.learn(room_id, raw)
             batch.events.append(self._bridges.annotate(self._normalise(client, room_id, raw, decrypted)))
+            if (link := back_link(room_id, raw, now_ms())) is not None:
+                batch.events.append(link)
             if isinstance(event_id, str) and event_id in undecrypted and event_id not in decrypted:
                 batch.undecrypted.append(undecrypted[event_id])
 
@@ -409,6 +424,23 @@ class MatrixSource:
             return f"messages refused: {exc.errcode}"
         log.info("backfilled", extra={"room_id": room_id, "events": total})
         return _EMPTY if total == 0 and gap.since is not None else None
+
+    async def _follow_upgrades(self, client: RawKeepingClient, batch: _Batch) -> None:
+        """Join the replacement of every room upgraded in this batch; a refusal is recorded in the old room."""
+        todo, self._tombstones = self._tombstones, []
+        for old_room, tomb in todo:
+            if tomb.replacement in client.rooms:
+                continue  # in it already (the Synapse module, an invite, or an earlier follow)
+            try:
+                await checked(client.join(tomb.replacement), "join")
+            except MatrixRequestError as exc:
+                if exc.errcode in _TRANSIENT:
+                    raise
+                log.warning("ALERT room upgrade not followed", extra={
+                    "room_id": old_room, "replacement": tomb.replacement, "errcode": exc.errcode})  # fmt: skip
+                batch.events.append(not_followed(old_room, tomb, now_ms(), str(exc)))
+                continue
+            log.info("room upgrade followed", extra={"room_id": old_room, "replacement": tomb.replacement})
 
     def _hole_notice(self, room_id: str, holes: list[Hole], unfilled: str | None, before_ms: int | None) -> Event:
         """The one `capture_gap` notice of a room's holes in this batch, in the room's conversation."""
