@@ -130,7 +130,9 @@ def room_from_state(room_id: str, state: list[dict[str, Any]], opts: CoverageOpt
     return RoomCoverage(room_id, tuple(joined), membership, since if isinstance(since, int) else None, encrypted)
 
 
-class _Client:
+class HomeserverClient:
+    """A small JSON client of the homeserver (client-server and Synapse admin API) with the bot's token."""
+
     def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
         self._session = session
         self._base = base
@@ -144,6 +146,28 @@ class _Client:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise SourceError(f"homeserver {self._base}: {method} {path.split('?')[0]} failed: {exc}") from None
 
+    async def login(self, opts: CoverageOptions, device_id: str, command: str) -> bool:
+        """Authenticate as the bot: its access token file, else a password login under `device_id` (True: the
+        caller logs that device out again)."""
+        if opts.access_token_file is not None:
+            self.token = opts.access_token_file.read_text("utf-8").strip()
+            return False
+        if opts.password_file is None:
+            raise UsageError(f"{command} needs matrix.password_file or matrix.access_token_file")
+        password = opts.password_file.read_text("utf-8").strip()
+        body = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": opts.archiver},
+            "password": password,
+            "device_id": device_id,
+            "initial_device_display_name": f"chatarchief {command}",
+        }
+        status, data = await self.call("POST", "/_matrix/client/v3/login", body)
+        if status != 200:
+            raise UsageError(f"{command}: the bot {opts.archiver} cannot log in ({status}): check matrix.password_file")
+        self.token = str(data["access_token"])
+        return True
+
     async def ok(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         status, data = await self.call(method, path, body)
         if status != 200:
@@ -155,27 +179,8 @@ async def survey(opts: CoverageOptions) -> CoverageReport:
     """The officials' rooms and the archiver's place in them (see module docstring)."""
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        client = _Client(session, opts.homeserver)
-        logged_in = False
-        if opts.access_token_file is not None:
-            client.token = opts.access_token_file.read_text("utf-8").strip()
-        elif opts.password_file is not None:
-            password = opts.password_file.read_text("utf-8").strip()
-            body = {
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": opts.archiver},
-                "password": password,
-                "device_id": DEVICE_ID,
-                "initial_device_display_name": "chatarchief coverage",
-            }
-            status, data = await client.call("POST", "/_matrix/client/v3/login", body)
-            if status != 200:
-                raise UsageError(
-                    f"coverage: the bot {opts.archiver} cannot log in ({status}): check matrix.password_file"
-                )
-            client.token, logged_in = str(data["access_token"]), True
-        else:
-            raise UsageError("coverage needs matrix.password_file or matrix.access_token_file")
+        client = HomeserverClient(session, opts.homeserver)
+        logged_in = await client.login(opts, DEVICE_ID, "coverage")
         try:
             return await _survey(client, opts)
         finally:
@@ -183,7 +188,7 @@ async def survey(opts: CoverageOptions) -> CoverageReport:
                 await client.call("POST", "/_matrix/client/v3/logout", {})
 
 
-async def _survey(client: _Client, opts: CoverageOptions) -> CoverageReport:
+async def _survey(client: HomeserverClient, opts: CoverageOptions) -> CoverageReport:
     rooms: set[str] = set()
     via = "admin_api"
     for official in sorted(opts.officials):
