@@ -4,16 +4,21 @@ limited sync after downtime records no gap; history purged on the server while t
 
 from __future__ import annotations
 
+import asyncio
+import urllib.parse
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.dev.synapse import SynapseServer
 from bridge.events import Event, Kind
 from bridge.sources.matrix.holes import Holes, notice_detail
 from bridge.sources.matrix.state import RoomHeads, SourceState, decode, encode
-from tests.support.officials import OfficialFactory, ok, poll_until
+from tests.support.officials import OfficialFactory, ok, poll_until, unique_name
 from tests.test_matrix_source import Bot, MemorySink, bot, wait_event
 
 __all__ = ["bot"]
@@ -124,12 +129,47 @@ def gaps_in(sink: MemorySink, room_id: str) -> list[Event]:
     return [e for e in sink.in_room(room_id, Kind.NOTICE) if e.content.get("notice") == "capture_gap"]
 
 
+@pytest.fixture
+async def admin_bot(synapse: SynapseServer, tmp_path: Path) -> AsyncIterator[Bot]:
+    """The archive bot's account as a Synapse server admin: prev_events are checked at the seams (admin API)."""
+    name = unique_name("adminbot")
+    user_id, _ = await synapse.register_user_async(name, f"pw-{name}", admin=True)
+    password_file = tmp_path / "admin-bot.password"
+    password_file.write_text(f"pw-{name}")
+    password_file.chmod(0o600)
+    robot = Bot(synapse, user_id, password_file, tmp_path / "admin-bot-store")
+    try:
+        yield robot
+    finally:
+        await robot.stop()
+
+
+async def purge_before(synapse: SynapseServer, room_id: str, event_id: str) -> None:
+    """Synapse's admin purge (as a separate admin): every event of the room before `event_id` is deleted."""
+    name = unique_name("purger")
+    _, token = await synapse.register_user_async(name, f"pw-{name}", admin=True)
+    body = {"delete_local_events": True, "purge_up_to_event_id": event_id}
+    path = f"/_synapse/admin/v1/purge_history/{urllib.parse.quote(room_id)}"
+    purge_id = (await asyncio.to_thread(synapse._request, "POST", path, body, token))["purge_id"]
+
+    async def done() -> bool:
+        status_path = f"/_synapse/admin/v1/purge_history_status/{purge_id}"
+        status = await asyncio.to_thread(synapse._request, "GET", status_path, None, token)
+        assert status["status"] != "failed", status
+        return bool(status["status"] == "complete")
+
+    await poll_until(done, timeout=30)
+
+
 @pytest.mark.synapse
+@pytest.mark.parametrize("as_admin", [False, True], ids=["plain-bot", "admin-bot"])
 async def test_downtime_with_a_limited_sync_that_backfill_fills_records_no_gap(
-    bot: Bot, official: OfficialFactory
+    bot: Bot, admin_bot: Bot, official: OfficialFactory, as_admin: bool
 ) -> None:
     """The bot stops, 30 messages arrive, it restarts with a 5-event timeline: the limited sync is backfilled
-    through /messages, every message is captured and no capture_gap is recorded for the room (no false gap)."""
+    through /messages, every message is captured and no capture_gap is recorded for the room (no false gap),
+    also when the bot is a server admin and checks prev_events at every seam."""
+    bot = admin_bot if as_admin else bot
     alice = await official("alice")
     bot.allowed = frozenset({alice.user_id})
     sink = MemorySink()
@@ -143,6 +183,40 @@ async def test_downtime_with_a_limited_sync_that_backfill_fills_records_no_gap(
     await wait_event(sink, await alice.send_text(room_id, "weer terug"))
     assert all(sink.find(e) is not None for e in sent)
     assert gaps_in(sink, room_id) == []
+
+
+@pytest.mark.synapse
+async def test_history_purged_on_the_server_while_the_bot_was_away_is_one_gap(
+    admin_bot: Bot, official: OfficialFactory, synapse: SynapseServer
+) -> None:
+    """While the (admin) bot is away, 8 messages are sent and the first 6 purged from the server (admin API).
+    The sync after the restart is not even limited, but the first event's prev_events (fetched through the admin
+    API) name the purged 6th, which the bot never saw: one capture_gap notice in the room, reason
+    prev_events_unseen, spanning from the last message it saw to the 7th; the 7th and 8th are captured."""
+    bot = admin_bot
+    alice = await official("alice")
+    bot.allowed = frozenset({alice.user_id})
+    sink = MemorySink()
+    await bot.start(sink)
+    room_id = await alice.create_room(encrypted=False, invite=[bot.user_id])
+    await alice.wait_member(room_id, bot.user_id)
+    last_seen = await wait_event(sink, await alice.send_text(room_id, "laatste die de bot zag"))
+    await bot.stop()
+    sent = [await alice.send_text(room_id, f"tijdens {i}") for i in range(8)]
+    await purge_before(synapse, room_id, sent[6])
+    await bot.start(sink)
+    await wait_event(sink, await alice.send_text(room_id, "weer terug"))
+
+    seventh = sink.find(sent[6])
+    assert seventh is not None and sink.find(sent[7]) is not None
+    assert all(sink.find(e) is None for e in sent[:6])
+    gaps = gaps_in(sink, room_id)
+    assert len(gaps) == 1, [g.content for g in gaps]
+    gap = gaps[0].content
+    assert gap["reason"] == "prev_events_unseen", sorted(gap.items())
+    assert gap["first_event_after"] == sent[6]
+    assert gap["prev_events_unseen"] == [sent[5]]
+    assert (gap["gap_start_ms"], gap["gap_end_ms"]) == (last_seen.sent_at, seventh.sent_at)
 
 
 @pytest.mark.synapse

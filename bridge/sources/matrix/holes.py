@@ -14,12 +14,15 @@ Contract (pure; no I/O, no nio):
   the heads) and later joins again, the span it was not a member is a hole (`Hole.kind = "archiver_not_in_room"`):
   events of that span may be invisible to it (history visibility `joined`), and encrypted ones were never
   shared with it. Fed from the timelines of joined and left rooms alike (the kick arrives in a left room).
+- The client-server API hands events out without `prev_events`; the source fetches them through Synapse's admin
+  API (`dag`) when the bot is a server admin, for the events at the seams (see `source.MatrixSource`), and passes
+  them to `see`.
 - `take(room_id)` returns the room's holes found since the last take, and forgets them.
 - `heads()` is what the next commit stores: per room, the `HEADS` newest ids and the newest timestamp.
 
-Why both: the client-server API hands events out in client format, without `prev_events`, so against
-Synapse the prev_events check fires only for events that carry them (federation format); the membership
-check and the source's refused or empty backfill of a `limited` timeline are what a client can see.
+Why three signals: without admin rights the prev_events check has nothing to work on against Synapse (client
+format); the membership check and the source's refused or empty backfill of a `limited` timeline are what any
+client can see.
 
 A hole is reported with its span: from the newest event the bot had seen in the room (`start_ms`, its
 `origin_server_ts`) to the first event after the hole (`end_ms`). Together with the source's `limited`
@@ -29,7 +32,7 @@ bookkeeping it becomes one `capture_gap` notice per room and sync batch (`source
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -82,7 +85,15 @@ class Holes:
             for event_id in h.ids:
                 room.known[event_id] = None
 
-    def see(self, room_id: str, raw: object, check: bool = True) -> Hole | None:
+    def known(self, room_id: str) -> bool:
+        """Whether the bot has seen an event of the room (only then can a hole be told)."""
+        room = self._rooms.get(room_id)
+        return room is not None and bool(room.known)
+
+    def see(
+        self, room_id: str, raw: object, check: bool = True, prev_events: Sequence[str] | None = None
+    ) -> Hole | None:
+        """Feed one event (`prev_events`: its parents when the raw event lacks them, from the admin API)."""
         if not isinstance(raw, dict):
             return None
         event_id = raw.get("event_id")
@@ -92,7 +103,7 @@ class Holes:
         if event_id in room.known:
             return None
         hole = None
-        prev = raw.get("prev_events")
+        prev = raw.get("prev_events") if prev_events is None else list(prev_events)
         if check and room.known and isinstance(prev, list):
             missing = tuple(p for p in prev if isinstance(p, str) and p not in room.known)
             if missing:

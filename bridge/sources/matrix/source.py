@@ -94,6 +94,7 @@ from bridge.sources.matrix.client import (
     open_session,
 )
 from bridge.sources.matrix.cross_signing import CrossSigningError, ensure_cross_signed
+from bridge.sources.matrix.dag import is_admin, prev_events
 from bridge.sources.matrix.holes import Hole, Holes, notice_detail
 from bridge.sources.matrix.invites import handle_invites, join_configured
 from bridge.sources.matrix.late import late_decryptions
@@ -172,6 +173,12 @@ class MatrixSource:
         self._outage: Outage | None = None
         #: Holes in rooms' histories (rebuilt from the committed heads on every connect).
         self._holes = Holes()
+        #: Whether the bot may use Synapse's admin API (then prev_events are checked at the seams, see `dag`).
+        self._admin = False
+        #: prev_events fetched for events about to be seen (event id -> parents).
+        self._prevs: dict[str, tuple[str, ...]] = {}
+        #: The first sync batch of this connection is a seam in every room (a restart, a reconnect).
+        self._seam = True
         #: Tombstones seen since the last sync batch was committed (a backfill page may hold one).
         self._tombstones: list[tuple[str, Tombstone]] = []
 
@@ -233,6 +240,8 @@ class MatrixSource:
             await self._cross_sign(client)
             self._state = decode(await self.sink.load_cursor())
             self._holes = Holes(self._state.heads, client.user_id)
+            self._admin = await is_admin(client)
+            self._seam = True
             self._tombstones = []
             self._migrate_legacy_file()
             cursor = self._state.token
@@ -324,6 +333,7 @@ class MatrixSource:
         if self._outage is not None:
             batch.events.append(self._gap_notice(self._outage))
         await self._commit(client, batch, response.next_batch)
+        self._seam = False
         self._outage = None
         self.synced.set()
         return str(response.next_batch)
@@ -363,6 +373,12 @@ class MatrixSource:
         undecrypted = crypto.undecrypted_by_id(nio_events)
         self._bridges.learn_state(room.room_id, list(room.learn))
         before_ms = self._holes.last_ts(room.room_id)
+        limited_gap = room.backfill is not None and room.backfill.since is not None
+        if room.joined and (self._seam or limited_gap):
+            first = next(
+                (r for r in room.store if isinstance(r, dict) and r.get("event_id") in room.timeline_ids), None
+            )
+            await self._fetch_prevs(client, room.room_id, first)
         unfilled = None
         if room.backfill is not None:
             unfilled = await self._backfill(client, room.room_id, room.backfill)
@@ -389,7 +405,8 @@ class MatrixSource:
         seen: set[str] = set()
         for raw in raws:
             if checked is not None and isinstance(raw, dict):
-                self._holes.see(room_id, raw, checked is _ALL or raw.get("event_id") in checked)
+                parents = self._prevs.pop(str(raw.get("event_id")), None)
+                self._holes.see(room_id, raw, checked is _ALL or raw.get("event_id") in checked, parents)
                 if (tomb := tombstone(raw)) is not None:
                     self._tombstones.append((room_id, tomb))
             event_id = raw.get("event_id") if isinstance(raw, dict) else None
@@ -413,6 +430,8 @@ class MatrixSource:
         total = 0
         try:
             async for page in gap_pages(client, room_id, gap.since, gap.until, self.cfg.backfill_page):
+                if total == 0 and gap.since is not None:
+                    await self._fetch_prevs(client, room_id, page.events[0] if page.events else None)
                 batch = _Batch([], [], [], [])
                 self._add_events(client, batch, room_id, page.events, page.decrypted, page.undecrypted, _ALL)
                 await self._commit(client, batch, None)
@@ -424,6 +443,16 @@ class MatrixSource:
             return f"messages refused: {exc.errcode}"
         log.info("backfilled", extra={"room_id": room_id, "events": total})
         return _EMPTY if total == 0 and gap.since is not None else None
+
+    async def _fetch_prevs(self, client: RawKeepingClient, room_id: str, raw: object) -> None:
+        """The parents of the event at a seam (admin API), for the hole check; nothing without admin rights or
+        in a room the bot knows nothing of yet."""
+        event_id = raw.get("event_id") if isinstance(raw, dict) else None
+        if not self._admin or not isinstance(event_id, str) or not self._holes.known(room_id):
+            return
+        parents = await prev_events(client, event_id)
+        if parents is not None:
+            self._prevs[event_id] = parents
 
     async def _follow_upgrades(self, client: RawKeepingClient, batch: _Batch) -> None:
         """Join the replacement of every room upgraded in this batch; a refusal is recorded in the old room."""
