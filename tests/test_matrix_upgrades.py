@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from bridge.events import Event, Kind
-from bridge.sources.matrix.upgrades import back_link, not_followed, tombstone
+from bridge.sources.matrix.upgrades import back_link, names_predecessor, not_followed, tombstone
 from tests.support.archiver_module import ArchiveBot, archive_bot, login, module_synapse
 from tests.support.officials import Official, OfficialFactory, ok, poll_until
 from tests.test_matrix_source import Bot, MemorySink, bot, wait_event
@@ -37,6 +37,13 @@ def test_a_tombstone_names_the_room_to_follow_and_nothing_else_does() -> None:
     assert tombstone(tomb_raw(replacement=None)) is None
     assert tombstone({**tomb_raw(), "state_key": "x"}) is None
     assert tombstone({**tomb_raw(), "type": "m.room.message"}) is None
+
+
+def test_only_a_room_naming_the_old_one_as_predecessor_is_a_successor() -> None:
+    """Pure: the lure check reads the new room's create content."""
+    assert names_predecessor({"predecessor": {"room_id": "!old:x", "event_id": "$t"}}, "!old:x")
+    assert not names_predecessor({"predecessor": {"room_id": "!other:x"}}, "!old:x")
+    assert not names_predecessor({"room_version": "10"}, "!old:x") and not names_predecessor(None, "!old:x")
 
 
 def test_the_new_rooms_create_event_gives_one_back_link_and_a_refusal_one_gap() -> None:
@@ -157,3 +164,33 @@ async def test_the_module_brings_the_archiver_into_an_upgraded_encrypted_room(
         assert len(links) == 1 and links[0].content["predecessor_room"] == old
     finally:
         await minister.client.close()
+
+
+@pytest.mark.synapse
+async def test_a_tombstone_pointing_at_an_unrelated_room_is_not_followed(bot: Bot, official: OfficialFactory) -> None:
+    """Attack: whoever may send state in an archived room sends a tombstone naming someone else's public room
+    (no upgrade: its create event names no predecessor), to pull other people's chat into the archive. The bot
+    joins, sees the room is no successor, leaves again, records room_upgrade_refused in the old room, and
+    captures nothing of the lure room."""
+    alice = await official("alice")
+    outsider = await official("outsider")
+    bot.allowed = frozenset({alice.user_id})
+    sink = MemorySink()
+    await bot.start(sink)
+    lure = await outsider.create_room(encrypted=False)
+    ok(await outsider.client.room_put_state(lure, "m.room.join_rules", {"join_rule": "public"}))
+    before = await outsider.send_text(lure, "privé gesprek van anderen")
+    old = await alice.create_room(encrypted=False, invite=[bot.user_id])
+    await alice.wait_member(old, bot.user_id)
+    await wait_event(sink, await alice.send_text(old, "gewoon overleg"))
+    content = {"body": "This room has been replaced", "replacement_room": lure}
+    ok(await alice.client.room_put_state(old, "m.room.tombstone", content))
+
+    await poll_until(lambda: bool(notices(sink, old, "room_upgrade_refused")), timeout=20)
+    (refused,) = notices(sink, old, "room_upgrade_refused")
+    assert refused.content["replacement_room"] == lure
+    after = await outsider.send_text(lure, "nog meer privé")
+    await wait_event(sink, await alice.send_text(old, "na de lokroep"))
+    assert sink.in_room(lure) == [] and sink.find(before) is None and sink.find(after) is None
+    members = ok(await outsider.client.joined_members(lure))
+    assert bot.user_id not in [m.user_id for m in members.members]

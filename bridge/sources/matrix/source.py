@@ -41,7 +41,9 @@ Contract with the capture pipeline:
   join the replacement room on its own, before the batch is committed; a
   refused join is recorded as a `capture_gap` notice in the old room (reason
   `successor_room_not_joined`). A stored `m.room.create` naming a
-  predecessor adds a `room_upgrade` notice in the new room pointing back.
+  predecessor adds a `room_upgrade` notice in the new room pointing back. A
+  successor whose create event does not name the old room is a lure: left
+  again, recorded in the old room (`room_upgrade_refused`).
 - Invites are accepted from `allowed_inviters` or for `rooms`, else declined;
   logs carry ids, never message content.
 - Encrypted events nio cannot decrypt are committed as `undecryptable`, their
@@ -95,6 +97,7 @@ from bridge.sources.matrix.client import (
 )
 from bridge.sources.matrix.cross_signing import CrossSigningError, ensure_cross_signed
 from bridge.sources.matrix.dag import is_admin, prev_events
+from bridge.sources.matrix.follow import follow_upgrade
 from bridge.sources.matrix.holes import Hole, Holes, notice_detail
 from bridge.sources.matrix.invites import handle_invites, join_configured
 from bridge.sources.matrix.late import late_decryptions
@@ -103,7 +106,7 @@ from bridge.sources.matrix.normalise import normalise
 from bridge.sources.matrix.planner import Backfill, RoomPlan, Rules, SyncState, plan
 from bridge.sources.matrix.redacted import recover_original
 from bridge.sources.matrix.state import LEGACY_FILE, SourceState, decode, encode, migrate_legacy, pending_event
-from bridge.sources.matrix.upgrades import Tombstone, back_link, not_followed, tombstone
+from bridge.sources.matrix.upgrades import Tombstone, back_link, tombstone
 from bridge.sources.outage import Backoff, Outage, gap_notice, wait
 
 __all__ = ["MatrixSource", "MatrixSourceConfig"]
@@ -455,21 +458,12 @@ class MatrixSource:
             self._prevs[event_id] = parents
 
     async def _follow_upgrades(self, client: RawKeepingClient, batch: _Batch) -> None:
-        """Join the replacement of every room upgraded in this batch; a refusal is recorded in the old room."""
+        """Follow every room upgraded in this batch (see `follow`); what it records joins the batch."""
         todo, self._tombstones = self._tombstones, []
         for old_room, tomb in todo:
-            if tomb.replacement in client.rooms:
-                continue  # in it already (the Synapse module, an invite, or an earlier follow)
-            try:
-                await checked(client.join(tomb.replacement), "join")
-            except MatrixRequestError as exc:
-                if exc.errcode in _TRANSIENT:
-                    raise
-                log.warning("ALERT room upgrade not followed", extra={
-                    "room_id": old_room, "replacement": tomb.replacement, "errcode": exc.errcode})  # fmt: skip
-                batch.events.append(not_followed(old_room, tomb, now_ms(), str(exc)))
-                continue
-            log.info("room upgrade followed", extra={"room_id": old_room, "replacement": tomb.replacement})
+            notice = await follow_upgrade(client, old_room, tomb, _TRANSIENT)
+            if notice is not None:
+                batch.events.append(notice)
 
     def _hole_notice(self, room_id: str, holes: list[Hole], unfilled: str | None, before_ms: int | None) -> Event:
         """The one `capture_gap` notice of a room's holes in this batch, in the room's conversation."""

@@ -12,6 +12,10 @@ Contract (pure; no I/O):
 - `not_followed(old_room, tomb, at_ms, error)` is the `capture_gap` notice in the OLD room's conversation when
   the successor could not be joined (reason `successor_room_not_joined`, the replacement and the refusal):
   nothing said there escapes silently; `chatarchief coverage` lists the new room as uncovered.
+- `names_predecessor(create_content, old_room)`: a successor is followed only if its `m.room.create` names the
+  old room as `predecessor`. Anyone allowed to send a tombstone could otherwise point the archiver at any room
+  it may join (a large public room: other people's chat in the archive). A lure is left again at once and
+  recorded in the old room (`lured(...)`: `content.notice = "room_upgrade_refused"`).
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from typing import Any
 
 from bridge.events import MATRIX, ConversationId, Event, EventId, Kind
 
-__all__ = ["ROOM_UPGRADE", "Tombstone", "back_link", "not_followed", "tombstone"]
+__all__ = ["ROOM_UPGRADE", "Tombstone", "back_link", "lured", "names_predecessor", "not_followed", "tombstone"]
 
 ROOM_UPGRADE = "room_upgrade"
 NOT_JOINED = "successor_room_not_joined"
@@ -95,5 +99,28 @@ def not_followed(old_room: str, tomb: Tombstone, at_ms: int, error: str) -> Even
             "replacement_room": tomb.replacement,
             "tombstone_event": tomb.event_id,
             "error": error,
+        },
+    )
+
+
+def names_predecessor(create_content: object, old_room: str) -> bool:
+    predecessor = create_content.get("predecessor") if isinstance(create_content, dict) else None
+    return isinstance(predecessor, dict) and predecessor.get("room_id") == old_room
+
+
+def lured(old_room: str, tomb: Tombstone, at_ms: int) -> Event:
+    return Event(
+        source=MATRIX,
+        conversation=ConversationId(old_room),
+        event_id=EventId(f"upgrade-refused:{tomb.event_id}"),
+        kind=Kind.NOTICE,
+        sender=None,
+        sent_at=at_ms,
+        received_at=at_ms,
+        content={
+            "notice": "room_upgrade_refused",
+            "replacement_room": tomb.replacement,
+            "tombstone_event": tomb.event_id,
+            "reason": "the replacement room does not name this room as its predecessor; left again",
         },
     )
