@@ -80,6 +80,9 @@ class Holes:
     def __init__(self, heads: Mapping[str, RoomHeads] | None = None, user_id: str | None = None) -> None:
         self._user_id = user_id
         self._rooms: dict[str, _Room] = {}
+        #: `heads()` as last computed, and the rooms changed since (only those are computed again).
+        self._heads: dict[str, RoomHeads] = dict(heads or {})
+        self._dirty: set[str] = set()
         for room_id, h in (heads or {}).items():
             room = self._rooms[room_id] = _Room(last_ts=h.last_ts, left_ms=h.left_ms)
             for event_id in h.ids:
@@ -99,9 +102,12 @@ class Holes:
         event_id = raw.get("event_id")
         if not isinstance(event_id, str):
             return None
-        room = self._rooms.setdefault(room_id, _Room())
-        if event_id in room.known:
+        room = self._rooms.get(room_id)
+        if room is None:
+            room = self._rooms[room_id] = _Room()
+        elif event_id in room.known:
             return None
+        self._dirty.add(room_id)
         hole = None
         prev = raw.get("prev_events") if prev_events is None else list(prev_events)
         if check and room.known and isinstance(prev, list):
@@ -111,9 +117,8 @@ class Holes:
                 room.holes.append(hole)
         if hole is None:
             hole = self._membership(room, room_id, event_id, raw)
-        room.known[event_id] = None
-        room.known.move_to_end(event_id)
-        while len(room.known) > MAX_KNOWN:
+        room.known[event_id] = None  # a new key: appended at the end, the newest
+        if len(room.known) > MAX_KNOWN:
             room.known.popitem(last=False)
         ts = _ts(raw)
         if ts is not None and (room.last_ts is None or ts > room.last_ts):
@@ -150,11 +155,12 @@ class Holes:
         return None if room is None else room.last_ts
 
     def heads(self) -> dict[str, RoomHeads]:
-        return {
-            room_id: RoomHeads(tuple(reversed(list(islice(reversed(room.known), HEADS)))), room.last_ts, room.left_ms)
-            for room_id, room in self._rooms.items()
-            if room.known
-        }
+        for room_id in self._dirty:
+            room = self._rooms[room_id]
+            ids = tuple(reversed(list(islice(reversed(room.known), HEADS))))
+            self._heads[room_id] = RoomHeads(ids, room.last_ts, room.left_ms)
+        self._dirty.clear()
+        return dict(self._heads)
 
 
 def notice_detail(holes: list[Hole], unfilled: str | None) -> tuple[str, dict[str, Any]]:
