@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import random
 import shutil
@@ -19,7 +20,10 @@ from bridge.archive.package import snapshot
 from bridge.archive.range import Month, window
 from bridge.events import MATRIX, ConversationId
 from bridge.liveness import heartbeat_notice, restart_gap
+from bridge.log import store as store_module
+from bridge.log.store import LogStore
 from bridge.sources.outage import Outage, gap_notice
+from bridge.withhold import withhold
 from tests.conftest import LogDir
 from tests.support.archive_log import OPTIONS, ROOM_A, append, create_archive_log, event, ms, seal_for
 from tests.test_archive_forgery import rebag, verify
@@ -181,4 +185,40 @@ def test_a_deleted_listing_is_caught(march: tuple[LogDir, Path], pkg: Path) -> N
     (pkg / "data" / LISTING_REL).unlink()
     rebag(pkg)
     code, out = verify(march[0], pkg)
+    assert code == 1 and LISTING_REL in out, out
+
+
+def test_a_withheld_gap_notice_is_listed_as_withheld_and_cannot_be_dropped(tmp_path: Path) -> None:
+    """An insider withholds a gap notice (a decision, in the package): the gap leaves the listing, but the
+    withheld record is listed with its conversation and decision, so the listing says where it cannot see;
+    removing that entry (bag rebuilt) is caught."""
+    log = create_archive_log(tmp_path)
+    outage = Outage(ms(2024, 4, 10, 10), "homeserver_unreachable")
+    gap = gap_notice(MATRIX, ConversationId(ROOM_A), outage, ms(2024, 4, 10, 11), {})
+
+    async def hide() -> int:
+        async with await LogStore.open(log.data_dir, log.keys) as store:
+            return await withhold(
+                store,
+                str(gap.event_id),
+                "ongemakkelijk",
+                "insider",
+                data_dir=log.data_dir,
+                clock=lambda: ms(2024, 4, 12),
+            )
+
+    with pytest.MonkeyPatch.context() as mp:
+        append(log, mp, [(ms(2024, 4, 10, 11), [beat(ms(2024, 4, 10, 11)), gap, event(1)])], seal=False)
+        mp.setattr(store_module, "now_ms", lambda: ms(2024, 4, 12))
+        decision_seq = asyncio.run(hide())
+    path = snapshot(log.data_dir, log.keys, Month(2024, 4), tmp_path / "april", OPTIONS, seal=seal_for(log)).path
+    listing = listing_of(path)
+    assert listing["gaps"] == []
+    (withheld,) = listing["withheld"]
+    assert (withheld["conversation"], withheld["decision_seq"]) == (ROOM_A, decision_seq)
+    code, out = verify(log, path)
+    assert code == 0, out
+
+    _edit(path, lambda d: d["withheld"].clear())
+    code, out = verify(log, path)
     assert code == 1 and LISTING_REL in out, out

@@ -267,6 +267,8 @@ def event_line(
     """
     hidden = withheld_for(event, withheld) if withheld else None
     if hidden is not None:
+        if listing is not None:
+            listing.withhold(seq, str(event.source), str(event.conversation), hidden.decision_seq)
         return proof.sealed_line(seq, header, commit, ct_hash, tombstone(hidden))
     if listing is not None:
         listing.add(seq, event)

@@ -13,6 +13,9 @@ Contract:
   within the month: from the month's start to the first heartbeat, between heartbeats, and from the last to
   the month's end (or, for an open month, to the sealing time). A month without chat but with heartbeats
   every interval shows a bot that was alive; a dead bot shows a silence as long as its outage.
+- A *withheld* record (a tombstone: its content hidden by a withhold decision the package carries) is listed by
+  seq, conversation and decision (`Listing.withhold`): a withheld notice could be a gap, so the listing says
+  where it cannot see.
 - `Listing.to_json(win, until_ms)` gives the file's bytes: deterministic (sorted keys, fixed indentation).
   `verify-package` re-derives it from the proven records and compares byte for byte, so an edited listing
   (a gap removed, a heartbeat count raised) is caught.
@@ -48,6 +51,10 @@ class Listing:
     gaps: list[dict[str, Any]] = field(default_factory=list)
     beats: list[tuple[int, int]] = field(default_factory=list)  # (at_ms, seq)
     intervals: set[int] = field(default_factory=set)
+    withheld: list[dict[str, Any]] = field(default_factory=list)
+
+    def withhold(self, seq: int, source: str, conversation: str, decision_seq: int) -> None:
+        self.withheld.append({"seq": seq, "source": source, "conversation": conversation, "decision_seq": decision_seq})
 
     def add(self, seq: int, event: Event) -> None:
         if event.kind != Kind.NOTICE or not isinstance(event.content, dict):
@@ -102,9 +109,11 @@ class Listing:
                 "derived_from": "the package's records: capture_gap and heartbeat notices (verify-package re-derives)",
                 "gaps": sorted(self.gaps, key=lambda g: int(g["seq"])),
                 "heartbeats": self.heartbeats(win, until_ms),
+                "withheld": sorted(self.withheld, key=lambda w: int(w["seq"])),
             }
         )
 
     @property
     def empty(self) -> bool:
+        """No gap and no heartbeat (withheld records alone do not call for a listing: see verify_package)."""
         return not self.gaps and not self.beats

@@ -665,6 +665,8 @@ class _Records:
                 f"decision {(rec.withheld or {}).get('decision_seq')}",
                 seq=rec.seq,
             )
+        source, conversation = decision.target.key[:2]
+        self.listing.withhold(rec.seq, source, conversation, folded.decision_seq)
         return proof.sealed_line(
             rec.seq, rec.header_bytes, rec.commitment, rec.ciphertext_hash, derive.tombstone(folded)
         )
