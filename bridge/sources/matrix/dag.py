@@ -3,8 +3,11 @@
 Contract:
 - `is_admin(client)` is True when the bot's account may use Synapse's admin API (`/users/{self}/admin`); any
   refusal, another homeserver, or a failed request is False: the check is an extra, never a condition of capture.
-- `prev_events(client, event_id)` is the event's `prev_events` from `/_synapse/admin/v1/fetch_event/{id}` (the
-  event as the server stores it), or None when it cannot be had (the caller then checks nothing).
+- `prev_events(client, event_id, known)` is the event's `prev_events` from `/_synapse/admin/v1/fetch_event/{id}`
+  (the event as the server stores it), or None when it cannot be had (the caller then checks nothing). A parent
+  the bot does not know (`known(id)` False) that is one of the events Synapse never shows clients
+  (`org.matrix.dummy_event`, sent to merge forward extremities) is replaced by its own parents, up to
+  `DUMMY_DEPTH` steps: it hides nothing, so it must not look like a hole.
 
 Used by the source at the seams where a hole can hide: the first event of a room's timeline after a reconnect or
 a `limited` sync, and the first event of each backfilled gap (one request each; none in a steady stream).
@@ -13,6 +16,7 @@ a `limited` sync, and the first event of each backfilled gap (one request each; 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from urllib.parse import quote
 
 import aiohttp
@@ -20,7 +24,10 @@ import orjson
 
 from bridge.sources.matrix.client import RawKeepingClient
 
-__all__ = ["is_admin", "prev_events"]
+__all__ = ["DUMMY_DEPTH", "is_admin", "prev_events"]
+
+DUMMY = "org.matrix.dummy_event"
+DUMMY_DEPTH = 3
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +51,31 @@ async def is_admin(client: RawKeepingClient) -> bool:
     return isinstance(body, dict) and body.get("admin") is True
 
 
-async def prev_events(client: RawKeepingClient, event_id: str) -> tuple[str, ...] | None:
+async def _fetch(client: RawKeepingClient, event_id: str) -> tuple[object, tuple[str, ...]] | None:
     body = await _get(client, f"/_synapse/admin/v1/fetch_event/{quote(event_id)}")
     event = body.get("event") if isinstance(body, dict) else None
     prev = event.get("prev_events") if isinstance(event, dict) else None
-    if not isinstance(prev, list):
+    if not isinstance(event, dict) or not isinstance(prev, list):
         return None
-    return tuple(p for p in prev if isinstance(p, str))
+    return event.get("type"), tuple(p for p in prev if isinstance(p, str))
+
+
+async def prev_events(client: RawKeepingClient, event_id: str, known: Callable[[str], bool]) -> tuple[str, ...] | None:
+    fetched = await _fetch(client, event_id)
+    if fetched is None:
+        return None
+    parents = list(fetched[1])
+    for _ in range(DUMMY_DEPTH):
+        resolved: list[str] = []
+        changed = False
+        for parent in parents:
+            hidden = None if known(parent) else await _fetch(client, parent)
+            if hidden is not None and hidden[0] == DUMMY:
+                resolved.extend(hidden[1])
+                changed = True
+            else:
+                resolved.append(parent)
+        parents = list(dict.fromkeys(resolved))
+        if not changed:
+            break
+    return tuple(parents)

@@ -88,6 +88,11 @@ class Holes:
             for event_id in h.ids:
                 room.known[event_id] = None
 
+    def has(self, room_id: str, event_id: str) -> bool:
+        """Whether the bot has seen `event_id` in the room (among the ids it still remembers)."""
+        room = self._rooms.get(room_id)
+        return room is not None and event_id in room.known
+
     def known(self, room_id: str) -> bool:
         """Whether the bot has seen an event of the room (only then can a hole be told)."""
         room = self._rooms.get(room_id)

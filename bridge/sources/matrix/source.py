@@ -453,7 +453,7 @@ class MatrixSource:
         event_id = raw.get("event_id") if isinstance(raw, dict) else None
         if not self._admin or not isinstance(event_id, str) or not self._holes.known(room_id):
             return
-        parents = await prev_events(client, event_id)
+        parents = await prev_events(client, event_id, lambda parent: self._holes.has(room_id, parent))
         if parents is not None:
             self._prevs[event_id] = parents
 
