@@ -465,7 +465,7 @@ def coverage(config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
             out.print(
                 f"{mark} {r.room_id} {'encrypted' if r.encrypted else 'plain'} officials={','.join(r.officials)}"
                 f" archiver={r.archiver_membership} since={r.archiver_since_ms} captured={r.log.captured}"
-                f" undecryptable={r.log.undecryptable} last={r.log.last_captured_ms}",
+                f" undecryptable={r.log.undecryptable} gaps={r.log.gaps} last={r.log.last_captured_ms}",
                 soft_wrap=True,
             )
     if report.uncovered:

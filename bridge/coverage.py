@@ -5,7 +5,8 @@ Contract:
   to, and the archiver's membership in it (and since when: its member event's time); without one, only what the
   bot itself sees (its joined rooms: covered by definition, rooms it was kept out of stay invisible; the report
   says which view it used). It logs in with the bot's password under a fixed device id and logs out again.
-- `log_stats(events)` is pure: per conversation, events captured, undecryptable ones, last capture time.
+- `log_stats(events)` is pure: per conversation, events captured, undecryptable ones, last capture time, and the
+  `capture_gap` notices recorded in it (holes the Matrix source saw, docs/synapse-module.md).
 - `CoverageReport.uncovered`: official rooms the archiver is not joined to; the CLI exits 1 when there are any.
 """
 
@@ -40,6 +41,7 @@ class LogStats:
     captured: int = 0
     undecryptable: int = 0
     last_captured_ms: int | None = None
+    gaps: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class RoomCoverage:
             "captured": self.log.captured,
             "undecryptable": self.log.undecryptable,
             "last_captured_ms": self.log.last_captured_ms,
+            "gaps": self.log.gaps,
         }
 
 
@@ -93,7 +96,10 @@ def log_stats(events: Iterable[Event]) -> dict[str, LogStats]:
     for e in events:
         s = out.get(e.conversation, LogStats())
         last = e.received_at if s.last_captured_ms is None else max(s.last_captured_ms, e.received_at)
-        out[e.conversation] = LogStats(s.captured + 1, s.undecryptable + (e.kind is Kind.UNDECRYPTABLE), last)
+        gap = e.kind is Kind.NOTICE and e.content.get("notice") == "capture_gap"
+        out[e.conversation] = LogStats(
+            s.captured + 1, s.undecryptable + (e.kind is Kind.UNDECRYPTABLE), last, s.gaps + gap
+        )
     return out
 
 
