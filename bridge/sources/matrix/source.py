@@ -96,9 +96,7 @@ from bridge.sources.matrix.client import (
     open_session,
 )
 from bridge.sources.matrix.cross_signing import CrossSigningError, ensure_cross_signed
-from bridge.sources.matrix.dag import is_admin, prev_events
 from bridge.sources.matrix.follow import follow_upgrade
-from bridge.sources.matrix.holes import Hole, Holes, notice_detail
 from bridge.sources.matrix.invites import handle_invites, join_configured
 from bridge.sources.matrix.late import late_decryptions
 from bridge.sources.matrix.media import MediaFetcher, fetch_attachments
@@ -107,14 +105,13 @@ from bridge.sources.matrix.planner import Backfill, RoomPlan, Rules, SyncState, 
 from bridge.sources.matrix.redacted import recover_original
 from bridge.sources.matrix.state import LEGACY_FILE, SourceState, decode, encode, migrate_legacy, pending_event
 from bridge.sources.matrix.upgrades import Tombstone, back_link, tombstone
+from bridge.sources.matrix.watch import EMPTY, HoleWatch
 from bridge.sources.outage import Backoff, Outage, gap_notice, wait
 
 __all__ = ["MatrixSource", "MatrixSourceConfig"]
 
 #: `_add_events(checked=_ALL)`: check every event (a backfill page is all timeline).
 _ALL: frozenset[str] = frozenset({"*all*"})
-#: A limited gap whose /messages pages held no event.
-_EMPTY = "messages gave no event"
 #: Refusals retried as an outage (the cursor stays) rather than recorded as a hole.
 _TRANSIENT = frozenset({None, "M_LIMIT_EXCEEDED", "M_UNKNOWN", "M_UNKNOWN_TOKEN"})
 
@@ -174,14 +171,8 @@ class MatrixSource:
         self._commits = 0
         #: An outage not yet recorded in the log.
         self._outage: Outage | None = None
-        #: Holes in rooms' histories (rebuilt from the committed heads on every connect).
-        self._holes = Holes()
-        #: Whether the bot may use Synapse's admin API (then prev_events are checked at the seams, see `dag`).
-        self._admin = False
-        #: prev_events fetched for events about to be seen (event id -> parents).
-        self._prevs: dict[str, tuple[str, ...]] = {}
-        #: The first sync batch of this connection is a seam in every room (a restart, a reconnect).
-        self._seam = True
+        #: Holes in rooms' histories (see `watch`; rebuilt from the committed heads on every connect).
+        self._watch = HoleWatch()
         #: Tombstones seen since the last sync batch was committed (a backfill page may hold one).
         self._tombstones: list[tuple[str, Tombstone]] = []
 
@@ -242,9 +233,7 @@ class MatrixSource:
             await self._maintain_keys(client)
             await self._cross_sign(client)
             self._state = decode(await self.sink.load_cursor())
-            self._holes = Holes(self._state.heads, client.user_id)
-            self._admin = await is_admin(client)
-            self._seam = True
+            await self._watch.connect(client, self._state.heads)
             self._tombstones = []
             self._migrate_legacy_file()
             cursor = self._state.token
@@ -336,7 +325,7 @@ class MatrixSource:
         if self._outage is not None:
             batch.events.append(self._gap_notice(self._outage))
         await self._commit(client, batch, response.next_batch)
-        self._seam = False
+        self._watch.batch_done()
         self._outage = None
         self.synced.set()
         return str(response.next_batch)
@@ -360,7 +349,7 @@ class MatrixSource:
             resolved=batch.resolved,
             # heads move with the sync token only: a backfill page keeps the stored cursor (a crash re-fetches the
             # gap, whose events connect to the heads of the last batch)
-            heads=self._holes.heads() if token is not None else None,
+            heads=self._watch.heads() if token is not None else None,
         )
         changed = token is not None or state != self._state or self._legacy is not None
         await self.sink.commit(events, encode(state) if changed else None)
@@ -375,22 +364,21 @@ class MatrixSource:
         decrypted = crypto.decrypted_by_id(nio_events)
         undecrypted = crypto.undecrypted_by_id(nio_events)
         self._bridges.learn_state(room.room_id, list(room.learn))
-        before_ms = self._holes.last_ts(room.room_id)
+        before_ms = self._watch.holes.last_ts(room.room_id)
         limited_gap = room.backfill is not None and room.backfill.since is not None
-        if room.joined and (self._seam or limited_gap):
+        if room.joined and (self._watch.seam or limited_gap):
             first = next(
                 (r for r in room.store if isinstance(r, dict) and r.get("event_id") in room.timeline_ids), None
             )
-            await self._fetch_prevs(client, room.room_id, first)
+            await self._watch.at_seam(client, room.room_id, first)
         unfilled = None
         if room.backfill is not None:
             unfilled = await self._backfill(client, room.room_id, room.backfill)
         if room.mark_backfilled:
             batch.backfilled.append(room.room_id)
         self._add_events(client, batch, room.room_id, room.store, decrypted, undecrypted, room.timeline_ids)
-        holes = self._holes.take(room.room_id)
-        if holes or (unfilled is not None and unfilled != _EMPTY):
-            batch.events.append(self._hole_notice(room.room_id, holes, unfilled, before_ms))
+        if (notice := self._watch.notice(room.room_id, unfilled, before_ms)) is not None:
+            batch.events.append(notice)
 
     def _add_events(
         self,
@@ -408,8 +396,7 @@ class MatrixSource:
         seen: set[str] = set()
         for raw in raws:
             if checked is not None and isinstance(raw, dict):
-                parents = self._prevs.pop(str(raw.get("event_id")), None)
-                self._holes.see(room_id, raw, checked is _ALL or raw.get("event_id") in checked, parents)
+                self._watch.see(room_id, raw, checked is _ALL or raw.get("event_id") in checked)
                 if (tomb := tombstone(raw)) is not None:
                     self._tombstones.append((room_id, tomb))
             event_id = raw.get("event_id") if isinstance(raw, dict) else None
@@ -428,13 +415,13 @@ class MatrixSource:
     async def _backfill(self, client: RawKeepingClient, room_id: str, gap: Backfill) -> str | None:
         """Commit the gap before `gap.until` page by page, oldest first, leaving the cursor alone.
 
-        Returns why a known room's gap could not be filled (None: filled): `_EMPTY` when /messages gave no
+        Returns why a known room's gap could not be filled (None: filled): `EMPTY` when /messages gave no
         event for a `limited` gap (a hole only if prev_events show one), or the refusal's errcode."""
         total = 0
         try:
             async for page in gap_pages(client, room_id, gap.since, gap.until, self.cfg.backfill_page):
                 if total == 0 and gap.since is not None:
-                    await self._fetch_prevs(client, room_id, page.events[0] if page.events else None)
+                    await self._watch.at_seam(client, room_id, page.events[0] if page.events else None)
                 batch = _Batch([], [], [], [])
                 self._add_events(client, batch, room_id, page.events, page.decrypted, page.undecrypted, _ALL)
                 await self._commit(client, batch, None)
@@ -445,17 +432,7 @@ class MatrixSource:
             log.warning("backfill refused; the hole is recorded", extra={"room_id": room_id, "errcode": exc.errcode})
             return f"messages refused: {exc.errcode}"
         log.info("backfilled", extra={"room_id": room_id, "events": total})
-        return _EMPTY if total == 0 and gap.since is not None else None
-
-    async def _fetch_prevs(self, client: RawKeepingClient, room_id: str, raw: object) -> None:
-        """The parents of the event at a seam (admin API), for the hole check; nothing without admin rights or
-        in a room the bot knows nothing of yet."""
-        event_id = raw.get("event_id") if isinstance(raw, dict) else None
-        if not self._admin or not isinstance(event_id, str) or not self._holes.known(room_id):
-            return
-        parents = await prev_events(client, event_id, lambda parent: self._holes.has(room_id, parent))
-        if parents is not None:
-            self._prevs[event_id] = parents
+        return EMPTY if total == 0 and gap.since is not None else None
 
     async def _follow_upgrades(self, client: RawKeepingClient, batch: _Batch) -> None:
         """Follow every room upgraded in this batch (see `follow`); what it records joins the batch."""
@@ -464,14 +441,6 @@ class MatrixSource:
             notice = await follow_upgrade(client, old_room, tomb, _TRANSIENT)
             if notice is not None:
                 batch.events.append(notice)
-
-    def _hole_notice(self, room_id: str, holes: list[Hole], unfilled: str | None, before_ms: int | None) -> Event:
-        """The one `capture_gap` notice of a room's holes in this batch, in the room's conversation."""
-        reason, detail = notice_detail(holes, unfilled)
-        end = next((h.end_ms for h in holes if h.end_ms is not None), None) or now_ms()
-        start = next((h.start_ms for h in holes if h.start_ms is not None), None) or before_ms or end
-        log.warning("hole in a room's history recorded", extra={"room_id": room_id, "reason": reason})
-        return gap_notice(MATRIX, ConversationId(room_id), Outage(start, reason), end, detail)
 
     def _normalise(self, client: RawKeepingClient, room_id: str, raw: object, decrypted: dict[str, Any]) -> Event:
         if not isinstance(raw, dict):
