@@ -433,6 +433,12 @@ def verify_package_cmd(
         markup=True,
     )
     out.print(f"end root {report.root.hex()} signed by {pub[0]}")
+    if (lv := report.liveness) is not None:
+        out.print(
+            f"liveness (proof/liveness.json): {_count(lv.gaps, 'capture gap')}, {_count(lv.heartbeats, 'heartbeat')},"
+            f" longest silence {lv.longest_silence_ms / 3_600_000:.1f} h, {_count(lv.withheld, 'withheld record')}",
+            markup=False,
+        )
     if previous is not None:
         out.print(f"extends the previous package {previous}")
 

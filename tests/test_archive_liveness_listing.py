@@ -83,6 +83,8 @@ def test_the_package_lists_every_gap_with_kind_span_conversation_and_seq(march: 
     log, path = march
     gaps = listing_of(path)["gaps"]
     assert [g["kind"] for g in gaps] == ["bot_not_running", "homeserver_unreachable"]
+    code, out = verify(log, path)
+    assert code == 0 and "2 capture gaps, 4 heartbeats" in out, out
     restart, outage = gaps
     assert (restart["start_ms"], restart["end_ms"]) == (ms(2024, 3, 2) + 2 * QUARTER, ms(2024, 3, 9))
     assert (restart["source"], restart["conversation"]) == ("chatarchief", "liveness")

@@ -31,7 +31,7 @@ from bridge.archive import proof
 from bridge.archive import range as ranges
 from bridge.events import Event, Kind
 
-__all__ = ["CAPTURE_GAP", "HEARTBEAT", "LISTING_REL", "Listing"]
+__all__ = ["CAPTURE_GAP", "HEARTBEAT", "LISTING_REL", "Listing", "Summary"]
 
 LISTING_REL = "proof/liveness.json"
 CAPTURE_GAP = "capture_gap"  # bridge.sources.outage.CAPTURE_GAP (the archive may not import sources)
@@ -42,6 +42,24 @@ VERSION = 1
 
 def _int(value: object) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+@dataclass(frozen=True)
+class Summary:
+    """The listing's figures, as `verify-package` reports them."""
+
+    gaps: int
+    withheld: int
+    heartbeats: int
+    longest_silence_ms: int
+
+    def to_json(self) -> dict[str, int]:
+        return {
+            "gaps": self.gaps,
+            "withheld": self.withheld,
+            "heartbeats": self.heartbeats,
+            "longest_silence_ms": self.longest_silence_ms,
+        }
 
 
 @dataclass
@@ -112,6 +130,10 @@ class Listing:
                 "withheld": sorted(self.withheld, key=lambda w: int(w["seq"])),
             }
         )
+
+    def summary(self, win: ranges.Window, until_ms: int) -> Summary:
+        silence = int(self.heartbeats(win, until_ms)["longest_silence_ms"])
+        return Summary(len(self.gaps), len(self.withheld), len(self.beats), silence)
 
     @property
     def empty(self) -> bool:

@@ -60,7 +60,7 @@ from bridge.archive import derive, mdto, proof
 from bridge.archive import range as ranges
 from bridge.archive.bag import OutFile, tag_files
 from bridge.archive.derive import DossierState, RenderParams
-from bridge.archive.gaps import LISTING_REL, Listing
+from bridge.archive.gaps import LISTING_REL, Listing, Summary
 from bridge.archive.render import render_package
 from bridge.errors import Check, Evidence, LogIntegrityError, UsageError
 from bridge.events import Attachment, EncodingError, Event
@@ -120,6 +120,8 @@ class PackageReport:
     mdto_files: int
     root: bytes
     missing_media: int = 0
+    #: From proof/liveness.json as re-derived (None: a package made before the listing, with nothing to list).
+    liveness: Summary | None = None
 
     def to_json(self) -> dict[str, object]:
         """The report as `verify-package --json` prints it."""
@@ -134,6 +136,7 @@ class PackageReport:
             "mdto_files": self.mdto_files,
             "missing_media": self.missing_media,
             "root": self.root.hex(),
+            "liveness": None if self.liveness is None else self.liveness.to_json(),
         }
 
 
@@ -195,8 +198,18 @@ def verify_package(path: Path, public_key: tuple[str, Ed25519PublicKey], previou
     _check_tags(path, tag_files(sink.payload, info, {"LEESMIJ.txt": text}))
     if previous is not None:
         _check_previous(previous, pdir, start, public_key)
+    liveness = records.listing.summary(win, sealed_ms) if listed else None
     return PackageReport(
-        str(params.month), start, end, status, counts[0], counts[1], mdto_files, end_cp.root, records.missing_count
+        str(params.month),
+        start,
+        end,
+        status,
+        counts[0],
+        counts[1],
+        mdto_files,
+        end_cp.root,
+        records.missing_count,
+        liveness,
     )
 
 
