@@ -614,6 +614,12 @@ def verify_package_cmd(
         markup=True,
     )
     out.print(f"end root {report.root.hex()} signed by {pub[0]}")
+    if (lv := report.liveness) is not None:
+        out.print(
+            f"liveness (proof/liveness.json): {_count(lv.gaps, 'capture gap')}, {_count(lv.heartbeats, 'heartbeat')},"
+            f" longest silence {lv.longest_silence_ms / 3_600_000:.1f} h, {_count(lv.withheld, 'withheld record')}",
+            markup=False,
+        )
     if previous is not None:
         out.print(f"extends the previous package {previous}")
     if witnesses:
@@ -651,10 +657,51 @@ def coverage(config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
             out.print(
                 f"{mark} {r.room_id} {'encrypted' if r.encrypted else 'plain'} officials={','.join(r.officials)}"
                 f" archiver={r.archiver_membership} since={r.archiver_since_ms} captured={r.log.captured}"
-                f" undecryptable={r.log.undecryptable} last={r.log.last_captured_ms}",
+                f" undecryptable={r.log.undecryptable} gaps={r.log.gaps} last={r.log.last_captured_ms}",
                 soft_wrap=True,
             )
     if report.uncovered:
+        raise typer.Exit(1)
+
+
+@app.command()
+def adopt(config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
+    """Bring the archiver into the officials' existing rooms (the bot must be a Synapse server admin).
+
+    Exit 0 when every official room is adopted, 1 when some could not be (named), 2 for usage/config errors."""
+    _require(config_file is not None, "adopt needs --config FILE (see config/chatarchief.example.toml)")
+    settings = _settings(config_file)
+    from bridge import adopt as adoption
+    from bridge.coverage import CoverageOptions
+
+    m = settings.matrix
+    _require(m is not None, "adopt needs a [matrix] section in the config")
+    assert m is not None
+    officials = frozenset(m.officials or m.allowed_inviters)
+    _require(bool(officials), "adopt needs matrix.officials (or matrix.allowed_inviters) to know whose rooms")
+    opts = CoverageOptions(m.homeserver, m.user_id, officials, m.password_file, m.access_token_file)
+    report = _run(lambda: adoption.adopt(opts))
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        joined = sum(r.outcome == "joined" for r in report.rooms)
+        out.print(
+            f"{_count(len(report.rooms), 'official room')}: {joined} adopted now, "
+            f"{sum(r.outcome == 'already_in' for r in report.rooms)} already covered, {len(report.failed)} failed",
+            markup=False,
+        )
+        for r in report.rooms:
+            line = f"{r.outcome.upper()} {r.room_id} {'encrypted' if r.encrypted else 'plain'}"
+            if r.reason:
+                line += f": {r.reason}"
+            if r.undecryptable:
+                line += f"; undecryptable before join: {'>=' if r.at_least else ''}{r.undecryptable}"
+            out.print(line, markup=False, soft_wrap=True)
+            for note in r.notes:
+                out.print(f"  - {note}", markup=False, soft_wrap=True)
+    for r in report.failed:
+        err.print(f"not adopted: {r.room_id}: {r.reason}", markup=False, soft_wrap=True)
+    if report.failed:
         raise typer.Exit(1)
 
 

@@ -5,7 +5,8 @@ Contract:
   to, and the archiver's membership in it (and since when: its member event's time); without one, only what the
   bot itself sees (its joined rooms: covered by definition, rooms it was kept out of stay invisible; the report
   says which view it used). It logs in with the bot's password under a fixed device id and logs out again.
-- `log_stats(events)` is pure: per conversation, events captured, undecryptable ones, last capture time.
+- `log_stats(events)` is pure: per conversation, events captured, undecryptable ones, last capture time, and the
+  `capture_gap` notices recorded in it (holes the Matrix source saw, docs/synapse-module.md).
 - `CoverageReport.uncovered`: official rooms the archiver is not joined to; the CLI exits 1 when there are any.
 """
 
@@ -40,6 +41,7 @@ class LogStats:
     captured: int = 0
     undecryptable: int = 0
     last_captured_ms: int | None = None
+    gaps: int = 0
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ class RoomCoverage:
             "captured": self.log.captured,
             "undecryptable": self.log.undecryptable,
             "last_captured_ms": self.log.last_captured_ms,
+            "gaps": self.log.gaps,
         }
 
 
@@ -93,7 +96,10 @@ def log_stats(events: Iterable[Event]) -> dict[str, LogStats]:
     for e in events:
         s = out.get(e.conversation, LogStats())
         last = e.received_at if s.last_captured_ms is None else max(s.last_captured_ms, e.received_at)
-        out[e.conversation] = LogStats(s.captured + 1, s.undecryptable + (e.kind is Kind.UNDECRYPTABLE), last)
+        gap = e.kind is Kind.NOTICE and e.content.get("notice") == "capture_gap"
+        out[e.conversation] = LogStats(
+            s.captured + 1, s.undecryptable + (e.kind is Kind.UNDECRYPTABLE), last, s.gaps + gap
+        )
     return out
 
 
@@ -130,7 +136,9 @@ def room_from_state(room_id: str, state: list[dict[str, Any]], opts: CoverageOpt
     return RoomCoverage(room_id, tuple(joined), membership, since if isinstance(since, int) else None, encrypted)
 
 
-class _Client:
+class HomeserverClient:
+    """A small JSON client of the homeserver (client-server and Synapse admin API) with the bot's token."""
+
     def __init__(self, session: aiohttp.ClientSession, base: str) -> None:
         self._session = session
         self._base = base
@@ -144,6 +152,28 @@ class _Client:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise SourceError(f"homeserver {self._base}: {method} {path.split('?')[0]} failed: {exc}") from None
 
+    async def login(self, opts: CoverageOptions, device_id: str, command: str) -> bool:
+        """Authenticate as the bot: its access token file, else a password login under `device_id` (True: the
+        caller logs that device out again)."""
+        if opts.access_token_file is not None:
+            self.token = opts.access_token_file.read_text("utf-8").strip()
+            return False
+        if opts.password_file is None:
+            raise UsageError(f"{command} needs matrix.password_file or matrix.access_token_file")
+        password = opts.password_file.read_text("utf-8").strip()
+        body = {
+            "type": "m.login.password",
+            "identifier": {"type": "m.id.user", "user": opts.archiver},
+            "password": password,
+            "device_id": device_id,
+            "initial_device_display_name": f"chatarchief {command}",
+        }
+        status, data = await self.call("POST", "/_matrix/client/v3/login", body)
+        if status != 200:
+            raise UsageError(f"{command}: the bot {opts.archiver} cannot log in ({status}): check matrix.password_file")
+        self.token = str(data["access_token"])
+        return True
+
     async def ok(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         status, data = await self.call(method, path, body)
         if status != 200:
@@ -155,27 +185,8 @@ async def survey(opts: CoverageOptions) -> CoverageReport:
     """The officials' rooms and the archiver's place in them (see module docstring)."""
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(timeout=timeout) as session:
-        client = _Client(session, opts.homeserver)
-        logged_in = False
-        if opts.access_token_file is not None:
-            client.token = opts.access_token_file.read_text("utf-8").strip()
-        elif opts.password_file is not None:
-            password = opts.password_file.read_text("utf-8").strip()
-            body = {
-                "type": "m.login.password",
-                "identifier": {"type": "m.id.user", "user": opts.archiver},
-                "password": password,
-                "device_id": DEVICE_ID,
-                "initial_device_display_name": "chatarchief coverage",
-            }
-            status, data = await client.call("POST", "/_matrix/client/v3/login", body)
-            if status != 200:
-                raise UsageError(
-                    f"coverage: the bot {opts.archiver} cannot log in ({status}): check matrix.password_file"
-                )
-            client.token, logged_in = str(data["access_token"]), True
-        else:
-            raise UsageError("coverage needs matrix.password_file or matrix.access_token_file")
+        client = HomeserverClient(session, opts.homeserver)
+        logged_in = await client.login(opts, DEVICE_ID, "coverage")
         try:
             return await _survey(client, opts)
         finally:
@@ -183,7 +194,7 @@ async def survey(opts: CoverageOptions) -> CoverageReport:
                 await client.call("POST", "/_matrix/client/v3/logout", {})
 
 
-async def _survey(client: _Client, opts: CoverageOptions) -> CoverageReport:
+async def _survey(client: HomeserverClient, opts: CoverageOptions) -> CoverageReport:
     rooms: set[str] = set()
     via = "admin_api"
     for official in sorted(opts.officials):

@@ -10,6 +10,8 @@ from nio import AsyncClient
 
 from bridge.coverage import CoverageOptions, log_stats, room_from_state
 from bridge.dev.synapse import SynapseServer
+from bridge.events import MATRIX, ConversationId
+from bridge.sources.outage import Outage, gap_notice
 from tests.conftest import make_event
 from tests.support.botrun import chatarchief, write_config
 from tests.support.officials import OfficialFactory, ok, unique_name
@@ -72,3 +74,11 @@ def test_log_stats_count_per_conversation() -> None:
     assert stats["!room:example.org"].captured == 2
     assert stats["!room:example.org"].last_captured_ms == make_event(2).received_at
     assert stats["!other:x"].undecryptable == 0
+
+
+def test_log_stats_count_the_gaps_recorded_in_a_room() -> None:
+    """Pure: capture_gap notices in a conversation are counted as its gaps; an official's message is not one."""
+    gap = gap_notice(MATRIX, ConversationId("!room:example.org"), Outage(1, "archiver_not_in_room"), 2, {})
+    fake = make_event(4, body="capture_gap")
+    stats = log_stats([make_event(1), gap, fake])
+    assert stats["!room:example.org"].gaps == 1 and stats["!room:example.org"].captured == 3

@@ -14,6 +14,7 @@ from bridge.sources.matrix.state import (
     MAX_PENDING,
     MEGOLM,
     PendingEvent,
+    RoomHeads,
     SourceState,
     ciphertext_digest,
     decode,
@@ -43,6 +44,16 @@ _states = st.builds(
     st.none() | _ids.filter(lambda t: not t.startswith("{")),
     st.frozensets(_ids, max_size=5),
     st.lists(_pending_events, max_size=6, unique_by=lambda p: p.event_id).map(tuple),
+    st.dictionaries(
+        _ids,
+        st.builds(
+            RoomHeads,
+            st.lists(_ids, max_size=3).map(tuple),
+            st.none() | st.integers(min_value=0, max_value=2**53),
+            st.none() | st.integers(min_value=0, max_value=2**53),
+        ),
+        max_size=4,
+    ),
 )
 
 
@@ -51,7 +62,7 @@ def test_the_document_round_trips(state: SourceState) -> None:
     """Any state decodes from its document to an equal state, up to pending events of one session
     being grouped together (their relative order kept)."""
     back = decode(encode(state))
-    assert back.token == state.token and back.backfilled == state.backfilled
+    assert back.token == state.token and back.backfilled == state.backfilled and back.heads == state.heads
     assert sorted(back.pending, key=repr) == sorted(state.pending, key=repr)
     for session in {(p.room_id, p.sender_key, p.session_id) for p in state.pending}:
         of = [p for p in state.pending if (p.room_id, p.sender_key, p.session_id) == session]
@@ -65,7 +76,18 @@ def test_a_bare_sync_token_is_a_state_without_history() -> None:
     assert decode(None) == SourceState()
 
 
-@pytest.mark.parametrize("cursor", ['{"v": 2, "token": null}', '{"v": 1}', "{not json", '{"v":1,"token":1}'])
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        '{"v": 2, "token": null}',
+        '{"v": 1}',
+        "{not json",
+        '{"v":1,"token":1}',
+        '{"v":1,"token":null,"backfilled":[],"pending":[],"heads":[["!r:x",["$a"],"soon",null]]}',
+        '{"v":1,"token":null,"backfilled":[],"pending":[],"heads":[["!r:x",[1],5,null]]}',
+        '{"v":1,"token":null,"backfilled":[],"pending":[],"heads":[["!r:x",["$a"],5]]}',
+    ],
+)
 def test_a_malformed_document_is_refused(cursor: str) -> None:
     """A document of another version, with missing or mistyped fields, or not JSON raises DataError:
     resuming from a guessed state could skip history."""

@@ -30,6 +30,7 @@ import orjson
 
 from bridge.archive import proof
 from bridge.archive import range as ranges
+from bridge.archive.gaps import Listing
 from bridge.archive.mdto import Organisation
 from bridge.archive.names import safe_name
 from bridge.errors import UsageError
@@ -257,14 +258,20 @@ def event_line(
     state: DossierState,
     withheld: Mapping[tuple[str, str, str], Withheld],
     media: MediaHook,
+    listing: Listing | None = None,
 ) -> bytes:
-    """The line of an event in its dossier's events.jsonl; updates `state` (edits, deletions, name, media).
+    """The line of an event in its dossier's events.jsonl; updates `state` (edits, deletions, name, media)
+    and `listing` (the gaps and heartbeats of `proof/liveness.json`, from events the package shows).
 
     `payload` is the event's stored bytes, `event` the same decoded: the line carries the bytes.
     """
     hidden = withheld_for(event, withheld) if withheld else None
     if hidden is not None:
+        if listing is not None:
+            listing.withhold(seq, str(event.source), str(event.conversation), hidden.decision_seq)
         return proof.sealed_line(seq, header, commit, ct_hash, tombstone(hidden))
+    if listing is not None:
+        listing.add(seq, event)
     target = _text(event.relates_to)
     if target is not None:
         if event.kind == Kind.EDIT:
@@ -329,7 +336,7 @@ Wat is verklaard, niet bewezen
   log-id en maand. Dit zijn labels voor de weergave; de maker van het pakket
   verklaart ze. Wat de bestuurders schreven is bewezen, deze labels niet.
 
-Controleren
+{liveness}Controleren
   bagit.py --validate .                  (vaste inhoud: manifesten en Payload-Oxum)
   sha256sum -c manifest-sha256.txt       (hetzelfde, zonder BagIt-software)
   chatarchief verify-package . --public-key LOG.pub [--previous VORIG-PAKKET]
@@ -349,10 +356,33 @@ Getuigen (witnesses)
 """
 
 
+LEESMIJ_LIVENESS = """\
+Gaten en hartslagen
+- data/proof/liveness.json somt de gaten in de vastlegging op (soort, begin en
+  eind, gesprek, recordnummer): de bot draaide niet, de homeserver of de
+  signal-cli-daemon was weg, of een Matrix-gat kon niet worden gevuld. Ook de
+  hartslagen: aantal, eerste en laatste, en de langste stilte tussen twee
+  tekenen van leven. Een stille maand (hartslag elk kwartier) is zo te
+  onderscheiden van een bot die niet draaide (een stilte van dagen). Het
+  bestand is afgeleid uit de records; verify-package leidt het opnieuw af.
+
+"""
+
+
 def leesmij(
-    params: RenderParams, key_name: str, start: int, end: int, interim: bool, *, witnessed: bool = False
+    params: RenderParams,
+    key_name: str,
+    start: int,
+    end: int,
+    interim: bool,
+    *,
+    liveness: bool = False,
+    witnessed: bool = False,
 ) -> bytes:
+    """LEESMIJ.txt; `liveness` when the package has proof/liveness.json, `witnessed` when it has
+    proof/witnessed.json (packages made before either have none, and their LEESMIJ stays as it was)."""
     text = LEESMIJ.format(
+        liveness=LEESMIJ_LIVENESS if liveness else "",
         name=package_name(params.log_id, params.month, interim),
         month=params.month,
         timezone=params.timezone,

@@ -60,6 +60,7 @@ from bridge.archive import derive, proof
 from bridge.archive import range as ranges
 from bridge.archive.bag import BagBuilder, HashingFile, remove_stale
 from bridge.archive.derive import STATUS_CLOSED, STATUS_INTERIM, DossierState, RenderParams, package_name
+from bridge.archive.gaps import LISTING_REL, Listing
 from bridge.archive.mdto import Organisation
 from bridge.archive.plan import Carried, Plan, Seal, carried_decisions, closing, plan, seal_notes
 from bridge.archive.render import render_package
@@ -168,7 +169,8 @@ def snapshot(
         builder = BagBuilder(out, work)
         try:
             blobs = BlobStore(data_dir / "blobs", view.media_keys())
-            dossiers, others, missing = _write_records(view, builder, p, params, blobs, allow_missing_media)
+            listing = Listing()
+            dossiers, others, missing = _write_records(view, builder, p, params, blobs, allow_missing_media, listing)
             # Ask for missing checkpoints only now: pass 2 has recomputed every leaf of the range from its bytes.
             start_note, end_note = seal_notes(keys, p, seal)
             end_cp = checkpoint.parse_checkpoint_body(checkpoint.open_note(end_note)[0])
@@ -176,13 +178,16 @@ def snapshot(
             closed = _closing(builder, view, p, win) if sealed_ms < win.end_ms else False
             status = derive.status_of(sealed_ms, win, closed)
             _write_proof(builder, p, win, status, start_note, end_note, params, carried)
+            builder.write(LISTING_REL, listing.to_json(win, sealed_ms))
             cosigned = witnessed_json(view, data_dir, p.end)  # witnesses' checkpoints extending the end, if any
             if cosigned is not None:
                 builder.write(WITNESSED_FILE, cosigned)
             transcripts = render_package(builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status)
             info = derive.bag_info(params, keys.key_name, win, p.start, p.end, len(dossiers), others, sealed_ms, status)
             interim = status == STATUS_INTERIM
-            text = derive.leesmij(params, keys.key_name, p.start, p.end, interim, witnessed=cosigned is not None)
+            text = derive.leesmij(
+                params, keys.key_name, p.start, p.end, interim, liveness=True, witnessed=cosigned is not None
+            )
             builder.finish(info, {"LEESMIJ.txt": text})
             written = builder.publish()
         except BaseException:
@@ -232,7 +237,13 @@ class _Spill:
 
 
 def _write_records(
-    view: LogView, builder: BagBuilder, p: Plan, params: RenderParams, blobs: BlobStore, allow_missing: bool
+    view: LogView,
+    builder: BagBuilder,
+    p: Plan,
+    params: RenderParams,
+    blobs: BlobStore,
+    allow_missing: bool,
+    listing: Listing,
 ) -> tuple[list[DossierState], int, int]:
     """Pass 2: one line per record into its file, leaves into proof/leaves.txt; returns the dossiers."""
     withheld = fold_decisions(p.decisions)
@@ -266,7 +277,7 @@ def _write_records(
             if state is None:
                 state = derive.new_dossier(params.serie, event.source, event.conversation, params.month)
                 dossiers[rec.header.conversation_tag] = state
-            line = _event_line(rec, event, state, withheld, media)
+            line = _event_line(rec, event, state, withheld, media, listing)
             spill.write(state.events_rel, line)
             state.sha.update(line)
             state.size += len(line)
@@ -300,6 +311,7 @@ def _event_line(
     state: DossierState,
     withheld: dict[tuple[str, str, str], Withheld],
     media: _MediaCopier,
+    listing: Listing,
 ) -> bytes:
     return derive.event_line(
         rec.seq,
@@ -312,6 +324,7 @@ def _event_line(
         state,
         withheld,
         media,
+        listing,
     )
 
 

@@ -60,6 +60,7 @@ from bridge.archive import derive, mdto, proof
 from bridge.archive import range as ranges
 from bridge.archive.bag import OutFile, tag_files
 from bridge.archive.derive import DossierState, RenderParams
+from bridge.archive.gaps import LISTING_REL, Listing, Summary
 from bridge.archive.render import render_package
 from bridge.archive.witnessed import FILE as WITNESSED_FILE
 from bridge.archive.witnessed import WitnessedError, check_witnessed
@@ -125,6 +126,8 @@ class PackageReport:
     missing_media: int = 0
     #: Pinned witnesses (names) that cosigned a checkpoint extending this package (`--witness-key`).
     witnessed_by: tuple[str, ...] = ()
+    #: From proof/liveness.json as re-derived (None: a package made before the listing, with nothing to list).
+    liveness: Summary | None = None
 
     def to_json(self) -> dict[str, object]:
         """The report as `verify-package --json` prints it."""
@@ -140,6 +143,7 @@ class PackageReport:
             "missing_media": self.missing_media,
             "root": self.root.hex(),
             "witnessed_by": list(self.witnessed_by),
+            "liveness": None if self.liveness is None else self.liveness.to_json(),
         }
 
 
@@ -198,19 +202,34 @@ def verify_package(
     for rel in PROOF_INPUTS:
         if rel in manifest:
             sink.take(rel)
+    listed = LISTING_REL in manifest or not records.listing.empty  # packages made before the listing have none
+    if listed:
+        sink.write(LISTING_REL, records.listing.to_json(win, sealed_ms))
     dossiers = sorted(records.dossiers.values(), key=lambda s: s.folder)
     render_package(sink, params, public_key[0], dossiers, start, end, sealed_ms, status)
     sink.finish_payload()
     info = derive.bag_info(params, public_key[0], win, start, end, len(dossiers), records.others, sealed_ms, status)
     interim = status == derive.STATUS_INTERIM
-    text = derive.leesmij(params, public_key[0], start, end, interim, witnessed=WITNESSED_FILE in manifest)
+    text = derive.leesmij(
+        params, public_key[0], start, end, interim, liveness=listed, witnessed=WITNESSED_FILE in manifest
+    )
     _check_tags(path, tag_files(sink.payload, info, {"LEESMIJ.txt": text}))
     if previous is not None:
         _check_previous(previous, pdir, start, public_key)
+    liveness = records.listing.summary(win, sealed_ms) if listed else None
     return PackageReport(
-        str(params.month), start, end, status, counts[0], counts[1], mdto_files, end_cp.root, records.missing_count,
+        str(params.month),
+        start,
+        end,
+        status,
+        counts[0],
+        counts[1],
+        mdto_files,
+        end_cp.root,
+        records.missing_count,
         tuple(witnessed_by),
-    )  # fmt: skip
+        liveness,
+    )
 
 
 def _check_witnessed(
@@ -464,6 +483,7 @@ class _Records:
         self.missing: dict[tuple[int, str], str] = {}
         self.missing_count = 0
         self._withheld: dict[tuple[str, str, str], Withheld] = {}
+        self.listing = Listing()
 
     def check(self, leaves_path: Path, frontier: merkle.Frontier, end_root: bytes) -> tuple[int, int]:
         n = self._end - self._start
@@ -691,6 +711,7 @@ class _Records:
                 state,
                 self._withheld,
                 lambda seq, att, rel: self._media(seq, att, rel, where),
+                self.listing,
             )
         decision = self._backing(rec, where)
         folded = self._withheld.get(decision.target.key)
@@ -703,6 +724,8 @@ class _Records:
                 f"decision {(rec.withheld or {}).get('decision_seq')}",
                 seq=rec.seq,
             )
+        source, conversation = decision.target.key[:2]
+        self.listing.withhold(rec.seq, source, conversation, folded.decision_seq)
         return proof.sealed_line(
             rec.seq, rec.header_bytes, rec.commitment, rec.ciphertext_hash, derive.tombstone(folded)
         )

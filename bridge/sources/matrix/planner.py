@@ -15,7 +15,9 @@ Contract (pure; no I/O, no nio; never raises for a JSON object, whatever its con
   - a known room with a `limited` timeline is backfilled from the committed
     cursor to `prev_batch` (only when there is a cursor: on the first sync
     every room is new anyway);
-  - without a `prev_batch` there is nothing to page back to: no backfill.
+  - without a `prev_batch` there is nothing to page back to: no backfill;
+  - `timeline_ids` names the timeline's events, whose `prev_events` the source
+    checks for holes (the state section's are not checked).
 - Left rooms (`rooms.leave`) are archived (timeline only, no backfill:
   /messages may be forbidden now) when they were backfilled before; a left
   room never seen is skipped (a declined invite: no conversation of ours).
@@ -88,6 +90,9 @@ class RoomPlan:
     #: Raw events to normalise and commit with the batch, in order (a non-object
     #: entry too: the normaliser keeps it as `unknown`).
     store: tuple[object, ...]
+    #: Ids of the timeline's events: their prev_events are checked for holes (`holes`); the state section's
+    #: events (old state on a full-state sync) are not.
+    timeline_ids: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,12 +153,16 @@ def _joined(room_id: str, room: Mapping[str, Any], state: SyncState) -> RoomPlan
     room_state = _section(room, "state")
     stored_state = _entries(room_state) if first else []
     learn = tuple(_events(room_state))
-    return RoomPlan(room_id, True, backfill, first, learn, _unique([*stored_state, *_entries(timeline)]))
+    timeline_ids = frozenset(i for e in _events(timeline) if isinstance(i := e.get("event_id"), str))
+    store = _unique([*stored_state, *_entries(timeline)])
+    return RoomPlan(room_id, True, backfill, first, learn, store, timeline_ids)
 
 
 def _left(room_id: str, room: Mapping[str, Any]) -> RoomPlan:
     learn = tuple(_events(_section(room, "state")))
-    return RoomPlan(room_id, False, None, False, learn, _unique(_entries(_section(room, "timeline"))))
+    timeline = _section(room, "timeline")
+    timeline_ids = frozenset(i for e in _events(timeline) if isinstance(i := e.get("event_id"), str))
+    return RoomPlan(room_id, False, None, False, learn, _unique(_entries(timeline)), timeline_ids)
 
 
 def _unique(raws: list[object]) -> tuple[object, ...]:

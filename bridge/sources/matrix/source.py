@@ -27,6 +27,23 @@ Contract with the capture pipeline:
   committed with the first sync batch after it. Nothing is lost meanwhile (the homeserver keeps
   the history; the cursor and backfill pick it up): the notice is the record
   that capture was late, not that it missed events.
+- Holes the source can see (see `holes`): an event whose `prev_events` the
+  bot never saw in its room, or a `limited` timeline whose backfill
+  /messages refused (403, 404...). One `capture_gap` notice per room and
+  batch, in that room's conversation, with reason `prev_events_unseen` or
+  `limited_sync_unfilled`, the span (newest event seen before the hole to the
+  first after it) and the ids; committed with the batch. The known ids per
+  room travel in the committed state (`state.heads`), so a restart does not
+  lose them. A transient refusal (rate limit, unknown error) is retried as
+  an outage instead: the cursor stays, nothing is skipped.
+- Room upgrades (see `upgrades`): a tombstone seen in a joined room (timeline,
+  backfill, or the state of a room seen for the first time) makes the bot
+  join the replacement room on its own, before the batch is committed; a
+  refused join is recorded as a `capture_gap` notice in the old room (reason
+  `successor_room_not_joined`). A stored `m.room.create` naming a
+  predecessor adds a `room_upgrade` notice in the new room pointing back. A
+  successor whose create event does not name the old room is a lure: left
+  again, recorded in the old room (`room_upgrade_refused`).
 - Invites are accepted from `allowed_inviters` or for `rooms`, else declined;
   logs carry ids, never message content.
 - Encrypted events nio cannot decrypt are committed as `undecryptable`, their
@@ -72,12 +89,14 @@ from bridge.sources.matrix.backfill import gap_pages
 from bridge.sources.matrix.bridges import BridgeTracker
 from bridge.sources.matrix.client import (
     MatrixLoginError,
+    MatrixRequestError,
     RawKeepingClient,
     checked,
     close_quietly,
     open_session,
 )
 from bridge.sources.matrix.cross_signing import CrossSigningError, ensure_cross_signed
+from bridge.sources.matrix.follow import follow_upgrade
 from bridge.sources.matrix.invites import handle_invites, join_configured
 from bridge.sources.matrix.late import late_decryptions
 from bridge.sources.matrix.media import MediaFetcher, fetch_attachments
@@ -85,9 +104,16 @@ from bridge.sources.matrix.normalise import normalise
 from bridge.sources.matrix.planner import Backfill, RoomPlan, Rules, SyncState, plan
 from bridge.sources.matrix.redacted import recover_original
 from bridge.sources.matrix.state import LEGACY_FILE, SourceState, decode, encode, migrate_legacy, pending_event
+from bridge.sources.matrix.upgrades import Tombstone, back_link, tombstone
+from bridge.sources.matrix.watch import EMPTY, HoleWatch
 from bridge.sources.outage import Backoff, Outage, gap_notice, wait
 
 __all__ = ["MatrixSource", "MatrixSourceConfig"]
+
+#: `_add_events(checked=_ALL)`: check every event (a backfill page is all timeline).
+_ALL: frozenset[str] = frozenset({"*all*"})
+#: Refusals retried as an outage (the cursor stays) rather than recorded as a hole.
+_TRANSIENT = frozenset({None, "M_LIMIT_EXCEEDED", "M_UNKNOWN", "M_UNKNOWN_TOKEN"})
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +171,10 @@ class MatrixSource:
         self._commits = 0
         #: An outage not yet recorded in the log.
         self._outage: Outage | None = None
+        #: Holes in rooms' histories (see `watch`; rebuilt from the committed heads on every connect).
+        self._watch = HoleWatch()
+        #: Tombstones seen since the last sync batch was committed (a backfill page may hold one).
+        self._tombstones: list[tuple[str, Tombstone]] = []
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -203,6 +233,8 @@ class MatrixSource:
             await self._maintain_keys(client)
             await self._cross_sign(client)
             self._state = decode(await self.sink.load_cursor())
+            await self._watch.connect(client, self._state.heads)
+            self._tombstones = []
             self._migrate_legacy_file()
             cursor = self._state.token
             first = True
@@ -289,9 +321,11 @@ class MatrixSource:
             await self._collect_room(client, batch, room, nio_rooms.get(room.room_id))
         if todo.retry_late:
             await self._collect_late(client, batch)
+        await self._follow_upgrades(client, batch)
         if self._outage is not None:
             batch.events.append(self._gap_notice(self._outage))
         await self._commit(client, batch, response.next_batch)
+        self._watch.batch_done()
         self._outage = None
         self.synced.set()
         return str(response.next_batch)
@@ -313,6 +347,9 @@ class MatrixSource:
                 if e.kind is Kind.UNDECRYPTABLE and (p := pending_event(e.event_id, e.conversation, e.raw))
             ],
             resolved=batch.resolved,
+            # heads move with the sync token only: a backfill page keeps the stored cursor (a crash re-fetches the
+            # gap, whose events connect to the heads of the last batch)
+            heads=self._watch.heads() if token is not None else None,
         )
         changed = token is not None or state != self._state or self._legacy is not None
         await self.sink.commit(events, encode(state) if changed else None)
@@ -327,11 +364,21 @@ class MatrixSource:
         decrypted = crypto.decrypted_by_id(nio_events)
         undecrypted = crypto.undecrypted_by_id(nio_events)
         self._bridges.learn_state(room.room_id, list(room.learn))
+        before_ms = self._watch.holes.last_ts(room.room_id)
+        limited_gap = room.backfill is not None and room.backfill.since is not None
+        if room.joined and (self._watch.seam or limited_gap):
+            first = next(
+                (r for r in room.store if isinstance(r, dict) and r.get("event_id") in room.timeline_ids), None
+            )
+            await self._watch.at_seam(client, room.room_id, first)
+        unfilled = None
         if room.backfill is not None:
-            await self._backfill(client, room.room_id, room.backfill)
+            unfilled = await self._backfill(client, room.room_id, room.backfill)
         if room.mark_backfilled:
             batch.backfilled.append(room.room_id)
-        self._add_events(client, batch, room.room_id, room.store, decrypted, undecrypted)
+        self._add_events(client, batch, room.room_id, room.store, decrypted, undecrypted, room.timeline_ids)
+        if (notice := self._watch.notice(room.room_id, unfilled, before_ms)) is not None:
+            batch.events.append(notice)
 
     def _add_events(
         self,
@@ -341,10 +388,17 @@ class MatrixSource:
         raws: Sequence[object],
         decrypted: dict[str, Any],
         undecrypted: dict[str, MegolmEvent],
+        checked: frozenset[str] | None = frozenset(),
     ) -> None:
-        """Normalise `raws` into `batch` (once per event id), noting what did not decrypt."""
+        """Normalise `raws` into `batch` (once per event id), noting what did not decrypt; every event is
+        seen by the hole detector, the ids in `checked` (all, for `ALL`) checked against it; None: neither
+        (a left room)."""
         seen: set[str] = set()
         for raw in raws:
+            if checked is not None and isinstance(raw, dict):
+                self._watch.see(room_id, raw, checked is _ALL or raw.get("event_id") in checked)
+                if (tomb := tombstone(raw)) is not None:
+                    self._tombstones.append((room_id, tomb))
             event_id = raw.get("event_id") if isinstance(raw, dict) else None
             if isinstance(event_id, str):
                 if event_id in seen:
@@ -353,18 +407,40 @@ class MatrixSource:
             if isinstance(raw, dict):
                 self._bridges.learn(room_id, raw)
             batch.events.append(self._bridges.annotate(self._normalise(client, room_id, raw, decrypted)))
+            if (link := back_link(room_id, raw, now_ms())) is not None:
+                batch.events.append(link)
             if isinstance(event_id, str) and event_id in undecrypted and event_id not in decrypted:
                 batch.undecrypted.append(undecrypted[event_id])
 
-    async def _backfill(self, client: RawKeepingClient, room_id: str, gap: Backfill) -> None:
-        """Commit the gap before `gap.until` page by page, oldest first, leaving the cursor alone."""
+    async def _backfill(self, client: RawKeepingClient, room_id: str, gap: Backfill) -> str | None:
+        """Commit the gap before `gap.until` page by page, oldest first, leaving the cursor alone.
+
+        Returns why a known room's gap could not be filled (None: filled): `EMPTY` when /messages gave no
+        event for a `limited` gap (a hole only if prev_events show one), or the refusal's errcode."""
         total = 0
-        async for page in gap_pages(client, room_id, gap.since, gap.until, self.cfg.backfill_page):
-            batch = _Batch([], [], [], [])
-            self._add_events(client, batch, room_id, page.events, page.decrypted, page.undecrypted)
-            await self._commit(client, batch, None)
-            total += len(page.events)
+        try:
+            async for page in gap_pages(client, room_id, gap.since, gap.until, self.cfg.backfill_page):
+                if total == 0 and gap.since is not None:
+                    await self._watch.at_seam(client, room_id, page.events[0] if page.events else None)
+                batch = _Batch([], [], [], [])
+                self._add_events(client, batch, room_id, page.events, page.decrypted, page.undecrypted, _ALL)
+                await self._commit(client, batch, None)
+                total += len(page.events)
+        except MatrixRequestError as exc:
+            if exc.errcode in _TRANSIENT:
+                raise
+            log.warning("backfill refused; the hole is recorded", extra={"room_id": room_id, "errcode": exc.errcode})
+            return f"messages refused: {exc.errcode}"
         log.info("backfilled", extra={"room_id": room_id, "events": total})
+        return EMPTY if total == 0 and gap.since is not None else None
+
+    async def _follow_upgrades(self, client: RawKeepingClient, batch: _Batch) -> None:
+        """Follow every room upgraded in this batch (see `follow`); what it records joins the batch."""
+        todo, self._tombstones = self._tombstones, []
+        for old_room, tomb in todo:
+            notice = await follow_upgrade(client, old_room, tomb, _TRANSIENT)
+            if notice is not None:
+                batch.events.append(notice)
 
     def _normalise(self, client: RawKeepingClient, room_id: str, raw: object, decrypted: dict[str, Any]) -> Event:
         if not isinstance(raw, dict):

@@ -7,7 +7,11 @@ Contract (pure; no I/O):
     restart does not page every room back to its creation again;
   - `pending`: undecryptable events already in the log, retried when their
     room key arrives, as ids only (`PendingEvent`: event id, room, Megolm
-    session, a digest of the ciphertext), oldest first, at most `MAX_PENDING`.
+    session, a digest of the ciphertext), oldest first, at most `MAX_PENDING`;
+  - `heads`: per room, the newest few event ids the bot stored and the newest
+    `origin_server_ts` (`RoomHeads`), so an event whose `prev_events` the bot
+    never saw is told apart after a restart too (`holes`). Optional in the
+    document: one written before it decodes with no heads.
 - `encode(state)` is a small versioned JSON document; the source hands it to
   `Sink.commit` as the cursor, so it is stored in the transaction of the
   batch it describes, under the cursor's keyed MAC (`bridge.log.store`).
@@ -65,12 +69,23 @@ class PendingEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class RoomHeads:
+    """What the committed state remembers of a room: its newest event ids and timestamp."""
+
+    ids: tuple[str, ...]
+    last_ts: int | None
+    #: When the bot's own membership last became leave or ban (None: it is in the room, or never left).
+    left_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SourceState:
     """What the source knows after its last commit (see module docstring)."""
 
     token: str | None = None
     backfilled: frozenset[str] = frozenset()
     pending: tuple[PendingEvent, ...] = field(default=())
+    heads: Mapping[str, RoomHeads] = field(default_factory=dict)
 
     def after(
         self,
@@ -79,6 +94,7 @@ class SourceState:
         backfilled: Iterable[str] = (),
         pending: Iterable[PendingEvent] = (),
         resolved: Iterable[str] = (),
+        heads: Mapping[str, RoomHeads] | None = None,
     ) -> SourceState:
         """The state once a batch is committed: `token` (None keeps the current one), rooms marked backfilled,
         new pending events added (known ids ignored), `resolved` ones dropped, the oldest forgotten past
@@ -97,6 +113,7 @@ class SourceState:
             self.token if token is None else token,
             self.backfilled | frozenset(backfilled),
             tuple(kept[len(forgotten) :]),
+            self.heads if heads is None else heads,
         )
 
 
@@ -122,12 +139,14 @@ def encode(state: SourceState) -> str:
     sessions: dict[tuple[str, str, str], list[list[str]]] = {}
     for p in state.pending:
         sessions.setdefault((p.room_id, p.sender_key, p.session_id), []).append([p.event_id, p.digest])
-    doc = {
+    doc: dict[str, Any] = {
         "v": VERSION,
         "token": state.token,
         "backfilled": sorted(state.backfilled),
         "pending": [[*key, events] for key, events in sessions.items()],
     }
+    if state.heads:
+        doc["heads"] = [[room, list(h.ids), h.last_ts, h.left_ms] for room, h in sorted(state.heads.items())]
     return orjson.dumps(doc).decode("utf-8")
 
 
@@ -149,9 +168,15 @@ def decode(cursor: str | None) -> SourceState:
         for room_id, sender_key, session_id, events in doc["pending"]:
             for event_id, digest in events:
                 pending.append(PendingEvent(*_strs([event_id, room_id, sender_key, session_id, digest])))
+        heads = {}
+        for room_id, ids, last_ts, left_ms in doc.get("heads", []):
+            for ts in (last_ts, left_ms):
+                if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int)):
+                    raise ValueError("heads timestamp")
+            heads[str(_strs([room_id])[0])] = RoomHeads(tuple(_strs(ids)), last_ts, left_ms)
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"the Matrix source's stored state is not a version {VERSION} document ({exc})") from None
-    return SourceState(token, backfilled, tuple(pending))
+    return SourceState(token, backfilled, tuple(pending), heads)
 
 
 def migrate_legacy(state: SourceState, legacy: Mapping[str, Any]) -> SourceState:
