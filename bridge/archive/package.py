@@ -52,13 +52,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.archive import derive, proof
 from bridge.archive import range as ranges
-from bridge.archive.bag import BagBuilder, HashingFile, remove_stale
+from bridge.archive.bag import BagBuilder, remove_stale
 from bridge.archive.derive import STATUS_CLOSED, STATUS_INTERIM, DossierState, RenderParams, package_name
 from bridge.archive.mdto import Organisation
 from bridge.archive.plan import Carried, Plan, Seal, carried_decisions, closing, plan, seal_notes
@@ -171,18 +172,20 @@ def snapshot(
             start_note, end_note = seal_notes(keys, p, seal)
             end_cp = checkpoint.parse_checkpoint_body(checkpoint.open_note(end_note)[0])
             sealed_ms = end_cp.timestamp_ms if end_cp.timestamp_ms is not None else win.end_ms
-            closed = _closing(builder, view, p, win) if sealed_ms < win.end_ms else False
-            status = derive.status_of(sealed_ms, win, closed)
+            closed_ms = _closing(builder, view, p, win) if sealed_ms < win.end_ms else None
+            status = derive.status_of(sealed_ms, win, closed_ms is not None)
             _write_proof(builder, p, win, status, start_note, end_note, params, carried)
-            transcripts = render_package(builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status)
-            info = derive.bag_info(params, keys.key_name, win, p.start, p.end, len(dossiers), others, sealed_ms, status)
-            text = derive.leesmij(params, keys.key_name, p.start, p.end, status == STATUS_INTERIM)
-            builder.finish(info, {"LEESMIJ.txt": text})
+            rendered = render_package(builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status)
+            tags = derive.tag_files(
+                params, keys.key_name, win, (p.start, p.end), rendered.dossiers, others, (sealed_ms, closed_ms), status,
+                rendered.coverage,
+            )  # fmt: skip
+            builder.finish(tags.info, tags.files)
             written = builder.publish()
         except BaseException:
             builder.discard()
             raise
-    paths = tuple(out / "data" / t for t in transcripts)
+    paths = tuple(out / "data" / t for t in rendered.transcripts)
     return SnapshotResult(out, str(month), p.start, p.end, status, written, paths, missing)
 
 
@@ -236,8 +239,7 @@ def _write_records(
     consistency = proof.ConsistencyBuilder(p.frontier_start, p.end)
     other = builder.open("proof/other-records.jsonl")
     leaves = builder.open("proof/leaves.txt")
-    missing = builder.open("proof/missing-media.jsonl")
-    media = _MediaCopier(builder, blobs, missing, allow_missing)
+    media = _MediaCopier(builder, blobs, allow_missing)
     leaf_lines: list[bytes] = []  # written LEAF_BATCH at a time
     others = 0
     try:
@@ -258,7 +260,7 @@ def _write_records(
             event = _event(rec)
             state = dossiers.get(rec.header.conversation_tag)
             if state is None:
-                state = derive.new_dossier(params.serie, event.source, event.conversation, params.month)
+                state = derive.new_dossier(params.serie, event.source, event.conversation)
                 dossiers[rec.header.conversation_tag] = state
             line = _event_line(rec, event, state, withheld, media)
             spill.write(state.events_rel, line)
@@ -270,10 +272,8 @@ def _write_records(
         spill.close()
         other.close()
         leaves.close()
-        missing.close()
     builder.done("proof/other-records.jsonl", other)
     builder.done("proof/leaves.txt", leaves)
-    builder.done("proof/missing-media.jsonl", missing)
     if frontier.size != p.end or not crypto.hmac_equal(frontier.root(), p.end_root):
         raise LogIntegrityError(
             p.end - 1,
@@ -283,9 +283,29 @@ def _write_records(
             check=Check.CHECKPOINT_ROOT,
         )
     builder.write("proof/consistency-proof.json", proof.consistency_json(p.start, p.end, consistency.proof()))
+    moved = _settle_folders(builder, params, dossiers.values())
     for state in dossiers.values():
         builder.add(state.events_rel, state.sha.hexdigest(), state.size)
-    return sorted(dossiers.values(), key=lambda s: s.folder), others, media.missing
+    notices = [derive.missing_line(seq, blob_id, moved[folder] + rest) for seq, blob_id, folder, rest in media.notices]
+    builder.write("proof/missing-media.jsonl", b"".join(notices))
+    return sorted(dossiers.values(), key=lambda s: s.folder), others, len(notices)
+
+
+def _settle_folders(builder: BagBuilder, params: RenderParams, dossiers: Iterable[DossierState]) -> dict[str, str]:
+    """Move each dossier from its pending folder to the one its room name gives (known only once the month's
+    records are read); returns pending folder -> final folder. Media already written move with it."""
+    moved: dict[str, str] = {}
+    data = builder.root / "data"
+    for state in dossiers:
+        final = derive.dossier_folder(params.serie, state.source, state.conversation, params.month, state.name)
+        pending, state.folder = state.folder, final
+        moved[pending] = final
+        if (data / pending).exists():
+            os.rename(data / pending, data / final)
+        prefix = pending + "/"
+        for rel in [r for r in builder.payload if r.startswith(prefix)]:
+            builder.payload[final + "/" + rel[len(prefix) :]] = builder.payload.pop(rel)
+    return moved
 
 
 def _event_line(
@@ -320,12 +340,12 @@ def _event(rec: RangeRecord) -> Event:
 class _MediaCopier:
     """The snapshot's media hook: decrypts a stored blob into the package, or notes it missing (if allowed)."""
 
-    def __init__(self, builder: BagBuilder, blobs: BlobStore, notices: HashingFile, allow_missing: bool) -> None:
+    def __init__(self, builder: BagBuilder, blobs: BlobStore, allow_missing: bool) -> None:
         self._builder = builder
         self._blobs = blobs
-        self._notices = notices
         self._allow = allow_missing
-        self.missing = 0
+        #: (seq, blob id, pending folder, path after it) of each missing blob, in record order
+        self.notices: list[tuple[int, str, str, str]] = []
 
     def __call__(self, seq: int, att: Attachment, rel: str) -> bool:
         blob_id = str(att.blob_id)
@@ -339,8 +359,8 @@ class _MediaCopier:
                     " the package with --allow-missing-media (each absence is then listed in the package)",
                     check=Check.BLOB,
                 ) from None
-            self._notices.write(derive.missing_line(seq, blob_id, rel))
-            self.missing += 1
+            folder, rest = rel.split("/media/", 1)
+            self.notices.append((seq, blob_id, folder, "/media/" + rest))
             return False
         except ValueError as exc:
             raise LogIntegrityError(seq, f"media blob {blob_id} does not decrypt: {exc}", check=Check.BLOB) from None
@@ -353,17 +373,19 @@ class _MediaCopier:
         return True
 
 
-def _closing(builder: BagBuilder, view: LogView, p: Plan, win: ranges.Window) -> bool:
-    """Write proof/closing.json (+ checkpoint-close.txt) when the log can show the month is over."""
+def _closing(builder: BagBuilder, view: LogView, p: Plan, win: ranges.Window) -> int | None:
+    """Write proof/closing.json (+ checkpoint-close.txt) when the log can show the month is over; returns the
+    closing checkpoint's time (ms), None if the log cannot show it yet."""
     c = closing(view, p, win)
     if c is None:
-        return False
+        return None
     builder.write(
         "proof/closing.json",
         proof.closing_json(p.end, c.header, c.commitment, c.ciphertext_hash, c.size, c.inclusion, c.consistency),
     )
     builder.write("proof/checkpoint-close.txt", c.note.encode("utf-8"))
-    return True
+    cp = checkpoint.parse_checkpoint_body(checkpoint.open_note(c.note)[0])
+    return cp.timestamp_ms if cp.timestamp_ms is not None else win.end_ms
 
 
 def _write_proof(
