@@ -135,6 +135,7 @@ def snapshot(
     seal: Seal | None = None,
     allow_open_month: bool = False,
     allow_missing_media: bool = False,
+    interim: bool = False,
 ) -> SnapshotResult:
     """Write the package of `month` to `out` (a new directory); see the module docstring.
 
@@ -147,9 +148,20 @@ def snapshot(
     """
     _check_destination(out)
     win = ranges.window(month, options.timezone)
-    open_now = now_ms() < win.end_ms
-    if open_now and not allow_open_month:
-        raise UsageError(f"month {month} has not ended yet (it ends {_local(win.end_ms, options.timezone)})")
+    now = now_ms()
+    open_now = now < win.end_ms
+    if interim and not open_now:
+        raise UsageError(
+            f"month {month} has ended ({_local(win.end_ms, options.timezone)}): write its whole package,"
+            " without --interim"
+        )
+    if interim and now < win.start_ms:
+        raise UsageError(f"month {month} has not begun yet (it begins {_local(win.start_ms, options.timezone)})")
+    if open_now and not (allow_open_month or interim):
+        raise UsageError(
+            f"month {month} has not ended yet (it ends {_local(win.end_ms, options.timezone)}); for the month so"
+            " far (an official leaving office) add --interim"
+        )
     params = RenderParams(options.organisation, options.timezone, keys.log_id.hex(), month)
     if seal is None:
         seal = writer_seal(data_dir, keys)

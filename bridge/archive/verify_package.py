@@ -198,8 +198,8 @@ def verify_package(path: Path, public_key: tuple[str, Ed25519PublicKey], previou
         status,
         rendered.coverage,
     )
-    _check_tags(path, tag_files(sink.payload, tags.info, tags.files))
     _check_docs(path, tags.files)
+    _check_tags(path, tag_files(sink.payload, tags.info, tags.files))
     if previous is not None:
         _check_previous(previous, pdir, (start, end), public_key, params, frontier)
     return PackageReport(
