@@ -560,6 +560,7 @@ def verify_package_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Check a package with only its public key. Exit 0 intact, 1 not (naming what failed), 2 usage."""
+    from bridge.archive.derive import range_text
     from bridge.archive.verify_package import verify_package
 
     pub = _guard(lambda: keyfile.load_public(public_key))
@@ -568,13 +569,15 @@ def verify_package_cmd(
         _print_json(report.to_json())
         return
     out.print(
-        f"[green]intact[/]: {report.month} ({report.status}), records {report.start}..{report.end - 1}"
+        f"[green]intact[/]: {report.month} ({report.status}), records {range_text(report.start, report.end)}"
         f" in {report.record_files} record files, {report.media_files} media, {report.mdto_files} MDTO files valid",
         markup=True,
     )
     out.print(f"end root {report.root.hex()} signed by {pub[0]}")
     if previous is not None:
-        out.print(f"extends the previous package {previous}")
+        out.print(
+            f"extends the previous package {previous} (an interim package of the same month, or the month before)"
+        )
 
 
 @app.command()
