@@ -9,24 +9,13 @@ required text becomes "(leeg)". `validate` checks bytes against the shipped
 XSD (schema/MDTO-XML1.0.1.xsd, © Nationaal Archief, CC BY-SA 4.0). The pakbon
 (packing slip) has no XSD: see `bridge.archive.pakbon` (re-exported here).
 
-Begrippen (concepts) and the lists they come from; where MDTO publishes a list
-its label is used, otherwise a documented Chatarchief list is named, as the
-schema allows any begrippenlijst:
-* aggregatieniveau Serie/Dossier — "Begrippenlijst Aggregatieniveaus MDTO";
-* waardering B "Blijvend te bewaren" / V "Tijdelijk te bewaren" / N "Nader te
-  bepalen" — "Begrippenlijst Waarderingen MDTO"; V adds a bewaartermijn of
-  organisation.retention_years starting the day after the month;
-* event "Creatie" (first message of the month) and "Bevriezing" (the month
-  sealed by a signed checkpoint) — "Begrippenlijst EventTypeLijst MDTO", as in
-  the Nationaal Archief's own examples; "Wijziging" (an edit), "Verwijdering
-  in chat" (a deletion; the original is kept) and "Achterhouding" (content
-  withheld by decision) — `CHATARCHIEF_LIST`;
-* checksumAlgoritme "SHA-256" — "Begrippenlijst ChecksumAlgoritme MDTO";
-  bestandsformaat: PRONOM name + PUID — "PRONOM-register";
-* dekkingInTijdType "Looptijd", betrokkeneTypeRelatie "Deelnemer",
-  beperkingGebruikType "Openbaarheid nog niet beoordeeld" (the archive cannot
-  judge openness; the archivist does) and "Inhoud deels achtergehouden" —
-  `CHATARCHIEF_LIST`.
+Begrippen (concepts): published lists wherever one exists, code and label as
+published (docs/archive-package.md, "Begrippen"): aggregatieniveau, waardering,
+eventType Creatie/Bevriezing, checksumAlgoritme "SHA-256", openness from the
+Archiefwet 1995 list (`NOT_ASSESSED`, one beperkingGebruik), PRONOM (else the
+IANA media type). Our own list (`CHATARCHIEF_LIST`, shipped in the package as
+`leesmij.BEGRIPPEN_PATH` and referred to by name and path) only for
+dekkingInTijdType, the chat event types and betrokkeneTypeRelatie.
 """
 
 from __future__ import annotations

@@ -27,8 +27,10 @@ Theory of operation
 Determinism: every byte derives from the records, the render parameters
 (`derive.RenderParams`, carried in `proof/package.json`) and the checkpoints
 (stored once signed, so a rerun reuses them): names are sorted, times come from
-the log, and Bagging-Date is the first day after the month (an interim
-package: the day of its checkpoint). `derive.py` holds what both sides share.
+the log, and Bagging-Date is the day of the newest checkpoint in the package
+(`derive.bagged_ms`). `derive.py` holds what both sides share; dossiers are
+written into pending folders and renamed after pass 2, once the room's name
+(which names the folder) is known.
 
 Plaintext is only ever written under `<data_dir>/tmp/` (0700; temp bags of a
 crashed run are removed at the next start) and then published to `out`:
@@ -142,7 +144,8 @@ def snapshot(
     `seal(size)` gives the signed checkpoint note at a tree size, signing one if the log
     has none (the log's writer does that; default `writer_seal`); the note is checked
     against the root this snapshot computed. Refuses (UsageError) a month that has not ended unless
-    `allow_open_month` (then the package covers the range so far), and a different
+    `interim` (or `allow_open_month`; then the package covers the range so far), `interim` for a month that
+    has ended, and a different
     package already at `out`; refuses (MissingMediaError, exit 1) a stored attachment
     whose blob is gone unless `allow_missing_media`.
     """
