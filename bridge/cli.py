@@ -564,8 +564,16 @@ def snapshot(
             help="Write the package even if media blobs are gone; each absence is listed in the package.",
         ),
     ] = False,
+    interim: Annotated[
+        bool,
+        typer.Option(
+            "--interim",
+            help="The current month so far, as a final package now (an official leaving office); labelled"
+            " interim. The package of the whole month later extends it (verify-package --previous).",
+        ),
+    ] = False,
 ) -> None:
-    """Write the sealed package (BagIt, MDTO, proofs) of a month that has ended."""
+    """Write the sealed package (BagIt, MDTO, proofs) of a month that has ended (or, --interim, so far)."""
     from bridge.app import archive_options
     from bridge.archive.package import snapshot as write_snapshot
     from bridge.archive.package import writer_seal
@@ -576,11 +584,21 @@ def snapshot(
     seal = writer_seal(dd, material)  # bridge.log.writer.seal_at: the running bot signs when it holds the log
     result = _guard(
         lambda: write_snapshot(
-            dd, material, parse_month(month), out_dir, options, seal=seal, allow_missing_media=allow_missing_media
+            dd,
+            material,
+            parse_month(month),
+            out_dir,
+            options,
+            seal=seal,
+            allow_missing_media=allow_missing_media,
+            interim=interim,
         )
     )
+    from bridge.archive.derive import range_text
+
     verb = "wrote" if result.written else "already there (identical)"
-    out.print(f"{verb}: {result.path} ({result.month}, records {result.start}..{result.end - 1})")
+    label = ", interim: the month so far" if result.status == "open month, interim" else ""
+    out.print(f"{verb}: {result.path} ({result.month}{label}, records {range_text(result.start, result.end)})")
     if result.missing_media:
         err.print(f"warning: {result.missing_media} media files missing, listed in data/proof/missing-media.jsonl")
 
@@ -600,6 +618,7 @@ def verify_package_cmd(
     quorum: cli_witness.QuorumOpt = None,
 ) -> None:
     """Check a package with only its public key. Exit 0 intact, 1 not (naming what failed), 2 usage."""
+    from bridge.archive.derive import range_text
     from bridge.archive.verify_package import verify_package
 
     pub = _guard(lambda: keyfile.load_public(public_key))
@@ -609,7 +628,7 @@ def verify_package_cmd(
         _print_json(report.to_json())
         return
     out.print(
-        f"[green]intact[/]: {report.month} ({report.status}), records {report.start}..{report.end - 1}"
+        f"[green]intact[/]: {report.month} ({report.status}), records {range_text(report.start, report.end)}"
         f" in {report.record_files} record files, {report.media_files} media, {report.mdto_files} MDTO files valid",
         markup=True,
     )
@@ -621,7 +640,9 @@ def verify_package_cmd(
             markup=False,
         )
     if previous is not None:
-        out.print(f"extends the previous package {previous}")
+        out.print(
+            f"extends the previous package {previous} (an interim package of the same month, or the month before)"
+        )
     if witnesses:
         out.print(f"witnessed: extended by checkpoints cosigned by {', '.join(report.witnessed_by)} (quorum {need})")
 

@@ -33,6 +33,7 @@ from rich.table import Table
 from bridge import config, logs
 from bridge.app import archive_options
 from bridge.app import run as run_bot
+from bridge.archive.derive import range_text
 from bridge.archive.package import SnapshotResult, interim_package
 from bridge.archive.verify_package import PackageReport, verify_package
 from bridge.dev.officials import Official, make_official, ok, poll_until
@@ -286,7 +287,7 @@ def print_result(result: DemoResult, console: Console) -> None:
     package, checked = result.package, result.package_report
     assert package is not None and checked is not None
     console.print(
-        f"[green]verify-package: intact[/] — records {checked.start}..{checked.end - 1} of the log, "
+        f"[green]verify-package: intact[/] — records {range_text(checked.start, checked.end)} of the log, "
         f"{checked.record_files} event files, {checked.media_files} media files, {checked.mdto_files} MDTO files"
         " (checked with the public key only)"
     )

@@ -18,7 +18,7 @@ from bridge.log import keys as keyfile
 from bridge.log import store as store_module
 from bridge.log.store import CheckpointPolicy, LogStore
 from tests.conftest import LogDir
-from tests.support.archive_log import OPTIONS, ROOM_B, create_archive_log, event, ms, seal_for
+from tests.support.archive_log import OPTIONS, ROOM_B, create_archive_log, dossier_dir, event, ms, seal_for
 from tests.test_archive_forgery import rebag
 
 MINISTER = "@minister:example.org"
@@ -83,8 +83,8 @@ def test_poll_edit_attempt_and_lookalike_survive_re_derivation(tmp_path: Path, m
     assert "<bdi>Ja</bdi>: 2</li>" in html and "<bdi>Nee</bdi>: 0</li>" in html
     assert "rejected edit attempt" in html
     assert "looks like" in html
-    alpha = next(t for t in pkg.transcripts if "alpha" in str(t)).read_text()
-    beta = next(t for t in pkg.transcripts if "beta" in str(t))
+    alpha = (dossier_dir(pkg.path, "alpha") / "transcript.html").read_text()
+    beta = dossier_dir(pkg.path, "beta") / "transcript.html"
     assert alpha.count('<section class="lookalikes">') == 1 and alpha.count('class="warn lookalike"') == 2
     assert "started a call" in alpha and "answered by" in alpha and "ended the call" in alpha
     link = f'<a class="conversation" href="../{urllib.parse.quote(beta.parent.name)}/transcript.html">'
@@ -125,6 +125,6 @@ def test_signal_group_dossier_is_titled_by_its_group_name(tmp_path: Path, monkey
     pkg = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log))
     (transcript,) = pkg.transcripts
     html = transcript.read_text()
-    assert "<title>Beleidsoverleg (2024-01)</title>" in html  # the last name of the month
+    assert "<title>Beleidsoverleg (chat met " in html and ", januari 2024</title>" in html  # last name of the month
     assert f'<bdi class="who">Peer</bdi> <bdi class="id">{sender}</bdi>' in html
     verify_package(pkg.path, keyfile.load_public(keyfile.public_path(log.key_file)))

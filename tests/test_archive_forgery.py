@@ -26,7 +26,7 @@ from bridge.archive.range import Month
 from bridge.cli import app
 from bridge.log import keys as keyfile
 from tests.conftest import LogDir
-from tests.support.archive_log import OPTIONS, create_archive_log, january_february, seal_for
+from tests.support.archive_log import OPTIONS, create_archive_log, dossier_dir, january_february, seal_for
 
 runner = CliRunner()
 TAG_MANIFESTS = ("manifest-sha256.txt", "tagmanifest-sha256.txt")
@@ -85,7 +85,7 @@ def fix_sidecar(path: Path, old: bytes) -> None:
 
 
 def dossier(root: Path, room: str) -> Path:
-    return next(p for p in (root / "data").glob("chatarchief-*/*") if p.is_dir() and room in p.name)
+    return dossier_dir(root, room)
 
 
 def lines(p: Path) -> list[bytes]:
@@ -179,7 +179,7 @@ def test_dossier_renamed_in_its_mdto_is_caught(january: tuple[LogDir, Path], pkg
 def test_fake_conversation_added_is_caught(january: tuple[LogDir, Path], pkg: Path) -> None:
     """A dossier folder (transcript + MDTO) that no record derives is an unexpected file."""
     beta = dossier(pkg, "beta")
-    fake = beta.with_name(beta.name.replace("beta", "gamma"))
+    fake = beta.with_name("gamma-" + beta.name)
     fake.mkdir()
     for name in ("transcript.html", "transcript.html.bestand.MDTO.xml"):
         (fake / name).write_bytes((beta / name).read_bytes().replace(b"beta", b"gamma"))

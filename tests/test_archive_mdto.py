@@ -136,14 +136,15 @@ def test_serie_validates_and_lists_dossiers(independent: xmlschema.XMLSchema) ->
 
 
 def test_dossier_validates_with_month_participants_events(independent: xmlschema.XMLSchema) -> None:
-    """A conversation-month: dekkingInTijd = the month, betrokkenen, events, isOnderdeelVan the serie."""
-    xml = dossier_xml(dossier(withheld_count=3))
+    """A conversation-month: dekkingInTijd = the messages' own first and last day, betrokkenen, events,
+    isOnderdeelVan the serie, one beperkingGebruik (published openness pair) that mentions what is withheld."""
+    xml = dossier_xml(dossier(withheld_count=3, coverage=(date(2024, 2, 3), date(2024, 2, 17))))
     validate(xml)
     independent.validate(xml.decode())
     io = etree.fromstring(xml).find("m:informatieobject", NSMAP)
     assert io.findtext("m:aggregatieniveau/m:begripLabel", namespaces=NSMAP) == "Dossier"
-    assert io.findtext("m:dekkingInTijd/m:dekkingInTijdBegindatum", namespaces=NSMAP) == "2024-02-01"
-    assert io.findtext("m:dekkingInTijd/m:dekkingInTijdEinddatum", namespaces=NSMAP) == "2024-02-29"
+    assert io.findtext("m:dekkingInTijd/m:dekkingInTijdBegindatum", namespaces=NSMAP) == "2024-02-03"
+    assert io.findtext("m:dekkingInTijd/m:dekkingInTijdEinddatum", namespaces=NSMAP) == "2024-02-17"
     assert [e.text for e in io.findall("m:event/m:eventType/m:begripLabel", NSMAP)] == [
         "Creatie",
         "Wijziging",
@@ -157,7 +158,16 @@ def test_dossier_validates_with_month_participants_events(independent: xmlschema
     assert io.findtext("m:waardering/m:begripCode", namespaces=NSMAP) == "B"
     assert io.find("m:bewaartermijn", NSMAP) is None
     labels = [e.text for e in io.findall("m:beperkingGebruik/m:beperkingGebruikType/m:begripLabel", NSMAP)]
-    assert labels == ["Openbaarheid nog niet beoordeeld", "Inhoud deels achtergehouden"]
+    assert labels == ["openbaarheid niet beoordeeld (Archiefwet 1995)"]
+    codes = [e.text for e in io.findall("m:beperkingGebruik/m:beperkingGebruikType/m:begripCode", NSMAP)]
+    assert codes == ["Openbaarheid/AW1995/NietBeoordeeld/1.0"]
+    assert "3 gebeurtenis(sen)" in io.findtext("m:beperkingGebruik/m:beperkingGebruikNadereBeschrijving", "", NSMAP)
+
+
+def test_dossier_without_datable_messages_has_no_dekking_in_tijd() -> None:
+    """No coverage given (all withheld, or only notices): dekkingInTijd is left out rather than invented."""
+    io = etree.fromstring(dossier_xml(dossier())).find("m:informatieobject", NSMAP)
+    assert io.find("m:dekkingInTijd", NSMAP) is None
 
 
 @pytest.mark.parametrize(

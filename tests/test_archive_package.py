@@ -16,7 +16,17 @@ from bridge.archive.range import Month
 from bridge.errors import UsageError
 from bridge.log.verify import verify_log
 from tests.conftest import LogDir
-from tests.support.archive_log import OPTIONS, ROOM_A, append, create_archive_log, event, january_february, ms, seal_for
+from tests.support.archive_log import (
+    OPTIONS,
+    ROOM_A,
+    append,
+    create_archive_log,
+    dossier_dir,
+    event,
+    january_february,
+    ms,
+    seal_for,
+)
 
 #: The shipped copy of the Nationaal Archief's XSD (its hash is pinned in test_archive_mdto.py).
 XSD = resources.files("bridge.archive").joinpath("schema/MDTO-XML1.0.1.xsd")
@@ -60,7 +70,7 @@ def test_package_holds_every_record_of_the_month_and_withholds_content(two_month
     for kept in (b"concept kamerbrief v2", b'concept kamerbrief"', b"Goedemorgen", b"Crisisoverleg"):
         assert kept in text
     assert b"verjaardag" not in text
-    alpha = next(p for p in (out / "data").rglob("events.jsonl") if "alpha" in str(p))
+    alpha = dossier_dir(out, "alpha") / "events.jsonl"
     assert len(alpha.read_text().splitlines()) == 7
     transcript = (alpha.parent / "transcript.html").read_text()
     assert "<script>alert" not in transcript and "&lt;script&gt;" in transcript
@@ -76,7 +86,19 @@ def test_same_log_gives_byte_identical_packages(two_months: LogDir, tmp_path: Pa
         two_months.data_dir, two_months.keys, Month(2024, 2), tmp_path / "b", OPTIONS, seal=seal_for(two_months)
     )
     assert _files(a.path) == _files(b.path)
-    assert (a.path / "bag-info.txt").read_text().count("Bagging-Date: 2024-03-01") == 1
+    assert (a.path / "bag-info.txt").read_text().count(f"Bagging-Date: {sealed_day(a.path)}") == 1
+
+
+def sealed_day(package: Path) -> str:
+    """The day (Amsterdam) of the package's newest checkpoint: its Bagging-Date."""
+    from bridge.archive.derive import local_date
+    from bridge.log import checkpoint
+
+    names = ["checkpoint-close.txt", "checkpoint-end.txt"]
+    note = next((package / "data/proof" / n).read_text() for n in names if (package / "data/proof" / n).exists())
+    ms = checkpoint.parse_checkpoint_body(checkpoint.open_note(note)[0]).timestamp_ms
+    assert ms is not None
+    return local_date(ms, "Europe/Amsterdam").isoformat()
 
 
 def test_rerun_is_idempotent_and_a_different_package_is_never_overwritten(two_months: LogDir, tmp_path: Path) -> None:

@@ -23,7 +23,7 @@ from bridge.cli import app
 from bridge.log import checkpoint
 from bridge.log import keys as keyfile
 from tests.conftest import LogDir
-from tests.support.archive_log import OPTIONS, create_archive_log, january_february, seal_for
+from tests.support.archive_log import OPTIONS, create_archive_log, dossier_dir, january_february, seal_for
 
 runner = CliRunner()
 
@@ -65,7 +65,7 @@ def copy(src: Path, tmp_path: Path) -> Path:
 
 
 def alpha_events(pkg: Path) -> Path:
-    return next(p for p in (pkg / "data").rglob("events.jsonl") if "alpha" in str(p))
+    return dossier_dir(pkg, "alpha") / "events.jsonl"
 
 
 def test_fresh_packages_verify_and_chain(packages: tuple[LogDir, Path, Path]) -> None:
@@ -116,7 +116,7 @@ def test_event_lines_removed_edited_or_reordered_are_caught(
     code, out = verify(log, careful)
     assert code == 1, out
     assert message in out.replace("\n", " ")
-    assert "alpha" in out or "missing" in out  # a removed line is missed by position, not by file
+    assert dossier_dir(jan, "alpha").name in out or "missing" in out  # a removed line is missed by position
 
 
 def test_changed_media_file_is_caught(packages: tuple[LogDir, Path, Path], tmp_path: Path) -> None:

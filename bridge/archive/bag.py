@@ -149,7 +149,9 @@ class BagBuilder:
     def finish(self, info: Iterable[tuple[str, str]], extra: dict[str, bytes] | None = None) -> None:
         """Write the tag files; `info` are bag-info.txt lines (Payload-Oxum is added), `extra` more tag files."""
         for name, data in tag_files(self.payload, info, extra or {}).items():
-            (self.root / name).write_bytes(data)
+            path = self.root / name  # a tag file may sit in a tag directory (documentatie/)
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(data)
 
     def publish(self) -> bool:
         """Move the bag to its final path; True if written, False if an identical bag was already there.

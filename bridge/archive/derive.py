@@ -21,18 +21,18 @@ timestamp).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from typing import Any
 
 import orjson
 
-from bridge.archive import proof
+from bridge.archive import leesmij, proof
 from bridge.archive import range as ranges
 from bridge.archive.gaps import Listing
 from bridge.archive.mdto import Organisation
-from bridge.archive.names import safe_name
+from bridge.archive.names import safe_name, slug
 from bridge.errors import UsageError
 from bridge.events import SIGNAL, Attachment, Event, Kind, canonical_json
 from bridge.policy import Withheld, withheld_for
@@ -41,6 +41,7 @@ STATUS_CLOSED = "closed month"
 STATUS_INTERIM = "open month, interim"
 MEDIA_NAME_BYTES = 200
 PARAMS_VERSION = 1
+FOLDER_HASH_HEX = 10
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,39 @@ def range_json(win: ranges.Window, start: int, end: int, status: str) -> bytes:
     )
 
 
+def range_text(start: int, end: int) -> str:
+    """The record range of a package, written one way everywhere (bag-info, LEESMIJ, MDTO, pakbon, CLI):
+    `0..36 (37 records)`, both ends included; `none (0 records)` for an empty range."""
+    if end <= start:
+        return "none (0 records)"
+    return f"{start}..{end - 1} ({end - start} records)"
+
+
+def bagged_ms(sealed_ms: int, closed_ms: int | None) -> int:
+    """The time a package's content was sealed: the newest signed checkpoint it holds (the closing checkpoint
+    if there is one, else the end checkpoint). Bagging-Date is its day: true (the bag cannot be older than
+    the checkpoint that fixes its content) and re-derivable from the package alone (no "now")."""
+    return closed_ms if closed_ms is not None else sealed_ms
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """The dates of the messages themselves (their own send times, not append times) in a package or dossier."""
+
+    first: date | None = None
+    last: date | None = None
+
+    def text(self) -> str:
+        if self.first is None or self.last is None:
+            return "none"
+        return self.first.isoformat() if self.first == self.last else f"{self.first}..{self.last}"
+
+    def join(self, other: Coverage) -> Coverage:
+        firsts = [d for d in (self.first, other.first) if d is not None]
+        lasts = [d for d in (self.last, other.last) if d is not None]
+        return Coverage(min(firsts, default=None), max(lasts, default=None))
+
+
 def bag_info(
     params: RenderParams,
     key_name: str,
@@ -138,10 +172,13 @@ def bag_info(
     others: int,
     sealed_ms: int,
     status: str,
+    closed_ms: int | None = None,
+    coverage: Coverage | None = None,
 ) -> list[tuple[str, str]]:
     """bag-info.txt lines (without Payload-Oxum, which the bag adds)."""
     interim = status == STATUS_INTERIM
-    bagging = local_date(sealed_ms if interim else win.end_ms, params.timezone)
+    bagging = local_date(bagged_ms(sealed_ms, closed_ms), params.timezone)
+    what = f"the month so far (interim, up to {bagging})" if interim else "the whole month"
     return [
         ("Bag-Software-Agent", "chatarchief"),
         ("Bagging-Date", bagging.isoformat()),
@@ -149,12 +186,13 @@ def bag_info(
         ("External-Identifier", package_name(params.log_id, params.month, interim)),
         (
             "External-Description",
-            f"Chatarchief package of {params.month} ({params.timezone}), records"
-            f" {start}..{end - 1}, {dossiers} conversations, {others} other records",
+            f"Chatarchief package of {params.month} ({params.timezone}), {what}: records"
+            f" {range_text(start, end)}, {dossiers} conversations, {others} other records",
         ),
         ("Chatarchief-Month", str(params.month)),
-        ("Chatarchief-Range", f"{start} {end}"),
+        ("Chatarchief-Range", range_text(start, end)),
         ("Chatarchief-Status", status),
+        ("Chatarchief-Message-Dates", (coverage or Coverage()).text()),
         ("Chatarchief-Log", key_name),
     ]
 
@@ -192,12 +230,29 @@ class DossierState:
         return f"{self.folder}/events.jsonl"
 
 
-def dossier_folder(serie: str, source: str, conversation: str, month: ranges.Month) -> str:
-    return f"{serie}/{safe_name(f'{source}_{conversation}_{month}', 200)}"
+def conversation_hash(source: str, conversation: str) -> str:
+    """A short, stable hash of a conversation: what keeps folder names of same-named rooms apart."""
+    return hashlib.sha256(f"{source}\n{conversation}".encode("utf-8", "surrogatepass")).hexdigest()[:FOLDER_HASH_HEX]
 
 
-def new_dossier(serie: str, source: str, conversation: str, month: ranges.Month) -> DossierState:
-    return DossierState(source, conversation, dossier_folder(serie, source, conversation, month))
+def dossier_folder(serie: str, source: str, conversation: str, month: ranges.Month, name: str | None) -> str:
+    """A dossier's folder: `<serie>/<room name as ASCII>-<month>-<hash>` (`chat-...` for a room without a name).
+
+    Only letters, digits and `-`, never starting with `-`: safe to copy into a shell, no raw `!room:server`
+    ids; the hash of (source, conversation) keeps rooms with the same name apart. `name` is the room's
+    last name in the month (`DossierState.name`), so the folder is known once the month's records are read.
+    """
+    return f"{serie}/{slug(name or '') or 'chat'}-{month}-{conversation_hash(source, conversation)}"
+
+
+def pending_folder(serie: str, source: str, conversation: str) -> str:
+    """Where the writer puts a dossier's files while its name is not known yet (renamed before rendering)."""
+    return f"{serie}/.pending-{conversation_hash(source, conversation)}"
+
+
+def new_dossier(serie: str, source: str, conversation: str, folder: str | None = None) -> DossierState:
+    """A dossier being read: in `folder` (verify-package: the folder it reads), else in its pending folder."""
+    return DossierState(source, conversation, folder or pending_folder(serie, source, conversation))
 
 
 def _text(value: object) -> str | None:
@@ -311,83 +366,55 @@ def missing_line(seq: int, blob_id: str, rel: str) -> bytes:
     return canonical_json({"blob_id": blob_id, "path": rel, "seq": seq}) + b"\n"
 
 
-LEESMIJ = """\
-LEESMIJ - Chatarchief-pakket {name}
+@dataclass(frozen=True)
+class Tags:
+    """The tag files a package's records, parameters and checkpoints give: bag-info lines and the other files."""
 
-Dit is een BagIt-pakket (RFC 8493) met de zakelijke chatberichten van {month}
-({timezone}), records {start} tot {end} van het log {key_name}.
-
-Wat is bewezen
-- De regels in data/<serie>/<dossier>/events.jsonl en data/proof/*.jsonl zijn
-  de records van het log, in volgorde, compleet: elke regel geeft de Merkle-leaf
-  uit data/proof/leaves.txt, en die leaves geven de ondertekende checkpoints
-  (data/proof/checkpoint-*.txt, Ed25519).
-- Alle andere bestanden die een mens leest - transcript.html, alle *.MDTO.xml,
-  pakbon.xml, proof/range.json, bag-info.txt, dit bestand, de map- en
-  bestandsnamen - zijn uit die records afgeleid. verify-package leidt ze
-  opnieuw af en vergelijkt ze byte voor byte.
-- Een afgeschermd bericht (withheld) toont alleen de beslissing die het
-  afschermt; die beslissing staat als record in het pakket.
-- Media: de SHA-256 in het (bewezen) record moet kloppen met het bestand;
-  een ontbrekend bestand mag alleen als het in proof/missing-media.jsonl staat.
-
-Wat is verklaard, niet bewezen
-- data/proof/package.json: naam en kenmerk van de organisatie, tijdzone,
-  log-id en maand. Dit zijn labels voor de weergave; de maker van het pakket
-  verklaart ze. Wat de bestuurders schreven is bewezen, deze labels niet.
-
-{liveness}Controleren
-  bagit.py --validate .                  (vaste inhoud: manifesten en Payload-Oxum)
-  sha256sum -c manifest-sha256.txt       (hetzelfde, zonder BagIt-software)
-  chatarchief verify-package . --public-key LOG.pub [--previous VORIG-PAKKET]
-                                         (alles hierboven; uitslag 0 = intact)
-"""
+    info: list[tuple[str, str]]
+    files: dict[str, bytes]
 
 
-LEESMIJ_WITNESSED = """
-Getuigen (witnesses)
-- data/proof/witnessed.json bevat checkpoints van het log die onafhankelijke
-  getuigen (C2SP tlog-witness) medeondertekenden, elk met een bewijs dat het
-  dit pakket voortzet. Wie het log herschrijft, ook met de sleutel, krijgt die
-  handtekeningen niet opnieuw. Leg de publieke sleutels van de getuigen vast
-  (van de getuigen zelf, niet uit dit pakket) en controleer met
-  chatarchief verify-package . --public-key LOG.pub \\
-      --witness-key GETUIGE1.pub --witness-key GETUIGE2.pub --quorum 2
-"""
-
-
-LEESMIJ_LIVENESS = """\
-Gaten en hartslagen
-- data/proof/liveness.json somt de gaten in de vastlegging op (soort, begin en
-  eind, gesprek, recordnummer): de bot draaide niet, de homeserver of de
-  signal-cli-daemon was weg, of een Matrix-gat kon niet worden gevuld. Ook de
-  hartslagen: aantal, eerste en laatste, en de langste stilte tussen twee
-  tekenen van leven. Een stille maand (hartslag elk kwartier) is zo te
-  onderscheiden van een bot die niet draaide (een stilte van dagen). Het
-  bestand is afgeleid uit de records; verify-package leidt het opnieuw af.
-
-"""
-
-
-def leesmij(
+def tag_files(
     params: RenderParams,
     key_name: str,
-    start: int,
-    end: int,
-    interim: bool,
+    win: ranges.Window,
+    span: tuple[int, int],
+    dossiers: Sequence[tuple[str, str]],
+    others: int,
+    sealed: tuple[int, int | None],
+    status: str,
+    coverage: Coverage,
     *,
     liveness: bool = False,
     witnessed: bool = False,
-) -> bytes:
-    """LEESMIJ.txt; `liveness` when the package has proof/liveness.json, `witnessed` when it has
-    proof/witnessed.json (packages made before either have none, and their LEESMIJ stays as it was)."""
-    text = LEESMIJ.format(
-        liveness=LEESMIJ_LIVENESS if liveness else "",
-        name=package_name(params.log_id, params.month, interim),
-        month=params.month,
-        timezone=params.timezone,
-        start=start,
-        end=end,
-        key_name=key_name,
+) -> Tags:
+    """bag-info.txt lines, LEESMIJ.txt and `documentatie/` (see `leesmij.py`); `dossiers` = (folder, name),
+    `sealed` = (end checkpoint ms, closing checkpoint ms or None)."""
+    start, end = span
+    sealed_ms, closed_ms = sealed
+    interim = status == STATUS_INTERIM
+    info = bag_info(params, key_name, win, start, end, len(dossiers), others, sealed_ms, status, closed_ms, coverage)
+    text = leesmij.leesmij(
+        leesmij.LeesmijInfo(
+            package=package_name(params.log_id, params.month, interim),
+            organisation=params.organisation.name,
+            month=str(params.month),
+            timezone=params.timezone,
+            records=range_text(start, end),
+            message_dates=coverage.text(),
+            key_name=key_name,
+            interim=interim,
+            bagging_date=local_date(bagged_ms(sealed_ms, closed_ms), params.timezone).isoformat(),
+            dossiers=dossiers,
+            liveness=liveness,
+            witnessed=witnessed,
+        )
     )
-    return (text + (LEESMIJ_WITNESSED if witnessed else "")).encode("utf-8")
+    files = {
+        "LEESMIJ.txt": text,
+        leesmij.XSD_PATH: leesmij.xsd_bytes(),
+        leesmij.NOTICE_PATH: leesmij.notice_bytes(),
+        leesmij.BEGRIPPEN_PATH: leesmij.begrippenlijst_csv(),
+        leesmij.FORMATEN_PATH: leesmij.formaten(),
+    }
+    return Tags(info, files)

@@ -40,6 +40,8 @@ class DossierSummary:
     _per_type: dict[str, int] = field(default_factory=dict)
     _folded: dict[EventType, _Folded] = field(default_factory=dict)
     _created: bool = False
+    first_ms: int | None = None  # the earliest and latest own time of an event inside (see `_own_time`)
+    last_ms: int | None = None
 
     def add(self, event: Event, *, withheld: bool = False) -> None:
         if withheld:
@@ -50,6 +52,10 @@ class DossierSummary:
         if event.sender is not None and event.kind != Kind.NOTICE:
             self._senders.add((event.source, event.sender))
         at = event.sent_at if event.sent_at is not None else event.received_at
+        if event.kind != Kind.NOTICE:
+            own = _own_time(event)
+            self.first_ms = own if self.first_ms is None else min(self.first_ms, own)
+            self.last_ms = own if self.last_ms is None else max(self.last_ms, own)
         if event.kind in (Kind.MESSAGE, Kind.ATTACHMENT) and not self._created:
             self._created = True
             self._events.append(DossierEvent("Creatie", at, _actor(event), "eerste bericht van de maand"))
@@ -77,16 +83,28 @@ class DossierSummary:
         """Everyone who sent something (not withheld), sorted, with their last known display name."""
         return tuple(Participant(s, src, self._names.get((src, s))) for src, s in sorted(self._senders))
 
-    def events(self, sealed_at_ms: int | None = None) -> tuple[DossierEvent, ...]:
-        """The MDTO events in log order, then folded counts, then "Bevriezing" at `sealed_at_ms` if given."""
+    def events(self, sealed_at_ms: int | None = None, *, interim: bool = False) -> tuple[DossierEvent, ...]:
+        """The MDTO events in log order, then folded counts, then "Bevriezing" at `sealed_at_ms` if given
+        (an interim package freezes the month so far, and says so)."""
         out = list(self._events)
         for kind, folded in sorted(self._folded.items()):
             out.append(DossierEvent(kind, folded.last_ms, None, f"en nog {folded.count} keer ({kind.lower()})"))
         if sealed_at_ms is not None:
-            out.append(
-                DossierEvent("Bevriezing", sealed_at_ms, ARCHIVER, "maand verzegeld met een ondertekend checkpoint")
+            result = (
+                "tussentijds: de maand tot nu toe vastgelegd met een ondertekend checkpoint (de maand was nog niet"
+                " voorbij)"
+                if interim
+                else "maand verzegeld met een ondertekend checkpoint"
             )
+            out.append(DossierEvent("Bevriezing", sealed_at_ms, ARCHIVER, result))
         return tuple(out)
+
+
+def _own_time(event: Event) -> int:
+    """When the event happened by its own account: its send time, unless that is later than when the bot
+    received it (a sender's wrong clock, or a lie), then the receive time; never after the package was sealed."""
+    sent = event.sent_at
+    return sent if sent is not None and sent <= event.received_at else event.received_at
 
 
 def _actor(event: Event) -> Participant | None:

@@ -9,24 +9,13 @@ required text becomes "(leeg)". `validate` checks bytes against the shipped
 XSD (schema/MDTO-XML1.0.1.xsd, © Nationaal Archief, CC BY-SA 4.0). The pakbon
 (packing slip) has no XSD: see `bridge.archive.pakbon` (re-exported here).
 
-Begrippen (concepts) and the lists they come from; where MDTO publishes a list
-its label is used, otherwise a documented Chatarchief list is named, as the
-schema allows any begrippenlijst:
-* aggregatieniveau Serie/Dossier — "Begrippenlijst Aggregatieniveaus MDTO";
-* waardering B "Blijvend te bewaren" / V "Tijdelijk te bewaren" / N "Nader te
-  bepalen" — "Begrippenlijst Waarderingen MDTO"; V adds a bewaartermijn of
-  organisation.retention_years starting the day after the month;
-* event "Creatie" (first message of the month) and "Bevriezing" (the month
-  sealed by a signed checkpoint) — "Begrippenlijst EventTypeLijst MDTO", as in
-  the Nationaal Archief's own examples; "Wijziging" (an edit), "Verwijdering
-  in chat" (a deletion; the original is kept) and "Achterhouding" (content
-  withheld by decision) — `CHATARCHIEF_LIST`;
-* checksumAlgoritme "SHA-256" — "Begrippenlijst ChecksumAlgoritme MDTO";
-  bestandsformaat: PRONOM name + PUID — "PRONOM-register";
-* dekkingInTijdType "Looptijd", betrokkeneTypeRelatie "Deelnemer",
-  beperkingGebruikType "Openbaarheid nog niet beoordeeld" (the archive cannot
-  judge openness; the archivist does) and "Inhoud deels achtergehouden" —
-  `CHATARCHIEF_LIST`.
+Begrippen (concepts): published lists wherever one exists, code and label as
+published (docs/archive-package.md, "Begrippen"): aggregatieniveau, waardering,
+eventType Creatie/Bevriezing, checksumAlgoritme "SHA-256", openness from the
+Archiefwet 1995 list (`NOT_ASSESSED`, one beperkingGebruik), PRONOM (else the
+IANA media type). Our own list (`CHATARCHIEF_LIST`, shipped in the package as
+`leesmij.BEGRIPPEN_PATH` and referred to by name and path) only for
+dekkingInTijdType, the chat event types and betrokkeneTypeRelatie.
 """
 
 from __future__ import annotations
@@ -43,6 +32,7 @@ from zoneinfo import ZoneInfo
 
 from lxml import etree
 
+from bridge.archive.leesmij import BEGRIPPEN_BRON, BEGRIPPEN_NAME, BEGRIPPEN_PATH, code_of
 from bridge.archive.names import safe_name, xml_text
 from bridge.archive.pakbon import PakbonDossier, PakbonFile, PakbonInfo, pakbon_xml, write_pakbon
 from bridge.archive.pronom import pronom_for, pronom_name
@@ -50,8 +40,9 @@ from bridge.errors import DataError
 
 NS = "https://www.nationaalarchief.nl/mdto"
 XSI = "http://www.w3.org/2001/XMLSchema-instance"
-SCHEMA_LOCATION = f"{NS} https://www.nationaalarchief.nl/mdto/MDTO-XML1.0.1.xsd"
-CHATARCHIEF_LIST = "Begrippenlijst Chatarchief"
+XSD_URL = "https://www.nationaalarchief.nl/mdto/MDTO-XML1.0.1.xsd"
+CHATARCHIEF_LIST = BEGRIPPEN_NAME
+OPENBAARHEID_LIST = "Begrippenlijst Openbaarheid - Archiefwet 1995"
 TIMEZONE = ZoneInfo("Europe/Amsterdam")
 ROO_PREFIX = "https://organisaties.overheid.nl/"
 
@@ -140,7 +131,10 @@ class DossierEvent:
     result: str | None = None
 
 
-NOT_ASSESSED = Begrip("Openbaarheid nog niet beoordeeld", CHATARCHIEF_LIST)
+#: The Archiefwet 1995 openness list, code and label exactly as published (an archive's pre-ingest checks the pair).
+NOT_ASSESSED = Begrip(
+    "openbaarheid niet beoordeeld (Archiefwet 1995)", OPENBAARHEID_LIST, "Openbaarheid/AW1995/NietBeoordeeld/1.0"
+)
 
 
 @dataclass(frozen=True)
@@ -174,6 +168,8 @@ class DossierInfo:
     beperking_toelichting: str | None = (
         "De openbaarheid is niet beoordeeld; chatberichten kunnen persoonsgegevens bevatten."
     )
+    #: first and last day a message inside was sent (its own time); None: no dekkingInTijd
+    coverage: tuple[date, date] | None = None
 
 
 @dataclass(frozen=True)
@@ -218,9 +214,12 @@ def _ref(parent: etree._Element, tag: str, ref: Ref) -> None:
 def _begrip(parent: etree._Element, tag: str, b: Begrip) -> None:
     e = _el(parent, tag)
     _el(e, "begripLabel", b.label)
-    if b.code is not None:
-        _el(e, "begripCode", b.code)
-    _ref(e, "begripBegrippenlijst", Ref(b.lijst))
+    code = b.code if b.code is not None or b.lijst != CHATARCHIEF_LIST else code_of(b.label)
+    if code is not None:
+        _el(e, "begripCode", code)
+    # our own list is a file in the package; the MDTO names it and gives its path
+    own = b.lijst == CHATARCHIEF_LIST
+    _ref(e, "begripBegrippenlijst", Ref(b.lijst, BEGRIPPEN_PATH if own else None, BEGRIPPEN_BRON if own else None))
 
 
 def _participant_ref(p: Participant) -> Ref:
@@ -228,9 +227,9 @@ def _participant_ref(p: Participant) -> Ref:
     return Ref(p.display_name or p.sender_id, p.sender_id, bron)
 
 
-def _root() -> etree._Element:
+def _root(xsd: str) -> etree._Element:
     root = etree.Element(f"{{{NS}}}MDTO", nsmap={None: NS, "xsi": XSI})
-    root.set(f"{{{XSI}}}schemaLocation", SCHEMA_LOCATION)
+    root.set(f"{{{XSI}}}schemaLocation", f"{NS} {xsd}")
     return root
 
 
@@ -263,9 +262,9 @@ _WAARDERING = {"B": "Blijvend te bewaren", "V": "Tijdelijk te bewaren", "N": "Na
 
 
 def _informatieobject(
-    kenmerk: str, bron: str, naam: str, niveau: str, omschrijving: str | None
+    kenmerk: str, bron: str, naam: str, niveau: str, omschrijving: str | None, xsd: str
 ) -> tuple[etree._Element, etree._Element]:
-    root = _root()
+    root = _root(xsd)
     io = _el(root, "informatieobject")
     _ident(io, "identificatie", kenmerk, bron)
     _el(io, "naam", naam)
@@ -301,9 +300,10 @@ def _archiefvormer(io: etree._Element, org: Organisation) -> None:
 # -- generators --------------------------------------------------------------------------------
 
 
-def serie_xml(info: SerieInfo) -> bytes:
-    """MDTO for the whole chat archive (aggregatieniveau Serie)."""
-    root, io = _informatieobject(info.kenmerk, info.bron, info.naam, "Serie", info.omschrijving)
+def serie_xml(info: SerieInfo, xsd: str = XSD_URL) -> bytes:
+    """MDTO for the whole chat archive (aggregatieniveau Serie); `xsd`: the schema's location (relative in a
+    package)."""
+    root, io = _informatieobject(info.kenmerk, info.bron, info.naam, "Serie", info.omschrijving, xsd)
     _el(io, "taal", "nl")
     _waardering(io, info.organisation, None)
     for d in info.dossiers:
@@ -313,14 +313,19 @@ def serie_xml(info: SerieInfo) -> bytes:
     return _bytes(root)
 
 
-def dossier_xml(info: DossierInfo) -> bytes:
-    """MDTO for one conversation-month (aggregatieniveau Dossier); ValueError for a bad `month`."""
-    first, last = month_bounds(info.month)
-    root, io = _informatieobject(info.kenmerk, info.bron, info.naam, "Dossier", info.omschrijving)
-    cover = _el(io, "dekkingInTijd")
-    _begrip(cover, "dekkingInTijdType", Begrip("Looptijd", CHATARCHIEF_LIST))
-    _el(cover, "dekkingInTijdBegindatum", first.isoformat())
-    _el(cover, "dekkingInTijdEinddatum", last.isoformat())
+def dossier_xml(info: DossierInfo, xsd: str = XSD_URL) -> bytes:
+    """MDTO for one conversation-month (aggregatieniveau Dossier); ValueError for a bad `month`.
+
+    dekkingInTijd gives the first and last day a message inside was sent (`info.coverage`), not the month's
+    bounds: a month's package can hold messages imported later with older dates, and an interim package
+    ends before the month does."""
+    _, last = month_bounds(info.month)
+    root, io = _informatieobject(info.kenmerk, info.bron, info.naam, "Dossier", info.omschrijving, xsd)
+    if info.coverage is not None:
+        cover = _el(io, "dekkingInTijd")
+        _begrip(cover, "dekkingInTijdType", Begrip("Looptijd berichten", CHATARCHIEF_LIST))
+        _el(cover, "dekkingInTijdBegindatum", info.coverage[0].isoformat())
+        _el(cover, "dekkingInTijdEinddatum", info.coverage[1].isoformat())
     _el(io, "taal", "nl")
     for ev in info.events:
         _event(io, ev)
@@ -333,14 +338,14 @@ def dossier_xml(info: DossierInfo) -> bytes:
         b = _el(io, "betrokkene")
         _begrip(b, "betrokkeneTypeRelatie", Begrip("Deelnemer", CHATARCHIEF_LIST))
         _ref(b, "betrokkeneActor", _participant_ref(p))
-    _beperking(io, info.beperking, info.beperking_toelichting)
-    if info.withheld_count:
-        _beperking(
-            io,
-            Begrip("Inhoud deels achtergehouden", CHATARCHIEF_LIST),
-            f"{info.withheld_count} gebeurtenis(sen) achtergehouden na een beslissing van de informatiespecialist"
-            " (buiten reikwijdte, bijvoorbeeld privé of partijpolitiek); het transcript toont reden, auteur en tijd.",
+    toelichting = info.beperking_toelichting
+    if info.withheld_count:  # one beperkingGebruik only (pre-ingest validation counts them)
+        toelichting = (
+            f"{toelichting + ' ' if toelichting else ''}Inhoud deels achtergehouden: {info.withheld_count}"
+            " gebeurtenis(sen) na een beslissing van de informatiespecialist (buiten reikwijdte, bijvoorbeeld"
+            " privé of partijpolitiek); het transcript toont reden, auteur en tijd."
         )
+    _beperking(io, info.beperking, toelichting)
     return _bytes(root)
 
 
@@ -366,9 +371,10 @@ def _beperking(io: etree._Element, b: Begrip, toelichting: str | None) -> None:
         _el(e, "beperkingGebruikNadereBeschrijving", toelichting)
 
 
-def bestand_xml(info: BestandInfo) -> bytes:
-    """MDTO for one file: size, PRONOM format (PUID when known), SHA-256 checksum, what it represents."""
-    root = _root()
+def bestand_xml(info: BestandInfo, xsd: str = XSD_URL) -> bytes:
+    """MDTO for one file: size, PRONOM format (PUID when known, else its IANA media type), SHA-256 checksum,
+    what it represents."""
+    root = _root(xsd)
     b = _el(root, "bestand")
     _ident(b, "identificatie", info.kenmerk, info.bron)
     _el(b, "naam", info.naam)
@@ -376,9 +382,9 @@ def bestand_xml(info: BestandInfo) -> bytes:
     puid = info.puid or pronom_for(info.media_type, info.naam, info.head)
     if puid is not None:
         _begrip(b, "bestandsformaat", Begrip(pronom_name(puid), "PRONOM-register", puid))
-    else:
-        label = f"Onbekend formaat ({info.media_type or 'geen mediatype'})"
-        _begrip(b, "bestandsformaat", Begrip(label, "PRONOM-register"))
+    else:  # not in our PRONOM table: say what the sender declared, from the list it comes from
+        label = (info.media_type or "application/octet-stream").split(";", 1)[0].strip().lower()
+        _begrip(b, "bestandsformaat", Begrip(label or "application/octet-stream", "IANA Media Types"))
     c = _el(b, "checksum")
     _begrip(c, "checksumAlgoritme", Begrip("SHA-256", "Begrippenlijst ChecksumAlgoritme MDTO"))
     _el(c, "checksumWaarde", info.sha256.lower())

@@ -65,6 +65,13 @@ def _truncate(text: str, max_bytes: int) -> str:
     return data[:max_bytes].decode("utf-8", "ignore")
 
 
+def slug(text: str, max_bytes: int = 60) -> str:
+    """`text` as a shell-safe ASCII name part: accents dropped, every run of other characters one `-`, no
+    leading or trailing `-`, at most `max_bytes`; "" when nothing is left (a name of emoji only)."""
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    return re.sub(r"[^A-Za-z0-9]+", "-", ascii_text).strip("-")[:max_bytes].strip("-")
+
+
 _XML_BAD = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
 
 

@@ -27,8 +27,10 @@ Theory of operation
 Determinism: every byte derives from the records, the render parameters
 (`derive.RenderParams`, carried in `proof/package.json`) and the checkpoints
 (stored once signed, so a rerun reuses them): names are sorted, times come from
-the log, and Bagging-Date is the first day after the month (an interim
-package: the day of its checkpoint). `derive.py` holds what both sides share.
+the log, and Bagging-Date is the day of the newest checkpoint in the package
+(`derive.bagged_ms`). `derive.py` holds what both sides share; dossiers are
+written into pending folders and renamed after pass 2, once the room's name
+(which names the folder) is known.
 
 Plaintext is only ever written under `<data_dir>/tmp/` (0700; temp bags of a
 crashed run are removed at the next start) and then published to `out`:
@@ -52,13 +54,14 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from bridge.archive import derive, proof
 from bridge.archive import range as ranges
-from bridge.archive.bag import BagBuilder, HashingFile, remove_stale
+from bridge.archive.bag import BagBuilder, remove_stale
 from bridge.archive.derive import STATUS_CLOSED, STATUS_INTERIM, DossierState, RenderParams, package_name
 from bridge.archive.gaps import LISTING_REL, Listing
 from bridge.archive.mdto import Organisation
@@ -137,21 +140,34 @@ def snapshot(
     seal: Seal | None = None,
     allow_open_month: bool = False,
     allow_missing_media: bool = False,
+    interim: bool = False,
 ) -> SnapshotResult:
     """Write the package of `month` to `out` (a new directory); see the module docstring.
 
     `seal(size)` gives the signed checkpoint note at a tree size, signing one if the log
     has none (the log's writer does that; default `writer_seal`); the note is checked
     against the root this snapshot computed. Refuses (UsageError) a month that has not ended unless
-    `allow_open_month` (then the package covers the range so far), and a different
+    `interim` (or `allow_open_month`; then the package covers the range so far), `interim` for a month that
+    has ended, and a different
     package already at `out`; refuses (MissingMediaError, exit 1) a stored attachment
     whose blob is gone unless `allow_missing_media`.
     """
     _check_destination(out)
     win = ranges.window(month, options.timezone)
-    open_now = now_ms() < win.end_ms
-    if open_now and not allow_open_month:
-        raise UsageError(f"month {month} has not ended yet (it ends {_local(win.end_ms, options.timezone)})")
+    now = now_ms()
+    open_now = now < win.end_ms
+    if interim and not open_now:
+        raise UsageError(
+            f"month {month} has ended ({_local(win.end_ms, options.timezone)}): write its whole package,"
+            " without --interim"
+        )
+    if interim and now < win.start_ms:
+        raise UsageError(f"month {month} has not begun yet (it begins {_local(win.start_ms, options.timezone)})")
+    if open_now and not (allow_open_month or interim):
+        raise UsageError(
+            f"month {month} has not ended yet (it ends {_local(win.end_ms, options.timezone)}); for the month so"
+            " far (an official leaving office) add --interim"
+        )
     params = RenderParams(options.organisation, options.timezone, keys.log_id.hex(), month)
     if seal is None:
         seal = writer_seal(data_dir, keys)
@@ -175,25 +191,24 @@ def snapshot(
             start_note, end_note = seal_notes(keys, p, seal)
             end_cp = checkpoint.parse_checkpoint_body(checkpoint.open_note(end_note)[0])
             sealed_ms = end_cp.timestamp_ms if end_cp.timestamp_ms is not None else win.end_ms
-            closed = _closing(builder, view, p, win) if sealed_ms < win.end_ms else False
-            status = derive.status_of(sealed_ms, win, closed)
+            closed_ms = _closing(builder, view, p, win) if sealed_ms < win.end_ms else None
+            status = derive.status_of(sealed_ms, win, closed_ms is not None)
             _write_proof(builder, p, win, status, start_note, end_note, params, carried)
             builder.write(LISTING_REL, listing.to_json(win, sealed_ms))
             cosigned = witnessed_json(view, data_dir, p.end)  # witnesses' checkpoints extending the end, if any
             if cosigned is not None:
                 builder.write(WITNESSED_FILE, cosigned)
-            transcripts = render_package(builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status)
-            info = derive.bag_info(params, keys.key_name, win, p.start, p.end, len(dossiers), others, sealed_ms, status)
-            interim = status == STATUS_INTERIM
-            text = derive.leesmij(
-                params, keys.key_name, p.start, p.end, interim, liveness=True, witnessed=cosigned is not None
-            )
-            builder.finish(info, {"LEESMIJ.txt": text})
+            rendered = render_package(builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status)
+            tags = derive.tag_files(
+                params, keys.key_name, win, (p.start, p.end), rendered.dossiers, others, (sealed_ms, closed_ms), status,
+                rendered.coverage, liveness=True, witnessed=cosigned is not None,
+            )  # fmt: skip
+            builder.finish(tags.info, tags.files)
             written = builder.publish()
         except BaseException:
             builder.discard()
             raise
-    paths = tuple(out / "data" / t for t in transcripts)
+    paths = tuple(out / "data" / t for t in rendered.transcripts)
     return SnapshotResult(out, str(month), p.start, p.end, status, written, paths, missing)
 
 
@@ -253,8 +268,7 @@ def _write_records(
     consistency = proof.ConsistencyBuilder(p.frontier_start, p.end)
     other = builder.open("proof/other-records.jsonl")
     leaves = builder.open("proof/leaves.txt")
-    missing = builder.open("proof/missing-media.jsonl")
-    media = _MediaCopier(builder, blobs, missing, allow_missing)
+    media = _MediaCopier(builder, blobs, allow_missing)
     leaf_lines: list[bytes] = []  # written LEAF_BATCH at a time
     others = 0
     try:
@@ -275,7 +289,7 @@ def _write_records(
             event = _event(rec)
             state = dossiers.get(rec.header.conversation_tag)
             if state is None:
-                state = derive.new_dossier(params.serie, event.source, event.conversation, params.month)
+                state = derive.new_dossier(params.serie, event.source, event.conversation)
                 dossiers[rec.header.conversation_tag] = state
             line = _event_line(rec, event, state, withheld, media, listing)
             spill.write(state.events_rel, line)
@@ -287,10 +301,8 @@ def _write_records(
         spill.close()
         other.close()
         leaves.close()
-        missing.close()
     builder.done("proof/other-records.jsonl", other)
     builder.done("proof/leaves.txt", leaves)
-    builder.done("proof/missing-media.jsonl", missing)
     if frontier.size != p.end or not crypto.hmac_equal(frontier.root(), p.end_root):
         raise LogIntegrityError(
             p.end - 1,
@@ -300,9 +312,29 @@ def _write_records(
             check=Check.CHECKPOINT_ROOT,
         )
     builder.write("proof/consistency-proof.json", proof.consistency_json(p.start, p.end, consistency.proof()))
+    moved = _settle_folders(builder, params, dossiers.values())
     for state in dossiers.values():
         builder.add(state.events_rel, state.sha.hexdigest(), state.size)
-    return sorted(dossiers.values(), key=lambda s: s.folder), others, media.missing
+    notices = [derive.missing_line(seq, blob_id, moved[folder] + rest) for seq, blob_id, folder, rest in media.notices]
+    builder.write("proof/missing-media.jsonl", b"".join(notices))
+    return sorted(dossiers.values(), key=lambda s: s.folder), others, len(notices)
+
+
+def _settle_folders(builder: BagBuilder, params: RenderParams, dossiers: Iterable[DossierState]) -> dict[str, str]:
+    """Move each dossier from its pending folder to the one its room name gives (known only once the month's
+    records are read); returns pending folder -> final folder. Media already written move with it."""
+    moved: dict[str, str] = {}
+    data = builder.root / "data"
+    for state in dossiers:
+        final = derive.dossier_folder(params.serie, state.source, state.conversation, params.month, state.name)
+        pending, state.folder = state.folder, final
+        moved[pending] = final
+        if (data / pending).exists():
+            os.rename(data / pending, data / final)
+        prefix = pending + "/"
+        for rel in [r for r in builder.payload if r.startswith(prefix)]:
+            builder.payload[final + "/" + rel[len(prefix) :]] = builder.payload.pop(rel)
+    return moved
 
 
 def _event_line(
@@ -339,12 +371,12 @@ def _event(rec: RangeRecord) -> Event:
 class _MediaCopier:
     """The snapshot's media hook: decrypts a stored blob into the package, or notes it missing (if allowed)."""
 
-    def __init__(self, builder: BagBuilder, blobs: BlobStore, notices: HashingFile, allow_missing: bool) -> None:
+    def __init__(self, builder: BagBuilder, blobs: BlobStore, allow_missing: bool) -> None:
         self._builder = builder
         self._blobs = blobs
-        self._notices = notices
         self._allow = allow_missing
-        self.missing = 0
+        #: (seq, blob id, pending folder, path after it) of each missing blob, in record order
+        self.notices: list[tuple[int, str, str, str]] = []
 
     def __call__(self, seq: int, att: Attachment, rel: str) -> bool:
         blob_id = str(att.blob_id)
@@ -358,8 +390,8 @@ class _MediaCopier:
                     " the package with --allow-missing-media (each absence is then listed in the package)",
                     check=Check.BLOB,
                 ) from None
-            self._notices.write(derive.missing_line(seq, blob_id, rel))
-            self.missing += 1
+            folder, rest = rel.split("/media/", 1)
+            self.notices.append((seq, blob_id, folder, "/media/" + rest))
             return False
         except ValueError as exc:
             raise LogIntegrityError(seq, f"media blob {blob_id} does not decrypt: {exc}", check=Check.BLOB) from None
@@ -372,17 +404,19 @@ class _MediaCopier:
         return True
 
 
-def _closing(builder: BagBuilder, view: LogView, p: Plan, win: ranges.Window) -> bool:
-    """Write proof/closing.json (+ checkpoint-close.txt) when the log can show the month is over."""
+def _closing(builder: BagBuilder, view: LogView, p: Plan, win: ranges.Window) -> int | None:
+    """Write proof/closing.json (+ checkpoint-close.txt) when the log can show the month is over; returns the
+    closing checkpoint's time (ms), None if the log cannot show it yet."""
     c = closing(view, p, win)
     if c is None:
-        return False
+        return None
     builder.write(
         "proof/closing.json",
         proof.closing_json(p.end, c.header, c.commitment, c.ciphertext_hash, c.size, c.inclusion, c.consistency),
     )
     builder.write("proof/checkpoint-close.txt", c.note.encode("utf-8"))
-    return True
+    cp = checkpoint.parse_checkpoint_body(checkpoint.open_note(c.note)[0])
+    return cp.timestamp_ms if cp.timestamp_ms is not None else win.end_ms
 
 
 def _write_proof(

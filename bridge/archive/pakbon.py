@@ -5,7 +5,8 @@ parties (XML preferred) and lists what it must say: a unique id, a name, the
 target location, a hash of the SIP, its creation time, the organisation
 (archiefvormer), a contact, the number of information objects and files, the
 number and total size of files that are not `.mdto.xml`, and particulars.
-There is no XSD, so this is our own small vocabulary in `PAKBON_NS`:
+There is no XSD and no published namespace, so this is our own small vocabulary, in no namespace (rather than
+a made-up one), described in the package's `documentatie/formaten.txt`:
 
     <pakbon versie="1">
       <identificatie/> <naam/> <aanmaaktijd/> <mdtoVersie>1.0.1</mdtoVersie>
@@ -35,7 +36,7 @@ from lxml import etree
 
 from bridge.archive.names import xml_text
 
-PAKBON_NS = "https://chatarchief.invalid/ns/pakbon/1"
+PAKBON_NS = ""  # no namespace: none is published for a pakbon (documentatie/formaten.txt describes it)
 MDTO_VERSION = "1.0.1"
 
 
@@ -71,7 +72,7 @@ class PakbonFile:
 
 
 def _q(tag: str) -> str:
-    return f"{{{PAKBON_NS}}}{tag}"
+    return f"{{{PAKBON_NS}}}{tag}" if PAKBON_NS else tag
 
 
 def _leaf(xf: Any, tag: str, text: str | None = None, attrs: dict[str, str] | None = None) -> None:
@@ -88,7 +89,7 @@ def write_pakbon(
     n_objects = n_files = n_content = content_bytes = 0
     with etree.xmlfile(out, encoding="UTF-8") as xf:
         xf.write_declaration()
-        with xf.element(_q("pakbon"), {"versie": "1"}, nsmap={None: PAKBON_NS}):
+        with xf.element(_q("pakbon"), {"versie": "1"}):
             xf.write("\n")
             _leaf(xf, "identificatie", info.identificatie)
             _leaf(xf, "naam", info.naam)

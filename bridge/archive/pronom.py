@@ -69,6 +69,9 @@ _BY_TYPE = {
     "application/xml": "fmt/101",
     "text/xml": "fmt/101",
     "application/json": "fmt/817",
+    # JSON Lines (events.jsonl): UTF-8 plain text, one JSON value per line; PRONOM has no entry of its own
+    "application/x-ndjson": "x-fmt/111",
+    "application/jsonl": "x-fmt/111",
     "text/plain": "x-fmt/111",
     "application/zip": "x-fmt/263",
     "application/vnd.openxmlformats-officedocument.wordprocessingml.document": "fmt/412",

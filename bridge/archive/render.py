@@ -17,8 +17,17 @@ import orjson
 
 from bridge.archive import mdto
 from bridge.archive.bag import PackageSink
-from bridge.archive.derive import DossierState, MediaFile, RenderParams
+from bridge.archive.derive import (
+    STATUS_INTERIM,
+    Coverage,
+    DossierState,
+    MediaFile,
+    RenderParams,
+    local_date,
+    range_text,
+)
 from bridge.archive.dossier import DossierSummary
+from bridge.archive.leesmij import XSD_PATH
 from bridge.archive.lookahead import Lookahead
 from bridge.archive.range import Month
 from bridge.archive.transcript import TranscriptEntry, write_transcript
@@ -27,6 +36,30 @@ from bridge.policy import Withheld
 
 BRON = "Chatarchief"
 SIDECAR = ".bestand.MDTO.xml"
+MONTHS_NL = (
+    "januari", "februari", "maart", "april", "mei", "juni",
+    "juli", "augustus", "september", "oktober", "november", "december",
+)  # fmt: skip
+NAMED_PARTICIPANTS = 4  # a dossier's name lists this many participants, then "en N anderen"
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What the renderers tell the tag files: transcripts (relative to data/), the messages' own dates, and
+    each dossier's folder and name."""
+
+    transcripts: list[str]
+    coverage: Coverage
+    dossiers: list[tuple[str, str]]
+
+
+def month_nl(month: Month) -> str:
+    return f"{MONTHS_NL[month.month - 1]} {month.year}"
+
+
+def xsd_href(rel: str) -> str:
+    """The shipped XSD (`documentatie/`) relative to the MDTO file `data/<rel>`."""
+    return posixpath.relpath(XSD_PATH, posixpath.dirname(f"data/{rel}"))
 
 
 def render_package(
@@ -38,22 +71,27 @@ def render_package(
     end: int,
     sealed_ms: int,
     status: str,
-) -> list[str]:
-    """Write transcripts, MDTO and pakbon; returns the transcripts' paths relative to data/.
+) -> Rendered:
+    """Write transcripts, MDTO and pakbon; returns what the tag files need (`Rendered`).
 
     The same code runs in `snapshot` (writing) and in `verify-package` (a sink that compares).
     """
     org = params.organisation
     month = params.month
     serie_name = params.serie
-    serie = mdto.Ref(f"Chatarchief {params.log_id}", f"chatarchief:{params.log_id}", BRON)
+    serie = mdto.Ref(f"Zakelijke chatberichten {org.name}", f"chatarchief:{params.log_id}", BRON)
+    interim = status == STATUS_INTERIM
     transcripts: list[str] = []
     refs: list[mdto.Ref] = []
+    named: list[tuple[str, str]] = []
+    coverage = Coverage()
     objects = [mdto.PakbonDossier(f"{serie_name}.MDTO.xml", serie.kenmerk or "", serie.name, "Serie")]
     for state in dossiers:
         links = conversation_links(state, dossiers)
-        ref = _render_dossier(builder, month, org, serie, state, sealed_ms, links)
+        ref, dates = _render_dossier(builder, params, serie, state, sealed_ms, interim, links)
+        coverage = coverage.join(dates)
         refs.append(ref)
+        named.append((state.folder, ref.name))
         objects.append(mdto.PakbonDossier(f"{state.folder}.MDTO.xml", ref.kenmerk or "", ref.name))
         transcripts.append(f"{state.folder}/transcript.html")
     serie_info = mdto.SerieInfo(
@@ -61,24 +99,33 @@ def render_package(
         BRON,
         serie.name,
         org,
-        omschrijving=f"Zakelijke chatberichten, vastgelegd door Chatarchief (log {params.log_id})",
+        omschrijving=(
+            f"Zakelijke chatberichten van {org.name} (Matrix en Signal), vastgelegd door Chatarchief in het"
+            f" log {key_name}; één dossier per gesprek per maand"
+        ),
         dossiers=tuple(refs),
     )
-    builder.write(f"{serie_name}.MDTO.xml", mdto.serie_xml(serie_info))
+    serie_rel = f"{serie_name}.MDTO.xml"
+    builder.write(serie_rel, mdto.serie_xml(serie_info, xsd_href(serie_rel)))
+    records = range_text(start, end)
     info = mdto.PakbonInfo(
         identificatie=f"{key_name}/{month}/{start}-{end}",
-        naam=f"Chatarchief {month}",
+        naam=f"Zakelijke chatberichten {org.name}, {month_nl(month)}" + (" (tussentijds)" if interim else ""),
         aanmaaktijd=mdto.xml_datetime(sealed_ms),
         archiefvormer=org.name,
         archiefvormer_kenmerk=org.creator_id,
-        bijzonderheden=f"{status}; records {start} tot {end} van het log; bewijs in proof/",
+        bijzonderheden=(
+            ("tussentijds pakket: de maand tot nu toe" if interim else "maand afgesloten")
+            + f"; records {records} van het log; verzenddatums {coverage.text()}; bewijs in proof/;"
+            " uitleg in LEESMIJ.txt en documentatie/"
+        ),
     )
     files = [mdto.PakbonFile(rel, size, digest) for rel, (digest, size) in sorted(builder.payload.items())]
     fh = builder.open("pakbon.xml")
     with fh:
         mdto.write_pakbon(fh, info, objects, files)  # type: ignore[arg-type]
     builder.done("pakbon.xml", fh)
-    return transcripts
+    return Rendered(transcripts, coverage, named)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +148,17 @@ class DossierLine:
         return cls(d["seq"], Event.from_json(d["event"]), None)
 
 
-def _entries(path: Path, state: DossierState, summary: DossierSummary) -> Iterator[TranscriptEntry]:
+def _entries(path: Path, state: DossierState) -> Iterator[TranscriptEntry]:
+    with path.open("rb") as fh:
+        for raw in fh:
+            line = DossierLine.parse(raw)
+            yield TranscriptEntry(line.seq, line.event, line.withheld, state.media)
+
+
+def _summarise(path: Path) -> DossierSummary:
+    """The dossier's participants, MDTO events, withheld count and own dates (a pass before the transcript,
+    whose title names the participants)."""
+    summary = DossierSummary()
     with path.open("rb") as fh:
         for raw in fh:
             line = DossierLine.parse(raw)
@@ -109,7 +166,20 @@ def _entries(path: Path, state: DossierState, summary: DossierSummary) -> Iterat
                 summary.withheld_count += 1
             else:
                 summary.add(line.event)
-            yield TranscriptEntry(line.seq, line.event, line.withheld, state.media)
+    return summary
+
+
+def dossier_name(room: str | None, participants: Sequence[mdto.Participant], month: Month) -> str:
+    """What people call a conversation-month: its room name, who took part, the month."""
+    names = [p.display_name or p.sender_id for p in participants]
+    who = ", ".join(names[:NAMED_PARTICIPANTS])
+    if len(names) > NAMED_PARTICIPANTS:
+        who += f" en {len(names) - NAMED_PARTICIPANTS} anderen"
+    if room and who:
+        return f"{room} (chat met {who}), {month_nl(month)}"
+    if room:
+        return f"{room} (chat), {month_nl(month)}"
+    return f"Chat met {who or 'onbekenden'}, {month_nl(month)}"
 
 
 def _lookahead(path: Path, state: DossierState) -> Lookahead:
@@ -131,17 +201,23 @@ def conversation_links(state: DossierState, dossiers: Sequence[DossierState]) ->
 
 def _render_dossier(
     builder: PackageSink,
-    month: Month,
-    org: mdto.Organisation,
+    params: RenderParams,
     serie: mdto.Ref,
     state: DossierState,
     sealed_ms: int,
+    interim: bool,
     links: dict[str, str],
-) -> mdto.Ref:
+) -> tuple[mdto.Ref, Coverage]:
+    month, org = params.month, params.organisation
     kenmerk = f"{serie.kenmerk}:{state.source}:{state.conversation}:{month}"
-    naam = f"{state.name or state.conversation} ({month})"
+    summary = _summarise(builder.data_path(state.events_rel))
+    participants = summary.participants()
+    naam = dossier_name(state.name, participants, month)
+    dates = Coverage(
+        None if summary.first_ms is None else local_date(summary.first_ms, params.timezone),
+        None if summary.last_ms is None else local_date(summary.last_ms, params.timezone),
+    )
     ref = mdto.Ref(naam, kenmerk, BRON)
-    summary = DossierSummary()
     transcript_rel = f"{state.folder}/transcript.html"
     out = builder.open(transcript_rel)
     with out:
@@ -150,7 +226,7 @@ def _render_dossier(
             title=naam,
             conversation=state.conversation,
             month=str(month),
-            entries=_entries(builder.data_path(state.events_rel), state, summary),
+            entries=_entries(builder.data_path(state.events_rel), state),
             edited_ids=state.edited,
             deleted_ids=state.deleted,
             lookahead=_lookahead(builder.data_path(state.events_rel), state),
@@ -181,8 +257,9 @@ def _render_dossier(
             media_type=media_type,
             head=head,
         )
-        builder.write(full + SIDECAR, mdto.bestand_xml(info))
+        builder.write(full + SIDECAR, mdto.bestand_xml(info, xsd_href(full + SIDECAR)))
         file_refs.append(file_ref)
+    cover = None if dates.first is None or dates.last is None else (dates.first, dates.last)
     dossier = mdto.DossierInfo(
         kenmerk=kenmerk,
         bron=BRON,
@@ -190,11 +267,17 @@ def _render_dossier(
         month=str(month),
         organisation=org,
         serie=serie,
-        participants=summary.participants(),
-        events=summary.events(sealed_ms),
+        participants=participants,
+        events=summary.events(sealed_ms, interim=interim),
         files=tuple(file_refs),
-        omschrijving=f"Chatgesprek {state.conversation} ({state.source}), {month}: {state.records} records",
+        omschrijving=(
+            f"Chatgesprek {state.conversation} ({state.source}): records van {month_nl(month)}"
+            + (" tot nu toe (tussentijds)" if interim else "")
+            + f", {state.records} records; berichten verstuurd {dates.text()}"
+        ),
         withheld_count=summary.withheld_count,
+        coverage=cover,
     )
-    builder.write(f"{state.folder}.MDTO.xml", mdto.dossier_xml(dossier))
-    return ref
+    rel = f"{state.folder}.MDTO.xml"
+    builder.write(rel, mdto.dossier_xml(dossier, xsd_href(rel)))
+    return ref, dates

@@ -61,6 +61,7 @@ from bridge.archive import range as ranges
 from bridge.archive.bag import OutFile, tag_files
 from bridge.archive.derive import DossierState, RenderParams
 from bridge.archive.gaps import LISTING_REL, Listing, Summary
+from bridge.archive.leesmij import DOCS
 from bridge.archive.render import render_package
 from bridge.archive.witnessed import FILE as WITNESSED_FILE
 from bridge.archive.witnessed import WitnessedError, check_witnessed
@@ -79,7 +80,7 @@ _LINE_PIECE = 1 << 20
 #: The largest small proof file read whole (range.json, package.json, checkpoints, frontier, proofs).
 MAX_SMALL_FILE = 4 << 20
 TAG_FILES = frozenset(
-    {"bagit.txt", "bag-info.txt", "manifest-sha256.txt", "tagmanifest-sha256.txt", "LEESMIJ.txt", "data"}
+    {"bagit.txt", "bag-info.txt", "manifest-sha256.txt", "tagmanifest-sha256.txt", "LEESMIJ.txt", DOCS, "data"}
 )
 PROOF_INPUTS = (  # payload files taken as they are (each checked above, not rendered)
     "proof/range.json",
@@ -190,8 +191,8 @@ def verify_package(
         )
     params, win = _params(pdir)
     sealed_ms = end_cp.timestamp_ms if end_cp.timestamp_ms is not None else win.end_ms
-    closed = _check_closing(pdir, public_key, win, end, end_cp.root, sealed_ms)
-    status = derive.status_of(sealed_ms, win, closed)
+    closed_ms = _check_closing(pdir, public_key, win, end, end_cp.root, sealed_ms)
+    status = derive.status_of(sealed_ms, win, closed_ms is not None)
     _check_range(pdir, rng, win, start, end, status, sealed_ms)
     sink = _Rederive(path, manifest)
     records = _Records(data, sink, params, win, start, end, start_root)
@@ -206,16 +207,25 @@ def verify_package(
     if listed:
         sink.write(LISTING_REL, records.listing.to_json(win, sealed_ms))
     dossiers = sorted(records.dossiers.values(), key=lambda s: s.folder)
-    render_package(sink, params, public_key[0], dossiers, start, end, sealed_ms, status)
+    rendered = render_package(sink, params, public_key[0], dossiers, start, end, sealed_ms, status)
     sink.finish_payload()
-    info = derive.bag_info(params, public_key[0], win, start, end, len(dossiers), records.others, sealed_ms, status)
-    interim = status == derive.STATUS_INTERIM
-    text = derive.leesmij(
-        params, public_key[0], start, end, interim, liveness=listed, witnessed=WITNESSED_FILE in manifest
+    tags = derive.tag_files(
+        params,
+        public_key[0],
+        win,
+        (start, end),
+        rendered.dossiers,
+        records.others,
+        (sealed_ms, closed_ms),
+        status,
+        rendered.coverage,
+        liveness=listed,
+        witnessed=WITNESSED_FILE in manifest,
     )
-    _check_tags(path, tag_files(sink.payload, info, {"LEESMIJ.txt": text}))
+    _check_docs(path, tags.files)
+    _check_tags(path, tag_files(sink.payload, tags.info, tags.files))
     if previous is not None:
-        _check_previous(previous, pdir, start, public_key)
+        _check_previous(previous, pdir, (start, end), public_key, params, frontier)
     liveness = records.listing.summary(win, sealed_ms) if listed else None
     return PackageReport(
         str(params.month),
@@ -352,14 +362,14 @@ def _params(pdir: Path) -> tuple[RenderParams, ranges.Window]:
 
 def _check_closing(
     pdir: Path, key: tuple[str, Ed25519PublicKey], win: ranges.Window, end: int, end_root: bytes, sealed_ms: int
-) -> bool:
-    """True if proof/closing.json shows the month over: record `end`, appended after the month's end, is in a
-    later signed checkpoint whose tree extends the end tree."""
+) -> int | None:
+    """The closing checkpoint's time (ms) if proof/closing.json shows the month over: record `end`, appended
+    after the month's end, is in a later signed checkpoint whose tree extends the end tree; else None."""
     path = pdir / "closing.json"
     if not path.exists():
         if (pdir / "checkpoint-close.txt").exists():
             raise _fail(Check.PACKAGE_CLOSING, "proof/checkpoint-close.txt without proof/closing.json")
-        return False
+        return None
     if sealed_ms >= win.end_ms:
         raise _fail(
             Check.PACKAGE_CLOSING, "proof/closing.json in a package whose end checkpoint already closes the month"
@@ -382,7 +392,7 @@ def _check_closing(
         raise _fail(
             Check.PACKAGE_CLOSING, "proof/closing.json: the closing checkpoint does not extend the end checkpoint"
         )
-    return True
+    return close.timestamp_ms if close.timestamp_ms is not None else win.end_ms
 
 
 def _check_range(
@@ -655,13 +665,14 @@ class _Records:
                     seq=rec.seq,
                 )
             if state is None:
-                state = derive.new_dossier(self._params.serie, conv[0], conv[1], self._params.month)
-                if state.folder != folder:
+                state = derive.new_dossier(self._params.serie, conv[0], conv[1], folder)
+                suffix = f"-{self._params.month}-{derive.conversation_hash(*conv)}"
+                if not folder.startswith(f"{self._params.serie}/") or not folder.endswith(suffix):
                     raise _fail(
                         Check.PACKAGE_DOSSIER,
-                        f"{label}: its records are of conversation {conv[1]!r} ({conv[0]}), whose folder is"
-                        f" {state.folder!r}",
-                        state.folder,
+                        f"{label}: its records are of conversation {conv[1]!r} ({conv[0]}), whose folder ends"
+                        f" in {suffix!r}",
+                        suffix,
                         folder,
                         seq=rec.seq,
                     )
@@ -682,6 +693,16 @@ class _Records:
             state.records += 1
         if state is None:
             raise _fail(Check.PACKAGE_DOSSIER, f"{label}: events.jsonl holds no record")
+        named = derive.dossier_folder(
+            self._params.serie, state.source, state.conversation, self._params.month, state.name
+        )
+        if named != folder:
+            raise _fail(
+                Check.PACKAGE_DOSSIER,
+                f"{label}: the room's name in its records gives the folder {named!r}",
+                named,
+                folder,
+            )
         self.dossiers[folder] = state
         self._sink.take(state.events_rel)
 
@@ -929,6 +950,18 @@ def _check_tags(path: Path, tags: dict[str, bytes]) -> None:
             )
 
 
+def _check_docs(path: Path, files: dict[str, bytes]) -> None:
+    """`documentatie/` holds exactly the files a package writer puts there (each compared by `_check_tags`)."""
+    want = sorted(n for n in files if n.startswith(f"{DOCS}/"))
+    docs = path / DOCS
+    found = sorted(p.relative_to(path).as_posix() for p in docs.rglob("*") if not p.is_dir()) if docs.is_dir() else []
+    if found != want:
+        extra = sorted(set(found) - set(want)) or sorted(set(want) - set(found))
+        raise _fail(
+            Check.PACKAGE_SHAPE, f"{extra[0]}: {DOCS}/ is not what a package holds", ", ".join(want), ", ".join(found)
+        )
+
+
 def _check_consistency(p: Path, start: int, end: int, start_root: bytes, end_root: bytes) -> None:
     try:
         old, new, path = proof.parse_consistency(_small(p))
@@ -961,11 +994,27 @@ def _read_limited(p: Path) -> bytes:
     return data
 
 
-def _check_previous(previous: Path, pdir: Path, start: int, key: tuple[str, Ed25519PublicKey]) -> None:
+def _check_previous(
+    previous: Path,
+    pdir: Path,
+    span: tuple[int, int],
+    key: tuple[str, Ed25519PublicKey],
+    params: RenderParams,
+    frontier: merkle.Frontier,
+) -> None:
+    """The chain: the previous month's package ends where this one starts, with the same checkpoint; or the
+    previous package is an interim package of this same month, and this one extends it (same start, and this
+    package's leaves give the interim end checkpoint's root at its size)."""
+    start, end = span
     prev_proof = previous / "data" / "proof"
     prev_range = _json(prev_proof / "range.json")
-    prev_end = prev_range.get("end")
-    _checkpoint(prev_proof / "checkpoint-end.txt", key, prev_end if isinstance(prev_end, int) else -1, "previous end")
+    prev_start, prev_end = prev_range.get("start"), prev_range.get("end")
+    prev_cp = _checkpoint(
+        prev_proof / "checkpoint-end.txt", key, prev_end if isinstance(prev_end, int) else -1, "previous end"
+    )
+    if prev_range.get("month") == str(params.month) and prev_range.get("status") == derive.STATUS_INTERIM:
+        _check_extends_interim(previous, pdir, (start, end), prev_start, prev_cp, frontier)
+        return
     if prev_end != start:
         raise _fail(
             Check.PACKAGE_PREVIOUS,
@@ -976,6 +1025,43 @@ def _check_previous(previous: Path, pdir: Path, start: int, key: tuple[str, Ed25
     if start > 0 and _small(pdir / "checkpoint-start.txt") != _small(prev_proof / "checkpoint-end.txt"):
         raise _fail(
             Check.PACKAGE_PREVIOUS, "this package's start checkpoint is not the previous package's end checkpoint"
+        )
+
+
+def _check_extends_interim(
+    previous: Path,
+    pdir: Path,
+    span: tuple[int, int],
+    prev_start: object,
+    prev_cp: checkpoint.Checkpoint,
+    frontier: merkle.Frontier,
+) -> None:
+    start, end = span
+    if prev_start != start or not start <= prev_cp.size <= end:
+        raise _fail(
+            Check.PACKAGE_PREVIOUS,
+            f"the interim package holds records from {prev_start} to {prev_cp.size}; this package of the same"
+            f" month holds {start} to {end} and so does not extend it",
+        )
+    prev_start_cp = previous / "data" / "proof" / "checkpoint-start.txt"
+    if start > 0 and _small(prev_start_cp) != _small(pdir / "checkpoint-start.txt"):
+        raise _fail(Check.PACKAGE_PREVIOUS, "the interim package starts from another checkpoint than this one")
+    tree = frontier.copy()
+    with (pdir / "leaves.txt").open("rb") as fh:
+        mm: mmap.mmap | bytes = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if end > start else b""
+        try:
+            for i in range(prev_cp.size - start):
+                tree.append(_leaf_at(mm, i))
+        finally:
+            if isinstance(mm, mmap.mmap):
+                mm.close()
+    if not crypto.hmac_equal(tree.root(), prev_cp.root):
+        raise _fail(
+            Check.PACKAGE_PREVIOUS,
+            f"this package's first {prev_cp.size - start} records are not the interim package's records"
+            " (its end checkpoint's root differs)",
+            prev_cp.root.hex(),
+            tree.root().hex(),
         )
 
 

@@ -163,3 +163,17 @@ def _seal_here(log: LogDir, size: int) -> str:
         return note
     finally:
         conn.close()
+
+
+def dossier_dir(package: Path, room: str) -> Path:
+    """The dossier folder of the conversation whose id contains `room` (folders are named after the room's
+    name and a hash, never the raw id: the conversation is read from the first record line)."""
+    import orjson
+
+    for events in sorted((package / "data").rglob("events.jsonl")):
+        with events.open("rb") as fh:
+            lines = (orjson.loads(line) for line in fh)
+            conversation = next((d["event"]["conversation"] for d in lines if "event" in d), "")
+        if room in conversation:
+            return events.parent
+    raise LookupError(f"no dossier of a conversation like {room!r} in {package}")
