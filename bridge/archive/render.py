@@ -12,6 +12,7 @@ import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -20,8 +21,7 @@ from bridge.archive.bag import PackageSink
 from bridge.archive.derive import DossierState, MediaFile, RenderParams
 from bridge.archive.dossier import DossierSummary
 from bridge.archive.lookahead import Lookahead
-from bridge.archive.range import Month
-from bridge.archive.transcript import TranscriptEntry, write_transcript
+from bridge.archive.transcript import Provenance, TranscriptEntry, write_transcript
 from bridge.events import Event
 from bridge.policy import Withheld
 
@@ -52,7 +52,8 @@ def render_package(
     objects = [mdto.PakbonDossier(f"{serie_name}.MDTO.xml", serie.kenmerk or "", serie.name, "Serie")]
     for state in dossiers:
         links = conversation_links(state, dossiers)
-        ref = _render_dossier(builder, month, org, serie, state, sealed_ms, links)
+        provenance = Provenance(key_name, start, end, sealed_ms, status)
+        ref = _render_dossier(builder, params, serie, state, provenance, links)
         refs.append(ref)
         objects.append(mdto.PakbonDossier(f"{state.folder}.MDTO.xml", ref.kenmerk or "", ref.name))
         transcripts.append(f"{state.folder}/transcript.html")
@@ -131,13 +132,13 @@ def conversation_links(state: DossierState, dossiers: Sequence[DossierState]) ->
 
 def _render_dossier(
     builder: PackageSink,
-    month: Month,
-    org: mdto.Organisation,
+    params: RenderParams,
     serie: mdto.Ref,
     state: DossierState,
-    sealed_ms: int,
+    provenance: Provenance,
     links: dict[str, str],
 ) -> mdto.Ref:
+    month, org, sealed_ms = params.month, params.organisation, provenance.sealed_ms
     kenmerk = f"{serie.kenmerk}:{state.source}:{state.conversation}:{month}"
     naam = f"{state.name or state.conversation} ({month})"
     ref = mdto.Ref(naam, kenmerk, BRON)
@@ -155,6 +156,8 @@ def _render_dossier(
             deleted_ids=state.deleted,
             lookahead=_lookahead(builder.data_path(state.events_rel), state),
             links=links,
+            tz=ZoneInfo(params.timezone),
+            provenance=provenance,
         )
     builder.done(transcript_rel, out)
     files = [

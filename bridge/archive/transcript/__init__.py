@@ -36,12 +36,13 @@ Contract:
 from __future__ import annotations
 
 from bridge.archive.transcript.kinds import TranscriptEntry
-from bridge.archive.transcript.page import write_transcript
+from bridge.archive.transcript.page import Provenance, write_transcript
 from bridge.archive.transcript.text import CSP, INLINE_IMAGES, TIMEZONE, anchor, clean_text, format_time, safe_href
 
 __all__ = [
     "CSP",
     "INLINE_IMAGES",
+    "Provenance",
     "TIMEZONE",
     "TranscriptEntry",
     "anchor",
