@@ -27,7 +27,7 @@ _SIGNALLING = {
     "select_answer": "antwoord gekozen",
     "negotiate": "heronderhandeling",
 }
-_ENDS = {"hangup": "beëindigde het gesprek", "reject": "weigerde het gesprek", "busy": "was in gesprek: geweigerd"}
+_ENDS = {"hangup": "beëindigde de oproep", "reject": "weigerde de oproep", "busy": "was in gesprek: geweigerd"}
 
 
 def state_html(ev: Event, ahead: Lookahead, who: Who, links: Mapping[str, str]) -> str:
@@ -98,30 +98,30 @@ def _call(ev: Event, call: Mapping[str, object], ahead: Lookahead, who: Who) -> 
     if action in CALL_STARTS:
         kind = call.get("type")
         what = f" (<bdi>{esc(kind.lower().replace('_', ' '))}</bdi>)" if isinstance(kind, str) else ""
-        out = f"<p>begon een gesprek{what}</p>"
+        out = f"<p>begon een oproep{what}</p>"
         if info is not None and info.start_id == ev.event_id:
             out += f'<p class="meta">{_summary(info, who)}</p>'
         return out
     start = f", begonnen met {ref(info.start_id)}" if info is not None and info.start_id else ""
     if action in CALL_ANSWERS:
-        return f"<p>nam het gesprek aan{start}</p>"
+        return f"<p>nam de oproep aan{start}</p>"
     if isinstance(action, str) and action in _ENDS:
         out = f"<p>{_ENDS[action]}{start}"
         if isinstance(reason := call.get("reason"), str) and reason:
             out += f" (reden: <bdi>{esc(reason)}</bdi>)"
         if info is not None and info.end_id == ev.event_id:
             duration = info.duration_ms
-            out += f"; duur {span(duration)}" if duration is not None else "; het gesprek is niet aangenomen"
+            out += f"; duur {span(duration)}" if duration is not None else "; de oproep is niet aangenomen"
         return out + "</p>"
     what = _SIGNALLING.get(action, action) if isinstance(action, str) else "onbekend"
-    return f'<p class="note">gesprekssignalering (<bdi>{esc(what)}</bdi>){start}</p>'
+    return f'<p class="note">oproepsignalering (<bdi>{esc(what)}</bdi>){start}</p>'
 
 
 def _summary(info: Call, who: Who) -> str:
     """The start's summary: answered by whom, ended by whom, how long."""
     out = "niet aangenomen" if info.answered_by is None else f"aangenomen door {who(info.answered_by)}"
     if info.end_id is None:
-        return out + "; het einde van het gesprek valt niet in deze maand"
+        return out + "; het einde van de oproep valt niet in deze maand"
     out += f"; beëindigd door {who(info.ended_by)} ({ref(info.end_id)})"
     if info.end_reason:
         out += f", reden: <bdi>{esc(info.end_reason)}</bdi>"
