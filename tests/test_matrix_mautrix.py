@@ -128,5 +128,7 @@ async def test_mautrix_traffic_is_archived_faithfully(bot: Bot, official: Offici
     entries = [TranscriptEntry(i, e) for i, e in enumerate(room)]
     write_transcript(out, title="t", conversation=room_id, month="m", entries=entries, lookahead=Lookahead.of(room))
     page = out.getvalue().decode()
-    assert page.count("Zullen we de nota vandaag sturen?") == 1  # the quoted fallback is not shown again
+    # the quoted fallback is not shown again: the text is the original's body and the reply's quote of it
+    assert page.count("Zullen we de nota vandaag sturen?") == 2
+    assert page.count('<a class="quote" href="#') >= 1 and "“<bdi>Zullen we de nota vandaag sturen?</bdi>”" in page
     assert "<bdi>Ja</bdi>: 1</li>" in page and "sticker: <bdi>Duim omhoog</bdi>" in page

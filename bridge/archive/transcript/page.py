@@ -139,7 +139,8 @@ body{{max-width:none;padding:0;font-size:10.5pt;color:#000}}
 details::details-content{{content-visibility:visible;display:contents}}
 details>summary{{list-style:none;font-weight:600}}details>summary::-webkit-details-marker{{display:none}}
 li.entry{{break-inside:avoid;background:none;border:none;border-bottom:1px solid #ccc;border-radius:0}}
-li.day h2{{background:none}}a{{color:#000;text-decoration:none}}
+li.group,li.group li.entry{{break-inside:auto}}li.day{{break-after:avoid}}li.day h2{{background:none}}
+a{{color:#000;text-decoration:none}}
 a[href]:not([href^="#"])::after{{content:" (" attr(href) ")";font-size:.8em;color:#333}}
 a.seq{{float:none}}header,section.lookalikes,details.settings{{break-after:avoid}}
 }}
