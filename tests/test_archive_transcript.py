@@ -196,11 +196,13 @@ def test_membership_names_state_retention_and_notes() -> None:
     ]
     doc = assert_inert(render(entries_of(events)))
     text = text_of(doc)
-    assert "De Minister @minister:example.org kwam erbij" in text
+    joined = " ".join(doc.xpath(f'//li[@id="{anchor("$e0")}"]')[0].text_content().split())
+    assert joined == "De Minister @minister:example.org 23:13 #0kwam erbij (weergavenaam De Minister)"
     assert "m.room.topic" in text and "Overleg" in text
     assert "Waarschuwing (archiefwet)" in text and "7 dagen" in text
     assert "kon niet worden ontsleuteld" in text and "content is not an object" in text
-    assert "@minister:example.org verliet het gesprek" in text
+    left = " ".join(doc.xpath(f'//li[@id="{anchor("$e6")}"]')[0].text_content().split())
+    assert left == "@minister:example.org 23:13 #6verliet het gesprek"  # the name is forgotten with the leave
     assert doc.xpath('//li[contains(@class, "retention_change")]//p[@class="warn"]')
 
 
@@ -548,7 +550,7 @@ def test_edit_by_another_sender_is_a_rejected_attempt() -> None:
     original = doc.xpath(f'//li[@id="{anchor("$e0")}"]')[0]
     assert original.xpath('./div[@class="body"]')[0].text_content() == "v2"  # the latest text, in place
     summary = " ".join(original.xpath(".//details/summary")[0].text_content().split())
-    assert summary.startswith("bewerkt, laatst op dinsdag 14 november 2023 23:13:23") and "($e3); 1 eerdere" in summary
+    assert summary.startswith("bewerkt, laatst op dinsdag 14 november 2023 23:13:23") and "(naar de bewerking); 1 eerdere" in summary
     assert "oorspronkelijk, dinsdag 14 november 2023 23:13:20 (UTC+01:00):message 0" in text
     assert "bewerkingspoging door een ander genegeerd, zie $e1" in text
 

@@ -196,7 +196,7 @@ def test_print_to_pdf_keeps_collapsed_content_and_shows_links(name: str, rendere
         "Ja, concept volgt vanmiddag.",  # the reply's first version
         '"join_rule": "invite"',  # set-up JSON
         "recordnummer in het log",  # "Over dit verslag"
-        "minister @minister:localhost kwam erbij",  # inside the group of set-up entries
+        "nodigde @woordvoerder:localhost uit",  # inside the group of set-up entries
     ):
         assert collapsed in text, collapsed
     assert f"(media/{seq_of(lines, 'attachment').seq}-concept-kamerbrief.pdf)" in text  # a link prints its href

@@ -59,8 +59,6 @@ class TranscriptEntry:
     media: Mapping[str, str] = field(default_factory=dict)
 
 
-_MEMBERSHIP = {"join": "kwam erbij", "invite": "werd uitgenodigd", "ban": "werd verbannen", "knock": "vroeg om toegang"}
-
 #: Entries grouped in one run at most (memory stays bounded whatever the run).
 _RUN_MAX = 256
 #: Characters of a quoted snippet.
@@ -230,7 +228,8 @@ class Renderer:
             when = dutch_time(deletion.sent_at if deletion.sent_at is not None else deletion.received_at, self._tz)
             return (
                 f'<p class="deleted-note">Verwijderd door {self._who(deletion.sender)} op {esc(when)}{why}'
-                f" ({ref(deletion.event_id)}). Chatprogramma's tonen dit bericht niet meer; het archief bewaart"
+                f' (<a href="#{anchor(deletion.event_id)}">naar de verwijdering</a>). Chatprogramma'
+                "'s tonen dit bericht niet meer; het archief bewaart"
                 " het zoals het was.</p>"
             )
         if ev.event_id in self._deleted:
@@ -244,14 +243,17 @@ class Renderer:
         edits = self._ahead.versions.get(ev.event_id)
         if not edits:
             return ""
-        rows = [f"<li>oorspronkelijk, {esc(self._when(ev))}:{message_body(ev, media, self._name_of)}</li>"]
+        original = message_body(ev, media, self._name_of, self._quote)
+        rows = [f"<li>oorspronkelijk, {esc(self._when(ev))}:{original}</li>"]
         for edit in edits[:-1]:
-            rows.append(f"<li>bewerking {ref(edit.event_id)}, {esc(self._when(edit))}:{self._text(edit)}</li>")
+            link = f'<a href="#{anchor(edit.event_id)}">bewerking</a>'
+            rows.append(f"<li>{link}, {esc(self._when(edit))}:{self._text(edit)}</li>")
         last = edits[-1]
         n = len(edits)
         return (
             f'<details class="versions"><summary>bewerkt, laatst op {esc(self._when(last))}'
-            f" ({ref(last.event_id)}); {n} eerdere {'versie' if n == 1 else 'versies'}</summary>"
+            f' (<a href="#{anchor(last.event_id)}">naar de bewerking</a>); {n} eerdere'
+            f" {'versie' if n == 1 else 'versies'}</summary>"
             f"<ol>{''.join(rows)}</ol></details>"
         )
 
@@ -384,21 +386,41 @@ class Renderer:
         return lead
 
     def _membership(self, ev: Event) -> str:
+        """Said from the sender's side, as a chat client does: "kwam erbij", "nodigde X uit"."""
         c = ev.content
         membership = text_of(c, "membership") or "?"
         target = text_of(c, "target") or ""
-        if membership == "leave":
-            verb = "verliet het gesprek" if target == ev.sender else "werd verwijderd"
+        previous = c.get("previous")
+        before = previous.get("membership") if isinstance(previous, Mapping) else None
+        old_name = previous.get("displayname") if isinstance(previous, Mapping) else None
+        own = target == ev.sender
+        name = text_of(c, "displayname")
+        named = f" (weergavenaam <bdi>{esc_id(name)}</bdi>)" if name is not None else ""
+        if membership == "join" and before == "join" and own and name is not None and old_name != name:
+            old = f"<bdi>{esc_id(old_name)}</bdi>" if isinstance(old_name, str) else "(geen)"
+            out = f"<p>veranderde de weergavenaam van {old} in <bdi>{esc_id(name)}</bdi>"
+        elif own:
+            verb = _OWN.get(membership, f"lidmaatschap: {esc(membership)}")
+            out = f"<p>{verb}{named}"
         else:
-            verb = _MEMBERSHIP.get(membership, f"lidmaatschap {esc(membership)}")
-        out = f"<p>{self._who(target)} {verb}"
-        if ev.sender is not None and ev.sender != target and membership != "join":
-            out += f" door {self._short_who(ev.sender)}"
-        if (name := text_of(c, "displayname")) is not None:
-            out += f" (weergavenaam <bdi>{esc_id(name)}</bdi>)"
+            verb = _OTHER.get(membership, "wijzigde het lidmaatschap ({}) van")
+            if "{}" in verb:
+                verb = verb.format(esc(membership))
+            out = f"<p>{verb} {self._who(target)}{' uit' if membership == 'invite' else ''}{named}"
         if (reason := text_of(c, "reason")) is not None:
             out += f" (reden: <bdi>{esc(reason)}</bdi>)"
         return out + "</p>"
+
+
+#: Membership from the sender's side: their own change, and what they did to someone else.
+_OWN = {"join": "kwam erbij", "leave": "verliet het gesprek", "knock": "vroeg om toegang", "invite": "werd uitgenodigd"}
+_OTHER = {
+    "invite": "nodigde",
+    "leave": "verwijderde uit het gesprek:",
+    "ban": "verbande",
+    "join": "liet toe:",
+    "knock": "vroeg om toegang voor",
+}
 
 
 def _encryption_title(enc: Mapping[str, object]) -> str:
