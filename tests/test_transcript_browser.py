@@ -151,7 +151,7 @@ def test_the_browser_page_reads_like_the_chat(name: str, rendered: dict[str, Any
     assert "Ja, concept volgt vanmiddag." in words(versions)  # the original, one click away
     reactions = reply_li.xpath('.//ul[@class="reactions"]/li')
     assert [words(r) for r in reactions] == ["👍 (thumbs up sign) 1 minister"]
-    assert reactions[0].xpath('.//span[@class="emoji"]/@title') == ["thumbs up sign"]
+    assert reactions[0].xpath('.//span[@class="emoji named"]/@title') == ["thumbs up sign"]
 
     gone_li = doc.xpath(f'//li[@id="{anchor(gone.event_id)}"]')[0]
     assert "deleted" in gone_li.get("class").split()

@@ -125,6 +125,7 @@ font-size:.88em;border-radius:.2rem}}a.quote{{color:#1b1b1b;text-decoration:none
 ul.reactions{{list-style:none;padding:0;margin:.3rem 0 0;display:flex;flex-wrap:wrap;gap:.3rem}}
 ul.reactions li{{background:#fff;border:1px solid #d5dbe5;border-radius:1rem;padding:0 .55rem;font-size:.85em}}
 .count{{font-weight:600}}s.withdrawn{{color:#777}}.emoji{{font-family:{_EMOJI_FONTS},sans-serif}}
+.emoji:not(.named)::after{{content:" (" attr(title) ")";font:.72em system-ui,sans-serif;color:#666}}
 .emoji-name{{color:#5a5a5a;font-size:.8em}}details.versions{{font-size:.88em;margin:.2rem 0}}
 details.versions ol{{margin:.2rem 0;padding-left:1.2rem}}summary{{cursor:pointer}}
 .warn{{font-weight:700;color:#8a3c00}}

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from bridge.archive.lookahead import Lookahead, Poll, answers_of
-from bridge.archive.transcript.text import esc, esc_id, ref
+from bridge.archive.transcript.text import emoji_html, esc, esc_id, ref
 from bridge.events import Event
 
 #: Renders a sender (name, id, warnings) as HTML.
@@ -27,14 +27,14 @@ def poll_html(ev: Event, ahead: Lookahead, who: Who) -> str:
         return _vote(ev, poll, start, ahead)
     if action == "end":
         result = ahead.results.get(ev.event_id)
-        text = f' <bdi dir="auto">{esc(poll["text"])}</bdi>' if isinstance(poll.get("text"), str) else ""
+        text = f' <bdi dir="auto">{emoji_html(esc(poll["text"]))}</bdi>' if isinstance(poll.get("text"), str) else ""
         out = f"<p>sloot peiling {ref(ev.relates_to)}{text}</p>"
         if result is None:
             return (
                 out
                 + '<p class="note">(niet de eerste afsluiting van een peiling uit deze maand: geen uitslag hier)</p>'
             )
-        rows = "".join(f"<li><bdi>{esc(a.text)}</bdi>: {n}</li>" for a, n in result)
+        rows = "".join(f"<li><bdi>{emoji_html(esc(a.text))}</bdi>: {n}</li>" for a, n in result)
         return (
             out + f'<p>Uitslag (laatste stem van elke deelnemer vóór de afsluiting):</p><ul class="tally">{rows}</ul>'
         )
@@ -60,14 +60,14 @@ def answer(start: Poll | None, answer_id: str) -> str:
     text = start.answer_text(answer_id) if start is not None else None
     if text is None:
         return f"<bdi><code>{esc_id(answer_id)}</code></bdi>" + (" (geen antwoord van deze peiling)" if start else "")
-    return f"“<bdi>{esc(text)}</bdi>”"
+    return f"“<bdi>{emoji_html(esc(text))}</bdi>”"
 
 
 def poll_start(poll: Mapping[str, object], start: Poll | None, who: Callable[[str | None], str]) -> str:
-    question = esc(poll.get("question") if isinstance(poll.get("question"), str) else "")
+    question = emoji_html(esc(poll.get("question") if isinstance(poll.get("question"), str) else ""))
     out = f'<p>begon een peiling: <bdi dir="auto" class="question">{question}</bdi></p>'
     answers = start.answers if start is not None else answers_of(poll.get("answers"))
-    out += '<ol class="answers">' + "".join(f"<li><bdi>{esc(a.text)}</bdi></li>" for a in answers) + "</ol>"
+    out += '<ol class="answers">' + "".join(f"<li><bdi>{emoji_html(esc(a.text))}</bdi></li>" for a in answers) + "</ol>"
     if start is None:
         return out
     limit = f"hoogstens {start.max_selections} antwoorden" if start.max_selections > 1 else "één antwoord"

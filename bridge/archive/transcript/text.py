@@ -199,14 +199,19 @@ def emoji_name(emoji: str) -> str:
 
 
 def emoji_html(escaped: str, named: bool = False) -> str:
-    """Escaped text with each emoji in a span carrying its Unicode name (`title`, `aria-label`), so a reader
-    without an emoji font still learns what it was; `named`: the name is also shown, in brackets."""
+    """Escaped text with each emoji in a span carrying its Unicode name (`title`, `aria-label`; the page's
+    style shows it after the emoji, small), so a reader without an emoji font still learns what it was and
+    the text content stays the chat's own; `named`: the name is in the text too, in brackets (reactions)."""
     if escaped.isascii():
         return escaped
 
     def wrap(m: re.Match[str]) -> str:
         name = emoji_name(m.group())
-        shown = f'<span class="emoji-name"> ({name})</span>' if named else ""
-        return f'<span class="emoji" role="img" aria-label="{name}" title="{name}">{m.group()}</span>{shown}'
+        if named:
+            return (
+                f'<span class="emoji named" role="img" aria-label="{name}" title="{name}">{m.group()}</span>'
+                f'<span class="emoji-name"> ({name})</span>'
+            )
+        return f'<span class="emoji" role="img" aria-label="{name}" title="{name}">{m.group()}</span>'
 
     return _EMOJI.sub(wrap, escaped)
