@@ -46,7 +46,13 @@ def render_room(name: str, out_dir: Path) -> tuple[Path, list[DossierLine]]:
     """The room's transcript as the package writer makes it (first pass, media hrefs, provenance)."""
     lines = _lines(name)
     events = [line.event for line in lines if line.event is not None]
-    media = {att.blob_id: f"media/{line.seq}-{att.filename}" for line in lines if line.event for att in line.event.attachments if att.blob_id}
+    media = {
+        att.blob_id: f"media/{line.seq}-{att.filename}"
+        for line in lines
+        if line.event
+        for att in line.event.attachments
+        if att.blob_id
+    }
     out = io.BytesIO()
     write_transcript(
         out,
@@ -156,7 +162,9 @@ def test_the_browser_page_reads_like_the_chat(name: str, rendered: dict[str, Any
     gone_li = doc.xpath(f'//li[@id="{anchor(gone.event_id)}"]')[0]
     assert "deleted" in gone_li.get("class").split()
     assert words(gone_li.xpath('./div[@class="body"]')[0]) == "Dit had ik niet moeten sturen."
-    assert words(gone_li.xpath('./p[@class="deleted-note"]')[0]).startswith("Verwijderd door minister @minister:localhost op woensdag 2 december 2026")
+    assert words(gone_li.xpath('./p[@class="deleted-note"]')[0]).startswith(
+        "Verwijderd door minister @minister:localhost op woensdag 2 december 2026"
+    )
     assert "(reden: verkeerde chat)" in words(gone_li)
 
     state = [line.seq for line in lines if line.event is not None and line.event.kind.value == "state"]
@@ -183,7 +191,9 @@ def test_the_browser_page_reads_like_the_chat(name: str, rendered: dict[str, Any
 
 
 @pytest.mark.parametrize("name", list(ROOMS))
-def test_print_to_pdf_keeps_collapsed_content_and_shows_links(name: str, rendered: dict[str, Any], tmp_path: Path) -> None:
+def test_print_to_pdf_keeps_collapsed_content_and_shows_links(
+    name: str, rendered: dict[str, Any], tmp_path: Path
+) -> None:
     """Printed (print stylesheet): every <details> is open, so earlier versions, the set-up block and the
     recorded JSON are in the PDF; links to files print their href; the footer is there."""
     page, lines = rendered[name]

@@ -333,7 +333,8 @@ class Renderer:
         if kind == Kind.DELETION:
             reason = text_of(c, "reason")
             why = f" (reden: <bdi>{esc(reason)}</bdi>)" if reason else ""
-            return f'<p class="note">verwijderde {self._quote(ev.relates_to)}{why}; het origineel blijft in het archief</p>'
+            what = self._quote(ev.relates_to)
+            return f'<p class="note">verwijderde {what}{why}; het origineel blijft in het archief</p>'
         if kind == Kind.REACTION:
             # "removed" is the stored flag; "remove" is how logs written before named it.
             removed = c.get("removed") is True or c.get("remove") is True

@@ -109,7 +109,8 @@ li.day{{text-align:center;margin:1rem 0 .5rem;color:#154273}}li.day h2{{display:
 background:#e8eef6;border-radius:1rem;padding:.1rem .8rem;font-weight:600}}
 li.compact,li.membership,li.group,li.state{{background:none;border:none;padding:.1rem .6rem;margin:.1rem 0;
 font-size:.88em;color:#444}}
-li.compact .head,li.membership .head,li.state .head{{display:inline}}li.compact p,li.membership p,li.state p{{display:inline;margin:0 0 0 .4rem}}
+li.compact .head,li.membership .head,li.state .head{{display:inline}}
+li.compact p,li.membership p,li.state p{{display:inline;margin:0 0 0 .4rem}}
 li.group summary{{cursor:pointer;color:#444}}li.group ol.log{{margin-left:1rem}}
 .head{{margin-bottom:.15rem}}.who{{font-weight:600;color:#154273}}.id,.meta,.seq,.time{{color:#5a5a5a;font-size:.82em}}
 a.seq{{float:right;text-decoration:none;margin-left:.5rem}}
@@ -130,7 +131,8 @@ ul.reactions li{{background:#fff;border:1px solid #d5dbe5;border-radius:1rem;pad
 details.versions ol{{margin:.2rem 0;padding-left:1.2rem}}summary{{cursor:pointer}}
 .warn{{font-weight:700;color:#8a3c00}}
 .formatted{{white-space:normal}}figure.att{{margin:.3rem 0}}figure.att img{{max-width:100%;max-height:24rem}}
-.att{{margin:.2rem 0}}pre{{white-space:pre-wrap;overflow-wrap:anywhere;font-size:.85em;background:#f7f7f7;padding:.3rem}}
+.att{{margin:.2rem 0}}
+pre{{white-space:pre-wrap;overflow-wrap:anywhere;font-size:.85em;background:#f7f7f7;padding:.3rem}}
 section.lookalikes{{border:2px solid #d46b08;background:#fff7ec;padding:.3rem .6rem;margin-bottom:1rem}}
 details.settings,details.about{{border:1px solid #d5dbe5;border-radius:.4rem;padding:.3rem .6rem;margin:.5rem 0;
 background:#fafbfc}}details.settings ol{{padding-left:1.2rem;font-size:.9em}}
@@ -217,7 +219,8 @@ def _foot(count: int, first: int | None, last: int | None, provenance: Provenanc
     if first is None or last is None:
         shown = "<p>Dit verslag bevat geen records.</p>"
     else:
-        shown = f"<p>Dit verslag toont {count} {'record' if count == 1 else 'records'}: recordnummers #{first} tot en met #{last}.</p>"
+        records = "record" if count == 1 else "records"
+        shown = f"<p>Dit verslag toont {count} {records}: recordnummers #{first} tot en met #{last}.</p>"
     pkg = ""
     if provenance is not None:
         p = provenance

@@ -169,10 +169,10 @@ def setting_label(c: Mapping[str, object]) -> str:
     typ = text_of(c, "type") or "?"
     label = _SETTING_NAMES.get(typ, "instelling")
     content = c.get("content")
-    for (t, key), words in _SETTING_VALUES.items():
-        if t == typ and isinstance(content, Mapping) and isinstance(value := content.get(key), str):
-            shown = words.get(value)
-            label += f": {esc(shown)}" if shown else f": “<bdi>{esc(value)}</bdi>”"
+    for (t, field), words in _SETTING_VALUES.items():
+        if t == typ and isinstance(content, Mapping) and isinstance(value := content.get(field), str):
+            said = words.get(value)
+            label += f": {esc(said)}" if said else f": “<bdi>{esc(value)}</bdi>”"
     key = text_of(c, "state_key")
     extra = f", state key <bdi><code>{esc(key)}</code></bdi>" if key else ""
     return f'{label} <span class="meta">(<bdi><code>{esc(typ)}</code></bdi>{extra})</span>'
