@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import tzinfo
+from datetime import datetime, tzinfo
 
 from bridge.archive.formatted import strip_reply_fallback
 from bridge.archive.lookahead import Lookahead
@@ -59,6 +59,9 @@ class TranscriptEntry:
     media: Mapping[str, str] = field(default_factory=dict)
 
 
+#: Kinds marked deleted in place, and kinds written compactly (they concern another entry).
+_SHOWN_DELETED = frozenset({Kind.MESSAGE, Kind.ATTACHMENT, Kind.POLL})
+_COMPACT = frozenset({Kind.EDIT, Kind.REACTION, Kind.DELETION})
 #: Entries grouped in one run at most (memory stays bounded whatever the run).
 _RUN_MAX = 256
 #: Characters of a quoted snippet.
@@ -90,7 +93,7 @@ class Renderer:
         self._who_html: dict[str | None, str] = {}  # `_who` per sender, valid while `_names` is unchanged
         self._settings = {ev.event_id for ev in ahead.settings}
         self._snippets: dict[str, str] = {}  # quoted event id -> "who: “text”" (HTML)
-        self._day: str | None = None
+        self._date: tuple[int, int, int] | None = None  # the day of the last day heading
         self._run: list[tuple[int, str, bool]] = []  # grouped entries: (seq, html, is a setting)
 
     # -- the stream -----------------------------------------------------------------------------------
@@ -99,13 +102,13 @@ class Renderer:
         """The HTML for one entry: its `<li>`, maybe after a day heading; "" while it waits in a group."""
         ev = entry.event
         out = ""
+        t = None
         if ev is not None and entry.withheld is None:
             t = local_time(ev.sent_at if ev.sent_at is not None else ev.received_at, self._tz)
-            day = dutch_date(t) if t is not None else None
-            if day is not None and day != self._day:
-                out += self.finish() + f'<li class="day"><h2>{esc(day)}</h2></li>\n'
-                self._day = day
-        shown = self._entry(entry)
+            if t is not None and (t.year, t.month, t.day) != self._date:
+                self._date = (t.year, t.month, t.day)
+                out += self.finish() + f'<li class="day"><h2>{esc(dutch_date(t))}</h2></li>\n'
+        shown = self._entry(entry, t)
         if ev is not None and entry.withheld is None and (ev.kind == Kind.MEMBERSHIP or ev.event_id in self._settings):
             self._run.append((entry.seq, shown, ev.kind != Kind.MEMBERSHIP))
             return out + (self.finish() if len(self._run) >= _RUN_MAX else "")
@@ -129,7 +132,7 @@ class Renderer:
             f'<ol class="log">\n{inner}</ol></details></li>\n'
         )
 
-    def _entry(self, entry: TranscriptEntry) -> str:
+    def _entry(self, entry: TranscriptEntry, t: datetime | None) -> str:
         ev = entry.event
         if ev is None:
             body = tombstone(entry.withheld, self._tz) if entry.withheld else '<p class="note">record niet getoond</p>'
@@ -140,13 +143,13 @@ class Renderer:
             self._learn_name(ev)
         elif ev.source == SIGNAL and ev.sender is not None and (name := text_of(ev.content, "sender_name")):
             self._learn_signal_name(ev.sender, name)
-        when = time_html(ev.sent_at if ev.sent_at is not None else ev.received_at, self._tz)
+        when = time_html(ev.sent_at if ev.sent_at is not None else ev.received_at, self._tz, t)
         head = f"{self._who(ev.sender)} {when}"
         body = self._body(ev, entry.media)
         css = ev.kind.value
-        if ev.kind in (Kind.MESSAGE, Kind.ATTACHMENT, Kind.POLL) and self._is_deleted(ev.event_id):
+        if ev.kind in _SHOWN_DELETED and self._is_deleted(ev.event_id):
             css += " deleted"
-        if ev.kind in (Kind.EDIT, Kind.REACTION, Kind.DELETION) or ev.event_id in self._settings:
+        if ev.kind in _COMPACT or ev.event_id in self._settings:
             css += " compact"
         return li(anchor(ev.event_id), css, entry.seq, head + self._marks(ev), body)
 
@@ -454,8 +457,8 @@ def retention(c: Mapping[str, object]) -> str:
 
 
 def li(aid: str, kind: str, seq: int, head: str, body: str) -> str:
-    seq_link = f'<a class="seq" href="#{aid}" title="recordnummer in het log">#{seq}</a>'
-    css = " ".join(_KIND_CLASS.get(k) or esc(k) for k in kind.split(" "))
+    seq_link = f'<a class="seq" href="#{aid}">#{seq}</a>'
+    css = _KIND_CLASS.get(kind) or " ".join(_KIND_CLASS.get(k) or esc(k) for k in kind.split(" "))
     return f'<li id="{aid}" class="entry {css}"><div class="head">{head} {seq_link}</div>{body}</li>\n'
 
 

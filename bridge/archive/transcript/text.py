@@ -153,11 +153,21 @@ def dutch_month(month: str) -> str:
     return month
 
 
+_OFFSETS: dict[object, str] = {}
+
+
 def _offset(t: datetime) -> str:
     off = t.utcoffset()
-    minutes = int(off.total_seconds() // 60) if off is not None else 0
-    sign = "+" if minutes >= 0 else "-"
-    return f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    shown = _OFFSETS.get(off)
+    if shown is None:
+        minutes = int(off.total_seconds() // 60) if off is not None else 0
+        sign = "+" if minutes >= 0 else "-"
+        shown = _OFFSETS[off] = f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    return shown
+
+
+def _full(t: datetime) -> str:
+    return f"{dutch_date(t)} {t.hour:02d}:{t.minute:02d}:{t.second:02d} ({_offset(t)})"
 
 
 def dutch_time(ms: int | None, tz: tzinfo = TIMEZONE) -> str:
@@ -167,16 +177,17 @@ def dutch_time(ms: int | None, tz: tzinfo = TIMEZONE) -> str:
     t = local_time(ms, tz)
     if t is None:
         return f"ongeldige tijd ({ms})"
-    return f"{dutch_date(t)} {t.hour:02d}:{t.minute:02d}:{t.second:02d} ({_offset(t)})"
+    return _full(t)
 
 
-def time_html(ms: int | None, tz: tzinfo = TIMEZONE) -> str:
-    """A `<time>` with the clock time shown, the full Dutch date in `title` and the ISO time in `datetime`."""
-    t = local_time(ms, tz)
+def time_html(ms: int | None, tz: tzinfo = TIMEZONE, t: datetime | None = None) -> str:
+    """A `<time>` with the clock time shown, the full Dutch date in `title` and the ISO time in `datetime`.
+    `t`: `local_time(ms, tz)` when the caller has it already."""
+    if t is None:
+        t = local_time(ms, tz)
     if t is None:
         return f'<span class="time">{esc(dutch_time(ms, tz))}</span>'
-    full = dutch_time(ms, tz)
-    return f'<time class="time" datetime="{t.isoformat()}" title="{full}">{t.hour:02d}:{t.minute:02d}</time>'
+    return f'<time class="time" datetime="{t.isoformat()}" title="{_full(t)}">{t.hour:02d}:{t.minute:02d}</time>'
 
 
 # -- emoji ---------------------------------------------------------------------------------------------
