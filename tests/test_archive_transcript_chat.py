@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.archive.lookahead import Lookahead
+from bridge.archive.lookalike import visible
 from bridge.archive.transcript import TranscriptEntry, anchor, clean_text
 from bridge.archive.transcript.text import emoji_html, emoji_name, esc
 from bridge.events import EventId, Kind, SenderId
@@ -49,9 +50,12 @@ def test_a_reply_to_a_message_not_in_the_month_says_so() -> None:
 
 
 def test_hostile_text_in_quotes_versions_and_reactions_stays_text() -> None:
-    """The attack: chat text crafted to become markup where it is repeated (quote, version list, reaction)."""
+    """The attack: chat text and a display name crafted to become markup where they are repeated (quote, the
+    edit's lead, version list, reaction)."""
     for evil in HOSTILE:
+        name = {"membership": "join", "target": "@minister:example.org", "displayname": evil + ": x"}
         events = [
+            ev(9, Kind.MEMBERSHIP, name),  # the name is repeated in quotes and the edit's lead too
             ev(0, content={"body": evil}),
             ev(1, content={"body": "ok", "reply_to": "$e0"}, sender=ALICE),
             ev(2, Kind.EDIT, {"body": evil + " v2"}, relates_to=EventId("$e0")),
@@ -65,6 +69,8 @@ def test_hostile_text_in_quotes_versions_and_reactions_stays_text() -> None:
         assert shown in words(original.xpath('.//details[@class="versions"]')[0])
         assert shown in words(original.xpath('.//ul[@class="reactions"]')[0])
         assert shown in words(entry_of(doc, "$e1").xpath(".//a[@class='quote']")[0])
+        lead = entry_of(doc, "$e2").xpath(".//a[@class='quote']")[0]
+        assert words(lead) == " ".join(f"het bericht van {visible(clean_text(evil))}: x".split()) and len(lead) == 1
 
 
 def test_withheld_content_never_reaches_a_quote_or_a_version() -> None:

@@ -124,9 +124,9 @@ def test_screenshot_shows_the_conversation(name: str, rendered: dict[str, Any], 
     """Chromium renders the page to a non-blank screenshot of the requested size."""
     page, _ = rendered[name]
     shot = tmp_path / f"{name}.png"
-    chromium(tmp_path, "--window-size=1000,1400", f"--screenshot={shot}", page.as_uri())
+    chromium(tmp_path, "--window-size=1000,1150", f"--screenshot={shot}", page.as_uri())
     width, height, colours = png_size_and_colours(shot.read_bytes())
-    assert (width, height) == (1000, 1400) and colours > 50
+    assert (width, height) == (1000, 1150) and colours > 50
     if name == "demo-encrypted" and os.environ.get("UPDATE_SCREENSHOT") == "1":
         DOCS_IMG.parent.mkdir(exist_ok=True)
         DOCS_IMG.write_bytes(shot.read_bytes())

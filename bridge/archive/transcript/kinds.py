@@ -92,7 +92,7 @@ class Renderer:
         self._deleted = deleted
         self._who_html: dict[str | None, str] = {}  # `_who` per sender, valid while `_names` is unchanged
         self._settings = {ev.event_id for ev in ahead.settings}
-        self._snippets: dict[str, str] = {}  # quoted event id -> "who: “text”" (HTML)
+        self._snippets: dict[str, tuple[str, str]] = {}  # quoted event id -> (who, “text”) as HTML
         self._date: tuple[int, int, int] | None = None  # the day of the last day heading
         self._run: list[tuple[int, str, bool]] = []  # grouped entries: (seq, html, is a setting)
 
@@ -303,12 +303,15 @@ class Renderer:
         if len(text) > _SNIPPET:
             text = text[: _SNIPPET - 1].rstrip() + "…"
         said = f"“<bdi>{emoji_html(esc(text))}</bdi>”" if text else f"({esc(ev.kind.value)})"
-        self._snippets[ev.event_id] = f"{self._short_who(ev.sender)}: {said}"
+        self._snippets[ev.event_id] = (self._short_who(ev.sender), said)
 
-    def _quote(self, event_id: str | None) -> str:
-        """A link to an earlier event showing who wrote what, else its id (not shown above in this transcript)."""
+    def _quote(self, event_id: str | None, text: bool = True) -> str:
+        """A link to an earlier event showing who wrote what (`text` False: only whose message it is), else its id
+        (not shown above in this transcript)."""
         if event_id is not None and (snippet := self._snippets.get(event_id)) is not None:
-            return f'<a class="quote" href="#{anchor(event_id)}">{snippet}</a>'
+            who, said = snippet
+            shown = f"{who}: {said}" if text else f"het bericht van {who}"
+            return f'<a class="quote" href="#{anchor(event_id)}">{shown}</a>'
         return f'{ref(event_id)} <span class="note">(niet eerder in dit overzicht)</span>'
 
     # -- bodies ---------------------------------------------------------------------------------------
@@ -378,7 +381,8 @@ class Renderer:
 
     def _edit_lead(self, ev: Event) -> str:
         """What an edit says before its text: what it edits, or that it is a rejected attempt."""
-        lead = f'<p class="note">bewerking van {self._quote(ev.relates_to)}; nieuwe tekst:</p>'
+        # the original shows its latest text and every version: here only whose message this edits
+        lead = f'<p class="note">bewerking van {self._quote(ev.relates_to, text=False)}; nieuwe tekst:</p>'
         if (owner := self._ahead.rejected.get(ev.event_id)) is not None:
             lead = (
                 f'<p class="warn">afgewezen bewerkingspoging: {ref(ev.relates_to)} is verstuurd door'

@@ -215,6 +215,13 @@ def lookalike_notice(found: Iterable[Lookalike]) -> str:
     )
 
 
+#: The package status (`derive.STATUS_*`, English in proof/range.json) in words.
+_STATUS = {
+    "closed month": "maand afgesloten",
+    "open month, interim": "lopende maand, tussentijds pakket",
+}
+
+
 def _foot(count: int, first: int | None, last: int | None, provenance: Provenance | None, tz: tzinfo) -> str:
     if first is None or last is None:
         shown = "<p>Dit verslag bevat geen records.</p>"
@@ -226,7 +233,7 @@ def _foot(count: int, first: int | None, last: int | None, provenance: Provenanc
         p = provenance
         pkg = (
             f"<p>Pakket: records {p.start} tot en met {p.end - 1} van het log <bdi><code>{esc(p.key_name)}</code></bdi>"
-            f" ({esc(p.status)}). Controlepunt: de ondertekende boomwortel van het log na {p.end} records,"
+            f" ({esc(_STATUS.get(p.status, p.status))}). Controlepunt: de ondertekende boomwortel van het log na {p.end} records,"
             f" {esc(dutch_time(p.sealed_ms, tz))}, in <code>proof/checkpoint-end.txt</code>; elk record staat als"
             " blad in <code>proof/leaves.txt</code>.</p>"
         )
