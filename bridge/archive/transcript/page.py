@@ -231,9 +231,11 @@ def _foot(count: int, first: int | None, last: int | None, provenance: Provenanc
     pkg = ""
     if provenance is not None:
         p = provenance
+        span = f"records {p.start} tot en met {p.end - 1}" if p.end > p.start else "geen records"
+        status = esc(_STATUS.get(p.status, p.status))
         pkg = (
-            f"<p>Pakket: records {p.start} tot en met {p.end - 1} van het log <bdi><code>{esc(p.key_name)}</code></bdi>"
-            f" ({esc(_STATUS.get(p.status, p.status))}). Controlepunt: de ondertekende boomwortel van het log na {p.end} records,"
+            f"<p>Pakket: {span} van het log <bdi><code>{esc(p.key_name)}</code></bdi> ({status})."
+            f" Controlepunt: de ondertekende boomwortel van het log na {p.end} records,"
             f" {esc(dutch_time(p.sealed_ms, tz))}, in <code>proof/checkpoint-end.txt</code>; elk record staat als"
             " blad in <code>proof/leaves.txt</code>.</p>"
         )
