@@ -82,7 +82,7 @@ def test_poll_edit_attempt_and_lookalike_survive_re_derivation(tmp_path: Path, m
     assert "Kamerbrief vandaag versturen?" in html
     assert "<bdi>Ja</bdi>: 2</li>" in html and "<bdi>Nee</bdi>: 0</li>" in html
     assert "afgewezen bewerkingspoging" in html
-    assert "looks like" in html
+    assert "lijkt op" in html
     alpha = next(t for t in pkg.transcripts if "alpha" in str(t)).read_text()
     beta = next(t for t in pkg.transcripts if "beta" in str(t))
     assert alpha.count('<section class="lookalikes">') == 1 and alpha.count('class="warn lookalike"') == 2

@@ -574,11 +574,11 @@ def test_names_and_ids_show_invisibles_and_full_ids() -> None:
 @pytest.mark.parametrize(
     ("name", "why"),
     [
-        ("De Minister", "display name looks like that of @minister:example.org"),
-        ("de  MINISTER\u200b", "display name looks like that of @minister:example.org"),
-        ("Dе Мinistеr", "display name looks like that of @minister:example.org"),  # Cyrillic е, М
-        ("@minister:example.org", "display name looks like the id @minister:example.org"),
-        ("ｍｉｎｉｓｔｅｒ", "display name looks like the id @minister:example.org"),  # fullwidth, NFKC
+        ("De Minister", "weergavenaam lijkt op die van @minister:example.org"),
+        ("de  MINISTER\u200b", "weergavenaam lijkt op die van @minister:example.org"),
+        ("Dе Мinistеr", "weergavenaam lijkt op die van @minister:example.org"),  # Cyrillic е, М
+        ("@minister:example.org", "weergavenaam lijkt op de id @minister:example.org"),
+        ("ｍｉｎｉｓｔｅｒ", "weergavenaam lijkt op de id @minister:example.org"),  # fullwidth, NFKC
     ],
 )
 def test_lookalike_names_are_flagged(name: str, why: str) -> None:
@@ -594,7 +594,7 @@ def test_lookalike_names_are_flagged(name: str, why: str) -> None:
         ]
 
     assert warnings(1) == [f"⚠ {why}"]
-    assert warnings(2) in ([], ["⚠ display name looks like that of @evil:example.org"])  # symmetric for names
+    assert warnings(2) in ([], ["⚠ weergavenaam lijkt op die van @evil:example.org"])  # symmetric for names
 
 
 def test_distinct_names_are_not_flagged() -> None:
@@ -609,11 +609,11 @@ def test_lookalike_ids_are_flagged_once_on_the_later_one() -> None:
     events = [ev(0), ev(1, sender=SenderId("@mіnister:example.org")), ev(2)]  # Cyrillic і
     doc = render_ahead(events)
     warnings = [w.text_content() for w in doc.xpath('//span[@class="warn lookalike"]')]
-    assert warnings == ["⚠ id looks like @minister:example.org"]
+    assert warnings == ["⚠ id lijkt op @minister:example.org"]
     assert doc.xpath(f'//li[@id="{anchor("$e1")}"]//span[@class="warn lookalike"]')
     notice = doc.xpath('//section[@class="lookalikes"]//li')
     assert [li.text_content() for li in notice] == [
-        "@mіnister:example.org en @minister:example.org: the ids look alike"
+        "@mіnister:example.org en @minister:example.org: de ids lijken op elkaar"
     ]
 
 
@@ -624,7 +624,7 @@ def test_lookalike_notice_lists_each_pair_once_whatever_the_traffic() -> None:
     events += [ev(i, sender=evil if i % 2 else SenderId("@minister:example.org")) for i in range(2, 40)]
     doc = render_ahead(events)
     rows = [li.text_content() for li in doc.xpath('//section[@class="lookalikes"]//li')]
-    assert rows == ["@evil:example.org en @minister:example.org: “De Mіnister” looks like “De Minister”"]
+    assert rows == ["@evil:example.org en @minister:example.org: “De Mіnister” lijkt op “De Minister”"]
     marked = {
         li.get("id")
         for li in doc.xpath('//li[contains(@class, "entry")][@id]')
