@@ -81,14 +81,14 @@ def test_poll_edit_attempt_and_lookalike_survive_re_derivation(tmp_path: Path, m
     html = b"".join(t.read_bytes() for t in pkg.transcripts).decode()
     assert "Kamerbrief vandaag versturen?" in html
     assert "<bdi>Ja</bdi>: 2</li>" in html and "<bdi>Nee</bdi>: 0</li>" in html
-    assert "rejected edit attempt" in html
-    assert "looks like" in html
+    assert "afgewezen bewerkingspoging" in html
+    assert "lijkt op" in html
     alpha = (dossier_dir(pkg.path, "alpha") / "transcript.html").read_text()
     beta = dossier_dir(pkg.path, "beta") / "transcript.html"
     assert alpha.count('<section class="lookalikes">') == 1 and alpha.count('class="warn lookalike"') == 2
-    assert "started a call" in alpha and "answered by" in alpha and "ended the call" in alpha
+    assert "begon een oproep" in alpha and "aangenomen door" in alpha and "beëindigde de oproep" in alpha
     link = f'<a class="conversation" href="../{urllib.parse.quote(beta.parent.name)}/transcript.html">'
-    assert link in alpha and "continues in" in alpha
+    assert link in alpha and "gaat verder in" in alpha
     pub = keyfile.load_public(keyfile.public_path(log.key_file))
     verify_package(pkg.path, pub)
     transcript = pkg.transcripts[0]

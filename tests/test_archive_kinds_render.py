@@ -123,16 +123,16 @@ def test_signal_payment_shows_note_and_amount_if_any() -> None:
     """A payment says so, with its note; the amount when recorded, else that signal-cli does not expose it."""
     event = _one("signal:payment")
     text = bodies([event])[event.event_id]
-    assert "payment" in text and "lunch 12 maart" in text and "amount not" in text
+    assert "betaling" in text and "lunch 12 maart" in text and "bedrag niet" in text
     paid = _with_content(event, payment={**event.content["payment"], "amount": "1.5 MOB"})
-    assert "amount 1.5 MOB" in bodies([paid])[event.event_id]
+    assert "bedrag 1.5 MOB" in bodies([paid])[event.event_id]
 
 
 def test_shared_contact_shows_the_contact() -> None:
     """A shared contact shows the contact's name and numbers."""
     event = _one("signal:shared_contact")
     text = bodies([event])[event.event_id]
-    assert "shared contact" in text and any(n in text for n in event.content["contacts"][0]["numbers"])
+    assert "gedeeld contact" in text and any(n in text for n in event.content["contacts"][0]["numbers"])
 
 
 def _with_content(event: Event, **content: Any) -> Event:
@@ -165,10 +165,10 @@ def test_a_call_is_summarised_who_started_answered_ended_and_how_long(source: st
         _call(source, "e4", "@alice:x", 1_700_000_135_000, {"action": end, "call_id": "c1", "reason": None}),
     ]
     shown = bodies(calls)
-    assert "started a call" in shown["e1"] and "answered by @bob:x" in shown["e1"] and "2:05" in shown["e1"]
-    assert "call signalling" in shown["e2"] and "{" not in shown["e2"]
-    assert "answered the call" in shown["e3"]
-    assert "ended the call" in shown["e4"] and "lasted 2:05" in shown["e4"]
+    assert "begon een oproep" in shown["e1"] and "aangenomen door @bob:x" in shown["e1"] and "2:05" in shown["e1"]
+    assert "oproepsignalering" in shown["e2"] and "{" not in shown["e2"]
+    assert "nam de oproep aan" in shown["e3"]
+    assert "beëindigde de oproep" in shown["e4"] and "duur 2:05" in shown["e4"]
 
 
 def test_an_unanswered_call_says_so() -> None:
@@ -184,8 +184,8 @@ def test_an_unanswered_call_says_so() -> None:
         ),
     ]
     shown = bodies(calls)
-    assert "not answered" in shown["e1"] and "not answered" in shown["e2"] and "timeout" in shown["e2"]
-    assert "lasted" not in shown["e2"]
+    assert "niet aangenomen" in shown["e1"] and "niet aangenomen" in shown["e2"] and "timeout" in shown["e2"]
+    assert "duur" not in shown["e2"]
 
 
 def test_room_upgrade_names_and_links_the_other_conversation() -> None:
@@ -206,9 +206,9 @@ def test_room_upgrade_names_and_links_the_other_conversation() -> None:
     )
     doc = lxml.html.fromstring(out.getvalue())
     tomb_li, create_li = doc.xpath("//li[contains(@class, 'entry')]")
-    assert "continues in" in tomb_li.text_content() and successor in tomb_li.text_content()
+    assert "gaat verder in" in tomb_li.text_content() and successor in tomb_li.text_content()
     assert [a.get("href") for a in tomb_li.xpath(".//a[@class='conversation']")] == ["../next/transcript.html"]
-    assert "continues" in create_li.text_content() and predecessor in create_li.text_content()
+    assert "zet dat gesprek voort" in create_li.text_content() and predecessor in create_li.text_content()
     assert create_li.xpath(".//a[@class='conversation']") == []  # not in this package: shown, not linked
 
 
@@ -216,7 +216,7 @@ def test_identity_mapping_names_every_id() -> None:
     """A Signal identity mapping says which ids are one person and where signal-cli said so."""
     event = _one("synthetic:identity mapping")
     text = bodies([event])[event.event_id]
-    assert "one person" in text and "+31600000002" in text and "PNI:84a939c0" in text and "listContacts" in text
+    assert "één persoon" in text and "+31600000002" in text and "PNI:84a939c0" in text and "listContacts" in text
 
 
 def test_signal_mentions_show_the_person_not_a_placeholder() -> None:

@@ -39,8 +39,8 @@ def test_participants_collect_names_in_order_of_appearance() -> None:
     p.add("@evil:example.org", "MINISTER")
     p.add("@b\u200bob:example.org")
     assert [(f.subject, f.other, f.why) for f in p.lookalikes()] == [
-        ("@evil:example.org", "@minister:example.org", "display name looks like the id @minister:example.org"),
-        ("@b\u200bob:example.org", "@bob:example.org", "id looks like @bob:example.org"),
+        ("@evil:example.org", "@minister:example.org", "weergavenaam lijkt op de id @minister:example.org"),
+        ("@b\u200bob:example.org", "@bob:example.org", "id lijkt op @bob:example.org"),
     ]
 
 
@@ -57,11 +57,11 @@ def test_lookalikes_name_each_pair_once_with_the_later_id_as_subject() -> None:
         }
     )
     assert [(f.subject, f.other, f.why) for f in found] == [
-        ("@evil:example.org", "@minister:example.org", "display name looks like that of @minister:example.org"),
-        ("@mіnister:example.org", "@minister:example.org", "id looks like @minister:example.org"),
-        ("@bob:example.org", "@minister:example.org", "display name looks like the id @minister:example.org"),
-        ("@bob:example.org", "@mіnister:example.org", "display name looks like the id @mіnister:example.org"),
-        ("@ghost:example.org", None, "display name is empty once invisible characters are removed"),
+        ("@evil:example.org", "@minister:example.org", "weergavenaam lijkt op die van @minister:example.org"),
+        ("@mіnister:example.org", "@minister:example.org", "id lijkt op @minister:example.org"),
+        ("@bob:example.org", "@minister:example.org", "weergavenaam lijkt op de id @minister:example.org"),
+        ("@bob:example.org", "@mіnister:example.org", "weergavenaam lijkt op de id @mіnister:example.org"),
+        ("@ghost:example.org", None, "weergavenaam is leeg zonder onzichtbare tekens"),
     ]
 
 

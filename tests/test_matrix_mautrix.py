@@ -13,6 +13,7 @@ import io
 from collections.abc import AsyncIterator
 from typing import Any
 
+import lxml.html
 import pytest
 from mautrix.client import Client
 from mautrix.types import EventType, Format, MessageType, TextMessageEventContent
@@ -128,5 +129,10 @@ async def test_mautrix_traffic_is_archived_faithfully(bot: Bot, official: Offici
     entries = [TranscriptEntry(i, e) for i, e in enumerate(room)]
     write_transcript(out, title="t", conversation=room_id, month="m", entries=entries, lookahead=Lookahead.of(room))
     page = out.getvalue().decode()
-    assert page.count("Zullen we de nota vandaag sturen?") == 1  # the quoted fallback is not shown again
+    # the quoted fallback is not shown again: outside the original's body the text is only in quotes of it
+    # (the reply's and the thread reply's snippet links), never as message text
+    doc = lxml.html.document_fromstring(page)
+    said = doc.xpath('//text()[contains(., "Zullen we de nota vandaag sturen?")]')
+    outside_quotes = [t for t in said if not t.getparent().xpath('ancestor-or-self::a[@class="quote"]')]
+    assert len(outside_quotes) == 1 and len(said) > 1
     assert "<bdi>Ja</bdi>: 1</li>" in page and "sticker: <bdi>Duim omhoog</bdi>" in page

@@ -16,11 +16,17 @@ Edit rule (the spec's): an edit counts only if its sender is the original's send
 Call rule: a call is keyed by its call id; its first start (Matrix `invite`, Signal `offer`), first
 `answer` and first end (`hangup`, `reject`, `busy`) make its summary: who started, answered and ended
 it, and how long it lasted (end time minus answer time, from the events' own times).
+Conversation view (what lets an entry show what happens to it later, as a chat client does): the own-sender
+edits of each original (`versions`, in log order: its latest text and every earlier version), the reactions
+to each event (`reactions`), the first deletion of each event (`deletions`), the ids that replies, edits,
+reactions and deletions point at (`quoted`: the renderer keeps a snippet of only those), and the generic state
+changes (`settings`: room set-up and later changes, summarised once at the top of the transcript). Memory
+grows with the number of edits, reactions, deletions, replies and state changes, never with plain messages.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bridge.archive.lookalike import Participants
@@ -115,6 +121,16 @@ class Lookahead:
     #: call id -> what its signalling events say (STATE events with `content["call"]`)
     calls: dict[str, Call] = field(default_factory=dict)
     checks_edits: bool = False
+    #: original event id -> its own sender's edits, in log order (the last one is its latest text)
+    versions: dict[str, list[Event]] = field(default_factory=dict)
+    #: event id -> reactions to it, in log order (removed ones included)
+    reactions: dict[str, list[Event]] = field(default_factory=dict)
+    #: event id -> the first deletion of it
+    deletions: dict[str, Event] = field(default_factory=dict)
+    #: ids that replies, edits, reactions and deletions point at
+    quoted: set[str] = field(default_factory=set)
+    #: generic state changes (not calls, upgrades, pins or identity mappings), in log order
+    settings: list[Event] = field(default_factory=list)
 
     @classmethod
     def of(cls, events: Iterable[Event], edit_targets: Collection[str] | None = None) -> Lookahead:
@@ -122,19 +138,21 @@ class Lookahead:
         package writer's pre-pass knows them); only their senders are remembered. None: remember all."""
         ahead = cls(checks_edits=True)
         senders: dict[str, str | None] = {}
-        edits: list[tuple[str, str | None, str]] = []
+        edits: list[Event] = []
         for ev in events:
             ahead._observe(ev)
             if edit_targets is None or ev.event_id in edit_targets:
                 senders[ev.event_id] = ev.sender
             if ev.kind == Kind.EDIT and ev.relates_to is not None:
-                edits.append((ev.event_id, ev.sender, ev.relates_to))
-        for edit_id, sender, target in edits:
+                edits.append(ev)
+        for edit in edits:
+            edit_id, sender, target = edit.event_id, edit.sender, edit.relates_to or ""
             if target not in senders:
                 continue  # the original is not in this month: nothing here is marked, the edit is shown as sent
             original = senders[target]
             if sender == original:
                 ahead.edited[target] = edit_id
+                ahead.versions.setdefault(target, []).append(edit)
             else:
                 ahead.rejected[edit_id] = original or "(no sender)"
                 ahead.attempts.setdefault(target, []).append(edit_id)
@@ -152,6 +170,17 @@ class Lookahead:
             self._poll(ev, poll)
         if ev.kind == Kind.STATE and isinstance(call := c.get("call"), dict):
             self._call(ev, call)
+        elif ev.kind == Kind.STATE and is_setting(c):
+            self.settings.append(ev)
+        target = ev.relates_to
+        if ev.kind in (Kind.EDIT, Kind.REACTION, Kind.DELETION) and target is not None:
+            self.quoted.add(target)
+            if ev.kind == Kind.REACTION:
+                self.reactions.setdefault(target, []).append(ev)
+            elif ev.kind == Kind.DELETION:
+                self.deletions.setdefault(target, ev)
+        if isinstance(reply := c.get("reply_to"), str):
+            self.quoted.add(reply)
 
     def _call(self, ev: Event, call: dict[str, object]) -> None:
         call_id, action = call.get("call_id"), call.get("action")
@@ -190,6 +219,18 @@ class Lookahead:
         elif action == "end" and start.end_id is None:
             start.end_id = ev.event_id
             self.results[ev.event_id] = start.tally()
+
+
+def is_setting(c: Mapping[str, object]) -> bool:
+    """A generic state change (room set-up, name, rules, encryption...): not one that `transcript.state` shows
+    as a call, room upgrade, identity mapping or pin (the same tests, in the same order)."""
+    if isinstance(c.get("call"), Mapping) or isinstance(c.get("replacement_room"), str):
+        return False
+    if isinstance(pred := c.get("predecessor"), Mapping) and isinstance(pred.get("room_id"), str):
+        return False
+    if c.get("type") == "signal.identity_mapping" and isinstance(c.get("identities"), Mapping):
+        return False
+    return not isinstance(c.get("pin"), Mapping)
 
 
 def _str(value: object) -> str:

@@ -131,20 +131,20 @@ def lookalikes(names: Mapping[str, Iterable[str]]) -> list[Lookalike]:
     for group in ids.values():
         first, *rest = group
         for j in rest:
-            pair(first, j, f"id looks like {order[first]}", "the ids look alike")
+            pair(first, j, f"id lijkt op {order[first]}", "de ids lijken op elkaar")
     for key, holders in held.items():
         for i, name in holders:  # a name that looks like another's id
             for j in dict.fromkeys(id_like.get(key, [])):
                 if i > j:
-                    pair(i, j, f"display name looks like the id {order[j]}", f"display name “{name}” looks like the id")
+                    pair(i, j, f"weergavenaam lijkt op de id {order[j]}", f"weergavenaam “{name}” lijkt op de id")
                 elif i < j:
-                    pair(i, j, f"id looks like the display name of {order[i]}", f"id looks like display name “{name}”")
+                    pair(i, j, f"id lijkt op de weergavenaam van {order[i]}", f"id lijkt op weergavenaam “{name}”")
         (first, first_name), *rest_names = sorted(holders)
         for j, name in rest_names:  # a name that looks like another's name
-            pair(first, j, f"display name looks like that of {order[first]}", f"“{name}” looks like “{first_name}”")
+            pair(first, j, f"weergavenaam lijkt op die van {order[first]}", f"“{name}” lijkt op “{first_name}”")
     out = sorted(found.items())
     alone = [
-        (i, Lookalike(order[i], None, "display name is empty once invisible characters are removed", f"“{name}”"))
+        (i, Lookalike(order[i], None, "weergavenaam is leeg zonder onzichtbare tekens", f"“{name}”"))
         for i, name in empty
     ]
     return [finding for _, finding in sorted([(key[1], f) for key, f in out] + alone, key=lambda t: t[0])]

@@ -12,6 +12,7 @@ import posixpath
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import orjson
 
@@ -30,7 +31,7 @@ from bridge.archive.dossier import DossierSummary
 from bridge.archive.leesmij import XSD_PATH
 from bridge.archive.lookahead import Lookahead
 from bridge.archive.range import Month
-from bridge.archive.transcript import TranscriptEntry, write_transcript
+from bridge.archive.transcript import Provenance, TranscriptEntry, write_transcript
 from bridge.events import Event
 from bridge.policy import Withheld
 
@@ -88,7 +89,8 @@ def render_package(
     objects = [mdto.PakbonDossier(f"{serie_name}.MDTO.xml", serie.kenmerk or "", serie.name, "Serie")]
     for state in dossiers:
         links = conversation_links(state, dossiers)
-        ref, dates = _render_dossier(builder, params, serie, state, sealed_ms, interim, links)
+        provenance = Provenance(key_name, start, end, sealed_ms, status)
+        ref, dates = _render_dossier(builder, params, serie, state, provenance, interim, links)
         coverage = coverage.join(dates)
         refs.append(ref)
         named.append((state.folder, ref.name))
@@ -204,11 +206,11 @@ def _render_dossier(
     params: RenderParams,
     serie: mdto.Ref,
     state: DossierState,
-    sealed_ms: int,
+    provenance: Provenance,
     interim: bool,
     links: dict[str, str],
 ) -> tuple[mdto.Ref, Coverage]:
-    month, org = params.month, params.organisation
+    month, org, sealed_ms = params.month, params.organisation, provenance.sealed_ms
     kenmerk = f"{serie.kenmerk}:{state.source}:{state.conversation}:{month}"
     summary = _summarise(builder.data_path(state.events_rel))
     participants = summary.participants()
@@ -231,6 +233,8 @@ def _render_dossier(
             deleted_ids=state.deleted,
             lookahead=_lookahead(builder.data_path(state.events_rel), state),
             links=links,
+            tz=ZoneInfo(params.timezone),
+            provenance=provenance,
         )
     builder.done(transcript_rel, out)
     files = [

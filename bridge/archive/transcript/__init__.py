@@ -30,19 +30,26 @@ Contract:
 * No entry is blank: every kind has a body that says something
   (tests/test_archive_kinds_render.py).
 * Deterministic: the same arguments give the same bytes. Times come from the
-  events and are shown in Europe/Amsterdam.
+  events and are shown in `tz` (the package's `archive.timezone`; default Europe/Amsterdam).
+* Reads like the chat, in Dutch (`lang="nl"`): replies quote their original, reactions are
+  gathered under their message, an edited message shows its latest text with every earlier
+  version in a `<details>`, deletions stay readable in place, state changes are summarised
+  once at the top, emoji carry their Unicode name, the footer gives provenance and how to
+  verify, and a print stylesheet opens every `<details>` (docs/transcript.md). Every record
+  still has its own entry in log order.
 """
 
 from __future__ import annotations
 
 from bridge.archive.transcript.kinds import TranscriptEntry
-from bridge.archive.transcript.page import write_transcript
+from bridge.archive.transcript.page import Provenance, write_transcript
 from bridge.archive.transcript.text import CSP, INLINE_IMAGES, TIMEZONE, anchor, clean_text, format_time, safe_href
 
 __all__ = [
     "CSP",
     "INLINE_IMAGES",
     "TIMEZONE",
+    "Provenance",
     "TranscriptEntry",
     "anchor",
     "clean_text",

@@ -9,27 +9,49 @@ from collections.abc import Callable, Mapping
 
 from bridge.archive.formatted import sanitise, shows_formatted, strip_reply_fallback
 from bridge.archive.lookalike import visible
-from bridge.archive.transcript.text import INLINE_IMAGES, clean_text, esc, esc_id, ref, safe_href, span, text_of
+from bridge.archive.transcript.text import (
+    INLINE_IMAGES,
+    clean_text,
+    emoji_html,
+    esc,
+    esc_id,
+    ref,
+    safe_href,
+    span,
+    text_of,
+)
 from bridge.events import SIGNAL, Attachment, Event
 
 
-def message_body(ev: Event, media: Mapping[str, str], name_of: Callable[[str], str] = str) -> str:
+def _ref_only(event_id: str | None) -> str:
+    return ref(event_id)
+
+
+def message_body(
+    ev: Event,
+    media: Mapping[str, str],
+    name_of: Callable[[str], str] = str,
+    quote: Callable[[str | None], str] = _ref_only,
+) -> str:
     """Everything a message-like entry shows after the edit lead: relations, text, marks, extras, media.
 
-    `name_of`: the display name for a user id, used for Signal mentions."""
+    `name_of`: the display name for a user id, used for Signal mentions. `quote`: how a reply shows the
+    message it answers (a snippet with a link to it; by default a link with its id)."""
     c = ev.content
     if ev.source == SIGNAL and isinstance(mentions := c.get("mentions"), list) and isinstance(c.get("body"), str):
         c = {**c, "body": with_mentions(c["body"], mentions, name_of)}
     lead = ""
     if (reply := text_of(c, "reply_to")) is not None:
-        lead += f'<p class="note">in reply to {ref(reply)}</p>'
+        lead += f'<blockquote class="reply"><span class="note">antwoord op</span> {quote(reply)}</blockquote>'
     if (root := text_of(c, "thread_root")) is not None:
-        lead += f'<p class="note">in thread {ref(root)}</p>'
+        lead += f'<p class="note">in draad {quote(root)}</p>'
     if (received := text_of(c, "conversation_as_received")) is not None:
-        lead += f'<p class="note">arrived as conversation <bdi><code>{esc_id(received)}</code></bdi></p>'
-    text = (sticker_html(c) if c.get("sticker") is True else message_text(c)) + message_marks(c) + extras_html(c)
+        lead += f'<p class="note">binnengekomen als gesprek <bdi><code>{esc_id(received)}</code></bdi></p>'
+    only_name = len(ev.attachments) == 1 and c.get("body") == ev.attachments[0].filename and "format" not in c
+    said = "" if only_name else message_text(c)  # a file's body that is just its name is shown once, as the file
+    text = (sticker_html(c) if c.get("sticker") is True else said) + message_marks(c) + extras_html(c)
     if (geo := text_of(c, "geo_uri")) is not None:
-        text += f'<p class="meta">location <bdi>{esc(geo)}</bdi></p>'
+        text += f'<p class="meta">locatie <bdi>{esc(geo)}</bdi></p>'
     if ev.attachments:
         captions = c.get("captions")
         shown = captions if isinstance(captions, list) else []
@@ -37,7 +59,7 @@ def message_body(ev: Event, media: Mapping[str, str], name_of: Callable[[str], s
             caption = shown[i] if i < len(shown) and isinstance(shown[i], str) else None
             text += attachment_html(att, media, caption)
     if not text:
-        text = '<p class="note">(empty message: no text, media or other content; archived as received)</p>'
+        text = '<p class="note">(leeg bericht: geen tekst, media of andere inhoud; gearchiveerd zoals ontvangen)</p>'
     return lead + text
 
 
@@ -68,7 +90,9 @@ def with_mentions(body: str, mentions: list[object], name_of: Callable[[str], st
 
 def sticker_html(c: Mapping[str, object]) -> str:
     """A Matrix sticker (`sticker: true`): its description; the image is its attachment."""
-    return f'<p class="meta marker">sticker: <bdi>{esc(text_of(c, "body") or "(no description)")}</bdi></p>'
+    return (
+        f'<p class="meta marker">sticker: <bdi>{emoji_html(esc(text_of(c, "body") or "(geen omschrijving)"))}</bdi></p>'
+    )
 
 
 def extras_html(c: Mapping[str, object]) -> str:
@@ -79,18 +103,20 @@ def extras_html(c: Mapping[str, object]) -> str:
         pack, number = sticker.get("pack_id"), sticker.get("sticker_id")
         out += (
             '<p class="meta marker">sticker'
-            + (f" <bdi>{esc(emoji)}</bdi>" if isinstance(emoji, str) and emoji else "")
-            + f" from pack <bdi><code>{esc_id(pack if isinstance(pack, str) else '?')}</code></bdi>,"
+            + (f" <bdi>{emoji_html(esc(emoji), named=True)}</bdi>" if isinstance(emoji, str) and emoji else "")
+            + f" uit pakket <bdi><code>{esc_id(pack if isinstance(pack, str) else '?')}</code></bdi>,"
             + f" sticker #{esc(number if isinstance(number, int) else '?')}</p>"
         )
     if isinstance(payment := c.get("payment"), Mapping):
         note, amount = payment.get("note"), payment.get("amount")
-        out += '<p class="meta marker">payment (MobileCoin)'
-        out += f": note “<bdi>{esc(note)}</bdi>”" if isinstance(note, str) and note else ", no note"
+        out += '<p class="meta marker">betaling (MobileCoin)'
+        out += f": notitie “<bdi>{esc(note)}</bdi>”" if isinstance(note, str) and note else ", geen notitie"
         if isinstance(amount, (str, int)) and not isinstance(amount, bool):
-            out += f"; amount <bdi>{esc(amount)}</bdi></p>"
+            out += f"; bedrag <bdi>{esc(amount)}</bdi></p>"
         else:
-            out += "; amount not recorded (signal-cli does not expose it: it is inside the encrypted receipt)</p>"
+            out += (
+                "; bedrag niet vastgelegd (signal-cli geeft het niet: het zit in het versleutelde ontvangstbewijs)</p>"
+            )
     contacts = c.get("contacts")
     for contact in contacts if isinstance(contacts, list) else []:
         if isinstance(contact, Mapping):
@@ -100,26 +126,26 @@ def extras_html(c: Mapping[str, object]) -> str:
 
 def _contact_html(contact: Mapping[str, object]) -> str:
     name = contact.get("name")
-    parts = [f"<bdi>{esc(name if isinstance(name, str) and name else '(no name)')}</bdi>"]
-    for key, label in (("numbers", "number"), ("emails", "e-mail")):
+    parts = [f"<bdi>{esc(name if isinstance(name, str) and name else '(geen naam)')}</bdi>"]
+    for key, label in (("numbers", "nummer"), ("emails", "e-mail")):
         values = contact.get(key)
         for value in values if isinstance(values, list) else []:
             if isinstance(value, str):
                 parts.append(f"{label} <bdi>{esc(value)}</bdi>")
     if isinstance(org := contact.get("organization"), str) and org:
-        parts.append(f"organisation <bdi>{esc(org)}</bdi>")
-    return f'<p class="meta marker">shared contact: {", ".join(parts)}</p>'
+        parts.append(f"organisatie <bdi>{esc(org)}</bdi>")
+    return f'<p class="meta marker">gedeeld contact: {", ".join(parts)}</p>'
 
 
 def attachment_html(att: Attachment, media: Mapping[str, str], caption: str | None = None) -> str:
-    name = esc(att.filename or "(no file name)")
+    name = esc(att.filename or "(geen bestandsnaam)")
     mtype = att.media_type or ""
     href = safe_href(media.get(att.blob_id, "")) if att.blob_id else None
     size = esc(att.size if att.size is not None else "?")
-    detail = f'<span class="meta">{esc(mtype or "unknown type")}, {size} bytes</span>'
+    detail = f'<span class="meta">{esc(mtype or "onbekend type")}, {size} bytes</span>'
     said = f'<div class="body caption" dir="auto">{esc(caption)}</div>' if caption else ""
     if href is None:
-        why = "not in this package" if att.status == "stored" else f"{att.status}"
+        why = "niet in dit pakket" if att.status == "stored" else f"{_STATUS.get(att.status, att.status)}"
         if att.error:
             why += f": {att.error}"
         return (
@@ -133,6 +159,14 @@ def attachment_html(att: Attachment, media: Mapping[str, str], caption: str | No
     return f'<div class="att"><a href="{link}"><bdi>{name}</bdi></a> {detail}</div>' + said
 
 
+#: Attachment statuses in words (others as stored).
+_STATUS = {
+    "failed": "ophalen mislukt",
+    "oversized": "groter dan de ingestelde grens, niet opgehaald",
+    "pending": "nog niet opgehaald",
+}
+
+
 def message_text(c: Mapping[str, object]) -> str:
     """The body: formatted (sanitised) with the plain text one click away, or the plain text."""
     reply = isinstance(c.get("reply_to"), str)
@@ -141,11 +175,11 @@ def message_text(c: Mapping[str, object]) -> str:
         body = strip_reply_fallback(body)
     formatted = shows_formatted(dict(c))
     if formatted is None:
-        return f'<div class="body" dir="auto">{esc(body)}</div>' if body else ""
+        return f'<div class="body" dir="auto">{emoji_html(esc(body))}</div>' if body else ""
     return (
-        f'<div class="body formatted" dir="auto">{sanitise(formatted, reply)}</div>'
-        f'<details><summary>plain text as sent</summary><div class="body plain" dir="auto">{esc(body)}</div>'
-        "</details>"
+        f'<div class="body formatted" dir="auto">{emoji_html(sanitise(formatted, reply))}</div>'
+        f'<details><summary>platte tekst zoals verstuurd</summary><div class="body plain" dir="auto">'
+        f"{emoji_html(esc(body))}</div></details>"
     )
 
 
@@ -153,12 +187,12 @@ def message_marks(c: Mapping[str, object]) -> str:
     marks = []
     if c.get("voice") not in (None, False):
         duration = duration_text(c)
-        marks.append("voice message" + (f", {duration}" if duration else ""))
+        marks.append("spraakbericht" + (f", {duration}" if duration else ""))
     if c.get("view_once") is True:
-        marks.append("view once: the recipient could open it once")
+        marks.append("eenmalig bekijken: de ontvanger kon het één keer openen")
     seconds = c.get("expires_in_seconds")
     if isinstance(seconds, int) and not isinstance(seconds, bool) and seconds > 0:
-        marks.append(f"disappearing: clients delete it {span(seconds * 1000)} after reading")
+        marks.append(f"verdwijnend: chatprogramma's verwijderen het {span(seconds * 1000)} na lezen")
     return "".join(f'<p class="meta marker">{esc(m)}</p>' for m in marks)
 
 

@@ -14,7 +14,7 @@ import re
 import unicodedata
 import urllib.parse
 from collections.abc import Mapping
-from datetime import datetime
+from datetime import datetime, tzinfo
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -111,7 +111,7 @@ def json_details(value: object) -> str:
         text = orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_INDENT_2).decode("utf-8")
     except TypeError:
         text = repr(value)
-    return f"<details><summary>content</summary><pre>{esc(text)}</pre></details>"
+    return f"<details><summary>inhoud zoals vastgelegd</summary><pre>{esc(text)}</pre></details>"
 
 
 def span(ms: int) -> str:
@@ -119,3 +119,110 @@ def span(ms: int) -> str:
     if seconds < 3600:
         return f"{seconds // 60}:{seconds % 60:02d}"
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# -- Dutch dates and times ----------------------------------------------------------------------------
+
+_DAYS = ("maandag", "dinsdag", "woensdag", "donderdag", "vrijdag", "zaterdag", "zondag")
+_MONTHS = (
+    "januari", "februari", "maart", "april", "mei", "juni",
+    "juli", "augustus", "september", "oktober", "november", "december",
+)  # fmt: skip
+
+
+def local_time(ms: int | None, tz: tzinfo = TIMEZONE) -> datetime | None:
+    """Milliseconds since the epoch in `tz`; None for a missing or impossible time (hostile values never raise)."""
+    if ms is None:
+        return None
+    try:
+        return datetime.fromtimestamp(ms // 1000, tz)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def dutch_date(t: datetime) -> str:
+    """ "dinsdag 14 november 2023"."""
+    return f"{_DAYS[t.weekday()]} {t.day} {_MONTHS[t.month - 1]} {t.year}"
+
+
+def dutch_month(month: str) -> str:
+    """ "2023-11" -> "november 2023"; anything else as given."""
+    year, _, number = month.partition("-")
+    if year.isdigit() and number.isdigit() and 1 <= int(number) <= 12:
+        return f"{_MONTHS[int(number) - 1]} {year}"
+    return month
+
+
+_OFFSETS: dict[object, str] = {}
+
+
+def _offset(t: datetime) -> str:
+    off = t.utcoffset()
+    shown = _OFFSETS.get(off)
+    if shown is None:
+        minutes = int(off.total_seconds() // 60) if off is not None else 0
+        sign = "+" if minutes >= 0 else "-"
+        shown = _OFFSETS[off] = f"UTC{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+    return shown
+
+
+def _full(t: datetime) -> str:
+    return f"{dutch_date(t)} {t.hour:02d}:{t.minute:02d}:{t.second:02d} ({_offset(t)})"
+
+
+def dutch_time(ms: int | None, tz: tzinfo = TIMEZONE) -> str:
+    """ "dinsdag 14 november 2023 23:13:20 (UTC+01:00)"; a missing or impossible time says so."""
+    if ms is None:
+        return "onbekende tijd"
+    t = local_time(ms, tz)
+    if t is None:
+        return f"ongeldige tijd ({ms})"
+    return _full(t)
+
+
+def time_html(ms: int | None, tz: tzinfo = TIMEZONE, t: datetime | None = None) -> str:
+    """A `<time>` with the clock time shown, the full Dutch date in `title` and the ISO time in `datetime`.
+    `t`: `local_time(ms, tz)` when the caller has it already."""
+    if t is None:
+        t = local_time(ms, tz)
+    if t is None:
+        return f'<span class="time">{esc(dutch_time(ms, tz))}</span>'
+    return f'<time class="time" datetime="{t.isoformat()}" title="{_full(t)}">{t.hour:02d}:{t.minute:02d}</time>'
+
+
+# -- emoji ---------------------------------------------------------------------------------------------
+
+#: One emoji as people see it: a flag (two regional indicators) or a pictograph with its variation selector,
+#: skin tone and zero-width-joined parts. Only the ranges that need an emoji font; text symbols are left alone.
+_PICTO = "\u231a\u231b\u23e9-\u23fa\u2600-\u27bf\u2b50\u2b55\U0001f000-\U0001f1e5\U0001f200-\U0001faff"
+_EMOJI = re.compile(
+    "[\U0001f1e6-\U0001f1ff]{2}"
+    f"|[{_PICTO}][\ufe0f\U0001f3fb-\U0001f3ff]*(?:\u200d[{_PICTO}][\ufe0f\U0001f3fb-\U0001f3ff]*)*"
+)
+
+
+def emoji_name(emoji: str) -> str:
+    """The Unicode name(s) of an emoji, lower case ("thumbs up sign"); a flag reads "vlag NL"."""
+    if len(emoji) == 2 and all(0x1F1E6 <= ord(c) <= 0x1F1FF for c in emoji):
+        return "vlag " + "".join(chr(ord(c) - 0x1F1E6 + ord("A")) for c in emoji)
+    names = [unicodedata.name(c, f"U+{ord(c):04X}").lower() for c in emoji if c not in "\u200d\ufe0f"]
+    return " + ".join(names)
+
+
+def emoji_html(escaped: str, named: bool = False) -> str:
+    """Escaped text with each emoji in a span carrying its Unicode name (`title`, `aria-label`; the page's
+    style shows it after the emoji, small), so a reader without an emoji font still learns what it was and
+    the text content stays the chat's own; `named`: the name is in the text too, in brackets (reactions)."""
+    if escaped.isascii():
+        return escaped
+
+    def wrap(m: re.Match[str]) -> str:
+        name = emoji_name(m.group())
+        if named:
+            return (
+                f'<span class="emoji named" role="img" aria-label="{name}" title="{name}">{m.group()}</span>'
+                f'<span class="emoji-name"> ({name})</span>'
+            )
+        return f'<span class="emoji" role="img" aria-label="{name}" title="{name}">{m.group()}</span>'
+
+    return _EMOJI.sub(wrap, escaped)
