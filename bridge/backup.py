@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import stat
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -74,15 +73,19 @@ def backup(data_dir: Path, out: Path, extra: Mapping[str, Path] | None = None) -
     out.mkdir(mode=0o700)
     records = copy_database(db, out / DB_NAME)
     assert records is not None, "the log has a records table"
+    hashed: dict[Path, tuple[str, int]] = {}
     for src, rel in _files(data_dir, top=True):
-        _copy(src, out / rel)
+        _copy(src, out / rel, hashed)
     for name, folder in (extra or {}).items():
         for src, rel in _files(folder, top=False):
-            _copy(src, out / name / rel)
+            _copy(src, out / name / rel, hashed)
+    for folder in sorted({p.parent for p in hashed}, key=lambda p: len(p.parts), reverse=True):
+        fsync_dir(folder)  # once per folder, deepest first, after its files were fsynced
+    fsync_dir(out)
     files: dict[str, dict[str, int | str]] = {}
     total = 0
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
-        digest, size = _digest(path)
+        digest, size = hashed[path] if path in hashed else _digest(path)
         files[path.relative_to(out).as_posix()] = {"sha256": digest, "size": size}
         total += size
     manifest = {"format": FORMAT, "created_ms": now_ms(), "version": __version__, "log_records": records}
@@ -109,14 +112,20 @@ def _files(root: Path, *, top: bool) -> Iterator[tuple[Path, Path]]:
                 yield src, rel_dir / name
 
 
-def _copy(src: Path, dst: Path) -> None:
+def _copy(src: Path, dst: Path, hashed: dict[Path, tuple[str, int]]) -> None:
+    """Copy one file (SQLite through the backup API); plain files are hashed as they are copied."""
     dst.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     if is_sqlite(src):
         copy_database(src, dst)
         return
+    h = hashlib.sha256()
+    size = 0
     try:
         with src.open("rb") as reader, dst.open("xb") as writer:
-            shutil.copyfileobj(reader, writer, 1 << 20)
+            for chunk in iter(lambda: reader.read(1 << 20), b""):
+                h.update(chunk)
+                writer.write(chunk)
+                size += len(chunk)
             writer.flush()
             os.fsync(writer.fileno())
     except FileNotFoundError:
@@ -125,7 +134,7 @@ def _copy(src: Path, dst: Path) -> None:
         dst.unlink(missing_ok=True)  # removed while we walked (a temp file, a replaced session): nothing to keep
         return
     os.chmod(dst, 0o600)
-    fsync_dir(dst.parent)
+    hashed[dst] = (h.hexdigest(), size)
 
 
 def _digest(path: Path) -> tuple[str, int]:
