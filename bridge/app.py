@@ -75,7 +75,8 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
         await record_restart_gap(store, data_dir, keys)
         await store.checkpoint()  # seal whatever a crash left unsealed
         await asyncio.to_thread(private_workdir, data_dir)  # plaintext temp bags of a crashed snapshot go now
-        metrics = CaptureMetrics(__version__) if settings.metrics.enabled else None
+        m = settings.metrics
+        metrics = CaptureMetrics(__version__, m.silent_after_seconds) if m.enabled else None
         blobs = RetryingBlobs(BlobStore(data_dir / "blobs", store.media_keys()), stop=stop, observer=metrics)
         seal = seal_in_loop(store, asyncio.get_running_loop())
         a = settings.archive
@@ -165,6 +166,7 @@ async def serve_metrics(
             last_package_end_ms=None if last is None else first_instant_ms(last.next(), tz),
             package_months_failed=len(archive.failed),
             stopped_sources=tuple(t.get_name() for t in tasks if t.done()),
+            running_sources=tuple(t.get_name() for t in tasks if not t.done()),
         )
 
     m = settings.metrics

@@ -127,6 +127,8 @@ class MetricsSettings(_Section):
     #: host:port; loopback by default. Another address needs allow_remote (the figures show officials' activity).
     listen: str = "127.0.0.1:9464"
     allow_remote: bool = False
+    #: /healthz fails for a source that committed nothing (sync, receive, keep-alive) for this long.
+    silent_after_seconds: Annotated[float, Field(ge=1)] = 600.0
 
     @field_validator("listen")
     @classmethod

@@ -14,9 +14,11 @@ Contract:
   (sizes, last checkpoint, heartbeats, packages, sources that stopped).
 - `MetricsServer(listen, metrics, read_vitals, data_dir)` is an async context
   manager serving `GET /metrics` (text exposition format) and `GET /healthz`:
-  200 `{"status": "ok"}` while every source runs, no write is paused on failing
-  storage and a probe file can be created, written and fsynced in the data dir;
-  else 503 with `{"status": "failing", "reasons": [...]}` (one line each).
+  200 `{"status": "ok"}` while every source runs and has committed (a sync, a
+  receive, a keep-alive) within `silent_after` seconds, no write is paused on
+  failing storage and a probe file can be created, written and fsynced in the
+  data dir; else 503 with `{"status": "failing", "reasons": [...]}` (one line
+  each).
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ import errno
 import logging
 import os
 import re
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -78,12 +81,19 @@ class Vitals:
     package_months_failed: int
     #: Sources whose task has ended (a running bot has none).
     stopped_sources: tuple[str, ...] = ()
+    #: Sources whose task runs ("matrix", "signal"): each must commit within `silent_after` seconds.
+    running_sources: tuple[str, ...] = ()
 
 
 class CaptureMetrics:
     """The counters and gauges of one bot; a `CaptureObserver` for its sinks (see the module docstring)."""
 
-    def __init__(self, version: str) -> None:
+    def __init__(self, version: str, silent_after: float = 600.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._started = clock()
+        self.silent_after = silent_after
+        #: label -> monotonic time of its last commit
+        self.last_seen: dict[str, float] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         with contextlib.suppress(Exception):  # /proc-less platforms: no process figures, the rest still works
@@ -142,6 +152,7 @@ class CaptureMetrics:
 
     # -- CaptureObserver
     def committed(self, label: str, events: Sequence[Event], appended: int, duplicates: int, durable_ms: int) -> None:
+        self.last_seen[label] = self._clock()
         self.last_commit.labels(label).set(durable_ms / 1000)
         self.appended.labels(label).inc(appended)
         self.duplicates.labels(label).inc(duplicates)
@@ -173,17 +184,32 @@ class CaptureMetrics:
             self.free_bytes.set(disk[0])
             self.size_bytes.set(disk[1])
         self.storage_failing.set(1 if self.failing or probe_error else 0)
-        reasons = health_reasons(self.failing, vitals.stopped_sources, probe_error)
+        now = self._clock()
+        silent = {
+            name: now - self.last_seen.get(name, self._started)
+            for name in vitals.running_sources
+            if now - self.last_seen.get(name, self._started) > self.silent_after
+        }
+        reasons = health_reasons(self.failing, vitals.stopped_sources, probe_error, silent)
         self.healthy.set(0 if reasons else 1)
         return reasons
 
 
-def health_reasons(failing: dict[str, str], stopped: Sequence[str], probe_error: str | None) -> list[str]:
+def health_reasons(
+    failing: Mapping[str, str],
+    stopped: Sequence[str],
+    probe_error: str | None,
+    silent: Mapping[str, float] | None = None,
+) -> list[str]:
     """Why the bot is not healthy, one line each (pure); empty when it is."""
     reasons = [f"storage failing for {label}: {error}" for label, error in sorted(failing.items())]
     if probe_error is not None:
         reasons.append(f"data dir not writable: {probe_error}")
     reasons += [f"source {name} is not running" for name in stopped]
+    reasons += [
+        f"source {name} silent for {round(seconds)} s (no sync, receive or keep-alive committed)"
+        for name, seconds in sorted((silent or {}).items())
+    ]
     return reasons
 
 

@@ -196,3 +196,23 @@ listen = "127.0.0.1:{port}"
     assert "Traceback" not in run.stderr
     verify = chatarchief("verify", "--config", str(cfg))
     assert verify.returncode == 0, verify.stderr
+
+
+def test_a_running_source_that_commits_nothing_for_silent_after_makes_health_fail() -> None:
+    """A source with no commit since start (or since its last one) for more than `silent_after` seconds is
+    named with its silence; a commit clears it; a stopped source is reported as stopped, not as silent."""
+    now = [100.0]
+    m = CaptureMetrics("9.9", silent_after=60, clock=lambda: now[0])
+    running = Vitals(5, 5, None, 1, None, 0, running_sources=("matrix", "signal"))
+    assert m.update(running, None, None) == []
+    now[0] = 150.0
+    m.committed("matrix", [], 0, 0, 1)
+    now[0] = 200.0
+    assert m.update(running, None, None) == [
+        "source signal silent for 100 s (no sync, receive or keep-alive committed)"
+    ]
+    m.committed("signal", [], 0, 0, 1)
+    now[0] = 215.0
+    assert m.update(running, None, None) == ["source matrix silent for 65 s (no sync, receive or keep-alive committed)"]
+    stopped = Vitals(5, 5, None, 1, None, 0, stopped_sources=("matrix",), running_sources=("signal",))
+    assert m.update(stopped, None, None) == ["source matrix is not running"]

@@ -8,6 +8,7 @@ tmpfs holding the data dir is filled up while the bot runs. Needs root to mount 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import signal
@@ -204,3 +205,64 @@ listen = "127.0.0.1:{port}"
         await daemon.stop()
     verify = chatarchief("verify", "--config", str(config))
     assert verify.returncode == 0, verify.stderr
+
+
+async def test_health_fails_while_the_signal_daemon_is_unreachable_and_recovers_when_it_comes(
+    tmp_path: Path,
+) -> None:
+    """`run` whose signal-cli daemon is not there yet answers /healthz 503 naming the silent Signal source
+    (silent_after_seconds = 2) while the process itself runs; once the daemon listens and the source
+    subscribes and commits, /healthz is 200."""
+    (tmp_path / "daemon").mkdir()
+    daemon = SignalDaemon(tmp_path / "daemon", keepalive=0.2)
+    daemon_port = free_port()
+    daemon.tcp_port = daemon_port
+    secrets = tmp_path / "secrets"
+    secrets.mkdir(mode=0o700)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    config = tmp_path / "chatarchief.toml"
+    config.write_text(f"""
+[organisation]
+name = "Ministerie van Testzaken"
+archive_creator_id = "mvtz"
+
+[storage]
+data_dir = "{tmp_path / "data"}"
+key_file = "{secrets / "chatarchief.key"}"
+
+[signal]
+endpoint = "tcp://127.0.0.1:{daemon_port}"
+account = "{ACCOUNT}"
+
+[metrics]
+enabled = true
+listen = "127.0.0.1:{port}"
+silent_after_seconds = 2
+""")
+    bot = BotRun(config, tmp_path)
+    try:
+        assert chatarchief("init", "--config", str(config)).returncode == 0
+        proc = bot.start()
+        async with aiohttp.ClientSession() as session:
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                assert asyncio.get_running_loop().time() < deadline, "never reported the silent source"
+                assert proc.poll() is None, bot.stderr_tail()
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    status, body = await health(session, base)
+                    if status == 503 and any(r.startswith("source signal silent for") for r in body["reasons"]):
+                        break
+                await asyncio.sleep(0.2)
+            await daemon.start()
+            deadline = asyncio.get_running_loop().time() + 60
+            i = 0
+            while (await health(session, base))[0] != 200:  # each message is a commit: silence ends
+                assert asyncio.get_running_loop().time() < deadline, "health never came back with the daemon"
+                daemon.enqueue(message(i := i + 1))
+                await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0, bot.stderr_tail()
+    finally:
+        bot.cleanup()
+        await daemon.stop()
