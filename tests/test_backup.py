@@ -4,6 +4,7 @@ not copied, and the refusals. The end-to-end drill with a real Synapse is tests/
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import shutil
@@ -122,3 +123,48 @@ def test_backup_command_prints_a_summary_and_exits_2_on_usage_errors(filled_log:
     assert again.returncode == 2 and "already exists" in again.stderr and "Traceback" not in again.stderr
     verify = chatarchief("verify", "--data-dir", str(tmp_path / "b"), "--key-file", str(filled_log.key_file))
     assert verify.returncode == 0, verify.stderr
+
+
+def test_a_backup_altered_together_with_its_manifest_is_caught_by_verify(filled_log: LogDir, tmp_path: Path) -> None:
+    """The manifest is no seal: an insider who alters a record in a backup and rewrites its SHA-256 in
+    BACKUP.json passes the copy check of the restore, but `verify` (restore step 4) exits 1 naming it."""
+    out = tmp_path / "b"
+    backup(filled_log.data_dir, out)
+    conn = sqlite3.connect(out / "log.sqlite3", isolation_level=None)
+    conn.execute("DROP TRIGGER IF EXISTS records_no_update")
+    body = bytes(conn.execute("SELECT body FROM records WHERE seq = 17").fetchone()[0])
+    conn.execute("UPDATE records SET body = ? WHERE seq = 17", (body[:5] + bytes([body[5] ^ 1]) + body[6:],))
+    conn.close()
+    manifest = json.loads((out / MANIFEST).read_text())
+    data = (out / "log.sqlite3").read_bytes()
+    manifest["files"]["log.sqlite3"] = {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    verify = chatarchief("verify", "--data-dir", str(out), "--key-file", str(filled_log.key_file))
+    assert verify.returncode == 1, verify.stdout + verify.stderr
+    assert "17" in verify.stderr
+
+
+async def test_restoring_an_older_backup_is_a_fork_that_a_kept_checkpoint_reveals(
+    filled_log: LogDir, tmp_path: Path
+) -> None:
+    """Rolling the archive back to an older backup (to drop what came after) and capturing on: the restored
+    log verifies on its own, but against a checkpoint the lost host signed after the backup (kept by an
+    auditor or a witness) `verify --checkpoint` exits 1 — the fork docs/operations.md warns about."""
+    out = tmp_path / "b"
+    backup(filled_log.data_dir, out)
+    async with await LogStore.open(filled_log.data_dir, filled_log.keys) as store:
+        await store.append_events([make_event(i, body="na de backup") for i in range(100, 110)])
+        later = await store.checkpoint()
+    pinned = tmp_path / "auditor.note"
+    pinned.write_text(later)
+    restored = tmp_path / "restored"
+    shutil.copytree(out, restored, ignore=shutil.ignore_patterns(MANIFEST))
+    async with await LogStore.open(restored, filled_log.keys) as store:
+        await store.append_events([make_event(i, body="anders") for i in range(200, 215)])
+        await store.checkpoint()
+    alone = chatarchief("verify", "--data-dir", str(restored), "--key-file", str(filled_log.key_file))
+    assert alone.returncode == 0, alone.stderr
+    against = chatarchief(
+        "verify", "--data-dir", str(restored), "--key-file", str(filled_log.key_file), "--checkpoint", str(pinned)
+    )
+    assert against.returncode == 1, against.stdout + against.stderr
