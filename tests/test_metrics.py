@@ -216,3 +216,22 @@ def test_a_running_source_that_commits_nothing_for_silent_after_makes_health_fai
     assert m.update(running, None, None) == ["source matrix silent for 65 s (no sync, receive or keep-alive committed)"]
     stopped = Vitals(5, 5, None, 1, None, 0, stopped_sources=("matrix",), running_sources=("signal",))
     assert m.update(stopped, None, None) == ["source matrix is not running"]
+
+
+def test_the_compose_files_environment_enables_metrics_for_the_container_network(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """deploy/docker-compose.yml sets [metrics] through CHATARCHIEF_METRICS__*: those values parse to metrics on
+    0.0.0.0:9464 with allow_remote (without it the same listen address is refused)."""
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "deploy" / "docker-compose.yml").read_text())
+    env = {k: v for k, v in compose["services"]["chatarchief"]["environment"].items() if "METRICS" in k}
+    assert env
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    s = config.load(None).metrics
+    assert (s.enabled, s.host, s.port, s.allow_remote) == (True, "0.0.0.0", 9464, True)
+    monkeypatch.delenv("CHATARCHIEF_METRICS__ALLOW_REMOTE")
+    with pytest.raises(ConfigError, match="not a loopback address"):
+        config.load(None)
