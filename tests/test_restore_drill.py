@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from bridge.clock import now_ms
 from bridge.dev.synapse import SynapseServer
 from bridge.events import Kind
 from bridge.log import keys as keyfile
@@ -107,6 +108,7 @@ async def test_backup_while_running_then_restore_on_a_new_host_loses_and_duplica
         # The host is lost: the bot dies, its disk and key file are gone.
         first.kill()
         first.wait(10)
+        lost_at_ms = now_ms()
         shutil.rmtree(data_dir)
         shutil.rmtree(key_file.parent)
         await stream(51, 5)  # sent while no bot runs anywhere
@@ -149,6 +151,10 @@ async def test_backup_while_running_then_restore_on_a_new_host_loses_and_duplica
     stored = Counter((e.conversation, e.event_id) for e in events)
     assert len(sent) == 61
     assert [k for k in sent if stored[k] != 1] == [], "lost or duplicated after the restore"
+    # Nothing silent: the restored log itself records that capture stopped at the backup's last record and
+    # resumed at the restart, a span covering everything the lost host captured after the backup.
+    gaps = [e.content for e in events if e.kind is Kind.NOTICE and e.content.get("reason") == "bot_not_running"]
+    assert any(g["gap_start_ms"] <= manifest["created_ms"] and g["gap_end_ms"] >= lost_at_ms for g in gaps), gaps
     by_id = {e.event_id: e for e in events}
     assert [i for _, i in sent if by_id[i].kind is not Kind.MESSAGE or by_id[i].content["body"] != bodies[i]] == []
     report = verify_log(data_dir, keys)
