@@ -5,7 +5,9 @@ against the log in `data_dir` until `stop` is set: it opens the one `LogStore`
 (refusing a second bot on the same data dir), seals what a crash left unsealed,
 serves the control socket (`bridge.log.control`: other commands write through
 the bot), starts the monthly archive jobs (`bridge.scheduler`), hands each
-source a `bridge.capture.LogSink`, and on stop seals the log with a checkpoint.
+source a `bridge.capture.LogSink`, serves `/metrics` and `/healthz` when
+`[metrics] enabled` (`bridge.metrics`, fed through the sinks' observer), and on
+stop seals the log with a checkpoint.
 
 Everything below this module takes small option objects, not `Settings`: the
 translation (`matrix_source_config`, `signal_source_config`, `archive_options`,
@@ -23,6 +25,7 @@ import os
 import resource
 import signal
 import sys
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiohttp
@@ -30,18 +33,21 @@ import aiohttp
 from bridge import __version__
 from bridge.archive.mdto import Organisation
 from bridge.archive.package import ArchiveOptions, private_workdir
+from bridge.archive.range import first_instant_ms, zone
 from bridge.blobs import BlobStore
 from bridge.capture import LogSink, RetryingBlobs, supervise
 from bridge.clock import now_ms
 from bridge.config import Settings
 from bridge.errors import ConfigError, StorageError, UsageError
 from bridge.liveness import Heartbeats, restart_gap
+from bridge.log import checkpoint as checkpoint_note
 from bridge.log.control import ControlServer
 from bridge.log.keys import KeyMaterial, check_permissions
 from bridge.log.lock import WriterBusy
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.log.view import LogView
 from bridge.log.writer import check_private_dir, seal_in_loop
+from bridge.metrics import AlertCounter, CaptureMetrics, MetricsServer, Vitals
 from bridge.scheduler import ArchiveJobs
 from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
 from bridge.sources.signal import SignalSource, SignalSourceConfig
@@ -75,7 +81,9 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
         await record_restart_gap(store, data_dir, keys)
         await store.checkpoint()  # seal whatever a crash left unsealed
         await asyncio.to_thread(private_workdir, data_dir)  # plaintext temp bags of a crashed snapshot go now
-        blobs = RetryingBlobs(BlobStore(data_dir / "blobs", store.media_keys()), stop=stop)
+        m = settings.metrics
+        metrics = CaptureMetrics(__version__, m.silent_after_seconds) if m.enabled else None
+        blobs = RetryingBlobs(BlobStore(data_dir / "blobs", store.media_keys()), stop=stop, observer=metrics)
         seal = seal_in_loop(store, asyncio.get_running_loop())
         a = settings.archive
         archive = ArchiveJobs(data_dir, keys, a.destination, options, a.schedule, store, seal=seal)
@@ -84,17 +92,21 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
         retries: list[LogSink | RetryingBlobs] = [blobs]
         if settings.matrix is not None:
             cfg = matrix_source_config(settings, data_dir, keys)
-            sink = LogSink(store, f"matrix:{settings.matrix.user_id}", stop=stop)
+            sink = LogSink(store, f"matrix:{settings.matrix.user_id}", stop=stop, observer=metrics)
             retries.append(sink)
             tasks.append(asyncio.create_task(MatrixSource(cfg, sink, blobs).run(stop), name="matrix"))
         if settings.signal is not None:
             signal_cfg = signal_source_config(settings)
-            sink = LogSink(store, f"signal:{settings.signal.account or settings.signal.endpoint}", stop=stop)
+            name = f"signal:{settings.signal.account or settings.signal.endpoint}"
+            sink = LogSink(store, name, stop=stop, observer=metrics)
             retries.append(sink)
             tasks.append(asyncio.create_task(SignalSource(signal_cfg, sink, blobs).run(stop), name="signal"))
+        heartbeats = Heartbeats(store, settings.storage.heartbeat_minutes * 60)
         try:
-            heartbeats = Heartbeats(store, settings.storage.heartbeat_minutes * 60)
-            async with ControlServer(data_dir, store):
+            async with (
+                ControlServer(data_dir, store),
+                serve_metrics(settings, metrics, store, tasks, heartbeats, archive, data_dir),
+            ):
                 heartbeats.start()
                 archive.start()  # monthly packages: catches up missed months now, then on archive.schedule
                 log.info(
@@ -190,6 +202,57 @@ def witness_task(
     )  # fmt: skip
     store.on_checkpoint = witnessing.wake  # a signed checkpoint wakes the client; sealing never waits for it
     return _WitnessTask(witnessing, cosigned, stop)
+
+
+@contextlib.asynccontextmanager
+async def serve_metrics(
+    settings: Settings,
+    metrics: CaptureMetrics | None,
+    store: LogStore,
+    tasks: Sequence[asyncio.Task[None]],
+    heartbeats: Heartbeats,
+    archive: ArchiveJobs,
+    data_dir: Path,
+) -> AsyncIterator[None]:
+    """/metrics and /healthz while capture runs (nothing when `[metrics] enabled` is false)."""
+    if metrics is None:
+        yield
+        return
+    tz = zone(settings.archive.timezone)
+
+    async def vitals() -> Vitals:
+        note = await store.latest_checkpoint()
+        sealed, at_ms = 0, None
+        if note is not None:
+            cp, _ = checkpoint_note.parse_checkpoint_note(note)
+            sealed, at_ms = cp.size, cp.timestamp_ms
+        last = archive.last_month
+        return Vitals(
+            records=store.size,
+            sealed=sealed,
+            checkpoint_ms=at_ms,
+            heartbeats=heartbeats.beats,
+            last_package_end_ms=None if last is None else first_instant_ms(last.next(), tz),
+            package_months_failed=len(archive.failed),
+            stopped_sources=tuple(t.get_name() for t in tasks if t.done()),
+            running_sources=tuple(t.get_name() for t in tasks if not t.done()),
+        )
+
+    m = settings.metrics
+    try:
+        server = await MetricsServer(m.host, m.port, metrics, vitals, data_dir).__aenter__()
+    except OSError as exc:
+        raise UsageError(
+            f"metrics.listen {m.listen} cannot be served: {exc.strerror}; choose another port or set"
+            " [metrics] enabled = false"
+        ) from None
+    alerts = AlertCounter(metrics)
+    logging.getLogger("bridge").addHandler(alerts)
+    try:
+        yield
+    finally:
+        logging.getLogger("bridge").removeHandler(alerts)
+        await server.__aexit__(None, None, None)
 
 
 async def record_restart_gap(store: LogStore, data_dir: Path, keys: KeyMaterial) -> None:

@@ -8,7 +8,8 @@ stored. `RetryingBlobs` does the same for media, which are written before the
 event that references them. `supervise` watches the running sources and stops
 them after the batch in hand. Wiring (which sources, which store, the archive
 jobs, the control socket) is `bridge.app`'s: this module knows no config,
-scheduler or archive.
+scheduler or archive. What happens here is reported to a `CaptureObserver`
+(`bridge.app` passes the metrics one); capture never imports a metrics library.
 
 Stopping always works: a source gets `STOP_GRACE_SECONDS` to commit the batch in
 hand, then it is cancelled; a write paused by failing storage gives up at once
@@ -23,9 +24,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from bridge.blobs import BlobStore
+from bridge.clock import now_ms
 from bridge.errors import StorageError
 from bridge.events import Event, Kind
 from bridge.log.store import LogStore
@@ -35,6 +37,20 @@ T = TypeVar("T")
 
 #: After SIGTERM, how long a source may take to commit the batch in hand before it is cancelled.
 STOP_GRACE_SECONDS = 5.0
+
+
+class CaptureObserver(Protocol):
+    """What capture reports as it goes (counts and times only: never content). `label` names the writer
+    for operators ("matrix", "signal", "blobs"), never an account or a user id."""
+
+    def committed(self, label: str, events: Sequence[Event], appended: int, duplicates: int, durable_ms: int) -> None:
+        """`events` are durable (as of `durable_ms`): `appended` new records, `duplicates` already stored."""
+
+    def storage_failed(self, label: str, error: str) -> None:
+        """One write attempt failed; capture is paused until `storage_recovered`."""
+
+    def storage_recovered(self, label: str) -> None:
+        """The write that failed went through; capture goes on."""
 
 
 class CaptureStopped(StorageError):
@@ -56,11 +72,15 @@ class StorageRetry:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         stop: asyncio.Event | None = None,
+        observer: CaptureObserver | None = None,
+        label: str | None = None,
     ) -> None:
         self._name = name
         self._retry_initial = retry_initial
         self._retry_max = retry_max
         self._stop = stop
+        self._observer = observer
+        self.label = label if label is not None else name.partition(":")[0]
         self.failed_attempts = 0
         self.paused = False
 
@@ -72,6 +92,8 @@ class StorageRetry:
                 result = await write()
             except StorageError as exc:
                 self.failed_attempts += 1
+                if self._observer is not None:
+                    self._observer.storage_failed(self.label, str(exc))
                 if paused_since is None:
                     paused_since = time.monotonic()
                     self.paused = True
@@ -86,6 +108,8 @@ class StorageRetry:
                 continue
             self.paused = False
             if paused_since is not None:
+                if self._observer is not None:
+                    self._observer.storage_recovered(self.label)
                 log.warning(
                     "storage recovered; capture resumed",
                     extra={"source": self._name, "paused_seconds": round(time.monotonic() - paused_since, 1)},
@@ -112,10 +136,14 @@ class LogSink:
         retry_initial: float = 0.5,
         retry_max: float = 30.0,
         stop: asyncio.Event | None = None,
+        observer: CaptureObserver | None = None,
     ) -> None:
         self._store = store
         self._name = cursor_name
-        self._retry = StorageRetry(cursor_name, retry_initial=retry_initial, retry_max=retry_max, stop=stop)
+        self._observer = observer
+        self._retry = StorageRetry(
+            cursor_name, retry_initial=retry_initial, retry_max=retry_max, stop=stop, observer=observer
+        )
         self.committed_events = 0
 
     @property
@@ -133,6 +161,8 @@ class LogSink:
         entry = (self._name, cursor) if cursor is not None else None
         result = await self._retry(lambda: self._store.append_events(events, entry), f"{len(events)} events")
         self.committed_events += result.appended
+        if self._observer is not None:
+            self._observer.committed(self._retry.label, events, result.appended, result.duplicates, now_ms())
         report_compliance_alerts(events, self._name)
 
 
@@ -145,10 +175,17 @@ class RetryingBlobs:
     """
 
     def __init__(
-        self, blobs: BlobStore, name: str = "blobs", *, stop: asyncio.Event | None = None, **retry: float
+        self,
+        blobs: BlobStore,
+        name: str = "blobs",
+        *,
+        stop: asyncio.Event | None = None,
+        observer: CaptureObserver | None = None,
+        retry_initial: float = 0.5,
+        retry_max: float = 30.0,
     ) -> None:
         self._blobs = blobs
-        self._retry = StorageRetry(name, stop=stop, **retry)
+        self._retry = StorageRetry(name, retry_initial=retry_initial, retry_max=retry_max, stop=stop, observer=observer)
 
     @property
     def failed_attempts(self) -> int:

@@ -603,6 +603,30 @@ def snapshot(
         err.print(f"warning: {result.missing_media} media files missing, listed in data/proof/missing-media.jsonl")
 
 
+@app.command("backup")
+def backup_cmd(
+    out_dir: Annotated[
+        Path, typer.Option("--out", metavar="DIR", help="New folder for the backup (never overwritten).")
+    ],
+    data_dir: DataDirOpt = None,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Copy the data dir consistently while `run` writes it (SQLite backup API); the key file is not copied."""
+    from bridge.backup import backup
+
+    settings = _settings(config_file)
+    dd, _ = _paths(settings, data_dir, None, need_key=False)
+    extra: dict[str, Path] = {}
+    store = settings.matrix.store_dir if settings.matrix is not None else None
+    if store is not None and not store.resolve().is_relative_to(dd.resolve()):
+        extra["matrix-store"] = store
+    report = _guard(lambda: backup(dd, out_dir, extra))
+    out.print(
+        f"backup written: {report.out} ({_count(report.records, 'record')}, {_count(report.files, 'file')},"
+        f" {report.bytes / 2**20:.1f} MiB); the key file is not in it: keep its escrowed copy apart (docs/keys.md)"
+    )
+
+
 @app.command("verify-package")
 def verify_package_cmd(
     path: Annotated[Path, typer.Argument(metavar="PACKAGE", help="The package directory.")],

@@ -10,6 +10,7 @@ CLI exits 2). Every key is documented in config/chatarchief.example.toml.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -159,6 +160,48 @@ class WitnessSettings(_Section):
         return self
 
 
+class MetricsSettings(_Section):
+    """`/metrics` (Prometheus) and `/healthz` served by `run`. Off unless enabled: no port is opened unasked."""
+
+    enabled: bool = False
+    #: host:port; loopback by default. Another address needs allow_remote (the figures show officials' activity).
+    listen: str = "127.0.0.1:9464"
+    allow_remote: bool = False
+    #: /healthz fails for a source that committed nothing (sync, receive, keep-alive) for this long.
+    silent_after_seconds: Annotated[float, Field(ge=1)] = 600.0
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        host = host.strip("[]")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9464")
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            if host != "localhost":
+                raise ValueError("the host must be an IP address (or localhost), e.g. 127.0.0.1:9464") from None
+        return v
+
+    @property
+    def host(self) -> str:
+        return self.listen.rpartition(":")[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rpartition(":")[2])
+
+    @model_validator(mode="after")
+    def _loopback(self) -> MetricsSettings:
+        if self.host != "localhost" and not ipaddress.ip_address(self.host).is_loopback and not self.allow_remote:
+            raise ValueError(
+                f"listen {self.listen} is not a loopback address; use 127.0.0.1 (scrape through a local agent or"
+                " proxy) or set allow_remote = true"
+            )
+        return self
+
+
 class LoggingSettings(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -173,6 +216,7 @@ class Settings(BaseSettings):
     archive: ArchiveSettings = ArchiveSettings()
     #: None until configured: `run` and `snapshot` refuse without it (a package must not name a made-up owner).
     organisation: OrganisationSettings | None = None
+    metrics: MetricsSettings = MetricsSettings()
     logging: LoggingSettings = LoggingSettings()
     witness: WitnessSettings | None = None
 

@@ -85,6 +85,8 @@ class ArchiveJobs:
         self._retry_seconds = retry_seconds
         #: Months that failed or were blocked at the last run (retried later).
         self.failed: list[str] = []
+        #: The latest month whose package is in `destination` (seen or written at the last run), for metrics.
+        self.last_month: Month | None = None
         try:
             self._trigger = CronTrigger.from_crontab(schedule, timezone=zone(options.timezone))
         except ValueError as exc:
@@ -147,6 +149,7 @@ class ArchiveJobs:
             out = self._destination / name
             if out.exists() or out.is_symlink():
                 if written_by_us(out, name, self._keys.key_name):
+                    self.last_month = month
                     continue
                 failed.append(str(month))
                 log.error(
@@ -169,4 +172,5 @@ class ArchiveJobs:
                 extra={"month": str(month), "path": str(out), "records": result.end - result.start},
             )
             written.append(result)
+            self.last_month = month
         return written, failed
