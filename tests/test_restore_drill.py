@@ -64,6 +64,8 @@ async def test_backup_while_running_then_restore_on_a_new_host_loses_and_duplica
     escrow = tmp_path / "escrow"  # the organisation's key escrow (docs/keys.md), off the host
     escrow.mkdir(mode=0o700)
     shutil.copy2(key_file, escrow / key_file.name)
+    signing = keyfile.signing_path(key_file)  # escrowed apart in practice (another custodian); both are needed
+    shutil.copy2(signing, escrow / signing.name)
     managed = tmp_path / "config-management"  # the config's own secrets come back from where the config lives
     shutil.copytree(key_file.parent, managed, ignore=shutil.ignore_patterns("chatarchief.key*"))
     keys = keyfile.load(key_file)
@@ -132,6 +134,8 @@ async def test_backup_while_running_then_restore_on_a_new_host_loses_and_duplica
         key_file.parent.chmod(0o700)
         shutil.copy2(escrow / key_file.name, key_file)
         key_file.chmod(0o600)
+        shutil.copy2(escrow / signing.name, signing)
+        signing.chmod(0o600)
         restore(backup, data_dir)
         verified = chatarchief("verify", "--config", str(config))
         assert verified.returncode == 0, verified.stdout + verified.stderr

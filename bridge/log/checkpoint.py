@@ -86,17 +86,18 @@ def _quote(value: object, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _b64(raw: bytes) -> str:
+def b64(raw: bytes) -> str:
+    """Standard, padded base64 as text (signed notes, keys; C2SP signed-note)."""
     return base64.b64encode(raw).decode("ascii")
 
 
-def _unb64(text: str) -> bytes | None:
+def unb64(text: str) -> bytes | None:
     """Strict, canonical standard base64; None if `text` is anything else."""
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError):
         return None
-    return raw if _b64(raw) == text else None
+    return raw if b64(raw) == text else None
 
 
 def _has_control(text: str) -> bool:
@@ -129,7 +130,7 @@ def format_vkey(name: str, public_key: Ed25519PublicKey) -> str:
     """The verifier key string `<name>+<key ID hex>+<base64(0x01 || public key)>`."""
     if not _valid_key_name(name):
         raise CheckpointError(Reason.BAD_KEY_NAME, name)
-    encoded = _b64(bytes([ALG_ED25519]) + _raw_public(public_key))
+    encoded = b64(bytes([ALG_ED25519]) + _raw_public(public_key))
     return f"{name}+{key_id(name, public_key).hex()}+{encoded}"
 
 
@@ -143,7 +144,7 @@ def parse_vkey(text: str) -> tuple[str, Ed25519PublicKey]:
         raise CheckpointError(Reason.MALFORMED_KEY, f"bad key name {name!r}")
     if not _KEY_ID_HEX.fullmatch(id_hex):
         raise CheckpointError(Reason.MALFORMED_KEY, f"key ID is not 8 hex digits: {id_hex!r}")
-    blob = _unb64(key64)
+    blob = unb64(key64)
     if blob is None or len(blob) != 1 + 32:
         raise CheckpointError(Reason.MALFORMED_KEY, f"key is not base64 of 33 bytes: {key64!r}")
     if blob[0] != ALG_ED25519:
@@ -166,7 +167,7 @@ class NoteSignature:
     @property
     def line(self) -> str:
         """The signature line as it appears in the note (without its newline)."""
-        return f"{SIGNATURE_PREFIX}{self.name} {_b64(self.key_id + self.signature)}"
+        return f"{SIGNATURE_PREFIX}{self.name} {b64(self.key_id + self.signature)}"
 
 
 def _check_text(text: str) -> None:
@@ -188,7 +189,7 @@ def _parse_signature_line(line: str) -> NoteSignature:
     if not line.startswith(SIGNATURE_PREFIX):
         raise CheckpointError(Reason.MALFORMED_NOTE, f"not a signature line: {line!r}")
     name, _, encoded = line[len(SIGNATURE_PREFIX) :].partition(" ")
-    blob = _unb64(encoded)
+    blob = unb64(encoded)
     if not _valid_key_name(name) or blob is None or len(blob) <= KEY_ID_SIZE:
         raise CheckpointError(Reason.MALFORMED_NOTE, f"bad signature line: {line!r}")
     return NoteSignature(name, blob[:KEY_ID_SIZE], blob[KEY_ID_SIZE:])
@@ -255,7 +256,7 @@ class Checkpoint:
 
     def body(self) -> str:
         """The note text that gets signed."""
-        lines = [self.origin, str(self.size), _b64(self.root)]
+        lines = [self.origin, str(self.size), b64(self.root)]
         if self.timestamp_ms is not None:
             lines.append(f"{TIMESTAMP_PREFIX}{self.timestamp_ms}")
         return "\n".join(lines) + "\n"
@@ -280,7 +281,7 @@ def parse_checkpoint_body(text: str) -> Checkpoint:
         raise CheckpointError(Reason.MALFORMED_CHECKPOINT, f"need 3 or 4 non-empty lines, got {lines!r}")
     origin, size_line, root_line, *extensions = lines
     size = _parse_decimal(size_line, MAX_TREE_SIZE, Reason.BAD_SIZE)
-    root = _unb64(root_line)
+    root = unb64(root_line)
     if root is None or len(root) != ROOT_SIZE:
         raise CheckpointError(Reason.BAD_ROOT, root_line)
     timestamp_ms: int | None = None

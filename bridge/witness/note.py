@@ -22,8 +22,6 @@ A witness key file holds one line in golang.org/x/mod/sumdb/note's private-key f
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import re
 import struct
@@ -34,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
 from bridge.errors import DataError
-from bridge.log.checkpoint import SIGNATURE_PREFIX, CheckpointError, NoteSignature, open_note
+from bridge.log.checkpoint import SIGNATURE_PREFIX, CheckpointError, NoteSignature, b64, open_note, unb64
 
 __all__ = [
     "ALG_COSIGNATURE_V1",
@@ -72,18 +70,6 @@ class NoteError(DataError, ValueError):
 
 class BadSignature(NoteError):
     """A signature line names a known key (name and key ID) but does not verify: the note is invalid."""
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode("ascii")
-
-
-def _unb64(text: str) -> bytes | None:
-    try:
-        raw = base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError):
-        return None
-    return raw if _b64(raw) == text else None
 
 
 def valid_key_name(name: str) -> bool:
@@ -131,7 +117,7 @@ class Verifier:
 
     @property
     def vkey(self) -> str:
-        return f"{self.name}+{self.key_id.hex()}+{_b64(bytes([self.alg]) + self.public)}"
+        return f"{self.name}+{self.key_id.hex()}+{b64(bytes([self.alg]) + self.public)}"
 
     def matches(self, sig: NoteSignature) -> bool:
         """Is `sig` by this key (name and key ID both)? Signatures that are not are ignored."""
@@ -173,7 +159,7 @@ def parse_vkey(text: str) -> Verifier:
         raise NoteError(f"verifier key has a bad name {name!r}")
     if not _HEX8.fullmatch(id_hex.lower()):
         raise NoteError(f"verifier key ID is not 8 hex digits: {id_hex!r}")
-    blob = _unb64(key64)
+    blob = unb64(key64)
     if blob is None or len(blob) != 33:
         raise NoteError(f"verifier key is not base64 of a type byte and 32 key bytes: {key64[:60]!r}")
     verifier = Verifier(name, blob[0], blob[1:])
@@ -206,7 +192,7 @@ class CosignerKey:
 
     def to_text(self) -> str:
         seed = self.private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-        body = _b64(bytes([ALG_COSIGNATURE_V1]) + seed)
+        body = b64(bytes([ALG_COSIGNATURE_V1]) + seed)
         return f"{PRIVATE_PREFIX}{self.name}+{self.verifier.key_id.hex()}+{body}\n"
 
     @classmethod
@@ -215,7 +201,7 @@ class CosignerKey:
         if not line.startswith(PRIVATE_PREFIX):
             raise NoteError(f"not a witness key (expected {PRIVATE_PREFIX}<name>+<id>+<key>)")
         parts = line[len(PRIVATE_PREFIX) :].split("+", 2)
-        blob = _unb64(parts[2]) if len(parts) == 3 else None
+        blob = unb64(parts[2]) if len(parts) == 3 else None
         if blob is None or len(blob) != 33 or blob[0] != ALG_COSIGNATURE_V1:
             raise NoteError("witness key is not base64 of 0x04 and a 32-byte Ed25519 seed")
         name, id_hex = parts[0], parts[1]
@@ -247,7 +233,7 @@ class LogCheckpoint:
             raise NoteError("extension lines must be non-empty single lines")
 
     def text(self) -> str:
-        return "".join(f"{line}\n" for line in (self.origin, str(self.size), _b64(self.root), *self.extensions))
+        return "".join(f"{line}\n" for line in (self.origin, str(self.size), b64(self.root), *self.extensions))
 
 
 def parse_checkpoint(text: str) -> LogCheckpoint:
@@ -260,7 +246,7 @@ def parse_checkpoint(text: str) -> LogCheckpoint:
     origin, size_line, root_line, *extensions = lines
     if not _DECIMAL.fullmatch(size_line) or int(size_line) > MAX_TREE_SIZE:
         raise NoteError(f"tree size is not canonical decimal: {size_line[:30]!r}")
-    root = _unb64(root_line)
+    root = unb64(root_line)
     if root is None or len(root) != HASH_SIZE:
         raise NoteError(f"root hash is not canonical base64 of 32 bytes: {root_line[:60]!r}")
     return LogCheckpoint(origin, int(size_line), root, tuple(extensions))
