@@ -185,6 +185,21 @@ class Event:
             raise EncodingError(f"not an event encoding: {exc}") from exc
 
 
+def notice(source: SourceName, conversation: ConversationId, event_id: str, at_ms: int, content: JSONDict) -> Event:
+    """A record the archiver adds itself (heartbeats, capture gaps, upgrade links): `Kind.NOTICE`, no sender,
+    sent and received at `at_ms`; `content["notice"]` names what it is."""
+    return Event(
+        source=source,
+        conversation=conversation,
+        event_id=EventId(event_id),
+        kind=Kind.NOTICE,
+        sender=None,
+        sent_at=at_ms,
+        received_at=at_ms,
+        content=content,
+    )
+
+
 def canonical_json(value: Any) -> bytes:
     """Deterministic JSON bytes: sorted keys, no whitespace, UTF-8, no NaN.
 

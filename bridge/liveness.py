@@ -22,7 +22,7 @@ import logging
 
 from bridge.clock import now_ms
 from bridge.errors import StorageError
-from bridge.events import ConversationId, Event, EventId, Kind, SourceName
+from bridge.events import ConversationId, Event, SourceName, notice
 from bridge.log.store import LogStore
 
 __all__ = ["CONVERSATION", "HEARTBEAT", "SOURCE", "Heartbeats", "heartbeat_notice", "restart_gap"]
@@ -37,28 +37,22 @@ CAPTURE_GAP = "capture_gap"  # the same notice as bridge.sources.outage.CAPTURE_
 
 
 def heartbeat_notice(at_ms: int, interval_ms: int, started_ms: int) -> Event:
-    return Event(
-        source=SOURCE,
-        conversation=CONVERSATION,
-        event_id=EventId(f"heartbeat:{at_ms}"),
-        kind=Kind.NOTICE,
-        sender=None,
-        sent_at=at_ms,
-        received_at=at_ms,
-        content={"notice": HEARTBEAT, "interval_ms": interval_ms, "running_since_ms": started_ms},
+    return notice(
+        SOURCE,
+        CONVERSATION,
+        f"heartbeat:{at_ms}",
+        at_ms,
+        {"notice": HEARTBEAT, "interval_ms": interval_ms, "running_since_ms": started_ms},
     )
 
 
 def restart_gap(last_ms: int, now: int, last_seq: int) -> Event:
-    return Event(
-        source=SOURCE,
-        conversation=CONVERSATION,
-        event_id=EventId(f"gap:{last_ms}-{now}"),
-        kind=Kind.NOTICE,
-        sender=None,
-        sent_at=now,
-        received_at=now,
-        content={
+    return notice(
+        SOURCE,
+        CONVERSATION,
+        f"gap:{last_ms}-{now}",
+        now,
+        {
             "notice": CAPTURE_GAP,
             "gap_start_ms": last_ms,
             "gap_end_ms": now,

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from bridge.events import ConversationId, Event, EventId, Kind, SourceName
+from bridge.events import ConversationId, Event, SourceName, notice
 
 __all__ = ["CAPTURE_GAP", "Backoff", "Outage", "gap_notice", "wait"]
 
@@ -83,15 +83,12 @@ def gap_notice(
     detail: Mapping[str, Any],
 ) -> Event:
     """The record of `outage`, ended at `end_ms` (see module docstring)."""
-    return Event(
-        source=source,
-        conversation=conversation,
-        event_id=EventId(f"gap:{outage.start_ms}-{end_ms}"),
-        kind=Kind.NOTICE,
-        sender=None,
-        sent_at=end_ms,
-        received_at=end_ms,
-        content={
+    return notice(
+        source,
+        conversation,
+        f"gap:{outage.start_ms}-{end_ms}",
+        end_ms,
+        {
             "notice": CAPTURE_GAP,
             "gap_start_ms": outage.start_ms,
             "gap_end_ms": end_ms,

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bridge.events import MATRIX, ConversationId, Event, EventId, Kind
+from bridge.events import MATRIX, ConversationId, Event, EventId, Kind, notice
 
 __all__ = ["ROOM_UPGRADE", "Tombstone", "back_link", "lured", "names_predecessor", "not_followed", "tombstone"]
 
@@ -83,15 +83,12 @@ def back_link(room_id: str, raw: object, at_ms: int) -> Event | None:
 
 def not_followed(old_room: str, tomb: Tombstone, at_ms: int, error: str) -> Event:
     start = tomb.at_ms if tomb.at_ms is not None else at_ms
-    return Event(
-        source=MATRIX,
-        conversation=ConversationId(old_room),
-        event_id=EventId(f"gap:upgrade:{tomb.replacement}:{at_ms}"),
-        kind=Kind.NOTICE,
-        sender=None,
-        sent_at=at_ms,
-        received_at=at_ms,
-        content={
+    return notice(
+        MATRIX,
+        ConversationId(old_room),
+        f"gap:upgrade:{tomb.replacement}:{at_ms}",
+        at_ms,
+        {
             "notice": "capture_gap",
             "gap_start_ms": start,
             "gap_end_ms": at_ms,
@@ -109,15 +106,12 @@ def names_predecessor(create_content: object, old_room: str) -> bool:
 
 
 def lured(old_room: str, tomb: Tombstone, at_ms: int) -> Event:
-    return Event(
-        source=MATRIX,
-        conversation=ConversationId(old_room),
-        event_id=EventId(f"upgrade-refused:{tomb.event_id}"),
-        kind=Kind.NOTICE,
-        sender=None,
-        sent_at=at_ms,
-        received_at=at_ms,
-        content={
+    return notice(
+        MATRIX,
+        ConversationId(old_room),
+        f"upgrade-refused:{tomb.event_id}",
+        at_ms,
+        {
             "notice": "room_upgrade_refused",
             "replacement_room": tomb.replacement,
             "tombstone_event": tomb.event_id,
