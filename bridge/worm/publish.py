@@ -1,0 +1,242 @@
+"""A package onto WORM object storage, proven there before the local copy goes (I/O).
+
+Theory of operation
+-------------------
+`WormDestination.publish(package)` for a package directory written locally
+(under the data dir, `outbox/`, 0700):
+
+1. serialise it (`serial.py`: one deterministic tar) into a private temp folder
+   under `<data_dir>/tmp/` (removed afterwards, or at the next start after a crash);
+2. `check_lock`: a bucket without object lock enabled is refused (ConfigError);
+3. `put` with If-None-Match: * and the lock (mode, retain-until = now +
+   retention_days) on the same request. If an object is already at the key (a
+   re-run, or a crash after the upload), its current version is downloaded
+   and compared: the same bytes are success (idempotent, the existing lock
+   stands); different bytes are refused (UsageError), as `snapshot` refuses a
+   different package at its folder, and nothing is written;
+4. verify: that version is downloaded again (by version id: a later version put
+   over the key changes nothing) into the temp folder, its SHA-256 compared to
+   the local tar's, unpacked and checked by `verify_package` (as the archivist
+   would); its range and root must be the local package's. A failure is
+   `UploadIntegrityError` (exit 1) and the local package stays;
+5. a receipt `<data_dir>/uploads/<name>.json` (bucket, key, version id, sha256,
+   retain-until) is written atomically, and only then is the local package
+   removed (unless `keep_local`).
+
+Transient failures (network, 5xx) are retried `attempts` times with doubling
+backoff; after that the error propagates (the scheduler logs an ALERT and
+retries later). The local package is never removed before step 5.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import TypeVar
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from bridge.archive.package import private_workdir
+from bridge.archive.verify_package import PackageReport, verify_package
+from bridge.durable import fsync_dir, write_atomic
+from bridge.errors import Check, LogIntegrityError, StorageError, UsageError
+from bridge.worm.bucket import Bucket, Connection, LockMode
+from bridge.worm.serial import Serialised, serialise, unpack
+
+log = logging.getLogger(__name__)
+
+OUTBOX = "outbox"
+RECEIPTS = "uploads"
+T = TypeVar("T")
+
+
+class UploadIntegrityError(LogIntegrityError):
+    """The copy read back from the bucket is not the package uploaded (or not an intact package)."""
+
+    def __init__(self, reason: str, expected: str | None = None, found: str | None = None) -> None:
+        super().__init__(None, reason, expected, found, check=Check.UPLOAD)
+
+
+@dataclass(frozen=True)
+class WormOptions:
+    conn: Connection
+    prefix: str
+    retention_days: int
+    mode: LockMode = "COMPLIANCE"
+    keep_local: bool = False
+    attempts: int = 5
+    backoff_seconds: float = 2.0
+
+
+@dataclass(frozen=True)
+class Receipt:
+    url: str
+    bucket: str
+    key: str
+    version_id: str
+    sha256: str
+    size: int
+    lock_mode: str
+    retain_until: str
+    uploaded: bool  # False: the same bytes were there already
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True, indent=1).encode() + b"\n"
+
+
+def object_key(prefix: str, name: str) -> str:
+    return f"{prefix}/{name}.tar" if prefix else f"{name}.tar"
+
+
+class WormDestination:
+    """See the module docstring."""
+
+    def __init__(self, options: WormOptions, data_dir: Path, public_key: tuple[str, Ed25519PublicKey]) -> None:
+        self.options = options
+        self._data_dir = data_dir
+        self._public_key = public_key
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.options.conn.bucket}/{self.options.prefix}".rstrip("/")
+
+    def staging(self, name: str) -> Path:
+        """Where the package `name` is written before its upload (created 0700)."""
+        outbox = self._data_dir / OUTBOX
+        outbox.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(outbox, 0o700)  # plaintext packages wait here
+        return outbox / name
+
+    def receipt_path(self, name: str) -> Path:
+        return self._data_dir / RECEIPTS / f"{name}.json"
+
+    def done(self, name: str) -> bool:
+        """Whether `name` was uploaded and verified (its receipt exists)."""
+        return self.receipt_path(name).is_file()
+
+    async def check(self) -> None:
+        """Refuse (ConfigError) a bucket without object lock; StorageError when it cannot be reached."""
+        async with Bucket(self.options.conn) as bucket:
+            await bucket.check_lock()
+
+    def publish_sync(self, package: Path) -> Receipt:
+        """`publish` from a thread with no event loop (the scheduler's worker, the CLI)."""
+        return asyncio.run(self.publish(package))
+
+    async def publish(self, package: Path) -> Receipt:
+        """Upload, verify, record, then remove the local package; see the module docstring."""
+        name = package.name
+        work = private_workdir(self._data_dir)
+        temp = work / f".{name}-upload.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+        temp.mkdir(mode=0o700)
+        try:
+            tar = await asyncio.to_thread(serialise, package, temp / f"{name}.tar")
+            local = await asyncio.to_thread(verify_package, package, self._public_key)
+            async with Bucket(self.options.conn) as bucket:
+                await self._retry(bucket.check_lock, "checking object lock")
+                version_id, uploaded = await self._retry(lambda: self._upload(bucket, tar, temp), "uploading")
+                await self._retry(lambda: self.verify_copy(bucket, tar, version_id, local, temp), "verifying")
+                head = await self._retry(lambda: bucket.head(object_key(self.options.prefix, name), version_id), "reading back")
+        finally:
+            shutil.rmtree(temp, ignore_errors=True)
+        receipt = Receipt(
+            url=f"s3://{self.options.conn.bucket}/{object_key(self.options.prefix, name)}",
+            bucket=self.options.conn.bucket,
+            key=object_key(self.options.prefix, name),
+            version_id=version_id,
+            sha256=tar.sha256,
+            size=tar.size,
+            lock_mode=(head.lock_mode if head else None) or "",
+            retain_until=head.retain_until.isoformat() if head and head.retain_until else "",
+            uploaded=uploaded,
+        )
+        self._write_receipt(name, receipt)
+        if not self.options.keep_local:
+            shutil.rmtree(package)
+            fsync_dir(package.parent)
+        log.info(
+            "package uploaded and verified" if uploaded else "package already in the bucket (identical), verified",
+            extra={"url": receipt.url, "version_id": version_id, "sha256": tar.sha256, "kept_local": self.options.keep_local},
+        )
+        return receipt
+
+    async def _upload(self, bucket: Bucket, tar: Serialised, temp: Path) -> tuple[str, bool]:
+        key = object_key(self.options.prefix, tar.path.stem)
+        until = datetime.now(UTC) + timedelta(days=self.options.retention_days)
+        version = await bucket.put(key, tar.path, tar.sha256, self.options.mode, until)
+        if version is not None:
+            return version, True
+        there = await bucket.head(key)
+        if there is None:  # gone between our PUT and HEAD (a delete marker): try again
+            raise StorageError(f"{key}: the PUT was refused as existing, yet no object is there; retried")
+        copy = temp / f"existing-{os.urandom(4).hex()}.tar"
+        sha, _ = await bucket.download(key, there.version_id, copy)
+        copy.unlink()
+        if sha != tar.sha256:
+            raise UsageError(
+                f"a different package is already at s3://{bucket.conn.bucket}/{key} (version {there.version_id},"
+                f" sha256 {sha}, ours {tar.sha256}); nothing uploaded, the local package is kept at {tar.path.stem}"
+                " in the outbox. Find out who wrote it: under object lock it cannot be replaced"
+            )
+        return there.version_id, False
+
+    async def verify_copy(
+        self, bucket: Bucket, tar: Serialised, version_id: str, local: PackageReport, temp: Path
+    ) -> PackageReport:
+        """Download `version_id`, compare it to the local tar, unpack and verify it as the archivist would."""
+        name = tar.path.stem
+        key = object_key(self.options.prefix, name)
+        check = temp / f"check-{os.urandom(4).hex()}"
+        check.mkdir(mode=0o700)
+        try:
+            copy = check / f"{name}.tar"
+            sha, size = await bucket.download(key, version_id, copy)
+            if sha != tar.sha256 or size != tar.size:
+                raise UploadIntegrityError(
+                    f"s3://{bucket.conn.bucket}/{key} version {version_id} is not the package uploaded",
+                    f"sha256 {tar.sha256}, {tar.size} bytes",
+                    f"sha256 {sha}, {size} bytes",
+                )
+            bag = await asyncio.to_thread(unpack, copy, check / "bag", name)
+            try:
+                report = await asyncio.to_thread(verify_package, bag, self._public_key)
+            except LogIntegrityError as exc:
+                raise UploadIntegrityError(f"the copy of {name} read back from the bucket is not intact: {exc}") from None
+            if (report.month, report.start, report.end, report.root) != (local.month, local.start, local.end, local.root):
+                raise UploadIntegrityError(
+                    f"the copy of {name} read back from the bucket is another package",
+                    f"{local.month} [{local.start}, {local.end}) root {local.root.hex()}",
+                    f"{report.month} [{report.start}, {report.end}) root {report.root.hex()}",
+                )
+            return report
+        finally:
+            shutil.rmtree(check, ignore_errors=True)
+
+    async def _retry(self, step: Callable[[], Awaitable[T]], doing: str) -> T:
+        delay = self.options.backoff_seconds
+        for attempt in range(1, self.options.attempts + 1):
+            try:
+                return await step()
+            except StorageError as exc:  # transient: integrity, usage and config errors are not retried
+                if attempt == self.options.attempts:
+                    raise
+                log.warning(
+                    "object storage failed; retrying",
+                    extra={"doing": doing, "attempt": attempt, "error": str(exc), "retry_in_seconds": delay},
+                )
+                await asyncio.sleep(delay)
+                delay *= 2
+        raise AssertionError("unreachable")
+
+    def _write_receipt(self, name: str, receipt: Receipt) -> None:
+        folder = self._data_dir / RECEIPTS
+        folder.mkdir(mode=0o700, exist_ok=True)
+        write_atomic(self.receipt_path(name), receipt.to_json())
+
