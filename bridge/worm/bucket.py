@@ -7,8 +7,8 @@ is there (If-None-Match: *), with its SHA-256 for the server to check on
 receipt and the object lock mode and retain-until date on the same request (the
 object is never unlocked, not for a moment); it returns the version id. `head`
 and `download` read one version. Transient failures (connection, 5xx, throttling)
-raise `StorageError`: the caller retries; refusals that retrying cannot mend
-raise `ConfigError`. Credentials are never logged or put in an error message.
+raise `TransientStorageError`: the caller retries; other refusals raise
+`StorageError` (or `ConfigError` for a missing bucket or refused credentials). Credentials are never logged or put in an error message.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, FlexibleChecksumError, NoCredentialsError
 
-from bridge.errors import ConfigError, StorageError
+from bridge.errors import Check, ConfigError, LogIntegrityError, StorageError
 from bridge.log.keys import check_permissions
 
 if TYPE_CHECKING:
@@ -38,6 +38,19 @@ MAX_PUT_BYTES = 5 * 1024**3
 LockMode = Literal["COMPLIANCE", "GOVERNANCE"]
 #: Codes no retry mends: a configuration or permission problem.
 _FATAL = {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName"}
+#: 4xx codes that a later attempt may not meet (5xx are all retried).
+_TRANSIENT = {"SlowDown", "RequestTimeout", "Throttling", "ThrottlingException", "RequestTimeTooSkewed"}
+
+
+class UploadIntegrityError(LogIntegrityError):
+    """What the bucket gives back is not the package uploaded (or not an intact package): exit 1, never retried."""
+
+    def __init__(self, reason: str, expected: str | None = None, found: str | None = None) -> None:
+        super().__init__(None, reason, expected, found, check=Check.UPLOAD)
+
+
+class TransientStorageError(StorageError):
+    """The object store failed in a way a later attempt may not (network, 5xx, throttling): retried."""
 
 
 @dataclass(frozen=True)
@@ -147,8 +160,12 @@ class Bucket:
                 return ConfigError(f"{where}: the bucket does not exist; create it with object lock (docs/operations.md)")
             if code in _FATAL:
                 return ConfigError(f"{where}: {doing} refused ({code}); check the credentials and bucket policy")
-            return StorageError(f"{where}: {doing} failed ({code}); retried later")
-        return StorageError(f"{where}: {doing} failed ({type(exc).__name__}: {exc}); retried later")
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if status >= 500 or code in _TRANSIENT:
+                return TransientStorageError(f"{where}: {doing} failed ({code}); retried later")
+            message = str(exc.response.get("Error", {}).get("Message", ""))[:200]
+            return StorageError(f"{where}: {doing} refused ({code}: {message})")
+        return TransientStorageError(f"{where}: {doing} failed ({type(exc).__name__}: {exc}); retried later")
 
     async def check_lock(self) -> str:
         """The bucket's object lock state; ConfigError unless it is "Enabled"."""
@@ -201,6 +218,7 @@ class Bucket:
                     Body=body,
                     ContentLength=size,
                     ContentType="application/x-tar",
+                    ChecksumAlgorithm="SHA256",  # object lock PUTs need a checksum (or Content-MD5)
                     ChecksumSHA256=checksum,  # the server refuses a body that does not hash to it
                     ObjectLockMode=mode,
                     ObjectLockRetainUntilDate=retain_until,
@@ -227,6 +245,10 @@ class Bucket:
                         fh.write(chunk)
                         sha.update(chunk)
                         size += len(chunk)
+        except FlexibleChecksumError as exc:  # the stored bytes are not those the server took in at upload
+            raise UploadIntegrityError(
+                f"s3://{self.conn.bucket}/{key} version {version_id} does not match the checksum stored with it: {exc}"
+            ) from None
         except ClientError as exc:
             raise self._fail(exc, f"downloading {key}") from None
         except (BotoCoreError, OSError) as exc:

@@ -46,8 +46,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from bridge.archive.package import private_workdir
 from bridge.archive.verify_package import PackageReport, verify_package
 from bridge.durable import fsync_dir, write_atomic
-from bridge.errors import Check, LogIntegrityError, StorageError, UsageError
-from bridge.worm.bucket import Bucket, Connection, LockMode
+from bridge.errors import LogIntegrityError, UsageError
+from bridge.worm.bucket import Bucket, Connection, LockMode, TransientStorageError, UploadIntegrityError
 from bridge.worm.serial import Serialised, serialise, unpack
 
 log = logging.getLogger(__name__)
@@ -55,13 +55,6 @@ log = logging.getLogger(__name__)
 OUTBOX = "outbox"
 RECEIPTS = "uploads"
 T = TypeVar("T")
-
-
-class UploadIntegrityError(LogIntegrityError):
-    """The copy read back from the bucket is not the package uploaded (or not an intact package)."""
-
-    def __init__(self, reason: str, expected: str | None = None, found: str | None = None) -> None:
-        super().__init__(None, reason, expected, found, check=Check.UPLOAD)
 
 
 @dataclass(frozen=True)
@@ -175,7 +168,7 @@ class WormDestination:
             return version, True
         there = await bucket.head(key)
         if there is None:  # gone between our PUT and HEAD (a delete marker): try again
-            raise StorageError(f"{key}: the PUT was refused as existing, yet no object is there; retried")
+            raise TransientStorageError(f"{key}: the PUT was refused as existing, yet no object is there; retried")
         copy = temp / f"existing-{os.urandom(4).hex()}.tar"
         sha, _ = await bucket.download(key, there.version_id, copy)
         copy.unlink()
@@ -224,7 +217,7 @@ class WormDestination:
         for attempt in range(1, self.options.attempts + 1):
             try:
                 return await step()
-            except StorageError as exc:  # transient: integrity, usage and config errors are not retried
+            except TransientStorageError as exc:  # integrity, usage, config and refusals are not retried
                 if attempt == self.options.attempts:
                     raise
                 log.warning(

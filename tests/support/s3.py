@@ -19,6 +19,8 @@ the storage operator who rewrites stored bytes underneath the API
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,13 +75,19 @@ def start_stand_in() -> Iterator[StandIn]:
         server.stop()
 
 
-def tamper_stored(bucket: str, key: str, version_id: str, flip_at: int) -> None:
-    """The storage operator's attack: flip one stored byte of a version, below the S3 API (and its lock)."""
+def tamper_stored(bucket: str, key: str, version_id: str, flip_at: int, *, and_checksum: bool = False) -> None:
+    """The storage operator's attack: flip one stored byte of a version, below the S3 API (and its lock).
+
+    `and_checksum`: a careful operator also rewrites the stored SHA-256 checksum to match, so the client
+    library's response-checksum check passes and only our own comparison with the local package is left.
+    """
     backend = get_backend("s3")[ACCOUNT]["global"]
     for fake in backend.buckets[bucket].keys.getlist(key):
         if fake.version_id == version_id:
             data = bytearray(fake.value)
             data[flip_at] ^= 0x01
             fake.value = bytes(data)
+            if and_checksum:
+                fake.checksum_value = base64.b64encode(hashlib.sha256(bytes(data)).digest()).decode()
             return
     raise AssertionError(f"no version {version_id} of {key} in the stand-in")
