@@ -641,9 +641,10 @@ def _worm_for(out_dir: str, settings: config.Settings, dd: Path, material: KeyMa
 
 def _print_receipt(receipt: WormReceipt, kept: bool, local: Path) -> None:
     verb = "uploaded" if receipt.uploaded else "already in the bucket (identical)"
+    where = f"kept at {local}" if kept else "removed"
     out.print(
         f"{verb}: {receipt.url} version {receipt.version_id}, {receipt.lock_mode} lock until {receipt.retain_until};"
-        f" read back and verified (sha256 {receipt.sha256}); local copy {'kept at ' + str(local) if kept else 'removed'}"
+        f" read back and verified (sha256 {receipt.sha256}); local copy {where}"
     )
 
 
@@ -665,7 +666,9 @@ def upload_cmd(
     _require(package.is_dir(), f"{package} is not a package directory")
     worm = _guard(lambda: _worm_for(destination, settings, dd, material))
     assert worm is not None
-    keep = WormDestination(dataclasses.replace(worm.options, keep_local=True), dd, (material.key_name, material.public_key))
+    keep = WormDestination(
+        dataclasses.replace(worm.options, keep_local=True), dd, (material.key_name, material.public_key)
+    )
     _print_receipt(_guard(lambda: keep.publish_sync(package)), True, package)
 
 

@@ -256,7 +256,9 @@ def test_attack_a_tampered_copy_that_hashes_right_is_still_verified(
     async def go() -> None:
         async with Bucket(dest.options.conn) as b:
             until = datetime.now(UTC) + timedelta(days=1)
-            version = await b.put(object_key(dest.options.prefix, package.name), tar.path, tar.sha256, "COMPLIANCE", until)
+            version = await b.put(
+                object_key(dest.options.prefix, package.name), tar.path, tar.sha256, "COMPLIANCE", until
+            )
             assert version is not None
             work = tmp_path / "work"
             work.mkdir()
@@ -307,15 +309,23 @@ def test_stand_in_gaps_pinned(log_dir: LogDir, stand_in: StandIn) -> None:
     r = dest.publish_sync(stage(log_dir, dest))
     now = datetime.now(UTC)
     kw = {"Bucket": bucket, "Key": r.key, "VersionId": r.version_id}
-    assert client_error(stand_in, "put_object_retention", Retention={"Mode": "COMPLIANCE", "RetainUntilDate": now}, **kw) == ""
-    assert client_error(
-        stand_in, "put_bucket_versioning", Bucket=bucket, VersioningConfiguration={"Status": "Suspended"}
-    ) == ""
+    assert (
+        client_error(stand_in, "put_object_retention", Retention={"Mode": "COMPLIANCE", "RetainUntilDate": now}, **kw)
+        == ""
+    )
+    assert (
+        client_error(stand_in, "put_bucket_versioning", Bucket=bucket, VersioningConfiguration={"Status": "Suspended"})
+        == ""
+    )
 
 
 def test_unpack_refuses_members_outside_the_bag(tmp_path: Path) -> None:
     """A hostile tar from the bucket (a `..` path, a symlink, another top folder) is refused before extraction."""
-    for name, kind in (("bag/../escape.txt", tarfile.REGTYPE), ("bag/link", tarfile.SYMTYPE), ("other/x", tarfile.REGTYPE)):
+    for name, kind in (
+        ("bag/../escape.txt", tarfile.REGTYPE),
+        ("bag/link", tarfile.SYMTYPE),
+        ("other/x", tarfile.REGTYPE),
+    ):
         tar = tmp_path / f"{abs(hash(name))}.tar"
         with tarfile.open(tar, "w") as t:
             info = tarfile.TarInfo(name)

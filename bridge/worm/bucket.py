@@ -8,7 +8,8 @@ receipt and the object lock mode and retain-until date on the same request (the
 object is never unlocked, not for a moment); it returns the version id. `head`
 and `download` read one version. Transient failures (connection, 5xx, throttling)
 raise `TransientStorageError`: the caller retries; other refusals raise
-`StorageError` (or `ConfigError` for a missing bucket or refused credentials). Credentials are never logged or put in an error message.
+`StorageError` (or `ConfigError` for a missing bucket or refused credentials).
+Credentials are never logged or put in an error message.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import base64
 import configparser
 import hashlib
+import os
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -157,7 +159,9 @@ class Bucket:
         if isinstance(exc, ClientError):
             code = _code(exc)
             if code == "NoSuchBucket":
-                return ConfigError(f"{where}: the bucket does not exist; create it with object lock (docs/operations.md)")
+                return ConfigError(
+                    f"{where}: the bucket does not exist; create it with object lock (docs/operations.md)"
+                )
             if code in _FATAL:
                 return ConfigError(f"{where}: {doing} refused ({code}); check the credentials and bucket policy")
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -206,7 +210,7 @@ class Bucket:
 
     async def put(self, key: str, path: Path, sha256_hex: str, mode: LockMode, retain_until: datetime) -> str | None:
         """Create `key` from the file; its version id, or None when an object is there already (not written)."""
-        size = path.stat().st_size
+        size = os.stat(path).st_size
         if size > MAX_PUT_BYTES:
             raise StorageError(f"{path.name} is {size} bytes: more than one S3 PUT takes (5 GiB); not uploaded")
         checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")

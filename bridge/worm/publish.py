@@ -136,7 +136,9 @@ class WormDestination:
                 await self._retry(bucket.check_lock, "checking object lock")
                 version_id, uploaded = await self._retry(lambda: self._upload(bucket, tar, temp), "uploading")
                 await self._retry(lambda: self.verify_copy(bucket, tar, version_id, local, temp), "verifying")
-                head = await self._retry(lambda: bucket.head(object_key(self.options.prefix, name), version_id), "reading back")
+                head = await self._retry(
+                    lambda: bucket.head(object_key(self.options.prefix, name), version_id), "reading back"
+                )
         finally:
             shutil.rmtree(temp, ignore_errors=True)
         receipt = Receipt(
@@ -156,7 +158,12 @@ class WormDestination:
             fsync_dir(package.parent)
         log.info(
             "package uploaded and verified" if uploaded else "package already in the bucket (identical), verified",
-            extra={"url": receipt.url, "version_id": version_id, "sha256": tar.sha256, "kept_local": self.options.keep_local},
+            extra={
+                "url": receipt.url,
+                "version_id": version_id,
+                "sha256": tar.sha256,
+                "kept_local": self.options.keep_local,
+            },
         )
         return receipt
 
@@ -201,8 +208,15 @@ class WormDestination:
             try:
                 report = await asyncio.to_thread(verify_package, bag, self._public_key)
             except LogIntegrityError as exc:
-                raise UploadIntegrityError(f"the copy of {name} read back from the bucket is not intact: {exc}") from None
-            if (report.month, report.start, report.end, report.root) != (local.month, local.start, local.end, local.root):
+                raise UploadIntegrityError(
+                    f"the copy of {name} read back from the bucket is not intact: {exc}"
+                ) from None
+            if (report.month, report.start, report.end, report.root) != (
+                local.month,
+                local.start,
+                local.end,
+                local.root,
+            ):
                 raise UploadIntegrityError(
                     f"the copy of {name} read back from the bucket is another package",
                     f"{local.month} [{local.start}, {local.end}) root {local.root.hex()}",
@@ -232,4 +246,3 @@ class WormDestination:
         folder = self._data_dir / RECEIPTS
         folder.mkdir(mode=0o700, exist_ok=True)
         write_atomic(self.receipt_path(name), receipt.to_json())
-

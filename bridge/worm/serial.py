@@ -27,6 +27,7 @@ from bridge.errors import Check, LogIntegrityError
 def _bad(reason: str) -> LogIntegrityError:
     return LogIntegrityError(None, reason, check=Check.UPLOAD)
 
+
 CHUNK = 1024 * 1024
 
 
