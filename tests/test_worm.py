@@ -262,7 +262,7 @@ def test_attack_a_tampered_copy_that_hashes_right_is_still_verified(
             assert version is not None
             work = tmp_path / "work"
             work.mkdir()
-            await dest.verify_copy(b, tar, version, local, work)
+            await dest.verify_copy(b, tar, version, work, local)
 
     with pytest.raises(UploadIntegrityError, match="not intact"):
         asyncio.run(go())

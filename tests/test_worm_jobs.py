@@ -266,3 +266,29 @@ def test_upload_command_keeps_the_given_package(log_dir: LogDir, stand_in: Stand
     cfg = cli_config(tmp_path, log_dir, stand_in, creds_mode=0o644)
     result = runner.invoke(app, ["upload", "--config", str(cfg), str(package), f"s3://{bucket}/later"])
     assert result.exit_code == 2 and "chmod 600" in result.output
+
+
+def test_backup_leaves_out_the_plaintext_outbox_and_keeps_receipts(
+    log_dir: LogDir, stand_in: StandIn, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A package waiting in the outbox is plaintext: `backup` (whose copy must be unreadable without the key)
+    does not copy it; the receipts of uploaded months (no chat content) are copied."""
+    from bridge.backup import backup
+
+    monkeypatch.setattr(scheduler, "now_ms", lambda: ms(2024, 3, 10))
+    bucket = stand_in.make_bucket()
+    jobs = ArchiveJobs(
+        log_dir.data_dir,
+        log_dir.keys,
+        log_dir.data_dir / "outbox",
+        OPTIONS,
+        worm=worm(log_dir, stand_in.connection(bucket)),
+    )
+    asyncio.run(jobs.catch_up())
+    staged = log_dir.data_dir / "outbox" / "waiting"
+    (staged / "data").mkdir(parents=True)
+    (staged / "data" / "events.jsonl").write_text('{"body": "kamerbrief concept"}\n')
+    backup(log_dir.data_dir, tmp_path / "backup")
+    copied = {p.relative_to(tmp_path / "backup").as_posix() for p in (tmp_path / "backup").rglob("*") if p.is_file()}
+    assert not any(c.startswith("outbox/") for c in copied)
+    assert {f"uploads/{package_name(log_dir.keys.log_id, Month(2024, m))}.json" for m in (1, 2)} <= copied
