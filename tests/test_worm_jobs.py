@@ -292,3 +292,29 @@ def test_backup_leaves_out_the_plaintext_outbox_and_keeps_receipts(
     copied = {p.relative_to(tmp_path / "backup").as_posix() for p in (tmp_path / "backup").rglob("*") if p.is_file()}
     assert not any(c.startswith("outbox/") for c in copied)
     assert {f"uploads/{package_name(log_dir.keys.log_id, Month(2024, m))}.json" for m in (1, 2)} <= copied
+
+
+def test_run_wiring_refuses_a_bucket_without_lock_and_only_alerts_when_unreachable(
+    log_dir: LogDir, stand_in: StandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`run`'s start-up check (bridge.app.check_worm) on the destination built from the config: a bucket
+    without object lock stops it (ConfigError, exit 2); an unreachable store is an ALERT only (capture must
+    not wait for the archive's storage)."""
+    from bridge.app import check_worm, worm_destination
+
+    cfg = cli_config(tmp_path, log_dir, stand_in)
+    plain = stand_in.make_bucket(object_lock=False)
+    settings = load(cfg)
+    dest = worm_destination(settings, log_dir.data_dir, log_dir.keys, S3Destination(bucket=plain, prefix="p"))
+    assert dest is not None and dest.options.retention_days == 10 and dest.options.mode == "COMPLIANCE"
+    assert dest.options.conn.credentials == CREDENTIALS
+    with pytest.raises(ConfigError, match="has no object lock"):
+        asyncio.run(check_worm(dest))
+    gone = WormDestination(
+        WormOptions(Connection("worm-gone", "http://127.0.0.1:9", "us-east-1", CREDENTIALS), "", 1),
+        log_dir.data_dir,
+        (log_dir.keys.key_name, log_dir.keys.public_key),
+    )
+    with caplog.at_level(logging.ERROR, logger="bridge.app"):
+        asyncio.run(check_worm(gone))
+    assert any("ALERT archive destination unreachable" in r.getMessage() for r in caplog.records)

@@ -155,8 +155,9 @@ class WormDestination:
             shutil.rmtree(package)
             fsync_dir(package.parent)
         log.info(
-            "package uploaded and verified" if uploaded else "package already in the bucket (identical), verified",
+            "package uploaded and verified",
             extra={
+                "already_there": not uploaded,
                 "url": receipt.url,
                 "version_id": version_id,
                 "sha256": tar.sha256,
