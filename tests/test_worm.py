@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import io
 import json
+import os
 import shutil
 import tarfile
 from collections.abc import Iterator
@@ -337,3 +339,40 @@ def test_unpack_refuses_members_outside_the_bag(tmp_path: Path) -> None:
         with pytest.raises(LogIntegrityError, match="is not a file of the bag"):
             unpack(tar, into, "bag")
         assert not (tmp_path / "escape.txt").exists()
+
+
+def test_multipart_upload_is_locked_read_back_and_create_only(stand_in: StandIn, tmp_path: Path) -> None:
+    """A large package goes up in parts (each with its SHA-256): the object reads back byte for byte, ends up
+    locked in COMPLIANCE mode (the stand-in ignores the lock on CreateMultipartUpload, a gap pinned here:
+    `ensure_lock` sets it with PutObjectRetention and reads it back), and a second upload to the key is refused."""
+    bucket = stand_in.make_bucket()
+    data = os.urandom(11 * 1024 * 1024 + 123)
+    src = tmp_path / "big.tar"
+    src.write_bytes(data)
+    sha = hashlib.sha256(data).hexdigest()
+    until = datetime.now(UTC) + timedelta(days=2)
+
+    async def go() -> tuple[str | None, str | None, str | None, object]:
+        async with Bucket(stand_in.connection(bucket), multipart_bytes=1, part_bytes=5 * 1024 * 1024) as b:
+            version = await b.put("big.tar", src, sha, "COMPLIANCE", until)
+            assert version is not None
+            before = await b.head("big.tar", version)
+            assert before is not None
+            locked = await b.ensure_lock("big.tar", version, "COMPLIANCE", until, until - timedelta(minutes=1))
+            got, size = await b.download("big.tar", version, tmp_path / "back.tar")
+            assert (got, size) == (sha, len(data))
+            again = await b.put("big.tar", src, sha, "COMPLIANCE", until)
+            return version, before.lock_mode, again, locked
+
+    version, before, again, locked = asyncio.run(go())
+    assert before is None  # the stand-in's gap: no lock from CreateMultipartUpload
+    assert locked.lock_mode == "COMPLIANCE" and locked.retain_until is not None  # type: ignore[attr-defined]
+    assert again is None
+    assert client_error(stand_in, "delete_object", Bucket=bucket, Key="big.tar", VersionId=version) == "AccessDenied"
+
+
+def test_publish_through_the_multipart_path(log_dir: LogDir, stand_in: StandIn) -> None:
+    """The whole publish with multipart forced: uploaded, locked, read back and verified, receipt written."""
+    dest = destination(log_dir, stand_in, stand_in.make_bucket(), multipart_bytes=1)
+    receipt = dest.publish_sync(stage(log_dir, dest))
+    assert receipt.uploaded and receipt.lock_mode == "COMPLIANCE" and receipt.retain_until

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import configparser
+import contextlib
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -35,8 +36,9 @@ if TYPE_CHECKING:
     from types_aiobotocore_s3 import S3Client
 
 CHUNK = 1024 * 1024
-#: One PUT carries at most 5 GiB (S3's limit); larger packages would need a multipart upload (not yet).
-MAX_PUT_BYTES = 5 * 1024**3
+#: Above this a package goes up as a multipart upload (one PUT carries at most 5 GiB), in parts of PART_BYTES.
+MULTIPART_BYTES = 256 * 1024**2
+PART_BYTES = 64 * 1024**2
 LockMode = Literal["COMPLIANCE", "GOVERNANCE"]
 #: Codes no retry mends: a configuration or permission problem.
 _FATAL = {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidBucketName"}
@@ -110,8 +112,12 @@ def _code(exc: ClientError) -> str:
 class Bucket:
     """See the module docstring."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(
+        self, conn: Connection, *, multipart_bytes: int = MULTIPART_BYTES, part_bytes: int = PART_BYTES
+    ) -> None:
         self.conn = conn
+        self._multipart_bytes = multipart_bytes
+        self._part_bytes = max(part_bytes, 5 * 1024**2)  # S3's smallest part (but the last)
         self._client: S3Client | None = None
         self._ctx: Any = None
 
@@ -211,8 +217,8 @@ class Bucket:
     async def put(self, key: str, path: Path, sha256_hex: str, mode: LockMode, retain_until: datetime) -> str | None:
         """Create `key` from the file; its version id, or None when an object is there already (not written)."""
         size = os.stat(path).st_size
-        if size > MAX_PUT_BYTES:
-            raise StorageError(f"{path.name} is {size} bytes: more than one S3 PUT takes (5 GiB); not uploaded")
+        if size > self._multipart_bytes:
+            return await self._put_multipart(key, path, sha256_hex, mode, retain_until)
         checksum = base64.b64encode(bytes.fromhex(sha256_hex)).decode("ascii")
         try:
             with path.open("rb") as body:
@@ -236,6 +242,91 @@ class Bucket:
         except BotoCoreError as exc:
             raise self._fail(exc, f"uploading {key}") from None
         return str(got.get("VersionId", "")) or None
+
+    async def _put_multipart(
+        self, key: str, path: Path, sha256_hex: str, mode: LockMode, retain_until: datetime
+    ) -> str | None:
+        """`put` in parts (each with its SHA-256, memory bounded by one part); aborted on any failure."""
+        c = self.client
+        try:
+            created = await c.create_multipart_upload(
+                Bucket=self.conn.bucket,
+                Key=key,
+                ContentType="application/x-tar",
+                ChecksumAlgorithm="SHA256",
+                ObjectLockMode=mode,
+                ObjectLockRetainUntilDate=retain_until,
+                Metadata={"sha256": sha256_hex},
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, f"starting the upload of {key}") from None
+        upload_id = created["UploadId"]
+        parts: list[Any] = []
+        try:
+            with path.open("rb") as fh:
+                number = 1
+                while data := fh.read(self._part_bytes):
+                    checksum = base64.b64encode(hashlib.sha256(data).digest()).decode("ascii")
+                    got = await c.upload_part(
+                        Bucket=self.conn.bucket,
+                        Key=key,
+                        UploadId=upload_id,
+                        PartNumber=number,
+                        Body=data,
+                        ChecksumAlgorithm="SHA256",
+                        ChecksumSHA256=checksum,
+                    )
+                    parts.append({"PartNumber": number, "ETag": got["ETag"], "ChecksumSHA256": checksum})
+                    number += 1
+            done = await c.complete_multipart_upload(
+                Bucket=self.conn.bucket,
+                Key=key,
+                UploadId=upload_id,
+                MultipartUpload={"Parts": parts},
+                IfNoneMatch="*",
+            )
+        except (ClientError, BotoCoreError, OSError) as exc:
+            # if the abort fails too, the bucket's lifecycle rule for incomplete uploads cleans up
+            with contextlib.suppress(ClientError, BotoCoreError):
+                await c.abort_multipart_upload(Bucket=self.conn.bucket, Key=key, UploadId=upload_id)
+            if isinstance(exc, ClientError) and _code(exc) in (
+                "PreconditionFailed",
+                "412",
+                "ConditionalRequestConflict",
+            ):
+                return None
+            if isinstance(exc, OSError):
+                raise StorageError(f"{path}: cannot be read for the upload: {exc}") from None
+            raise self._fail(exc, f"uploading {key}") from None
+        return str(done.get("VersionId", "")) or None
+
+    async def ensure_lock(
+        self, key: str, version_id: str, mode: LockMode, until: datetime, minimum: datetime
+    ) -> Version:
+        """The version, locked in `mode` until at least `minimum`: set to `until` if the server did not (a
+        store that ignores lock headers on some requests), then read back; StorageError if it still is not."""
+        got = await self.head(key, version_id)
+        if got is None:
+            raise TransientStorageError(f"{key} version {version_id} is not there right after its upload")
+        if got.lock_mode == mode and got.retain_until is not None and got.retain_until >= minimum:
+            return got
+        try:
+            await self.client.put_object_retention(
+                Bucket=self.conn.bucket,
+                Key=key,
+                VersionId=version_id,
+                Retention={"Mode": mode, "RetainUntilDate": until},
+                ChecksumAlgorithm="SHA256",
+            )
+        except (ClientError, BotoCoreError) as exc:
+            raise self._fail(exc, f"locking {key}") from None
+        got = await self.head(key, version_id)
+        if got is None or got.lock_mode != mode or got.retain_until is None or got.retain_until < minimum:
+            raise StorageError(
+                f"s3://{self.conn.bucket}/{key} version {version_id} is not locked ({mode} until {until:%Y-%m-%d})"
+                " after the upload: the store does not apply object lock; refused"
+            )
+        return got
 
     async def download(self, key: str, version_id: str, dest: Path) -> tuple[str, int]:
         """Write that version of `key` to the new file `dest`; its (sha256 hex, size)."""

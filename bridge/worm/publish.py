@@ -9,7 +9,9 @@ Theory of operation
    under `<data_dir>/tmp/` (removed afterwards, or at the next start after a crash);
 2. `check_lock`: a bucket without object lock enabled is refused (ConfigError);
 3. `put` with If-None-Match: * and the lock (mode, retain-until = now +
-   retention_days) on the same request. If an object is already at the key (a
+   retention_days) on the same request (a multipart upload above
+   `multipart_bytes`); the lock is then read back (`ensure_lock`: set by
+   PutObjectRetention if the store did not apply it, refused if it still is not). If an object is already at the key (a
    re-run, or a crash after the upload), its current version is downloaded
    and compared: the same bytes are success (idempotent, the existing lock
    stands); different bytes are refused (UsageError), as `snapshot` refuses a
@@ -48,7 +50,16 @@ from bridge.archive.verify_package import PackageReport, verify_package
 from bridge.durable import fsync_dir, write_atomic
 from bridge.errors import LogIntegrityError, UsageError
 from bridge.worm import OUTBOX, RECEIPTS
-from bridge.worm.bucket import Bucket, Connection, LockMode, TransientStorageError, UploadIntegrityError
+from bridge.worm.bucket import (
+    MULTIPART_BYTES,
+    PART_BYTES,
+    Bucket,
+    Connection,
+    LockMode,
+    TransientStorageError,
+    UploadIntegrityError,
+    Version,
+)
 from bridge.worm.serial import Serialised, serialise, unpack
 
 log = logging.getLogger(__name__)
@@ -65,6 +76,8 @@ class WormOptions:
     keep_local: bool = False
     attempts: int = 5
     backoff_seconds: float = 2.0
+    multipart_bytes: int = MULTIPART_BYTES
+    part_bytes: int = PART_BYTES
 
 
 @dataclass(frozen=True)
@@ -130,13 +143,13 @@ class WormDestination:
         temp.mkdir(mode=0o700)
         try:
             tar = await asyncio.to_thread(serialise, package, temp / f"{name}.tar")
-            async with Bucket(self.options.conn) as bucket:
+            o = self.options
+            async with Bucket(o.conn, multipart_bytes=o.multipart_bytes, part_bytes=o.part_bytes) as bucket:
                 await self._retry(bucket.check_lock, "checking object lock")
-                version_id, uploaded = await self._retry(lambda: self._upload(bucket, tar, temp), "uploading")
+                head, uploaded = await self._retry(lambda: self._upload(bucket, tar, temp), "uploading")
+                version_id = head.version_id
+                tar.path.unlink()  # disk: the package, the copy read back and its unpacked bag are enough
                 await self._retry(lambda: self.verify_copy(bucket, tar, version_id, temp), "verifying")
-                head = await self._retry(
-                    lambda: bucket.head(object_key(self.options.prefix, name), version_id), "reading back"
-                )
         finally:
             shutil.rmtree(temp, ignore_errors=True)
         receipt = Receipt(
@@ -146,8 +159,8 @@ class WormDestination:
             version_id=version_id,
             sha256=tar.sha256,
             size=tar.size,
-            lock_mode=(head.lock_mode if head else None) or "",
-            retain_until=head.retain_until.isoformat() if head and head.retain_until else "",
+            lock_mode=head.lock_mode or "",
+            retain_until=head.retain_until.isoformat() if head.retain_until else "",
             uploaded=uploaded,
         )
         self._write_receipt(name, receipt)
@@ -166,12 +179,14 @@ class WormDestination:
         )
         return receipt
 
-    async def _upload(self, bucket: Bucket, tar: Serialised, temp: Path) -> tuple[str, bool]:
+    async def _upload(self, bucket: Bucket, tar: Serialised, temp: Path) -> tuple[Version, bool]:
         key = object_key(self.options.prefix, tar.path.stem)
-        until = datetime.now(UTC) + timedelta(days=self.options.retention_days)
-        version = await bucket.put(key, tar.path, tar.sha256, self.options.mode, until)
+        now = datetime.now(UTC)
+        until = now + timedelta(days=self.options.retention_days)
+        mode = self.options.mode
+        version = await bucket.put(key, tar.path, tar.sha256, mode, until)
         if version is not None:
-            return version, True
+            return await bucket.ensure_lock(key, version, mode, until, until - timedelta(minutes=10)), True
         there = await bucket.head(key)
         if there is None:  # gone between our PUT and HEAD (a delete marker): try again
             raise TransientStorageError(f"{key}: the PUT was refused as existing, yet no object is there; retried")
@@ -184,7 +199,7 @@ class WormDestination:
                 f" sha256 {sha}, ours {tar.sha256}); nothing uploaded, the local package is kept at {tar.path.stem}"
                 " in the outbox. Find out who wrote it: under object lock it cannot be replaced"
             )
-        return there.version_id, False
+        return await bucket.ensure_lock(key, there.version_id, mode, until, now), False
 
     async def verify_copy(
         self, bucket: Bucket, tar: Serialised, version_id: str, temp: Path, local: PackageReport | None = None

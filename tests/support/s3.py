@@ -4,8 +4,8 @@ It is not MinIO, Ceph RGW or AWS. What it enforces, as tests/test_worm.py pins
 (so a moto upgrade that changes it fails loudly): a DELETE of a version under
 compliance retention is refused (AccessDenied), also with the governance bypass
 header; If-None-Match: * on PUT; GetObjectLockConfiguration on a bucket without
-object lock fails. What it does NOT enforce (real S3 does, docs/operations.md):
-shortening a compliance retention or turning it into governance mode is
+object lock fails. What it does NOT do or enforce (real S3 does, docs/operations.md):
+apply the lock given to CreateMultipartUpload; shortening a compliance retention or turning it into governance mode is
 accepted; suspending versioning on an object-lock bucket is accepted; the
 bucket policy, IAM and the retention clock against the server's own time are
 not modelled. Our code never relies on those refusals for its own checks: it
