@@ -18,8 +18,9 @@ a snapshot in progress (it is atomic either way: a crash leaves no half package)
 
 With `worm` (an `s3://` destination) a month's package is written to the data
 dir's outbox and then published (bridge.worm.publish: upload under object lock,
-read back and verified, receipt, local copy removed); a month with a receipt is
-done; a package left in the outbox by a failed upload is uploaded as it is at
+read back and verified, receipt, local copy removed); a month with a receipt
+that the bucket confirms is done (one the bucket contradicts is an ALERT, set
+aside, and the month uploaded again); a package left in the outbox by a failed upload is uploaded as it is at
 the next run (never rebuilt, never removed before its verified upload).
 """
 
@@ -42,6 +43,7 @@ from bridge.errors import ChatarchiefError, ConfigError
 from bridge.log.keys import KeyMaterial
 from bridge.log.store import LogStore
 from bridge.log.view import LogView
+from bridge.worm.bucket import TransientStorageError
 from bridge.worm.publish import WormDestination
 
 log = logging.getLogger(__name__)
@@ -156,7 +158,7 @@ class ArchiveJobs:
         for month in due_months(first, now_ms(), self._options.timezone):
             name = package_name(self._keys.log_id, month)
             out = self._destination / name if self._worm is None else self._worm.staging(name)
-            if self._worm is not None and self._worm.done(name):
+            if self._worm is not None and self._worm.done(name) and self._receipt_holds(month, name):
                 self.last_month = month
                 continue
             if out.exists() or out.is_symlink():
@@ -192,6 +194,24 @@ class ArchiveJobs:
             else:
                 failed.append(str(month))
         return written, failed
+
+    def _receipt_holds(self, month: Month, name: str) -> bool:
+        """A month with a receipt is done if the bucket holds that version (or cannot be asked now); a
+        receipt the bucket contradicts is an ALERT, set aside, and the month is uploaded again."""
+        assert self._worm is not None
+        try:
+            if self._worm.confirm_sync(name):
+                return True
+        except (TransientStorageError, ConfigError, OSError):
+            return True  # cannot be asked now: the receipt stands until it can (uploads alert meanwhile)
+        except ChatarchiefError:
+            pass  # the bucket refuses that version (S3 answers 400 to a malformed version id): contradicted
+        aside = self._worm.set_aside(name)
+        log.error(
+            "ALERT upload receipt contradicted by the bucket; the month is uploaded again",
+            extra={"month": str(month), "receipt": str(aside), "destination": self._worm.url},
+        )
+        return False
 
     def _publish(self, month: Month, package: Path) -> bool:
         """Upload and verify a package in the outbox; False (an ALERT, the package kept) if that failed."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -318,3 +319,29 @@ def test_run_wiring_refuses_a_bucket_without_lock_and_only_alerts_when_unreachab
     with caplog.at_level(logging.ERROR, logger="bridge.app"):
         asyncio.run(check_worm(gone))
     assert any("ALERT archive destination unreachable" in r.getMessage() for r in caplog.records)
+
+
+def test_attack_a_forged_receipt_does_not_hide_a_month(
+    log_dir: LogDir, stand_in: StandIn, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An insider writes a receipt for a month that was never uploaded (or one whose version is gone): the
+    catch-up asks the bucket, raises an ALERT, keeps the forged receipt aside as evidence and uploads the month."""
+    monkeypatch.setattr(scheduler, "now_ms", lambda: ms(2024, 2, 10))
+    bucket = stand_in.make_bucket()
+    dest = worm(log_dir, stand_in.connection(bucket))
+    name = package_name(log_dir.keys.log_id, Month(2024, 1))
+    receipts = log_dir.data_dir / "uploads"
+    receipts.mkdir()
+    forged = json.dumps(
+        {"bucket": bucket, "key": f"packages/{name}.tar", "lock_mode": "COMPLIANCE", "retain_until": "2099-01-01",
+         "sha256": "00", "size": 1, "uploaded": True, "url": "s3://x", "version_id": "made-up"}
+    )  # fmt: skip
+    (receipts / f"{name}.json").write_text(forged)
+    jobs = ArchiveJobs(log_dir.data_dir, log_dir.keys, log_dir.data_dir / "outbox", OPTIONS, worm=dest)
+    with caplog.at_level(logging.ERROR, logger="bridge.scheduler"):
+        written = asyncio.run(jobs.catch_up())
+    assert [r.month for r in written] == ["2024-01"] and jobs.failed == []
+    assert any("ALERT upload receipt contradicted" in r.getMessage() for r in caplog.records)
+    assert keys_in(stand_in, bucket) == [f"packages/{name}.tar"]
+    assert [p.read_text() for p in receipts.glob(f"{name}.json.contradicted-*")] == [forged]
+    assert dest.confirm_sync(name)  # the new receipt holds

@@ -126,6 +126,31 @@ class WormDestination:
         """Whether `name` was uploaded and verified (its receipt exists)."""
         return self.receipt_path(name).is_file()
 
+    def confirm_sync(self, name: str) -> bool:
+        """Whether the bucket holds the version `name`'s receipt names, locked (the bucket is the truth, a
+        receipt only its note: a forged or stale one must not hide a month that is not there). False also for
+        a receipt that does not parse; TransientStorageError when the bucket cannot be asked now."""
+        try:
+            receipt = Receipt(**json.loads(self.receipt_path(name).read_bytes()))
+        except (OSError, ValueError, TypeError):
+            return False
+
+        async def ask() -> bool:
+            async with Bucket(self.options.conn) as bucket:
+                if receipt.bucket != bucket.conn.bucket:
+                    return False
+                got = await bucket.head(receipt.key, receipt.version_id)
+            return got is not None and got.lock_mode is not None and got.size == receipt.size
+
+        return asyncio.run(ask())
+
+    def set_aside(self, name: str) -> Path:
+        """Move a receipt that the bucket contradicts out of the way (kept as evidence); returns its new path."""
+        path = self.receipt_path(name)
+        aside = path.with_name(f"{path.name}.contradicted-{datetime.now(UTC):%Y%m%dT%H%M%SZ}")
+        path.rename(aside)
+        return aside
+
     async def check(self) -> None:
         """Refuse (ConfigError) a bucket without object lock; StorageError when it cannot be reached."""
         async with Bucket(self.options.conn) as bucket:
