@@ -158,11 +158,9 @@ class ArchiveSettings(_Section):
 
     @model_validator(mode="after")
     def _s3_keys(self) -> ArchiveSettings:
-        if isinstance(self.destination, S3Destination):
-            if self.retention_days is None:
-                raise ValueError("an s3:// destination needs retention_days (how long each package is locked)")
-        elif self.s3_endpoint is not None or self.s3_credentials_file is not None or self.retention_days is not None:
-            raise ValueError("s3_endpoint, s3_credentials_file and retention_days apply to an s3:// destination only")
+        # The s3 keys beside a folder destination are allowed: `snapshot --out s3://...` and `upload` use them.
+        if isinstance(self.destination, S3Destination) and self.retention_days is None:
+            raise ValueError("an s3:// destination needs retention_days (how long each package is locked)")
         return self
 
 

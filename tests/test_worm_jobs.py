@@ -63,20 +63,28 @@ def keys_in(stand_in: StandIn, bucket: str) -> list[str]:
 
 
 def test_s3_destination_parses_and_needs_retention() -> None:
-    """`s3://bucket/prefix` becomes an S3Destination; a bad bucket name, or no retention_days, is refused;
-    the s3 keys beside a folder destination are refused (they would silently do nothing)."""
+    """`s3://bucket/prefix` becomes an S3Destination (also from CHATARCHIEF_ARCHIVE__DESTINATION); a bad bucket
+    name, or no retention_days, is refused; the s3 keys beside a folder serve `snapshot --out s3://` and `upload`."""
     a = ArchiveSettings(destination="s3://archief-bucket/min/bzk/", retention_days=3650)  # type: ignore[arg-type]
     assert a.destination == S3Destination(bucket="archief-bucket", prefix="min/bzk")
     assert isinstance(ArchiveSettings(destination="/srv/archive").destination, Path)  # type: ignore[arg-type]
     for bad, says in (
         ({"destination": "s3://Bad_Bucket/x", "retention_days": 1}, "does not name an S3 bucket"),
         ({"destination": "s3://bucket-a/x"}, "needs retention_days"),
-        ({"destination": "/srv/archive", "retention_days": 1}, "apply to an s3:// destination only"),
         ({"destination": "ftp://host/x"}, "a folder or s3://"),
         ({"destination": "s3://bucket-a/x", "retention_days": 1, "object_lock_mode": "NONE"}, "object_lock_mode"),
     ):
         with pytest.raises(Exception, match=says):
             ArchiveSettings(**bad)  # type: ignore[arg-type]
+    assert ArchiveSettings(destination="/srv/archive", retention_days=5).retention_days == 5  # type: ignore[arg-type]
+
+
+def test_s3_destination_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment overrides the file's folder with a bucket, parsed the same way."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('[archive]\ndestination = "/srv/archive"\nretention_days = 30\n')
+    monkeypatch.setenv("CHATARCHIEF_ARCHIVE__DESTINATION", "s3://archief-bucket/bzk")
+    assert load(cfg).archive.destination == S3Destination(bucket="archief-bucket", prefix="bzk")
 
 
 def test_config_file_error_for_s3_is_one_line(tmp_path: Path) -> None:
@@ -250,6 +258,9 @@ def test_snapshot_to_a_bucket_without_lock_is_exit_2_one_line(
     assert result.exit_code == 2, result.output
     assert "has no object lock" in result.output and "Traceback" not in result.output
     assert (log_dir.data_dir / "outbox" / package_name(log_dir.keys.log_id, Month(2024, 1)) / "bag-info.txt").is_file()
+    for bad in ("ftp://host/x", "s3://No_Such/x"):
+        result = runner.invoke(app, ["snapshot", "--config", str(cfg), "--month", "2024-01", "--out", bad])
+        assert result.exit_code == 2 and "Traceback" not in result.output, result.output
 
 
 def test_upload_command_keeps_the_given_package(log_dir: LogDir, stand_in: StandIn, tmp_path: Path) -> None:
