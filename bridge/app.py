@@ -37,7 +37,7 @@ from bridge.archive.range import first_instant_ms, zone
 from bridge.blobs import BlobStore
 from bridge.capture import LogSink, RetryingBlobs, supervise
 from bridge.clock import now_ms
-from bridge.config import Settings
+from bridge.config import S3Destination, Settings
 from bridge.errors import ConfigError, StorageError, UsageError
 from bridge.liveness import Heartbeats, restart_gap
 from bridge.log import checkpoint as checkpoint_note
@@ -54,6 +54,8 @@ from bridge.sources.signal import SignalSource, SignalSourceConfig
 from bridge.witness.client import Witnessing
 from bridge.witness.cosigned import CosignatureStore
 from bridge.witness.note import ALG_COSIGNATURE_V1, NoteError, Verifier, parse_vkey
+from bridge.worm.bucket import Connection, read_credentials
+from bridge.worm.publish import WormDestination, WormOptions
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +88,11 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
         blobs = RetryingBlobs(BlobStore(data_dir / "blobs", store.media_keys()), stop=stop, observer=metrics)
         seal = seal_in_loop(store, asyncio.get_running_loop())
         a = settings.archive
-        archive = ArchiveJobs(data_dir, keys, a.destination, options, a.schedule, store, seal=seal)
+        worm = worm_destination(settings, data_dir, keys)
+        if worm is not None:
+            await check_worm(worm)
+        folder = a.destination if isinstance(a.destination, Path) else data_dir / "outbox"
+        archive = ArchiveJobs(data_dir, keys, folder, options, a.schedule, store, seal=seal, worm=worm)
         witnessing = witness_task(settings, targets, data_dir, keys, store, stop)
         tasks: list[asyncio.Task[None]] = []
         retries: list[LogSink | RetryingBlobs] = [blobs]
@@ -308,6 +314,34 @@ def archive_options(settings: Settings) -> ArchiveOptions:
         )
     org = Organisation(o.name, o.archive_creator_id, o.appraisal, o.retention_years)
     return ArchiveOptions(org, settings.archive.timezone)
+
+
+def worm_destination(
+    settings: Settings, data_dir: Path, keys: KeyMaterial, destination: S3Destination | None = None
+) -> WormDestination | None:
+    """The `s3://` destination of the config (or `destination`, from `snapshot --out`); None for a folder."""
+    a = settings.archive
+    dest = destination if destination is not None else a.destination
+    if not isinstance(dest, S3Destination):
+        return None
+    if a.retention_days is None:
+        raise ConfigError(f"{dest.url}: set archive.retention_days (how long each package is locked)")
+    creds = read_credentials(a.s3_credentials_file) if a.s3_credentials_file is not None else None
+    conn = Connection(dest.bucket, a.s3_endpoint, a.s3_region, creds)
+    options = WormOptions(conn, dest.prefix, a.retention_days, a.object_lock_mode, a.keep_local, a.upload_attempts)
+    return WormDestination(options, data_dir, (keys.key_name, keys.public_key))
+
+
+async def check_worm(worm: WormDestination) -> None:
+    """At start: a bucket without object lock (or missing, or refusing us) stops `run` (ConfigError);
+    one that cannot be reached now is an ALERT only: capture must not wait for the archive's storage."""
+    try:
+        await worm.check()
+    except StorageError as exc:
+        log.error(
+            "ALERT archive destination unreachable at start; packages wait in the outbox",
+            extra={"destination": worm.url, "error": str(exc)},
+        )
 
 
 def matrix_source_config(settings: Settings, data_dir: Path, keys: KeyMaterial) -> MatrixSourceConfig:

@@ -17,8 +17,9 @@ exist, nor lie inside the data dir) and copies, in this order:
 
 Skipped: SQLite's `-wal`/`-shm`/`-journal` files (the copies are
 self-contained), the writer lock, the control socket and anything not a regular
-file, temp files (`.name.tmp`), and `tmp/`, where a snapshot in progress keeps
-its plaintext bag. Nothing here decrypts: the copy is as unreadable without the
+file, temp files (`.name.tmp`), `tmp/`, where a snapshot in progress keeps
+its plaintext bag, and `outbox/`, plaintext packages waiting for their upload
+(rebuilt from the log byte for byte if lost). Nothing here decrypts: the copy is as unreadable without the
 key file as the data dir, and the key file is never copied (escrow it apart,
 docs/keys.md). Restoring is copying `out` back to an empty data dir and
 starting `run` (docs/operations.md, "Restore").
@@ -41,6 +42,7 @@ from bridge.durable import fsync_dir, write_exclusive
 from bridge.errors import UsageError
 from bridge.log.backup import copy_database, is_sqlite
 from bridge.log.schema import DB_NAME
+from bridge.worm import OUTBOX
 
 __all__ = ["MANIFEST", "BackupReport", "backup"]
 
@@ -100,7 +102,7 @@ def _files(root: Path, *, top: bool) -> Iterator[tuple[Path, Path]]:
         here = Path(dirpath)
         rel_dir = here.relative_to(root)
         if top and rel_dir == Path("."):
-            dirnames[:] = [d for d in dirnames if d != TMP_DIR]
+            dirnames[:] = [d for d in dirnames if d not in (TMP_DIR, OUTBOX)]
         dirnames.sort()
         for name in sorted(filenames):
             if top and rel_dir == Path(".") and name == DB_NAME:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Coroutine
 from functools import partial
 from importlib import metadata
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
@@ -32,6 +32,10 @@ from bridge.log.keys import KeyMaterial
 from bridge.log.store import CheckpointPolicy, initialise
 from bridge.log.verify import verify_log
 from bridge.log.writer import check_private_dir, open_writer
+
+if TYPE_CHECKING:  # aiobotocore loads only for an s3:// destination
+    from bridge.worm.publish import Receipt as WormReceipt
+    from bridge.worm.publish import WormDestination
 
 app = typer.Typer(
     name="chatarchief",
@@ -553,7 +557,15 @@ def snapshot(
     month: Annotated[
         str, typer.Option("--month", metavar="YYYY-MM", help="Calendar month YYYY-MM (archive.timezone).")
     ],
-    out_dir: Annotated[Path, typer.Option("--out", metavar="DIR", help="The package directory to create.")],
+    out_dir: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            metavar="DIR|s3://BUCKET/PREFIX",
+            help="The package directory to create, or an object-lock bucket (uploaded, read back, verified;"
+            " the [archive] s3_* keys and retention_days apply).",
+        ),
+    ],
     data_dir: DataDirOpt = None,
     key_file: KeyFileOpt = None,
     config_file: ConfigOpt = None,
@@ -581,13 +593,19 @@ def snapshot(
 
     settings, dd, material = _open_keys(config_file, data_dir, key_file)
     options = _guard(lambda: archive_options(settings))
+    worm = _guard(lambda: _worm_for(out_dir, settings, dd, material))
+    out_path = Path(out_dir)
+    if worm is not None:
+        from bridge.archive.derive import package_name
+
+        out_path = worm.staging(package_name(material.log_id, _guard(lambda: parse_month(month)), interim=interim))
     seal = writer_seal(dd, material)  # bridge.log.writer.seal_at: the running bot signs when it holds the log
     result = _guard(
         lambda: write_snapshot(
             dd,
             material,
             parse_month(month),
-            out_dir,
+            out_path,
             options,
             seal=seal,
             allow_missing_media=allow_missing_media,
@@ -601,6 +619,57 @@ def snapshot(
     out.print(f"{verb}: {result.path} ({result.month}{label}, records {range_text(result.start, result.end)})")
     if result.missing_media:
         err.print(f"warning: {result.missing_media} media files missing, listed in data/proof/missing-media.jsonl")
+    if worm is not None:
+        _print_receipt(_guard(lambda: worm.publish_sync(result.path)), worm.options.keep_local, result.path)
+
+
+def _worm_for(out_dir: str, settings: config.Settings, dd: Path, material: KeyMaterial) -> WormDestination | None:
+    if not out_dir.startswith("s3://"):
+        if "://" in out_dir:
+            raise UsageError(f"--out {out_dir}: a folder or s3://bucket/prefix")
+        return None
+    from bridge.app import worm_destination
+
+    try:
+        dest = config.parse_s3_url(out_dir)
+    except ValueError as exc:
+        raise UsageError(f"--out: {exc}") from None
+    if settings.archive.retention_days is None:
+        raise UsageError(f"--out {out_dir}: set [archive] retention_days in the config (how long packages are locked)")
+    return worm_destination(settings, dd, material, dest)
+
+
+def _print_receipt(receipt: WormReceipt, kept: bool, local: Path) -> None:
+    verb = "uploaded" if receipt.uploaded else "already in the bucket (identical)"
+    where = f"kept at {local}" if kept else "removed"
+    out.print(
+        f"{verb}: {receipt.url} version {receipt.version_id}, {receipt.lock_mode} lock until {receipt.retain_until};"
+        f" read back and verified (sha256 {receipt.sha256}); local copy {where}"
+    )
+
+
+@app.command("upload")
+def upload_cmd(
+    package: Annotated[Path, typer.Argument(metavar="PACKAGE", help="A package directory (snapshot wrote it).")],
+    destination: Annotated[str, typer.Argument(metavar="s3://BUCKET/PREFIX", help="An object-lock bucket.")],
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    config_file: ConfigOpt = None,
+) -> None:
+    """Upload a package under object lock, read it back and verify it; the local package is kept."""
+    import dataclasses
+
+    from bridge.worm.publish import WormDestination
+
+    settings, dd, material = _open_keys(config_file, data_dir, key_file)
+    _require(destination.startswith("s3://"), f"{destination}: the destination must be s3://bucket/prefix")
+    _require(package.is_dir(), f"{package} is not a package directory")
+    worm = _guard(lambda: _worm_for(destination, settings, dd, material))
+    assert worm is not None
+    keep = WormDestination(
+        dataclasses.replace(worm.options, keep_local=True), dd, (material.key_name, material.public_key)
+    )
+    _print_receipt(_guard(lambda: keep.publish_sync(package)), True, package)
 
 
 @app.command("backup")

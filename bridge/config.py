@@ -11,6 +11,7 @@ CLI exits 2). Every key is documented in config/chatarchief.example.toml.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -98,11 +99,69 @@ class SignalSettings(_Section):
         return self
 
 
+class S3Destination(_Section):
+    """`s3://bucket/prefix`: packages go to WORM object storage (bridge.worm), one object per package."""
+
+    bucket: str
+    prefix: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+
+
+def parse_s3_url(value: str) -> S3Destination:
+    """`s3://bucket[/prefix]` -> S3Destination; a ValueError naming what is wrong."""
+    rest = value.removeprefix("s3://")
+    bucket, _, prefix = rest.partition("/")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", bucket) or ".." in bucket:
+        raise ValueError(f"{value!r} does not name an S3 bucket (3-63 lower-case letters, digits, '.', '-')")
+    prefix = prefix.strip("/")
+    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
+        raise ValueError(f"{value!r} has an empty, '.' or '..' part in its prefix")
+    return S3Destination(bucket=bucket, prefix=prefix)
+
+
 class ArchiveSettings(_Section):
-    destination: Path = Path("archive")
+    #: A folder, or `s3://bucket/prefix` (object lock required; the s3_* keys and retention_days below).
+    destination: Path | S3Destination = Path("archive")
     #: Cron fields "minute hour day month day_of_week" in `timezone`.
     schedule: str = "0 2 1 * *"
     timezone: str = "Europe/Amsterdam"
+    #: S3 only: the endpoint (MinIO, Ceph RGW; default AWS), region, and a credentials file in the AWS
+    #: shared-credentials format (else the standard AWS_* environment variables).
+    s3_endpoint: str | None = None
+    s3_region: str = "us-east-1"
+    s3_credentials_file: Path | None = None
+    #: S3 only, required: how long every uploaded package is locked (object lock retention).
+    retention_days: Annotated[int | None, Field(ge=1)] = None
+    object_lock_mode: Literal["COMPLIANCE", "GOVERNANCE"] = "COMPLIANCE"
+    #: S3 only: keep the local copy (under the data dir) after a verified upload.
+    keep_local: bool = False
+    upload_attempts: Annotated[int, Field(ge=1)] = 5
+
+    @field_validator("destination", mode="before")
+    @classmethod
+    def _destination(cls, v: object) -> object:
+        if isinstance(v, str) and v.startswith("s3://"):
+            return parse_s3_url(v)
+        if isinstance(v, str) and "://" in v:
+            raise ValueError("must be a folder or s3://bucket/prefix")
+        return Path(v) if isinstance(v, str) else v
+
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith(("https://", "http://")):
+            raise ValueError("must be an http(s) URL such as https://minio.example.nl:9000")
+        return v
+
+    @model_validator(mode="after")
+    def _s3_keys(self) -> ArchiveSettings:
+        # The s3 keys beside a folder destination are allowed: `snapshot --out s3://...` and `upload` use them.
+        if isinstance(self.destination, S3Destination) and self.retention_days is None:
+            raise ValueError("an s3:// destination needs retention_days (how long each package is locked)")
+        return self
 
 
 class OrganisationSettings(_Section):

@@ -212,7 +212,9 @@ async def run_demo(workdir: Path) -> DemoResult:
         # The month is still open: write the package of the month so far (labelled interim),
         # then check it as an archivist would, with the public key only.
         options = archive_options(settings)
-        result.package = interim_package(result.data_dir, material, options, settings.archive.destination)
+        folder = settings.archive.destination
+        assert isinstance(folder, Path), "the demo writes its own config with a folder destination"
+        result.package = interim_package(result.data_dir, material, options, folder)
         public = keyfile.load_public(keyfile.public_path(result.key_file))
         result.package_report = verify_package(result.package.path, public)
     finally:

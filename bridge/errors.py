@@ -100,6 +100,8 @@ class Check(enum.StrEnum):
     PACKAGE_MDTO = "package_mdto"  # an MDTO file does not validate
     PACKAGE_DERIVED = "package_derived"  # a rendered file is not the one its records give
     PACKAGE_PREVIOUS = "package_previous"  # the previous package does not chain to this one
+    # -- WORM object storage (bridge.worm) --
+    UPLOAD = "upload"  # the copy read back from the bucket is not the package uploaded, or not a package
     # -- witnesses (verify / verify-package --witness-key --quorum) --
     WITNESS = "witness"  # a checkpoint relied on lacks a quorum of valid witness cosignatures
     #: Reported by the running bot over the control socket without a name (an older bot).

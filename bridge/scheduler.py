@@ -15,6 +15,13 @@ store, on its event loop), never a second connection. Snapshots run one at a
 time in a worker thread; a failing or blocked month is logged as an ALERT and
 retried after `retry_seconds` (and at every scheduled run). `stop()` waits for
 a snapshot in progress (it is atomic either way: a crash leaves no half package).
+
+With `worm` (an `s3://` destination) a month's package is written to the data
+dir's outbox and then published (bridge.worm.publish: upload under object lock,
+read back and verified, receipt, local copy removed); a month with a receipt
+that the bucket confirms is done (one the bucket contradicts is an ALERT, set
+aside, and the month uploaded again); a package left in the outbox by a failed upload is uploaded as it is at
+the next run (never rebuilt, never removed before its verified upload).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ from bridge.errors import ChatarchiefError, ConfigError
 from bridge.log.keys import KeyMaterial
 from bridge.log.store import LogStore
 from bridge.log.view import LogView
+from bridge.worm.bucket import TransientStorageError
+from bridge.worm.publish import WormDestination
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +84,7 @@ class ArchiveJobs:
         *,
         seal: Callable[[int], str] | None = None,
         retry_seconds: float = RETRY_SECONDS,
+        worm: WormDestination | None = None,
     ) -> None:
         self._data_dir = data_dir
         self._keys = keys
@@ -83,6 +93,7 @@ class ArchiveJobs:
         self._store = store
         self._seal = seal
         self._retry_seconds = retry_seconds
+        self._worm = worm
         #: Months that failed or were blocked at the last run (retried later).
         self.failed: list[str] = []
         #: The latest month whose package is in `destination` (seen or written at the last run), for metrics.
@@ -146,10 +157,16 @@ class ArchiveJobs:
         failed: list[str] = []
         for month in due_months(first, now_ms(), self._options.timezone):
             name = package_name(self._keys.log_id, month)
-            out = self._destination / name
+            out = self._destination / name if self._worm is None else self._worm.staging(name)
+            if self._worm is not None and self._worm.done(name) and self._receipt_holds(month, name):
+                self.last_month = month
+                continue
             if out.exists() or out.is_symlink():
                 if written_by_us(out, name, self._keys.key_name):
-                    self.last_month = month
+                    if self._worm is None or self._publish(month, out):
+                        self.last_month = month
+                    else:
+                        failed.append(str(month))
                     continue
                 failed.append(str(month))
                 log.error(
@@ -172,5 +189,45 @@ class ArchiveJobs:
                 extra={"month": str(month), "path": str(out), "records": result.end - result.start},
             )
             written.append(result)
-            self.last_month = month
+            if self._worm is None or self._publish(month, out):
+                self.last_month = month
+            else:
+                failed.append(str(month))
         return written, failed
+
+    def _receipt_holds(self, month: Month, name: str) -> bool:
+        """A month with a receipt is done if the bucket holds that version (or cannot be asked now); a
+        receipt the bucket contradicts is an ALERT, set aside, and the month is uploaded again."""
+        assert self._worm is not None
+        try:
+            if self._worm.confirm_sync(name):
+                return True
+        except (TransientStorageError, ConfigError, OSError):
+            return True  # cannot be asked now: the receipt stands until it can (uploads alert meanwhile)
+        except ChatarchiefError:
+            pass  # the bucket refuses that version (S3 answers 400 to a malformed version id): contradicted
+        aside = self._worm.set_aside(name)
+        log.error(
+            "ALERT upload receipt contradicted by the bucket; the month is uploaded again",
+            extra={"month": str(month), "receipt": str(aside), "destination": self._worm.url},
+        )
+        return False
+
+    def _publish(self, month: Month, package: Path) -> bool:
+        """Upload and verify a package in the outbox; False (an ALERT, the package kept) if that failed."""
+        assert self._worm is not None
+        try:
+            self._worm.publish_sync(package)
+        except (ChatarchiefError, OSError) as exc:
+            log.error(
+                "ALERT monthly package not uploaded; kept in the outbox, retried later",
+                extra={
+                    "month": str(month),
+                    "path": str(package),
+                    "destination": self._worm.url,
+                    "error": str(exc),
+                    "retry_seconds": self._retry_seconds,
+                },
+            )
+            return False
+        return True
