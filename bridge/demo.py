@@ -284,14 +284,16 @@ def print_result(result: DemoResult, console: Console) -> None:
     assert report is not None
     console.print(
         f"[green]verify: intact[/] — {report.records} records, {report.checkpoints} signed checkpoints,"
-        f" all decrypted and checked; root {report.root.hex()[:16]}…"
+        f" all decrypted and checked; root {report.root.hex()[:16]}…",
+        markup=True,
     )
     package, checked = result.package, result.package_report
     assert package is not None and checked is not None
     console.print(
         f"[green]verify-package: intact[/] — records {range_text(checked.start, checked.end)} of the log, "
         f"{checked.record_files} event files, {checked.media_files} media files, {checked.mdto_files} MDTO files"
-        " (checked with the public key only)"
+        " (checked with the public key only)",
+        markup=True,
     )
     console.print(f"\nmonthly package (BagIt + MDTO, {package.status}): {package.path}")
     for transcript in package.transcripts:

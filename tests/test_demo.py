@@ -75,3 +75,4 @@ def test_demo_command_prints_summary(tmp_path: Path) -> None:
     assert "verify: intact" in proc.stdout and "Overleg Kamerbrief" in proc.stdout
     assert "verify-package: intact" in proc.stdout and "transcript.html" in proc.stdout
     assert "Traceback" not in proc.stderr
+    assert "[green]" not in proc.stdout and "[/]" not in proc.stdout  # markup rendered, never printed raw
