@@ -30,7 +30,7 @@ import orjson
 
 from bridge.archive import leesmij, proof
 from bridge.archive import range as ranges
-from bridge.archive.gaps import Listing
+from bridge.archive.gaps import LIVENESS_SOURCE, Listing
 from bridge.archive.mdto import Organisation
 from bridge.archive.names import safe_name, slug
 from bridge.errors import UsageError
@@ -245,6 +245,10 @@ def dossier_folder(serie: str, source: str, conversation: str, month: ranges.Mon
     return f"{serie}/{slug(name or '') or 'chat'}-{month}-{conversation_hash(source, conversation)}"
 
 
+#: The name of the dossier of the archiver's own records (heartbeats, restart gaps: `bridge.liveness`).
+LIVENESS_NAME = "Chatarchief hartslagen en gaten"
+
+
 def pending_folder(serie: str, source: str, conversation: str) -> str:
     """Where the writer puts a dossier's files while its name is not known yet (renamed before rendering)."""
     return f"{serie}/.pending-{conversation_hash(source, conversation)}"
@@ -335,6 +339,8 @@ def event_line(
             state.deleted[target] = _text(event.sender)
     if (event.kind == Kind.STATE or event.source == SIGNAL) and (name := _room_name(event)):
         state.name = name
+    elif event.source == LIVENESS_SOURCE:
+        state.name = LIVENESS_NAME  # the archiver's own dossier, not an unnamed chat
     files: dict[str, str] = {}
     for att in stored_attachments(event):
         blob_id = str(att.blob_id)

@@ -19,6 +19,7 @@ import orjson
 from bridge.archive import mdto
 from bridge.archive.bag import PackageSink
 from bridge.archive.derive import (
+    LIVENESS_NAME,
     STATUS_INTERIM,
     Coverage,
     DossierState,
@@ -179,6 +180,8 @@ def dossier_name(room: str | None, participants: Sequence[mdto.Participant], mon
         who += f" en {len(names) - NAMED_PARTICIPANTS} anderen"
     if room and who:
         return f"{room} (chat met {who}), {month_nl(month)}"
+    if room == LIVENESS_NAME:
+        return f"{room}, {month_nl(month)}"
     if room:
         return f"{room} (chat), {month_nl(month)}"
     return f"Chat met {who or 'onbekenden'}, {month_nl(month)}"
