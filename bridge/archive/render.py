@@ -41,7 +41,10 @@ MONTHS_NL = (
     "januari", "februari", "maart", "april", "mei", "juni",
     "juli", "augustus", "september", "oktober", "november", "december",
 )  # fmt: skip
-NAMED_PARTICIPANTS = 4  # a dossier's name lists this many participants, then "en N anderen"
+NAMED_PARTICIPANTS = 4
+#: A dossier's events.jsonl up to this size is parsed once and held for the renderers' three passes; a larger
+#: one is parsed on each pass (memory stays bounded).
+LINE_CACHE_BYTES = 24 << 20  # a dossier's name lists this many participants, then "en N anderen"
 
 
 @dataclass(frozen=True)
@@ -150,24 +153,45 @@ class DossierLine:
         return cls(d["seq"], Event.from_json(d["event"]), None)
 
 
-def _entries(path: Path, state: DossierState) -> Iterator[TranscriptEntry]:
-    with path.open("rb") as fh:
-        for raw in fh:
-            line = DossierLine.parse(raw)
-            yield TranscriptEntry(line.seq, line.event, line.withheld, state.media)
+class DossierLines:
+    """The parsed lines of a dossier's events.jsonl, iterable more than once (the renderers take three passes).
+
+    A file of at most `cache_bytes` is read and parsed once and held (what a
+    conversation-month usually is); a larger one is streamed and parsed again
+    on every pass, so memory stays bounded whatever one conversation holds.
+    """
+
+    __slots__ = ("_cached", "_path")
+
+    def __init__(self, path: Path, cache_bytes: int = LINE_CACHE_BYTES) -> None:
+        self._path = path
+        self._cached: list[DossierLine] | None = None
+        if path.stat().st_size <= cache_bytes:
+            self._cached = list(self._stream())
+
+    def _stream(self) -> Iterator[DossierLine]:
+        with self._path.open("rb") as fh:
+            for raw in fh:
+                yield DossierLine.parse(raw)
+
+    def __iter__(self) -> Iterator[DossierLine]:
+        return iter(self._cached) if self._cached is not None else self._stream()
 
 
-def _summarise(path: Path) -> DossierSummary:
+def _entries(lines: DossierLines, state: DossierState) -> Iterator[TranscriptEntry]:
+    for line in lines:
+        yield TranscriptEntry(line.seq, line.event, line.withheld, state.media)
+
+
+def _summarise(lines: DossierLines) -> DossierSummary:
     """The dossier's participants, MDTO events, withheld count and own dates (a pass before the transcript,
     whose title names the participants)."""
     summary = DossierSummary()
-    with path.open("rb") as fh:
-        for raw in fh:
-            line = DossierLine.parse(raw)
-            if line.event is None:
-                summary.withheld_count += 1
-            else:
-                summary.add(line.event)
+    for line in lines:
+        if line.event is None:
+            summary.withheld_count += 1
+        else:
+            summary.add(line.event)
     return summary
 
 
@@ -184,21 +208,29 @@ def dossier_name(room: str | None, participants: Sequence[mdto.Participant], mon
     return f"Chat met {who or 'onbekenden'}, {month_nl(month)}"
 
 
-def _lookahead(path: Path, state: DossierState) -> Lookahead:
+def _lookahead(lines: DossierLines, state: DossierState) -> Lookahead:
     """The transcript's first pass over the dossier's events (polls, edits, participants); tombstones skipped."""
-    with path.open("rb") as fh:
-        lines = (DossierLine.parse(raw) for raw in fh)
-        return Lookahead.of((line.event for line in lines if line.event is not None), state.edited.keys())
+    return Lookahead.of((line.event for line in lines if line.event is not None), state.edited.keys())
 
 
 def conversation_links(state: DossierState, dossiers: Sequence[DossierState]) -> dict[str, str]:
     """Conversation id -> href (relative to `state`'s transcript) of the other dossiers of the same source in
     this package: what a room upgrade in `state` links to."""
     return {
-        other.conversation: posixpath.relpath(f"{other.folder}/transcript.html", state.folder)
+        other.conversation: relative_link(f"{other.folder}/transcript.html", state.folder)
         for other in dossiers
         if other.source == state.source and other.conversation != state.conversation
     }
+
+
+def relative_link(target: str, start: str) -> str:
+    """`posixpath.relpath(target, start)` for relative paths, without its filesystem calls when `target` is under
+    a sibling of `start` (every dossier folder is `<serie>/<name>`: the links of n dossiers cost n^2 of these)."""
+    t, f = target.split("/"), start.split("/")
+    up = len(f) - 1
+    if all(p not in ("", ".", "..") for p in (*t, *f)) and len(t) > up and t[:up] == f[:up] and t[up] != f[up]:
+        return "/".join(("..", *t[up:]))
+    return posixpath.relpath(target, start)
 
 
 def _render_dossier(
@@ -212,7 +244,8 @@ def _render_dossier(
 ) -> tuple[mdto.Ref, Coverage]:
     month, org, sealed_ms = params.month, params.organisation, provenance.sealed_ms
     kenmerk = f"{serie.kenmerk}:{state.source}:{state.conversation}:{month}"
-    summary = _summarise(builder.data_path(state.events_rel))
+    lines = DossierLines(builder.data_path(state.events_rel))
+    summary = _summarise(lines)
     participants = summary.participants()
     naam = dossier_name(state.name, participants, month)
     dates = Coverage(
@@ -228,10 +261,10 @@ def _render_dossier(
             title=naam,
             conversation=state.conversation,
             month=str(month),
-            entries=_entries(builder.data_path(state.events_rel), state),
+            entries=_entries(lines, state),
             edited_ids=state.edited,
             deleted_ids=state.deleted,
-            lookahead=_lookahead(builder.data_path(state.events_rel), state),
+            lookahead=_lookahead(lines, state),
             links=links,
             tz=ZoneInfo(params.timezone),
             provenance=provenance,
