@@ -8,8 +8,12 @@ the archive (Serie) its own, and the pakbon lists every payload file.
 
 from __future__ import annotations
 
+import dataclasses
+import multiprocessing
+import os
 import posixpath
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -17,7 +21,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from bridge.archive import mdto
-from bridge.archive.bag import PackageSink
+from bridge.archive.bag import HashingFile, HashOnly, OutFile, PackageSink
 from bridge.archive.derive import (
     STATUS_INTERIM,
     Coverage,
@@ -44,7 +48,10 @@ MONTHS_NL = (
 NAMED_PARTICIPANTS = 4
 #: A dossier's events.jsonl up to this size is parsed once and held for the renderers' three passes; a larger
 #: one is parsed on each pass (memory stays bounded).
-LINE_CACHE_BYTES = 24 << 20  # a dossier's name lists this many participants, then "en N anderen"
+LINE_CACHE_BYTES = 24 << 20
+#: Rendering uses worker processes only for packages whose event files hold at least this many bytes (starting
+#: an interpreter costs about as much as rendering a few megabytes).
+POOL_MIN_BYTES = 8 << 20  # a dossier's name lists this many participants, then "en N anderen"
 
 
 @dataclass(frozen=True)
@@ -75,13 +82,16 @@ def render_package(
     end: int,
     sealed_ms: int,
     status: str,
+    workers: int = 1,
 ) -> Rendered:
     """Write transcripts, MDTO and pakbon; returns what the tag files need (`Rendered`).
 
-    The same code runs in `snapshot` (writing) and in `verify-package` (a sink that compares).
+    The same code runs in `snapshot` (writing) and in `verify-package` (a sink that compares). Dossiers are
+    rendered independently of each other, in up to `workers` processes when the package is large enough to
+    repay starting them (`POOL_MIN_BYTES`); their files are taken by `builder` in dossier order, so the output
+    is the same byte for byte whatever the number of processes.
     """
     org = params.organisation
-    month = params.month
     serie_name = params.serie
     serie = mdto.Ref(f"Zakelijke chatberichten {org.name}", f"chatarchief:{params.log_id}", BRON)
     interim = status == STATUS_INTERIM
@@ -90,15 +100,57 @@ def render_package(
     named: list[tuple[str, str]] = []
     coverage = Coverage()
     objects = [mdto.PakbonDossier(f"{serie_name}.MDTO.xml", serie.kenmerk or "", serie.name, "Serie")]
-    for state in dossiers:
-        links = conversation_links(state, dossiers)
-        provenance = Provenance(key_name, start, end, sealed_ms, status)
-        ref, dates = _render_dossier(builder, params, serie, state, provenance, interim, links)
-        coverage = coverage.join(dates)
-        refs.append(ref)
-        named.append((state.folder, ref.name))
-        objects.append(mdto.PakbonDossier(f"{state.folder}.MDTO.xml", ref.kenmerk or "", ref.name))
-        transcripts.append(f"{state.folder}/transcript.html")
+    provenance = Provenance(key_name, start, end, sealed_ms, status)
+    data = builder.data_path("")
+    jobs = (_job(data, builder, params, serie, state, provenance, interim, dossiers) for state in dossiers)
+    pool = _pool(workers, builder, dossiers)
+    try:
+        results = pool.map(_render_job, jobs) if pool is not None else map(_render_job, jobs)
+        for state, (ref, dates, files) in zip(dossiers, results, strict=True):
+            for rel, digest, size in files:
+                builder.record(rel, digest, size)
+            coverage = _add_dossier(state, ref, dates, coverage, refs, named, objects, transcripts)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+    return _finish(builder, params, key_name, serie, refs, objects, transcripts, named, coverage, start, end,
+                   sealed_ms, interim)  # fmt: skip
+
+
+def _add_dossier(
+    state: DossierState,
+    ref: mdto.Ref,
+    dates: Coverage,
+    coverage: Coverage,
+    refs: list[mdto.Ref],
+    named: list[tuple[str, str]],
+    objects: list[mdto.PakbonDossier],
+    transcripts: list[str],
+) -> Coverage:
+    refs.append(ref)
+    named.append((state.folder, ref.name))
+    objects.append(mdto.PakbonDossier(f"{state.folder}.MDTO.xml", ref.kenmerk or "", ref.name))
+    transcripts.append(f"{state.folder}/transcript.html")
+    return coverage.join(dates)
+
+
+def _finish(
+    builder: PackageSink,
+    params: RenderParams,
+    key_name: str,
+    serie: mdto.Ref,
+    refs: list[mdto.Ref],
+    objects: list[mdto.PakbonDossier],
+    transcripts: list[str],
+    named: list[tuple[str, str]],
+    coverage: Coverage,
+    start: int,
+    end: int,
+    sealed_ms: int,
+    interim: bool,
+) -> Rendered:
+    """The Serie's MDTO and the pakbon, once every dossier is rendered."""
+    org, month, serie_name = params.organisation, params.month, params.serie
     serie_info = mdto.SerieInfo(
         serie.kenmerk or "",
         BRON,
@@ -131,6 +183,93 @@ def render_package(
         mdto.write_pakbon(fh, info, objects, files)  # type: ignore[arg-type]
     builder.done("pakbon.xml", fh)
     return Rendered(transcripts, coverage, named)
+
+
+def default_workers() -> int:
+    """The processes rendering may use: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _pool(workers: int, builder: PackageSink, dossiers: Sequence[DossierState]) -> ProcessPoolExecutor | None:
+    """A pool of fresh interpreters (spawn: safe beside the running bot's threads), or None to render inline."""
+    n = min(workers, len(dossiers))
+    if n < 2 or sum(builder.payload[d.events_rel][1] for d in dossiers) < POOL_MIN_BYTES:
+        return None
+    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One dossier to render, as sent to a worker process (no open handles, no hash objects)."""
+
+    data: Path  # the package's data/ folder
+    writes: bool
+    params: RenderParams
+    serie: mdto.Ref
+    state: DossierState
+    provenance: Provenance
+    interim: bool
+    links: dict[str, str]
+    payload: dict[str, tuple[str, int]]  # the dossier's files already in the package (events.jsonl, media)
+
+
+def _job(
+    data: Path,
+    builder: PackageSink,
+    params: RenderParams,
+    serie: mdto.Ref,
+    state: DossierState,
+    provenance: Provenance,
+    interim: bool,
+    dossiers: Sequence[DossierState],
+) -> _Job:
+    rels = [state.events_rel, *(f"{state.folder}/{m.rel}" for m in state.media_info)]
+    payload = {rel: builder.payload[rel] for rel in rels if rel in builder.payload}
+    bare = dataclasses.replace(state, sha=None)
+    links = conversation_links(state, dossiers)
+    return _Job(data, builder.writes, params, serie, bare, provenance, interim, links, payload)
+
+
+class _DossierSink:
+    """The sink one dossier renders into (in a worker or inline): files written under `data` (or only hashed),
+    each listed in `files` for the package's own sink to take."""
+
+    def __init__(self, data: Path, writes: bool, payload: dict[str, tuple[str, int]]) -> None:
+        self._data = data
+        self.writes = writes
+        self.payload = payload
+        self.files: list[tuple[str, str, int]] = []
+
+    def data_path(self, rel: str) -> Path:
+        path = self._data / rel
+        if self.writes:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def open(self, rel: str) -> OutFile:
+        return HashingFile(self.data_path(rel)) if self.writes else HashOnly()
+
+    def done(self, rel: str, fh: OutFile) -> None:
+        self.record(rel, fh.hexdigest(), fh.size)
+
+    def record(self, rel: str, digest: str, size: int) -> None:
+        self.payload[rel] = (digest, size)
+        self.files.append((rel, digest, size))
+
+    def write(self, rel: str, data: bytes) -> tuple[str, int]:
+        with self.open(rel) as fh:
+            fh.write(data)
+        self.done(rel, fh)
+        return self.payload[rel]
+
+
+def _render_job(job: _Job) -> tuple[mdto.Ref, Coverage, list[tuple[str, str, int]]]:
+    sink = _DossierSink(job.data, job.writes, dict(job.payload))
+    ref, dates = _render_dossier(sink, job.params, job.serie, job.state, job.provenance, job.interim, job.links)
+    return ref, dates, sink.files
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,91 @@
+"""Rendering in worker processes and the one-parse dossier reader give the same package, byte for byte.
+
+`render_package` renders dossiers in a process pool for large packages (`render.POOL_MIN_BYTES`); the pool
+is forced here on a small package so both paths run. The attack: an altered transcript (manifests recomputed,
+as a careful insider would) must be caught by verify-package whichever way it renders.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import shutil
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.archive import render
+from bridge.archive.package import snapshot
+from bridge.archive.range import Month
+from bridge.archive.verify_package import PackageIntegrityError, verify_package
+from bridge.log import keys as keyfile
+from tests.conftest import LogDir
+from tests.support.archive_log import OPTIONS, create_archive_log, dossier_dir, january_february, seal_for
+from tests.test_archive_verify import rebag
+
+
+@pytest.fixture
+def log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> LogDir:
+    made = create_archive_log(tmp_path)
+    january_february(made, monkeypatch)
+    monkeypatch.undo()
+    return made
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def _public(log: LogDir) -> tuple[str, object]:
+    return keyfile.load_public(keyfile.public_path(log.key_file))
+
+
+def test_worker_processes_and_streamed_lines_give_the_same_package(
+    log: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """January (two dossiers, media, a withheld message, an edit): inline, 2 worker processes, and with every
+    dossier streamed instead of held give identical files; each verifies with 1 and 2 processes."""
+    inline = snapshot(
+        log.data_dir, log.keys, Month(2024, 1), tmp_path / "inline", OPTIONS, seal=seal_for(log), workers=1
+    )
+    monkeypatch.setattr(render, "POOL_MIN_BYTES", 0)
+    pooled = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "pool", OPTIONS, seal=seal_for(log), workers=2)
+    monkeypatch.setattr(render, "LINE_CACHE_BYTES", 0)
+    streamed = snapshot(
+        log.data_dir, log.keys, Month(2024, 1), tmp_path / "stream", OPTIONS, seal=seal_for(log), workers=1
+    )
+    want = _files(inline.path)
+    assert len([n for n in want if n.endswith("transcript.html")]) == 2
+    assert _files(pooled.path) == want
+    assert _files(streamed.path) == want
+    for workers in (1, 2):
+        report = verify_package(pooled.path, _public(log), workers=workers)  # type: ignore[arg-type]
+        assert (report.start, report.end) == (inline.start, inline.end)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_altered_transcript_is_caught_by_pooled_verification(
+    log: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    monkeypatch.setattr(render, "POOL_MIN_BYTES", 0)
+    pkg = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log)).path
+    forged = tmp_path / "forged"
+    shutil.copytree(pkg, forged)
+    t = dossier_dir(forged, "alpha") / "transcript.html"
+    text = t.read_text()
+    assert "Goedemorgen" in text
+    t.write_text(text.replace("Goedemorgen", "Goedenavond"))
+    rebag(forged)
+    with pytest.raises(PackageIntegrityError, match=r"transcript\.html is not the file its records give"):
+        verify_package(forged, _public(log), workers=workers)  # type: ignore[arg-type]
+
+
+_PART = st.text(alphabet="ab.-_", min_size=1, max_size=3)
+
+
+@given(st.lists(_PART, min_size=1, max_size=4), st.lists(_PART, min_size=1, max_size=4))
+def test_relative_link_is_posix_relpath(target: list[str], start: list[str]) -> None:
+    """The links between dossiers skip relpath's filesystem calls, never its answer."""
+    t, s = "/".join(target), "/".join(start)
+    assert render.relative_link(t, s) == posixpath.relpath(t, s)
