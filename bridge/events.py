@@ -61,6 +61,7 @@ class Kind(enum.StrEnum):
 
 _KINDS: dict[str, Kind] = {k.value: k for k in Kind}
 
+
 class EncodingError(DataError, ValueError):
     """Bytes that are not a canonical event encoding (local bug or tampering)."""
 
