@@ -89,3 +89,33 @@ def test_relative_link_is_posix_relpath(target: list[str], start: list[str]) -> 
     """The links between dossiers skip relpath's filesystem calls, never its answer."""
     t, s = "/".join(target), "/".join(start)
     assert render.relative_link(t, s) == posixpath.relpath(t, s)
+
+
+def test_publish_fsyncs_every_file_once_and_every_folder(
+    log: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Durability before the package appears: each file of the bag is fsynced exactly once (several at a time),
+    and each folder after its files."""
+    from bridge.archive import bag
+
+    synced: list[str] = []
+    folders: list[Path] = []
+    real_file, real_dir = bag._fsync_file, bag.fsync_dir
+
+    def spy_file(path: str) -> None:
+        synced.append(path)
+        real_file(path)
+
+    def spy_dir(path: Path) -> None:
+        folders.append(path)
+        real_dir(path)
+
+    monkeypatch.setattr(bag, "_fsync_file", spy_file)
+    monkeypatch.setattr(bag, "fsync_dir", spy_dir)
+    out = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log)).path
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    temp_root = folders[0]  # os.walk gives the bag's root first
+    assert sorted(Path(p).relative_to(temp_root).as_posix() for p in synced) == files
+    assert len(synced) == len(set(synced))
+    dirs = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_dir()} | {"."}
+    assert {Path(d).relative_to(temp_root).as_posix() for d in folders[: len(dirs)]} == dirs

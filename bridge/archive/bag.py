@@ -24,6 +24,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol, Self
@@ -250,14 +251,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: Files fsynced at once when a bag is published: the disk gets the flushes together (one at a time, a package of
+#: a few hundred files spent 0.2-0.6 s waiting; in 8 threads 0.05-0.12 s, on this machine).
+FSYNC_THREADS = 8
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    """Every file (each once, several at a time), then every directory, is on disk; the first error raises."""
+    dirs: list[str] = []
+    files: list[str] = []
+    for dirpath, _, names in os.walk(root):
+        dirs.append(dirpath)
+        files.extend(os.path.join(dirpath, name) for name in names)
+    with ThreadPoolExecutor(FSYNC_THREADS) as pool:
+        for _ in pool.map(_fsync_file, files):
+            pass
+    for dirpath in dirs:
         fsync_dir(Path(dirpath))
 
 
