@@ -9,11 +9,13 @@ the archive (Serie) its own, and the pakbon lists every payload file.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import os
+import pickle
 import posixpath
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -102,17 +104,13 @@ def render_package(
     objects = [mdto.PakbonDossier(f"{serie_name}.MDTO.xml", serie.kenmerk or "", serie.name, "Serie")]
     provenance = Provenance(key_name, start, end, sealed_ms, status)
     data = builder.data_path("")
-    jobs = (_job(data, builder, params, serie, state, provenance, interim, dossiers) for state in dossiers)
-    pool = _pool(workers, builder, dossiers)
-    try:
-        results = pool.map(_render_job, jobs) if pool is not None else map(_render_job, jobs)
-        for state, (ref, dates, files) in zip(dossiers, results, strict=True):
-            for rel, digest, size in files:
-                builder.record(rel, digest, size)
-            coverage = _add_dossier(state, ref, dates, coverage, refs, named, objects, transcripts)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
+    jobs = [_job(data, builder, params, serie, state, provenance, interim, dossiers) for state in dossiers]
+    sizes = [builder.payload[d.events_rel][1] if d.events_rel in builder.payload else 0 for d in dossiers]
+    results = render_jobs(jobs, sizes, workers)
+    for state, (ref, dates, files) in zip(dossiers, results, strict=True):
+        for rel, digest, size in files:
+            builder.record(rel, digest, size)
+        coverage = _add_dossier(state, ref, dates, coverage, refs, named, objects, transcripts)
     return _finish(builder, params, key_name, serie, refs, objects, transcripts, named, coverage, start, end,
                    sealed_ms, interim)  # fmt: skip
 
@@ -193,12 +191,72 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def _pool(workers: int, builder: PackageSink, dossiers: Sequence[DossierState]) -> ProcessPoolExecutor | None:
-    """A pool of fresh interpreters (spawn: safe beside the running bot's threads), or None to render inline."""
-    n = min(workers, len(dossiers))
-    if n < 2 or sum(builder.payload[d.events_rel][1] for d in dossiers) < POOL_MIN_BYTES:
-        return None
-    return ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("spawn"))
+Result = tuple[mdto.Ref, Coverage, list[tuple[str, str, int]]]
+
+
+def render_jobs(jobs: Sequence[_Job], sizes: Sequence[int], workers: int) -> list[Result]:
+    """Every job's result, in job order: rendered here, or shared out over `workers` processes in all (this one
+    and workers - 1 fresh interpreters) when the event files hold at least `POOL_MIN_BYTES`. Each process gets
+    whole dossiers, the largest first to the least loaded (sizes: bytes of each dossier's events.jsonl)."""
+    n = min(workers, len(jobs))
+    if n < 2 or sum(sizes) < POOL_MIN_BYTES:
+        return [_render_job(job) for job in jobs]
+    shares: list[list[int]] = [[] for _ in range(n)]
+    load = [0] * n
+    for i in sorted(range(len(jobs)), key=lambda i: -sizes[i]):
+        k = load.index(min(load))
+        shares[k].append(i)
+        load[k] += sizes[i] + 1
+    helpers = [_Helper([jobs[i] for i in sorted(share)]) for share in shares[1:]]
+    try:
+        results: dict[int, Result] = {i: _render_job(jobs[i]) for i in sorted(shares[0])}
+        for helper, share in zip(helpers, shares[1:], strict=True):
+            results.update(zip(sorted(share), helper.results(), strict=True))
+    finally:
+        for helper in helpers:
+            helper.stop()
+    return [results[i] for i in range(len(jobs))]
+
+
+class _Helper:
+    """A fresh interpreter rendering a list of jobs (pickled over its stdin, results over its stdout).
+
+    A plain subprocess rather than a multiprocessing pool: that would start by importing the caller's main
+    script (the whole CLI, for `chatarchief snapshot`) in every process."""
+
+    def __init__(self, jobs: list[_Job]) -> None:
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding this `bridge` package
+        code = f"import sys; sys.path.insert(0, {root!r}); from bridge.archive.render import helper_main; helper_main()"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self._out: list[tuple[bytes, bytes]] = []
+        self._thread = threading.Thread(target=self._talk, args=(pickle.dumps(jobs),), daemon=True)
+        self._thread.start()
+
+    def _talk(self, data: bytes) -> None:
+        self._out.append(self._proc.communicate(data))
+
+    def results(self) -> list[Result]:
+        self._thread.join()
+        out, err = self._out[0] if self._out else (b"", b"")
+        if self._proc.returncode != 0:
+            last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+            raise RuntimeError(f"a rendering process failed (exit {self._proc.returncode}): {last[0]}")
+        results: list[Result] = pickle.loads(out)  # noqa: S301  (our own child, over its private pipe)
+        return results
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._thread.join()
+
+
+def helper_main() -> None:
+    """A rendering process: jobs in (pickled, stdin), results out (pickled, stdout)."""
+    jobs: list[_Job] = pickle.loads(sys.stdin.buffer.read())  # noqa: S301  (from the parent, over a private pipe)
+    sys.stdout.buffer.write(pickle.dumps([_render_job(job) for job in jobs]))
+    sys.stdout.buffer.flush()
 
 
 @dataclass(frozen=True)
