@@ -119,3 +119,18 @@ def test_publish_fsyncs_every_file_once_and_every_folder(
     assert len(synced) == len(set(synced))
     dirs = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_dir()} | {"."}
     assert {Path(d).relative_to(temp_root).as_posix() for d in folders[: len(dirs)]} == dirs
+
+
+@pytest.mark.parametrize(("cpus", "workers"), [(2, 1), (1, 1), (8, 7)])
+def test_the_monthly_job_inside_run_leaves_one_cpu_to_capture(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cpus: int, workers: int
+) -> None:
+    from bridge import scheduler
+    from bridge.scheduler import ArchiveJobs
+
+    seen: list[object] = []
+    monkeypatch.setattr(scheduler, "default_workers", lambda: cpus)
+    monkeypatch.setattr(scheduler, "snapshot", lambda *a, **kw: seen.append(kw.get("workers")))
+    jobs = ArchiveJobs(tmp_path, None, tmp_path, OPTIONS)  # type: ignore[arg-type]
+    jobs._snapshot(Month(2024, 1), tmp_path / "out")
+    assert seen == [workers]
