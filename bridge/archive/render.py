@@ -47,13 +47,13 @@ MONTHS_NL = (
     "januari", "februari", "maart", "april", "mei", "juni",
     "juli", "augustus", "september", "oktober", "november", "december",
 )  # fmt: skip
-NAMED_PARTICIPANTS = 4
+NAMED_PARTICIPANTS = 4  # a dossier's name lists this many participants, then "en N anderen"
 #: A dossier's events.jsonl up to this size is parsed once and held for the renderers' three passes; a larger
 #: one is parsed on each pass (memory stays bounded).
 LINE_CACHE_BYTES = 24 << 20
 #: Rendering uses worker processes only for packages whose event files hold at least this many bytes (starting
 #: an interpreter costs about as much as rendering a few megabytes).
-POOL_MIN_BYTES = 8 << 20  # a dossier's name lists this many participants, then "en N anderen"
+POOL_MIN_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,8 @@ def render_package(
     objects = [mdto.PakbonDossier(f"{serie_name}.MDTO.xml", serie.kenmerk or "", serie.name, "Serie")]
     provenance = Provenance(key_name, start, end, sealed_ms, status)
     data = builder.data_path("")
-    jobs = [_job(data, builder, params, serie, state, provenance, interim, dossiers) for state in dossiers]
+    directory = tuple((d.source, d.conversation, d.folder) for d in dossiers)  # one object, shared by every job
+    jobs = [_job(data, builder, params, serie, state, provenance, interim, directory) for state in dossiers]
     sizes = [builder.payload[d.events_rel][1] if d.events_rel in builder.payload else 0 for d in dossiers]
     results = render_jobs(jobs, sizes, workers)
     for state, (ref, dates, files) in zip(dossiers, results, strict=True):
@@ -270,7 +271,7 @@ class _Job:
     state: DossierState
     provenance: Provenance
     interim: bool
-    links: dict[str, str]
+    directory: tuple[tuple[str, str, str], ...]  # (source, conversation, folder) of every dossier: for links
     payload: dict[str, tuple[str, int]]  # the dossier's files already in the package (events.jsonl, media)
 
 
@@ -282,13 +283,12 @@ def _job(
     state: DossierState,
     provenance: Provenance,
     interim: bool,
-    dossiers: Sequence[DossierState],
+    directory: tuple[tuple[str, str, str], ...],
 ) -> _Job:
     rels = [state.events_rel, *(f"{state.folder}/{m.rel}" for m in state.media_info)]
     payload = {rel: builder.payload[rel] for rel in rels if rel in builder.payload}
     bare = dataclasses.replace(state, sha=None)
-    links = conversation_links(state, dossiers)
-    return _Job(data, builder.writes, params, serie, bare, provenance, interim, links, payload)
+    return _Job(data, builder.writes, params, serie, bare, provenance, interim, directory, payload)
 
 
 class _DossierSink:
@@ -326,7 +326,8 @@ class _DossierSink:
 
 def _render_job(job: _Job) -> tuple[mdto.Ref, Coverage, list[tuple[str, str, int]]]:
     sink = _DossierSink(job.data, job.writes, dict(job.payload))
-    ref, dates = _render_dossier(sink, job.params, job.serie, job.state, job.provenance, job.interim, job.links)
+    links = conversation_links(job.state, job.directory)  # per dossier, so n dossiers never hold n^2 links
+    ref, dates = _render_dossier(sink, job.params, job.serie, job.state, job.provenance, job.interim, links)
     return ref, dates, sink.files
 
 
@@ -410,13 +411,13 @@ def _lookahead(lines: DossierLines, state: DossierState) -> Lookahead:
     return Lookahead.of((line.event for line in lines if line.event is not None), state.edited.keys())
 
 
-def conversation_links(state: DossierState, dossiers: Sequence[DossierState]) -> dict[str, str]:
+def conversation_links(state: DossierState, directory: Sequence[tuple[str, str, str]]) -> dict[str, str]:
     """Conversation id -> href (relative to `state`'s transcript) of the other dossiers of the same source in
-    this package: what a room upgrade in `state` links to."""
+    this package (`directory`: source, conversation, folder of each): what a room upgrade in `state` links to."""
     return {
-        other.conversation: relative_link(f"{other.folder}/transcript.html", state.folder)
-        for other in dossiers
-        if other.source == state.source and other.conversation != state.conversation
+        conversation: relative_link(f"{folder}/transcript.html", state.folder)
+        for source, conversation, folder in directory
+        if source == state.source and conversation != state.conversation
     }
 
 
