@@ -7,6 +7,7 @@ as a careful insider would) must be caught by verify-package whichever way it re
 
 from __future__ import annotations
 
+import dataclasses
 import posixpath
 import shutil
 from pathlib import Path
@@ -134,3 +135,26 @@ def test_the_monthly_job_inside_run_leaves_one_cpu_to_capture(
     jobs = ArchiveJobs(tmp_path, None, tmp_path, OPTIONS)  # type: ignore[arg-type]
     jobs._snapshot(Month(2024, 1), tmp_path / "out")
     assert seen == [workers]
+
+
+def test_a_failing_rendering_process_is_a_clear_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A helper whose dossier cannot be rendered (its events.jsonl is gone) exits non-zero; the caller raises one
+    line naming it. This process's own share is stubbed (the helper, a fresh interpreter, runs the real code)."""
+    from bridge.archive import derive, mdto
+    from bridge.archive.transcript import Provenance
+
+    params = derive.RenderParams(OPTIONS.organisation, "Europe/Amsterdam", "00" * 16, Month(2024, 1))
+    serie = mdto.Ref("serie", "chatarchief:00", render.BRON)
+    provenance = Provenance("key", 0, 2, 0, derive.STATUS_CLOSED)
+
+    def job(conversation: str) -> render._Job:
+        state = derive.new_dossier(params.serie, "matrix", conversation, f"{params.serie}/gone-{conversation[1:]}")
+        bare = dataclasses.replace(state, sha=None)  # as render._job sends it: no hash object
+        return render._Job(tmp_path, False, params, serie, bare, provenance, False, (), {})
+
+    monkeypatch.setattr(render, "POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(render, "_render_job", lambda j: (serie, derive.Coverage(), []))
+    with pytest.raises(RuntimeError, match=r"a rendering process failed \(exit 1\): FileNotFoundError"):
+        render.render_jobs([job("!a:x"), job("!b:x")], [1, 100], 2)

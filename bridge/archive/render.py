@@ -208,8 +208,10 @@ def render_jobs(jobs: Sequence[_Job], sizes: Sequence[int], workers: int) -> lis
         k = load.index(min(load))
         shares[k].append(i)
         load[k] += sizes[i] + 1
-    helpers = [_Helper([jobs[i] for i in sorted(share)]) for share in shares[1:]]
+    helpers: list[_Helper] = []
     try:
+        for share in shares[1:]:
+            helpers.append(_Helper([jobs[i] for i in sorted(share)]))
         results: dict[int, Result] = {i: _render_job(jobs[i]) for i in sorted(shares[0])}
         for helper, share in zip(helpers, shares[1:], strict=True):
             results.update(zip(sorted(share), helper.results(), strict=True))
@@ -226,13 +228,14 @@ class _Helper:
     script (the whole CLI, for `chatarchief snapshot`) in every process."""
 
     def __init__(self, jobs: list[_Job]) -> None:
+        data = pickle.dumps(jobs)  # before starting the process: nothing to clean up if this fails
         root = str(Path(__file__).resolve().parents[2])  # the folder holding this `bridge` package
         code = f"import sys; sys.path.insert(0, {root!r}); from bridge.archive.render import helper_main; helper_main()"
         self._proc = subprocess.Popen(
             [sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
         self._out: list[tuple[bytes, bytes]] = []
-        self._thread = threading.Thread(target=self._talk, args=(pickle.dumps(jobs),), daemon=True)
+        self._thread = threading.Thread(target=self._talk, args=(data,), daemon=True)
         self._thread.start()
 
     def _talk(self, data: bytes) -> None:
