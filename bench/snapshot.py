@@ -14,8 +14,10 @@ so its peak RSS is its own:
 - verify-package: the real verifier with the public key only (re-derives every file).
 
 Prints MB/s of log processed (stored header + commitment + ciphertext bytes of
-the range), events/s, peak RSS, and the ratio to the baseline. Goal: >= 100 MB/s
-and peak RSS < 150 MB at both sizes.
+the range), events/s, peak RSS, and the ratio to the baseline, for each number
+of rendering processes in `--workers` (default 1 and 2: the curve by process
+count; "workers RSS" is the largest peak of a rendering process, 0 inline).
+Goal: >= 100 MB/s and peak RSS < 150 MB at both sizes.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import asyncio
 import json
 import os
 import random
+import resource
 import shutil
 import sqlite3
 import subprocess
@@ -102,7 +105,7 @@ def range_bytes(data_dir: Path) -> int:
 # -- children (each in its own process: its own peak RSS) ------------------------------------------
 
 
-def child_baseline(data_dir: Path, key_file: Path, out: Path) -> None:
+def child_baseline(data_dir: Path, key_file: Path, out: Path, workers: int | None = None) -> None:
     from bridge.log.view import LogView
 
     material = keyfile.load(key_file)
@@ -111,14 +114,14 @@ def child_baseline(data_dir: Path, key_file: Path, out: Path) -> None:
             fh.write(rec.payload + b"\n")
 
 
-def child_snapshot(data_dir: Path, key_file: Path, out: Path) -> None:
-    snapshot(data_dir, keyfile.load(key_file), MONTH, out, OPTIONS)
+def child_snapshot(data_dir: Path, key_file: Path, out: Path, workers: int | None = None) -> None:
+    snapshot(data_dir, keyfile.load(key_file), MONTH, out, OPTIONS, workers=workers)
 
 
-def child_verify(data_dir: Path, key_file: Path, out: Path) -> None:
+def child_verify(data_dir: Path, key_file: Path, out: Path, workers: int | None = None) -> None:
     from bridge.archive.verify_package import verify_package
 
-    verify_package(out, keyfile.load_public(keyfile.public_path(key_file)))
+    verify_package(out, keyfile.load_public(keyfile.public_path(key_file)), workers=workers)
 
 
 CHILDREN = {
@@ -128,17 +131,17 @@ CHILDREN = {
 }
 
 
-def run_child(name: str, data_dir: Path, key_file: Path, out: Path) -> tuple[float, float]:
-    """(seconds, peak RSS MB) of one measurement in a fresh process."""
-    cmd = [sys.executable, __file__, "--child", name, str(data_dir), str(key_file), str(out)]
+def run_child(name: str, data_dir: Path, key_file: Path, out: Path, workers: int = 1) -> tuple[float, float, float]:
+    """(seconds, peak RSS MB, largest worker peak RSS MB) of one measurement in a fresh process."""
+    cmd = [sys.executable, __file__, "--child", name, str(data_dir), str(key_file), str(out), str(workers)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return float(result["seconds"]), float(result["rss_mb"])
+    return float(result["seconds"]), float(result["rss_mb"]), float(result["workers_rss_mb"])
 
 
-def bench(n: int, rooms: int) -> None:
+def bench(n: int, rooms: int, workers: list[int]) -> None:
     with tempfile.TemporaryDirectory(prefix="chatarchief-bench-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
@@ -147,37 +150,44 @@ def bench(n: int, rooms: int) -> None:
         size = range_bytes(data_dir)
         mb = size / 1e6
         print(f"\n{n:,} events in {rooms} conversations: log range {mb:.0f} MB (built in {built:.0f} s)")
-        base_s, base_rss = run_child("baseline", data_dir, key_file, work / "plain.jsonl")
-        snap_s, snap_rss = run_child("snapshot", data_dir, key_file, work / "package")
-        pkg_mb = sum(p.stat().st_size for p in (work / "package").rglob("*") if p.is_file()) / 1e6
-        ver_s, ver_rss = run_child("verify", data_dir, key_file, work / "package")
-        for label, s, rss in (
-            ("baseline (decrypt only)", base_s, base_rss),
-            ("snapshot", snap_s, snap_rss),
-            ("verify-package (re-derives)", ver_s, ver_rss),
-        ):
-            print(f"  {label:28} {s:7.1f} s  {mb / s:7.1f} MB/s  {n / s:9,.0f} events/s  peak RSS {rss:6.1f} MB")
-        print(f"  snapshot / baseline throughput: {base_s / snap_s:.2f}; package {pkg_mb:.0f} MB on disk")
-        print(f"  verify-package / baseline throughput: {base_s / ver_s:.2f} (re-deriving every readable file)")
-        shutil.rmtree(work / "package", ignore_errors=True)
+        base_s, base_rss, _ = run_child("baseline", data_dir, key_file, work / "plain.jsonl")
+        print(f"  {'baseline (decrypt only)':32} {base_s:7.1f} s  {mb / base_s:7.1f} MB/s  {n / base_s:9,.0f} events/s"
+              f"  peak RSS {base_rss:6.1f} MB")  # fmt: skip
+        for w in workers:
+            snap_s, snap_rss, snap_w = run_child("snapshot", data_dir, key_file, work / "package", w)
+            pkg_mb = sum(p.stat().st_size for p in (work / "package").rglob("*") if p.is_file()) / 1e6
+            ver_s, ver_rss, ver_w = run_child("verify", data_dir, key_file, work / "package", w)
+            for label, s, rss, wrss in (
+                (f"snapshot, {w} process(es)", snap_s, snap_rss, snap_w),
+                (f"verify-package, {w} process(es)", ver_s, ver_rss, ver_w),
+            ):
+                print(
+                    f"  {label:32} {s:7.1f} s  {mb / s:7.1f} MB/s  {n / s:9,.0f} events/s  peak RSS {rss:6.1f} MB"
+                    f"  workers RSS {wrss:6.1f} MB  x{base_s / s:.2f} of baseline"
+                )
+            print(f"  package {pkg_mb:.0f} MB on disk")
+            shutil.rmtree(work / "package", ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--rooms", type=int, default=100)
-    parser.add_argument("--child", nargs=4, metavar=("NAME", "DATA", "KEY", "OUT"))
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="rendering processes to measure")
+    parser.add_argument("--child", nargs=5, metavar=("NAME", "DATA", "KEY", "OUT", "WORKERS"))
     args = parser.parse_args()
     if args.child:
-        name, data, key, out = args.child
+        name, data, key, out, workers = args.child
         t0 = time.perf_counter()
-        CHILDREN[name](Path(data), Path(key), Path(out))
+        CHILDREN[name](Path(data), Path(key), Path(out), int(workers))
         seconds = time.perf_counter() - t0
         rss_mb = peak_rss_mb()
-        print(json.dumps({"seconds": seconds, "rss_mb": rss_mb}))
+        # the pool's processes, once they are gone; an upper bound (Linux keeps a spawned child's pre-exec peak)
+        children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        print(json.dumps({"seconds": seconds, "rss_mb": rss_mb, "workers_rss_mb": children}))
         return
     for n in args.events:
-        bench(n, args.rooms)
+        bench(n, args.rooms, args.workers)
 
 
 if __name__ == "__main__":

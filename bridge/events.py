@@ -59,6 +59,9 @@ class Kind(enum.StrEnum):
     NOTICE = "notice"
 
 
+_KINDS: dict[str, Kind] = {k.value: k for k in Kind}
+
+
 class EncodingError(DataError, ValueError):
     """Bytes that are not a canonical event encoding (local bug or tampering)."""
 
@@ -167,17 +170,23 @@ class Event:
         if d.get("v") != ENCODING_VERSION:
             raise EncodingError(f"unsupported event encoding version {d.get('v')!r}")
         try:
+            # The NewTypes are the identity at run time, so the values go in as they are; a kind is looked up
+            # in a dict (an enum call costs more than the rest of this together), and anything but a known
+            # kind's text gets the enum's own error. An archive run decodes every event more than once.
+            raw_kind = d["kind"]
+            kind = _KINDS.get(raw_kind) if type(raw_kind) is str else None
+            atts = d["attachments"]
             return cls(
-                source=SourceName(d["source"]),
-                conversation=ConversationId(d["conversation"]),
-                event_id=EventId(d["event_id"]),
-                kind=Kind(d["kind"]),
-                sender=None if d["sender"] is None else SenderId(d["sender"]),
+                source=d["source"],
+                conversation=d["conversation"],
+                event_id=d["event_id"],
+                kind=Kind(raw_kind) if kind is None else kind,
+                sender=d["sender"],
                 sent_at=d["sent_at"],
                 received_at=d["received_at"],
                 content=d["content"],
-                relates_to=None if d["relates_to"] is None else EventId(d["relates_to"]),
-                attachments=tuple(Attachment.from_json(a) for a in d["attachments"]),
+                relates_to=d["relates_to"],
+                attachments=() if atts == [] else tuple(Attachment.from_json(a) for a in atts),
                 raw=d["raw"],
                 problem=d["problem"],
             )

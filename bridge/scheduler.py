@@ -38,6 +38,7 @@ from apscheduler.triggers.date import DateTrigger
 
 from bridge.archive.package import ArchiveOptions, SnapshotResult, package_name, snapshot
 from bridge.archive.range import Month, month_of, months, zone
+from bridge.archive.render import default_workers
 from bridge.clock import now_ms
 from bridge.errors import ChatarchiefError, ConfigError
 from bridge.log.keys import KeyMaterial
@@ -148,7 +149,9 @@ class ArchiveJobs:
         )
 
     def _snapshot(self, month: Month, out: Path) -> SnapshotResult:
-        return snapshot(self._data_dir, self._keys, month, out, self._options, seal=self._seal)
+        # Inside `run` one CPU stays with capture: rendering takes the others (none on a 2-CPU host).
+        workers = max(1, default_workers() - 1)
+        return snapshot(self._data_dir, self._keys, month, out, self._options, seal=self._seal, workers=workers)
 
     def _catch_up(self) -> tuple[list[SnapshotResult], list[str]]:
         with LogView(self._data_dir, self._keys) as view:

@@ -173,9 +173,9 @@ def test_plaintext_is_built_in_a_private_dir_of_the_data_dir_and_crash_leftovers
 
     real = package.render_package
 
-    def spy(builder: package.BagBuilder, *args: object) -> list[str]:
+    def spy(builder: package.BagBuilder, *args: object, **kwargs: object) -> list[str]:
         seen.append(builder.root)
-        return real(builder, *args)  # type: ignore[arg-type]
+        return real(builder, *args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(package, "render_package", spy)
     snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "out" / "jan", OPTIONS, seal=seal_for(log))

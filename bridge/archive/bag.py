@@ -24,6 +24,7 @@ import hashlib
 import os
 import shutil
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol, Self
@@ -64,6 +65,31 @@ class HashingFile:
         self.close()
 
 
+class HashOnly:
+    """An `OutFile` that keeps only the SHA-256 and size of what is written (a sink that compares)."""
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes) -> int:
+        self._sha.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def close(self) -> None:
+        return None
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        return None
+
+
 class OutFile(Protocol):
     """A payload file being produced: written to, closed, then its SHA-256 and size are known."""
 
@@ -77,11 +103,17 @@ class OutFile(Protocol):
 
 
 class PackageSink(Protocol):
-    """Where the renderers put payload files: `BagBuilder` writes them, verify-package compares them."""
+    """Where the renderers put payload files: `BagBuilder` writes them, verify-package compares them.
+
+    `writes`: whether files are written (a renderer in a worker process then writes them itself under
+    `data_path("")` and hands back their digests); `record(rel, digest, size)` takes such a file.
+    """
 
     payload: dict[str, tuple[str, int]]
+    writes: bool
 
     def data_path(self, rel: str) -> Path: ...
+    def record(self, rel: str, digest: str, size: int) -> None: ...
     def open(self, rel: str) -> OutFile: ...
     def done(self, rel: str, fh: OutFile) -> None: ...
     def write(self, rel: str, data: bytes) -> tuple[str, int]: ...
@@ -114,6 +146,8 @@ def manifest_path(rel: str) -> str:
 class BagBuilder:
     """Builds a bag in a temp dir beside `final`; `publish()` moves it into place."""
 
+    writes = True
+
     def __init__(self, final: Path, workdir: Path | None = None) -> None:
         """Build in `workdir` (a private directory; default: beside `final`), publish to `final`."""
         self.final = final
@@ -139,6 +173,10 @@ class BagBuilder:
     def add(self, rel: str, digest: str, size: int) -> None:
         """Record a payload file written another way (its hash computed while writing)."""
         self.payload[rel] = (digest, size)
+
+    def record(self, rel: str, digest: str, size: int) -> None:
+        """A payload file a renderer in a worker process wrote under `data_path("")`."""
+        self.add(rel, digest, size)
 
     def write(self, rel: str, data: bytes) -> tuple[str, int]:
         with self.open(rel) as fh:
@@ -213,14 +251,30 @@ def _alive(pid: int) -> bool:
     return True
 
 
+#: Files fsynced at once when a bag is published: the disk gets the flushes together (one at a time, a package of
+#: a few hundred files spent 0.2-0.6 s waiting; in 8 threads 0.05-0.12 s, on this machine).
+FSYNC_THREADS = 8
+
+
+def _fsync_file(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    """Every file (each once, several at a time), then every directory, is on disk; the first error raises."""
+    dirs: list[str] = []
+    files: list[str] = []
+    for dirpath, _, names in os.walk(root):
+        dirs.append(dirpath)
+        files.extend(os.path.join(dirpath, name) for name in names)
+    with ThreadPoolExecutor(FSYNC_THREADS) as pool:
+        for _ in pool.map(_fsync_file, files):
+            pass
+    for dirpath in dirs:
         fsync_dir(Path(dirpath))
 
 

@@ -66,7 +66,7 @@ from bridge.archive.derive import STATUS_CLOSED, STATUS_INTERIM, DossierState, R
 from bridge.archive.gaps import LISTING_REL, Listing
 from bridge.archive.mdto import Organisation
 from bridge.archive.plan import Carried, Plan, Seal, carried_decisions, closing, plan, seal_notes
-from bridge.archive.render import render_package
+from bridge.archive.render import default_workers, render_package
 from bridge.archive.witnessed import FILE as WITNESSED_FILE
 from bridge.archive.witnessed import witnessed_json
 from bridge.blobs import BlobStore
@@ -141,6 +141,7 @@ def snapshot(
     allow_open_month: bool = False,
     allow_missing_media: bool = False,
     interim: bool = False,
+    workers: int | None = None,
 ) -> SnapshotResult:
     """Write the package of `month` to `out` (a new directory); see the module docstring.
 
@@ -150,7 +151,8 @@ def snapshot(
     `interim` (or `allow_open_month`; then the package covers the range so far), `interim` for a month that
     has ended, and a different
     package already at `out`; refuses (MissingMediaError, exit 1) a stored attachment
-    whose blob is gone unless `allow_missing_media`.
+    whose blob is gone unless `allow_missing_media`. Transcripts and MDTO are rendered in up to `workers`
+    processes (default: the CPUs this process may use); the package is the same whatever the number.
     """
     _check_destination(out)
     win = ranges.window(month, options.timezone)
@@ -198,7 +200,10 @@ def snapshot(
             cosigned = witnessed_json(view, data_dir, p.end)  # witnesses' checkpoints extending the end, if any
             if cosigned is not None:
                 builder.write(WITNESSED_FILE, cosigned)
-            rendered = render_package(builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status)
+            rendered = render_package(
+                builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status,
+                workers=default_workers() if workers is None else workers,
+            )  # fmt: skip
             tags = derive.tag_files(
                 params, keys.key_name, win, (p.start, p.end), rendered.dossiers, others, (sealed_ms, closed_ms), status,
                 rendered.coverage, liveness=True, witnessed=cosigned is not None,

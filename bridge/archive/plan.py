@@ -1,13 +1,19 @@
 """Planning a month's package over the log's read API (`bridge.log.view`; no SQL here, never signs).
 
-`plan(view, window)` scans headers and stored leaves in log order from record 0
-to find the month's range [start, end) (see `range.py`), the tree's frontier at
-`start`, the decisions before `end` (decrypted: they say which events are
-withheld), and the roots at `start`, at `end` and at the first stored
-checkpoint at or after `end`, each checked against the signed checkpoints at
-those sizes. A missing checkpoint at `start` or `end` is asked of the injected
+`plan(view, window)` finds the month's range [start, end) with `view.boundary`
+(the rule of `range.py`: the first record in log order appended at or after
+an instant, found by a scan inside SQLite, never by a search), the tree's
+frontier at `start` and the root at `end`, the decisions before `end`
+(decrypted: they say which events are withheld), and checks the signed
+checkpoints at `start`, at `end` and at the first stored checkpoint at or after
+`end` against those roots. An edge stored with a checkpoint at `start` (or
+`end`) is taken instead of hashing the leaves from record 0: its root must be
+the signed one, and pass 2 recomputes every leaf of the range from its bytes
+and checks the end root again. Without such a checkpoint the stored leaves are
+hashed (from 0, or from `start`). So a package of month 12 costs what month 1
+costs. A missing checkpoint at `start` or `end` is asked of the injected
 `seal` (the log's writer signs; the archive never does), and the note it
-returns is checked here against the root this scan computed: a log must never
+returns is checked here against the root this plan computed: a log must never
 sign two inconsistent checkpoints, and the archive never trusts a note it did
 not verify.
 
@@ -22,9 +28,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from bridge.archive import proof
-from bridge.archive.range import BoundaryScan, Window
+from bridge.archive.range import Window
 from bridge.errors import Check, LogIntegrityError, UsageError
-from bridge.log import audit, checkpoint, crypto, format, merkle
+from bridge.log import checkpoint, crypto, merkle
 from bridge.log.decision import Decision
 from bridge.log.keys import KeyMaterial
 from bridge.log.view import LogView, RangeRecord, ScanRow, appended_ms
@@ -56,47 +62,12 @@ def plan(view: LogView, win: Window, *, open_month: bool = False) -> Plan:
 
 
 def _plan(view: LogView, win: Window, open_month: bool) -> Plan:
-    scan = BoundaryScan(win)
-    frontier = merkle.Frontier()
-    start_frontier: merkle.Frontier | None = None
-    end_root: bytes | None = None
-    target: int | None = None
-    decisions: list[tuple[int, Decision]] = []
-    rows: list[ScanRow] = []
-    first_ms: int | None = None
-    for row in view.scan():
-        seq = row.seq
-        audit.check_position(frontier.size, seq)
-        appended = appended_ms(row.header)
-        if first_ms is None:
-            first_ms = appended
-        if end_root is None:
-            scan.feed(seq, appended)
-            if scan.start == seq and start_frontier is None:
-                start_frontier = frontier.copy()
-            if scan.end is not None:
-                end_root = frontier.root()
-                target = view.first_checkpoint_from(seq)
-            elif row.type == format.RecordType.DECISION:
-                decisions.append((seq, view.decision(row)))
-                if scan.start is None:
-                    rows.append(row)
-        if target is not None and frontier.size == target:
-            break
-        frontier.append(row.leaf)
     size = view.size()
-    if end_root is None:  # no record reached the month's end: the range runs to the log's end
-        start, end = scan.finish(frontier.size)
-        if start_frontier is None:
-            start_frontier = frontier.copy()
-        end_root = frontier.root()
-        target = view.first_checkpoint_from(end)
-    else:
-        start, end = scan.finish(size)
-    assert start_frontier is not None
-    if target is not None and target > frontier.size:
+    start, end = (size if (seq := view.boundary(ms)) is None else seq for ms in (win.start_ms, win.end_ms))
+    target = view.first_checkpoint_from(end)
+    if target is not None and target > size:
         raise LogIntegrityError(
-            frontier.size,
+            size,
             f"log truncated: a signed checkpoint covers {target} records but only {size} are stored",
             check=Check.TRUNCATED,
         )
@@ -113,12 +84,39 @@ def _plan(view: LogView, win: Window, open_month: bool) -> Plan:
             f"records before {win.month} are not sealed by a checkpoint yet; seal the log first (`chatarchief run`)"
         )
     keys = view.keys
+    start_frontier = _frontier_at(view, start, None)
     start_note = checked_note(view.note_at(start), keys, start, start_frontier.root()) if start > 0 else None
+    end_frontier = view.stored_frontier(end) if target == end else None
+    if end_frontier is None:
+        end_frontier = _frontier_at(view, end, start_frontier)
+    end_root = end_frontier.root()
     end_note = checked_note(view.note_at(end), keys, end, end_root)
     if target is not None and target != end:
-        checked_note(view.note_at(target), keys, target, frontier.root())
-    kept = tuple(r for r in rows if r.seq < start)
-    return Plan(start, end, size, start_frontier, end_root, tuple(decisions), kept, start_note, end_note, first_ms)
+        grown = _frontier_at(view, target, end_frontier)
+        checked_note(view.note_at(target), keys, target, grown.root())
+    decisions: list[tuple[int, Decision]] = []
+    rows: list[ScanRow] = []
+    for row in view.decision_rows(end):
+        decisions.append((row.seq, view.decision(row)))
+        if row.seq < start:
+            rows.append(row)
+    first_ms = view.first_appended_ms()
+    return Plan(
+        start, end, size, start_frontier, end_root, tuple(decisions), tuple(rows), start_note, end_note, first_ms
+    )
+
+
+def _frontier_at(view: LogView, size: int, base: merkle.Frontier | None) -> merkle.Frontier:
+    """The tree's right edge at `size`: stored with a checkpoint at `size` when there is one (its root is then
+    checked against that signed checkpoint by the caller), else `base` (or the empty tree) extended with the
+    stored leaves up to `size`. Pass 2 recomputes every leaf of the range from its bytes and checks the end root
+    again, so a stored edge is never the only evidence for what the package holds."""
+    if base is None and size > 0 and (stored := view.stored_frontier(size)) is not None:
+        return stored
+    frontier = merkle.Frontier() if base is None else base.copy()
+    for _, leaf in view.leaves(frontier.size, size):
+        frontier.append(leaf)
+    return frontier
 
 
 def checked_note(note: str | None, keys: KeyMaterial, size: int, root: bytes) -> str | None:

@@ -18,9 +18,10 @@ its place in log order: a record stamped "too early" after a boundary belongs
 to the later month, and its own append time is shown in the package. So the
 end of one month is always the start of the next, and the first month (the
 one holding record 0) starts at 0. Finding the boundaries scans the headers in
-order (`BoundaryScan`); a binary search would be cheaper but would depend on
-the log's size when the clock stepped back, so a month's range could change
-as the log grows.
+order (`BoundaryScan`; `LogView.boundary` runs the same scan inside SQLite,
+comparing the header's big-endian append time as bytes); a binary search would
+be cheaper but would depend on the log's size when the clock stepped back, so a
+month's range could change as the log grows.
 """
 
 from __future__ import annotations

@@ -8,7 +8,13 @@ the archive (Serie) its own, and the pakbon lists every payload file.
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import pickle
 import posixpath
+import subprocess
+import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +23,7 @@ from zoneinfo import ZoneInfo
 import orjson
 
 from bridge.archive import mdto
-from bridge.archive.bag import PackageSink
+from bridge.archive.bag import HashingFile, HashOnly, OutFile, PackageSink
 from bridge.archive.derive import (
     LIVENESS_NAME,
     STATUS_INTERIM,
@@ -43,6 +49,12 @@ MONTHS_NL = (
     "juli", "augustus", "september", "oktober", "november", "december",
 )  # fmt: skip
 NAMED_PARTICIPANTS = 4  # a dossier's name lists this many participants, then "en N anderen"
+#: A dossier's events.jsonl up to this size is parsed once and held for the renderers' three passes; a larger
+#: one is parsed on each pass (memory stays bounded).
+LINE_CACHE_BYTES = 24 << 20
+#: Rendering uses worker processes only for packages whose event files hold at least this many bytes (starting
+#: an interpreter costs about as much as rendering a few megabytes).
+POOL_MIN_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -73,13 +85,16 @@ def render_package(
     end: int,
     sealed_ms: int,
     status: str,
+    workers: int = 1,
 ) -> Rendered:
     """Write transcripts, MDTO and pakbon; returns what the tag files need (`Rendered`).
 
-    The same code runs in `snapshot` (writing) and in `verify-package` (a sink that compares).
+    The same code runs in `snapshot` (writing) and in `verify-package` (a sink that compares). Dossiers are
+    rendered independently of each other, in up to `workers` processes when the package is large enough to
+    repay starting them (`POOL_MIN_BYTES`); their files are taken by `builder` in dossier order, so the output
+    is the same byte for byte whatever the number of processes.
     """
     org = params.organisation
-    month = params.month
     serie_name = params.serie
     serie = mdto.Ref(f"Zakelijke chatberichten {org.name}", f"chatarchief:{params.log_id}", BRON)
     interim = status == STATUS_INTERIM
@@ -88,15 +103,54 @@ def render_package(
     named: list[tuple[str, str]] = []
     coverage = Coverage()
     objects = [mdto.PakbonDossier(f"{serie_name}.MDTO.xml", serie.kenmerk or "", serie.name, "Serie")]
-    for state in dossiers:
-        links = conversation_links(state, dossiers)
-        provenance = Provenance(key_name, start, end, sealed_ms, status)
-        ref, dates = _render_dossier(builder, params, serie, state, provenance, interim, links)
-        coverage = coverage.join(dates)
-        refs.append(ref)
-        named.append((state.folder, ref.name))
-        objects.append(mdto.PakbonDossier(f"{state.folder}.MDTO.xml", ref.kenmerk or "", ref.name))
-        transcripts.append(f"{state.folder}/transcript.html")
+    provenance = Provenance(key_name, start, end, sealed_ms, status)
+    data = builder.data_path("")
+    directory = tuple((d.source, d.conversation, d.folder) for d in dossiers)  # one object, shared by every job
+    jobs = [_job(data, builder, params, serie, state, provenance, interim, directory) for state in dossiers]
+    sizes = [builder.payload[d.events_rel][1] if d.events_rel in builder.payload else 0 for d in dossiers]
+    results = render_jobs(jobs, sizes, workers)
+    for state, (ref, dates, files) in zip(dossiers, results, strict=True):
+        for rel, digest, size in files:
+            builder.record(rel, digest, size)
+        coverage = _add_dossier(state, ref, dates, coverage, refs, named, objects, transcripts)
+    return _finish(builder, params, key_name, serie, refs, objects, transcripts, named, coverage, start, end,
+                   sealed_ms, interim)  # fmt: skip
+
+
+def _add_dossier(
+    state: DossierState,
+    ref: mdto.Ref,
+    dates: Coverage,
+    coverage: Coverage,
+    refs: list[mdto.Ref],
+    named: list[tuple[str, str]],
+    objects: list[mdto.PakbonDossier],
+    transcripts: list[str],
+) -> Coverage:
+    refs.append(ref)
+    named.append((state.folder, ref.name))
+    objects.append(mdto.PakbonDossier(f"{state.folder}.MDTO.xml", ref.kenmerk or "", ref.name))
+    transcripts.append(f"{state.folder}/transcript.html")
+    return coverage.join(dates)
+
+
+def _finish(
+    builder: PackageSink,
+    params: RenderParams,
+    key_name: str,
+    serie: mdto.Ref,
+    refs: list[mdto.Ref],
+    objects: list[mdto.PakbonDossier],
+    transcripts: list[str],
+    named: list[tuple[str, str]],
+    coverage: Coverage,
+    start: int,
+    end: int,
+    sealed_ms: int,
+    interim: bool,
+) -> Rendered:
+    """The Serie's MDTO and the pakbon, once every dossier is rendered."""
+    org, month, serie_name = params.organisation, params.month, params.serie
     serie_info = mdto.SerieInfo(
         serie.kenmerk or "",
         BRON,
@@ -131,6 +185,156 @@ def render_package(
     return Rendered(transcripts, coverage, named)
 
 
+def default_workers() -> int:
+    """The processes rendering may use: the CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+Result = tuple[mdto.Ref, Coverage, list[tuple[str, str, int]]]
+
+
+def render_jobs(jobs: Sequence[_Job], sizes: Sequence[int], workers: int) -> list[Result]:
+    """Every job's result, in job order: rendered here, or shared out over `workers` processes in all (this one
+    and workers - 1 fresh interpreters) when the event files hold at least `POOL_MIN_BYTES`. Each process gets
+    whole dossiers, the largest first to the least loaded (sizes: bytes of each dossier's events.jsonl)."""
+    n = min(workers, len(jobs))
+    if n < 2 or sum(sizes) < POOL_MIN_BYTES:
+        return [_render_job(job) for job in jobs]
+    shares: list[list[int]] = [[] for _ in range(n)]
+    load = [0] * n
+    for i in sorted(range(len(jobs)), key=lambda i: -sizes[i]):
+        k = load.index(min(load))
+        shares[k].append(i)
+        load[k] += sizes[i] + 1
+    helpers: list[_Helper] = []
+    try:
+        for share in shares[1:]:
+            helpers.append(_Helper([jobs[i] for i in sorted(share)]))
+        results: dict[int, Result] = {i: _render_job(jobs[i]) for i in sorted(shares[0])}
+        for helper, share in zip(helpers, shares[1:], strict=True):
+            results.update(zip(sorted(share), helper.results(), strict=True))
+    finally:
+        for helper in helpers:
+            helper.stop()
+    return [results[i] for i in range(len(jobs))]
+
+
+class _Helper:
+    """A fresh interpreter rendering a list of jobs (pickled over its stdin, results over its stdout).
+
+    A plain subprocess rather than a multiprocessing pool: that would start by importing the caller's main
+    script (the whole CLI, for `chatarchief snapshot`) in every process."""
+
+    def __init__(self, jobs: list[_Job]) -> None:
+        data = pickle.dumps(jobs)  # before starting the process: nothing to clean up if this fails
+        root = str(Path(__file__).resolve().parents[2])  # the folder holding this `bridge` package
+        code = f"import sys; sys.path.insert(0, {root!r}); from bridge.archive.render import helper_main; helper_main()"
+        self._proc = subprocess.Popen(
+            [sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        self._out: list[tuple[bytes, bytes]] = []
+        self._thread = threading.Thread(target=self._talk, args=(data,), daemon=True)
+        self._thread.start()
+
+    def _talk(self, data: bytes) -> None:
+        self._out.append(self._proc.communicate(data))
+
+    def results(self) -> list[Result]:
+        self._thread.join()
+        out, err = self._out[0] if self._out else (b"", b"")
+        if self._proc.returncode != 0:
+            last = err.decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
+            raise RuntimeError(f"a rendering process failed (exit {self._proc.returncode}): {last[0]}")
+        results: list[Result] = pickle.loads(out)  # noqa: S301  (our own child, over its private pipe)
+        return results
+
+    def stop(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._thread.join()
+
+
+def helper_main() -> None:
+    """A rendering process: jobs in (pickled, stdin), results out (pickled, stdout)."""
+    jobs: list[_Job] = pickle.loads(sys.stdin.buffer.read())  # noqa: S301  (from the parent, over a private pipe)
+    sys.stdout.buffer.write(pickle.dumps([_render_job(job) for job in jobs]))
+    sys.stdout.buffer.flush()
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One dossier to render, as sent to a worker process (no open handles, no hash objects)."""
+
+    data: Path  # the package's data/ folder
+    writes: bool
+    params: RenderParams
+    serie: mdto.Ref
+    state: DossierState
+    provenance: Provenance
+    interim: bool
+    directory: tuple[tuple[str, str, str], ...]  # (source, conversation, folder) of every dossier: for links
+    payload: dict[str, tuple[str, int]]  # the dossier's files already in the package (events.jsonl, media)
+
+
+def _job(
+    data: Path,
+    builder: PackageSink,
+    params: RenderParams,
+    serie: mdto.Ref,
+    state: DossierState,
+    provenance: Provenance,
+    interim: bool,
+    directory: tuple[tuple[str, str, str], ...],
+) -> _Job:
+    rels = [state.events_rel, *(f"{state.folder}/{m.rel}" for m in state.media_info)]
+    payload = {rel: builder.payload[rel] for rel in rels if rel in builder.payload}
+    bare = dataclasses.replace(state, sha=None)
+    return _Job(data, builder.writes, params, serie, bare, provenance, interim, directory, payload)
+
+
+class _DossierSink:
+    """The sink one dossier renders into (in a worker or inline): files written under `data` (or only hashed),
+    each listed in `files` for the package's own sink to take."""
+
+    def __init__(self, data: Path, writes: bool, payload: dict[str, tuple[str, int]]) -> None:
+        self._data = data
+        self.writes = writes
+        self.payload = payload
+        self.files: list[tuple[str, str, int]] = []
+
+    def data_path(self, rel: str) -> Path:
+        path = self._data / rel
+        if self.writes:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def open(self, rel: str) -> OutFile:
+        return HashingFile(self.data_path(rel)) if self.writes else HashOnly()
+
+    def done(self, rel: str, fh: OutFile) -> None:
+        self.record(rel, fh.hexdigest(), fh.size)
+
+    def record(self, rel: str, digest: str, size: int) -> None:
+        self.payload[rel] = (digest, size)
+        self.files.append((rel, digest, size))
+
+    def write(self, rel: str, data: bytes) -> tuple[str, int]:
+        with self.open(rel) as fh:
+            fh.write(data)
+        self.done(rel, fh)
+        return self.payload[rel]
+
+
+def _render_job(job: _Job) -> tuple[mdto.Ref, Coverage, list[tuple[str, str, int]]]:
+    sink = _DossierSink(job.data, job.writes, dict(job.payload))
+    links = conversation_links(job.state, job.directory)  # per dossier, so n dossiers never hold n^2 links
+    ref, dates = _render_dossier(sink, job.params, job.serie, job.state, job.provenance, job.interim, links)
+    return ref, dates, sink.files
+
+
 @dataclass(frozen=True, slots=True)
 class DossierLine:
     """What the renderers read of a line of events.jsonl: an event, or the tombstone that withholds one.
@@ -151,24 +355,45 @@ class DossierLine:
         return cls(d["seq"], Event.from_json(d["event"]), None)
 
 
-def _entries(path: Path, state: DossierState) -> Iterator[TranscriptEntry]:
-    with path.open("rb") as fh:
-        for raw in fh:
-            line = DossierLine.parse(raw)
-            yield TranscriptEntry(line.seq, line.event, line.withheld, state.media)
+class DossierLines:
+    """The parsed lines of a dossier's events.jsonl, iterable more than once (the renderers take three passes).
+
+    A file of at most `cache_bytes` is read and parsed once and held (what a
+    conversation-month usually is); a larger one is streamed and parsed again
+    on every pass, so memory stays bounded whatever one conversation holds.
+    """
+
+    __slots__ = ("_cached", "_path")
+
+    def __init__(self, path: Path, cache_bytes: int = LINE_CACHE_BYTES) -> None:
+        self._path = path
+        self._cached: list[DossierLine] | None = None
+        if path.stat().st_size <= cache_bytes:
+            self._cached = list(self._stream())
+
+    def _stream(self) -> Iterator[DossierLine]:
+        with self._path.open("rb") as fh:
+            for raw in fh:
+                yield DossierLine.parse(raw)
+
+    def __iter__(self) -> Iterator[DossierLine]:
+        return iter(self._cached) if self._cached is not None else self._stream()
 
 
-def _summarise(path: Path) -> DossierSummary:
+def _entries(lines: DossierLines, state: DossierState) -> Iterator[TranscriptEntry]:
+    for line in lines:
+        yield TranscriptEntry(line.seq, line.event, line.withheld, state.media)
+
+
+def _summarise(lines: DossierLines) -> DossierSummary:
     """The dossier's participants, MDTO events, withheld count and own dates (a pass before the transcript,
     whose title names the participants)."""
     summary = DossierSummary()
-    with path.open("rb") as fh:
-        for raw in fh:
-            line = DossierLine.parse(raw)
-            if line.event is None:
-                summary.withheld_count += 1
-            else:
-                summary.add(line.event)
+    for line in lines:
+        if line.event is None:
+            summary.withheld_count += 1
+        else:
+            summary.add(line.event)
     return summary
 
 
@@ -187,21 +412,29 @@ def dossier_name(room: str | None, participants: Sequence[mdto.Participant], mon
     return f"Chat met {who or 'onbekenden'}, {month_nl(month)}"
 
 
-def _lookahead(path: Path, state: DossierState) -> Lookahead:
+def _lookahead(lines: DossierLines, state: DossierState) -> Lookahead:
     """The transcript's first pass over the dossier's events (polls, edits, participants); tombstones skipped."""
-    with path.open("rb") as fh:
-        lines = (DossierLine.parse(raw) for raw in fh)
-        return Lookahead.of((line.event for line in lines if line.event is not None), state.edited.keys())
+    return Lookahead.of((line.event for line in lines if line.event is not None), state.edited.keys())
 
 
-def conversation_links(state: DossierState, dossiers: Sequence[DossierState]) -> dict[str, str]:
+def conversation_links(state: DossierState, directory: Sequence[tuple[str, str, str]]) -> dict[str, str]:
     """Conversation id -> href (relative to `state`'s transcript) of the other dossiers of the same source in
-    this package: what a room upgrade in `state` links to."""
+    this package (`directory`: source, conversation, folder of each): what a room upgrade in `state` links to."""
     return {
-        other.conversation: posixpath.relpath(f"{other.folder}/transcript.html", state.folder)
-        for other in dossiers
-        if other.source == state.source and other.conversation != state.conversation
+        conversation: relative_link(f"{folder}/transcript.html", state.folder)
+        for source, conversation, folder in directory
+        if source == state.source and conversation != state.conversation
     }
+
+
+def relative_link(target: str, start: str) -> str:
+    """`posixpath.relpath(target, start)` for relative paths, without its filesystem calls when `target` is under
+    a sibling of `start` (every dossier folder is `<serie>/<name>`: the links of n dossiers cost n^2 of these)."""
+    t, f = target.split("/"), start.split("/")
+    up = len(f) - 1
+    if all(p not in ("", ".", "..") for p in (*t, *f)) and len(t) > up and t[:up] == f[:up] and t[up] != f[up]:
+        return "/".join(("..", *t[up:]))
+    return posixpath.relpath(target, start)
 
 
 def _render_dossier(
@@ -215,7 +448,8 @@ def _render_dossier(
 ) -> tuple[mdto.Ref, Coverage]:
     month, org, sealed_ms = params.month, params.organisation, provenance.sealed_ms
     kenmerk = f"{serie.kenmerk}:{state.source}:{state.conversation}:{month}"
-    summary = _summarise(builder.data_path(state.events_rel))
+    lines = DossierLines(builder.data_path(state.events_rel))
+    summary = _summarise(lines)
     participants = summary.participants()
     naam = dossier_name(state.name, participants, month)
     dates = Coverage(
@@ -231,10 +465,10 @@ def _render_dossier(
             title=naam,
             conversation=state.conversation,
             month=str(month),
-            entries=_entries(builder.data_path(state.events_rel), state),
+            entries=_entries(lines, state),
             edited_ids=state.edited,
             deleted_ids=state.deleted,
-            lookahead=_lookahead(builder.data_path(state.events_rel), state),
+            lookahead=_lookahead(lines, state),
             links=links,
             tz=ZoneInfo(params.timezone),
             provenance=provenance,

@@ -47,10 +47,8 @@ import logging
 import mmap
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
 
 import bagit
 import orjson
@@ -58,11 +56,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bridge.archive import derive, mdto, proof
 from bridge.archive import range as ranges
-from bridge.archive.bag import OutFile, tag_files
+from bridge.archive.bag import HashOnly, OutFile, tag_files
 from bridge.archive.derive import DossierState, RenderParams
 from bridge.archive.gaps import LISTING_REL, Listing, Summary
 from bridge.archive.leesmij import DOCS
-from bridge.archive.render import render_package
+from bridge.archive.render import default_workers, render_package
 from bridge.archive.witnessed import FILE as WITNESSED_FILE
 from bridge.archive.witnessed import WitnessedError, check_witnessed
 from bridge.errors import Check, Evidence, LogIntegrityError, UsageError
@@ -161,7 +159,10 @@ def verify_package(
     *,
     witnesses: Sequence[Verifier] = (),
     quorum: int = 0,
+    workers: int | None = None,
 ) -> PackageReport:
+    """Every check of the module docstring; the first failure raises `PackageIntegrityError`. Rendering (step 7)
+    runs in up to `workers` processes (default: the CPUs this process may use)."""
     _check_shape(path, "")
     if previous is not None:
         _check_shape(previous, "--previous ")
@@ -207,7 +208,10 @@ def verify_package(
     if listed:
         sink.write(LISTING_REL, records.listing.to_json(win, sealed_ms))
     dossiers = sorted(records.dossiers.values(), key=lambda s: s.folder)
-    rendered = render_package(sink, params, public_key[0], dossiers, start, end, sealed_ms, status)
+    rendered = render_package(
+        sink, params, public_key[0], dossiers, start, end, sealed_ms, status,
+        workers=default_workers() if workers is None else workers,
+    )  # fmt: skip
     sink.finish_payload()
     tags = derive.tag_files(
         params,
@@ -855,31 +859,6 @@ def _sha256_file(p: Path) -> str:
 # -- re-derivation sink --------------------------------------------------------------------------------
 
 
-@dataclass
-class _HashOnly:
-    """An `OutFile` that keeps only the SHA-256 and size of what is written."""
-
-    sha: Any = field(default_factory=hashlib.sha256)
-    size: int = 0
-
-    def write(self, data: bytes) -> int:
-        self.sha.update(data)
-        self.size += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        return None
-
-    def hexdigest(self) -> str:
-        return str(self.sha.hexdigest())
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
-        return None
-
-
 class _Rederive:
     """A `PackageSink` that compares: each rendered file must be the package's file, byte for byte.
 
@@ -888,6 +867,8 @@ class _Rederive:
     (`take`: record files and media checked line by line or by their signed
     hash, proof inputs) join the payload with their manifest digest.
     """
+
+    writes = False
 
     def __init__(self, root: Path, manifest: dict[str, str]) -> None:
         self._root = root
@@ -898,7 +879,7 @@ class _Rederive:
         return self._root / "data" / rel
 
     def open(self, rel: str) -> OutFile:
-        return _HashOnly()
+        return HashOnly()
 
     def done(self, rel: str, fh: OutFile) -> None:
         self._compare(rel, fh.hexdigest(), fh.size)
@@ -906,6 +887,9 @@ class _Rederive:
     def write(self, rel: str, data: bytes) -> tuple[str, int]:
         self._compare(rel, hashlib.sha256(data).hexdigest(), len(data))
         return self.payload[rel]
+
+    def record(self, rel: str, digest: str, size: int) -> None:
+        self._compare(rel, digest, size)
 
     def take(self, rel: str) -> None:
         digest = self._manifest.get(rel)

@@ -37,7 +37,7 @@ from bridge.errors import Check, LogIntegrityError
 from bridge.log import audit, crypto, format, merkle
 from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
-from bridge.log.schema import check_key_matches, unwrap_keys
+from bridge.log.schema import check_key_matches, frontier_from_bytes, unwrap_keys
 from bridge.log.verify import open_readonly
 
 #: Byte offset of appended_ms inside a packed header (after version, type, seq).
@@ -170,6 +170,37 @@ class LogView:
         while rows := cur.fetchmany(_BATCH):
             for seq, header, leaf, commit, body in rows:
                 yield ScanRow(int(seq), bytes(header), bytes(leaf), bytes(commit or b""), bytes(body or b""))
+
+    def boundary(self, ms: int) -> int | None:
+        """The first seq (in log order) whose appended_ms >= `ms`, None if no record has one: a scan in
+        SQLite (the big-endian time compares as bytes), not a search, so the answer is `range.py`'s rule."""
+        row = self._conn.execute(
+            "SELECT seq FROM records WHERE substr(header, ?, 8) >= ? ORDER BY seq LIMIT 1",
+            (APPENDED.start + 1, max(ms, 0).to_bytes(8, "big")),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def decision_rows(self, end: int) -> Iterator[ScanRow]:
+        """The DECISION records before `end`, in log order, as `scan()` gives them."""
+        cur = self._conn.execute(
+            "SELECT seq, header, leaf, commitment, body FROM records WHERE seq < ? AND substr(header, 2, 1) = x'02'"
+            " ORDER BY seq",
+            (end,),
+        )
+        for seq, header, leaf, commit, body in cur:
+            yield ScanRow(int(seq), bytes(header), bytes(leaf), bytes(commit), bytes(body))
+
+    def stored_frontier(self, size: int) -> merkle.Frontier | None:
+        """The tree's right edge stored with the checkpoint at `size` (not verified: callers check its root
+        against the signed note), None if there is none or it does not parse."""
+        row = self._conn.execute("SELECT frontier FROM checkpoints WHERE size = ?", (size,)).fetchone()
+        if row is None:
+            return None
+        try:
+            frontier = frontier_from_bytes(bytes(row[0]))
+        except ValueError:
+            return None
+        return frontier if frontier.size == size else None
 
     def leaves(self, start: int, end: int) -> Iterator[tuple[int, bytes]]:
         """(seq, stored leaf) of [start, end) in order; gaps raise."""
