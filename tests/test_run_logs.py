@@ -88,3 +88,25 @@ async def test_timeouts_are_named_too() -> None:
             with pytest.raises(TimeoutError) as info:
                 await session.get(f"http://127.0.0.1:{port}/")
     assert why_unreachable(info.value) == "timed out"
+
+
+def test_log_records_follow_a_swapped_stderr(capsys: pytest.CaptureFixture[str]) -> None:
+    """`logs.setup` under one stderr (a CLI runner's), then that stream is gone: later records go to the current
+    stderr instead of failing with "--- Logging error ---" and a traceback (seen across CliRunner tests)."""
+    import io
+    import logging
+
+    from bridge import logs
+
+    old = sys.stderr
+    first = io.StringIO()
+    sys.stderr = first
+    try:
+        logs.setup("INFO", "json")
+    finally:
+        sys.stderr = old
+    first.close()
+    logging.getLogger("bridge.test").info("after the swap", extra={"n": 1})
+    err = capsys.readouterr().err
+    assert "after the swap" in err and "Logging error" not in err and "Traceback" not in err
+    logging.getLogger().handlers.clear()
