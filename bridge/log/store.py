@@ -47,6 +47,7 @@ from bridge.errors import Check, LogIntegrityError, StorageError, UsageError
 from bridge.events import EncodingError, Event, EventId, canonical_bytes, canonical_json, event_from_bytes
 from bridge.log import audit, checkpoint, crypto, format, merkle
 from bridge.log.clear import BLOB_SOURCE, BlobRecord, KeyRecord
+from bridge.log.dedup import DedupReader
 from bridge.log.keys import KeyMaterial
 from bridge.log.lock import WriterLock
 from bridge.log.schema import (
@@ -125,6 +126,7 @@ class LogStore:
         self._inflight: set[bytes] = set()
         self._conv_tags: dict[tuple[str, str], bytes] = {}
         self._lock: WriterLock | None = None
+        self._dedup: DedupReader | None = None
         self._blob_root: Path | None = None
         self._blobs_seen: set[str] = set()
         #: Called (on the loop, must not block) after a transaction that signed a checkpoint has committed:
@@ -153,6 +155,7 @@ class LogStore:
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=FULL")
             store = await cls._load(conn, data_dir, keys, policy or CheckpointPolicy())
+            store._dedup = await DedupReader.open(path)
         except sqlite3.Error as exc:
             await conn.close()
             lock.release()
@@ -262,7 +265,11 @@ class LogStore:
 
     async def close(self) -> None:
         try:
-            await self._conn.close()
+            try:
+                if self._dedup is not None:
+                    await self._dedup.close()
+            finally:
+                await self._conn.close()
         finally:
             if self._lock is not None:
                 self._lock.release()
@@ -480,6 +487,8 @@ class LogStore:
             return None  # `verify` names a damaged record; here it only means "treat as a duplicate"
 
     async def _existing(self, tags: list[bytes]) -> set[bytes]:
+        if self._dedup is not None:  # its own connection and thread: does not wait for the commit in flight
+            return await self._dedup.existing(tags)
         found: set[bytes] = set()
         for i in range(0, len(tags), 500):
             chunk = tags[i : i + 500]
