@@ -106,7 +106,7 @@ async def test_redelivery_while_the_first_delivery_commits_is_a_duplicate(empty_
         first = asyncio.create_task(store.append_events(events))
         await asyncio.sleep(0)
         second = asyncio.create_task(store.append_events(events[::-1]))
-        third = asyncio.create_task(store.append_events(events[100:200] + [make_event(300)]))
+        third = asyncio.create_task(store.append_events([*events[100:200], make_event(300)]))
         a, b, c = await asyncio.gather(first, second, third)
         assert (a.appended, b.appended, c.appended) == (300, 0, 1)
         assert (b.duplicates, c.duplicates) == (300, 100)
