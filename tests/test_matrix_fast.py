@@ -10,6 +10,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bridge.events import Kind, canonical_bytes
+from bridge.sources import decode
 from bridge.sources.matrix import fast
 from bridge.sources.matrix.normalise import normalise
 
@@ -105,3 +106,10 @@ def test_plain_messages_take_the_fast_path() -> None:
         event = {**PLAIN, "content": {"msgtype": msgtype, "body": "b", "format": "org.matrix.custom.html"}}
         assert fast._plain_message(orjson.loads(orjson.dumps(event)), 5) is not None
     assert fast._plain_message({**PLAIN, "state_key": ""}, 5) is None
+
+
+@given(value=st.dictionaries(st.text(max_size=4), _value, max_size=4), depth=st.integers(0, 6))
+def test_one_walk_decides_what_the_two_checks_decide(value: dict[str, Any], depth: int) -> None:
+    """The decoder's one-walk check counts the keys exactly when the value is plain within `depth`."""
+    expected = decode._count_keys(value) if decode._plain_as_parsed(value, depth) else -1
+    assert decode._plain_keys(value, depth) == expected
