@@ -31,6 +31,8 @@ from bridge.sources.matrix.fast import encode_line
 
 #: Lines per group commit (bench/ingest.py: 256 -> 4096 took 30k events from ~10.5k to ~14k events/s).
 BATCH = 4096
+#: Lines encoded between two yields to the event loop (see `_encode_yielding`).
+YIELD_EVERY = 256
 
 
 class ImportFormat(enum.StrEnum):
@@ -107,7 +109,7 @@ async def import_file(
     appending: deque[asyncio.Task[AppendResult]] = deque()
     try:
         for lines in _batches(path, counts, progress):
-            entries, unknown = encode_batch(lines, now_ms())
+            entries, unknown = await _encode_yielding(lines, now_ms())
             counts.unknown += unknown
             appending.append(asyncio.create_task(store.append_records(entries)))
             await asyncio.sleep(0)  # let it start sealing
@@ -120,6 +122,23 @@ async def import_file(
             task.cancel()
     await store.checkpoint()
     return counts
+
+
+async def _encode_yielding(lines: list[bytes], received: int) -> tuple[list[Entry], int]:
+    """`encode_batch` in slices of `YIELD_EVERY` lines, yielding to the loop between them.
+
+    Why: the batch before is waiting for the loop to send its insert and commit to SQLite's thread (each
+    aiosqlite call is a hop back to the loop); one 4096-line encode would hold that up for its whole length,
+    leaving SQLite idle. Between slices it gets going, so the commit runs while the rest is encoded.
+    """
+    entries: list[Entry] = []
+    unknown = 0
+    for start in range(0, len(lines), YIELD_EVERY):
+        part, part_unknown = encode_batch(lines[start : start + YIELD_EVERY], received)
+        entries += part
+        unknown += part_unknown
+        await asyncio.sleep(0)
+    return entries, unknown
 
 
 def _tally(result: AppendResult, counts: ImportCounts) -> None:
