@@ -6,9 +6,11 @@ import asyncio
 import hashlib
 import sqlite3
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.errors import Check, LogIntegrityError
 from bridge.events import canonical_bytes
 from bridge.log import crypto, format
 from bridge.log.dedup import DedupReader
@@ -134,3 +136,21 @@ async def test_records_sealed_by_the_fast_path_open_to_their_events(empty_log: L
         assert header.seq == seq
         payload = format.open_record(empty_log.keys.log_id, data_keys, header, header_b, commit, body)
         assert payload == canonical_bytes(event)
+
+
+async def test_a_key_row_of_the_wrong_types_is_tampering_not_a_crash(empty_log: LogDir) -> None:
+    """A key table row whose values have other types (a flipped serial-type byte, or an insider's UPDATE to text)
+    makes `verify` and the writer's open report the key table (exit 1), never a TypeError (issue 15: 16 KiB pages
+    moved such bytes where the random-corruption test hits them)."""
+    conn = sqlite3.connect(db_path(empty_log.data_dir))
+    try:
+        conn.execute("UPDATE keys SET wrapped = 'not a blob' WHERE key_id = 1")
+        conn.commit()
+    finally:
+        conn.close()
+    with pytest.raises(LogIntegrityError) as verified:
+        verify_log(empty_log.data_dir, empty_log.keys)
+    assert verified.value.check is Check.KEY_TABLE
+    with pytest.raises(LogIntegrityError) as opened:
+        await LogStore.open(empty_log.data_dir, empty_log.keys)
+    assert opened.value.check is Check.KEY_TABLE

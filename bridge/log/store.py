@@ -178,9 +178,13 @@ class LogStore:
                 " a log from an earlier development version must be re-created and re-imported"
             )
         rows = [
-            (int(r[0]), str(r[1]), bytes(r[2]), int(r[3]))
+            (r[0], r[1], r[2], r[3])
             async for r in await conn.execute("SELECT key_id, purpose, wrapped, seq FROM keys ORDER BY key_id")
         ]
+        if not all(type(k) is int and type(p) is str and type(w) is bytes and type(s) is int for k, p, w, s in rows):
+            raise LogIntegrityError(
+                None, "the key table was altered: a row's values have the wrong types", check=Check.KEY_TABLE
+            )
         check_key_matches(meta, keys, [r[:3] for r in rows])
         try:
             index_key, data_keys = unwrap_keys([r[:3] for r in rows], keys)
