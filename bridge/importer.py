@@ -112,6 +112,7 @@ async def import_file(
             entries, unknown = await _encode_yielding(lines, now_ms())
             counts.unknown += unknown
             appending.append(asyncio.create_task(store.append_records(entries)))
+            del entries  # the task holds them until sealed, no longer (memory)
             await asyncio.sleep(0)  # let it start sealing
             while len(appending) >= 2:
                 _tally(await appending.popleft(), counts)

@@ -387,6 +387,7 @@ class LogStore:
         """Append (type, source, conversation, id, payload) entries; see `append_events`."""
         async with self._seal_lock:
             batch = await self._prepare(entries, cursor)
+            del entries  # sealed: the payloads are not needed while the batch waits for its commit (memory)
             previous, self._tail = self._tail, asyncio.get_running_loop().create_future()
             done = self._tail
         try:
