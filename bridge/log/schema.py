@@ -68,8 +68,8 @@ def db_path(data_dir: Path) -> Path:
     return data_dir / DB_NAME
 
 
-#: Page size of a new log: ~1.4 KB records fill two 4 KiB pages but eleven 16 KiB ones, and a
-#: commit writes fewer pages (measured in bench/ingest.py). Fixed at creation (WAL cannot change it).
+#: Page size of a new log: a 4 KiB page holds two ~1.4 KB records with much space left over, a 16 KiB page
+#: eleven, so a commit writes fewer pages (measured in bench/ingest.py). Fixed at creation (WAL cannot change it).
 PAGE_SIZE = 16384
 
 
