@@ -76,7 +76,7 @@ def keyed_tag(key: bytes, *parts: str, length: int = 16) -> bytes:
     Used for conversation tags and dedup keys: keeps room ids and event ids out
     of the plaintext index while still letting the store find duplicates.
     """
-    msg = b"\x00".join(p.encode("utf-8", "surrogatepass") for p in parts)
+    msg = "\x00".join(parts).encode("utf-8", "surrogatepass")  # same bytes as joining the encoded parts
     return hashlib.blake2b(msg, key=key, digest_size=length).digest()
 
 

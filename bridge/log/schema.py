@@ -68,8 +68,14 @@ def db_path(data_dir: Path) -> Path:
     return data_dir / DB_NAME
 
 
+#: Page size of a new log: a 4 KiB page holds two ~1.4 KB records with much space left over, a 16 KiB page
+#: eleven, so a commit writes fewer pages (measured in bench/ingest.py). Fixed at creation (WAL cannot change it).
+PAGE_SIZE = 16384
+
+
 def _connect_sync(path: Path) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only takes effect on a new, empty database
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     return conn

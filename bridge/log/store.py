@@ -47,6 +47,7 @@ from bridge.errors import Check, LogIntegrityError, StorageError, UsageError
 from bridge.events import EncodingError, Event, EventId, canonical_bytes, canonical_json, event_from_bytes
 from bridge.log import audit, checkpoint, crypto, format, merkle
 from bridge.log.clear import BLOB_SOURCE, BlobRecord, KeyRecord
+from bridge.log.dedup import DedupReader
 from bridge.log.keys import KeyMaterial
 from bridge.log.lock import WriterLock
 from bridge.log.schema import (
@@ -125,6 +126,7 @@ class LogStore:
         self._inflight: set[bytes] = set()
         self._conv_tags: dict[tuple[str, str], bytes] = {}
         self._lock: WriterLock | None = None
+        self._dedup: DedupReader | None = None
         self._blob_root: Path | None = None
         self._blobs_seen: set[str] = set()
         #: Called (on the loop, must not block) after a transaction that signed a checkpoint has committed:
@@ -153,6 +155,7 @@ class LogStore:
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=FULL")
             store = await cls._load(conn, data_dir, keys, policy or CheckpointPolicy())
+            store._dedup = await DedupReader.open(path)
         except sqlite3.Error as exc:
             await conn.close()
             lock.release()
@@ -175,9 +178,13 @@ class LogStore:
                 " a log from an earlier development version must be re-created and re-imported"
             )
         rows = [
-            (int(r[0]), str(r[1]), bytes(r[2]), int(r[3]))
+            (r[0], r[1], r[2], r[3])
             async for r in await conn.execute("SELECT key_id, purpose, wrapped, seq FROM keys ORDER BY key_id")
         ]
+        if not all(type(k) is int and type(p) is str and type(w) is bytes and type(s) is int for k, p, w, s in rows):
+            raise LogIntegrityError(
+                None, "the key table was altered: a row's values have the wrong types", check=Check.KEY_TABLE
+            )
         check_key_matches(meta, keys, [r[:3] for r in rows])
         try:
             index_key, data_keys = unwrap_keys([r[:3] for r in rows], keys)
@@ -262,7 +269,11 @@ class LogStore:
 
     async def close(self) -> None:
         try:
-            await self._conn.close()
+            try:
+                if self._dedup is not None:
+                    await self._dedup.close()
+            finally:
+                await self._conn.close()
         finally:
             if self._lock is not None:
                 self._lock.release()
@@ -376,6 +387,7 @@ class LogStore:
         """Append (type, source, conversation, id, payload) entries; see `append_events`."""
         async with self._seal_lock:
             batch = await self._prepare(entries, cursor)
+            del entries  # sealed: the payloads are not needed while the batch waits for its commit (memory)
             previous, self._tail = self._tail, asyncio.get_running_loop().create_future()
             done = self._tail
         try:
@@ -404,24 +416,13 @@ class LogStore:
         cursor: tuple[str, str] | None,
     ) -> _Batch:
         tags = [dedup_tag(self._index_key, s, c, i) for _, s, c, i, _ in entries]
-        # Tags of batches in flight now: one that commits while the lookup below waits has left `_inflight`
-        # by the time it returns, though the lookup (queued before its insert) did not see it.
+        # Tags of batches in flight now: one that commits while the lookup below runs (on its own connection)
+        # has left `_inflight` by the time it returns, though the lookup's read may predate its commit.
         pending = set(self._inflight)
         in_log = await self._existing(tags)
         entries, tags = await self._versions(entries, tags, in_log)
         existing = in_log | pending | self._inflight
-        rows: list[_Row] = []
-        fresh: set[bytes] = set()
-        appended_ms = now_ms()
-        width = crypto.NONCE_BYTES + crypto.SALT_BYTES
-        randomness = os.urandom(width * len(entries))  # one syscall per batch, fresh bytes per record
-        for n, ((rtype, source, conv, _, payload), tag) in enumerate(zip(entries, tags, strict=True)):
-            if tag in existing or tag in fresh:
-                continue
-            fresh.add(tag)
-            rows.append(
-                self._seal(rtype, source, conv, payload, tag, appended_ms, randomness[n * width : (n + 1) * width])
-            )
+        rows, fresh = self._seal_all(entries, tags, existing, now_ms())
         self._inflight |= fresh
         return _Batch(rows, len(entries) - len(rows), cursor, self._frontier.copy(), self._prev_leaf, fresh)
 
@@ -480,6 +481,8 @@ class LogStore:
             return None  # `verify` names a damaged record; here it only means "treat as a duplicate"
 
     async def _existing(self, tags: list[bytes]) -> set[bytes]:
+        if self._dedup is not None:  # its own connection and thread: does not wait for the commit in flight
+            return await self._dedup.existing(tags)
         found: set[bytes] = set()
         for i in range(0, len(tags), 500):
             chunk = tags[i : i + 500]
@@ -496,41 +499,50 @@ class LogStore:
             tag = self._conv_tags[(source, conv)] = conversation_tag(self._index_key, source, conv)
         return tag
 
-    def _seal(
-        self,
-        rtype: format.RecordType,
-        source: str,
-        conv: str,
-        payload: bytes,
-        tag: bytes,
-        appended_ms: int,
-        randomness: bytes,
-    ) -> _Row:
-        seq = self._frontier.size
-        nonce, salt = randomness[: crypto.NONCE_BYTES], randomness[crypto.NONCE_BYTES :]
-        if rtype in format.CLEAR_TYPES:
-            header, commit, body, leaf = format.seal_clear(rtype, seq, appended_ms, 0, self._prev_leaf, salt, payload)
-            self._frontier.append(leaf)
-            self._prev_leaf = leaf
-            return (seq, tag, header, commit, body, leaf)
-        header = format.RecordHeader(
-            version=format.FORMAT_VERSION,
-            type=rtype,
-            seq=seq,
-            appended_ms=appended_ms,
-            key_id=self._current_key,
-            conversation_tag=self._conversation_tag(source, conv),
-            nonce=nonce,
-            prev_leaf=self._prev_leaf,
-        ).pack()
-        plaintext = salt + payload
-        commit = format.commitment(plaintext)
-        ad = format.associated_data(self._keys.log_id, header, commit)
-        body = self._sealers[self._current_key].seal(nonce, plaintext, ad)
-        leaf = format.leaf_of(header, commit, body)
-        self._frontier.append(leaf)
-        self._prev_leaf = leaf
-        return (seq, tag, header, commit, body, leaf)
+    def _seal_all(
+        self, entries: Sequence[Entry], tags: list[bytes], existing: set[bytes], appended_ms: int
+    ) -> tuple[list[_Row], set[bytes]]:
+        """Seal the entries whose tags are new (sequence numbers, encryption, hash chain, frontier): (rows, tags).
+
+        One tight loop per batch: this is the writer's hot path (`format.seal_record`).
+        """
+        rows: list[_Row] = []
+        fresh: set[bytes] = set()
+        width = crypto.NONCE_BYTES + crypto.SALT_BYTES
+        randomness = os.urandom(width * len(entries))  # one syscall per batch, fresh bytes per record
+        key_id = self._current_key
+        sealer, prefix = self._sealers[key_id], format.ad_prefix(self._keys.log_id)
+        frontier, prev = self._frontier, self._prev_leaf
+        seal = format.seal_record
+        try:
+            for n, ((rtype, source, conv, _, payload), tag) in enumerate(zip(entries, tags, strict=True)):
+                if tag in existing or tag in fresh:
+                    continue
+                fresh.add(tag)
+                seq, at = frontier.size, n * width
+                if rtype in format.CLEAR_TYPES:
+                    salt = randomness[at + crypto.NONCE_BYTES : at + width]
+                    header, commit, body, leaf = format.seal_clear(rtype, seq, appended_ms, 0, prev, salt, payload)
+                else:
+                    header, commit, body, leaf = seal(
+                        sealer,
+                        prefix,
+                        rtype,
+                        seq,
+                        appended_ms,
+                        key_id,
+                        self._conversation_tag(source, conv),
+                        randomness[at : at + crypto.NONCE_BYTES],
+                        prev,
+                        randomness[at + crypto.NONCE_BYTES : at + width],
+                        payload,
+                    )
+                frontier.append(leaf)
+                prev = leaf
+                rows.append((seq, tag, header, commit, body, leaf))
+        finally:
+            self._prev_leaf = prev  # the chain ends at the last leaf the frontier took
+        return rows, fresh
 
     async def _commit(self, batch: _Batch) -> tuple[int, int] | None:
         """Write the batch in one transaction; returns the checkpoint it signed, if any."""

@@ -162,8 +162,10 @@ def _verify(
     conn.execute("BEGIN")  # one consistent snapshot, also beside a running writer
     meta = meta_dict(conn.execute("SELECT k, v FROM meta"))
     if keys is not None:  # a wrong key file is a usage error, not evidence of tampering
-        check_key_matches(meta, keys, [(int(k), str(p), bytes(w)) for k, p, w in conn.execute(
-            "SELECT key_id, purpose, wrapped FROM keys")])  # fmt: skip
+        # rows are only evidence here; a damaged one (wrong types) is skipped, and the key table check names it
+        wrapped = conn.execute("SELECT key_id, purpose, wrapped FROM keys").fetchall()
+        typed = [(k, p, w) for k, p, w in wrapped if (type(k), type(p), type(w)) == (int, str, bytes)]
+        check_key_matches(meta, keys, typed)
     name, pub = _signer(meta, keys, public_key)
     secrets = _unlock(conn, keys) if keys is not None else None
     report = VerifyReport(signer=checkpoint.format_vkey(name, pub), decrypted=0 if secrets else None)
@@ -422,10 +424,9 @@ def _checked_checkpoints(
 
 
 def _unlock(conn: sqlite3.Connection, keys: KeyMaterial) -> audit.Secrets:
-    rows = [
-        (int(k), str(p), bytes(w))
-        for k, p, w in conn.execute("SELECT key_id, purpose, wrapped FROM keys ORDER BY key_id")
-    ]
+    rows = list(conn.execute("SELECT key_id, purpose, wrapped FROM keys ORDER BY key_id"))
+    if not all(type(k) is int and type(p) is str and type(w) is bytes for k, p, w in rows):
+        raise LogIntegrityError(None, "key table altered: a row's values have the wrong types", check=Check.KEY_TABLE)
     try:
         index_key, data_keys = unwrap_keys(rows, keys)
     except crypto.AuthError as exc:

@@ -102,6 +102,9 @@ def _decode_bytes(data: bytes) -> JSONDict | Undecodable:
         return Undecodable(data, "not JSON")
     if type(parsed) is not dict:
         return Undecodable(data, "not a JSON object")
+    keys = _plain_keys(parsed, _FAST_DEPTH)
+    if keys >= 0 and data.count(b'":') <= keys and not _SPACED_COLON.search(data):
+        return parsed  # the common case in one walk: the two checks below would both pass
     duplicate = _duplicate_key(data, parsed)
     if duplicate is not None:
         # orjson keeps the last of two equal keys; which one a reader sees is not ours to choose
@@ -183,6 +186,29 @@ def _deeper_than(value: object, limit: int) -> bool:
         elif isinstance(item, list | tuple):
             stack.extend((child, depth + 1) for child in item if isinstance(child, Mapping | list | tuple))
     return False
+
+
+def _plain_keys(value: dict[str, Any] | list[Any], depth: int) -> int:
+    """`_count_keys` when `_plain_as_parsed(value, depth)`, else -1: both checks in one walk."""
+    if depth == 0:
+        return -1
+    n = 0
+    item: Any
+    if type(value) is dict:
+        n = len(value)
+        value = value.values()  # type: ignore[assignment]
+    for item in value:
+        kind = type(item)
+        if kind is str or kind is int:
+            continue
+        if kind is float:
+            return -1
+        if kind is dict or kind is list:
+            inner = _plain_keys(item, depth - 1)
+            if inner < 0:
+                return -1
+            n += inner
+    return n
 
 
 def _plain_as_parsed(value: dict[str, Any] | list[Any], depth: int) -> bool:

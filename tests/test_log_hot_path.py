@@ -1,0 +1,156 @@
+"""The writer's fast paths give exactly the bytes of the slow, documented composition (issue 15)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bridge.errors import Check, LogIntegrityError
+from bridge.events import canonical_bytes
+from bridge.log import crypto, format
+from bridge.log.dedup import DedupReader
+from bridge.log.schema import PAGE_SIZE, db_path, dedup_tag
+from bridge.log.store import LogStore
+from bridge.log.verify import verify_log
+from tests.conftest import LogDir, make_event
+
+_bytes = st.binary
+
+
+@given(
+    rtype=st.sampled_from([format.RecordType.EVENT, format.RecordType.DECISION]),
+    seq=st.integers(0, 2**64 - 1),
+    appended_ms=st.integers(0, 2**64 - 1),
+    key_id=st.integers(0, 2**32 - 1),
+    tag=_bytes(min_size=16, max_size=16),
+    nonce=_bytes(min_size=12, max_size=12),
+    prev=_bytes(min_size=32, max_size=32),
+    salt=_bytes(min_size=16, max_size=16),
+    payload=_bytes(max_size=2048),
+    log_id=_bytes(min_size=16, max_size=16),
+    key=_bytes(min_size=32, max_size=32),
+)
+def test_seal_record_is_the_documented_composition(
+    rtype: format.RecordType,
+    seq: int,
+    appended_ms: int,
+    key_id: int,
+    tag: bytes,
+    nonce: bytes,
+    prev: bytes,
+    salt: bytes,
+    payload: bytes,
+    log_id: bytes,
+    key: bytes,
+) -> None:
+    """`seal_record` (the hot path) = RecordHeader.pack, commitment, associated_data, AES-GCM and leaf_of, byte
+    for byte, and `open_record` gives the payload back."""
+    sealer = crypto.Sealer(key)
+    header, commit, body, leaf = format.seal_record(
+        sealer, format.ad_prefix(log_id), rtype, seq, appended_ms, key_id, tag, nonce, prev, salt, payload
+    )
+    slow_header = format.RecordHeader(format.FORMAT_VERSION, rtype, seq, appended_ms, key_id, tag, nonce, prev)
+    assert header == slow_header.pack()
+    assert commit == format.commitment(salt + payload)
+    assert body == crypto.seal(key, nonce, salt + payload, format.associated_data(log_id, header, commit))
+    assert leaf == format.leaf_of(header, commit, body)
+    assert format.open_record(log_id, {key_id: key}, format.unpack_header(header), header, commit, body) == payload
+
+
+@given(parts=st.lists(st.text(), min_size=1, max_size=5), key=_bytes(min_size=32, max_size=32))
+def test_keyed_tag_is_blake2b_over_the_nul_joined_encoded_parts(parts: list[str], key: bytes) -> None:
+    """The tag is keyed BLAKE2b over the parts encoded one by one and NUL-joined (lone surrogates included),
+    so logs written before the faster join keep finding their duplicates."""
+    msg = b"\x00".join(p.encode("utf-8", "surrogatepass") for p in parts)
+    assert crypto.keyed_tag(key, *parts) == hashlib.blake2b(msg, key=key, digest_size=16).digest()
+
+
+async def test_new_logs_use_large_pages(empty_log: LogDir) -> None:
+    """A new log is created with 16 KiB pages (fewer pages written per commit) and still in WAL mode."""
+    conn = sqlite3.connect(db_path(empty_log.data_dir))
+    try:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 16384
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        conn.close()
+
+
+async def test_dedup_reader_sees_committed_tags_and_cannot_write(empty_log: LogDir) -> None:
+    """The dedup reader finds exactly the committed tags asked for, and its connection refuses writes."""
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        await store.append_events([make_event(i) for i in range(5)])
+        index_key = store.media_keys().index_key
+        tags = [dedup_tag(index_key, "matrix", make_event(i).conversation, make_event(i).event_id) for i in range(8)]
+        reader = await DedupReader.open(db_path(empty_log.data_dir))
+        try:
+            assert await reader.existing(tags) == set(tags[:5])
+            assert await reader.existing([]) == set()
+            conn = reader._conn
+            try:
+                conn.execute("DELETE FROM counters")
+                raise AssertionError("the dedup reader wrote")
+            except sqlite3.OperationalError as exc:
+                assert "readonly" in str(exc) or "query_only" in str(exc) or "read-only" in str(exc)
+        finally:
+            await reader.close()
+
+
+async def test_redelivery_while_the_first_delivery_commits_is_a_duplicate(empty_log: LogDir) -> None:
+    """An event re-delivered while its first batch is still committing (the lookup's read predates that
+    commit) is counted as a duplicate, never stored twice; and a third batch sealed during both commits too."""
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        events = [make_event(i) for i in range(300)]
+        first = asyncio.create_task(store.append_events(events))
+        await asyncio.sleep(0)
+        second = asyncio.create_task(store.append_events(events[::-1]))
+        third = asyncio.create_task(store.append_events([*events[100:200], make_event(300)]))
+        a, b, c = await asyncio.gather(first, second, third)
+        assert (a.appended, b.appended, c.appended) == (300, 0, 1)
+        assert (b.duplicates, c.duplicates) == (300, 100)
+        assert await store.counter("duplicates") == 400
+        await store.checkpoint()
+    report = verify_log(empty_log.data_dir, empty_log.keys)
+    assert report.records == store.size
+
+
+async def test_records_sealed_by_the_fast_path_open_to_their_events(empty_log: LogDir) -> None:
+    """Every record the writer sealed decrypts (AEAD + commitment) to the canonical bytes of its event."""
+    events = [make_event(i) for i in range(20)]
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        result = await store.append_events(events)
+        data_keys = dict(store.media_keys().data_keys)
+    conn = sqlite3.connect(db_path(empty_log.data_dir))
+    try:
+        rows = conn.execute(
+            "SELECT seq, header, commitment, body FROM records WHERE seq >= ? ORDER BY seq", (result.seqs[0],)
+        ).fetchall()
+    finally:
+        conn.close()
+    for (seq, header_b, commit, body), event in zip(rows, events, strict=True):
+        header = format.unpack_header(header_b)
+        assert header.seq == seq
+        payload = format.open_record(empty_log.keys.log_id, data_keys, header, header_b, commit, body)
+        assert payload == canonical_bytes(event)
+
+
+async def test_a_key_row_of_the_wrong_types_is_tampering_not_a_crash(empty_log: LogDir) -> None:
+    """A key table row whose values have other types (a flipped serial-type byte, or an insider's UPDATE to text)
+    makes `verify` and the writer's open report the key table (exit 1), never a TypeError (issue 15: 16 KiB pages
+    moved such bytes where the random-corruption test hits them)."""
+    conn = sqlite3.connect(db_path(empty_log.data_dir))
+    try:
+        conn.execute("UPDATE keys SET wrapped = 'not a blob' WHERE key_id = 1")
+        conn.commit()
+    finally:
+        conn.close()
+    with pytest.raises(LogIntegrityError) as verified:
+        verify_log(empty_log.data_dir, empty_log.keys)
+    assert verified.value.check is Check.KEY_TABLE
+    with pytest.raises(LogIntegrityError) as opened:
+        await LogStore.open(empty_log.data_dir, empty_log.keys)
+    assert opened.value.check is Check.KEY_TABLE
