@@ -48,7 +48,7 @@ lint: $(VENV)/.installed
 
 # Before a commit: lint plus every test that needs no Synapse and is not marked slow (hypothesis profile `fast`).
 check: lint
-	HYPOTHESIS_PROFILE=fast $(VENV)/bin/pytest -q -m "not synapse and not slow"
+	HYPOTHESIS_PROFILE=fast $(VENV)/bin/pytest -q -n auto -m "not synapse and not slow"
 
 # The package's internal import graph (docs/architecture.md); `--layers` collapses it to components.
 graph:

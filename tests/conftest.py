@@ -88,3 +88,23 @@ def filled_log(tmp_path: Path) -> LogDir:
     log = create_log(tmp_path)
     fill_log(log, 50)
     return log
+
+
+# End-to-end tests that start a real `chatarchief run` (or wait out retries with backoff) take seconds each:
+# `make test` and CI run them, `make check` (-m "not slow") leaves them out to stay under a minute and a half.
+SLOW_MODULES = frozenset({"test_witness_run.py", "test_control_run.py", "test_signal_run.py", "test_worm_run.py"})
+SLOW_TESTS = frozenset(
+    {
+        "test_an_unreachable_endpoint_fails_after_the_attempts_and_keeps_the_package",
+        "test_run_logs_a_start_line_json_only_and_the_real_reason",
+        "test_monthly_job_alerts_keeps_the_package_and_uploads_it_later",
+        "test_run_wiring_refuses_a_bucket_without_lock_and_only_alerts_when_unreachable",
+        "test_backup_command_prints_a_summary_and_exits_2_on_usage_errors",
+    }
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.path.name in SLOW_MODULES or getattr(item, "originalname", item.name) in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
