@@ -7,8 +7,6 @@ one place (`bridge.cli._guard`): usage and config errors exit 2, too few cosigna
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from bridge.app import install_stop_signals
 from bridge.durable import write_exclusive
 from bridge.errors import UsageError
 from bridge.witness.config import load_witness_config
@@ -140,10 +139,7 @@ def register(app: typer.Typer, guard: Guard, out: Console) -> None:
 
         async def go() -> None:
             stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                with contextlib.suppress(NotImplementedError):
-                    loop.add_signal_handler(sig, stop.set)
+            install_stop_signals(stop)
 
             def ready(port: int) -> None:
                 scheme = "https" if config.tls_cert else "http"

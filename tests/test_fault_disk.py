@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from bridge.log.schema import INIT_RECORDS as B  # a new log holds its two key r
 from bridge.log.store import CheckpointPolicy, LogStore, initialise
 from bridge.log.verify import verify_log
 from tests.conftest import make_event
+from tests.support.disk import fill, mounted_tmpfs
 from tests.support.figures import record
 from tests.support.logview import LogView
 from tests.support.officials import poll_until
@@ -44,31 +44,8 @@ CURSOR = "matrix:@archief:example.org"
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 16 MiB tmpfs mounted for this test only."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m,mode=0700", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", 16) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(path: Path) -> int:
-    """Write zeros to `path` until the file system is full; returns the bytes written."""
-    written = 0
-    chunk = b"\0" * 65536
-    with path.open("wb", buffering=0) as fh:
-        for size in (65536, 4096, 512, 1):
-            while True:
-                try:
-                    written += fh.write(chunk[:size])
-                except OSError:
-                    break
-        os.fsync(fh.fileno())
-    return written
 
 
 def batch(n: int, size: int = 20) -> list[Event]:

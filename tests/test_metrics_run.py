@@ -13,7 +13,6 @@ import copy
 import json
 import signal
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bridge.log import keys as keyfile
 from tests.support.botrun import BotRun, chatarchief
+from tests.support.disk import fill, mounted_tmpfs
 from tests.support.logview import LogView
 from tests.support.officials import poll_until
 from tests.support.signal_daemon import ACCOUNT, SignalDaemon, load_fixture
@@ -40,27 +40,8 @@ def free_port() -> int:
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 24 MiB tmpfs mounted for this test only."""
-    mnt = tmp_path / "disk"
-    mnt.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m,mode=0700", "tmpfs", str(mnt)],
-                          capture_output=True, text=True)  # fmt: skip
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here (needs root and CAP_SYS_ADMIN): {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path / "disk", 24) as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(path: Path) -> None:
-    chunk = b"\0" * 65536
-    with path.open("wb", buffering=0) as fh:
-        for size in (65536, 4096, 512, 1):
-            while True:
-                try:
-                    fh.write(chunk[:size])
-                except OSError:
-                    break
 
 
 def message(i: int, pad: int = 0) -> dict[str, Any]:
