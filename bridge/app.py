@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import logging
 import os
 import resource
@@ -47,7 +48,7 @@ from bridge.log.lock import WriterBusy
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.log.view import LogView
 from bridge.log.writer import check_private_dir, seal_in_loop
-from bridge.metrics import AlertCounter, CaptureMetrics, MetricsServer, Vitals
+from bridge.metrics import AlertCounter, CaptureMetrics, MetricsServer, Vitals, WitnessVital
 from bridge.scheduler import ArchiveJobs
 from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
 from bridge.sources.signal import SignalSource, SignalSourceConfig
@@ -111,7 +112,7 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
         try:
             async with (
                 ControlServer(data_dir, store),
-                serve_metrics(settings, metrics, store, tasks, heartbeats, archive, data_dir),
+                serve_metrics(settings, metrics, store, tasks, heartbeats, archive, data_dir, witnessing),
             ):
                 heartbeats.start()
                 archive.start()  # monthly packages: catches up missed months now, then on archive.schedule
@@ -210,6 +211,20 @@ def witness_task(
     return _WitnessTask(witnessing, cosigned, stop)
 
 
+def witness_vitals(base: Vitals, task: _WitnessTask) -> Vitals:
+    """`base` with the witness fields: per witness what it last cosigned, the quorum now, the witnessed size."""
+    latest = task.store.latest_per_witness()
+    found = [WitnessVital(t.key.name, *latest.get(t.key.vkey, (0, None))) for t in task.witnessing.targets]
+    sizes = sorted((w.cosigned_size for w in found), reverse=True)
+    quorum = task.witnessing.quorum
+    return dataclasses.replace(
+        base,
+        witnesses=tuple(found),
+        witness_quorum_met=task.witnessing.witnessed,
+        witnessed_size=sizes[quorum - 1] if 0 < quorum <= len(sizes) else 0,
+    )
+
+
 @contextlib.asynccontextmanager
 async def serve_metrics(
     settings: Settings,
@@ -219,6 +234,7 @@ async def serve_metrics(
     heartbeats: Heartbeats,
     archive: ArchiveJobs,
     data_dir: Path,
+    witnessing: _WitnessTask | None = None,
 ) -> AsyncIterator[None]:
     """/metrics and /healthz while capture runs (nothing when `[metrics] enabled` is false)."""
     if metrics is None:
@@ -233,7 +249,7 @@ async def serve_metrics(
             cp, _ = checkpoint_note.parse_checkpoint_note(note)
             sealed, at_ms = cp.size, cp.timestamp_ms
         last = archive.last_month
-        return Vitals(
+        base = Vitals(
             records=store.size,
             sealed=sealed,
             checkpoint_ms=at_ms,
@@ -243,6 +259,7 @@ async def serve_metrics(
             stopped_sources=tuple(t.get_name() for t in tasks if t.done()),
             running_sources=tuple(t.get_name() for t in tasks if not t.done()),
         )
+        return base if witnessing is None else witness_vitals(base, witnessing)
 
     m = settings.metrics
     try:

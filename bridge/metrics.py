@@ -49,7 +49,15 @@ from prometheus_client import (
 
 from bridge.events import Event, Kind
 
-__all__ = ["AlertCounter", "CaptureMetrics", "MetricsServer", "Vitals", "alert_kind", "health_reasons"]
+__all__ = [
+    "AlertCounter",
+    "CaptureMetrics",
+    "MetricsServer",
+    "Vitals",
+    "WitnessVital",
+    "alert_kind",
+    "health_reasons",
+]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +77,16 @@ def alert_kind(message: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class WitnessVital:
+    """What one witness last cosigned for this log: its key name (public), the size, the cosignature's time."""
+
+    name: str
+    cosigned_size: int
+    #: The cosignature's own timestamp (unix seconds), None before its first.
+    cosigned_at_s: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Vitals:
     """The log's and the jobs' state at one scrape (read by the wiring, which owns the store)."""
 
@@ -83,6 +101,35 @@ class Vitals:
     stopped_sources: tuple[str, ...] = ()
     #: Sources whose task runs ("matrix", "signal"): each must commit within `silent_after` seconds.
     running_sources: tuple[str, ...] = ()
+    #: One per configured witness (empty without [witness]).
+    witnesses: tuple[WitnessVital, ...] = ()
+    #: Does the newest checkpoint have its quorum of cosignatures? None: no [witness] or not asked yet.
+    witness_quorum_met: bool | None = None
+    #: Largest size at least `quorum` witnesses cosigned (0: none yet); None without [witness].
+    witnessed_size: int | None = None
+
+
+class _WitnessGauges:
+    """What the witnesses cosigned for this log (see `CaptureMetrics._update_witnesses`)."""
+
+    def __init__(self, r: CollectorRegistry) -> None:
+        self.size = Gauge(
+            "chatarchief_witness_cosigned_size", "Largest log size each witness cosigned", ["witness"], registry=r
+        )
+        self.time = Gauge(
+            "chatarchief_witness_last_cosignature_timestamp_seconds",
+            "Timestamp of each witness's newest cosignature of this log",
+            ["witness"],
+            registry=r,
+        )
+        self.quorum = Gauge(
+            "chatarchief_witness_quorum_met", "1 when the newest checkpoint has its quorum of cosignatures", registry=r
+        )
+        self.unwitnessed = Gauge(
+            "chatarchief_witness_unwitnessed_records",
+            "Sealed records not yet under a checkpoint cosigned by the quorum",
+            registry=r,
+        )
 
 
 class CaptureMetrics:
@@ -149,6 +196,7 @@ class CaptureMetrics:
         self.healthy = Gauge("chatarchief_healthy", "1 when /healthz would answer 200", registry=r)
         #: writer label -> last error, while its write is paused
         self.failing: dict[str, str] = {}
+        self._witness: _WitnessGauges | None = None
 
     # -- CaptureObserver
     def committed(self, label: str, events: Sequence[Event], appended: int, duplicates: int, durable_ms: int) -> None:
@@ -170,6 +218,20 @@ class CaptureMetrics:
         self.failing.pop(label, None)
 
     # -- state read at a scrape
+    def _update_witnesses(self, vitals: Vitals, witnessed_size: int) -> None:
+        """The witness series, registered at the first scrape with [witness] (a bot without witnesses exports
+        none: `quorum_met 0` there would be an alert about witnesses nobody configured)."""
+        if self._witness is None:
+            self._witness = _WitnessGauges(self.registry)
+        g = self._witness
+        for w in vitals.witnesses:
+            g.size.labels(w.name).set(w.cosigned_size)
+            if w.cosigned_at_s is not None:
+                g.time.labels(w.name).set(w.cosigned_at_s)
+        if vitals.witness_quorum_met is not None:
+            g.quorum.set(1 if vitals.witness_quorum_met else 0)
+        g.unwitnessed.set(max(0, vitals.sealed - witnessed_size))
+
     def update(self, vitals: Vitals, probe_error: str | None, disk: tuple[int, int] | None) -> list[str]:
         """Set the gauges from `vitals`; returns the health reasons (empty: healthy)."""
         self.records.set(vitals.records)
@@ -180,6 +242,8 @@ class CaptureMetrics:
         self.package_end.set((vitals.last_package_end_ms or 0) / 1000)
         self.package_failed.set(vitals.package_months_failed)
         self.sources_stopped.set(len(vitals.stopped_sources))
+        if vitals.witnessed_size is not None:
+            self._update_witnesses(vitals, vitals.witnessed_size)
         if disk is not None:
             self.free_bytes.set(disk[0])
             self.size_bytes.set(disk[1])

@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from bridge.log import keys as keyfile
-from bridge.metrics import CaptureMetrics
+from bridge.metrics import CaptureMetrics, Vitals
 from tests.support.botrun import REPO, BotRun, chatarchief
 from tests.support.logview import LogView
 from tests.support.officials import poll_until
@@ -36,7 +36,9 @@ PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN = 65, 1
 def exported_names() -> set[str]:
     """Every series name a scrape of `run` can carry (family names with their type's suffixes)."""
     names: set[str] = set()
-    for family in CaptureMetrics("test").registry.collect():  # labelled families come without samples too
+    witnessed = CaptureMetrics("test")  # the witness series appear once [witness] is configured
+    witnessed.update(Vitals(1, 1, None, 0, None, 0, witnessed_size=0), None, None)
+    for family in witnessed.registry.collect():  # labelled families come without samples too
         names.add(family.name)
         names.update(family.name + s for s in SUFFIXES.get(family.type, ()))
     return names
@@ -76,6 +78,8 @@ def test_alert_rules_parse_and_reference_only_exported_metrics() -> None:
         "ChatarchiefUndecryptableRate",
         "ChatarchiefMissedMonth",
         "ChatarchiefStorageFailing",
+        "ChatarchiefWitnessQuorumLost",
+        "ChatarchiefWitnessCosignatureOld",
     ):
         assert wanted in found
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bridge import config
 from bridge.errors import ConfigError
 from bridge.events import ConversationId, Event, EventId, Kind, SenderId, SourceName
-from bridge.metrics import CaptureMetrics, Vitals, alert_kind, health_reasons, probe_writable
+from bridge.metrics import CaptureMetrics, Vitals, WitnessVital, alert_kind, health_reasons, probe_writable
 from tests.support.botrun import chatarchief
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,6 +86,38 @@ def test_storage_failure_sets_failing_until_recovered_and_update_reports_health(
     stopped = Vitals(10, 10, None, 2, 1_000, 1, stopped_sources=("signal",))
     assert m.update(stopped, None, None) == ["source signal is not running"]
     assert scrape(m)[("chatarchief_package_months_failed", frozenset())] == 1
+
+
+def test_witness_figures_name_each_witness_and_count_records_the_quorum_has_not_cosigned() -> None:
+    """Per witness the size it last cosigned and its cosignature's time, labelled by the witness's public key
+    name; whether the newest checkpoint has its quorum; sealed records above the quorum's size. Without
+    [witness] none of these series appear (an absent witness is not a witness at size 0)."""
+    m = CaptureMetrics("9.9")
+    plain = Vitals(records=50, sealed=40, checkpoint_ms=None, heartbeats=0, last_package_end_ms=None,
+                   package_months_failed=0)  # fmt: skip
+    m.update(plain, None, None)
+    got = scrape(m)
+    assert not [k for k in got if k[0].startswith("chatarchief_witness_")]
+    witnessed = Vitals(
+        50, 40, None, 0, None, 0,
+        witnesses=(WitnessVital("na.example/w1", 30, 1_790_000_000), WitnessVital("w2.example", 0, None)),
+        witness_quorum_met=False, witnessed_size=30,
+    )  # fmt: skip
+    m.update(witnessed, None, None)
+    got = scrape(m)
+    assert got[("chatarchief_witness_cosigned_size", frozenset({("witness", "na.example/w1")}))] == 30
+    assert got[("chatarchief_witness_cosigned_size", frozenset({("witness", "w2.example")}))] == 0
+    stamp = "chatarchief_witness_last_cosignature_timestamp_seconds"
+    assert got[(stamp, frozenset({("witness", "na.example/w1")}))] == 1_790_000_000
+    assert (stamp, frozenset({("witness", "w2.example")})) not in got  # never cosigned: no made-up time
+    assert got[("chatarchief_witness_quorum_met", frozenset())] == 0
+    assert got[("chatarchief_witness_unwitnessed_records", frozenset())] == 10
+    caught_up = Vitals(50, 50, None, 0, None, 0, witnesses=(WitnessVital("na.example/w1", 50, 1_790_000_060),),
+                       witness_quorum_met=True, witnessed_size=50)  # fmt: skip
+    m.update(caught_up, None, None)
+    got = scrape(m)
+    assert got[("chatarchief_witness_quorum_met", frozenset())] == 1
+    assert got[("chatarchief_witness_unwitnessed_records", frozenset())] == 0
 
 
 def test_health_reasons_lists_every_problem_one_line_each() -> None:

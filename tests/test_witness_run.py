@@ -8,11 +8,15 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import aiohttp
 
 from bridge.log import keys as keyfile
 from tests.support.logview import LogView
 from tests.support.signal_daemon import ACCOUNT, SignalDaemon
+from tests.test_metrics_run import scrape, value
 from tests.test_signal_run import REPO, chatarchief, numbered, until
 from tests.test_witness_server import _free_port
 
@@ -40,6 +44,7 @@ async def test_run_asks_the_witness_and_survives_its_absence(tmp_path: Path) -> 
     secrets = tmp_path / "secrets"
     secrets.mkdir(mode=0o700)
     port = _free_port()
+    metrics_base = f"http://127.0.0.1:{_free_port()}"
     wdir = tmp_path / "witness"
     init_w = chatarchief("witness", "init", "--name", "witness.test.example/run", "--key-file", str(wdir / "w.key"))
     assert init_w.returncode == 0, init_w.stderr
@@ -67,6 +72,10 @@ quorum = 1
 poll_seconds = 0.2
 retry_max_seconds = 1.0
 timeout_seconds = 2.0
+
+[metrics]
+enabled = true
+listen = "{metrics_base.removeprefix("http://")}"
 """
     )
     init = chatarchief("init", "--config", str(config))
@@ -95,12 +104,25 @@ timeout_seconds = 2.0
             await until(lambda: len(view.events()) >= 5)
         await until(lambda: b"ALERT witness did not cosign" in bot_log.read_bytes())
         assert cosigned_sizes(tmp_path / "data") == []
+        async with aiohttp.ClientSession() as session:
+            _, down = await scrape(session, metrics_base)
+        name = witness_vkey.split("+")[0]
+        assert value(down, "chatarchief_witness_cosigned_size", witness=name) == 0
+        assert ("chatarchief_witness_last_cosignature_timestamp_seconds", frozenset({("witness", name)})) not in down
+        assert value(down, "chatarchief_witness_quorum_met") == 0
+        sealed = value(down, "chatarchief_log_records") - value(down, "chatarchief_unsealed_records")
+        assert value(down, "chatarchief_witness_unwitnessed_records") == sealed > 0
         witness = subprocess.Popen(
             [sys.executable, "-m", "bridge.cli", "witness", "serve", "--config", str(wconfig)],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO,
         )  # fmt: skip
         with LogView(tmp_path / "data", keys) as view:
             await until(lambda: view.checkpoint_sizes()[-1] in cosigned_sizes(tmp_path / "data"), timeout=30)
+        async with aiohttp.ClientSession() as session:
+            _, up = await scrape(session, metrics_base)
+        cosigned_at = value(up, "chatarchief_witness_last_cosignature_timestamp_seconds", witness=name)
+        assert abs(time.time() - cosigned_at) < 120
+        assert value(up, "chatarchief_witness_cosigned_size", witness=name) == max(cosigned_sizes(tmp_path / "data"))
         for i in range(5, 9):
             daemon.enqueue(numbered(i))
         with LogView(tmp_path / "data", keys) as view:

@@ -78,6 +78,13 @@ class CosignatureStore:
         ).fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
+    def latest_per_witness(self) -> dict[str, tuple[int, int]]:
+        """witness vkey -> (largest size it cosigned, its newest cosignature's own timestamp, unix seconds)."""
+        if self._conn is None:
+            return {}
+        rows = self._conn.execute("SELECT witness, MAX(size), MAX(timestamp) FROM cosignatures GROUP BY witness")
+        return {str(w): (int(size), int(ts)) for w, size, ts in rows}
+
     def signatures_for(self, text: str) -> list[NoteSignature]:
         """Every stored cosignature line over checkpoint `text` (unverified: the caller verifies)."""
         if self._conn is None:
