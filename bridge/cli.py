@@ -411,14 +411,17 @@ def rotate_signing_key(
         return keyfile.new_signing_key(new_signing_key, material)[1]
 
     created = _guard(prepare)
+    new_file = new_signing_key.absolute()  # a running bot opens it from its own working directory
 
     async def go() -> tuple[tuple[int, str], int | None]:
         async with open_writer(dd, material) as writer:
-            return await writer.rotate_signing_key(new_signing_key), writer.remote_pid
+            return await writer.rotate_signing_key(new_file), writer.remote_pid
 
     (seq, vkey), pid = _run(go)
     if created:
-        out.print(f"new signing key: {new_signing_key} (mode 0600), its public key {keyfile.public_path(new_signing_key)}")
+        out.print(
+            f"new signing key: {new_signing_key} (mode 0600), its public key {keyfile.public_path(new_signing_key)}"
+        )
     out.print(f"signing key rotated at record {seq}{_via(pid)}: checkpoints are now signed by")
     out.print(f"            {vkey}")
     out.print(

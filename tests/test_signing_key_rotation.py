@@ -8,6 +8,8 @@ UPDATE and DELETE, not INSERT) and whichever signing key they hold.
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -17,15 +19,20 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge.archive.package import snapshot
+from bridge.archive.range import Month
 from bridge.errors import Check, KeyFileError, LogIntegrityError
 from bridge.log import checkpoint, crypto, format, merkle, rotation
 from bridge.log import keys as keyfile
+from bridge.log import store as store_module
 from bridge.log.control import ControlServer
 from bridge.log.schema import frontier_bytes
 from bridge.log.store import LogStore
 from bridge.log.verify import verify_log
 from bridge.log.writer import open_writer
 from tests.conftest import LogDir, create_log, fill_log, make_event
+from tests.support.archive_log import OPTIONS, append, create_archive_log, event, ms, seal_for
+from tests.test_archive_verify import copy, rebag
 from tests.test_cli import SAMPLE, cli
 
 
@@ -181,14 +188,16 @@ async def test_rotation_while_the_bot_runs_is_handed_to_it(empty_log: LogDir, tm
     new_file = tmp_path / "keys" / "new.signing"
     new, created = keyfile.new_signing_key(new_file, empty_log.keys)
     assert created
-    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
-        async with ControlServer(empty_log.data_dir, store):
-            await store.append_events([make_event(0)])
-            async with open_writer(empty_log.data_dir, empty_log.keys) as writer:
-                assert writer.remote_pid == os.getpid()
-                seq, vkey = await writer.rotate_signing_key(new_file)
-            await store.append_events([make_event(1)])
-            note = await store.checkpoint()
+    async with (
+        await LogStore.open(empty_log.data_dir, empty_log.keys) as store,
+        ControlServer(empty_log.data_dir, store),
+    ):
+        await store.append_events([make_event(0)])
+        async with open_writer(empty_log.data_dir, empty_log.keys) as writer:
+            assert writer.remote_pid == os.getpid()
+            seq, vkey = await writer.rotate_signing_key(new_file)
+        await store.append_events([make_event(1)])
+        note = await store.checkpoint()
     assert vkey == checkpoint.format_vkey(empty_log.keys.key_name, new.public_key())
     checkpoint.verify_checkpoint_note(note, empty_log.keys.key_name, new.public_key())
     assert verify_log(empty_log.data_dir, empty_log.keys).rotations == [seq]
@@ -299,3 +308,87 @@ def test_fill_log_helper_still_verifies(tmp_path: Path) -> None:
     log = create_log(tmp_path)
     fill_log(log, 3)
     assert verify_log(log.data_dir, None).rotations == []
+
+
+# -- packages (b) ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def rotated_january(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[LogDir, Path, Ed25519PrivateKey]:
+    """Chat in January; on 25 January the signing key is rotated; more chat follows in January and February
+    (signed by the new key), so January's package holds the rotation record and its end checkpoint is the
+    new key's."""
+    log = create_archive_log(tmp_path)
+    append(log, monkeypatch, [(ms(2024, 1, 5), [event(n) for n in range(4)])])
+    new = Ed25519PrivateKey.generate()
+    monkeypatch.setattr(store_module, "now_ms", lambda: ms(2024, 1, 25))
+    rotate(log, new)
+    rotated = LogDir(log.data_dir, log.key_file, log.keys.with_signer(new))
+    later = [(ms(2024, 1, 28), [event(n) for n in range(4, 8)]), (ms(2024, 2, 3), [event(n) for n in range(8, 12)])]
+    append(rotated, monkeypatch, later)
+    monkeypatch.undo()
+    pkg = snapshot(
+        log.data_dir, rotated.keys, Month(2024, 1), tmp_path / "pkg" / "jan", OPTIONS, seal=seal_for(rotated)
+    )
+    return log, pkg.path, new
+
+
+def test_a_package_after_a_rotation_verifies_with_the_original_key(
+    rotated_january: tuple[LogDir, Path, Ed25519PrivateKey],
+) -> None:
+    """(b) The package carries proof/signing-keys.json; `verify-package --public-key KEY.pub` (the ORIGINAL
+    key, nothing else) passes; LEESMIJ says what the file is for."""
+    log, pkg, new = rotated_january
+    doc = json.loads((pkg / "data" / "proof" / "signing-keys.json").read_text())
+    assert [r["signing_key"]["new_vkey"] for r in doc["rotations"]] == [
+        checkpoint.format_vkey(log.keys.key_name, new.public_key())
+    ]
+    end_note = (pkg / "data" / "proof" / "checkpoint-end.txt").read_text()
+    checkpoint.verify_checkpoint_note(end_note, log.keys.key_name, new.public_key())
+    code, out = verify_pkg(log, pkg)
+    assert code == 0, out
+    assert "signing-keys.json" in (pkg / "LEESMIJ.txt").read_text()
+
+
+def test_a_package_without_its_rotation_proof_fails(
+    rotated_january: tuple[LogDir, Path, Ed25519PrivateKey], tmp_path: Path
+) -> None:
+    """(b) proof/signing-keys.json removed (and the bag re-made): the end checkpoint, signed by the new key,
+    does not verify under the pinned key: exit 1 naming it."""
+    log, pkg, _ = rotated_january
+    bad = copy(pkg, tmp_path)
+    (bad / "data" / "proof" / "signing-keys.json").unlink()
+    rebag(bad)
+    code, out = verify_pkg(log, bad)
+    assert code == 1 and "end checkpoint" in out, out
+
+
+def test_a_package_with_a_forged_rotation_fails(
+    rotated_january: tuple[LogDir, Path, Ed25519PrivateKey], tmp_path: Path
+) -> None:
+    """(b) An insider holding only a key of their own forges the rotation in the package (record signed by
+    their key twice, the checkpoint over it re-signed) and re-signs the end checkpoint: exit 1 naming the
+    rotation entry."""
+    log, pkg, _ = rotated_january
+    bad = copy(pkg, tmp_path)
+    path = bad / "data" / "proof" / "signing-keys.json"
+    doc = json.loads(path.read_text())
+    entry = doc["rotations"][0]
+    mine = Ed25519PrivateKey.generate()
+    name = log.keys.key_name
+    mine_vkey = checkpoint.format_vkey(name, mine.public_key())
+    message = rotation.rotation_message(name, entry["seq"], entry["signing_key"]["old_vkey"], mine_vkey)
+    sig = base64.b64encode(mine.sign(message)).decode("ascii")
+    entry["signing_key"].update(new_vkey=mine_vkey, old_signature=sig, new_signature=sig)
+    path.write_text(json.dumps(doc))
+    end = bad / "data" / "proof" / "checkpoint-end.txt"
+    text, _ = checkpoint.open_note(end.read_text())
+    end.write_text(checkpoint.sign_note(text, name, mine))
+    rebag(bad)
+    code, out = verify_pkg(log, bad)
+    assert code == 1 and "signing-keys.json entry 0" in out and "old (current) key" in out, out
+
+
+def verify_pkg(log: LogDir, pkg: Path) -> tuple[int, str]:
+    code, out, err = cli("verify-package", pkg, "--public-key", keyfile.public_path(log.key_file))
+    return code, out + err

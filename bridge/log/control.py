@@ -44,8 +44,8 @@ from typing import Any, Self
 import orjson
 
 from bridge.errors import ChatarchiefError, Check, LogIntegrityError, StorageError, UsageError
-from bridge.log.format import RecordType
 from bridge.log import keys as keyfile
+from bridge.log.format import RecordType
 from bridge.log.keys import KeyMaterial
 from bridge.log.store import AppendResult, LogStore
 

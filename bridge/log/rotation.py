@@ -106,7 +106,9 @@ class SigningKeyRecord:
         return canonical_json(self.to_json())
 
 
-def make_record(origin: str, seq: int, created_ms: int, old: Ed25519PrivateKey, new: Ed25519PrivateKey) -> SigningKeyRecord:
+def make_record(
+    origin: str, seq: int, created_ms: int, old: Ed25519PrivateKey, new: Ed25519PrivateKey
+) -> SigningKeyRecord:
     """A rotation record at position `seq`, signed by the old and the new key."""
     old_vkey = checkpoint.format_vkey(origin, old.public_key())
     new_vkey = checkpoint.format_vkey(origin, new.public_key())
@@ -158,6 +160,8 @@ class KeyChain:
         self.origin = pinned[0]
         #: (position of the rotation record, key from then on); the pinned key at position -1.
         self._keys: list[tuple[int, Key]] = [(-1, pinned)]
+        #: position of each rotation record -> its (signed) time
+        self._since: dict[int, int] = {}
 
     @property
     def pinned(self) -> Key:
@@ -186,6 +190,7 @@ class KeyChain:
     def copy(self) -> KeyChain:
         chain = KeyChain(self.pinned)
         chain._keys = list(self._keys)
+        chain._since = dict(self._since)
         return chain
 
     def key_at(self, size: int) -> Key:
@@ -230,6 +235,7 @@ class KeyChain:
         if not _verify(new[1], rec.new_signature, message):
             raise bad("the signature by the new key does not verify")
         self._keys.append((seq, new))
+        self._since[seq] = rec.created_ms
 
     def verify_checkpoint(
         self, note: str | bytes, size: int | None = None, *, check_origin: bool = True
@@ -241,11 +247,30 @@ class KeyChain:
         CheckpointError names the size). Without `check_origin` the caller checks the origin. Raises
         CheckpointError.
         """
-        cp, _ = checkpoint.parse_checkpoint_note(note)
+        cp, signatures = checkpoint.parse_checkpoint_note(note)
         if size is not None and cp.size != size:
             raise checkpoint.CheckpointError(checkpoint.Reason.BAD_SIZE, f"expected {size}, found {cp.size}")
+        origin = self.origin if check_origin else None
         name, pub = self.key_at(cp.size)
-        return checkpoint.verify_checkpoint_note(note, name, pub, origin=self.origin if check_origin else None)
+        ids = {(s.name, s.key_id) for s in signatures}
+        if (name, checkpoint.key_id(name, pub)) not in ids:
+            for seq, (later_name, later) in self._keys[1:]:
+                if seq >= cp.size and (later_name, checkpoint.key_id(later_name, later)) in ids:
+                    return self._sealed_later(note, cp, seq, (later_name, later), origin)
+        return checkpoint.verify_checkpoint_note(note, name, pub, origin=origin)
+
+    def _sealed_later(
+        self, note: str | bytes, cp: checkpoint.Checkpoint, seq: int, key: Key, origin: str | None
+    ) -> checkpoint.Checkpoint:
+        """A checkpoint at a size before rotation record `seq`, signed by the key it rotated in: a prefix
+        sealed after the rotation (a month-end seal), valid only if its signed time is not before it."""
+        verified = checkpoint.verify_checkpoint_note(note, *key, origin=origin)
+        if verified.timestamp_ms is None or verified.timestamp_ms < self._since[seq]:
+            raise checkpoint.CheckpointError(
+                checkpoint.Reason.UNKNOWN_KEY,
+                f"signed by a key rotated in only at record {seq}, at a time before that rotation",
+            )
+        return verified
 
 
 def chain_from_rows(pinned: Key, rows: Iterable[Sequence[object]]) -> KeyChain:
@@ -256,16 +281,17 @@ def chain_from_rows(pinned: Key, rows: Iterable[Sequence[object]]) -> KeyChain:
     raises LogIntegrityError naming it.
     """
     chain = KeyChain(pinned)
-    for seq, header_b, commit, body in rows:
-        if not (isinstance(seq, int) and all(isinstance(v, bytes | memoryview) for v in (header_b, commit, body))):
+    for seq, *columns in rows:
+        if not isinstance(seq, int) or not all(isinstance(v, bytes | memoryview) for v in columns):
             continue
+        header_b, commit, body = (bytes(v) for v in columns if isinstance(v, bytes | memoryview))
         try:
-            header = format.unpack_header(bytes(header_b))  # type: ignore[arg-type]
+            header = format.unpack_header(header_b)
         except format.FormatError:
             continue
         if header.type != format.RecordType.SIGNING_KEY:
             continue
-        chain.rotate(seq, open_record(seq, header, bytes(commit), bytes(body)))  # type: ignore[arg-type]
+        chain.rotate(seq, open_record(seq, header, commit, body))
     return chain
 
 

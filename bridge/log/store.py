@@ -671,7 +671,9 @@ class LogStore:
             chain = self._chain.copy()
             chain.rotate(seq, rec)  # the very check every verifier runs
             salt = os.urandom(crypto.SALT_BYTES)
-            header, commit, body, leaf = format.seal_clear(format.RecordType.SIGNING_KEY, seq, created, 0, prev, salt, rec.encode())
+            header, commit, body, leaf = format.seal_clear(
+                format.RecordType.SIGNING_KEY, seq, created, 0, prev, salt, rec.encode()
+            )
             after = before.copy()
             after.append(leaf)
             signer = self._keys.with_signer(new)
@@ -681,7 +683,9 @@ class LogStore:
                     signed = await cur.fetchone() is not None
                 if not signed:
                     await self._conn.execute(_INSERT_CHECKPOINT, checkpoint_row(self._keys, before))
-                await self._conn.execute(_INSERT_RECORD, (seq, rotation.dedup_of(rec.new_vkey), header, commit, body, leaf))
+                await self._conn.execute(
+                    _INSERT_RECORD, (seq, rotation.dedup_of(rec.new_vkey), header, commit, body, leaf)
+                )
                 size, ms, note, edge = checkpoint_row(signer, after)
                 await self._conn.execute(_INSERT_CHECKPOINT, (size, ms, rotation.cosign_note(note, name, old), edge))
                 self._signed_in_transaction = True

@@ -26,8 +26,8 @@ from typing import Protocol
 
 from bridge.errors import UsageError
 from bridge.log import format
-from bridge.log.control import ControlClient
 from bridge.log import keys as keyfile
+from bridge.log.control import ControlClient
 from bridge.log.keys import KeyMaterial
 from bridge.log.lock import WriterBusy
 from bridge.log.store import AppendResult, CheckpointPolicy, LogStore
@@ -60,7 +60,8 @@ class Writer(Appender, Protocol):
     async def rotate_data_key(self) -> int: ...
 
     async def rotate_signing_key(self, key_file: Path) -> tuple[int, str]:
-        """Hand signing over to the key in `key_file`: (rotation record's position, new verifier key)."""
+        """Hand signing over to the key in `key_file` (an absolute path: a running bot loads it itself):
+        (rotation record's position, new verifier key)."""
         ...
 
     async def seal_prefix(self, size: int) -> str: ...
@@ -129,7 +130,7 @@ class RemoteWriter:
         return int(await self._client.call("rotate_key"))
 
     async def rotate_signing_key(self, key_file: Path) -> tuple[int, str]:
-        reply = await self._client.call("rotate_signing_key", key_file=str(key_file.resolve()))
+        reply = await self._client.call("rotate_signing_key", key_file=str(key_file))
         return int(reply["seq"]), str(reply["vkey"])
 
     async def seal_prefix(self, size: int) -> str:
