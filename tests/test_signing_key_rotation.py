@@ -232,6 +232,44 @@ def test_a_checkpoint_by_a_key_not_yet_rotated_in_fails(filled_log: LogDir) -> N
     assert err.seq == size and err.check == Check.CHECKPOINT_SIGNATURE
 
 
+def test_the_new_key_cannot_sign_before_its_rotation(filled_log: LogDir) -> None:
+    """(a) The NEW key signs a checkpoint at a size before its rotation record with a time before the rotation
+    (a checkpoint signed by a key not yet rotated in): exit 1 naming it. The same key sealing that prefix
+    after the rotation (a month-end seal) is accepted."""
+    new = Ed25519PrivateKey.generate()
+    seq = rotate(filled_log, new)
+    assert drop_last_checkpoint_below(filled_log, seq + 1) == seq
+    name = filled_log.keys.key_name
+    frontier = merkle.extend(merkle.Frontier(), leaves(filled_log.db)[:seq])
+    for when, ok in ((1_000, False), (4_000_000_000_000, True)):
+        cp = checkpoint.Checkpoint(name, seq, frontier.root(), when)
+        conn = sqlite3.connect(filled_log.db)
+        conn.execute("DELETE FROM checkpoints WHERE size = ?", (seq,))
+        conn.execute(
+            "INSERT INTO checkpoints (size, created_ms, note, frontier) VALUES (?, ?, ?, ?)",
+            (seq, when, checkpoint.sign_checkpoint(cp, name, new), frontier_bytes(frontier)),
+        )
+        conn.commit()
+        conn.close()
+        if ok:
+            assert verify_log(filled_log.data_dir, None).rotations == [seq]
+        else:
+            err = failure(filled_log)
+            assert err.seq == seq and "before that rotation" in str(err)
+
+
+def drop_last_checkpoint_below(log: LogDir, size: int) -> int:
+    conn = sqlite3.connect(log.db)
+    try:
+        conn.execute("DROP TRIGGER checkpoints_no_delete")
+        (last,) = conn.execute("SELECT MAX(size) FROM checkpoints WHERE size < ?", (size,)).fetchone()
+        conn.execute("DELETE FROM checkpoints WHERE size = ?", (last,))
+        conn.commit()
+    finally:
+        conn.close()
+    return int(last)
+
+
 def test_the_retired_key_cannot_rotate_again(filled_log: LogDir) -> None:
     """(a) Only the OLD key after a rotation: a second rotation record from it to a key of the insider's
     (signed by both of those) and a checkpoint by both: exit 1 naming the rotation record."""

@@ -17,10 +17,14 @@ key only.
 The rule every verifier applies (`KeyChain`): starting from the pinned key,
 each rotation record, checked in log order, must be signed by the key current
 before it and by the key it names; a checkpoint at tree size S must verify
-under the key current after every rotation record at a position below S. So a
-checkpoint signed by a key not yet rotated in, a checkpoint signed by a retired
-key after its rotation, and a rotation record not signed by the current key all
-fail, each naming the record or checkpoint.
+under the key current after every rotation record at a position below S. One
+exception: a prefix sealed after a rotation (a month-end checkpoint signed days
+later) is signed by the key current when it is signed, so a checkpoint at S may
+instead be signed by a key rotated in at a record at or after S, if its signed
+timestamp is not before that rotation record's. So a checkpoint signed by a key
+not yet rotated in (at its time), a checkpoint signed by a retired key after its
+rotation, and a rotation record not signed by the current key all fail, each
+naming the record or checkpoint.
 
 What this cannot stop: whoever still holds a retired key can sign a different
 history up to its rotation (a fork). Witnesses refuse such a fork; destroy the
