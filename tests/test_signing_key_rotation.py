@@ -14,6 +14,7 @@ import os
 import sqlite3
 from pathlib import Path
 
+import aiohttp
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given
@@ -30,9 +31,12 @@ from bridge.log.schema import frontier_bytes
 from bridge.log.store import LogStore
 from bridge.log.verify import verify_log
 from bridge.log.writer import open_writer
+from bridge.witness.client import Witnessing
+from bridge.witness.config import LogEntry
 from tests.conftest import LogDir, create_log, fill_log, make_event
 from tests.support.archive_log import OPTIONS, append, create_archive_log, event, ms, seal_for
 from tests.test_archive_verify import copy, rebag
+from tests.test_witness_server import make_witness, running, witnessing
 from tests.test_cli import SAMPLE, cli
 
 
@@ -430,3 +434,34 @@ def test_a_package_with_a_forged_rotation_fails(
 def verify_pkg(log: LogDir, pkg: Path) -> tuple[int, str]:
     code, out, err = cli("verify-package", pkg, "--public-key", keyfile.public_path(log.key_file))
     return code, out + err
+
+
+# -- witnesses -------------------------------------------------------------------------------------------
+
+
+async def test_a_witness_follows_a_rotation_when_its_operator_adds_the_new_key(
+    filled_log: LogDir, tmp_path: Path
+) -> None:
+    """The checkpoint over the rotation record is signed by both keys, so a witness that knows only the old
+    key cosigns it; the new key's later checkpoints are refused until its operator adds the new vkey to the
+    log's [[logs]] vkeys (docs/keys.md); with both keys listed it cosigns them, from the same state."""
+    new = Ed25519PrivateKey.generate()
+    config, key = make_witness(tmp_path, [filled_log])
+    async with running(config) as url:
+        await asyncio.to_thread(rotate, filled_log, new)
+        w = witnessing(filled_log, url, key.verifier)
+        assert (await sync(w)).startswith("cosigned")
+        await asyncio.to_thread(append_with, filled_log, new, 3, 100)
+        assert "refused" in await sync(w, force=True)
+        w.store.close()
+    new_vkey = checkpoint.format_vkey(filled_log.keys.key_name, new.public_key())
+    entry = LogEntry(origin=filled_log.keys.key_name, vkeys=(filled_log.keys.vkey(), new_vkey))
+    async with running(config.model_copy(update={"logs": (entry,)})) as url:
+        w = witnessing(filled_log, url, key.verifier)
+        assert (await sync(w)).startswith("cosigned")
+        w.store.close()
+
+
+async def sync(w: Witnessing, *, force: bool = False) -> str:
+    async with aiohttp.ClientSession() as session:
+        return (await w.sync_once(session, force=force))[w.targets[0].url]
