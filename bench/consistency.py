@@ -69,7 +69,7 @@ def run(n: int, proofs: int, tmp: Path) -> None:
         after.append(time.perf_counter() - t)
         reads.append(cache.leaves_read - r0)
         assert merkle.verify_consistency(old, size, cache.root(old), cache.root(size), proof)
-    nodes = sum(len(level) for level in cache._levels)  # noqa: SLF001 (a bench may look inside)
+    nodes = sum(len(level) for level in cache._levels)
     b, a = statistics.median(before) * 1000, statistics.median(after) * 1000
     print(
         f"N={n:>9,}: before {b:8.1f} ms/proof | after {a:6.2f} ms/proof ({b / a:,.0f}x),"

@@ -36,8 +36,8 @@ from bridge.witness.config import LogEntry
 from tests.conftest import LogDir, create_log, fill_log, make_event
 from tests.support.archive_log import OPTIONS, append, create_archive_log, event, ms, seal_for
 from tests.test_archive_verify import copy, rebag
-from tests.test_witness_server import make_witness, running, witnessing
 from tests.test_cli import SAMPLE, cli
+from tests.test_witness_server import make_witness, running, witnessing
 
 
 def rotate(log: LogDir, new: Ed25519PrivateKey) -> int:
@@ -176,6 +176,8 @@ def test_rotate_signing_key_cli_makes_the_key_and_the_running_bot_signs_with_it(
     assert code == 2 and "retired by rotation record" in err
     code, out, err = cli("verify", "--data-dir", data, "--public-key", keyfile.public_path(key))
     assert code == 0 and "rotated at record" in out, err
+    code, out, err = cli("verify", "--data-dir", data, "--public-key", keyfile.public_path(new))
+    assert code == 1 and "original KEY.pub" in out + err  # a later key is never the anchor
     # rotating again from the retired key is refused before anything is appended
     before = size_of(LogDir(data, key, keyfile.load(key)))
     code, _, err = cli(

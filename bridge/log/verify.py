@@ -488,7 +488,8 @@ def _signer(
     if checkpoint.format_vkey(*expected) != checkpoint.format_vkey(*stored):
         raise LogIntegrityError(
             None,
-            "the log claims another signing key than the one given",
+            "the log claims another signing key than the one given (pin the log's original KEY.pub; verify"
+            " follows any signing-key rotation from it)",
             expected=checkpoint.format_vkey(*expected),
             found=checkpoint.format_vkey(*stored),
             check=Check.SIGNING_KEY,
