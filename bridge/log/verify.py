@@ -44,6 +44,7 @@ from bridge.log.rotation import SigningKeyRecord
 from bridge.log.schema import (
     META_KEYS,
     check_key_matches,
+    check_schema_version,
     cursor_mac,
     db_path,
     expected_schema,
@@ -165,6 +166,7 @@ def _verify(
 ) -> VerifyReport:
     conn.execute("BEGIN")  # one consistent snapshot, also beside a running writer
     meta = meta_dict(conn.execute("SELECT k, v FROM meta"))
+    check_schema_version(conn, meta)
     if keys is not None:  # a wrong key file is a usage error, not evidence of tampering
         # rows are only evidence here; a damaged one (wrong types) is skipped, and the key table check names it
         wrapped = conn.execute("SELECT key_id, purpose, wrapped FROM keys").fetchall()

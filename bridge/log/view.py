@@ -38,7 +38,7 @@ from bridge.log import audit, crypto, format, merkle, rotation
 from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
 from bridge.log.rotation import KeyChain
-from bridge.log.schema import check_key_matches, frontier_from_bytes, unwrap_keys
+from bridge.log.schema import check_key_matches, check_schema_version, frontier_from_bytes, unwrap_keys
 from bridge.log.verify import open_readonly
 
 #: Byte offset of appended_ms inside a packed header (after version, type, seq).
@@ -88,6 +88,7 @@ class LogView:
         self._conn = open_readonly(data_dir)
         try:
             meta = {str(k): bytes(v) for k, v in self._conn.execute("SELECT k, v FROM meta")}
+            check_schema_version(self._conn, meta)
             check_key_matches(meta, keys)
             rows = [
                 (int(k), str(p), bytes(w))
