@@ -119,9 +119,9 @@ async def latency(tmp: Path, seals: int) -> tuple[list[float], list[float]]:
     policy = CheckpointPolicy(every_records=10**9, every_seconds=10**9)
     async with await LogStore.open(data, material, policy) as store, aiohttp.ClientSession() as session:
 
-        def leaves(n: int) -> list[bytes]:
+        def leaves(start: int, end: int) -> list[bytes]:
             with LogView(data, material) as view:
-                return [leaf for _, leaf in view.leaves(0, n)]
+                return [leaf for _, leaf in view.leaves(start, end)]
 
         w = Witnessing([(url, witness.key.verifier)], cosigned, store.latest_checkpoint, leaves)
         i = 0

@@ -199,9 +199,9 @@ def witness_task(
         return None
     cosigned = CosignatureStore(data_dir)
 
-    def leaves(n: int) -> list[bytes]:  # in a worker thread: its own read-only connection
+    def leaves(start: int, end: int) -> list[bytes]:  # in a worker thread: its own read-only connection
         with LogView(data_dir, keys) as view:
-            return [leaf for _, leaf in view.leaves(0, n)]
+            return [leaf for _, leaf in view.leaves(start, end)]
 
     witnessing = Witnessing(
         targets, cosigned, store.latest_checkpoint, leaves,

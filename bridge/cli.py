@@ -314,6 +314,9 @@ def verify(
         f"[green]intact[/]: {report.records} records, {_count(report.checkpoints, 'signed checkpoint')}", markup=True
     )
     out.print(f"root {report.root.hex()} signed by {report.signer}")
+    if report.rotations:
+        at = ", ".join(str(s) for s in report.rotations)
+        out.print(f"signing key rotated at record {at}: each rotation checked from the pinned key")
     if witnesses:
         size = report.newest_checkpoint.split("\n", 2)[1]
         out.print(f"witnessed: checkpoint {size} cosigned by {', '.join(cosigners)} (quorum {need})")
@@ -375,6 +378,57 @@ def rotate_key(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_
 
     key_id, pid = _run(go)
     out.print(f"new data key {key_id} is now used for new records{_via(pid)}")
+
+
+@app.command("rotate-signing-key")
+def rotate_signing_key(
+    new_signing_key: Annotated[
+        Path,
+        typer.Option(
+            "--new-signing-key",
+            metavar="FILE",
+            help="The new signing key file (0600); made, with FILE.pub, when it does not exist.",
+        ),
+    ],
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    config_file: ConfigOpt = None,
+    signing_key: SigningKeyOpt = None,
+) -> None:
+    """Hand checkpoint signing over to a new key: a record signed by the old and the new key, under the proof.
+
+    Works beside a running bot (it does the rotation). Afterwards point storage.signing_key_file at the new
+    file, give FILE.pub to the witness operators, and destroy the old signing key.
+    """
+    settings = _settings(config_file)
+    dd, kf = _paths(settings, data_dir, key_file)
+    assert kf is not None
+    material = _load_keys(kf, dd, signing_key or settings.storage.signing_key_file)
+
+    def prepare() -> bool:
+        keyfile.ensure_outside(new_signing_key, dd)
+        check_private_dir(new_signing_key.parent, "signing key directory")
+        return keyfile.new_signing_key(new_signing_key, material)[1]
+
+    created = _guard(prepare)
+    new_file = new_signing_key.absolute()  # a running bot opens it from its own working directory
+
+    async def go() -> tuple[tuple[int, str], int | None]:
+        async with open_writer(dd, material) as writer:
+            return await writer.rotate_signing_key(new_file), writer.remote_pid
+
+    (seq, vkey), pid = _run(go)
+    if created:
+        out.print(
+            f"new signing key: {new_signing_key} (mode 0600), its public key {keyfile.public_path(new_signing_key)}"
+        )
+    out.print(f"signing key rotated at record {seq}{_via(pid)}: checkpoints are now signed by")
+    out.print(f"            {vkey}")
+    out.print(
+        f"set storage.signing_key_file = {new_signing_key} (or pass --signing-key) before the next start; give"
+        " the new public key to your witnesses' operators; then destroy the old signing key file."
+        " Auditors keep pinning the log's original KEY.pub: verify follows the rotation records from it."
+    )
 
 
 @app.command("migrate-signing-key")

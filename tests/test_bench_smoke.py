@@ -25,3 +25,17 @@ def test_ingest_benchmark_runs_and_prints_its_table() -> None:
     for line in ("at 200: ratio chatarchief/baseline", "at 2000: ratio chatarchief/baseline", "us/event at 2000"):
         assert line in out, out
     assert "chatarchief peak RSS:" in out
+
+
+def test_consistency_benchmark_runs() -> None:
+    """`bench/consistency.py` at a small size prints the before/after line (no timing asserted)."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "consistency.py"), "--sizes", "3000", "--proofs", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "N=    3,000: before" in proc.stdout and "leaves read/proof" in proc.stdout, proc.stdout

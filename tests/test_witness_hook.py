@@ -45,7 +45,7 @@ async def test_a_signed_checkpoint_wakes_the_witness_client(empty_log: LogDir, t
         cosigned = CosignatureStore(empty_log.data_dir)
         w = Witnessing(
             [(url, key.verifier)], cosigned, store.latest_checkpoint,
-            lambda n: leaves_of(empty_log)[:n], poll_seconds=3600,
+            lambda start, end: leaves_of(empty_log)[start:end], poll_seconds=3600,
         )  # fmt: skip
         store.on_checkpoint = w.wake
         stop = asyncio.Event()

@@ -89,8 +89,8 @@ def witnessing(log: LogDir, url: str, key: Verifier, clock: list[float] | None =
     async def latest() -> str:
         return newest_note(log)
 
-    def leaves(n: int) -> list[bytes]:
-        return leaves_of(log)[:n]
+    def leaves(start: int, end: int) -> list[bytes]:
+        return leaves_of(log)[start:end]
 
     kwargs = {"clock": (lambda: clock[0])} if clock is not None else {}
     return Witnessing([(url, key)], store, latest, leaves, retry_min=1.0, retry_max=60.0, timeout=2.0, **kwargs)

@@ -393,6 +393,7 @@ def tag_files(
     *,
     liveness: bool = False,
     witnessed: bool = False,
+    signing_keys: bool = False,
 ) -> Tags:
     """bag-info.txt lines, LEESMIJ.txt and `documentatie/` (see `leesmij.py`); `dossiers` = (folder, name),
     `sealed` = (end checkpoint ms, closing checkpoint ms or None)."""
@@ -414,6 +415,7 @@ def tag_files(
             dossiers=dossiers,
             liveness=liveness,
             witnessed=witnessed,
+            signing_keys=signing_keys,
         )
     )
     files = {

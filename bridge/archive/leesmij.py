@@ -217,6 +217,9 @@ class LeesmijInfo:
     #: made before either have none, and their LEESMIJ stays as it was.
     liveness: bool = False
     witnessed: bool = False
+    #: The package has proof/signing-keys.json (the log's signing key was rotated; packages without rotations
+    #: have none, and their LEESMIJ stays as it was).
+    signing_keys: bool = False
 
 
 LIVENESS = [
@@ -239,6 +242,20 @@ WITNESSED = [
     "  pakket) en controleer met",
     "  chatarchief verify-package . --public-key LOG.pub \\",
     "      --witness-key GETUIGE1.pub --witness-key GETUIGE2.pub --quorum 2",
+    "",
+]
+
+
+SIGNING_KEYS = [
+    "Nieuwe ondertekensleutel (sleutelrotatie)",
+    "- De ondertekensleutel van het log is vervangen. data/proof/signing-keys.json bevat elk",
+    "  rotatierecord: de nieuwe publieke sleutel, ondertekend door de oude en de nieuwe sleutel,",
+    "  met het checkpoint erover (door beide ondertekend) en een RFC 9162-inclusiebewijs.",
+    '  In proof/other-records.jsonl: {"ciphertext_sha256", "header", "salt", "seq",',
+    '  "signing_key": {...}}. Leg alleen de OORSPRONKELIJKE publieke sleutel van het log vast',
+    "  (LOG.pub, van de archiefvormer): verify-package volgt de keten van rotaties vanaf die",
+    "  sleutel; een checkpoint moet ondertekend zijn door de sleutel die toen gold. Een pakket",
+    "  zonder dit bestand, of met een vervalste rotatie, is niet intact.",
     "",
 ]
 
@@ -311,6 +328,8 @@ def leesmij(info: LeesmijInfo) -> bytes:
         lines += LIVENESS
     if info.witnessed:
         lines += WITNESSED
+    if info.signing_keys:
+        lines += SIGNING_KEYS
     lines += [
         "Controleren (in deze map)",
         "  python3 -m bagit --validate .",

@@ -67,8 +67,10 @@ from bridge.archive.gaps import LISTING_REL, Listing
 from bridge.archive.mdto import Organisation
 from bridge.archive.plan import Carried, Plan, Seal, carried_decisions, closing, plan, seal_notes
 from bridge.archive.render import default_workers, render_package
+from bridge.archive.signing_keys import FILE as SIGNING_KEYS_FILE
+from bridge.archive.signing_keys import signing_keys_json
 from bridge.archive.witnessed import FILE as WITNESSED_FILE
-from bridge.archive.witnessed import witnessed_json
+from bridge.archive.witnessed import witnessed_json, witnessed_notes
 from bridge.blobs import BlobStore
 from bridge.clock import now_ms
 from bridge.errors import Check, LogIntegrityError, UsageError
@@ -82,7 +84,12 @@ SPILL_BYTES = 16 << 20  # event lines held in memory before they are appended to
 LEAF_BATCH = 4096  # leaf lines (65 bytes each) held before they are written
 TMP_DIR = "tmp"  # under the data dir: the only place plaintext is written before `out`
 #: Content key of a line in proof/other-records.jsonl, per record type.
-OTHER_KEYS = {format.RecordType.DECISION: "decision", format.RecordType.KEY: "key", format.RecordType.BLOB: "blob"}
+OTHER_KEYS = {
+    format.RecordType.DECISION: "decision",
+    format.RecordType.KEY: "key",
+    format.RecordType.BLOB: "blob",
+    format.RecordType.SIGNING_KEY: "signing_key",
+}
 
 
 class MissingMediaError(LogIntegrityError):
@@ -193,20 +200,25 @@ def snapshot(
             start_note, end_note = seal_notes(keys, p, seal)
             end_cp = checkpoint.parse_checkpoint_body(checkpoint.open_note(end_note)[0])
             sealed_ms = end_cp.timestamp_ms if end_cp.timestamp_ms is not None else win.end_ms
-            closed_ms = _closing(builder, view, p, win) if sealed_ms < win.end_ms else None
+            closed = _closing(builder, view, p, win) if sealed_ms < win.end_ms else None
+            closed_ms = None if closed is None else closed[0]
             status = derive.status_of(sealed_ms, win, closed_ms is not None)
             _write_proof(builder, p, win, status, start_note, end_note, params, carried)
             builder.write(LISTING_REL, listing.to_json(win, sealed_ms))
             cosigned = witnessed_json(view, data_dir, p.end)  # witnesses' checkpoints extending the end, if any
             if cosigned is not None:
                 builder.write(WITNESSED_FILE, cosigned)
+            notes = [n for n in (start_note, end_note, closed and closed[1]) if isinstance(n, str)]
+            rotations = signing_keys_json(view, [*notes, *witnessed_notes(cosigned)])  # pinned key reaches all
+            if rotations is not None:
+                builder.write(SIGNING_KEYS_FILE, rotations)
             rendered = render_package(
                 builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status,
                 workers=default_workers() if workers is None else workers,
             )  # fmt: skip
             tags = derive.tag_files(
                 params, keys.key_name, win, (p.start, p.end), rendered.dossiers, others, (sealed_ms, closed_ms), status,
-                rendered.coverage, liveness=True, witnessed=cosigned is not None,
+                rendered.coverage, liveness=True, witnessed=cosigned is not None, signing_keys=rotations is not None,
             )  # fmt: skip
             builder.finish(tags.info, tags.files)
             written = builder.publish()
@@ -409,9 +421,9 @@ class _MediaCopier:
         return True
 
 
-def _closing(builder: BagBuilder, view: LogView, p: Plan, win: ranges.Window) -> int | None:
+def _closing(builder: BagBuilder, view: LogView, p: Plan, win: ranges.Window) -> tuple[int, str] | None:
     """Write proof/closing.json (+ checkpoint-close.txt) when the log can show the month is over; returns the
-    closing checkpoint's time (ms), None if the log cannot show it yet."""
+    closing checkpoint's time (ms) and note, None if the log cannot show it yet."""
     c = closing(view, p, win)
     if c is None:
         return None
@@ -421,7 +433,7 @@ def _closing(builder: BagBuilder, view: LogView, p: Plan, win: ranges.Window) ->
     )
     builder.write("proof/checkpoint-close.txt", c.note.encode("utf-8"))
     cp = checkpoint.parse_checkpoint_body(checkpoint.open_note(c.note)[0])
-    return cp.timestamp_ms if cp.timestamp_ms is not None else win.end_ms
+    return (cp.timestamp_ms if cp.timestamp_ms is not None else win.end_ms), c.note
 
 
 def _write_proof(

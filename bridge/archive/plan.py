@@ -33,6 +33,7 @@ from bridge.errors import Check, LogIntegrityError, UsageError
 from bridge.log import checkpoint, crypto, merkle
 from bridge.log.decision import Decision
 from bridge.log.keys import KeyMaterial
+from bridge.log.rotation import KeyChain
 from bridge.log.view import LogView, RangeRecord, ScanRow, appended_ms
 
 #: "give me the signed checkpoint note at tree size N (sign one if none exists)"
@@ -53,6 +54,8 @@ class Plan:
     start_note: str | None
     end_note: str | None
     first_appended_ms: int | None
+    #: The log's signing keys (pinned one first, through its rotation records): whom each checkpoint must be by.
+    chain: KeyChain | None = None
 
 
 def plan(view: LogView, win: Window, *, open_month: bool = False) -> Plan:
@@ -83,7 +86,7 @@ def _plan(view: LogView, win: Window, open_month: bool) -> Plan:
         raise UsageError(
             f"records before {win.month} are not sealed by a checkpoint yet; seal the log first (`chatarchief run`)"
         )
-    keys = view.keys
+    keys = view.signing_chain()
     start_frontier = _frontier_at(view, start, None)
     start_note = checked_note(view.note_at(start), keys, start, start_frontier.root()) if start > 0 else None
     end_frontier = view.stored_frontier(end) if target == end else None
@@ -102,7 +105,7 @@ def _plan(view: LogView, win: Window, open_month: bool) -> Plan:
             rows.append(row)
     first_ms = view.first_appended_ms()
     return Plan(
-        start, end, size, start_frontier, end_root, tuple(decisions), tuple(rows), start_note, end_note, first_ms
+        start, end, size, start_frontier, end_root, tuple(decisions), tuple(rows), start_note, end_note, first_ms, keys
     )
 
 
@@ -119,13 +122,14 @@ def _frontier_at(view: LogView, size: int, base: merkle.Frontier | None) -> merk
     return frontier
 
 
-def checked_note(note: str | None, keys: KeyMaterial, size: int, root: bytes) -> str | None:
-    """`note` after checking its signature, size and root; None if None."""
+def checked_note(note: str | None, keys: KeyMaterial | KeyChain, size: int, root: bytes) -> str | None:
+    """`note` after checking its signature (by the key of the log's chain current at `size`), size and root;
+    None if None."""
     if note is None:
         return None
-    name = keys.key_name
+    chain = keys if isinstance(keys, KeyChain) else KeyChain((keys.key_name, keys.public_key))
     try:
-        cp = checkpoint.verify_checkpoint_note(note, name, keys.public_key, origin=name)
+        cp = chain.verify_checkpoint(note)
     except checkpoint.CheckpointError as exc:
         raise LogIntegrityError(
             size, f"checkpoint for tree size {size} does not verify: {exc}", check=Check.CHECKPOINT_SIGNATURE
@@ -150,7 +154,7 @@ def seal_notes(keys: KeyMaterial, p: Plan, seal: Seal | None) -> tuple[str | Non
                 f"the log has no signed checkpoint at tree size {size} (the month's boundary); run the snapshot"
                 " with the log's writer (`chatarchief snapshot`, or the monthly job of `chatarchief run`)"
             )
-        note = checked_note(seal(size), keys, size, root)
+        note = checked_note(seal(size), p.chain or keys, size, root)
         assert note is not None
         return note
 
@@ -200,7 +204,7 @@ def closing(view: LogView, p: Plan, win: Window) -> Closing | None:
             frontier.append(leaf)
             if consistency is not None:
                 consistency.add(leaf)
-        note = checked_note(view.note_at(size), view.keys, size, frontier.root())
+        note = checked_note(view.note_at(size), view.signing_chain(), size, frontier.root())
     assert note is not None and consistency is not None
     found = roots.finish()
     return Closing(size, note, header, commit, ct_hash, [found[r] for r in wanted], consistency.proof())

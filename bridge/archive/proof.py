@@ -44,7 +44,7 @@ import orjson
 
 from bridge.errors import DataError
 from bridge.events import canonical_json
-from bridge.log import clear, format, merkle
+from bridge.log import clear, format, merkle, rotation
 
 LEAF_LINE_BYTES = 65  # 64 hex digits + "\n"
 
@@ -125,7 +125,7 @@ class RecordLine:
     seq: int
     header: format.RecordHeader
     leaf: bytes
-    #: "event", "decision", "key", "blob" or None (content not in the package)
+    #: "event", "decision", "key", "blob", "signing_key" or None (content not in the package)
     key: str | None
     content: dict[str, Any] | None
     withheld: dict[str, Any] | None
@@ -144,6 +144,7 @@ CONTENT_KEYS = {
     "decision": format.RecordType.DECISION,
     "key": format.RecordType.KEY,
     "blob": format.RecordType.BLOB,
+    "signing_key": format.RecordType.SIGNING_KEY,
 }
 
 
@@ -216,8 +217,11 @@ def _check_clear(header: format.RecordHeader, key: str, payload: bytes, commit: 
     if ct_hash != commit:
         raise LineError("ciphertext_sha256 of a clear record is not SHA-256(salt || payload)")
     try:
-        (clear.parse_key if key == "key" else clear.parse_blob)(payload)
-    except clear.ClearRecordError as exc:
+        if key == "signing_key":
+            rotation.parse_record(payload)  # its signatures are checked with the key chain (signing_keys.py)
+        else:
+            (clear.parse_key if key == "key" else clear.parse_blob)(payload)
+    except (clear.ClearRecordError, rotation.RotationError) as exc:
         raise LineError(f"{key} record: {exc}") from None
 
 

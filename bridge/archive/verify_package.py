@@ -61,12 +61,15 @@ from bridge.archive.derive import DossierState, RenderParams
 from bridge.archive.gaps import LISTING_REL, Listing, Summary
 from bridge.archive.leesmij import DOCS
 from bridge.archive.render import default_workers, render_package
+from bridge.archive.signing_keys import FILE as SIGNING_KEYS_FILE
+from bridge.archive.signing_keys import SigningKeysError, chain_from_package
 from bridge.archive.witnessed import FILE as WITNESSED_FILE
 from bridge.archive.witnessed import WitnessedError, check_witnessed
 from bridge.errors import Check, Evidence, LogIntegrityError, UsageError
 from bridge.events import Attachment, EncodingError, Event
 from bridge.log import checkpoint, crypto, merkle
 from bridge.log.decision import Decision, DecisionError, parse_decision
+from bridge.log.rotation import KeyChain
 from bridge.policy import Withheld, fold_decisions
 from bridge.witness.note import Verifier
 
@@ -94,6 +97,7 @@ PROOF_INPUTS = (  # payload files taken as they are (each checked above, not ren
     "proof/closing.json",
     "proof/checkpoint-close.txt",
     WITNESSED_FILE,
+    SIGNING_KEYS_FILE,
 )
 
 
@@ -173,10 +177,11 @@ def verify_package(
     start, end = rng.get("start"), rng.get("end")
     if not (isinstance(start, int) and isinstance(end, int) and 0 <= start <= end):
         raise _fail(Check.PACKAGE_RANGE, "proof/range.json: start and end are not a valid range")
-    end_cp = _checkpoint(pdir / "checkpoint-end.txt", public_key, end, "end")
+    chain = _signing_chain(pdir, manifest, public_key)
+    end_cp = _checkpoint(pdir / "checkpoint-end.txt", chain, end, "end")
     start_root = merkle.EMPTY_ROOT
     if start > 0:
-        start_root = _checkpoint(pdir / "checkpoint-start.txt", public_key, start, "start").root
+        start_root = _checkpoint(pdir / "checkpoint-start.txt", chain, start, "start").root
     elif (pdir / "checkpoint-start.txt").exists():
         raise _fail(Check.PACKAGE_CHECKPOINT, "proof/checkpoint-start.txt present in a package that starts at record 0")
     try:
@@ -192,7 +197,7 @@ def verify_package(
         )
     params, win = _params(pdir)
     sealed_ms = end_cp.timestamp_ms if end_cp.timestamp_ms is not None else win.end_ms
-    closed_ms = _check_closing(pdir, public_key, win, end, end_cp.root, sealed_ms)
+    closed_ms = _check_closing(pdir, chain, win, end, end_cp.root, sealed_ms)
     status = derive.status_of(sealed_ms, win, closed_ms is not None)
     _check_range(pdir, rng, win, start, end, status, sealed_ms)
     sink = _Rederive(path, manifest)
@@ -200,7 +205,7 @@ def verify_package(
     counts = records.check(pdir / "leaves.txt", frontier, end_cp.root)
     _check_consistency(pdir / "consistency-proof.json", start, end, start_root, end_cp.root)
     mdto_files = _check_mdto(data)
-    witnessed_by = _check_witnessed(pdir, manifest, public_key, end, end_cp.root, witnesses, quorum)
+    witnessed_by = _check_witnessed(pdir, manifest, chain, end, end_cp.root, witnesses, quorum)
     for rel in PROOF_INPUTS:
         if rel in manifest:
             sink.take(rel)
@@ -225,11 +230,12 @@ def verify_package(
         rendered.coverage,
         liveness=listed,
         witnessed=WITNESSED_FILE in manifest,
+        signing_keys=SIGNING_KEYS_FILE in manifest,
     )
     _check_docs(path, tags.files)
     _check_tags(path, tag_files(sink.payload, tags.info, tags.files))
     if previous is not None:
-        _check_previous(previous, pdir, (start, end), public_key, params, frontier)
+        _check_previous(previous, pdir, (start, end), chain, params, frontier)
     liveness = records.listing.summary(win, sealed_ms) if listed else None
     return PackageReport(
         str(params.month),
@@ -246,10 +252,19 @@ def verify_package(
     )
 
 
+def _signing_chain(pdir: Path, manifest: dict[str, str], public_key: tuple[str, Ed25519PublicKey]) -> KeyChain:
+    """The log's signing keys from the pinned one through proof/signing-keys.json (when the package has it)."""
+    data = _small(pdir / "signing-keys.json") if SIGNING_KEYS_FILE in manifest else None
+    try:
+        return chain_from_package(data, public_key)
+    except SigningKeysError as exc:
+        raise _fail(Check.PACKAGE_CHECKPOINT, str(exc)) from None
+
+
 def _check_witnessed(
     pdir: Path,
     manifest: dict[str, str],
-    public_key: tuple[str, Ed25519PublicKey],
+    public_key: KeyChain,
     end: int,
     end_root: bytes,
     witnesses: Sequence[Verifier],
@@ -337,14 +352,15 @@ def _json(p: Path) -> dict[str, object]:
     return d
 
 
-def _checkpoint(p: Path, key: tuple[str, Ed25519PublicKey], size: int, which: str) -> checkpoint.Checkpoint:
+def _checkpoint(p: Path, key: KeyChain, size: int, which: str) -> checkpoint.Checkpoint:
     note = _small(p)
     try:
-        cp = checkpoint.verify_checkpoint_note(note, key[0], key[1], origin=key[0])
+        cp = key.verify_checkpoint(note)
     except checkpoint.CheckpointError as exc:
+        rotated = " (or the key its rotations in proof/signing-keys.json lead to)" if key.rotations else ""
         raise _fail(
             Check.PACKAGE_CHECKPOINT,
-            f"{which} checkpoint (proof/{p.name}) does not verify against the public key: {exc}",
+            f"{which} checkpoint (proof/{p.name}) does not verify against the public key{rotated}: {exc}",
         ) from None
     if cp.size != size:
         raise _fail(
@@ -365,7 +381,7 @@ def _params(pdir: Path) -> tuple[RenderParams, ranges.Window]:
 
 
 def _check_closing(
-    pdir: Path, key: tuple[str, Ed25519PublicKey], win: ranges.Window, end: int, end_root: bytes, sealed_ms: int
+    pdir: Path, key: KeyChain, win: ranges.Window, end: int, end_root: bytes, sealed_ms: int
 ) -> int | None:
     """The closing checkpoint's time (ms) if proof/closing.json shows the month over: record `end`, appended
     after the month's end, is in a later signed checkpoint whose tree extends the end tree; else None."""
@@ -982,7 +998,7 @@ def _check_previous(
     previous: Path,
     pdir: Path,
     span: tuple[int, int],
-    key: tuple[str, Ed25519PublicKey],
+    key: KeyChain,
     params: RenderParams,
     frontier: merkle.Frontier,
 ) -> None:

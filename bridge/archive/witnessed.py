@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from bridge.errors import DataError
 from bridge.log import checkpoint, merkle
+from bridge.log.rotation import KeyChain
 from bridge.log.view import LogView
 from bridge.witness.cosigned import CosignatureStore
 from bridge.witness.note import BadSignature, NoteError, Verifier, split_note, verified_signatures
@@ -66,13 +67,18 @@ def witnessed_json(view: LogView, data_dir: Path, end: int) -> bytes | None:
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n"
 
 
+def witnessed_notes(data: bytes | None) -> list[str]:
+    """The checkpoint notes the file (as `witnessed_json` wrote it) carries."""
+    return [] if data is None else [str(e["checkpoint"]) for e in orjson.loads(data)["witnessed"]]
+
+
 class WitnessedError(DataError, ValueError):
     """proof/witnessed.json does not show what it claims; the message says which entry and why."""
 
 
 def check_witnessed(
     data: bytes | None,
-    public_key: tuple[str, Ed25519PublicKey],
+    public_key: tuple[str, Ed25519PublicKey] | KeyChain,
     end: int,
     end_root: bytes,
     witnesses: Sequence[Verifier],
@@ -90,12 +96,13 @@ def check_witnessed(
         raise WitnessedError(f"{FILE} must hold end = {end} and a list 'witnessed'")
     names: set[str] = set()
     smallest: int | None = None
+    chain = public_key if isinstance(public_key, KeyChain) else KeyChain(public_key)
     for i, entry in enumerate(doc["witnessed"]):
         if not isinstance(entry, dict) or not isinstance(entry.get("checkpoint"), str):
             raise WitnessedError(f"{FILE} entry {i}: no checkpoint note")
         note = entry["checkpoint"]
         try:
-            cp = checkpoint.verify_checkpoint_note(note, public_key[0], public_key[1], origin=public_key[0])
+            cp = chain.verify_checkpoint(note)
             proof = [base64.b64decode(h, validate=True) for h in entry.get("consistency", [])]
         except (checkpoint.CheckpointError, ValueError, TypeError) as exc:
             raise WitnessedError(f"{FILE} entry {i}: {exc}") from None

@@ -21,9 +21,10 @@ from dataclasses import dataclass
 
 from bridge.errors import Check, LogIntegrityError
 from bridge.events import EncodingError, Event, event_from_bytes
-from bridge.log import crypto, format
+from bridge.log import crypto, format, rotation
 from bridge.log.clear import BLOB_SOURCE, BlobRecord, ClearRecordError, KeyRecord, parse_blob, parse_key
 from bridge.log.decision import DECISION_SOURCE, Decision, DecisionError, parse_decision
+from bridge.log.rotation import SigningKeyRecord
 from bridge.log.schema import conversation_tag, dedup_tag, key_dedup
 
 
@@ -39,7 +40,7 @@ class Secrets:
         return f"Secrets(log_id={self.log_id.hex()}, keys=<hidden>)"
 
 
-Opened = Event | Decision | KeyRecord | BlobRecord
+Opened = Event | Decision | KeyRecord | BlobRecord | SigningKeyRecord
 
 
 def blobs_of(seq: int, *values: object) -> tuple[bytes, ...]:
@@ -98,8 +99,12 @@ def check_stored(
     return header, leaf
 
 
-def open_clear_record(seq: int, header: format.RecordHeader, commit: bytes, body: bytes) -> KeyRecord | BlobRecord:
-    """The payload of a KEY or BLOB record, checked against its commitment (no key needed)."""
+def open_clear_record(
+    seq: int, header: format.RecordHeader, commit: bytes, body: bytes
+) -> KeyRecord | BlobRecord | SigningKeyRecord:
+    """The payload of a KEY, BLOB or SIGNING_KEY record, checked against its commitment (no key needed)."""
+    if header.type == format.RecordType.SIGNING_KEY:
+        return rotation.open_record(seq, header, commit, body)
     try:
         _, payload = format.open_clear(header, commit, body)
         if header.type == format.RecordType.KEY:
@@ -127,6 +132,8 @@ def check_plaintext(
         clear = open_clear_record(seq, header, commit, body)
         if isinstance(clear, KeyRecord):
             expected = key_dedup(clear.key_id)
+        elif isinstance(clear, SigningKeyRecord):
+            expected = rotation.dedup_of(clear.new_vkey)
         else:
             expected = dedup_tag(secrets.index_key, BLOB_SOURCE, "", clear.blob_id)
         if not crypto.hmac_equal(dedup, expected):
@@ -188,4 +195,6 @@ def kind_of(opened: Opened) -> str:
         return opened.kind.value
     if isinstance(opened, Decision):
         return "decision"
+    if isinstance(opened, SigningKeyRecord):
+        return "signing-key"
     return "key" if isinstance(opened, KeyRecord) else "blob"

@@ -23,7 +23,8 @@ Who may connect: the socket is created 0600 in the data dir (itself private),
 and each connection's peer uid (SO_PEERCRED) must be the bot's own; others are
 refused (and logged, without anything they sent). Ops: hello, append (events
 and decisions only: clear KEY/BLOB records are the store's own), checkpoint,
-rotate_key, seal_prefix. Payloads travel base64-encoded; nothing is logged.
+rotate_key, rotate_signing_key (the path of the new signing key file, which the bot loads
+itself), seal_prefix. Payloads travel base64-encoded; nothing is logged.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import Any, Self
 import orjson
 
 from bridge.errors import ChatarchiefError, Check, LogIntegrityError, StorageError, UsageError
+from bridge.log import keys as keyfile
 from bridge.log.format import RecordType
 from bridge.log.keys import KeyMaterial
 from bridge.log.store import AppendResult, LogStore
@@ -315,12 +317,24 @@ class ControlServer:
         if op == "rotate_key":
             log.info("control socket: rotating the data key")
             return store.rotate_data_key()
+        if op == "rotate_signing_key":
+            return _rotate_signing_key(store, request.get("key_file"))
         if op == "seal_prefix":
             size = request.get("size")
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise UsageError("seal_prefix: size must be a non-negative integer")
             return store.seal_prefix(size)
         raise UsageError(f"unknown control op {op!r}")
+
+
+async def _rotate_signing_key(store: LogStore, key_file: object) -> dict[str, Any]:
+    """The bot loads the new signing key from its file itself (the key never travels over the socket)."""
+    if not isinstance(key_file, str) or not key_file:
+        raise UsageError("rotate_signing_key: key_file must be a path")
+    log.info("control socket: rotating the signing key")
+    new = keyfile.load_signing_key(Path(key_file), store.keys)
+    seq, vkey = await store.rotate_signing_key(new)
+    return {"seq": seq, "vkey": vkey}
 
 
 async def _append(store: LogStore, entries: list[Entry]) -> dict[str, Any]:

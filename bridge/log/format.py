@@ -47,11 +47,14 @@ class RecordType(enum.IntEnum):
     KEY = 3
     #: A stored media blob: its id, and SHA-256 and size of the encrypted file (clear record, see `clear.py`).
     BLOB = 4
+    #: A signing-key rotation: the new verifier key, signed by the old and the new key (clear, see `rotation.py`).
+    SIGNING_KEY = 5
 
 
 #: Record types stored in the clear: `body` is salt || payload, not encrypted, so keyless `verify` and a
-#: package reader can read them. They hold nothing secret (a wrapped key, a blob's keyed id and file hash).
-CLEAR_TYPES = frozenset({RecordType.KEY, RecordType.BLOB})
+#: package reader can read them. They hold nothing secret (a wrapped key, a blob's keyed id and file hash, a
+#: verifier key).
+CLEAR_TYPES = frozenset({RecordType.KEY, RecordType.BLOB, RecordType.SIGNING_KEY})
 #: Conversation tag and nonce of a clear record (it belongs to no conversation and is not encrypted).
 CLEAR_TAG = bytes(TAG_BYTES)
 CLEAR_NONCE = bytes(12)

@@ -80,6 +80,10 @@ class KeyMaterial:
     def without_signer(self) -> KeyMaterial:
         return KeyMaterial(self.log_id, self.kek, self.verifier, None)
 
+    def with_signer(self, signer: Ed25519PrivateKey) -> KeyMaterial:
+        """The same log and KEK signing with `signer` (a rotated signing key; `verifier` stays the pinned one)."""
+        return KeyMaterial(self.log_id, self.kek, self.verifier, signer)
+
     def vkey(self) -> str:
         return checkpoint.format_vkey(self.key_name, self.public_key)
 
@@ -182,18 +186,39 @@ def load_signing_key(path: Path, material: KeyMaterial) -> Ed25519PrivateKey:
         signer = Ed25519PrivateKey.from_private_bytes(blob[1:])
     except (ValueError, binascii.Error) as exc:
         raise KeyFileError(f"signing key file {path} is malformed ({exc}); restore it from escrow") from None
-    if parts[0] != material.key_name or signer.public_key() != material.verifier:
+    if parts[0] != material.key_name:
         raise KeyFileError(f"signing key file {path} belongs to another log or key than the key file")
+    # Another key of this log is a rotated signing key (`rotate-signing-key`): the log's writer checks it is
+    # the current one of the log's key chain before it signs anything (`bridge.log.rotation`).
     return signer
 
 
 def _signing_text(keys: KeyMaterial) -> bytes:
+    return _private_text(keys.key_name, keys.signing_key)
+
+
+def _private_text(name: str, private: Ed25519PrivateKey) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 
-    seed = keys.signing_key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-    kid = checkpoint.key_id(keys.key_name, keys.public_key).hex()
+    seed = private.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
+    kid = checkpoint.key_id(name, private.public_key()).hex()
     body = base64.b64encode(bytes([checkpoint.ALG_ED25519]) + seed).decode("ascii")
-    return f"{PRIVATE_PREFIX}{keys.key_name}+{kid}+{body}\n".encode("ascii")
+    return f"{PRIVATE_PREFIX}{name}+{kid}+{body}\n".encode("ascii")
+
+
+def new_signing_key(path: Path, material: KeyMaterial) -> tuple[Ed25519PrivateKey, bool]:
+    """The signing key in `path` (0600, of this log), or a fresh one written there (exclusive, fsynced) with
+    its verifier key in `PATH.pub`: (key, created now). For `rotate-signing-key`."""
+    if path.exists():
+        return load_signing_key(path, material), False
+    private = Ed25519PrivateKey.generate()
+    pub = public_path(path)
+    if pub.exists():
+        raise KeyFileError(f"{pub} already exists without its signing key {path}; refusing to overwrite it")
+    write_exclusive(path, _private_text(material.key_name, private), 0o600)
+    vkey = checkpoint.format_vkey(material.key_name, private.public_key())
+    write_exclusive(pub, (vkey + "\n").encode("ascii"), 0o644)
+    return private, True
 
 
 def _split_doc(keys: KeyMaterial) -> bytes:

@@ -220,6 +220,29 @@ def check_key_matches(
     raise KeyFileError("the key file does not match this data dir (wrong key-encryption key)")
 
 
+def check_schema_version(conn: sqlite3.Connection, meta: dict[str, bytes]) -> None:
+    """Readers' guard: a log of schema 1 (an earlier development version: no KEY records under the proof, no
+    stored tree edges) is refused as such (UsageError, exit 2: re-create and re-import), not reported as
+    damage; a version entry that disagrees with the layout that is there is tampering (exit 1)."""
+    version = meta.get("schema_version")
+    if version == str(SCHEMA_VERSION).encode():
+        return
+    columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(checkpoints)")}
+    if version == b"1" and "frontier" not in columns:
+        raise UsageError(
+            "this log was written by an earlier development version of Chatarchief (log schema 1), which this"
+            f" version does not read (it writes schema {SCHEMA_VERSION}); re-create the log (`chatarchief init`)"
+            " and re-import its events"
+        )
+    raise LogIntegrityError(
+        None,
+        "the meta table was altered: its schema version is not the one of this log's layout",
+        str(SCHEMA_VERSION),
+        repr(version),
+        check=Check.META,
+    )
+
+
 def frontier_bytes(frontier: merkle.Frontier) -> bytes:
     """Serialise the right edge of the tree: size (u64) then its subtree hashes."""
     return frontier.size.to_bytes(8, "big") + b"".join(frontier.hashes)

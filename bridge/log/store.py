@@ -40,16 +40,18 @@ from types import TracebackType
 from typing import Self, TypeVar
 
 import aiosqlite
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bridge.blobs import MediaKeys
 from bridge.clock import now_ms
-from bridge.errors import Check, LogIntegrityError, StorageError, UsageError
+from bridge.errors import Check, KeyFileError, LogIntegrityError, StorageError, UsageError
 from bridge.events import EncodingError, Event, EventId, canonical_bytes, canonical_json, event_from_bytes
-from bridge.log import audit, checkpoint, crypto, format, merkle
+from bridge.log import audit, checkpoint, crypto, format, merkle, rotation
 from bridge.log.clear import BLOB_SOURCE, BlobRecord, KeyRecord
 from bridge.log.dedup import DedupReader
 from bridge.log.keys import KeyMaterial
 from bridge.log.lock import WriterLock
+from bridge.log.rotation import KeyChain
 from bridge.log.schema import (
     DATA_PURPOSE,
     SCHEMA_VERSION,
@@ -133,6 +135,8 @@ class LogStore:
         #: how `run` wakes the witness client at once (docs/witness.md). Never awaited by the sealing path.
         self.on_checkpoint: Callable[[], None] | None = None
         self._signed_in_transaction = False
+        #: The log's signing keys from the pinned one through its rotation records (`bridge.log.rotation`).
+        self._chain = rotation.KeyChain((keys.key_name, keys.public_key))
 
     # -- opening -----------------------------------------------------------------
 
@@ -195,9 +199,11 @@ class LogStore:
         secrets = audit.Secrets(keys.log_id, index_key, data_keys)
         key_seqs = {r[3]: r[0] for r in rows}
         await cls._check_key_records(conn, key_seqs, rows)
-        frontier, prev, last_cp = await cls._authenticate_tail(conn, keys, secrets, key_seqs)
+        chain = await key_chain(conn, keys)
+        frontier, prev, last_cp = await cls._authenticate_tail(conn, chain, secrets, key_seqs)
         current = max(data_keys)  # the newest data key (KEY records are under the proof; no mutable pointer)
         store = cls(conn, keys, index_key, data_keys, current, frontier, prev, last_cp, policy)
+        store._chain = chain
         store._blob_root = data_dir / "blobs"
         return store
 
@@ -233,7 +239,7 @@ class LogStore:
 
     @staticmethod
     async def _authenticate_tail(
-        conn: aiosqlite.Connection, keys: KeyMaterial, secrets: audit.Secrets, key_seqs: dict[int, int]
+        conn: aiosqlite.Connection, chain: KeyChain, secrets: audit.Secrets, key_seqs: dict[int, int]
     ) -> tuple[merkle.Frontier, bytes, tuple[int, int]]:
         """Authenticate everything after the last signed checkpoint before this process signs anything.
 
@@ -243,7 +249,7 @@ class LogStore:
         (AEAD, commitment, tags) and its leaf appended. Any failure raises
         LogIntegrityError naming the first bad record: nothing gets signed.
         """
-        frontier, last_cp = await _signed_frontier(conn, keys)
+        frontier, last_cp = await _signed_frontier(conn, chain)
         prev = await _leaf_before(conn, frontier.size)
         async with conn.execute(
             "SELECT seq, dedup, header, commitment, body, leaf FROM records WHERE seq >= ? ORDER BY seq",
@@ -641,6 +647,58 @@ class LogStore:
             self._current_key = new_id
             return new_id
 
+    @property
+    def key_chain(self) -> KeyChain:
+        """The log's signing keys, pinned one first (checked rotation records)."""
+        return self._chain
+
+    async def rotate_signing_key(self, new: Ed25519PrivateKey) -> tuple[int, str]:
+        """Hand checkpoint signing over to `new`: (position of the rotation record, new verifier key).
+
+        In one transaction: a checkpoint at the current size by the old key (if there is none yet), the
+        SIGNING_KEY record (signed by the old and the new key, `rotation.make_record`) and a checkpoint over
+        it signed by both keys. From then on this store signs with `new`; the old key is no longer needed.
+        """
+        async with self._seal_lock:
+            await self._quiesce()
+            old, name = self._keys.signing_key, self._keys.key_name
+            new_vkey = checkpoint.format_vkey(name, new.public_key())
+            if new_vkey in self._chain.vkeys():
+                raise UsageError("the new signing key was already used by this log; make a fresh one")
+            before, prev = self._committed[0].copy(), self._committed[1]
+            seq, created = before.size, now_ms()
+            rec = rotation.make_record(name, seq, created, old, new)
+            chain = self._chain.copy()
+            chain.rotate(seq, rec)  # the very check every verifier runs
+            salt = os.urandom(crypto.SALT_BYTES)
+            header, commit, body, leaf = format.seal_clear(
+                format.RecordType.SIGNING_KEY, seq, created, 0, prev, salt, rec.encode()
+            )
+            after = before.copy()
+            after.append(leaf)
+            signer = self._keys.with_signer(new)
+
+            async def write() -> tuple[int, int]:
+                async with self._conn.execute("SELECT 1 FROM checkpoints WHERE size = ?", (seq,)) as cur:
+                    signed = await cur.fetchone() is not None
+                if not signed:
+                    await self._conn.execute(_INSERT_CHECKPOINT, checkpoint_row(self._keys, before))
+                await self._conn.execute(
+                    _INSERT_RECORD, (seq, rotation.dedup_of(rec.new_vkey), header, commit, body, leaf)
+                )
+                size, ms, note, edge = checkpoint_row(signer, after)
+                await self._conn.execute(_INSERT_CHECKPOINT, (size, ms, rotation.cosign_note(note, name, old), edge))
+                self._signed_in_transaction = True
+                return size, ms
+
+            sealed = await self._transaction(write)
+            self._committed = (after, leaf)
+            self._frontier, self._prev_leaf = after.copy(), leaf
+            self._last_cp_size, self._last_cp_ms = sealed
+            self._keys, self._chain = signer, chain
+            log.info("signing key rotated", extra={"seq": seq})
+            return seq, new_vkey
+
     async def seal_prefix(self, size: int) -> str:
         """The signed checkpoint note at tree size `size`: the stored one, else one signed now and stored.
 
@@ -658,7 +716,7 @@ class LogStore:
             async with self._conn.execute("SELECT note FROM checkpoints WHERE size = ?", (size,)) as cur:
                 found = await cur.fetchone()
             if found is not None:
-                _verified(str(found[0]), self._keys, size)
+                _verified(str(found[0]), self._chain, size)
                 return str(found[0])
             prefix = await self._proven_prefix(size)
 
@@ -683,10 +741,10 @@ class LogStore:
             high = await cur.fetchone()
         frontier = merkle.Frontier()
         if low is not None:
-            _, frontier = _proven_edge(self._keys, int(low[0]), str(low[1]), bytes(low[2]))
+            _, frontier = _proven_edge(self._chain, int(low[0]), str(low[1]), bytes(low[2]))
         head, _ = self._committed
         if high is not None:
-            target_size, target_root = int(high[0]), _verified(str(high[1]), self._keys, int(high[0])).root
+            target_size, target_root = int(high[0]), _verified(str(high[1]), self._chain, int(high[0])).root
         else:
             target_size, target_root = head.size, head.root()
         prefix: merkle.Frontier | None = frontier.copy() if frontier.size == size else None
@@ -732,6 +790,25 @@ class LogStore:
 
 
 _Row = tuple[int, bytes, bytes, bytes, bytes, bytes]
+_INSERT_RECORD = "INSERT INTO records (seq, dedup, header, commitment, body, leaf) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_CHECKPOINT = "INSERT INTO checkpoints (size, created_ms, note, frontier) VALUES (?, ?, ?, ?)"
+
+
+async def key_chain(conn: aiosqlite.Connection, keys: KeyMaterial) -> KeyChain:
+    """The log's key chain from the key file's (pinned) key through the stored rotation records; refuses a
+    loaded signing key that is not the chain's current one (KeyFileError, exit 2) before anything is signed."""
+    async with conn.execute(rotation.ROTATION_ROWS_SQL) as cur:
+        rows = [tuple(r) async for r in cur]
+    chain = rotation.chain_from_rows((keys.key_name, keys.public_key), rows)
+    signing = None if keys.signer is None else rotation.vkey_of((keys.key_name, keys.signer.public_key()))
+    if signing is not None and signing != rotation.vkey_of(chain.current):
+        retired = chain.retired_by(signing)
+        why = f"holds the key retired by rotation record {retired}" if retired is not None else "does not hold"
+        raise KeyFileError(
+            f"the signing key file {why}{'' if retired is not None else ' the current signing key'} of this log;"
+            f" point storage.signing_key_file (or --signing-key) at the file of {rotation.vkey_of(chain.current)}"
+        )
+    return chain
 
 
 @dataclass(frozen=True, slots=True)
@@ -746,7 +823,7 @@ class _Batch:
     tags: set[bytes]
 
 
-async def _signed_frontier(conn: aiosqlite.Connection, keys: KeyMaterial) -> tuple[merkle.Frontier, tuple[int, int]]:
+async def _signed_frontier(conn: aiosqlite.Connection, chain: KeyChain) -> tuple[merkle.Frontier, tuple[int, int]]:
     """The tree's right edge at the newest checkpoint, proven by its signature; ((size, ms)), or the empty tree."""
     sql = "SELECT size, created_ms, note, frontier FROM checkpoints ORDER BY size DESC LIMIT 1"
     async with conn.execute(sql) as cur:
@@ -754,7 +831,7 @@ async def _signed_frontier(conn: aiosqlite.Connection, keys: KeyMaterial) -> tup
     if row is None:  # every log starts with a checkpoint; without one, authenticate from record 0
         return merkle.Frontier(), (-1, now_ms())
     size = int(row[0])
-    _, frontier = _proven_edge(keys, size, str(row[2]), bytes(row[3]))
+    _, frontier = _proven_edge(chain, size, str(row[2]), bytes(row[3]))
     return frontier, (size, int(row[1]))
 
 
@@ -771,11 +848,10 @@ async def _leaf_before(conn: aiosqlite.Connection, size: int) -> bytes:
     return format.leaf_of(bytes(row[0]), bytes(row[1]), bytes(row[2]))
 
 
-def _verified(note: str, keys: KeyMaterial, size: int) -> checkpoint.Checkpoint:
+def _verified(note: str, chain: KeyChain, size: int) -> checkpoint.Checkpoint:
     """The checkpoint stored at tree size `size`, signed by this log's key for that size."""
-    name = keys.key_name
     try:
-        cp = checkpoint.verify_checkpoint_note(note, name, keys.public_key, origin=name)
+        cp = chain.verify_checkpoint(note)
     except checkpoint.CheckpointError as exc:
         raise LogIntegrityError(
             size, f"checkpoint for tree size {size} does not verify: {exc}", check=Check.CHECKPOINT_SIGNATURE
@@ -791,9 +867,9 @@ def _verified(note: str, keys: KeyMaterial, size: int) -> checkpoint.Checkpoint:
     return cp
 
 
-def _proven_edge(keys: KeyMaterial, size: int, note: str, edge: bytes) -> tuple[checkpoint.Checkpoint, merkle.Frontier]:
+def _proven_edge(chain: KeyChain, size: int, note: str, edge: bytes) -> tuple[checkpoint.Checkpoint, merkle.Frontier]:
     """A checkpoint and its stored tree edge, the edge trusted only because it gives the signed root."""
-    cp = _verified(note, keys, size)
+    cp = _verified(note, chain, size)
     try:
         frontier = frontier_from_bytes(edge)
     except ValueError as exc:

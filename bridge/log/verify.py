@@ -37,12 +37,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from bridge.blobs import BlobStore, MediaKeys
 from bridge.errors import Check, LogIntegrityError, StorageError, UsageError
 from bridge.events import Event
-from bridge.log import audit, checkpoint, crypto, format, merkle
+from bridge.log import audit, checkpoint, crypto, format, merkle, rotation
 from bridge.log.clear import BlobRecord, KeyRecord
 from bridge.log.keys import KeyMaterial
+from bridge.log.rotation import SigningKeyRecord
 from bridge.log.schema import (
     META_KEYS,
     check_key_matches,
+    check_schema_version,
     cursor_mac,
     db_path,
     expected_schema,
@@ -66,6 +68,8 @@ class VerifyReport:
     kinds: dict[str, int] = field(default_factory=dict)
     #: The note text of the newest stored checkpoint (verified): what witnesses cosign.
     newest_checkpoint: str = ""
+    #: Positions of the signing-key rotation records (checked from the pinned key; `signer` is the newest key).
+    rotations: list[int] = field(default_factory=list)
 
     @property
     def unsealed(self) -> int:
@@ -82,6 +86,7 @@ class VerifyReport:
             "decrypted": self.decrypted,
             "kinds": dict(sorted(self.kinds.items())),
             "signer": self.signer,
+            "rotations": self.rotations,
             "root": self.root.hex(),
         }
 
@@ -161,19 +166,22 @@ def _verify(
 ) -> VerifyReport:
     conn.execute("BEGIN")  # one consistent snapshot, also beside a running writer
     meta = meta_dict(conn.execute("SELECT k, v FROM meta"))
+    check_schema_version(conn, meta)
     if keys is not None:  # a wrong key file is a usage error, not evidence of tampering
         # rows are only evidence here; a damaged one (wrong types) is skipped, and the key table check names it
         wrapped = conn.execute("SELECT key_id, purpose, wrapped FROM keys").fetchall()
         typed = [(k, p, w) for k, p, w in wrapped if (type(k), type(p), type(w)) == (int, str, bytes)]
         check_key_matches(meta, keys, typed)
     name, pub = _signer(meta, keys, public_key)
+    chain = rotation.chain_from_rows((name, pub), conn.execute(rotation.ROTATION_ROWS_SQL))
     secrets = _unlock(conn, keys) if keys is not None else None
-    report = VerifyReport(signer=checkpoint.format_vkey(name, pub), decrypted=0 if secrets else None)
-    stored = _checked_checkpoints(conn, name, pub)
+    report = VerifyReport(signer=rotation.vkey_of(chain.current), decrypted=0 if secrets else None)
+    report.rotations = chain.rotations
+    stored = _checked_checkpoints(conn, name, chain)
     report.checkpoints = len(stored)
     report.newest_checkpoint = stored[-1][0].body() if stored else ""
     edges = {cp.size: edge for cp, edge in stored}
-    pinned = [_checked_anchor(a, name, pub) for a in anchors]
+    pinned = [_checked_anchor(a, chain) for a in anchors]
     checkpoints = sorted([*(cp for cp, _ in stored), *pinned], key=lambda c: c.size)
     frontier = merkle.Frontier()
     prev = format.GENESIS_PREV
@@ -201,6 +209,12 @@ def _verify(
                         check=Check.KEY_TABLE,
                     )
                 key_records[clear.key_id] = (i, clear)
+            elif isinstance(clear, SigningKeyRecord):
+                if i not in chain.rotations:  # the chain was read through the dedup index
+                    raise LogIntegrityError(
+                        i, "signing-key rotation record is not indexed as one (its dedup entry was altered)",
+                        check=Check.TAGS,
+                    )  # fmt: skip
             else:
                 blobs.check_record(i, clear)
         if secrets is not None:
@@ -386,14 +400,15 @@ def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes]) -> None
 
 
 def _checked_checkpoints(
-    conn: sqlite3.Connection, name: str, pub: Ed25519PublicKey
+    conn: sqlite3.Connection, name: str, chain: rotation.KeyChain
 ) -> list[tuple[checkpoint.Checkpoint, bytes]]:
-    """Every stored checkpoint with its stored tree edge, after checking signature, size, time and origin."""
+    """Every stored checkpoint with its stored tree edge, after checking signature (by the key of the chain
+    current at its size), size, time and origin."""
     out: list[tuple[checkpoint.Checkpoint, bytes]] = []
     rows = conn.execute("SELECT size, created_ms, note, frontier FROM checkpoints ORDER BY size")
     for size, created_ms, note, edge in rows:
         try:
-            cp = checkpoint.verify_checkpoint_note(str(note), name, pub)
+            cp = chain.verify_checkpoint(str(note), check_origin=False)
         except checkpoint.CheckpointError as exc:
             raise LogIntegrityError(
                 size, f"checkpoint for tree size {size} does not verify: {exc}", check=Check.CHECKPOINT_SIGNATURE
@@ -475,7 +490,8 @@ def _signer(
     if checkpoint.format_vkey(*expected) != checkpoint.format_vkey(*stored):
         raise LogIntegrityError(
             None,
-            "the log claims another signing key than the one given",
+            "the log claims another signing key than the one given (pin the log's original KEY.pub; verify"
+            " follows any signing-key rotation from it)",
             expected=checkpoint.format_vkey(*expected),
             found=checkpoint.format_vkey(*stored),
             check=Check.SIGNING_KEY,
@@ -483,8 +499,8 @@ def _signer(
     return expected
 
 
-def _checked_anchor(note: str, name: str, pub: Ed25519PublicKey) -> checkpoint.Checkpoint:
+def _checked_anchor(note: str, chain: rotation.KeyChain) -> checkpoint.Checkpoint:
     try:
-        return checkpoint.verify_checkpoint_note(note, name, pub)
+        return chain.verify_checkpoint(note, check_origin=False)
     except checkpoint.CheckpointError as exc:
         raise UsageError(f"the pinned checkpoint does not verify against this log's key: {exc}") from None

@@ -34,10 +34,11 @@ from typing import Self
 
 from bridge.blobs import MediaKeys
 from bridge.errors import Check, LogIntegrityError
-from bridge.log import audit, crypto, format, merkle
+from bridge.log import audit, crypto, format, merkle, rotation
 from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
-from bridge.log.schema import check_key_matches, frontier_from_bytes, unwrap_keys
+from bridge.log.rotation import KeyChain
+from bridge.log.schema import check_key_matches, check_schema_version, frontier_from_bytes, unwrap_keys
 from bridge.log.verify import open_readonly
 
 #: Byte offset of appended_ms inside a packed header (after version, type, seq).
@@ -87,6 +88,7 @@ class LogView:
         self._conn = open_readonly(data_dir)
         try:
             meta = {str(k): bytes(v) for k, v in self._conn.execute("SELECT k, v FROM meta")}
+            check_schema_version(self._conn, meta)
             check_key_matches(meta, keys)
             rows = [
                 (int(k), str(p), bytes(w))
@@ -189,6 +191,18 @@ class LogView:
         )
         for seq, header, leaf, commit, body in cur:
             yield ScanRow(int(seq), bytes(header), bytes(leaf), bytes(commit), bytes(body))
+
+    def signing_chain(self) -> KeyChain:
+        """The log's signing keys from the key file's (pinned) key through its rotation records, each checked
+        (`bridge.log.rotation`); a bad rotation record raises LogIntegrityError naming it."""
+        return rotation.chain_from_rows(
+            (self._keys.key_name, self._keys.public_key), self._conn.execute(rotation.ROTATION_ROWS_SQL)
+        )
+
+    def rotation_records(self) -> Iterator[RangeRecord]:
+        """The SIGNING_KEY records (opened, leaf recomputed from the stored bytes), in log order."""
+        for seq in self.signing_chain().rotations:
+            yield next(self.records(seq, seq + 1))
 
     def stored_frontier(self, size: int) -> merkle.Frontier | None:
         """The tree's right edge stored with the checkpoint at `size` (not verified: callers check its root

@@ -26,6 +26,7 @@ from typing import Protocol
 
 from bridge.errors import UsageError
 from bridge.log import format
+from bridge.log import keys as keyfile
 from bridge.log.control import ControlClient
 from bridge.log.keys import KeyMaterial
 from bridge.log.lock import WriterBusy
@@ -57,6 +58,11 @@ class Writer(Appender, Protocol):
         ...
 
     async def rotate_data_key(self) -> int: ...
+
+    async def rotate_signing_key(self, key_file: Path) -> tuple[int, str]:
+        """Hand signing over to the key in `key_file` (an absolute path: a running bot loads it itself):
+        (rotation record's position, new verifier key)."""
+        ...
 
     async def seal_prefix(self, size: int) -> str: ...
 
@@ -95,6 +101,9 @@ class LocalWriter:
     async def rotate_data_key(self) -> int:
         return await self.store.rotate_data_key()
 
+    async def rotate_signing_key(self, key_file: Path) -> tuple[int, str]:
+        return await self.store.rotate_signing_key(keyfile.load_signing_key(key_file, self.store.keys))
+
     async def seal_prefix(self, size: int) -> str:
         return await self.store.seal_prefix(size)
 
@@ -119,6 +128,10 @@ class RemoteWriter:
 
     async def rotate_data_key(self) -> int:
         return int(await self._client.call("rotate_key"))
+
+    async def rotate_signing_key(self, key_file: Path) -> tuple[int, str]:
+        reply = await self._client.call("rotate_signing_key", key_file=str(key_file))
+        return int(reply["seq"]), str(reply["vkey"])
 
     async def seal_prefix(self, size: int) -> str:
         return str(await self._client.call("seal_prefix", size=size))

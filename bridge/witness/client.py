@@ -10,10 +10,12 @@ the size it last cosigned catches it up to the newest checkpoint. A 409 tells us
 409 is the witness refusing this checkpoint (422: it is inconsistent with what it cosigned, evidence of a
 fork or a rewrite) and is logged as an ALERT; it is retried after `retry_max`.
 
-`leaves(n)` (injected; runs in a worker thread) gives the first n stored leaf hashes. Before sending, their
-root must be the signed one, so a damaged local store is reported here rather than by the witness.
-Cost: O(n) leaf reads per new checkpoint (about 1 s per 10^6 records); stored subtree roots would make it
-O(log n) and are left for later.
+`leaf_range(start, end)` (injected; runs in a worker thread) gives the stored leaf hashes [start, end). They
+feed a `SubtreeCache` (bridge/log/subtrees.py: aligned subtree roots in memory, ~250 KB per 10^6 records),
+built with one read of the log at the first round and extended with the new leaves only; each consistency
+proof then costs O(log n) hashes and at most ~512 leaf reads. Before sending, the cache's root at the
+checkpoint's size must be the signed one, so a damaged local store is reported here rather than by the
+witness (the cache is then dropped and rebuilt at the next round).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from bridge.errors import SourceError
-from bridge.log import merkle
+from bridge.log.subtrees import SubtreeCache
 from bridge.witness.cosigned import CosignatureStore
 from bridge.witness.note import NoteError, NoteSignature, Verifier, parse_checkpoint, parse_signature_lines, split_note
 from bridge.witness.request import AddCheckpoint
@@ -110,7 +112,7 @@ class Witnessing:
         targets: Sequence[tuple[str, Verifier]],
         store: CosignatureStore,
         latest_note: Callable[[], Awaitable[str | None]],
-        leaves: Callable[[int], Sequence[bytes]],
+        leaf_range: Callable[[int, int], Sequence[bytes]],
         *,
         quorum: int = 1,
         poll_seconds: float = 2.0,
@@ -122,7 +124,8 @@ class Witnessing:
         self.targets = [WitnessTarget(url, key) for url, key in targets]
         self.store = store
         self._latest_note = latest_note
-        self._leaves = leaves
+        self._leaf_range = leaf_range
+        self._cache: SubtreeCache | None = None
         self.quorum = quorum
         self.witnessed: bool | None = None  # does the newest checkpoint have a quorum? (None: not known yet)
         self.poll_seconds = poll_seconds
@@ -162,7 +165,7 @@ class Witnessing:
             return {}
         text, _ = split_note(note)
         cp = parse_checkpoint(text)
-        leaves: Sequence[bytes] | None = None
+        cache: SubtreeCache | None = None
         report: dict[str, str] = {}
         now = self._clock()
         for t in self.targets:
@@ -174,14 +177,28 @@ class Witnessing:
             if not force and now < t.next_try:
                 report[t.url] = "waiting to retry"
                 continue
-            if leaves is None:
-                leaves = await asyncio.to_thread(self._leaves, cp.size)
-                if len(leaves) != cp.size or merkle.root(leaves) != cp.root:
+            if cache is None:
+                cache = await self._cache_at(cp.size, cp.root)
+                if cache is None:
                     log.error("ALERT stored leaves do not give the signed root; not asking witnesses",
                               extra={"size": cp.size})  # fmt: skip
                     return {t.url: "local leaves do not match the checkpoint" for t in self.targets}
-            report[t.url] = await self._ask(session, t, note, cp.size, leaves)
+            report[t.url] = await self._ask(session, t, note, cp.size, cache)
         return report
+
+    async def _cache_at(self, size: int, root: bytes) -> SubtreeCache | None:
+        """The subtree cache holding at least `size` leaves whose root at `size` is `root`; None (and the cache
+        dropped) when the stored leaves do not give it."""
+        cache = self._cache
+        if cache is None or cache.size > size:  # first round, or the log's newest checkpoint went back
+            cache = SubtreeCache(self._leaf_range)
+        try:
+            await asyncio.to_thread(cache.extend, size)
+            ok = await asyncio.to_thread(cache.root, size) == root
+        except ValueError:  # the log gave fewer leaves than the checkpoint covers
+            ok = False
+        self._cache = cache if ok else None
+        return self._cache
 
     def _report_quorum(self, report: dict[str, str]) -> None:
         """Log when the newest checkpoint loses or regains its quorum of cosignatures (once per change)."""
@@ -201,7 +218,7 @@ class Witnessing:
         return any(t.key.matches(s) for s in self.store.signatures_for(text))
 
     async def _ask(
-        self, session: aiohttp.ClientSession, t: WitnessTarget, note: str, size: int, leaves: Sequence[bytes]
+        self, session: aiohttp.ClientSession, t: WitnessTarget, note: str, size: int, cache: SubtreeCache
     ) -> str:
         text, _ = split_note(note)
         for _attempt in range(2):  # a 409 tells us the witness's size: one more try with a proof from it
@@ -210,7 +227,7 @@ class Witnessing:
                 return self._failed(
                     t, f"witness holds size {old}, larger than our newest checkpoint {size}", alert=True
                 )
-            proof = merkle.consistency_proof(leaves[:size], old) if old else []
+            proof = await asyncio.to_thread(cache.consistency_proof, old, size) if old else []
             try:
                 outcome = await add_checkpoint(
                     session, t.url, t.key, AddCheckpoint(old, tuple(proof), note), self.timeout
