@@ -96,7 +96,7 @@ class LogView:
                 self._index_key, self._data_keys = unwrap_keys(rows, keys)
             except crypto.AuthError as exc:
                 raise LogIntegrityError(None, f"key table altered: {exc}", check=Check.KEY_TABLE) from None
-            self._sealers = {k: crypto.Sealer(v) for k, v in self._data_keys.items()}
+            self._sealers = crypto.sealers(self._data_keys)
         except BaseException:
             self._conn.close()
             raise
