@@ -25,7 +25,7 @@ import enum
 import hashlib
 import struct
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from bridge.errors import DataError
 from bridge.log import crypto, merkle
@@ -62,8 +62,10 @@ class FormatError(DataError, ValueError):
     """Bytes that are not a record of a known version/type."""
 
 
-@dataclass(frozen=True, slots=True)
-class RecordHeader:
+class RecordHeader(NamedTuple):
+    """A parsed header (a named tuple: readers build one per record, and a frozen dataclass costs five times
+    as much to construct)."""
+
     version: int
     type: RecordType
     seq: int
@@ -74,16 +76,10 @@ class RecordHeader:
     prev_leaf: bytes
 
     def pack(self) -> bytes:
-        return _HEADER.pack(
-            self.version,
-            self.type,
-            self.seq,
-            self.appended_ms,
-            self.key_id,
-            self.conversation_tag,
-            self.nonce,
-            self.prev_leaf,
-        )
+        return _HEADER.pack(*self)
+
+
+_TYPES: dict[int, RecordType] = {t.value: t for t in RecordType}
 
 
 def unpack_header(data: bytes) -> RecordHeader:
@@ -92,10 +88,9 @@ def unpack_header(data: bytes) -> RecordHeader:
     version, rtype, seq, appended_ms, key_id, tag, nonce, prev = _HEADER.unpack(data)
     if version != FORMAT_VERSION:
         raise FormatError(f"unknown record version {version}")
-    try:
-        record_type = RecordType(rtype)
-    except ValueError as exc:
-        raise FormatError(f"unknown record type {rtype}") from exc
+    record_type = _TYPES.get(rtype)
+    if record_type is None:
+        raise FormatError(f"unknown record type {rtype}")
     return RecordHeader(version, record_type, seq, appended_ms, key_id, tag, nonce, prev)
 
 
