@@ -7,6 +7,7 @@ import unicodedata
 from datetime import datetime
 from html.parser import HTMLParser
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import lxml.html
 import pytest
@@ -24,7 +25,9 @@ from bridge.archive.transcript import (
     safe_href,
     write_transcript,
 )
-from bridge.events import MATRIX, SIGNAL, Attachment, ConversationId, Event, EventId, Kind, SenderId
+from bridge.archive.transcript.message import general_body, message_body
+from bridge.archive.transcript.text import _full, local_time, time_html
+from bridge.events import MATRIX, SIGNAL, Attachment, ConversationId, Event, EventId, Kind, SenderId, SourceName
 from bridge.policy import Withheld
 
 ROOM = "!room:example.org"
@@ -652,3 +655,42 @@ def test_unknown_event_shows_type_and_content() -> None:
     text = text_of(doc)
     assert "onbekende gebeurtenis van type com.example.thing" in text and '"x": "<b>1</b>"' in text
     assert not doc.xpath("//b")
+
+
+@given(
+    content=st.dictionaries(
+        st.sampled_from(["msgtype", "body"]),
+        st.none() | st.booleans() | st.integers() | st.text() | st.lists(st.text(), max_size=2),
+    ),
+    source=st.sampled_from(["matrix", "signal"]),
+)
+def test_the_plain_message_fast_path_is_the_general_body(content: dict[str, object], source: str) -> None:
+    """`message_body`'s fast path (content of only msgtype and body, no attachments) gives exactly what the
+    general path gives (issue 15: transcript speed; output must stay byte-identical)."""
+    ev = Event(
+        source=SourceName(source),
+        conversation=ConversationId("!r:example.org"),
+        event_id=EventId("$e"),
+        kind=Kind.MESSAGE,
+        sender=SenderId("@a:example.org"),
+        sent_at=1,
+        received_at=1,
+        content=content,
+    )
+    assert message_body(ev, {}) == general_body(ev, {})
+
+
+@given(
+    ms=st.integers(-62_135_596_800_000, 253_402_300_799_000),
+    zone=st.sampled_from(["Europe/Amsterdam", "UTC", "America/St_Johns", "Asia/Kathmandu", "America/Caracas"]),
+)
+def test_time_html_is_the_full_dutch_time(ms: int, zone: str) -> None:
+    """`time_html` (built from the ISO text's pieces) shows exactly `_full`, the clock time and the ISO time,
+    for any time and zone (old offsets with seconds too)."""
+    tz = ZoneInfo(zone)
+    t = local_time(ms, tz)
+    if t is None:
+        return
+    want = f'<time class="time" datetime="{t.isoformat()}" title="{_full(t)}">{t.hour:02d}:{t.minute:02d}</time>'
+    assert time_html(ms, tz) == want
+    assert time_html(ms, tz, t) == want

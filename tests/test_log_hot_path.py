@@ -59,7 +59,10 @@ def test_seal_record_is_the_documented_composition(
     assert commit == format.commitment(salt + payload)
     assert body == crypto.seal(key, nonce, salt + payload, format.associated_data(log_id, header, commit))
     assert leaf == format.leaf_of(header, commit, body)
-    assert format.open_record(log_id, {key_id: key}, format.unpack_header(header), header, commit, body) == payload
+    assert (
+        format.open_record(log_id, crypto.sealers({key_id: key}), format.unpack_header(header), header, commit, body)
+        == payload
+    )
 
 
 @given(parts=st.lists(st.text(), min_size=1, max_size=5), key=_bytes(min_size=32, max_size=32))
@@ -134,7 +137,7 @@ async def test_records_sealed_by_the_fast_path_open_to_their_events(empty_log: L
     for (seq, header_b, commit, body), event in zip(rows, events, strict=True):
         header = format.unpack_header(header_b)
         assert header.seq == seq
-        payload = format.open_record(empty_log.keys.log_id, data_keys, header, header_b, commit, body)
+        payload = format.open_record(empty_log.keys.log_id, crypto.sealers(data_keys), header, header_b, commit, body)
         assert payload == canonical_bytes(event)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
+from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -96,6 +97,11 @@ class Sealer:
             return self._aead.decrypt(nonce, ciphertext, ad)
         except InvalidTag as exc:
             raise AuthError("record does not authenticate") from exc
+
+
+def sealers(keys: Mapping[int, bytes]) -> dict[int, Sealer]:
+    """One `Sealer` per key id, for readers that open many records."""
+    return {key_id: Sealer(key) for key_id, key in keys.items()}
 
 
 def seal(key: bytes, nonce: bytes, plaintext: bytes, ad: bytes) -> bytes:

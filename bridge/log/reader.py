@@ -80,15 +80,14 @@ def _iter_payloads(
         check_key_matches(meta, keys, [(int(k), str(p), bytes(w)) for k, p, w in conn.execute(
             "SELECT key_id, purpose, wrapped FROM keys")])  # fmt: skip
         _, data_keys = load_keys(conn, keys)
+        sealers = crypto.sealers(data_keys)
         cursor = conn.execute("SELECT seq, header, commitment, body FROM records WHERE seq >= ? ORDER BY seq", (start,))
         for seq, header_b, commit, body in cursor:
             header = format.unpack_header(bytes(header_b))
             if header.type != rtype:
                 continue
             try:
-                payload = format.open_record(
-                    keys.log_id, data_keys, header, bytes(header_b), bytes(commit), bytes(body)
-                )
+                payload = format.open_record(keys.log_id, sealers, header, bytes(header_b), bytes(commit), bytes(body))
             except format.RecordAuthError as exc:
                 raise LogIntegrityError(int(seq), str(exc), check=audit.auth_check(exc)) from None
             yield int(seq), payload

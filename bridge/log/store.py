@@ -115,7 +115,7 @@ class LogStore:
         self._index_key = index_key
         self._data_keys = data_keys
         self._current_key = current_key
-        self._sealers = {k: crypto.Sealer(v) for k, v in data_keys.items()}
+        self._sealers = crypto.sealers(data_keys)
         # The head: what is sealed, including batches still committing.
         self._frontier = frontier
         self._prev_leaf = prev_leaf
@@ -480,7 +480,7 @@ class LogStore:
             header_b = bytes(row[0])
             header = format.unpack_header(header_b)
             payload = format.open_record(
-                self._keys.log_id, self._data_keys, header, header_b, bytes(row[1]), bytes(row[2])
+                self._keys.log_id, self._sealers, header, header_b, bytes(row[1]), bytes(row[2])
             )
             return event_from_bytes(payload)
         except (format.FormatError, format.RecordAuthError, EncodingError):

@@ -187,7 +187,24 @@ def time_html(ms: int | None, tz: tzinfo = TIMEZONE, t: datetime | None = None) 
         t = local_time(ms, tz)
     if t is None:
         return f'<span class="time">{esc(dutch_time(ms, tz))}</span>'
-    return f'<time class="time" datetime="{t.isoformat()}" title="{_full(t)}">{t.hour:02d}:{t.minute:02d}</time>'
+    # `_full(t)` from the ISO text's pieces (years are always four digits there): the Dutch date per day and
+    # the offset per ISO suffix are the functions' own results, kept (one entry per day costs two of them).
+    iso = t.isoformat()
+    day, off = _DAYS_SEEN.get(iso[:10]), _OFFSETS_SEEN.get(iso[19:])
+    if day is None:
+        if len(_DAYS_SEEN) > _SEEN_MAX:
+            _DAYS_SEEN.clear()
+        day = _DAYS_SEEN[iso[:10]] = dutch_date(t)
+    if off is None:
+        if len(_OFFSETS_SEEN) > _SEEN_MAX:
+            _OFFSETS_SEEN.clear()
+        off = _OFFSETS_SEEN[iso[19:]] = _offset(t)
+    return f'<time class="time" datetime="{iso}" title="{day} {iso[11:19]} ({off})">{iso[11:16]}</time>'
+
+
+_DAYS_SEEN: dict[str, str] = {}
+_OFFSETS_SEEN: dict[str, str] = {}
+_SEEN_MAX = 4096
 
 
 # -- emoji ---------------------------------------------------------------------------------------------
