@@ -23,6 +23,7 @@ import shutil
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,18 @@ def write_config(
     )
 
 
-async def chat(minister: Official, woordvoerder: Official, bot_id: str, sent: dict[str, str]) -> None:
-    """The demo conversation: every kind of event the archive must keep."""
+async def chat(
+    minister: Official,
+    woordvoerder: Official,
+    bot_id: str,
+    sent: dict[str, str],
+    durable: Callable[[str], Awaitable[None]],
+) -> None:
+    """The demo conversation: every kind of event the archive must keep.
+
+    The minister deletes a message only once the bot has it (`durable`): the homeserver strips a redacted
+    event's content, so a bot that syncs after the deletion (a loaded machine) could only store the stripped
+    original. Capturing before any deletion is what the server-side module is for (docs/synapse-module.md)."""
     both = [woordvoerder.user_id, bot_id]
     encrypted = await minister.create_room(encrypted=True, invite=both, name="Overleg Kamerbrief (versleuteld)")
     plain = await minister.create_room(encrypted=False, invite=both, name="Persberichten")
@@ -138,6 +149,7 @@ async def chat(minister: Official, woordvoerder: Official, bot_id: str, sent: di
         )
         await send(woordvoerder, room, await upload(woordvoerder, secure))
         oops = await send(minister, room, {"msgtype": "m.text", "body": "Dit had ik niet moeten sturen."})
+        await durable(oops)
         redaction = ok(await minister.client.room_redact(room, oops, reason="verkeerde chat"))
         sent[str(redaction.event_id)] = room
 
@@ -196,15 +208,17 @@ async def run_demo(workdir: Path) -> DemoResult:
             return await asyncio.to_thread(server.has_device_keys, token, bot_id)
 
         await poll_until(bot_ready, timeout=CAPTURE_TIMEOUT, interval=0.2)
-        await chat(officials[0], officials[1], bot_id, result.sent)
 
-        def captured() -> bool:
+        def holds(wanted: set[str]) -> bool:
             if bot is not None and bot.done():
                 bot.result()  # surface the bot's error instead of waiting for the timeout
-            ids = {e.event_id for _, e in iter_events(result.data_dir, material)}
-            return set(result.sent) <= ids
+            return wanted <= {e.event_id for _, e in iter_events(result.data_dir, material)}
 
-        await poll_until(captured, timeout=CAPTURE_TIMEOUT, interval=0.3)
+        async def durable(event_id: str) -> None:
+            await poll_until(lambda: holds({event_id}), timeout=CAPTURE_TIMEOUT, interval=0.1)
+
+        await chat(officials[0], officials[1], bot_id, result.sent, durable)
+        await poll_until(lambda: holds(set(result.sent)), timeout=CAPTURE_TIMEOUT, interval=0.3)
         stop.set()
         await bot
         result.events = list(iter_events(result.data_dir, material))
