@@ -60,6 +60,7 @@ from nio import (
 
 from bridge.errors import SourceError
 from bridge.sources.matrix.session import SavedSession, SessionFileError, load_session, save_session
+from bridge.sources.matrix.timing import SyncTimer
 from bridge.sources.offload import off_loop
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,15 @@ async def checked(call: Awaitable[Any], what: str) -> Any:
 class RawKeepingClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
     """nio's client that also keeps the raw JSON of sync and /messages responses."""
 
+    #: Debug timing of the sync in flight (`timing`; None unless the bench asks for it).
+    timer: SyncTimer | None = None
+
+    async def send(self, *args: Any, **kwargs: Any) -> aiohttp.ClientResponse:
+        response: aiohttp.ClientResponse = await super().send(*args, **kwargs)
+        if self.timer is not None:
+            self.timer.mark("http")
+        return response
+
     async def create_matrix_response(
         self,
         response_class: type,
@@ -127,6 +137,8 @@ class RawKeepingClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
             # (off the loop when large: a full-state sync of many rooms runs to megabytes).
             body = await transport_response.read()
             response.raw_body = await off_loop(len(body), orjson.loads, body)
+            if self.timer is not None:
+                self.timer.mark("parsed")
         if response_class is KeysQueryResponse and not isinstance(response, ErrorResponse):
             _drop_display_names(response.device_keys)
         return response
@@ -153,6 +165,8 @@ class RawKeepingClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
             return
         with store.database.atomic():
             await super().receive_response(response)
+        if self.timer is not None:
+            self.timer.mark("received")
 
 
 def _drop_display_names(device_keys: Any) -> None:

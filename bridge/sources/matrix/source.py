@@ -103,6 +103,7 @@ from bridge.sources.matrix.media import MediaFetcher, fetch_attachments
 from bridge.sources.matrix.normalise import normalise
 from bridge.sources.matrix.planner import Backfill, RoomPlan, Rules, SyncState, plan
 from bridge.sources.matrix.redacted import recover_original
+from bridge.sources.matrix.timing import SyncTimer
 from bridge.sources.matrix.state import LEGACY_FILE, SourceState, decode, encode, migrate_legacy, pending_event
 from bridge.sources.matrix.upgrades import Tombstone, back_link, tombstone
 from bridge.sources.matrix.watch import EMPTY, HoleWatch
@@ -175,6 +176,8 @@ class MatrixSource:
         self._watch = HoleWatch()
         #: Tombstones seen since the last sync batch was committed (a backfill page may hold one).
         self._tombstones: list[tuple[str, Tombstone]] = []
+        #: Debug timing per sync batch (`timing`): None unless the bench sets its environment variable.
+        self._timer = SyncTimer.from_env()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -211,9 +214,11 @@ class MatrixSource:
             max_timeouts=1,
             request_timeout=max(30.0, self.cfg.sync_timeout_ms / 1000 + 15),
         )
-        return RawKeepingClient(
+        client = RawKeepingClient(
             self.cfg.homeserver, self.cfg.user_id or "", store_path=str(self.cfg.store_dir), config=config
         )
+        client.timer = self._timer
+        return client
 
     async def _run_connected(self, stop: asyncio.Event) -> None:
         client = self._new_client()
@@ -280,6 +285,8 @@ class MatrixSource:
             ),
             "sync",
         )
+        if self._timer is not None:
+            self._timer.start()
         sync_task = asyncio.ensure_future(call)
         stop_task = asyncio.ensure_future(stop.wait())
         try:
@@ -324,7 +331,11 @@ class MatrixSource:
         await self._follow_upgrades(client, batch)
         if self._outage is not None:
             batch.events.append(self._gap_notice(self._outage))
+        if self._timer is not None:
+            self._timer.mark("normalised")
         await self._commit(client, batch, response.next_batch)
+        if self._timer is not None:
+            self._timer.flush(e.event_id for e in batch.events)
         self._watch.batch_done()
         self._outage = None
         self.synced.set()
@@ -352,7 +363,11 @@ class MatrixSource:
             heads=self._watch.heads() if token is not None else None,
         )
         changed = token is not None or state != self._state or self._legacy is not None
+        if self._timer is not None:
+            self._timer.mark("queued")
         await self.sink.commit(events, encode(state) if changed else None)
+        if self._timer is not None:
+            self._timer.mark("durable")
         self._state = state
         self._commits += 1
         self._drop_legacy_file()
