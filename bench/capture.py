@@ -9,7 +9,12 @@ One throwaway Synapse (bridge.dev.synapse) on 127.0.0.1 holds, side by side:
 - peer module: `bench/peer/peer_archive.py` loaded into the same Synapse, a server-side archiver that stores
   each plain-room message from `on_new_event` in its own SQLite file with an fsync (it cannot read encrypted
   rooms); polled the same way, in the same loop;
-- listener: a bare nio client in its own sync loop (decrypts, stores nothing): the floor of any sync client.
+- listener: a bare nio client in its own sync loop (decrypts, stores nothing): the floor of any sync client;
+- push (with `--push`): `bench/peer/appservice_receiver.py`, an application service registered with the same
+  Synapse for the bot's rooms, which stores each plain-room message pushed to it with an fsync before it answers
+  (Synapse retries until then): what receiving plain rooms by push instead of sync would cost, before building
+  it in. Off by default: Synapse's own bookkeeping of each push transaction (database writes) slows the syncs
+  of everyone else on the server, so it is measured in a run of its own.
 
 Each case (1 and 8 senders, a plain and an encrypted room) sends `--messages` messages one at a time per sender:
 a sender sends its next message once the previous one is durable in chatarchief's log and seen by the others
@@ -24,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import os
 import signal
@@ -38,12 +44,13 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bridge.dev.officials import Official, make_official, ok  # noqa: E402
-from bridge.dev.synapse import SynapseServer  # noqa: E402
+from bridge.dev.synapse import SynapseServer, free_port  # noqa: E402
 from bridge.events import MATRIX  # noqa: E402
 from bridge.log import keys as keyfile  # noqa: E402
 from bridge.log.keys import KeyMaterial  # noqa: E402
@@ -98,40 +105,45 @@ async def listen(listener: Official, rooms: set[str], seen: Observed, stop: asyn
 class Watch:
     """Polls the bot's log (by dedup tag) and the peer module's database (by event id), read-only, in one loop."""
 
-    def __init__(self, data_dir: Path, keys: KeyMaterial, peer_db: Path) -> None:
+    def __init__(self, data_dir: Path, keys: KeyMaterial, peer_db: Path, push_db: Path | None) -> None:
         self.log = sqlite3.connect(f"file:{data_dir / 'log.sqlite3'}?mode=ro", uri=True)
         rows = [(int(k), str(p), bytes(w)) for k, p, w in self.log.execute("SELECT key_id, purpose, wrapped FROM keys")]
         self.index_key, _ = unwrap_keys(rows, keys)
-        self.peer = sqlite3.connect(f"file:{peer_db}?mode=ro", uri=True)
+        self.peers = {"peer": sqlite3.connect(f"file:{peer_db}?mode=ro", uri=True)}
+        if push_db is not None:
+            self.peers["push"] = sqlite3.connect(f"file:{push_db}?mode=ro", uri=True)
         self.in_log: dict[bytes, str] = {}
-        self.in_peer: set[str] = set()
+        self.waiting: dict[str, set[str]] = {name: set() for name in self.peers}
         #: event id -> CLOCK_MONOTONIC when the peer module's callback ran (Synapse had persisted it).
         self.persisted: dict[str, float] = {}
 
     def expect(self, room_id: str, event_id: str, peer: bool) -> None:
         self.in_log[dedup_tag(self.index_key, MATRIX, room_id, event_id)] = event_id
         if peer:
-            self.in_peer.add(event_id)
+            for waiting in self.waiting.values():
+                waiting.add(event_id)
 
     def cursor_set(self) -> bool:
         return bool(self.log.execute("SELECT count(*) FROM cursors").fetchone()[0] > 0)
 
-    async def run(self, stored: Observed, peer: Observed, stop: asyncio.Event) -> None:
+    async def run(self, stored: Observed, others: dict[str, Observed], stop: asyncio.Event) -> None:
         while not stop.is_set():
             if self.in_log:
                 tags = list(self.in_log)
-                sql = f"SELECT dedup FROM records WHERE dedup IN ({','.join('?' * len(tags))})"  # noqa: S608
+                sql = f"SELECT dedup FROM records WHERE dedup IN ({','.join('?' * len(tags))})"
                 now = time.monotonic()
                 for (tag,) in self.log.execute(sql, tags):
                     stored.mark(self.in_log.pop(bytes(tag)), now)
-            if self.in_peer:
-                ids = list(self.in_peer)
-                sql = f"SELECT event_id, seen FROM messages WHERE event_id IN ({','.join('?' * len(ids))})"  # noqa: S608
+            for name, conn in self.peers.items():
+                if not (ids := list(self.waiting[name])):
+                    continue
+                sql = f"SELECT event_id, seen FROM messages WHERE event_id IN ({','.join('?' * len(ids))})"
                 now = time.monotonic()
-                for event_id, seen in self.peer.execute(sql, ids):
-                    self.in_peer.discard(event_id)
-                    self.persisted[event_id] = seen
-                    peer.mark(event_id, now)
+                for event_id, seen in conn.execute(sql, ids):
+                    self.waiting[name].discard(event_id)
+                    if name == "peer":
+                        self.persisted[event_id] = seen
+                    others[name].mark(event_id, now)
             await asyncio.sleep(POLL)
 
 
@@ -182,9 +194,36 @@ def fsync_baseline(work: Path, n: int = 200) -> list[float]:
     return times
 
 
-def start_synapse(work: Path) -> SynapseServer:
+def start_receiver(work: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """The push receiver, and an application-service registration for Synapse that sends it the bot's rooms."""
+    port, hs_token = free_port(), os.urandom(16).hex()
+    receiver = subprocess.Popen(
+        [sys.executable, str(PEER_DIR / "appservice_receiver.py"), str(port), hs_token, str(work / "push.sqlite3")],
+        stdin=subprocess.DEVNULL,
+    )
+    registration = work / "appservice.yaml"
+    registration.write_text(
+        yaml.safe_dump(
+            {
+                "id": "chatarchief-push",
+                "url": f"http://127.0.0.1:{port}",
+                "as_token": os.urandom(16).hex(),
+                "hs_token": hs_token,
+                "sender_localpart": "archivepush",
+                "namespaces": {"users": [{"exclusive": False, "regex": "@archivebot:localhost"}]},
+                "rate_limited": False,
+            }
+        )
+    )
+    return receiver, registration
+
+
+def start_synapse(work: Path, registration: Path | None) -> SynapseServer:
     peer = {"module": "peer_archive.PeerArchive", "config": {"database": str(work / "peer.sqlite3")}}
-    server = SynapseServer(work / "synapse", extra_config={"modules": [peer]})
+    extra: dict[str, Any] = {"modules": [peer]}
+    if registration is not None:
+        extra["app_service_config_files"] = [str(registration)]
+    server = SynapseServer(work / "synapse", extra_config=extra)
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PEER_DIR), old) if p)
     try:
@@ -197,8 +236,14 @@ def start_synapse(work: Path) -> SynapseServer:
     return server
 
 
-async def bench(work: Path, senders_cases: list[int], messages: int) -> None:
-    server = await asyncio.to_thread(start_synapse, work)
+async def bench(work: Path, senders_cases: list[int], messages: int, with_push: bool) -> None:
+    receiver, registration = start_receiver(work) if with_push else (None, None)
+    try:
+        server = await asyncio.to_thread(start_synapse, work, registration)
+    except BaseException:
+        if receiver is not None:
+            receiver.terminate()
+        raise
     bot_proc: subprocess.Popen[bytes] | None = None
     people: list[Official] = []
     trace = work / "trace.jsonl"
@@ -238,8 +283,10 @@ async def bench(work: Path, senders_cases: list[int], messages: int) -> None:
             nonlocal watch
             if bot_proc is not None and bot_proc.poll() is not None:
                 raise RuntimeError(f"bot exited: {(work / 'bot.stderr').read_text()[-2000:]}")
-            if watch is None and (work / "data" / "log.sqlite3").exists() and (work / "peer.sqlite3").exists():
-                watch = Watch(work / "data", keys, work / "peer.sqlite3")
+            push_db = work / "push.sqlite3" if with_push else None
+            dbs = [work / "data" / "log.sqlite3", work / "peer.sqlite3", *([push_db] if push_db else [])]
+            if watch is None and all(db.exists() for db in dbs):
+                watch = Watch(work / "data", keys, dbs[1], push_db)
             return watch is not None and watch.cursor_set()
 
         await until(bot_ready, 90, "the bot's first sync")
@@ -257,10 +304,10 @@ async def bench(work: Path, senders_cases: list[int], messages: int) -> None:
 
         await until(all_joined, 90, "everyone to join")
         stop = asyncio.Event()
-        heard, stored, peer = Observed(), Observed(), Observed()
+        heard, stored, peer, push = Observed(), Observed(), Observed(), Observed()
         tasks = [
             asyncio.create_task(listen(listener, set(rooms.values()), heard, stop)),
-            asyncio.create_task(watch.run(stored, peer, stop)),
+            asyncio.create_task(watch.run(stored, {"peer": peer, "push": push}, stop)),
         ]
 
         async def one(s: Official, room: str, body: str, case: str | None) -> None:
@@ -272,7 +319,7 @@ async def bench(work: Path, senders_cases: list[int], messages: int) -> None:
             rtt = time.monotonic() - t0
             event_id = str(response.event_id)
             watch.expect(room_id, event_id, peer=room == "plain")
-            observers = [stored, heard, *([peer] if room == "plain" else [])]
+            observers = [stored, heard, *(([peer, push] if with_push else [peer]) if room == "plain" else [])]
             await asyncio.gather(*(o.wait(event_id) for o in observers))
             if case is not None:
                 samples.append(Sample(case, room, event_id, t0, rtt))
@@ -300,8 +347,11 @@ async def bench(work: Path, senders_cases: list[int], messages: int) -> None:
         for p in people:
             await p.client.close()
         await asyncio.to_thread(server.stop)
+        if receiver is not None:
+            receiver.terminate()
+            receiver.wait(10)
     assert watch is not None
-    report(samples, heard, stored, peer, watch.persisted, trace, fsync_baseline(work), messages)
+    report(samples, heard, stored, peer, push, watch.persisted, trace, fsync_baseline(work), messages)
 
 
 def row(label: str, values: list[float]) -> str:
@@ -313,6 +363,7 @@ def report(
     heard: Observed,
     stored: Observed,
     peer: Observed,
+    push: Observed,
     persisted: dict[str, float],
     trace: Path,
     fsync_ms: list[float],
@@ -334,6 +385,8 @@ def report(
         if group[0].room == "plain":
             mod = [(peer.at[s.event_id] - s.t0) * 1000 for s in group]
             print(row("peer module in Synapse (durable)", mod))
+            if push.at:
+                print(row("push: app service (durable)", [(push.at[s.event_id] - s.t0) * 1000 for s in group]))
             goal += f", <= peer {pct(mod, 0.5):.1f}"
             met = met and pct(durable, 0.5) <= pct(mod, 0.5)
         print(row("chatarchief (durable)", durable))
@@ -369,7 +422,7 @@ def breakdown(samples: list[Sample], stored: Observed, persisted: dict[str, floa
                 late += 1  # the bot was between syncs when the message was sent
             points += [(name, marks[name]) for name in STAGES[1:] if name in marks]
             points.append(("observed", stored.at[s.event_id]))
-            for (a, ta), (b, tb) in zip(points, points[1:], strict=False):
+            for (a, ta), (b, tb) in itertools.pairwise(points):
                 steps.setdefault(f"{a} -> {b}", []).append((tb - ta) * 1000)
         parts = "  ".join(f"{k} {statistics.median(v):.1f}" for k, v in steps.items())
         print(f"  {case}: {parts}  (sync sent after the message: {late}/{len(group)})")
@@ -379,10 +432,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=60, help="per sender and case")
     ap.add_argument("--senders", type=int, nargs="+", default=[1, 8], help="sender counts, one case each")
+    ap.add_argument("--push", action="store_true", help="also measure an application service's push (see above)")
     args = ap.parse_args()
     logging.getLogger("nio").setLevel(logging.ERROR)  # "Missing session for device": nio claims them itself
     with tempfile.TemporaryDirectory(prefix="chatarchief-bench-") as tmp:
-        asyncio.run(bench(Path(tmp), args.senders, args.messages))
+        asyncio.run(bench(Path(tmp), args.senders, args.messages, args.push))
 
 
 if __name__ == "__main__":

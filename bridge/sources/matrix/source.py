@@ -103,8 +103,8 @@ from bridge.sources.matrix.media import MediaFetcher, fetch_attachments
 from bridge.sources.matrix.normalise import normalise
 from bridge.sources.matrix.planner import Backfill, RoomPlan, Rules, SyncState, plan
 from bridge.sources.matrix.redacted import recover_original
-from bridge.sources.matrix.timing import SyncTimer
 from bridge.sources.matrix.state import LEGACY_FILE, SourceState, decode, encode, migrate_legacy, pending_event
+from bridge.sources.matrix.timing import SyncTimer
 from bridge.sources.matrix.upgrades import Tombstone, back_link, tombstone
 from bridge.sources.matrix.watch import EMPTY, HoleWatch
 from bridge.sources.outage import Backoff, Outage, gap_notice, wait
