@@ -433,8 +433,14 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=60, help="per sender and case")
     ap.add_argument("--senders", type=int, nargs="+", default=[1, 8], help="sender counts, one case each")
     ap.add_argument("--push", action="store_true", help="also measure an application service's push (see above)")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (trace, logs) and print its path")
     args = ap.parse_args()
     logging.getLogger("nio").setLevel(logging.ERROR)  # "Missing session for device": nio claims them itself
+    if args.keep:
+        work = Path(tempfile.mkdtemp(prefix="chatarchief-bench-"))
+        print(f"work dir (kept: the bot's trace.jsonl, logs): {work}")
+        asyncio.run(bench(work, args.senders, args.messages, args.push))
+        return
     with tempfile.TemporaryDirectory(prefix="chatarchief-bench-") as tmp:
         asyncio.run(bench(Path(tmp), args.senders, args.messages, args.push))
 

@@ -57,6 +57,7 @@ from nio import (
     RoomMessagesResponse,
     SyncResponse,
 )
+from nio.store import DefaultStore
 
 from bridge.errors import SourceError
 from bridge.sources.matrix.session import SavedSession, SessionFileError, load_session, save_session
@@ -110,6 +111,36 @@ async def checked(call: Awaitable[Any], what: str) -> Any:
     if isinstance(response, ErrorResponse):
         raise MatrixRequestError(what, response.status_code, response.message)
     return response
+
+
+class LeanStore(DefaultStore):  # type: ignore[misc]  # nio is untyped
+    """nio's crypto store without its write-per-sync: nio hands every sync's encrypted rooms to
+    `save_encrypted_rooms`, which binds the store's ~40 models and runs an INSERT OR IGNORE each time (a few ms per
+    sync on the live path, the largest part of nio's share: bench/capture.py). Rooms this store already holds are
+    skipped; new ones are saved as before, in the sync's transaction. `_held` is what was loaded or saved by this
+    store object: after a failed sync (transaction rolled back) the source reconnects with a new client and store,
+    which loads it again from disk.
+    """
+
+    _held: set[str] | None = None
+
+    def load_encrypted_rooms(self) -> set[str]:
+        rooms: set[str] = super().load_encrypted_rooms()
+        self._held = set(rooms)
+        return rooms
+
+    def save_encrypted_rooms(self, rooms: Any) -> None:
+        held = self._held
+        new = list(rooms) if held is None else [r for r in rooms if r not in held]
+        if new:
+            super().save_encrypted_rooms(new)
+            if held is not None:
+                held.update(new)
+
+    def delete_encrypted_room(self, room: str) -> None:
+        super().delete_encrypted_room(room)
+        if self._held is not None:
+            self._held.discard(room)
 
 
 class RawKeepingClient(AsyncClient):  # type: ignore[misc]  # nio is untyped

@@ -88,6 +88,7 @@ from bridge.sources.matrix import crypto
 from bridge.sources.matrix.backfill import gap_pages
 from bridge.sources.matrix.bridges import BridgeTracker
 from bridge.sources.matrix.client import (
+    LeanStore,
     MatrixLoginError,
     MatrixRequestError,
     RawKeepingClient,
@@ -210,6 +211,7 @@ class MatrixSource:
             encryption_enabled=True,
             store_sync_tokens=False,
             pickle_key=base64.b64encode(self.cfg.pickle_key).decode("ascii"),
+            store=LeanStore,
             # nio retries connection errors forever by default; one retry, then our backoff.
             max_timeouts=1,
             request_timeout=max(30.0, self.cfg.sync_timeout_ms / 1000 + 15),
