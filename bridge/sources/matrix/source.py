@@ -143,6 +143,23 @@ class MatrixSourceConfig:
     backoff_max: float = 60.0
 
 
+def _sync_filter(timeline_limit: int) -> dict[str, Any]:
+    """What the bot syncs: rooms' timelines and state, to-device and device lists (never filtered: keys arrive
+    there). Read receipts, typing, presence and account data are left out: nothing archives them, and each one
+    woke the long-poll for a sync round and a commit (an fsync) of its own, which a message arriving meanwhile
+    waited behind: every reader's client sends receipts and typing around every message (docs/latency.md)."""
+    return {
+        "room": {
+            "timeline": {"limit": timeline_limit},
+            "state": {"lazy_load_members": False},
+            "ephemeral": {"types": []},
+            "account_data": {"types": []},
+        },
+        "presence": {"types": []},
+        "account_data": {"types": []},
+    }
+
+
 @dataclass(slots=True)
 class _Batch:
     """One sync response's worth of work, built before the commit, applied after it."""
@@ -272,10 +289,7 @@ class MatrixSource:
         # nio skips a response whose next_batch equals its own: keep it in step with
         # the committed cursor so a replayed batch is decrypted again.
         client.next_batch = cursor
-        sync_filter = {
-            "room": {"timeline": {"limit": self.cfg.timeline_limit}, "state": {"lazy_load_members": False}},
-            "presence": {"types": []},
-        }
+        sync_filter = _sync_filter(self.cfg.timeline_limit)
         call = checked(
             client.sync(
                 timeout=0 if first else self.cfg.sync_timeout_ms,
