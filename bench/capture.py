@@ -16,6 +16,9 @@ One throwaway Synapse (bridge.dev.synapse) on 127.0.0.1 holds, side by side:
   it in. Off by default: Synapse's own bookkeeping of each push transaction (database writes) slows the syncs
   of everyone else on the server, so it is measured in a run of its own.
 
+With `--receipts` the traffic is like real clients': each sender sends typing notices around its message and the
+listener a read receipt for what it saw (Synapse pushes both to every member's sync).
+
 Each case (1 and 8 senders, a plain and an encrypted room) sends `--messages` messages one at a time per sender:
 a sender sends its next message once the previous one is durable in chatarchief's log and seen by the others
 (8 senders do this concurrently). Latency runs from just before the sender's `room_send`; "send round trip" is
@@ -91,8 +94,11 @@ class Observed:
         await asyncio.wait_for(waiter.wait(), timeout)
 
 
-async def listen(listener: Official, rooms: set[str], seen: Observed, stop: asyncio.Event) -> None:
-    """The floor: a bare nio sync loop (nio decrypts); notes when each event id shows up."""
+async def listen(
+    listener: Official, rooms: set[str], seen: Observed, stop: asyncio.Event, receipts: set[asyncio.Task[Any]] | None
+) -> None:
+    """The floor: a bare nio sync loop (nio decrypts); notes when each event id shows up. With `receipts` it
+    also sends a read receipt for what it saw, in the background, as a reader's client does."""
     while not stop.is_set():
         response = await listener.sync(timeout_ms=5000)
         now = time.monotonic()
@@ -100,6 +106,11 @@ async def listen(listener: Official, rooms: set[str], seen: Observed, stop: asyn
             if room_id in rooms:
                 for event in room.timeline.events:
                     seen.mark(event.event_id, now)
+                if receipts is not None and room.timeline.events:
+                    last = room.timeline.events[-1].event_id
+                    task = asyncio.create_task(listener.client.room_read_markers(room_id, last, last))
+                    receipts.add(task)
+                    task.add_done_callback(receipts.discard)
 
 
 class Watch:
@@ -236,7 +247,7 @@ def start_synapse(work: Path, registration: Path | None) -> SynapseServer:
     return server
 
 
-async def bench(work: Path, senders_cases: list[int], messages: int, with_push: bool) -> None:
+async def bench(work: Path, senders_cases: list[int], messages: int, with_push: bool, with_receipts: bool) -> None:
     receiver, registration = start_receiver(work) if with_push else (None, None)
     try:
         server = await asyncio.to_thread(start_synapse, work, registration)
@@ -305,8 +316,9 @@ async def bench(work: Path, senders_cases: list[int], messages: int, with_push: 
         await until(all_joined, 90, "everyone to join")
         stop = asyncio.Event()
         heard, stored, peer, push = Observed(), Observed(), Observed(), Observed()
+        receipts: set[asyncio.Task[Any]] | None = set() if with_receipts else None
         tasks = [
-            asyncio.create_task(listen(listener, set(rooms.values()), heard, stop)),
+            asyncio.create_task(listen(listener, set(rooms.values()), heard, stop, receipts)),
             asyncio.create_task(watch.run(stored, {"peer": peer, "push": push}, stop)),
         ]
 
@@ -314,10 +326,14 @@ async def bench(work: Path, senders_cases: list[int], messages: int, with_push: 
             assert watch is not None
             room_id = rooms[room]
             content = {"msgtype": "m.text", "body": body}
+            if with_receipts:  # composing: the sender's client says it is typing
+                ok(await s.client.room_typing(room_id, True))
             t0 = time.monotonic()
             response = ok(await s.client.room_send(room_id, "m.room.message", content, ignore_unverified_devices=True))
             rtt = time.monotonic() - t0
             event_id = str(response.event_id)
+            if with_receipts:
+                ok(await s.client.room_typing(room_id, False))
             watch.expect(room_id, event_id, peer=room == "plain")
             observers = [stored, heard, *(([peer, push] if with_push else [peer]) if room == "plain" else [])]
             await asyncio.gather(*(o.wait(event_id) for o in observers))
@@ -339,7 +355,7 @@ async def bench(work: Path, senders_cases: list[int], messages: int, with_push: 
 
                 await asyncio.gather(*(sender(s) for s in senders[:n]))
         stop.set()
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks, *(receipts or ()))
     finally:
         if bot_proc is not None and bot_proc.poll() is None:
             bot_proc.send_signal(signal.SIGTERM)
@@ -433,16 +449,21 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=60, help="per sender and case")
     ap.add_argument("--senders", type=int, nargs="+", default=[1, 8], help="sender counts, one case each")
     ap.add_argument("--push", action="store_true", help="also measure an application service's push (see above)")
+    ap.add_argument(
+        "--receipts",
+        action="store_true",
+        help="traffic like real clients: senders send typing notices, the listener read receipts",
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (trace, logs) and print its path")
     args = ap.parse_args()
     logging.getLogger("nio").setLevel(logging.ERROR)  # "Missing session for device": nio claims them itself
     if args.keep:
         work = Path(tempfile.mkdtemp(prefix="chatarchief-bench-"))
         print(f"work dir (kept: the bot's trace.jsonl, logs): {work}")
-        asyncio.run(bench(work, args.senders, args.messages, args.push))
+        asyncio.run(bench(work, args.senders, args.messages, args.push, args.receipts))
         return
     with tempfile.TemporaryDirectory(prefix="chatarchief-bench-") as tmp:
-        asyncio.run(bench(Path(tmp), args.senders, args.messages, args.push))
+        asyncio.run(bench(Path(tmp), args.senders, args.messages, args.push, args.receipts))
 
 
 if __name__ == "__main__":
