@@ -1,30 +1,38 @@
-"""Benchmark: live capture by `chatarchief run` against a bare nio listener, in the same run.
+"""Benchmark: is a message durable in the archive before its sender sees the tick? (issue 15, item 4)
 
-Run: `.venv/bin/python bench/capture.py [--senders 4] [--messages 50]`
+Run: `.venv/bin/python bench/capture.py [--messages 60] [--senders 1 8]`
 
-A throwaway Synapse (bridge.dev.synapse) on 127.0.0.1. `--senders` officials (nio
-clients with E2EE) each send `--messages` messages, alternating between a plain
-and an encrypted room, all senders at once. Two observers are members of both
-rooms:
+One throwaway Synapse (bridge.dev.synapse) on 127.0.0.1 holds, side by side:
+- chatarchief: the real `chatarchief run --config` as a subprocess (sync, decrypt, normalise, encrypt, hash,
+  commit with fsync, cursor); a message counts when its record is in the log, seen through a read-only SQLite
+  view polled every `POLL` seconds by its dedup tag (no decryption);
+- peer module: `bench/peer/peer_archive.py` loaded into the same Synapse, a server-side archiver that stores
+  each plain-room message from `on_new_event` in its own SQLite file with an fsync (it cannot read encrypted
+  rooms); polled the same way, in the same loop;
+- listener: a bare nio client in its own sync loop (decrypts, stores nothing): the floor of any sync client;
+- push (with `--push`): `bench/peer/appservice_receiver.py`, an application service registered with the same
+  Synapse for the bot's rooms, which stores each plain-room message pushed to it with an fsync before it answers
+  (Synapse retries until then): what receiving plain rooms by push instead of sync would cost, before building
+  it in. Off by default: Synapse's own bookkeeping of each push transaction (database writes) slows the syncs
+  of everyone else on the server, so it is measured in a run of its own.
 
-- baseline: a bare nio listener (own sync loop, decrypts, does nothing else);
-  an event counts when it appears in the listener's sync;
-- chatarchief: the real `chatarchief run --config` as a subprocess (sync,
-  decrypt, normalise, encrypt, hash, group commit, fsync, cursor); an event
-  counts when its record is durable in the log, seen through a read-only SQLite
-  view polled every 10 ms by its dedup tag (no decryption).
+With `--receipts` the traffic is like real clients': each sender sends typing notices around its message and the
+listener a read receipt for what it saw (Synapse pushes both to every member's sync).
 
-Latency is from just before the sender's `room_send` to the observation; both
-observers run (or are polled) from this process, so scheduling noise hits both.
-Throughput is messages / (first send -> last observation). Bot CPU is user+sys
-of the bot process (from /proc) over the send window. The issue's goal:
-p99 overhead <= 250 ms over the listener, throughput >= 90% of it.
+Each case (1 and 8 senders, a plain and an encrypted room) sends `--messages` messages one at a time per sender:
+a sender sends its next message once the previous one is durable in chatarchief's log and seen by the others
+(8 senders do this concurrently). Latency runs from just before the sender's `room_send`; "send round trip" is
+that `room_send` call itself (the tick). Prints p50/p95/p99 per observer and case, whether the goal holds
+(chatarchief p50 <= send round trip p50, and <= the peer module's in plain rooms), and where chatarchief's
+time goes per message from the bot's debug timing (`bridge.sources.matrix.timing`), beside a bare SQLite
+commit with fsync on the same disk.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import logging
 import os
 import signal
@@ -38,24 +46,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+import yaml
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bridge.dev.officials import Official, make_official, ok  # noqa: E402
-from bridge.dev.synapse import SynapseServer  # noqa: E402
+from bridge.dev.synapse import SynapseServer, free_port  # noqa: E402
 from bridge.events import MATRIX  # noqa: E402
 from bridge.log import keys as keyfile  # noqa: E402
 from bridge.log.keys import KeyMaterial  # noqa: E402
 from bridge.log.store import dedup_tag, unwrap_keys  # noqa: E402
+from bridge.sources.matrix.timing import ENV as TRACE_ENV  # noqa: E402
 
-CLK = os.sysconf("SC_CLK_TCK")
-
-
-Person = Official
-
-
-async def person(server: SynapseServer, store: Path, name: str) -> Person:
-    return await make_official(server, store, name=name)
+PEER_DIR = ROOT / "bench" / "peer"
+#: How often the log and the peer's database are polled (both in one loop: the same lag for both).
+POLL = 0.002
+STAGES = ("sync", "http", "parsed", "received", "normalised", "queued", "durable")
 
 
 async def until(predicate: Any, timeout: float, what: str) -> None:
@@ -68,55 +76,98 @@ async def until(predicate: Any, timeout: float, what: str) -> None:
 
 @dataclass
 class Observed:
+    """When each event id was seen by one observer, with waiters woken on arrival."""
+
     at: dict[str, float] = field(default_factory=dict)
+    waiters: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def mark(self, event_id: str, now: float) -> None:
+        if event_id not in self.at:
+            self.at[event_id] = now
+            if (waiter := self.waiters.pop(event_id, None)) is not None:
+                waiter.set()
+
+    async def wait(self, event_id: str, timeout: float = 60) -> None:
+        if event_id in self.at:
+            return
+        waiter = self.waiters.setdefault(event_id, asyncio.Event())
+        await asyncio.wait_for(waiter.wait(), timeout)
 
 
-async def listen(listener: Person, rooms: set[str], seen: Observed, stop: asyncio.Event) -> None:
-    """The baseline: sync, let nio decrypt, note when each event id shows up."""
+async def listen(
+    listener: Official, rooms: set[str], seen: Observed, stop: asyncio.Event, receipts: set[asyncio.Task[Any]] | None
+) -> None:
+    """The floor: a bare nio sync loop (nio decrypts); notes when each event id shows up. With `receipts` it
+    also sends a read receipt for what it saw, in the background, as a reader's client does."""
     while not stop.is_set():
-        response = await listener.sync(timeout_ms=1000)
+        response = await listener.sync(timeout_ms=5000)
         now = time.monotonic()
         for room_id, room in response.rooms.join.items():
             if room_id in rooms:
                 for event in room.timeline.events:
-                    seen.at.setdefault(event.event_id, now)
+                    seen.mark(event.event_id, now)
+                if receipts is not None and room.timeline.events:
+                    last = room.timeline.events[-1].event_id
+                    task = asyncio.create_task(listener.client.room_read_markers(room_id, last, last))
+                    receipts.add(task)
+                    task.add_done_callback(receipts.discard)
 
 
-class DurableWatch:
-    """Polls the bot's log read-only for records of the expected events (by dedup tag)."""
+class Watch:
+    """Polls the bot's log (by dedup tag) and the peer module's database (by event id), read-only, in one loop."""
 
-    def __init__(self, data_dir: Path, keys: KeyMaterial) -> None:
-        self.conn = sqlite3.connect(f"file:{data_dir / 'log.sqlite3'}?mode=ro", uri=True)
-        rows = [
-            (int(k), str(p), bytes(w)) for k, p, w in self.conn.execute("SELECT key_id, purpose, wrapped FROM keys")
-        ]
+    def __init__(self, data_dir: Path, keys: KeyMaterial, peer_db: Path, push_db: Path | None) -> None:
+        self.log = sqlite3.connect(f"file:{data_dir / 'log.sqlite3'}?mode=ro", uri=True)
+        rows = [(int(k), str(p), bytes(w)) for k, p, w in self.log.execute("SELECT key_id, purpose, wrapped FROM keys")]
         self.index_key, _ = unwrap_keys(rows, keys)
-        self.waiting: dict[bytes, str] = {}
+        self.peers = {"peer": sqlite3.connect(f"file:{peer_db}?mode=ro", uri=True)}
+        if push_db is not None:
+            self.peers["push"] = sqlite3.connect(f"file:{push_db}?mode=ro", uri=True)
+        self.in_log: dict[bytes, str] = {}
+        self.waiting: dict[str, set[str]] = {name: set() for name in self.peers}
+        #: event id -> CLOCK_MONOTONIC when the peer module's callback ran (Synapse had persisted it).
+        self.persisted: dict[str, float] = {}
 
-    def expect(self, room_id: str, event_id: str) -> None:
-        self.waiting[dedup_tag(self.index_key, MATRIX, room_id, event_id)] = event_id
+    def expect(self, room_id: str, event_id: str, peer: bool) -> None:
+        self.in_log[dedup_tag(self.index_key, MATRIX, room_id, event_id)] = event_id
+        if peer:
+            for waiting in self.waiting.values():
+                waiting.add(event_id)
 
     def cursor_set(self) -> bool:
-        return self.conn.execute("SELECT count(*) FROM cursors").fetchone()[0] > 0
+        return bool(self.log.execute("SELECT count(*) FROM cursors").fetchone()[0] > 0)
 
-    async def run(self, seen: Observed, stop: asyncio.Event) -> None:
+    async def run(self, stored: Observed, others: dict[str, Observed], stop: asyncio.Event) -> None:
         while not stop.is_set():
-            tags = list(self.waiting)
-            for i in range(0, len(tags), 500):
-                chunk = tags[i : i + 500]
-                sql = f"SELECT dedup FROM records WHERE dedup IN ({','.join('?' * len(chunk))})"
+            if self.in_log:
+                tags = list(self.in_log)
+                sql = f"SELECT dedup FROM records WHERE dedup IN ({','.join('?' * len(tags))})"
                 now = time.monotonic()
-                for (tag,) in self.conn.execute(sql, chunk):
-                    seen.at.setdefault(self.waiting.pop(bytes(tag)), now)
-            await asyncio.sleep(0.01)
+                for (tag,) in self.log.execute(sql, tags):
+                    stored.mark(self.in_log.pop(bytes(tag)), now)
+            for name, conn in self.peers.items():
+                if not (ids := list(self.waiting[name])):
+                    continue
+                sql = f"SELECT event_id, seen FROM messages WHERE event_id IN ({','.join('?' * len(ids))})"
+                now = time.monotonic()
+                for event_id, seen in conn.execute(sql, ids):
+                    self.waiting[name].discard(event_id)
+                    if name == "peer":
+                        self.persisted[event_id] = seen
+                    others[name].mark(event_id, now)
+            await asyncio.sleep(POLL)
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK  # utime, stime
+@dataclass(frozen=True)
+class Sample:
+    case: str
+    room: str
+    event_id: str
+    t0: float
+    rtt: float
 
 
-def percentile(values: list[float], q: float) -> float:
+def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
@@ -128,6 +179,7 @@ def write_config(work: Path, server: SynapseServer, bot_id: str, inviter: str) -
     (secrets_dir / "bot.password").chmod(0o600)
     config = work / "chatarchief.toml"
     config.write_text(
+        '[organisation]\nname = "Ministerie van Benchzaken"\narchive_creator_id = "bench"\n\n'
         f'[storage]\ndata_dir = "{work / "data"}"\nkey_file = "{secrets_dir / "bench.key"}"\n\n'
         f'[matrix]\nhomeserver = "{server.url}"\nuser_id = "{bot_id}"\n'
         f'password_file = "{secrets_dir / "bot.password"}"\nallowed_inviters = ["{inviter}"]\n'
@@ -136,15 +188,81 @@ def write_config(work: Path, server: SynapseServer, bot_id: str, inviter: str) -
     return config
 
 
-async def bench(work: Path, senders_n: int, per_sender: int) -> None:
-    server = SynapseServer(work / "synapse")
-    await asyncio.to_thread(server.start)
+def fsync_baseline(work: Path, n: int = 200) -> list[float]:
+    """A bare one-row SQLite commit (WAL, synchronous=FULL) on the bench's disk, in ms."""
+    conn = sqlite3.connect(work / "fsync.sqlite3", isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("CREATE TABLE t (v BLOB)")
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        conn.execute("BEGIN")
+        conn.execute("INSERT INTO t VALUES (?)", (os.urandom(1500),))
+        conn.execute("COMMIT")
+        times.append((time.perf_counter() - t) * 1000)
+    conn.close()
+    return times
+
+
+def start_receiver(work: Path) -> tuple[subprocess.Popen[bytes], Path]:
+    """The push receiver, and an application-service registration for Synapse that sends it the bot's rooms."""
+    port, hs_token = free_port(), os.urandom(16).hex()
+    receiver = subprocess.Popen(
+        [sys.executable, str(PEER_DIR / "appservice_receiver.py"), str(port), hs_token, str(work / "push.sqlite3")],
+        stdin=subprocess.DEVNULL,
+    )
+    registration = work / "appservice.yaml"
+    registration.write_text(
+        yaml.safe_dump(
+            {
+                "id": "chatarchief-push",
+                "url": f"http://127.0.0.1:{port}",
+                "as_token": os.urandom(16).hex(),
+                "hs_token": hs_token,
+                "sender_localpart": "archivepush",
+                "namespaces": {"users": [{"exclusive": False, "regex": "@archivebot:localhost"}]},
+                "rate_limited": False,
+            }
+        )
+    )
+    return receiver, registration
+
+
+def start_synapse(work: Path, registration: Path | None) -> SynapseServer:
+    peer = {"module": "peer_archive.PeerArchive", "config": {"database": str(work / "peer.sqlite3")}}
+    extra: dict[str, Any] = {"modules": [peer]}
+    if registration is not None:
+        extra["app_service_config_files"] = [str(registration)]
+    server = SynapseServer(work / "synapse", extra_config=extra)
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PEER_DIR), old) if p)
+    try:
+        server.start()
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+    return server
+
+
+async def bench(work: Path, senders_cases: list[int], messages: int, with_push: bool, with_receipts: bool) -> None:
+    receiver, registration = start_receiver(work) if with_push else (None, None)
+    try:
+        server = await asyncio.to_thread(start_synapse, work, registration)
+    except BaseException:
+        if receiver is not None:
+            receiver.terminate()
+        raise
     bot_proc: subprocess.Popen[bytes] | None = None
-    people: list[Person] = []
+    people: list[Official] = []
+    trace = work / "trace.jsonl"
+    samples: list[Sample] = []
     try:
         bot_id, _ = await server.register_user_async("archivebot", "pw-archivebot")
-        senders = [await person(server, work / "stores", f"sender{i}") for i in range(senders_n)]
-        listener = await person(server, work / "stores", "listener")
+        senders = [await make_official(server, work / "stores", name=f"sender{i}") for i in range(max(senders_cases))]
+        listener = await make_official(server, work / "stores", name="listener")
         people = [*senders, listener]
         config = write_config(work, server, bot_id, senders[0].user_id)
         cli = [sys.executable, "-m", "bridge.cli"]
@@ -159,24 +277,31 @@ async def bench(work: Path, senders_n: int, per_sender: int) -> None:
             stderr=bot_log,
             stdin=subprocess.DEVNULL,
             cwd=ROOT,
+            env={**os.environ, TRACE_ENV: str(trace)},
         )
-        watch = DurableWatch(work / "data", keys)
-
-        async def bot_ready() -> bool:
-            if bot_proc is not None and bot_proc.poll() is not None:
-                raise RuntimeError(f"bot exited: {(work / 'bot.stderr').read_text()[-2000:]}")
-            return watch.cursor_set()
-
-        await until(bot_ready, 60, "the bot's first sync")
         owner = senders[0]
         invitees = [bot_id, *(p.user_id for p in people[1:])]
         plain = str(ok(await owner.client.room_create(invite=invitees)).room_id)
         encryption = {"type": "m.room.encryption", "state_key": "", "content": {"algorithm": "m.megolm.v1.aes-sha2"}}
         secret = str(ok(await owner.client.room_create(invite=invitees, initial_state=[encryption])).room_id)
-        rooms = (plain, secret)
+        rooms = {"plain": plain, "encrypted": secret}
         for p in people[1:]:
-            for room_id in rooms:
+            for room_id in rooms.values():
                 ok(await p.client.join(room_id))
+        watch: Watch | None = None
+
+        async def bot_ready() -> bool:
+            nonlocal watch
+            if bot_proc is not None and bot_proc.poll() is not None:
+                raise RuntimeError(f"bot exited: {(work / 'bot.stderr').read_text()[-2000:]}")
+            push_db = work / "push.sqlite3" if with_push else None
+            dbs = [work / "data" / "log.sqlite3", work / "peer.sqlite3", *([push_db] if push_db else [])]
+            if watch is None and all(db.exists() for db in dbs):
+                watch = Watch(work / "data", keys, dbs[1], push_db)
+            return watch is not None and watch.cursor_set()
+
+        await until(bot_ready, 90, "the bot's first sync")
+        assert watch is not None
 
         async def all_joined() -> bool:
             for p in people:
@@ -185,50 +310,52 @@ async def bench(work: Path, senders_n: int, per_sender: int) -> None:
             return all(
                 (room := p.client.rooms.get(r)) is not None and members <= set(room.users) - set(room.invited_users)
                 for p in people
-                for r in rooms
+                for r in rooms.values()
             )
 
-        await until(all_joined, 60, "everyone to join")
-        # Warm up: one encrypted message per sender shares the Megolm sessions outside the measurement.
-        warm = []
-        for s in senders:
-            response = ok(
-                await s.client.room_send(
-                    secret, "m.room.message", {"msgtype": "m.text", "body": "warm"}, ignore_unverified_devices=True
-                )
-            )
-            warm.append(response.event_id)
-            watch.expect(secret, response.event_id)
+        await until(all_joined, 90, "everyone to join")
         stop = asyncio.Event()
-        heard, stored = Observed(), Observed()
+        heard, stored, peer, push = Observed(), Observed(), Observed(), Observed()
+        receipts: set[asyncio.Task[Any]] | None = set() if with_receipts else None
         tasks = [
-            asyncio.create_task(listen(listener, set(rooms), heard, stop)),
-            asyncio.create_task(watch.run(stored, stop)),
+            asyncio.create_task(listen(listener, set(rooms.values()), heard, stop, receipts)),
+            asyncio.create_task(watch.run(stored, {"peer": peer, "push": push}, stop)),
         ]
-        await until(lambda: asyncio.sleep(0, all(w in heard.at and w in stored.at for w in warm)), 60, "warm-up")
 
-        sent_at: dict[str, float] = {}
+        async def one(s: Official, room: str, body: str, case: str | None) -> None:
+            assert watch is not None
+            room_id = rooms[room]
+            content = {"msgtype": "m.text", "body": body}
+            if with_receipts:  # composing: the sender's client says it is typing
+                ok(await s.client.room_typing(room_id, True))
+            t0 = time.monotonic()
+            response = ok(await s.client.room_send(room_id, "m.room.message", content, ignore_unverified_devices=True))
+            rtt = time.monotonic() - t0
+            event_id = str(response.event_id)
+            if with_receipts:
+                ok(await s.client.room_typing(room_id, False))
+            watch.expect(room_id, event_id, peer=room == "plain")
+            observers = [stored, heard, *(([peer, push] if with_push else [peer]) if room == "plain" else [])]
+            await asyncio.gather(*(o.wait(event_id) for o in observers))
+            if case is not None:
+                samples.append(Sample(case, room, event_id, t0, rtt))
 
-        async def send(s: Person) -> None:
-            for i in range(per_sender):
-                room_id = rooms[i % 2]
-                t0 = time.monotonic()
-                content = {"msgtype": "m.text", "body": f"bench {s.user_id} {i}"}
-                response = ok(
-                    await s.client.room_send(room_id, "m.room.message", content, ignore_unverified_devices=True)
-                )
-                sent_at[response.event_id] = t0
-                watch.expect(room_id, response.event_id)
+        # Warm-up: shares the Megolm sessions and wakes every path outside the measurement.
+        for s in senders:
+            for room in rooms:
+                for i in range(3):
+                    await one(s, room, f"warm {i}", None)
+        for n in senders_cases:
+            for room in rooms:
+                case = f"{n} sender{'s' if n > 1 else ''}, {room}"
 
-        cpu0, wall0 = cpu_seconds(bot_proc.pid), time.monotonic()
-        await asyncio.gather(*(send(s) for s in senders))
-        total = senders_n * per_sender
-        await until(
-            lambda: asyncio.sleep(0, all(e in heard.at and e in stored.at for e in sent_at)), 120, "all observed"
-        )
-        cpu1, wall1 = cpu_seconds(bot_proc.pid), time.monotonic()
+                async def sender(s: Official, case: str = case, room: str = room) -> None:
+                    for i in range(messages):
+                        await one(s, room, f"bench {s.user_id} {i}", case)
+
+                await asyncio.gather(*(sender(s) for s in senders[:n]))
         stop.set()
-        await asyncio.gather(*tasks)
+        await asyncio.gather(*tasks, *(receipts or ()))
     finally:
         if bot_proc is not None and bot_proc.poll() is None:
             bot_proc.send_signal(signal.SIGTERM)
@@ -236,34 +363,107 @@ async def bench(work: Path, senders_n: int, per_sender: int) -> None:
         for p in people:
             await p.client.close()
         await asyncio.to_thread(server.stop)
+        if receiver is not None:
+            receiver.terminate()
+            receiver.wait(10)
+    assert watch is not None
+    report(samples, heard, stored, peer, push, watch.persisted, trace, fsync_baseline(work), messages)
 
-    first = min(sent_at.values())
-    report = {}
-    for name, seen in (("listener", heard), ("chatarchief", stored)):
-        lat = [(seen.at[e] - t0) * 1000 for e, t0 in sent_at.items()]
-        span = max(seen.at[e] for e in sent_at) - first
-        report[name] = (statistics.median(lat), percentile(lat, 0.99), max(lat), total / span)
-        p50, p99, worst, rate = report[name]
-        print(f"{name:12s} p50 {p50:6.0f} ms  p99 {p99:6.0f} ms  max {worst:6.0f} ms  throughput {rate:5.1f} msg/s")
-    (lp50, lp99, _, lrate), (bp50, bp99, _, brate) = report["listener"], report["chatarchief"]
-    print(f"messages: {total} ({senders_n} senders, half in an encrypted room); bot exit code {bot_proc.returncode}")
-    print(f"overhead: p50 +{bp50 - lp50:.0f} ms, p99 +{bp99 - lp99:.0f} ms (goal <= 250 ms)")
-    print(f"throughput ratio chatarchief/listener: {brate / lrate:.2f} (goal >= 0.90)")
-    busy = cpu1 - cpu0
-    print(
-        f"bot CPU: {busy:.2f} s over {wall1 - wall0:.1f} s = {100 * busy / (wall1 - wall0):.0f}% of one core,"
-        f" {1000 * busy / total:.1f} ms per message"
-    )
+
+def row(label: str, values: list[float]) -> str:
+    return f"    {label:<34} p50 {pct(values, 0.5):6.1f}  p95 {pct(values, 0.95):6.1f}  p99 {pct(values, 0.99):6.1f} ms"
+
+
+def report(
+    samples: list[Sample],
+    heard: Observed,
+    stored: Observed,
+    peer: Observed,
+    push: Observed,
+    persisted: dict[str, float],
+    trace: Path,
+    fsync_ms: list[float],
+    messages: int,
+) -> None:
+    print(f"One message at a time per sender ({messages} per sender and case); from just before room_send:")
+    verdicts = []
+    cases: dict[str, list[Sample]] = {}
+    for s in samples:
+        cases.setdefault(s.case, []).append(s)
+    for case, group in cases.items():
+        print(f"  {case} ({len(group)} messages)")
+        rtt = [s.rtt * 1000 for s in group]
+        durable = [(stored.at[s.event_id] - s.t0) * 1000 for s in group]
+        print(row("send round trip (the tick)", rtt))
+        print(row("listener (bare nio sync loop)", [(heard.at[s.event_id] - s.t0) * 1000 for s in group]))
+        goal = f"p50 {pct(durable, 0.5):.1f} <= send {pct(rtt, 0.5):.1f}"
+        met = pct(durable, 0.5) <= pct(rtt, 0.5)
+        if group[0].room == "plain":
+            mod = [(peer.at[s.event_id] - s.t0) * 1000 for s in group]
+            print(row("peer module in Synapse (durable)", mod))
+            if push.at:
+                print(row("push: app service (durable)", [(push.at[s.event_id] - s.t0) * 1000 for s in group]))
+            goal += f", <= peer {pct(mod, 0.5):.1f}"
+            met = met and pct(durable, 0.5) <= pct(mod, 0.5)
+        print(row("chatarchief (durable)", durable))
+        verdicts.append(f"  {case}: {goal} -> {'met' if met else 'NOT met'}")
+    print("Goal (chatarchief p50 <= send round trip p50, and <= the peer module's in plain rooms):")
+    print("\n".join(verdicts))
+    breakdown(samples, stored, persisted, trace)
+    print(row("bare SQLite commit + fsync, this disk", fsync_ms).replace("    ", "  ", 1))
+
+
+def breakdown(samples: list[Sample], stored: Observed, persisted: dict[str, float], trace: Path) -> None:
+    """Where chatarchief's time goes, per message, from the bot's debug timing (see `timing`)."""
+    batches: dict[str, dict[str, float]] = {}
+    if trace.exists():
+        for line in trace.read_bytes().splitlines():
+            entry = orjson.loads(line)
+            marks = {name: at for name, at in entry["marks"]}
+            for event_id in entry["events"]:
+                batches.setdefault(event_id, marks)
+    print("Where chatarchief's time goes (p50 of each step, ms; 'persisted' is the peer module's callback):")
+    for case in dict.fromkeys(s.case for s in samples):
+        group = [s for s in samples if s.case == case and s.event_id in batches]
+        if not group:
+            continue
+        steps: dict[str, list[float]] = {}
+        late = 0
+        for s in group:
+            marks = batches[s.event_id]
+            points = [("sent", s.t0)]
+            if s.event_id in persisted:
+                points.append(("persisted", persisted[s.event_id]))
+            if marks["sync"] > s.t0:
+                late += 1  # the bot was between syncs when the message was sent
+            points += [(name, marks[name]) for name in STAGES[1:] if name in marks]
+            points.append(("observed", stored.at[s.event_id]))
+            for (a, ta), (b, tb) in itertools.pairwise(points):
+                steps.setdefault(f"{a} -> {b}", []).append((tb - ta) * 1000)
+        parts = "  ".join(f"{k} {statistics.median(v):.1f}" for k, v in steps.items())
+        print(f"  {case}: {parts}  (sync sent after the message: {late}/{len(group)})")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--senders", type=int, default=4)
-    ap.add_argument("--messages", type=int, default=50, help="per sender")
+    ap.add_argument("--messages", type=int, default=60, help="per sender and case")
+    ap.add_argument("--senders", type=int, nargs="+", default=[1, 8], help="sender counts, one case each")
+    ap.add_argument("--push", action="store_true", help="also measure an application service's push (see above)")
+    ap.add_argument(
+        "--receipts",
+        action="store_true",
+        help="traffic like real clients: senders send typing notices, the listener read receipts",
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (trace, logs) and print its path")
     args = ap.parse_args()
     logging.getLogger("nio").setLevel(logging.ERROR)  # "Missing session for device": nio claims them itself
+    if args.keep:
+        work = Path(tempfile.mkdtemp(prefix="chatarchief-bench-"))
+        print(f"work dir (kept: the bot's trace.jsonl, logs): {work}")
+        asyncio.run(bench(work, args.senders, args.messages, args.push, args.receipts))
+        return
     with tempfile.TemporaryDirectory(prefix="chatarchief-bench-") as tmp:
-        asyncio.run(bench(Path(tmp), args.senders, args.messages))
+        asyncio.run(bench(Path(tmp), args.senders, args.messages, args.push, args.receipts))
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ import pytest
 from nio import AsyncClientConfig, KeysUploadResponse, MegolmEvent, RoomMessageText
 
 from bridge.dev.synapse import SynapseServer
-from bridge.sources.matrix.client import RawKeepingClient
+from bridge.sources.matrix.client import LeanStore, RawKeepingClient
 from tests.support.officials import OfficialFactory, ok, unique_name
 
 pytestmark = pytest.mark.synapse
@@ -41,7 +41,7 @@ class Killed(Exception):
 
 
 def _client(synapse: SynapseServer, user_id: str, store: Path) -> RawKeepingClient:
-    config = AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False, max_timeouts=1)
+    config = AsyncClientConfig(encryption_enabled=True, store_sync_tokens=False, max_timeouts=1, store=LeanStore)
     return RawKeepingClient(synapse.url, user_id, store_path=str(store), config=config)
 
 

@@ -183,6 +183,30 @@ async def test_plain_room_conversation(bot: Bot, official: OfficialFactory) -> N
     assert sink.cursor is not None
 
 
+async def test_receipts_and_typing_do_not_wake_the_sync_loop(bot: Bot, official: OfficialFactory) -> None:
+    """Read receipts and typing notices are not archived: they must not each cost the bot a sync round and a
+    commit, which the next message would wait behind (every reader's client sends them around every message).
+    After them, the next commit is the next message's; none comes empty before it."""
+    alice = await official("alice")
+    bot.allowed = frozenset({alice.user_id})
+    sink = MemorySink()
+    await bot.start(sink, sync_timeout_ms=60_000)  # no long-poll timeout inside the test's window
+    room_id = await invite_bot(alice, bot, encrypted=False)
+    first = await alice.send_text(room_id, "een")
+    await wait_event(sink, first)
+    await asyncio.sleep(0.5)  # the bot is back in its long-poll
+    before = len(sink.commits)
+    ok(await alice.client.room_read_markers(room_id, first, first))
+    ok(await alice.client.room_typing(room_id, True))
+    ok(await alice.client.room_typing(room_id, False))
+    await asyncio.sleep(1.5)  # long enough for a woken sync to have been committed
+    second = await alice.send_text(room_id, "twee")
+    await wait_event(sink, second)
+    after = sink.commits[before:]
+    assert after, "the message after the receipts was committed"
+    assert second in {e.event_id for e in after[0][0]}, [[e.event_id for e in events] for events, _ in after]
+
+
 async def test_encrypted_room_conversation_and_file(bot: Bot, official: OfficialFactory) -> None:
     """In an encrypted room every message is decrypted and kept with its evidence (sender device,
     session); an encrypted file is downloaded, decrypted and stored with its plaintext sha256."""

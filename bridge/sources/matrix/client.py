@@ -57,9 +57,11 @@ from nio import (
     RoomMessagesResponse,
     SyncResponse,
 )
+from nio.store import DefaultStore
 
 from bridge.errors import SourceError
 from bridge.sources.matrix.session import SavedSession, SessionFileError, load_session, save_session
+from bridge.sources.matrix.timing import SyncTimer
 from bridge.sources.offload import off_loop
 
 log = logging.getLogger(__name__)
@@ -111,8 +113,47 @@ async def checked(call: Awaitable[Any], what: str) -> Any:
     return response
 
 
+class LeanStore(DefaultStore):  # type: ignore[misc]  # nio is untyped
+    """nio's crypto store without its write-per-sync: nio hands every sync's encrypted rooms to
+    `save_encrypted_rooms`, which binds the store's ~40 models and runs an INSERT OR IGNORE each time (a few ms per
+    sync on the live path, the largest part of nio's share: bench/capture.py). Rooms this store already holds are
+    skipped; new ones are saved as before, in the sync's transaction. `_held` is what was loaded or saved by this
+    store object: after a failed sync (transaction rolled back) the source reconnects with a new client and store,
+    which loads it again from disk.
+    """
+
+    _held: set[str] | None = None
+
+    def load_encrypted_rooms(self) -> set[str]:
+        rooms: set[str] = super().load_encrypted_rooms()
+        self._held = set(rooms)
+        return rooms
+
+    def save_encrypted_rooms(self, rooms: Any) -> None:
+        held = self._held
+        new = list(rooms) if held is None else [r for r in rooms if r not in held]
+        if new:
+            super().save_encrypted_rooms(new)
+            if held is not None:
+                held.update(new)
+
+    def delete_encrypted_room(self, room: str) -> None:
+        super().delete_encrypted_room(room)
+        if self._held is not None:
+            self._held.discard(room)
+
+
 class RawKeepingClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
     """nio's client that also keeps the raw JSON of sync and /messages responses."""
+
+    #: Debug timing of the sync in flight (`timing`; None unless the bench asks for it).
+    timer: SyncTimer | None = None
+
+    async def send(self, *args: Any, **kwargs: Any) -> aiohttp.ClientResponse:
+        response: aiohttp.ClientResponse = await super().send(*args, **kwargs)
+        if self.timer is not None:
+            self.timer.mark("http")
+        return response
 
     async def create_matrix_response(
         self,
@@ -127,6 +168,8 @@ class RawKeepingClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
             # (off the loop when large: a full-state sync of many rooms runs to megabytes).
             body = await transport_response.read()
             response.raw_body = await off_loop(len(body), orjson.loads, body)
+            if self.timer is not None:
+                self.timer.mark("parsed")
         if response_class is KeysQueryResponse and not isinstance(response, ErrorResponse):
             _drop_display_names(response.device_keys)
         return response
@@ -153,6 +196,8 @@ class RawKeepingClient(AsyncClient):  # type: ignore[misc]  # nio is untyped
             return
         with store.database.atomic():
             await super().receive_response(response)
+        if self.timer is not None:
+            self.timer.mark("received")
 
 
 def _drop_display_names(device_keys: Any) -> None:

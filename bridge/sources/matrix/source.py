@@ -88,6 +88,7 @@ from bridge.sources.matrix import crypto
 from bridge.sources.matrix.backfill import gap_pages
 from bridge.sources.matrix.bridges import BridgeTracker
 from bridge.sources.matrix.client import (
+    LeanStore,
     MatrixLoginError,
     MatrixRequestError,
     RawKeepingClient,
@@ -104,6 +105,7 @@ from bridge.sources.matrix.normalise import normalise
 from bridge.sources.matrix.planner import Backfill, RoomPlan, Rules, SyncState, plan
 from bridge.sources.matrix.redacted import recover_original
 from bridge.sources.matrix.state import LEGACY_FILE, SourceState, decode, encode, migrate_legacy, pending_event
+from bridge.sources.matrix.timing import SyncTimer
 from bridge.sources.matrix.upgrades import Tombstone, back_link, tombstone
 from bridge.sources.matrix.watch import EMPTY, HoleWatch
 from bridge.sources.outage import Backoff, Outage, gap_notice, wait
@@ -141,6 +143,23 @@ class MatrixSourceConfig:
     backoff_max: float = 60.0
 
 
+def _sync_filter(timeline_limit: int) -> dict[str, Any]:
+    """What the bot syncs: rooms' timelines and state, to-device and device lists (never filtered: keys arrive
+    there). Read receipts, typing, presence and account data are left out: nothing archives them, and each one
+    woke the long-poll for a sync round and a commit (an fsync) of its own, which a message arriving meanwhile
+    waited behind: every reader's client sends receipts and typing around every message (docs/latency.md)."""
+    return {
+        "room": {
+            "timeline": {"limit": timeline_limit},
+            "state": {"lazy_load_members": False},
+            "ephemeral": {"types": []},
+            "account_data": {"types": []},
+        },
+        "presence": {"types": []},
+        "account_data": {"types": []},
+    }
+
+
 @dataclass(slots=True)
 class _Batch:
     """One sync response's worth of work, built before the commit, applied after it."""
@@ -175,6 +194,8 @@ class MatrixSource:
         self._watch = HoleWatch()
         #: Tombstones seen since the last sync batch was committed (a backfill page may hold one).
         self._tombstones: list[tuple[str, Tombstone]] = []
+        #: Debug timing per sync batch (`timing`): None unless the bench sets its environment variable.
+        self._timer = SyncTimer.from_env()
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -207,13 +228,16 @@ class MatrixSource:
             encryption_enabled=True,
             store_sync_tokens=False,
             pickle_key=base64.b64encode(self.cfg.pickle_key).decode("ascii"),
+            store=LeanStore,
             # nio retries connection errors forever by default; one retry, then our backoff.
             max_timeouts=1,
             request_timeout=max(30.0, self.cfg.sync_timeout_ms / 1000 + 15),
         )
-        return RawKeepingClient(
+        client = RawKeepingClient(
             self.cfg.homeserver, self.cfg.user_id or "", store_path=str(self.cfg.store_dir), config=config
         )
+        client.timer = self._timer
+        return client
 
     async def _run_connected(self, stop: asyncio.Event) -> None:
         client = self._new_client()
@@ -265,10 +289,7 @@ class MatrixSource:
         # nio skips a response whose next_batch equals its own: keep it in step with
         # the committed cursor so a replayed batch is decrypted again.
         client.next_batch = cursor
-        sync_filter = {
-            "room": {"timeline": {"limit": self.cfg.timeline_limit}, "state": {"lazy_load_members": False}},
-            "presence": {"types": []},
-        }
+        sync_filter = _sync_filter(self.cfg.timeline_limit)
         call = checked(
             client.sync(
                 timeout=0 if first else self.cfg.sync_timeout_ms,
@@ -280,6 +301,8 @@ class MatrixSource:
             ),
             "sync",
         )
+        if self._timer is not None:
+            self._timer.start()
         sync_task = asyncio.ensure_future(call)
         stop_task = asyncio.ensure_future(stop.wait())
         try:
@@ -324,7 +347,11 @@ class MatrixSource:
         await self._follow_upgrades(client, batch)
         if self._outage is not None:
             batch.events.append(self._gap_notice(self._outage))
+        if self._timer is not None:
+            self._timer.mark("normalised")
         await self._commit(client, batch, response.next_batch)
+        if self._timer is not None:
+            self._timer.flush(e.event_id for e in batch.events)
         self._watch.batch_done()
         self._outage = None
         self.synced.set()
@@ -352,7 +379,11 @@ class MatrixSource:
             heads=self._watch.heads() if token is not None else None,
         )
         changed = token is not None or state != self._state or self._legacy is not None
+        if self._timer is not None:
+            self._timer.mark("queued")
         await self.sink.commit(events, encode(state) if changed else None)
+        if self._timer is not None:
+            self._timer.mark("durable")
         self._state = state
         self._commits += 1
         self._drop_legacy_file()
