@@ -57,6 +57,7 @@ graph:
 bench: setup
 	$(VENV)/bin/python bench/ingest.py
 	$(VENV)/bin/python bench/witness.py
+	$(VENV)/bin/python bench/scale.py
 
 # After changing dependencies: install, then pin what is installed (both venvs) for make setup and CI.
 constraints: setup

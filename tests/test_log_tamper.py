@@ -310,3 +310,17 @@ async def test_cursor_values_are_encrypted_at_rest(empty_log: LogDir) -> None:
         if path.is_file():
             assert b"GEHEIM" not in path.read_bytes(), path.name
     verify_log(empty_log.data_dir, empty_log.keys)  # the sealed cursor checks out with the key
+
+
+@pytest.mark.parametrize("with_key", [False, True])
+@pytest.mark.parametrize("column", ["dedup", "header", "commitment", "body", "leaf"])
+def test_a_column_stored_as_text_is_named_on_the_lean_path(filled_log: LogDir, column: str, with_key: bool) -> None:
+    """A column of an event record rewritten as TEXT (the same hex digits a careless tool would store) is
+    named as damage, with and without the key: verify's lean path for the common record must not skip the
+    type check the full checks make (issue 15)."""
+    conn = attacker(filled_log.db)
+    value = conn.execute(f"SELECT {column} FROM records WHERE seq = 17").fetchone()[0]
+    conn.execute(f"UPDATE records SET {column} = ? WHERE seq = 17", (bytes(value).hex(),))
+    conn.close()
+    err = expect_tampered(filled_log, 17, with_key)
+    assert err.check == Check.DATABASE

@@ -38,7 +38,7 @@ import binascii
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -120,8 +120,7 @@ def sealed_line(seq: int, header: bytes, commit: bytes, ct_hash: bytes, withheld
 # -- reading lines --------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class RecordLine:
+class RecordLine(NamedTuple):
     seq: int
     header: format.RecordHeader
     leaf: bytes

@@ -18,6 +18,7 @@ import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -335,8 +336,7 @@ def _render_job(job: _Job) -> tuple[mdto.Ref, Coverage, list[tuple[str, str, int
     return ref, dates, sink.files
 
 
-@dataclass(frozen=True, slots=True)
-class DossierLine:
+class DossierLine(NamedTuple):
     """What the renderers read of a line of events.jsonl: an event, or the tombstone that withholds one.
 
     The lines are the package writer's own (`snapshot`) or proven line by line (`verify-package`).

@@ -203,7 +203,8 @@ def _verify(
     i = 0
     while batch := rows.fetchmany(1024):
         for seq, dedup, header_b, commit, body, stored_leaf in batch:
-            leaf = audit.quick_leaf(i, header_b, commit, body, stored_leaf, prev) if seq == i else b""
+            lean = seq == i and type(dedup) is bytes
+            leaf = audit.quick_leaf(i, header_b, commit, body, stored_leaf, prev) if lean else b""
             kind = quick.kind(header_b, commit, body, dedup) if leaf and quick is not None else ""
             if not leaf or (quick is not None and not kind):
                 audit.check_position(i, seq)

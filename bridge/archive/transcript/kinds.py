@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
+from types import MappingProxyType
+from typing import NamedTuple
 
 from bridge.archive.formatted import strip_reply_fallback
 from bridge.archive.lookahead import Lookahead
@@ -44,9 +45,8 @@ from bridge.events import SIGNAL, Event, Kind
 from bridge.policy import Withheld
 
 
-@dataclass(frozen=True)
-class TranscriptEntry:
-    """One log record of the conversation-month.
+class TranscriptEntry(NamedTuple):
+    """One log record of the conversation-month (a named tuple: one is built per entry).
 
     `event` is None only for a record the writer could not or may not show
     (then `withheld` says why, or a bare note is written). `media` maps an
@@ -56,7 +56,7 @@ class TranscriptEntry:
     seq: int
     event: Event | None
     withheld: Withheld | None = None
-    media: Mapping[str, str] = field(default_factory=dict)
+    media: Mapping[str, str] = MappingProxyType({})
 
 
 #: Kinds marked deleted in place, and kinds written compactly (they concern another entry).
