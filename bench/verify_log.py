@@ -62,7 +62,9 @@ def bare(data_dir: Path, key_file: Path | None) -> None:
     for header, commit, body in conn.execute("SELECT header, commitment, body FROM records ORDER BY seq"):
         hashlib.sha256(b"\x00" + header + commit + hashlib.sha256(body).digest()).digest()
         if sealers and header[1] not in format.CLEAR_TYPES:
-            sealers[int.from_bytes(header[18:22], "big")].open(header[34:46], body, prefix + header + commit)
+            sealers[int.from_bytes(header[18:22], "big")].open(
+                header[format.NONCE_OFFSET : format.NONCE_OFFSET + 12], body, prefix + header + commit
+            )
     conn.close()
 
 
@@ -87,8 +89,10 @@ def run_child(which: str, data_dir: Path, key_file: Path, repeat: int) -> dict[s
             [sys.executable, __file__, "--child", which, "--data-dir", str(data_dir), "--key-file", str(key_file)],
             capture_output=True,
             text=True,
-            check=True,
+            check=False,
         )
+        if proc.returncode:
+            raise SystemExit(f"{which} failed: {proc.stderr[-2000:]}")
         r = json.loads(proc.stdout.strip().splitlines()[-1])
         if best is None or r["seconds"] < best["seconds"]:
             best = r

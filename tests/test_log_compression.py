@@ -151,7 +151,8 @@ def test_the_writer_compresses_events_and_keeps_clear_records_plain(empty_log: L
         headers = [format.unpack_header(bytes(h)) for (h,) in conn.execute("SELECT header FROM records ORDER BY seq")]
     finally:
         conn.close()
-    assert [(h.type, h.version) for h in headers] == [(format.RecordType.KEY, 1)] * 2 + [(format.RecordType.EVENT, 2)] * 5
+    key, event = format.RecordType.KEY, format.RecordType.EVENT
+    assert [(h.type, h.version) for h in headers] == [(key, 1)] * 2 + [(event, 2)] * 5
     assert verify_log(empty_log.data_dir, empty_log.keys).decrypted == 7
     assert [e.event_id for _, e in iter_events(empty_log.data_dir, empty_log.keys)] == [f"$event{i}" for i in range(5)]
 

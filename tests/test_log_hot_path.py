@@ -56,7 +56,7 @@ def test_seal_record_is_the_documented_composition(
     header, commit, body, leaf = format.seal_record(
         sealer, format.ad_prefix(log_id), rtype, seq, appended_ms, key_id, tag, nonce, prev, salt, payload,
         compress=compress,
-    )
+    )  # fmt: skip
     version = format.VERSION_COMPRESSED if compress else format.VERSION_PLAIN
     slow_header = format.RecordHeader(version, rtype, seq, appended_ms, key_id, tag, nonce, prev)
     assert header == slow_header.pack()
