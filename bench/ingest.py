@@ -26,6 +26,7 @@ import asyncio
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -134,7 +135,9 @@ def child(which: str, path: Path) -> None:
         n = asyncio.run((baseline if which == "baseline" else chatarchief)(path, Path(tmp)))
         elapsed = time.perf_counter() - start
         disk = disk_bytes(Path(tmp))
-    print(json.dumps({"events": n, "seconds": elapsed, "rss_mb": peak_rss_mb(), "disk": disk}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process: the CPU it cost
+    cpu = usage.ru_utime + usage.ru_stime
+    print(json.dumps({"events": n, "seconds": elapsed, "cpu": cpu, "rss_mb": peak_rss_mb(), "disk": disk}))
 
 
 def run_child(which: str, path: Path) -> dict[str, float]:
@@ -176,7 +179,7 @@ def main() -> None:
                 rate = n / best["seconds"]
                 print(
                     f"  {which:12s} {rate:10,.0f} events/s  {best['seconds']:6.2f} s  peak RSS {best['rss_mb']:.0f} MB"
-                    f"  on disk {best['disk'] / n:6.0f} bytes/event"
+                    f"  CPU {best['cpu'] / n * 1e6:5.1f} us/event  on disk {best['disk'] / n:6.0f} bytes/event"
                 )
         sizes = sorted({args.events // 10, args.events})
         for n in sizes:
