@@ -10,7 +10,8 @@ own subprocess (its own peak RSS):
 - bare keyed: the same read, plus AES-GCM decrypt of every encrypted record;
 - verify --key-file: the real `verify_log` with the key (also decompresses and parses every record).
 
-Prints MB/s of stored log bytes (header + commitment + body) and events/s: once records are compressed
+Prints MB/s of stored log bytes (header + commitment + body), events/s and CPU time per event (on a busy
+machine the fairer figure): once records are compressed
 (format version 2) a log holds fewer bytes per event, so MB/s alone flatters nothing and hides a slower
 check; events/s is the unit to compare across formats. Goals (issue 15): keyless >= 180 MB/s, keyed
 >= 150 MB/s at 10^6 events (at today's ~2,080 B/event: >= 86k and >= 72k events/s).
@@ -22,6 +23,7 @@ import argparse
 import asyncio
 import hashlib
 import json
+import resource
 import sqlite3
 import subprocess
 import sys
@@ -72,6 +74,8 @@ def child(which: str, data_dir: Path, key_file: Path) -> None:
     from bridge.log import keys as keyfile
     from bridge.log.verify import verify_log
 
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_start = usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
     if which == "bare-keyless":
         bare(data_dir, None)
@@ -79,7 +83,9 @@ def child(which: str, data_dir: Path, key_file: Path) -> None:
         bare(data_dir, key_file)
     else:
         verify_log(data_dir, keyfile.load(key_file) if which == "verify-keyed" else None)
-    print(json.dumps({"seconds": time.perf_counter() - start, "rss_mb": peak_rss_mb()}))
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_start
+    print(json.dumps({"seconds": time.perf_counter() - start, "cpu": cpu, "rss_mb": peak_rss_mb()}))
 
 
 def run_child(which: str, data_dir: Path, key_file: Path, repeat: int) -> dict[str, float]:
@@ -143,7 +149,7 @@ def main() -> None:
             s = r["seconds"]
             print(
                 f"  {which:15s} {stored / s / 1e6:7.1f} MB/s of log  {n / s:9,.0f} events/s  {s:6.2f} s"
-                f"  peak RSS {r['rss_mb']:.0f} MB"
+                f"  CPU {r['cpu'] / n * 1e6:5.1f} us/event  peak RSS {r['rss_mb']:.0f} MB"
             )
 
 
