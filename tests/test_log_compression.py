@@ -13,6 +13,7 @@ import hashlib
 import os
 import shutil
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -76,6 +77,14 @@ def test_any_payload_seals_and_opens_in_both_versions(payload: bytes, compress: 
     assert commit == format.commitment(plaintext[: crypto.SALT_BYTES] + payload)
 
 
+def test_a_payload_over_the_limit_is_stored_uncompressed() -> None:
+    """The writer never makes a record the bound would refuse: a payload over 64 MiB is sealed as version 1."""
+    payload = os.urandom(1024) * (compression.MAX_PAYLOAD // 1024 + 1)
+    key, header, header_b, commit, body, log_id = seal(payload)
+    assert header.version == format.VERSION_PLAIN and len(body) == len(payload) + crypto.SALT_BYTES + 16
+    assert open_(key, header, header_b, commit, body, log_id) == payload
+
+
 @given(payload=st.binary(max_size=4096))
 def test_compression_round_trips_any_bytes(payload: bytes) -> None:
     frame = compression.compress(payload)
@@ -98,22 +107,22 @@ def test_the_dictionary_is_frozen_and_holds_no_chat_content() -> None:
         assert sample not in compression.DICTIONARY_V2
 
 
-@pytest.mark.parametrize(
-    ("frame", "message"),
-    [
-        (zstandard.ZstdCompressor().compress(bytes(compression.MAX_PAYLOAD + 1)), "more than the limit"),
-        (zstandard.ZstdCompressor(write_content_size=False).compress(b"x" * 100), "does not state its size"),
-        (compression.compress(b"payload") + b"trailing", "does not decompress"),
-        (b"not a zstd frame at all", "not a zstd frame"),
-        (b"", "not a zstd frame"),
-        (compression.compress(b"payload" * 50)[:-4], "does not decompress"),
-    ],
-    ids=["bomb", "no-size", "trailing", "garbage", "empty", "truncated"],
-)
-def test_a_crafted_compressed_record_is_refused_and_named(frame: bytes, message: str) -> None:
+CRAFTED: dict[str, tuple[Callable[[], bytes], str]] = {
+    "bomb": (lambda: zstandard.ZstdCompressor().compress(bytes(compression.MAX_PAYLOAD + 1)), "more than the limit"),
+    "no-size": (lambda: zstandard.ZstdCompressor(write_content_size=False).compress(b"x" * 100), "state its size"),
+    "trailing": (lambda: compression.compress(b"payload") + b"trailing", "does not decompress"),
+    "garbage": (lambda: b"not a zstd frame at all", "not a zstd frame"),
+    "empty": (lambda: b"", "not a zstd frame"),
+    "truncated": (lambda: compression.compress(b"payload" * 50)[:-4], "does not decompress"),
+}
+
+
+@pytest.mark.parametrize("crafted", list(CRAFTED))
+def test_a_crafted_compressed_record_is_refused_and_named(crafted: str) -> None:
     """A version-2 record that authenticates (written with the data key) but holds no bounded frame of ours
     is refused before decompressing past the limit, as a payload error of that record, not a crash."""
-    key, header, header_b, commit, body, log_id = seal_frame(frame)
+    make, message = CRAFTED[crafted]
+    key, header, header_b, commit, body, log_id = seal_frame(make())
     with pytest.raises(format.PayloadFormError, match=message):
         open_(key, header, header_b, commit, body, log_id)
     secrets = audit.Secrets(log_id, os.urandom(32), {1: key})
