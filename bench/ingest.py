@@ -12,8 +12,10 @@ and each runs in a fresh subprocess so its peak RSS is its own:
   looked up on its own connection, group commit of 4096, signed checkpoints).
 
 Prints events/s of both, the ratio at each size (goal >= 0.7, issue 15), µs per
-event at both sizes (linear: the larger within 10% of the smaller) and peak RSS
-at both sizes to show memory stays flat. Best of `--repeat` runs, since this
+event at both sizes (linear: the larger within 10% of the smaller), peak RSS
+at both sizes to show memory stays flat, and bytes on disk per event (every file
+the pipeline left, after it closed) against the input's bytes per event (goal:
+not more, issue 15). Best of `--repeat` runs, since this
 machine is noisy. `--events 1000000` compares 10^5 with 10^6.
 """
 
@@ -24,6 +26,7 @@ import asyncio
 import json
 import os
 import random
+import resource
 import subprocess
 import sys
 import tempfile
@@ -121,12 +124,20 @@ async def chatarchief(path: Path, work: Path) -> int:
     return counts.appended
 
 
+def disk_bytes(folder: Path) -> int:
+    """Bytes of every file under `folder` (the database, its WAL if one is left, key records, ...)."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
 def child(which: str, path: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         start = time.perf_counter()
         n = asyncio.run((baseline if which == "baseline" else chatarchief)(path, Path(tmp)))
         elapsed = time.perf_counter() - start
-    print(json.dumps({"events": n, "seconds": elapsed, "rss_mb": peak_rss_mb()}))
+        disk = disk_bytes(Path(tmp))
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process: the CPU it cost
+    cpu = usage.ru_utime + usage.ru_stime
+    print(json.dumps({"events": n, "seconds": elapsed, "cpu": cpu, "rss_mb": peak_rss_mb(), "disk": disk}))
 
 
 def run_child(which: str, path: Path) -> dict[str, float]:
@@ -151,9 +162,11 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench-input-") as tmp:
         results: dict[tuple[str, int], dict[str, float]] = {}
+        inputs: dict[int, int] = {}
         for n in sorted({args.events // 10, args.events}):
             path = Path(tmp) / f"events-{n}.jsonl"
             size = make_events(path, n)
+            inputs[n] = size
             print(f"input: {n} events, {size / n:.0f} bytes/event average")
             for which in ("baseline", "chatarchief"):
                 best: dict[str, float] | None = None
@@ -166,6 +179,7 @@ def main() -> None:
                 rate = n / best["seconds"]
                 print(
                     f"  {which:12s} {rate:10,.0f} events/s  {best['seconds']:6.2f} s  peak RSS {best['rss_mb']:.0f} MB"
+                    f"  CPU {best['cpu'] / n * 1e6:5.1f} us/event  on disk {best['disk'] / n:6.0f} bytes/event"
                 )
         sizes = sorted({args.events // 10, args.events})
         for n in sizes:
@@ -174,7 +188,9 @@ def main() -> None:
             print(
                 f"at {n}: ratio chatarchief/baseline {ratio:.2f} (goal >= 0.7);"
                 f" chatarchief {ours['seconds'] / n * 1e6:.1f} us/event,"
-                f" baseline {base['seconds'] / n * 1e6:.1f} us/event"
+                f" baseline {base['seconds'] / n * 1e6:.1f} us/event;"
+                f" on disk {ours['disk'] / n:.0f} bytes/event against {inputs[n] / n:.0f} of input"
+                f" (x{ours['disk'] / inputs[n]:.2f}, goal <= 1)"
             )
         small, large = sizes[0], sizes[-1]
         growth = (results[("chatarchief", large)]["seconds"] / large) / (

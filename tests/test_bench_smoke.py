@@ -25,6 +25,7 @@ def test_ingest_benchmark_runs_and_prints_its_table() -> None:
     for line in ("at 200: ratio chatarchief/baseline", "at 2000: ratio chatarchief/baseline", "us/event at 2000"):
         assert line in out, out
     assert "chatarchief peak RSS:" in out
+    assert "bytes/event against" in out  # bytes on disk per event beside the input's (issue 15)
 
 
 def test_consistency_benchmark_runs() -> None:

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from bridge.errors import Check, LogIntegrityError
 from bridge.events import canonical_bytes
-from bridge.log import crypto, format
+from bridge.log import compression, crypto, format
 from bridge.log.dedup import DedupReader
 from bridge.log.schema import PAGE_SIZE, db_path, dedup_tag
 from bridge.log.store import LogStore
@@ -34,6 +34,7 @@ _bytes = st.binary
     payload=_bytes(max_size=2048),
     log_id=_bytes(min_size=16, max_size=16),
     key=_bytes(min_size=32, max_size=32),
+    compress=st.booleans(),
 )
 def test_seal_record_is_the_documented_composition(
     rtype: format.RecordType,
@@ -47,17 +48,21 @@ def test_seal_record_is_the_documented_composition(
     payload: bytes,
     log_id: bytes,
     key: bytes,
+    compress: bool,
 ) -> None:
-    """`seal_record` (the hot path) = RecordHeader.pack, commitment, associated_data, AES-GCM and leaf_of, byte
-    for byte, and `open_record` gives the payload back."""
+    """`seal_record` (the hot path) = RecordHeader.pack, commitment, associated_data, compression.compress
+    (version 2), AES-GCM and leaf_of, byte for byte, and `open_record` gives the payload back (both versions)."""
     sealer = crypto.Sealer(key)
     header, commit, body, leaf = format.seal_record(
-        sealer, format.ad_prefix(log_id), rtype, seq, appended_ms, key_id, tag, nonce, prev, salt, payload
-    )
-    slow_header = format.RecordHeader(format.FORMAT_VERSION, rtype, seq, appended_ms, key_id, tag, nonce, prev)
+        sealer, format.ad_prefix(log_id), rtype, seq, appended_ms, key_id, tag, nonce, prev, salt, payload,
+        compress=compress,
+    )  # fmt: skip
+    version = format.VERSION_COMPRESSED if compress else format.VERSION_PLAIN
+    slow_header = format.RecordHeader(version, rtype, seq, appended_ms, key_id, tag, nonce, prev)
     assert header == slow_header.pack()
-    assert commit == format.commitment(salt + payload)
-    assert body == crypto.seal(key, nonce, salt + payload, format.associated_data(log_id, header, commit))
+    assert commit == format.commitment(salt + payload)  # of the payload itself, compressed or not
+    stored = compression.compress(payload) if compress else payload
+    assert body == crypto.seal(key, nonce, salt + stored, format.associated_data(log_id, header, commit))
     assert leaf == format.leaf_of(header, commit, body)
     assert (
         format.open_record(log_id, crypto.sealers({key_id: key}), format.unpack_header(header), header, commit, body)

@@ -205,8 +205,11 @@ def test_header_round_trip_and_unknown_versions() -> None:
     assert len(packed) == format.HEADER_BYTES == 82
     assert format.unpack_header(packed) == header
     assert packed[format.NONCE_OFFSET : format.NONCE_OFFSET + 12] == header.nonce
+    assert format.unpack_header(b"\x02" + packed[1:]).version == format.VERSION_COMPRESSED
     with pytest.raises(format.FormatError):
-        format.unpack_header(b"\x02" + packed[1:])
+        format.unpack_header(b"\x03" + packed[1:])
+    with pytest.raises(format.FormatError, match="never compressed"):  # clear records are version 1 only
+        format.unpack_header(b"\x02\x03" + packed[2:])
     with pytest.raises(format.FormatError):
         format.unpack_header(packed[:1] + b"\x09" + packed[2:])
     with pytest.raises(format.FormatError):

@@ -104,7 +104,7 @@ def test_the_lean_event_path_accepts_only_what_the_full_checks_accept(
     seq=st.integers(0, 3),
     rtype=st.sampled_from(list(format.RecordType)),
     header_len=st.sampled_from([format.HEADER_BYTES, format.HEADER_BYTES - 1]),
-    version=st.sampled_from([format.FORMAT_VERSION, 2]),
+    version=st.sampled_from([format.VERSION_PLAIN, format.VERSION_COMPRESSED, 3]),
     commit_len=st.sampled_from([32, 31]),
     right_leaf=st.booleans(),
     right_prev=st.booleans(),

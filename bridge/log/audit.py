@@ -198,7 +198,8 @@ def _check_decision(seq: int, secrets: Secrets, header: format.RecordHeader, pay
 # -- the lean path: the common record checked with fewer objects (same verdict, never a different one) -----
 
 _EVENT = format.RecordType.EVENT
-_VERSION = format.FORMAT_VERSION
+_PLAIN = format.VERSION_PLAIN
+_COMPRESSED = format.VERSION_COMPRESSED
 _HEADER_BYTES = format.HEADER_BYTES
 _NONCE = slice(format.NONCE_OFFSET, format.NONCE_OFFSET + crypto.NONCE_BYTES)
 _PREV = slice(format.HEADER_BYTES - format.HASH_BYTES, format.HEADER_BYTES)
@@ -222,7 +223,7 @@ def quick_leaf(seq: int, header_b: object, commit: object, body: object, stored_
         and type(body) is bytes
         and type(stored_leaf) is bytes
         and len(header_b) == _HEADER_BYTES
-        and header_b[0] == _VERSION
+        and (header_b[0] == _COMPRESSED or header_b[0] == _PLAIN)
         and header_b[1] == _EVENT
         and int.from_bytes(header_b[2:10], "big") == seq
         and len(commit) == format.HASH_BYTES
@@ -258,6 +259,13 @@ class QuickEvents:
             plaintext = sealer.open(header_b[_NONCE], body, self._prefix + header_b + commit)
         except crypto.AuthError:
             return ""
+        if header_b[0] == _COMPRESSED:
+            try:
+                plaintext = format.expand(plaintext)
+            except format.RecordAuthError:
+                return ""
+        elif header_b[0] != _PLAIN:
+            return ""
         if len(plaintext) < _SALT or not compare_digest(hashlib.sha256(plaintext).digest(), commit):
             return ""
         try:
@@ -290,6 +298,8 @@ class QuickEvents:
 
 def auth_check(exc: format.RecordAuthError) -> Check:
     """A commitment mismatch is named apart from a record that does not open (AEAD tag, key, form)."""
+    if isinstance(exc, format.PayloadFormError):
+        return Check.PAYLOAD
     return Check.COMMITMENT if isinstance(exc, format.CommitmentMismatch) else Check.AEAD
 
 

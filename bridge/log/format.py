@@ -17,6 +17,12 @@ without any key, and a package holding plaintext, salt, header and the
 ciphertext hash lets an auditor recompute the same leaf. The header carries the
 previous leaf hash: a hash chain beside the tree, so `verify` can name the exact
 record that changed, not only the checkpoint range.
+
+Version 2 (format of encrypted records written since issue 15) differs in one
+thing: the ciphertext encrypts salt || zstd frame of the payload
+(`compression.py`); the commitment is still SHA-256(salt || payload), of the
+payload itself. Version-1 records (payload stored as is) keep verifying and
+opening; a log may hold both. Clear records are always version 1.
 """
 
 from __future__ import annotations
@@ -28,9 +34,15 @@ from collections.abc import Mapping
 from typing import NamedTuple
 
 from bridge.errors import DataError
-from bridge.log import crypto, merkle
+from bridge.log import compression, crypto, merkle
 
-FORMAT_VERSION = 1
+#: The payload is encrypted as it is (every record before issue 15, clear records, payloads over
+#: `compression.MAX_PAYLOAD`).
+VERSION_PLAIN = 1
+#: The payload is encrypted as one zstd frame (`compression.py`); encrypted records only.
+VERSION_COMPRESSED = 2
+#: The version of clear records (they are never compressed: keyless `verify` reads them).
+FORMAT_VERSION = VERSION_PLAIN
 _HEADER = struct.Struct(">BBQQI16s12s32s")
 HEADER_BYTES = _HEADER.size
 #: Byte offset of the nonce inside a packed header (after version..conversation tag).
@@ -89,11 +101,13 @@ def unpack_header(data: bytes) -> RecordHeader:
     if len(data) != HEADER_BYTES:
         raise FormatError(f"header is {len(data)} bytes, expected {HEADER_BYTES}")
     version, rtype, seq, appended_ms, key_id, tag, nonce, prev = _HEADER.unpack(data)
-    if version != FORMAT_VERSION:
+    if version != VERSION_PLAIN and version != VERSION_COMPRESSED:
         raise FormatError(f"unknown record version {version}")
     record_type = _TYPES.get(rtype)
     if record_type is None:
         raise FormatError(f"unknown record type {rtype}")
+    if version == VERSION_COMPRESSED and record_type in CLEAR_TYPES:
+        raise FormatError(f"a {record_type.name} record is never compressed (version {version})")
     return RecordHeader(version, record_type, seq, appended_ms, key_id, tag, nonce, prev)
 
 
@@ -132,16 +146,23 @@ def seal_record(
     prev_leaf: bytes,
     salt: bytes,
     payload: bytes,
+    *,
+    compress: bool = True,
 ) -> tuple[bytes, bytes, bytes, bytes]:
     """(header, commitment, ciphertext, leaf) of an encrypted record; `prefix` is `ad_prefix(log_id)`.
 
-    The same bytes as `RecordHeader.pack`, `commitment`, `associated_data` and
-    `leaf_of` composed (a property test pins it), built with fewer intermediate
+    Version 2 (the payload compressed) unless `compress` is false or the payload is larger than
+    `compression.MAX_PAYLOAD`. The same bytes as `RecordHeader.pack`, `commitment`, `associated_data`,
+    `compression.compress` and `leaf_of` composed (a property test pins it), built with fewer intermediate
     objects: this runs once per record on the writer's hot path.
     """
-    header = _HEADER.pack(FORMAT_VERSION, rtype, seq, appended_ms, key_id, conversation_tag, nonce, prev_leaf)
     plaintext = salt + payload
     commit = hashlib.sha256(plaintext).digest()
+    if compress and len(payload) <= compression.MAX_PAYLOAD:
+        version, plaintext = VERSION_COMPRESSED, salt + compression.compress(payload)
+    else:
+        version = VERSION_PLAIN
+    header = _HEADER.pack(version, rtype, seq, appended_ms, key_id, conversation_tag, nonce, prev_leaf)
     body = sealer.seal(nonce, plaintext, prefix + header + commit)
     return header, commit, body, merkle.leaf_hash(header + commit + hashlib.sha256(body).digest())
 
@@ -187,6 +208,21 @@ class CommitmentMismatch(RecordAuthError):
     """The record opens, but its plaintext is not the one its stored commitment names."""
 
 
+class PayloadFormError(RecordAuthError):
+    """The record opens, but its compressed payload does not decompress within the bounds (a record no writer
+    of ours makes: only a holder of the data key could)."""
+
+
+def expand(plaintext: bytes) -> bytes:
+    """salt || payload from the decrypted salt || zstd frame of a version-2 record."""
+    if len(plaintext) < crypto.SALT_BYTES:
+        raise RecordAuthError("plaintext shorter than its salt")
+    try:
+        return plaintext[: crypto.SALT_BYTES] + compression.decompress(plaintext[crypto.SALT_BYTES :])
+    except compression.DecompressionError as exc:
+        raise PayloadFormError(str(exc)) from None
+
+
 def open_record(
     log_id: bytes,
     sealers: Mapping[int, crypto.Sealer],
@@ -207,6 +243,8 @@ def open_record(
         plaintext = sealer.open(header.nonce, body, associated_data(log_id, header_bytes, commit))
     except crypto.AuthError as exc:
         raise RecordAuthError("ciphertext does not authenticate under its data key") from exc
+    if header.version == VERSION_COMPRESSED:
+        plaintext = expand(plaintext)
     if not crypto.hmac_equal(commitment(plaintext), commit):
         raise CommitmentMismatch("plaintext does not match the stored commitment")
     try:

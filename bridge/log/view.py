@@ -336,6 +336,11 @@ class LogView:
             raise LogIntegrityError(
                 seq, "ciphertext does not authenticate under its data key", check=Check.AEAD
             ) from None
+        if header.version == format.VERSION_COMPRESSED:
+            try:
+                plaintext = format.expand(plaintext)
+            except format.RecordAuthError as exc:
+                raise LogIntegrityError(seq, str(exc), check=audit.auth_check(exc)) from None
         if not crypto.hmac_equal(got := hashlib.sha256(plaintext).digest(), commit):  # format.commitment
             raise LogIntegrityError(
                 seq, "plaintext does not match the stored commitment", commit, got, check=Check.COMMITMENT

@@ -1,0 +1,157 @@
+"""Benchmark: `verify` of a log, keyless and with the key, against a bare read + hash (+ decrypt) loop.
+
+Run: `.venv/bin/python bench/verify_log.py [--events 100000]`
+
+Builds a log with the real import path from bench/ingest.py's synthetic events, then times, each in its
+own subprocess (its own peak RSS):
+
+- bare keyless: read every record and SHA-256 header || commitment || body (the least a keyless check does);
+- verify: the real keyless `verify_log` (leaves, chain, tree, checkpoints, clear records);
+- bare keyed: the same read, plus AES-GCM decrypt of every encrypted record;
+- verify --key-file: the real `verify_log` with the key (also decompresses and parses every record).
+
+Prints MB/s of stored log bytes (header + commitment + body), events/s and CPU time per event (on a busy
+machine the fairer figure): once records are compressed
+(format version 2) a log holds fewer bytes per event, so MB/s alone flatters nothing and hides a slower
+check; events/s is the unit to compare across formats. Goals (issue 15): keyless >= 180 MB/s, keyed
+>= 150 MB/s at 10^6 events (at today's ~2,080 B/event: >= 86k and >= 72k events/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from ingest import disk_bytes, make_events  # noqa: E402  (bench/ is on sys.path)
+from peak import peak_rss_mb  # noqa: E402
+
+
+def log_bytes(data_dir: Path) -> tuple[int, int]:
+    conn = sqlite3.connect(data_dir / "log.sqlite3")
+    try:
+        row = conn.execute(
+            "SELECT count(*), sum(length(header) + length(commitment) + length(body)) FROM records"
+        ).fetchone()
+        return int(row[0]), int(row[1] or 0)
+    finally:
+        conn.close()
+
+
+def bare(data_dir: Path, key_file: Path | None) -> None:
+    from bridge.log import crypto, format
+    from bridge.log import keys as keyfile
+    from bridge.log.reader import load_keys
+
+    conn = sqlite3.connect(f"file:{data_dir / 'log.sqlite3'}?mode=ro", uri=True)
+    sealers: dict[int, crypto.Sealer] = {}
+    prefix = b""
+    if key_file is not None:
+        material = keyfile.load(key_file)
+        sealers = crypto.sealers(load_keys(conn, material)[1])
+        prefix = format.ad_prefix(material.log_id)
+    for header, commit, body in conn.execute("SELECT header, commitment, body FROM records ORDER BY seq"):
+        hashlib.sha256(b"\x00" + header + commit + hashlib.sha256(body).digest()).digest()
+        if sealers and header[1] not in format.CLEAR_TYPES:
+            sealers[int.from_bytes(header[18:22], "big")].open(
+                header[format.NONCE_OFFSET : format.NONCE_OFFSET + 12], body, prefix + header + commit
+            )
+    conn.close()
+
+
+def child(which: str, data_dir: Path, key_file: Path) -> None:
+    from bridge.log import keys as keyfile
+    from bridge.log.verify import verify_log
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu_start = usage.ru_utime + usage.ru_stime
+    start = time.perf_counter()
+    if which == "bare-keyless":
+        bare(data_dir, None)
+    elif which == "bare-keyed":
+        bare(data_dir, key_file)
+    else:
+        verify_log(data_dir, keyfile.load(key_file) if which == "verify-keyed" else None)
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = usage.ru_utime + usage.ru_stime - cpu_start
+    print(json.dumps({"seconds": time.perf_counter() - start, "cpu": cpu, "rss_mb": peak_rss_mb()}))
+
+
+def run_child(which: str, data_dir: Path, key_file: Path, repeat: int) -> dict[str, float]:
+    best: dict[str, float] | None = None
+    for _ in range(repeat):
+        proc = subprocess.run(
+            [sys.executable, __file__, "--child", which, "--data-dir", str(data_dir), "--key-file", str(key_file)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if proc.returncode:
+            raise SystemExit(f"{which} failed: {proc.stderr[-2000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        if best is None or r["seconds"] < best["seconds"]:
+            best = r
+    assert best is not None
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--child")
+    ap.add_argument("--data-dir")
+    ap.add_argument("--key-file")
+    args = ap.parse_args()
+    if args.child:
+        child(args.child, Path(args.data_dir), Path(args.key_file))
+        return
+    from bridge.log import keys as keyfile
+    from bridge.log.store import LogStore, initialise
+
+    with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
+        work = Path(tmp)
+        path = work / "events.jsonl"
+        size = make_events(path, args.events)
+        material = keyfile.generate(b"\x07" * 16)
+        key_file = work / "keys" / "chatarchief.key"
+        key_file.parent.mkdir(mode=0o700)
+        keyfile.write_new(key_file, material)
+        data_dir = work / "data"
+        initialise(data_dir, material)
+
+        async def build() -> None:
+            from bridge.importer import import_file
+
+            async with await LogStore.open(data_dir, material) as store:
+                await import_file(store, path)
+
+        asyncio.run(build())
+        records, stored = log_bytes(data_dir)
+        n = args.events
+        print(
+            f"log: {n} events ({size / n:.0f} input bytes/event), {records} records, {stored / n:.0f} stored"
+            f" bytes/event, {disk_bytes(data_dir) / n:.0f} on disk"
+        )
+        for which in ("bare-keyless", "verify-keyless", "bare-keyed", "verify-keyed"):
+            r = run_child(which, data_dir, key_file, args.repeat)
+            s = r["seconds"]
+            print(
+                f"  {which:15s} {stored / s / 1e6:7.1f} MB/s of log  {n / s:9,.0f} events/s  {s:6.2f} s"
+                f"  CPU {r['cpu'] / n * 1e6:5.1f} us/event  peak RSS {r['rss_mb']:.0f} MB"
+            )
+
+
+if __name__ == "__main__":
+    main()
