@@ -110,20 +110,27 @@ def _nonneg_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool) and v >= 0
 
 
-def _object(payload: bytes, fields: set[str]) -> dict[str, Any]:
+def json_object(
+    payload: bytes,
+    fields: set[str],
+    version: int = CLEAR_VERSION,
+    error: type[ValueError] = ClearRecordError,
+    what: str = "clear record",
+) -> dict[str, Any]:
+    """A clear record's JSON payload: an object with exactly `fields`, `v` = `version`; else `error`."""
     try:
         d = orjson.loads(payload)
     except orjson.JSONDecodeError as exc:
-        raise ClearRecordError(f"payload is not JSON: {exc}") from None
+        raise error(f"payload is not JSON: {exc}") from None
     if not isinstance(d, dict) or set(d) != fields:
-        raise ClearRecordError(f"payload must hold exactly {sorted(fields)}")
-    if d["v"] != CLEAR_VERSION:
-        raise ClearRecordError(f"unsupported clear record version {d['v']!r}")
+        raise error(f"payload must hold exactly {sorted(fields)}")
+    if d["v"] != version:
+        raise error(f"unsupported {what} version {d['v']!r}")
     return d
 
 
 def parse_key(payload: bytes) -> KeyRecord:
-    d = _object(payload, {"v", "key_id", "purpose", "created_ms", "wrapped"})
+    d = json_object(payload, {"v", "key_id", "purpose", "created_ms", "wrapped"})
     try:
         wrapped = base64.b64decode(d["wrapped"], validate=True) if isinstance(d["wrapped"], str) else b""
     except (binascii.Error, ValueError):
@@ -135,7 +142,7 @@ def parse_key(payload: bytes) -> KeyRecord:
 
 
 def parse_blob(payload: bytes) -> BlobRecord:
-    d = _object(payload, {"v", "blob_id", "sha256", "size"})
+    d = json_object(payload, {"v", "blob_id", "sha256", "size"})
     rec = BlobRecord(d["blob_id"], d["sha256"], d["size"])
     if rec.encode() != payload:
         raise ClearRecordError("blob record is not in canonical form")

@@ -44,13 +44,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from bridge.errors import Check, DataError, LogIntegrityError
 from bridge.events import canonical_json
 from bridge.log import checkpoint, format
+from bridge.log.clear import json_object
 
 ROTATION_VERSION = 1
 DEDUP_PREFIX = b"vkey\x00"
@@ -126,14 +126,7 @@ def _uint(v: object) -> bool:
 
 def parse_record(payload: bytes) -> SigningKeyRecord:
     """A SIGNING_KEY payload in canonical form (signatures not checked here: see `KeyChain.rotate`)."""
-    try:
-        d = orjson.loads(payload)
-    except orjson.JSONDecodeError as exc:
-        raise RotationError(f"payload is not JSON: {exc}") from None
-    if not isinstance(d, dict) or set(d) != _FIELDS:
-        raise RotationError(f"payload must hold exactly {sorted(_FIELDS)}")
-    if d["v"] != ROTATION_VERSION:
-        raise RotationError(f"unsupported signing-key record version {d['v']!r}")
+    d = json_object(payload, _FIELDS, ROTATION_VERSION, RotationError, "signing-key record")
     if not (_uint(d["seq"]) and _uint(d["created_ms"])):
         raise RotationError("seq and created_ms must be non-negative integers")
     strings = [d[k] for k in ("old_vkey", "new_vkey", "old_signature", "new_signature")]
