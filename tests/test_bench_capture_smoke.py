@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.bench import run_bench
 
 pytestmark = [pytest.mark.synapse, pytest.mark.slow]
 
@@ -16,16 +12,7 @@ pytestmark = [pytest.mark.synapse, pytest.mark.slow]
 def test_capture_benchmark_prints_every_case_observer_and_the_breakdown() -> None:
     """`bench/capture.py` with 2 messages per sender, 1 and 2 senders: a percentile line per observer and case
     (plain rooms also the peer module), a goal line per case, and the breakdown from the bot's debug timing."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "capture.py"), "--messages", "2", "--senders", "1", "2"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = proc.stdout
+    out = run_bench("capture.py", "--messages", "2", "--senders", "1", "2", timeout=600)
     for case in ("1 sender, plain", "1 sender, encrypted", "2 senders, plain", "2 senders, encrypted"):
         assert f"  {case} (" in out, out
         assert f"  {case}: p50 " in out, out

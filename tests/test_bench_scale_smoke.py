@@ -3,25 +3,13 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.bench import run_bench
 
 
 def test_scale_benchmark_prints_its_table() -> None:
     """Every step runs at both sizes and the table has a row per size with the same-run baselines beside."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "scale.py"), "--events", "200", "400", "--workers", "2"],
-        capture_output=True,
-        text=True,
-        check=False,
-        cwd=ROOT,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
+    out = run_bench("scale.py", "--events", "200", "400", "--workers", "2", timeout=600)
     for step in ("import-baseline", "import", "read", "verify", "verify-key", "snapshot", "verify-package"):
         assert len(re.findall(rf"^ +[0-9,]+ {step} +[0-9.]+ s ", out, re.MULTILINE)) == 2, (step, out)
     table = out.split("\n\n")[-1].splitlines()

@@ -1,27 +1,17 @@
-"""The import benchmark still runs (a smoke run at a small size, so it never rots; no timing asserted)."""
+"""Every benchmark in bench/ still runs and prints the figures it is read for (smoke runs at small sizes, so
+none rots; no timing is asserted: speed is measured by running them, see README "Scale")."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
-from pathlib import Path
+import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support.bench import run_bench
 
 
 def test_ingest_benchmark_runs_and_prints_its_table() -> None:
     """`bench/ingest.py` at 2,000 events imports every event in both pipelines and prints ratios, µs/event at
     both sizes and peak RSS (the lines the issue's table is read from)."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "ingest.py"), "--events", "2000", "--repeat", "1"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    out = proc.stdout
+    out = run_bench("ingest.py", "--events", "2000", "--repeat", "1")
     for line in ("at 200: ratio chatarchief/baseline", "at 2000: ratio chatarchief/baseline", "us/event at 2000"):
         assert line in out, out
     assert "chatarchief peak RSS:" in out
@@ -29,14 +19,40 @@ def test_ingest_benchmark_runs_and_prints_its_table() -> None:
 
 
 def test_consistency_benchmark_runs() -> None:
-    """`bench/consistency.py` at a small size prints the before/after line (no timing asserted)."""
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "consistency.py"), "--sizes", "3000", "--proofs", "5"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "N=    3,000: before" in proc.stdout and "leaves read/proof" in proc.stdout, proc.stdout
+    """`bench/consistency.py` at a small size prints the before/after line."""
+    out = run_bench("consistency.py", "--sizes", "3000", "--proofs", "5")
+    assert "N=    3,000: before" in out and "leaves read/proof" in out, out
+
+
+#: (script, small-size arguments, lines its output must hold: each figure beside its same-run baseline)
+OTHERS = [
+    ("backup.py", ["--events", "300", "--blobs", "3", "--repeat", "1"], ["baseline copy + sync", "ratio (backup"]),
+    ("gaps.py", ["--events", "500", "--rooms", "3"], ["matrix hole detection", "liveness listing", "ratio"]),
+    ("metrics.py", ["--events", "500", "--batch", "50", "--repeat", "1"], ["observer alone", "ratio (with / without)"]),
+    ("open_tail.py", ["--records", "500", "--repeat", "1"], ["baseline (select + leaf + AES-GCM)", "ratio open"]),
+    (
+        "transcript.py",
+        ["--entries", "300", "--senders", "3", "--repeat", "1"],
+        ["baseline (escape only)", "throughput"],
+    ),
+    (
+        "upload.py",
+        ["--events", "300", "--media", "2", "--media-kib", "16", "--repeat", "1"],
+        ["baseline copytree + sync", "ratio (upload+verify"],
+    ),
+    ("verify_log.py", ["--events", "500", "--repeat", "1"], ["bare-keyless", "verify-keyless", "verify-keyed"]),
+    (
+        "witness.py",
+        ["--checkpoints", "10", "--logs", "1", "--seals", "3", "--repeat", "1"],
+        ["baseline (decision + durable write", "add-checkpoint over HTTP"],
+    ),
+    ("decode_offload.py", [], ["inline ms", "off_loop ms"]),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("script", "args", "lines"), OTHERS, ids=[o[0] for o in OTHERS])
+def test_benchmark_runs_at_a_small_size(script: str, args: list[str], lines: list[str]) -> None:
+    out = run_bench(script, *args)
+    for line in lines:
+        assert line in out, out
