@@ -40,12 +40,13 @@ from types import TracebackType
 from typing import Self, TypeVar
 
 import aiosqlite
+import psycopg
 
 from bridge.blobs import MediaKeys
 from bridge.clock import now_ms
 from bridge.errors import Check, LogIntegrityError, StorageError, UsageError
 from bridge.events import EncodingError, Event, EventId, canonical_bytes, canonical_json, event_from_bytes
-from bridge.log import audit, checkpoint, crypto, format, merkle
+from bridge.log import audit, checkpoint, crypto, db, format, merkle
 from bridge.log.clear import BLOB_SOURCE, BlobRecord, KeyRecord
 from bridge.log.dedup import DedupReader
 from bridge.log.keys import KeyMaterial
@@ -57,7 +58,6 @@ from bridge.log.schema import (
     checkpoint_row,
     conversation_tag,
     cursor_mac,
-    db_path,
     dedup_tag,
     frontier_from_bytes,
     key_record,
@@ -98,7 +98,7 @@ class LogStore:
 
     def __init__(
         self,
-        conn: aiosqlite.Connection,
+        conn: db.Writer,
         keys: KeyMaterial,
         index_key: bytes,
         data_keys: dict[int, bytes],
@@ -126,7 +126,7 @@ class LogStore:
         self._inflight: set[bytes] = set()
         self._conv_tags: dict[tuple[str, str], bytes] = {}
         self._lock: WriterLock | None = None
-        self._dedup: DedupReader | None = None
+        self._dedup: DedupReader | db.PgDedup | None = None
         self._blob_root: Path | None = None
         self._blobs_seen: set[str] = set()
         #: Called (on the loop, must not block) after a transaction that signed a checkpoint has committed:
@@ -138,38 +138,64 @@ class LogStore:
 
     @classmethod
     async def open(cls, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy | None = None) -> LogStore:
-        path = db_path(data_dir)
-        if not path.exists():
-            raise UsageError(f"no log in {data_dir}; create one with `chatarchief init`")
+        where = db.locate(data_dir)  # UsageError when the data dir holds no log
         try:
-            lock = WriterLock.acquire(data_dir)  # one writer: raises WriterBusy naming the holder's PID
+            lock = WriterLock.acquire(data_dir)  # one writer per data dir: raises WriterBusy naming the holder's PID
         except OSError as exc:
             raise StorageError(f"cannot take the writer lock in {data_dir}: {exc.strerror}") from None
         try:
-            conn = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            lock.release()
-            raise StorageError(f"cannot open the log {path}: {exc}") from None
-        try:
-            # WAL mode creates -wal and -shm beside the database: a full disk fails here.
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA synchronous=FULL")
-            store = await cls._load(conn, data_dir, keys, policy or CheckpointPolicy())
-            store._dedup = await DedupReader.open(path)
-        except sqlite3.Error as exc:
-            await conn.close()
-            lock.release()
-            raise StorageError(f"cannot open the log {path} (disk full or unwritable?): {exc}") from None
+            if isinstance(where, db.PgTarget):
+                store = await cls._open_pg(where, data_dir, keys, policy or CheckpointPolicy())
+            else:
+                store = await cls._open_sqlite(where, data_dir, keys, policy or CheckpointPolicy())
         except BaseException:
-            await conn.close()
             lock.release()
             raise
         store._lock = lock
         return store
 
     @classmethod
+    async def _open_sqlite(cls, path: Path, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy) -> LogStore:
+        try:
+            conn = db.SqliteWriter(await aiosqlite.connect(path, isolation_level=None))
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the log {path}: {exc}") from None
+        try:
+            # WAL mode creates -wal and -shm beside the database: a full disk fails here.
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=FULL")
+            store = await cls._load(conn, data_dir, keys, policy)
+            store._dedup = await DedupReader.open(path)
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise StorageError(f"cannot open the log {path} (disk full or unwritable?): {exc}") from None
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    @classmethod
+    async def _open_pg(
+        cls, target: db.PgTarget, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy
+    ) -> LogStore:
+        """The writer's session takes the log's advisory lock itself: its writes and its lock live and die
+        together (a writer whose session is gone can write nothing, and a standby may take over)."""
+        conn = await db.PgWriter.connect(target, data_dir)
+        try:
+            await conn.take_lock(data_dir)  # PgWriterBusy naming the holding session
+            store = await cls._load(conn, data_dir, keys, policy)
+            store._dedup = await db.PgDedup.open(target)
+        except psycopg.Error as exc:
+            await conn.close()
+            raise StorageError(f"cannot open the log at {target.describe()}: {exc}") from None
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    @classmethod
     async def _load(
-        cls, conn: aiosqlite.Connection, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy
+        cls, conn: db.Writer, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy
     ) -> LogStore:
         meta = meta_dict([tuple(r) async for r in await conn.execute("SELECT k, v FROM meta")])
         if meta.get("schema_version") != str(SCHEMA_VERSION).encode():
@@ -203,7 +229,7 @@ class LogStore:
 
     @staticmethod
     async def _check_key_records(
-        conn: aiosqlite.Connection, key_seqs: dict[int, int], rows: list[tuple[int, str, bytes, int]]
+        conn: db.Writer, key_seqs: dict[int, int], rows: list[tuple[int, str, bytes, int]]
     ) -> None:
         """Each row of the key table must be the KEY record it names (the records are the evidence)."""
         for key_id, purpose, wrapped, seq in rows:
@@ -233,7 +259,7 @@ class LogStore:
 
     @staticmethod
     async def _authenticate_tail(
-        conn: aiosqlite.Connection, keys: KeyMaterial, secrets: audit.Secrets, key_seqs: dict[int, int]
+        conn: db.Writer, keys: KeyMaterial, secrets: audit.Secrets, key_seqs: dict[int, int]
     ) -> tuple[merkle.Frontier, bytes, tuple[int, int]]:
         """Authenticate everything after the last signed checkpoint before this process signs anything.
 
@@ -558,12 +584,13 @@ class LogStore:
         if batch.duplicates:
             await conn.execute(
                 "INSERT INTO counters (name, value) VALUES ('duplicates', ?)"
-                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                " ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value",
                 (batch.duplicates,),
             )
         if batch.cursor is not None:
             await conn.execute(
-                "INSERT OR REPLACE INTO cursors (name, value, updated_ms, mac) VALUES (?, ?, ?, ?)",
+                "INSERT INTO cursors (name, value, updated_ms, mac) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET value = excluded.value, updated_ms = excluded.updated_ms, mac = excluded.mac",
                 (
                     batch.cursor[0],
                     seal_cursor(self._index_key, *batch.cursor),
@@ -721,7 +748,7 @@ class LogStore:
             except BaseException:
                 await self._conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
+        except self._conn.errors as exc:
             raise StorageError(f"could not write to the log: {exc}") from exc
         if self._signed_in_transaction and self.on_checkpoint is not None:
             try:
@@ -746,7 +773,7 @@ class _Batch:
     tags: set[bytes]
 
 
-async def _signed_frontier(conn: aiosqlite.Connection, keys: KeyMaterial) -> tuple[merkle.Frontier, tuple[int, int]]:
+async def _signed_frontier(conn: db.Writer, keys: KeyMaterial) -> tuple[merkle.Frontier, tuple[int, int]]:
     """The tree's right edge at the newest checkpoint, proven by its signature; ((size, ms)), or the empty tree."""
     sql = "SELECT size, created_ms, note, frontier FROM checkpoints ORDER BY size DESC LIMIT 1"
     async with conn.execute(sql) as cur:
@@ -758,7 +785,7 @@ async def _signed_frontier(conn: aiosqlite.Connection, keys: KeyMaterial) -> tup
     return frontier, (size, int(row[1]))
 
 
-async def _leaf_before(conn: aiosqlite.Connection, size: int) -> bytes:
+async def _leaf_before(conn: db.Writer, size: int) -> bytes:
     """The leaf of record `size - 1` recomputed from its stored bytes (the chain link of the next record)."""
     if size == 0:
         return format.GENESIS_PREV
