@@ -139,3 +139,14 @@ class Attacker:
 
 def attacker(data_dir: Path) -> Attacker:
     return Attacker(data_dir)
+
+
+def rows(data_dir: Path, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Read rows from the log of `data_dir` on either backend (through the readers' own read-only connection)."""
+    from bridge.log.verify import open_readonly
+
+    conn = open_readonly(data_dir)
+    try:
+        return [tuple(r) for r in conn.execute(sql, params).fetchall()]
+    finally:
+        conn.close()
