@@ -27,8 +27,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from bridge import cli_witness, config
 from bridge.errors import ChatarchiefError, LogIntegrityError, UsageError
 from bridge.importer import ImportFormat, import_file
+from bridge.log import db
 from bridge.log import keys as keyfile
-from bridge.log.keys import KeyMaterial
+from bridge.log.keys import KeyMaterial, check_permissions
 from bridge.log.store import CheckpointPolicy, initialise
 from bridge.log.verify import verify_log
 from bridge.log.writer import check_private_dir, open_writer
@@ -174,7 +175,18 @@ def _open_keys(
     settings = _settings(config_file)
     dd, kf = _paths(settings, data_dir, key_file)
     assert kf is not None
+    if config_file is not None:
+        _guard(lambda: db.check_configured(dd, settings.storage.backend, _pg_target(settings)))
     return settings, dd, _load_keys(kf, dd, settings.storage.signing_key_file)
+
+
+def _pg_target(settings: config.Settings) -> db.PgTarget | None:
+    """The configured PostgreSQL log (DSN checked: no password in it), None for SQLite."""
+    s = settings.storage
+    if s.backend != "postgresql" or s.dsn is None:
+        return None
+    dsn = s.dsn
+    return _guard(lambda: db.PgTarget.checked(dsn, s.password_file))
 
 
 def _via(pid: int | None) -> str:
@@ -209,12 +221,15 @@ def init(
     dd, kf = _paths(settings, data_dir, key_file)
     assert kf is not None
     sk = signing_key or settings.storage.signing_key_file or keyfile.signing_path(kf)
+    pg = _pg_target(settings)
 
     def create() -> tuple[KeyMaterial, Path]:
         keyfile.ensure_outside(kf, dd)
         keyfile.ensure_outside(sk, dd)
-        if (dd / "log.sqlite3").exists():
+        if db.backend_of(dd) is not None:
             raise UsageError(f"{dd} already holds a log; refusing to overwrite it")
+        if pg is not None and pg.password_file is not None:
+            check_permissions(pg.password_file, "PostgreSQL password file")
         for path in (kf, sk):
             if path.exists():
                 raise UsageError(f"{path} already exists; refusing to overwrite a key file")
@@ -222,11 +237,11 @@ def init(
         sk.parent.mkdir(parents=True, exist_ok=True)
         material = keyfile.generate(os.urandom(16))
         pub = keyfile.write_new(kf, material, sk)
-        initialise(dd, material)
+        initialise(dd, material, pg)
         return material, pub
 
     material, pub = _guard(create)
-    out.print(f"created log {material.log_id.hex()} in {dd}")
+    out.print(f"created log {material.log_id.hex()} in {dd if pg is None else pg.describe()}")
     out.print(f"key file:   {kf} (mode 0600; keep a copy in escrow, never inside the data dir)")
     out.print(f"signing key: {sk} (mode 0600; signs checkpoints; hold it apart from the key file where you can)")
     out.print(f"public key: {pub}")

@@ -45,7 +45,6 @@ from psycopg import conninfo
 
 from bridge.durable import fsync_dir
 from bridge.errors import StorageError, UsageError
-from bridge.log.lock import WriterBusy
 
 SQLITE_NAME = "log.sqlite3"
 MARKER_NAME = "log.postgresql"
@@ -401,19 +400,17 @@ class PgWriter(Writer):
         await self.conn.close()
 
 
-class PgWriterBusy(WriterBusy):
-    """Another session (another bot, maybe on another host) holds the log's writer lock."""
+class PgWriterBusy(UsageError):
+    """Another session (another bot, maybe on another host) holds the log's writer lock. Not the data dir's
+    `WriterBusy`: no bot in this data dir can take the work over its control socket."""
 
     def __init__(self, data_dir: Path, target: PgTarget, holder: str | None) -> None:
-        super().__init__(data_dir, None)
-        self.holder = holder
-        self.args = (
+        super().__init__(
             f"the log at {target.describe()} is being written by {holder or 'another session'}"
-            " (PostgreSQL advisory lock); stop it first, or run this bot as a standby",
+            " (PostgreSQL advisory lock); stop it first, or run this bot as a standby"
         )
-
-    def __str__(self) -> str:
-        return str(self.args[0])
+        self.data_dir = data_dir
+        self.holder = holder
 
 
 # -- dedup lookups beside the writer ---------------------------------------------------------------
