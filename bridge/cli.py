@@ -379,6 +379,42 @@ def demo(
     _guard(lambda: demo_module.main(workdir, out))
 
 
+@app.command("migrate-store")
+def migrate_store(
+    to: Annotated[str, typer.Option("--to", metavar="DSN", help="The PostgreSQL log: a libpq DSN, no password.")],
+    config_file: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    password_file: Annotated[
+        Path | None, typer.Option("--password-file", metavar="FILE", help="The PostgreSQL password, alone in a file.")
+    ] = None,
+    new_data_dir: Annotated[
+        Path | None,
+        typer.Option("--new-data-dir", metavar="DIR", help="Data dir of the PostgreSQL log (default DATA_DIR.postgresql)."),
+    ] = None,
+) -> None:
+    """Copy a SQLite log into an empty PostgreSQL schema and prove both have the same signed root.
+
+    Stop the bot first (the SQLite writer lock is held during the copy). Nothing is re-encrypted or re-signed.
+    """
+    from bridge.log.migrate import migrate_to_postgresql
+
+    settings, dd, material = _open_keys(config_file, data_dir, key_file)
+    pw = password_file or settings.storage.password_file
+    if pw is not None:
+        _guard(lambda: check_permissions(pw, "PostgreSQL password file"))
+    target = _guard(lambda: db.PgTarget.checked(to, pw))
+    new_dd = new_data_dir or dd.with_name(dd.name + ".postgresql")
+    done = _guard(lambda: migrate_to_postgresql(dd, target, new_dd, material))
+    copied = ", ".join(f"{table} {n}" for table, n in done.rows.items())
+    out.print(f"copied {copied} into {target.describe()}")
+    out.print(f"same signed root: {done.target.records} records, root {done.target.root.hex()} (verified on both)")
+    out.print(f"the PostgreSQL log's data dir: {new_dd} (media blobs copied; the SQLite log is untouched)")
+    out.print(
+        f'switch: set [storage] data_dir = "{new_dd}", backend = "postgresql", dsn and password_file, then start the bot'
+    )
+
+
 @app.command("rotate-key")
 def rotate_key(data_dir: DataDirOpt = None, key_file: KeyFileOpt = None, config_file: ConfigOpt = None) -> None:
     """Start a new data key; records already written stay readable with their old key."""
