@@ -65,8 +65,7 @@ def stored_bytes(data_dir: Path) -> int:
     conn = open_readonly(data_dir)
     try:
         row = conn.execute(
-            "SELECT sum(length(dedup) + length(header) + length(commitment) + length(body) + length(leaf))"
-            " FROM records"
+            "SELECT sum(length(dedup) + length(header) + length(commitment) + length(body) + length(leaf)) FROM records"
         ).fetchone()
         return int(row[0])
     finally:

@@ -390,7 +390,9 @@ def migrate_store(
     ] = None,
     new_data_dir: Annotated[
         Path | None,
-        typer.Option("--new-data-dir", metavar="DIR", help="Data dir of the PostgreSQL log (default DATA_DIR.postgresql)."),
+        typer.Option(
+            "--new-data-dir", metavar="DIR", help="Data dir of the PostgreSQL log (default DATA_DIR.postgresql)."
+        ),
     ] = None,
 ) -> None:
     """Copy a SQLite log into an empty PostgreSQL schema and prove both have the same signed root.
@@ -411,7 +413,7 @@ def migrate_store(
     out.print(f"same signed root: {done.target.records} records, root {done.target.root.hex()} (verified on both)")
     out.print(f"the PostgreSQL log's data dir: {new_dd} (media blobs copied; the SQLite log is untouched)")
     out.print(
-        f'switch: set [storage] data_dir = "{new_dd}", backend = "postgresql", dsn and password_file, then start the bot'
+        f'switch: set [storage] data_dir = "{new_dd}", backend = "postgresql", dsn and password_file; start the bot'
     )
 
 

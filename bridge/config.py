@@ -51,11 +51,11 @@ class StorageSettings(_Section):
     @model_validator(mode="after")
     def _backend(self) -> StorageSettings:
         if self.backend == "postgresql" and not self.dsn:
-            raise ValueError("storage.backend = \"postgresql\" needs storage.dsn")
+            raise ValueError('storage.backend = "postgresql" needs storage.dsn')
         if self.backend == "sqlite" and (self.dsn or self.password_file):
-            raise ValueError("storage.dsn and storage.password_file are for storage.backend = \"postgresql\"")
+            raise ValueError('storage.dsn and storage.password_file are for storage.backend = "postgresql"')
         if self.standby and self.backend != "postgresql":
-            raise ValueError("storage.standby needs storage.backend = \"postgresql\" (a SQLite log has one host)")
+            raise ValueError('storage.standby needs storage.backend = "postgresql" (a SQLite log has one host)')
         return self
 
 

@@ -48,7 +48,7 @@ def write_config(path: Path, data_dir: Path, key_file: Path, target: db.PgTarget
     path.write_text(
         "[storage]\n"
         f'data_dir = "{data_dir}"\nkey_file = "{key_file}"\nbackend = "postgresql"\n'
-        f"dsn = \"{dsn}\"\npassword_file = \"{target.password_file}\"\nstandby = {'true' if standby else 'false'}\n"
+        f'dsn = "{dsn}"\npassword_file = "{target.password_file}"\nstandby = {"true" if standby else "false"}\n'
         "checkpoint_every_records = 50\n"
     )
     return path

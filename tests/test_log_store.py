@@ -1,4 +1,4 @@
-"""The log store on both backends (SQLite, PostgreSQL): group commit, idempotency, cursors, failures, reopening, rotation."""
+"""The log store on both backends (SQLite, PostgreSQL): group commit, idempotency, cursors, failures, reopening."""
 
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

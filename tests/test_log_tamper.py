@@ -1,4 +1,4 @@
-"""Tamper tests against a real log (SQLite on disk, PostgreSQL on a real server): each change must make verify name the record."""
+"""Tamper tests against a real log (SQLite on disk, PostgreSQL on a real server): verify names the record."""
 
 from __future__ import annotations
 

@@ -53,7 +53,7 @@ POSTGRESQL = "postgresql"
 
 #: The advisory lock of a log's writer: (class id "CHAT", hash of the log's schema name).
 LOCK_CLASS = 0x43484154
-_LOCK_SQL = "SELECT pg_try_advisory_lock({cls}, hashtext(current_schema()))".format(cls=LOCK_CLASS)
+_LOCK_SQL = f"SELECT pg_try_advisory_lock({LOCK_CLASS}, hashtext(current_schema()))"
 
 PG_SCHEMA = """
 CREATE TABLE meta (k TEXT PRIMARY KEY, v BYTEA NOT NULL);
@@ -159,7 +159,7 @@ def read_marker(data_dir: Path) -> PgTarget:
 
 
 def backend_of(data_dir: Path) -> str | None:
-    """"sqlite", "postgresql", or None when the data dir holds no log."""
+    """ "sqlite", "postgresql", or None when the data dir holds no log."""
     if sqlite_path(data_dir).exists():
         return SQLITE
     if marker_path(data_dir).exists():
@@ -498,7 +498,14 @@ def _pg_expected() -> list[tuple[str, str, str, str | None]]:
             words = column_def.split()
             out.append(("column", f"{table}.{words[0]}", table, f"{types[words[1]]} null=NO default=None"))
             if "PRIMARY" in words:
-                out.append(("index", f"{table}_pkey", table, f"CREATE UNIQUE INDEX {table}_pkey ON {table} USING btree ({words[0]})"))
+                out.append(
+                    (
+                        "index",
+                        f"{table}_pkey",
+                        table,
+                        f"CREATE UNIQUE INDEX {table}_pkey ON {table} USING btree ({words[0]})",
+                    )
+                )
             if "UNIQUE" in words:
                 name = f"{table}_{words[0]}_key"
                 out.append(("index", name, table, f"CREATE UNIQUE INDEX {name} ON {table} USING btree ({words[0]})"))
@@ -510,7 +517,9 @@ def _pg_expected() -> list[tuple[str, str, str, str | None]]:
     return sorted(out, key=lambda r: (r[0], r[1]))
 
 
-def schema_objects(conn: ReadConnection) -> tuple[list[tuple[str, str, str, str | None]], list[tuple[str, str, str, str | None]]]:
+def schema_objects(
+    conn: ReadConnection,
+) -> tuple[list[tuple[str, str, str, str | None]], list[tuple[str, str, str, str | None]]]:
     """(expected, found) schema objects of the log `conn` reads, in the dialect of its backend."""
     if isinstance(conn, PgReader):
         return _pg_expected(), _pg_found(conn)

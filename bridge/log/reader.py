@@ -9,7 +9,6 @@ checks.
 
 from __future__ import annotations
 
-
 from collections.abc import Iterator
 from pathlib import Path
 

@@ -13,9 +13,9 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from bridge.clock import now_ms
 import psycopg
 
+from bridge.clock import now_ms
 from bridge.errors import Check, KeyFileError, LogIntegrityError, StorageError, UsageError
 from bridge.log import checkpoint, crypto, db, format, merkle
 from bridge.log.clear import KeyRecord

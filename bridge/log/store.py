@@ -194,9 +194,7 @@ class LogStore:
         return store
 
     @classmethod
-    async def _load(
-        cls, conn: db.Writer, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy
-    ) -> LogStore:
+    async def _load(cls, conn: db.Writer, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy) -> LogStore:
         meta = meta_dict([tuple(r) async for r in await conn.execute("SELECT k, v FROM meta")])
         if meta.get("schema_version") != str(SCHEMA_VERSION).encode():
             raise StorageError(

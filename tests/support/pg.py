@@ -80,7 +80,9 @@ class PgServer:
             "-E", "UTF8", "--locale=C.UTF-8", "--no-instructions",
         )  # fmt: skip
         options = f"-c listen_addresses=127.0.0.1 -p {self.port} -c unix_socket_directories='' -c fsync=on"
-        self._run(pg_bin("pg_ctl"), "start", "-w", "-t", "60", "-D", str(data), "-l", str(self.root / "log"), "-o", options)
+        self._run(
+            pg_bin("pg_ctl"), "start", "-w", "-t", "60", "-D", str(data), "-l", str(self.root / "log"), "-o", options
+        )
         with psycopg.connect(self.dsn("postgres"), password=self.password, autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {DATABASE}")
 
