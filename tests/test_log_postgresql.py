@@ -331,3 +331,20 @@ async def test_run_standby_on_another_host_takes_over_after_sigkill(
             "verify", "--data-dir", str(data_dir), "--key-file", str(tmp_path / "a" / "secrets" / "chatarchief.key")
         )
         assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ('backend = "postgresql"', "needs storage.dsn"),
+        ('dsn = "host=db"', "are for storage.backend"),
+        ('backend = "postgresql"\ndsn = "host=db"\nstandby = true\nbackend_x = 1', "backend_x"),
+        ("standby = true", "storage.standby needs"),
+    ],
+)
+def test_storage_backend_settings_are_checked(tmp_path: Path, storage: str, message: str) -> None:
+    """A PostgreSQL backend without a DSN, a DSN for SQLite, a standby on SQLite: one clear line, exit 2."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\nkey_file = "{tmp_path / "k.key"}"\n{storage}\n')
+    code, text = cli("verify", "--config", cfg)
+    assert code == 2 and message in text and "Traceback" not in text, text
