@@ -348,3 +348,45 @@ def test_storage_backend_settings_are_checked(tmp_path: Path, storage: str, mess
     cfg.write_text(f'[storage]\ndata_dir = "{tmp_path / "data"}"\nkey_file = "{tmp_path / "k.key"}"\n{storage}\n')
     code, text = cli("verify", "--config", cfg)
     assert code == 2 and message in text and "Traceback" not in text, text
+
+
+def test_media_reach_a_standby_through_the_database(pg_server: PgServer, tmp_path: Path) -> None:
+    """A blob stored on host A is kept in the log's database with its BLOB record; host B (its own data dir,
+    no media) gets the file when it opens the log as writer, and verify from B's data dir checks it keyless
+    and decrypts it with the key. A blob altered in the table cannot pass: the BLOB record names its hash."""
+    from tests.test_log_attacks import media_log
+
+    log = create_log(tmp_path / "a", pg_server.new_log_target())
+    assert log.pg is not None
+    blob_id, _ = media_log(log)
+    host_b = tmp_path / "b" / "data"
+    host_b.mkdir(parents=True, mode=0o700)
+    db.write_marker(host_b, log.pg)
+    with pytest.raises(LogIntegrityError, match=blob_id):
+        verify_log(host_b)  # before B ever wrote: the media are not on this host
+
+    async def open_on_b() -> None:
+        async with await LogStore.open(host_b, log.keys):
+            pass
+
+    asyncio.run(open_on_b())
+    original = (log.data_dir / "blobs" / blob_id[:2] / blob_id).read_bytes()
+    assert (host_b / "blobs" / blob_id[:2] / blob_id).read_bytes() == original
+    assert verify_log(host_b, log.keys).kinds["blob"] == 1
+    # An insider swaps the bytes in the table; a third host restores them and verify names the blob.
+    conn = Attacker(log.data_dir)
+    conn.execute("ALTER TABLE blobs DISABLE TRIGGER USER")
+    conn.execute("UPDATE blobs SET data = ? WHERE blob_id = ?", (original[:-1] + bytes([original[-1] ^ 1]), blob_id))
+    conn.close()
+    host_c = tmp_path / "c" / "data"
+    host_c.mkdir(parents=True, mode=0o700)
+    db.write_marker(host_c, log.pg)
+
+    async def open_on_c() -> None:
+        async with await LogStore.open(host_c, log.keys):
+            pass
+
+    asyncio.run(open_on_c())
+    with pytest.raises(LogIntegrityError, match=blob_id) as info:
+        verify_log(host_c)
+    assert info.value.check == Check.BLOB

@@ -21,6 +21,10 @@ PostgreSQL specifics:
   connection (`pg_try_advisory_lock`): held exactly as long as the session
   that writes, so a writer whose session died (SIGKILL, host gone) can write
   nothing more, and a standby on another host takes the lock over.
+- media: the encrypted blob files of `DATA_DIR/blobs/` are also kept, byte for byte, in the `blobs` table
+  (written on the writer's side session before the BLOB record that names them commits), and a writer
+  opening the log writes any blob its data dir lacks (never overwriting one): a standby on another host
+  has every file. `verify` checks the files against their BLOB records as for SQLite.
 - readers use `default_transaction_read_only` and stream long scans through
   server-side cursors; `BEGIN` on a reader starts a REPEATABLE READ snapshot
   (SQLite's read transaction), `COMMIT` ends it.
@@ -28,6 +32,7 @@ PostgreSQL specifics:
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import os
@@ -43,7 +48,7 @@ import aiosqlite
 import psycopg
 from psycopg import conninfo
 
-from bridge.durable import fsync_dir
+from bridge.durable import fsync_dir, write_atomic
 from bridge.errors import StorageError, UsageError
 
 SQLITE_NAME = "log.sqlite3"
@@ -68,6 +73,7 @@ CREATE TABLE checkpoints (
 CREATE TABLE cursors (
     name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_ms BIGINT NOT NULL, mac BYTEA NOT NULL);
 CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL);
+CREATE TABLE blobs (blob_id TEXT PRIMARY KEY, data BYTEA NOT NULL);
 CREATE FUNCTION chatarchief_append_only() RETURNS trigger LANGUAGE plpgsql
     AS $$BEGIN RAISE EXCEPTION 'append-only'; END$$;
 CREATE TRIGGER records_no_update BEFORE UPDATE ON records
@@ -76,6 +82,10 @@ CREATE TRIGGER records_no_delete BEFORE DELETE ON records
     FOR EACH ROW EXECUTE FUNCTION chatarchief_append_only();
 CREATE TRIGGER records_no_truncate BEFORE TRUNCATE ON records
     FOR EACH STATEMENT EXECUTE FUNCTION chatarchief_append_only();
+CREATE TRIGGER blobs_no_update BEFORE UPDATE ON blobs
+    FOR EACH ROW EXECUTE FUNCTION chatarchief_append_only();
+CREATE TRIGGER blobs_no_delete BEFORE DELETE ON blobs
+    FOR EACH ROW EXECUTE FUNCTION chatarchief_append_only();
 CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
     FOR EACH ROW EXECUTE FUNCTION chatarchief_append_only();
 CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
@@ -84,7 +94,7 @@ CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON checkpoints
     FOR EACH STATEMENT EXECUTE FUNCTION chatarchief_append_only();
 """
 
-TABLES = ("meta", "keys", "records", "checkpoints", "cursors", "counters")
+TABLES = ("meta", "keys", "records", "checkpoints", "cursors", "counters", "blobs")
 
 
 # -- where the log is ------------------------------------------------------------------------------
@@ -441,8 +451,43 @@ class PgDedup:
         except psycopg.Error as exc:
             raise StorageError(f"could not read the log's dedup index: {_first_line(exc)}") from None
 
+    async def keep_blob(self, blob_id: str, data: bytes) -> None:
+        """Keep an encrypted blob file's bytes in the log's database (durable on return; once per id)."""
+        try:
+            await self._conn.execute(
+                "INSERT INTO blobs (blob_id, data) VALUES (%s, %s) ON CONFLICT (blob_id) DO NOTHING", (blob_id, data)
+            )
+        except psycopg.Error as exc:
+            raise StorageError(f"could not store a media blob in the log's database: {_first_line(exc)}") from None
+
+    async def restore_blobs(self, root: Path) -> int:
+        """Write every blob the database holds and `root` lacks (never overwrites a file); returns how many."""
+        try:
+            cur = await self._conn.execute("SELECT blob_id FROM blobs")
+            ids = [str(r[0]) for r in await cur.fetchall()]
+            written = 0
+            for blob_id in ids:
+                path = root / blob_id[:2] / blob_id
+                if len(blob_id) != 40 or not all(c in "0123456789abcdef" for c in blob_id):
+                    raise StorageError(f"the log's blobs table holds a malformed blob id {blob_id[:60]!r}")
+                if await asyncio.to_thread(path.exists):
+                    continue
+                cur = await self._conn.execute("SELECT data FROM blobs WHERE blob_id = %s", (blob_id,))
+                row = await cur.fetchone()
+                assert row is not None
+                await asyncio.to_thread(_write_blob, path, bytes(row[0]))
+                written += 1
+            return written
+        except psycopg.Error as exc:
+            raise StorageError(f"could not read media blobs from the log's database: {_first_line(exc)}") from None
+
     async def close(self) -> None:
         await self._conn.close()
+
+
+def _write_blob(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(path, data)
 
 
 # -- creating and checking the schema --------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 Contract: `migrate_to_postgresql(data_dir, target, new_data_dir, keys)` holds the SQLite log's writer lock (no
 bot or command appends meanwhile), refuses a target schema that holds any log table, creates the schema and
-copies every table (meta, keys, records, checkpoints, cursors, counters) in ONE PostgreSQL transaction (a
-failure leaves the target empty), then writes the marker into `new_data_dir` (with a copy of the media
+copies every table (meta, keys, records, checkpoints, cursors, counters) and the media files (into
+`blobs`) in ONE PostgreSQL transaction (a failure leaves the target empty), then writes the marker into `new_data_dir` (with a copy of the media
 blobs, which stay files) and verifies both logs from their stored bytes: the same records give the same
 leaves, so both must report the same record count, root and newest signed checkpoint, else
 `LogIntegrityError`. Nothing is re-encrypted or re-signed: the copy is the same log.
@@ -15,6 +15,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -81,6 +82,16 @@ def migrate_to_postgresql(
     return Migrated(counts, source, copied)
 
 
+def _copy_blobs(root: Path, dst: psycopg.Connection[Any]) -> int:
+    """The media files into the `blobs` table (a standby restores them from there; see db.py)."""
+    n = 0
+    for path in sorted(root.glob("??/*")) if root.is_dir() else []:
+        if len(path.name) == 40 and path.parent.name == path.name[:2] and path.is_file():
+            dst.execute("INSERT INTO blobs (blob_id, data) VALUES (%s, %s)", (path.name, path.read_bytes()))
+            n += 1
+    return n
+
+
 def _copy(data_dir: Path, target: db.PgTarget, progress: Callable[[int], None] | None) -> dict[str, int]:
     src = open_readonly(data_dir)
     dst = db.pg_connect(target, app="chatarchief-migrate")
@@ -103,6 +114,7 @@ def _copy(data_dir: Path, target: db.PgTarget, progress: Callable[[int], None] |
                         if progress is not None and table == "records":
                             progress(n)
                 counts[table] = n
+            counts["blobs"] = _copy_blobs(data_dir / "blobs", dst)
         src.execute("COMMIT")
     except psycopg.Error as exc:
         raise StorageError(f"cannot copy into {target.describe()}: {str(exc).strip().splitlines()[0]}") from None

@@ -185,6 +185,9 @@ class LogStore:
             await conn.take_lock(data_dir)  # PgWriterBusy naming the holding session
             store = await cls._load(conn, data_dir, keys, policy)
             store._dedup = await db.PgDedup.open(target)
+            restored = await store._dedup.restore_blobs(data_dir / "blobs")  # media a standby has not got yet
+            if restored:
+                log.info("media blobs restored from the log's database", extra={"blobs": restored})
         except psycopg.Error as exc:
             await conn.close()
             raise StorageError(f"cannot open the log at {target.describe()}: {exc}") from None
@@ -391,7 +394,13 @@ class LogStore:
             return None
         path = self._blob_root / blob_id[:2] / blob_id
         try:
-            digest, size = await asyncio.to_thread(_file_digest, path)
+            if isinstance(self._dedup, db.PgDedup):  # PostgreSQL: the file's bytes go to the database too
+                raw = await asyncio.to_thread(path.read_bytes)
+                await self._dedup.keep_blob(blob_id, raw)
+                digest, size = hashlib.sha256(raw).hexdigest(), len(raw)
+                del raw
+            else:
+                digest, size = await asyncio.to_thread(_file_digest, path)
         except (OSError, ValueError) as exc:
             log.error(
                 "ALERT media blob missing when its event is committed; verify and snapshot will report it",
