@@ -1,12 +1,12 @@
 """`migrate-store`: copy a SQLite log into PostgreSQL, row for row, and prove both have the same signed root.
 
-Contract: `migrate_to_postgresql(data_dir, target, new_data_dir, keys)` holds the SQLite log's writer lock (no
-bot or command appends meanwhile), refuses a target schema that holds any log table, creates the schema and
-copies every table (meta, keys, records, checkpoints, cursors, counters) and the media files (into
-`blobs`) in ONE PostgreSQL transaction (a failure leaves the target empty), then writes the marker into `new_data_dir` (with a copy of the media
-blobs, which stay files) and verifies both logs from their stored bytes: the same records give the same
-leaves, so both must report the same record count, root and newest signed checkpoint, else
-`LogIntegrityError`. Nothing is re-encrypted or re-signed: the copy is the same log.
+Contract: `migrate_to_postgresql(data_dir, target, new_data_dir, keys)` holds the SQLite log's writer lock
+(no bot or command appends meanwhile), refuses a target schema that holds any log table, creates the schema
+and copies every table (meta, keys, records, checkpoints, cursors, counters) and the media files (into
+`blobs`) in ONE PostgreSQL transaction (a failure leaves the target empty), then writes the marker into
+`new_data_dir` (with a copy of the media files) and verifies both logs from their stored bytes: the same
+records give the same leaves, so both must report the same record count, root and newest signed checkpoint,
+else `LogIntegrityError`. Nothing is re-encrypted or re-signed: the copy is the same log.
 """
 
 from __future__ import annotations
