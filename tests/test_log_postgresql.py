@@ -390,3 +390,23 @@ def test_media_reach_a_standby_through_the_database(pg_server: PgServer, tmp_pat
     with pytest.raises(LogIntegrityError, match=blob_id) as info:
         verify_log(host_c)
     assert info.value.check == Check.BLOB
+
+
+def test_a_server_lost_mid_scan_is_a_storage_error(pg_log: LogDir, pg_server: PgServer) -> None:
+    """The reader's session ending while a scan streams (server restart, network) fails as StorageError (one
+    line, exit 1 at the CLI), not a driver traceback."""
+    from bridge.errors import StorageError
+    from bridge.log.verify import open_readonly
+
+    conn = open_readonly(pg_log.data_dir)
+    try:
+        cur = conn.execute("SELECT seq FROM records ORDER BY seq")  # streamed: a server-side cursor
+        assert [r[0] for r in cur.fetchmany(1)] == [0]
+        with pg_server.admin() as admin:
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'chatarchief-reader'"
+            )
+        with pytest.raises(StorageError, match="could not read the log"):
+            cur.fetchmany(1)
+    finally:
+        conn.close()

@@ -266,7 +266,7 @@ class PgReader:
                 named = self._conn.cursor(name=f"chatarchief_scan_{self._names}")
                 named.itersize = 2048
                 named.execute(pg_sql(sql), parameters)
-                return named
+                return _Streamed(named)
             return self._conn.execute(pg_sql(sql), parameters)
         except psycopg.Error as exc:
             raise StorageError(f"could not read the log: {_first_line(exc)}") from None
@@ -277,6 +277,35 @@ class PgReader:
     @property
     def raw(self) -> psycopg.Connection[Any]:
         return self._conn
+
+
+class _Streamed:
+    """A server-side cursor whose fetches (network reads) fail as StorageError, like `execute` does."""
+
+    def __init__(self, cur: psycopg.ServerCursor[Any]) -> None:
+        self._cur = cur
+
+    def fetchone(self) -> Any:
+        return self._guarded(self._cur.fetchone)
+
+    def fetchmany(self, size: int = 0) -> list[Any]:
+        rows: list[Any] = self._guarded(lambda: self._cur.fetchmany(size))
+        return rows
+
+    def fetchall(self) -> list[Any]:
+        rows: list[Any] = self._guarded(self._cur.fetchall)
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        while rows := self.fetchmany(self._cur.itersize):
+            yield from rows
+
+    @staticmethod
+    def _guarded(fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except psycopg.Error as exc:
+            raise StorageError(f"could not read the log: {_first_line(exc)}") from None
 
 
 def open_readonly(data_dir: Path) -> ReadConnection:
