@@ -391,7 +391,7 @@ class PgWriter(Writer):
         self.target = target
 
     @classmethod
-    async def connect(cls, target: PgTarget, data_dir: Path, name: str = "writer") -> PgWriter:
+    async def connect(cls, target: PgTarget, name: str = "writer") -> PgWriter:
         app = f"chatarchief-{name} {socket.gethostname()} pid {os.getpid()}"[:63]
         try:
             conn = await psycopg.AsyncConnection.connect(
@@ -456,7 +456,8 @@ class PgWriterBusy(UsageError):
 
 
 class PgDedup:
-    """`existing(tags)` on its own session: does not wait for the writer's commit in flight (see dedup.py)."""
+    """The writer's side session: `existing(tags)` does not wait for the commit in flight (see dedup.py);
+    `keep_blob`/`restore_blobs` move media between the data dir and the `blobs` table."""
 
     def __init__(self, conn: psycopg.AsyncConnection[Any]) -> None:
         self._conn = conn

@@ -1,4 +1,4 @@
-"""The append-only log on SQLite (aiosqlite, WAL, synchronous=FULL).
+"""The append-only log on SQLite (aiosqlite, WAL, synchronous=FULL) or PostgreSQL (psycopg, `bridge.log.db`).
 
 Theory of operation
 -------------------
@@ -180,7 +180,7 @@ class LogStore:
     ) -> LogStore:
         """The writer's session takes the log's advisory lock itself: its writes and its lock live and die
         together (a writer whose session is gone can write nothing, and a standby may take over)."""
-        conn = await db.PgWriter.connect(target, data_dir)
+        conn = await db.PgWriter.connect(target)
         try:
             await conn.take_lock(data_dir)  # PgWriterBusy naming the holding session
             store = await cls._load(conn, data_dir, keys, policy)
