@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -86,7 +87,10 @@ def one(name: str, root: Path, pg: PgTarget | None, n: int, batch: int) -> tuple
     verify_s = time.perf_counter() - start
     assert report.records == n + 2 and report.unsealed == 0
     eps, mbs = n / took, size / verify_s / 1e6
-    print(f"{name:10s} ingest {eps:10.0f} events/s   verify {mbs:7.1f} MB/s ({size / 1e6:.0f} MB stored, {n} events)")
+    print(
+        f"{name:10s} ingest {eps:10.0f} events/s   verify {mbs:7.1f} MB/s ({size / 1e6:.0f} MB stored, {n} events)",
+        flush=True,
+    )
     return eps, mbs
 
 
@@ -94,17 +98,24 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=4096)
+    parser.add_argument("--only", choices=("sqlite", "postgresql"), help="one backend (no ratio)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a timeout still stops the server (finally)
     with tempfile.TemporaryDirectory(prefix="bench-pg-") as tmp:
         root = Path(tmp)
         server = PgServer(root / "pg-client")
         server.start()
         try:
-            lite = one("sqlite", root, None, args.events, args.batch)
-            pg = one("postgresql", root, server.new_log_target(), args.events, args.batch)
+            lite = one("sqlite", root, None, args.events, args.batch) if args.only != "postgresql" else None
+            pg = (
+                one("postgresql", root, server.new_log_target(), args.events, args.batch)
+                if args.only != "sqlite"
+                else None
+            )
         finally:
             server.stop()
-    print(f"ratio postgresql/sqlite: ingest {pg[0] / lite[0]:.2f}, verify {pg[1] / lite[1]:.2f}")
+    if lite is not None and pg is not None:
+        print(f"ratio postgresql/sqlite: ingest {pg[0] / lite[0]:.2f}, verify {pg[1] / lite[1]:.2f}")
 
 
 if __name__ == "__main__":
