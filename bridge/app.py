@@ -43,6 +43,7 @@ from bridge.errors import ConfigError, StorageError, UsageError
 from bridge.liveness import Heartbeats, restart_gap
 from bridge.log import checkpoint as checkpoint_note
 from bridge.log.control import ControlServer
+from bridge.log.db import PgWriterBusy
 from bridge.log.keys import KeyMaterial, check_permissions
 from bridge.log.lock import WriterBusy
 from bridge.log.store import CheckpointPolicy, LogStore
@@ -72,14 +73,9 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
                 check_permissions(secret, "matrix credential file")
     check_private_dir(data_dir)
     targets = witness_targets(settings)  # a bad [witness] key is a config error before anything starts
-    try:
-        store = await LogStore.open(data_dir, keys, checkpoint_policy(settings))
-    except WriterBusy as busy:
-        who = f"process {busy.pid}" if busy.pid is not None else "another process"
-        raise UsageError(
-            f"{who} already writes the log in {data_dir} (lock {data_dir / 'writer.lock'}); one bot per data dir"
-            " (import, withhold, rotate-key and snapshot hand their work to it)"
-        ) from None
+    store = await open_store(settings, data_dir, keys, stop)
+    if store is None:  # a standby told to stop before it took over
+        return
     async with store:
         await record_restart_gap(store, data_dir, keys)
         await store.checkpoint()  # seal whatever a crash left unsealed
@@ -276,6 +272,40 @@ async def serve_metrics(
     finally:
         logging.getLogger("bridge").removeHandler(alerts)
         await server.__aexit__(None, None, None)
+
+
+#: How often a standby tries the writer lock (PostgreSQL frees it the moment the active bot's session ends).
+STANDBY_POLL_SECONDS = 0.5
+
+
+async def open_store(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: asyncio.Event) -> LogStore | None:
+    """The log's writer; a standby (`[storage] standby = true`) waits for the writer lock until it gets it (then
+    opens the store from what is committed, so it continues exactly where the active bot's last commit ended)
+    or until `stop` (None)."""
+    waiting = False
+    while True:
+        try:
+            store = await LogStore.open(data_dir, keys, checkpoint_policy(settings))
+        except PgWriterBusy as busy:
+            if not settings.storage.standby:
+                raise UsageError(f"{busy}; one active bot per log") from None
+            if not waiting:
+                log.info("standby: waiting for the writer lock", extra={"holder": busy.holder or "unknown"})
+                waiting = True
+        except WriterBusy as busy:
+            who = f"process {busy.pid}" if busy.pid is not None else "another process"
+            raise UsageError(
+                f"{who} already writes the log in {data_dir} (lock {data_dir / 'writer.lock'}); one bot per data dir"
+                " (import, withhold, rotate-key and snapshot hand their work to it)"
+            ) from None
+        else:
+            if waiting:
+                log.warning("standby: took over the writer lock; continuing from the log", extra={"size": store.size})
+            return store
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STANDBY_POLL_SECONDS)
+        if stop.is_set():
+            return None
 
 
 async def record_restart_gap(store: LogStore, data_dir: Path, keys: KeyMaterial) -> None:

@@ -41,6 +41,7 @@ from bridge.clock import now_ms
 from bridge.durable import fsync_dir, write_exclusive
 from bridge.errors import UsageError
 from bridge.log.backup import copy_database, is_sqlite
+from bridge.log.db import MARKER_NAME
 from bridge.log.schema import DB_NAME
 from bridge.worm import OUTBOX
 
@@ -63,6 +64,11 @@ class BackupReport:
 def backup(data_dir: Path, out: Path, extra: Mapping[str, Path] | None = None) -> BackupReport:
     """Copy `data_dir` (and `extra` folders) into the new folder `out`; see the module docstring."""
     db = data_dir / DB_NAME
+    if not db.is_file() and (data_dir / MARKER_NAME).is_file():
+        raise UsageError(
+            f"the log of {data_dir} lives in PostgreSQL: back it up with pg_dump or base backups, then verify the"
+            " restored copy (docs/postgresql.md)"
+        )
     if not db.is_file():
         raise UsageError(f"{data_dir} holds no log ({DB_NAME}); check --data-dir or storage.data_dir")
     if out.exists() or out.is_symlink():

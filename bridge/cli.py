@@ -27,8 +27,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeR
 from bridge import cli_witness, config
 from bridge.errors import ChatarchiefError, LogIntegrityError, UsageError
 from bridge.importer import ImportFormat, import_file
+from bridge.log import db
 from bridge.log import keys as keyfile
-from bridge.log.keys import KeyMaterial
+from bridge.log.keys import KeyMaterial, check_permissions
 from bridge.log.store import CheckpointPolicy, initialise
 from bridge.log.verify import verify_log
 from bridge.log.writer import check_private_dir, open_writer
@@ -174,7 +175,18 @@ def _open_keys(
     settings = _settings(config_file)
     dd, kf = _paths(settings, data_dir, key_file)
     assert kf is not None
+    if config_file is not None:
+        _guard(lambda: db.check_configured(dd, settings.storage.backend, _pg_target(settings)))
     return settings, dd, _load_keys(kf, dd, settings.storage.signing_key_file)
+
+
+def _pg_target(settings: config.Settings) -> db.PgTarget | None:
+    """The configured PostgreSQL log (DSN checked: no password in it), None for SQLite."""
+    s = settings.storage
+    if s.backend != "postgresql" or s.dsn is None:
+        return None
+    dsn = s.dsn
+    return _guard(lambda: db.PgTarget.checked(dsn, s.password_file))
 
 
 def _via(pid: int | None) -> str:
@@ -209,12 +221,15 @@ def init(
     dd, kf = _paths(settings, data_dir, key_file)
     assert kf is not None
     sk = signing_key or settings.storage.signing_key_file or keyfile.signing_path(kf)
+    pg = _pg_target(settings)
 
     def create() -> tuple[KeyMaterial, Path]:
         keyfile.ensure_outside(kf, dd)
         keyfile.ensure_outside(sk, dd)
-        if (dd / "log.sqlite3").exists():
+        if db.backend_of(dd) is not None:
             raise UsageError(f"{dd} already holds a log; refusing to overwrite it")
+        if pg is not None and pg.password_file is not None:
+            check_permissions(pg.password_file, "PostgreSQL password file")
         for path in (kf, sk):
             if path.exists():
                 raise UsageError(f"{path} already exists; refusing to overwrite a key file")
@@ -222,11 +237,11 @@ def init(
         sk.parent.mkdir(parents=True, exist_ok=True)
         material = keyfile.generate(os.urandom(16))
         pub = keyfile.write_new(kf, material, sk)
-        initialise(dd, material)
+        initialise(dd, material, pg)
         return material, pub
 
     material, pub = _guard(create)
-    out.print(f"created log {material.log_id.hex()} in {dd}")
+    out.print(f"created log {material.log_id.hex()} in {dd if pg is None else pg.describe()}")
     out.print(f"key file:   {kf} (mode 0600; keep a copy in escrow, never inside the data dir)")
     out.print(f"signing key: {sk} (mode 0600; signs checkpoints; hold it apart from the key file where you can)")
     out.print(f"public key: {pub}")
@@ -365,6 +380,44 @@ def demo(
     from bridge import demo as demo_module
 
     _guard(lambda: demo_module.main(workdir, out))
+
+
+@app.command("migrate-store")
+def migrate_store(
+    to: Annotated[str, typer.Option("--to", metavar="DSN", help="The PostgreSQL log: a libpq DSN, no password.")],
+    config_file: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    key_file: KeyFileOpt = None,
+    password_file: Annotated[
+        Path | None, typer.Option("--password-file", metavar="FILE", help="The PostgreSQL password, alone in a file.")
+    ] = None,
+    new_data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--new-data-dir", metavar="DIR", help="Data dir of the PostgreSQL log (default DATA_DIR.postgresql)."
+        ),
+    ] = None,
+) -> None:
+    """Copy a SQLite log into an empty PostgreSQL schema and prove both have the same signed root.
+
+    Stop the bot first (the SQLite writer lock is held during the copy). Nothing is re-encrypted or re-signed.
+    """
+    from bridge.log.migrate import migrate_to_postgresql
+
+    settings, dd, material = _open_keys(config_file, data_dir, key_file)
+    pw = password_file or settings.storage.password_file
+    if pw is not None:
+        _guard(lambda: check_permissions(pw, "PostgreSQL password file"))
+    target = _guard(lambda: db.PgTarget.checked(to, pw))
+    new_dd = new_data_dir or dd.with_name(dd.name + ".postgresql")
+    done = _guard(lambda: migrate_to_postgresql(dd, target, new_dd, material))
+    copied = ", ".join(f"{table} {n}" for table, n in done.rows.items())
+    out.print(f"copied {copied} into {target.describe()}")
+    out.print(f"same signed root: {done.target.records} records, root {done.target.root.hex()} (verified on both)")
+    out.print(f"the PostgreSQL log's data dir: {new_dd} (media blobs copied; the SQLite log is untouched)")
+    out.print(
+        f'switch: set [storage] data_dir = "{new_dd}", backend = "postgresql", dsn and password_file; start the bot'
+    )
 
 
 @app.command("rotate-key")

@@ -38,6 +38,25 @@ class StorageSettings(_Section):
     checkpoint_every_seconds: Annotated[float, Field(gt=0)] = 60.0
     #: A heartbeat record every this many minutes proves the bot was alive (a silent month vs a dead bot).
     heartbeat_minutes: Annotated[float, Field(gt=0)] = 15.0
+    #: Where the log lives: "sqlite" (log.sqlite3 in data_dir) or "postgresql" (`dsn`; data_dir keeps a marker).
+    backend: Literal["sqlite", "postgresql"] = "sqlite"
+    #: libpq connection string of the PostgreSQL log, without a password (e.g. "host=db port=5432 dbname=x").
+    dsn: str | None = None
+    #: The PostgreSQL password, alone in a file (mode 0600).
+    password_file: Path | None = None
+    #: `run` waits for the writer lock instead of refusing, and takes over when the active bot's session ends
+    #: (PostgreSQL: the lock is held across hosts).
+    standby: bool = False
+
+    @model_validator(mode="after")
+    def _backend(self) -> StorageSettings:
+        if self.backend == "postgresql" and not self.dsn:
+            raise ValueError('storage.backend = "postgresql" needs storage.dsn')
+        if self.backend == "sqlite" and (self.dsn or self.password_file):
+            raise ValueError('storage.dsn and storage.password_file are for storage.backend = "postgresql"')
+        if self.standby and self.backend != "postgresql":
+            raise ValueError('storage.standby needs storage.backend = "postgresql" (a SQLite log has one host)')
+        return self
 
 
 class MatrixSettings(_Section):

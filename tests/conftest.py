@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +13,10 @@ from hypothesis import HealthCheck, settings
 
 from bridge.events import MATRIX, ConversationId, Event, EventId, Kind, SenderId
 from bridge.log import keys as keyfile
+from bridge.log.db import PgTarget
 from bridge.log.keys import KeyMaterial
 from bridge.log.store import CheckpointPolicy, LogStore, initialise
+from tests.support.pg import PgServer
 
 # Hypothesis profiles: `fast` for `make check` (before a commit), `thorough` in CI (`.ci/run`, or any run with CI
 # set), `local` (hypothesis' defaults, no deadline) otherwise. HYPOTHESIS_PROFILE picks one explicitly. Tests
@@ -35,10 +38,16 @@ class LogDir:
     data_dir: Path
     key_file: Path
     keys: KeyMaterial
+    #: The PostgreSQL log (schema) when the log lives there, else None (SQLite in the data dir).
+    pg: PgTarget | None = None
 
     @property
     def db(self) -> Path:
         return self.data_dir / "log.sqlite3"
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.pg is None else "postgresql"
 
 
 def make_event(i: int, conversation: str = "!room:example.org", body: str | None = None) -> Event:
@@ -55,14 +64,14 @@ def make_event(i: int, conversation: str = "!room:example.org", body: str | None
     )
 
 
-def create_log(tmp_path: Path) -> LogDir:
+def create_log(tmp_path: Path, pg: PgTarget | None = None) -> LogDir:
     data_dir = tmp_path / "data"
     key_file = tmp_path / "keys" / "chatarchief.key"
     key_file.parent.mkdir(mode=0o700, parents=True)
     material = keyfile.generate(os.urandom(16))
     keyfile.write_new(key_file, material)
-    initialise(data_dir, material)
-    return LogDir(data_dir, key_file, material)
+    initialise(data_dir, material, pg)
+    return LogDir(data_dir, key_file, material, pg)
 
 
 def fill_log(log: LogDir, n: int, every_records: int = 10, batch: int = 5) -> None:
@@ -81,6 +90,40 @@ def fill_log(log: LogDir, n: int, every_records: int = 10, batch: int = 5) -> No
 @pytest.fixture
 def empty_log(tmp_path: Path) -> LogDir:
     return create_log(tmp_path)
+
+
+@pytest.fixture(scope="session")
+def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    """One real PostgreSQL server for the session (started only by tests that ask for it)."""
+    server = PgServer(tmp_path_factory.mktemp("pg-client"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+#: The log's storage backends: contract tests run against each (`any_empty_log`, `any_filled_log`).
+BACKENDS = ("sqlite", "postgresql")
+
+
+def backend_log(request: pytest.FixtureRequest, tmp_path: Path) -> LogDir:
+    if request.param == "postgresql":
+        server: PgServer = request.getfixturevalue("pg_server")
+        return create_log(tmp_path, server.new_log_target())
+    return create_log(tmp_path)
+
+
+@pytest.fixture(params=BACKENDS)
+def any_empty_log(request: pytest.FixtureRequest, tmp_path: Path) -> LogDir:
+    return backend_log(request, tmp_path)
+
+
+@pytest.fixture(params=BACKENDS)
+def any_filled_log(request: pytest.FixtureRequest, tmp_path: Path) -> LogDir:
+    log = backend_log(request, tmp_path)
+    fill_log(log, 50)
+    return log
 
 
 @pytest.fixture

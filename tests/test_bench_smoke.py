@@ -56,3 +56,10 @@ def test_benchmark_runs_at_a_small_size(script: str, args: list[str], lines: lis
     out = run_bench(script, *args)
     for line in lines:
         assert line in out, out
+
+
+def test_postgresql_benchmark_runs_beside_sqlite() -> None:
+    """`bench/pg.py` at 3,000 events ingests and verifies on both backends in one run and prints the ratios."""
+    out = run_bench("pg.py", "--events", "3000", "--batch", "512")
+    for line in ("sqlite     ingest", "postgresql ingest", "ratio postgresql/sqlite: ingest"):
+        assert line in out, out

@@ -10,7 +10,6 @@ or a tampered record pass one door and fail another.
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
@@ -27,7 +26,8 @@ from bridge.log.store import LogStore
 from bridge.log.view import LogView
 from bridge.log.writer import Writer, open_writer
 from bridge.withhold import withhold
-from tests.conftest import LogDir, make_event
+from tests.conftest import BACKENDS, LogDir, backend_log, make_event
+from tests.support.pg import rows
 from tests.test_log_tamper import attacker, flip
 
 EventReader = Callable[[Path, KeyMaterial], list[tuple[int, Event]]]
@@ -78,6 +78,12 @@ async def _write(log: LogDir) -> None:
         await store.checkpoint()
 
 
+@pytest.fixture(params=BACKENDS)
+def empty_log(request: pytest.FixtureRequest, tmp_path: Path) -> LogDir:
+    """Every reader (and the view the snapshot reads through) on both backends: SQLite and PostgreSQL."""
+    return backend_log(request, tmp_path)
+
+
 @pytest.fixture
 async def written(empty_log: LogDir) -> LogDir:
     """30 events in 3 conversations, two checkpoints, and a withhold and a release decision."""
@@ -113,7 +119,7 @@ async def test_every_reader_gives_back_the_decisions_written(written: LogDir, na
 def _tamper(log: LogDir, column: str, nth_event: int) -> int:
     """Flip one byte of `column` of the `nth_event`-th event record; returns its seq."""
     seq = reader_events(log.data_dir, log.keys)[nth_event][0]
-    with contextlib.closing(attacker(log.db)) as conn:
+    with contextlib.closing(attacker(log.data_dir)) as conn:
         (value,) = conn.execute(f"SELECT {column} FROM records WHERE seq = ?", (seq,)).fetchone()
         conn.execute(f"UPDATE records SET {column} = ? WHERE seq = ?", (flip(bytes(value), len(value) // 2), seq))
     return seq
@@ -134,7 +140,7 @@ async def test_a_tampered_event_record_is_the_same_error_at_every_reader(
 async def test_a_tampered_decision_is_the_same_error_at_every_decision_reader(written: LogDir) -> None:
     """A flipped byte in a stored decision is a LogIntegrityError naming it at each decision reader."""
     seq = reader_decisions(written.data_dir, written.keys)[1][0]
-    with contextlib.closing(attacker(written.db)) as conn:
+    with contextlib.closing(attacker(written.data_dir)) as conn:
         (body,) = conn.execute("SELECT body FROM records WHERE seq = ?", (seq,)).fetchone()
         conn.execute("UPDATE records SET body = ? WHERE seq = ?", (flip(bytes(body), 0), seq))
     for name, read in DECISION_READERS.items():
@@ -167,8 +173,7 @@ WRITERS = {"LocalWriter": local_writer, "RemoteWriter": remote_writer}
 @pytest.mark.parametrize("name", WRITERS)
 async def test_the_writer_door_reads_the_same_checkpoints_as_the_view(written: LogDir, name: str) -> None:
     """For a size that is already sealed, seal_prefix returns the stored note, byte for byte as LogView has it."""
-    with contextlib.closing(sqlite3.connect(written.db)) as conn:
-        sizes = [int(size) for (size,) in conn.execute("SELECT size FROM checkpoints ORDER BY size")]
+    sizes = [int(size) for (size,) in rows(written.data_dir, "SELECT size FROM checkpoints ORDER BY size")]
     assert len(sizes) >= 2
     with LogView(written.data_dir, written.keys) as view:
         notes = {size: view.note_at(size) for size in sizes}

@@ -1,4 +1,4 @@
-"""The SQLite log store: group commit, idempotency, cursors, failures, reopening, rotation."""
+"""The log store on both backends (SQLite, PostgreSQL): group commit, idempotency, cursors, failures, reopening."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import asyncio
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -17,7 +19,14 @@ from bridge.log import format, merkle
 from bridge.log.schema import INIT_RECORDS as B  # a new log holds its two key records
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.log.verify import verify_log
-from tests.conftest import LogDir, create_log, make_event
+from tests.conftest import BACKENDS, LogDir, backend_log, create_log, make_event
+from tests.support.pg import PgServer, rows
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_log(request: pytest.FixtureRequest, tmp_path: Path) -> LogDir:
+    """The contract holds on every backend: each test here runs against SQLite and PostgreSQL."""
+    return backend_log(request, tmp_path)
 
 
 async def test_duplicates_are_counted_not_stored(empty_log: LogDir) -> None:
@@ -45,13 +54,19 @@ async def test_cursor_is_stored_with_the_batch(empty_log: LogDir) -> None:
 
 
 async def test_failed_commit_rolls_back_events_and_cursor(empty_log: LogDir) -> None:
-    """A commit that fails (here: the database is locked by another writer) stores nothing, advances nothing,
+    """A commit that fails (here: the database is locked by another session) stores nothing, advances nothing,
     and the next attempt reuses the same sequence numbers."""
     async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
         await store.append_events([make_event(0)], cursor=("c", "t0"))
-        blocker = sqlite3.connect(empty_log.db, isolation_level=None, timeout=0)
-        blocker.execute("BEGIN IMMEDIATE")
-        await store._conn.execute("PRAGMA busy_timeout = 0")
+        if empty_log.pg is not None:
+            blocker: Any = psycopg.connect(empty_log.pg.dsn, **empty_log.pg.connect_args(), autocommit=True)
+            blocker.execute("BEGIN")
+            blocker.execute("LOCK TABLE records IN EXCLUSIVE MODE")
+            await store._conn.execute("SET lock_timeout = '200ms'")
+        else:
+            blocker = sqlite3.connect(empty_log.db, isolation_level=None, timeout=0)
+            blocker.execute("BEGIN IMMEDIATE")
+            await store._conn.execute("PRAGMA busy_timeout = 0")
         with pytest.raises(StorageError):
             await store.append_events([make_event(1), make_event(2)], cursor=("c", "t1"))
         blocker.execute("ROLLBACK")
@@ -99,12 +114,10 @@ async def test_frontier_is_rebuilt_from_the_signed_edge_and_the_tail(empty_log: 
         await store.append_events([make_event(i) for i in range(6)])
         await store.checkpoint()
         await store.append_events([make_event(i) for i in range(6, 9)])  # an unsealed tail
-    conn = sqlite3.connect(empty_log.db, isolation_level=None)
     leaves = [
         format.leaf_of(bytes(h), bytes(c), bytes(b))
-        for h, c, b in conn.execute("SELECT header, commitment, body FROM records ORDER BY seq")
+        for h, c, b in rows(empty_log.data_dir, "SELECT header, commitment, body FROM records ORDER BY seq")
     ]
-    conn.close()
     async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
         assert store.size == B + 9
         assert store._frontier.root() == merkle.root(leaves)
@@ -116,7 +129,7 @@ async def test_checkpoint_policy_by_count(empty_log: LogDir) -> None:
     async with await LogStore.open(empty_log.data_dir, empty_log.keys, policy) as store:
         for i in range(10):
             await store.append_events([make_event(i)])
-    sizes = [r[0] for r in sqlite3.connect(empty_log.db).execute("SELECT size FROM checkpoints ORDER BY size")]
+    sizes = [r[0] for r in rows(empty_log.data_dir, "SELECT size FROM checkpoints ORDER BY size")]
     assert sizes == [B, B + 4, B + 8]
 
 
@@ -127,7 +140,7 @@ async def test_checkpoint_policy_by_time(empty_log: LogDir) -> None:
         for i in range(3):
             await asyncio.sleep(0.005)
             await store.append_events([make_event(i)])
-    sizes = [r[0] for r in sqlite3.connect(empty_log.db).execute("SELECT size FROM checkpoints ORDER BY size")]
+    sizes = [r[0] for r in rows(empty_log.data_dir, "SELECT size FROM checkpoints ORDER BY size")]
     assert sizes == [B, B + 1, B + 2, B + 3]
 
 
@@ -152,15 +165,23 @@ async def test_open_without_a_log_is_a_usage_error(tmp_path: Path, empty_log: Lo
         await LogStore.open(tmp_path / "nothing", empty_log.keys)
 
 
-async def test_no_plaintext_in_database_file(empty_log: LogDir) -> None:
-    """Message bodies, room ids, event ids and sender ids do not appear in the database files."""
+async def test_no_plaintext_in_database_file(empty_log: LogDir, request: pytest.FixtureRequest) -> None:
+    """Message bodies, room ids, event ids and sender ids do not appear in the database files (PostgreSQL:
+    none of the server's files, its WAL and data files after a CHECKPOINT, nor the data dir)."""
     marker = "GEHEIM-MARKER-7731"
     async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
         await store.append_events(
             [make_event(i, conversation=f"!{marker}room:example.org", body=f"{marker} body {i}") for i in range(20)]
         )
         await store.checkpoint()
-    for path in empty_log.data_dir.iterdir():
+    paths = list(empty_log.data_dir.iterdir())
+    if empty_log.pg is not None:
+        server: PgServer = request.getfixturevalue("pg_server")
+        with server.admin() as admin:
+            admin.execute("CHECKPOINT")
+        paths += [p for p in server.root.rglob("*") if p.is_file()]
+        assert any("pg_wal" in p.parts for p in paths)  # the scan reaches the WAL the records went through
+    for path in paths:
         data = path.read_bytes()
         for needle in (marker, "$event1", "@minister"):
             assert needle.encode() not in data, (path.name, needle)
@@ -178,11 +199,15 @@ async def test_records_decrypt_back_to_the_events(empty_log: LogDir) -> None:
     assert [canonical_bytes(e) for _, e in back] == [canonical_bytes(e) for e in events]
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(batches=st.lists(st.lists(st.integers(0, 40), max_size=12), min_size=1, max_size=8))
-def test_any_append_sequence_verifies(tmp_path_factory: pytest.TempPathFactory, batches: list[list[int]]) -> None:
+def test_any_append_sequence_verifies(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest, backend: str, batches: list[list[int]]
+) -> None:
     """Property: for any sequence of batches (with repeats), the log holds each event once, gapless, and verifies."""
-    log = create_log(tmp_path_factory.mktemp("prop"))
+    pg = request.getfixturevalue("pg_server").new_log_target() if backend == "postgresql" else None
+    log = create_log(tmp_path_factory.mktemp("prop"), pg)
 
     async def go() -> int:
         policy = CheckpointPolicy(every_records=5, every_seconds=3600)

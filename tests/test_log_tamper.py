@@ -1,8 +1,7 @@
-"""Tamper tests against a real log on disk: each change must make verify name the record."""
+"""Tamper tests against a real log (SQLite on disk, PostgreSQL on a real server): verify names the record."""
 
 from __future__ import annotations
 
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -11,18 +10,30 @@ from bridge.errors import Check, KeyFileError, LogIntegrityError
 from bridge.log import keys as keyfile
 from bridge.log.schema import INIT_RECORDS as B  # a new log holds its two key records
 from bridge.log.verify import verify_log
-from tests.conftest import LogDir, create_log, fill_log
+from tests.conftest import BACKENDS, LogDir, backend_log, create_log, fill_log
+from tests.support.pg import Attacker, rows
 
 
-def attacker(db: Path) -> sqlite3.Connection:
-    """Open the database as someone with write access who drops the append-only triggers."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    for name in ("records_no_update", "records_no_delete", "checkpoints_no_update", "checkpoints_no_delete"):
-        conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-    return conn
+@pytest.fixture(params=BACKENDS)
+def filled_log(request: pytest.FixtureRequest, tmp_path: Path) -> LogDir:
+    """Every tamper test runs against both backends (SQLite, PostgreSQL): one contract."""
+    log = backend_log(request, tmp_path)
+    fill_log(log, 50)
+    return log
 
 
-def row(conn: sqlite3.Connection, seq: int) -> tuple[bytes, bytes, bytes, bytes, bytes]:
+@pytest.fixture(params=BACKENDS)
+def empty_log(request: pytest.FixtureRequest, tmp_path: Path) -> LogDir:
+    return backend_log(request, tmp_path)
+
+
+def attacker(data_dir: Path) -> Attacker:
+    """Open the database as someone with write access who drops (SQLite) or disables (PostgreSQL) the
+    append-only triggers."""
+    return Attacker(data_dir)
+
+
+def row(conn: Attacker, seq: int) -> tuple[bytes, bytes, bytes, bytes, bytes]:
     r = conn.execute("SELECT dedup, header, commitment, body, leaf FROM records WHERE seq = ?", (seq,)).fetchone()
     return tuple(bytes(x) for x in r)  # type: ignore[return-value]
 
@@ -52,7 +63,7 @@ def test_intact_log_verifies_with_and_without_key(filled_log: LogDir) -> None:
 @pytest.mark.parametrize("column", ["header", "commitment", "body"])
 def test_flipped_byte_in_a_record_is_named(filled_log: LogDir, column: str) -> None:
     """One flipped bit in any stored part of record 17 makes verify fail at record 17."""
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     value = conn.execute(f"SELECT {column} FROM records WHERE seq = 17").fetchone()[0]
     conn.execute(f"UPDATE records SET {column} = ? WHERE seq = 17", (flip(bytes(value), len(value) // 2),))
     conn.close()
@@ -63,7 +74,7 @@ def test_altered_record_with_recomputed_leaf_is_caught_by_the_chain(filled_log: 
     """An attacker who also rewrites the stored leaf hash is caught by the next record's chain link."""
     from bridge.log.format import leaf_of
 
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     _, header, commit, body, _ = row(conn, 20)
     body = flip(body, 3)
     conn.execute("UPDATE records SET body = ?, leaf = ? WHERE seq = 20", (body, leaf_of(header, commit, body)))
@@ -77,7 +88,7 @@ def test_altered_last_record_with_recomputed_leaf_fails_the_checkpoint(filled_lo
     """The last record has no successor; the signed checkpoint's root catches it."""
     from bridge.log.format import leaf_of
 
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     last = B + 49
     _, header, commit, body, _ = row(conn, last)
     body = flip(body, 0)
@@ -90,7 +101,7 @@ def test_altered_last_record_with_recomputed_leaf_fails_the_checkpoint(filled_lo
 
 def test_deleted_row_is_named(filled_log: LogDir) -> None:
     """Deleting record 12 is reported as record 12 missing."""
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     conn.execute("DELETE FROM records WHERE seq = 12")
     conn.close()
     err = expect_tampered(filled_log, 12)
@@ -100,7 +111,7 @@ def test_deleted_row_is_named(filled_log: LogDir) -> None:
 
 def test_swapped_rows_are_named(filled_log: LogDir) -> None:
     """Swapping the contents of records 5 and 30 fails at record 5 (out of place)."""
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     a, b = row(conn, 5), row(conn, 30)
     conn.execute("UPDATE records SET dedup = x'00' WHERE seq = 5")
     for seq, values in ((30, a), (5, b)):
@@ -116,7 +127,7 @@ def test_swapped_rows_are_named(filled_log: LogDir) -> None:
 
 def test_renumbered_rows_are_caught(filled_log: LogDir) -> None:
     """Renumbering rows (seq column) so two records trade places fails at the first of them."""
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     conn.execute("UPDATE records SET seq = -1 WHERE seq = 8")
     conn.execute("UPDATE records SET seq = 8 WHERE seq = 9")
     conn.execute("UPDATE records SET seq = 9 WHERE seq = -1")
@@ -126,7 +137,7 @@ def test_renumbered_rows_are_caught(filled_log: LogDir) -> None:
 
 def test_truncated_log_is_caught(filled_log: LogDir) -> None:
     """Dropping the last records below the last signed checkpoint is named as truncation."""
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     conn.execute("DELETE FROM records WHERE seq >= 45")
     conn.close()
     err = expect_tampered(filled_log, 45)
@@ -142,7 +153,7 @@ def test_truncation_with_checkpoints_removed_needs_an_outside_checkpoint(filled_
     """
     from bridge.log import checkpoint
 
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     kept = conn.execute("SELECT note FROM checkpoints WHERE size = ?", (B + 50,)).fetchone()[0]
     conn.execute("DELETE FROM records WHERE seq >= 45")
     conn.execute("DELETE FROM checkpoints WHERE size > 45")
@@ -161,9 +172,7 @@ def test_outside_checkpoint_of_another_history_is_caught(filled_log: LogDir, tmp
     """A pinned checkpoint whose root the log does not reproduce means the history was rewritten."""
     from bridge.log import checkpoint
 
-    conn = sqlite3.connect(filled_log.db)
-    note = conn.execute("SELECT note FROM checkpoints WHERE size = 32").fetchone()[0]
-    conn.close()
+    note = rows(filled_log.data_dir, "SELECT note FROM checkpoints WHERE size = 32")[0][0]
     cp = checkpoint.parse_checkpoint_note(note)[0]
     forged = checkpoint.Checkpoint(origin=cp.origin, size=32, root=bytes(32), timestamp_ms=cp.timestamp_ms)
     signed = checkpoint.sign_checkpoint(forged, filled_log.keys.key_name, filled_log.keys.signing_key)
@@ -174,7 +183,7 @@ def test_outside_checkpoint_of_another_history_is_caught(filled_log: LogDir, tmp
 
 def test_altered_checkpoint_signature_is_named(filled_log: LogDir) -> None:
     """A checkpoint note whose signature bytes change fails, naming its tree size."""
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     note = conn.execute("SELECT note FROM checkpoints WHERE size = 32").fetchone()[0]
     body, sig_line = note.rstrip("\n").rsplit("\n", 1)
     prefix, sig = sig_line.rsplit(" ", 1)
@@ -187,7 +196,7 @@ def test_altered_checkpoint_signature_is_named(filled_log: LogDir) -> None:
 
 def test_altered_checkpoint_tree_size_is_named(filled_log: LogDir) -> None:
     """Changing the signed tree size in a note breaks its signature; changing the column is a mismatch."""
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     note = conn.execute("SELECT note FROM checkpoints WHERE size = 22").fetchone()[0]
     lines = note.split("\n")
     lines[1] = "23"
@@ -198,7 +207,7 @@ def test_altered_checkpoint_tree_size_is_named(filled_log: LogDir) -> None:
 
 def test_altered_checkpoint_size_column_is_named(filled_log: LogDir) -> None:
     """A checkpoint row moved to another tree size no longer matches the size it signs."""
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     conn.execute("UPDATE checkpoints SET size = 25 WHERE size = 22")
     conn.close()
     expect_tampered(filled_log, 25)
@@ -214,7 +223,7 @@ def test_checkpoint_signed_by_another_key_fails(filled_log: LogDir, tmp_path: Pa
 
 def test_swapped_conversation_tag_is_caught_with_key(filled_log: LogDir) -> None:
     """Only the decrypting check sees a dedup index entry moved between records."""
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     d3 = row(conn, 3)[0]
     d4 = row(conn, 4)[0]
     conn.execute("UPDATE records SET dedup = x'00' WHERE seq = 3")
@@ -235,7 +244,7 @@ def test_wrong_key_file_is_a_clear_usage_error(filled_log: LogDir, tmp_path: Pat
 
 def test_altered_key_table_is_tampering(filled_log: LogDir) -> None:
     """A wrapped data key changed in the key table differs from its KEY record: caught with and without the key."""
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     wrapped = conn.execute("SELECT wrapped FROM keys WHERE key_id = 1").fetchone()[0]
     conn.execute("UPDATE keys SET wrapped = ? WHERE key_id = 1", (flip(bytes(wrapped), 20),))
     conn.close()
@@ -286,7 +295,7 @@ async def test_altered_cursor_is_refused_and_caught(empty_log: LogDir) -> None:
     async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
         await store.append_events([make_event(1)], cursor=("matrix:@bot:x", "s100_1"))
     verify_log(empty_log.data_dir, empty_log.keys)
-    conn = sqlite3.connect(empty_log.db, isolation_level=None)
+    conn = attacker(empty_log.data_dir)
     conn.execute("UPDATE cursors SET value = 's999999_1'")
     conn.close()
     async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:

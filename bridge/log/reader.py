@@ -9,13 +9,12 @@ checks.
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 from bridge.errors import Check, LogIntegrityError
 from bridge.events import Event, event_from_bytes
-from bridge.log import audit, crypto, format
+from bridge.log import audit, crypto, db, format
 from bridge.log.clear import ClearRecordError, parse_key
 from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
@@ -38,7 +37,7 @@ def iter_decisions(data_dir: Path, keys: KeyMaterial, start: int = 0) -> Iterato
             raise LogIntegrityError(seq, f"decision record does not parse: {exc}", check=Check.PAYLOAD) from None
 
 
-def load_keys(conn: sqlite3.Connection, keys: KeyMaterial) -> tuple[bytes, dict[int, bytes]]:
+def load_keys(conn: db.ReadConnection, keys: KeyMaterial) -> tuple[bytes, dict[int, bytes]]:
     """(index key, data keys) from the key table, or, when that was emptied or altered, from the log's KEY
     records: the key file and the log alone recover every key (`verify` still reports the altered table)."""
     rows = [(int(k), str(p), bytes(w)) for k, p, w in conn.execute("SELECT key_id, purpose, wrapped FROM keys")]
@@ -51,7 +50,7 @@ def load_keys(conn: sqlite3.Connection, keys: KeyMaterial) -> tuple[bytes, dict[
     return recover_keys(conn, keys)
 
 
-def recover_keys(conn: sqlite3.Connection, keys: KeyMaterial) -> tuple[bytes, dict[int, bytes]]:
+def recover_keys(conn: db.ReadConnection, keys: KeyMaterial) -> tuple[bytes, dict[int, bytes]]:
     """Every key unwrapped from the KEY records themselves (a full scan of the headers)."""
     found: list[tuple[int, str, bytes]] = []
     sql = "SELECT seq, header, commitment, body FROM records WHERE substr(header, 2, 1) = x'03' ORDER BY seq"

@@ -13,13 +13,15 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import psycopg
+
 from bridge.clock import now_ms
-from bridge.errors import Check, KeyFileError, LogIntegrityError, UsageError
-from bridge.log import checkpoint, crypto, format, merkle
+from bridge.errors import Check, KeyFileError, LogIntegrityError, StorageError, UsageError
+from bridge.log import checkpoint, crypto, db, format, merkle
 from bridge.log.clear import KeyRecord
 from bridge.log.keys import KeyMaterial
 
-DB_NAME = "log.sqlite3"
+DB_NAME = db.SQLITE_NAME
 SCHEMA_VERSION = 2
 
 _SCHEMA = """
@@ -81,42 +83,68 @@ def _connect_sync(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def initialise(data_dir: Path, keys: KeyMaterial) -> None:
-    """Create a log in `data_dir` (which must not hold one already).
+def initialise(data_dir: Path, keys: KeyMaterial, pg: db.PgTarget | None = None) -> None:
+    """Create a log in `data_dir` (which must not hold one already); with `pg`, in that PostgreSQL schema
+    (which must hold no log tables) and a marker naming it in `data_dir`.
 
     The log starts with two KEY records (seq 0: the index key, seq 1: data key 1)
     and a checkpoint over them, so the wrapped keys are under the proof from the
     first byte and a fresh log verifies keyless.
     """
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path = db_path(data_dir)
-    if path.exists():
-        raise UsageError(f"{path} already exists; refusing to overwrite an existing log")
-    conn = _connect_sync(path)
+    if db.backend_of(data_dir) is not None:
+        raise UsageError(f"{data_dir} already holds a log; refusing to overwrite an existing log")
+    if pg is not None:
+        _initialise_pg(data_dir, keys, pg)
+        return
+    conn = _connect_sync(db_path(data_dir))
     try:
         conn.executescript(_SCHEMA)
-        created = now_ms()
         conn.execute("BEGIN")
-        meta = {
-            "schema_version": str(SCHEMA_VERSION).encode(),
-            "log_id": keys.log_id,
-            "vkey": keys.vkey().encode("ascii"),
-            "kek_check": crypto.kek_check(keys.kek, keys.log_id),
-        }
-        conn.executemany("INSERT INTO meta (k, v) VALUES (?, ?)", list(meta.items()))
-        frontier = merkle.Frontier()
-        prev = format.GENESIS_PREV
-        for key_id, purpose in ((0, INDEX_PURPOSE), (1, DATA_PURPOSE)):
-            record = key_record(keys, key_id, purpose, crypto.random_key(), created)
-            row = seal_key_record(record, frontier.size, created, prev)
-            conn.execute(_INSERT_RECORD, row)
-            conn.execute(_INSERT_KEY, key_row(record, frontier.size))
-            frontier.append(row[5])
-            prev = row[5]
-        conn.execute(_INSERT_CHECKPOINT, checkpoint_row(keys, frontier))
+        for sql, params in _first_rows(keys):
+            conn.execute(sql, params)
         conn.execute("COMMIT")
     finally:
         conn.close()
+
+
+def _initialise_pg(data_dir: Path, keys: KeyMaterial, pg: db.PgTarget) -> None:
+    conn = db.pg_connect(pg, app="chatarchief-init")
+    try:
+        if not db.pg_is_empty(conn):
+            raise UsageError(f"{pg.describe()} already holds log tables; refusing to overwrite an existing log")
+        with conn.transaction():
+            conn.execute(db.PG_SCHEMA)
+            for sql, params in _first_rows(keys):
+                conn.execute(db.pg_sql(sql), params)
+    except psycopg.Error as exc:
+        raise StorageError(f"cannot create the log at {pg.describe()}: {str(exc).strip().splitlines()[0]}") from None
+    finally:
+        conn.close()
+    db.write_marker(data_dir, pg)
+
+
+def _first_rows(keys: KeyMaterial) -> list[tuple[str, Sequence[object]]]:
+    """The rows a new log starts with: meta, the two KEY records with their key rows, a checkpoint."""
+    created = now_ms()
+    meta = {
+        "schema_version": str(SCHEMA_VERSION).encode(),
+        "log_id": keys.log_id,
+        "vkey": keys.vkey().encode("ascii"),
+        "kek_check": crypto.kek_check(keys.kek, keys.log_id),
+    }
+    out: list[tuple[str, Sequence[object]]] = [("INSERT INTO meta (k, v) VALUES (?, ?)", kv) for kv in meta.items()]
+    frontier = merkle.Frontier()
+    prev = format.GENESIS_PREV
+    for key_id, purpose in ((0, INDEX_PURPOSE), (1, DATA_PURPOSE)):
+        record = key_record(keys, key_id, purpose, crypto.random_key(), created)
+        row = seal_key_record(record, frontier.size, created, prev)
+        out.append((_INSERT_RECORD, row))
+        out.append((_INSERT_KEY, key_row(record, frontier.size)))
+        frontier.append(row[5])
+        prev = row[5]
+    out.append((_INSERT_CHECKPOINT, checkpoint_row(keys, frontier)))
+    return out
 
 
 _INSERT_RECORD = "INSERT INTO records (seq, dedup, header, commitment, body, leaf) VALUES (?, ?, ?, ?, ?, ?)"
@@ -220,14 +248,16 @@ def check_key_matches(
     raise KeyFileError("the key file does not match this data dir (wrong key-encryption key)")
 
 
-def check_schema_version(conn: sqlite3.Connection, meta: dict[str, bytes]) -> None:
+def check_schema_version(conn: db.ReadConnection, meta: dict[str, bytes]) -> None:
     """Readers' guard: a log of schema 1 (an earlier development version: no KEY records under the proof, no
     stored tree edges) is refused as such (UsageError, exit 2: re-create and re-import), not reported as
     damage; a version entry that disagrees with the layout that is there is tampering (exit 1)."""
     version = meta.get("schema_version")
     if version == str(SCHEMA_VERSION).encode():
         return
-    columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(checkpoints)")}
+    # Schema 1 only ever existed in SQLite (a PostgreSQL log starts at schema 2).
+    sqlite = isinstance(conn, sqlite3.Connection)
+    columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(checkpoints)")} if sqlite else {"frontier"}
     if version == b"1" and "frontier" not in columns:
         raise UsageError(
             "this log was written by an earlier development version of Chatarchief (log schema 1), which this"

@@ -1,4 +1,4 @@
-"""The append-only log on SQLite (aiosqlite, WAL, synchronous=FULL).
+"""The append-only log on SQLite (aiosqlite, WAL, synchronous=FULL) or PostgreSQL (psycopg, `bridge.log.db`).
 
 Theory of operation
 -------------------
@@ -40,13 +40,14 @@ from types import TracebackType
 from typing import Self, TypeVar
 
 import aiosqlite
+import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bridge.blobs import MediaKeys
 from bridge.clock import now_ms
 from bridge.errors import Check, KeyFileError, LogIntegrityError, StorageError, UsageError
 from bridge.events import EncodingError, Event, EventId, canonical_bytes, canonical_json, event_from_bytes
-from bridge.log import audit, checkpoint, crypto, format, merkle, rotation
+from bridge.log import audit, checkpoint, crypto, db, format, merkle, rotation
 from bridge.log.clear import BLOB_SOURCE, BlobRecord, KeyRecord
 from bridge.log.dedup import DedupReader
 from bridge.log.keys import KeyMaterial
@@ -59,7 +60,6 @@ from bridge.log.schema import (
     checkpoint_row,
     conversation_tag,
     cursor_mac,
-    db_path,
     dedup_tag,
     frontier_from_bytes,
     key_record,
@@ -100,7 +100,7 @@ class LogStore:
 
     def __init__(
         self,
-        conn: aiosqlite.Connection,
+        conn: db.Writer,
         keys: KeyMaterial,
         index_key: bytes,
         data_keys: dict[int, bytes],
@@ -128,7 +128,7 @@ class LogStore:
         self._inflight: set[bytes] = set()
         self._conv_tags: dict[tuple[str, str], bytes] = {}
         self._lock: WriterLock | None = None
-        self._dedup: DedupReader | None = None
+        self._dedup: DedupReader | db.PgDedup | None = None
         self._blob_root: Path | None = None
         self._blobs_seen: set[str] = set()
         #: Called (on the loop, must not block) after a transaction that signed a checkpoint has committed:
@@ -142,39 +142,66 @@ class LogStore:
 
     @classmethod
     async def open(cls, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy | None = None) -> LogStore:
-        path = db_path(data_dir)
-        if not path.exists():
-            raise UsageError(f"no log in {data_dir}; create one with `chatarchief init`")
+        where = db.locate(data_dir)  # UsageError when the data dir holds no log
         try:
-            lock = WriterLock.acquire(data_dir)  # one writer: raises WriterBusy naming the holder's PID
+            lock = WriterLock.acquire(data_dir)  # one writer per data dir: raises WriterBusy naming the holder's PID
         except OSError as exc:
             raise StorageError(f"cannot take the writer lock in {data_dir}: {exc.strerror}") from None
         try:
-            conn = await aiosqlite.connect(path, isolation_level=None)
-        except sqlite3.Error as exc:
-            lock.release()
-            raise StorageError(f"cannot open the log {path}: {exc}") from None
-        try:
-            # WAL mode creates -wal and -shm beside the database: a full disk fails here.
-            await conn.execute("PRAGMA journal_mode=WAL")
-            await conn.execute("PRAGMA synchronous=FULL")
-            store = await cls._load(conn, data_dir, keys, policy or CheckpointPolicy())
-            store._dedup = await DedupReader.open(path)
-        except sqlite3.Error as exc:
-            await conn.close()
-            lock.release()
-            raise StorageError(f"cannot open the log {path} (disk full or unwritable?): {exc}") from None
+            if isinstance(where, db.PgTarget):
+                store = await cls._open_pg(where, data_dir, keys, policy or CheckpointPolicy())
+            else:
+                store = await cls._open_sqlite(where, data_dir, keys, policy or CheckpointPolicy())
         except BaseException:
-            await conn.close()
             lock.release()
             raise
         store._lock = lock
         return store
 
     @classmethod
-    async def _load(
-        cls, conn: aiosqlite.Connection, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy
+    async def _open_sqlite(cls, path: Path, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy) -> LogStore:
+        try:
+            conn = db.SqliteWriter(await aiosqlite.connect(path, isolation_level=None))
+        except sqlite3.Error as exc:
+            raise StorageError(f"cannot open the log {path}: {exc}") from None
+        try:
+            # WAL mode creates -wal and -shm beside the database: a full disk fails here.
+            await conn.execute("PRAGMA journal_mode=WAL")
+            await conn.execute("PRAGMA synchronous=FULL")
+            store = await cls._load(conn, data_dir, keys, policy)
+            store._dedup = await DedupReader.open(path)
+        except sqlite3.Error as exc:
+            await conn.close()
+            raise StorageError(f"cannot open the log {path} (disk full or unwritable?): {exc}") from None
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    @classmethod
+    async def _open_pg(
+        cls, target: db.PgTarget, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy
     ) -> LogStore:
+        """The writer's session takes the log's advisory lock itself: its writes and its lock live and die
+        together (a writer whose session is gone can write nothing, and a standby may take over)."""
+        conn = await db.PgWriter.connect(target)
+        try:
+            await conn.take_lock(data_dir)  # PgWriterBusy naming the holding session
+            store = await cls._load(conn, data_dir, keys, policy)
+            store._dedup = await db.PgDedup.open(target)
+            restored = await store._dedup.restore_blobs(data_dir / "blobs")  # media a standby has not got yet
+            if restored:
+                log.info("media blobs restored from the log's database", extra={"blobs": restored})
+        except psycopg.Error as exc:
+            await conn.close()
+            raise StorageError(f"cannot open the log at {target.describe()}: {exc}") from None
+        except BaseException:
+            await conn.close()
+            raise
+        return store
+
+    @classmethod
+    async def _load(cls, conn: db.Writer, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy) -> LogStore:
         meta = meta_dict([tuple(r) async for r in await conn.execute("SELECT k, v FROM meta")])
         if meta.get("schema_version") != str(SCHEMA_VERSION).encode():
             raise StorageError(
@@ -209,7 +236,7 @@ class LogStore:
 
     @staticmethod
     async def _check_key_records(
-        conn: aiosqlite.Connection, key_seqs: dict[int, int], rows: list[tuple[int, str, bytes, int]]
+        conn: db.Writer, key_seqs: dict[int, int], rows: list[tuple[int, str, bytes, int]]
     ) -> None:
         """Each row of the key table must be the KEY record it names (the records are the evidence)."""
         for key_id, purpose, wrapped, seq in rows:
@@ -239,7 +266,7 @@ class LogStore:
 
     @staticmethod
     async def _authenticate_tail(
-        conn: aiosqlite.Connection, chain: KeyChain, secrets: audit.Secrets, key_seqs: dict[int, int]
+        conn: db.Writer, chain: KeyChain, secrets: audit.Secrets, key_seqs: dict[int, int]
     ) -> tuple[merkle.Frontier, bytes, tuple[int, int]]:
         """Authenticate everything after the last signed checkpoint before this process signs anything.
 
@@ -373,7 +400,13 @@ class LogStore:
             return None
         path = self._blob_root / blob_id[:2] / blob_id
         try:
-            digest, size = await asyncio.to_thread(_file_digest, path)
+            if isinstance(self._dedup, db.PgDedup):  # PostgreSQL: the file's bytes go to the database too
+                raw = await asyncio.to_thread(path.read_bytes)
+                await self._dedup.keep_blob(blob_id, raw)
+                digest, size = hashlib.sha256(raw).hexdigest(), len(raw)
+                del raw
+            else:
+                digest, size = await asyncio.to_thread(_file_digest, path)
         except (OSError, ValueError) as exc:
             log.error(
                 "ALERT media blob missing when its event is committed; verify and snapshot will report it",
@@ -564,12 +597,13 @@ class LogStore:
         if batch.duplicates:
             await conn.execute(
                 "INSERT INTO counters (name, value) VALUES ('duplicates', ?)"
-                " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+                " ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value",
                 (batch.duplicates,),
             )
         if batch.cursor is not None:
             await conn.execute(
-                "INSERT OR REPLACE INTO cursors (name, value, updated_ms, mac) VALUES (?, ?, ?, ?)",
+                "INSERT INTO cursors (name, value, updated_ms, mac) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE"
+                " SET value = excluded.value, updated_ms = excluded.updated_ms, mac = excluded.mac",
                 (
                     batch.cursor[0],
                     seal_cursor(self._index_key, *batch.cursor),
@@ -779,7 +813,7 @@ class LogStore:
             except BaseException:
                 await self._conn.execute("ROLLBACK")
                 raise
-        except sqlite3.Error as exc:
+        except self._conn.errors as exc:
             raise StorageError(f"could not write to the log: {exc}") from exc
         if self._signed_in_transaction and self.on_checkpoint is not None:
             try:
@@ -794,7 +828,7 @@ _INSERT_RECORD = "INSERT INTO records (seq, dedup, header, commitment, body, lea
 _INSERT_CHECKPOINT = "INSERT INTO checkpoints (size, created_ms, note, frontier) VALUES (?, ?, ?, ?)"
 
 
-async def key_chain(conn: aiosqlite.Connection, keys: KeyMaterial) -> KeyChain:
+async def key_chain(conn: db.Writer, keys: KeyMaterial) -> KeyChain:
     """The log's key chain from the key file's (pinned) key through the stored rotation records; refuses a
     loaded signing key that is not the chain's current one (KeyFileError, exit 2) before anything is signed."""
     async with conn.execute(rotation.ROTATION_ROWS_SQL) as cur:
@@ -823,7 +857,7 @@ class _Batch:
     tags: set[bytes]
 
 
-async def _signed_frontier(conn: aiosqlite.Connection, chain: KeyChain) -> tuple[merkle.Frontier, tuple[int, int]]:
+async def _signed_frontier(conn: db.Writer, chain: KeyChain) -> tuple[merkle.Frontier, tuple[int, int]]:
     """The tree's right edge at the newest checkpoint, proven by its signature; ((size, ms)), or the empty tree."""
     sql = "SELECT size, created_ms, note, frontier FROM checkpoints ORDER BY size DESC LIMIT 1"
     async with conn.execute(sql) as cur:
@@ -835,7 +869,7 @@ async def _signed_frontier(conn: aiosqlite.Connection, chain: KeyChain) -> tuple
     return frontier, (size, int(row[1]))
 
 
-async def _leaf_before(conn: aiosqlite.Connection, size: int) -> bytes:
+async def _leaf_before(conn: db.Writer, size: int) -> bytes:
     """The leaf of record `size - 1` recomputed from its stored bytes (the chain link of the next record)."""
     if size == 0:
         return format.GENESIS_PREV

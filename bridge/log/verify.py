@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from bridge.blobs import BlobStore, MediaKeys
 from bridge.errors import Check, LogIntegrityError, StorageError, UsageError
 from bridge.events import Event
-from bridge.log import audit, checkpoint, crypto, format, merkle, rotation
+from bridge.log import audit, checkpoint, crypto, db, format, merkle, rotation
 from bridge.log.clear import BlobRecord, KeyRecord
 from bridge.log.keys import KeyMaterial
 from bridge.log.rotation import SigningKeyRecord
@@ -47,7 +47,6 @@ from bridge.log.schema import (
     check_schema_version,
     cursor_mac,
     db_path,
-    expected_schema,
     frontier_bytes,
     meta_dict,
     open_cursor,
@@ -91,7 +90,10 @@ class VerifyReport:
         }
 
 
-def open_readonly(data_dir: Path) -> sqlite3.Connection:
+def open_readonly(data_dir: Path) -> db.ReadConnection:
+    """A read-only connection to the log of `data_dir`: SQLite `mode=ro`, or a read-only PostgreSQL session."""
+    if db.backend_of(data_dir) == db.POSTGRESQL:
+        return db.open_readonly(data_dir)
     path = db_path(data_dir)
     if not path.exists():
         raise UsageError(f"no log at {path}; is --data-dir right?")
@@ -157,7 +159,7 @@ def verify_log(
 
 
 def _verify(
-    conn: sqlite3.Connection,
+    conn: db.ReadConnection,
     data_dir: Path,
     keys: KeyMaterial | None,
     public_key: tuple[str, Ed25519PublicKey] | None,
@@ -314,7 +316,7 @@ class _BlobCheck:
                 )
 
 
-def _check_key_table(conn: sqlite3.Connection, records: dict[int, tuple[int, KeyRecord]]) -> None:
+def _check_key_table(conn: db.ReadConnection, records: dict[int, tuple[int, KeyRecord]]) -> None:
     """The key table is an index of the KEY records (the evidence): it must hold exactly them."""
     table = {
         int(k): (int(seq), KeyRecord(int(k), str(p), int(c), bytes(w)))
@@ -357,7 +359,7 @@ def _key_row(row: tuple[int, KeyRecord]) -> str:
     return f"record {seq}, {rec.purpose}, created {rec.created_ms}, wrapped sha256 {wrapped}"
 
 
-def _check_cursors(conn: sqlite3.Connection, secrets: audit.Secrets) -> None:
+def _check_cursors(conn: db.ReadConnection, secrets: audit.Secrets) -> None:
     """Each source cursor carries a keyed MAC: an altered sync token would make the bot skip events."""
     for name, stored, mac in conn.execute("SELECT name, value, mac FROM cursors ORDER BY name"):
         try:
@@ -368,7 +370,7 @@ def _check_cursors(conn: sqlite3.Connection, secrets: audit.Secrets) -> None:
             raise LogIntegrityError(None, f"the stored cursor of {name} was altered", check=Check.CURSOR)
 
 
-def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes]) -> None:
+def _check_bookkeeping(conn: db.ReadConnection, meta: dict[str, bytes]) -> None:
     """What the writer reads besides the records: the schema and the meta table.
 
     Neither is evidence, but a damaged schema (say, a column type) changes how
@@ -377,9 +379,9 @@ def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes]) -> None
     hand-edited data dir. Dropped triggers are tolerated: they only guard against
     accidents (see store.py); a trigger that is present must be the one we wrote.
     """
-    expected = {(t, n): (tbl, sql) for t, n, tbl, sql in expected_schema()}
-    found = {(str(t), str(n)): (str(tbl), sql) for t, n, tbl, sql in conn.execute(
-        "SELECT type, name, tbl_name, sql FROM sqlite_master")}  # fmt: skip
+    want, have = db.schema_objects(conn)
+    expected = {(t, n): (tbl, sql) for t, n, tbl, sql in want}
+    found = {(t, n): (tbl, sql) for t, n, tbl, sql in have}
     for key, value in found.items():
         if expected.get(key) != value:
             raise LogIntegrityError(
@@ -408,8 +410,8 @@ def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes]) -> None
     # let SQLite check every b-tree and that each index (the dedup index above all) matches its table.
     conn.execute("SELECT name, value, updated_ms, mac FROM cursors").fetchall()
     conn.execute("SELECT name, value FROM counters").fetchall()
-    problems = [str(r[0]) for r in conn.execute("PRAGMA integrity_check(5)")]
-    if problems != ["ok"]:
+    problems = db.integrity_problems(conn)
+    if problems:
         raise LogIntegrityError(
             None,
             f"the database file is damaged: {'; '.join(problems)}",
@@ -420,7 +422,7 @@ def _check_bookkeeping(conn: sqlite3.Connection, meta: dict[str, bytes]) -> None
 
 
 def _checked_checkpoints(
-    conn: sqlite3.Connection, name: str, chain: rotation.KeyChain
+    conn: db.ReadConnection, name: str, chain: rotation.KeyChain
 ) -> list[tuple[checkpoint.Checkpoint, bytes]]:
     """Every stored checkpoint with its stored tree edge, after checking signature (by the key of the chain
     current at its size), size, time and origin."""
@@ -458,7 +460,7 @@ def _checked_checkpoints(
     return out
 
 
-def _unlock(conn: sqlite3.Connection, keys: KeyMaterial) -> audit.Secrets:
+def _unlock(conn: db.ReadConnection, keys: KeyMaterial) -> audit.Secrets:
     rows = list(conn.execute("SELECT key_id, purpose, wrapped FROM keys ORDER BY key_id"))
     if not all(type(k) is int and type(p) is str and type(w) is bytes for k, p, w in rows):
         raise LogIntegrityError(None, "key table altered: a row's values have the wrong types", check=Check.KEY_TABLE)
