@@ -327,9 +327,16 @@ def test_a_column_stored_as_text_is_named_on_the_lean_path(filled_log: LogDir, c
     """A column of an event record rewritten as TEXT (the same hex digits a careless tool would store) is
     named as damage, with and without the key: verify's lean path for the common record must not skip the
     type check the full checks make (issue 15)."""
-    conn = attacker(filled_log.db)
+    conn = attacker(filled_log.data_dir)
     value = conn.execute(f"SELECT {column} FROM records WHERE seq = 17").fetchone()[0]
     conn.execute(f"UPDATE records SET {column} = ? WHERE seq = 17", (bytes(value).hex(),))
     conn.close()
+    if filled_log.backend == "postgresql" and column == "dedup" and not with_key:
+        # Other bytes in the keyed duplicate tag: only the index key can tell (the key-less audit covers what
+        # the tree covers; the tag is an index beside it), so this is caught with the key only.
+        verify_log(filled_log.data_dir)
+        return
     err = expect_tampered(filled_log, 17, with_key)
-    assert err.check == Check.DATABASE
+    # SQLite keeps the TEXT value (the type check names it); PostgreSQL's bytea column takes the digits' ASCII
+    # bytes instead, so the record's bytes changed and the record checks name it.
+    assert err.check == Check.DATABASE if filled_log.backend == "sqlite" else err.check != Check.DATABASE
