@@ -209,8 +209,7 @@ def witness_task(
 
 def witness_vitals(base: Vitals, task: _WitnessTask) -> Vitals:
     """`base` with the witness fields: per witness what it last cosigned, the quorum now, the witnessed size."""
-    latest = task.store.latest_per_witness()
-    found = [WitnessVital(t.key.name, *latest.get(t.key.vkey, (0, None))) for t in task.witnessing.targets]
+    found = [WitnessVital(t.key.name, *(task.store.latest(t.key.vkey) or (0, None))) for t in task.witnessing.targets]
     sizes = sorted((w.cosigned_size for w in found), reverse=True)
     quorum = task.witnessing.quorum
     return dataclasses.replace(

@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS cosignatures (
     checkpoint TEXT NOT NULL, size INTEGER NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL,
     timestamp INTEGER NOT NULL, received_ms INTEGER NOT NULL, PRIMARY KEY (witness, checkpoint));
 CREATE INDEX IF NOT EXISTS cosignatures_by_checkpoint ON cosignatures (checkpoint);
+CREATE INDEX IF NOT EXISTS cosignatures_by_witness_size ON cosignatures (witness, size);
 """
 
 
@@ -78,12 +79,17 @@ class CosignatureStore:
         ).fetchone()
         return int(row[0]) if row and row[0] is not None else 0
 
-    def latest_per_witness(self) -> dict[str, tuple[int, int]]:
-        """witness vkey -> (largest size it cosigned, its newest cosignature's own timestamp, unix seconds)."""
+    def latest(self, witness: str) -> tuple[int, int] | None:
+        """(largest size `witness` (a vkey) cosigned, that cosignature's own timestamp, unix seconds), or None.
+
+        One index lookup (witness, size): read at every metrics scrape, so it must not scan a year of rows."""
         if self._conn is None:
-            return {}
-        rows = self._conn.execute("SELECT witness, MAX(size), MAX(timestamp) FROM cosignatures GROUP BY witness")
-        return {str(w): (int(size), int(ts)) for w, size, ts in rows}
+            return None
+        row = self._conn.execute(
+            "SELECT size, timestamp FROM cosignatures WHERE witness = ? ORDER BY size DESC, timestamp DESC LIMIT 1",
+            (witness,),
+        ).fetchone()
+        return None if row is None else (int(row[0]), int(row[1]))
 
     def signatures_for(self, text: str) -> list[NoteSignature]:
         """Every stored cosignature line over checkpoint `text` (unverified: the caller verifies)."""
