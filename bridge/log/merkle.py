@@ -29,7 +29,7 @@ per-leaf recursion: about 0.5 s for a million leaves on one core.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from hashlib import sha256
 
 HASH_SIZE = 32
@@ -190,20 +190,26 @@ def consistency_proof(leaves: Sequence[bytes], old_size: int) -> list[bytes]:
         raise ValueError(f"old size {old_size} is outside 0..{n}")
     if old_size in (0, n):
         return []
+    return consistency_path(old_size, n, lambda lo, hi: _root_unchecked(leaves[lo:hi]))
+
+
+def consistency_path(old_size: int, new_size: int, subtree: Callable[[int, int], bytes]) -> list[bytes]:
+    """RFC 9162 PROOF(old_size, D[0:new_size]) for 0 < old_size < new_size, with `subtree(lo, hi)` giving
+    MTH(D[lo:hi]): one walk shared by the proof from leaves and the one from cached subtree roots."""
     # SUBPROOF(m, D[lo:hi], b), unrolled: each step records the sibling subtree,
     # and the innermost step may record the old tree's own subtree.
     top_down: list[bytes] = []
-    lo, hi, m, whole_old_tree = 0, n, old_size, True
+    lo, hi, m, whole_old_tree = 0, new_size, old_size, True
     while m != hi - lo:
         k = _split(hi - lo)
         if m <= k:
-            top_down.append(_root_unchecked(leaves[lo + k : hi]))
+            top_down.append(subtree(lo + k, hi))
             hi = lo + k
         else:
-            top_down.append(_root_unchecked(leaves[lo : lo + k]))
+            top_down.append(subtree(lo, lo + k))
             lo, m, whole_old_tree = lo + k, m - k, False
     if not whole_old_tree:
-        top_down.append(_root_unchecked(leaves[lo:hi]))
+        top_down.append(subtree(lo, hi))
     return top_down[::-1]
 
 

@@ -110,16 +110,4 @@ class SubtreeCache:
             raise ValueError(f"need 0 <= old {old_size} <= new {new_size} <= {self._size} leaves taken")
         if old_size in (0, new_size):
             return []
-        top_down: list[bytes] = []
-        lo, hi, m, whole_old_tree = 0, new_size, old_size, True
-        while m != hi - lo:
-            k = 1 << ((hi - lo - 1).bit_length() - 1)
-            if m <= k:
-                top_down.append(self.subtree(lo + k, hi))
-                hi = lo + k
-            else:
-                top_down.append(self.subtree(lo, lo + k))
-                lo, m, whole_old_tree = lo + k, m - k, False
-        if not whole_old_tree:
-            top_down.append(self.subtree(lo, hi))
-        return top_down[::-1]
+        return merkle.consistency_path(old_size, new_size, self.subtree)
