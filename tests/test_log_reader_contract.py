@@ -26,7 +26,7 @@ from bridge.log.store import LogStore
 from bridge.log.view import LogView
 from bridge.log.writer import Writer, open_writer
 from bridge.withhold import withhold
-from tests.conftest import BACKENDS, LogDir, backend_log, make_event
+from tests.conftest import LogDir, make_event
 from tests.support.pg import rows
 from tests.test_log_tamper import attacker, flip
 
@@ -78,10 +78,10 @@ async def _write(log: LogDir) -> None:
         await store.checkpoint()
 
 
-@pytest.fixture(params=BACKENDS)
-def empty_log(request: pytest.FixtureRequest, tmp_path: Path) -> LogDir:
+@pytest.fixture
+def empty_log(any_empty_log: LogDir) -> LogDir:
     """Every reader (and the view the snapshot reads through) on both backends: SQLite and PostgreSQL."""
-    return backend_log(request, tmp_path)
+    return any_empty_log
 
 
 @pytest.fixture

@@ -19,14 +19,14 @@ from bridge.log import format, merkle
 from bridge.log.schema import INIT_RECORDS as B  # a new log holds its two key records
 from bridge.log.store import CheckpointPolicy, LogStore
 from bridge.log.verify import verify_log
-from tests.conftest import BACKENDS, LogDir, backend_log, create_log, make_event
+from tests.conftest import BACKENDS, LogDir, create_log, make_event
 from tests.support.pg import PgServer, rows
 
 
-@pytest.fixture(params=BACKENDS)
-def empty_log(request: pytest.FixtureRequest, tmp_path: Path) -> LogDir:
+@pytest.fixture
+def empty_log(any_empty_log: LogDir) -> LogDir:
     """The contract holds on every backend: each test here runs against SQLite and PostgreSQL."""
-    return backend_log(request, tmp_path)
+    return any_empty_log
 
 
 async def test_duplicates_are_counted_not_stored(empty_log: LogDir) -> None:

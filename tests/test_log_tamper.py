@@ -10,21 +10,19 @@ from bridge.errors import Check, KeyFileError, LogIntegrityError
 from bridge.log import keys as keyfile
 from bridge.log.schema import INIT_RECORDS as B  # a new log holds its two key records
 from bridge.log.verify import verify_log
-from tests.conftest import BACKENDS, LogDir, backend_log, create_log, fill_log
+from tests.conftest import LogDir, create_log, fill_log
 from tests.support.pg import Attacker, rows
 
 
-@pytest.fixture(params=BACKENDS)
-def filled_log(request: pytest.FixtureRequest, tmp_path: Path) -> LogDir:
+@pytest.fixture
+def filled_log(any_filled_log: LogDir) -> LogDir:
     """Every tamper test runs against both backends (SQLite, PostgreSQL): one contract."""
-    log = backend_log(request, tmp_path)
-    fill_log(log, 50)
-    return log
+    return any_filled_log
 
 
-@pytest.fixture(params=BACKENDS)
-def empty_log(request: pytest.FixtureRequest, tmp_path: Path) -> LogDir:
-    return backend_log(request, tmp_path)
+@pytest.fixture
+def empty_log(any_empty_log: LogDir) -> LogDir:
+    return any_empty_log
 
 
 def attacker(data_dir: Path) -> Attacker:
