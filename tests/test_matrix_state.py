@@ -54,6 +54,7 @@ _states = st.builds(
         ),
         max_size=4,
     ),
+    st.none() | _ids,
 )
 
 
@@ -63,6 +64,7 @@ def test_the_document_round_trips(state: SourceState) -> None:
     being grouped together (their relative order kept)."""
     back = decode(encode(state))
     assert back.token == state.token and back.backfilled == state.backfilled and back.heads == state.heads
+    assert back.device == state.device
     assert sorted(back.pending, key=repr) == sorted(state.pending, key=repr)
     for session in {(p.room_id, p.sender_key, p.session_id) for p in state.pending}:
         of = [p for p in state.pending if (p.room_id, p.sender_key, p.session_id) == session]
@@ -86,6 +88,7 @@ def test_a_bare_sync_token_is_a_state_without_history() -> None:
         '{"v":1,"token":null,"backfilled":[],"pending":[],"heads":[["!r:x",["$a"],"soon",null]]}',
         '{"v":1,"token":null,"backfilled":[],"pending":[],"heads":[["!r:x",[1],5,null]]}',
         '{"v":1,"token":null,"backfilled":[],"pending":[],"heads":[["!r:x",["$a"],5]]}',
+        '{"v":1,"token":"s1","backfilled":[],"pending":[],"device":7}',
     ],
 )
 def test_a_malformed_document_is_refused(cursor: str) -> None:
@@ -103,6 +106,17 @@ def test_after_marks_adds_resolves_and_keeps_the_token_unless_given() -> None:
     assert [p.event_id for p in state.pending] == ["$e1", "$e2"]
     state = state.after(token="s2", resolved=["$e1"])
     assert state.token == "s2" and [p.event_id for p in state.pending] == ["$e2"]
+
+
+def test_the_device_goes_with_its_token() -> None:
+    """The device whose sync produced the token is replaced only with the token (a backfill page keeps both);
+    a document written before the field decodes with no device, so the next start collects its to-device
+    messages first (source.MatrixSource._catch_up_to_device)."""
+    state = SourceState("s1", device="ACTIVE").after(token=None, backfilled=[ROOM], device="STANDBY")
+    assert (state.token, state.device) == ("s1", "ACTIVE")
+    state = state.after(token="s2", device="STANDBY")
+    assert (state.token, state.device) == ("s2", "STANDBY")
+    assert decode('{"v":1,"token":"s1","backfilled":[],"pending":[]}').device is None
 
 
 def test_pending_is_bounded_oldest_forgotten_first_and_the_document_stays_small() -> None:

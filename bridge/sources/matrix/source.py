@@ -160,6 +160,16 @@ def _sync_filter(timeline_limit: int) -> dict[str, Any]:
     }
 
 
+#: The filter of the to-device catch-up: no rooms, nothing but to-device messages and device lists.
+_TO_DEVICE_ONLY: dict[str, Any] = {
+    "room": {"rooms": []},
+    "presence": {"types": []},
+    "account_data": {"types": []},
+}
+#: Catch-up rounds at most (Synapse hands out 100 to-device messages per response).
+_CATCH_UP_ROUNDS = 100
+
+
 @dataclass(slots=True)
 class _Batch:
     """One sync response's worth of work, built before the commit, applied after it."""
@@ -257,6 +267,8 @@ class MatrixSource:
             await self._maintain_keys(client)
             await self._cross_sign(client)
             self._state = decode(await self.sink.load_cursor())
+            if self._state.token is not None and self._state.device != client.device_id:
+                await self._catch_up_to_device(client)
             await self._watch.connect(client, self._state.heads)
             self._tombstones = []
             self._migrate_legacy_file()
@@ -273,6 +285,38 @@ class MatrixSource:
                 await self._maintain_keys(client)
         finally:
             await close_quietly(client)
+
+    async def _catch_up_to_device(self, client: RawKeepingClient) -> None:
+        """Collect this device's queued to-device messages (room keys) before resuming from a token another
+        device of the bot produced (a standby taking over, a new device after a lost session).
+
+        Why: a sync token carries the to-device position of the device that asked for it, and Synapse deletes a
+        device's to-device messages up to the `since` it is given. Resumed from the other device's token, this
+        device's first sync would delete the room keys senders shared with it while it waited, unread: every
+        message of those Megolm sessions would be stored undecryptable. So first sync for to-device only (no
+        rooms), from the start of this device's queue, until a response brings none: that last sync (with the
+        previous round's token) also deletes what was delivered, so resuming from the older token does not hand
+        the same messages over twice. Nothing is committed: the cursor stays the one the log holds, and a crash
+        here repeats the catch-up.
+        """
+        token: str | None = None
+        collected = 0
+        for _ in range(_CATCH_UP_ROUNDS):
+            client.next_batch = token
+            response = await checked(
+                client.sync(timeout=0, sync_filter=_TO_DEVICE_ONLY, since=token), "sync (to-device catch-up)"
+            )
+            await self._maintain_keys(client)
+            got = len(getattr(response, "to_device_events", None) or ())
+            collected += got
+            token = str(response.next_batch)
+            if got == 0:
+                break
+        log.info(
+            "matrix: collected this device's to-device messages before resuming another device's sync token",
+            extra={"device": client.device_id, "previous_device": self._state.device or "unknown",
+                   "messages": collected},
+        )  # fmt: skip
 
     async def _cross_sign(self, client: RawKeepingClient) -> None:
         """Best effort: without it only clients that exclude unsigned devices (MSC4153) stop sharing."""
@@ -377,6 +421,7 @@ class MatrixSource:
             # heads move with the sync token only: a backfill page keeps the stored cursor (a crash re-fetches the
             # gap, whose events connect to the heads of the last batch)
             heads=self._watch.heads() if token is not None else None,
+            device=client.device_id,
         )
         changed = token is not None or state != self._state or self._legacy is not None
         if self._timer is not None:

@@ -12,6 +12,10 @@ Contract (pure; no I/O):
     `origin_server_ts` (`RoomHeads`), so an event whose `prev_events` the bot
     never saw is told apart after a restart too (`holes`). Optional in the
     document: one written before it decodes with no heads.
+  - `device`: the Matrix device whose sync produced `token` (None in documents written before it). A sync
+    token also carries that device's to-device position, and Synapse deletes a device's to-device messages
+    up to the `since` it is given: a different device of the bot (a standby taking over) must first collect
+    its own queued room keys before it resumes from the token (`source.MatrixSource._catch_up_to_device`).
 - `encode(state)` is a small versioned JSON document; the source hands it to
   `Sink.commit` as the cursor, so it is stored in the transaction of the
   batch it describes, under the cursor's keyed MAC (`bridge.log.store`).
@@ -86,6 +90,7 @@ class SourceState:
     backfilled: frozenset[str] = frozenset()
     pending: tuple[PendingEvent, ...] = field(default=())
     heads: Mapping[str, RoomHeads] = field(default_factory=dict)
+    device: str | None = None
 
     def after(
         self,
@@ -95,8 +100,10 @@ class SourceState:
         pending: Iterable[PendingEvent] = (),
         resolved: Iterable[str] = (),
         heads: Mapping[str, RoomHeads] | None = None,
+        device: str | None = None,
     ) -> SourceState:
-        """The state once a batch is committed: `token` (None keeps the current one), rooms marked backfilled,
+        """The state once a batch is committed: `token` (None keeps the current one, and its `device`), rooms
+        marked backfilled,
         new pending events added (known ids ignored), `resolved` ones dropped, the oldest forgotten past
         `MAX_PENDING`."""
         done = set(resolved)
@@ -114,6 +121,7 @@ class SourceState:
             self.backfilled | frozenset(backfilled),
             tuple(kept[len(forgotten) :]),
             self.heads if heads is None else heads,
+            self.device if token is None else device,
         )
 
 
@@ -147,6 +155,8 @@ def encode(state: SourceState) -> str:
     }
     if state.heads:
         doc["heads"] = [[room, list(h.ids), h.last_ts, h.left_ms] for room, h in sorted(state.heads.items())]
+    if state.device is not None:
+        doc["device"] = state.device
     return orjson.dumps(doc).decode("utf-8")
 
 
@@ -174,9 +184,12 @@ def decode(cursor: str | None) -> SourceState:
                 if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int)):
                     raise ValueError("heads timestamp")
             heads[str(_strs([room_id])[0])] = RoomHeads(tuple(_strs(ids)), last_ts, left_ms)
+        device = doc.get("device")
+        if device is not None and not isinstance(device, str):
+            raise ValueError("device")
     except (ValueError, KeyError, TypeError) as exc:
         raise DataError(f"the Matrix source's stored state is not a version {VERSION} document ({exc})") from None
-    return SourceState(token, backfilled, tuple(pending), heads)
+    return SourceState(token, backfilled, tuple(pending), heads, device)
 
 
 def migrate_legacy(state: SourceState, legacy: Mapping[str, Any]) -> SourceState:
