@@ -51,7 +51,7 @@ from bridge.log.view import LogView
 from bridge.log.writer import check_private_dir, seal_in_loop
 from bridge.metrics import AlertCounter, CaptureMetrics, MetricsServer, Vitals, WitnessVital
 from bridge.scheduler import ArchiveJobs
-from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
+from bridge.sources.matrix import MatrixSource, MatrixSourceConfig, prepare_device
 from bridge.sources.signal import SignalSource, SignalSourceConfig
 from bridge.witness.client import Witnessing
 from bridge.witness.cosigned import CosignatureStore
@@ -73,6 +73,9 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
                 check_permissions(secret, "matrix credential file")
     check_private_dir(data_dir)
     targets = witness_targets(settings)  # a bad [witness] key is a config error before anything starts
+    if settings.storage.standby and settings.matrix is not None:
+        # Its Matrix device exists with keys from now on, so senders share room keys with it while it waits.
+        await prepare_device(matrix_source_config(settings, data_dir, keys))
     store = await open_store(settings, data_dir, keys, stop)
     if store is None:  # a standby told to stop before it took over
         return

@@ -16,6 +16,6 @@ from __future__ import annotations
 
 from bridge.sources.matrix.client import MatrixLoginError
 from bridge.sources.matrix.normalise import normalise
-from bridge.sources.matrix.source import MatrixSource, MatrixSourceConfig
+from bridge.sources.matrix.source import MatrixSource, MatrixSourceConfig, prepare_device
 
-__all__ = ["MatrixLoginError", "MatrixSource", "MatrixSourceConfig", "normalise"]
+__all__ = ["MatrixLoginError", "MatrixSource", "MatrixSourceConfig", "normalise", "prepare_device"]

@@ -181,6 +181,80 @@ class _Batch:
     resolved: list[str]
 
 
+async def prepare_device(cfg: MatrixSourceConfig) -> None:
+    """Log this bot's device in and upload its keys, then close: what a standby does before it waits for the
+    writer lock. Senders share a room's key with every device of the bot they know, so the standby's device
+    must exist with keys before officials' rooms are created; its queued room keys are collected when it takes
+    over (`MatrixSource._catch_up_to_device`). A refused login propagates (`MatrixLoginError`); an unreachable
+    homeserver is only logged (the source retries when it takes over)."""
+    client = _new_client(cfg, None)
+    try:
+        await _open_device(client, cfg)
+    except SourceError as exc:
+        log.warning("standby: could not prepare its Matrix device yet", extra={"error": str(exc)})
+    else:
+        log.info("standby: Matrix device ready", extra={"device": client.device_id})
+    finally:
+        await close_quietly(client)
+
+
+def _new_client(cfg: MatrixSourceConfig, timer: SyncTimer | None) -> RawKeepingClient:
+    cfg.store_dir.mkdir(parents=True, exist_ok=True)
+    config = AsyncClientConfig(
+        encryption_enabled=True,
+        store_sync_tokens=False,
+        pickle_key=base64.b64encode(cfg.pickle_key).decode("ascii"),
+        store=LeanStore,
+        # nio retries connection errors forever by default; one retry, then our backoff.
+        max_timeouts=1,
+        request_timeout=max(30.0, cfg.sync_timeout_ms / 1000 + 15),
+    )
+    client = RawKeepingClient(cfg.homeserver, cfg.user_id or "", store_path=str(cfg.store_dir), config=config)
+    client.timer = timer
+    return client
+
+
+async def _open_device(client: RawKeepingClient, cfg: MatrixSourceConfig) -> None:
+    """Log in (or restore the session), then keys up before anything else: a device must exist with keys
+    before it is invited, or senders never share room keys with it."""
+    await open_session(
+        client,
+        homeserver=cfg.homeserver,
+        store_dir=cfg.store_dir,
+        user_id=cfg.user_id,
+        password_file=cfg.password_file,
+        access_token_file=cfg.access_token_file,
+        device_name=cfg.device_name,
+        session_key=cfg.pickle_key,
+    )
+    await maintain_keys(client)
+    await _cross_sign(client, cfg)
+
+
+async def _cross_sign(client: RawKeepingClient, cfg: MatrixSourceConfig) -> None:
+    """Best effort: without it only clients that exclude unsigned devices (MSC4153) stop sharing."""
+    password = None
+    if cfg.password_file is not None and cfg.access_token_file is None:
+        password = cfg.password_file.read_text(encoding="utf-8").strip()
+    try:
+        await ensure_cross_signed(client, cfg.store_dir, cfg.pickle_key, password)
+    except CrossSigningError as exc:
+        log.warning("device not cross-signed", extra={"error": str(exc)})
+
+
+async def maintain_keys(client: RawKeepingClient) -> None:
+    """What `sync_forever` does between syncs: one-time keys, device lists, Olm sessions."""
+    if client.should_upload_keys:
+        await checked(client.keys_upload(), "keys upload")
+    if client.should_query_keys:
+        await checked(client.keys_query(), "keys query")
+    if client.should_claim_keys:
+        await checked(client.keys_claim(client.get_users_for_key_claiming()), "keys claim")
+    for response in await client.send_to_device_messages():
+        if hasattr(response, "status_code"):  # nio keeps failed ones queued for the next round
+            log.warning("to-device message refused", extra={"code": str(response.status_code)})
+
+
 class MatrixSource:
     """One bot account on one homeserver (see module docstring)."""
 
@@ -232,40 +306,10 @@ class MatrixSource:
                 continue
             return
 
-    def _new_client(self) -> RawKeepingClient:
-        self.cfg.store_dir.mkdir(parents=True, exist_ok=True)
-        config = AsyncClientConfig(
-            encryption_enabled=True,
-            store_sync_tokens=False,
-            pickle_key=base64.b64encode(self.cfg.pickle_key).decode("ascii"),
-            store=LeanStore,
-            # nio retries connection errors forever by default; one retry, then our backoff.
-            max_timeouts=1,
-            request_timeout=max(30.0, self.cfg.sync_timeout_ms / 1000 + 15),
-        )
-        client = RawKeepingClient(
-            self.cfg.homeserver, self.cfg.user_id or "", store_path=str(self.cfg.store_dir), config=config
-        )
-        client.timer = self._timer
-        return client
-
     async def _run_connected(self, stop: asyncio.Event) -> None:
-        client = self._new_client()
+        client = _new_client(self.cfg, self._timer)
         try:
-            await open_session(
-                client,
-                homeserver=self.cfg.homeserver,
-                store_dir=self.cfg.store_dir,
-                user_id=self.cfg.user_id,
-                password_file=self.cfg.password_file,
-                access_token_file=self.cfg.access_token_file,
-                device_name=self.cfg.device_name,
-                session_key=self.cfg.pickle_key,
-            )
-            # Keys go up before anything else: a device must exist with keys before
-            # it is invited, or senders never share room keys with it.
-            await self._maintain_keys(client)
-            await self._cross_sign(client)
+            await _open_device(client, self.cfg)
             self._state = decode(await self.sink.load_cursor())
             if self._state.token is not None and self._state.device != client.device_id:
                 await self._catch_up_to_device(client)
@@ -282,7 +326,7 @@ class MatrixSource:
                 if first and self.cfg.rooms:
                     await join_configured(client, set(self.cfg.rooms))
                 first = False
-                await self._maintain_keys(client)
+                await maintain_keys(client)
         finally:
             await close_quietly(client)
 
@@ -306,7 +350,7 @@ class MatrixSource:
             response = await checked(
                 client.sync(timeout=0, sync_filter=_TO_DEVICE_ONLY, since=token), "sync (to-device catch-up)"
             )
-            await self._maintain_keys(client)
+            await maintain_keys(client)
             got = len(getattr(response, "to_device_events", None) or ())
             collected += got
             token = str(response.next_batch)
@@ -317,16 +361,6 @@ class MatrixSource:
             extra={"device": client.device_id, "previous_device": self._state.device or "unknown",
                    "messages": collected},
         )  # fmt: skip
-
-    async def _cross_sign(self, client: RawKeepingClient) -> None:
-        """Best effort: without it only clients that exclude unsigned devices (MSC4153) stop sharing."""
-        password = None
-        if self.cfg.password_file is not None and self.cfg.access_token_file is None:
-            password = self.cfg.password_file.read_text(encoding="utf-8").strip()
-        try:
-            await ensure_cross_signed(client, self.cfg.store_dir, self.cfg.pickle_key, password)
-        except CrossSigningError as exc:
-            log.warning("device not cross-signed", extra={"error": str(exc)})
 
     async def _sync(self, client: RawKeepingClient, cursor: str | None, first: bool, stop: asyncio.Event) -> Any:
         """One /sync, abandoned (nothing processed) if `stop` is set meanwhile."""
@@ -360,18 +394,6 @@ class MatrixSource:
         if not sync_task.done() or sync_task.cancelled():
             return None
         return sync_task.result()
-
-    async def _maintain_keys(self, client: RawKeepingClient) -> None:
-        """What `sync_forever` does between syncs: one-time keys, device lists, Olm sessions."""
-        if client.should_upload_keys:
-            await checked(client.keys_upload(), "keys upload")
-        if client.should_query_keys:
-            await checked(client.keys_query(), "keys query")
-        if client.should_claim_keys:
-            await checked(client.keys_claim(client.get_users_for_key_claiming()), "keys claim")
-        for response in await client.send_to_device_messages():
-            if hasattr(response, "status_code"):  # nio keeps failed ones queued for the next round
-                log.warning("to-device message refused", extra={"code": str(response.status_code)})
 
     # -- one sync batch --------------------------------------------------------
 
