@@ -166,8 +166,10 @@ _TO_DEVICE_ONLY: dict[str, Any] = {
     "presence": {"types": []},
     "account_data": {"types": []},
 }
-#: Catch-up rounds at most (Synapse hands out 100 to-device messages per response).
-_CATCH_UP_ROUNDS = 100
+#: Catch-up rounds at most (Synapse hands out 100 to-device messages per response; each round deletes what the
+#: one before delivered, so the queue shrinks). A standby that waited a year may hold tens of thousands of room
+#: keys; the bound only stops a server that never runs dry.
+_CATCH_UP_ROUNDS = 10_000
 
 
 @dataclass(slots=True)
@@ -356,6 +358,12 @@ class MatrixSource:
             token = str(response.next_batch)
             if got == 0:
                 break
+        else:
+            log.error(
+                "ALERT matrix: this device's to-device queue did not run dry; room keys past it may be deleted"
+                " unread and their messages stored undecryptable (flagged)",
+                extra={"device": client.device_id, "messages": collected},
+            )
         log.info(
             "matrix: collected this device's to-device messages before resuming another device's sync token",
             extra={"device": client.device_id, "previous_device": self._state.device or "unknown",
