@@ -162,8 +162,9 @@ def chunk_items(
 # -- workers --------------------------------------------------------------------------------------
 
 
-def chunks(start: int, end: int, size: int = CHUNK) -> list[tuple[int, int]]:
-    return [(a, min(a + size, end)) for a in range(start, end, size)]
+def chunks(start: int, end: int, size: int | None = None) -> list[tuple[int, int]]:
+    step = CHUNK if size is None else size
+    return [(a, min(a + step, end)) for a in range(start, end, step)]
 
 
 class Scanner:

@@ -1,0 +1,156 @@
+"""Pass 2 of `snapshot` in worker processes (`bridge/archive/scan.py`) gives the inline package and the inline errors.
+
+The record pass runs in processes only for long ranges (`scan.PARALLEL_MIN_RECORDS`); here it is forced on
+January of the archive test log (two rooms, a room name, an edit, a deletion, an image, a withheld message, a
+decision) with chunks of 2 records, so every chunk edge, the round-robin hand-out and both kinds of event
+(plain lines made in the worker, others applied by the writer) are crossed. The attacks: a tampered log must be
+refused with the same error (check, record, message) whichever way the records are read, including a flipped
+byte on a chunk's first record (the chain link the worker checks against the stored leaf before it) and a
+record missing at a chunk edge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from bridge.archive import scan
+from bridge.archive.package import snapshot
+from bridge.archive.range import Month
+from bridge.errors import LogIntegrityError
+from tests.conftest import LogDir
+from tests.support.archive_log import OPTIONS, create_archive_log, january_february, seal_for
+from tests.support.pg import Attacker
+
+JANUARY = Month(2024, 1)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> LogDir:
+    root = tmp_path_factory.mktemp("scanlog")
+    with pytest.MonkeyPatch.context() as mp:
+        log = create_archive_log(root)
+        january_february(log, mp)
+    return log
+
+
+def _copy(log: LogDir, to: Path) -> LogDir:
+    shutil.copytree(log.data_dir, to / "data")
+    return LogDir(to / "data", log.key_file, log.keys)
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def _force_processes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Workers for any range, 2 records a chunk; returns a list that gets one entry per Scanner started."""
+    monkeypatch.setattr(scan, "PARALLEL_MIN_RECORDS", 0)
+    monkeypatch.setattr(scan, "CHUNK", 2)
+    started: list[int] = []
+    real = scan.Scanner
+
+    def counting(*args: object) -> scan.Scanner:
+        started.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scan, "Scanner", counting)
+    return started
+
+
+def test_record_pass_in_processes_gives_the_same_package(
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _copy(made, tmp_path)
+    inline = snapshot(log.data_dir, log.keys, JANUARY, tmp_path / "inline", OPTIONS, seal=seal_for(log), workers=1)
+    want = _digests(inline.path)
+    assert inline.end - inline.start > 2 * 2  # more chunks than workers
+    started = _force_processes(monkeypatch)
+    for workers in (2, 3):
+        out = tmp_path / f"procs{workers}"
+        pooled = snapshot(log.data_dir, log.keys, JANUARY, out, OPTIONS, seal=seal_for(log), workers=workers)
+        assert _digests(pooled.path) == want
+    assert len(started) == 2
+
+
+def test_items_of_the_month_hold_plain_and_fallback_events(made: LogDir) -> None:
+    """The fast path is taken for plain messages and never for events that change dossier state."""
+    from bridge.log.view import LogView
+    from bridge.policy import fold_decisions
+
+    with LogView(made.data_dir, made.keys) as view:
+        decisions = [(row.seq, view.decision(row)) for row in view.decision_rows(view.size())]
+        got = list(scan.items(view, 0, view.size(), fold_decisions(decisions)))
+    plain = [i for i in got if isinstance(i, scan.Plain)]
+    fallback = [i for i in got if isinstance(i, scan.Fallback)]
+    assert plain and fallback
+    assert all(i.event is not None for i in fallback)
+    kinds = {str(i.event.kind) for i in fallback if i.event is not None}
+    assert {"edit", "deletion", "state", "attachment"} <= kinds
+    withheld = [i for i in fallback if i.event is not None and str(i.event.event_id) == "$e2"]
+    assert len(withheld) == 1  # the withheld message is never made a plain line
+
+
+def _flip(conn: Attacker, seq: int, column: str) -> None:
+    value = bytes(conn.execute(f"SELECT {column} FROM records WHERE seq = ?", (seq,)).fetchone()[0])
+    at = len(value) // 2
+    conn.execute(
+        f"UPDATE records SET {column} = ? WHERE seq = ?", (value[:at] + bytes([value[at] ^ 1]) + value[at + 1 :], seq)
+    )
+
+
+def _relink(conn: Attacker, seq: int) -> None:
+    """Point record `seq`'s chain link elsewhere and store the leaf that fits: only the chain check can tell."""
+    header, commit, body = (
+        bytes(v) for v in conn.execute("SELECT header, commitment, body FROM records WHERE seq = ?", (seq,)).fetchone()
+    )
+    header = header[:-1] + bytes([header[-1] ^ 1])  # the last 32 bytes are the previous leaf
+    leaf = hashlib.sha256(b"\x00" + header + commit + hashlib.sha256(body).digest()).digest()
+    conn.execute("UPDATE records SET header = ?, leaf = ? WHERE seq = ?", (header, leaf, seq))
+
+
+TAMPERS = [
+    ("relink", 4),  # a chunk's first record: its link is checked against the stored leaf before the chunk
+    ("relink", 5),
+    ("body", 3),
+    ("body", 4),  # a chunk's first record
+    ("commitment", 6),
+    ("header", 8),
+    ("delete", 5),  # the last record of a chunk
+    ("delete", 6),  # the first record of a chunk
+]
+
+
+@pytest.mark.parametrize(("what", "seq"), TAMPERS)
+def test_a_tampered_log_is_refused_the_same_way(
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str, seq: int
+) -> None:
+    log = _copy(made, tmp_path)
+    conn = Attacker(log.data_dir)
+    try:
+        if what == "delete":
+            conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
+        elif what == "relink":
+            _relink(conn, seq)
+        else:
+            _flip(conn, seq, what)
+    finally:
+        conn.close()
+    with pytest.raises(LogIntegrityError) as inline:
+        snapshot(log.data_dir, log.keys, JANUARY, tmp_path / "inline", OPTIONS, seal=seal_for(log), workers=1)
+    started = _force_processes(monkeypatch)
+    with pytest.raises(LogIntegrityError) as pooled:
+        snapshot(log.data_dir, log.keys, JANUARY, tmp_path / "pooled", OPTIONS, seal=seal_for(log), workers=2)
+    a, b = inline.value, pooled.value
+    assert (a.check, a.seq, str(a)) == (b.check, b.seq, str(b))
+    assert a.seq == seq
+    assert not (tmp_path / "pooled").exists() and not (tmp_path / "inline").exists()
+    if what == "relink":
+        assert str(a.check) == "chain"
+    if what != "delete":
+        assert started  # found by the record pass, so the workers ran
