@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 
-from bridge.archive import scan
+from bridge.archive import scan, verify_package
 from bridge.archive.package import snapshot
 from bridge.archive.range import Month
 from bridge.errors import LogIntegrityError
+from bridge.log import keys as keyfile
 from tests.conftest import LogDir
-from tests.support.archive_log import OPTIONS, create_archive_log, january_february, seal_for
+from tests.support.archive_log import OPTIONS, create_archive_log, dossier_dir, january_february, seal_for
 from tests.support.pg import Attacker
+from tests.test_archive_verify import rebag
 
 JANUARY = Month(2024, 1)
 
@@ -154,3 +156,91 @@ def test_a_tampered_log_is_refused_the_same_way(
         assert str(a.check) == "chain"
     if what != "delete":
         assert started  # found by the record pass, so the workers ran
+
+
+# -- verify-package: the dossiers' lines read in worker processes ----------------------------------------
+
+
+def _force_dossier_processes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    monkeypatch.setattr(verify_package, "SCAN_MIN_BYTES", 0)
+    monkeypatch.setattr(scan, "FRAME_LINES", 2)
+    started: list[int] = []
+    real = scan.DossierScanner
+
+    def counting(*args: object) -> scan.DossierScanner:
+        started.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scan, "DossierScanner", counting)
+    return started
+
+
+def _january(made: LogDir, tmp_path: Path) -> tuple[LogDir, Path]:
+    log = _copy(made, tmp_path)
+    return log, snapshot(log.data_dir, log.keys, JANUARY, tmp_path / "jan", OPTIONS, seal=seal_for(log), workers=1).path
+
+
+def _public(log: LogDir) -> tuple[str, object]:
+    return keyfile.load_public(keyfile.public_path(log.key_file))
+
+
+def test_dossiers_read_in_processes_verify_the_same(
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log, pkg = _january(made, tmp_path)
+    inline = verify_package.verify_package(pkg, _public(log), workers=1)  # type: ignore[arg-type]
+    started = _force_dossier_processes(monkeypatch)
+    pooled = verify_package.verify_package(pkg, _public(log), workers=2)  # type: ignore[arg-type]
+    assert started
+    assert pooled == inline
+
+
+def _lines(p: Path) -> list[bytes]:
+    return p.read_bytes().splitlines(keepends=True)
+
+
+def _plain_body(p: Path) -> None:
+    lines = _lines(p)
+    i = next(k for k, ln in enumerate(lines) if b"concept kamerbrief" in ln and b"v2" not in ln)
+    lines[i] = lines[i].replace(b"concept kamerbrief", b"concept kamerbriEf")
+    p.write_bytes(b"".join(lines))
+
+
+def _swap(p: Path) -> None:
+    lines = _lines(p)
+    lines[1], lines[2] = lines[2], lines[1]
+    p.write_bytes(b"".join(lines))
+
+
+def _drop(p: Path) -> None:
+    lines = _lines(p)
+    del lines[2]
+    p.write_bytes(b"".join(lines))
+
+
+def _garbage(p: Path) -> None:
+    lines = _lines(p)
+    lines[3] = b'{"seq": 7, "not": "a record line"}\n'
+    p.write_bytes(b"".join(lines))
+
+
+def _borrow(p: Path) -> None:
+    """A plain line of the other dossier put into this one (the record then appears twice)."""
+    other = next(d for d in p.parent.parent.iterdir() if d.is_dir() and d != p.parent) / "events.jsonl"
+    p.write_bytes(p.read_bytes() + _lines(other)[-1])
+
+
+@pytest.mark.parametrize("forge", [_plain_body, _swap, _drop, _garbage, _borrow])
+def test_a_forged_dossier_is_refused_the_same_way(
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forge: object
+) -> None:
+    log, pkg = _january(made, tmp_path)
+    forge(dossier_dir(pkg, "alpha") / "events.jsonl")  # type: ignore[operator]
+    rebag(pkg)
+    with pytest.raises(verify_package.PackageIntegrityError) as inline:
+        verify_package.verify_package(pkg, _public(log), workers=1)  # type: ignore[arg-type]
+    started = _force_dossier_processes(monkeypatch)
+    with pytest.raises(verify_package.PackageIntegrityError) as pooled:
+        verify_package.verify_package(pkg, _public(log), workers=2)  # type: ignore[arg-type]
+    assert started
+    assert (type(inline.value), str(inline.value)) == (type(pooled.value), str(pooled.value))

@@ -37,7 +37,7 @@ import pickle
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -218,9 +218,9 @@ class Scanner:
                     stream.close()
 
 
-def _start(job: bytes, stderr: list[list[bytes]]) -> subprocess.Popen[bytes]:
+def _start(job: bytes, stderr: list[list[bytes]], entry: str = "worker_main") -> subprocess.Popen[bytes]:
     root = str(Path(__file__).resolve().parents[2])  # the folder holding this `bridge` package
-    code = f"import sys; sys.path.insert(0, {root!r}); from bridge.archive.scan import worker_main; worker_main()"
+    code = f"import sys; sys.path.insert(0, {root!r}); from bridge.archive.scan import {entry}; {entry}()"
     proc = subprocess.Popen(
         [sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -260,3 +260,109 @@ def worker_main() -> None:
     except Exception as exc:  # reported to the parent, which raises it
         out.write(pickle.dumps(("failed", f"{type(exc).__name__}: {exc}")))
     out.flush()
+
+
+# -- verify-package: the dossiers' lines --------------------------------------------------------------
+
+#: A line of a dossier proven plain in a worker: (seq, leaf, appended_ms, conversation tag, source, conversation).
+PlainLine = tuple[int, bytes, int, bytes, str, str]
+FRAME_LINES = 4096  # lines per frame a dossier worker sends
+
+
+def plain_line(line: bytes, withheld: Withholding) -> PlainLine | None:
+    """What `verify-package` needs of a dossier line that is a plain event and exactly the line the package
+    writer gives for it (then re-deriving it changes no state); None for any other line, which the verifier
+    then checks itself, line by line, with its own code (so its errors and their order are its own)."""
+    try:
+        rec = proof.parse_line(line)
+        if rec.key != "event":
+            return None
+        event = Event.from_json(rec.content or {})
+    except (proof.LineError, EncodingError):
+        return None
+    if not is_plain(event, withheld):
+        return None
+    want = proof.content_line("event", rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None)
+    if line != want:
+        return None
+    h = rec.header
+    return (rec.seq, rec.leaf, h.appended_ms, h.conversation_tag, str(event.source), str(event.conversation))
+
+
+class DossierScanner:
+    """`n` worker processes reading dossiers' events.jsonl: for each path (in the order given) its lines, each
+    a `PlainLine` or the raw line; `None` for a dossier the worker could not read (the verifier reads it)."""
+
+    def __init__(self, paths: list[Path], withheld: Withholding, n: int, limit: int) -> None:
+        self._n = n = max(1, min(n, len(paths)))
+        self._count = len(paths)
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._stderr: list[list[bytes]] = []
+        try:
+            for w in range(n):
+                mine = [str(p) for i, p in enumerate(paths) if i % n == w]
+                job = pickle.dumps((mine, dict(withheld), limit, FRAME_LINES))
+                self._procs.append(_start(job, self._stderr, "dossier_main"))
+        except BaseException:
+            self.close()
+            raise
+
+    def lines(self, i: int, own: Callable[[], Iterator[tuple[int, bytes]]]) -> Iterator[tuple[int, PlainLine | bytes]]:
+        """(line number, line) of dossier `i`, a line proven plain as its `PlainLine`; call for i = 0, 1, ... in
+        order, consuming each before the next. From where a worker could not read on (a missing file, a line
+        over the limit) the lines are `own()`'s, the verifier's own reading, so it finds what is wrong itself."""
+        w = i % self._n
+        number = 0
+        while (frame := self._frame(w)) is not None:
+            if not frame:
+                return
+            for item in frame:
+                number += 1
+                yield number, item
+        for k, line in own():
+            if k > number:
+                yield k, line
+
+    def _frame(self, w: int) -> list[PlainLine | bytes] | None:
+        proc = self._procs[w]
+        assert proc.stdout is not None
+        try:
+            kind, body = pickle.load(proc.stdout)  # noqa: S301  (our own child, over its private pipe)
+        except EOFError:
+            proc.wait()
+            err = b"".join(self._stderr[w]).decode("utf-8", "replace").strip().splitlines()[-1:]
+            raise RuntimeError(
+                f"a dossier-reading process failed (exit {proc.returncode}): {err[0] if err else 'no message'}"
+            ) from None
+        if kind == "unread":
+            return None
+        lines: list[PlainLine | bytes] = body
+        return lines  # an empty frame ends the dossier
+
+    def close(self) -> None:
+        Scanner.close(self)  # type: ignore[arg-type]
+
+
+def dossier_main() -> None:
+    """A dossier-reading process: (paths, withheld, line limit, lines per frame) in; per dossier its frames
+    out, then an empty one, or ("unread", None) where it cannot read on (the verifier reads the rest itself)."""
+    from bridge.archive.verify_package import iter_lines
+
+    paths, withheld, limit, frame_lines = pickle.loads(sys.stdin.buffer.read())  # noqa: S301  (parent's pipe)
+    out = sys.stdout.buffer
+    for path in paths:
+        frame: list[PlainLine | bytes] = []
+        try:
+            for _, line in iter_lines(Path(path), path, limit):
+                got = plain_line(line, withheld)
+                frame.append(line if got is None else got)
+                if len(frame) == frame_lines:
+                    out.write(pickle.dumps(("lines", frame), pickle.HIGHEST_PROTOCOL))
+                    frame = []
+        except Exception:  # a missing file, a line over the limit: the verifier reads on itself and says why
+            out.write(pickle.dumps(("unread", None)))
+        else:
+            if frame:
+                out.write(pickle.dumps(("lines", frame), pickle.HIGHEST_PROTOCOL))
+            out.write(pickle.dumps(("lines", []), pickle.HIGHEST_PROTOCOL))
+        out.flush()
