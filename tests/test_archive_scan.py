@@ -11,18 +11,26 @@ record missing at a chunk edge.
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from bridge.archive import scan, verify_package
+from bridge.archive import derive, proof, scan, verify_package
+from bridge.archive.gaps import LIVENESS_SOURCE, Listing
 from bridge.archive.package import snapshot
 from bridge.archive.range import Month
 from bridge.errors import LogIntegrityError
+from bridge.events import MATRIX, SIGNAL, Attachment, Event, Kind, canonical_bytes
 from bridge.log import keys as keyfile
-from tests.conftest import LogDir
+from bridge.policy import Withheld
+from tests.conftest import LogDir, make_event
 from tests.support.archive_log import OPTIONS, create_archive_log, dossier_dir, january_february, seal_for
 from tests.support.pg import Attacker
 from tests.test_archive_verify import rebag
@@ -244,3 +252,57 @@ def test_a_forged_dossier_is_refused_the_same_way(
         verify_package.verify_package(pkg, _public(log), workers=2)  # type: ignore[arg-type]
     assert started
     assert (type(inline.value), str(inline.value)) == (type(pooled.value), str(pooled.value))
+
+
+# -- the fast path is the general path: property --------------------------------------------------------
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> Event:
+    """Events of every kind and source, with or without a target, a room or group name, a notice, media."""
+    base = make_event(draw(st.integers(0, 5)), conversation=draw(st.sampled_from(["!r:x", "group:abc", "+316"])))
+    kind = draw(st.sampled_from(list(Kind)))
+    content: dict[str, Any] = draw(
+        st.sampled_from(
+            [
+                {"body": "hallo"},
+                {"type": "m.room.name", "content": {"name": draw(st.sampled_from(["", "Overleg"]))}},
+                {"group_name": draw(st.sampled_from(["", "Team"]))},
+                {"notice": draw(st.sampled_from(["capture_gap", "heartbeat", "other"])), "interval_ms": 60_000},
+            ]
+        )
+    )
+    atts: tuple[Attachment, ...] = ()
+    if draw(st.booleans()):
+        atts = (Attachment(draw(st.sampled_from(["stored", "failed"])), "image/png", "a.png", 3, "0" * 64, "b" * 64),)
+    return dataclasses.replace(
+        base,
+        source=draw(st.sampled_from([MATRIX, SIGNAL, LIVENESS_SOURCE])),
+        kind=kind,
+        relates_to=draw(st.none() | st.sampled_from(["$e1", "$e2"])),
+        content=content,
+        attachments=atts,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=_events(), withhold=st.booleans())
+def test_a_plain_event_gets_the_general_line_and_changes_nothing(event: Event, withhold: bool) -> None:
+    """Whenever `scan.is_plain` says plain, `derive.event_line` gives the line `scan` makes and touches neither
+    the dossier's state, nor the liveness listing, nor the media hook."""
+    target = (str(event.source), str(event.conversation), "$e1")
+    withheld = {target: Withheld("privé", "I. Specialist", 1, 0)} if withhold else {}
+    if not scan.is_plain(event, withheld):
+        return
+    state = derive.new_dossier("serie", str(event.source), str(event.conversation))
+    before = copy.deepcopy(dataclasses.replace(state, sha=None))  # its dicts and lists too
+    listing = Listing()
+    touched: list[int] = []
+    payload = canonical_bytes(event)
+    line = derive.event_line(
+        7, b"h" * 10, b"s" * 16, payload, b"c" * 32, b"m" * 32, event, state, withheld,
+        lambda seq, att, rel: touched.append(seq) or True, listing,
+    )  # fmt: skip
+    assert line == proof.content_line("event", 7, b"h" * 10, b"s" * 16, payload, b"c" * 32, None)
+    assert dataclasses.replace(state, sha=None) == before
+    assert listing == Listing() and not touched

@@ -209,13 +209,18 @@ class Scanner:
             yield from body
 
     def close(self) -> None:
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
+        _stop(self._procs)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """End the workers (killed if still running: the caller stopped early) and close their pipes."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
 
 
 def _start(job: bytes, stderr: list[list[bytes]], entry: str = "worker_main") -> subprocess.Popen[bytes]:
@@ -340,7 +345,7 @@ class DossierScanner:
         return lines  # an empty frame ends the dossier
 
     def close(self) -> None:
-        Scanner.close(self)  # type: ignore[arg-type]
+        _stop(self._procs)
 
 
 def dossier_main() -> None:
