@@ -23,9 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bridge.archive import derive, proof, scan, verify_package
+from bridge.archive import range as ranges
 from bridge.archive.gaps import LIVENESS_SOURCE, Listing
 from bridge.archive.package import snapshot
 from bridge.archive.range import Month
+from bridge.clock import now_ms
 from bridge.errors import LogIntegrityError
 from bridge.events import MATRIX, SIGNAL, Attachment, Event, Kind, canonical_bytes
 from bridge.log import keys as keyfile
@@ -306,3 +308,19 @@ def test_a_plain_event_gets_the_general_line_and_changes_nothing(event: Event, w
     assert line == proof.content_line("event", 7, b"h" * 10, b"s" * 16, payload, b"c" * 32, None)
     assert dataclasses.replace(state, sha=None) == before
     assert listing == Listing() and not touched
+
+
+def test_workers_read_the_log_of_either_backend(
+    any_filled_log: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker opens the log itself (SQLite file, or the PostgreSQL schema the data dir names): the package of
+    the month so far is the inline one."""
+    log = any_filled_log
+    month = ranges.month_of(now_ms(), OPTIONS.timezone)
+    args = (log.data_dir, log.keys, month)
+    inline = snapshot(*args, tmp_path / "inline", OPTIONS, seal=seal_for(log), allow_open_month=True, workers=1)
+    started = _force_processes(monkeypatch)
+    pooled = snapshot(*args, tmp_path / "pooled", OPTIONS, seal=seal_for(log), allow_open_month=True, workers=2)
+    assert started
+    assert inline.end > inline.start
+    assert _digests(pooled.path) == _digests(inline.path)
