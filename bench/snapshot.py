@@ -14,9 +14,11 @@ so its peak RSS is its own:
 - verify-package: the real verifier with the public key only (re-derives every file).
 
 Prints MB/s of log processed (stored header + commitment + ciphertext bytes of
-the range), events/s, peak RSS, and the ratio to the baseline, for each number
-of rendering processes in `--workers` (default 1 and 2: the curve by process
-count; "workers RSS" is the largest peak of a rendering process, 0 inline).
+the range), events/s, CPU time per event (the process and its workers: what
+the cores spent, whatever else loads the machine), peak RSS, and the ratio to
+the same run's baseline, for each number of processes in `--workers` (default
+1 and 2: the curve by process count; pass 2 and rendering use that many; "workers
+RSS" is the largest peak of a worker process, 0 inline).
 Goal: >= 100 MB/s and peak RSS < 150 MB at both sizes.
 """
 
@@ -131,14 +133,17 @@ CHILDREN = {
 }
 
 
-def run_child(name: str, data_dir: Path, key_file: Path, out: Path, workers: int = 1) -> tuple[float, float, float]:
-    """(seconds, peak RSS MB, largest worker peak RSS MB) of one measurement in a fresh process."""
+def run_child(
+    name: str, data_dir: Path, key_file: Path, out: Path, workers: int = 1
+) -> tuple[float, float, float, float]:
+    """(seconds, peak RSS MB, largest worker peak RSS MB, CPU seconds of it and its workers) of one measurement in
+    a fresh process."""
     cmd = [sys.executable, __file__, "--child", name, str(data_dir), str(key_file), str(out), str(workers)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return float(result["seconds"]), float(result["rss_mb"]), float(result["workers_rss_mb"])
+    return float(result["seconds"]), float(result["rss_mb"]), float(result["workers_rss_mb"]), float(result["cpu"])
 
 
 def bench(n: int, rooms: int, workers: list[int]) -> None:
@@ -150,20 +155,21 @@ def bench(n: int, rooms: int, workers: list[int]) -> None:
         size = range_bytes(data_dir)
         mb = size / 1e6
         print(f"\n{n:,} events in {rooms} conversations: log range {mb:.0f} MB (built in {built:.0f} s)")
-        base_s, base_rss, _ = run_child("baseline", data_dir, key_file, work / "plain.jsonl")
+        base_s, base_rss, _, base_cpu = run_child("baseline", data_dir, key_file, work / "plain.jsonl")
         print(f"  {'baseline (decrypt only)':32} {base_s:7.1f} s  {mb / base_s:7.1f} MB/s  {n / base_s:9,.0f} events/s"
-              f"  peak RSS {base_rss:6.1f} MB")  # fmt: skip
+              f"  CPU {base_cpu / n * 1e6:6.1f} us/event  peak RSS {base_rss:6.1f} MB")  # fmt: skip
         for w in workers:
-            snap_s, snap_rss, snap_w = run_child("snapshot", data_dir, key_file, work / "package", w)
+            snap_s, snap_rss, snap_w, snap_cpu = run_child("snapshot", data_dir, key_file, work / "package", w)
             pkg_mb = sum(p.stat().st_size for p in (work / "package").rglob("*") if p.is_file()) / 1e6
-            ver_s, ver_rss, ver_w = run_child("verify", data_dir, key_file, work / "package", w)
-            for label, s, rss, wrss in (
-                (f"snapshot, {w} process(es)", snap_s, snap_rss, snap_w),
-                (f"verify-package, {w} process(es)", ver_s, ver_rss, ver_w),
+            ver_s, ver_rss, ver_w, ver_cpu = run_child("verify", data_dir, key_file, work / "package", w)
+            for label, s, rss, wrss, cpu in (
+                (f"snapshot, {w} process(es)", snap_s, snap_rss, snap_w, snap_cpu),
+                (f"verify-package, {w} process(es)", ver_s, ver_rss, ver_w, ver_cpu),
             ):
                 print(
-                    f"  {label:32} {s:7.1f} s  {mb / s:7.1f} MB/s  {n / s:9,.0f} events/s  peak RSS {rss:6.1f} MB"
-                    f"  workers RSS {wrss:6.1f} MB  x{base_s / s:.2f} of baseline"
+                    f"  {label:32} {s:7.1f} s  {mb / s:7.1f} MB/s  {n / s:9,.0f} events/s"
+                    f"  CPU {cpu / n * 1e6:6.1f} us/event  peak RSS {rss:6.1f} MB  workers RSS {wrss:6.1f} MB"
+                    f"  x{base_s / s:.2f} of baseline"
                 )
             print(f"  package {pkg_mb:.0f} MB on disk")
             shutil.rmtree(work / "package", ignore_errors=True)
@@ -173,18 +179,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--rooms", type=int, default=100)
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="rendering processes to measure")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="process counts to measure")
     parser.add_argument("--child", nargs=5, metavar=("NAME", "DATA", "KEY", "OUT", "WORKERS"))
     args = parser.parse_args()
     if args.child:
         name, data, key, out, workers = args.child
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         CHILDREN[name](Path(data), Path(key), Path(out), int(workers))
         seconds = time.perf_counter() - t0
+        mine = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes, all waited for by now
+        cpu = time.process_time() - c0 + mine.ru_utime + mine.ru_stime
         rss_mb = peak_rss_mb()
         # the pool's processes, once they are gone; an upper bound (Linux keeps a spawned child's pre-exec peak)
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(json.dumps({"seconds": seconds, "rss_mb": rss_mb, "workers_rss_mb": children}))
+        print(json.dumps({"seconds": seconds, "rss_mb": rss_mb, "workers_rss_mb": children, "cpu": cpu}))
         return
     for n in args.events:
         bench(n, args.rooms, args.workers)

@@ -11,3 +11,4 @@ def test_snapshot_benchmark_runs_and_prints_every_row() -> None:
     for row in ("baseline (decrypt only)", "snapshot, 1 process(es)", "verify-package, 2 process(es)"):
         assert row in out
     assert out.count("MB/s") == 5
+    assert out.count("us/event") == 5

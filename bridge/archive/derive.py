@@ -367,6 +367,11 @@ def _room_name(event: Event) -> str | None:
     return _text(inner.get("name") if isinstance(inner, dict) else None) or None
 
 
+#: Public names of the tests `scan.is_plain` shares with `event_line`.
+text_of = _text
+room_name = _room_name
+
+
 def missing_line(seq: int, blob_id: str, rel: str) -> bytes:
     """A line of proof/missing-media.jsonl: a stored attachment whose blob was gone at snapshot time."""
     return canonical_json({"blob_id": blob_id, "path": rel, "seq": seq}) + b"\n"

@@ -59,7 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from bridge.archive import derive, proof
+from bridge.archive import derive, proof, scan
 from bridge.archive import range as ranges
 from bridge.archive.bag import BagBuilder, remove_stale
 from bridge.archive.derive import STATUS_CLOSED, STATUS_INTERIM, DossierState, RenderParams, package_name
@@ -74,8 +74,8 @@ from bridge.archive.witnessed import witnessed_json, witnessed_notes
 from bridge.blobs import BlobStore
 from bridge.clock import now_ms
 from bridge.errors import Check, LogIntegrityError, UsageError
-from bridge.events import Attachment, EncodingError, Event, event_from_bytes
-from bridge.log import checkpoint, crypto, format
+from bridge.events import Attachment, Event
+from bridge.log import checkpoint, crypto
 from bridge.log.keys import KeyMaterial
 from bridge.log.view import LogView, RangeRecord
 from bridge.policy import Withheld, fold_decisions
@@ -84,12 +84,7 @@ SPILL_BYTES = 16 << 20  # event lines held in memory before they are appended to
 LEAF_BATCH = 4096  # leaf lines (65 bytes each) held before they are written
 TMP_DIR = "tmp"  # under the data dir: the only place plaintext is written before `out`
 #: Content key of a line in proof/other-records.jsonl, per record type.
-OTHER_KEYS = {
-    format.RecordType.DECISION: "decision",
-    format.RecordType.KEY: "key",
-    format.RecordType.BLOB: "blob",
-    format.RecordType.SIGNING_KEY: "signing_key",
-}
+OTHER_KEYS = scan.OTHER_KEYS
 
 
 class MissingMediaError(LogIntegrityError):
@@ -195,7 +190,10 @@ def snapshot(
         try:
             blobs = BlobStore(data_dir / "blobs", view.media_keys())
             listing = Listing()
-            dossiers, others, missing = _write_records(view, builder, p, params, blobs, allow_missing_media, listing)
+            procs = default_workers() if workers is None else workers
+            dossiers, others, missing = _write_records(
+                view, builder, p, params, blobs, allow_missing_media, listing, data_dir, procs
+            )
             # Ask for missing checkpoints only now: pass 2 has recomputed every leaf of the range from its bytes.
             start_note, end_note = seal_notes(keys, p, seal)
             end_cp = checkpoint.parse_checkpoint_body(checkpoint.open_note(end_note)[0])
@@ -214,7 +212,7 @@ def snapshot(
                 builder.write(SIGNING_KEYS_FILE, rotations)
             rendered = render_package(
                 builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status,
-                workers=default_workers() if workers is None else workers,
+                workers=procs,
             )  # fmt: skip
             tags = derive.tag_files(
                 params, keys.key_name, win, (p.start, p.end), rendered.dossiers, others, (sealed_ms, closed_ms), status,
@@ -276,8 +274,14 @@ def _write_records(
     blobs: BlobStore,
     allow_missing: bool,
     listing: Listing,
+    data_dir: Path,
+    workers: int = 1,
 ) -> tuple[list[DossierState], int, int]:
-    """Pass 2: one line per record into its file, leaves into proof/leaves.txt; returns the dossiers."""
+    """Pass 2: one line per record into its file, leaves into proof/leaves.txt; returns the dossiers.
+
+    The per-record work (authenticate, decrypt, parse, make the line) runs in `workers` processes when the
+    range is long enough to repay starting them (`scan.PARALLEL_MIN_RECORDS`); leaves, frontier, consistency
+    proof, dossier state and writes stay here, applied in record order (the package is the same either way)."""
     withheld = fold_decisions(p.decisions)
     dossiers: dict[bytes, DossierState] = {}
     spill = _Spill(builder.root / "data", SPILL_BYTES)
@@ -288,33 +292,45 @@ def _write_records(
     media = _MediaCopier(builder, blobs, allow_missing)
     leaf_lines: list[bytes] = []  # written LEAF_BATCH at a time
     others = 0
+    scanner: scan.Scanner | None = None
+    if workers > 1 and p.end - p.start >= scan.PARALLEL_MIN_RECORDS:
+        scanner = scan.Scanner(view, data_dir, p.start, p.end, withheld, workers)
     try:
-        for rec in view.records(p.start, p.end, view.leaf_before(p.start)):
-            leaf_lines.append(proof.leaf_line(rec.leaf))
+        stream = scanner if scanner is not None else scan.items(view, p.start, p.end, withheld)
+        serie = params.serie
+        for item in stream:
+            leaf = item.leaf
+            leaf_lines.append(proof.leaf_line(leaf))
             if len(leaf_lines) == LEAF_BATCH:
                 leaves.write(b"".join(leaf_lines))
                 leaf_lines.clear()
-            frontier.append(rec.leaf)
-            consistency.add(rec.leaf)
-            if rec.header.type != format.RecordType.EVENT:
-                key = OTHER_KEYS[rec.header.type]
-                other.write(
-                    proof.content_line(key, rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None)
-                )
+            frontier.append(leaf)
+            consistency.add(leaf)
+            if type(item) is scan.Plain:
+                state = dossiers.get(item.tag)
+                if state is None:
+                    state = dossiers[item.tag] = derive.new_dossier(serie, item.source, item.conversation)
+                line = item.line
+            elif type(item) is scan.Fallback:
+                rec = item.record
+                event = item.event if item.event is not None else scan.parse_event(rec)
+                state = dossiers.get(item.tag)
+                if state is None:
+                    state = dossiers[item.tag] = derive.new_dossier(serie, event.source, event.conversation)
+                line = _event_line(rec, event, state, withheld, media, listing)
+            else:
+                assert type(item) is scan.Other
+                other.write(item.line)
                 others += 1
                 continue
-            event = _event(rec)
-            state = dossiers.get(rec.header.conversation_tag)
-            if state is None:
-                state = derive.new_dossier(params.serie, event.source, event.conversation)
-                dossiers[rec.header.conversation_tag] = state
-            line = _event_line(rec, event, state, withheld, media, listing)
             spill.write(state.events_rel, line)
             state.sha.update(line)
             state.size += len(line)
             state.records += 1
         leaves.write(b"".join(leaf_lines))
     finally:
+        if scanner is not None:
+            scanner.close()
         spill.close()
         other.close()
         leaves.close()
@@ -375,14 +391,6 @@ def _event_line(
         media,
         listing,
     )
-
-
-def _event(rec: RangeRecord) -> Event:
-    """The event an authenticated EVENT record holds (`verify` checks that every one decodes)."""
-    try:
-        return event_from_bytes(rec.payload)
-    except EncodingError as exc:
-        raise LogIntegrityError(rec.seq, f"decrypted payload is not an event: {exc}", check=Check.PAYLOAD) from None
 
 
 class _MediaCopier:

@@ -46,7 +46,7 @@ import hashlib
 import logging
 import mmap
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +54,7 @@ import bagit
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from bridge.archive import derive, mdto, proof
+from bridge.archive import derive, mdto, proof, scan
 from bridge.archive import range as ranges
 from bridge.archive.bag import HashOnly, OutFile, tag_files
 from bridge.archive.derive import DossierState, RenderParams
@@ -78,6 +78,9 @@ from bridge.witness.note import Verifier
 #: Media are files, never inline. A longer line is refused (exit 1) without being read into memory.
 MAX_LINE_BYTES = 64 << 20
 _LINE_PIECE = 1 << 20
+#: The dossiers' lines are read in worker processes (`scan.DossierScanner`) when their files hold at least this
+#: many bytes in all and more than one process may be used (starting an interpreter costs about a few megabytes' work).
+SCAN_MIN_BYTES = 8 << 20
 #: The largest small proof file read whole (range.json, package.json, checkpoints, frontier, proofs).
 MAX_SMALL_FILE = 4 << 20
 TAG_FILES = frozenset(
@@ -201,7 +204,8 @@ def verify_package(
     status = derive.status_of(sealed_ms, win, closed_ms is not None)
     _check_range(pdir, rng, win, start, end, status, sealed_ms)
     sink = _Rederive(path, manifest)
-    records = _Records(data, sink, params, win, start, end, start_root)
+    procs = default_workers() if workers is None else workers
+    records = _Records(data, sink, params, win, start, end, start_root, procs)
     counts = records.check(pdir / "leaves.txt", frontier, end_cp.root)
     _check_consistency(pdir / "consistency-proof.json", start, end, start_root, end_cp.root)
     mdto_files = _check_mdto(data)
@@ -215,7 +219,7 @@ def verify_package(
     dossiers = sorted(records.dossiers.values(), key=lambda s: s.folder)
     rendered = render_package(
         sink, params, public_key[0], dossiers, start, end, sealed_ms, status,
-        workers=default_workers() if workers is None else workers,
+        workers=procs,
     )  # fmt: skip
     sink.finish_payload()
     tags = derive.tag_files(
@@ -497,7 +501,9 @@ class _Records:
         start: int,
         end: int,
         start_root: bytes,
+        workers: int = 1,
     ) -> None:
+        self._workers = workers
         self._data = data
         self._sink = sink
         self._params = params
@@ -543,10 +549,17 @@ class _Records:
             self._decisions_before()
             self._other_records(pos)
             self._missing_media()
-            files = 1
-            for p in sorted(self._data.rglob("events.jsonl")):
-                files += 1
-                self._dossier(p, pos)
+            paths = sorted(self._data.rglob("events.jsonl"))
+            files = 1 + len(paths)
+            scanner: scan.DossierScanner | None = None
+            if self._workers > 1 and len(paths) > 1 and sum(_size(p) for p in paths) >= SCAN_MIN_BYTES:
+                scanner = scan.DossierScanner(paths, self._withheld, self._workers, MAX_LINE_BYTES)
+            try:
+                for i, p in enumerate(paths):
+                    self._dossier(p, pos, None if scanner is None else scanner.lines(i, _own_lines(p, self._data)))
+            finally:
+                if scanner is not None:
+                    scanner.close()
         if n and (missing := pos.seen.find(0)) >= 0:
             raise _fail(
                 Check.PACKAGE_MISSING_RECORD,
@@ -628,62 +641,81 @@ class _Records:
             self.missing[(seq, blob_id)] = rel
 
     def _place(self, rec: proof.RecordLine, where: str, pos: _Position, last: int) -> int:
-        if not pos.start <= rec.seq < pos.end:
+        return self._place_at(rec.seq, rec.key, rec.leaf, rec.header.appended_ms, where, pos, last)
+
+    def _place_at(
+        self, seq: int, key: str | None, leaf_of: bytes, appended: int, where: str, pos: _Position, last: int
+    ) -> int:
+        if not pos.start <= seq < pos.end:
             raise _fail(
                 Check.PACKAGE_ORDER,
-                f"{where}: record {rec.seq} is outside the package's range {pos.start}..{pos.end - 1}",
-                seq=rec.seq,
+                f"{where}: record {seq} is outside the package's range {pos.start}..{pos.end - 1}",
+                seq=seq,
             )
-        if rec.seq <= last:
+        if seq <= last:
             raise _fail(
-                Check.PACKAGE_ORDER, f"{where}: record {rec.seq} is out of log order (after record {last})", seq=rec.seq
+                Check.PACKAGE_ORDER, f"{where}: record {seq} is out of log order (after record {last})", seq=seq
             )
-        if pos.seen[rec.seq - pos.start]:
-            raise _fail(Check.PACKAGE_ORDER, f"{where}: record {rec.seq} appears twice in the package", seq=rec.seq)
-        pos.seen[rec.seq - pos.start] = 1
-        if not crypto.hmac_equal(rec.leaf, leaf := _leaf_at(pos.mm, rec.seq - pos.start)):
-            what = "event" if rec.key == "event" else "record"
+        if pos.seen[seq - pos.start]:
+            raise _fail(Check.PACKAGE_ORDER, f"{where}: record {seq} appears twice in the package", seq=seq)
+        pos.seen[seq - pos.start] = 1
+        if not crypto.hmac_equal(leaf_of, leaf := _leaf_at(pos.mm, seq - pos.start)):
+            what = "event" if key == "event" else "record"
             raise _fail(
                 Check.PACKAGE_RECORD,
-                f"{where}: {what} altered (record {rec.seq} does not give the log's leaf)",
+                f"{where}: {what} altered (record {seq} does not give the log's leaf)",
                 leaf,
-                rec.leaf,
-                seq=rec.seq,
+                leaf_of,
+                seq=seq,
             )
-        appended = rec.header.appended_ms
-        if appended >= self._win.end_ms or (rec.seq == self._start and appended < self._win.start_ms):
+        if appended >= self._win.end_ms or (seq == self._start and appended < self._win.start_ms):
             raise _fail(
                 Check.PACKAGE_ORDER,
-                f"{where}: record {rec.seq} was appended at {appended} (ms), outside month {self._win.month}",
+                f"{where}: record {seq} was appended at {appended} (ms), outside month {self._win.month}",
                 f"{self._win.start_ms} <= appended_ms < {self._win.end_ms}",
                 appended,
-                seq=rec.seq,
+                seq=seq,
             )
-        return rec.seq
+        return seq
 
     # -- dossiers --
 
-    def _dossier(self, path: Path, pos: _Position) -> None:
+    def _dossier(
+        self, path: Path, pos: _Position, scanned: Iterator[tuple[int, scan.PlainLine | bytes]] | None = None
+    ) -> None:
+        """One dossier's lines in order: each placed, its conversation checked and re-derived. A line a worker
+        proved plain (`scan.plain_line`: a plain event, exactly the writer's line) is placed and its
+        conversation checked here like any other; re-deriving it would change no state."""
         folder = path.parent.relative_to(self._data).as_posix()
         label = f"dossier {folder}"
         state: DossierState | None = None
         tag: bytes | None = None
         last = -1
-        for number, line in iter_lines(path, label):
+        for number, got in iter_lines(path, label) if scanned is None else scanned:
             where = f"{label} line {number}"
-            rec = _parse(line, where)
-            last = self._place(rec, where, pos, last)
-            event = _event(rec, where) if rec.key == "event" else None
-            if event is not None:
-                conv = (str(event.source), str(event.conversation))
-            elif rec.key is None and rec.withheld is not None:
-                conv = self._backing(rec, where).target.key[:2]
+            if type(got) is tuple:
+                seq, leaf, appended, rtag, source, conversation = got
+                last = self._place_at(seq, "event", leaf, appended, where, pos, last)
+                conv = (source, conversation)
+                rec: proof.RecordLine | None = None
+                event: Event | None = None
             else:
-                raise _fail(
-                    Check.PACKAGE_DOSSIER,
-                    f"{where}: record {rec.seq} is a {rec.key} record; it belongs in proof/other-records.jsonl",
-                    seq=rec.seq,
-                )
+                assert isinstance(got, bytes)
+                line = got
+                rec = _parse(line, where)
+                seq, rtag = rec.seq, rec.header.conversation_tag
+                last = self._place(rec, where, pos, last)
+                event = _event(rec, where) if rec.key == "event" else None
+                if event is not None:
+                    conv = (str(event.source), str(event.conversation))
+                elif rec.key is None and rec.withheld is not None:
+                    conv = self._backing(rec, where).target.key[:2]
+                else:
+                    raise _fail(
+                        Check.PACKAGE_DOSSIER,
+                        f"{where}: record {rec.seq} is a {rec.key} record; it belongs in proof/other-records.jsonl",
+                        seq=rec.seq,
+                    )
             if state is None:
                 state = derive.new_dossier(self._params.serie, conv[0], conv[1], folder)
                 suffix = f"-{self._params.month}-{derive.conversation_hash(*conv)}"
@@ -694,22 +726,21 @@ class _Records:
                         f" in {suffix!r}",
                         suffix,
                         folder,
-                        seq=rec.seq,
+                        seq=seq,
                     )
-                tag = rec.header.conversation_tag
+                tag = rtag
                 if tag in self._tags:
                     raise _fail(
                         Check.PACKAGE_DOSSIER,
-                        f"{where}: record {rec.seq} is of the conversation of dossier {self._tags[tag]}",
-                        seq=rec.seq,
+                        f"{where}: record {seq} is of the conversation of dossier {self._tags[tag]}",
+                        seq=seq,
                     )
                 self._tags[tag] = folder
-            elif (state.source, state.conversation) != conv or rec.header.conversation_tag != tag:
-                raise _fail(
-                    Check.PACKAGE_DOSSIER, f"{where}: record {rec.seq} belongs to another conversation", seq=rec.seq
-                )
-            want = self._derived(rec, event, state, where)
-            _same_line(line, want, where, "record", rec.seq)
+            elif (state.source, state.conversation) != conv or rtag != tag:
+                raise _fail(Check.PACKAGE_DOSSIER, f"{where}: record {seq} belongs to another conversation", seq=seq)
+            if rec is not None:
+                want = self._derived(rec, event, state, where)
+                _same_line(line, want, where, "record", rec.seq)
             state.records += 1
         if state is None:
             raise _fail(Check.PACKAGE_DOSSIER, f"{label}: events.jsonl holds no record")
@@ -838,6 +869,19 @@ def _decision(rec: proof.RecordLine, where: str) -> Decision:
         return parse_decision(rec.payload)
     except DecisionError as exc:
         raise _fail(Check.PACKAGE_RECORD, f"{where}: decision {rec.seq} does not parse: {exc}", seq=rec.seq) from None
+
+
+def _size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0
+
+
+def _own_lines(path: Path, data: Path) -> Callable[[], Iterator[tuple[int, bytes]]]:
+    """The verifier's own reading of a dossier, for where a worker could not read on."""
+    label = f"dossier {path.parent.relative_to(data).as_posix()}"
+    return lambda: iter_lines(path, label)
 
 
 class _Empty:

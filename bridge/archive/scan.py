@@ -1,0 +1,373 @@
+"""Pass 2's per-record work (authenticate, decrypt, decompress, parse, write the line), inline or in processes.
+
+`snapshot`'s record pass turns each record of the range into an `Item`: its
+leaf and what its line needs. Most events are *plain* (a message: no
+withhold decision touches it, no edit/deletion target, no room name, no
+notice, no stored attachment), and for those the whole line is made here;
+every other event is handed on as a `Fallback` (its record and, inline, its
+parsed `Event`) for the package writer to run `derive.event_line` on, in
+record order, because it changes per-dossier state (edits, names, media) or
+the liveness listing. The writer applies items strictly in record order, so
+the package is the same byte for byte whether items come from `items` in this
+process or from `Scanner` worker processes.
+
+`Scanner` splits the range into chunks of `CHUNK` records handed round-robin
+to `n` fresh interpreters (a plain subprocess, like the renderers': a
+multiprocessing pool would import the CLI in each), each reading its chunks
+from the log itself (SQLite allows concurrent readers) and sending back one
+pickled frame per chunk over its stdout; the writer reads the frames in chunk
+order, so at most a chunk per worker is in flight and memory stays flat. The
+key material goes to a worker only over its stdin pipe, never on a command
+line, in the environment or in a file; workers write no files.
+
+Errors are the sequential pass's, in the same order: a worker checks the
+hash chain of its first record against the *stored* leaf before it (which the
+previous chunk has checked against the recomputed one before this chunk's
+frame is read), reads on past its chunk's end so a missing record at a chunk
+edge is reported as it is inline, and sends a `LogIntegrityError` back as its
+fields; the writer raises the first failing chunk's error only after every
+earlier chunk was applied.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import pickle
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, Any, NamedTuple
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+from bridge.archive import derive, proof
+from bridge.archive.gaps import LIVENESS_SOURCE
+from bridge.errors import Check, LogIntegrityError
+from bridge.events import SIGNAL, EncodingError, Event, Kind, event_from_bytes
+from bridge.log import format
+from bridge.log.keys import KeyMaterial
+from bridge.log.view import LogView, RangeRecord
+from bridge.policy import Withheld, withheld_for
+
+CHUNK = 1024  # records per frame a worker sends
+#: Ranges shorter than this are scanned inline: starting an interpreter and opening the log costs about as much.
+PARALLEL_MIN_RECORDS = 16_384
+PIPE_BYTES = 1 << 20  # a worker's stdout pipe, so it can run about a frame ahead (Linux; best effort)
+
+#: Content key of a line in proof/other-records.jsonl, per record type.
+OTHER_KEYS = {
+    format.RecordType.DECISION: "decision",
+    format.RecordType.KEY: "key",
+    format.RecordType.BLOB: "blob",
+    format.RecordType.SIGNING_KEY: "signing_key",
+}
+
+Withholding = Mapping[tuple[str, str, str], Withheld]
+
+
+class Plain(NamedTuple):
+    """An event whose line is made: only its dossier and its line are left to the writer."""
+
+    seq: int
+    leaf: bytes
+    tag: bytes
+    source: str
+    conversation: str
+    line: bytes
+
+
+class Fallback(NamedTuple):
+    """An event the writer runs `derive.event_line` on (`event` is None when it came from a worker)."""
+
+    seq: int
+    leaf: bytes
+    tag: bytes
+    record: RangeRecord
+    event: Event | None
+
+
+class Other(NamedTuple):
+    """A record that is not an event: its line of proof/other-records.jsonl."""
+
+    seq: int
+    leaf: bytes
+    line: bytes
+
+
+Item = Plain | Fallback | Other
+
+
+def parse_event(rec: RangeRecord) -> Event:
+    """The event an authenticated EVENT record holds (`verify` checks that every one decodes)."""
+    try:
+        return event_from_bytes(rec.payload)
+    except EncodingError as exc:
+        raise LogIntegrityError(rec.seq, f"decrypted payload is not an event: {exc}", check=Check.PAYLOAD) from None
+
+
+def is_plain(event: Event, withheld: Withholding) -> bool:
+    """True when `derive.event_line` would change no state for `event` and give it a line without files: no
+    withhold decision, no notice (the liveness listing), no edit/deletion target, no room or group name, not
+    the archiver's own dossier, no stored attachment. Conservative: anything else goes to the writer."""
+    if withheld and withheld_for(event, withheld) is not None:
+        return False
+    if event.kind == Kind.NOTICE or derive.text_of(event.relates_to) is not None:
+        return False
+    if (event.kind == Kind.STATE or event.source == SIGNAL) and derive.room_name(event):
+        return False
+    return event.source != LIVENESS_SOURCE and not derive.stored_attachments(event)
+
+
+def item_of(rec: RangeRecord, withheld: Withholding) -> Item:
+    if rec.header.type != format.RecordType.EVENT:
+        key = OTHER_KEYS[rec.header.type]
+        line = proof.content_line(key, rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None)
+        return Other(rec.seq, rec.leaf, line)
+    event = parse_event(rec)
+    tag = rec.header.conversation_tag
+    if is_plain(event, withheld):
+        line = proof.content_line(
+            "event", rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None
+        )  # what derive.event_line gives a plain event (no files)
+        return Plain(rec.seq, rec.leaf, tag, str(event.source), str(event.conversation), line)
+    return Fallback(rec.seq, rec.leaf, tag, rec, event)
+
+
+def items(view: LogView, start: int, end: int, withheld: Withholding) -> Iterator[Item]:
+    """The range's items in this process, in record order."""
+    for rec in view.records(start, end, view.leaf_before(start)):
+        yield item_of(rec, withheld)
+
+
+def chunk_items(
+    view: LogView, start: int, stop: int, end: int, withheld: Withholding, prev_leaf: bytes | None
+) -> list[Item]:
+    """The items of [start, stop), read as the sequential pass reads them (on towards `end`, so a missing
+    record at `stop` is found as it is inline), chain checked from `prev_leaf`."""
+    out: list[Item] = []
+    if start >= stop:
+        return out
+    for rec in view.records(start, end, prev_leaf):
+        item = item_of(rec, withheld)
+        out.append(item if type(item) is not Fallback else item._replace(event=None))
+        if rec.seq == stop - 1:
+            break
+    return out
+
+
+# -- workers --------------------------------------------------------------------------------------
+
+
+def chunks(start: int, end: int, size: int | None = None) -> list[tuple[int, int]]:
+    step = CHUNK if size is None else size
+    return [(a, min(a + step, end)) for a in range(start, end, step)]
+
+
+class Scanner:
+    """`n` worker processes giving the items of [start, end) chunk by chunk, in record order (`__iter__`)."""
+
+    def __init__(self, view: LogView, data_dir: Path, start: int, end: int, withheld: Withholding, n: int) -> None:
+        self._chunks = chunks(start, end)
+        n = max(1, min(n, len(self._chunks)))
+        # The stored leaf before each chunk: its first record's chain link (checked by the previous chunk).
+        prevs = [view.leaf_before(a) for a, _ in self._chunks]
+        keys = view.keys
+        secret = (keys.log_id, keys.kek, keys.verifier.public_bytes(Encoding.Raw, PublicFormat.Raw))
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._stderr: list[list[bytes]] = []
+        try:
+            for w in range(n):
+                mine = [(a, b, prevs[i]) for i, (a, b) in enumerate(self._chunks) if i % n == w]
+                job = pickle.dumps((str(data_dir), secret, mine, end, dict(withheld)))
+                self._procs.append(_start(job, self._stderr))
+        except BaseException:
+            self.close()
+            raise
+
+    def __iter__(self) -> Iterator[Item]:
+        n = len(self._procs)
+        for i in range(len(self._chunks)):
+            proc = self._procs[i % n]
+            assert proc.stdout is not None
+            try:
+                kind, body = pickle.load(proc.stdout)  # noqa: S301  (our own child, over its private pipe)
+            except EOFError:
+                proc.wait()
+                err = b"".join(self._stderr[i % n]).decode("utf-8", "replace").strip().splitlines()[-1:]
+                raise RuntimeError(
+                    f"a record-pass process failed (exit {proc.returncode}): {err[0] if err else 'no message'}"
+                ) from None
+            if kind == "error":
+                seq, reason, expected, found, check = body
+                raise LogIntegrityError(seq, reason, expected, found, check=Check(check))
+            if kind != "items":
+                raise RuntimeError(f"a record-pass process failed: {body}")
+            yield from body
+
+    def close(self) -> None:
+        _stop(self._procs)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    """End the workers (killed if still running: the caller stopped early) and close their pipes."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def _start(job: bytes, stderr: list[list[bytes]], entry: str = "worker_main") -> subprocess.Popen[bytes]:
+    root = str(Path(__file__).resolve().parents[2])  # the folder holding this `bridge` package
+    code = f"import sys; sys.path.insert(0, {root!r}); from bridge.archive.scan import {entry}; {entry}()"
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+    with contextlib.suppress(OSError, AttributeError):  # not Linux, or over the system's limit: the default works
+        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    err: list[bytes] = []
+    stderr.append(err)
+    threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True).start()
+    proc.stdin.write(job)
+    proc.stdin.close()
+    return proc
+
+
+def _drain(stream: IO[bytes], into: list[bytes]) -> None:
+    for line in stream:
+        into.append(line)
+        del into[:-20]
+
+
+def worker_main() -> None:
+    """A record-pass process: job in (pickled, stdin), one frame per chunk out (pickled, stdout)."""
+    data_dir, secret, mine, end, withheld = pickle.loads(sys.stdin.buffer.read())  # noqa: S301  (parent's pipe)
+    log_id, kek, public = secret
+    keys = KeyMaterial(log_id, kek, Ed25519PublicKey.from_public_bytes(public), None)
+    out = sys.stdout.buffer
+    frame: tuple[str, Any]
+    try:
+        with LogView(Path(data_dir), keys) as view:
+            for start, stop, prev in mine:
+                frame = ("items", chunk_items(view, start, stop, end, withheld, prev))
+                out.write(pickle.dumps(frame, pickle.HIGHEST_PROTOCOL))
+                out.flush()
+    except LogIntegrityError as exc:
+        frame = ("error", (exc.seq, exc.reason, exc.expected, exc.found, str(exc.check)))
+        out.write(pickle.dumps(frame))
+    except Exception as exc:  # reported to the parent, which raises it
+        out.write(pickle.dumps(("failed", f"{type(exc).__name__}: {exc}")))
+    out.flush()
+
+
+# -- verify-package: the dossiers' lines --------------------------------------------------------------
+
+#: A line of a dossier proven plain in a worker: (seq, leaf, appended_ms, conversation tag, source, conversation).
+PlainLine = tuple[int, bytes, int, bytes, str, str]
+FRAME_LINES = 4096  # lines per frame a dossier worker sends
+
+
+def plain_line(line: bytes, withheld: Withholding) -> PlainLine | None:
+    """What `verify-package` needs of a dossier line that is a plain event and exactly the line the package
+    writer gives for it (then re-deriving it changes no state); None for any other line, which the verifier
+    then checks itself, line by line, with its own code (so its errors and their order are its own)."""
+    try:
+        rec = proof.parse_line(line)
+        if rec.key != "event":
+            return None
+        event = Event.from_json(rec.content or {})
+    except (proof.LineError, EncodingError):
+        return None
+    if not is_plain(event, withheld):
+        return None
+    want = proof.content_line("event", rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None)
+    if line != want:
+        return None
+    h = rec.header
+    return (rec.seq, rec.leaf, h.appended_ms, h.conversation_tag, str(event.source), str(event.conversation))
+
+
+class DossierScanner:
+    """`n` worker processes reading dossiers' events.jsonl: for each path (in the order given) its lines, each
+    a `PlainLine` or the raw line; `None` for a dossier the worker could not read (the verifier reads it)."""
+
+    def __init__(self, paths: list[Path], withheld: Withholding, n: int, limit: int) -> None:
+        self._n = n = max(1, min(n, len(paths)))
+        self._count = len(paths)
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._stderr: list[list[bytes]] = []
+        try:
+            for w in range(n):
+                mine = [str(p) for i, p in enumerate(paths) if i % n == w]
+                job = pickle.dumps((mine, dict(withheld), limit, FRAME_LINES))
+                self._procs.append(_start(job, self._stderr, "dossier_main"))
+        except BaseException:
+            self.close()
+            raise
+
+    def lines(self, i: int, own: Callable[[], Iterator[tuple[int, bytes]]]) -> Iterator[tuple[int, PlainLine | bytes]]:
+        """(line number, line) of dossier `i`, a line proven plain as its `PlainLine`; call for i = 0, 1, ... in
+        order, consuming each before the next. From where a worker could not read on (a missing file, a line
+        over the limit) the lines are `own()`'s, the verifier's own reading, so it finds what is wrong itself."""
+        w = i % self._n
+        number = 0
+        while (frame := self._frame(w)) is not None:
+            if not frame:
+                return
+            for item in frame:
+                number += 1
+                yield number, item
+        for k, line in own():
+            if k > number:
+                yield k, line
+
+    def _frame(self, w: int) -> list[PlainLine | bytes] | None:
+        proc = self._procs[w]
+        assert proc.stdout is not None
+        try:
+            kind, body = pickle.load(proc.stdout)  # noqa: S301  (our own child, over its private pipe)
+        except EOFError:
+            proc.wait()
+            err = b"".join(self._stderr[w]).decode("utf-8", "replace").strip().splitlines()[-1:]
+            raise RuntimeError(
+                f"a dossier-reading process failed (exit {proc.returncode}): {err[0] if err else 'no message'}"
+            ) from None
+        if kind == "unread":
+            return None
+        lines: list[PlainLine | bytes] = body
+        return lines  # an empty frame ends the dossier
+
+    def close(self) -> None:
+        _stop(self._procs)
+
+
+def dossier_main() -> None:
+    """A dossier-reading process: (paths, withheld, line limit, lines per frame) in; per dossier its frames
+    out, then an empty one, or ("unread", None) where it cannot read on (the verifier reads the rest itself)."""
+    from bridge.archive.verify_package import iter_lines
+
+    paths, withheld, limit, frame_lines = pickle.loads(sys.stdin.buffer.read())  # noqa: S301  (parent's pipe)
+    out = sys.stdout.buffer
+    for path in paths:
+        frame: list[PlainLine | bytes] = []
+        try:
+            for _, line in iter_lines(Path(path), path, limit):
+                got = plain_line(line, withheld)
+                frame.append(line if got is None else got)
+                if len(frame) == frame_lines:
+                    out.write(pickle.dumps(("lines", frame), pickle.HIGHEST_PROTOCOL))
+                    frame = []
+        except Exception:  # a missing file, a line over the limit: the verifier reads on itself and says why
+            out.write(pickle.dumps(("unread", None)))
+        else:
+            if frame:
+                out.write(pickle.dumps(("lines", frame), pickle.HIGHEST_PROTOCOL))
+            out.write(pickle.dumps(("lines", []), pickle.HIGHEST_PROTOCOL))
+        out.flush()

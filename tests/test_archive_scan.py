@@ -1,0 +1,326 @@
+"""Pass 2 of `snapshot` in worker processes (`bridge/archive/scan.py`) gives the inline package and the inline errors.
+
+The record pass runs in processes only for long ranges (`scan.PARALLEL_MIN_RECORDS`); here it is forced on
+January of the archive test log (two rooms, a room name, an edit, a deletion, an image, a withheld message, a
+decision) with chunks of 2 records, so every chunk edge, the round-robin hand-out and both kinds of event
+(plain lines made in the worker, others applied by the writer) are crossed. The attacks: a tampered log must be
+refused with the same error (check, record, message) whichever way the records are read, including a flipped
+byte on a chunk's first record (the chain link the worker checks against the stored leaf before it) and a
+record missing at a chunk edge.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bridge.archive import derive, proof, scan, verify_package
+from bridge.archive import range as ranges
+from bridge.archive.gaps import LIVENESS_SOURCE, Listing
+from bridge.archive.package import snapshot
+from bridge.archive.range import Month
+from bridge.clock import now_ms
+from bridge.errors import LogIntegrityError
+from bridge.events import MATRIX, SIGNAL, Attachment, Event, Kind, canonical_bytes
+from bridge.log import keys as keyfile
+from bridge.policy import Withheld
+from tests.conftest import LogDir, make_event
+from tests.support.archive_log import OPTIONS, create_archive_log, dossier_dir, january_february, seal_for
+from tests.support.pg import Attacker
+from tests.test_archive_verify import rebag
+
+JANUARY = Month(2024, 1)
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> LogDir:
+    root = tmp_path_factory.mktemp("scanlog")
+    with pytest.MonkeyPatch.context() as mp:
+        log = create_archive_log(root)
+        january_february(log, mp)
+    return log
+
+
+def _copy(log: LogDir, to: Path) -> LogDir:
+    shutil.copytree(log.data_dir, to / "data")
+    return LogDir(to / "data", log.key_file, log.keys)
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def _force_processes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Workers for any range, 2 records a chunk; returns a list that gets one entry per Scanner started."""
+    monkeypatch.setattr(scan, "PARALLEL_MIN_RECORDS", 0)
+    monkeypatch.setattr(scan, "CHUNK", 2)
+    started: list[int] = []
+    real = scan.Scanner
+
+    def counting(*args: object) -> scan.Scanner:
+        started.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scan, "Scanner", counting)
+    return started
+
+
+def test_record_pass_in_processes_gives_the_same_package(
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log = _copy(made, tmp_path)
+    inline = snapshot(log.data_dir, log.keys, JANUARY, tmp_path / "inline", OPTIONS, seal=seal_for(log), workers=1)
+    want = _digests(inline.path)
+    assert inline.end - inline.start > 2 * 2  # more chunks than workers
+    started = _force_processes(monkeypatch)
+    for workers in (2, 3):
+        out = tmp_path / f"procs{workers}"
+        pooled = snapshot(log.data_dir, log.keys, JANUARY, out, OPTIONS, seal=seal_for(log), workers=workers)
+        assert _digests(pooled.path) == want
+    assert len(started) == 2
+
+
+def test_items_of_the_month_hold_plain_and_fallback_events(made: LogDir) -> None:
+    """The fast path is taken for plain messages and never for events that change dossier state."""
+    from bridge.log.view import LogView
+    from bridge.policy import fold_decisions
+
+    with LogView(made.data_dir, made.keys) as view:
+        decisions = [(row.seq, view.decision(row)) for row in view.decision_rows(view.size())]
+        got = list(scan.items(view, 0, view.size(), fold_decisions(decisions)))
+    plain = [i for i in got if isinstance(i, scan.Plain)]
+    fallback = [i for i in got if isinstance(i, scan.Fallback)]
+    assert plain and fallback
+    assert all(i.event is not None for i in fallback)
+    kinds = {str(i.event.kind) for i in fallback if i.event is not None}
+    assert {"edit", "deletion", "state", "attachment"} <= kinds
+    withheld = [i for i in fallback if i.event is not None and str(i.event.event_id) == "$e2"]
+    assert len(withheld) == 1  # the withheld message is never made a plain line
+
+
+def _flip(conn: Attacker, seq: int, column: str) -> None:
+    value = bytes(conn.execute(f"SELECT {column} FROM records WHERE seq = ?", (seq,)).fetchone()[0])
+    at = len(value) // 2
+    conn.execute(
+        f"UPDATE records SET {column} = ? WHERE seq = ?", (value[:at] + bytes([value[at] ^ 1]) + value[at + 1 :], seq)
+    )
+
+
+def _relink(conn: Attacker, seq: int) -> None:
+    """Point record `seq`'s chain link elsewhere and store the leaf that fits: only the chain check can tell."""
+    header, commit, body = (
+        bytes(v) for v in conn.execute("SELECT header, commitment, body FROM records WHERE seq = ?", (seq,)).fetchone()
+    )
+    header = header[:-1] + bytes([header[-1] ^ 1])  # the last 32 bytes are the previous leaf
+    leaf = hashlib.sha256(b"\x00" + header + commit + hashlib.sha256(body).digest()).digest()
+    conn.execute("UPDATE records SET header = ?, leaf = ? WHERE seq = ?", (header, leaf, seq))
+
+
+TAMPERS = [
+    ("relink", 4),  # a chunk's first record: its link is checked against the stored leaf before the chunk
+    ("relink", 5),
+    ("body", 3),
+    ("body", 4),  # a chunk's first record
+    ("commitment", 6),
+    ("header", 8),
+    ("delete", 5),  # the last record of a chunk
+    ("delete", 6),  # the first record of a chunk
+]
+
+
+@pytest.mark.parametrize(("what", "seq"), TAMPERS)
+def test_a_tampered_log_is_refused_the_same_way(
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, what: str, seq: int
+) -> None:
+    log = _copy(made, tmp_path)
+    conn = Attacker(log.data_dir)
+    try:
+        if what == "delete":
+            conn.execute("DELETE FROM records WHERE seq = ?", (seq,))
+        elif what == "relink":
+            _relink(conn, seq)
+        else:
+            _flip(conn, seq, what)
+    finally:
+        conn.close()
+    with pytest.raises(LogIntegrityError) as inline:
+        snapshot(log.data_dir, log.keys, JANUARY, tmp_path / "inline", OPTIONS, seal=seal_for(log), workers=1)
+    started = _force_processes(monkeypatch)
+    with pytest.raises(LogIntegrityError) as pooled:
+        snapshot(log.data_dir, log.keys, JANUARY, tmp_path / "pooled", OPTIONS, seal=seal_for(log), workers=2)
+    a, b = inline.value, pooled.value
+    assert (a.check, a.seq, str(a)) == (b.check, b.seq, str(b))
+    assert a.seq == seq
+    assert not (tmp_path / "pooled").exists() and not (tmp_path / "inline").exists()
+    if what == "relink":
+        assert str(a.check) == "chain"
+    if what != "delete":
+        assert started  # found by the record pass, so the workers ran
+
+
+# -- verify-package: the dossiers' lines read in worker processes ----------------------------------------
+
+
+def _force_dossier_processes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    monkeypatch.setattr(verify_package, "SCAN_MIN_BYTES", 0)
+    monkeypatch.setattr(scan, "FRAME_LINES", 2)
+    started: list[int] = []
+    real = scan.DossierScanner
+
+    def counting(*args: object) -> scan.DossierScanner:
+        started.append(1)
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(scan, "DossierScanner", counting)
+    return started
+
+
+def _january(made: LogDir, tmp_path: Path) -> tuple[LogDir, Path]:
+    log = _copy(made, tmp_path)
+    return log, snapshot(log.data_dir, log.keys, JANUARY, tmp_path / "jan", OPTIONS, seal=seal_for(log), workers=1).path
+
+
+def _public(log: LogDir) -> tuple[str, object]:
+    return keyfile.load_public(keyfile.public_path(log.key_file))
+
+
+def test_dossiers_read_in_processes_verify_the_same(
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log, pkg = _january(made, tmp_path)
+    inline = verify_package.verify_package(pkg, _public(log), workers=1)  # type: ignore[arg-type]
+    started = _force_dossier_processes(monkeypatch)
+    pooled = verify_package.verify_package(pkg, _public(log), workers=2)  # type: ignore[arg-type]
+    assert started
+    assert pooled == inline
+
+
+def _lines(p: Path) -> list[bytes]:
+    return p.read_bytes().splitlines(keepends=True)
+
+
+def _plain_body(p: Path) -> None:
+    lines = _lines(p)
+    i = next(k for k, ln in enumerate(lines) if b"concept kamerbrief" in ln and b"v2" not in ln)
+    lines[i] = lines[i].replace(b"concept kamerbrief", b"concept kamerbriEf")
+    p.write_bytes(b"".join(lines))
+
+
+def _swap(p: Path) -> None:
+    lines = _lines(p)
+    lines[1], lines[2] = lines[2], lines[1]
+    p.write_bytes(b"".join(lines))
+
+
+def _drop(p: Path) -> None:
+    lines = _lines(p)
+    del lines[2]
+    p.write_bytes(b"".join(lines))
+
+
+def _garbage(p: Path) -> None:
+    lines = _lines(p)
+    lines[3] = b'{"seq": 7, "not": "a record line"}\n'
+    p.write_bytes(b"".join(lines))
+
+
+def _borrow(p: Path) -> None:
+    """A plain line of the other dossier put into this one (the record then appears twice)."""
+    other = next(d for d in p.parent.parent.iterdir() if d.is_dir() and d != p.parent) / "events.jsonl"
+    p.write_bytes(p.read_bytes() + _lines(other)[-1])
+
+
+@pytest.mark.parametrize("forge", [_plain_body, _swap, _drop, _garbage, _borrow])
+def test_a_forged_dossier_is_refused_the_same_way(
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forge: object
+) -> None:
+    log, pkg = _january(made, tmp_path)
+    forge(dossier_dir(pkg, "alpha") / "events.jsonl")  # type: ignore[operator]
+    rebag(pkg)
+    with pytest.raises(verify_package.PackageIntegrityError) as inline:
+        verify_package.verify_package(pkg, _public(log), workers=1)  # type: ignore[arg-type]
+    started = _force_dossier_processes(monkeypatch)
+    with pytest.raises(verify_package.PackageIntegrityError) as pooled:
+        verify_package.verify_package(pkg, _public(log), workers=2)  # type: ignore[arg-type]
+    assert started
+    assert (type(inline.value), str(inline.value)) == (type(pooled.value), str(pooled.value))
+
+
+# -- the fast path is the general path: property --------------------------------------------------------
+
+
+@st.composite
+def _events(draw: st.DrawFn) -> Event:
+    """Events of every kind and source, with or without a target, a room or group name, a notice, media."""
+    base = make_event(draw(st.integers(0, 5)), conversation=draw(st.sampled_from(["!r:x", "group:abc", "+316"])))
+    kind = draw(st.sampled_from(list(Kind)))
+    content: dict[str, Any] = draw(
+        st.sampled_from(
+            [
+                {"body": "hallo"},
+                {"type": "m.room.name", "content": {"name": draw(st.sampled_from(["", "Overleg"]))}},
+                {"group_name": draw(st.sampled_from(["", "Team"]))},
+                {"notice": draw(st.sampled_from(["capture_gap", "heartbeat", "other"])), "interval_ms": 60_000},
+            ]
+        )
+    )
+    atts: tuple[Attachment, ...] = ()
+    if draw(st.booleans()):
+        atts = (Attachment(draw(st.sampled_from(["stored", "failed"])), "image/png", "a.png", 3, "0" * 64, "b" * 64),)
+    return dataclasses.replace(
+        base,
+        source=draw(st.sampled_from([MATRIX, SIGNAL, LIVENESS_SOURCE])),
+        kind=kind,
+        relates_to=draw(st.none() | st.sampled_from(["$e1", "$e2"])),
+        content=content,
+        attachments=atts,
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=_events(), withhold=st.booleans())
+def test_a_plain_event_gets_the_general_line_and_changes_nothing(event: Event, withhold: bool) -> None:
+    """Whenever `scan.is_plain` says plain, `derive.event_line` gives the line `scan` makes and touches neither
+    the dossier's state, nor the liveness listing, nor the media hook."""
+    target = (str(event.source), str(event.conversation), "$e1")
+    withheld = {target: Withheld("privé", "I. Specialist", 1, 0)} if withhold else {}
+    if not scan.is_plain(event, withheld):
+        return
+    state = derive.new_dossier("serie", str(event.source), str(event.conversation))
+    before = copy.deepcopy(dataclasses.replace(state, sha=None))  # its dicts and lists too
+    listing = Listing()
+    touched: list[int] = []
+    payload = canonical_bytes(event)
+    line = derive.event_line(
+        7, b"h" * 10, b"s" * 16, payload, b"c" * 32, b"m" * 32, event, state, withheld,
+        lambda seq, att, rel: touched.append(seq) or True, listing,
+    )  # fmt: skip
+    assert line == proof.content_line("event", 7, b"h" * 10, b"s" * 16, payload, b"c" * 32, None)
+    assert dataclasses.replace(state, sha=None) == before
+    assert listing == Listing() and not touched
+
+
+def test_workers_read_the_log_of_either_backend(
+    any_filled_log: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker opens the log itself (SQLite file, or the PostgreSQL schema the data dir names): the package of
+    the month so far is the inline one."""
+    log = any_filled_log
+    month = ranges.month_of(now_ms(), OPTIONS.timezone)
+    args = (log.data_dir, log.keys, month)
+    inline = snapshot(*args, tmp_path / "inline", OPTIONS, seal=seal_for(log), allow_open_month=True, workers=1)
+    started = _force_processes(monkeypatch)
+    pooled = snapshot(*args, tmp_path / "pooled", OPTIONS, seal=seal_for(log), allow_open_month=True, workers=2)
+    assert started
+    assert inline.end > inline.start
+    assert _digests(pooled.path) == _digests(inline.path)
