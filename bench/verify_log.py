@@ -113,6 +113,7 @@ def main() -> None:
     ap.add_argument("--child")
     ap.add_argument("--data-dir")
     ap.add_argument("--key-file")
+    ap.add_argument("--keep", metavar="DIR", help="build the log in DIR (or reuse the one there) and keep it")
     args = ap.parse_args()
     if args.child:
         child(args.child, Path(args.data_dir), Path(args.key_file))
@@ -121,23 +122,28 @@ def main() -> None:
     from bridge.log.store import LogStore, initialise
 
     with tempfile.TemporaryDirectory(prefix="bench-verify-") as tmp:
-        work = Path(tmp)
-        path = work / "events.jsonl"
-        size = make_events(path, args.events)
-        material = keyfile.generate(b"\x07" * 16)
+        work = Path(args.keep) if args.keep else Path(tmp)
         key_file = work / "keys" / "chatarchief.key"
-        key_file.parent.mkdir(mode=0o700)
-        keyfile.write_new(key_file, material)
         data_dir = work / "data"
-        initialise(data_dir, material)
+        size_file = work / "input-bytes"
+        if not (args.keep and size_file.exists()):
+            work.mkdir(exist_ok=True)
+            path = work / "events.jsonl"
+            size_file.write_text(str(make_events(path, args.events)))
+            material = keyfile.generate(b"\x07" * 16)
+            key_file.parent.mkdir(mode=0o700)
+            keyfile.write_new(key_file, material)
+            initialise(data_dir, material)
 
-        async def build() -> None:
-            from bridge.importer import import_file
+            async def build() -> None:
+                from bridge.importer import import_file
 
-            async with await LogStore.open(data_dir, material) as store:
-                await import_file(store, path)
+                async with await LogStore.open(data_dir, material) as store:
+                    await import_file(store, path)
 
-        asyncio.run(build())
+            asyncio.run(build())
+            path.unlink()
+        size = int(size_file.read_text())
         records, stored = log_bytes(data_dir)
         n = args.events
         print(
