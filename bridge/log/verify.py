@@ -360,9 +360,12 @@ class _Walk:
                 if self.progress is not None:
                     self.progress(b)
             self.frontier = merkle.Frontier.from_hashes(total, hashes)
-        finally:
+        except BaseException:
             for helper in helpers:
-                helper.stop()
+                helper.stop(wait=False)
+            raise
+        for helper in helpers:
+            helper.stop()
 
     def _merge(
         self, conn: db.ReadConnection, a: int, b: int, hashes: list[bytes], result: verify_workers.RangeResult

@@ -222,10 +222,11 @@ class Helper:
             f"a verify helper process died (exit status {status}): {last[0]}; run again, or with --workers 1"
         )
 
-    def stop(self) -> None:
+    def stop(self, *, wait: bool = True) -> None:
+        """Let the helper finish and exit (`wait`), or end it now (the walk failed: its queued ranges are moot)."""
         proc = self._proc
         try:
-            if proc.poll() is None and proc.stdin is not None:
+            if wait and proc.poll() is None and proc.stdin is not None:
                 _send(proc.stdin, None)
                 proc.stdin.close()
                 proc.wait(timeout=5)
