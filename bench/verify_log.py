@@ -55,7 +55,8 @@ def log_bytes(data_dir: Path) -> tuple[int, int]:
         conn.close()
 
 
-def bare(data_dir: Path, key_file: Path | None) -> None:
+def bare(data_dir: Path, key_file: Path | None, part: int = 0, parts: int = 1) -> None:
+    """The bare loop over every record, or over the `part`-th of `parts` equal seq ranges."""
     from bridge.log import crypto, format
     from bridge.log import keys as keyfile
     from bridge.log.reader import load_keys
@@ -67,7 +68,12 @@ def bare(data_dir: Path, key_file: Path | None) -> None:
         material = keyfile.load(key_file)
         sealers = crypto.sealers(load_keys(conn, material)[1])
         prefix = format.ad_prefix(material.log_id)
-    for header, commit, body in conn.execute("SELECT header, commitment, body FROM records ORDER BY seq"):
+    total = conn.execute("SELECT count(*) FROM records").fetchone()[0]
+    low, high = total * part // parts, total * (part + 1) // parts
+    rows = conn.execute(
+        "SELECT header, commitment, body FROM records WHERE seq >= ? AND seq < ? ORDER BY seq", (low, high)
+    )
+    for header, commit, body in rows:
         hashlib.sha256(b"\x00" + header + commit + hashlib.sha256(body).digest()).digest()
         if sealers and header[1] not in format.CLEAR_TYPES:
             sealers[int.from_bytes(header[18:22], "big")].open(
@@ -76,17 +82,28 @@ def bare(data_dir: Path, key_file: Path | None) -> None:
     conn.close()
 
 
-def child(which: str, data_dir: Path, key_file: Path, workers: int) -> None:
+def child(which: str, data_dir: Path, key_file: Path, workers: int, part: tuple[int, int] = (0, 1)) -> None:
     from bridge.log import keys as keyfile
     from bridge.log.verify import verify_log
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     cpu_start = usage.ru_utime + usage.ru_stime
     start = time.perf_counter()
-    if which == "bare-keyless":
-        bare(data_dir, None)
-    elif which == "bare-keyed":
-        bare(data_dir, key_file)
+    if which.startswith("bare") and workers > 1:  # the bare loop split over processes like verify's helpers
+        procs = [
+            subprocess.Popen(
+                [
+                    *(sys.executable, __file__, "--child", which, "--data-dir", str(data_dir)),
+                    *("--key-file", str(key_file), "--part", f"{k}/{workers}"),
+                ],
+                stdout=subprocess.DEVNULL,
+            )
+            for k in range(workers)
+        ]
+        if any(p.wait() for p in procs):
+            raise SystemExit(f"{which} part failed")
+    elif which.startswith("bare"):
+        bare(data_dir, key_file if which == "bare-keyed" else None, *part)
     else:
         verify_log(data_dir, keyfile.load(key_file) if which == "verify-keyed" else None, workers=workers)
     seconds = time.perf_counter() - start
@@ -135,11 +152,13 @@ def main() -> None:
     ap.add_argument("--data-dir")
     ap.add_argument("--key-file")
     ap.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--part", default="0/1", help=argparse.SUPPRESS)
     ap.add_argument("--curve", default="1,2", help="worker counts to time verify with (default 1,2)")
     ap.add_argument("--keep", metavar="DIR", help="build the log in DIR (or reuse the one there) and keep it")
     args = ap.parse_args()
     if args.child:
-        child(args.child, Path(args.data_dir), Path(args.key_file), args.workers)
+        k, parts = (int(x) for x in args.part.split("/"))
+        child(args.child, Path(args.data_dir), Path(args.key_file), args.workers, (k, parts))
         return
     from bridge.log import keys as keyfile
     from bridge.log.store import LogStore, initialise
@@ -174,17 +193,17 @@ def main() -> None:
             f" bytes/event, {disk_bytes(data_dir) / n:.0f} on disk"
         )
         curve = [int(w) for w in args.curve.split(",")]
-        runs = [("bare-keyless", 1), *(("verify-keyless", w) for w in curve)]
-        runs += [("bare-keyed", 1), *(("verify-keyed", w) for w in curve)]
+        runs = [(f"{kind}-{mode}", w) for mode in ("keyless", "keyed") for w in curve for kind in ("bare", "verify")]
         base = 0.0
         for which, workers in runs:
             r = run_child(which, data_dir, key_file, args.repeat, workers)
             s = r["seconds"]
             base = s if which.startswith("bare") else base
-            label = which if which.startswith("bare") else f"{which} w={workers}"
+            label = f"{which} w={workers}"
             print(
                 f"  {label:18s} {stored / s / 1e6:7.1f} MB/s of log  {n / s:9,.0f} events/s  {s:6.2f} s"
-                f"  x{base / s:4.2f} of bare  CPU {r['cpu'] / n * 1e6:5.1f} us/event  peak RSS {r['rss_mb']:.0f} MB"
+                f"  x{base / s:4.2f} of bare w={workers}  CPU {r['cpu'] / n * 1e6:5.1f} us/event"
+                f"  peak RSS {r['rss_mb']:.0f} MB"
                 f"  (= {n * OLD_BYTES / s / 1e6:5.1f} MB/s at {OLD_BYTES} B/event)"
             )
 
