@@ -365,6 +365,8 @@ class _Walk:
                 helper.stop(wait=False)
             raise
         for helper in helpers:
+            helper.finish()  # all at once: they exit side by side
+        for helper in helpers:
             helper.stop()
 
     def _merge(

@@ -20,6 +20,7 @@ closes when it exits.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import struct
@@ -222,20 +223,28 @@ class Helper:
             f"a verify helper process died (exit status {status}): {last[0]}; run again, or with --workers 1"
         )
 
+    def finish(self) -> None:
+        """Tell the helper there is nothing more (it exits once its queued ranges are done)."""
+        proc = self._proc
+        try:
+            if proc.poll() is None and proc.stdin is not None and not proc.stdin.closed:
+                _send(proc.stdin, None)
+                proc.stdin.close()
+        except OSError:
+            pass
+
     def stop(self, *, wait: bool = True) -> None:
         """Let the helper finish and exit (`wait`), or end it now (the walk failed: its queued ranges are moot)."""
         proc = self._proc
-        try:
-            if wait and proc.poll() is None and proc.stdin is not None:
-                _send(proc.stdin, None)
-                proc.stdin.close()
+        if wait:
+            self.finish()
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         self._drain.join(timeout=5)
-        for fh in (proc.stdout, proc.stderr):
-            if fh is not None:
-                fh.close()
+        for fh in (proc.stdin, proc.stdout, proc.stderr):
+            if fh is not None and not fh.closed:
+                with contextlib.suppress(OSError):  # a pipe to a helper that is gone
+                    fh.close()
