@@ -10,7 +10,8 @@ own subprocess (its own peak RSS):
 - bare keyed: the same read, plus AES-GCM decrypt of every encrypted record;
 - verify --key-file: the real `verify_log` with the key (also decompresses and parses every record).
 
-Each verify is timed with 1 and 2 processes (`--curve`), its CPU counted over the process and its helpers.
+Each verify is timed with 1 and 2 processes (`--curve`), its CPU counted over the process and its helpers,
+beside the bare loops split over the same number of processes (equal seq ranges, each its own interpreter).
 `--keep DIR` builds the log in DIR once and reuses it on later runs (a 10^6 log takes minutes to import).
 
 Prints MB/s of stored log bytes (header + commitment + body), events/s and CPU time per event (on a busy
