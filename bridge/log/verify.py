@@ -26,6 +26,7 @@ reported as unsealed (a crash can leave such a tail; the next writer seals it).
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import sqlite3
 import threading
@@ -337,10 +338,9 @@ class _Walk:
         """Check records 0..total-1 (exactly the stored ones) with `workers` helper processes."""
         chunk = verify_workers.CHUNK
         ranges = [(a, min(a + chunk, total)) for a in range(0, total, chunk)]
-        sizes = []  # the checkpoint sizes inside each range, (start, end]
-        pending = [cp.size for cp in self._pending_checkpoints()]
-        for a, b in ranges:
-            sizes.append([c for c in pending if a < c <= b])
+        pending = [cp.size for cp in self._pending_checkpoints()]  # sorted by size
+        # the checkpoint sizes inside each range, (start, end]
+        sizes = [pending[bisect.bisect_right(pending, a) : bisect.bisect_right(pending, b)] for a, b in ranges]
         helpers: list[verify_workers.Helper] = []
         try:
             for _ in range(min(workers, len(ranges))):
