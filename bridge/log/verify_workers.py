@@ -113,7 +113,7 @@ def _leaf_or_zero(header_b: object, commit: object, body: object) -> bytes:
 
 def join(hashes: Sequence[bytes], size: int, sub: Sequence[bytes], sub_size: int) -> list[bytes]:
     """The frontier hashes of a tree of `size` leaves extended by a subtree of `sub_size` leaves whose own
-    frontier is `sub`: `size` must be a multiple of the power of two `chunk` >= `sub_size` (an aligned range).
+    frontier is `sub`: `size` must be a multiple of a power of two >= `sub_size` (an aligned range).
     The same hashes `merkle.Frontier` gives after appending those leaves one by one."""
     out = list(hashes)
     if sub_size & (sub_size - 1) or not sub_size or size & (sub_size - 1) or len(sub) != 1:
