@@ -304,6 +304,15 @@ def verify(
     as_json: JsonOpt = False,
     witness_key: cli_witness.WitnessKeyOpt = None,
     quorum: cli_witness.QuorumOpt = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            "--workers",
+            metavar="N",
+            min=1,
+            help="Processes checking records (default: the usable CPUs; 1: this one only).",
+        ),
+    ] = None,
 ) -> None:
     """Check integrity, order and checkpoints (with --key-file: decrypt and check every record too).
 
@@ -316,7 +325,8 @@ def verify(
     anchors = [_guard(partial(Path.read_text, p, "utf-8")) for p in pinned or []]
     witnesses, need = _guard(lambda: cli_witness.witness_verifiers(witness_key, quorum))
     report = _guard(
-        lambda: verify_log(dd, material, pub, anchors=anchors, allow_unsealed=allow_unsealed), as_json=as_json
+        lambda: verify_log(dd, material, pub, anchors=anchors, allow_unsealed=allow_unsealed, workers=workers),
+        as_json=as_json,
     )
     cosigners: list[str] = []
     if witnesses:

@@ -151,3 +151,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if item.path.name in SLOW_MODULES or getattr(item, "originalname", item.name) in SLOW_TESTS:
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(params=[1, 2], ids=["workers=1", "workers=2"])
+def verify_workers(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> int:
+    """`verify_log`'s default number of processes for the test. At 2 even a small log is split into ranges of
+    four records, so helper processes, the merge of their ranges and the checkpoints inside them run on
+    every tamper the suite makes (the suites assert the same outcome for both)."""
+    from bridge.log import verify_workers as workers
+
+    monkeypatch.setattr(workers, "default_workers", lambda: request.param)
+    monkeypatch.setattr(workers, "CHUNK", 4)
+    monkeypatch.setattr(workers, "PARALLEL_MIN", 0)
+    return int(request.param)

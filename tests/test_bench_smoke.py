@@ -40,7 +40,11 @@ OTHERS = [
         ["--events", "300", "--media", "2", "--media-kib", "16", "--repeat", "1"],
         ["baseline copytree + sync", "ratio (upload+verify"],
     ),
-    ("verify_log.py", ["--events", "500", "--repeat", "1"], ["bare-keyless", "verify-keyless", "verify-keyed"]),
+    (
+        "verify_log.py",
+        ["--events", "500", "--repeat", "1"],
+        ["bare-keyless w=1", "verify-keyless w=2", "bare-keyed w=2", "verify-keyed w=1", "verify-keyed w=2"],
+    ),
     (
         "witness.py",
         ["--checkpoints", "10", "--logs", "1", "--seals", "3", "--repeat", "1"],

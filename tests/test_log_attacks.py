@@ -30,6 +30,9 @@ from bridge.log.store import LogStore
 from bridge.log.verify import verify_log
 from tests.conftest import LogDir, make_event
 
+#: Every check here holds for the serial walk and for helper processes (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("verify_workers")
+
 runner = CliRunner()
 
 

@@ -13,6 +13,9 @@ from bridge.log.verify import verify_log
 from tests.conftest import LogDir, create_log, fill_log
 from tests.support.pg import Attacker, rows
 
+#: Every check here holds for the serial walk and for helper processes (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("verify_workers")
+
 
 @pytest.fixture
 def filled_log(any_filled_log: LogDir) -> LogDir:

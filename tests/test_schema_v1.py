@@ -7,10 +7,15 @@ import os
 import sqlite3
 from pathlib import Path
 
+import pytest
+
 from bridge.log import keys as keyfile
 from bridge.log.schema import SCHEMA_VERSION
 from tests.conftest import LogDir
 from tests.test_cli import cli
+
+#: Every check here holds for the serial walk and for helper processes (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("verify_workers")
 
 #: The layout schema 1 wrote (git show 5b1de90^:bridge/log/schema.py): no tree edges, no key record seqs.
 V1 = """

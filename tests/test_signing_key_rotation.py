@@ -39,6 +39,9 @@ from tests.test_archive_verify import copy, rebag
 from tests.test_cli import SAMPLE, cli
 from tests.test_witness_server import make_witness, running, witnessing
 
+#: Every check here holds for the serial walk and for helper processes (tests/conftest.py).
+pytestmark = pytest.mark.usefixtures("verify_workers")
+
 
 def rotate(log: LogDir, new: Ed25519PrivateKey) -> int:
     async def go() -> int:
