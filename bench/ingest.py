@@ -129,15 +129,32 @@ def disk_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def written_bytes() -> int:
+    """Bytes this process caused to be written to storage (/proc/self/io write_bytes: WAL, database, checkpoints
+    of the WAL into the database), or 0 where the kernel does not report it."""
+    try:
+        for line in Path("/proc/self/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def child(which: str, path: Path) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         start = time.perf_counter()
         n = asyncio.run((baseline if which == "baseline" else chatarchief)(path, Path(tmp)))
         elapsed = time.perf_counter() - start
         disk = disk_bytes(Path(tmp))
+        written = written_bytes()  # before the temporary directory goes (its unwritten pages are cancelled)
     usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process: the CPU it cost
     cpu = usage.ru_utime + usage.ru_stime
-    print(json.dumps({"events": n, "seconds": elapsed, "cpu": cpu, "rss_mb": peak_rss_mb(), "disk": disk}))
+    print(
+        json.dumps(
+            {"events": n, "seconds": elapsed, "cpu": cpu, "rss_mb": peak_rss_mb(), "disk": disk, "written": written}
+        )
+    )
 
 
 def run_child(which: str, path: Path) -> dict[str, float]:
@@ -180,6 +197,7 @@ def main() -> None:
                 print(
                     f"  {which:12s} {rate:10,.0f} events/s  {best['seconds']:6.2f} s  peak RSS {best['rss_mb']:.0f} MB"
                     f"  CPU {best['cpu'] / n * 1e6:5.1f} us/event  on disk {best['disk'] / n:6.0f} bytes/event"
+                    f"  written {best.get('written', 0) / n:7.0f} bytes/event"
                 )
         sizes = sorted({args.events // 10, args.events})
         for n in sizes:

@@ -1,4 +1,5 @@
-"""Dedup lookups on their own read connection and thread (the writer's helper; no writes).
+"""Dedup lookups on their own read connection and thread (the writer's helper; no writes), and the writer's
+in-memory filter of the tags the log holds.
 
 Why: the writer's aiosqlite connection has one thread, so a lookup queued there
 waits for the previous batch's commit (insert + fsync) to finish, and sealing
@@ -11,23 +12,96 @@ Contract: `existing(tags)` returns the tags among `tags` that a committed
 record holds. A batch committing while the lookup runs may or may not be seen;
 the writer covers that window with its set of tags in flight (see
 `LogStore._prepare`). The connection is `query_only`: it cannot write.
+
+Schema 3 keeps a tag unique within its epoch of seq only (`schema.EPOCH_BITS`:
+inserts stay in the current epoch's corner of the index, so a commit no longer
+rewrites pages all over one random-order index). A lookup that had to probe
+every epoch for every tag would grow with the log again, so the writer keeps
+`TagFilter`, a Bloom filter of every tag the log holds (loaded at open from
+the index, then fed each tag it seals): a tag the filter has never seen is not
+in the log (no false negatives: this is what makes skipping the probe safe),
+and only the filter's hits (real duplicates, and about 1 in 1,700 others) are
+probed in every epoch (`existing(tags, last_epoch)`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from bridge.errors import StorageError
+from bridge.log.db import EPOCH_BITS
 
 T = TypeVar("T")
 
 #: Tags per `IN (...)` query (SQLite's variable limit is 32766 since 3.32; smaller keeps each statement cheap).
 CHUNK = 1000
+#: Tags read per fetch when the filter is loaded at open.
+LOAD_CHUNK = 65536
+
+
+class TagFilter:
+    """A scalable Bloom filter of dedup tags: `tag in f` is False only for a tag never `add`ed.
+
+    Bits per tag 16 and 8 probes: about 1 false hit in 1,700 lookups. Each part holds up to its capacity;
+    when it is full a part of twice the size is added, so the false-hit rate stays put however far the log
+    grows (memory: 2 bytes per tag, 2 MB at 10^6 records). Tags are keyed HMAC outputs (random to anyone
+    without the index key), so their own bytes are the probe positions; any other tag is hashed first.
+    """
+
+    BITS_PER_TAG = 16
+    PROBES = 8
+    MIN_CAPACITY = 1 << 16
+
+    def __init__(self, capacity: int = MIN_CAPACITY) -> None:
+        self._parts: list[tuple[bytearray, int, int]] = []  # (bits, mask, capacity)
+        self._count = 0  # tags in the newest part
+        self._add_part(max(capacity, 1))
+
+    def _add_part(self, capacity: int) -> None:
+        bits = 1 << min(32, max(16, (capacity * self.BITS_PER_TAG - 1).bit_length()))
+        self._parts.append((bytearray(bits // 8), bits - 1, capacity))
+        self._count = 0
+
+    @staticmethod
+    def _word(tag: bytes) -> int:
+        return int.from_bytes(tag if len(tag) == 32 else hashlib.blake2b(tag, digest_size=32).digest(), "little")
+
+    def add(self, tag: bytes) -> None:
+        bits, mask, capacity = self._parts[-1]
+        if self._count >= capacity:
+            self._add_part(capacity * 2)
+            bits, mask, _ = self._parts[-1]
+        self._count += 1
+        word = self._word(tag)
+        for _ in range(self.PROBES):
+            pos = word & mask
+            bits[pos >> 3] |= 1 << (pos & 7)
+            word >>= 32
+
+    def update(self, tags: Iterable[bytes]) -> None:
+        for tag in tags:
+            self.add(tag)
+
+    def __contains__(self, tag: object) -> bool:
+        if not isinstance(tag, bytes):
+            return False
+        first = self._word(tag)
+        for bits, mask, _ in self._parts:
+            word = first
+            for _ in range(self.PROBES):
+                pos = word & mask
+                if not bits[pos >> 3] & (1 << (pos & 7)):
+                    break
+                word >>= 32
+            else:
+                return True
+        return False
 
 
 class DedupReader:
@@ -47,10 +121,15 @@ class DedupReader:
             raise
         return cls(pool, conn)
 
-    async def existing(self, tags: Sequence[bytes]) -> set[bytes]:
+    async def existing(self, tags: Sequence[bytes], last_epoch: int) -> set[bytes]:
+        """The tags among `tags` a committed record holds, probing every epoch 0..`last_epoch`."""
         if not tags:
             return set()
-        return await _run(self._pool, lambda: _lookup(self._conn, tags))
+        return await _run(self._pool, lambda: _lookup(self._conn, tags, last_epoch))
+
+    async def load(self, add: Callable[[bytes], None]) -> int:
+        """`add` every tag the log holds (a scan of the dedup index, not of the records); how many."""
+        return await _run(self._pool, lambda: _load(self._conn, add))
 
     async def close(self) -> None:
         try:
@@ -65,14 +144,35 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _lookup(conn: sqlite3.Connection, tags: Sequence[bytes]) -> set[bytes]:
+def epochs_sql(last_epoch: int) -> str:
+    """`seq >> EPOCH_BITS IN (0, ..., last_epoch)`: the index's epoch column, every value (one seek each)."""
+    return f"seq >> {EPOCH_BITS} IN ({','.join(str(e) for e in range(last_epoch + 1))})"
+
+
+def _lookup(conn: sqlite3.Connection, tags: Sequence[bytes], last_epoch: int) -> set[bytes]:
     found: set[bytes] = set()
     ordered = sorted(set(tags))  # probes in index order: neighbouring pages stay cached
+    epochs = epochs_sql(last_epoch)
     for i in range(0, len(ordered), CHUNK):
         chunk = ordered[i : i + CHUNK]
-        sql = f"SELECT dedup FROM records WHERE dedup IN ({','.join('?' * len(chunk))})"  # noqa: S608
+        sql = f"SELECT dedup FROM records WHERE {epochs} AND dedup IN ({','.join('?' * len(chunk))})"  # noqa: S608
         found.update(bytes(r[0]) for r in conn.execute(sql, chunk))
     return found
+
+
+def _load(conn: sqlite3.Connection, add: Callable[[bytes], None]) -> int:
+    cur = conn.execute("SELECT dedup FROM records")  # a scan of the covering index records_dedup
+    n = 0
+    while rows := cur.fetchmany(LOAD_CHUNK):
+        for (tag,) in rows:
+            add(as_tag(tag))
+        n += len(rows)
+    return n
+
+
+def as_tag(value: object) -> bytes:
+    """A stored dedup value as bytes (a value of another SQL type, i.e. damage `verify` names, still counts)."""
+    return bytes(value) if isinstance(value, bytes | memoryview) else repr(value).encode()
 
 
 async def _run(pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:
