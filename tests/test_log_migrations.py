@@ -245,4 +245,25 @@ def test_the_tag_filter_rarely_hits_a_stranger() -> None:
     f = TagFilter(capacity=20_000)
     f.update(os.urandom(32) for _ in range(20_000))
     hits = sum(os.urandom(32) in f for _ in range(20_000))
-    assert hits < 40  # 16 bits and 8 probes per tag: about 1 in 1,700 (12 expected)
+    assert hits < 40  # 32 bits and 3 probes per tag, one part: about 1 in 1,400 (14 expected)
+
+
+def test_migrate_store_copies_a_schema_2_log_which_the_postgresql_writer_then_migrates(
+    tmp_path: Path, pg_server: object
+) -> None:
+    """`migrate-store` from a SQLite log not yet migrated: the copy keeps schema 2's layout (its meta row is
+    copied as it is), verifies to the same root, and the PostgreSQL writer migrates it at its first open."""
+    from bridge.log.migrate import migrate_to_postgresql
+
+    log = create_log(tmp_path)
+    asyncio.run(_fill(log, 10))
+    to_schema_2(log)
+    target = pg_server.new_log_target()  # type: ignore[attr-defined]
+    new_dir = tmp_path / "on-pg"
+    moved = migrate_to_postgresql(log.data_dir, target, new_dir, log.keys)
+    assert moved.target.records == moved.source.records == 12
+    on_pg = LogDir(new_dir, log.key_file, log.keys, target)
+    assert claimed_version(on_pg) == b"2"
+    asyncio.run(_fill(on_pg, 6, start=7))  # events 7..9 are in the log already, 10..12 are new
+    assert claimed_version(on_pg) == b"3"
+    assert verify_log(new_dir, log.keys).records == 12 + 3

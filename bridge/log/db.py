@@ -608,7 +608,7 @@ def _pg_found(conn: ReadConnection) -> list[tuple[str, str, str, str | None]]:
 def _pg_expected(version: int) -> list[tuple[str, str, str, str | None]]:
     types = {"TEXT": "text", "BYTEA": "bytea", "BIGINT": "bigint"}
     out: list[tuple[str, str, str, str | None]] = []
-    ddl = PG_SCHEMA_V2 if version == 2 else PG_SCHEMA
+    ddl = pg_schema(version)
     if version != 2:
         out += [("index", name, "records", definition) for name, definition in _PG_INDEXDEFS_V3]
     for table, body in re.findall(r"CREATE TABLE (\w+) \((.*?)\);", ddl, re.S):
@@ -639,7 +639,7 @@ def schema_objects(
     conn: ReadConnection,
 ) -> tuple[list[tuple[str, str, str, str | None]], list[tuple[str, str, str, str | None]]]:
     """(expected, found) schema objects of the log `conn` reads, in the dialect of its backend."""
-    version = _claimed_version(conn)
+    version = claimed_version(conn)
     if isinstance(conn, PgReader):
         return _pg_expected(version), _pg_found(conn)
     from bridge.log.schema import expected_schema
@@ -649,7 +649,12 @@ def schema_objects(
     return expected_schema(version), found
 
 
-def _claimed_version(conn: ReadConnection) -> int:
+def pg_schema(version: int) -> str:
+    """The PostgreSQL DDL of a log of schema `version` (2, or the current layout)."""
+    return PG_SCHEMA_V2 if version == 2 else PG_SCHEMA
+
+
+def claimed_version(conn: ReadConnection) -> int:
     """The schema version the meta table claims (0 when it claims none this code knows: the current layout is
     then expected, and `schema.check_schema_version` names the lie)."""
     try:

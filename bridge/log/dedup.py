@@ -20,7 +20,7 @@ every epoch for every tag would grow with the log again, so the writer keeps
 `TagFilter`, a Bloom filter of every tag the log holds (loaded at open from
 the index, then fed each tag it seals): a tag the filter has never seen is not
 in the log (no false negatives: this is what makes skipping the probe safe),
-and only the filter's hits (real duplicates, and about 1 in 1,700 others) are
+and only the filter's hits (real duplicates, and under 1 in 500 others) are
 probed in every epoch (`existing(tags, last_epoch)`).
 """
 
@@ -48,14 +48,15 @@ LOAD_CHUNK = 65536
 class TagFilter:
     """A scalable Bloom filter of dedup tags: `tag in f` is False only for a tag never `add`ed.
 
-    Bits per tag 16 and 8 probes: about 1 false hit in 1,700 lookups. Each part holds up to its capacity;
-    when it is full a part of twice the size is added, so the false-hit rate stays put however far the log
-    grows (memory: 2 bytes per tag, 2 MB at 10^6 records). Tags are keyed HMAC outputs (random to anyone
-    without the index key), so their own bytes are the probe positions; any other tag is hashed first.
+    32 bits per tag (rounded up to a power of two) and 3 probes: about 1 false hit in 1,400 lookups or better.
+    Each part holds up to its capacity; when it is full a part of twice the size is added, so the false-hit
+    rate stays put however far the log grows (memory: 4-8 bytes per tag, 4-8 MB at 10^6 records). Tags are
+    keyed HMAC outputs (random to anyone without the index key), so their own bytes give the probe
+    positions; any other tag is hashed first. Three probes unrolled: this runs once per tag at open and per
+    new tag (~1 us each).
     """
 
-    BITS_PER_TAG = 16
-    PROBES = 8
+    BITS_PER_TAG = 32
     MIN_CAPACITY = 1 << 16
 
     def __init__(self, capacity: int = MIN_CAPACITY) -> None:
@@ -79,10 +80,10 @@ class TagFilter:
             bits, mask, _ = self._parts[-1]
         self._count += 1
         word = self._word(tag)
-        for _ in range(self.PROBES):
-            pos = word & mask
-            bits[pos >> 3] |= 1 << (pos & 7)
-            word >>= 32
+        a, b, c = word & mask, (word >> 32) & mask, (word >> 64) & mask
+        bits[a >> 3] |= 1 << (a & 7)
+        bits[b >> 3] |= 1 << (b & 7)
+        bits[c >> 3] |= 1 << (c & 7)
 
     def update(self, tags: Iterable[bytes]) -> None:
         for tag in tags:
@@ -91,15 +92,10 @@ class TagFilter:
     def __contains__(self, tag: object) -> bool:
         if not isinstance(tag, bytes):
             return False
-        first = self._word(tag)
+        word = self._word(tag)
         for bits, mask, _ in self._parts:
-            word = first
-            for _ in range(self.PROBES):
-                pos = word & mask
-                if not bits[pos >> 3] & (1 << (pos & 7)):
-                    break
-                word >>= 32
-            else:
+            a, b, c = word & mask, (word >> 32) & mask, (word >> 64) & mask
+            if bits[a >> 3] & (1 << (a & 7)) and bits[b >> 3] & (1 << (b & 7)) and bits[c >> 3] & (1 << (c & 7)):
                 return True
         return False
 

@@ -304,7 +304,9 @@ def check_key_matches(
 def check_schema_version(conn: db.ReadConnection, meta: dict[str, bytes]) -> None:
     """Readers' guard: a log of schema 1 (an earlier development version: no KEY records under the proof, no
     stored tree edges) is refused as such (UsageError, exit 2: re-create and re-import), not reported as
-    damage; a version entry that disagrees with the layout that is there is tampering (exit 1)."""
+    damage; every version in `READABLE_VERSIONS` is read (a schema-2 log not yet opened by a writer of this
+    version, which migrates it, is read as it is: `db.schema_objects` expects the layout of the version
+    claimed); any other version entry is tampering (exit 1)."""
     version = meta.get("schema_version")
     if schema_version_of(meta) is not None:
         return  # its layout is checked against this version's (`db.schema_objects`)
