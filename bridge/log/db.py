@@ -675,7 +675,7 @@ def integrity_problems(conn: ReadConnection) -> list[str]:
     no dedup tag may be held by two records (the same event stored twice, in any two epochs)."""
     problems = [] if isinstance(conn, PgReader) else [
         str(r[0]) for r in conn.execute("PRAGMA integrity_check(5)") if str(r[0]) != "ok"]  # fmt: skip
-    if not problems:
+    if not problems and claimed_version(conn) != 2:  # schema 2's UNIQUE index (checked above) rules it out
         row = conn.execute(_DUPLICATE_TAGS_SQL).fetchone()
         if row is not None and int(row[0]):
             problems.append(f"{int(row[0])} dedup tag(s) held by more than one record (a record stored twice)")
