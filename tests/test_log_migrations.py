@@ -26,6 +26,7 @@ from bridge.errors import Check, LogIntegrityError
 from bridge.events import Event
 from bridge.log import db, migrations, schema
 from bridge.log.dedup import DedupReader, TagFilter
+from bridge.log.schema import dedup_tag
 from bridge.log.store import LogStore
 from bridge.log.verify import verify_log
 from tests.conftest import LogDir, create_log
@@ -205,8 +206,7 @@ def test_the_probe_finds_a_tag_in_every_epoch(tmp_path: Path) -> None:
             stranger = os.urandom(32)
             every = await reader.existing([*tags.values(), stranger], last_epoch=3)
             first = await reader.existing([*tags.values(), stranger], last_epoch=0)
-            loaded: list[bytes] = []
-            await reader.load(loaded.append)
+            loaded = [tag for epoch in range(5) for tag in await reader.epoch_tags(epoch)]
             return every, first, set(loaded)
         finally:
             await reader.close()
@@ -217,15 +217,41 @@ def test_the_probe_finds_a_tag_in_every_epoch(tmp_path: Path) -> None:
 
 
 async def test_duplicates_are_found_after_a_restart_through_the_filter(any_empty_log: LogDir) -> None:
-    """The filter is rebuilt from the index at open: events appended before a restart are duplicates after."""
+    """The filter is rebuilt from the index after open: events appended before a restart are duplicates after."""
     log = any_empty_log
     async with await LogStore.open(log.data_dir, log.keys) as store:
         assert (await store.append_events([event(n) for n in range(30)])).appended == 30
     async with await LogStore.open(log.data_dir, log.keys) as store:
+        assert store._filter_task is not None
+        await store._filter_task
+        assert store._filter_loaded and all(
+            dedup_tag(store.media_keys().index_key, "matrix", e.conversation, e.event_id) in store._filter
+            for e in (event(n) for n in range(30))
+        )
         result = await store.append_events([event(n) for n in range(25, 40)])
         assert (result.appended, result.duplicates) == (10, 5)
         assert await store.contains("matrix", event(3).conversation, event(3).event_id)
     assert verify_log(log.data_dir, log.keys).records == 42
+
+
+async def test_no_duplicate_is_appended_while_the_filter_loads(
+    any_empty_log: LogDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Until the filter is loaded every tag is probed in every epoch: a writer whose filter never finishes
+    loading still finds every duplicate (the filter is a shortcut, never the only check)."""
+    log = any_empty_log
+    async with await LogStore.open(log.data_dir, log.keys) as store:
+        await store.append_events([event(n) for n in range(20)])
+
+    async def never(self: LogStore, last_epoch: int) -> None:
+        await asyncio.Event().wait()
+
+    monkeypatch.setattr(LogStore, "_fill_filter", never)
+    async with await LogStore.open(log.data_dir, log.keys) as store:
+        assert not store._filter_loaded
+        result = await store.append_events([event(n) for n in range(15, 25)])
+        assert (result.appended, result.duplicates) == (5, 5)
+    assert verify_log(log.data_dir, log.keys).records == 27
 
 
 @settings(max_examples=50, deadline=None)

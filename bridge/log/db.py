@@ -507,19 +507,18 @@ class PgDedup:
         except psycopg.Error as exc:
             raise StorageError(f"could not read the log's dedup index: {_first_line(exc)}") from None
 
-    async def load(self, add: Callable[[bytes], None]) -> int:
-        """`add` every tag the log holds (streamed through a server-side cursor); how many."""
-        n = 0
+    async def epoch_tags(self, epoch: int) -> list[bytes]:
+        """Every tag of one epoch (a range of the dedup index)."""
         try:
-            async with self._conn.transaction(), self._conn.cursor(name="chatarchief_dedup_load") as cur:
-                await cur.execute("SELECT dedup FROM records")
-                while rows := await cur.fetchmany(65536):
-                    for (tag,) in rows:
-                        add(bytes(tag) if isinstance(tag, bytes | memoryview) else repr(tag).encode())
-                    n += len(rows)
+            cur = await self._conn.execute(
+                f"SELECT dedup FROM records WHERE (seq >> {EPOCH_BITS}) = %s",  # noqa: S608 - a constant
+                (epoch,),
+            )
+            return [
+                bytes(t) if isinstance(t, bytes | memoryview) else repr(t).encode() for (t,) in await cur.fetchall()
+            ]
         except psycopg.Error as exc:
             raise StorageError(f"could not read the log's dedup index: {_first_line(exc)}") from None
-        return n
 
     async def keep_blob(self, blob_id: str, data: bytes) -> None:
         """Keep an encrypted blob file's bytes in the log's database (durable on return; once per id)."""

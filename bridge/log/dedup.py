@@ -17,8 +17,8 @@ Schema 3 keeps a tag unique within its epoch of seq only (`schema.EPOCH_BITS`:
 inserts stay in the current epoch's corner of the index, so a commit no longer
 rewrites pages all over one random-order index). A lookup that had to probe
 every epoch for every tag would grow with the log again, so the writer keeps
-`TagFilter`, a Bloom filter of every tag the log holds (loaded at open from
-the index, then fed each tag it seals): a tag the filter has never seen is not
+`TagFilter`, a Bloom filter of every tag the log holds (loaded from the index
+one epoch at a time in the background after open, then fed each tag it seals): a tag the filter has never seen is not
 in the log (no false negatives: this is what makes skipping the probe safe),
 and only the filter's hits (real duplicates, and under 1 in 500 others) are
 probed in every epoch (`existing(tags, last_epoch)`).
@@ -41,8 +41,6 @@ T = TypeVar("T")
 
 #: Tags per `IN (...)` query (SQLite's variable limit is 32766 since 3.32; smaller keeps each statement cheap).
 CHUNK = 1000
-#: Tags read per fetch when the filter is loaded at open.
-LOAD_CHUNK = 65536
 
 
 class TagFilter:
@@ -123,9 +121,9 @@ class DedupReader:
             return set()
         return await _run(self._pool, lambda: _lookup(self._conn, tags, last_epoch))
 
-    async def load(self, add: Callable[[bytes], None]) -> int:
-        """`add` every tag the log holds (a scan of the dedup index, not of the records); how many."""
-        return await _run(self._pool, lambda: _load(self._conn, add))
+    async def epoch_tags(self, epoch: int) -> list[bytes]:
+        """Every tag of one epoch (a range of the dedup index, not of the records)."""
+        return await _run(self._pool, lambda: _epoch_tags(self._conn, epoch))
 
     async def close(self) -> None:
         try:
@@ -156,14 +154,9 @@ def _lookup(conn: sqlite3.Connection, tags: Sequence[bytes], last_epoch: int) ->
     return found
 
 
-def _load(conn: sqlite3.Connection, add: Callable[[bytes], None]) -> int:
-    cur = conn.execute("SELECT dedup FROM records")  # a scan of the covering index records_dedup
-    n = 0
-    while rows := cur.fetchmany(LOAD_CHUNK):
-        for (tag,) in rows:
-            add(as_tag(tag))
-        n += len(rows)
-    return n
+def _epoch_tags(conn: sqlite3.Connection, epoch: int) -> list[bytes]:
+    sql = f"SELECT dedup FROM records WHERE seq >> {EPOCH_BITS} = ?"  # noqa: S608 - a constant
+    return [as_tag(r[0]) for r in conn.execute(sql, (epoch,))]
 
 
 def as_tag(value: object) -> bytes:

@@ -78,6 +78,8 @@ log = logging.getLogger(__name__)
 #: The writer connection's page cache (KiB): the current epoch of the dedup index (~3 MB) and the tree's
 #: right edge stay in it (SQLite's default is 2 MB).
 WRITER_CACHE_KIB = 32768
+#: Tags added to the dedup filter between two yields to the loop while it loads (~10 ms).
+FILTER_SLICE = 8192
 #: What `append_records` takes: (type, source, conversation, id, payload); (source, conversation, id) is the
 #: idempotency key.
 Entry = tuple[format.RecordType, str, str, str, bytes]
@@ -135,6 +137,10 @@ class LogStore:
         self._dedup: DedupReader | db.PgDedup | None = None
         #: Every tag the log holds, and every tag sealed since open (a Bloom filter: see `bridge.log.dedup`).
         self._filter = TagFilter()
+        #: True once the filter holds every tag the log held at open (loaded in the background, see
+        #: `_fill_filter`); until then every tag is probed in every epoch.
+        self._filter_loaded = False
+        self._filter_task: asyncio.Task[None] | None = None
         self._blob_root: Path | None = None
         self._blobs_seen: set[str] = set()
         #: Called (on the loop, must not block) after a transaction that signed a checkpoint has committed:
@@ -221,10 +227,28 @@ class LogStore:
             )
 
     async def _load_filter(self) -> None:
-        """Every tag the log holds into the filter (a scan of the dedup index: ~0.1 s per 10^6 records)."""
-        assert self._dedup is not None
+        """Start loading every tag the log holds into the filter, in the background: the writer is usable at
+        once (until the load ends, `_existing` probes every tag in every epoch: correct, slower)."""
         self._filter = TagFilter(capacity=max(2 * self._frontier.size, TagFilter.MIN_CAPACITY))
-        await self._dedup.load(self._filter.add)
+        self._filter_loaded = False
+        self._filter_task = asyncio.create_task(self._fill_filter(epoch_of(self._frontier.size)))
+
+    async def _fill_filter(self, last_epoch: int) -> None:
+        """One epoch of the index at a time (a range of the index: no cursor held open), each added on the
+        loop in slices (the filter is not shared with a thread; the loop stays responsive). Tags sealed
+        meanwhile go in through `_prepare`, so after the last epoch the filter holds every tag of the log."""
+        assert self._dedup is not None
+        try:
+            for epoch in range(last_epoch + 1):
+                tags = await self._dedup.epoch_tags(epoch)
+                for start in range(0, len(tags), FILTER_SLICE):
+                    self._filter.update(tags[start : start + FILTER_SLICE])
+                    await asyncio.sleep(0)
+        except StorageError as exc:  # the writer stays correct without the filter, only slower
+            log.error("ALERT the dedup filter could not be loaded; every lookup probes the whole index", extra={
+                "error": str(exc)})  # fmt: skip
+            return
+        self._filter_loaded = True
 
     @classmethod
     async def _load(cls, conn: db.Writer, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy) -> LogStore:
@@ -329,6 +353,10 @@ class LogStore:
     async def close(self) -> None:
         try:
             try:
+                if self._filter_task is not None:
+                    self._filter_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._filter_task
                 if self._dedup is not None:
                     await self._dedup.close()
             finally:
@@ -552,7 +580,7 @@ class LogStore:
     async def _existing(self, tags: list[bytes]) -> set[bytes]:
         """The tags among `tags` a committed record holds. Only the filter's hits are looked up (a tag it has
         not seen is in no record); they are probed in every epoch of the index."""
-        candidates = [t for t in tags if t in self._filter]
+        candidates = [t for t in tags if t in self._filter] if self._filter_loaded else list(tags)
         if not candidates:
             return set()
         last_epoch = epoch_of(self._frontier.size)
