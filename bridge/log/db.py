@@ -668,13 +668,22 @@ def claimed_version(conn: ReadConnection) -> int:
 _DUPLICATE_TAGS_SQL = "SELECT count(*) FROM (SELECT dedup FROM records GROUP BY dedup HAVING count(*) > 1) AS d"
 
 
+def _epochs(conn: ReadConnection) -> int:
+    """How many epochs of the dedup index the records span, from the lowest seq to the highest (0: none)."""
+    row = conn.execute("SELECT min(seq), max(seq) FROM records").fetchone()
+    if row is None or not isinstance(row[0], int) or not isinstance(row[1], int):
+        return 0
+    return (row[1] >> EPOCH_BITS) - (row[0] >> EPOCH_BITS) + 1
+
+
 def integrity_problems(conn: ReadConnection) -> list[str]:
     """SQLite checks every b-tree and index against its table; PostgreSQL's equivalent (amcheck) is an
     extension the bot's role may not have: its indexes are in the schema check, the rows in verify. Both:
     no dedup tag may be held by two records (the same event stored twice, in any two epochs)."""
     problems = [] if isinstance(conn, PgReader) else [
         str(r[0]) for r in conn.execute("PRAGMA integrity_check(5)") if str(r[0]) != "ok"]  # fmt: skip
-    if not problems and claimed_version(conn) != 2:  # schema 2's UNIQUE index (checked above) rules it out
+    if not problems and claimed_version(conn) != 2 and _epochs(conn) > 1:
+        # (schema 2's UNIQUE index, and within one epoch schema 3's, checked above, rule a duplicate out)
         row = conn.execute(_DUPLICATE_TAGS_SQL).fetchone()
         if row is not None and int(row[0]):
             problems.append(f"{int(row[0])} dedup tag(s) held by more than one record (a record stored twice)")
