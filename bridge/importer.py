@@ -5,7 +5,8 @@ each line with the source's pure normaliser, and appends in group-commit batches
 A bad line never aborts the run: it is kept as an `unknown` event with its raw
 bytes. The work is pipelined: the next batch is parsed and sealed on the event
 loop while aiosqlite's thread commits the one before (the dedup lookup runs on
-its own connection, `log.dedup`, so it does not wait for that commit). A file is
+its own connection, `log.dedup`, so it does not wait for that commit, and only
+for the tags the writer's filter has seen: schema 3, docs/log-format.md). A file is
 queued input, so its batches are large (`BATCH`): one transaction and one fsync
 per 4096 lines instead of per 256 cut SQLite's time per row by more than half;
 live capture keeps its own small batches (latency). A signed checkpoint is

@@ -16,6 +16,9 @@ def test_ingest_benchmark_runs_and_prints_its_table() -> None:
         assert line in out, out
     assert "chatarchief peak RSS:" in out
     assert "bytes/event against" in out  # bytes on disk per event beside the input's (issue 15)
+    assert "chatarchief CPU us/event at 2000 / at 200" in out  # linearity in CPU time, beside the wall figure
+    assert "chatarchief bytes written per event" in out  # what grows when an index is written at random
+    assert "chatarchief writer open on the imported log" in out  # the dedup filter is loaded at open
 
 
 def test_consistency_benchmark_runs() -> None:

@@ -96,8 +96,8 @@ async def test_dedup_reader_sees_committed_tags_and_cannot_write(empty_log: LogD
         tags = [dedup_tag(index_key, "matrix", make_event(i).conversation, make_event(i).event_id) for i in range(8)]
         reader = await DedupReader.open(db_path(empty_log.data_dir))
         try:
-            assert await reader.existing(tags) == set(tags[:5])
-            assert await reader.existing([]) == set()
+            assert await reader.existing(tags, last_epoch=0) == set(tags[:5])
+            assert await reader.existing([], last_epoch=0) == set()
             conn = reader._conn
             try:
                 conn.execute("DELETE FROM counters")

@@ -67,4 +67,4 @@ def test_a_lying_schema_version_is_tampering(filled_log: LogDir) -> None:
     conn.close()
     code, out, err = cli("verify", "--data-dir", filled_log.data_dir)
     assert code == 1 and "meta table" in out + err and "re-create" not in out + err
-    assert SCHEMA_VERSION == 2
+    assert SCHEMA_VERSION == 3

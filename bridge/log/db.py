@@ -61,7 +61,10 @@ POSTGRESQL = "postgresql"
 LOCK_CLASS = 0x43484154
 _LOCK_SQL = f"SELECT pg_try_advisory_lock({LOCK_CLASS}, hashtext(current_schema()))"
 
-PG_SCHEMA = """
+#: Records per epoch of schema 3's dedup index: 2^EPOCH_BITS (why: `schema.EPOCH_BITS`). Part of the layout.
+EPOCH_BITS = 16
+
+PG_SCHEMA_V2 = """
 CREATE TABLE meta (k TEXT PRIMARY KEY, v BYTEA NOT NULL);
 CREATE TABLE keys (
     key_id BIGINT PRIMARY KEY, purpose TEXT NOT NULL, created_ms BIGINT NOT NULL, wrapped BYTEA NOT NULL,
@@ -94,6 +97,24 @@ CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
 CREATE TRIGGER checkpoints_no_truncate BEFORE TRUNCATE ON checkpoints
     FOR EACH STATEMENT EXECUTE FUNCTION chatarchief_append_only();
 """
+
+#: Schema 3 (see `schema.EPOCH_BITS`): the dedup tag unique per epoch of seq, not across the whole log (inserts
+#: stay in the current epoch's corner of the index), and a partial index for the rotation records' prefix.
+PG_INDEXES_V3 = f"""
+CREATE UNIQUE INDEX records_dedup ON records ((seq >> {EPOCH_BITS}), dedup);
+CREATE INDEX records_rotation ON records (dedup)
+    WHERE dedup >= '\\x766b657900'::bytea AND dedup < '\\x766b657901'::bytea;
+"""
+PG_SCHEMA = PG_SCHEMA_V2.replace("dedup BYTEA NOT NULL UNIQUE", "dedup BYTEA NOT NULL") + PG_INDEXES_V3
+#: How `pg_indexes.indexdef` spells schema 3's indexes (schema prefix removed), for `verify`'s schema check.
+_PG_INDEXDEFS_V3 = (
+    ("records_dedup", f"CREATE UNIQUE INDEX records_dedup ON records USING btree (((seq >> {EPOCH_BITS})), dedup)"),
+    (
+        "records_rotation",
+        "CREATE INDEX records_rotation ON records USING btree (dedup)"
+        " WHERE ((dedup >= '\\x766b657900'::bytea) AND (dedup < '\\x766b657901'::bytea))",
+    ),
+)
 
 TABLES = ("meta", "keys", "records", "checkpoints", "cursors", "counters", "blobs")
 
@@ -473,12 +494,29 @@ class PgDedup:
             raise StorageError(f"cannot reach the log at {target.describe()}: {_first_line(exc)}") from None
         return cls(conn)
 
-    async def existing(self, tags: Sequence[bytes]) -> set[bytes]:
+    async def existing(self, tags: Sequence[bytes], last_epoch: int) -> set[bytes]:
+        """The tags among `tags` a committed record holds, probing epochs 0..`last_epoch` (see dedup.py)."""
         if not tags:
             return set()
         try:
-            cur = await self._conn.execute("SELECT dedup FROM records WHERE dedup = ANY(%s)", (list(set(tags)),))
+            cur = await self._conn.execute(
+                f"SELECT dedup FROM records WHERE (seq >> {EPOCH_BITS}) = ANY(%s) AND dedup = ANY(%s)",  # noqa: S608
+                (list(range(last_epoch + 1)), list(set(tags))),
+            )
             return {bytes(r[0]) for r in await cur.fetchall()}
+        except psycopg.Error as exc:
+            raise StorageError(f"could not read the log's dedup index: {_first_line(exc)}") from None
+
+    async def epoch_tags(self, epoch: int) -> list[bytes]:
+        """Every tag of one epoch (a range of the dedup index)."""
+        try:
+            cur = await self._conn.execute(
+                f"SELECT dedup FROM records WHERE (seq >> {EPOCH_BITS}) = %s",  # noqa: S608 - a constant
+                (epoch,),
+            )
+            return [
+                bytes(t) if isinstance(t, bytes | memoryview) else repr(t).encode() for (t,) in await cur.fetchall()
+            ]
         except psycopg.Error as exc:
             raise StorageError(f"could not read the log's dedup index: {_first_line(exc)}") from None
 
@@ -566,10 +604,13 @@ def _pg_found(conn: ReadConnection) -> list[tuple[str, str, str, str | None]]:
     return sorted(found, key=lambda r: (r[0], r[1]))
 
 
-def _pg_expected() -> list[tuple[str, str, str, str | None]]:
+def _pg_expected(version: int) -> list[tuple[str, str, str, str | None]]:
     types = {"TEXT": "text", "BYTEA": "bytea", "BIGINT": "bigint"}
     out: list[tuple[str, str, str, str | None]] = []
-    for table, body in re.findall(r"CREATE TABLE (\w+) \((.*?)\);", PG_SCHEMA, re.S):
+    ddl = pg_schema(version)
+    if version != 2:
+        out += [("index", name, "records", definition) for name, definition in _PG_INDEXDEFS_V3]
+    for table, body in re.findall(r"CREATE TABLE (\w+) \((.*?)\);", ddl, re.S):
         for column_def in body.split(","):
             words = column_def.split()
             out.append(("column", f"{table}.{words[0]}", table, f"{types[words[1]]} null=NO default=None"))
@@ -597,21 +638,56 @@ def schema_objects(
     conn: ReadConnection,
 ) -> tuple[list[tuple[str, str, str, str | None]], list[tuple[str, str, str, str | None]]]:
     """(expected, found) schema objects of the log `conn` reads, in the dialect of its backend."""
+    version = claimed_version(conn)
     if isinstance(conn, PgReader):
-        return _pg_expected(), _pg_found(conn)
+        return _pg_expected(version), _pg_found(conn)
     from bridge.log.schema import expected_schema
 
     found = [(str(t), str(n), str(tbl), sql) for t, n, tbl, sql in conn.execute(
         "SELECT type, name, tbl_name, sql FROM sqlite_master")]  # fmt: skip
-    return expected_schema(), found
+    return expected_schema(version), found
+
+
+def pg_schema(version: int) -> str:
+    """The PostgreSQL DDL of a log of schema `version` (2, or the current layout)."""
+    return PG_SCHEMA_V2 if version == 2 else PG_SCHEMA
+
+
+def claimed_version(conn: ReadConnection) -> int:
+    """The schema version the meta table claims (0 when it claims none this code knows: the current layout is
+    then expected, and `schema.check_schema_version` names the lie)."""
+    try:
+        row = conn.execute("SELECT v FROM meta WHERE k = 'schema_version'").fetchone()
+        return int(bytes(row[0]).decode("ascii")) if row is not None else 0
+    except (TypeError, ValueError, UnicodeDecodeError):
+        return 0
+
+
+#: A dedup tag held by two records. Schema 2's UNIQUE index made that impossible without changing the schema;
+#: schema 3 keeps tags unique per epoch only (`schema.EPOCH_BITS`), so verify looks across epochs here.
+_DUPLICATE_TAGS_SQL = "SELECT count(*) FROM (SELECT dedup FROM records GROUP BY dedup HAVING count(*) > 1) AS d"
+
+
+def _epochs(conn: ReadConnection) -> int:
+    """How many epochs of the dedup index the records span, from the lowest seq to the highest (0: none)."""
+    row = conn.execute("SELECT min(seq), max(seq) FROM records").fetchone()
+    if row is None or not isinstance(row[0], int) or not isinstance(row[1], int):
+        return 0
+    return (row[1] >> EPOCH_BITS) - (row[0] >> EPOCH_BITS) + 1
 
 
 def integrity_problems(conn: ReadConnection) -> list[str]:
     """SQLite checks every b-tree and index against its table; PostgreSQL's equivalent (amcheck) is an
-    extension the bot's role may not have: its indexes are in the schema check, the rows in verify."""
-    if isinstance(conn, PgReader):
-        return []
-    return [str(r[0]) for r in conn.execute("PRAGMA integrity_check(5)") if str(r[0]) != "ok"]
+    extension the bot's role may not have: its indexes are in the schema check, the rows in verify. Both:
+    no dedup tag may be held by two records (the same event stored twice, in any two epochs)."""
+    problems = [] if isinstance(conn, PgReader) else [
+        str(r[0]) for r in conn.execute("PRAGMA integrity_check(5)") if str(r[0]) != "ok"]  # fmt: skip
+    if not problems and claimed_version(conn) != 2 and _epochs(conn) > 1:
+        # (schema 2's UNIQUE index, and within one epoch schema 3's, checked above, rule a duplicate out)
+        row = conn.execute(_DUPLICATE_TAGS_SQL).fetchone()
+        if row is not None and int(row[0]):
+            problems.append(f"{int(row[0])} dedup tag(s) held by more than one record (a record stored twice)")
+    return problems
 
 
 def _first_line(exc: BaseException) -> str:

@@ -1,4 +1,5 @@
-"""Dedup lookups on their own read connection and thread (the writer's helper; no writes).
+"""Dedup lookups on their own read connection and thread (the writer's helper; no writes), and the writer's
+in-memory filter of the tags the log holds.
 
 Why: the writer's aiosqlite connection has one thread, so a lookup queued there
 waits for the previous batch's commit (insert + fsync) to finish, and sealing
@@ -11,23 +12,90 @@ Contract: `existing(tags)` returns the tags among `tags` that a committed
 record holds. A batch committing while the lookup runs may or may not be seen;
 the writer covers that window with its set of tags in flight (see
 `LogStore._prepare`). The connection is `query_only`: it cannot write.
+
+Schema 3 keeps a tag unique within its epoch of seq only (`schema.EPOCH_BITS`:
+inserts stay in the current epoch's corner of the index, so a commit no longer
+rewrites pages all over one random-order index). A lookup that had to probe
+every epoch for every tag would grow with the log again, so the writer keeps
+`TagFilter`, a Bloom filter of every tag the log holds (loaded from the index
+one epoch at a time in the background after open, then fed each tag it seals): a tag the filter has never seen is not
+in the log (no false negatives: this is what makes skipping the probe safe),
+and only the filter's hits (real duplicates, and under 1 in 500 others) are
+probed in every epoch (`existing(tags, last_epoch)`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from bridge.errors import StorageError
+from bridge.log.db import EPOCH_BITS
 
 T = TypeVar("T")
 
 #: Tags per `IN (...)` query (SQLite's variable limit is 32766 since 3.32; smaller keeps each statement cheap).
 CHUNK = 1000
+
+
+class TagFilter:
+    """A scalable Bloom filter of dedup tags: `tag in f` is False only for a tag never `add`ed.
+
+    32 bits per tag (rounded up to a power of two) and 3 probes: about 1 false hit in 1,400 lookups or better.
+    Each part holds up to its capacity; when it is full a part of twice the size is added, so the false-hit
+    rate stays put however far the log grows (memory: 4-8 bytes per tag, 4-8 MB at 10^6 records). Tags are
+    keyed HMAC outputs (random to anyone without the index key), so their own bytes give the probe
+    positions; any other tag is hashed first. Three probes unrolled: this runs once per tag at open and per
+    new tag (~1 us each).
+    """
+
+    BITS_PER_TAG = 32
+    MIN_CAPACITY = 1 << 16
+
+    def __init__(self, capacity: int = MIN_CAPACITY) -> None:
+        self._parts: list[tuple[bytearray, int, int]] = []  # (bits, mask, capacity)
+        self._count = 0  # tags in the newest part
+        self._add_part(max(capacity, 1))
+
+    def _add_part(self, capacity: int) -> None:
+        bits = 1 << min(32, max(16, (capacity * self.BITS_PER_TAG - 1).bit_length()))
+        self._parts.append((bytearray(bits // 8), bits - 1, capacity))
+        self._count = 0
+
+    @staticmethod
+    def _word(tag: bytes) -> int:
+        return int.from_bytes(tag if len(tag) == 32 else hashlib.blake2b(tag, digest_size=32).digest(), "little")
+
+    def add(self, tag: bytes) -> None:
+        bits, mask, capacity = self._parts[-1]
+        if self._count >= capacity:
+            self._add_part(capacity * 2)
+            bits, mask, _ = self._parts[-1]
+        self._count += 1
+        word = self._word(tag)
+        a, b, c = word & mask, (word >> 32) & mask, (word >> 64) & mask
+        bits[a >> 3] |= 1 << (a & 7)
+        bits[b >> 3] |= 1 << (b & 7)
+        bits[c >> 3] |= 1 << (c & 7)
+
+    def update(self, tags: Iterable[bytes]) -> None:
+        for tag in tags:
+            self.add(tag)
+
+    def __contains__(self, tag: object) -> bool:
+        if not isinstance(tag, bytes):
+            return False
+        word = self._word(tag)
+        for bits, mask, _ in self._parts:
+            a, b, c = word & mask, (word >> 32) & mask, (word >> 64) & mask
+            if bits[a >> 3] & (1 << (a & 7)) and bits[b >> 3] & (1 << (b & 7)) and bits[c >> 3] & (1 << (c & 7)):
+                return True
+        return False
 
 
 class DedupReader:
@@ -47,10 +115,15 @@ class DedupReader:
             raise
         return cls(pool, conn)
 
-    async def existing(self, tags: Sequence[bytes]) -> set[bytes]:
+    async def existing(self, tags: Sequence[bytes], last_epoch: int) -> set[bytes]:
+        """The tags among `tags` a committed record holds, probing every epoch 0..`last_epoch`."""
         if not tags:
             return set()
-        return await _run(self._pool, lambda: _lookup(self._conn, tags))
+        return await _run(self._pool, lambda: _lookup(self._conn, tags, last_epoch))
+
+    async def epoch_tags(self, epoch: int) -> list[bytes]:
+        """Every tag of one epoch (a range of the dedup index, not of the records)."""
+        return await _run(self._pool, lambda: _epoch_tags(self._conn, epoch))
 
     async def close(self) -> None:
         try:
@@ -65,14 +138,30 @@ def _connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def _lookup(conn: sqlite3.Connection, tags: Sequence[bytes]) -> set[bytes]:
+def epochs_sql(last_epoch: int) -> str:
+    """`seq >> EPOCH_BITS IN (0, ..., last_epoch)`: the index's epoch column, every value (one seek each)."""
+    return f"seq >> {EPOCH_BITS} IN ({','.join(str(e) for e in range(last_epoch + 1))})"
+
+
+def _lookup(conn: sqlite3.Connection, tags: Sequence[bytes], last_epoch: int) -> set[bytes]:
     found: set[bytes] = set()
     ordered = sorted(set(tags))  # probes in index order: neighbouring pages stay cached
+    epochs = epochs_sql(last_epoch)
     for i in range(0, len(ordered), CHUNK):
         chunk = ordered[i : i + CHUNK]
-        sql = f"SELECT dedup FROM records WHERE dedup IN ({','.join('?' * len(chunk))})"  # noqa: S608
+        sql = f"SELECT dedup FROM records WHERE {epochs} AND dedup IN ({','.join('?' * len(chunk))})"  # noqa: S608
         found.update(bytes(r[0]) for r in conn.execute(sql, chunk))
     return found
+
+
+def _epoch_tags(conn: sqlite3.Connection, epoch: int) -> list[bytes]:
+    sql = f"SELECT dedup FROM records WHERE seq >> {EPOCH_BITS} = ?"  # noqa: S608 - a constant
+    return [as_tag(r[0]) for r in conn.execute(sql, (epoch,))]
+
+
+def as_tag(value: object) -> bytes:
+    """A stored dedup value as bytes (a value of another SQL type, i.e. damage `verify` names, still counts)."""
+    return bytes(value) if isinstance(value, bytes | memoryview) else repr(value).encode()
 
 
 async def _run(pool: ThreadPoolExecutor, fn: Callable[[], T]) -> T:

@@ -101,7 +101,9 @@ def _copy(data_dir: Path, target: db.PgTarget, progress: Callable[[int], None] |
             raise UsageError(f"{target.describe()} already holds log tables; migrate-store only fills an empty one")
         src.execute("BEGIN")  # one snapshot of the source
         with dst.transaction():
-            dst.execute(db.PG_SCHEMA)
+            # The layout of the source's schema version (its meta row is copied as it is); the PostgreSQL
+            # writer migrates it at its first open (`bridge.log.migrations`).
+            dst.execute(db.pg_schema(db.claimed_version(src)))
             for table, columns in TABLE_COLUMNS.items():
                 n = 0
                 order = " ORDER BY seq" if table == "records" else ""

@@ -22,35 +22,88 @@ from bridge.log.clear import KeyRecord
 from bridge.log.keys import KeyMaterial
 
 DB_NAME = db.SQLITE_NAME
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Every schema a reader accepts (verify checks the layout of the version the meta table claims); the writer
+#: migrates an older one at open (`bridge.log.migrations`). Schema 1 is refused (see `check_schema_version`).
+READABLE_VERSIONS = (2, 3)
 
-_SCHEMA = """
+#: Records per epoch of the dedup index (2^EPOCH_BITS): schema 3 keeps each tag unique within its epoch,
+#: `(seq >> EPOCH_BITS, dedup)`, so inserts land in the current epoch's small, cached corner of the index
+#: instead of anywhere in one global random-order index (which rewrote most of its pages at every commit:
+#: import slowed down as the log grew). Uniqueness across epochs is the writer's in-memory tag filter plus a
+#: probe of every epoch for the filter's hits (`bridge.log.dedup`), and `verify`'s duplicate-tag check.
+EPOCH_BITS = db.EPOCH_BITS
+
+#: Rotation records are found by the prefix of their dedup entry (`rotation.ROTATION_ROWS_SQL`, whose WHERE
+#: clause this partial index repeats word for word so both SQLite and PostgreSQL use it).
+_ROTATION_WHERE = "dedup >= x'766b657900' AND dedup < x'766b657901'"
+
+_TABLES = """
 CREATE TABLE meta (k TEXT PRIMARY KEY, v BLOB NOT NULL);
 CREATE TABLE keys (
     key_id INTEGER PRIMARY KEY, purpose TEXT NOT NULL, created_ms INTEGER NOT NULL, wrapped BLOB NOT NULL,
     seq INTEGER NOT NULL UNIQUE);
-CREATE TABLE records (
-    seq INTEGER PRIMARY KEY, dedup BLOB NOT NULL UNIQUE, header BLOB NOT NULL,
-    commitment BLOB NOT NULL, body BLOB NOT NULL, leaf BLOB NOT NULL);
+{records}
 CREATE TABLE checkpoints (
     size INTEGER PRIMARY KEY, created_ms INTEGER NOT NULL, note TEXT NOT NULL, frontier BLOB NOT NULL);
 CREATE TABLE cursors (
     name TEXT PRIMARY KEY, value TEXT NOT NULL, updated_ms INTEGER NOT NULL, mac BLOB NOT NULL);
 CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+RECORDS_V2 = """CREATE TABLE records (
+    seq INTEGER PRIMARY KEY, dedup BLOB NOT NULL UNIQUE, header BLOB NOT NULL,
+    commitment BLOB NOT NULL, body BLOB NOT NULL, leaf BLOB NOT NULL);"""
+
+RECORDS_V3 = """CREATE TABLE records (
+    seq INTEGER PRIMARY KEY, dedup BLOB NOT NULL, header BLOB NOT NULL,
+    commitment BLOB NOT NULL, body BLOB NOT NULL, leaf BLOB NOT NULL);"""
+
+#: The append-only triggers of `records` (SQLite drops them with the table; a migration re-creates them).
+RECORDS_TRIGGERS = """
 CREATE TRIGGER records_no_update BEFORE UPDATE ON records BEGIN SELECT RAISE(ABORT, 'append-only'); END;
 CREATE TRIGGER records_no_delete BEFORE DELETE ON records BEGIN SELECT RAISE(ABORT, 'append-only'); END;
+"""
+
+#: Schema 3's indexes on `records` (SQLite; PostgreSQL's are in `db.PG_INDEXES_V3`).
+RECORDS_INDEXES_V3 = f"""
+CREATE UNIQUE INDEX records_dedup ON records (seq >> {EPOCH_BITS}, dedup);
+CREATE INDEX records_rotation ON records (dedup) WHERE {_ROTATION_WHERE};
+"""
+
+_CHECKPOINT_TRIGGERS = """
 CREATE TRIGGER checkpoints_no_update BEFORE UPDATE ON checkpoints
     BEGIN SELECT RAISE(ABORT, 'append-only'); END;
 CREATE TRIGGER checkpoints_no_delete BEFORE DELETE ON checkpoints
     BEGIN SELECT RAISE(ABORT, 'append-only'); END;
 """
 
+#: The layout of schema 2 (kept: verify checks a log not yet migrated, tests build one to migrate).
+SCHEMA_V2 = _TABLES.format(records=RECORDS_V2) + RECORDS_TRIGGERS + _CHECKPOINT_TRIGGERS
+_SCHEMA = _TABLES.format(records=RECORDS_V3) + RECORDS_INDEXES_V3 + RECORDS_TRIGGERS + _CHECKPOINT_TRIGGERS
+_SCHEMAS = {2: SCHEMA_V2, 3: _SCHEMA}
 
-def expected_schema() -> list[tuple[str, str, str, str | None]]:
-    """(type, name, table, sql) of every schema object a log holds, sorted: what `verify` compares against."""
+
+def epoch_of(seq: int) -> int:
+    """The dedup index's epoch of a record position (schema 3)."""
+    return seq >> EPOCH_BITS
+
+
+def schema_version_of(meta: dict[str, bytes]) -> int | None:
+    """The schema version the meta table claims, if it is one this version reads."""
+    try:
+        version = int(meta.get("schema_version", b"").decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return version if version in READABLE_VERSIONS else None
+
+
+def expected_schema(version: int = SCHEMA_VERSION) -> list[tuple[str, str, str, str | None]]:
+    """(type, name, table, sql) of every schema object a log of `version` holds, sorted: what `verify` compares
+    against (the layout of the version the meta table claims; a version this code does not read: the current)."""
     conn = sqlite3.connect(":memory:")
     try:
-        conn.executescript(_SCHEMA)
+        conn.executescript(_SCHEMAS.get(version, _SCHEMA))
         return sorted(conn.execute("SELECT type, name, tbl_name, sql FROM sqlite_master"))
     finally:
         conn.close()
@@ -251,10 +304,12 @@ def check_key_matches(
 def check_schema_version(conn: db.ReadConnection, meta: dict[str, bytes]) -> None:
     """Readers' guard: a log of schema 1 (an earlier development version: no KEY records under the proof, no
     stored tree edges) is refused as such (UsageError, exit 2: re-create and re-import), not reported as
-    damage; a version entry that disagrees with the layout that is there is tampering (exit 1)."""
+    damage; every version in `READABLE_VERSIONS` is read (a schema-2 log not yet opened by a writer of this
+    version, which migrates it, is read as it is: `db.schema_objects` expects the layout of the version
+    claimed); any other version entry is tampering (exit 1)."""
     version = meta.get("schema_version")
-    if version == str(SCHEMA_VERSION).encode():
-        return
+    if schema_version_of(meta) is not None:
+        return  # its layout is checked against this version's (`db.schema_objects`)
     # Schema 1 only ever existed in SQLite (a PostgreSQL log starts at schema 2).
     sqlite = isinstance(conn, sqlite3.Connection)
     columns = {str(r[1]) for r in conn.execute("PRAGMA table_info(checkpoints)")} if sqlite else {"frontier"}

@@ -47,9 +47,9 @@ from bridge.blobs import MediaKeys
 from bridge.clock import now_ms
 from bridge.errors import Check, KeyFileError, LogIntegrityError, StorageError, UsageError
 from bridge.events import EncodingError, Event, EventId, canonical_bytes, canonical_json, event_from_bytes
-from bridge.log import audit, checkpoint, crypto, db, format, merkle, rotation
+from bridge.log import audit, checkpoint, crypto, db, format, merkle, migrations, rotation
 from bridge.log.clear import BLOB_SOURCE, BlobRecord, KeyRecord
-from bridge.log.dedup import DedupReader
+from bridge.log.dedup import DedupReader, TagFilter, epochs_sql
 from bridge.log.keys import KeyMaterial
 from bridge.log.lock import WriterLock
 from bridge.log.rotation import KeyChain
@@ -61,6 +61,7 @@ from bridge.log.schema import (
     conversation_tag,
     cursor_mac,
     dedup_tag,
+    epoch_of,
     frontier_from_bytes,
     key_record,
     key_row,
@@ -74,6 +75,11 @@ from bridge.log.schema import initialise as initialise  # re-export: the writer'
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
+#: The writer connection's page cache (KiB): the current epoch of the dedup index (~3 MB) and the tree's
+#: right edge stay in it (SQLite's default is 2 MB).
+WRITER_CACHE_KIB = 32768
+#: Tags added to the dedup filter between two yields to the loop while it loads (~10 ms).
+FILTER_SLICE = 8192
 #: What `append_records` takes: (type, source, conversation, id, payload); (source, conversation, id) is the
 #: idempotency key.
 Entry = tuple[format.RecordType, str, str, str, bytes]
@@ -129,6 +135,12 @@ class LogStore:
         self._conv_tags: dict[tuple[str, str], bytes] = {}
         self._lock: WriterLock | None = None
         self._dedup: DedupReader | db.PgDedup | None = None
+        #: Every tag the log holds, and every tag sealed since open (a Bloom filter: see `bridge.log.dedup`).
+        self._filter = TagFilter()
+        #: True once the filter holds every tag the log held at open (loaded in the background, see
+        #: `_fill_filter`); until then every tag is probed in every epoch.
+        self._filter_loaded = False
+        self._filter_task: asyncio.Task[None] | None = None
         self._blob_root: Path | None = None
         self._blobs_seen: set[str] = set()
         #: Called (on the loop, must not block) after a transaction that signed a checkpoint has committed:
@@ -168,8 +180,11 @@ class LogStore:
             # WAL mode creates -wal and -shm beside the database: a full disk fails here.
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=FULL")
+            await conn.execute(f"PRAGMA cache_size=-{WRITER_CACHE_KIB}")
+            await cls._migrate(conn, data_dir)
             store = await cls._load(conn, data_dir, keys, policy)
             store._dedup = await DedupReader.open(path)
+            await store._load_filter()
         except sqlite3.Error as exc:
             await conn.close()
             raise StorageError(f"cannot open the log {path} (disk full or unwritable?): {exc}") from None
@@ -187,8 +202,10 @@ class LogStore:
         conn = await db.PgWriter.connect(target)
         try:
             await conn.take_lock(data_dir)  # PgWriterBusy naming the holding session
+            await cls._migrate(conn, data_dir)
             store = await cls._load(conn, data_dir, keys, policy)
             store._dedup = await db.PgDedup.open(target)
+            await store._load_filter()
             restored = await store._dedup.restore_blobs(data_dir / "blobs")  # media a standby has not got yet
             if restored:
                 log.info("media blobs restored from the log's database", extra={"blobs": restored})
@@ -199,6 +216,39 @@ class LogStore:
             await conn.close()
             raise
         return store
+
+    @staticmethod
+    async def _migrate(conn: db.Writer, data_dir: Path) -> None:
+        """Bring an older layout up to this version's, under the writer lock, in one transaction."""
+        steps = await migrations.migrate(conn)
+        if steps:
+            log.warning(
+                "log layout migrated", extra={"data_dir": str(data_dir), "from": steps[0], "to": SCHEMA_VERSION}
+            )
+
+    async def _load_filter(self) -> None:
+        """Start loading every tag the log holds into the filter, in the background: the writer is usable at
+        once (until the load ends, `_existing` probes every tag in every epoch: correct, slower)."""
+        self._filter = TagFilter(capacity=max(2 * self._frontier.size, TagFilter.MIN_CAPACITY))
+        self._filter_loaded = False
+        self._filter_task = asyncio.create_task(self._fill_filter(epoch_of(self._frontier.size)))
+
+    async def _fill_filter(self, last_epoch: int) -> None:
+        """One epoch of the index at a time (a range of the index: no cursor held open), each added on the
+        loop in slices (the filter is not shared with a thread; the loop stays responsive). Tags sealed
+        meanwhile go in through `_prepare`, so after the last epoch the filter holds every tag of the log."""
+        assert self._dedup is not None
+        try:
+            for epoch in range(last_epoch + 1):
+                tags = await self._dedup.epoch_tags(epoch)
+                for start in range(0, len(tags), FILTER_SLICE):
+                    self._filter.update(tags[start : start + FILTER_SLICE])
+                    await asyncio.sleep(0)
+        except StorageError as exc:  # the writer stays correct without the filter, only slower
+            log.error("ALERT the dedup filter could not be loaded; every lookup probes the whole index", extra={
+                "error": str(exc)})  # fmt: skip
+            return
+        self._filter_loaded = True
 
     @classmethod
     async def _load(cls, conn: db.Writer, data_dir: Path, keys: KeyMaterial, policy: CheckpointPolicy) -> LogStore:
@@ -303,6 +353,10 @@ class LogStore:
     async def close(self) -> None:
         try:
             try:
+                if self._filter_task is not None:
+                    self._filter_task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await self._filter_task
                 if self._dedup is not None:
                     await self._dedup.close()
             finally:
@@ -364,7 +418,8 @@ class LogStore:
 
     async def contains(self, source: str, conversation: str, event_id: str) -> bool:
         tag = dedup_tag(self._index_key, source, conversation, event_id)
-        async with self._conn.execute("SELECT 1 FROM records WHERE dedup = ?", (tag,)) as cur:
+        sql = f"SELECT 1 FROM records WHERE {epochs_sql(epoch_of(self._frontier.size))} AND dedup = ?"  # noqa: S608
+        async with self._conn.execute(sql, (tag,)) as cur:
             return await cur.fetchone() is not None
 
     # -- writing -----------------------------------------------------------------
@@ -463,6 +518,7 @@ class LogStore:
         existing = in_log | pending | self._inflight
         rows, fresh = self._seal_all(entries, tags, existing, now_ms())
         self._inflight |= fresh
+        self._filter.update(fresh)  # before the commit: a tag may be in the filter and not the log, never the reverse
         return _Batch(rows, len(entries) - len(rows), cursor, self._frontier.copy(), self._prev_leaf, fresh)
 
     async def _versions(
@@ -505,7 +561,9 @@ class LogStore:
 
     async def _stored_event(self, tag: bytes) -> Event | None:
         """The event the log holds under a dedup tag (decrypted and authenticated), or None if unreadable."""
-        async with self._conn.execute("SELECT header, commitment, body FROM records WHERE dedup = ?", (tag,)) as cur:
+        epochs = epochs_sql(epoch_of(self._frontier.size))
+        sql = f"SELECT header, commitment, body FROM records WHERE {epochs} AND dedup = ?"  # noqa: S608
+        async with self._conn.execute(sql, (tag,)) as cur:
             row = await cur.fetchone()
         if row is None:
             return None
@@ -520,12 +578,20 @@ class LogStore:
             return None  # `verify` names a damaged record; here it only means "treat as a duplicate"
 
     async def _existing(self, tags: list[bytes]) -> set[bytes]:
+        """The tags among `tags` a committed record holds. Only the filter's hits are looked up (a tag it has
+        not seen is in no record); they are probed in every epoch of the index."""
+        candidates = [t for t in tags if t in self._filter] if self._filter_loaded else list(tags)
+        if not candidates:
+            return set()
+        last_epoch = epoch_of(self._frontier.size)
         if self._dedup is not None:  # its own connection and thread: does not wait for the commit in flight
-            return await self._dedup.existing(tags)
+            return await self._dedup.existing(candidates, last_epoch)
         found: set[bytes] = set()
-        for i in range(0, len(tags), 500):
-            chunk = tags[i : i + 500]
-            sql = f"SELECT dedup FROM records WHERE dedup IN ({','.join('?' * len(chunk))})"  # noqa: S608
+        for i in range(0, len(candidates), 500):
+            chunk = candidates[i : i + 500]
+            sql = (
+                f"SELECT dedup FROM records WHERE {epochs_sql(last_epoch)} AND dedup IN ({','.join('?' * len(chunk))})"  # noqa: S608
+            )
             async with self._conn.execute(sql, chunk) as cur:
                 found.update(bytes(r[0]) for r in await cur.fetchall())
         return found
