@@ -14,7 +14,6 @@ Real Synapse, real nio officials, real `chatarchief run` processes, real Postgre
 from __future__ import annotations
 
 import asyncio
-import shutil
 import signal
 from collections import Counter
 from pathlib import Path
@@ -23,24 +22,10 @@ import pytest
 
 from bridge.dev.synapse import SynapseServer
 from bridge.events import Kind
-from bridge.log import db
-from bridge.log import keys as keyfile
-from tests.support.botrun import BotRun, chatarchief
-from tests.support.botrun import write_config as write_bot_config
 from tests.support.logview import LogView
-from tests.support.officials import OfficialFactory, poll_until, unique_name
+from tests.support.officials import OfficialFactory, poll_until
 from tests.support.pg import PgServer
-
-
-def _on_postgresql(config: Path, target: db.PgTarget) -> None:
-    config.write_text(
-        config.read_text().replace(
-            "[storage]\n",
-            f'[storage]\nbackend = "postgresql"\ndsn = "{target.dsn}"\npassword_file = "{target.password_file}"\n'
-            "standby = true\ncheckpoint_every_seconds = 1.0\n",
-            1,
-        )
-    )
+from tests.support.standby import two_hosts
 
 
 @pytest.mark.synapse
@@ -53,26 +38,11 @@ async def test_standby_decrypts_an_encrypted_room_after_taking_over(
     SIGKILLed; B takes over and every message, before and after the kill, is in the log exactly once and
     decrypted."""
     alice = await official("alice")
-    name = unique_name("archivebot")
-    bot_id, _ = await synapse.register_user_async(name, f"pw-{name}")
-    target = pg_server.new_log_target()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    cfg_a = write_bot_config(tmp_path / "a", synapse, bot_id, f"pw-{name}", alice.user_id)
-    cfg_b = write_bot_config(tmp_path / "b", synapse, bot_id, f"pw-{name}", alice.user_id)
-    for cfg in (cfg_a, cfg_b):
-        _on_postgresql(cfg, target)
-    made = chatarchief("init", "--config", str(cfg_a))
-    assert made.returncode == 0, made.stderr
-    for f in (tmp_path / "a" / "secrets").glob("chatarchief.key*"):
-        shutil.copy2(f, tmp_path / "b" / "secrets" / f.name)
-    (tmp_path / "b" / "data").mkdir(mode=0o700)
-    shutil.copy2(tmp_path / "a" / "data" / db.MARKER_NAME, tmp_path / "b" / "data" / db.MARKER_NAME)
-    keys = keyfile.load(tmp_path / "a" / "secrets" / "chatarchief.key")
-    bot_a, bot_b = BotRun(cfg_a, tmp_path / "a"), BotRun(cfg_b, tmp_path / "b")
+    hosts = await two_hosts(synapse, pg_server, tmp_path, alice.user_id)
+    bot_id, keys, bot_a, bot_b = hosts.bot_id, hosts.keys, hosts.a, hosts.b
     sent: list[tuple[str, str]] = []
     try:
-        with LogView(tmp_path / "a" / "data", keys) as view:
+        with LogView(hosts.data_a, keys) as view:
             active = bot_a.start()
             await poll_until(lambda: bool(view.cursors()) or active.poll() is not None, timeout=60)
             assert active.poll() is None, bot_a.stderr_tail()
@@ -103,8 +73,7 @@ async def test_standby_decrypts_an_encrypted_room_after_taking_over(
             standby.send_signal(signal.SIGTERM)
             assert standby.wait(30) == 0, bot_b.stderr_tail()
     finally:
-        bot_a.cleanup()
-        bot_b.cleanup()
+        hosts.cleanup()
     # B's device was ready before the room existed; it collected its own queued room keys once, at the takeover.
     assert b"standby: Matrix device ready" in bot_b.log_bytes()
     assert bot_b.log_bytes().count(b"collected this device's to-device messages") == 1

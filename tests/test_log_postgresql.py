@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,17 +21,16 @@ from bridge.cli import app
 from bridge.dev.synapse import SynapseServer
 from bridge.errors import Check, LogIntegrityError, UsageError
 from bridge.log import db
-from bridge.log import keys as keyfile
 from bridge.log.reader import iter_events
 from bridge.log.schema import INIT_RECORDS as B
 from bridge.log.store import LogStore
 from bridge.log.verify import verify_log
 from tests.conftest import LogDir, create_log, fill_log, make_event
-from tests.support.botrun import BotRun, chatarchief
-from tests.support.botrun import write_config as write_bot_config
+from tests.support.botrun import chatarchief
 from tests.support.logview import LogView
-from tests.support.officials import OfficialFactory, poll_until, unique_name
+from tests.support.officials import OfficialFactory, poll_until
 from tests.support.pg import Attacker, PgServer, rows
+from tests.support.standby import two_hosts
 
 REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -245,16 +243,6 @@ def test_migrate_store_copies_sqlite_and_proves_the_same_signed_root(tmp_path: P
     assert code == 2 and "already holds log tables" in text
 
 
-def _on_postgresql(config: Path, target: db.PgTarget) -> None:
-    text = config.read_text().replace(
-        "[storage]\n",
-        f'[storage]\nbackend = "postgresql"\ndsn = "{target.dsn}"\npassword_file = "{target.password_file}"\n'
-        "standby = true\ncheckpoint_every_seconds = 1.0\n",
-        1,
-    )
-    config.write_text(text)
-
-
 @pytest.mark.synapse
 @pytest.mark.slow
 async def test_run_standby_on_another_host_takes_over_after_sigkill(
@@ -265,28 +253,12 @@ async def test_run_standby_on_another_host_takes_over_after_sigkill(
     resumes from the sync token A committed with its last batch, and captures on: every message sent (before,
     during and after the kill) is in the log exactly once; `verify` passes from both data dirs."""
     alice = await official("alice")
-    name = unique_name("archivebot")
-    bot_id, _ = await synapse.register_user_async(name, f"pw-{name}")
-    target = pg_server.new_log_target()
-    (tmp_path / "a").mkdir()
-    (tmp_path / "b").mkdir()
-    cfg_a = write_bot_config(tmp_path / "a", synapse, bot_id, f"pw-{name}", alice.user_id)
-    cfg_b = write_bot_config(tmp_path / "b", synapse, bot_id, f"pw-{name}", alice.user_id)
-    for cfg in (cfg_a, cfg_b):
-        _on_postgresql(cfg, target)
-    made = chatarchief("init", "--config", str(cfg_a))
-    assert made.returncode == 0, made.stderr
-    # The standby host: the same key files (escrow), the marker naming the log (it holds no secret).
-    for f in (tmp_path / "a" / "secrets").glob("chatarchief.key*"):
-        shutil.copy2(f, tmp_path / "b" / "secrets" / f.name)
-    (tmp_path / "b" / "data").mkdir(mode=0o700)
-    shutil.copy2(tmp_path / "a" / "data" / db.MARKER_NAME, tmp_path / "b" / "data" / db.MARKER_NAME)
-    keys = keyfile.load(tmp_path / "a" / "secrets" / "chatarchief.key")
-    bot_a, bot_b = BotRun(cfg_a, tmp_path / "a"), BotRun(cfg_b, tmp_path / "b")
+    hosts = await two_hosts(synapse, pg_server, tmp_path, alice.user_id)
+    bot_id, keys, bot_a, bot_b = hosts.bot_id, hosts.keys, hosts.a, hosts.b
     sent: list[tuple[str, str]] = []
     try:
         first = bot_a.start()
-        with LogView(tmp_path / "a" / "data", keys) as view:
+        with LogView(hosts.data_a, keys) as view:
             await poll_until(lambda: bool(view.cursors()) or first.poll() is not None, timeout=60)
             assert first.poll() is None, bot_a.stderr_tail()
             standby = bot_b.start()
@@ -315,8 +287,7 @@ async def test_run_standby_on_another_host_takes_over_after_sigkill(
             standby.send_signal(signal.SIGTERM)
             assert standby.wait(30) == 0, bot_b.stderr_tail()
     finally:
-        bot_a.cleanup()
-        bot_b.cleanup()
+        hosts.cleanup()
     stored = Counter((e.conversation, e.event_id) for e in events)
     lost = [k for k in sent if stored[k] == 0]
     duplicated = [k for k in sent if stored[k] > 1]
@@ -326,10 +297,8 @@ async def test_run_standby_on_another_host_takes_over_after_sigkill(
     )
     assert (len(sent), lost, duplicated) == (70, [], [])
     assert 15 <= killed_at < 70  # killed mid-stream
-    for data_dir in (tmp_path / "a" / "data", tmp_path / "b" / "data"):
-        verified = chatarchief(
-            "verify", "--data-dir", str(data_dir), "--key-file", str(tmp_path / "a" / "secrets" / "chatarchief.key")
-        )
+    for data_dir in (hosts.data_a, hosts.data_b):
+        verified = chatarchief("verify", "--data-dir", str(data_dir), "--key-file", str(hosts.key_file))
         assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
