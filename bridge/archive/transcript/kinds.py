@@ -158,7 +158,9 @@ class Renderer:
         if eid in self._touched:
             return None
         body = ev.content.get("body")
-        text = f'<div class="body" dir="auto">{emoji_html(esc(body))}</div>' if isinstance(body, str) and body else EMPTY
+        text = EMPTY
+        if isinstance(body, str) and body:
+            text = f'<div class="body" dir="auto">{emoji_html(esc(body))}</div>'
         aid = anchor(eid)
         when = time_html(ev.sent_at if ev.sent_at is not None else ev.received_at, self._tz, t)
         return (
