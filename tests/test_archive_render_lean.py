@@ -101,7 +101,7 @@ def _transcript(entries: list[TranscriptEntry], edited: Any, deleted: Any, ahead
     return out.getvalue()
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(
     entries=months(),
     marked=st.lists(st.integers(0, 13), max_size=3),
@@ -123,7 +123,7 @@ def test_the_lean_entry_gives_the_general_transcript(
     assert lean == general
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow], deadline=None)
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(entries=months(), ahead=st.booleans())
 def test_the_lean_entry_takes_exactly_the_untouched_plain_messages(entries: list[TranscriptEntry], ahead: bool) -> None:
     """`Renderer.plain` accepts a message with no attachments and only msgtype/body that nothing in the month
