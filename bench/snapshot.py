@@ -18,7 +18,9 @@ the range), events/s, CPU time per event (the process and its workers: what
 the cores spent, whatever else loads the machine), peak RSS, and the ratio to
 the same run's baseline, for each number of processes in `--workers` (default
 1 and 2: the curve by process count; pass 2 and rendering use that many; "workers
-RSS" is the largest peak of a worker process, 0 inline).
+RSS" is the largest peak of a worker process, 0 inline). `--before DIR` also runs snapshot and
+verify-package with the code of another checkout (e.g. `git worktree add /tmp/before <commit>`) on the same log,
+alternating with this code, each in its own process: a before/after comparison within one run.
 Goal: >= 100 MB/s and peak RSS < 150 MB at both sizes.
 """
 
@@ -134,19 +136,23 @@ CHILDREN = {
 
 
 def run_child(
-    name: str, data_dir: Path, key_file: Path, out: Path, workers: int = 1
-) -> tuple[float, float, float, float]:
-    """(seconds, peak RSS MB, largest worker peak RSS MB, CPU seconds of it and its workers) of one measurement in
-    a fresh process."""
-    cmd = [sys.executable, __file__, "--child", name, str(data_dir), str(key_file), str(out), str(workers)]
+    name: str, data_dir: Path, key_file: Path, out: Path, workers: int = 1, code: Path | None = None
+) -> tuple[float, float, float, float, float]:
+    """(seconds, peak RSS MB, largest worker peak RSS MB, CPU seconds of it and its workers, CPU seconds of it
+    alone) of one measurement in a fresh process (`code`: the checkout whose bench/snapshot.py and bridge/ run
+    it; default this one)."""
+    script = str(code / "bench" / "snapshot.py") if code is not None else __file__
+    cmd = [sys.executable, script, "--child", name, str(data_dir), str(key_file), str(out), str(workers)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    return float(result["seconds"]), float(result["rss_mb"]), float(result["workers_rss_mb"]), float(result["cpu"])
+    main = float(result.get("cpu_main", result["cpu"]))  # an older checkout's child gives only the sum
+    seconds, rss, workers_rss, cpu = (float(result[k]) for k in ("seconds", "rss_mb", "workers_rss_mb", "cpu"))
+    return seconds, rss, workers_rss, cpu, main
 
 
-def bench(n: int, rooms: int, workers: list[int]) -> None:
+def bench(n: int, rooms: int, workers: list[int], before: Path | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="chatarchief-bench-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
@@ -155,24 +161,26 @@ def bench(n: int, rooms: int, workers: list[int]) -> None:
         size = range_bytes(data_dir)
         mb = size / 1e6
         print(f"\n{n:,} events in {rooms} conversations: log range {mb:.0f} MB (built in {built:.0f} s)")
-        base_s, base_rss, _, base_cpu = run_child("baseline", data_dir, key_file, work / "plain.jsonl")
+        base_s, base_rss, _, base_cpu, _ = run_child("baseline", data_dir, key_file, work / "plain.jsonl")
         print(f"  {'baseline (decrypt only)':32} {base_s:7.1f} s  {mb / base_s:7.1f} MB/s  {n / base_s:9,.0f} events/s"
               f"  CPU {base_cpu / n * 1e6:6.1f} us/event  peak RSS {base_rss:6.1f} MB")  # fmt: skip
         for w in workers:
-            snap_s, snap_rss, snap_w, snap_cpu = run_child("snapshot", data_dir, key_file, work / "package", w)
-            pkg_mb = sum(p.stat().st_size for p in (work / "package").rglob("*") if p.is_file()) / 1e6
-            ver_s, ver_rss, ver_w, ver_cpu = run_child("verify", data_dir, key_file, work / "package", w)
-            for label, s, rss, wrss, cpu in (
-                (f"snapshot, {w} process(es)", snap_s, snap_rss, snap_w, snap_cpu),
-                (f"verify-package, {w} process(es)", ver_s, ver_rss, ver_w, ver_cpu),
-            ):
-                print(
-                    f"  {label:32} {s:7.1f} s  {mb / s:7.1f} MB/s  {n / s:9,.0f} events/s"
-                    f"  CPU {cpu / n * 1e6:6.1f} us/event  peak RSS {rss:6.1f} MB  workers RSS {wrss:6.1f} MB"
-                    f"  x{base_s / s:.2f} of baseline"
-                )
-            print(f"  package {pkg_mb:.0f} MB on disk")
-            shutil.rmtree(work / "package", ignore_errors=True)
+            for code, tag in ((before, " (before)"), (None, "")) if before is not None else ((None, ""),):
+                snap = run_child("snapshot", data_dir, key_file, work / "package", w, code)
+                pkg_mb = sum(p.stat().st_size for p in (work / "package").rglob("*") if p.is_file()) / 1e6
+                ver = run_child("verify", data_dir, key_file, work / "package", w, code)
+                for label, (s, rss, wrss, cpu, main_cpu) in (
+                    (f"snapshot, {w} process(es){tag}", snap),
+                    (f"verify-package, {w} process(es){tag}", ver),
+                ):
+                    print(
+                        f"  {label:41} {s:7.1f} s  {mb / s:7.1f} MB/s  {n / s:9,.0f} events/s"
+                        f"  CPU {cpu / n * 1e6:6.1f} us/event (main {main_cpu / n * 1e6:5.1f})"
+                        f"  peak RSS {rss:6.1f} MB  workers RSS {wrss:6.1f} MB"
+                        f"  x{base_s / s:.2f} of baseline"
+                    )
+                print(f"  package {pkg_mb:.0f} MB on disk")
+                shutil.rmtree(work / "package", ignore_errors=True)
 
 
 def main() -> None:
@@ -180,6 +188,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, nargs="+", default=[100_000, 1_000_000])
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="process counts to measure")
+    parser.add_argument("--before", type=Path, help="another checkout to measure on the same log (before/after)")
     parser.add_argument("--child", nargs=5, metavar=("NAME", "DATA", "KEY", "OUT", "WORKERS"))
     args = parser.parse_args()
     if args.child:
@@ -188,14 +197,16 @@ def main() -> None:
         CHILDREN[name](Path(data), Path(key), Path(out), int(workers))
         seconds = time.perf_counter() - t0
         mine = resource.getrusage(resource.RUSAGE_CHILDREN)  # worker processes, all waited for by now
-        cpu = time.process_time() - c0 + mine.ru_utime + mine.ru_stime
+        main_cpu = time.process_time() - c0
+        cpu = main_cpu + mine.ru_utime + mine.ru_stime
         rss_mb = peak_rss_mb()
         # the pool's processes, once they are gone; an upper bound (Linux keeps a spawned child's pre-exec peak)
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        print(json.dumps({"seconds": seconds, "rss_mb": rss_mb, "workers_rss_mb": children, "cpu": cpu}))
+        result = {"seconds": seconds, "rss_mb": rss_mb, "workers_rss_mb": children, "cpu": cpu, "cpu_main": main_cpu}
+        print(json.dumps(result))
         return
     for n in args.events:
-        bench(n, args.rooms, args.workers)
+        bench(n, args.rooms, args.workers, args.before)
 
 
 if __name__ == "__main__":

@@ -38,11 +38,11 @@ def message_body(
     `name_of`: the display name for a user id, used for Signal mentions. `quote`: how a reply shows the
     message it answers (a snippet with a link to it; by default a link with its id)."""
     c = ev.content
-    if not ev.attachments and c.keys() <= _PLAIN:  # the common case: what the general path gives, sooner
+    if not ev.attachments and c.keys() <= PLAIN_KEYS:  # the common case: what the general path gives, sooner
         body = c.get("body")
         if isinstance(body, str) and body:
             return f'<div class="body" dir="auto">{emoji_html(esc(body))}</div>'
-        return _EMPTY
+        return EMPTY
     return general_body(ev, media, name_of, quote)
 
 
@@ -74,12 +74,12 @@ def general_body(
         for i, att in enumerate(ev.attachments):
             caption = shown[i] if i < len(shown) and isinstance(shown[i], str) else None
             text += attachment_html(att, media, caption)
-    return lead + (text or _EMPTY)
+    return lead + (text or EMPTY)
 
 
-#: A message whose content has only these keys and no attachments is its body alone (or `_EMPTY`).
-_PLAIN = frozenset(("msgtype", "body"))
-_EMPTY = '<p class="note">(leeg bericht: geen tekst, media of andere inhoud; gearchiveerd zoals ontvangen)</p>'
+#: A message whose content has only these keys and no attachments is its body alone (or `EMPTY`).
+PLAIN_KEYS = frozenset(("msgtype", "body"))
+EMPTY = '<p class="note">(leeg bericht: geen tekst, media of andere inhoud; gearchiveerd zoals ontvangen)</p>'
 
 
 def with_mentions(body: str, mentions: list[object], name_of: Callable[[str], str]) -> str:

@@ -1,0 +1,207 @@
+"""The lean rendering paths (issue 15, item 2: rendering cheaper) give the general code's bytes.
+
+`Renderer.plain` writes the entry of a plain text message with a fraction of the general path's calls. The
+property: over any month of mixed events (edits, reactions, deletions, replies, settings, memberships,
+withheld records, Signal names, attachments, hostile text, missing times), the transcript with the lean path is
+byte for byte the transcript without it; the lean path accepts exactly the plain messages nothing touches and
+declines the rest. The package test builds January of the archive test log (two rooms, a room name, an edit,
+a deletion, an image, a withheld message) with and without the lean path, inline and with the rendering pool
+forced on, and compares every file's SHA-256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+from datetime import tzinfo
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from bridge.archive import render
+from bridge.archive.lookahead import Lookahead
+from bridge.archive.package import snapshot
+from bridge.archive.range import Month
+from bridge.archive.transcript import TranscriptEntry, kinds, write_transcript
+from bridge.archive.transcript.kinds import Renderer
+from bridge.archive.transcript.text import local_time
+from bridge.events import MATRIX, SIGNAL, Attachment, ConversationId, Event, EventId, Kind, SenderId, SourceName
+from bridge.policy import Withheld
+from tests.conftest import LogDir
+from tests.support.archive_log import OPTIONS, create_archive_log, january_february, seal_for
+
+T0 = 1_705_320_000_000
+SENDERS = [None, "@a:example.org", "@b:example.org", "@a:example.org\u202e", "+31612345678"]
+TEXT = st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from("<>&\"'\r\n\u202e👍🏽🇳🇱"), max_size=20)
+VALUES = st.none() | st.booleans() | st.integers(-3, 3) | TEXT
+CONTENT_KEYS = [
+    "msgtype", "body", "format", "formatted_body", "reply_to", "sender_name", "encryption",
+    "redacted_before_capture", "membership", "target", "displayname", "key", "removed", "reason", "voice",
+]  # fmt: skip
+PLAIN = frozenset(("msgtype", "body"))
+
+
+@st.composite
+def months(draw: st.DrawFn) -> list[TranscriptEntry]:
+    """A conversation-month: events of every kind that changes how a message shows, pointing at each other."""
+    n = draw(st.integers(1, 14))
+    entries: list[TranscriptEntry] = []
+    for i in range(n):
+        kind = draw(st.sampled_from([Kind.MESSAGE] * 6 + [Kind.EDIT, Kind.REACTION, Kind.DELETION, Kind.MEMBERSHIP,
+                                                        Kind.STATE, Kind.ATTACHMENT, Kind.NOTICE]))  # fmt: skip
+        plain = draw(st.booleans())
+        keys = draw(st.lists(st.sampled_from(["msgtype", "body"] if plain else CONTENT_KEYS), max_size=4))
+        content: dict[str, Any] = {k: draw(VALUES) for k in keys}
+        if kind == Kind.STATE and draw(st.booleans()):
+            content = {"type": "m.room.topic", "content": {"topic": draw(TEXT)}}
+        earlier = draw(st.integers(0, max(0, i - 1)))
+        relates = f"$e{earlier}" if i and kind in (Kind.EDIT, Kind.REACTION, Kind.DELETION) else None
+        if i and draw(st.integers(0, 3)) == 0:
+            content["reply_to"] = f"$e{earlier}"  # a reply quotes an earlier message (a snippet of it)
+        atts = (Attachment("b1", "a.png", "image/png", 3, "stored"),) if kind == Kind.ATTACHMENT else ()
+        sent = draw(st.none() | st.integers(T0 - 3 * 86_400_000, T0 + 3 * 86_400_000))
+        event = Event(
+            source=SourceName(draw(st.sampled_from([MATRIX, SIGNAL]))),
+            conversation=ConversationId("!r:example.org"),
+            event_id=EventId(f"$e{i}"),
+            kind=kind,
+            sender=SenderId(s) if (s := draw(st.sampled_from(SENDERS))) is not None else None,
+            sent_at=sent,
+            received_at=T0 + i,
+            content=content,
+            relates_to=EventId(relates) if relates is not None else None,
+            attachments=atts,
+        )
+        withheld = Withheld("privé", "@archivaris:example.org", T0, 3) if draw(st.integers(0, 9)) == 0 else None
+        shown = None if withheld is not None and draw(st.booleans()) else event
+        entries.append(TranscriptEntry(100 + i, shown, withheld, {"b1": "media/a.png"}))
+    return entries
+
+
+def _transcript(entries: list[TranscriptEntry], edited: Any, deleted: Any, ahead: bool, tz: tzinfo) -> bytes:
+    out = io.BytesIO()
+    events = [e.event for e in entries if e.event is not None and e.withheld is None]
+    write_transcript(
+        out,
+        title="t",
+        conversation="!r:example.org",
+        month="2024-01",
+        entries=entries,
+        edited_ids=edited,
+        deleted_ids=deleted,
+        names={"@b:example.org": "Bea"},
+        lookahead=Lookahead.of(events) if ahead else None,
+        tz=tz,
+    )
+    return out.getvalue()
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(
+    entries=months(),
+    marked=st.lists(st.integers(0, 13), max_size=3),
+    ahead=st.booleans(),
+    zone=st.sampled_from(["Europe/Amsterdam", "UTC", "Asia/Kathmandu"]),
+)
+def test_the_lean_entry_gives_the_general_transcript(
+    entries: list[TranscriptEntry], marked: list[int], ahead: bool, zone: str
+) -> None:
+    """The whole transcript is the same bytes with and without `Renderer.plain` (marks from the writer's
+    pre-pass too: edited and deleted ids, as sets and as mappings)."""
+    edited = {f"$e{i}": "$e0" for i in marked[:1]}
+    deleted = {f"$e{i}" for i in marked[1:]}
+    tz = ZoneInfo(zone)
+    lean = _transcript(entries, edited, deleted, ahead, tz)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kinds, "LEAN", False)
+        general = _transcript(entries, edited, deleted, ahead, tz)
+    assert lean == general
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(entries=months(), ahead=st.booleans())
+def test_the_lean_entry_takes_exactly_the_untouched_plain_messages(entries: list[TranscriptEntry], ahead: bool) -> None:
+    """`Renderer.plain` accepts a message with no attachments and only msgtype/body that nothing in the month
+    points at, and gives the general entry for it; it declines every other event (None)."""
+    events = [e.event for e in entries if e.event is not None and e.withheld is None]
+    look = Lookahead.of(events) if ahead else Lookahead()
+    touched = look.quoted | set(look.deletions) | {ev.event_id for ev in look.settings}
+    lean_renderer = Renderer({}, look.edited, frozenset(), look)
+    general_renderer = Renderer({}, look.edited, frozenset(), look)
+    for entry in entries:
+        ev = entry.event
+        if ev is None or entry.withheld is not None:
+            continue
+        t = local_time(ev.sent_at if ev.sent_at is not None else ev.received_at)
+        lean = lean_renderer.plain(entry.seq, ev, t)
+        general = general_renderer._entry(entry, t)  # the general path itself
+        expected = (
+            ev.kind == Kind.MESSAGE and not ev.attachments and ev.content.keys() <= PLAIN and ev.event_id not in touched
+        )
+        assert (lean is not None) == expected, (ev, touched)
+        if lean is not None:
+            assert lean == general
+
+
+def test_a_touched_or_rich_message_is_declined() -> None:
+    """Each reason to decline on its own: an attachment, another content key, a reaction to it, another kind."""
+    base = Event(MATRIX, ConversationId("!r"), EventId("$m"), Kind.MESSAGE, SenderId("@a:x"), T0, T0,
+                 {"msgtype": "m.text", "body": "hoi"})  # fmt: skip
+    reaction = Event(MATRIX, ConversationId("!r"), EventId("$r"), Kind.REACTION, SenderId("@b:x"), T0, T0,
+                     {"key": "👍"}, relates_to=EventId("$m"))  # fmt: skip
+    t = local_time(T0)
+    assert Renderer({}, {}, (), Lookahead.of([base])).plain(1, base, t) is not None
+    assert Renderer({}, {}, (), Lookahead.of([base, reaction])).plain(1, base, t) is None
+    assert Renderer({}, {"$m": "$x"}, (), Lookahead()).plain(1, base, t) is None  # edited (writer's pre-pass)
+    assert Renderer({}, {}, {"$m"}, Lookahead()).plain(1, base, t) is None  # deleted (writer's pre-pass)
+    rich = Event(MATRIX, ConversationId("!r"), EventId("$m"), Kind.MESSAGE, SenderId("@a:x"), T0, T0,
+                 {"msgtype": "m.text", "body": "hoi", "format": "org.matrix.custom.html"})  # fmt: skip
+    assert Renderer({}, {}, (), Lookahead()).plain(1, rich, t) is None
+    att = Event(MATRIX, ConversationId("!r"), EventId("$m"), Kind.MESSAGE, SenderId("@a:x"), T0, T0,
+                {"body": "a.png"}, attachments=(Attachment("b", "a.png", "image/png", 1, "stored"),))  # fmt: skip
+    assert Renderer({}, {}, (), Lookahead()).plain(1, att, t) is None
+    edit = Event(MATRIX, ConversationId("!r"), EventId("$e"), Kind.EDIT, SenderId("@a:x"), T0, T0, {"body": "x"})
+    assert Renderer({}, {}, (), Lookahead()).plain(1, edit, t) is None
+
+
+# -- the package ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory: pytest.TempPathFactory) -> LogDir:
+    root = tmp_path_factory.mktemp("leanlog")
+    with pytest.MonkeyPatch.context() as mp:
+        log = create_archive_log(root)
+        january_february(log, mp)
+    return log
+
+
+def _digests(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()
+    }
+
+
+def test_the_package_is_the_same_with_the_lean_paths(
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """January's package by the general code (lean paths off, one process) and by the lean code in 1 and 2
+    processes (the rendering pool forced on): every file hashes the same."""
+    shutil.copytree(made.data_dir, tmp_path / "data")
+    log = LogDir(tmp_path / "data", made.key_file, made.keys)
+    january = Month(2024, 1)
+    with monkeypatch.context() as mp:
+        mp.setattr(kinds, "LEAN", False)
+        before = snapshot(log.data_dir, log.keys, january, tmp_path / "general", OPTIONS, seal=seal_for(log), workers=1)
+    want = _digests(before.path)
+    assert any(rel.endswith("transcript.html") for rel in want) and len(want) > 20
+    monkeypatch.setattr(render, "POOL_MIN_BYTES", 0)
+    for workers in (1, 2):
+        out = tmp_path / f"lean{workers}"
+        built = snapshot(log.data_dir, log.keys, january, out, OPTIONS, seal=seal_for(log), workers=workers)
+        assert _digests(built.path) == want
