@@ -60,19 +60,24 @@ def _digests(root: Path) -> dict[str, str]:
     }
 
 
+def _count_starts(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
+    """Wrap `scan.<name>` (a worker pool class); the returned list gets one entry per pool started."""
+    started: list[int] = []
+    real = getattr(scan, name)
+
+    def counting(*args: object) -> object:
+        started.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(scan, name, counting)
+    return started
+
+
 def _force_processes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Workers for any range, 2 records a chunk; returns a list that gets one entry per Scanner started."""
     monkeypatch.setattr(scan, "PARALLEL_MIN_RECORDS", 0)
     monkeypatch.setattr(scan, "CHUNK", 2)
-    started: list[int] = []
-    real = scan.Scanner
-
-    def counting(*args: object) -> scan.Scanner:
-        started.append(1)
-        return real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(scan, "Scanner", counting)
-    return started
+    return _count_starts(monkeypatch, "Scanner")
 
 
 def test_record_pass_in_processes_gives_the_same_package(
@@ -174,15 +179,7 @@ def test_a_tampered_log_is_refused_the_same_way(
 def _force_dossier_processes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     monkeypatch.setattr(verify_package, "SCAN_MIN_BYTES", 0)
     monkeypatch.setattr(scan, "FRAME_LINES", 2)
-    started: list[int] = []
-    real = scan.DossierScanner
-
-    def counting(*args: object) -> scan.DossierScanner:
-        started.append(1)
-        return real(*args)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(scan, "DossierScanner", counting)
-    return started
+    return _count_starts(monkeypatch, "DossierScanner")
 
 
 def _january(made: LogDir, tmp_path: Path) -> tuple[LogDir, Path]:
