@@ -52,6 +52,11 @@ Encoder = Callable[[bytes, int], tuple[str, str, bytes, bool]]
 #: Seconds to wait for a worker to exit once its pipe is closed, before it is killed.
 EXIT_WAIT_SECONDS = 5.0
 _LENGTH_BYTES = 8
+#: The frames' pipe size (Linux caps it at /proc/sys/fs/pipe-max-size, 1 MiB by default). Why not the default
+#: 64 KiB: the reader is a thread of the writer's process, and it needs the GIL after every read(2) while the
+#: event loop holds it for up to the switch interval (5 ms) at a time; with 64 KiB reads a 1.5 MB batch took
+#: ~24 of those waits and the worker stalled on its full pipe (no overlap at all: 51 us/event, the sum of both).
+PIPE_BYTES = 1 << 20
 # The worker's entry: the parent's sys.path first (so it imports the same `bridge`), from the config frame
 # on stdin; -I below keeps PYTHONPATH and the user's site out of it.
 # Ctrl-C reaches the workers too (same process group): they end without a traceback, the parent reports it.
@@ -249,7 +254,10 @@ class WorkerPool:
         try:
             for index in range(workers):
                 proc = subprocess.Popen(  # our own interpreter and entry, no operator input
-                    [sys.executable, "-I", "-c", _BOOT], stdin=subprocess.PIPE, stdout=subprocess.PIPE
+                    [sys.executable, "-I", "-c", _BOOT],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    pipesize=PIPE_BYTES,
                 )
                 procs.append(proc)
                 assert proc.stdin is not None

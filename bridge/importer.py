@@ -160,10 +160,19 @@ async def import_file(
 
 
 async def _pipeline(jobs: AsyncIterator[_Job], counts: ImportCounts, progress: Callable[[int], None] | None) -> None:
-    """One batch sealing on the event loop while the one before commits."""
+    """One batch sealing on the event loop while the one before commits. When the source of batches fails
+    (a worker died, the file became unreadable), the batches it handed over are whole: they commit first."""
     appending: deque[asyncio.Task[AppendResult]] = deque()
     try:
-        async for job in jobs:
+        while True:
+            try:
+                job = await anext(jobs)
+            except StopAsyncIteration:
+                break
+            except Exception:
+                while appending:
+                    _tally(await appending.popleft(), counts)
+                raise
             counts.unknown += job.unknown
             appending.append(asyncio.create_task(job.append()))
             await asyncio.sleep(0)  # let it start sealing
