@@ -35,6 +35,7 @@ import contextlib
 import importlib.util
 import marshal
 import os
+import signal
 import subprocess
 import sys
 import types
@@ -317,6 +318,8 @@ class WorkerPool:
         with contextlib.suppress(subprocess.TimeoutExpired):
             await asyncio.to_thread(proc.wait, EXIT_WAIT_SECONDS)
         code = proc.returncode
+        if code == -signal.SIGINT:  # Ctrl-C reached the worker first: the operator's interrupt, not a failure
+            raise KeyboardInterrupt
         how = (
             "still running"
             if code is None

@@ -304,3 +304,39 @@ def test_the_worker_imports_no_matrix_client() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={
         **os.environ, "PYTHONPATH": str(Path(import_worker.__file__).parents[1])}).stdout  # fmt: skip
     assert out.split() == ["False", "False", "False"]
+
+
+def test_the_cli_import_uses_workers_for_a_large_file_and_prints_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`chatarchief import` (its `LocalWriter`) with the threshold at 1 byte starts a worker and prints the
+    same counts line as with the worker off; both logs verify."""
+    from typer.testing import CliRunner
+
+    from bridge.cli import app
+
+    path = _mixed_file(tmp_path / "in.jsonl")
+    started: list[int] = []
+    start = WorkerPool.start
+
+    def counting(*args: Any) -> WorkerPool:
+        pool = start(*args)
+        started.append(len(pool.pids))
+        return pool
+
+    monkeypatch.setattr(import_worker.WorkerPool, "start", counting)
+    monkeypatch.setattr(importer.os, "sched_getaffinity", lambda _: {0, 1})
+    outputs = []
+    for name, threshold in (("off", 1 << 40), ("on", 1)):
+        monkeypatch.setattr(importer, "WORKER_MIN_BYTES", threshold)
+        secrets = tmp_path / f"secrets-{name}"
+        secrets.mkdir(mode=0o700)
+        data, key = tmp_path / f"data-{name}", secrets / "ca.key"
+        runner = CliRunner()
+        assert runner.invoke(app, ["init", "--data-dir", str(data), "--key-file", str(key)]).exit_code == 0
+        result = runner.invoke(app, ["import", "--data-dir", str(data), "--key-file", str(key), str(path)])
+        assert result.exit_code == 0, result.stderr
+        outputs.append(result.stdout)
+        assert runner.invoke(app, ["verify", "--data-dir", str(data), "--key-file", str(key)]).exit_code == 0
+    assert started == [1]
+    assert outputs[0] == outputs[1] and "appended 124, duplicates 26, unknown 16" in outputs[0]
