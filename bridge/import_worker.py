@@ -299,10 +299,18 @@ class WorkerPool:
             raise await self._died(index, f"sent a broken frame ({exc})") from None
 
     def _batch(self, k: int, frame: tuple[Any, ...]) -> WorkerBatch:
+        """The frame as a batch, its columns checked for shape (a bug would otherwise surface mid-seal)."""
         try:
-            return WorkerBatch(*frame[1:])
+            batch = WorkerBatch(*frame[1:])
         except TypeError:
-            raise ImportWorkerError(f"import worker sent a malformed batch {k}") from None
+            batch = None
+        columns: list[list[str] | list[bytes] | bytes] = [] if batch is None else [
+            batch.conversations, batch.event_ids, batch.tags, batch.conversation_tags, batch.versions,
+            batch.commitments, batch.plaintexts,
+        ]  # fmt: skip
+        if batch is None or not columns[0] or any(len(c) != len(columns[0]) for c in columns):
+            raise ImportWorkerError(f"import worker sent a malformed batch {k}")
+        return batch
 
     async def _end(self, index: int, frame: tuple[Any, ...] | None) -> tuple[int, int, int]:
         if frame is None:

@@ -340,3 +340,13 @@ def test_the_cli_import_uses_workers_for_a_large_file_and_prints_the_same(
         assert runner.invoke(app, ["verify", "--data-dir", str(data), "--key-file", str(key)]).exit_code == 0
     assert started == [1]
     assert outputs[0] == outputs[1] and "appended 124, duplicates 26, unknown 16" in outputs[0]
+
+
+def test_a_malformed_batch_is_refused_before_anything_is_sealed() -> None:
+    """Columns of unequal length, too few fields or an empty batch: ImportWorkerError, not an error mid-seal."""
+    pool = WorkerPool([])
+    good = ("batch", 10, True, 0, ["!r:x"], ["$e"], [b"t" * 16], [b"c" * 16], b"\x02", [b"h" * 32], [b"p"])
+    assert pool._batch(0, good).event_ids == ["$e"]
+    for bad in (good[:-1], (*good[:5], ["$e", "$f"], *good[6:]), (*good[:4], [], [], [], [], b"", [], [])):
+        with pytest.raises(ImportWorkerError, match="malformed batch 3"):
+            pool._batch(3, bad)
