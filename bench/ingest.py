@@ -9,7 +9,14 @@ and each runs in a fresh subprocess so its peak RSS is its own:
   executemany in batches of 256 (WAL, synchronous=FULL). No parsing, no tree.
 - chatarchief: the real import path (parse, normalise, canonical encoding, salted
   commitment, AEAD with bound header, hash chain, Merkle frontier, dedup index
-  looked up on its own connection, group commit of 4096, signed checkpoints).
+  looked up on its own connection, group commit of 4096, signed checkpoints), with
+  its pure stage in worker processes when the file is large enough (`--workers`:
+  `auto` as `chatarchief import` chooses, or a number; 0 keeps it in process).
+- in-process (with `--in-process`): the same import with no worker, for the
+  before/after in one run.
+
+CPU is every thread of the import process ("main") plus its worker processes
+("workers", RUSAGE_CHILDREN once they are reaped).
 
 Prints events/s of both, the ratio at each size (goal >= 0.7, issue 15), µs per
 event at both sizes (linear: the larger within 10% of the smaller), peak RSS
@@ -112,7 +119,7 @@ async def _insert(db: object, rows: list[tuple[int, bytes, bytes, bytes]]) -> No
     await db.execute("COMMIT")  # type: ignore[attr-defined]
 
 
-async def chatarchief(path: Path, work: Path) -> int:
+async def chatarchief(path: Path, work: Path, workers: int | None = None) -> int:
     from bridge.importer import import_file
     from bridge.log import keys as keyfile
     from bridge.log.store import LogStore, initialise
@@ -121,7 +128,7 @@ async def chatarchief(path: Path, work: Path) -> int:
     _KEYS.append(material)
     initialise(work / "data", material)
     async with await LogStore.open(work / "data", material) as store:
-        counts = await import_file(store, path)
+        counts = await import_file(store, path, workers=workers)
     return counts.appended
 
 
@@ -157,22 +164,29 @@ def written_bytes() -> int:
     return 0
 
 
-def child(which: str, path: Path) -> None:
+def child(which: str, path: Path, workers: str) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
         start = time.perf_counter()
-        n = asyncio.run((baseline if which == "baseline" else chatarchief)(path, Path(tmp)))
+        if which == "baseline":
+            n = asyncio.run(baseline(path, Path(tmp)))
+        else:
+            count = 0 if which == "in-process" else None if workers == "auto" else int(workers)
+            n = asyncio.run(chatarchief(path, Path(tmp), count))
         elapsed = time.perf_counter() - start
         disk = disk_bytes(Path(tmp))
         written = written_bytes()  # before the temporary directory goes (its unwritten pages are cancelled)
         usage = resource.getrusage(resource.RUSAGE_SELF)  # every thread of this process: the CPU it cost
         cpu = usage.ru_utime + usage.ru_stime
-        reopened = asyncio.run(reopen(Path(tmp))) if which == "chatarchief" else 0.0
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # the import workers, reaped by now
+        worker_cpu = kids.ru_utime + kids.ru_stime
+        reopened = asyncio.run(reopen(Path(tmp))) if which != "baseline" else 0.0
     print(
         json.dumps(
             {
                 "events": n,
                 "seconds": elapsed,
                 "cpu": cpu,
+                "worker_cpu": worker_cpu,
                 "rss_mb": peak_rss_mb(),
                 "disk": disk,
                 "written": written,
@@ -182,9 +196,9 @@ def child(which: str, path: Path) -> None:
     )
 
 
-def run_child(which: str, path: Path) -> dict[str, float]:
+def run_child(which: str, path: Path, workers: str) -> dict[str, float]:
     proc = subprocess.run(
-        [sys.executable, __file__, "--child", which, "--file", str(path)],
+        [sys.executable, __file__, "--child", which, "--file", str(path), "--workers", workers],
         capture_output=True,
         text=True,
         check=True,
@@ -196,12 +210,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--workers", default="auto", help="import workers: auto (as the CLI) or a number")
+    ap.add_argument("--in-process", action="store_true", help="also run the import with no worker (before/after)")
     ap.add_argument("--child")
     ap.add_argument("--file")
     args = ap.parse_args()
     if args.child:
-        child(args.child, Path(args.file))
+        child(args.child, Path(args.file), args.workers)
         return
+    pipelines = ("baseline", "chatarchief", "in-process") if args.in_process else ("baseline", "chatarchief")
     with tempfile.TemporaryDirectory(prefix="bench-input-") as tmp:
         results: dict[tuple[str, int], dict[str, float]] = {}
         inputs: dict[int, int] = {}
@@ -210,10 +227,10 @@ def main() -> None:
             size = make_events(path, n)
             inputs[n] = size
             print(f"input: {n} events, {size / n:.0f} bytes/event average")
-            for which in ("baseline", "chatarchief"):
+            for which in pipelines:
                 best: dict[str, float] | None = None
                 for _ in range(args.repeat):
-                    r = run_child(which, path)
+                    r = run_child(which, path, args.workers)
                     if best is None or r["seconds"] < best["seconds"]:
                         best = r
                 assert best is not None and best["events"] == n, best
@@ -221,7 +238,9 @@ def main() -> None:
                 rate = n / best["seconds"]
                 print(
                     f"  {which:12s} {rate:10,.0f} events/s  {best['seconds']:6.2f} s  peak RSS {best['rss_mb']:.0f} MB"
-                    f"  CPU {best['cpu'] / n * 1e6:5.1f} us/event  on disk {best['disk'] / n:6.0f} bytes/event"
+                    f"  CPU {(best['cpu'] + best.get('worker_cpu', 0)) / n * 1e6:5.1f} us/event"
+                    f" (main {best['cpu'] / n * 1e6:5.1f} + workers {best.get('worker_cpu', 0) / n * 1e6:5.1f})"
+                    f"  on disk {best['disk'] / n:6.0f} bytes/event"
                     f"  written {best.get('written', 0) / n:7.0f} bytes/event"
                 )
         sizes = sorted({args.events // 10, args.events})
@@ -235,6 +254,12 @@ def main() -> None:
                 f" on disk {ours['disk'] / n:.0f} bytes/event against {inputs[n] / n:.0f} of input"
                 f" (x{ours['disk'] / inputs[n]:.2f}, goal <= 1)"
             )
+            if ("in-process", n) in results:
+                before = results[("in-process", n)]
+                print(
+                    f"at {n}: ratio in-process/baseline {base['seconds'] / before['seconds']:.2f}"
+                    f" (the import with no worker, same run); workers x{before['seconds'] / ours['seconds']:.2f}"
+                )
         small, large = sizes[0], sizes[-1]
         growth = (results[("chatarchief", large)]["seconds"] / large) / (
             results[("chatarchief", small)]["seconds"] / small
@@ -242,7 +267,10 @@ def main() -> None:
         print(f"chatarchief us/event at {large} / at {small}: {growth:.2f} (linear: <= 1.10)")
         # On a shared machine the wall time swings with the load: the CPU time per event (every thread of the
         # import process) and the wall growth divided by the baseline's own growth in the same run say more.
-        ours_cpu = [results[("chatarchief", n)]["cpu"] / n for n in (small, large)]
+        ours_cpu = [
+            (results[("chatarchief", n)]["cpu"] + results[("chatarchief", n)].get("worker_cpu", 0)) / n
+            for n in (small, large)
+        ]
         base_wall = [results[("baseline", n)]["seconds"] / n for n in (small, large)]
         print(
             f"chatarchief CPU us/event at {large} / at {small}: {ours_cpu[1] / ours_cpu[0]:.2f};"

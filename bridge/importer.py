@@ -11,29 +11,46 @@ queued input, so its batches are large (`BATCH`): one transaction and one fsync
 per 4096 lines instead of per 256 cut SQLite's time per row by more than half;
 live capture keeps its own small batches (latency). A signed checkpoint is
 written at the end, so a truncated tail is caught by `verify`.
+
+A large file on a machine with a spare CPU has its pure stage done in worker
+processes (`bridge.import_worker`: reading and cutting the lines, normalising,
+canonical encoding, the dedup and conversation tags, the salted commitment and the
+zstd frame); this process keeps what the log's order binds (the dedup decision,
+seq, header, AES-GCM, leaf, commit: `LogStore.append_presealed`). Same records,
+counts, progress and checkpoint as in process. An import handed to a running bot
+stays in process: the control socket takes plain entries only.
 """
 
 from __future__ import annotations
 
 import asyncio
 import enum
+import functools
+import os
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from bridge.clock import now_ms
 from bridge.errors import UsageError
 from bridge.events import MATRIX
+from bridge.import_worker import Tally, WorkerPool, cut
 from bridge.log.format import RecordType
-from bridge.log.store import AppendResult
-from bridge.log.writer import Appender
+from bridge.log.store import AppendResult, LogStore, Presealed
+from bridge.log.writer import Appender, LocalWriter
 from bridge.sources.matrix.fast import encode_line
 
 #: Lines per group commit (bench/ingest.py: 256 -> 4096 took 30k events from ~10.5k to ~14k events/s).
 BATCH = 4096
 #: Lines encoded between two yields to the event loop (see `_encode_yielding`).
 YIELD_EVERY = 256
+#: Files smaller than this are imported in process: a worker's start-up (~0.1 s of CPU, up to 0.3 s on a
+#: loaded machine) costs more than it saves below it (docs/log-format.md, "Import in a worker process").
+WORKER_MIN_BYTES = 8 << 20
+#: At most this many import workers: past two the writer's own work (AES-GCM, SQLite) is the bottleneck.
+MAX_WORKERS = 2
 
 
 class ImportFormat(enum.StrEnum):
@@ -47,15 +64,6 @@ class ImportCounts:
     duplicates: int = 0
     unknown: int = 0
     blank: int = 0
-
-
-def _lines(path: Path) -> Iterator[bytes]:
-    try:
-        fh = path.open("rb")
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    with fh:
-        yield from fh
 
 
 Entry = tuple[RecordType, str, str, str, bytes]
@@ -75,25 +83,47 @@ def encode_batch(lines: list[bytes], received: int) -> tuple[list[Entry], int]:
     return entries, unknown
 
 
-def _batches(path: Path, counts: ImportCounts, progress: Callable[[int], None] | None) -> Iterator[list[bytes]]:
-    batch: list[bytes] = []
-    read = 0
-    for line in _lines(path):
-        read += len(line)
-        if not line.strip():
-            counts.blank += 1
-            continue
-        counts.lines += 1
-        batch.append(line)
-        if len(batch) >= BATCH:
-            yield batch
-            batch = []
-            if progress is not None:
-                progress(read)
-    if batch:
-        yield batch
-    if progress is not None:
-        progress(read)
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """One batch ready to append: `append()` starts it; `read` is the bytes read at its cut when the batch
+    was full (progress is reported after it, as it always was), else None."""
+
+    append: Callable[[], Coroutine[Any, Any, AppendResult]]
+    unknown: int
+    read: int | None
+
+
+def usable_workers() -> int:
+    """Worker processes worth starting: the CPUs this process may use minus one (the writer's), at most
+    `MAX_WORKERS`."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(cpus - 1, MAX_WORKERS))
+
+
+def _local_store(store: Appender) -> LogStore | None:
+    """The `LogStore` this process writes through, or None (the running bot writes: its control socket takes
+    plain entries only, so that import stays in process)."""
+    if isinstance(store, LogStore):
+        return store
+    if isinstance(store, LocalWriter):
+        return store.store
+    return None
+
+
+def _plan(store: Appender, path: Path, workers: int | None) -> tuple[LogStore | None, int]:
+    local = _local_store(store)
+    if local is None:
+        return None, 0
+    if workers is None:
+        try:
+            small = path.stat().st_size < WORKER_MIN_BYTES
+        except OSError:
+            small = True  # the in-process reader names the error
+        workers = 0 if small else usable_workers()
+    return local, workers
 
 
 async def import_file(
@@ -101,29 +131,77 @@ async def import_file(
     path: Path,
     fmt: ImportFormat = ImportFormat.MATRIX_JSONL,
     progress: Callable[[int], None] | None = None,
+    *,
+    workers: int | None = None,
 ) -> ImportCounts:
-    """Append every event in `path`; returns the counts. `progress(bytes_read)`."""
+    """Append every event in `path`; returns the counts. `progress(bytes_read)`.
+
+    `workers`: worker processes for the pure stage (`bridge.import_worker`); None chooses (none for a file
+    under `WORKER_MIN_BYTES`, a bot's writer or one usable CPU), 0 keeps everything in this process. The
+    records, counts and progress are the same either way.
+    """
     if fmt is not ImportFormat.MATRIX_JSONL:
         raise UsageError(f"unsupported import format {fmt}")
     counts = ImportCounts()
-    # Pipeline: one batch sealing on the event loop while the one before commits.
+    local, workers = _plan(store, path, workers)
+    if local is None or workers <= 0:
+        tally = Tally()
+        await _pipeline(_in_process(store, path, tally), counts, progress)
+    else:
+        async with WorkerPool.start(path, local.tagging_key(), MATRIX, BATCH, workers) as pool:
+            await _pipeline(_from_workers(local, pool), counts, progress)
+            assert pool.tally is not None
+            tally = pool.tally
+    counts.lines, counts.blank = tally.lines, tally.blank
+    if progress is not None:
+        progress(tally.read)
+    await store.checkpoint()
+    return counts
+
+
+async def _pipeline(jobs: AsyncIterator[_Job], counts: ImportCounts, progress: Callable[[int], None] | None) -> None:
+    """One batch sealing on the event loop while the one before commits. When the source of batches fails
+    (a worker died, the file became unreadable), the batches it handed over are whole: they commit first."""
     appending: deque[asyncio.Task[AppendResult]] = deque()
     try:
-        for lines in _batches(path, counts, progress):
-            entries, unknown = await _encode_yielding(lines, now_ms())
-            counts.unknown += unknown
-            appending.append(asyncio.create_task(store.append_records(entries)))
-            del entries  # the task holds them until sealed, no longer (memory)
+        while True:
+            try:
+                job = await anext(jobs)
+            except StopAsyncIteration:
+                break
+            except Exception:
+                while appending:
+                    _tally(await appending.popleft(), counts)
+                raise
+            counts.unknown += job.unknown
+            appending.append(asyncio.create_task(job.append()))
             await asyncio.sleep(0)  # let it start sealing
             while len(appending) >= 2:
                 _tally(await appending.popleft(), counts)
+            if job.read is not None and progress is not None:
+                progress(job.read)
         while appending:
             _tally(await appending.popleft(), counts)
     finally:
         for task in appending:
             task.cancel()
-    await store.checkpoint()
-    return counts
+
+
+async def _in_process(store: Appender, path: Path, tally: Tally) -> AsyncIterator[_Job]:
+    for lines in cut(path, BATCH, tally):
+        entries, unknown = await _encode_yielding(lines, now_ms())
+        full = len(lines) >= BATCH
+        yield _Job(functools.partial(store.append_records, entries), unknown, tally.read if full else None)
+        del entries  # the task holds them until sealed, no longer (memory)
+
+
+async def _from_workers(store: LogStore, pool: WorkerPool) -> AsyncIterator[_Job]:
+    async for b in pool.batches():
+        presealed = Presealed(
+            MATRIX, b.conversations, b.event_ids, b.tags, b.conversation_tags, b.versions, b.commitments, b.plaintexts
+        )
+        yield _Job(functools.partial(store.append_presealed, presealed), b.unknown, b.read if b.full else None)
+        del presealed
 
 
 async def _encode_yielding(lines: list[bytes], received: int) -> tuple[list[Entry], int]:

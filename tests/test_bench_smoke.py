@@ -11,7 +11,7 @@ from tests.support.bench import run_bench
 def test_ingest_benchmark_runs_and_prints_its_table() -> None:
     """`bench/ingest.py` at 2,000 events imports every event in both pipelines and prints ratios, µs/event at
     both sizes and peak RSS (the lines the issue's table is read from)."""
-    out = run_bench("ingest.py", "--events", "2000", "--repeat", "1")
+    out = run_bench("ingest.py", "--events", "2000", "--repeat", "1", "--workers", "1", "--in-process")
     for line in ("at 200: ratio chatarchief/baseline", "at 2000: ratio chatarchief/baseline", "us/event at 2000"):
         assert line in out, out
     assert "chatarchief peak RSS:" in out
@@ -19,6 +19,7 @@ def test_ingest_benchmark_runs_and_prints_its_table() -> None:
     assert "chatarchief CPU us/event at 2000 / at 200" in out  # linearity in CPU time, beside the wall figure
     assert "chatarchief bytes written per event" in out  # what grows when an index is written at random
     assert "chatarchief writer open on the imported log" in out  # the dedup filter is loaded at open
+    assert "at 2000: ratio in-process/baseline" in out  # the import with no worker beside the one with workers
 
 
 def test_consistency_benchmark_runs() -> None:

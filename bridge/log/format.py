@@ -154,14 +154,45 @@ def seal_record(
     Version 2 (the payload compressed) unless `compress` is false or the payload is larger than
     `compression.MAX_PAYLOAD`. The same bytes as `RecordHeader.pack`, `commitment`, `associated_data`,
     `compression.compress` and `leaf_of` composed (a property test pins it), built with fewer intermediate
-    objects: this runs once per record on the writer's hot path.
+    objects: this runs once per record on the writer's hot path. It is `prepare_plaintext` (what does not
+    depend on the record's place in the log) followed by `seal_prepared` (what does).
+    """
+    version, commit, plaintext = prepare_plaintext(salt, payload, compress=compress)
+    return seal_prepared(
+        sealer, prefix, rtype, seq, appended_ms, key_id, conversation_tag, nonce, prev_leaf, version, commit, plaintext
+    )
+
+
+def prepare_plaintext(salt: bytes, payload: bytes, *, compress: bool = True) -> tuple[int, bytes, bytes]:
+    """(version, commitment, plaintext to encrypt) of an encrypted record: the pure half of `seal_record`.
+
+    Independent of the record's position (seq, previous leaf, key), so an import computes it in a worker
+    process (`bridge.import_worker`) while the writer seals the batch before.
     """
     plaintext = salt + payload
     commit = hashlib.sha256(plaintext).digest()
     if compress and len(payload) <= compression.MAX_PAYLOAD:
-        version, plaintext = VERSION_COMPRESSED, salt + compression.compress(payload)
-    else:
-        version = VERSION_PLAIN
+        return VERSION_COMPRESSED, commit, salt + compression.compress(payload)
+    return VERSION_PLAIN, commit, plaintext
+
+
+def seal_prepared(
+    sealer: crypto.Sealer,
+    prefix: bytes,
+    rtype: RecordType,
+    seq: int,
+    appended_ms: int,
+    key_id: int,
+    conversation_tag: bytes,
+    nonce: bytes,
+    prev_leaf: bytes,
+    version: int,
+    commit: bytes,
+    plaintext: bytes,
+) -> tuple[bytes, bytes, bytes, bytes]:
+    """(header, commitment, ciphertext, leaf) from `prepare_plaintext`'s output: the half of `seal_record`
+    that binds the record to its place (the header, with seq and the previous leaf, is in the AEAD's
+    associated data and the leaf)."""
     header = _HEADER.pack(version, rtype, seq, appended_ms, key_id, conversation_tag, nonce, prev_leaf)
     body = sealer.seal(nonce, plaintext, prefix + header + commit)
     return header, commit, body, merkle.leaf_hash(header + commit + hashlib.sha256(body).digest())

@@ -101,6 +101,24 @@ class AppendResult:
     seqs: tuple[int, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class Presealed:
+    """A batch of EVENT entries of one source whose position-independent part is done (by an import worker,
+    `bridge.import_worker`): for entry n, `tags[n]` = `schema.dedup_tag(index key, source, conversations[n],
+    event_ids[n])`, `conversation_tags[n]` = `schema.conversation_tag(...)`, and `versions[n]`,
+    `commitments[n]`, `plaintexts[n]` = `format.prepare_plaintext(fresh salt, canonical payload)`.
+    Columns, not rows: that is how they cross the worker's pipe cheaply."""
+
+    source: str
+    conversations: list[str]
+    event_ids: list[str]
+    tags: list[bytes]
+    conversation_tags: list[bytes]
+    versions: bytes
+    commitments: list[bytes]
+    plaintexts: list[bytes]
+
+
 class LogStore:
     """The writer. Use as `async with await LogStore.open(dir, keys) as store:`."""
 
@@ -388,6 +406,11 @@ class LogStore:
         """Key material for the blob store of this log (current data key encrypts new media)."""
         return MediaKeys(self._keys.log_id, self._index_key, dict(self._data_keys), self._current_key)
 
+    def tagging_key(self) -> bytes:
+        """The index key, for an import worker that computes dedup and conversation tags (`Presealed`); it
+        crosses to the worker only through a pipe."""
+        return self._index_key
+
     async def get_cursor(self, name: str) -> str | None:
         """The source's stored cursor; refuses one whose MAC does not match (resuming could skip events)."""
         async with self._conn.execute("SELECT value, mac FROM cursors WHERE name = ?", (name,)) as cur:
@@ -484,6 +507,22 @@ class LogStore:
             del entries  # sealed: the payloads are not needed while the batch waits for its commit (memory)
             previous, self._tail = self._tail, asyncio.get_running_loop().create_future()
             done = self._tail
+        return await self._settle(batch, previous, done)
+
+    async def append_presealed(self, presealed: Presealed) -> AppendResult:
+        """`append_records` for a batch whose tags and compressed plaintexts are already computed: the same
+        dedup decision, conflicting versions, sealing (header, AES-GCM, leaf) and commit, the same records."""
+        async with self._seal_lock:
+            batch = await self._prepare_presealed(presealed)
+            del presealed
+            previous, self._tail = self._tail, asyncio.get_running_loop().create_future()
+            done = self._tail
+        return await self._settle(batch, previous, done)
+
+    async def _settle(
+        self, batch: _Batch, previous: asyncio.Future[None] | None, done: asyncio.Future[None]
+    ) -> AppendResult:
+        """Commit a sealed batch after the one sealed before it (see the writing section's comment)."""
         try:
             if previous is not None:
                 await asyncio.shield(previous)
@@ -520,6 +559,52 @@ class LogStore:
         self._inflight |= fresh
         self._filter.update(fresh)  # before the commit: a tag may be in the filter and not the log, never the reverse
         return _Batch(rows, len(entries) - len(rows), cursor, self._frontier.copy(), self._prev_leaf, fresh)
+
+    async def _prepare_presealed(self, presealed: Presealed) -> _Batch:
+        """`_prepare` for a `Presealed` batch (its tags are given)."""
+        pending = set(self._inflight)
+        in_log = await self._existing(presealed.tags)
+        if in_log:
+            presealed = await self._presealed_versions(presealed, in_log)
+        existing = in_log | pending | self._inflight
+        rows, fresh = self._seal_presealed(presealed, existing, now_ms())
+        self._inflight |= fresh
+        self._filter.update(fresh)  # as in `_prepare`
+        return _Batch(rows, len(presealed.tags) - len(rows), None, self._frontier.copy(), self._prev_leaf, fresh)
+
+    async def _presealed_versions(self, presealed: Presealed, in_log: set[bytes]) -> Presealed:
+        """`_versions` for the entries of a `Presealed` batch the log already holds (their payloads opened
+        from the prepared plaintext); a conflicting version is prepared here, with a fresh salt."""
+        held = [n for n, tag in enumerate(presealed.tags) if tag in in_log]
+        entries: list[Entry] = []
+        for n in held:
+            plaintext = presealed.plaintexts[n]
+            if presealed.versions[n] == format.VERSION_COMPRESSED:
+                plaintext = format.expand(plaintext)
+            entries.append((
+                format.RecordType.EVENT, presealed.source, presealed.conversations[n], presealed.event_ids[n],
+                format.split_plaintext(plaintext)[1],
+            ))  # fmt: skip
+        tags = [presealed.tags[n] for n in held]
+        entries_out, tags_out = await self._versions(entries, tags, in_log)
+        changed = [(n, e, t) for n, e, t, old in zip(held, entries_out, tags_out, tags, strict=True) if t != old]
+        if not changed:
+            return presealed
+        event_ids, tags_all, versions = list(presealed.event_ids), list(presealed.tags), bytearray(presealed.versions)
+        commitments, plaintexts = list(presealed.commitments), list(presealed.plaintexts)
+        for n, (_, _, _, version_id, payload), tag in changed:
+            version, commit, plaintext = format.prepare_plaintext(os.urandom(crypto.SALT_BYTES), payload)
+            event_ids[n], tags_all[n], versions[n], commitments[n], plaintexts[n] = (
+                version_id, tag, version, commit, plaintext
+            )  # fmt: skip
+        return dataclasses.replace(
+            presealed,
+            event_ids=event_ids,
+            tags=tags_all,
+            versions=bytes(versions),
+            commitments=commitments,
+            plaintexts=plaintexts,
+        )
 
     async def _versions(
         self, entries: Sequence[Entry], tags: list[bytes], in_log: set[bytes]
@@ -642,6 +727,44 @@ class LogStore:
                         randomness[at + crypto.NONCE_BYTES : at + width],
                         payload,
                     )
+                frontier.append(leaf)
+                prev = leaf
+                rows.append((seq, tag, header, commit, body, leaf))
+        finally:
+            self._prev_leaf = prev  # the chain ends at the last leaf the frontier took
+        return rows, fresh
+
+    def _seal_presealed(
+        self, presealed: Presealed, existing: set[bytes], appended_ms: int
+    ) -> tuple[list[_Row], set[bytes]]:
+        """`_seal_all` for a `Presealed` batch: only the part bound to the record's place is left (header,
+        AES-GCM, leaf; `format.seal_prepared`)."""
+        rows: list[_Row] = []
+        fresh: set[bytes] = set()
+        width = crypto.NONCE_BYTES
+        randomness = os.urandom(width * len(presealed.tags))
+        key_id = self._current_key
+        sealer, prefix = self._sealers[key_id], format.ad_prefix(self._keys.log_id)
+        frontier, prev = self._frontier, self._prev_leaf
+        seal, event = format.seal_prepared, format.RecordType.EVENT
+        columns = zip(
+            presealed.tags,
+            presealed.conversation_tags,
+            presealed.versions,
+            presealed.commitments,
+            presealed.plaintexts,
+            strict=True,
+        )
+        try:
+            for n, (tag, conv_tag, version, commit, plaintext) in enumerate(columns):
+                if tag in existing or tag in fresh:
+                    continue
+                fresh.add(tag)
+                seq, at = frontier.size, n * width
+                header, commit, body, leaf = seal(
+                    sealer, prefix, event, seq, appended_ms, key_id, conv_tag, randomness[at : at + width], prev,
+                    version, commit, plaintext,
+                )  # fmt: skip
                 frontier.append(leaf)
                 prev = leaf
                 rows.append((seq, tag, header, commit, body, leaf))

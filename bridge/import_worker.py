@@ -1,0 +1,367 @@
+"""The pure stage of `chatarchief import` in worker processes: lines in, presealed batches out.
+
+Contract. `WorkerPool.start(path, index_key, source, batch, workers)` starts `workers` processes that each
+read the whole input file themselves (the operator named it; nothing is written to disk), cut it into the
+same batches as the in-process import (`cut`), and for batch k, if k % workers is theirs, normalise each
+line, encode it canonically, and compute what does not depend on the record's place in the log
+(`preseal`): the dedup and conversation tags (keyed with the index key) and `format.prepare_plaintext`
+(fresh salt, commitment, zstd frame). `WorkerPool.batches()` yields them in file order. The writer keeps
+everything bound to the log's order: the dedup decision, seq, the header, AES-GCM (its associated data
+binds seq and the previous leaf), the leaf and the commit (`LogStore.append_presealed`).
+
+Secrets. The worker gets the index key only (never a data key or the KEK), through its stdin pipe, with
+the input's path and its options: nothing on its command line or in its environment. The input is read
+by the worker; the plaintext crosses only the pipe from worker to writer.
+
+Failure. A worker that dies (killed, out of memory, a bug) closes its pipe: `batches()` raises
+`ImportWorkerError` naming its exit status, after the batches it delivered complete. The caller has
+committed only whole batches, and a re-run counts those as duplicates. The caller stops the workers on
+any exit (`close`). Ctrl-C reaches the workers too (same process group); they end without a traceback
+and the parent reports the interrupt.
+
+Frames on the pipe are `marshal`ed tuples of str, bytes and int (marshal builds no objects but those and
+runs no code on load, unlike pickle), each behind an 8-byte length: ("batch", bytes read at the cut,
+full?, unknown, conversations, event ids, tags, conversation tags, versions, commitments, plaintexts),
+("end", lines, blank lines, bytes read) or ("error", message) for an input it cannot read.
+
+This module's top level imports only what a worker needs (the writer's modules pull in psycopg and the
+Matrix package matrix-nio, ~0.3-0.9 s of start-up): see `_pure_encoder`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import marshal
+import os
+import signal
+import subprocess
+import sys
+import types
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from bridge.clock import now_ms
+from bridge.errors import ChatarchiefError, UsageError
+from bridge.log import crypto, format
+
+#: One line's (conversation, event id, canonical payload, unknown?) (`bridge.sources.matrix.fast.encode_line`).
+Encoder = Callable[[bytes, int], tuple[str, str, bytes, bool]]
+#: Seconds to wait for a worker to exit once its pipe is closed, before it is killed.
+EXIT_WAIT_SECONDS = 5.0
+_LENGTH_BYTES = 8
+#: The frames' pipe size (Linux caps it at /proc/sys/fs/pipe-max-size, 1 MiB by default). Why not the default
+#: 64 KiB: the reader is a thread of the writer's process, and it needs the GIL after every read(2) while the
+#: event loop holds it for up to the switch interval (5 ms) at a time; with 64 KiB reads a 1.5 MB batch took
+#: ~24 of those waits and the worker stalled on its full pipe (no overlap at all: 51 us/event, the sum of both).
+PIPE_BYTES = 1 << 20
+# The worker's entry: the parent's sys.path first (so it imports the same `bridge`), from the config frame
+# on stdin; -I below keeps PYTHONPATH and the user's site out of it.
+# Ctrl-C reaches the workers too (same process group): they end without a traceback, the parent reports it.
+_BOOT = (
+    "import signal;signal.signal(signal.SIGINT,signal.SIG_DFL);"
+    "import marshal,sys;c=marshal.load(sys.stdin.buffer);sys.path[:0]=c.pop('sys_path');"
+    "import bridge.import_worker as w;sys.exit(w.serve(c))"
+)
+
+
+class ImportWorkerError(ChatarchiefError):
+    """An import worker died or broke its protocol (exit 1): the batches before are committed."""
+
+
+@dataclass
+class Tally:
+    """What `cut` has read so far."""
+
+    lines: int = 0
+    blank: int = 0
+    read: int = 0
+
+
+def cut(path: Path, size: int, tally: Tally) -> Iterator[list[bytes]]:
+    """The non-blank lines of `path` in batches of `size` (the last may be shorter); `tally` holds the
+    counts and the bytes read up to the end of the batch just yielded. UsageError if the file cannot be read."""
+    try:
+        fh = path.open("rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+    batch: list[bytes] = []
+    with fh:
+        for line in fh:
+            tally.read += len(line)
+            if not line.strip():
+                tally.blank += 1
+                continue
+            tally.lines += 1
+            batch.append(line)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerBatch:
+    """One batch from a worker: columns as in `bridge.log.store.Presealed`, plus where the file was."""
+
+    read: int
+    full: bool
+    unknown: int
+    conversations: list[str]
+    event_ids: list[str]
+    tags: list[bytes]
+    conversation_tags: list[bytes]
+    versions: bytes
+    commitments: list[bytes]
+    plaintexts: list[bytes]
+
+
+def preseal(
+    encode: Encoder, lines: list[bytes], received: int, index_key: bytes, source: str, conv_tags: dict[str, bytes]
+) -> tuple[int, list[str], list[str], list[bytes], list[bytes], bytes, list[bytes], list[bytes]]:
+    """(unknown, conversations, event ids, tags, conversation tags, versions, commitments, plaintexts) of a
+    batch: the pure work of the import, as `importer.encode_batch` then `LogStore._prepare`/`_seal_all` do
+    it in process. `conv_tags` caches conversation tags across batches. The tags are
+    `schema.dedup_tag`/`schema.conversation_tag` (a test pins it; `schema` pulls in psycopg)."""
+    salts = os.urandom(crypto.SALT_BYTES * len(lines))
+    unknown = 0
+    convs: list[str] = []
+    ids: list[str] = []
+    tags: list[bytes] = []
+    ctags: list[bytes] = []
+    versions = bytearray()
+    commits: list[bytes] = []
+    plaintexts: list[bytes] = []
+    keyed_tag, prepare, width = crypto.keyed_tag, format.prepare_plaintext, crypto.SALT_BYTES
+    for n, line in enumerate(lines):
+        conversation, event_id, payload, is_unknown = encode(line.rstrip(b"\r\n"), received)
+        unknown += is_unknown
+        ctag = conv_tags.get(conversation)
+        if ctag is None:
+            if len(conv_tags) > 100_000:
+                conv_tags.clear()
+            ctag = conv_tags[conversation] = keyed_tag(index_key, "conversation", source, conversation)
+        version, commit, plaintext = prepare(salts[n * width : (n + 1) * width], payload)
+        convs.append(conversation)
+        ids.append(event_id)
+        tags.append(keyed_tag(index_key, "event", source, conversation, event_id))
+        ctags.append(ctag)
+        versions.append(version)
+        commits.append(commit)
+        plaintexts.append(plaintext)
+    return unknown, convs, ids, tags, ctags, bytes(versions), commits, plaintexts
+
+
+# -- the worker process --------------------------------------------------------
+
+
+def _pure_encoder() -> Encoder:
+    """`encode_line` without importing `bridge.sources.matrix`'s package module, which imports the
+    matrix-nio client (0.3-0.9 s here; the worker needs only the pure normaliser). The package is
+    registered bare (its path, no `__init__` run): its submodules import as usual."""
+    name = "bridge.sources.matrix"
+    if name not in sys.modules:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            package = types.ModuleType(name)
+            package.__path__ = list(spec.submodule_search_locations)
+            package.__spec__ = spec
+            sys.modules[name] = package
+    from bridge.sources.matrix.fast import encode_line
+
+    return encode_line
+
+
+def _write(out: IO[bytes], frame: tuple[Any, ...]) -> None:
+    data = marshal.dumps(frame)
+    out.write(len(data).to_bytes(_LENGTH_BYTES, "big"))
+    out.write(data)
+
+
+def serve(config: dict[str, Any]) -> int:
+    """The worker's main: `config` from the parent's pipe (file, index_key, source, batch, index, count)."""
+    out = os.fdopen(os.dup(1), "wb")  # the frames' pipe; fd 1 becomes stderr so a stray print cannot corrupt it
+    os.dup2(2, 1)
+    encode = _pure_encoder()
+    path, index_key, source = Path(config["file"]), bytes(config["index_key"]), str(config["source"])
+    size, index, count = int(config["batch"]), int(config["index"]), int(config["count"])
+    tally, conv_tags = Tally(), dict[str, bytes]()
+    try:
+        with out:
+            try:
+                for k, lines in enumerate(cut(path, size, tally)):
+                    if k % count == index:
+                        columns = preseal(encode, lines, now_ms(), index_key, source, conv_tags)
+                        _write(out, ("batch", tally.read, len(lines) >= size, *columns))
+            except UsageError as exc:
+                _write(out, ("error", str(exc)))
+                return 2
+            _write(out, ("end", tally.lines, tally.blank, tally.read))
+    except BrokenPipeError:  # the parent is gone or stopped reading: nothing to report to
+        return 1
+    return 0
+
+
+# -- the parent's side ---------------------------------------------------------
+
+
+def _read_frame(stream: IO[bytes]) -> tuple[Any, ...] | None:
+    """The next frame, None at a clean end of the pipe; raises EOFError for a frame cut short."""
+    head = stream.read(_LENGTH_BYTES)
+    if not head:
+        return None
+    if len(head) < _LENGTH_BYTES:
+        raise EOFError("frame length cut short")
+    size = int.from_bytes(head, "big")
+    body = stream.read(size)
+    if len(body) < size:
+        raise EOFError("frame cut short")
+    frame = marshal.loads(body)  # noqa: S302  # our own child's frames: str, bytes, int (see the module docstring)
+    if not isinstance(frame, tuple) or not frame or not isinstance(frame[0], str):
+        raise ValueError("not a frame")
+    return frame
+
+
+class WorkerPool:
+    """Import workers for one file; use `async with await WorkerPool.start(...) as pool`."""
+
+    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+        self._procs = procs
+        self._reading: asyncio.Task[tuple[Any, ...] | None] | None = None
+        #: Lines, blank lines and bytes read of the whole file, once every worker has ended.
+        self.tally: Tally | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    @classmethod
+    def start(cls, path: Path, index_key: bytes, source: str, batch: int, workers: int) -> WorkerPool:
+        """Start the workers and hand each its options and the index key over its stdin pipe (fork and exec
+        take a few ms: not worth a thread)."""
+        procs: list[subprocess.Popen[bytes]] = []
+        config: dict[str, Any] = {
+            "sys_path": list(sys.path),
+            "file": str(path.absolute()),
+            "index_key": index_key,
+            "source": source,
+            "batch": batch,
+            "count": workers,
+        }
+        try:
+            for index in range(workers):
+                proc = subprocess.Popen(  # our own interpreter and entry, no operator input
+                    [sys.executable, "-I", "-c", _BOOT],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    pipesize=PIPE_BYTES,
+                )
+                procs.append(proc)
+                assert proc.stdin is not None
+                with proc.stdin:
+                    proc.stdin.write(marshal.dumps({**config, "index": index}))
+        except BaseException:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
+            raise
+        return cls(procs)
+
+    async def batches(self) -> AsyncIterator[WorkerBatch]:
+        """The batches in file order (batch k from worker k % n), the next one read while the caller works."""
+        count, k = len(self._procs), 0
+        self._reading = asyncio.create_task(self._next(0))
+        while True:
+            frame = await self._reading
+            if frame is not None and frame[0] == "batch":
+                k += 1
+                self._reading = asyncio.create_task(self._next(k % count))
+                yield self._batch(k - 1, frame)
+                continue
+            self._reading = None
+            end = await self._end(k % count, frame)
+            for other in range(1, count):  # every other worker must have ended at the same place
+                if await self._end((k + other) % count, await self._next((k + other) % count)) != end:
+                    raise ImportWorkerError("the import workers disagree on the file's length (was it changed?)")
+            self.tally = Tally(*end)
+            return
+
+    async def _next(self, index: int) -> tuple[Any, ...] | None:
+        proc = self._procs[index]
+        assert proc.stdout is not None
+        try:
+            return await asyncio.to_thread(_read_frame, proc.stdout)
+        except (EOFError, ValueError, TypeError) as exc:
+            raise await self._died(index, f"sent a broken frame ({exc})") from None
+
+    def _batch(self, k: int, frame: tuple[Any, ...]) -> WorkerBatch:
+        """The frame as a batch, its columns checked for shape (a bug would otherwise surface mid-seal)."""
+        try:
+            batch = WorkerBatch(*frame[1:])
+        except TypeError:
+            batch = None
+        columns: list[list[str] | list[bytes] | bytes] = [] if batch is None else [
+            batch.conversations, batch.event_ids, batch.tags, batch.conversation_tags, batch.versions,
+            batch.commitments, batch.plaintexts,
+        ]  # fmt: skip
+        if batch is None or not columns[0] or any(len(c) != len(columns[0]) for c in columns):
+            raise ImportWorkerError(f"import worker sent a malformed batch {k}")
+        return batch
+
+    async def _end(self, index: int, frame: tuple[Any, ...] | None) -> tuple[int, int, int]:
+        if frame is None:
+            raise await self._died(index, "ended before the end of the file")
+        if frame[0] == "error" and len(frame) == 2:
+            raise UsageError(str(frame[1]))
+        if frame[0] != "end" or len(frame) != 4:
+            raise ImportWorkerError(f"import worker {self._procs[index].pid} sent {frame[0]!r} out of turn")
+        return int(frame[1]), int(frame[2]), int(frame[3])
+
+    async def _died(self, index: int, what: str) -> ImportWorkerError:
+        proc = self._procs[index]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            await asyncio.to_thread(proc.wait, EXIT_WAIT_SECONDS)
+        code = proc.returncode
+        if code == -signal.SIGINT:  # Ctrl-C reached the worker first: the operator's interrupt, not a failure
+            raise KeyboardInterrupt
+        how = (
+            "still running"
+            if code is None
+            else f"killed by signal {-code}"
+            if code < 0
+            else f"exit status {code}; its error, if any, is above"
+        )
+        return ImportWorkerError(
+            f"the import worker (pid {proc.pid}) {what} ({how}). The batches before it are committed; run the"
+            " import again: what the log already holds is counted as duplicates"
+        )
+
+    async def close(self) -> None:
+        """Stop every worker still running and reap them (idempotent). After a complete file they have
+        sent everything and are exiting: they get a moment first."""
+        if self.tally is not None:
+            for proc in self._procs:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    await asyncio.to_thread(proc.wait, EXIT_WAIT_SECONDS)
+        for proc in self._procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+        if self._reading is not None:  # its read ends now: the pipe's writer is gone
+            with contextlib.suppress(BaseException):
+                await self._reading
+            self._reading = None
+        for proc in self._procs:
+            await asyncio.to_thread(proc.wait)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+    async def __aenter__(self) -> WorkerPool:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
