@@ -993,6 +993,35 @@ class LogStore:
         return prefix
 
     async def _transaction(self, body: Callable[[], Awaitable[T]]) -> T:
+        """`body` between BEGIN and COMMIT (ROLLBACK on failure), never abandoned half-way: a cancellation
+        waits until the transaction has ended, then goes on.
+
+        Why: a statement handed to the connection's thread (aiosqlite) or server session (psycopg) does not stop
+        when the await on it is cancelled. A cancellation landing while BEGIN was on its way left the
+        transaction open with nothing to end it (every later write, the checkpoint at stop included, failed);
+        psycopg answers a cancelled query by closing the connection, the writer lock with it. The transaction
+        runs as its own task that cancelling the caller cannot reach; the caller then goes on as the transaction
+        ended (its bookkeeping matches what is committed) and the cancellation is delivered again at its next
+        await (the caller of a committed batch may then acknowledge nothing: a replay is deduplicated). The wait
+        is one transaction long (tests/test_log_cancel.py).
+        """
+        inner = asyncio.ensure_future(self._run_transaction(body))
+        current = asyncio.current_task()
+        cancelled = False
+        try:
+            while True:
+                try:
+                    return await asyncio.shield(inner)
+                except asyncio.CancelledError:
+                    if inner.cancelled() or current is None:
+                        raise
+                    current.uncancel()  # taken back here, delivered again below once the transaction has ended
+                    cancelled = True
+        finally:
+            if cancelled and current is not None:
+                current.cancel()
+
+    async def _run_transaction(self, body: Callable[[], Awaitable[T]]) -> T:
         self._signed_in_transaction = False
         try:
             await self._conn.execute("BEGIN IMMEDIATE")
