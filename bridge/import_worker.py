@@ -106,18 +106,12 @@ def cut(path: Path, size: int, tally: Tally) -> Iterator[list[bytes]]:
 
 @dataclass(frozen=True, slots=True)
 class WorkerBatch:
-    """One batch from a worker: columns as in `bridge.log.store.Presealed`, plus where the file was."""
+    """One batch from a worker: where the file was after it, and its columns for `LogStore.append_presealed`."""
 
     read: int
     full: bool
     unknown: int
-    conversations: list[str]
-    event_ids: list[str]
-    tags: list[bytes]
-    conversation_tags: list[bytes]
-    versions: bytes
-    commitments: list[bytes]
-    plaintexts: list[bytes]
+    presealed: format.Presealed
 
 
 def preseal(
@@ -229,8 +223,9 @@ def _read_frame(stream: IO[bytes]) -> tuple[Any, ...] | None:
 class WorkerPool:
     """Import workers for one file; use `async with await WorkerPool.start(...) as pool`."""
 
-    def __init__(self, procs: list[subprocess.Popen[bytes]]) -> None:
+    def __init__(self, procs: list[subprocess.Popen[bytes]], source: str) -> None:
         self._procs = procs
+        self._source = source
         self._reading: asyncio.Task[tuple[Any, ...] | None] | None = None
         #: Lines, blank lines and bytes read of the whole file, once every worker has ended.
         self.tally: Tally | None = None
@@ -269,7 +264,7 @@ class WorkerPool:
                 proc.kill()
                 proc.wait()
             raise
-        return cls(procs)
+        return cls(procs, source)
 
     async def batches(self) -> AsyncIterator[WorkerBatch]:
         """The batches in file order (batch k from worker k % n), the next one read while the caller works."""
@@ -301,14 +296,14 @@ class WorkerPool:
     def _batch(self, k: int, frame: tuple[Any, ...]) -> WorkerBatch:
         """The frame as a batch, its columns checked for shape (a bug would otherwise surface mid-seal)."""
         try:
-            batch = WorkerBatch(*frame[1:])
-        except TypeError:
-            batch = None
-        columns: list[list[str] | list[bytes] | bytes] = [] if batch is None else [
-            batch.conversations, batch.event_ids, batch.tags, batch.conversation_tags, batch.versions,
-            batch.commitments, batch.plaintexts,
-        ]  # fmt: skip
-        if batch is None or not columns[0] or any(len(c) != len(columns[0]) for c in columns):
+            read, full, unknown, *columns = frame[1:]
+            batch = WorkerBatch(read, full, unknown, format.Presealed(self._source, *columns))
+        except (TypeError, ValueError):
+            raise ImportWorkerError(f"import worker sent a malformed batch {k}") from None
+        c = batch.presealed
+        lengths = {len(col) for col in (c.conversations, c.event_ids, c.tags, c.conversation_tags, c.versions,
+                                        c.commitments, c.plaintexts)}  # fmt: skip
+        if lengths == {0} or len(lengths) != 1:
             raise ImportWorkerError(f"import worker sent a malformed batch {k}")
         return batch
 

@@ -38,7 +38,7 @@ from bridge.errors import UsageError
 from bridge.events import MATRIX
 from bridge.import_worker import Tally, WorkerPool, cut
 from bridge.log.format import RecordType
-from bridge.log.store import AppendResult, LogStore, Presealed
+from bridge.log.store import AppendResult, LogStore
 from bridge.log.writer import Appender, LocalWriter
 from bridge.sources.matrix.fast import encode_line
 
@@ -197,11 +197,8 @@ async def _in_process(store: Appender, path: Path, tally: Tally) -> AsyncIterato
 
 async def _from_workers(store: LogStore, pool: WorkerPool) -> AsyncIterator[_Job]:
     async for b in pool.batches():
-        presealed = Presealed(
-            MATRIX, b.conversations, b.event_ids, b.tags, b.conversation_tags, b.versions, b.commitments, b.plaintexts
-        )
-        yield _Job(functools.partial(store.append_presealed, presealed), b.unknown, b.read if b.full else None)
-        del presealed
+        yield _Job(functools.partial(store.append_presealed, b.presealed), b.unknown, b.read if b.full else None)
+        del b  # the task holds the columns until sealed, no longer (memory)
 
 
 async def _encode_yielding(lines: list[bytes], received: int) -> tuple[list[Entry], int]:

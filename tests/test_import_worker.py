@@ -202,10 +202,10 @@ async def test_the_index_key_crosses_only_the_pipe(tmp_path: Path) -> None:
         for form in forms:
             assert form not in cmdline and form not in environ
         batches = [b async for b in pool.batches()]
-    first = batches[0]
+    first = batches[0].presealed
     assert first.tags[5] == dedup_tag(key, MATRIX, "!room2:example.org", "$ev5")
     assert first.conversation_tags[5] == conversation_tag(key, MATRIX, "!room2:example.org")
-    assert sum(len(b.tags) for b in batches) == 6000 and pool.tally is not None and pool.tally.lines == 6000
+    assert sum(len(b.presealed.tags) for b in batches) == 6000 and pool.tally is not None and pool.tally.lines == 6000
 
 
 async def test_an_unreadable_file_is_a_usage_error_either_way(tmp_path: Path) -> None:
@@ -344,9 +344,9 @@ def test_the_cli_import_uses_workers_for_a_large_file_and_prints_the_same(
 
 def test_a_malformed_batch_is_refused_before_anything_is_sealed() -> None:
     """Columns of unequal length, too few fields or an empty batch: ImportWorkerError, not an error mid-seal."""
-    pool = WorkerPool([])
+    pool = WorkerPool([], MATRIX)
     good = ("batch", 10, True, 0, ["!r:x"], ["$e"], [b"t" * 16], [b"c" * 16], b"\x02", [b"h" * 32], [b"p"])
-    assert pool._batch(0, good).event_ids == ["$e"]
+    assert pool._batch(0, good).presealed.event_ids == ["$e"]
     for bad in (good[:-1], (*good[:5], ["$e", "$f"], *good[6:]), (*good[:4], [], [], [], [], b"", [], [])):
         with pytest.raises(ImportWorkerError, match="malformed batch 3"):
             pool._batch(3, bad)

@@ -31,6 +31,7 @@ import enum
 import hashlib
 import struct
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import NamedTuple
 
 from bridge.errors import DataError
@@ -282,3 +283,21 @@ def open_record(
         return split_plaintext(plaintext)[1]
     except FormatError as exc:  # authenticated, yet not salt || payload: a record no writer of ours makes
         raise RecordAuthError(str(exc)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Presealed:
+    """A batch of EVENT entries of one source whose position-independent part is done (by an import worker,
+    `bridge.import_worker`): for entry n, `tags[n]` = `schema.dedup_tag(index key, source, conversations[n],
+    event_ids[n])`, `conversation_tags[n]` = `schema.conversation_tag(...)`, and `versions[n]`,
+    `commitments[n]`, `plaintexts[n]` = `format.prepare_plaintext(fresh salt, canonical payload)`.
+    Columns, not rows: that is how they cross the worker's pipe cheaply."""
+
+    source: str
+    conversations: list[str]
+    event_ids: list[str]
+    tags: list[bytes]
+    conversation_tags: list[bytes]
+    versions: bytes
+    commitments: list[bytes]
+    plaintexts: list[bytes]

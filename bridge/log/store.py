@@ -50,6 +50,7 @@ from bridge.events import EncodingError, Event, EventId, canonical_bytes, canoni
 from bridge.log import audit, checkpoint, crypto, db, format, merkle, migrations, rotation
 from bridge.log.clear import BLOB_SOURCE, BlobRecord, KeyRecord
 from bridge.log.dedup import DedupReader, TagFilter, epochs_sql
+from bridge.log.format import Presealed
 from bridge.log.keys import KeyMaterial
 from bridge.log.lock import WriterLock
 from bridge.log.rotation import KeyChain
@@ -99,24 +100,6 @@ class AppendResult:
     duplicates: int
     #: Sequence numbers of the appended records, in input order (duplicates skipped).
     seqs: tuple[int, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Presealed:
-    """A batch of EVENT entries of one source whose position-independent part is done (by an import worker,
-    `bridge.import_worker`): for entry n, `tags[n]` = `schema.dedup_tag(index key, source, conversations[n],
-    event_ids[n])`, `conversation_tags[n]` = `schema.conversation_tag(...)`, and `versions[n]`,
-    `commitments[n]`, `plaintexts[n]` = `format.prepare_plaintext(fresh salt, canonical payload)`.
-    Columns, not rows: that is how they cross the worker's pipe cheaply."""
-
-    source: str
-    conversations: list[str]
-    event_ids: list[str]
-    tags: list[bytes]
-    conversation_tags: list[bytes]
-    versions: bytes
-    commitments: list[bytes]
-    plaintexts: list[bytes]
 
 
 class LogStore:
