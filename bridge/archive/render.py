@@ -12,7 +12,6 @@ import dataclasses
 import os
 import pickle
 import posixpath
-import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Sequence
@@ -23,6 +22,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from bridge import helper_process
 from bridge.archive import mdto
 from bridge.archive.bag import HashingFile, HashOnly, OutFile, PackageSink
 from bridge.archive.derive import (
@@ -231,11 +231,7 @@ class _Helper:
 
     def __init__(self, jobs: list[_Job]) -> None:
         data = pickle.dumps(jobs)  # before starting the process: nothing to clean up if this fails
-        root = str(Path(__file__).resolve().parents[2])  # the folder holding this `bridge` package
-        code = f"import sys; sys.path.insert(0, {root!r}); from bridge.archive.render import helper_main; helper_main()"
-        self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
+        self._proc = helper_process.start("bridge.archive.render", "helper_main")
         self._out: list[tuple[bytes, bytes]] = []
         self._thread = threading.Thread(target=self._talk, args=(data,), daemon=True)
         self._thread.start()

@@ -36,14 +36,14 @@ import fcntl
 import pickle
 import subprocess
 import sys
-import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from bridge import helper_process
 from bridge.archive import derive, proof
 from bridge.archive.gaps import LIVENESS_SOURCE
 from bridge.errors import Check, LogIntegrityError
@@ -178,7 +178,7 @@ class Scanner:
         keys = view.keys
         secret = (keys.log_id, keys.kek, keys.verifier.public_bytes(Encoding.Raw, PublicFormat.Raw))
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._stderr: list[list[bytes]] = []
+        self._stderr: list[helper_process.StderrTail] = []
         try:
             for w in range(n):
                 mine = [(a, b, prevs[i]) for i, (a, b) in enumerate(self._chunks) if i % n == w]
@@ -197,9 +197,8 @@ class Scanner:
                 kind, body = pickle.load(proc.stdout)  # noqa: S301  (our own child, over its private pipe)
             except EOFError:
                 proc.wait()
-                err = b"".join(self._stderr[i % n]).decode("utf-8", "replace").strip().splitlines()[-1:]
                 raise RuntimeError(
-                    f"a record-pass process failed (exit {proc.returncode}): {err[0] if err else 'no message'}"
+                    f"a record-pass process failed (exit {proc.returncode}): {self._stderr[i % n].last()}"
                 ) from None
             if kind == "error":
                 seq, reason, expected, found, check = body
@@ -223,27 +222,15 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
                 stream.close()
 
 
-def _start(job: bytes, stderr: list[list[bytes]], entry: str = "worker_main") -> subprocess.Popen[bytes]:
-    root = str(Path(__file__).resolve().parents[2])  # the folder holding this `bridge` package
-    code = f"import sys; sys.path.insert(0, {root!r}); from bridge.archive.scan import {entry}; {entry}()"
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+def _start(job: bytes, stderr: list[helper_process.StderrTail], entry: str = "worker_main") -> subprocess.Popen[bytes]:
+    proc = helper_process.start("bridge.archive.scan", entry)
+    assert proc.stdin is not None and proc.stdout is not None
     with contextlib.suppress(OSError, AttributeError):  # not Linux, or over the system's limit: the default works
         fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    err: list[bytes] = []
-    stderr.append(err)
-    threading.Thread(target=_drain, args=(proc.stderr, err), daemon=True).start()
+    stderr.append(helper_process.StderrTail(proc))
     proc.stdin.write(job)
     proc.stdin.close()
     return proc
-
-
-def _drain(stream: IO[bytes], into: list[bytes]) -> None:
-    for line in stream:
-        into.append(line)
-        del into[:-20]
 
 
 def worker_main() -> None:
@@ -302,7 +289,7 @@ class DossierScanner:
         self._n = n = max(1, min(n, len(paths)))
         self._count = len(paths)
         self._procs: list[subprocess.Popen[bytes]] = []
-        self._stderr: list[list[bytes]] = []
+        self._stderr: list[helper_process.StderrTail] = []
         try:
             for w in range(n):
                 mine = [str(p) for i, p in enumerate(paths) if i % n == w]
@@ -335,9 +322,8 @@ class DossierScanner:
             kind, body = pickle.load(proc.stdout)  # noqa: S301  (our own child, over its private pipe)
         except EOFError:
             proc.wait()
-            err = b"".join(self._stderr[w]).decode("utf-8", "replace").strip().splitlines()[-1:]
             raise RuntimeError(
-                f"a dossier-reading process failed (exit {proc.returncode}): {err[0] if err else 'no message'}"
+                f"a dossier-reading process failed (exit {proc.returncode}): {self._stderr[w].last()}"
             ) from None
         if kind == "unread":
             return None

@@ -26,11 +26,11 @@ import pickle
 import struct
 import subprocess
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, NamedTuple, cast
 
+from bridge import helper_process
 from bridge.errors import StorageError
 from bridge.log import audit, format, merkle
 
@@ -180,24 +180,10 @@ class Helper:
     when the helper could not check it: the caller checks it itself)."""
 
     def __init__(self, data_dir: Path, secrets: audit.Secrets | None) -> None:
-        root = str(Path(__file__).resolve().parents[2])  # the folder holding this `bridge` package
-        code = (
-            f"import sys; sys.path.insert(0, {root!r}); from bridge.log.verify_workers import helper_main;"
-            " helper_main()"
-        )
-        self._proc = subprocess.Popen(
-            [sys.executable, "-I", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        self._err: list[bytes] = []
-        self._drain = threading.Thread(target=self._read_err, daemon=True)  # a full stderr pipe would block it
-        self._drain.start()
+        self._proc = helper_process.start("bridge.log.verify_workers", "helper_main")
+        self._err = helper_process.StderrTail(self._proc)
         keys = None if secrets is None else (secrets.log_id, secrets.index_key, dict(secrets.data_keys))
         self._call(_send, (str(data_dir), keys))
-
-    def _read_err(self) -> None:
-        assert self._proc.stderr is not None
-        for line in self._proc.stderr:
-            self._err = [*self._err[-20:], line]
 
     def submit(self, start: int, end: int, cuts: Sequence[int]) -> None:
         self._call(_send, (start, end, tuple(cuts)))
@@ -217,10 +203,8 @@ class Helper:
         except (EOFError, BrokenPipeError, OSError, pickle.UnpicklingError):
             pass
         status = proc.wait()
-        self._drain.join(timeout=5)
-        last = b"".join(self._err).decode("utf-8", "replace").strip().splitlines()[-1:] or ["no message"]
         raise StorageError(
-            f"a verify helper process died (exit status {status}): {last[0]}; run again, or with --workers 1"
+            f"a verify helper process died (exit status {status}): {self._err.last()}; run again, or with --workers 1"
         )
 
     def finish(self) -> None:
@@ -243,7 +227,7 @@ class Helper:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        self._drain.join(timeout=5)
+        self._err.join(timeout=5)
         for fh in (proc.stdin, proc.stdout, proc.stderr):
             if fh is not None and not fh.closed:
                 with contextlib.suppress(OSError):  # a pipe to a helper that is gone
