@@ -26,7 +26,12 @@ from bridge.archive.range import Month
 from bridge.cli import app
 from bridge.log import keys as keyfile
 from tests.conftest import LogDir
-from tests.support.archive_log import OPTIONS, create_archive_log, dossier_dir, january_february, seal_for
+from tests.support.archive_log import (
+    OPTIONS,
+    archive_log_two_months,
+    dossier_dir,
+    seal_for,
+)
 
 runner = CliRunner()
 TAG_MANIFESTS = ("manifest-sha256.txt", "tagmanifest-sha256.txt")
@@ -35,9 +40,7 @@ TAG_MANIFESTS = ("manifest-sha256.txt", "tagmanifest-sha256.txt")
 @pytest.fixture(scope="module")
 def january(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[LogDir, Path]]:
     tmp = tmp_path_factory.mktemp("forgery")
-    log = create_archive_log(tmp)
-    with pytest.MonkeyPatch.context() as mp:
-        january_february(log, mp)
+    log = archive_log_two_months(tmp)
     yield log, snapshot(log.data_dir, log.keys, Month(2024, 1), tmp / "pkg" / "jan", OPTIONS, seal=seal_for(log)).path
 
 

@@ -30,10 +30,10 @@ from tests.conftest import LogDir
 from tests.support.archive_log import (
     OPTIONS,
     append,
+    archive_log_two_months,
     create_archive_log,
     dossier_dir,
     event,
-    january_february,
     ms,
     seal_for,
 )
@@ -57,9 +57,7 @@ OPENBAARHEID = {
 @pytest.fixture(scope="module")
 def january(tmp_path_factory: pytest.TempPathFactory) -> tuple[LogDir, Path]:
     tmp = tmp_path_factory.mktemp("leesmij")
-    log = create_archive_log(tmp)
-    with pytest.MonkeyPatch.context() as mp:
-        january_february(log, mp)
+    log = archive_log_two_months(tmp)
     out = tmp / "pkg" / "jan"
     snapshot(log.data_dir, log.keys, Month(2024, 1), out, OPTIONS, seal=seal_for(log))
     return log, out

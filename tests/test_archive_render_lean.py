@@ -33,7 +33,7 @@ from bridge.archive.transcript.text import local_time
 from bridge.events import MATRIX, SIGNAL, Attachment, ConversationId, Event, EventId, Kind, SenderId, SourceName
 from bridge.policy import Withheld
 from tests.conftest import LogDir
-from tests.support.archive_log import OPTIONS, create_archive_log, january_february, seal_for
+from tests.support.archive_log import OPTIONS, archive_log_two_months, seal_for
 
 T0 = 1_705_320_000_000
 SENDERS = [None, "@a:example.org", "@b:example.org", "@a:example.org\u202e", "+31612345678"]
@@ -176,11 +176,7 @@ def test_a_touched_or_rich_message_is_declined() -> None:
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> LogDir:
-    root = tmp_path_factory.mktemp("leanlog")
-    with pytest.MonkeyPatch.context() as mp:
-        log = create_archive_log(root)
-        january_february(log, mp)
-    return log
+    return archive_log_two_months(tmp_path_factory.mktemp("leanlog"))
 
 
 def _digests(root: Path) -> dict[str, str]:

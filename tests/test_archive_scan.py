@@ -33,7 +33,12 @@ from bridge.events import MATRIX, SIGNAL, Attachment, Event, Kind, canonical_byt
 from bridge.log import keys as keyfile
 from bridge.policy import Withheld
 from tests.conftest import LogDir, make_event
-from tests.support.archive_log import OPTIONS, create_archive_log, dossier_dir, january_february, seal_for
+from tests.support.archive_log import (
+    OPTIONS,
+    archive_log_two_months,
+    dossier_dir,
+    seal_for,
+)
 from tests.support.pg import Attacker
 from tests.test_archive_verify import rebag
 
@@ -42,11 +47,7 @@ JANUARY = Month(2024, 1)
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory: pytest.TempPathFactory) -> LogDir:
-    root = tmp_path_factory.mktemp("scanlog")
-    with pytest.MonkeyPatch.context() as mp:
-        log = create_archive_log(root)
-        january_february(log, mp)
-    return log
+    return archive_log_two_months(tmp_path_factory.mktemp("scanlog"))
 
 
 def _copy(log: LogDir, to: Path) -> LogDir:

@@ -32,7 +32,7 @@ from bridge.worm.bucket import Bucket, Connection
 from bridge.worm.publish import Receipt, UploadIntegrityError, WormDestination, WormOptions, object_key
 from bridge.worm.serial import serialise, unpack
 from tests.conftest import LogDir
-from tests.support.archive_log import OPTIONS, create_archive_log, january_february, seal_for
+from tests.support.archive_log import OPTIONS, archive_log_two_months, seal_for
 from tests.support.s3 import StandIn, start_stand_in, tamper_stored
 
 JANUARY = Month(2024, 1)
@@ -45,10 +45,7 @@ def stand_in() -> Iterator[StandIn]:
 
 @pytest.fixture(scope="module")
 def log_dir(tmp_path_factory: pytest.TempPathFactory) -> LogDir:
-    log = create_archive_log(tmp_path_factory.mktemp("log"))
-    with pytest.MonkeyPatch.context() as mp:
-        january_february(log, mp)
-    return log
+    return archive_log_two_months(tmp_path_factory.mktemp("log"))
 
 
 @pytest.fixture(autouse=True)

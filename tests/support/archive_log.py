@@ -177,3 +177,11 @@ def dossier_dir(package: Path, room: str) -> Path:
         if room in conversation:
             return events.parent
     raise LookupError(f"no dossier of a conversation like {room!r} in {package}")
+
+
+def archive_log_two_months(tmp_path: Path) -> LogDir:
+    """`create_archive_log` with `january_february`'s events in it (the clock patched only meanwhile)."""
+    log = create_archive_log(tmp_path)
+    with pytest.MonkeyPatch.context() as mp:
+        january_february(log, mp)
+    return log
