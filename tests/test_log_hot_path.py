@@ -70,6 +70,50 @@ def test_seal_record_is_the_documented_composition(
     )
 
 
+_PREPARED = st.tuples(
+    _bytes(min_size=16, max_size=16),  # conversation tag
+    _bytes(min_size=12, max_size=12),  # nonce
+    _bytes(min_size=16, max_size=16),  # salt
+    _bytes(max_size=600),  # payload
+    st.booleans(),  # compress
+)
+
+
+@given(
+    seq=st.integers(0, 2**63),
+    appended_ms=st.integers(0, 2**64 - 1),
+    key_id=st.integers(0, 2**32 - 1),
+    prev=_bytes(min_size=32, max_size=32),
+    items=st.lists(_PREPARED, max_size=8),
+    log_id=_bytes(min_size=16, max_size=16),
+    key=_bytes(min_size=32, max_size=32),
+)
+def test_seal_prepared_run_is_seal_prepared_in_turn(
+    seq: int,
+    appended_ms: int,
+    key_id: int,
+    prev: bytes,
+    items: list[tuple[bytes, bytes, bytes, bytes, bool]],
+    log_id: bytes,
+    key: bytes,
+) -> None:
+    """`seal_prepared_run` (the import's sealing loop) gives byte for byte what `seal_prepared` gives for
+    each record in turn, seq counting up and each record chained to the leaf before."""
+    sealer, prefix, event = crypto.Sealer(key), format.ad_prefix(log_id), format.RecordType.EVENT
+    prepared = [
+        (tag, nonce, *format.prepare_plaintext(salt, payload, compress=compress))
+        for tag, nonce, salt, payload, compress in items
+    ]
+    expected, chain = [], prev
+    for n, (tag, nonce, version, commit, plaintext) in enumerate(prepared):
+        record = format.seal_prepared(
+            sealer, prefix, event, seq + n, appended_ms, key_id, tag, nonce, chain, version, commit, plaintext
+        )
+        expected.append(record)
+        chain = record[3]
+    assert format.seal_prepared_run(sealer, prefix, event, seq, appended_ms, key_id, prev, prepared) == expected
+
+
 @given(parts=st.lists(st.text(), min_size=1, max_size=5), key=_bytes(min_size=32, max_size=32))
 def test_keyed_tag_is_blake2b_over_the_nul_joined_encoded_parts(parts: list[str], key: bytes) -> None:
     """The tag is keyed BLAKE2b over the parts encoded one by one and NUL-joined (lone surrogates included),

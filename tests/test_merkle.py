@@ -555,3 +555,25 @@ def test_frontier_extension_proves_a_month_extends_the_last(old: int, added: int
 def test_module_exports_hash_size() -> None:
     """HASH_SIZE is the SHA-256 digest size that every hash argument must have."""
     assert merkle.HASH_SIZE == 32 == len(EMPTY_ROOT)
+
+
+@given(st.integers(0, 100), st.lists(st.binary(min_size=32, max_size=32), max_size=150))
+def test_frontier_append_many_is_append_in_turn(start: int, leaves: list[bytes]) -> None:
+    """`Frontier.append_many(leaves)` (the writer's one call per batch) leaves the frontier exactly as appending
+    each leaf in turn does, from any size."""
+    one_by_one = merkle.extend(Frontier(), distinct_leaves(start))
+    batched = one_by_one.copy()
+    for leaf in leaves:
+        one_by_one.append(leaf)
+    batched.append_many(leaves)
+    assert batched == one_by_one
+
+
+def test_frontier_append_many_refuses_a_bad_leaf_before_appending_any() -> None:
+    """A leaf that is not a 32-byte hash anywhere in the batch: ValueError naming its position, and the
+    frontier unchanged (all or nothing)."""
+    frontier = merkle.extend(Frontier(), LEAVES[:3])
+    before = frontier.copy()
+    with pytest.raises(ValueError, match="leaf 5 is not a 32-byte hash"):
+        frontier.append_many([LEAVES[3], LEAVES[4], b"short"])
+    assert frontier == before

@@ -48,14 +48,17 @@ class TagFilter:
 
     32 bits per tag (rounded up to a power of two) and 3 probes: about 1 false hit in 1,400 lookups or better.
     Each part holds up to its capacity; when it is full a part of twice the size is added, so the false-hit
-    rate stays put however far the log grows (memory: 4-8 bytes per tag, 4-8 MB at 10^6 records). Tags are
-    keyed HMAC outputs (random to anyone without the index key), so their own bytes give the probe
-    positions; any other tag is hashed first. Three probes unrolled: this runs once per tag at open and per
-    new tag (~1 us each).
+    rate stays put however far the log grows (memory: 4-8 bytes per tag, 4-8 MB at 10^6 records). The log's
+    tags are keyed BLAKE2b outputs of 16 bytes (`schema.dedup_tag`; random to anyone without the index key),
+    so their own bits give the three 32-bit probe positions; a tag of another length is hashed first.
+    `hits` and `update` take a batch (one call per batch: this runs for every new tag, at open for every
+    tag of the log).
     """
 
     BITS_PER_TAG = 32
     MIN_CAPACITY = 1 << 16
+    #: Tag lengths whose own bytes are the probe word (at least 96 bits of keyed-MAC output).
+    RAW_LENGTHS = frozenset({16, 32})
 
     def __init__(self, capacity: int = MIN_CAPACITY) -> None:
         self._parts: list[tuple[bytearray, int, int]] = []  # (bits, mask, capacity)
@@ -69,33 +72,44 @@ class TagFilter:
 
     @staticmethod
     def _word(tag: bytes) -> int:
-        return int.from_bytes(tag if len(tag) == 32 else hashlib.blake2b(tag, digest_size=32).digest(), "little")
+        if len(tag) in TagFilter.RAW_LENGTHS:
+            return int.from_bytes(tag, "little")
+        return int.from_bytes(hashlib.blake2b(tag, digest_size=32).digest(), "little")
 
     def add(self, tag: bytes) -> None:
-        bits, mask, capacity = self._parts[-1]
-        if self._count >= capacity:
-            self._add_part(capacity * 2)
-            bits, mask, _ = self._parts[-1]
-        self._count += 1
-        word = self._word(tag)
-        a, b, c = word & mask, (word >> 32) & mask, (word >> 64) & mask
-        bits[a >> 3] |= 1 << (a & 7)
-        bits[b >> 3] |= 1 << (b & 7)
-        bits[c >> 3] |= 1 << (c & 7)
+        self.update((tag,))
 
     def update(self, tags: Iterable[bytes]) -> None:
+        bits, mask, capacity = self._parts[-1]
+        count, raw, from_bytes, word_of = self._count, self.RAW_LENGTHS, int.from_bytes, self._word
         for tag in tags:
-            self.add(tag)
+            if count >= capacity:
+                self._add_part(capacity * 2)
+                bits, mask, capacity = self._parts[-1]
+                count = 0
+            count += 1
+            word = from_bytes(tag, "little") if len(tag) in raw else word_of(tag)
+            a, b, c = word & mask, (word >> 32) & mask, (word >> 64) & mask
+            bits[a >> 3] |= 1 << (a & 7)
+            bits[b >> 3] |= 1 << (b & 7)
+            bits[c >> 3] |= 1 << (c & 7)
+        self._count = count
+
+    def hits(self, tags: Iterable[bytes]) -> list[bytes]:
+        """`[t for t in tags if t in self]`: the tags the filter may hold (every tag it was given among them)."""
+        out: list[bytes] = []
+        parts, raw, from_bytes, word_of = self._parts, self.RAW_LENGTHS, int.from_bytes, self._word
+        for tag in tags:
+            word = from_bytes(tag, "little") if len(tag) in raw else word_of(tag)
+            for bits, mask, _ in parts:
+                a, b, c = word & mask, (word >> 32) & mask, (word >> 64) & mask
+                if bits[a >> 3] & (1 << (a & 7)) and bits[b >> 3] & (1 << (b & 7)) and bits[c >> 3] & (1 << (c & 7)):
+                    out.append(tag)
+                    break
+        return out
 
     def __contains__(self, tag: object) -> bool:
-        if not isinstance(tag, bytes):
-            return False
-        word = self._word(tag)
-        for bits, mask, _ in self._parts:
-            a, b, c = word & mask, (word >> 32) & mask, (word >> 64) & mask
-            if bits[a >> 3] & (1 << (a & 7)) and bits[b >> 3] & (1 << (b & 7)) and bits[c >> 3] & (1 << (c & 7)):
-                return True
-        return False
+        return isinstance(tag, bytes) and bool(self.hits((tag,)))
 
 
 class DedupReader:

@@ -129,6 +129,22 @@ class Frontier:
         self._hashes.append(node)
         self._size += 1
 
+    def append_many(self, leaves: Sequence[bytes]) -> None:
+        """`append` each of `leaves` in order (one call per batch: the writer's hot path). All or nothing:
+        ValueError, and no leaf appended, if one is not a 32-byte hash."""
+        for i, leaf in enumerate(leaves):
+            if not _is_hash(leaf):
+                raise ValueError(f"leaf {self._size + i} is not a {HASH_SIZE}-byte hash: {leaf!r}")
+        hashes, size, prefix = self._hashes, self._size, _NODE_PREFIX
+        for leaf in leaves:
+            node, n = leaf, size
+            while n & 1:
+                node = sha256(prefix + hashes.pop() + node).digest()
+                n >>= 1
+            hashes.append(node)
+            size += 1
+        self._size = size
+
     def root(self) -> bytes:
         """Root hash of the tree of all leaves appended so far."""
         if not self._hashes:

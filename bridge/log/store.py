@@ -648,7 +648,7 @@ class LogStore:
     async def _existing(self, tags: list[bytes]) -> set[bytes]:
         """The tags among `tags` a committed record holds. Only the filter's hits are looked up (a tag it has
         not seen is in no record); they are probed in every epoch of the index."""
-        candidates = [t for t in tags if t in self._filter] if self._filter_loaded else list(tags)
+        candidates = self._filter.hits(tags) if self._filter_loaded else list(tags)
         if not candidates:
             return set()
         last_epoch = epoch_of(self._frontier.size)
@@ -721,38 +721,38 @@ class LogStore:
         self, presealed: Presealed, existing: set[bytes], appended_ms: int
     ) -> tuple[list[_Row], set[bytes]]:
         """`_seal_all` for a `Presealed` batch: only the part bound to the record's place is left (header,
-        AES-GCM, leaf; `format.seal_prepared`)."""
-        rows: list[_Row] = []
-        fresh: set[bytes] = set()
+        AES-GCM, leaf: `format.seal_prepared_run`, the same bytes as `format.seal_prepared` in turn), for
+        the entries whose tags are new, in one call per batch."""
+        tags = presealed.tags
         width = crypto.NONCE_BYTES
-        randomness = os.urandom(width * len(presealed.tags))
+        randomness = os.urandom(width * len(tags))
+        fresh = set(tags)
+        if len(fresh) == len(tags) and existing.isdisjoint(fresh):
+            keep: range | list[int] = range(len(tags))  # the usual batch: every entry new, none repeated
+        else:
+            fresh = set()
+            keep = []
+            for n, tag in enumerate(tags):
+                if tag not in existing and tag not in fresh:
+                    fresh.add(tag)
+                    keep.append(n)
         key_id = self._current_key
-        sealer, prefix = self._sealers[key_id], format.ad_prefix(self._keys.log_id)
-        frontier, prev = self._frontier, self._prev_leaf
-        seal, event = format.seal_prepared, format.RecordType.EVENT
-        columns = zip(
-            presealed.tags,
-            presealed.conversation_tags,
-            presealed.versions,
-            presealed.commitments,
-            presealed.plaintexts,
-            strict=True,
-        )
-        try:
-            for n, (tag, conv_tag, version, commit, plaintext) in enumerate(columns):
-                if tag in existing or tag in fresh:
-                    continue
-                fresh.add(tag)
-                seq, at = frontier.size, n * width
-                header, commit, body, leaf = seal(
-                    sealer, prefix, event, seq, appended_ms, key_id, conv_tag, randomness[at : at + width], prev,
-                    version, commit, plaintext,
-                )  # fmt: skip
-                frontier.append(leaf)
-                prev = leaf
-                rows.append((seq, tag, header, commit, body, leaf))
-        finally:
-            self._prev_leaf = prev  # the chain ends at the last leaf the frontier took
+        ctags, versions, commits, plaintexts = (
+            presealed.conversation_tags, presealed.versions, presealed.commitments, presealed.plaintexts
+        )  # fmt: skip
+        first = self._frontier.size
+        sealed = format.seal_prepared_run(
+            self._sealers[key_id], format.ad_prefix(self._keys.log_id), format.RecordType.EVENT, first,
+            appended_ms, key_id, self._prev_leaf,
+            [(ctags[n], randomness[n * width : (n + 1) * width], versions[n], commits[n], plaintexts[n]) for n in keep],
+        )  # fmt: skip
+        rows: list[_Row] = [
+            (first + i, tags[n], header, commit, body, leaf)
+            for i, (n, (header, commit, body, leaf)) in enumerate(zip(keep, sealed, strict=True))
+        ]
+        if rows:
+            self._frontier.append_many([row[5] for row in rows])
+            self._prev_leaf = rows[-1][5]
         return rows, fresh
 
     async def _commit(self, batch: _Batch) -> tuple[int, int] | None:
