@@ -19,10 +19,21 @@ committed only whole batches, and a re-run counts those as duplicates. The calle
 any exit (`close`). Ctrl-C reaches the workers too (same process group); they end without a traceback
 and the parent reports the interrupt.
 
+Sharing the work. The writer has CPU to spare beside one worker (sealing and SQLite cost less per event
+than normalising and compressing), so the parent takes part of the pure stage itself, with the same
+`preseal`: the first `HEAD_BATCHES` batches, cut from the file while the workers start (the workers skip
+them), and any batch it asks a worker for while it waits: when the writer is about to wait for a worker's
+next frame, it writes one byte on that worker's stdin, and the worker sends the next batch it has not
+started as its raw lines ("lines" frame) instead of presealing it. So the split follows the two sides'
+speeds on the machine as it is (another process's load included), and the writer never asks while it has
+work queued. The records are the same whoever preseals a batch.
+
 Frames on the pipe are `marshal`ed tuples of str, bytes and int (marshal builds no objects but those and
 runs no code on load, unlike pickle), each behind an 8-byte length: ("batch", bytes read at the cut,
 full?, unknown, conversations, event ids, tags, conversation tags, versions, commitments, plaintexts),
-("end", lines, blank lines, bytes read) or ("error", message) for an input it cannot read.
+("lines", bytes read at the cut, full?, lines) for a batch the writer asked for, ("end", lines, blank
+lines, bytes read) or ("error", message) for an input it cannot read. The writer's stdin pipe carries the
+config frame (8-byte length, then `marshal`ed), then one byte per request.
 
 This module's top level imports only what a worker needs (the writer's modules pull in psycopg and the
 Matrix package matrix-nio, ~0.3-0.9 s of start-up): see `_pure_encoder`.
@@ -32,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import importlib.util
 import marshal
 import os
@@ -58,14 +70,31 @@ _LENGTH_BYTES = 8
 #: event loop holds it for up to the switch interval (5 ms) at a time; with 64 KiB reads a 1.5 MB batch took
 #: ~24 of those waits and the worker stalled on its full pipe (no overlap at all: 51 us/event, the sum of both).
 PIPE_BYTES = 1 << 20
+#: Batches the writer preseals itself at the start, while the workers start up (they skip them): a worker's
+#: start-up (~0.07-0.25 s) is about one batch of presealing.
+HEAD_BATCHES = 1
+#: Lines the writer preseals between two yields to its event loop (see `preseal_yielding`).
+YIELD_EVERY = 256
+#: The dedup tag's length (`crypto.keyed_tag`'s default, as `schema.dedup_tag` makes it).
+_TAG_LENGTH = 16
+#: One request on a worker's stdin: "send your next batch as lines".
+_REQUEST = b"\x01"
 # The worker's entry: the parent's sys.path first (so it imports the same `bridge`), from the config frame
 # on stdin; -I below keeps PYTHONPATH and the user's site out of it.
 # Ctrl-C reaches the workers too (same process group): they end without a traceback, the parent reports it.
-_BOOT = (
-    "import signal;signal.signal(signal.SIGINT,signal.SIG_DFL);"
-    "import marshal,sys;c=marshal.load(sys.stdin.buffer);sys.path[:0]=c.pop('sys_path');"
-    "import bridge.import_worker as w;sys.exit(w.serve(c))"
-)
+# The config is read from fd 0 with exact reads (no buffered reader: the request bytes that follow it on
+# the same pipe must stay in the pipe for `_Requests`).
+_BOOT = """import signal;signal.signal(signal.SIGINT,signal.SIG_DFL)
+import marshal,os,sys
+def r(n):
+    b=b''
+    while len(b)<n:
+        c=os.read(0,n-len(b))
+        if not c: sys.exit(1)
+        b+=c
+    return b
+c=marshal.loads(r(int.from_bytes(r(8),'big')));sys.path[:0]=c.pop('sys_path')
+import bridge.import_worker as w;sys.exit(w.serve(c))"""
 
 
 class ImportWorkerError(ChatarchiefError):
@@ -131,6 +160,11 @@ def preseal(
     commits: list[bytes] = []
     plaintexts: list[bytes] = []
     keyed_tag, prepare, width = crypto.keyed_tag, format.prepare_plaintext, crypto.SALT_BYTES
+    # `keyed_tag(index_key, "event", source, conversation, event_id)`: BLAKE2b is streamed, so the state
+    # after the key and the constant parts is made once per batch and copied per line (same bytes).
+    event_tag = hashlib.blake2b(
+        f"event\x00{source}\x00".encode("utf-8", "surrogatepass"), key=index_key, digest_size=_TAG_LENGTH
+    )
     for n, line in enumerate(lines):
         conversation, event_id, payload, is_unknown = encode(line.rstrip(b"\r\n"), received)
         unknown += is_unknown
@@ -142,7 +176,9 @@ def preseal(
         version, commit, plaintext = prepare(salts[n * width : (n + 1) * width], payload)
         convs.append(conversation)
         ids.append(event_id)
-        tags.append(keyed_tag(index_key, "event", source, conversation, event_id))
+        tag = event_tag.copy()
+        tag.update(f"{conversation}\x00{event_id}".encode("utf-8", "surrogatepass"))
+        tags.append(tag.digest())
         ctags.append(ctag)
         versions.append(version)
         commits.append(commit)
@@ -183,14 +219,19 @@ def serve(config: dict[str, Any]) -> int:
     encode = _pure_encoder()
     path, index_key, source = Path(config["file"]), bytes(config["index_key"]), str(config["source"])
     size, index, count = int(config["batch"]), int(config["index"]), int(config["count"])
-    tally, conv_tags = Tally(), dict[str, bytes]()
+    head = int(config.get("head", 0))
+    tally, conv_tags, requests = Tally(), dict[str, bytes](), _Requests(0)
     try:
         with out:
             try:
                 for k, lines in enumerate(cut(path, size, tally)):
-                    if k % count == index:
-                        columns = preseal(encode, lines, now_ms(), index_key, source, conv_tags)
-                        _write(out, ("batch", tally.read, len(lines) >= size, *columns))
+                    if k < head or k % count != index:
+                        continue
+                    if requests.take():  # the writer is waiting: it preseals this batch itself
+                        _write(out, ("lines", tally.read, len(lines) >= size, lines))
+                        continue
+                    columns = preseal(encode, lines, now_ms(), index_key, source, conv_tags)
+                    _write(out, ("batch", tally.read, len(lines) >= size, *columns))
             except UsageError as exc:
                 _write(out, ("error", str(exc)))
                 return 2
@@ -200,7 +241,61 @@ def serve(config: dict[str, Any]) -> int:
     return 0
 
 
+class _Requests:
+    """The writer's requests on the worker's stdin (one byte each), read without blocking between batches."""
+
+    def __init__(self, fd: int) -> None:
+        self._fd: int | None = fd
+        self._pending = 0
+        os.set_blocking(fd, False)
+
+    def take(self) -> bool:
+        """True (and one request used) if the writer has asked for a batch it has not been sent yet."""
+        while self._fd is not None:
+            try:
+                got = os.read(self._fd, 4096)
+            except BlockingIOError:
+                break
+            if not got:  # the writer closed the pipe: no more requests
+                self._fd = None
+                break
+            self._pending += len(got)
+        if self._pending:
+            self._pending -= 1
+            return True
+        return False
+
+
 # -- the parent's side ---------------------------------------------------------
+
+
+async def preseal_yielding(
+    encode: Encoder, lines: list[bytes], received: int, index_key: bytes, source: str, conv_tags: dict[str, bytes]
+) -> tuple[int, list[str], list[str], list[bytes], list[bytes], bytes, list[bytes], list[bytes]]:
+    """`preseal` on the writer's event loop, `YIELD_EVERY` lines at a time, yielding between the slices.
+
+    Why: the batches before are waiting for the loop to hand their statements to SQLite's thread (each
+    aiosqlite call is a hop back to the loop); one 4096-line preseal would leave SQLite idle for its whole
+    length."""
+    unknown, versions = 0, bytearray()
+    convs: list[str] = []
+    ids: list[str] = []
+    tags: list[bytes] = []
+    ctags: list[bytes] = []
+    commits: list[bytes] = []
+    plaintexts: list[bytes] = []
+    for start in range(0, len(lines), YIELD_EVERY):
+        part = preseal(encode, lines[start : start + YIELD_EVERY], received, index_key, source, conv_tags)
+        unknown += part[0]
+        convs += part[1]
+        ids += part[2]
+        tags += part[3]
+        ctags += part[4]
+        versions += part[5]
+        commits += part[6]
+        plaintexts += part[7]
+        await asyncio.sleep(0)
+    return unknown, convs, ids, tags, ctags, bytes(versions), commits, plaintexts
 
 
 def _read_frame(stream: IO[bytes]) -> tuple[Any, ...] | None:
@@ -223,21 +318,41 @@ def _read_frame(stream: IO[bytes]) -> tuple[Any, ...] | None:
 class WorkerPool:
     """Import workers for one file; use `async with await WorkerPool.start(...) as pool`."""
 
-    def __init__(self, procs: list[subprocess.Popen[bytes]], source: str) -> None:
+    def __init__(
+        self,
+        procs: list[subprocess.Popen[bytes]],
+        source: str,
+        *,
+        path: Path | None = None,
+        index_key: bytes = b"",
+        batch: int = 0,
+        head: int = 0,
+    ) -> None:
         self._procs = procs
         self._source = source
+        self._path = path
+        self._index_key = index_key
+        self._batch_size = batch
+        self._head = head
+        self._encode: Encoder | None = None
+        self._conv_tags: dict[str, bytes] = {}
+        self._asked = [False] * len(procs)
         self._reading: asyncio.Task[tuple[Any, ...] | None] | None = None
         #: Lines, blank lines and bytes read of the whole file, once every worker has ended.
         self.tally: Tally | None = None
+        #: Batches this process presealed itself: (at the start, asked of a worker).
+        self.local = [0, 0]
 
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs]
 
     @classmethod
-    def start(cls, path: Path, index_key: bytes, source: str, batch: int, workers: int) -> WorkerPool:
+    def start(
+        cls, path: Path, index_key: bytes, source: str, batch: int, workers: int, head: int = HEAD_BATCHES
+    ) -> WorkerPool:
         """Start the workers and hand each its options and the index key over its stdin pipe (fork and exec
-        take a few ms: not worth a thread)."""
+        take a few ms: not worth a thread); the pipe stays open for the writer's requests."""
         procs: list[subprocess.Popen[bytes]] = []
         config: dict[str, Any] = {
             "sys_path": list(sys.path),
@@ -246,6 +361,7 @@ class WorkerPool:
             "source": source,
             "batch": batch,
             "count": workers,
+            "head": head,
         }
         try:
             for index in range(workers):
@@ -257,25 +373,35 @@ class WorkerPool:
                 )
                 procs.append(proc)
                 assert proc.stdin is not None
-                with proc.stdin:
-                    proc.stdin.write(marshal.dumps({**config, "index": index}))
+                data = marshal.dumps({**config, "index": index})
+                proc.stdin.write(len(data).to_bytes(_LENGTH_BYTES, "big") + data)
+                proc.stdin.flush()
         except BaseException:
             for proc in procs:
                 proc.kill()
                 proc.wait()
+                if proc.stdin is not None:
+                    proc.stdin.close()
             raise
-        return cls(procs, source)
+        return cls(procs, source, path=path, index_key=index_key, batch=batch, head=head)
 
     async def batches(self) -> AsyncIterator[WorkerBatch]:
-        """The batches in file order (batch k from worker k % n), the next one read while the caller works."""
-        count, k = len(self._procs), 0
-        self._reading = asyncio.create_task(self._next(0))
+        """The batches in file order: the first `head` presealed here while the workers start, then batch k
+        from worker k % n (or presealed here from its lines, when this process asked for it), the next one
+        read while the caller works."""
+        count, k = len(self._procs), self._head
+        self._reading = asyncio.create_task(self._next(k % count))
+        if self._head:
+            async for batch in self._head_batches():
+                yield batch
         while True:
+            if not self._reading.done():  # the writer is about to wait: ask for the batch after this one
+                self._ask(k % count)
             frame = await self._reading
-            if frame is not None and frame[0] == "batch":
+            if frame is not None and frame[0] in ("batch", "lines"):
                 k += 1
                 self._reading = asyncio.create_task(self._next(k % count))
-                yield self._batch(k - 1, frame)
+                yield await self._batch_of(k - 1, (k - 1) % count, frame)
                 continue
             self._reading = None
             end = await self._end(k % count, frame)
@@ -284,6 +410,51 @@ class WorkerPool:
                     raise ImportWorkerError("the import workers disagree on the file's length (was it changed?)")
             self.tally = Tally(*end)
             return
+
+    async def _head_batches(self) -> AsyncIterator[WorkerBatch]:
+        assert self._path is not None
+        tally = Tally()
+        for k, lines in enumerate(cut(self._path, self._batch_size, tally)):
+            presealed = await self._preseal_here(lines)
+            self.local[0] += 1
+            yield WorkerBatch(tally.read, len(lines) >= self._batch_size, presealed[0], presealed[1])
+            if k + 1 >= self._head:
+                return
+
+    async def _preseal_here(self, lines: list[bytes]) -> tuple[int, format.Presealed]:
+        if self._encode is None:
+            self._encode = _pure_encoder()
+        unknown, convs, ids, tags, ctags, versions, commits, plaintexts = await preseal_yielding(
+            self._encode, lines, now_ms(), self._index_key, self._source, self._conv_tags
+        )
+        return unknown, format.Presealed(self._source, convs, ids, tags, ctags, versions, commits, plaintexts)
+
+    def _ask(self, index: int) -> None:
+        """One request to worker `index` (at most one outstanding); a worker that is gone is reported by the
+        read of its pipe, not here."""
+        proc = self._procs[index]
+        if self._asked[index] or proc.stdin is None:
+            return
+        try:
+            proc.stdin.write(_REQUEST)
+            proc.stdin.flush()
+        except (BrokenPipeError, ValueError):
+            return
+        self._asked[index] = True
+
+    async def _batch_of(self, k: int, index: int, frame: tuple[Any, ...]) -> WorkerBatch:
+        if frame[0] == "batch":
+            return self._batch(k, frame)
+        try:
+            read, full, lines = frame[1:]
+        except ValueError:
+            raise ImportWorkerError(f"import worker sent a malformed batch {k}") from None
+        if not isinstance(lines, list) or not lines or not all(type(line) is bytes for line in lines):
+            raise ImportWorkerError(f"import worker sent a malformed batch {k}")
+        self._asked[index] = False  # that request is answered: the next wait may ask again
+        unknown, presealed = await self._preseal_here(lines)
+        self.local[1] += 1
+        return WorkerBatch(read, full, unknown, presealed)
 
     async def _next(self, index: int) -> tuple[Any, ...] | None:
         proc = self._procs[index]
@@ -352,8 +523,10 @@ class WorkerPool:
             self._reading = None
         for proc in self._procs:
             await asyncio.to_thread(proc.wait)
-            if proc.stdout is not None:
-                proc.stdout.close()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
 
     async def __aenter__(self) -> WorkerPool:
         return self

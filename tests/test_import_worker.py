@@ -149,6 +149,36 @@ def _children() -> list[int]:
     return found
 
 
+@pytest.mark.parametrize(("head", "asks"), [(0, 1), (1, 1000), (3, 1000)])
+async def test_batches_the_writer_presealed_itself_store_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, head: int, asks: int
+) -> None:
+    """The writer's share of the pure stage (the first `head` batches while the worker starts, and every
+    batch it asks for as lines while it waits; here each request asks for up to `asks` batches, so with
+    1000 the worker sends nearly everything as lines) stores what the in-process import stores: same
+    counts, progress, events and versions, and the log verifies."""
+    monkeypatch.setattr(importer, "BATCH", 7)
+    monkeypatch.setattr(import_worker, "HEAD_BATCHES", head)
+    monkeypatch.setattr(import_worker, "_REQUEST", b"\x01" * asks)
+    here_local: list[int] = []
+    preseal_here = WorkerPool._preseal_here
+
+    async def counting(self: WorkerPool, lines: list[bytes]) -> tuple[int, format.Presealed]:
+        here_local.append(len(lines))
+        return await preseal_here(self, lines)
+
+    monkeypatch.setattr(WorkerPool, "_preseal_here", counting)
+    path = _mixed_file(tmp_path / "in.jsonl")
+    here, there = _log(tmp_path, "here"), _log(tmp_path, "there")
+    counts_here, progress_here = await _import(*here, path, workers=0)
+    assert not here_local  # the in-process import does not go through the pool
+    counts_there, progress_there = await _import(*there, path, workers=1)
+    assert counts_there == counts_here and progress_there == progress_here
+    assert _events(*there) == _events(*here)
+    verify_log(*there)
+    assert len(here_local) >= head + (asks > 1)  # the head, and (asking for many at once) more than that
+
+
 async def test_a_killed_worker_fails_clearly_and_a_rerun_completes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -350,3 +380,14 @@ def test_a_malformed_batch_is_refused_before_anything_is_sealed() -> None:
     for bad in (good[:-1], (*good[:5], ["$e", "$f"], *good[6:]), (*good[:4], [], [], [], [], b"", [], [])):
         with pytest.raises(ImportWorkerError, match="malformed batch 3"):
             pool._batch(3, bad)
+
+
+@pytest.mark.parametrize(
+    "frame", [("lines", 10, True), ("lines", 10, True, []), ("lines", 10, True, ["str"]), ("lines", 1, True, b"x")]
+)
+async def test_a_malformed_lines_frame_is_refused(frame: tuple[Any, ...]) -> None:
+    """A "lines" frame (a batch the writer asked for) with too few fields, no lines or lines that are not
+    bytes: ImportWorkerError before anything is presealed."""
+    pool = WorkerPool([], MATRIX, index_key=bytes(32), batch=7)
+    with pytest.raises(ImportWorkerError, match="malformed batch 3"):
+        await pool._batch_of(3, 0, frame)
