@@ -16,7 +16,9 @@ A large file on a machine with a spare CPU has its pure stage done in worker
 processes (`bridge.import_worker`: reading and cutting the lines, normalising,
 canonical encoding, the dedup and conversation tags, the salted commitment and the
 zstd frame); this process keeps what the log's order binds (the dedup decision,
-seq, header, AES-GCM, leaf, commit: `LogStore.append_presealed`). Same records,
+seq, header, AES-GCM, leaf, commit: `LogStore.append_presealed`) and preseals
+a share of the batches itself whenever it would otherwise wait for a worker
+(`bridge.import_worker`, "Sharing the work"). Same records,
 counts, progress and checkpoint as in process. An import handed to a running bot
 stays in process: the control socket takes plain entries only.
 """
