@@ -132,9 +132,9 @@ class Frontier:
     def append_many(self, leaves: Sequence[bytes]) -> None:
         """`append` each of `leaves` in order (one call per batch: the writer's hot path). All or nothing:
         ValueError, and no leaf appended, if one is not a 32-byte hash."""
-        for i, leaf in enumerate(leaves):
-            if not _is_hash(leaf):
-                raise ValueError(f"leaf {self._size + i} is not a {HASH_SIZE}-byte hash: {leaf!r}")
+        if not all(map(_is_hash, leaves)):
+            bad = next(i for i, leaf in enumerate(leaves) if not _is_hash(leaf))
+            raise ValueError(f"leaf {self._size + bad} is not a {HASH_SIZE}-byte hash: {leaves[bad]!r}")
         hashes, size, prefix = self._hashes, self._size, _NODE_PREFIX
         for leaf in leaves:
             node, n = leaf, size
