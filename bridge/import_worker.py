@@ -70,10 +70,11 @@ _LENGTH_BYTES = 8
 #: event loop holds it for up to the switch interval (5 ms) at a time; with 64 KiB reads a 1.5 MB batch took
 #: ~24 of those waits and the worker stalled on its full pipe (no overlap at all: 51 us/event, the sum of both).
 PIPE_BYTES = 1 << 20
-#: Frames read ahead of the writer (each 1.5-2.5 MB once loaded): the worker goes on while the writer
-#: preseals a batch of its own or waits for a commit, instead of stalling on its full pipe (with one frame of
-#: read-ahead it spent 5-13% of the run blocked in write(2) on a loaded machine).
-READ_AHEAD = 2
+#: Frames queued ahead of the writer (each ~2.7 MB once loaded), besides the one the reading task holds
+#: until there is room: the worker goes on while the writer preseals a batch of its own or waits for a
+#: commit, instead of stalling on its full pipe. More costs memory (peak RSS, flat in the file's size)
+#: without a measurable gain on two cores.
+READ_AHEAD = 1
 #: Batches the writer preseals itself at the start, while the workers start up (they skip them): a worker's
 #: start-up (~0.07-0.25 s) is about one batch of presealing.
 HEAD_BATCHES = 1
@@ -359,10 +360,11 @@ class WorkerPool:
 
     @classmethod
     def start(
-        cls, path: Path, index_key: bytes, source: str, batch: int, workers: int, head: int = HEAD_BATCHES
+        cls, path: Path, index_key: bytes, source: str, batch: int, workers: int, head: int | None = None
     ) -> WorkerPool:
         """Start the workers and hand each its options and the index key over its stdin pipe (fork and exec
         take a few ms: not worth a thread); the pipe stays open for the writer's requests."""
+        head = HEAD_BATCHES if head is None else head
         procs: list[subprocess.Popen[bytes]] = []
         config: dict[str, Any] = {
             "sys_path": list(sys.path),
@@ -398,7 +400,7 @@ class WorkerPool:
     async def batches(self) -> AsyncIterator[WorkerBatch]:
         """The batches in file order: the first `head` presealed here while the workers start, then batch k
         from worker k % n (or presealed here from its lines, when this process asked for it), up to
-        `READ_AHEAD` of them read while the caller works."""
+        `READ_AHEAD` of them queued (and one more held by the reading task) while the caller works."""
         count, k = len(self._procs), self._head
         self._queue = queue = asyncio.Queue[_Queued](READ_AHEAD)
         self._pump = asyncio.create_task(self._read_ahead(queue, k))
