@@ -123,17 +123,19 @@ def cut(path: Path, size: int, tally: Tally) -> Iterator[list[bytes]]:
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
     batch: list[bytes] = []
+    read, blank = tally.read, tally.blank
     with fh:
         for line in fh:
-            tally.read += len(line)
-            if not line.strip():
-                tally.blank += 1
+            read += len(line)
+            if line.isspace():  # `not line.strip()`: the same ASCII whitespace, without copying the line
+                blank += 1
                 continue
-            tally.lines += 1
             batch.append(line)
             if len(batch) >= size:
+                tally.read, tally.blank, tally.lines = read, blank, tally.lines + len(batch)
                 yield batch
                 batch = []
+    tally.read, tally.blank, tally.lines = read, blank, tally.lines + len(batch)
     if batch:
         yield batch
 

@@ -322,6 +322,38 @@ def test_preseal_is_encode_line_then_prepare_plaintext(lines: list[bytes]) -> No
         assert commits[n] == hashlib.sha256(plain).digest() and len(plain) == crypto.SALT_BYTES + len(payload)
 
 
+@given(
+    st.lists(st.sampled_from([b"", b" ", b"\t", b"\r", b"\x0b", b"\x0c", b"\xa0", b"x", b"{}", b" a "]), max_size=40),
+    st.integers(min_value=1, max_value=5),
+    st.booleans(),
+)
+def test_cut_keeps_the_non_blank_lines_in_batches_and_counts_the_rest(
+    tmp_path_factory: pytest.TempPathFactory, words: list[bytes], size: int, final_newline: bool
+) -> None:
+    """`cut`: every line that is not only ASCII whitespace (`bytes.strip`'s), in order, in batches of `size`;
+    blank lines counted; the bytes read at each cut and at the end; a last line without a newline kept (the
+    reference is the rule as it was written before `bytes.isspace` replaced the strip)."""
+    data = b"\n".join(words) + (b"\n" if final_newline and words else b"")
+    path = tmp_path_factory.mktemp("cut") / "in.jsonl"
+    path.write_bytes(data)
+    tally = import_worker.Tally()
+    batches, reads = [], []
+    for batch in import_worker.cut(path, size, tally):
+        batches.append(batch)
+        reads.append(tally.read)
+    parts = data.split(b"\n")  # a binary file's lines: only \n ends one
+    lines = [x + b"\n" for x in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
+    kept = [x for x in lines if x.strip()]
+    assert [x for b in batches for x in b] == kept
+    assert all(len(b) == size for b in batches[:-1]) and all(0 < len(b) <= size for b in batches)
+    assert (tally.lines, tally.blank, tally.read) == (len(kept), len(lines) - len(kept), len(data))
+    ends = [sum(map(len, lines[: i + 1])) for i, x in enumerate(lines) if x.strip()]
+    # a full batch is cut right after its last line; a short last one at the end of the file
+    assert reads == [
+        ends[(n + 1) * size - 1] if (n + 1) * size <= len(kept) else len(data) for n in range(len(batches))
+    ]
+
+
 def test_the_worker_imports_no_matrix_client() -> None:
     """The worker's start-up skips `bridge.sources.matrix`'s package module (it imports matrix-nio)."""
     import subprocess
