@@ -481,7 +481,13 @@ class WorkerPool:
             read, full, lines = frame[1:]
         except ValueError:
             raise ImportWorkerError(f"import worker sent a malformed batch {k}") from None
-        if not isinstance(lines, list) or not lines or not all(type(line) is bytes for line in lines):
+        if (
+            type(read) is not int
+            or type(full) is not bool
+            or not isinstance(lines, list)
+            or not lines
+            or not all(type(line) is bytes for line in lines)
+        ):
             raise ImportWorkerError(f"import worker sent a malformed batch {k}")
         self._asked[index] = False  # that request is answered: the next wait may ask again
         unknown, presealed = await self._preseal_here(lines)

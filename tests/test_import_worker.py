@@ -415,7 +415,15 @@ def test_a_malformed_batch_is_refused_before_anything_is_sealed() -> None:
 
 
 @pytest.mark.parametrize(
-    "frame", [("lines", 10, True), ("lines", 10, True, []), ("lines", 10, True, ["str"]), ("lines", 1, True, b"x")]
+    "frame",
+    [
+        ("lines", 10, True),
+        ("lines", 10, True, []),
+        ("lines", 10, True, ["str"]),
+        ("lines", 1, True, b"x"),
+        ("lines", "10", True, [b"x"]),
+        ("lines", 10, 1, [b"x"]),
+    ],
 )
 async def test_a_malformed_lines_frame_is_refused(frame: tuple[Any, ...]) -> None:
     """A "lines" frame (a batch the writer asked for) with too few fields, no lines or lines that are not
