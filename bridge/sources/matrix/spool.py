@@ -49,6 +49,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "Frame",
     "Position",
+    "more",
     "problem_notice",
     "read",
     "spool_public_key_b64",
@@ -248,7 +249,7 @@ def problem_notice(account: str, frame: Frame, at_ms: int) -> Event:
     return notice(MATRIX, conversation, f"spool:{frame.file}:{frame.offset}", at_ms, content)
 
 
-def _more(directory: Path, pos: Position) -> bool:
+def more(directory: Path, pos: Position) -> bool:
     """Cheap test (one stat, one listing) whether the spool holds anything after `pos`."""
     if pos.file:
         try:
@@ -276,7 +277,7 @@ async def tail(
     pos = Position.decode(await sink.load_cursor())
     log.info("matrix spool: reading", extra={"spool_dir": str(directory), "file": pos.file, "seq": pos.seq})
     while not stop.is_set():
-        if not _more(directory, pos):
+        if not more(directory, pos):
             await asyncio.sleep(poll_seconds)
             continue
         frames, after = read(directory, pos, key, batch)
