@@ -7,7 +7,10 @@ brought into their rooms by the module, as in production.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import logging
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +18,7 @@ import pytest
 
 from bridge.events import Kind
 from tests.support.archiver_module import OFFICIALS, OUTSIDERS, login
-from tests.support.officials import Official, poll_until
+from tests.support.officials import Official, ok, poll_until
 from tests.support.spool import SpoolBot, SpoolServer, frame_events, spool_synapse
 
 __all__ = ["spool_synapse"]  # fixture used by name
@@ -137,3 +140,24 @@ async def test_a_tampered_spool_frame_is_flagged_and_the_sync_loop_still_archive
     assert any("ALERT matrix spool" in r.getMessage() for r in caplog.records)
     assert bot.count(event_id) == 1
     assert bot.seen.by_label.get("matrix", []).count(event_id) == 1  # brought by the sync loop
+
+
+async def test_a_plain_room_attachment_is_fetched_by_the_spool_path_as_by_the_sync_loop(
+    bot: SpoolBot, minister: Official, spool_synapse: SpoolServer
+) -> None:
+    """The spool's copy goes through the same media step as the sync loop's: the file is fetched with the
+    bot's client and stored (here: its sha256) while the sync loop is held."""
+    await bot.start(hold_sync=True)
+    room_id = await joined_plain_room(minister, spool_synapse)
+    data = os.urandom(3000)
+    upload, _ = await minister.client.upload(io.BytesIO(data), "application/pdf", "nota.pdf", filesize=len(data))
+    ok(upload)
+    content = {"msgtype": "m.file", "body": "nota.pdf", "url": upload.content_uri}
+    event_id = await minister.send(room_id, content)
+
+    await bot.wait_stored([event_id])
+    record = next(e for e in bot.records() if e.event_id == event_id)
+    assert record.kind is Kind.ATTACHMENT
+    (attachment,) = record.attachments
+    assert attachment.status == "stored" and attachment.sha256 == hashlib.sha256(data).hexdigest()
+    assert bot.seen.by_label.get("matrix", []) == []  # nothing from the sync loop yet
