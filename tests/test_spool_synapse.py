@@ -76,7 +76,11 @@ async def test_bot_down_the_spool_holds_them_sealed_then_each_is_stored_once(
 ) -> None:
     await bot.start()
     room_id = await joined_plain_room(minister, spool_synapse)
+    await bot.wait_stored([e["event_id"] for e in frame_events(spool_synapse.frames()) if e["room_id"] == room_id])
     await bot.stop()
+    before = set(bot.seen.by_label.get("matrix-spool", []))
+    assert before
+    bot.seen.by_label.clear()
 
     bodies = [f"vertrouwelijk-{i}-{room_id}" for i in range(3)]
     sent = [await minister.send_text(room_id, body) for body in bodies]
@@ -88,6 +92,7 @@ async def test_bot_down_the_spool_holds_them_sealed_then_each_is_stored_once(
 
     await bot.start(hold_sync=True)  # the spool alone catches up
     await bot.wait_stored(sent)
+    assert not before & set(bot.seen.by_label["matrix-spool"])  # resumed from the committed spool position
     bot.gate.set()
     await poll_until(lambda: set(sent) <= set(bot.seen.by_label.get("matrix", [])), timeout=30)
     assert [bot.count(i) for i in sent] == [1, 1, 1]
