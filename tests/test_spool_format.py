@@ -209,3 +209,23 @@ def test_client_event_is_the_sync_shape(content: dict[str, str], state_key: str 
     expected = {"event_id", "type", "sender", "origin_server_ts", "content", "room_id", "unsigned"}
     assert set(out) == expected | ({"state_key"} if state_key is not None else set())
     assert out["content"] == content and out["unsigned"] == {"prev_content": {"topic": "t"}}
+
+
+def test_a_removed_or_reset_spool_is_flagged_once_and_reading_goes_on(tmp_path: Path) -> None:
+    write(tmp_path, [event(1)]).close()
+    _, pos = read_all(tmp_path)
+    write(tmp_path, [event(2)]).close()
+    os.unlink(tmp_path / pos.file)  # the operator removed the file the position names
+    frames, pos = read_all(tmp_path, pos)
+    assert frames[0].problem == "spool file of the committed position is gone" and frames[1].event == event(2)
+
+    for name in os.listdir(tmp_path):
+        os.unlink(tmp_path / name)  # wiped: the module starts again at seq 1, a name before the position
+    frames, reset = read_all(tmp_path, pos)
+    assert [f.problem for f in frames] == [
+        "spool reset: the file of the committed position and everything after it are gone"
+    ]
+    assert read_all(tmp_path, reset) == ([], reset)  # flagged once
+    write(tmp_path, [event(3)]).close()
+    frames, _ = read_all(tmp_path, reset)
+    assert [(f.event, f.problem, f.seq) for f in frames] == [(event(3), None, 1)]

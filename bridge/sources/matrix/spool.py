@@ -135,9 +135,15 @@ def read(directory: Path, position: Position, key: X25519PrivateKey, limit: int 
     pos = position
     if pos.file and pos.file not in names:
         later = [n for n in names if n > pos.file]
-        gone = Frame(pos.file, pos.offset, pos.seq, 0, None, "spool file of the committed position is gone")
-        out.append(gone)
-        pos = Position(later[0] if later else "", 0, pos.seq)
+        if later:  # removed past the position: what it held after the position is lost to the spool path
+            why = "spool file of the committed position is gone"
+            pos = Position(later[0], 0, pos.seq)
+        else:  # only older names, or none: the spool was reset (its seq starts again)
+            why = "spool reset: the file of the committed position and everything after it are gone"
+            pos = Position(names[0] if names else "", 0, 0)
+        out.append(Frame(pos.file, 0, pos.seq, 0, None, why))
+        if not pos.file:
+            return out, pos
     elif not pos.file:
         if not names:
             return out, pos
