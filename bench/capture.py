@@ -447,6 +447,8 @@ def report(
             if spooled.at:
                 spool = [(spooled.at[s.event_id] - s.t0) * 1000 for s in group]
                 print(row("spool: our module (durable)", spool))
+                lag = [(stored.at[s.event_id] - spooled.at[s.event_id]) * 1000 for s in group]
+                print(row("  spool frame -> chatarchief log", lag))
                 ok_spool = pct(spool, 0.5) <= pct(rtt, 0.5) and pct(spool, 0.5) <= pct(mod, 0.5)
                 verdicts.append(
                     f"  {case}: spool p50 {pct(spool, 0.5):.1f} <= send {pct(rtt, 0.5):.1f}, <= peer"
