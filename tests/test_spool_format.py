@@ -229,3 +229,43 @@ def test_a_removed_or_reset_spool_is_flagged_once_and_reading_goes_on(tmp_path: 
     write(tmp_path, [event(3)]).close()
     frames, _ = read_all(tmp_path, reset)
     assert [(f.event, f.problem, f.seq) for f in frames] == [(event(3), None, 1)]
+
+
+async def test_an_unreadable_spool_is_an_alert_not_a_crash_and_reading_resumes(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The spool path is a file, not a directory (a misconfiguration): the reader logs one ALERT and keeps
+    trying; once the directory is there its frames are committed. A crash here would stop the sync loop too."""
+    import asyncio
+    import logging
+
+    from bridge.sources.matrix import spool as reader
+    from tests.support.sinks import DedupSink
+
+    monkeypatch.setattr(reader, "SPOOL_RETRY_SECONDS", 0.01)
+    spool_dir = tmp_path / "spool"
+    spool_dir.write_text("not a directory")
+    sink, stop = DedupSink(), asyncio.Event()
+
+    async def as_events(raws: list[dict[str, Any]]) -> list[Any]:
+        from bridge.sources.matrix.normalise import normalise
+
+        return [normalise(r, room_id=r.pop("room_id"), received_at=1) for r in raws]
+
+    caplog.set_level(logging.ERROR, logger="bridge.sources.matrix.spool")
+    task = asyncio.create_task(reader.tail(spool_dir, KEY, sink, "@a:x", as_events, stop, 0.001))
+    await asyncio.sleep(0.1)
+    assert not task.done()
+    alerts = [r for r in caplog.records if "ALERT matrix spool: cannot read the spool" in r.getMessage()]
+    assert len(alerts) == 1  # once per distinct error, not per retry
+
+    spool_dir.unlink()
+    write(spool_dir, [event(1)]).close()
+    for _ in range(200):
+        if sink.events:
+            break
+        await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.wait_for(task, 5)
+    assert [e.event_id for e in sink.events.values()] == ["$e1"]
+    assert Position.decode(sink.cursor).seq == 1

@@ -41,6 +41,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from bridge.clock import now_ms
+from bridge.errors import DataError
 from bridge.events import MATRIX, ConversationId, Event, notice
 from bridge.sources import Sink
 
@@ -71,6 +72,8 @@ KEEP_BYTES = 64 * 1024
 #: Bytes read per file per call (a backlog is read in steps; a bigger frame is read whole).
 CHUNK = 4 * 1024 * 1024
 UNREADABLE = "spool_frame_unreadable"
+#: How long the reader waits before it tries an unreadable spool again.
+SPOOL_RETRY_SECONDS = 1.0
 
 
 def spool_public_key_b64(key: X25519PrivateKey) -> str:
@@ -280,13 +283,32 @@ async def tail(
     """Append the spool's events to the log until `stop`, each batch with the position after it (ack after
     durable). `to_events` turns opened events into records exactly as the sync loop does; unreadable frames
     become `problem_notice` records and an ALERT. Wakes up every `poll_seconds` (a stat of the current file)."""
-    pos = Position.decode(await sink.load_cursor())
+    stored = await sink.load_cursor()
+    try:
+        pos = Position.decode(stored)
+    except (ValueError, TypeError, KeyError) as exc:
+        raise DataError(f"the log's matrix spool position cannot be read ({exc})") from None
     log.info("matrix spool: reading", extra={"spool_dir": str(directory), "file": pos.file, "seq": pos.seq})
+    failing: str | None = None
     while not stop.is_set():
-        if not more(directory, pos):
-            await asyncio.sleep(poll_seconds)
+        try:
+            if not more(directory, pos):
+                await asyncio.sleep(poll_seconds)
+                continue
+            frames, after = read(directory, pos, key, batch)
+        except OSError as exc:  # unreadable spool (permissions, not a directory...): the sync loop goes on
+            if failing != str(exc):
+                failing = str(exc)
+                log.error(
+                    "ALERT matrix spool: cannot read the spool; plain-room events come by the sync loop only"
+                    " until it can",
+                    extra={"spool_dir": str(directory), "error": failing},
+                )
+            await asyncio.sleep(SPOOL_RETRY_SECONDS)
             continue
-        frames, after = read(directory, pos, key, batch)
+        if failing is not None:
+            log.warning("matrix spool: readable again", extra={"spool_dir": str(directory)})
+            failing = None
         if not frames and after == pos:
             await asyncio.sleep(poll_seconds)
             continue
