@@ -269,3 +269,34 @@ async def test_an_unreadable_spool_is_an_alert_not_a_crash_and_reading_resumes(
     await asyncio.wait_for(task, 5)
     assert [e.event_id for e in sink.events.values()] == ["$e1"]
     assert Position.decode(sink.cursor).seq == 1
+
+
+def test_a_failed_write_is_reported_to_its_caller_and_the_next_frame_starts_a_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Disk full in the middle of a frame: that append raises (the module logs it at ERROR, the sync loop still
+    brings the event); the torn bytes stay at the end of their file, the next frame goes to a new file, and the
+    reader flags both the torn frame and the seq it never got."""
+    import chatarchief_synapse.spool as module_spool
+
+    writer = write(tmp_path, [event(1)])
+    real_write = os.write
+
+    def disk_full(fd: int, data: Any) -> int:
+        real_write(fd, bytes(data[:40]))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(module_spool.os, "write", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        writer.append(orjson.dumps(event(2)))
+    monkeypatch.setattr(module_spool.os, "write", real_write)
+    writer.append(orjson.dumps(event(3)))
+    writer.close()
+
+    assert len(os.listdir(tmp_path)) == 2
+    frames, _ = read_all(tmp_path)
+    assert [(f.event, f.problem) for f in frames] == [
+        (event(1), None),
+        (None, "torn frame at the end of a spool file"),
+        (event(3), "out of sequence: 3 after 1"),
+    ]

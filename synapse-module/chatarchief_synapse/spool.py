@@ -153,8 +153,8 @@ class SpoolWriter:
         self._next_seq = last_seq(self._dir) + 1
         self._fd: int | None = None
         self._size = 0
-        #: Seqs of a batch whose write failed, until their callers have been told.
-        self._lost: set[int] = set()
+        #: Seqs of a batch whose write failed (and why), until their callers have been told.
+        self._lost: dict[int, str] = {}
 
     def append(self, plaintext: bytes) -> int:
         """Seal and append one event; returns its seq once its frame is fsynced (blocking: call in a thread)."""
@@ -169,12 +169,11 @@ class SpoolWriter:
             if batch:  # else an earlier holder of the lock wrote and fsynced ours with its own (or failed to)
                 try:
                     self._write(batch)
-                except BaseException:
+                except Exception as exc:
                     logger.exception("chatarchief: ALERT writing %d spool frame(s) failed", len(batch))
-                    self._lost.update(s for s, _ in batch)
+                    self._lost.update((s, str(exc)) for s, _ in batch)
             if seq in self._lost:
-                self._lost.discard(seq)
-                raise OSError(f"spool write of frame {seq} failed (see the first error)")
+                raise OSError(f"spool write of frame {seq} failed: {self._lost.pop(seq)}")
         return seq
 
     def _write(self, batch: list[tuple[int, bytes]]) -> None:
