@@ -300,3 +300,20 @@ def test_a_failed_write_is_reported_to_its_caller_and_the_next_frame_starts_a_ne
         (None, "torn frame at the end of a spool file"),
         (event(3), "out of sequence: 3 after 1"),
     ]
+
+
+def test_frames_bigger_than_a_read_chunk_and_backlogs_across_chunks_are_read_whole(tmp_path: Path) -> None:
+    from bridge.sources.matrix import spool as reader
+
+    big = event(1, "x" * (reader.CHUNK + 1000))  # one frame larger than a chunk
+    # ~1 MiB: several chunks, each ending inside a frame before 64 frames are read
+    small = [event(i, f"b{i}-" + "y" * (5000 + i)) for i in range(2, 200)]
+    write(tmp_path, [big, *small]).close()
+    got: list[Any] = []
+    pos = Position()
+    while True:
+        frames, pos = read(tmp_path, pos, KEY, limit=64)
+        if not frames:
+            break
+        got += frames
+    assert [f.event for f in got] == [big, *small] and all(f.problem is None for f in got)

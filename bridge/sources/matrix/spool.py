@@ -70,7 +70,7 @@ MAX_BODY = 64 * 1024 * 1024
 #: How much of an unreadable stretch is kept in its notice (the rest is described by length and hash).
 KEEP_BYTES = 64 * 1024
 #: Bytes read per file per call (a backlog is read in steps; a bigger frame is read whole).
-CHUNK = 4 * 1024 * 1024
+CHUNK = 256 * 1024
 UNREADABLE = "spool_frame_unreadable"
 #: How long the reader waits before it tries an unreadable spool again.
 SPOOL_RETRY_SECONDS = 1.0
@@ -158,13 +158,13 @@ def read(directory: Path, position: Position, key: X25519PrivateKey, limit: int 
         if rest and not frames and len(data) == CHUNK:  # one frame bigger than a chunk
             data = _chunk(directory / pos.file, pos.offset, HEADER.size + MAX_BODY + TRAILER.size)
             frames, used, rest = _parse(pos.file, pos.offset, data, pos.seq, key, limit - len(out))
-        if rest and len(data) == CHUNK:
-            break  # the chunk ended inside a frame: the next read goes on from the frame's start
         out.extend(frames)
         seq = frames[-1].seq if frames and frames[-1].seq else pos.seq
         pos = Position(pos.file, pos.offset + used, max(seq, pos.seq))
         if len(out) >= limit:
             break
+        if rest and len(data) == CHUNK:
+            continue  # the chunk ended inside a frame: read on from that frame's start
         if rest and newest:
             break  # a frame still being written (or a garbled tail the next read flags once a newer file exists)
         later = [n for n in names if n > pos.file]
