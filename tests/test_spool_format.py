@@ -317,3 +317,38 @@ def test_frames_bigger_than_a_read_chunk_and_backlogs_across_chunks_are_read_who
             break
         got += frames
     assert [f.event for f in got] == [big, *small] and all(f.problem is None for f in got)
+
+
+@settings(max_examples=40, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(
+    sizes=st.lists(st.integers(0, 3000), min_size=1, max_size=30),
+    limit=st.integers(1, 10),
+    chunk=st.integers(200, 5000),
+    files=st.integers(1, 3),
+)
+def test_reading_in_any_steps_gives_every_frame_once_in_order(
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    sizes: list[int],
+    limit: int,
+    chunk: int,
+    files: int,
+) -> None:
+    from bridge.sources.matrix import spool as reader
+
+    monkeypatch.setattr(reader, "CHUNK", chunk)
+    directory = tmp_path_factory.mktemp("spool")
+    events = [event(i, "z" * n) for i, n in enumerate(sizes)]
+    per_file = -(-len(events) // files)
+    for start in range(0, len(events), per_file):  # one writer per file: a Synapse restart between
+        write(directory, events[start : start + per_file]).close()
+    got: list[Any] = []
+    pos = Position()
+    for _ in range(10 * len(events) + 10):
+        frames, pos = read(directory, Position.decode(pos.encode()), KEY, limit=limit)
+        assert len(frames) <= limit
+        got += frames
+        if not frames:
+            break
+    assert [f.event for f in got] == events and all(f.problem is None for f in got)
+    assert pos.seq == len(events)
