@@ -58,6 +58,7 @@ def read_all(directory: Path, position: Position | None = None) -> tuple[list[An
 @settings(max_examples=30, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(bodies=st.lists(texts, min_size=1, max_size=8))
 def test_round_trip_in_order_and_sealed(tmp_path_factory: pytest.TempPathFactory, bodies: list[str]) -> None:
+    """Every appended event reads back whole, in seq order from 1; no body, room id or sender is on disk."""
     directory = tmp_path_factory.mktemp("spool")
     events = [event(i, f"geheim-{i}-{b}") for i, b in enumerate(bodies)]
     write(directory, events).close()
@@ -74,6 +75,7 @@ def test_round_trip_in_order_and_sealed(tmp_path_factory: pytest.TempPathFactory
 
 
 def test_reading_on_from_a_position_and_across_writer_restarts(tmp_path: Path) -> None:
+    """A stored position resumes exactly after it; a restarted writer starts a new file and the seq goes on."""
     write(tmp_path, [event(1), event(2)]).close()
     first, pos = read_all(tmp_path)
     write(tmp_path, [event(3)]).close()  # a restarted Synapse: a new file, the seq goes on
@@ -85,6 +87,7 @@ def test_reading_on_from_a_position_and_across_writer_restarts(tmp_path: Path) -
 
 
 def test_concurrent_appends_share_fsyncs_and_lose_nothing(tmp_path: Path) -> None:
+    """8 threads appending at once (group commit): every seq 1..200 once, every event once."""
     writer = SpoolWriter(tmp_path, PUBLIC)
     seqs: list[int] = []
 
@@ -105,6 +108,8 @@ def test_concurrent_appends_share_fsyncs_and_lose_nothing(tmp_path: Path) -> Non
 
 
 def test_a_frame_still_being_written_waits_then_a_torn_one_is_flagged(tmp_path: Path) -> None:
+    """A partial frame at the end of the newest file is not returned (it may still be completed); once a newer
+    file exists it is flagged as torn, with its bytes."""
     write(tmp_path, [event(1)]).close()
     (name,) = os.listdir(tmp_path)
     partial = encode_frame(KEY.public_key(), 2, 0, orjson.dumps(event(2)))[:-10]
@@ -125,6 +130,7 @@ def test_a_frame_still_being_written_waits_then_a_torn_one_is_flagged(tmp_path: 
 def test_any_flipped_bit_is_flagged_never_trusted_never_a_crash(
     tmp_path_factory: pytest.TempPathFactory, where: int, bit: int, which: int
 ) -> None:
+    """A flipped bit anywhere in a frame: the frame is flagged, never taken for an event, never a crash."""
     directory = tmp_path_factory.mktemp("spool")
     events = [event(i) for i in range(3)]
     write(directory, events).close()
@@ -171,6 +177,7 @@ def test_frames_for_another_key_are_flagged(tmp_path: Path) -> None:
 
 
 def test_a_seq_gap_is_flagged_with_the_event_kept(tmp_path: Path) -> None:
+    """A missing seq is flagged on the next frame, whose event is still returned."""
     (tmp_path / file_name(1)).write_bytes(
         encode_frame(KEY.public_key(), 1, 0, orjson.dumps(event(1)))
         + encode_frame(KEY.public_key(), 3, 0, orjson.dumps(event(3)))
@@ -180,6 +187,7 @@ def test_a_seq_gap_is_flagged_with_the_event_kept(tmp_path: Path) -> None:
 
 
 def test_garbage_is_one_flagged_stretch(tmp_path: Path) -> None:
+    """Bytes that are no frame header are one flagged stretch to the end of what was read."""
     write(tmp_path, [event(1)]).close()
     (name,) = os.listdir(tmp_path)
     with open(tmp_path / name, "ab") as f:
@@ -191,6 +199,7 @@ def test_garbage_is_one_flagged_stretch(tmp_path: Path) -> None:
 
 @given(content=contents, state_key=st.one_of(st.none(), texts))
 def test_client_event_is_the_sync_shape(content: dict[str, str], state_key: str | None) -> None:
+    """The module serialises the client format: no federation fields, `unsigned` without age."""
     pdu: dict[str, Any] = {
         "type": "m.room.topic",
         "sender": "@a:b",
@@ -212,6 +221,8 @@ def test_client_event_is_the_sync_shape(content: dict[str, str], state_key: str 
 
 
 def test_a_removed_or_reset_spool_is_flagged_once_and_reading_goes_on(tmp_path: Path) -> None:
+    """The position's file removed: flagged, reading goes on in the next file; the whole spool wiped: flagged
+    once, and the new spool (seq from 1) is read."""
     write(tmp_path, [event(1)]).close()
     _, pos = read_all(tmp_path)
     write(tmp_path, [event(2)]).close()
@@ -303,6 +314,7 @@ def test_a_failed_write_is_reported_to_its_caller_and_the_next_frame_starts_a_ne
 
 
 def test_frames_bigger_than_a_read_chunk_and_backlogs_across_chunks_are_read_whole(tmp_path: Path) -> None:
+    """A frame bigger than a read chunk and frames across chunk ends are all read, in order."""
     from bridge.sources.matrix import spool as reader
 
     big = event(1, "x" * (reader.CHUNK + 1000))  # one frame larger than a chunk
@@ -334,6 +346,7 @@ def test_reading_in_any_steps_gives_every_frame_once_in_order(
     chunk: int,
     files: int,
 ) -> None:
+    """Whatever the batch limit, chunk size and file split, repeated reads give every frame once, in order."""
     from bridge.sources.matrix import spool as reader
 
     monkeypatch.setattr(reader, "CHUNK", chunk)

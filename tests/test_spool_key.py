@@ -32,6 +32,8 @@ def printed_key(log: LogDir) -> str:
 
 
 def test_spool_key_prints_the_public_key_that_the_bot_opens_frames_with(empty_log: LogDir, tmp_path: Path) -> None:
+    """`spool-key` prints a stable public key (not the KEK) that the module accepts and whose frames the bot
+    opens with the key it derives."""
     printed = printed_key(empty_log)
     assert printed == printed_key(empty_log)  # stable: derived, not generated per call
     public = base64.b64decode(printed, validate=True)
@@ -48,11 +50,13 @@ def test_spool_key_prints_the_public_key_that_the_bot_opens_frames_with(empty_lo
 
 
 def test_another_key_file_gives_another_spool_key(empty_log: LogDir, tmp_path: Path) -> None:
+    """Two logs, two spool keys."""
     other = create_log(tmp_path / "other")
     assert printed_key(other) != printed_key(empty_log)
 
 
 def test_matrix_spool_dir_is_an_optional_key_and_wires_the_derived_key(tmp_path: Path) -> None:
+    """`matrix.spool_dir` is optional; set, the source config carries it and the derived key."""
     base = (
         '[storage]\nkey_file = "/k/key"\n[matrix]\nhomeserver = "https://m.example"\nuser_id = "@a:m.example"\n'
         'password_file = "/p"\n'

@@ -30,11 +30,13 @@ BASE = {"archiver": "@a:x", "officials": ["@o:x"]}
     ],
 )
 def test_a_bad_spool_config_is_refused_with_one_line(spool: object) -> None:
+    """A spool config without both keys, with extra keys, or with a key that is not 32 bytes of base64 is refused."""
     with pytest.raises(ValueError, match="chatarchief_synapse: 'spool"):
         parse({**BASE, "spool": spool})
 
 
 def test_without_spool_nothing_is_spooled() -> None:
+    """No `spool:` key, no spooling."""
     policy = parse(BASE)
     assert policy.spool is None and not spooled(policy, "m.room.message", "join", False)
 
@@ -47,6 +49,7 @@ def test_without_spool_nothing_is_spooled() -> None:
 def test_spooled_only_plain_rooms_the_archiver_is_joined_to(
     event_type: str, membership: str | None, encrypted: bool
 ) -> None:
+    """Spooled exactly when the archiver is joined, the room has no encryption and the event is not encrypted."""
     policy = parse({**BASE, "spool": {"path": "/s", "public_key": KEY}}).with_server("x")
     assert policy.spool is not None and policy.spool.public_key == bytes(range(32))
     expected = membership == "join" and not encrypted and event_type != "m.room.encrypted"

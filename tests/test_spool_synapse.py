@@ -54,6 +54,8 @@ async def joined_plain_room(person: Official, spool: SpoolServer) -> str:
 async def test_plain_room_messages_are_durable_through_the_spool_while_the_sync_loop_is_held(
     bot: SpoolBot, minister: Official, spool_synapse: SpoolServer
 ) -> None:
+    """With the sync loop's commits held, plain-room messages still reach the log (through the spool), in clear
+    and in their room; released, the sync loop brings the same events and the log keeps one record each."""
     await bot.start(hold_sync=True)
     room_id = await joined_plain_room(minister, spool_synapse)
     sent = [await minister.send_text(room_id, f"besluit {i}") for i in range(3)]
@@ -74,6 +76,8 @@ async def test_plain_room_messages_are_durable_through_the_spool_while_the_sync_
 async def test_bot_down_the_spool_holds_them_sealed_then_each_is_stored_once(
     bot: SpoolBot, minister: Official, spool_synapse: SpoolServer
 ) -> None:
+    """Messages sent while the bot is down wait sealed in the spool (no body, room or user id readable); the
+    restarted bot resumes from its committed position and stores each once."""
     await bot.start()
     room_id = await joined_plain_room(minister, spool_synapse)
     await bot.wait_stored([e["event_id"] for e in frame_events(spool_synapse.frames()) if e["room_id"] == room_id])
@@ -102,6 +106,8 @@ async def test_bot_down_the_spool_holds_them_sealed_then_each_is_stored_once(
 async def test_encrypted_rooms_and_rooms_without_the_archiver_are_never_spooled(
     bot: SpoolBot, minister: Official, spool_synapse: SpoolServer, tmp_path: Path
 ) -> None:
+    """An encrypted room and a room without the archiver never reach the spool; the encrypted one is still
+    archived, decrypted, by the sync loop."""
     await bot.start()
     encrypted = await minister.create_room(encrypted=True)
     secret = await minister.send_text(encrypted, "versleuteld besluit")
@@ -124,6 +130,8 @@ async def test_encrypted_rooms_and_rooms_without_the_archiver_are_never_spooled(
 async def test_a_tampered_spool_frame_is_flagged_and_the_sync_loop_still_archives_it(
     bot: SpoolBot, minister: Official, spool_synapse: SpoolServer, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """A byte of a sealed frame altered while the bot is down: an ALERT and a `spool_frame_unreadable` notice in
+    the log; the message itself is archived once, by the sync loop."""
     await bot.start()
     room_id = await joined_plain_room(minister, spool_synapse)
     await bot.stop()
