@@ -174,3 +174,60 @@ async def test_a_plain_room_attachment_is_fetched_by_the_spool_path_as_by_the_sy
     (attachment,) = record.attachments
     assert attachment.status == "stored" and attachment.sha256 == hashlib.sha256(data).hexdigest()
     assert bot.seen.by_label.get("matrix", []) == []  # nothing from the sync loop yet
+
+
+async def test_the_spool_copy_is_the_same_record_as_the_sync_loops(
+    spool_synapse: SpoolServer, minister: Official, tmp_path: Path
+) -> None:
+    """The same events, archived by a bot through the spool only (sync held) and by a bot through the sync loop
+    only (an empty spool): the records are equal but for the receive time and `unsigned.age` in the raw event
+    (the spool's copy is taken before any client asks): kind, sender, content, relations, attachments."""
+    by_spool = SpoolBot(spool_synapse, tmp_path / "spool-bot")
+    (tmp_path / "empty").mkdir()
+    by_sync = SpoolBot(spool_synapse, tmp_path / "sync-bot", spool_dir=tmp_path / "empty")
+    for b in (by_spool, by_sync):
+        b.workdir.mkdir()
+    await by_spool.start(hold_sync=True)
+    await by_sync.start()
+    try:
+        room_id = await joined_plain_room(minister, spool_synapse)
+        text = await minister.send_text(room_id, "origineel")
+        sent = [
+            text,
+            await minister.send(room_id, {"msgtype": "m.notice", "body": "mededeling"}),
+            await minister.send(
+                room_id, {"m.relates_to": {"rel_type": "m.annotation", "event_id": text, "key": "👍"}}, "m.reaction"
+            ),
+            await minister.send(
+                room_id,
+                {
+                    "msgtype": "m.text",
+                    "body": "* herzien",
+                    "m.new_content": {"msgtype": "m.text", "body": "herzien"},
+                    "m.relates_to": {"rel_type": "m.replace", "event_id": text},
+                },
+            ),
+            str(ok(await minister.client.room_put_state(room_id, "m.room.topic", {"topic": "begroting"})).event_id),
+        ]
+        for b in (by_spool, by_sync):  # both hold the notice before it is redacted (a later sync gives it redacted)
+            await b.wait_stored(sent)
+        redaction = ok(await minister.client.room_redact(room_id, sent[1], reason="vergissing"))
+        sent.append(str(redaction.event_id))
+        await by_spool.wait_stored(sent)
+        await by_sync.wait_stored(sent)
+        assert not set(sent) & set(by_spool.seen.by_label.get("matrix", []))  # all came through the spool
+        spooled = {e.event_id: e for e in by_spool.records()}
+        synced = {e.event_id: e for e in by_sync.records()}
+        for event_id in sent:
+            a, b = spooled[event_id], synced[event_id]
+            same = ("kind", "sender", "sent_at", "conversation", "content", "relates_to", "attachments", "problem")
+            assert {f: getattr(a, f) for f in same} == {f: getattr(b, f) for f in same}, event_id
+            raw_a, raw_b = dict(a.raw), dict(b.raw)
+            unsigned_b = {
+                k: v for k, v in dict(raw_b.pop("unsigned", {})).items() if k not in ("age", "redacted_because")
+            }
+            assert dict(raw_a.pop("unsigned", {})) == unsigned_b, event_id
+            assert raw_a == raw_b, event_id
+    finally:
+        await by_spool.stop()
+        await by_sync.stop()

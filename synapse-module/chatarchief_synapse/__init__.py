@@ -124,7 +124,7 @@ class ArchiverModule:
                 encrypted = ("m.room.encryption", "") in state_events
                 if spooled(self._policy, event.type, archiver.membership if archiver else None, encrypted):
                     # Not awaited, like _cover: neither the notifier nor anyone else waits for the fsync.
-                    self._api.run_as_background_process("chatarchief_spool", self._spool_event, event)
+                    self._api.run_as_background_process("chatarchief_spool", self._spool_event, event, "join")
             except Exception:
                 logger.exception("chatarchief: ALERT event %s not spooled", event.event_id)
         if event.type != MEMBER or not event.is_state():
@@ -144,11 +144,11 @@ class ArchiverModule:
         # Not awaited: the notifier waits for on_new_event callbacks before it wakes clients up.
         self._api.run_as_background_process("chatarchief_cover_room", self._cover, event.room_id, inviter)
 
-    async def _spool_event(self, event: EventBase) -> None:
+    async def _spool_event(self, event: EventBase, membership: str) -> None:
         from chatarchief_synapse.spool import client_event
 
         try:
-            body = client_event(event.get_dict(), event.event_id, event.unsigned)
+            body = client_event(event.get_dict(), event.event_id, event.unsigned, membership)
             await self._api.defer_to_thread(self._spool.append, body)
         except Exception:  # never into Synapse's event handling; the sync loop still brings the event
             logger.exception("chatarchief: ALERT event %s in %s not spooled", event.event_id, event.room_id)

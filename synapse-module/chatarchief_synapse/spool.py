@@ -94,13 +94,24 @@ def _encode(key: tuple[bytes, AESGCM], seq: int, written_ms: int, plaintext: byt
     return header + body + TRAILER.pack(zlib.crc32(body, zlib.crc32(header)))
 
 
-def client_event(event_dict: Mapping[str, Any], event_id: str, unsigned: Mapping[str, Any]) -> bytes:
-    """The event as the client-server API's sync gives it (without `unsigned.age`), as UTF-8 JSON."""
+def client_event(
+    event_dict: Mapping[str, Any], event_id: str, unsigned: Mapping[str, Any], membership: str | None = None
+) -> bytes:
+    """The event as the client-server API's sync gives the archiver it (without `unsigned.age`), as UTF-8 JSON.
+
+    `membership`: the archiver's membership at the event, which Synapse adds to `unsigned` for the requesting
+    user (MSC4115); the module spools only while it is "join"."""
     out: dict[str, Any] = {"event_id": event_id}
     for key in ("type", "sender", "origin_server_ts", "content", "room_id", "state_key", "redacts"):
         if key in event_dict:
             out[key] = event_dict[key]
+    content = out.get("content")
+    # Room v11 keeps a redaction's target in content; the client API also gives it top-level.
+    if out.get("type") == "m.room.redaction" and isinstance(content, Mapping) and "redacts" in content:
+        out.setdefault("redacts", content["redacts"])
     kept = {k: unsigned[k] for k in _UNSIGNED if k in unsigned}
+    if membership is not None:
+        kept["membership"] = membership
     if kept:
         out["unsigned"] = kept
     return json.dumps(out, ensure_ascii=False, separators=(",", ":"), default=_plain).encode("utf-8")

@@ -106,6 +106,8 @@ class SpoolBot:
     keys: KeyMaterial = field(default_factory=lambda: keyfile.generate(os.urandom(16)))
     seen: Seen = field(default_factory=Seen)
     gate: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Where this bot reads a spool (default: the server's; an empty directory makes it a sync-loop-only bot).
+    spool_dir: Path | None = None
     _stack: contextlib.AsyncExitStack | None = None
     _stop: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
@@ -134,7 +136,7 @@ class SpoolBot:
             sync_timeout_ms=2_000,
             backoff_initial=0.2,
             backoff_max=1.0,
-            spool_dir=self.spool.spool_dir,
+            spool_dir=self.spool_dir or self.spool.spool_dir,
             spool_key=self.spool.key,
         )
         self._stack = contextlib.AsyncExitStack()
