@@ -9,6 +9,11 @@ One throwaway Synapse (bridge.dev.synapse) on 127.0.0.1 holds, side by side:
 - peer module: `bench/peer/peer_archive.py` loaded into the same Synapse, a server-side archiver that stores
   each plain-room message from `on_new_event` in its own SQLite file with an fsync (it cannot read encrypted
   rooms); polled the same way, in the same loop;
+- spool (unless `--no-spool`): Chatarchief's own Synapse module (`synapse-module/`) loaded into the same Synapse
+  with `spool:`, which seals each plain-room event from `on_new_event` to the bot's key and appends it to its
+  spool with an fsync; a message counts when its frame is in the spool (the bench holds the bot's key and
+  polls the spool in the same loop). `chatarchief run` then has `matrix.spool_dir` and reads the spool too, so
+  its own column is the spool path end to end in plain rooms (and the sync loop in encrypted ones);
 - listener: a bare nio client in its own sync loop (decrypts, stores nothing): the floor of any sync client;
 - push (with `--push`): `bench/peer/appservice_receiver.py`, an application service registered with the same
   Synapse for the bot's rooms, which stores each plain-room message pushed to it with an fsync before it answers
@@ -23,7 +28,8 @@ Each case (1 and 8 senders, a plain and an encrypted room) sends `--messages` me
 a sender sends its next message once the previous one is durable in chatarchief's log and seen by the others
 (8 senders do this concurrently). Latency runs from just before the sender's `room_send`; "send round trip" is
 that `room_send` call itself (the tick). Prints p50/p95/p99 per observer and case, whether the goal holds
-(chatarchief p50 <= send round trip p50, and <= the peer module's in plain rooms), and where chatarchief's
+(chatarchief p50 <= send round trip p50, and <= the peer module's in plain rooms; with the spool, the same
+for the spool's own column), and where chatarchief's
 time goes per message from the bot's debug timing (`bridge.sources.matrix.timing`), beside a bare SQLite
 commit with fsync on the same disk.
 """
@@ -48,16 +54,19 @@ from typing import Any
 
 import orjson
 import yaml
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bridge.app import spool_private_key  # noqa: E402
 from bridge.dev.officials import Official, make_official, ok  # noqa: E402
-from bridge.dev.synapse import SynapseServer, free_port  # noqa: E402
+from bridge.dev.synapse import SynapseServer, archiver_module_config, free_port  # noqa: E402
 from bridge.events import MATRIX  # noqa: E402
 from bridge.log import keys as keyfile  # noqa: E402
 from bridge.log.keys import KeyMaterial  # noqa: E402
 from bridge.log.store import dedup_tag, unwrap_keys  # noqa: E402
+from bridge.sources.matrix.spool import Position, more, read, spool_public_key_b64  # noqa: E402
 from bridge.sources.matrix.timing import ENV as TRACE_ENV  # noqa: E402
 
 PEER_DIR = ROOT / "bench" / "peer"
@@ -116,7 +125,14 @@ async def listen(
 class Watch:
     """Polls the bot's log (by dedup tag) and the peer module's database (by event id), read-only, in one loop."""
 
-    def __init__(self, data_dir: Path, keys: KeyMaterial, peer_db: Path, push_db: Path | None) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        keys: KeyMaterial,
+        peer_db: Path,
+        push_db: Path | None,
+        spool: tuple[Path, X25519PrivateKey] | None = None,
+    ) -> None:
         self.log = sqlite3.connect(f"file:{data_dir / 'log.sqlite3'}?mode=ro", uri=True)
         rows = [(int(k), str(p), bytes(w)) for k, p, w in self.log.execute("SELECT key_id, purpose, wrapped FROM keys")]
         self.index_key, _ = unwrap_keys(rows, keys)
@@ -127,6 +143,8 @@ class Watch:
         self.waiting: dict[str, set[str]] = {name: set() for name in self.peers}
         #: event id -> CLOCK_MONOTONIC when the peer module's callback ran (Synapse had persisted it).
         self.persisted: dict[str, float] = {}
+        self.spool = spool
+        self.spool_at = Position()
 
     def expect(self, room_id: str, event_id: str, peer: bool) -> None:
         self.in_log[dedup_tag(self.index_key, MATRIX, room_id, event_id)] = event_id
@@ -155,6 +173,12 @@ class Watch:
                     if name == "peer":
                         self.persisted[event_id] = seen
                     others[name].mark(event_id, now)
+            if self.spool is not None and more(self.spool[0], self.spool_at):
+                frames, self.spool_at = read(self.spool[0], self.spool_at, self.spool[1], 10_000)
+                now = time.monotonic()
+                for frame in frames:
+                    if frame.event is not None:
+                        others["spool"].mark(str(frame.event.get("event_id")), now)
             await asyncio.sleep(POLL)
 
 
@@ -172,7 +196,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def write_config(work: Path, server: SynapseServer, bot_id: str, inviter: str) -> Path:
+def write_config(work: Path, url: str, bot_id: str, inviter: str, spool_dir: Path | None) -> Path:
     secrets_dir = work / "secrets"
     secrets_dir.mkdir(mode=0o700)
     (secrets_dir / "bot.password").write_text("pw-archivebot")
@@ -181,9 +205,10 @@ def write_config(work: Path, server: SynapseServer, bot_id: str, inviter: str) -
     config.write_text(
         '[organisation]\nname = "Ministerie van Benchzaken"\narchive_creator_id = "bench"\n\n'
         f'[storage]\ndata_dir = "{work / "data"}"\nkey_file = "{secrets_dir / "bench.key"}"\n\n'
-        f'[matrix]\nhomeserver = "{server.url}"\nuser_id = "{bot_id}"\n'
+        f'[matrix]\nhomeserver = "{url}"\nuser_id = "{bot_id}"\n'
         f'password_file = "{secrets_dir / "bot.password"}"\nallowed_inviters = ["{inviter}"]\n'
-        'sync_timeout_ms = 30000\n\n[logging]\nlevel = "WARNING"\n'
+        + (f'spool_dir = "{spool_dir}"\n' if spool_dir is not None else "")
+        + 'sync_timeout_ms = 30000\n\n[logging]\nlevel = "WARNING"\n'
     )
     return config
 
@@ -229,12 +254,13 @@ def start_receiver(work: Path) -> tuple[subprocess.Popen[bytes], Path]:
     return receiver, registration
 
 
-def start_synapse(work: Path, registration: Path | None) -> SynapseServer:
+def start_synapse(work: Path, registration: Path | None, port: int, ours: dict[str, Any] | None) -> SynapseServer:
+    """The bench's Synapse on `port` with the peer module, and Chatarchief's own module (`ours`) if given."""
     peer = {"module": "peer_archive.PeerArchive", "config": {"database": str(work / "peer.sqlite3")}}
-    extra: dict[str, Any] = {"modules": [peer]}
+    extra: dict[str, Any] = {"modules": [peer, *([ours] if ours is not None else [])]}
     if registration is not None:
         extra["app_service_config_files"] = [str(registration)]
-    server = SynapseServer(work / "synapse", extra_config=extra)
+    server = SynapseServer(work / "synapse", port=port, extra_config=extra, archiver_module=ours)
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(PEER_DIR), old) if p)
     try:
@@ -247,10 +273,25 @@ def start_synapse(work: Path, registration: Path | None) -> SynapseServer:
     return server
 
 
-async def bench(work: Path, senders_cases: list[int], messages: int, with_push: bool, with_receipts: bool) -> None:
+async def bench(
+    work: Path, senders_cases: list[int], messages: int, with_push: bool, with_receipts: bool, with_spool: bool
+) -> None:
+    # The bot's key first: Chatarchief's module seals the spool to the public key derived from it.
+    port, bot_id, inviter = free_port(), "@archivebot:localhost", "@sender0:localhost"
+    spool_dir = work / "spool" if with_spool else None
+    config = write_config(work, f"http://127.0.0.1:{port}", bot_id, inviter, spool_dir)
+    cli = [sys.executable, "-m", "bridge.cli"]
+    init = [*cli, "init", "--config", str(config)]
+    await asyncio.to_thread(subprocess.run, init, check=True, capture_output=True, cwd=ROOT)
+    keys = keyfile.load(work / "secrets" / "bench.key")
+    spool_key = spool_private_key(keys)
+    ours = None
+    if spool_dir is not None:
+        ours = archiver_module_config(bot_id, officials=(inviter,))
+        ours["config"]["spool"] = {"path": str(spool_dir), "public_key": spool_public_key_b64(spool_key)}
     receiver, registration = start_receiver(work) if with_push else (None, None)
     try:
-        server = await asyncio.to_thread(start_synapse, work, registration)
+        server = await asyncio.to_thread(start_synapse, work, registration, port, ours)
     except BaseException:
         if receiver is not None:
             receiver.terminate()
@@ -260,15 +301,11 @@ async def bench(work: Path, senders_cases: list[int], messages: int, with_push: 
     trace = work / "trace.jsonl"
     samples: list[Sample] = []
     try:
-        bot_id, _ = await server.register_user_async("archivebot", "pw-archivebot")
+        registered, _ = await server.register_user_async("archivebot", "pw-archivebot")
         senders = [await make_official(server, work / "stores", name=f"sender{i}") for i in range(max(senders_cases))]
         listener = await make_official(server, work / "stores", name="listener")
         people = [*senders, listener]
-        config = write_config(work, server, bot_id, senders[0].user_id)
-        cli = [sys.executable, "-m", "bridge.cli"]
-        init = [*cli, "init", "--config", str(config)]
-        await asyncio.to_thread(subprocess.run, init, check=True, capture_output=True, cwd=ROOT)
-        keys = keyfile.load(work / "secrets" / "bench.key")
+        assert (registered, senders[0].user_id) == (bot_id, inviter), (registered, senders[0].user_id)
         bot_log = (work / "bot.stderr").open("wb")
         bot_proc = await asyncio.to_thread(
             subprocess.Popen,
@@ -297,7 +334,7 @@ async def bench(work: Path, senders_cases: list[int], messages: int, with_push: 
             push_db = work / "push.sqlite3" if with_push else None
             dbs = [work / "data" / "log.sqlite3", work / "peer.sqlite3", *([push_db] if push_db else [])]
             if watch is None and all(db.exists() for db in dbs):
-                watch = Watch(work / "data", keys, dbs[1], push_db)
+                watch = Watch(work / "data", keys, dbs[1], push_db, (spool_dir, spool_key) if spool_dir else None)
             return watch is not None and watch.cursor_set()
 
         await until(bot_ready, 90, "the bot's first sync")
@@ -315,11 +352,11 @@ async def bench(work: Path, senders_cases: list[int], messages: int, with_push: 
 
         await until(all_joined, 90, "everyone to join")
         stop = asyncio.Event()
-        heard, stored, peer, push = Observed(), Observed(), Observed(), Observed()
+        heard, stored, peer, push, spooled = Observed(), Observed(), Observed(), Observed(), Observed()
         receipts: set[asyncio.Task[Any]] | None = set() if with_receipts else None
         tasks = [
             asyncio.create_task(listen(listener, set(rooms.values()), heard, stop, receipts)),
-            asyncio.create_task(watch.run(stored, {"peer": peer, "push": push}, stop)),
+            asyncio.create_task(watch.run(stored, {"peer": peer, "push": push, "spool": spooled}, stop)),
         ]
 
         async def one(s: Official, room: str, body: str, case: str | None) -> None:
@@ -335,7 +372,8 @@ async def bench(work: Path, senders_cases: list[int], messages: int, with_push: 
             if with_receipts:
                 ok(await s.client.room_typing(room_id, False))
             watch.expect(room_id, event_id, peer=room == "plain")
-            observers = [stored, heard, *(([peer, push] if with_push else [peer]) if room == "plain" else [])]
+            plain_only = [peer, *([push] if with_push else []), *([spooled] if with_spool else [])]
+            observers = [stored, heard, *(plain_only if room == "plain" else [])]
             await asyncio.gather(*(o.wait(event_id) for o in observers))
             if case is not None:
                 samples.append(Sample(case, room, event_id, t0, rtt))
@@ -367,7 +405,7 @@ async def bench(work: Path, senders_cases: list[int], messages: int, with_push: 
             receiver.terminate()
             receiver.wait(10)
     assert watch is not None
-    report(samples, heard, stored, peer, push, watch.persisted, trace, fsync_baseline(work), messages)
+    report(samples, heard, stored, peer, push, spooled, watch.persisted, trace, fsync_baseline(work), messages)
 
 
 def row(label: str, values: list[float]) -> str:
@@ -380,6 +418,7 @@ def report(
     stored: Observed,
     peer: Observed,
     push: Observed,
+    spooled: Observed,
     persisted: dict[str, float],
     trace: Path,
     fsync_ms: list[float],
@@ -405,9 +444,22 @@ def report(
                 print(row("push: app service (durable)", [(push.at[s.event_id] - s.t0) * 1000 for s in group]))
             goal += f", <= peer {pct(mod, 0.5):.1f}"
             met = met and pct(durable, 0.5) <= pct(mod, 0.5)
+            if spooled.at:
+                spool = [(spooled.at[s.event_id] - s.t0) * 1000 for s in group]
+                print(row("spool: our module (durable)", spool))
+                lag = [(stored.at[s.event_id] - spooled.at[s.event_id]) * 1000 for s in group]
+                print(row("  spool frame -> chatarchief log", lag))
+                ok_spool = pct(spool, 0.5) <= pct(rtt, 0.5) and pct(spool, 0.5) <= pct(mod, 0.5)
+                verdicts.append(
+                    f"  {case}: spool p50 {pct(spool, 0.5):.1f} <= send {pct(rtt, 0.5):.1f}, <= peer"
+                    f" {pct(mod, 0.5):.1f} -> {'met' if ok_spool else 'NOT met'}"
+                )
         print(row("chatarchief (durable)", durable))
         verdicts.append(f"  {case}: {goal} -> {'met' if met else 'NOT met'}")
-    print("Goal (chatarchief p50 <= send round trip p50, and <= the peer module's in plain rooms):")
+    print(
+        "Goal (chatarchief p50 <= send round trip p50, and <= the peer module's in plain rooms; the spool's own"
+        " line: its frame durable):"
+    )
     print("\n".join(verdicts))
     breakdown(samples, stored, persisted, trace)
     print(row("bare SQLite commit + fsync, this disk", fsync_ms).replace("    ", "  ", 1))
@@ -422,7 +474,10 @@ def breakdown(samples: list[Sample], stored: Observed, persisted: dict[str, floa
             marks = {name: at for name, at in entry["marks"]}
             for event_id in entry["events"]:
                 batches.setdefault(event_id, marks)
-    print("Where chatarchief's time goes (p50 of each step, ms; 'persisted' is the peer module's callback):")
+    print(
+        "Where chatarchief's sync loop's time goes (p50 of each step, ms; 'persisted' is the peer module's callback;"
+        " a negative 'durable -> observed': the spool had stored it before the sync batch):"
+    )
     for case in dict.fromkeys(s.case for s in samples):
         group = [s for s in samples if s.case == case and s.event_id in batches]
         if not group:
@@ -454,16 +509,19 @@ def main() -> None:
         action="store_true",
         help="traffic like real clients: senders send typing notices, the listener read receipts",
     )
+    ap.add_argument(
+        "--no-spool", dest="spool", action="store_false", help="without Chatarchief's module and its sealed spool"
+    )
     ap.add_argument("--keep", action="store_true", help="keep the work dir (trace, logs) and print its path")
     args = ap.parse_args()
     logging.getLogger("nio").setLevel(logging.ERROR)  # "Missing session for device": nio claims them itself
     if args.keep:
         work = Path(tempfile.mkdtemp(prefix="chatarchief-bench-"))
         print(f"work dir (kept: the bot's trace.jsonl, logs): {work}")
-        asyncio.run(bench(work, args.senders, args.messages, args.push, args.receipts))
+        asyncio.run(bench(work, args.senders, args.messages, args.push, args.receipts, args.spool))
         return
     with tempfile.TemporaryDirectory(prefix="chatarchief-bench-") as tmp:
-        asyncio.run(bench(Path(tmp), args.senders, args.messages, args.push, args.receipts))
+        asyncio.run(bench(Path(tmp), args.senders, args.messages, args.push, args.receipts, args.spool))
 
 
 if __name__ == "__main__":

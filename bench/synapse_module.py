@@ -2,8 +2,9 @@
 
 Run: `.venv/bin/python bench/synapse_module.py [--messages 300] [--rooms 30]`
 
-Two throwaway Synapse servers (bridge.dev.synapse) on 127.0.0.1, identical but for `modules:` (the module with
-`all_local_users: true`, so every event of every room passes through it). One official per server sends
+Three throwaway Synapse servers (bridge.dev.synapse) on 127.0.0.1, identical but for `modules:` (none; the module
+with `all_local_users: true`, so every event of every room passes through it; the same with `spool:`, so every
+event of those plain rooms is also sealed and fsynced into the spool). One official per server sends
 `--messages` messages one at a time into an unencrypted room, alternating between the servers message by message
 (scheduling noise hits both), and creates `--rooms` rooms the same way. Latency is the client's round trip of
 `PUT /send` and `POST /createRoom` (with the module, createRoom also carries the archiver's invite, and the
@@ -14,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import os
 import statistics
 import sys
 import tempfile
@@ -52,14 +55,19 @@ async def timed(call: object) -> float:
 async def main(messages: int, rooms: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         module = archiver_module_config("@archiver:localhost", all_local_users=True)
+        spooling = archiver_module_config("@archiver:localhost", all_local_users=True)
+        public_key = base64.b64encode(os.urandom(32)).decode()  # any X25519 public key: nobody reads it here
+        spooling["config"]["spool"] = {"path": str(Path(tmp) / "spool"), "public_key": public_key}
         servers = {
             "without module": SynapseServer(Path(tmp) / "bare"),
             "with module": SynapseServer(Path(tmp) / "module", archiver_module=module),
+            "module + spool": SynapseServer(Path(tmp) / "spooling", archiver_module=spooling),
         }
         for server in servers.values():
             await asyncio.to_thread(server.start)
         try:
-            await servers["with module"].register_user_async("archiver", "pw-archiver")
+            for label in ("with module", "module + spool"):
+                await servers[label].register_user_async("archiver", "pw-archiver")
             officials = {label: await client(s, "official") for label, s in servers.items()}
             room = {}
             for label, c in officials.items():
@@ -81,9 +89,11 @@ async def main(messages: int, rooms: int) -> None:
                     creates[label].append(await timed(c.room_create(name="kamer")))
             for c in officials.values():
                 await c.close()
+            spooled = sum(p.stat().st_size for p in (Path(tmp) / "spool").iterdir())
         finally:
             for server in servers.values():
                 server.stop()
+    print(f"spool: {spooled} bytes written (sealed frames)")
     print(f"Synapse module cost: {messages} sends, {rooms} createRoom per server, one at a time, interleaved")
     for what, figures in (("send", sends), ("createRoom", creates)):
         base = figures["without module"]

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import aiohttp
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bridge import __version__
 from bridge.archive.mdto import Organisation
@@ -100,7 +101,12 @@ async def run(settings: Settings, data_dir: Path, keys: KeyMaterial, stop: async
             cfg = matrix_source_config(settings, data_dir, keys)
             sink = LogSink(store, f"matrix:{settings.matrix.user_id}", stop=stop, observer=metrics)
             retries.append(sink)
-            tasks.append(asyncio.create_task(MatrixSource(cfg, sink, blobs).run(stop), name="matrix"))
+            spool_sink = None
+            if cfg.spool_dir is not None:
+                spool_sink = LogSink(store, f"matrix-spool:{settings.matrix.user_id}", stop=stop, observer=metrics)
+                retries.append(spool_sink)
+            matrix = MatrixSource(cfg, sink, blobs, spool_sink)
+            tasks.append(asyncio.create_task(matrix.run(stop), name="matrix"))
         if settings.signal is not None:
             signal_cfg = signal_source_config(settings)
             name = f"signal:{settings.signal.account or settings.signal.endpoint}"
@@ -408,7 +414,15 @@ def matrix_source_config(settings: Settings, data_dir: Path, keys: KeyMaterial) 
         rooms=frozenset(m.rooms),
         max_media_bytes=m.max_media_bytes,
         sync_timeout_ms=m.sync_timeout_ms,
+        spool_dir=m.spool_dir,
+        spool_key=spool_private_key(keys) if m.spool_dir is not None else None,
     )
+
+
+def spool_private_key(keys: KeyMaterial) -> X25519PrivateKey:
+    """The bot's X25519 key that opens the Synapse module's sealed spool: derived from the key material (HKDF,
+    as nio's store key), so it is as safe and as backed up as the key file, and stable across `rotate-key`."""
+    return X25519PrivateKey.from_private_bytes(keys.derive("matrix-spool-x25519"))
 
 
 def signal_source_config(settings: Settings) -> SignalSourceConfig:

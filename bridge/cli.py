@@ -895,6 +895,16 @@ def coverage(config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
         raise typer.Exit(1)
 
 
+@app.command("spool-key")
+def spool_key(config_file: ConfigOpt = None, data_dir: DataDirOpt = None, key_file: KeyFileOpt = None) -> None:
+    """Print the bot's X25519 public key for the Synapse module's `spool.public_key` (derived from the key file)."""
+    _, _, material = _open_keys(config_file, data_dir, key_file)
+    from bridge.app import spool_private_key
+    from bridge.sources.matrix.spool import spool_public_key_b64
+
+    out.print(spool_public_key_b64(spool_private_key(material)), soft_wrap=True)
+
+
 @app.command()
 def adopt(config_file: ConfigOpt = None, as_json: JsonOpt = False) -> None:
     """Bring the archiver into the officials' existing rooms (the bot must be a Synapse server admin).

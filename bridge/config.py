@@ -72,6 +72,9 @@ class MatrixSettings(_Section):
     store_dir: Path | None = None
     max_media_bytes: Annotated[int, Field(ge=0)] = 100 * 1024 * 1024
     sync_timeout_ms: Annotated[int, Field(ge=0)] = 30_000
+    #: The sealed spool of Chatarchief's Synapse module (docs/synapse-module.md): plain-room events durable at
+    #: persistence time. Optional; the sync loop stays the complete record.
+    spool_dir: Path | None = None
 
     @field_validator("homeserver")
     @classmethod

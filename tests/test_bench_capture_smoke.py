@@ -20,5 +20,7 @@ def test_capture_benchmark_prints_every_case_observer_and_the_breakdown() -> Non
     assert out.count("send round trip (the tick)") == 4
     assert out.count("chatarchief (durable)") == 4
     assert out.count("peer module in Synapse (durable)") == 2
+    assert out.count("spool: our module (durable)") == 2  # Chatarchief's own module, plain rooms only
+    assert "  1 sender, plain: spool p50 " in out, out
     assert "queued -> durable" in out
     assert "bare SQLite commit + fsync" in out

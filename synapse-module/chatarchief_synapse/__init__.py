@@ -13,6 +13,11 @@ blocks the reactor):
 - `on_new_event`: the archiver's invite from an official or admin is followed by a server-side join at once; an
   official joining a room the archiver is not in makes the official invite it and the archiver join. The work
   runs as a Synapse background process, so the notifier is not held up while it happens.
+- `on_new_event` with `spool: {path, public_key}`: every event of a room the archiver is joined to that is not
+  end-to-end encrypted is sealed to the bot's X25519 key and appended to the spool with an fsync
+  (`chatarchief_synapse.spool`), in Synapse's thread pool, as a background process (the notifier and the sender's
+  response never wait for it). The bot reads the spool and so has plain-room events durable before its sync
+  loop brings them. A failure is logged at ERROR (`ALERT`) and never breaks Synapse's event handling.
 - `check_event_allowed`: a kick, ban, revoked invite or own leave of the archiver is refused (403) unless an admin
   in `admins` does it; every attempt, refused or allowed, is logged at WARNING.
 
@@ -24,7 +29,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from chatarchief_synapse.rules import MEMBER, Action, Policy, guard, initial_invites, parse, reaction
+from chatarchief_synapse.rules import MEMBER, Action, Policy, guard, initial_invites, parse, reaction, spooled
 
 if TYPE_CHECKING:  # Synapse is only importable inside its own venv
     from synapse.events import EventBase
@@ -43,6 +48,11 @@ class ArchiverModule:
     def __init__(self, config: Policy, api: ModuleApi) -> None:
         self._api = api
         self._policy = config.with_server(api.server_name)
+        self._spool: Any = None
+        if self._policy.spool is not None:
+            from chatarchief_synapse.spool import SpoolWriter  # needs `cryptography` (a Synapse dependency)
+
+            self._spool = SpoolWriter(self._policy.spool.path, self._policy.spool.public_key)
         api.register_third_party_rules_callbacks(
             on_create_room=self.on_create_room,
             check_event_allowed=self.check_event_allowed,
@@ -56,6 +66,8 @@ class ArchiverModule:
             else f"{len(self._policy.officials)} official(s)",
             len(self._policy.admins),
         )
+        if self._policy.spool is not None:
+            logger.info("chatarchief archiver module: plain-room events sealed into %s", self._policy.spool.path)
 
     @staticmethod
     def parse_config(config: dict[str, Any]) -> Policy:
@@ -106,6 +118,15 @@ class ArchiverModule:
         return False, None
 
     async def on_new_event(self, event: EventBase, state_events: StateMap[EventBase]) -> None:
+        if self._spool is not None:
+            try:
+                archiver = state_events.get((MEMBER, self._policy.archiver))
+                encrypted = ("m.room.encryption", "") in state_events
+                if spooled(self._policy, event.type, archiver.membership if archiver else None, encrypted):
+                    # Not awaited, like _cover: neither the notifier nor anyone else waits for the fsync.
+                    self._api.run_as_background_process("chatarchief_spool", self._spool_event, event, "join")
+            except Exception:
+                logger.exception("chatarchief: ALERT event %s not spooled", event.event_id)
         if event.type != MEMBER or not event.is_state():
             return
         archiver = state_events.get((MEMBER, self._policy.archiver))
@@ -122,6 +143,15 @@ class ArchiverModule:
         inviter = event.state_key if action is Action.INVITE_AND_JOIN else None
         # Not awaited: the notifier waits for on_new_event callbacks before it wakes clients up.
         self._api.run_as_background_process("chatarchief_cover_room", self._cover, event.room_id, inviter)
+
+    async def _spool_event(self, event: EventBase, membership: str) -> None:
+        from chatarchief_synapse.spool import client_event
+
+        try:
+            body = client_event(event.get_dict(), event.event_id, event.unsigned, membership)
+            await self._api.defer_to_thread(self._spool.append, body)
+        except Exception:  # never into Synapse's event handling; the sync loop still brings the event
+            logger.exception("chatarchief: ALERT event %s in %s not spooled", event.event_id, event.room_id)
 
     def _covered_at_creation(self, event: EventBase, state_events: StateMap[EventBase]) -> bool:
         """The creator's first join in a room made by createRoom (not an upgrade): on_create_room invited us."""

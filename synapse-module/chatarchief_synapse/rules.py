@@ -11,6 +11,8 @@ Contract:
 - `guard(policy, ...)`: why a membership change of the archiver is refused (kick, ban, revoking its invite, its own
   leave from a joined room or from an official's invite), or None when allowed. Admins may do anything; the
   archiver may decline an invite from anyone else.
+- `spooled(policy, ...)`: whether an event goes to the sealed spool (`spool:` configured, the archiver joined, the
+  room not end-to-end encrypted); the spool's format and sealing are `chatarchief_synapse.spool`.
 - `reaction(policy, ...)`: what to do after an event: `JOIN` the archiver (it was invited by an official or admin,
   or is invited and an official joined), `INVITE_AND_JOIN` (an official joined a room the archiver is not in;
   the official invites), or None.
@@ -18,12 +20,14 @@ Contract:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Action", "Policy", "guard", "initial_invites", "parse", "reaction"]
+__all__ = ["Action", "Policy", "SpoolConfig", "guard", "initial_invites", "parse", "reaction", "spooled"]
 
 MEMBER = "m.room.member"
 #: The archiver's memberships in which it is (or is about to be) in the room.
@@ -36,12 +40,21 @@ class Action(enum.Enum):
 
 
 @dataclass(frozen=True)
+class SpoolConfig:
+    """`spool: {path, public_key}`: where plain-room events are appended, sealed to the bot's X25519 key."""
+
+    path: str
+    public_key: bytes
+
+
+@dataclass(frozen=True)
 class Policy:
     archiver: str
     officials: frozenset[str]
     all_local_users: bool
     admins: frozenset[str]
     server_name: str = ""
+    spool: SpoolConfig | None = None
 
     def is_official(self, user_id: str) -> bool:
         if user_id == self.archiver:
@@ -51,7 +64,7 @@ class Policy:
         return self.all_local_users and user_id.startswith("@") and user_id.endswith(f":{self.server_name}")
 
     def with_server(self, server_name: str) -> Policy:
-        return Policy(self.archiver, self.officials, self.all_local_users, self.admins, server_name)
+        return Policy(self.archiver, self.officials, self.all_local_users, self.admins, server_name, self.spool)
 
 
 def _user_id(key: str, value: Any) -> str:
@@ -68,7 +81,27 @@ def _user_ids(key: str, value: Any) -> frozenset[str]:
     return frozenset(_user_id(key, v) for v in value)
 
 
-KNOWN_KEYS = frozenset({"archiver", "officials", "all_local_users", "admins"})
+KNOWN_KEYS = frozenset({"archiver", "officials", "all_local_users", "admins", "spool"})
+
+
+def _spool(value: Any) -> SpoolConfig | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"path", "public_key"}:
+        raise ValueError("chatarchief_synapse: 'spool' must be a mapping with exactly 'path' and 'public_key'")
+    path, key = value["path"], value["public_key"]
+    if not isinstance(path, str) or not path:
+        raise ValueError("chatarchief_synapse: 'spool.path' must be a directory path")
+    try:
+        raw = base64.b64decode(key, validate=True) if isinstance(key, str) else b""
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        raise ValueError(
+            "chatarchief_synapse: 'spool.public_key' must be the bot's X25519 public key, base64 of 32 bytes"
+            " (`chatarchief spool-key --config FILE` prints it)"
+        )
+    return SpoolConfig(path, raw)
 
 
 def parse(raw: Mapping[str, Any] | None) -> Policy:
@@ -88,7 +121,8 @@ def parse(raw: Mapping[str, Any] | None) -> Policy:
     officials = _user_ids("officials", raw.get("officials"))
     if not officials and not all_local:
         raise ValueError("chatarchief_synapse: set 'officials' (a list of user ids) or 'all_local_users: true'")
-    return Policy(archiver, officials, all_local, _user_ids("admins", raw.get("admins")))
+    admins = _user_ids("admins", raw.get("admins"))
+    return Policy(archiver, officials, all_local, admins, spool=_spool(raw.get("spool")))
 
 
 def initial_invites(policy: Policy, creator: str, invite: Sequence[str]) -> list[str] | None:
@@ -143,3 +177,15 @@ def reaction(
     if archiver_membership == "invite":
         return Action.JOIN
     return Action.INVITE_AND_JOIN
+
+
+def spooled(policy: Policy, event_type: str, archiver_membership: str | None, encrypted_room: bool) -> bool:
+    """Whether an event goes to the sealed spool: a spool is configured, the archiver is joined to the room, and
+    the room is not end-to-end encrypted (no `m.room.encryption` in its state). Encrypted rooms (and any stray
+    `m.room.encrypted` event) are left to the bot's sync loop, the only one that can decrypt them."""
+    return (
+        policy.spool is not None
+        and archiver_membership == "join"
+        and not encrypted_room
+        and event_type != "m.room.encrypted"
+    )

@@ -52,6 +52,11 @@ Contract with the capture pipeline:
   attachments stay "pending" references.
 - Events in bridged rooms carry `content["bridge"]`: the room's bridge state
   and the sender's remote identity (see `bridges`).
+- With `spool_dir` (and `spool_sink`), plain-room events sealed by Chatarchief's
+  Synapse module at persistence time are appended from the spool while
+  connected (see `spool`), normalised, annotated and given their media by the
+  same code as the sync loop's, under their own cursor (the spool position);
+  the sync loop stays the complete record and the log's dedup keeps one copy.
 
 What a sync batch stores, backfills, accepts and skips is decided by the pure
 `planner.plan` (unit-tested without a homeserver); this module carries the
@@ -77,6 +82,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from nio import AsyncClientConfig, MegolmEvent
 
 from bridge.clock import now_ms
@@ -104,6 +110,7 @@ from bridge.sources.matrix.media import MediaFetcher, fetch_attachments
 from bridge.sources.matrix.normalise import normalise
 from bridge.sources.matrix.planner import Backfill, RoomPlan, Rules, SyncState, plan
 from bridge.sources.matrix.redacted import recover_original
+from bridge.sources.matrix.spool import tail
 from bridge.sources.matrix.state import LEGACY_FILE, SourceState, decode, encode, migrate_legacy, pending_event
 from bridge.sources.matrix.timing import SyncTimer
 from bridge.sources.matrix.upgrades import Tombstone, back_link, tombstone
@@ -141,6 +148,10 @@ class MatrixSourceConfig:
     backfill_page: int = 100
     backoff_initial: float = 1.0
     backoff_max: float = 60.0
+    #: The sealed spool of Chatarchief's Synapse module, and the key that opens it (`spool.spool_private_key`).
+    spool_dir: Path | None = None
+    spool_key: X25519PrivateKey | None = None
+    spool_poll_seconds: float = 0.005
 
 
 def _sync_filter(timeline_limit: int) -> dict[str, Any]:
@@ -260,11 +271,16 @@ async def maintain_keys(client: RawKeepingClient) -> None:
 class MatrixSource:
     """One bot account on one homeserver (see module docstring)."""
 
-    def __init__(self, cfg: MatrixSourceConfig, sink: Sink, blobs: BlobSink | None = None) -> None:
+    def __init__(
+        self, cfg: MatrixSourceConfig, sink: Sink, blobs: BlobSink | None = None, spool_sink: Sink | None = None
+    ) -> None:
         if not cfg.pickle_key:
             raise ValueError("pickle_key must come from the key material; an empty key is refused")
+        if (cfg.spool_dir is None) != (cfg.spool_key is None) or (cfg.spool_dir is not None and spool_sink is None):
+            raise ValueError("spool_dir needs spool_key and a spool_sink (its own cursor)")
         self.cfg = cfg
         self.sink = sink
+        self.spool_sink = spool_sink
         self.blobs = blobs
         #: The committed resume state (loaded from the sink on every connect).
         self._state = SourceState()
@@ -310,8 +326,11 @@ class MatrixSource:
 
     async def _run_connected(self, stop: asyncio.Event) -> None:
         client = _new_client(self.cfg, self._timer)
+        spool_stop = asyncio.Event()
+        spool: asyncio.Task[None] | None = None
         try:
             await _open_device(client, self.cfg)
+            spool = self._start_spool(client, spool_stop)
             self._state = decode(await self.sink.load_cursor())
             if self._state.token is not None and self._state.device != client.device_id:
                 await self._catch_up_to_device(client)
@@ -329,8 +348,32 @@ class MatrixSource:
                     await join_configured(client, set(self.cfg.rooms))
                 first = False
                 await maintain_keys(client)
+                if spool is not None and spool.done():
+                    spool.result()  # the spool reader failed (storage gave up): stop like a failing sync commit
         finally:
-            await close_quietly(client)
+            spool_stop.set()
+            if spool is not None:
+                try:
+                    await spool
+                finally:
+                    await close_quietly(client)
+            else:
+                await close_quietly(client)
+
+    def _start_spool(self, client: RawKeepingClient, stop: asyncio.Event) -> asyncio.Task[None] | None:
+        directory, key, sink = self.cfg.spool_dir, self.cfg.spool_key, self.spool_sink
+        if directory is None or key is None or sink is None:
+            return None
+
+        async def to_events(raws: list[dict[str, Any]]) -> list[Event]:
+            # As the sync loop: timeline events carry no room_id; normalise, annotate, recover, media.
+            events = [self._bridges.annotate(self._normalise(client, str(raw.pop("room_id")), raw, {})) for raw in raws]
+            events = [self._bridges.annotate(await recover_original(client, e)) for e in events]
+            return await self._with_media(client, events)
+
+        account = self.cfg.user_id or self.cfg.homeserver
+        spool = tail(directory, key, sink, account, to_events, stop, self.cfg.spool_poll_seconds)
+        return asyncio.create_task(spool, name="matrix-spool")
 
     async def _catch_up_to_device(self, client: RawKeepingClient) -> None:
         """Collect this device's queued to-device messages (room keys) before resuming from a token another
