@@ -322,3 +322,25 @@ def test_workers_read_the_log_of_either_backend(
     assert started
     assert inline.end > inline.start
     assert _digests(pooled.path) == _digests(inline.path)
+
+
+def test_a_record_pass_over_a_sqlite_log_never_loads_psycopg(made: LogDir) -> None:
+    """What a record-pass worker imports and runs (`bridge.archive.scan`, a `LogView` over a SQLite log, every
+    record opened) loads no PostgreSQL driver: psycopg costs each worker a quarter of a second to import, and
+    it is imported only where a PostgreSQL log is opened."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from bridge.archive import scan; from bridge.log import keys;"
+        "from bridge.log.view import LogView;"
+        f"view = LogView(Path({str(made.data_dir)!r}), keys.load(Path({str(made.key_file)!r})));"
+        "n = len(scan.chunk_items(view, 0, view.size(), view.size(), {}, view.leaf_before(0)));"
+        "print(n, 'psycopg' in sys.modules)"
+    )
+    root = str(Path(scan.__file__).parents[2])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": root}).stdout  # fmt: skip
+    count, loaded = out.split()
+    assert int(count) > 10 and loaded == "False"
