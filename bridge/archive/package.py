@@ -81,7 +81,6 @@ from bridge.log.view import LogView, RangeRecord
 from bridge.policy import Withheld, fold_decisions
 
 SPILL_BYTES = 16 << 20  # event lines held in memory before they are appended to their files
-LEAF_BATCH = 4096  # leaf lines (65 bytes each) held before they are written
 TMP_DIR = "tmp"  # under the data dir: the only place plaintext is written before `out`
 #: Content key of a line in proof/other-records.jsonl, per record type.
 OTHER_KEYS = scan.OTHER_KEYS
@@ -290,44 +289,45 @@ def _write_records(
     other = builder.open("proof/other-records.jsonl")
     leaves = builder.open("proof/leaves.txt")
     media = _MediaCopier(builder, blobs, allow_missing)
-    leaf_lines: list[bytes] = []  # written LEAF_BATCH at a time
     others = 0
     scanner: scan.Scanner | None = None
     if workers > 1 and p.end - p.start >= scan.PARALLEL_MIN_RECORDS:
         scanner = scan.Scanner(view, data_dir, p.start, p.end, withheld, workers)
     try:
-        stream = scanner if scanner is not None else scan.items(view, p.start, p.end, withheld)
+        stream = scanner if scanner is not None else scan.frames(view, p.start, p.end, withheld)
         serie = params.serie
-        for item in stream:
-            leaf = item.leaf
-            leaf_lines.append(proof.leaf_line(leaf))
-            if len(leaf_lines) == LEAF_BATCH:
-                leaves.write(b"".join(leaf_lines))
-                leaf_lines.clear()
-            frontier.append(leaf)
-            consistency.add(leaf)
-            if type(item) is scan.Plain:
-                state = dossiers.get(item.tag)
-                if state is None:
-                    state = dossiers[item.tag] = derive.new_dossier(serie, item.source, item.conversation)
-                line = item.line
-            elif type(item) is scan.Fallback:
-                rec = item.record
-                event = item.event if item.event is not None else scan.parse_event(rec)
-                state = dossiers.get(item.tag)
-                if state is None:
-                    state = dossiers[item.tag] = derive.new_dossier(serie, event.source, event.conversation)
-                line = _event_line(rec, event, state, withheld, media, listing)
-            else:
-                assert type(item) is scan.Other
-                other.write(item.line)
-                others += 1
-                continue
-            spill.write(state.events_rel, line)
-            state.sha.update(line)
-            state.size += len(line)
-            state.records += 1
-        leaves.write(b"".join(leaf_lines))
+        append, add = frontier.append, consistency.add
+        for frame in stream:
+            leaves.write(frame.leaf_lines)
+            chunk = frame.leaves
+            for i in range(0, len(chunk), 32):
+                leaf = chunk[i : i + 32]
+                append(leaf)
+                add(leaf)
+            for entry in frame.entries:
+                if type(entry) is scan.Run:
+                    state = dossiers.get(entry.tag)
+                    if state is None:
+                        state = dossiers[entry.tag] = derive.new_dossier(serie, entry.source, entry.conversation)
+                    line, count = entry.lines, entry.lines_n
+                elif type(entry) is scan.Fallback:
+                    rec = entry.record
+                    event = entry.event if entry.event is not None else scan.parse_event(rec)
+                    state = dossiers.get(entry.tag)
+                    if state is None:
+                        state = dossiers[entry.tag] = derive.new_dossier(serie, event.source, event.conversation)
+                    line, count = _event_line(rec, event, state, withheld, media, listing), 1
+                else:
+                    assert type(entry) is scan.Others
+                    other.write(entry.lines)
+                    others += entry.lines_n
+                    continue
+                spill.write(state.events_rel, line)
+                state.sha.update(line)
+                state.size += len(line)
+                state.records += count
+            if frame.error is not None:
+                raise frame.error
     finally:
         if scanner is not None:
             scanner.close()
