@@ -285,7 +285,7 @@ def _write_records(
     dossiers: dict[bytes, DossierState] = {}
     spill = _Spill(builder.root / "data", SPILL_BYTES)
     frontier = p.frontier_start.copy()
-    consistency = proof.ConsistencyBuilder(p.frontier_start, p.end)
+    pieces = scan.frontier_pieces(p.frontier_start)  # then the range's, chunk by chunk: the consistency proof's
     other = builder.open("proof/other-records.jsonl")
     leaves = builder.open("proof/leaves.txt")
     media = _MediaCopier(builder, blobs, allow_missing)
@@ -296,14 +296,11 @@ def _write_records(
     try:
         stream = scanner if scanner is not None else scan.frames(view, p.start, p.end, withheld)
         serie = params.serie
-        append, add = frontier.append, consistency.add
         for frame in stream:
             leaves.write(frame.leaf_lines)
-            chunk = frame.leaves
-            for i in range(0, len(chunk), 32):
-                leaf = chunk[i : i + 32]
-                append(leaf)
-                add(leaf)
+            for piece in frame.pieces:
+                frontier = scan.append_piece(frontier, piece)
+            pieces += frame.pieces
             for entry in frame.entries:
                 if type(entry) is scan.Run:
                     state = dossiers.get(entry.tag)
@@ -344,13 +341,25 @@ def _write_records(
             f"size {frontier.size}, root {frontier.root().hex()}",
             check=Check.CHECKPOINT_ROOT,
         )
-    builder.write("proof/consistency-proof.json", proof.consistency_json(p.start, p.end, consistency.proof()))
+    builder.write("proof/consistency-proof.json", proof.consistency_json(p.start, p.end, _consistency(p, pieces)))
     moved = _settle_folders(builder, params, dossiers.values())
     for state in dossiers.values():
         builder.add(state.events_rel, state.sha.hexdigest(), state.size)
     notices = [derive.missing_line(seq, blob_id, moved[folder] + rest) for seq, blob_id, folder, rest in media.notices]
     builder.write("proof/missing-media.jsonl", b"".join(notices))
     return sorted(dossiers.values(), key=lambda s: s.folder), others, len(notices)
+
+
+def _consistency(p: Plan, pieces: list[scan.Piece]) -> list[bytes]:
+    """PROOF(start, end) (RFC 9162): each range's root from the pieces that tile it (the start frontier's
+    subtrees, then the chunks' aligned pieces; `proof.ConsistencyBuilder` gives the same from the leaves)."""
+    out: list[bytes] = []
+    for lo, hi in proof.consistency_ranges(p.start, p.end):
+        root = scan.range_root(pieces, lo, hi)
+        if root is None:
+            raise RuntimeError(f"consistency proof range [{lo}, {hi}) is not tiled by the pass's subtrees")
+        out.append(root)
+    return out
 
 
 def _settle_folders(builder: BagBuilder, params: RenderParams, dossiers: Iterable[DossierState]) -> dict[str, str]:
