@@ -193,6 +193,7 @@ def snapshot(
             dossiers, others, missing = _write_records(
                 view, builder, p, params, blobs, allow_missing_media, listing, data_dir, procs
             )
+            builder.sync_early(state.events_rel for state in dossiers)  # written while the rest is rendered
             # Ask for missing checkpoints only now: pass 2 has recomputed every leaf of the range from its bytes.
             start_note, end_note = seal_notes(keys, p, seal)
             end_cp = checkpoint.parse_checkpoint_body(checkpoint.open_note(end_note)[0])
