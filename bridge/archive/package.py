@@ -280,8 +280,10 @@ def _write_records(
     """Pass 2: one line per record into its file, leaves into proof/leaves.txt; returns the dossiers.
 
     The per-record work (authenticate, decrypt, parse, make the line) runs in `workers` processes when the
-    range is long enough to repay starting them (`scan.PARALLEL_MIN_RECORDS`); leaves, frontier, consistency
-    proof, dossier state and writes stay here, applied in record order (the package is the same either way)."""
+    range is long enough to repay starting them (`scan.PARALLEL_MIN_RECORDS`), a frame per chunk (`scan.Frame`:
+    leaves, their subtree roots, runs of plain lines); leaf lines, the frontier grown a piece at a time, the
+    consistency proof, dossier state and writes stay here, applied in record order (the package is the same
+    either way)."""
     withheld = fold_decisions(p.decisions)
     dossiers: dict[bytes, DossierState] = {}
     spill = _Spill(builder.root / "data", SPILL_BYTES)

@@ -32,8 +32,9 @@ hash chain of its first record against the *stored* leaf before it (which the
 previous chunk has checked against the recomputed one before this chunk's
 frame is read), reads on past its chunk's end so a missing record at a chunk
 edge is reported as it is inline, and sends a `LogIntegrityError` back as its
-fields; the writer raises the first failing chunk's error only after every
-earlier chunk was applied.
+fields, with the frame of the chunk's records before it; the writer raises the
+first failing chunk's error only after those and every earlier chunk were
+applied (the inline frames carry the error object itself: the same order).
 """
 
 from __future__ import annotations
