@@ -322,3 +322,122 @@ def test_workers_read_the_log_of_either_backend(
     assert started
     assert inline.end > inline.start
     assert _digests(pooled.path) == _digests(inline.path)
+
+
+def test_a_record_pass_over_a_sqlite_log_never_loads_psycopg(made: LogDir) -> None:
+    """What a record-pass worker imports and runs (`bridge.archive.scan`, a `LogView` over a SQLite log, every
+    record opened) loads no PostgreSQL driver: psycopg costs each worker a quarter of a second to import, and
+    it is imported only where a PostgreSQL log is opened."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from pathlib import Path; from bridge.archive import scan; from bridge.log import keys;"
+        "from bridge.log.view import LogView;"
+        f"view = LogView(Path({str(made.data_dir)!r}), keys.load(Path({str(made.key_file)!r})));"
+        "n = len(scan.chunk_items(view, 0, view.size(), view.size(), {}, view.leaf_before(0)));"
+        "print(n, 'psycopg' in sys.modules)"
+    )
+    root = str(Path(scan.__file__).parents[2])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": root}).stdout  # fmt: skip
+    count, loaded = out.split()
+    assert int(count) > 10 and loaded == "False"
+
+
+def _mutated(draw: st.DrawFn, d: dict[str, Any]) -> object:
+    """The event's JSON object as it is, or with a key gone or a field of another type (the payload is proven,
+    not validated: the lean path must leave whatever the general path would refuse or treat otherwise)."""
+    how = draw(st.sampled_from(["as is", "drop", "retype", "not an object"]))
+    key = draw(st.sampled_from(sorted(d)))
+    if how == "drop":
+        del d[key]
+    elif how == "retype":
+        d[key] = draw(st.sampled_from([None, 0, 1, True, "", "x", [], {}, "message", "matrix"]))
+    elif how == "not an object":
+        return [d]
+    return d
+
+
+@settings(max_examples=500, deadline=None)
+@given(event=_events(), data=st.data())
+def test_the_lean_decode_agrees_with_the_general_path(event: Event, data: st.DataObject) -> None:
+    """Whenever `scan.lean_plain` takes a decoded payload as plain, `Event.from_json` accepts it, `is_plain`
+    holds (no withholding) and the dossier (source, conversation) is the same."""
+    import orjson
+
+    d = _mutated(data.draw, orjson.loads(canonical_bytes(event)))
+    lean = scan.lean_plain(d)
+    if lean is None:
+        return
+    assert isinstance(d, dict)
+    parsed = Event.from_json(d)
+    assert scan.is_plain(parsed, {})
+    assert lean == (str(parsed.source), str(parsed.conversation))
+
+
+def test_frames_hold_the_items_lines_in_order(made: LogDir) -> None:
+    """The frames (runs of plain lines per dossier, fallbacks, other lines, leaves) give each dossier the lines
+    the record-by-record items give it, in the same order, and the same leaves: inline and with tiny chunks."""
+    from bridge.log.view import LogView
+    from bridge.policy import fold_decisions
+
+    with LogView(made.data_dir, made.keys) as view:
+        decisions = [(row.seq, view.decision(row)) for row in view.decision_rows(view.size())]
+        withheld = fold_decisions(decisions)
+        items = list(scan.items(view, 0, view.size(), withheld))
+        want: dict[bytes, list[bytes]] = {}
+        for item in items:
+            if type(item) is scan.Plain:
+                want.setdefault(item.tag, []).append(item.line)
+            elif type(item) is scan.Fallback:
+                want.setdefault(item.tag, []).append(b"fallback %d" % item.seq)
+        want_other = b"".join(i.line for i in items if type(i) is scan.Other)
+        for chunk in (1024, 3):
+            got: dict[bytes, list[bytes]] = {}
+            other, leaves = b"", b""
+            for a, b in scan.chunks(0, view.size(), chunk):
+                frame = scan.chunk_frame(view, a, b, view.size(), withheld, view.leaf_before(a))
+                assert frame.error is None
+                leaves += frame.leaves
+                assert frame.leaf_lines == b"".join(
+                    proof.leaf_line(frame.leaves[i : i + 32]) for i in range(0, len(frame.leaves), 32)
+                )
+                for entry in frame.entries:
+                    if type(entry) is scan.Run:
+                        lines = entry.lines.splitlines(keepends=True)
+                        assert len(lines) == entry.lines_n
+                        got.setdefault(entry.tag, []).extend(lines)
+                    elif type(entry) is scan.Fallback:
+                        assert entry.event is None
+                        got.setdefault(entry.tag, []).append(b"fallback %d" % entry.seq)
+                    else:
+                        assert type(entry) is scan.Others
+                        other += entry.lines
+            assert got == want and other == want_other
+            assert leaves == b"".join(i.leaf for i in items)
+    assert any(type(i) is scan.Fallback for i in items) and any(type(i) is scan.Plain for i in items)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=st.tuples(st.integers(0, 300), st.integers(0, 300)), chunk=st.sampled_from([1, 2, 3, 4, 8, 64]))
+def test_the_consistency_proof_from_pieces_is_the_leaf_by_leaf_one(sizes: tuple[int, int], chunk: int) -> None:
+    """The writer grows the frontier a chunk's aligned pieces at a time and takes the consistency proof's roots
+    from the pieces (`range_root`): the same frontier and the same PROOF(start, end) as feeding the leaves one
+    by one (`merkle.Frontier.append`, `proof.ConsistencyBuilder`), for any start, end and chunk size."""
+    from bridge.log import merkle
+
+    start, end = min(sizes), max(sizes)
+    leaves = [hashlib.sha256(b"%d" % i).digest() for i in range(end)]
+    at_start = merkle.extend(merkle.Frontier(), leaves[:start])
+    builder = proof.ConsistencyBuilder(at_start, end)
+    for leaf in leaves[start:]:
+        builder.add(leaf)
+    frontier, pieces = at_start.copy(), scan.frontier_pieces(at_start)
+    for a, b in scan.chunks(start, end, chunk):
+        for piece in scan.pieces_of(a, b"".join(leaves[a:b])):
+            frontier = scan.append_piece(frontier, piece)
+            pieces.append(piece)
+    assert frontier == merkle.extend(merkle.Frontier(), leaves)
+    assert [scan.range_root(pieces, lo, hi) for lo, hi in proof.consistency_ranges(start, end)] == builder.proof()

@@ -18,13 +18,14 @@ the process's working directory (unsafe inside the running bot);
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import filecmp
 import hashlib
 import os
 import shutil
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
 from typing import BinaryIO, Protocol, Self
@@ -157,6 +158,9 @@ class BagBuilder:
         self.root.mkdir(mode=0o700)
         #: payload path (relative to data/) -> (sha256 hex, size)
         self.payload: dict[str, tuple[str, int]] = {}
+        self._early: ThreadPoolExecutor | None = None
+        self._syncing: list[Future[None]] = []
+        self._synced_paths: set[str] = set()  # fsynced early: not again in publish (written once, never changed)
 
     def data_path(self, rel: str) -> Path:
         path = self.root / "data" / rel
@@ -184,6 +188,29 @@ class BagBuilder:
         self.done(rel, fh)
         return self.payload[rel]
 
+    def sync_early(self, rels: Iterable[str]) -> None:
+        """Start putting finished payload files (`data/<rel>`, written and closed) on disk now, on threads, so
+        their writeback overlaps the work still to do instead of all of it waiting in `publish`. `publish`
+        waits for them and raises the first error (an fsync error is seen only by the file it was reported to:
+        a later fsync of the same file may not repeat it); `discard` waits too."""
+        if self._early is None:
+            self._early = ThreadPoolExecutor(FSYNC_THREADS, thread_name_prefix="bag-fsync")
+        for rel in rels:
+            path = str(self.root / "data" / rel)
+            self._synced_paths.add(path)
+            self._syncing.append(self._early.submit(_fsync_file, path))
+
+    def _synced(self) -> None:
+        """Wait for the early fsyncs; the first error raises."""
+        try:
+            for future in self._syncing:
+                future.result()
+        finally:
+            if self._early is not None:
+                self._early.shutdown(wait=True, cancel_futures=True)
+                self._early = None
+            self._syncing = []
+
     def finish(self, info: Iterable[tuple[str, str]], extra: dict[str, bytes] | None = None) -> None:
         """Write the tag files; `info` are bag-info.txt lines (Payload-Oxum is added), `extra` more tag files."""
         for name, data in tag_files(self.payload, info, extra or {}).items():
@@ -198,7 +225,8 @@ class BagBuilder:
         temp dir beside the final path, fsynced, then renamed: either way the final name
         appears at once, complete, or not at all.
         """
-        _fsync_tree(self.root)
+        self._synced()
+        _fsync_tree(self.root, skip=self._synced_paths)
         if self.final.exists():
             same = _same_tree(self.root, self.final)
             self.discard()
@@ -224,6 +252,8 @@ class BagBuilder:
         return True
 
     def discard(self) -> None:
+        with contextlib.suppress(OSError):  # the bag is being thrown away: its files' fsync errors do not matter
+            self._synced()
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -264,13 +294,16 @@ def _fsync_file(path: str) -> None:
         os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
-    """Every file (each once, several at a time), then every directory, is on disk; the first error raises."""
+def _fsync_tree(root: Path, skip: set[str] | None = None) -> None:
+    """Every file (each once, several at a time; not those in `skip`, already on disk), then every directory, is
+    on disk; the first error raises."""
     dirs: list[str] = []
     files: list[str] = []
     for dirpath, _, names in os.walk(root):
         dirs.append(dirpath)
         files.extend(os.path.join(dirpath, name) for name in names)
+    if skip:
+        files = [f for f in files if f not in skip]
     with ThreadPoolExecutor(FSYNC_THREADS) as pool:
         for _ in pool.map(_fsync_file, files):
             pass

@@ -81,7 +81,6 @@ from bridge.log.view import LogView, RangeRecord
 from bridge.policy import Withheld, fold_decisions
 
 SPILL_BYTES = 16 << 20  # event lines held in memory before they are appended to their files
-LEAF_BATCH = 4096  # leaf lines (65 bytes each) held before they are written
 TMP_DIR = "tmp"  # under the data dir: the only place plaintext is written before `out`
 #: Content key of a line in proof/other-records.jsonl, per record type.
 OTHER_KEYS = scan.OTHER_KEYS
@@ -194,6 +193,7 @@ def snapshot(
             dossiers, others, missing = _write_records(
                 view, builder, p, params, blobs, allow_missing_media, listing, data_dir, procs
             )
+            builder.sync_early(state.events_rel for state in dossiers)  # written while the rest is rendered
             # Ask for missing checkpoints only now: pass 2 has recomputed every leaf of the range from its bytes.
             start_note, end_note = seal_notes(keys, p, seal)
             end_cp = checkpoint.parse_checkpoint_body(checkpoint.open_note(end_note)[0])
@@ -280,54 +280,54 @@ def _write_records(
     """Pass 2: one line per record into its file, leaves into proof/leaves.txt; returns the dossiers.
 
     The per-record work (authenticate, decrypt, parse, make the line) runs in `workers` processes when the
-    range is long enough to repay starting them (`scan.PARALLEL_MIN_RECORDS`); leaves, frontier, consistency
-    proof, dossier state and writes stay here, applied in record order (the package is the same either way)."""
+    range is long enough to repay starting them (`scan.PARALLEL_MIN_RECORDS`), a frame per chunk (`scan.Frame`:
+    leaves, their subtree roots, runs of plain lines); leaf lines, the frontier grown a piece at a time, the
+    consistency proof, dossier state and writes stay here, applied in record order (the package is the same
+    either way)."""
     withheld = fold_decisions(p.decisions)
     dossiers: dict[bytes, DossierState] = {}
     spill = _Spill(builder.root / "data", SPILL_BYTES)
     frontier = p.frontier_start.copy()
-    consistency = proof.ConsistencyBuilder(p.frontier_start, p.end)
+    pieces = scan.frontier_pieces(p.frontier_start)  # then the range's, chunk by chunk: the consistency proof's
     other = builder.open("proof/other-records.jsonl")
     leaves = builder.open("proof/leaves.txt")
     media = _MediaCopier(builder, blobs, allow_missing)
-    leaf_lines: list[bytes] = []  # written LEAF_BATCH at a time
     others = 0
     scanner: scan.Scanner | None = None
     if workers > 1 and p.end - p.start >= scan.PARALLEL_MIN_RECORDS:
         scanner = scan.Scanner(view, data_dir, p.start, p.end, withheld, workers)
     try:
-        stream = scanner if scanner is not None else scan.items(view, p.start, p.end, withheld)
+        stream = scanner if scanner is not None else scan.frames(view, p.start, p.end, withheld)
         serie = params.serie
-        for item in stream:
-            leaf = item.leaf
-            leaf_lines.append(proof.leaf_line(leaf))
-            if len(leaf_lines) == LEAF_BATCH:
-                leaves.write(b"".join(leaf_lines))
-                leaf_lines.clear()
-            frontier.append(leaf)
-            consistency.add(leaf)
-            if type(item) is scan.Plain:
-                state = dossiers.get(item.tag)
-                if state is None:
-                    state = dossiers[item.tag] = derive.new_dossier(serie, item.source, item.conversation)
-                line = item.line
-            elif type(item) is scan.Fallback:
-                rec = item.record
-                event = item.event if item.event is not None else scan.parse_event(rec)
-                state = dossiers.get(item.tag)
-                if state is None:
-                    state = dossiers[item.tag] = derive.new_dossier(serie, event.source, event.conversation)
-                line = _event_line(rec, event, state, withheld, media, listing)
-            else:
-                assert type(item) is scan.Other
-                other.write(item.line)
-                others += 1
-                continue
-            spill.write(state.events_rel, line)
-            state.sha.update(line)
-            state.size += len(line)
-            state.records += 1
-        leaves.write(b"".join(leaf_lines))
+        for frame in stream:
+            leaves.write(frame.leaf_lines)
+            for piece in frame.pieces:
+                frontier = scan.append_piece(frontier, piece)
+            pieces += frame.pieces
+            for entry in frame.entries:
+                if type(entry) is scan.Run:
+                    state = dossiers.get(entry.tag)
+                    if state is None:
+                        state = dossiers[entry.tag] = derive.new_dossier(serie, entry.source, entry.conversation)
+                    line, count = entry.lines, entry.lines_n
+                elif type(entry) is scan.Fallback:
+                    rec = entry.record
+                    event = entry.event if entry.event is not None else scan.parse_event(rec)
+                    state = dossiers.get(entry.tag)
+                    if state is None:
+                        state = dossiers[entry.tag] = derive.new_dossier(serie, event.source, event.conversation)
+                    line, count = _event_line(rec, event, state, withheld, media, listing), 1
+                else:
+                    assert type(entry) is scan.Others
+                    other.write(entry.lines)
+                    others += entry.lines_n
+                    continue
+                spill.write(state.events_rel, line)
+                state.sha.update(line)
+                state.size += len(line)
+                state.records += count
+            if frame.error is not None:
+                raise frame.error
     finally:
         if scanner is not None:
             scanner.close()
@@ -344,13 +344,25 @@ def _write_records(
             f"size {frontier.size}, root {frontier.root().hex()}",
             check=Check.CHECKPOINT_ROOT,
         )
-    builder.write("proof/consistency-proof.json", proof.consistency_json(p.start, p.end, consistency.proof()))
+    builder.write("proof/consistency-proof.json", proof.consistency_json(p.start, p.end, _consistency(p, pieces)))
     moved = _settle_folders(builder, params, dossiers.values())
     for state in dossiers.values():
         builder.add(state.events_rel, state.sha.hexdigest(), state.size)
     notices = [derive.missing_line(seq, blob_id, moved[folder] + rest) for seq, blob_id, folder, rest in media.notices]
     builder.write("proof/missing-media.jsonl", b"".join(notices))
     return sorted(dossiers.values(), key=lambda s: s.folder), others, len(notices)
+
+
+def _consistency(p: Plan, pieces: list[scan.Piece]) -> list[bytes]:
+    """PROOF(start, end) (RFC 9162): each range's root from the pieces that tile it (the start frontier's
+    subtrees, then the chunks' aligned pieces; `proof.ConsistencyBuilder` gives the same from the leaves)."""
+    out: list[bytes] = []
+    for lo, hi in proof.consistency_ranges(p.start, p.end):
+        root = scan.range_root(pieces, lo, hi)
+        if root is None:
+            raise RuntimeError(f"consistency proof range [{lo}, {hi}) is not tiled by the pass's subtrees")
+        out.append(root)
+    return out
 
 
 def _settle_folders(builder: BagBuilder, params: RenderParams, dossiers: Iterable[DossierState]) -> dict[str, str]:

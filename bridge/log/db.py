@@ -43,14 +43,15 @@ import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiosqlite
-import psycopg
-from psycopg import conninfo
 
 from bridge.durable import fsync_dir, write_atomic
 from bridge.errors import StorageError, UsageError
+
+if TYPE_CHECKING:  # psycopg is imported only where a PostgreSQL log is opened (the SQLite read path never loads it)
+    import psycopg
 
 SQLITE_NAME = "log.sqlite3"
 MARKER_NAME = "log.postgresql"
@@ -132,6 +133,9 @@ class PgTarget:
     @classmethod
     def checked(cls, dsn: str, password_file: Path | None) -> PgTarget:
         """Refuse a DSN that does not parse or carries a password (it belongs in the password file)."""
+        import psycopg
+        from psycopg import conninfo
+
         try:
             parts = conninfo.conninfo_to_dict(dsn)
         except psycopg.ProgrammingError as exc:
@@ -151,6 +155,8 @@ class PgTarget:
 
     def describe(self) -> str:
         """Host, port, database and schema, for messages (never the password)."""
+        from psycopg import conninfo
+
         parts = conninfo.conninfo_to_dict(self.dsn)
         where = f"{parts.get('host', 'localhost')}:{parts.get('port', 5432)}/{parts.get('dbname', '')}"
         options = str(parts.get("options", ""))
@@ -211,6 +217,8 @@ def locate(data_dir: Path) -> Path | PgTarget:
 
 def check_configured(data_dir: Path, backend: str, target: PgTarget | None) -> None:
     """The config's [storage] backend/dsn must name the log the data dir holds (exit 2 otherwise)."""
+    from psycopg import conninfo
+
     found = backend_of(data_dir)
     if found is None:
         return
@@ -266,6 +274,8 @@ class PgReader:
 
     @classmethod
     def connect(cls, target: PgTarget) -> PgReader:
+        import psycopg
+
         try:
             conn = psycopg.connect(target.dsn, **target.connect_args(), application_name="chatarchief-reader")
             conn.read_only = True
@@ -275,6 +285,8 @@ class PgReader:
         return cls(conn)
 
     def execute(self, sql: str, parameters: Sequence[Any] = (), /) -> Rows:
+        import psycopg
+
         word = sql.strip().upper()
         try:
             if word in ("BEGIN", "COMMIT", "ROLLBACK"):
@@ -324,6 +336,8 @@ class _Streamed:
 
     @staticmethod
     def _guarded(fn: Callable[[], Any]) -> Any:
+        import psycopg
+
         try:
             return fn()
         except psycopg.Error as exc:
@@ -405,15 +419,19 @@ class SqliteWriter(Writer):
 
 
 class PgWriter(Writer):
-    errors = (psycopg.Error,)
     backend = POSTGRESQL
 
     def __init__(self, conn: psycopg.AsyncConnection[Any], target: PgTarget) -> None:
+        import psycopg
+
+        self.errors = (psycopg.Error,)
         self.conn = conn
         self.target = target
 
     @classmethod
     async def connect(cls, target: PgTarget, name: str = "writer") -> PgWriter:
+        import psycopg
+
         app = f"chatarchief-{name} {socket.gethostname()} pid {os.getpid()}"[:63]
         try:
             conn = await psycopg.AsyncConnection.connect(
@@ -425,6 +443,8 @@ class PgWriter(Writer):
 
     async def take_lock(self, data_dir: Path) -> None:
         """The single-writer lock (session advisory lock); WriterBusy naming the holder when taken."""
+        import psycopg
+
         try:
             cur = await self.conn.execute(_LOCK_SQL)
             row = await cur.fetchone()
@@ -486,6 +506,8 @@ class PgDedup:
 
     @classmethod
     async def open(cls, target: PgTarget) -> PgDedup:
+        import psycopg
+
         try:
             conn = await psycopg.AsyncConnection.connect(
                 target.dsn, **target.connect_args(), autocommit=True, application_name="chatarchief-dedup"
@@ -496,6 +518,8 @@ class PgDedup:
 
     async def existing(self, tags: Sequence[bytes], last_epoch: int) -> set[bytes]:
         """The tags among `tags` a committed record holds, probing epochs 0..`last_epoch` (see dedup.py)."""
+        import psycopg
+
         if not tags:
             return set()
         try:
@@ -509,6 +533,8 @@ class PgDedup:
 
     async def epoch_tags(self, epoch: int) -> list[bytes]:
         """Every tag of one epoch (a range of the dedup index)."""
+        import psycopg
+
         try:
             cur = await self._conn.execute(
                 f"SELECT dedup FROM records WHERE (seq >> {EPOCH_BITS}) = %s",  # noqa: S608 - a constant
@@ -522,6 +548,8 @@ class PgDedup:
 
     async def keep_blob(self, blob_id: str, data: bytes) -> None:
         """Keep an encrypted blob file's bytes in the log's database (durable on return; once per id)."""
+        import psycopg
+
         try:
             await self._conn.execute(
                 "INSERT INTO blobs (blob_id, data) VALUES (%s, %s) ON CONFLICT (blob_id) DO NOTHING", (blob_id, data)
@@ -531,6 +559,8 @@ class PgDedup:
 
     async def restore_blobs(self, root: Path) -> int:
         """Write every blob the database holds and `root` lacks (never overwrites a file); returns how many."""
+        import psycopg
+
         try:
             cur = await self._conn.execute("SELECT blob_id FROM blobs")
             ids = [str(r[0]) for r in await cur.fetchall()]
@@ -564,6 +594,8 @@ def _write_blob(path: Path, data: bytes) -> None:
 
 def pg_connect(target: PgTarget, *, app: str = "chatarchief") -> psycopg.Connection[Any]:
     """A plain sync session (autocommit) for `init` and `migrate-store`."""
+    import psycopg
+
     try:
         return psycopg.connect(target.dsn, **target.connect_args(), autocommit=True, application_name=app)
     except psycopg.Error as exc:

@@ -13,8 +13,6 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import psycopg
-
 from bridge.clock import now_ms
 from bridge.errors import Check, KeyFileError, LogIntegrityError, StorageError, UsageError
 from bridge.log import checkpoint, crypto, db, format, merkle
@@ -162,6 +160,8 @@ def initialise(data_dir: Path, keys: KeyMaterial, pg: db.PgTarget | None = None)
 
 
 def _initialise_pg(data_dir: Path, keys: KeyMaterial, pg: db.PgTarget) -> None:
+    import psycopg  # only here: opening a SQLite log never loads it
+
     conn = db.pg_connect(pg, app="chatarchief-init")
     try:
         if not db.pg_is_empty(conn):
