@@ -31,15 +31,18 @@ earlier chunk was applied.
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import fcntl
+import hashlib
 import pickle
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
+import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
@@ -48,7 +51,7 @@ from bridge.archive import derive, proof
 from bridge.archive.gaps import LIVENESS_SOURCE
 from bridge.errors import Check, LogIntegrityError
 from bridge.events import SIGNAL, EncodingError, Event, Kind, event_from_bytes
-from bridge.log import format
+from bridge.log import format, merkle
 from bridge.log.keys import KeyMaterial
 from bridge.log.view import LogView, RangeRecord
 from bridge.policy import Withheld, withheld_for
@@ -258,42 +261,120 @@ def worker_main() -> None:
 
 #: A line of a dossier proven plain in a worker: (seq, leaf, appended_ms, conversation tag, source, conversation).
 PlainLine = tuple[int, bytes, int, bytes, str, str]
-FRAME_LINES = 4096  # lines per frame a dossier worker sends
+FRAME_LINES = 4096  # lines per frame a dossier worker sends (at most; a frame never spans two pieces)
+#: Bytes of a dossier's events.jsonl per piece: the pieces of all dossiers go round-robin to the workers, so
+#: every worker is busy whatever the sizes of the dossiers (one large conversation included) and the verifier,
+#: reading the pieces in order, takes each from a worker that has run ahead on it.
+PIECE_BYTES = 1 << 20
+_READ_PIECE = 1 << 20  # a line is read in pieces of at most this many bytes (as `verify_package.iter_lines`)
+
+# The fixed parts of the line `proof.content_line` gives an event without files:
+# {"ciphertext_sha256":"<64 hex>","event":<payload>,"header":"<base64>","salt":"<base64>","seq":<n>}\n
+_HEAD = b'{"ciphertext_sha256":"'
+_EVENT_AT = len(_HEAD) + 2 * format.HASH_BYTES
+_EVENT_KEY = b'","event":'
+_PAYLOAD_AT = _EVENT_AT + len(_EVENT_KEY)
+_HEADER_KEY = b',"header":"'
+_HEADER_B64 = 4 * -(-format.HEADER_BYTES // 3)
+_SALT_KEY = b'","salt":"'
+_SEQ_KEY = b'","seq":'
+_TAIL = b"}\n"
+_EVENT = format.RecordType.EVENT
 
 
 def plain_line(line: bytes, withheld: Withholding) -> PlainLine | None:
     """What `verify-package` needs of a dossier line that is a plain event and exactly the line the package
     writer gives for it (then re-deriving it changes no state); None for any other line, which the verifier
-    then checks itself, line by line, with its own code (so its errors and their order are its own)."""
+    then checks itself, line by line, with its own code (so its errors and their order are its own).
+
+    The line is taken apart where `proof.content_line` puts its fields, and only accepted if `content_line`
+    gives it back byte for byte from them, with the payload canonical JSON (`canonical_json` of what it
+    parses to) of an event `is_plain` accepts, and a header of an event record with the line's seq: exactly
+    the lines `proof.parse_line` reads to the same values and the general path accepts unchanged."""
+    if not (line.startswith(_HEAD) and line.endswith(_TAIL) and line[_EVENT_AT:_PAYLOAD_AT] == _EVENT_KEY):
+        return None
+    h = line.rfind(_HEADER_KEY)  # the last one: a payload's own "header" keys are all inside it, before
+    s = h + len(_HEADER_KEY) + _HEADER_B64
+    q = line.find(_SEQ_KEY, s)
+    if h < _PAYLOAD_AT or line[s : s + len(_SALT_KEY)] != _SALT_KEY or q < 0:
+        return None
+    payload = line[_PAYLOAD_AT:h]
     try:
-        rec = proof.parse_line(line)
-        if rec.key != "event":
+        header_b = binascii.a2b_base64(line[h + len(_HEADER_KEY) : s], strict_mode=True)
+        salt = binascii.a2b_base64(line[s + len(_SALT_KEY) : q], strict_mode=True)
+        ct_hash = binascii.unhexlify(line[len(_HEAD) : _EVENT_AT])
+        seq = int(line[q + len(_SEQ_KEY) : -len(_TAIL)])
+        header = format.unpack_header(header_b)
+        content = orjson.loads(payload)
+        if type(content) is not dict or orjson.dumps(content, option=orjson.OPT_SORT_KEYS) != payload:
             return None
-        event = Event.from_json(rec.content or {})
-    except (proof.LineError, EncodingError):
+        event = Event.from_json(content)
+    except (ValueError, TypeError, EncodingError):  # binascii.Error, FormatError and orjson's errors included
         return None
-    if not is_plain(event, withheld):
+    if header.seq != seq or header.type != _EVENT or not is_plain(event, withheld):
         return None
-    want = proof.content_line("event", rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None)
-    if line != want:
+    if proof.content_line("event", seq, header_b, salt, payload, ct_hash, None) != line:
         return None
-    h = rec.header
-    return (rec.seq, rec.leaf, h.appended_ms, h.conversation_tag, str(event.source), str(event.conversation))
+    leaf = merkle.leaf_hash(header_b + hashlib.sha256(salt + payload).digest() + ct_hash)
+    return (seq, leaf, header.appended_ms, header.conversation_tag, str(event.source), str(event.conversation))
+
+
+def pieces(size: int, piece: int) -> list[tuple[int, int | None]]:
+    """[a, b) byte ranges covering a file of `size` bytes (the last open-ended: to the end of the file as it is
+    read); one piece for an empty or missing file, so every dossier has one."""
+    cuts = list(range(0, size, piece)) or [0]
+    return [(a, cuts[k + 1] if k + 1 < len(cuts) else None) for k, a in enumerate(cuts)]
+
+
+def piece_lines(fh: BinaryIO, a: int, b: int | None, limit: int) -> Iterator[bytes]:
+    """The lines of a file that start at a byte in [a, b) (b None: to the end), each read whole, at most `limit`
+    bytes (a longer one raises ValueError): the pieces of a file together give each of its lines once, as
+    `verify_package.iter_lines` reads them."""
+    pos = a
+    fh.seek(max(a - 1, 0))
+    if a > 0 and fh.read(1) != b"\n":  # the line under way at `a` belongs to the piece it started in
+        while b is None or pos < b:  # (read no further than this piece: a long line is not read once per piece)
+            chunk = fh.readline(_READ_PIECE if b is None else min(_READ_PIECE, b - pos))
+            pos += len(chunk)
+            if not chunk or chunk.endswith(b"\n"):
+                break
+    while b is None or pos < b:
+        parts: list[bytes] = []
+        size = 0
+        while chunk := fh.readline(min(_READ_PIECE, limit + 1 - size)):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"a line longer than {limit} bytes")
+            if chunk.endswith(b"\n"):
+                break
+        if not parts:
+            return
+        pos += size
+        yield parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class DossierScanner:
     """`n` worker processes reading dossiers' events.jsonl: for each path (in the order given) its lines, each
-    a `PlainLine` or the raw line; `None` for a dossier the worker could not read (the verifier reads it)."""
+    a `PlainLine` or the raw line. Each file is cut into pieces of `PIECE_BYTES` (`pieces`), and the pieces of
+    all files go round-robin to the workers; a worker sends its pieces' lines in order, one or more frames per
+    piece and then an empty one, or ("unread", None) for a piece it could not read (a missing file, a line over
+    the limit: the verifier reads that dossier on itself)."""
 
-    def __init__(self, paths: list[Path], withheld: Withholding, n: int, limit: int) -> None:
-        self._n = n = max(1, min(n, len(paths)))
-        self._count = len(paths)
+    def __init__(self, paths: list[Path], withheld: Withholding, n: int, limit: int, piece: int | None = None) -> None:
+        size = PIECE_BYTES if piece is None else piece
+        tasks: list[tuple[str, int, int | None]] = []
+        self._spans: list[range] = []  # the pieces (task numbers) of each dossier
+        for p in paths:
+            cut = pieces(_file_size(p), size)
+            self._spans.append(range(len(tasks), len(tasks) + len(cut)))
+            tasks.extend((str(p), a, b) for a, b in cut)
+        self._n = n = max(1, min(n, len(tasks)))
         self._procs: list[subprocess.Popen[bytes]] = []
         self._stderr: list[helper_process.StderrTail] = []
         try:
             for w in range(n):
-                mine = [str(p) for i, p in enumerate(paths) if i % n == w]
-                job = pickle.dumps((mine, dict(withheld), limit, FRAME_LINES))
+                job = pickle.dumps((tasks[w::n], dict(withheld), limit, FRAME_LINES))
                 self._procs.append(_start(job, self._stderr, "dossier_main"))
         except BaseException:
             self.close()
@@ -303,17 +384,24 @@ class DossierScanner:
         """(line number, line) of dossier `i`, a line proven plain as its `PlainLine`; call for i = 0, 1, ... in
         order, consuming each before the next. From where a worker could not read on (a missing file, a line
         over the limit) the lines are `own()`'s, the verifier's own reading, so it finds what is wrong itself."""
-        w = i % self._n
         number = 0
-        while (frame := self._frame(w)) is not None:
-            if not frame:
-                return
-            for item in frame:
-                number += 1
-                yield number, item
-        for k, line in own():
-            if k > number:
-                yield k, line
+        unread = False
+        for t in self._spans[i]:
+            w = t % self._n
+            while (frame := self._frame(w)) is not None:
+                if not frame:
+                    break
+                if unread:
+                    continue  # a later piece of a dossier read on by the verifier: taken from the pipe, unused
+                for item in frame:
+                    number += 1
+                    yield number, item
+            else:
+                unread = True
+        if unread:
+            for k, line in own():
+                if k > number:
+                    yield k, line
 
     def _frame(self, w: int) -> list[PlainLine | bytes] | None:
         proc = self._procs[w]
@@ -328,32 +416,39 @@ class DossierScanner:
         if kind == "unread":
             return None
         lines: list[PlainLine | bytes] = body
-        return lines  # an empty frame ends the dossier
+        return lines  # an empty frame ends the piece
 
     def close(self) -> None:
         _stop(self._procs)
 
 
-def dossier_main() -> None:
-    """A dossier-reading process: (paths, withheld, line limit, lines per frame) in; per dossier its frames
-    out, then an empty one, or ("unread", None) where it cannot read on (the verifier reads the rest itself)."""
-    from bridge.archive.verify_package import iter_lines
+def _file_size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0  # the worker cannot open it either; the verifier says so
 
-    paths, withheld, limit, frame_lines = pickle.loads(sys.stdin.buffer.read())  # noqa: S301  (parent's pipe)
+
+def dossier_main() -> None:
+    """A dossier-reading process: (pieces, withheld, line limit, lines per frame) in; per piece its frames out,
+    then an empty one, or ("unread", None) where it cannot read (the verifier reads on itself)."""
+    tasks, withheld, limit, frame_lines = pickle.loads(sys.stdin.buffer.read())  # noqa: S301  (parent's pipe)
     out = sys.stdout.buffer
-    for path in paths:
+    dump = pickle.dumps
+    for path, a, b in tasks:
         frame: list[PlainLine | bytes] = []
         try:
-            for _, line in iter_lines(Path(path), path, limit):
-                got = plain_line(line, withheld)
-                frame.append(line if got is None else got)
-                if len(frame) == frame_lines:
-                    out.write(pickle.dumps(("lines", frame), pickle.HIGHEST_PROTOCOL))
-                    frame = []
+            with open(path, "rb") as fh:
+                for line in piece_lines(fh, a, b, limit):
+                    got = plain_line(line, withheld)
+                    frame.append(line if got is None else got)
+                    if len(frame) == frame_lines:
+                        out.write(dump(("lines", frame), pickle.HIGHEST_PROTOCOL))
+                        frame = []
         except Exception:  # a missing file, a line over the limit: the verifier reads on itself and says why
-            out.write(pickle.dumps(("unread", None)))
+            out.write(dump(("unread", None)))
         else:
             if frame:
-                out.write(pickle.dumps(("lines", frame), pickle.HIGHEST_PROTOCOL))
-            out.write(pickle.dumps(("lines", []), pickle.HIGHEST_PROTOCOL))
+                out.write(dump(("lines", frame), pickle.HIGHEST_PROTOCOL))
+            out.write(dump(("lines", []), pickle.HIGHEST_PROTOCOL))
         out.flush()

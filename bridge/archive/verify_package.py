@@ -451,8 +451,11 @@ def _same_line(line: bytes, want: bytes, where: str, what: str, seq: int) -> Non
         )
 
 
-def iter_lines(path: Path, label: str, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) of a file, each line at most `limit` bytes (a longer one is refused unread)."""
+def iter_lines(path: Path, label: str, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a file, each line at most `limit` bytes (a longer one is refused unread; default
+    `MAX_LINE_BYTES`)."""
+    if limit is None:
+        limit = MAX_LINE_BYTES
     try:
         fh = path.open("rb")
     except OSError:
