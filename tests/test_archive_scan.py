@@ -68,9 +68,9 @@ def _count_starts(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
     started: list[int] = []
     real = getattr(scan, name)
 
-    def counting(*args: object) -> object:
+    def counting(*args: object, **kwargs: object) -> object:
         started.append(1)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(scan, name, counting)
     return started

@@ -354,14 +354,58 @@ def piece_lines(fh: BinaryIO, a: int, b: int | None, limit: int) -> Iterator[byt
         yield parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def _spawn(stderr: list[helper_process.StderrTail], entry: str) -> subprocess.Popen[bytes]:
+    """A worker interpreter running `entry`, waiting for its job on stdin."""
+    proc = helper_process.start("bridge.archive.scan", entry)
+    assert proc.stdout is not None
+    with contextlib.suppress(OSError, AttributeError):  # not Linux, or over the system's limit: the default works
+        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    stderr.append(helper_process.StderrTail(proc))
+    return proc
+
+
+def _send(proc: subprocess.Popen[bytes], job: bytes) -> None:
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # a worker that died: its stderr says why when its frame is read
+        proc.stdin.write(job)
+        proc.stdin.close()
+
+
+class DossierWorkers:
+    """`n` dossier-reading interpreters started ahead of their job: they import while the verifier does its
+    first checks, and wait on their stdin for what `DossierScanner` sends them. `close()` ends any not used."""
+
+    def __init__(self, n: int) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.stderr: list[helper_process.StderrTail] = []
+        try:
+            for _ in range(n):
+                self.procs.append(_spawn(self.stderr, "dossier_main"))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        _stop(self.procs)
+
+
 class DossierScanner:
     """`n` worker processes reading dossiers' events.jsonl: for each path (in the order given) its lines, each
     a `PlainLine` or the raw line. Each file is cut into pieces of `PIECE_BYTES` (`pieces`), and the pieces of
     all files go round-robin to the workers; a worker sends its pieces' lines in order, one or more frames per
     piece and then an empty one, or ("unread", None) for a piece it could not read (a missing file, a line over
-    the limit: the verifier reads that dossier on itself)."""
+    the limit: the verifier reads that dossier on itself). With `workers` (started ahead, at least `n`), those
+    processes are used (any beyond what the pieces need get an empty job and end); `close()` ends them."""
 
-    def __init__(self, paths: list[Path], withheld: Withholding, n: int, limit: int, piece: int | None = None) -> None:
+    def __init__(
+        self,
+        paths: list[Path],
+        withheld: Withholding,
+        n: int,
+        limit: int,
+        piece: int | None = None,
+        workers: DossierWorkers | None = None,
+    ) -> None:
         size = PIECE_BYTES if piece is None else piece
         tasks: list[tuple[str, int, int | None]] = []
         self._spans: list[range] = []  # the pieces (task numbers) of each dossier
@@ -370,12 +414,13 @@ class DossierScanner:
             self._spans.append(range(len(tasks), len(tasks) + len(cut)))
             tasks.extend((str(p), a, b) for a, b in cut)
         self._n = n = max(1, min(n, len(tasks)))
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self._stderr: list[helper_process.StderrTail] = []
+        self._procs: list[subprocess.Popen[bytes]] = [] if workers is None else workers.procs
+        self._stderr: list[helper_process.StderrTail] = [] if workers is None else workers.stderr
         try:
-            for w in range(n):
-                job = pickle.dumps((tasks[w::n], dict(withheld), limit, FRAME_LINES))
-                self._procs.append(_start(job, self._stderr, "dossier_main"))
+            while len(self._procs) < n:
+                self._procs.append(_spawn(self._stderr, "dossier_main"))
+            for w, proc in enumerate(self._procs):
+                _send(proc, pickle.dumps((tasks[w::n] if w < n else [], dict(withheld), limit, FRAME_LINES)))
         except BaseException:
             self.close()
             raise

@@ -200,7 +200,32 @@ def _verify(
     quorum: int,
     workers: int | None,
 ) -> PackageReport:
-    """Steps 2 to 8, given the bag's payload manifest (path relative to data/ -> sha256 hex)."""
+    """Steps 2 to 8, given the bag's payload manifest (path relative to data/ -> sha256 hex). The processes that
+    read the dossiers' lines, when they will be used, start first: they import while the first checks run."""
+    procs = default_workers() if workers is None else workers
+    early = scan.DossierWorkers(procs) if _scans(sorted((path / "data").rglob("events.jsonl")), procs) else None
+    try:
+        return _verify_steps(path, manifest, public_key, previous, witnesses, quorum, procs, early)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def _scans(paths: list[Path], procs: int) -> bool:
+    """Whether the dossiers' lines are read in worker processes (`scan.DossierScanner`)."""
+    return procs > 1 and len(paths) > 1 and sum(_size(p) for p in paths) >= SCAN_MIN_BYTES
+
+
+def _verify_steps(
+    path: Path,
+    manifest: dict[str, str],
+    public_key: tuple[str, Ed25519PublicKey],
+    previous: Path | None,
+    witnesses: Sequence[Verifier],
+    quorum: int,
+    procs: int,
+    early: scan.DossierWorkers | None,
+) -> PackageReport:
     data = path / "data"
     pdir = data / "proof"
     rng = _json(pdir / "range.json")
@@ -231,8 +256,7 @@ def _verify(
     status = derive.status_of(sealed_ms, win, closed_ms is not None)
     _check_range(pdir, rng, win, start, end, status, sealed_ms)
     sink = _Rederive(path, manifest)
-    procs = default_workers() if workers is None else workers
-    records = _Records(data, sink, params, win, start, end, start_root, procs)
+    records = _Records(data, sink, params, win, start, end, start_root, procs, early)
     counts = records.check(pdir / "leaves.txt", frontier, end_cp.root)
     _check_consistency(pdir / "consistency-proof.json", start, end, start_root, end_cp.root)
     mdto_files = _check_mdto(data)
@@ -559,8 +583,10 @@ class _Records:
         end: int,
         start_root: bytes,
         workers: int = 1,
+        early: scan.DossierWorkers | None = None,
     ) -> None:
         self._workers = workers
+        self._early = early
         self._data = data
         self._sink = sink
         self._params = params
@@ -607,8 +633,8 @@ class _Records:
             paths = sorted(self._data.rglob("events.jsonl"))
             files = 1 + len(paths)
             scanner: scan.DossierScanner | None = None
-            if self._workers > 1 and len(paths) > 1 and sum(_size(p) for p in paths) >= SCAN_MIN_BYTES:
-                scanner = scan.DossierScanner(paths, self._withheld, self._workers, MAX_LINE_BYTES)
+            if _scans(paths, self._workers):
+                scanner = scan.DossierScanner(paths, self._withheld, self._workers, MAX_LINE_BYTES, workers=self._early)
             try:
                 for i, p in enumerate(paths):
                     self._dossier(p, pos, None if scanner is None else scanner.lines(i, _own_lines(p, self._data)))
