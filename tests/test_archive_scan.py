@@ -276,6 +276,52 @@ def test_a_forged_dossier_is_refused_the_same_way(
         assert "line 3: longer than the limit of 2500 bytes" in str(inline.value)
 
 
+def _early_workers(monkeypatch: pytest.MonkeyPatch) -> list[scan.DossierWorkers]:
+    """Dossier workers started ahead for any package; the returned list gets each `DossierWorkers` made."""
+    made: list[scan.DossierWorkers] = []
+    real = scan.DossierWorkers
+
+    def keeping(n: int) -> scan.DossierWorkers:
+        made.append(real(n))
+        return made[-1]
+
+    monkeypatch.setattr(verify_package, "SCAN_MIN_BYTES", 0)
+    monkeypatch.setattr(scan, "DossierWorkers", keeping)
+    return made
+
+
+def _forge_end_checkpoint(pkg: Path) -> None:
+    cp = pkg / "data" / "proof" / "checkpoint-end.txt"
+    cp.write_bytes(cp.read_bytes().replace(b"\n", b"\n\n", 1))
+    rebag(pkg)
+
+
+@pytest.mark.parametrize("forge", [None, _forge_end_checkpoint, _plain_body])
+def test_workers_started_ahead_are_used_and_always_end(
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forge: object
+) -> None:
+    """The dossier workers start before the first checks: intact, the package verifies as inline with them;
+    refused before its dossiers are read (a forged checkpoint) or while they are (a forged line), it gives the
+    inline error; and every worker started has ended when verify-package returns or raises."""
+    log, pkg = _january(made, tmp_path)
+    if forge is not None:
+        forge(dossier_dir(pkg, "alpha") / "events.jsonl" if forge is _plain_body else pkg)  # type: ignore[operator]
+        if forge is _plain_body:
+            rebag(pkg)
+    outcome: list[object] = []
+    for workers in (1, 3):
+        try:
+            outcome.append(verify_package.verify_package(pkg, _public(log), workers=workers))  # type: ignore[arg-type]
+        except verify_package.PackageIntegrityError as exc:
+            outcome.append((type(exc), str(exc)))
+        if workers == 1:
+            made_workers = _early_workers(monkeypatch)
+    assert outcome[0] == outcome[1]
+    assert len(made_workers) == 1 and len(made_workers[0].procs) == 3
+    assert all(proc.returncode is not None for proc in made_workers[0].procs)
+    assert (forge is None) == isinstance(outcome[0], verify_package.PackageReport)
+
+
 class _Counting:
     """A binary file that counts the bytes read from it."""
 

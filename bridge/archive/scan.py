@@ -280,6 +280,11 @@ _SALT_KEY = b'","salt":"'
 _SEQ_KEY = b'","seq":'
 _TAIL = b"}\n"
 _EVENT = format.RecordType.EVENT
+_HEX_AT = len(_HEAD)
+_HEADER_SKIP = len(_HEADER_KEY)
+_SALT_SKIP = len(_SALT_KEY)
+_SEQ_SKIP = len(_SEQ_KEY)
+_TAIL_AT = -len(_TAIL)
 
 
 def plain_line(line: bytes, withheld: Withholding) -> PlainLine | None:
@@ -294,16 +299,16 @@ def plain_line(line: bytes, withheld: Withholding) -> PlainLine | None:
     if not (line.startswith(_HEAD) and line.endswith(_TAIL) and line[_EVENT_AT:_PAYLOAD_AT] == _EVENT_KEY):
         return None
     h = line.rfind(_HEADER_KEY)  # the last one: a payload's own "header" keys are all inside it, before
-    s = h + len(_HEADER_KEY) + _HEADER_B64
+    s = h + _HEADER_SKIP + _HEADER_B64
     q = line.find(_SEQ_KEY, s)
-    if h < _PAYLOAD_AT or line[s : s + len(_SALT_KEY)] != _SALT_KEY or q < 0:
+    if h < _PAYLOAD_AT or line[s : s + _SALT_SKIP] != _SALT_KEY or q < 0:
         return None
     payload = line[_PAYLOAD_AT:h]
     try:
-        header_b = binascii.a2b_base64(line[h + len(_HEADER_KEY) : s], strict_mode=True)
-        salt = binascii.a2b_base64(line[s + len(_SALT_KEY) : q], strict_mode=True)
-        ct_hash = binascii.unhexlify(line[len(_HEAD) : _EVENT_AT])
-        seq = int(line[q + len(_SEQ_KEY) : -len(_TAIL)])
+        header_b = binascii.a2b_base64(line[h + _HEADER_SKIP : s], strict_mode=True)
+        salt = binascii.a2b_base64(line[s + _SALT_SKIP : q], strict_mode=True)
+        ct_hash = binascii.unhexlify(line[_HEX_AT:_EVENT_AT])
+        seq = int(line[q + _SEQ_SKIP : _TAIL_AT])
         header = format.unpack_header(header_b)
         content = orjson.loads(payload)
         if type(content) is not dict or orjson.dumps(content, option=orjson.OPT_SORT_KEYS) != payload:
