@@ -428,6 +428,15 @@ def test_the_fast_line_reading_accepts_only_what_the_general_path_accepts(made: 
     assert got is None or got == _general_plain_line(forged, held)
 
 
+def test_the_fast_line_reading_gives_the_general_values_for_every_line_of_a_package(made: LogDir) -> None:
+    """Every dossier line of the test package, as written: the fast reading and the general path agree, and
+    the package has plain lines and lines that are not (an edit, a deletion, a name, media, a tombstone)."""
+    lines, held = _sample_lines(made)
+    got = [scan.plain_line(line, held) for line in lines]
+    assert got == [_general_plain_line(line, held) for line in lines]
+    assert any(g is not None for g in got) and any(g is None for g in got)
+
+
 _SAMPLE: dict[str, tuple[list[bytes], dict[tuple[str, str, str], Withheld]]] = {}
 
 
