@@ -415,6 +415,8 @@ def test_the_fast_line_reading_accepts_only_what_the_general_path_accepts(made: 
     """Every line of the test package, and the same line with bytes replaced, inserted or removed anywhere:
     `scan.plain_line` gives None or exactly what the general path gives; and it takes every plain line."""
     lines, held = _sample_lines(made)
+    if data.draw(st.booleans()):
+        held = {}  # no decision at all: the fields alone decide for plain messages (`scan._plain_message`)
     original = lines[data.draw(st.integers(0, len(lines) - 1))]
     want = _general_plain_line(original, held)
     if want is not None:
@@ -428,10 +430,15 @@ def test_the_fast_line_reading_accepts_only_what_the_general_path_accepts(made: 
     assert got is None or got == _general_plain_line(forged, held)
 
 
-def test_the_fast_line_reading_gives_the_general_values_for_every_line_of_a_package(made: LogDir) -> None:
-    """Every dossier line of the test package, as written: the fast reading and the general path agree, and
-    the package has plain lines and lines that are not (an edit, a deletion, a name, media, a tombstone)."""
+@pytest.mark.parametrize("decisions", [True, False])
+def test_the_fast_line_reading_gives_the_general_values_for_every_line_of_a_package(
+    made: LogDir, decisions: bool
+) -> None:
+    """Every dossier line of the test package, as written, with its decisions and with none: the fast reading
+    and the general path agree, and the package has plain lines and lines that are not (an edit, a deletion, a
+    name, media, a tombstone)."""
     lines, held = _sample_lines(made)
+    held = held if decisions else {}
     got = [scan.plain_line(line, held) for line in lines]
     assert got == [_general_plain_line(line, held) for line in lines]
     assert any(g is not None for g in got) and any(g is None for g in got)
@@ -528,3 +535,43 @@ def test_workers_read_the_log_of_either_backend(
     assert started
     assert inline.end > inline.start
     assert _digests(pooled.path) == _digests(inline.path)
+
+
+_FIELDS = [
+    "v", "source", "conversation", "event_id", "kind", "sender", "sent_at", "received_at", "content", "relates_to",
+    "attachments", "raw", "problem",
+]  # fmt: skip
+_FIELD_VALUES = st.sampled_from([None, "", "x", "$e1", "!r:x", "group:abc", 0, 7, True, [], {}, ["a"], {"k": 1}])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    event=_events(),
+    withhold=st.booleans(),
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from(_FIELDS),
+            st.one_of(st.just("<del>"), _FIELD_VALUES, st.sampled_from([k.value for k in Kind])),
+        ),
+        max_size=3,
+    ),
+)
+def test_a_plain_message_by_its_fields_is_a_plain_event(
+    event: Event, withhold: bool, changes: list[tuple[str, object]]
+) -> None:
+    """`scan._plain_message` decides from an encoding's fields alone only where `Event.from_json` decodes it
+    and `is_plain` accepts the event, and then gives its source and conversation; for encodings of every kind
+    and source, with fields removed or of other types."""
+    d: dict[str, Any] = event.to_json()
+    for name, value in changes:
+        if value == "<del>":
+            d.pop(name, None)
+        else:
+            d[name] = value
+    withheld = {(str(event.source), str(event.conversation), str(event.event_id)): Withheld("p", "I", 1, 0)}
+    got = scan._plain_message(d, withheld if withhold else {})
+    if got is None:
+        return
+    decoded = Event.from_json(d)  # raises if the fields alone decided wrongly
+    assert scan.is_plain(decoded, withheld if withhold else {})
+    assert got == (str(decoded.source), str(decoded.conversation))

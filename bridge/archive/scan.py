@@ -50,7 +50,7 @@ from bridge import helper_process
 from bridge.archive import derive, proof
 from bridge.archive.gaps import LIVENESS_SOURCE
 from bridge.errors import Check, LogIntegrityError
-from bridge.events import SIGNAL, EncodingError, Event, Kind, event_from_bytes
+from bridge.events import ENCODING_VERSION, SIGNAL, EncodingError, Event, Kind, event_from_bytes
 from bridge.log import format, merkle
 from bridge.log.keys import KeyMaterial
 from bridge.log.view import LogView, RangeRecord
@@ -313,15 +313,53 @@ def plain_line(line: bytes, withheld: Withholding) -> PlainLine | None:
         content = orjson.loads(payload)
         if type(content) is not dict or orjson.dumps(content, option=orjson.OPT_SORT_KEYS) != payload:
             return None
-        event = Event.from_json(content)
+        conv = _plain_message(content, withheld)
+        if conv is None:  # not a plain message by its fields alone: the event and `is_plain` decide
+            event = Event.from_json(content)
+            if not is_plain(event, withheld):
+                return None
+            conv = (str(event.source), str(event.conversation))
     except (ValueError, TypeError, EncodingError):  # binascii.Error, FormatError and orjson's errors included
         return None
-    if header.seq != seq or header.type != _EVENT or not is_plain(event, withheld):
+    if header.seq != seq or header.type != _EVENT:
         return None
     if proof.content_line("event", seq, header_b, salt, payload, ct_hash, None) != line:
         return None
     leaf = merkle.leaf_hash(header_b + hashlib.sha256(salt + payload).digest() + ct_hash)
-    return (seq, leaf, header.appended_ms, header.conversation_tag, str(event.source), str(event.conversation))
+    return (seq, leaf, header.appended_ms, header.conversation_tag, conv[0], conv[1])
+
+
+#: Kinds a plain message may have by its fields alone (`_plain_message`); notices and state events (room
+#: names) always go through `is_plain`.
+_PLAIN_KINDS = frozenset(k.value for k in Kind if k not in (Kind.NOTICE, Kind.STATE))
+_EVENT_FIELDS = ("sender", "sent_at", "received_at", "content", "raw", "problem")
+
+
+def _plain_message(d: dict[str, Any], withheld: Withholding) -> tuple[str, str] | None:
+    """(source, conversation) of an event encoding that `Event.from_json` decodes and `is_plain` accepts, seen
+    from its fields alone (no `Event` built); None where this does not decide (then `is_plain` does): anything
+    but a version-1 encoding with every field, text ids, a known kind other than a notice or state event, no
+    attachments, no target, not Signal (group names), not the archiver's own, and no withhold decision on it.
+    Sound by construction: each condition is one `from_json` or `is_plain` needs (see their code)."""
+    if d.get("v") != ENCODING_VERSION:
+        return None
+    try:
+        source, conversation, event_id, kind = d["source"], d["conversation"], d["event_id"], d["kind"]
+        if d["attachments"] != [] or d["relates_to"] is not None:
+            return None
+    except KeyError:
+        return None
+    if any(name not in d for name in _EVENT_FIELDS):
+        return None
+    if type(source) is not str or type(conversation) is not str or type(event_id) is not str:
+        return None
+    if not (source and conversation and event_id) or type(kind) is not str or kind not in _PLAIN_KINDS:
+        return None
+    if source in (SIGNAL, LIVENESS_SOURCE):
+        return None
+    if withheld and withheld.get((source, conversation, event_id)) is not None:
+        return None
+    return source, conversation
 
 
 def pieces(size: int, piece: int) -> list[tuple[int, int | None]]:
