@@ -14,7 +14,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
+import io
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +31,7 @@ from bridge.archive.package import snapshot
 from bridge.archive.range import Month
 from bridge.clock import now_ms
 from bridge.errors import LogIntegrityError
-from bridge.events import MATRIX, SIGNAL, Attachment, Event, Kind, canonical_bytes
+from bridge.events import MATRIX, SIGNAL, Attachment, EncodingError, Event, Kind, canonical_bytes
 from bridge.log import keys as keyfile
 from bridge.policy import Withheld
 from tests.conftest import LogDir, make_event
@@ -66,9 +68,9 @@ def _count_starts(monkeypatch: pytest.MonkeyPatch, name: str) -> list[int]:
     started: list[int] = []
     real = getattr(scan, name)
 
-    def counting(*args: object) -> object:
+    def counting(*args: object, **kwargs: object) -> object:
         started.append(1)
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(scan, name, counting)
     return started
@@ -177,10 +179,18 @@ def test_a_tampered_log_is_refused_the_same_way(
 # -- verify-package: the dossiers' lines read in worker processes ----------------------------------------
 
 
-def _force_dossier_processes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+def _force_dossier_processes(monkeypatch: pytest.MonkeyPatch, piece: int | None = None) -> list[int]:
+    """Dossier workers for any package, 2 lines a frame and, with `piece`, pieces of that many bytes (lines
+    then start and end in other pieces, and most small pieces hold no line start at all)."""
     monkeypatch.setattr(verify_package, "SCAN_MIN_BYTES", 0)
     monkeypatch.setattr(scan, "FRAME_LINES", 2)
+    if piece is not None:
+        monkeypatch.setattr(scan, "PIECE_BYTES", piece)
     return _count_starts(monkeypatch, "DossierScanner")
+
+
+#: Piece sizes: the default (a dossier in one piece), one line's size or so, and a byte (each line cut many times).
+PIECES = [None, 700, 1]
 
 
 def _january(made: LogDir, tmp_path: Path) -> tuple[LogDir, Path]:
@@ -192,12 +202,13 @@ def _public(log: LogDir) -> tuple[str, object]:
     return keyfile.load_public(keyfile.public_path(log.key_file))
 
 
+@pytest.mark.parametrize("piece", PIECES)
 def test_dossiers_read_in_processes_verify_the_same(
-    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, piece: int | None
 ) -> None:
     log, pkg = _january(made, tmp_path)
     inline = verify_package.verify_package(pkg, _public(log), workers=1)  # type: ignore[arg-type]
-    started = _force_dossier_processes(monkeypatch)
+    started = _force_dossier_processes(monkeypatch, piece)
     pooled = verify_package.verify_package(pkg, _public(log), workers=2)  # type: ignore[arg-type]
     assert started
     assert pooled == inline
@@ -238,20 +249,222 @@ def _borrow(p: Path) -> None:
     p.write_bytes(p.read_bytes() + _lines(other)[-1])
 
 
-@pytest.mark.parametrize("forge", [_plain_body, _swap, _drop, _garbage, _borrow])
+def _long_line(p: Path) -> None:
+    """A line over the (lowered) line limit in the middle of the dossier: a worker cannot read on there."""
+    lines = _lines(p)
+    lines[2] = lines[2][:-1] + b" " * 3000 + b"\n"
+    p.write_bytes(b"".join(lines))
+
+
+@pytest.mark.parametrize("piece", PIECES)
+@pytest.mark.parametrize("forge", [_plain_body, _swap, _drop, _garbage, _borrow, _long_line])
 def test_a_forged_dossier_is_refused_the_same_way(
-    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forge: object
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forge: object, piece: int | None
 ) -> None:
     log, pkg = _january(made, tmp_path)
     forge(dossier_dir(pkg, "alpha") / "events.jsonl")  # type: ignore[operator]
     rebag(pkg)
+    monkeypatch.setattr(verify_package, "MAX_LINE_BYTES", 2500)  # over every line the test log has but one
     with pytest.raises(verify_package.PackageIntegrityError) as inline:
         verify_package.verify_package(pkg, _public(log), workers=1)  # type: ignore[arg-type]
-    started = _force_dossier_processes(monkeypatch)
+    started = _force_dossier_processes(monkeypatch, piece)
     with pytest.raises(verify_package.PackageIntegrityError) as pooled:
         verify_package.verify_package(pkg, _public(log), workers=2)  # type: ignore[arg-type]
     assert started
     assert (type(inline.value), str(inline.value)) == (type(pooled.value), str(pooled.value))
+    if forge is _long_line:
+        assert "line 3: longer than the limit of 2500 bytes" in str(inline.value)
+
+
+def _early_workers(monkeypatch: pytest.MonkeyPatch) -> list[scan.DossierWorkers]:
+    """Dossier workers started ahead for any package; the returned list gets each `DossierWorkers` made."""
+    made: list[scan.DossierWorkers] = []
+    real = scan.DossierWorkers
+
+    def keeping(n: int) -> scan.DossierWorkers:
+        made.append(real(n))
+        return made[-1]
+
+    monkeypatch.setattr(verify_package, "SCAN_MIN_BYTES", 0)
+    monkeypatch.setattr(scan, "DossierWorkers", keeping)
+    return made
+
+
+def _forge_end_checkpoint(pkg: Path) -> None:
+    cp = pkg / "data" / "proof" / "checkpoint-end.txt"
+    cp.write_bytes(cp.read_bytes().replace(b"\n", b"\n\n", 1))
+    rebag(pkg)
+
+
+@pytest.mark.parametrize("forge", [None, _forge_end_checkpoint, _plain_body])
+def test_workers_started_ahead_are_used_and_always_end(
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forge: object
+) -> None:
+    """The dossier workers start before the first checks: intact, the package verifies as inline with them;
+    refused before its dossiers are read (a forged checkpoint) or while they are (a forged line), it gives the
+    inline error; and every worker started has ended when verify-package returns or raises."""
+    log, pkg = _january(made, tmp_path)
+    if forge is not None:
+        forge(dossier_dir(pkg, "alpha") / "events.jsonl" if forge is _plain_body else pkg)  # type: ignore[operator]
+        if forge is _plain_body:
+            rebag(pkg)
+    outcome: list[object] = []
+    for workers in (1, 3):
+        try:
+            outcome.append(verify_package.verify_package(pkg, _public(log), workers=workers))  # type: ignore[arg-type]
+        except verify_package.PackageIntegrityError as exc:
+            outcome.append((type(exc), str(exc)))
+        if workers == 1:
+            made_workers = _early_workers(monkeypatch)
+    assert outcome[0] == outcome[1]
+    assert len(made_workers) == 1 and len(made_workers[0].procs) == 3
+    assert all(proc.returncode is not None for proc in made_workers[0].procs)
+    assert (forge is None) == isinstance(outcome[0], verify_package.PackageReport)
+
+
+class _Counting:
+    """A binary file that counts the bytes read from it."""
+
+    def __init__(self, data: bytes) -> None:
+        self._fh = io.BytesIO(data)
+        self.read_bytes = 0
+
+    def seek(self, pos: int) -> int:
+        return self._fh.seek(pos)
+
+    def read(self, n: int = -1) -> bytes:
+        got = self._fh.read(n)
+        self.read_bytes += len(got)
+        return got
+
+    def readline(self, n: int = -1) -> bytes:
+        got = self._fh.readline(n)
+        self.read_bytes += len(got)
+        return got
+
+
+def _pieces_lines(data: bytes, piece: int, limit: int) -> tuple[list[bytes], int]:
+    fh = _Counting(data)
+    got = [line for a, b in scan.pieces(len(data), piece) for line in scan.piece_lines(fh, a, b, limit)]  # type: ignore[arg-type]
+    return got, fh.read_bytes
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.lists(st.sampled_from([b"a", b"bc", b"\n", b"x" * 40, b"{}\n"]), max_size=60).map(b"".join),
+    piece=st.integers(1, 90),
+)
+def test_the_pieces_of_a_file_give_its_lines_once_each_in_order(
+    data: bytes, piece: int, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """Cut anywhere, the pieces together give exactly the lines `iter_lines` reads (the last one without its
+    newline too), in order."""
+    path = tmp_path_factory.mktemp("pieces") / "events.jsonl"
+    path.write_bytes(data)
+    want = [line for _, line in verify_package.iter_lines(path, "f")]
+    assert _pieces_lines(data, piece, 1 << 20)[0] == want
+
+
+def test_a_line_over_the_limit_stops_its_piece() -> None:
+    data = b"ok\n" + b"x" * 1000 + b"\nnever\n"
+    with pytest.raises(ValueError, match="longer than 100 bytes"):
+        list(scan.piece_lines(_Counting(data), 0, None, 100))  # type: ignore[arg-type]
+
+
+def test_a_long_line_is_read_once_not_once_per_piece() -> None:
+    """A line across many pieces: each piece it runs through reads no further than its own end (a 400 MiB line
+    in 1 MiB pieces would otherwise be read 400 times over)."""
+    data = b"first\n" + b"x" * 100_000 + b"\nlast\n"
+    got, read = _pieces_lines(data, 1000, 1 << 20)
+    assert got == [b"first\n", b"x" * 100_000 + b"\n", b"last\n"]
+    assert read <= 2 * len(data), read
+
+
+# -- the fast path is the general path: property --------------------------------------------------------
+
+
+def _general_plain_line(line: bytes, withheld: dict[tuple[str, str, str], Withheld]) -> scan.PlainLine | None:
+    """`scan.plain_line` as the general path reads a line (`proof.parse_line`, `Event.from_json`, the writer's
+    line): what the fast path must give, or None."""
+    try:
+        rec = proof.parse_line(line)
+        if rec.key != "event":
+            return None
+        event = Event.from_json(rec.content or {})
+    except (proof.LineError, EncodingError):
+        return None
+    if not scan.is_plain(event, withheld):
+        return None
+    if line != proof.content_line("event", rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None):
+        return None
+    h = rec.header
+    return (rec.seq, rec.leaf, h.appended_ms, h.conversation_tag, str(event.source), str(event.conversation))
+
+
+_LINE_EDITS = st.sampled_from(
+    [
+        b"", b"\n", b" ", b"0", b"A", b"a", b"=", b"-", b"+", b"}", b"{", b",", b'"', b"\\", b"\xff",
+        b',"header":"', b'","salt":"', b'","seq":', b'"files":{}', b'"withheld":{}', b'"x":1,',
+    ]
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.data())
+def test_the_fast_line_reading_accepts_only_what_the_general_path_accepts(made: LogDir, data: st.DataObject) -> None:
+    """Every line of the test package, and the same line with bytes replaced, inserted or removed anywhere:
+    `scan.plain_line` gives None or exactly what the general path gives; and it takes every plain line."""
+    lines, held = _sample_lines(made)
+    if data.draw(st.booleans()):
+        held = {}  # no decision at all: the fields alone decide for plain messages (`scan.plain_by_fields`)
+    original = lines[data.draw(st.integers(0, len(lines) - 1))]
+    want = _general_plain_line(original, held)
+    if want is not None:
+        assert scan.plain_line(original, held) == want  # the fast path takes every plain line
+    forged = original
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(forged)))
+        cut = data.draw(st.integers(0, 3))
+        forged = forged[:at] + data.draw(_LINE_EDITS) + forged[at + cut :]
+    got = scan.plain_line(forged, held)
+    assert got is None or got == _general_plain_line(forged, held)
+
+
+@pytest.mark.parametrize("decisions", [True, False])
+def test_the_fast_line_reading_gives_the_general_values_for_every_line_of_a_package(
+    made: LogDir, decisions: bool
+) -> None:
+    """Every dossier line of the test package, as written, with its decisions and with none: the fast reading
+    and the general path agree, and the package has plain lines and lines that are not (an edit, a deletion, a
+    name, media, a tombstone)."""
+    lines, held = _sample_lines(made)
+    held = held if decisions else {}
+    got = [scan.plain_line(line, held) for line in lines]
+    assert got == [_general_plain_line(line, held) for line in lines]
+    assert any(g is not None for g in got) and any(g is None for g in got)
+
+
+_SAMPLE: dict[str, tuple[list[bytes], dict[tuple[str, str, str], Withheld]]] = {}
+
+
+def _sample_lines(made: LogDir) -> tuple[list[bytes], dict[tuple[str, str, str], Withheld]]:
+    """The dossier lines of January's package of the test log (plain events, and others), and its withholding."""
+    if "lines" not in _SAMPLE:
+        from bridge.log.view import LogView
+        from bridge.policy import fold_decisions
+
+        with LogView(made.data_dir, made.keys) as view:
+            decisions = [(row.seq, view.decision(row)) for row in view.decision_rows(view.size())]
+        withheld = fold_decisions(decisions)
+        out = Path(tempfile.mkdtemp(prefix="plainlines-"))
+        try:
+            log = _copy(made, out)
+            pkg = snapshot(log.data_dir, log.keys, JANUARY, out / "jan", OPTIONS, seal=seal_for(log), workers=1).path
+            lines = [ln for p in sorted((pkg / "data").rglob("events.jsonl")) for ln in _lines(p)]
+        finally:
+            shutil.rmtree(out)
+        _SAMPLE["lines"] = (lines, dict(withheld))
+    return _SAMPLE["lines"]
 
 
 # -- the fast path is the general path: property --------------------------------------------------------
@@ -363,12 +576,12 @@ def _mutated(draw: st.DrawFn, d: dict[str, Any]) -> object:
 @settings(max_examples=500, deadline=None)
 @given(event=_events(), data=st.data())
 def test_the_lean_decode_agrees_with_the_general_path(event: Event, data: st.DataObject) -> None:
-    """Whenever `scan.lean_plain` takes a decoded payload as plain, `Event.from_json` accepts it, `is_plain`
+    """Whenever `scan.plain_by_fields` takes a decoded payload as plain, `Event.from_json` accepts it, `is_plain`
     holds (no withholding) and the dossier (source, conversation) is the same."""
     import orjson
 
     d = _mutated(data.draw, orjson.loads(canonical_bytes(event)))
-    lean = scan.lean_plain(d)
+    lean = scan.plain_by_fields(d, {}) if isinstance(d, dict) else None
     if lean is None:
         return
     assert isinstance(d, dict)
@@ -441,3 +654,43 @@ def test_the_consistency_proof_from_pieces_is_the_leaf_by_leaf_one(sizes: tuple[
             pieces.append(piece)
     assert frontier == merkle.extend(merkle.Frontier(), leaves)
     assert [scan.range_root(pieces, lo, hi) for lo, hi in proof.consistency_ranges(start, end)] == builder.proof()
+
+
+_FIELDS = [
+    "v", "source", "conversation", "event_id", "kind", "sender", "sent_at", "received_at", "content", "relates_to",
+    "attachments", "raw", "problem",
+]  # fmt: skip
+_FIELD_VALUES = st.sampled_from([None, "", "x", "$e1", "!r:x", "group:abc", 0, 7, True, [], {}, ["a"], {"k": 1}])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    event=_events(),
+    withhold=st.booleans(),
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from(_FIELDS),
+            st.one_of(st.just("<del>"), _FIELD_VALUES, st.sampled_from([k.value for k in Kind])),
+        ),
+        max_size=3,
+    ),
+)
+def test_a_plain_message_by_its_fields_is_a_plain_event(
+    event: Event, withhold: bool, changes: list[tuple[str, object]]
+) -> None:
+    """`scan.plain_by_fields` decides from an encoding's fields alone only where `Event.from_json` decodes it
+    and `is_plain` accepts the event, and then gives its source and conversation; for encodings of every kind
+    and source, with fields removed or of other types."""
+    d: dict[str, Any] = event.to_json()
+    for name, value in changes:
+        if value == "<del>":
+            d.pop(name, None)
+        else:
+            d[name] = value
+    withheld = {(str(event.source), str(event.conversation), str(event.event_id)): Withheld("p", "I", 1, 0)}
+    got = scan.plain_by_fields(d, withheld if withhold else {})
+    if got is None:
+        return
+    decoded = Event.from_json(d)  # raises if the fields alone decided wrongly
+    assert scan.is_plain(decoded, withheld if withhold else {})
+    assert got == (str(decoded.source), str(decoded.conversation))

@@ -36,7 +36,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -406,6 +406,67 @@ class ConsistencyBuilder:
         if self._next != self._end:
             raise ValueError(f"fed {self._next - self._start} leaves, expected {self._end - self._start}")
         return [self._roots[r] for r in self._ranges]
+
+
+#: Leaves per block `extend_leaf_lines` hashes as one perfect subtree (a power of two).
+LEAF_BLOCK = 1 << 12
+_NODE_PREFIX = b"\x01"
+
+
+def extend_leaf_lines(
+    frontier: merkle.Frontier,
+    lines: bytes | memoryview | Any,
+    count: int,
+    one: Callable[[int], bytes],
+    block_leaves: int | None = None,
+) -> merkle.Frontier:
+    """`frontier` extended with the `count` leaves of leaves.txt held in `lines` (64 hex digits and a newline
+    each): the frontier `merkle.extend(frontier, (one(i) for i in range(count)))` gives, where `one(i)` is the
+    caller's reading of line i (which raises for a line that is not a leaf).
+
+    Where the frontier's size is a multiple of `LEAF_BLOCK`, a whole block of lines in the strict form (every
+    newline in place, nothing but hex digits) is decoded at once and hashed level by level into its subtree's
+    root; every other leaf, and every line of a block not in that form, goes through `one`, so a bad line gives
+    the caller's error at the first bad line, as leaf by leaf. (`block_leaves`: another power of two, for tests.)"""
+    span = LEAF_BLOCK if block_leaves is None else block_leaves
+    tree = frontier.copy()
+    width = LEAF_LINE_BYTES
+    newlines = b"\n" * span
+    sha = hashlib.sha256
+    i = 0
+    while i < count:
+        block = None
+        if tree.size % span == 0 and count - i >= span:
+            raw = bytes(lines[i * width : (i + span) * width])
+            if raw[width - 1 :: width] == newlines:
+                try:
+                    block = binascii.unhexlify(raw.replace(b"\n", b""))
+                except binascii.Error:
+                    block = None
+                if block is not None and len(block) != span * merkle.HASH_SIZE:  # a newline among the digits
+                    block = None
+        if block is None:  # one leaf, as the caller reads it
+            tree.append(one(i))
+            i += 1
+            continue
+        level = [block[k : k + merkle.HASH_SIZE] for k in range(0, len(block), merkle.HASH_SIZE)]
+        while len(level) > 1:
+            level = [sha(_NODE_PREFIX + level[k] + level[k + 1]).digest() for k in range(0, len(level), 2)]
+        tree = _with_subtree(tree, level[0], span)
+        i += span
+    return tree
+
+
+def _with_subtree(tree: merkle.Frontier, node: bytes, span: int) -> merkle.Frontier:
+    """`tree` (its size a multiple of `span`) with a perfect subtree of `span` leaves appended: merged with
+    equal-sized subtrees as `Frontier.append` merges a leaf."""
+    hashes = list(tree.hashes)
+    n = tree.size // span
+    while n & 1:
+        node = merkle.node_hash(hashes.pop(), node)
+        n >>= 1
+    hashes.append(node)
+    return merkle.Frontier.from_hashes(tree.size + span, hashes)
 
 
 def extend_root(frontier: merkle.Frontier, leaves: Iterable[bytes]) -> bytes:

@@ -15,8 +15,8 @@ What the writer applies is a `Frame` per chunk (`chunk_frame`, `frames` inline):
 lines of proof/leaves.txt as two byte strings, the plain lines of each dossier joined into one `Run` (cut at
 every fallback, so each dossier's lines keep record order), the fallbacks, and the other records' lines: a
 few objects per chunk instead of one per record, to pickle, unpickle and apply. Each payload is decoded
-once (`orjson`); `lean_plain` recognises the common plain Matrix message on the decoded object, anything
-else is built into an `Event` and goes through `is_plain` (a property test pins that the two agree).
+once (`orjson`); `plain_by_fields` recognises the common plain message on the decoded object, anything
+else is built into an `Event` and goes through `is_plain` (property tests pin that the two agree).
 
 `Scanner` splits the range into chunks of `CHUNK` records handed round-robin
 to `n` fresh interpreters (a plain subprocess, like the renderers': a
@@ -39,14 +39,16 @@ applied (the inline frames carry the error object itself: the same order).
 
 from __future__ import annotations
 
+import binascii
 import contextlib
 import fcntl
+import hashlib
 import pickle
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -56,7 +58,7 @@ from bridge import helper_process
 from bridge.archive import derive, proof
 from bridge.archive.gaps import LIVENESS_SOURCE
 from bridge.errors import Check, LogIntegrityError
-from bridge.events import ENCODING_VERSION, MATRIX, SIGNAL, EncodingError, Event, Kind, event_from_bytes
+from bridge.events import ENCODING_VERSION, SIGNAL, EncodingError, Event, Kind, event_from_bytes
 from bridge.log import format, merkle
 from bridge.log.keys import KeyMaterial
 from bridge.log.view import LogView, RangeRecord
@@ -218,27 +220,6 @@ class Frame(NamedTuple):
     pieces: list[Piece]
 
 
-#: The keys `Event.from_json` requires (a payload lacking one is refused there, so the lean path leaves it).
-_EVENT_KEYS = frozenset(
-    ("v", "source", "conversation", "event_id", "kind", "sender", "sent_at", "received_at", "content", "relates_to",
-     "attachments", "raw", "problem")
-)  # fmt: skip
-
-
-def lean_plain(d: object) -> tuple[str, str] | None:
-    """(source, conversation) when the decoded payload `d` is an event `Event.from_json` accepts and `is_plain`
-    holds for it with no withholding: a Matrix message, no attachment, relating to nothing. None for anything
-    else (which then takes the general path: `Event.from_json` and `is_plain`)."""
-    if type(d) is not dict or d.get("kind") != "message" or d.get("relates_to") is not None:
-        return None
-    source, conversation = d.get("source"), d.get("conversation")
-    if source != MATRIX or type(source) is not str or type(conversation) is not str or not conversation:
-        return None
-    if d.get("attachments") != [] or not d.get("event_id") or d.get("v") != ENCODING_VERSION:
-        return None
-    return (source, conversation) if d.keys() >= _EVENT_KEYS else None
-
-
 def chunk_frame(
     view: LogView,
     start: int,
@@ -279,7 +260,7 @@ def chunk_frame(
                         d = loads(rec.payload)
                     except decode_error:
                         d = None
-                    lean = None if withheld else lean_plain(d)
+                    lean = plain_by_fields(d, withheld) if type(d) is dict else None
                     if lean is None:
                         event = parse_event(rec) if type(d) is not dict else _event_of(rec.seq, d)
                         if is_plain(event, withheld):
@@ -501,43 +482,209 @@ def worker_main() -> None:
 
 #: A line of a dossier proven plain in a worker: (seq, leaf, appended_ms, conversation tag, source, conversation).
 PlainLine = tuple[int, bytes, int, bytes, str, str]
-FRAME_LINES = 4096  # lines per frame a dossier worker sends
+FRAME_LINES = 4096  # lines per frame a dossier worker sends (at most; a frame never spans two pieces)
+#: Bytes of a dossier's events.jsonl per piece: the pieces of all dossiers go round-robin to the workers, so
+#: every worker is busy whatever the sizes of the dossiers (one large conversation included) and the verifier,
+#: reading the pieces in order, takes each from a worker that has run ahead on it.
+PIECE_BYTES = 1 << 20
+_READ_PIECE = 1 << 20  # a line is read in pieces of at most this many bytes (as `verify_package.iter_lines`)
+
+# The fixed parts of the line `proof.content_line` gives an event without files:
+# {"ciphertext_sha256":"<64 hex>","event":<payload>,"header":"<base64>","salt":"<base64>","seq":<n>}\n
+_HEAD = b'{"ciphertext_sha256":"'
+_EVENT_AT = len(_HEAD) + 2 * format.HASH_BYTES
+_EVENT_KEY = b'","event":'
+_PAYLOAD_AT = _EVENT_AT + len(_EVENT_KEY)
+_HEADER_KEY = b',"header":"'
+_HEADER_B64 = 4 * -(-format.HEADER_BYTES // 3)
+_SALT_KEY = b'","salt":"'
+_SEQ_KEY = b'","seq":'
+_TAIL = b"}\n"
+_EVENT = format.RecordType.EVENT
+_HEX_AT = len(_HEAD)
+_HEADER_SKIP = len(_HEADER_KEY)
+_SALT_SKIP = len(_SALT_KEY)
+_SEQ_SKIP = len(_SEQ_KEY)
+_TAIL_AT = -len(_TAIL)
 
 
 def plain_line(line: bytes, withheld: Withholding) -> PlainLine | None:
     """What `verify-package` needs of a dossier line that is a plain event and exactly the line the package
     writer gives for it (then re-deriving it changes no state); None for any other line, which the verifier
-    then checks itself, line by line, with its own code (so its errors and their order are its own)."""
+    then checks itself, line by line, with its own code (so its errors and their order are its own).
+
+    The line is taken apart where `proof.content_line` puts its fields, and only accepted if `content_line`
+    gives it back byte for byte from them, with the payload canonical JSON (`canonical_json` of what it
+    parses to) of an event `is_plain` accepts, and a header of an event record with the line's seq: exactly
+    the lines `proof.parse_line` reads to the same values and the general path accepts unchanged."""
+    if not (line.startswith(_HEAD) and line.endswith(_TAIL) and line[_EVENT_AT:_PAYLOAD_AT] == _EVENT_KEY):
+        return None
+    h = line.rfind(_HEADER_KEY)  # the last one: a payload's own "header" keys are all inside it, before
+    s = h + _HEADER_SKIP + _HEADER_B64
+    q = line.find(_SEQ_KEY, s)
+    if h < _PAYLOAD_AT or line[s : s + _SALT_SKIP] != _SALT_KEY or q < 0:
+        return None
+    payload = line[_PAYLOAD_AT:h]
     try:
-        rec = proof.parse_line(line)
-        if rec.key != "event":
+        header_b = binascii.a2b_base64(line[h + _HEADER_SKIP : s], strict_mode=True)
+        salt = binascii.a2b_base64(line[s + _SALT_SKIP : q], strict_mode=True)
+        ct_hash = binascii.unhexlify(line[_HEX_AT:_EVENT_AT])
+        seq = int(line[q + _SEQ_SKIP : _TAIL_AT])
+        header = format.unpack_header(header_b)
+        content = orjson.loads(payload)
+        if type(content) is not dict or orjson.dumps(content, option=orjson.OPT_SORT_KEYS) != payload:
             return None
-        event = Event.from_json(rec.content or {})
-    except (proof.LineError, EncodingError):
+        conv = plain_by_fields(content, withheld)
+        if conv is None:  # not a plain message by its fields alone: the event and `is_plain` decide
+            event = Event.from_json(content)
+            if not is_plain(event, withheld):
+                return None
+            conv = (str(event.source), str(event.conversation))
+    except (ValueError, TypeError, EncodingError):  # binascii.Error, FormatError and orjson's errors included
         return None
-    if not is_plain(event, withheld):
+    if header.seq != seq or header.type != _EVENT:
         return None
-    want = proof.content_line("event", rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None)
-    if line != want:
+    if proof.content_line("event", seq, header_b, salt, payload, ct_hash, None) != line:
         return None
-    h = rec.header
-    return (rec.seq, rec.leaf, h.appended_ms, h.conversation_tag, str(event.source), str(event.conversation))
+    leaf = merkle.leaf_hash(header_b + hashlib.sha256(salt + payload).digest() + ct_hash)
+    return (seq, leaf, header.appended_ms, header.conversation_tag, conv[0], conv[1])
+
+
+#: Kinds a plain message may have by its fields alone (`plain_by_fields`); notices and state events (room
+#: names) always go through `is_plain`.
+_PLAIN_KINDS = frozenset(k.value for k in Kind if k not in (Kind.NOTICE, Kind.STATE))
+_EVENT_FIELDS = ("sender", "sent_at", "received_at", "content", "raw", "problem")
+
+
+def plain_by_fields(d: dict[str, Any], withheld: Withholding) -> tuple[str, str] | None:
+    """(source, conversation) of an event encoding that `Event.from_json` decodes and `is_plain` accepts, seen
+    from its fields alone (no `Event` built); None where this does not decide (then `is_plain` does): anything
+    but a version-1 encoding with every field, text ids, a known kind other than a notice or state event, no
+    attachments, no target, not Signal (group names), not the archiver's own, and no withhold decision on it.
+    Sound by construction: each condition is one `from_json` or `is_plain` needs (see their code)."""
+    if d.get("v") != ENCODING_VERSION:
+        return None
+    try:
+        source, conversation, event_id, kind = d["source"], d["conversation"], d["event_id"], d["kind"]
+        if d["attachments"] != [] or d["relates_to"] is not None:
+            return None
+    except KeyError:
+        return None
+    if any(name not in d for name in _EVENT_FIELDS):
+        return None
+    if type(source) is not str or type(conversation) is not str or type(event_id) is not str:
+        return None
+    if not (source and conversation and event_id) or type(kind) is not str or kind not in _PLAIN_KINDS:
+        return None
+    if source in (SIGNAL, LIVENESS_SOURCE):
+        return None
+    if withheld and withheld.get((source, conversation, event_id)) is not None:
+        return None
+    return source, conversation
+
+
+def pieces(size: int, piece: int) -> list[tuple[int, int | None]]:
+    """[a, b) byte ranges covering a file of `size` bytes (the last open-ended: to the end of the file as it is
+    read); one piece for an empty or missing file, so every dossier has one."""
+    cuts = list(range(0, size, piece)) or [0]
+    return [(a, cuts[k + 1] if k + 1 < len(cuts) else None) for k, a in enumerate(cuts)]
+
+
+def piece_lines(fh: BinaryIO, a: int, b: int | None, limit: int) -> Iterator[bytes]:
+    """The lines of a file that start at a byte in [a, b) (b None: to the end), each read whole, at most `limit`
+    bytes (a longer one raises ValueError): the pieces of a file together give each of its lines once, as
+    `verify_package.iter_lines` reads them."""
+    pos = a
+    fh.seek(max(a - 1, 0))
+    if a > 0 and fh.read(1) != b"\n":  # the line under way at `a` belongs to the piece it started in
+        while b is None or pos < b:  # (read no further than this piece: a long line is not read once per piece)
+            chunk = fh.readline(_READ_PIECE if b is None else min(_READ_PIECE, b - pos))
+            pos += len(chunk)
+            if not chunk or chunk.endswith(b"\n"):
+                break
+    while b is None or pos < b:
+        parts: list[bytes] = []
+        size = 0
+        while chunk := fh.readline(min(_READ_PIECE, limit + 1 - size)):
+            parts.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"a line longer than {limit} bytes")
+            if chunk.endswith(b"\n"):
+                break
+        if not parts:
+            return
+        pos += size
+        yield parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _spawn(stderr: list[helper_process.StderrTail], entry: str) -> subprocess.Popen[bytes]:
+    """A worker interpreter running `entry`, waiting for its job on stdin."""
+    proc = helper_process.start("bridge.archive.scan", entry)
+    assert proc.stdout is not None
+    with contextlib.suppress(OSError, AttributeError):  # not Linux, or over the system's limit: the default works
+        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    stderr.append(helper_process.StderrTail(proc))
+    return proc
+
+
+def _send(proc: subprocess.Popen[bytes], job: bytes) -> None:
+    assert proc.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # a worker that died: its stderr says why when its frame is read
+        proc.stdin.write(job)
+        proc.stdin.close()
+
+
+class DossierWorkers:
+    """`n` dossier-reading interpreters started ahead of their job: they import while the verifier does its
+    first checks, and wait on their stdin for what `DossierScanner` sends them. `close()` ends any not used."""
+
+    def __init__(self, n: int) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.stderr: list[helper_process.StderrTail] = []
+        try:
+            for _ in range(n):
+                self.procs.append(_spawn(self.stderr, "dossier_main"))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        _stop(self.procs)
 
 
 class DossierScanner:
     """`n` worker processes reading dossiers' events.jsonl: for each path (in the order given) its lines, each
-    a `PlainLine` or the raw line; `None` for a dossier the worker could not read (the verifier reads it)."""
+    a `PlainLine` or the raw line. Each file is cut into pieces of `PIECE_BYTES` (`pieces`), and the pieces of
+    all files go round-robin to the workers; a worker sends its pieces' lines in order, one or more frames per
+    piece and then an empty one, or ("unread", None) for a piece it could not read (a missing file, a line over
+    the limit: the verifier reads that dossier on itself). With `workers` (started ahead, at least `n`), those
+    processes are used (any beyond what the pieces need get an empty job and end); `close()` ends them."""
 
-    def __init__(self, paths: list[Path], withheld: Withholding, n: int, limit: int) -> None:
-        self._n = n = max(1, min(n, len(paths)))
-        self._count = len(paths)
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self._stderr: list[helper_process.StderrTail] = []
+    def __init__(
+        self,
+        paths: list[Path],
+        withheld: Withholding,
+        n: int,
+        limit: int,
+        piece: int | None = None,
+        workers: DossierWorkers | None = None,
+    ) -> None:
+        size = PIECE_BYTES if piece is None else piece
+        tasks: list[tuple[str, int, int | None]] = []
+        self._spans: list[range] = []  # the pieces (task numbers) of each dossier
+        for p in paths:
+            cut = pieces(_file_size(p), size)
+            self._spans.append(range(len(tasks), len(tasks) + len(cut)))
+            tasks.extend((str(p), a, b) for a, b in cut)
+        self._n = n = max(1, min(n, len(tasks)))
+        self._procs: list[subprocess.Popen[bytes]] = [] if workers is None else workers.procs
+        self._stderr: list[helper_process.StderrTail] = [] if workers is None else workers.stderr
         try:
-            for w in range(n):
-                mine = [str(p) for i, p in enumerate(paths) if i % n == w]
-                job = pickle.dumps((mine, dict(withheld), limit, FRAME_LINES))
-                self._procs.append(_start(job, self._stderr, "dossier_main"))
+            while len(self._procs) < n:
+                self._procs.append(_spawn(self._stderr, "dossier_main"))
+            for w, proc in enumerate(self._procs):
+                _send(proc, pickle.dumps((tasks[w::n] if w < n else [], dict(withheld), limit, FRAME_LINES)))
         except BaseException:
             self.close()
             raise
@@ -546,17 +693,24 @@ class DossierScanner:
         """(line number, line) of dossier `i`, a line proven plain as its `PlainLine`; call for i = 0, 1, ... in
         order, consuming each before the next. From where a worker could not read on (a missing file, a line
         over the limit) the lines are `own()`'s, the verifier's own reading, so it finds what is wrong itself."""
-        w = i % self._n
         number = 0
-        while (frame := self._frame(w)) is not None:
-            if not frame:
-                return
-            for item in frame:
-                number += 1
-                yield number, item
-        for k, line in own():
-            if k > number:
-                yield k, line
+        unread = False
+        for t in self._spans[i]:
+            w = t % self._n
+            while (frame := self._frame(w)) is not None:
+                if not frame:
+                    break
+                if unread:
+                    continue  # a later piece of a dossier read on by the verifier: taken from the pipe, unused
+                for item in frame:
+                    number += 1
+                    yield number, item
+            else:
+                unread = True
+        if unread:
+            for k, line in own():
+                if k > number:
+                    yield k, line
 
     def _frame(self, w: int) -> list[PlainLine | bytes] | None:
         proc = self._procs[w]
@@ -571,32 +725,39 @@ class DossierScanner:
         if kind == "unread":
             return None
         lines: list[PlainLine | bytes] = body
-        return lines  # an empty frame ends the dossier
+        return lines  # an empty frame ends the piece
 
     def close(self) -> None:
         _stop(self._procs)
 
 
-def dossier_main() -> None:
-    """A dossier-reading process: (paths, withheld, line limit, lines per frame) in; per dossier its frames
-    out, then an empty one, or ("unread", None) where it cannot read on (the verifier reads the rest itself)."""
-    from bridge.archive.verify_package import iter_lines
+def _file_size(p: Path) -> int:
+    try:
+        return p.stat().st_size
+    except OSError:
+        return 0  # the worker cannot open it either; the verifier says so
 
-    paths, withheld, limit, frame_lines = pickle.loads(sys.stdin.buffer.read())  # noqa: S301  (parent's pipe)
+
+def dossier_main() -> None:
+    """A dossier-reading process: (pieces, withheld, line limit, lines per frame) in; per piece its frames out,
+    then an empty one, or ("unread", None) where it cannot read (the verifier reads on itself)."""
+    tasks, withheld, limit, frame_lines = pickle.loads(sys.stdin.buffer.read())  # noqa: S301  (parent's pipe)
     out = sys.stdout.buffer
-    for path in paths:
+    dump = pickle.dumps
+    for path, a, b in tasks:
         frame: list[PlainLine | bytes] = []
         try:
-            for _, line in iter_lines(Path(path), path, limit):
-                got = plain_line(line, withheld)
-                frame.append(line if got is None else got)
-                if len(frame) == frame_lines:
-                    out.write(pickle.dumps(("lines", frame), pickle.HIGHEST_PROTOCOL))
-                    frame = []
+            with open(path, "rb") as fh:
+                for line in piece_lines(fh, a, b, limit):
+                    got = plain_line(line, withheld)
+                    frame.append(line if got is None else got)
+                    if len(frame) == frame_lines:
+                        out.write(dump(("lines", frame), pickle.HIGHEST_PROTOCOL))
+                        frame = []
         except Exception:  # a missing file, a line over the limit: the verifier reads on itself and says why
-            out.write(pickle.dumps(("unread", None)))
+            out.write(dump(("unread", None)))
         else:
             if frame:
-                out.write(pickle.dumps(("lines", frame), pickle.HIGHEST_PROTOCOL))
-            out.write(pickle.dumps(("lines", []), pickle.HIGHEST_PROTOCOL))
+                out.write(dump(("lines", frame), pickle.HIGHEST_PROTOCOL))
+            out.write(dump(("lines", []), pickle.HIGHEST_PROTOCOL))
         out.flush()

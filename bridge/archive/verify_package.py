@@ -42,13 +42,16 @@ deletion and media names and the decisions are held, as in `snapshot`.
 
 from __future__ import annotations
 
+import binascii
 import hashlib
 import logging
 import mmap
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import bagit
 import orjson
@@ -83,6 +86,7 @@ _LINE_PIECE = 1 << 20
 SCAN_MIN_BYTES = 8 << 20
 #: The largest small proof file read whole (range.json, package.json, checkpoints, frontier, proofs).
 MAX_SMALL_FILE = 4 << 20
+_T = TypeVar("_T")
 TAG_FILES = frozenset(
     {"bagit.txt", "bag-info.txt", "manifest-sha256.txt", "tagmanifest-sha256.txt", "LEESMIJ.txt", DOCS, "data"}
 )
@@ -169,11 +173,59 @@ def verify_package(
     workers: int | None = None,
 ) -> PackageReport:
     """Every check of the module docstring; the first failure raises `PackageIntegrityError`. Rendering (step 7)
-    runs in up to `workers` processes (default: the CPUs this process may use)."""
+    runs in up to `workers` processes (default: the CPUs this process may use).
+
+    The bag's fixity (step 1: hashing every file) runs on a thread beside the other checks, which need only its
+    manifest; whatever they find, a bag that is not intact is what is reported, as if it had been checked first.
+    """
     _check_shape(path, "")
     if previous is not None:
         _check_shape(previous, "--previous ")
-    manifest = _check_bag(path)
+    bag = _BagCheck(path)
+    try:
+        report = _verify(path, bag.manifest, public_key, previous, witnesses, quorum, workers)
+    except Exception:
+        bag.result()  # the bag's own error first, if it has one
+        raise
+    bag.result()
+    return report
+
+
+def _verify(
+    path: Path,
+    manifest: dict[str, str],
+    public_key: tuple[str, Ed25519PublicKey],
+    previous: Path | None,
+    witnesses: Sequence[Verifier],
+    quorum: int,
+    workers: int | None,
+) -> PackageReport:
+    """Steps 2 to 8, given the bag's payload manifest (path relative to data/ -> sha256 hex). The processes that
+    read the dossiers' lines, when they will be used, start first: they import while the first checks run."""
+    procs = default_workers() if workers is None else workers
+    early = scan.DossierWorkers(procs) if _scans(sorted((path / "data").rglob("events.jsonl")), procs) else None
+    try:
+        return _verify_steps(path, manifest, public_key, previous, witnesses, quorum, procs, early)
+    finally:
+        if early is not None:
+            early.close()
+
+
+def _scans(paths: list[Path], procs: int) -> bool:
+    """Whether the dossiers' lines are read in worker processes (`scan.DossierScanner`)."""
+    return procs > 1 and len(paths) > 1 and sum(_size(p) for p in paths) >= SCAN_MIN_BYTES
+
+
+def _verify_steps(
+    path: Path,
+    manifest: dict[str, str],
+    public_key: tuple[str, Ed25519PublicKey],
+    previous: Path | None,
+    witnesses: Sequence[Verifier],
+    quorum: int,
+    procs: int,
+    early: scan.DossierWorkers | None,
+) -> PackageReport:
     data = path / "data"
     pdir = data / "proof"
     rng = _json(pdir / "range.json")
@@ -204,8 +256,7 @@ def verify_package(
     status = derive.status_of(sealed_ms, win, closed_ms is not None)
     _check_range(pdir, rng, win, start, end, status, sealed_ms)
     sink = _Rederive(path, manifest)
-    procs = default_workers() if workers is None else workers
-    records = _Records(data, sink, params, win, start, end, start_root, procs)
+    records = _Records(data, sink, params, win, start, end, start_root, procs, early)
     counts = records.check(pdir / "leaves.txt", frontier, end_cp.root)
     _check_consistency(pdir / "consistency-proof.json", start, end, start_root, end_cp.root)
     mdto_files = _check_mdto(data)
@@ -307,30 +358,57 @@ def _check_shape(path: Path, what: str) -> None:
         raise UsageError(f"{what}{path} is not a package (no bagit.txt)")
 
 
-def _check_bag(path: Path) -> dict[str, str]:
-    """BagIt validation; returns the payload manifest (path relative to data/ -> sha256 hex)."""
-    extra = sorted(p.name for p in path.iterdir() if p.name not in TAG_FILES)
-    if extra:
-        raise _fail(Check.PACKAGE_SHAPE, f"{extra[0]}: a file at the bag's root that no package has", found=extra[0])
-    logging.getLogger("bagit").setLevel(logging.ERROR)
-    try:
-        bag = bagit.Bag(str(path))
-        bag.validate()
-    except bagit.BagValidationError as exc:
-        details = "; ".join(str(d) for d in exc.details[:3]) if exc.details else str(exc)
-        raise _fail(Check.PACKAGE_FIXITY, f"bag fixity: {details}") from None
-    except bagit.BagError as exc:
-        raise _fail(Check.PACKAGE_FIXITY, f"bag: {exc}") from None
-    except (UnicodeDecodeError, ValueError, OSError) as exc:
-        # bagit lets these through for damaged tag files (e.g. a manifest that is no longer UTF-8)
-        raise _fail(
-            Check.PACKAGE_FIXITY, f"bag: tag files unreadable ({type(exc).__name__}: {str(exc)[:120]})"
-        ) from None
-    out: dict[str, str] = {}
-    for rel, hashes in bag.entries.items():
-        if rel.startswith("data/"):
-            out[rel[len("data/") :]] = str(hashes.get("sha256", ""))
-    return out
+class _BagCheck:
+    """BagIt validation: the bag's shape and manifests now (`manifest`: the payload manifest, path relative to
+    data/ -> sha256 hex), the hashing of every file on a thread; `result()` waits for it and raises what it
+    found. (hashlib lets other threads run while it hashes, so the other checks go on beside it.)"""
+
+    def __init__(self, path: Path) -> None:
+        extra = sorted(p.name for p in path.iterdir() if p.name not in TAG_FILES)
+        if extra:
+            raise _fail(
+                Check.PACKAGE_SHAPE, f"{extra[0]}: a file at the bag's root that no package has", found=extra[0]
+            )
+        logging.getLogger("bagit").setLevel(logging.ERROR)
+        self._error: Exception | None = None
+        self._thread: threading.Thread | None = None
+        bag = self._guarded(lambda: bagit.Bag(str(path)))
+        if bag is None:
+            assert self._error is not None
+            raise self._error from None
+        self.manifest = {
+            rel[len("data/") :]: str(hashes.get("sha256", "")) for rel, hashes in bag.entries.items()
+            if rel.startswith("data/")
+        }  # fmt: skip
+        self._thread = threading.Thread(target=self._guarded, args=(bag.validate,), daemon=True)
+        self._thread.start()
+
+    def _guarded(self, step: Callable[[], _T]) -> _T | None:
+        """`step()`, or None with its error kept for `result` (any error: one on the thread must not be lost)."""
+        try:
+            return step()
+        except bagit.BagValidationError as exc:
+            details = "; ".join(str(d) for d in exc.details[:3]) if exc.details else str(exc)
+            self._error = _fail(Check.PACKAGE_FIXITY, f"bag fixity: {details}")
+        except bagit.BagError as exc:
+            self._error = _fail(Check.PACKAGE_FIXITY, f"bag: {exc}")
+        except (UnicodeDecodeError, ValueError, OSError) as exc:
+            # bagit lets these through for damaged tag files (e.g. a manifest that is no longer UTF-8)
+            self._error = _fail(
+                Check.PACKAGE_FIXITY, f"bag: tag files unreadable ({type(exc).__name__}: {str(exc)[:120]})"
+            )
+        except Exception as exc:  # raised as it is, as it was before the hashing had a thread
+            self._error = exc
+        return None
+
+    def result(self) -> None:
+        """Wait for the hashing; raise what the bag check found (nothing: the bag is intact)."""
+        if self._thread is not None:
+            self._thread.join()
+        if isinstance(self._error, PackageIntegrityError):
+            raise self._error from None
+        if self._error is not None:
+            raise self._error
 
 
 def _small(p: Path) -> bytes:
@@ -451,8 +529,11 @@ def _same_line(line: bytes, want: bytes, where: str, what: str, seq: int) -> Non
         )
 
 
-def iter_lines(path: Path, label: str, limit: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:
-    """(line number, line) of a file, each line at most `limit` bytes (a longer one is refused unread)."""
+def iter_lines(path: Path, label: str, limit: int | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, line) of a file, each line at most `limit` bytes (a longer one is refused unread; default
+    `MAX_LINE_BYTES`)."""
+    if limit is None:
+        limit = MAX_LINE_BYTES
     try:
         fh = path.open("rb")
     except OSError:
@@ -502,8 +583,10 @@ class _Records:
         end: int,
         start_root: bytes,
         workers: int = 1,
+        early: scan.DossierWorkers | None = None,
     ) -> None:
         self._workers = workers
+        self._early = early
         self._data = data
         self._sink = sink
         self._params = params
@@ -535,9 +618,7 @@ class _Records:
                 f"{size} bytes",
             )
         with leaves_path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) if n else _Empty() as mm:
-            grown = frontier.copy()
-            for i in range(n):
-                grown.append(_leaf_at(mm, i))
+            grown = proof.extend_leaf_lines(frontier, mm, n, lambda i: _leaf_at(mm, i))
             if not crypto.hmac_equal(grown.root(), end_root):
                 raise _fail(
                     Check.PACKAGE_LEAVES,
@@ -552,8 +633,8 @@ class _Records:
             paths = sorted(self._data.rglob("events.jsonl"))
             files = 1 + len(paths)
             scanner: scan.DossierScanner | None = None
-            if self._workers > 1 and len(paths) > 1 and sum(_size(p) for p in paths) >= SCAN_MIN_BYTES:
-                scanner = scan.DossierScanner(paths, self._withheld, self._workers, MAX_LINE_BYTES)
+            if _scans(paths, self._workers):
+                scanner = scan.DossierScanner(paths, self._withheld, self._workers, MAX_LINE_BYTES, workers=self._early)
             try:
                 for i, p in enumerate(paths):
                     self._dossier(p, pos, None if scanner is None else scanner.lines(i, _own_lines(p, self._data)))
@@ -659,7 +740,10 @@ class _Records:
         if pos.seen[seq - pos.start]:
             raise _fail(Check.PACKAGE_ORDER, f"{where}: record {seq} appears twice in the package", seq=seq)
         pos.seen[seq - pos.start] = 1
-        if not crypto.hmac_equal(leaf_of, leaf := _leaf_at(pos.mm, seq - pos.start)):
+        off = (seq - pos.start) * proof.LEAF_LINE_BYTES
+        if pos.mm[off : off + 64] != binascii.hexlify(leaf_of) and not crypto.hmac_equal(
+            leaf_of, leaf := _leaf_at(pos.mm, seq - pos.start)
+        ):  # (the line's own hex, lowercase as the writer gives it, else the leaf it reads to)
             what = "event" if key == "event" else "record"
             raise _fail(
                 Check.PACKAGE_RECORD,
