@@ -108,6 +108,8 @@ class SpoolBot:
     gate: asyncio.Event = field(default_factory=asyncio.Event)
     #: Where this bot reads a spool (default: the server's; an empty directory makes it a sync-loop-only bot).
     spool_dir: Path | None = None
+    #: How long a spooled event may wait for the sync loop before it is questioned (`confirm`).
+    confirm_seconds: float = 120.0
     _stack: contextlib.AsyncExitStack | None = None
     _stop: asyncio.Event | None = None
     _task: asyncio.Task[None] | None = None
@@ -138,6 +140,7 @@ class SpoolBot:
             backoff_max=1.0,
             spool_dir=self.spool_dir or self.spool.spool_dir,
             spool_key=self.spool.key,
+            spool_confirm_seconds=self.confirm_seconds,
         )
         self._stack = contextlib.AsyncExitStack()
         store = await self._stack.enter_async_context(await LogStore.open(self.data_dir, self.keys))

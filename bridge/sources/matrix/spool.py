@@ -44,12 +44,14 @@ from bridge.clock import now_ms
 from bridge.errors import DataError
 from bridge.events import MATRIX, ConversationId, Event, notice
 from bridge.sources import Sink
+from bridge.sources.matrix.confirm import Spooled
 
 log = logging.getLogger(__name__)
 
 __all__ = [
     "Frame",
     "Position",
+    "end_of",
     "more",
     "problem_notice",
     "read",
@@ -238,6 +240,15 @@ def _unreadable(name: str, offset: int, seq: int, data: bytes, why: str) -> Fram
     return Frame(name, offset, seq, 0, None, why, data)
 
 
+def _spooled(frame: Frame) -> Spooled | None:
+    event = frame.event
+    if event is None or not isinstance(room_id := event.get("room_id"), str):
+        return None
+    if not isinstance(event_id := event.get("event_id"), str):
+        return None
+    return Spooled(room_id, event_id, frame.file, frame.offset, frame.written_ms)
+
+
 def problem_notice(account: str, frame: Frame, at_ms: int) -> Event:
     """The record of an unreadable frame, or of a seq gap before a readable one (see the module docstring)."""
     kept = frame.data[:KEEP_BYTES]
@@ -256,6 +267,17 @@ def problem_notice(account: str, frame: Frame, at_ms: int) -> Event:
         content["room_id"] = frame.event.get("room_id")
     conversation = ConversationId(f"notice:matrix-spool:{account}")
     return notice(MATRIX, conversation, f"spool:{frame.file}:{frame.offset}", at_ms, content)
+
+
+def end_of(directory: Path) -> tuple[str, int]:
+    """The spool's end as it is now: (newest file, its size); ("", 0) for an empty or missing spool."""
+    names = files(directory)
+    if not names:
+        return ("", 0)
+    try:
+        return (names[-1], os.stat(directory / names[-1]).st_size)
+    except FileNotFoundError:
+        return (names[-1], 0)
 
 
 def more(directory: Path, pos: Position) -> bool:
@@ -279,10 +301,12 @@ async def tail(
     stop: asyncio.Event,
     poll_seconds: float = 0.005,
     batch: int = 64,
+    on_committed: Callable[[list[Spooled]], None] | None = None,
 ) -> None:
     """Append the spool's events to the log until `stop`, each batch with the position after it (ack after
     durable). `to_events` turns opened events into records exactly as the sync loop does; unreadable frames
-    become `problem_notice` records and an ALERT. Wakes up every `poll_seconds` (a stat of the current file)."""
+    become `problem_notice` records and an ALERT. Wakes up every `poll_seconds` (a stat of the current file).
+    `on_committed` is told the events of each committed batch (where their frames are: `confirm`)."""
     stored = await sink.load_cursor()
     try:
         pos = Position.decode(stored)
@@ -325,3 +349,5 @@ async def tail(
             events.append(problem_notice(account, frame, at))
         await sink.commit(events, after.encode())
         pos = after
+        if on_committed is not None:
+            on_committed([spooled for f in frames if (spooled := _spooled(f)) is not None])
