@@ -1,4 +1,5 @@
-"""`import` with its pure stage in worker processes (bridge.import_worker) against the in-process import.
+"""`import` with its pure stage in worker processes (bridge.import_pool, bridge.import_worker) against the
+in-process import.
 
 Pinned: the same events in the same order, the same counts and progress, malformed and blank lines,
 duplicates within a file and across imports, conflicting versions; a killed worker gives a clear error
@@ -21,10 +22,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge import import_worker, importer
+from bridge import import_pool, import_worker, importer
 from bridge.errors import UsageError
 from bridge.events import MATRIX, canonical_bytes
-from bridge.import_worker import ImportWorkerError, WorkerPool, preseal
+from bridge.import_pool import ImportWorkerError, WorkerPool
+from bridge.import_worker import preseal
 from bridge.importer import ImportCounts, import_file
 from bridge.log import crypto, format
 from bridge.log import keys as keyfile
@@ -158,8 +160,8 @@ async def test_batches_the_writer_presealed_itself_store_the_same(
     1000 the worker sends nearly everything as lines) stores what the in-process import stores: same
     counts, progress, events and versions, and the log verifies."""
     monkeypatch.setattr(importer, "BATCH", 7)
-    monkeypatch.setattr(import_worker, "HEAD_BATCHES", head)
-    monkeypatch.setattr(import_worker, "_REQUEST", b"\x01" * asks)
+    monkeypatch.setattr(import_pool, "HEAD_BATCHES", head)
+    monkeypatch.setattr(import_pool, "_REQUEST", b"\x01" * asks)
     here_local: list[int] = []
     preseal_here = WorkerPool._preseal_here
 
@@ -360,7 +362,7 @@ def test_the_worker_imports_no_matrix_client() -> None:
     import sys
 
     code = (
-        "import sys; from bridge import import_worker as w; w._pure_encoder();"
+        "import sys; from bridge import import_worker as w; w.pure_encoder();"
         "print('nio' in sys.modules, 'psycopg' in sys.modules, 'bridge.log.store' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={
@@ -386,7 +388,7 @@ def test_the_cli_import_uses_workers_for_a_large_file_and_prints_the_same(
         started.append(len(pool.pids))
         return pool
 
-    monkeypatch.setattr(import_worker.WorkerPool, "start", counting)
+    monkeypatch.setattr(import_pool.WorkerPool, "start", counting)
     monkeypatch.setattr(importer.os, "sched_getaffinity", lambda _: {0, 1})
     outputs = []
     for name, threshold in (("off", 1 << 40), ("on", 1)):
