@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from bridge.errors import Check, LogIntegrityError
 from bridge.events import canonical_bytes
 from bridge.log import compression, crypto, format
+from bridge.log import store as store_module
 from bridge.log.dedup import DedupReader
 from bridge.log.schema import PAGE_SIZE, db_path, dedup_tag
 from bridge.log.store import LogStore
@@ -206,3 +207,29 @@ async def test_a_key_row_of_the_wrong_types_is_tampering_not_a_crash(empty_log: 
     with pytest.raises(LogIntegrityError) as opened:
         await LogStore.open(empty_log.data_dir, empty_log.keys)
     assert opened.value.check is Check.KEY_TABLE
+
+
+async def test_a_batch_longer_than_one_insert_statement_is_stored_whole_and_in_order(empty_log: LogDir) -> None:
+    """A batch of two multi-row INSERT statements and a tail (`store._insert_records`): every record stored
+    once, at its seq, opening to its event, and the log verifies."""
+    n = 2 * store_module.ROWS_PER_INSERT + 5
+    events = [make_event(i) for i in range(n)]
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        result = await store.append_events(events)
+        data_keys = dict(store.media_keys().data_keys)
+        await store.checkpoint()
+    assert result.appended == n and list(result.seqs) == list(range(result.seqs[0], result.seqs[0] + n))
+    conn = sqlite3.connect(db_path(empty_log.data_dir))
+    try:
+        rows = conn.execute(
+            "SELECT seq, header, commitment, body FROM records WHERE seq >= ? ORDER BY rowid", (result.seqs[0],)
+        ).fetchall()
+    finally:
+        conn.close()
+    assert [row[0] for row in rows] == list(result.seqs)
+    for (seq, header_b, commit, body), event in zip(rows, events, strict=True):
+        header = format.unpack_header(header_b)
+        assert header.seq == seq
+        payload = format.open_record(empty_log.keys.log_id, crypto.sealers(data_keys), header, header_b, commit, body)
+        assert payload == canonical_bytes(event)
+    verify_log(empty_log.data_dir, empty_log.keys)
