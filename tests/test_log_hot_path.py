@@ -89,7 +89,7 @@ _PREPARED = st.tuples(
     log_id=_bytes(min_size=16, max_size=16),
     key=_bytes(min_size=32, max_size=32),
 )
-def test_seal_prepared_run_is_seal_prepared_in_turn(
+def test_seal_prepared_rows_is_seal_prepared_in_turn(
     seq: int,
     appended_ms: int,
     key_id: int,
@@ -98,21 +98,41 @@ def test_seal_prepared_run_is_seal_prepared_in_turn(
     log_id: bytes,
     key: bytes,
 ) -> None:
-    """`seal_prepared_run` (the import's sealing loop) gives byte for byte what `seal_prepared` gives for
-    each record in turn, seq counting up and each record chained to the leaf before."""
+    """`seal_prepared_rows` (the import's sealing loop, on a batch's columns) gives byte for byte what
+    `seal_prepared` gives for each record in turn, seq counting up and each record chained to the leaf
+    before, with each record's key passed through into its row."""
     sealer, prefix, event = crypto.Sealer(key), format.ad_prefix(log_id), format.RecordType.EVENT
     prepared = [
         (tag, nonce, *format.prepare_plaintext(salt, payload, compress=compress))
         for tag, nonce, salt, payload, compress in items
     ]
+    keys = [hashlib.sha256(b"%d" % n).digest()[:16] for n in range(len(prepared))]
     expected, chain = [], prev
     for n, (tag, nonce, version, commit, plaintext) in enumerate(prepared):
-        record = format.seal_prepared(
+        header, commitment, body, leaf = format.seal_prepared(
             sealer, prefix, event, seq + n, appended_ms, key_id, tag, nonce, chain, version, commit, plaintext
         )
-        expected.append(record)
-        chain = record[3]
-    assert format.seal_prepared_run(sealer, prefix, event, seq, appended_ms, key_id, prev, prepared) == expected
+        expected.append((seq + n, keys[n], header, commitment, body, leaf))
+        chain = leaf
+    rows = format.seal_prepared_rows(
+        sealer, prefix, event, seq, appended_ms, key_id, prev, keys, [p[0] for p in prepared],
+        b"".join(p[1] for p in prepared), bytes(p[2] for p in prepared), [p[3] for p in prepared],
+        [p[4] for p in prepared],
+    )  # fmt: skip
+    assert rows == expected
+    if prepared:  # columns of unequal length are refused, not sealed short
+        with pytest.raises(ValueError):
+            format.seal_prepared_rows(
+                sealer, prefix, event, seq, appended_ms, key_id, prev, keys, [p[0] for p in prepared],
+                b"".join(p[1] for p in prepared) + bytes(12), bytes(p[2] for p in prepared),
+                [p[3] for p in prepared], [p[4] for p in prepared],
+            )  # fmt: skip
+        with pytest.raises(ValueError):
+            format.seal_prepared_rows(
+                sealer, prefix, event, seq, appended_ms, key_id, prev, keys, [p[0] for p in prepared][:-1],
+                b"".join(p[1] for p in prepared), bytes(p[2] for p in prepared), [p[3] for p in prepared],
+                [p[4] for p in prepared],
+            )  # fmt: skip
 
 
 @given(parts=st.lists(st.text(), min_size=1, max_size=5), key=_bytes(min_size=32, max_size=32))

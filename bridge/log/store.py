@@ -722,35 +722,29 @@ class LogStore:
         self, presealed: Presealed, existing: set[bytes], appended_ms: int
     ) -> tuple[list[_Row], set[bytes]]:
         """`_seal_all` for a `Presealed` batch: only the part bound to the record's place is left (header,
-        AES-GCM, leaf: `format.seal_prepared_run`, the same bytes as `format.seal_prepared` in turn), for
-        the entries whose tags are new, in one call per batch."""
-        tags = presealed.tags
-        width = crypto.NONCE_BYTES
-        randomness = os.urandom(width * len(tags))
+        AES-GCM, leaf: `format.seal_prepared_rows`, the same bytes as `format.seal_prepared` in turn), for
+        the entries whose tags are new, in one call per batch on the batch's own columns."""
+        tags, ctags, versions = presealed.tags, presealed.conversation_tags, presealed.versions
+        commits, plaintexts = presealed.commitments, presealed.plaintexts
         fresh = set(tags)
-        if len(fresh) == len(tags) and existing.isdisjoint(fresh):
-            keep: range | list[int] = range(len(tags))  # the usual batch: every entry new, none repeated
-        else:
+        if len(fresh) != len(tags) or not existing.isdisjoint(fresh):  # else the usual batch: every entry new
             fresh = set()
-            keep = []
+            keep: list[int] = []
             for n, tag in enumerate(tags):
                 if tag not in existing and tag not in fresh:
                     fresh.add(tag)
                     keep.append(n)
+            tags, ctags, commits, plaintexts = (
+                [tags[n] for n in keep], [ctags[n] for n in keep], [commits[n] for n in keep],
+                [plaintexts[n] for n in keep],
+            )  # fmt: skip
+            versions = bytes(versions[n] for n in keep)
         key_id = self._current_key
-        ctags, versions, commits, plaintexts = (
-            presealed.conversation_tags, presealed.versions, presealed.commitments, presealed.plaintexts
+        rows: list[_Row] = format.seal_prepared_rows(
+            self._sealers[key_id], format.ad_prefix(self._keys.log_id), format.RecordType.EVENT,
+            self._frontier.size, appended_ms, key_id, self._prev_leaf, tags, ctags,
+            os.urandom(crypto.NONCE_BYTES * len(tags)), versions, commits, plaintexts,
         )  # fmt: skip
-        first = self._frontier.size
-        sealed = format.seal_prepared_run(
-            self._sealers[key_id], format.ad_prefix(self._keys.log_id), format.RecordType.EVENT, first,
-            appended_ms, key_id, self._prev_leaf,
-            [(ctags[n], randomness[n * width : (n + 1) * width], versions[n], commits[n], plaintexts[n]) for n in keep],
-        )  # fmt: skip
-        rows: list[_Row] = [
-            (first + i, tags[n], header, commit, body, leaf)
-            for i, (n, (header, commit, body, leaf)) in enumerate(zip(keep, sealed, strict=True))
-        ]
         if rows:
             self._frontier.append_many([row[5] for row in rows])
             self._prev_leaf = rows[-1][5]
