@@ -90,22 +90,19 @@ def preseal(
     batch: the pure work of the import, as `importer.encode_batch` then `LogStore._prepare`/`_seal_all` do
     it in process. `conv_tags` caches conversation tags across batches. The tags are
     `schema.dedup_tag`/`schema.conversation_tag` (a test pins it; `schema` pulls in psycopg)."""
-    salts = os.urandom(crypto.SALT_BYTES * len(lines))
     unknown = 0
     convs: list[str] = []
     ids: list[str] = []
+    payloads: list[bytes] = []
     tags: list[bytes] = []
     ctags: list[bytes] = []
-    versions = bytearray()
-    commits: list[bytes] = []
-    plaintexts: list[bytes] = []
-    keyed_tag, prepare, width = crypto.keyed_tag, format.prepare_plaintext, crypto.SALT_BYTES
+    keyed_tag = crypto.keyed_tag
     # `keyed_tag(index_key, "event", source, conversation, event_id)`: BLAKE2b is streamed, so the state
     # after the key and the constant parts is made once per batch and copied per line (same bytes).
     event_tag = hashlib.blake2b(
         f"event\x00{source}\x00".encode("utf-8", "surrogatepass"), key=index_key, digest_size=_TAG_LENGTH
     )
-    for n, line in enumerate(lines):
+    for line in lines:
         conversation, event_id, payload, is_unknown = encode(line.rstrip(b"\r\n"), received)
         unknown += is_unknown
         ctag = conv_tags.get(conversation)
@@ -113,17 +110,15 @@ def preseal(
             if len(conv_tags) > 100_000:
                 conv_tags.clear()
             ctag = conv_tags[conversation] = keyed_tag(index_key, "conversation", source, conversation)
-        version, commit, plaintext = prepare(salts[n * width : (n + 1) * width], payload)
         convs.append(conversation)
         ids.append(event_id)
+        payloads.append(payload)
         tag = event_tag.copy()
         tag.update(f"{conversation}\x00{event_id}".encode("utf-8", "surrogatepass"))
         tags.append(tag.digest())
         ctags.append(ctag)
-        versions.append(version)
-        commits.append(commit)
-        plaintexts.append(plaintext)
-    return unknown, convs, ids, tags, ctags, bytes(versions), commits, plaintexts
+    versions, commits, plaintexts = format.prepare_plaintexts(os.urandom(crypto.SALT_BYTES * len(lines)), payloads)
+    return unknown, convs, ids, tags, ctags, versions, commits, plaintexts
 
 
 # -- the worker process --------------------------------------------------------

@@ -7,7 +7,7 @@ import hashlib
 import sqlite3
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from bridge.errors import Check, LogIntegrityError
@@ -253,3 +253,23 @@ async def test_a_batch_longer_than_one_insert_statement_is_stored_whole_and_in_o
         payload = format.open_record(empty_log.keys.log_id, crypto.sealers(data_keys), header, header_b, commit, body)
         assert payload == canonical_bytes(event)
     verify_log(empty_log.data_dir, empty_log.keys)
+
+
+@given(
+    items=st.lists(st.tuples(_bytes(min_size=16, max_size=16), _bytes(max_size=700)), max_size=8),
+    limit=st.sampled_from([compression.MAX_PAYLOAD, 300]),
+)
+@example(items=[(bytes(16), b"a" * 500), (bytes(range(16)), b"b" * 200)], limit=300)
+def test_prepare_plaintexts_is_prepare_plaintext_in_turn(items: list[tuple[bytes, bytes]], limit: int) -> None:
+    """`prepare_plaintexts` (the import's presealing loop) gives, per payload, `prepare_plaintext`'s version,
+    commitment and plaintext byte for byte, payloads over `MAX_PAYLOAD` kept uncompressed by both (a lower
+    limit stands in for 64 MiB); salts of the wrong length are refused."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compression, "MAX_PAYLOAD", limit)
+        expected = [format.prepare_plaintext(salt, payload) for salt, payload in items]
+        versions, commits, plaintexts = format.prepare_plaintexts(
+            b"".join(salt for salt, _ in items), [payload for _, payload in items]
+        )
+    assert list(zip(versions, commits, plaintexts, strict=True)) == expected
+    with pytest.raises(ValueError):
+        format.prepare_plaintexts(b"".join(salt for salt, _ in items) + b"x", [payload for _, payload in items])
