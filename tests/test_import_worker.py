@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -433,3 +434,65 @@ async def test_a_malformed_lines_frame_is_refused(frame: tuple[Any, ...]) -> Non
     pool = WorkerPool([], MATRIX, index_key=bytes(32), batch=7)
     with pytest.raises(ImportWorkerError, match="malformed batch 3"):
         await pool._batch_of(3, 0, frame)
+
+
+def _fixed_randomness(size: int) -> bytes:
+    """`os.urandom` for `test_presealed_records_are_byte_identical...`: every salt 0x5a.., every nonce 0xa5..,
+    whichever path draws them (the in-process seal draws nonce || salt per record in one call)."""
+    caller = sys._getframe(1).f_code.co_name
+    salt, nonce = b"\x5a" * crypto.SALT_BYTES, b"\xa5" * crypto.NONCE_BYTES
+    if caller == "_seal_all":
+        return (nonce + salt) * (size // (crypto.NONCE_BYTES + crypto.SALT_BYTES))
+    if caller in ("preseal", "_presealed_versions"):  # the latter: a conflicting version's salt
+        return salt * (size // crypto.SALT_BYTES)
+    if caller == "_seal_presealed":
+        return nonce * (size // crypto.NONCE_BYTES)
+    return _URANDOM(size)
+
+
+_URANDOM = os.urandom
+
+
+async def test_presealed_records_are_byte_identical_to_the_in_process_seal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same input, log (a copy of one data dir: same keys), salts, nonces and clock give the same
+    record rows, byte for byte (conflicting versions of events the input holds twice with other content
+    included), through the in-process import (`encode_line`, `LogStore._seal_all`,
+    `format.seal_record`: the documented composition) and the presealed path (`preseal`,
+    `format.prepare_plaintexts`, `append_presealed`, `format.seal_prepared_rows` in slices, the multi-row
+    insert). Batches of 300 lines (more than a seal slice and two INSERT statements), every one presealed by
+    this process (the worker skips them all) so that the fixed randomness and clock apply."""
+    import shutil
+    import sqlite3
+
+    from bridge.log import store as store_module
+    from bridge.log.schema import db_path
+
+    monkeypatch.setattr(importer, "BATCH", 300)
+    monkeypatch.setattr(store_module, "SEAL_SLICE", 128)
+    monkeypatch.setattr(import_pool, "HEAD_BATCHES", 1000)
+    monkeypatch.setattr(os, "urandom", _fixed_randomness)
+    for module in (importer, import_pool, import_worker, store_module):
+        monkeypatch.setattr(module, "now_ms", lambda: 1_764_000_000_123)
+    path = tmp_path / "in.jsonl"
+    lines = [_event(i, body=f"bericht {i} " + "x" * (i % 50)) for i in range(700)]
+    path.write_bytes(b"\n".join(lines) + b"\n" + _mixed_file(tmp_path / "mixed.jsonl").read_bytes())
+    here = _log(tmp_path, "here")
+    there = (tmp_path / "there", here[1])
+    shutil.copytree(here[0], there[0])
+    counts_here, _ = await _import(*here, path, workers=0)
+    counts_there, _ = await _import(*there, path, workers=1)
+    assert counts_there == counts_here and counts_here.appended > 700
+    rows = []
+    for data_dir, _ in (here, there):
+        conn = sqlite3.connect(db_path(data_dir))
+        try:
+            rows.append(
+                conn.execute("SELECT seq, dedup, header, commitment, body, leaf FROM records ORDER BY seq").fetchall()
+            )
+        finally:
+            conn.close()
+    assert len(rows[0]) > counts_here.appended and rows[0] == rows[1]
+    for data_dir, keys in (here, there):
+        verify_log(data_dir, keys)
