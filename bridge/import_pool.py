@@ -63,8 +63,10 @@ PIPE_BYTES = 1 << 20
 #: without a measurable gain on two cores.
 READ_AHEAD = 1
 #: Batches the writer preseals itself at the start, while the workers start up (they skip them): a worker's
-#: start-up (~0.07-0.25 s) is about one batch of presealing.
-HEAD_BATCHES = 1
+#: first frame came ~0.1 s after its start (0.07-0.25 s on a loaded machine), about two batches of presealing
+#: (~47 ms each, `bench/ingest.py`'s events); with one the writer waited ~50 ms for it (10^5 events, 4
+#: alternating rounds: 12.9 against 13.6 us/event median).
+HEAD_BATCHES = 2
 #: Lines the writer preseals between two yields to its event loop (see `preseal_yielding`).
 YIELD_EVERY = 256
 #: One request on a worker's stdin: "send your next batch as lines" (the worker counts bytes: a test sends
