@@ -1036,28 +1036,46 @@ _INSERT_RECORD = "INSERT INTO records (seq, dedup, header, commitment, body, lea
 _INSERT_CHECKPOINT = "INSERT INTO checkpoints (size, created_ms, note, frontier) VALUES (?, ?, ?, ?)"
 #: Records a presealed batch seals between two yields to the event loop (`LogStore._seal_presealed`): ~1-2 ms.
 SEAL_SLICE = 512
-#: Records per INSERT statement on SQLite (`_insert_records`): 6 variables each, 768 in all, under the 999
-#: that SQLite allowed before 3.32.
-ROWS_PER_INSERT = 128
-_INSERT_RECORDS = _INSERT_RECORD + ", (?, ?, ?, ?, ?, ?)" * (ROWS_PER_INSERT - 1)
+
+
+def _statement_sizes() -> tuple[int, ...]:
+    """Rows per multi-row INSERT on SQLite, largest first: powers of two from 4096 (a whole import batch)
+    down to 8, as far as SQLite's limit on bound variables (6 a row) allows (32766 by default since 3.32,
+    999 before)."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as conn:
+        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+    return tuple(size for size in (4096, 2048, 1024, 512, 256, 128, 64, 32, 16, 8) if 6 * size <= limit)
+
+
+#: Rows per INSERT statement on SQLite (`_insert_records`).
+STATEMENT_ROWS = _statement_sizes()
+_INSERTS = {size: _INSERT_RECORD + ", (?, ?, ?, ?, ?, ?)" * (size - 1) for size in STATEMENT_ROWS}
 
 
 async def _insert_records(conn: db.Writer, rows: list[_Row]) -> None:
-    """Insert `rows` in order: on SQLite `ROWS_PER_INSERT` at a time in one statement, the rest one by one.
+    """Insert `rows` in order: on SQLite in as few multi-row statements as `STATEMENT_ROWS` allows (one for
+    an import batch of 4096), the last few (fewer than 8) one by one; on PostgreSQL one by one (psycopg
+    pipelines them).
 
-    Why: `executemany` of a one-row INSERT binds a row with the GIL held, then releases it for the row's
-    `sqlite3_step` and must take it back for the next row; while the event loop seals the next batch (Python
-    work that holds the GIL for up to the switch interval, 5 ms), each of those takes waits, and a batch's
-    commit took ~95 ms instead of ~35 (bench/ingest.py, 4096 rows). With 128 rows bound at once and stepped
-    at once, the thread takes the GIL back 32 times a batch instead of 4096. Same rows, same order."""
-    size = len(rows) - len(rows) % ROWS_PER_INSERT if conn.backend == db.SQLITE else 0
-    if size:
+    Why: `sqlite3` binds a statement's values with the GIL held, releases it for `sqlite3_step` and must take
+    it back after; while the event loop seals the next batch (Python, hashing and AES-GCM that hold the GIL
+    for up to the switch interval, 5 ms, at a time), each take-back waits. A 4096-row commit beside such a
+    thread took 42-44 ms with one statement per 128 rows (and 50-3800 ms with one per row) against 18-19 ms
+    with one statement, the same as with the loop idle (docs/log-format.md, "Import at scale"). Same rows,
+    same order. Each statement size is prepared once per connection (~10 ms for 4096 rows) and cached."""
+    start = 0
+    if conn.backend == db.SQLITE:
         flat = itertools.chain.from_iterable
-        await conn.executemany(
-            _INSERT_RECORDS, [tuple(flat(rows[i : i + ROWS_PER_INSERT])) for i in range(0, size, ROWS_PER_INSERT)]
-        )
-    if size < len(rows):
-        await conn.executemany(_INSERT_RECORD, rows[size:])
+        for size in STATEMENT_ROWS:
+            count = (len(rows) - start) // size
+            if count:
+                await conn.executemany(
+                    _INSERTS[size],
+                    [tuple(flat(rows[at : at + size])) for at in range(start, start + count * size, size)],
+                )
+                start += count * size
+    if start < len(rows):
+        await conn.executemany(_INSERT_RECORD, rows[start:])
 
 
 async def key_chain(conn: db.Writer, keys: KeyMaterial) -> KeyChain:
