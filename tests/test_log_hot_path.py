@@ -10,7 +10,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bridge.errors import Check, LogIntegrityError
+from bridge.errors import Check, LogIntegrityError, StorageError
 from bridge.events import canonical_bytes
 from bridge.log import compression, crypto, format
 from bridge.log import store as store_module
@@ -275,3 +275,30 @@ def test_prepare_plaintexts_is_prepare_plaintext_in_turn(items: list[tuple[bytes
     assert list(zip(versions, commits, plaintexts, strict=True)) == expected
     with pytest.raises(ValueError):
         format.prepare_plaintexts(b"".join(salt for salt, _ in items) + b"x", [payload for _, payload in items])
+
+
+async def test_a_conflict_in_a_multi_row_insert_leaves_nothing_of_the_batch(empty_log: LogDir) -> None:
+    """A batch whose row 4000 (inside its 4096-row statement) collides with a stored record (its seq) fails
+    as a whole: StorageError, none of its rows stored (the multi-row statements are `INSERT OR FAIL`: the
+    transaction's rollback undoes the rows before the conflict), and the writer goes on writing."""
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        await store.append_events([make_event(i) for i in range(3)])
+        size = store.size
+        conn = sqlite3.connect(db_path(empty_log.data_dir))
+        try:
+            stored = conn.execute("SELECT seq, dedup, header, commitment, body, leaf FROM records").fetchall()
+        finally:
+            conn.close()
+        rows = [(size + n, n.to_bytes(16, "big"), b"h", b"c", b"b", b"l") for n in range(4096 + 7)]
+        rows[4000] = tuple(stored[-1])  # type: ignore[assignment]  # inside the 4096-row statement
+        with pytest.raises(StorageError):
+            await store._transaction(lambda: store_module._insert_records(store._conn, rows))
+        result = await store.append_events([make_event(3)])
+        assert result.appended == 1 and store.size == size + 1
+        await store.checkpoint()
+    conn = sqlite3.connect(db_path(empty_log.data_dir))
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM records").fetchone()[0] == size + 1
+    finally:
+        conn.close()
+    verify_log(empty_log.data_dir, empty_log.keys)

@@ -1049,7 +1049,13 @@ def _statement_sizes() -> tuple[int, ...]:
 
 #: Rows per INSERT statement on SQLite (`_insert_records`).
 STATEMENT_ROWS = _statement_sizes()
-_INSERTS = {size: _INSERT_RECORD + ", (?, ?, ?, ?, ?, ?)" * (size - 1) for size in STATEMENT_ROWS}
+#: `OR FAIL`: a conflict ends the statement without undoing its earlier rows, so SQLite keeps no statement
+#: journal (a temporary file holding the original of every page the statement changes, ~190 bytes written per
+#: row); the transaction is rolled back whole on any error anyway (`LogStore._run_transaction`).
+_INSERTS = {
+    size: _INSERT_RECORD.replace("INSERT", "INSERT OR FAIL", 1) + ", (?, ?, ?, ?, ?, ?)" * (size - 1)
+    for size in STATEMENT_ROWS
+}
 
 
 async def _insert_records(conn: db.Writer, rows: list[_Row]) -> None:
