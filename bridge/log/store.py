@@ -1060,8 +1060,8 @@ _INSERTS = {
 
 async def _insert_records(conn: db.Writer, rows: list[_Row]) -> None:
     """Insert `rows` in order: on SQLite in as few multi-row statements as `STATEMENT_ROWS` allows (one for
-    an import batch of 4096), the last few (fewer than 8) one by one; on PostgreSQL one by one (psycopg
-    pipelines them).
+    an import batch of 4096), the last few (fewer than 8) one by one; on PostgreSQL by `executemany` of the
+    one-row statement, as before.
 
     Why: `sqlite3` binds a statement's values with the GIL held, releases it for `sqlite3_step` and must take
     it back after; while the event loop seals the next batch (Python, hashing and AES-GCM that hold the GIL
