@@ -1,109 +1,52 @@
-"""The pure stage of `chatarchief import` in worker processes: lines in, presealed batches out.
+"""The pure stage of `chatarchief import` in a worker process: lines in, presealed batches out.
 
-Contract. `WorkerPool.start(path, index_key, source, batch, workers)` starts `workers` processes that each
-read the whole input file themselves (the operator named it; nothing is written to disk), cut it into the
-same batches as the in-process import (`cut`), and for batch k, if k % workers is theirs, normalise each
-line, encode it canonically, and compute what does not depend on the record's place in the log
-(`preseal`): the dedup and conversation tags (keyed with the index key) and `format.prepare_plaintext`
-(fresh salt, commitment, zstd frame). `WorkerPool.batches()` yields them in file order. The writer keeps
-everything bound to the log's order: the dedup decision, seq, the header, AES-GCM (its associated data
-binds seq and the previous leaf), the leaf and the commit (`LogStore.append_presealed`).
+This module is the worker's side (and what both sides share: `cut`, `preseal`, the frames); the writer's
+side, which starts the workers and reads their frames, is `bridge.import_pool` (its docstring has the
+whole protocol: who preseals which batch, secrets, failure).
 
-Secrets. The worker gets the index key only (never a data key or the KEK), through its stdin pipe, with
-the input's path and its options: nothing on its command line or in its environment. The input is read
-by the worker; the plaintext crosses only the pipe from worker to writer.
-
-Failure. A worker that dies (killed, out of memory, a bug) closes its pipe: `batches()` raises
-`ImportWorkerError` naming its exit status, after the batches it delivered complete. The caller has
-committed only whole batches, and a re-run counts those as duplicates. The caller stops the workers on
-any exit (`close`). Ctrl-C reaches the workers too (same process group); they end without a traceback
-and the parent reports the interrupt.
-
-Sharing the work. The writer has CPU to spare beside one worker (sealing and SQLite cost less per event
-than normalising and compressing), so the parent takes part of the pure stage itself, with the same
-`preseal`: the first `HEAD_BATCHES` batches, cut from the file while the workers start (the workers skip
-them), and any batch it asks a worker for while it waits: when the writer is about to wait for a worker's
-next frame, it writes one byte on that worker's stdin, and the worker sends the next batch it has not
-started as its raw lines ("lines" frame) instead of presealing it. So the split follows the two sides'
-speeds on the machine as it is (another process's load included), and the writer never asks while it has
-work queued. The records are the same whoever preseals a batch.
+Contract. `serve(config)` runs in a `python -I` process the pool started, with its config from its stdin
+pipe (the input's path, the index key, the source, the batch size, its index among `count` workers and the
+`head` batches the writer keeps). It reads the whole input file itself, cuts it into the same batches as
+the in-process import (`cut`), and for batch k >= head with k % count == index, normalises each line,
+encodes it canonically and computes what does not depend on the record's place in the log (`preseal`): the
+dedup and conversation tags (keyed with the index key) and `format.prepare_plaintext` (fresh salt,
+commitment, zstd frame). It writes one frame per batch on stdout, in file order, and ends with an "end" frame.
 
 Frames on the pipe are `marshal`ed tuples of str, bytes and int (marshal builds no objects but those and
 runs no code on load, unlike pickle), each behind an 8-byte length: ("batch", bytes read at the cut,
 full?, unknown, conversations, event ids, tags, conversation tags, versions, commitments, plaintexts),
 ("lines", bytes read at the cut, full?, lines) for a batch the writer asked for, ("end", lines, blank
 lines, bytes read) or ("error", message) for an input it cannot read. The writer's stdin pipe carries the
-config frame (8-byte length, then `marshal`ed), then one byte per request.
+config frame (8-byte length, then `marshal`ed), then one byte per request ("send your next batch as lines",
+read between batches without blocking: `_Requests`).
 
 This module's top level imports only what a worker needs (the writer's modules pull in psycopg and the
-Matrix package matrix-nio, ~0.3-0.9 s of start-up): see `_pure_encoder`.
+Matrix package matrix-nio, ~0.3-0.9 s of start-up): see `pure_encoder`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import importlib.util
 import marshal
 import os
-import signal
-import subprocess
 import sys
 import types
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
 from bridge.clock import now_ms
-from bridge.errors import ChatarchiefError, UsageError
+from bridge.errors import UsageError
 from bridge.log import crypto, format
 
 #: One line's (conversation, event id, canonical payload, unknown?) (`bridge.sources.matrix.fast.encode_line`).
 Encoder = Callable[[bytes, int], tuple[str, str, bytes, bool]]
-#: Seconds to wait for a worker to exit once its pipe is closed, before it is killed.
-EXIT_WAIT_SECONDS = 5.0
-_LENGTH_BYTES = 8
-#: The frames' pipe size (Linux caps it at /proc/sys/fs/pipe-max-size, 1 MiB by default). Why not the default
-#: 64 KiB: the reader is a thread of the writer's process, and it needs the GIL after every read(2) while the
-#: event loop holds it for up to the switch interval (5 ms) at a time; with 64 KiB reads a 1.5 MB batch took
-#: ~24 of those waits and the worker stalled on its full pipe (no overlap at all: 51 us/event, the sum of both).
-PIPE_BYTES = 1 << 20
-#: Frames queued ahead of the writer (each ~2.7 MB once loaded), besides the one the reading task holds
-#: until there is room: the worker goes on while the writer preseals a batch of its own or waits for a
-#: commit, instead of stalling on its full pipe. More costs memory (peak RSS, flat in the file's size)
-#: without a measurable gain on two cores.
-READ_AHEAD = 1
-#: Batches the writer preseals itself at the start, while the workers start up (they skip them): a worker's
-#: start-up (~0.07-0.25 s) is about one batch of presealing.
-HEAD_BATCHES = 1
-#: Lines the writer preseals between two yields to its event loop (see `preseal_yielding`).
-YIELD_EVERY = 256
+#: Bytes of a frame's length prefix (big-endian), on both pipes.
+LENGTH_BYTES = 8
 #: The dedup tag's length (`crypto.keyed_tag`'s default, as `schema.dedup_tag` makes it).
 _TAG_LENGTH = 16
-#: One request on a worker's stdin: "send your next batch as lines".
-_REQUEST = b"\x01"
-# The worker's entry: the parent's sys.path first (so it imports the same `bridge`), from the config frame
-# on stdin; -I below keeps PYTHONPATH and the user's site out of it.
-# Ctrl-C reaches the workers too (same process group): they end without a traceback, the parent reports it.
-# The config is read from fd 0 with exact reads (no buffered reader: the request bytes that follow it on
-# the same pipe must stay in the pipe for `_Requests`).
-_BOOT = """import signal;signal.signal(signal.SIGINT,signal.SIG_DFL)
-import marshal,os,sys
-def r(n):
-    b=b''
-    while len(b)<n:
-        c=os.read(0,n-len(b))
-        if not c: sys.exit(1)
-        b+=c
-    return b
-c=marshal.loads(r(int.from_bytes(r(8),'big')));sys.path[:0]=c.pop('sys_path')
-import bridge.import_worker as w;sys.exit(w.serve(c))"""
-
-
-class ImportWorkerError(ChatarchiefError):
-    """An import worker died or broke its protocol (exit 1): the batches before are committed."""
 
 
 @dataclass
@@ -140,16 +83,6 @@ def cut(path: Path, size: int, tally: Tally) -> Iterator[list[bytes]]:
         yield batch
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerBatch:
-    """One batch from a worker: where the file was after it, and its columns for `LogStore.append_presealed`."""
-
-    read: int
-    full: bool
-    unknown: int
-    presealed: format.Presealed
-
-
 def preseal(
     encode: Encoder, lines: list[bytes], received: int, index_key: bytes, source: str, conv_tags: dict[str, bytes]
 ) -> tuple[int, list[str], list[str], list[bytes], list[bytes], bytes, list[bytes], list[bytes]]:
@@ -157,22 +90,19 @@ def preseal(
     batch: the pure work of the import, as `importer.encode_batch` then `LogStore._prepare`/`_seal_all` do
     it in process. `conv_tags` caches conversation tags across batches. The tags are
     `schema.dedup_tag`/`schema.conversation_tag` (a test pins it; `schema` pulls in psycopg)."""
-    salts = os.urandom(crypto.SALT_BYTES * len(lines))
     unknown = 0
     convs: list[str] = []
     ids: list[str] = []
+    payloads: list[bytes] = []
     tags: list[bytes] = []
     ctags: list[bytes] = []
-    versions = bytearray()
-    commits: list[bytes] = []
-    plaintexts: list[bytes] = []
-    keyed_tag, prepare, width = crypto.keyed_tag, format.prepare_plaintext, crypto.SALT_BYTES
+    keyed_tag = crypto.keyed_tag
     # `keyed_tag(index_key, "event", source, conversation, event_id)`: BLAKE2b is streamed, so the state
     # after the key and the constant parts is made once per batch and copied per line (same bytes).
     event_tag = hashlib.blake2b(
         f"event\x00{source}\x00".encode("utf-8", "surrogatepass"), key=index_key, digest_size=_TAG_LENGTH
     )
-    for n, line in enumerate(lines):
+    for line in lines:
         conversation, event_id, payload, is_unknown = encode(line.rstrip(b"\r\n"), received)
         unknown += is_unknown
         ctag = conv_tags.get(conversation)
@@ -180,23 +110,21 @@ def preseal(
             if len(conv_tags) > 100_000:
                 conv_tags.clear()
             ctag = conv_tags[conversation] = keyed_tag(index_key, "conversation", source, conversation)
-        version, commit, plaintext = prepare(salts[n * width : (n + 1) * width], payload)
         convs.append(conversation)
         ids.append(event_id)
+        payloads.append(payload)
         tag = event_tag.copy()
         tag.update(f"{conversation}\x00{event_id}".encode("utf-8", "surrogatepass"))
         tags.append(tag.digest())
         ctags.append(ctag)
-        versions.append(version)
-        commits.append(commit)
-        plaintexts.append(plaintext)
-    return unknown, convs, ids, tags, ctags, bytes(versions), commits, plaintexts
+    versions, commits, plaintexts = format.prepare_plaintexts(os.urandom(crypto.SALT_BYTES * len(lines)), payloads)
+    return unknown, convs, ids, tags, ctags, versions, commits, plaintexts
 
 
 # -- the worker process --------------------------------------------------------
 
 
-def _pure_encoder() -> Encoder:
+def pure_encoder() -> Encoder:
     """`encode_line` without importing `bridge.sources.matrix`'s package module, which imports the
     matrix-nio client (0.3-0.9 s here; the worker needs only the pure normaliser). The package is
     registered bare (its path, no `__init__` run): its submodules import as usual."""
@@ -215,7 +143,7 @@ def _pure_encoder() -> Encoder:
 
 def _write(out: IO[bytes], frame: tuple[Any, ...]) -> None:
     data = marshal.dumps(frame)
-    out.write(len(data).to_bytes(_LENGTH_BYTES, "big"))
+    out.write(len(data).to_bytes(LENGTH_BYTES, "big"))
     out.write(data)
 
 
@@ -223,7 +151,7 @@ def serve(config: dict[str, Any]) -> int:
     """The worker's main: `config` from the parent's pipe (file, index_key, source, batch, index, count)."""
     out = os.fdopen(os.dup(1), "wb")  # the frames' pipe; fd 1 becomes stderr so a stray print cannot corrupt it
     os.dup2(2, 1)
-    encode = _pure_encoder()
+    encode = pure_encoder()
     path, index_key, source = Path(config["file"]), bytes(config["index_key"]), str(config["source"])
     size, index, count = int(config["batch"]), int(config["index"]), int(config["count"])
     head = int(config.get("head", 0))
@@ -271,308 +199,3 @@ class _Requests:
             self._pending -= 1
             return True
         return False
-
-
-# -- the parent's side ---------------------------------------------------------
-
-
-async def preseal_yielding(
-    encode: Encoder, lines: list[bytes], received: int, index_key: bytes, source: str, conv_tags: dict[str, bytes]
-) -> tuple[int, list[str], list[str], list[bytes], list[bytes], bytes, list[bytes], list[bytes]]:
-    """`preseal` on the writer's event loop, `YIELD_EVERY` lines at a time, yielding between the slices.
-
-    Why: the batches before are waiting for the loop to hand their statements to SQLite's thread (each
-    aiosqlite call is a hop back to the loop); one 4096-line preseal would leave SQLite idle for its whole
-    length."""
-    unknown, versions = 0, bytearray()
-    convs: list[str] = []
-    ids: list[str] = []
-    tags: list[bytes] = []
-    ctags: list[bytes] = []
-    commits: list[bytes] = []
-    plaintexts: list[bytes] = []
-    for start in range(0, len(lines), YIELD_EVERY):
-        part = preseal(encode, lines[start : start + YIELD_EVERY], received, index_key, source, conv_tags)
-        unknown += part[0]
-        convs += part[1]
-        ids += part[2]
-        tags += part[3]
-        ctags += part[4]
-        versions += part[5]
-        commits += part[6]
-        plaintexts += part[7]
-        await asyncio.sleep(0)
-    return unknown, convs, ids, tags, ctags, bytes(versions), commits, plaintexts
-
-
-def _read_frame(stream: IO[bytes]) -> tuple[Any, ...] | None:
-    """The next frame, None at a clean end of the pipe; raises EOFError for a frame cut short."""
-    head = stream.read(_LENGTH_BYTES)
-    if not head:
-        return None
-    if len(head) < _LENGTH_BYTES:
-        raise EOFError("frame length cut short")
-    size = int.from_bytes(head, "big")
-    body = stream.read(size)
-    if len(body) < size:
-        raise EOFError("frame cut short")
-    frame = marshal.loads(body)  # noqa: S302  # our own child's frames: str, bytes, int (see the module docstring)
-    if not isinstance(frame, tuple) or not frame or not isinstance(frame[0], str):
-        raise ValueError("not a frame")
-    return frame
-
-
-#: A frame read ahead (None: the pipe ended), or the failure that stopped the reading.
-_Queued = tuple[tuple[Any, ...] | None, BaseException | None]
-
-
-class WorkerPool:
-    """Import workers for one file; use `async with await WorkerPool.start(...) as pool`."""
-
-    def __init__(
-        self,
-        procs: list[subprocess.Popen[bytes]],
-        source: str,
-        *,
-        path: Path | None = None,
-        index_key: bytes = b"",
-        batch: int = 0,
-        head: int = 0,
-    ) -> None:
-        self._procs = procs
-        self._source = source
-        self._path = path
-        self._index_key = index_key
-        self._batch_size = batch
-        self._head = head
-        self._encode: Encoder | None = None
-        self._conv_tags: dict[str, bytes] = {}
-        self._asked = [False] * len(procs)
-        self._pump: asyncio.Task[None] | None = None
-        self._queue: asyncio.Queue[_Queued] | None = None
-        self._closing = False
-        #: Lines, blank lines and bytes read of the whole file, once every worker has ended.
-        self.tally: Tally | None = None
-        #: Batches this process presealed itself: (at the start, asked of a worker).
-        self.local = [0, 0]
-
-    @property
-    def pids(self) -> list[int]:
-        return [p.pid for p in self._procs]
-
-    @classmethod
-    def start(
-        cls, path: Path, index_key: bytes, source: str, batch: int, workers: int, head: int | None = None
-    ) -> WorkerPool:
-        """Start the workers and hand each its options and the index key over its stdin pipe (fork and exec
-        take a few ms: not worth a thread); the pipe stays open for the writer's requests."""
-        head = HEAD_BATCHES if head is None else head
-        procs: list[subprocess.Popen[bytes]] = []
-        config: dict[str, Any] = {
-            "sys_path": list(sys.path),
-            "file": str(path.absolute()),
-            "index_key": index_key,
-            "source": source,
-            "batch": batch,
-            "count": workers,
-            "head": head,
-        }
-        try:
-            for index in range(workers):
-                proc = subprocess.Popen(  # our own interpreter and entry, no operator input
-                    [sys.executable, "-I", "-c", _BOOT],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.PIPE,
-                    pipesize=PIPE_BYTES,
-                )
-                procs.append(proc)
-                assert proc.stdin is not None
-                data = marshal.dumps({**config, "index": index})
-                proc.stdin.write(len(data).to_bytes(_LENGTH_BYTES, "big") + data)
-                proc.stdin.flush()
-        except BaseException:
-            for proc in procs:
-                proc.kill()
-                proc.wait()
-                if proc.stdin is not None:
-                    proc.stdin.close()
-            raise
-        return cls(procs, source, path=path, index_key=index_key, batch=batch, head=head)
-
-    async def batches(self) -> AsyncIterator[WorkerBatch]:
-        """The batches in file order: the first `head` presealed here while the workers start, then batch k
-        from worker k % n (or presealed here from its lines, when this process asked for it), up to
-        `READ_AHEAD` of them queued (and one more held by the reading task) while the caller works."""
-        count, k = len(self._procs), self._head
-        self._queue = queue = asyncio.Queue[_Queued](READ_AHEAD)
-        self._pump = asyncio.create_task(self._read_ahead(queue, k))
-        if self._head:
-            async for batch in self._head_batches():
-                yield batch
-        while True:
-            if queue.empty():  # the writer is about to wait: ask for the batch after the one under way
-                self._ask(k % count)
-            frame, error = await queue.get()
-            if error is not None:
-                raise error
-            if frame is not None and frame[0] in ("batch", "lines"):
-                k += 1
-                yield await self._batch_of(k - 1, (k - 1) % count, frame)
-                continue
-            end = await self._end(k % count, frame)
-            for other in range(1, count):  # every other worker must have ended at the same place
-                if await self._end((k + other) % count, await self._next((k + other) % count)) != end:
-                    raise ImportWorkerError("the import workers disagree on the file's length (was it changed?)")
-            self.tally = Tally(*end)
-            return
-
-    async def _read_ahead(self, queue: asyncio.Queue[_Queued], k: int) -> None:
-        """Frames k, k+1, ... (worker k % n each) into `queue` until one is not a batch; a failure is queued
-        after the frames before it (the caller commits those first), then the reading stops."""
-        count = len(self._procs)
-        while not self._closing:
-            try:
-                frame = await self._next(k % count)
-            except asyncio.CancelledError:
-                raise
-            except BaseException as exc:  # ImportWorkerError, or KeyboardInterrupt for a worker Ctrl-C ended
-                await queue.put((None, exc))
-                return
-            await queue.put((frame, None))
-            if frame is None or frame[0] not in ("batch", "lines"):
-                return
-            k += 1
-
-    async def _head_batches(self) -> AsyncIterator[WorkerBatch]:
-        assert self._path is not None
-        tally = Tally()
-        for k, lines in enumerate(cut(self._path, self._batch_size, tally)):
-            presealed = await self._preseal_here(lines)
-            self.local[0] += 1
-            yield WorkerBatch(tally.read, len(lines) >= self._batch_size, presealed[0], presealed[1])
-            if k + 1 >= self._head:
-                return
-
-    async def _preseal_here(self, lines: list[bytes]) -> tuple[int, format.Presealed]:
-        if self._encode is None:
-            self._encode = _pure_encoder()
-        unknown, convs, ids, tags, ctags, versions, commits, plaintexts = await preseal_yielding(
-            self._encode, lines, now_ms(), self._index_key, self._source, self._conv_tags
-        )
-        return unknown, format.Presealed(self._source, convs, ids, tags, ctags, versions, commits, plaintexts)
-
-    def _ask(self, index: int) -> None:
-        """One request to worker `index` (at most one outstanding); a worker that is gone is reported by the
-        read of its pipe, not here."""
-        proc = self._procs[index]
-        if self._asked[index] or proc.stdin is None:
-            return
-        try:
-            proc.stdin.write(_REQUEST)
-            proc.stdin.flush()
-        except (BrokenPipeError, ValueError):
-            return
-        self._asked[index] = True
-
-    async def _batch_of(self, k: int, index: int, frame: tuple[Any, ...]) -> WorkerBatch:
-        if frame[0] == "batch":
-            return self._batch(k, frame)
-        try:
-            read, full, lines = frame[1:]
-        except ValueError:
-            raise ImportWorkerError(f"import worker sent a malformed batch {k}") from None
-        if (
-            type(read) is not int
-            or type(full) is not bool
-            or not isinstance(lines, list)
-            or not lines
-            or not all(type(line) is bytes for line in lines)
-        ):
-            raise ImportWorkerError(f"import worker sent a malformed batch {k}")
-        self._asked[index] = False  # that request is answered: the next wait may ask again
-        unknown, presealed = await self._preseal_here(lines)
-        self.local[1] += 1
-        return WorkerBatch(read, full, unknown, presealed)
-
-    async def _next(self, index: int) -> tuple[Any, ...] | None:
-        proc = self._procs[index]
-        assert proc.stdout is not None
-        try:
-            return await asyncio.to_thread(_read_frame, proc.stdout)
-        except (EOFError, ValueError, TypeError) as exc:
-            raise await self._died(index, f"sent a broken frame ({exc})") from None
-
-    def _batch(self, k: int, frame: tuple[Any, ...]) -> WorkerBatch:
-        """The frame as a batch, its columns checked for shape (a bug would otherwise surface mid-seal)."""
-        try:
-            read, full, unknown, *columns = frame[1:]
-            batch = WorkerBatch(read, full, unknown, format.Presealed(self._source, *columns))
-        except (TypeError, ValueError):
-            raise ImportWorkerError(f"import worker sent a malformed batch {k}") from None
-        c = batch.presealed
-        lengths = {len(col) for col in (c.conversations, c.event_ids, c.tags, c.conversation_tags, c.versions,
-                                        c.commitments, c.plaintexts)}  # fmt: skip
-        if lengths == {0} or len(lengths) != 1:
-            raise ImportWorkerError(f"import worker sent a malformed batch {k}")
-        return batch
-
-    async def _end(self, index: int, frame: tuple[Any, ...] | None) -> tuple[int, int, int]:
-        if frame is None:
-            raise await self._died(index, "ended before the end of the file")
-        if frame[0] == "error" and len(frame) == 2:
-            raise UsageError(str(frame[1]))
-        if frame[0] != "end" or len(frame) != 4:
-            raise ImportWorkerError(f"import worker {self._procs[index].pid} sent {frame[0]!r} out of turn")
-        return int(frame[1]), int(frame[2]), int(frame[3])
-
-    async def _died(self, index: int, what: str) -> ImportWorkerError:
-        proc = self._procs[index]
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            await asyncio.to_thread(proc.wait, EXIT_WAIT_SECONDS)
-        code = proc.returncode
-        if code == -signal.SIGINT:  # Ctrl-C reached the worker first: the operator's interrupt, not a failure
-            raise KeyboardInterrupt
-        how = (
-            "still running"
-            if code is None
-            else f"killed by signal {-code}"
-            if code < 0
-            else f"exit status {code}; its error, if any, is above"
-        )
-        return ImportWorkerError(
-            f"the import worker (pid {proc.pid}) {what} ({how}). The batches before it are committed; run the"
-            " import again: what the log already holds is counted as duplicates"
-        )
-
-    async def close(self) -> None:
-        """Stop every worker still running and reap them (idempotent). After a complete file they have
-        sent everything and are exiting: they get a moment first."""
-        if self.tally is not None:
-            for proc in self._procs:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    await asyncio.to_thread(proc.wait, EXIT_WAIT_SECONDS)
-        for proc in self._procs:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-        if self._pump is not None:  # its read ends now (the pipe's writer is gone); its queue is emptied
-            self._closing = True
-            while not self._pump.done():
-                while self._queue is not None and not self._queue.empty():
-                    self._queue.get_nowait()
-                await asyncio.wait({self._pump}, timeout=0.05)
-            with contextlib.suppress(BaseException):
-                self._pump.result()
-            self._pump = self._queue = None
-        for proc in self._procs:
-            await asyncio.to_thread(proc.wait)
-            for pipe in (proc.stdin, proc.stdout):
-                if pipe is not None:
-                    with contextlib.suppress(OSError):
-                        pipe.close()
-
-    async def __aenter__(self) -> WorkerPool:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()

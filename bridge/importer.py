@@ -13,14 +13,15 @@ live capture keeps its own small batches (latency). A signed checkpoint is
 written at the end, so a truncated tail is caught by `verify`.
 
 A large file on a machine with a spare CPU has its pure stage done in worker
-processes (`bridge.import_worker`: reading and cutting the lines, normalising,
-canonical encoding, the dedup and conversation tags, the salted commitment and the
-zstd frame); this process keeps what the log's order binds (the dedup decision,
-seq, header, AES-GCM, leaf, commit: `LogStore.append_presealed`) and preseals
-a share of the batches itself whenever it would otherwise wait for a worker
-(`bridge.import_worker`, "Sharing the work"). Same records,
-counts, progress and checkpoint as in process. An import handed to a running bot
-stays in process: the control socket takes plain entries only.
+processes (`bridge.import_pool` starts them, `bridge.import_worker` runs in
+them: reading and cutting the lines, normalising, canonical encoding, the dedup
+and conversation tags, the salted commitment and the zstd frame); this process
+keeps what the log's order binds (the dedup decision, seq, header, AES-GCM,
+leaf, commit: `LogStore.append_presealed`) and preseals a share of the batches
+itself whenever it would otherwise wait for a worker (`bridge.import_pool`,
+"Sharing the work"). Same records, counts, progress and checkpoint as in
+process. An import handed to a running bot stays in process: the control
+socket takes plain entries only.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ from typing import Any
 from bridge.clock import now_ms
 from bridge.errors import UsageError
 from bridge.events import MATRIX
-from bridge.import_worker import Tally, WorkerPool, cut
+from bridge.import_pool import WorkerPool
+from bridge.import_worker import Tally, cut
 from bridge.log.format import RecordType
 from bridge.log.store import AppendResult, LogStore
 from bridge.log.writer import Appender, LocalWriter
@@ -138,7 +140,7 @@ async def import_file(
 ) -> ImportCounts:
     """Append every event in `path`; returns the counts. `progress(bytes_read)`.
 
-    `workers`: worker processes for the pure stage (`bridge.import_worker`); None chooses (none for a file
+    `workers`: worker processes for the pure stage (`bridge.import_pool`); None chooses (none for a file
     under `WORKER_MIN_BYTES`, a bot's writer or one usable CPU), 0 keeps everything in this process. The
     records, counts and progress are the same either way.
     """

@@ -1,4 +1,5 @@
-"""`import` with its pure stage in worker processes (bridge.import_worker) against the in-process import.
+"""`import` with its pure stage in worker processes (bridge.import_pool, bridge.import_worker) against the
+in-process import.
 
 Pinned: the same events in the same order, the same counts and progress, malformed and blank lines,
 duplicates within a file and across imports, conflicting versions; a killed worker gives a clear error
@@ -14,6 +15,7 @@ import hashlib
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +23,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge import import_worker, importer
+from bridge import import_pool, import_worker, importer
 from bridge.errors import UsageError
 from bridge.events import MATRIX, canonical_bytes
-from bridge.import_worker import ImportWorkerError, WorkerPool, preseal
+from bridge.import_pool import ImportWorkerError, WorkerPool
+from bridge.import_worker import preseal
 from bridge.importer import ImportCounts, import_file
 from bridge.log import crypto, format
 from bridge.log import keys as keyfile
@@ -158,8 +161,8 @@ async def test_batches_the_writer_presealed_itself_store_the_same(
     1000 the worker sends nearly everything as lines) stores what the in-process import stores: same
     counts, progress, events and versions, and the log verifies."""
     monkeypatch.setattr(importer, "BATCH", 7)
-    monkeypatch.setattr(import_worker, "HEAD_BATCHES", head)
-    monkeypatch.setattr(import_worker, "_REQUEST", b"\x01" * asks)
+    monkeypatch.setattr(import_pool, "HEAD_BATCHES", head)
+    monkeypatch.setattr(import_pool, "_REQUEST", b"\x01" * asks)
     here_local: list[int] = []
     preseal_here = WorkerPool._preseal_here
 
@@ -360,7 +363,7 @@ def test_the_worker_imports_no_matrix_client() -> None:
     import sys
 
     code = (
-        "import sys; from bridge import import_worker as w; w._pure_encoder();"
+        "import sys; from bridge import import_worker as w; w.pure_encoder();"
         "print('nio' in sys.modules, 'psycopg' in sys.modules, 'bridge.log.store' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={
@@ -386,7 +389,7 @@ def test_the_cli_import_uses_workers_for_a_large_file_and_prints_the_same(
         started.append(len(pool.pids))
         return pool
 
-    monkeypatch.setattr(import_worker.WorkerPool, "start", counting)
+    monkeypatch.setattr(import_pool.WorkerPool, "start", counting)
     monkeypatch.setattr(importer.os, "sched_getaffinity", lambda _: {0, 1})
     outputs = []
     for name, threshold in (("off", 1 << 40), ("on", 1)):
@@ -431,3 +434,65 @@ async def test_a_malformed_lines_frame_is_refused(frame: tuple[Any, ...]) -> Non
     pool = WorkerPool([], MATRIX, index_key=bytes(32), batch=7)
     with pytest.raises(ImportWorkerError, match="malformed batch 3"):
         await pool._batch_of(3, 0, frame)
+
+
+def _fixed_randomness(size: int) -> bytes:
+    """`os.urandom` for `test_presealed_records_are_byte_identical...`: every salt 0x5a.., every nonce 0xa5..,
+    whichever path draws them (the in-process seal draws nonce || salt per record in one call)."""
+    caller = sys._getframe(1).f_code.co_name
+    salt, nonce = b"\x5a" * crypto.SALT_BYTES, b"\xa5" * crypto.NONCE_BYTES
+    if caller == "_seal_all":
+        return (nonce + salt) * (size // (crypto.NONCE_BYTES + crypto.SALT_BYTES))
+    if caller in ("preseal", "_presealed_versions"):  # the latter: a conflicting version's salt
+        return salt * (size // crypto.SALT_BYTES)
+    if caller == "_seal_presealed":
+        return nonce * (size // crypto.NONCE_BYTES)
+    return _URANDOM(size)
+
+
+_URANDOM = os.urandom
+
+
+async def test_presealed_records_are_byte_identical_to_the_in_process_seal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same input, log (a copy of one data dir: same keys), salts, nonces and clock give the same
+    record rows, byte for byte (conflicting versions of events the input holds twice with other content
+    included), through the in-process import (`encode_line`, `LogStore._seal_all`,
+    `format.seal_record`: the documented composition) and the presealed path (`preseal`,
+    `format.prepare_plaintexts`, `append_presealed`, `format.seal_prepared_rows` in slices, the multi-row
+    insert). Batches of 300 lines (more than a seal slice and two INSERT statements), every one presealed by
+    this process (the worker skips them all) so that the fixed randomness and clock apply."""
+    import shutil
+    import sqlite3
+
+    from bridge.log import store as store_module
+    from bridge.log.schema import db_path
+
+    monkeypatch.setattr(importer, "BATCH", 300)
+    monkeypatch.setattr(store_module, "SEAL_SLICE", 128)
+    monkeypatch.setattr(import_pool, "HEAD_BATCHES", 1000)
+    monkeypatch.setattr(os, "urandom", _fixed_randomness)
+    for module in (importer, import_pool, import_worker, store_module):
+        monkeypatch.setattr(module, "now_ms", lambda: 1_764_000_000_123)
+    path = tmp_path / "in.jsonl"
+    lines = [_event(i, body=f"bericht {i} " + "x" * (i % 50)) for i in range(700)]
+    path.write_bytes(b"\n".join(lines) + b"\n" + _mixed_file(tmp_path / "mixed.jsonl").read_bytes())
+    here = _log(tmp_path, "here")
+    there = (tmp_path / "there", here[1])
+    shutil.copytree(here[0], there[0])
+    counts_here, _ = await _import(*here, path, workers=0)
+    counts_there, _ = await _import(*there, path, workers=1)
+    assert counts_there == counts_here and counts_here.appended > 700
+    rows = []
+    for data_dir, _ in (here, there):
+        conn = sqlite3.connect(db_path(data_dir))
+        try:
+            rows.append(
+                conn.execute("SELECT seq, dedup, header, commitment, body, leaf FROM records ORDER BY seq").fetchall()
+            )
+        finally:
+            conn.close()
+    assert len(rows[0]) > counts_here.appended and rows[0] == rows[1]
+    for data_dir, keys in (here, there):
+        verify_log(data_dir, keys)

@@ -14,8 +14,16 @@ the next write and checkpoint work, and `verify` finds every record sealed.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
+from typing import Any
 
+import pytest
+
+from bridge import import_worker
+from bridge.events import MATRIX
+from bridge.log import format
+from bridge.log import store as store_module
 from bridge.log.store import LogStore
 from bridge.log.verify import verify_log
 from tests.conftest import LogDir, make_event
@@ -41,3 +49,49 @@ async def test_cancelling_appends_at_random_moments_leaves_the_log_writable(any_
     assert cancelled >= 40
     report = verify_log(log.data_dir, log.keys)
     assert report.records == size and report.unsealed == 0
+
+
+async def test_a_presealed_batch_cancelled_between_its_sealing_slices_leaves_nothing_sealed(
+    empty_log: LogDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`append_presealed` seals `SEAL_SLICE` records at a time, yielding between slices; cancelled at any of
+    those yields, the writer's frontier and chain are as before (nothing appended), and the same batch
+    appended again is stored whole and verifies (a frontier advanced slice by slice would leave the next
+    records chained to records never stored: `verify` fails)."""
+    monkeypatch.setattr(store_module, "SEAL_SLICE", 3)
+    lines = [
+        json.dumps({
+            "type": "m.room.message", "room_id": "!r:x", "event_id": f"$e{i}", "sender": "@a:x",
+            "origin_server_ts": i, "content": {"msgtype": "m.text", "body": f"b{i}"},
+        }).encode()
+        for i in range(10)
+    ]  # fmt: skip
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        encode = import_worker.pure_encoder()
+        columns = import_worker.preseal(encode, lines, 1, store.tagging_key(), MATRIX, {})
+        presealed = format.Presealed(MATRIX, *columns[1:])
+        before, interrupted = store.size, 0
+        seal, tasks = format.seal_prepared_rows, list[asyncio.Task[Any]]()
+        for slices in range(1, 4):  # cancelled after the first, second, third slice (of four)
+            calls: list[int] = []
+
+            def sealing(*args: Any, slices: int = slices, calls: list[int] = calls) -> Any:
+                calls.append(1)
+                if len(calls) == slices:
+                    tasks[-1].cancel()  # delivered at the yield after this slice
+                return seal(*args)
+
+            monkeypatch.setattr(format, "seal_prepared_rows", sealing)
+            tasks.append(asyncio.create_task(store.append_presealed(presealed)))
+            with pytest.raises(asyncio.CancelledError):
+                await tasks[-1]
+            assert len(calls) == slices
+            interrupted += 1
+            assert store.size == before
+        monkeypatch.setattr(format, "seal_prepared_rows", seal)
+        result = await store.append_presealed(presealed)
+        assert result.appended == 10 and store.size == before + 10
+        await store.checkpoint()
+    assert interrupted == 3
+    report = verify_log(empty_log.data_dir, empty_log.keys)
+    assert report.records == before + 10 and report.unsealed == 0

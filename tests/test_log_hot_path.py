@@ -7,12 +7,13 @@ import hashlib
 import sqlite3
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bridge.errors import Check, LogIntegrityError
+from bridge.errors import Check, LogIntegrityError, StorageError
 from bridge.events import canonical_bytes
 from bridge.log import compression, crypto, format
+from bridge.log import store as store_module
 from bridge.log.dedup import DedupReader
 from bridge.log.schema import PAGE_SIZE, db_path, dedup_tag
 from bridge.log.store import LogStore
@@ -88,7 +89,7 @@ _PREPARED = st.tuples(
     log_id=_bytes(min_size=16, max_size=16),
     key=_bytes(min_size=32, max_size=32),
 )
-def test_seal_prepared_run_is_seal_prepared_in_turn(
+def test_seal_prepared_rows_is_seal_prepared_in_turn(
     seq: int,
     appended_ms: int,
     key_id: int,
@@ -97,21 +98,41 @@ def test_seal_prepared_run_is_seal_prepared_in_turn(
     log_id: bytes,
     key: bytes,
 ) -> None:
-    """`seal_prepared_run` (the import's sealing loop) gives byte for byte what `seal_prepared` gives for
-    each record in turn, seq counting up and each record chained to the leaf before."""
+    """`seal_prepared_rows` (the import's sealing loop, on a batch's columns) gives byte for byte what
+    `seal_prepared` gives for each record in turn, seq counting up and each record chained to the leaf
+    before, with each record's key passed through into its row."""
     sealer, prefix, event = crypto.Sealer(key), format.ad_prefix(log_id), format.RecordType.EVENT
     prepared = [
         (tag, nonce, *format.prepare_plaintext(salt, payload, compress=compress))
         for tag, nonce, salt, payload, compress in items
     ]
+    keys = [hashlib.sha256(b"%d" % n).digest()[:16] for n in range(len(prepared))]
     expected, chain = [], prev
     for n, (tag, nonce, version, commit, plaintext) in enumerate(prepared):
-        record = format.seal_prepared(
+        header, commitment, body, leaf = format.seal_prepared(
             sealer, prefix, event, seq + n, appended_ms, key_id, tag, nonce, chain, version, commit, plaintext
         )
-        expected.append(record)
-        chain = record[3]
-    assert format.seal_prepared_run(sealer, prefix, event, seq, appended_ms, key_id, prev, prepared) == expected
+        expected.append((seq + n, keys[n], header, commitment, body, leaf))
+        chain = leaf
+    rows = format.seal_prepared_rows(
+        sealer, prefix, event, seq, appended_ms, key_id, prev, keys, [p[0] for p in prepared],
+        b"".join(p[1] for p in prepared), bytes(p[2] for p in prepared), [p[3] for p in prepared],
+        [p[4] for p in prepared],
+    )  # fmt: skip
+    assert rows == expected
+    if prepared:  # columns of unequal length are refused, not sealed short
+        with pytest.raises(ValueError):
+            format.seal_prepared_rows(
+                sealer, prefix, event, seq, appended_ms, key_id, prev, keys, [p[0] for p in prepared],
+                b"".join(p[1] for p in prepared) + bytes(12), bytes(p[2] for p in prepared),
+                [p[3] for p in prepared], [p[4] for p in prepared],
+            )  # fmt: skip
+        with pytest.raises(ValueError):
+            format.seal_prepared_rows(
+                sealer, prefix, event, seq, appended_ms, key_id, prev, keys, [p[0] for p in prepared][:-1],
+                b"".join(p[1] for p in prepared), bytes(p[2] for p in prepared), [p[3] for p in prepared],
+                [p[4] for p in prepared],
+            )  # fmt: skip
 
 
 @given(parts=st.lists(st.text(), min_size=1, max_size=5), key=_bytes(min_size=32, max_size=32))
@@ -206,3 +227,79 @@ async def test_a_key_row_of_the_wrong_types_is_tampering_not_a_crash(empty_log: 
     with pytest.raises(LogIntegrityError) as opened:
         await LogStore.open(empty_log.data_dir, empty_log.keys)
     assert opened.value.check is Check.KEY_TABLE
+
+
+async def test_a_batch_longer_than_one_insert_statement_is_stored_whole_and_in_order(empty_log: LogDir) -> None:
+    """A batch of several multi-row INSERT statements (4096 + 512 + 16 rows where SQLite allows 4096 a
+    statement) and a tail of 3 stored one by one (`store._insert_records`): every record stored once, at its
+    seq, opening to its event, and the log verifies."""
+    sizes = store_module.STATEMENT_ROWS
+    assert len(sizes) >= 4
+    n = sizes[0] + sizes[3] + sizes[-1] * 2 + 3
+    events = [make_event(i) for i in range(n)]
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        result = await store.append_events(events)
+        data_keys = dict(store.media_keys().data_keys)
+        await store.checkpoint()
+    assert result.appended == n and list(result.seqs) == list(range(result.seqs[0], result.seqs[0] + n))
+    conn = sqlite3.connect(db_path(empty_log.data_dir))
+    try:
+        rows = conn.execute(
+            "SELECT seq, header, commitment, body FROM records WHERE seq >= ? ORDER BY rowid", (result.seqs[0],)
+        ).fetchall()
+    finally:
+        conn.close()
+    assert [row[0] for row in rows] == list(result.seqs)
+    for (seq, header_b, commit, body), event in zip(rows, events, strict=True):
+        header = format.unpack_header(header_b)
+        assert header.seq == seq
+        payload = format.open_record(empty_log.keys.log_id, crypto.sealers(data_keys), header, header_b, commit, body)
+        assert payload == canonical_bytes(event)
+    verify_log(empty_log.data_dir, empty_log.keys)
+
+
+@given(
+    items=st.lists(st.tuples(_bytes(min_size=16, max_size=16), _bytes(max_size=700)), max_size=8),
+    limit=st.sampled_from([compression.MAX_PAYLOAD, 300]),
+)
+@example(items=[(bytes(16), b"a" * 500), (bytes(range(16)), b"b" * 200)], limit=300)
+def test_prepare_plaintexts_is_prepare_plaintext_in_turn(items: list[tuple[bytes, bytes]], limit: int) -> None:
+    """`prepare_plaintexts` (the import's presealing loop) gives, per payload, `prepare_plaintext`'s version,
+    commitment and plaintext byte for byte, payloads over `MAX_PAYLOAD` kept uncompressed by both (a lower
+    limit stands in for 64 MiB); salts of the wrong length are refused."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(compression, "MAX_PAYLOAD", limit)
+        expected = [format.prepare_plaintext(salt, payload) for salt, payload in items]
+        versions, commits, plaintexts = format.prepare_plaintexts(
+            b"".join(salt for salt, _ in items), [payload for _, payload in items]
+        )
+    assert list(zip(versions, commits, plaintexts, strict=True)) == expected
+    with pytest.raises(ValueError):
+        format.prepare_plaintexts(b"".join(salt for salt, _ in items) + b"x", [payload for _, payload in items])
+
+
+async def test_a_conflict_in_a_multi_row_insert_leaves_nothing_of_the_batch(empty_log: LogDir) -> None:
+    """A batch whose row 4000 (inside its 4096-row statement) collides with a stored record (its seq) fails
+    as a whole: StorageError, none of its rows stored (the multi-row statements are `INSERT OR FAIL`: the
+    transaction's rollback undoes the rows before the conflict), and the writer goes on writing."""
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        await store.append_events([make_event(i) for i in range(3)])
+        size = store.size
+        conn = sqlite3.connect(db_path(empty_log.data_dir))
+        try:
+            stored = conn.execute("SELECT seq, dedup, header, commitment, body, leaf FROM records").fetchall()
+        finally:
+            conn.close()
+        rows = [(size + n, n.to_bytes(16, "big"), b"h", b"c", b"b", b"l") for n in range(4096 + 7)]
+        rows[4000] = tuple(stored[-1])  # type: ignore[assignment]  # inside the 4096-row statement
+        with pytest.raises(StorageError):
+            await store._transaction(lambda: store_module._insert_records(store._conn, rows))
+        result = await store.append_events([make_event(3)])
+        assert result.appended == 1 and store.size == size + 1
+        await store.checkpoint()
+    conn = sqlite3.connect(db_path(empty_log.data_dir))
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM records").fetchone()[0] == size + 1
+    finally:
+        conn.close()
+    verify_log(empty_log.data_dir, empty_log.keys)

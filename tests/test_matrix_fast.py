@@ -6,10 +6,11 @@ import json
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bridge.events import Kind, canonical_bytes
+from bridge.events import EncodingError, Kind, canonical_bytes
 from bridge.sources import decode
 from bridge.sources.matrix import fast
 from bridge.sources.matrix.normalise import normalise
@@ -113,3 +114,93 @@ def test_one_walk_decides_what_the_two_checks_decide(value: dict[str, Any], dept
     """The decoder's one-walk check counts the keys exactly when the value is plain within `depth`."""
     expected = decode._count_keys(value) if decode._plain_as_parsed(value, depth) else -1
     assert decode._plain_keys(value, depth) == expected
+
+
+# Whitespace a writer of JSON may put around separators: compact, Python's default, spaced before the colon
+# (the decoder's `":` count misses such a key), newlines and tabs.
+_SEPARATORS = st.sampled_from([(",", ":"), (", ", ": "), (" , ", " : "), (",\n", "\t:\n"), (",", " :")])
+# Bodies that hold what the key count sees: `":` inside a string, escaped colons and quotes, non-ASCII.
+_BODY = st.one_of(
+    st.text(max_size=30),
+    st.lists(st.sampled_from(['":', '" :', "\\u003a", ":", '"', "\\", "é", "\U0001f600", "x"]), max_size=8).map(
+        "".join
+    ),
+)
+
+
+@st.composite
+def _plain_events(draw: st.DrawFn) -> dict[str, Any]:
+    """Events at or near the fast path's shape: every envelope field well typed, `format` fields present,
+    null or absent, `unsigned` absent, null, flat, nested or holding a float."""
+    content: dict[str, Any] = {"msgtype": draw(st.sampled_from(["m.text", "m.notice", "m.emote"])), "body": draw(_BODY)}
+    for key in ("format", "formatted_body"):
+        value = draw(st.one_of(st.just(_MISSING), st.none(), st.text(max_size=8)))
+        if value is not _MISSING:
+            content[key] = value
+    event: dict[str, Any] = {
+        "type": "m.room.message",
+        "room_id": draw(st.sampled_from(["!r:x", '!"r":x', "!r\\:x"])),
+        "event_id": draw(st.sampled_from(["$e", '$"e":', "$é"])),
+        "sender": "@a:x",
+        "origin_server_ts": draw(st.integers(-(2**63), 2**64 - 1)),
+        "content": content,
+    }
+    unsigned = draw(
+        st.one_of(
+            st.just(_MISSING), st.none(), st.fixed_dictionaries({"age": st.integers(0, 10**6)}),
+            st.dictionaries(st.text(max_size=4), _value, max_size=3),
+        )
+    )  # fmt: skip
+    if unsigned is not _MISSING:
+        event["unsigned"] = unsigned
+    keys = list(event)
+    order = draw(st.permutations(keys))
+    return {k: event[k] for k in order}
+
+
+@given(event=_plain_events(), received_at=st.integers(-(2**63), 2**64 - 1), separators=_SEPARATORS, ascii=st.booleans())
+@example(event=PLAIN, received_at=1, separators=(" , ", " : "), ascii=False)
+@example(event={**PLAIN, "content": {"msgtype": "m.text", "body": '":":":'}}, received_at=1, separators=(",", ":"),
+         ascii=False)  # fmt: skip
+def test_fast_encoding_of_plain_messages_in_any_layout_is_the_full_normalisers(
+    event: dict[str, Any], received_at: int, separators: tuple[str, str], ascii: bool
+) -> None:
+    """The spliced encoding, and the decoder's exact checks where the key count cannot decide (a key spaced
+    before its colon, `":` in a string, a float or deep value in `unsigned`), give the full normaliser's
+    bytes for plain messages in every key order and layout."""
+    line = json.dumps(event, ensure_ascii=ascii, separators=separators).encode()
+    assert fast.encode_line(line, received_at) == _slow(line, received_at)
+
+
+def test_a_duplicate_key_hidden_by_the_layout_is_not_fast() -> None:
+    """A key repeated with a space before its colon (the `":` count alone misses it) or inside `unsigned` or
+    `content`: unknown, as the full normaliser has it."""
+    base = dict(PLAIN)
+    lines = [
+        json.dumps(base, separators=(",", " : ")).encode().replace(b'"sender" :', b'"sender" : "@b:x", "sender" :'),
+        orjson.dumps(base).replace(b'"age":12', b'"age":12,"age":13'),
+        orjson.dumps(base).replace(b'"body":', b'"body":"a","body":'),
+    ]
+    for line in lines:
+        result = fast.encode_line(line, 1)
+        assert result == _slow(line, 1) and result[3] is True, line
+
+
+def test_a_received_at_orjson_cannot_encode_fails_as_the_full_normaliser_does() -> None:
+    """`received_at` beyond 64 bits: the same EncodingError as the full normaliser's, never other bytes."""
+    line = orjson.dumps(PLAIN)
+    for received_at in (2**64, -(2**63) - 1):
+        with pytest.raises(EncodingError):
+            _slow(line, received_at)
+        with pytest.raises(EncodingError):
+            fast.encode_line(line, received_at)
+
+
+def test_the_common_message_is_spliced() -> None:
+    """bench/ingest.py's event (Python's default separators, `unsigned.age`) takes the splice, not the
+    decoder's exact checks or the full normaliser (else the fast path is dead code)."""
+    line = json.dumps(PLAIN).encode()
+    event = orjson.loads(line)
+    shape = fast._shape(event, 5)
+    assert shape is not None and fast._keys(event) == 10 and line.count(b'":') == 10
+    assert fast._splice(event, shape, 5) == fast.encode_line(line, 5) == _slow(line, 5)

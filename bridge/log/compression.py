@@ -88,6 +88,12 @@ class _Codec(threading.local):
 _codec = _Codec()
 
 
+def compressor() -> zstandard.ZstdCompressor:
+    """This thread's compression context, for a loop over many payloads (`format.prepare_plaintexts`): its
+    `compress(payload)` is `compress`'s frame for a payload of at most `MAX_PAYLOAD` bytes."""
+    return _codec.compressor
+
+
 def compress(payload: bytes) -> bytes:
     """One zstd frame of `payload` (at most `MAX_PAYLOAD` bytes), with its content size in the frame header."""
     if len(payload) > MAX_PAYLOAD:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -177,6 +177,29 @@ def prepare_plaintext(salt: bytes, payload: bytes, *, compress: bool = True) -> 
     return VERSION_PLAIN, commit, plaintext
 
 
+def prepare_plaintexts(salts: bytes, payloads: Sequence[bytes]) -> tuple[bytes, list[bytes], list[bytes]]:
+    """`prepare_plaintext(salts[16n:16n+16], payloads[n])` for every n, as columns (versions, commitments,
+    plaintexts to encrypt): the same bytes (a property test pins it) in one loop, with this thread's
+    compression context taken once: the import's presealing hot path (`import_worker.preseal`)."""
+    width, limit = crypto.SALT_BYTES, compression.MAX_PAYLOAD
+    if len(salts) != width * len(payloads):
+        raise ValueError(f"{len(payloads)} payloads need {width * len(payloads)} bytes of salt, got {len(salts)}")
+    compress, sha = compression.compressor().compress, hashlib.sha256
+    versions = bytearray()
+    commits: list[bytes] = []
+    plaintexts: list[bytes] = []
+    for at, payload in zip(range(0, len(salts), width), payloads, strict=True):
+        salt = salts[at : at + width]
+        commits.append(sha(salt + payload).digest())
+        if len(payload) <= limit:
+            versions.append(VERSION_COMPRESSED)
+            plaintexts.append(salt + compress(payload))
+        else:
+            versions.append(VERSION_PLAIN)
+            plaintexts.append(salt + payload)
+    return bytes(versions), commits, plaintexts
+
+
 def seal_prepared(
     sealer: crypto.Sealer,
     prefix: bytes,
@@ -199,7 +222,7 @@ def seal_prepared(
     return header, commit, body, merkle.leaf_hash(header + commit + hashlib.sha256(body).digest())
 
 
-def seal_prepared_run(
+def seal_prepared_rows(
     sealer: crypto.Sealer,
     prefix: bytes,
     rtype: RecordType,
@@ -207,20 +230,32 @@ def seal_prepared_run(
     appended_ms: int,
     key_id: int,
     prev_leaf: bytes,
-    items: Iterable[tuple[bytes, bytes, int, bytes, bytes]],
-) -> list[tuple[bytes, bytes, bytes, bytes]]:
+    keys: Sequence[bytes],
+    conversation_tags: Sequence[bytes],
+    nonces: bytes,
+    versions: bytes,
+    commitments: Sequence[bytes],
+    plaintexts: Sequence[bytes],
+) -> list[tuple[int, bytes, bytes, bytes, bytes, bytes]]:
     """`seal_prepared` for consecutive records from `seq`, each chained to the one before (the first to
-    `prev_leaf`): [(header, commitment, ciphertext, leaf)] for `items` of (conversation tag, nonce, version,
-    commitment, plaintext). The same bytes as calling `seal_prepared` in turn (a property test pins it),
-    in one loop: this is the import's sealing hot path (`LogStore.append_presealed`)."""
-    pack, seal, sha = _HEADER.pack, sealer.seal, hashlib.sha256
-    out: list[tuple[bytes, bytes, bytes, bytes]] = []
-    prev = prev_leaf
-    for conversation_tag, nonce, version, commit, plaintext in items:
+    `prev_leaf`), from columns: record n has `conversation_tags[n]`, nonce `nonces[12n:12n+12]`,
+    `versions[n]`, `commitments[n]`, `plaintexts[n]`. Returns a row per record, (seq, keys[n], header,
+    commitment, ciphertext, leaf): `keys` are passed through (the store's dedup tags), so the rows are the
+    ones it inserts. The same bytes as calling `seal_prepared` in turn (a property test pins it), in one
+    loop over the columns a worker sent: this is the import's sealing hot path (`LogStore.append_presealed`)."""
+    pack, seal, sha, width = _HEADER.pack, sealer.seal, hashlib.sha256, crypto.NONCE_BYTES
+    if len(nonces) != width * len(keys):
+        raise ValueError(f"{len(keys)} records need {width * len(keys)} bytes of nonces, got {len(nonces)}")
+    out: list[tuple[int, bytes, bytes, bytes, bytes, bytes]] = []
+    append, prev = out.append, prev_leaf
+    for key, conversation_tag, version, commit, plaintext, at in zip(
+        keys, conversation_tags, versions, commitments, plaintexts, range(0, len(nonces), width), strict=True
+    ):
+        nonce = nonces[at : at + width]
         header = pack(version, rtype, seq, appended_ms, key_id, conversation_tag, nonce, prev)
         body = seal(nonce, plaintext, prefix + header + commit)
         prev = sha(b"\x00" + header + commit + sha(body).digest()).digest()  # merkle.leaf_hash(leaf_data(...))
-        out.append((header, commit, body, prev))
+        append((seq, key, header, commit, body, prev))
         seq += 1
     return out
 
