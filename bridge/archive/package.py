@@ -66,7 +66,7 @@ from bridge.archive.derive import STATUS_CLOSED, STATUS_INTERIM, DossierState, R
 from bridge.archive.gaps import LISTING_REL, Listing
 from bridge.archive.mdto import Organisation
 from bridge.archive.plan import Carried, Plan, Seal, carried_decisions, closing, plan, seal_notes
-from bridge.archive.render import default_workers, render_package
+from bridge.archive.render import RenderHelpers, default_workers, render_package
 from bridge.archive.signing_keys import FILE as SIGNING_KEYS_FILE
 from bridge.archive.signing_keys import signing_keys_json
 from bridge.archive.witnessed import FILE as WITNESSED_FILE
@@ -186,10 +186,13 @@ def snapshot(
             )
         carried = carried_decisions(view, p)
         builder = BagBuilder(out, work)
+        helpers: RenderHelpers | None = None
         try:
             blobs = BlobStore(data_dir / "blobs", view.media_keys())
             listing = Listing()
             procs = default_workers() if workers is None else workers
+            if procs > 1 and p.end - p.start >= scan.PARALLEL_MIN_RECORDS:  # likely rendered in processes too
+                helpers = RenderHelpers(procs - 1)  # they import while pass 2 runs
             dossiers, others, missing = _write_records(
                 view, builder, p, params, blobs, allow_missing_media, listing, data_dir, procs
             )
@@ -212,7 +215,7 @@ def snapshot(
                 builder.write(SIGNING_KEYS_FILE, rotations)
             rendered = render_package(
                 builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status,
-                workers=procs,
+                workers=procs, helpers=helpers, rendered=lambda files: builder.sync_early(f[0] for f in files),
             )  # fmt: skip
             tags = derive.tag_files(
                 params, keys.key_name, win, (p.start, p.end), rendered.dossiers, others, (sealed_ms, closed_ms), status,
@@ -223,6 +226,9 @@ def snapshot(
         except BaseException:
             builder.discard()
             raise
+        finally:
+            if helpers is not None:
+                helpers.close()
     paths = tuple(out / "data" / t for t in rendered.transcripts)
     return SnapshotResult(out, str(month), p.start, p.end, status, written, paths, missing)
 

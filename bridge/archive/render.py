@@ -14,9 +14,10 @@ import gc
 import os
 import pickle
 import posixpath
+import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -89,13 +90,18 @@ def render_package(
     sealed_ms: int,
     status: str,
     workers: int = 1,
+    helpers: RenderHelpers | None = None,
+    rendered: Callable[[list[tuple[str, str, int]]], None] | None = None,
 ) -> Rendered:
     """Write transcripts, MDTO and pakbon; returns what the tag files need (`Rendered`).
 
     The same code runs in `snapshot` (writing) and in `verify-package` (a sink that compares). Dossiers are
     rendered independently of each other, in up to `workers` processes when the package is large enough to
     repay starting them (`POOL_MIN_BYTES`); their files are taken by `builder` in dossier order, so the output
-    is the same byte for byte whatever the number of processes.
+    is the same byte for byte whatever the number of processes. `helpers`: rendering processes started ahead
+    (they import while the caller does other work); used first, and left to the caller to close. `rendered`:
+    called with each dossier's files (rel, digest, size) as soon as they are written (`snapshot` starts their
+    fsync then), before `builder` records them.
     """
     org = params.organisation
     serie_name = params.serie
@@ -111,7 +117,7 @@ def render_package(
     directory = tuple((d.source, d.conversation, d.folder) for d in dossiers)  # one object, shared by every job
     jobs = [_job(data, builder, params, serie, state, provenance, interim, directory) for state in dossiers]
     sizes = [builder.payload[d.events_rel][1] if d.events_rel in builder.payload else 0 for d in dossiers]
-    results = render_jobs(jobs, sizes, workers)
+    results = render_jobs(jobs, sizes, workers, helpers, rendered)
     for state, (ref, dates, files) in zip(dossiers, results, strict=True):
         for rel, digest, size in files:
             builder.record(rel, digest, size)
@@ -199,41 +205,99 @@ def default_workers() -> int:
 Result = tuple[mdto.Ref, Coverage, list[tuple[str, str, int]]]
 
 
-def render_jobs(jobs: Sequence[_Job], sizes: Sequence[int], workers: int) -> list[Result]:
+def render_jobs(
+    jobs: Sequence[_Job],
+    sizes: Sequence[int],
+    workers: int,
+    helpers: RenderHelpers | None = None,
+    rendered: Callable[[list[tuple[str, str, int]]], None] | None = None,
+) -> list[Result]:
     """Every job's result, in job order: rendered here, or shared out over `workers` processes in all (this one
-    and workers - 1 fresh interpreters) when the event files hold at least `POOL_MIN_BYTES`. Each process gets
-    whole dossiers, the largest first to the least loaded (sizes: bytes of each dossier's events.jsonl)."""
+    and workers - 1 other interpreters: `helpers`' started ahead first, then fresh ones) when the event files
+    hold at least `POOL_MIN_BYTES`. Each process gets whole dossiers, the largest first to the least loaded
+    (sizes: bytes of each dossier's events.jsonl); `rendered(files)` is called for each job once its files
+    are written."""
+
+    def here(job: _Job) -> Result:
+        result = _render_job(job)
+        if rendered is not None:
+            rendered(result[2])
+        return result
+
     n = min(workers, len(jobs))
     if n < 2 or sum(sizes) < POOL_MIN_BYTES:
-        return [_render_job(job) for job in jobs]
+        return [here(job) for job in jobs]
     shares: list[list[int]] = [[] for _ in range(n)]
     load = [0] * n
     for i in sorted(range(len(jobs)), key=lambda i: -sizes[i]):
         k = load.index(min(load))
         shares[k].append(i)
         load[k] += sizes[i] + 1
-    helpers: list[_Helper] = []
+    running: list[_Helper] = []
     try:
         for share in shares[1:]:
-            helpers.append(_Helper([jobs[i] for i in sorted(share)]))
-        results: dict[int, Result] = {i: _render_job(jobs[i]) for i in sorted(shares[0])}
-        for helper, share in zip(helpers, shares[1:], strict=True):
-            results.update(zip(sorted(share), helper.results(), strict=True))
+            running.append(_Helper([jobs[i] for i in sorted(share)], None if helpers is None else helpers.take()))
+        results: dict[int, Result] = {i: here(jobs[i]) for i in sorted(shares[0])}
+        for helper, share in zip(running, shares[1:], strict=True):
+            done = helper.results()
+            if rendered is not None:
+                for result in done:
+                    rendered(result[2])
+            results.update(zip(sorted(share), done, strict=True))
     finally:
-        for helper in helpers:
+        for helper in running:
             helper.stop()
     return [results[i] for i in range(len(jobs))]
 
 
+def _start_helper() -> subprocess.Popen[bytes]:
+    return helper_process.start("bridge.archive.render", "helper_main")
+
+
+class RenderHelpers:
+    """`n` rendering interpreters started ahead of their jobs: they import while the caller works on (a
+    snapshot's record pass), so rendering does not wait for them; `render_jobs` takes them, `close()` ends any
+    not taken (they wait on their stdin until then, using no CPU)."""
+
+    def __init__(self, n: int) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for _ in range(n):
+                self._procs.append(_start_helper())
+        except BaseException:
+            self.close()
+            raise
+
+    def take(self) -> subprocess.Popen[bytes] | None:
+        return self._procs.pop(0) if self._procs else None
+
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+        self._procs = []
+
+
 class _Helper:
-    """A fresh interpreter rendering a list of jobs (pickled over its stdin, results over its stdout).
+    """An interpreter rendering a list of jobs (pickled over its stdin, results over its stdout): `proc`, one
+    started ahead (`RenderHelpers`), or a fresh one.
 
     A plain subprocess rather than a multiprocessing pool: that would start by importing the caller's main
     script (the whole CLI, for `chatarchief snapshot`) in every process."""
 
-    def __init__(self, jobs: list[_Job]) -> None:
-        data = pickle.dumps(jobs)  # before starting the process: nothing to clean up if this fails
-        self._proc = helper_process.start("bridge.archive.render", "helper_main")
+    def __init__(self, jobs: list[_Job], proc: subprocess.Popen[bytes] | None = None) -> None:
+        try:
+            data = pickle.dumps(jobs)  # before starting the process: nothing to clean up if this fails
+        except BaseException:
+            if proc is not None:
+                proc.kill()
+                proc.communicate()
+            raise
+        self._proc = proc if proc is not None else _start_helper()
         self._out: list[tuple[bytes, bytes]] = []
         self._thread = threading.Thread(target=self._talk, args=(data,), daemon=True)
         self._thread.start()
