@@ -34,6 +34,7 @@ from bridge.events import MATRIX, SIGNAL, Attachment, ConversationId, Event, Eve
 from bridge.policy import Withheld
 from tests.conftest import LogDir
 from tests.support.archive_log import OPTIONS, archive_log_two_months, seal_for
+from tests.test_archive_scan import _FIELD_VALUES, _FIELDS, _events
 
 T0 = 1_705_320_000_000
 SENDERS = [None, "@a:example.org", "@b:example.org", "@a:example.org\u202e", "+31612345678"]
@@ -203,3 +204,55 @@ def test_the_package_is_the_same_with_the_lean_paths(
         out = tmp_path / f"lean{workers}"
         built = snapshot(log.data_dir, log.keys, january, out, OPTIONS, seal=seal_for(log), workers=workers)
         assert _digests(built.path) == want
+
+
+def _outcome(decode: Any, d: object) -> tuple[str, object]:
+    try:
+        ev = decode(d)
+    except Exception as exc:  # the error itself is what is compared
+        return ("error", (type(exc), str(exc)))
+    return ("event", (ev, [(type(getattr(ev, f)), getattr(ev, f)) for f in render._EVENT_FIELDS]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    event=_events(),
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from(_FIELDS),
+            st.one_of(st.just("<del>"), _FIELD_VALUES, st.sampled_from([*(k.value for k in Kind), "nope", 2])),
+        ),
+        max_size=3,
+    ),
+)
+def test_the_lean_event_decode_is_event_from_json(event: Event, changes: list[tuple[str, object]]) -> None:
+    """`render.event_of` gives exactly what `Event.from_json` gives (the same event, field by field and type by
+    type, or the same error) for encodings of events of every kind and source, with fields removed, of other
+    types, empty, unknown kinds and versions, attachments, and for values that are not objects."""
+    d: dict[str, Any] = event.to_json()
+    for name, value in changes:
+        if value == "<del>":
+            d.pop(name, None)
+        else:
+            d[name] = value
+    for case in (d, [d], "x", None):
+        assert _outcome(render.event_of, case) == _outcome(Event.from_json, case)
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_the_lean_event_decode_agrees_for_every_field_of_every_value(kind: Kind) -> None:
+    """Every field of a plain encoding replaced by every value of another type (or removed), one at a time:
+    `render.event_of` and `Event.from_json` agree on each."""
+    from tests.conftest import make_event
+
+    base = make_event(1).to_json()
+    base["kind"] = kind.value
+    for name in _FIELDS:
+        for value in ["<del>", None, "", "x", "$e1", 0, 7, True, False, [], {}, ["a"], {"k": 1}, 2.5]:
+            d = dict(base)
+            if value == "<del>":
+                del d[name]
+            else:
+                d[name] = value
+            assert _outcome(render.event_of, d) == _outcome(Event.from_json, d), (name, value)
+    assert _outcome(render.event_of, base) == _outcome(Event.from_json, base)
