@@ -175,7 +175,7 @@ def snapshot(
     if seal is None:
         seal = writer_seal(data_dir, keys)
     work = private_workdir(data_dir)
-    with LogView(data_dir, keys) as view:
+    with LogView(data_dir, keys) as view, _Started(workers, view.size()) as started:
         p = plan(view, win, open_month=open_now)
         began = view.first_appended_ms()
         if p.start == p.end and began is not None and win.end_ms <= began:
@@ -186,15 +186,11 @@ def snapshot(
             )
         carried = carried_decisions(view, p)
         builder = BagBuilder(out, work)
-        helpers: RenderHelpers | None = None
         try:
             blobs = BlobStore(data_dir / "blobs", view.media_keys())
             listing = Listing()
-            procs = default_workers() if workers is None else workers
-            if procs > 1 and p.end - p.start >= scan.PARALLEL_MIN_RECORDS:  # likely rendered in processes too
-                helpers = RenderHelpers(procs - 1)  # they import while pass 2 runs
             dossiers, others, missing = _write_records(
-                view, builder, p, params, blobs, allow_missing_media, listing, data_dir, procs
+                view, builder, p, params, blobs, allow_missing_media, listing, data_dir, started.procs, started.records
             )
             builder.sync_early(state.events_rel for state in dossiers)  # written while the rest is rendered
             # Ask for missing checkpoints only now: pass 2 has recomputed every leaf of the range from its bytes.
@@ -215,7 +211,8 @@ def snapshot(
                 builder.write(SIGNING_KEYS_FILE, rotations)
             rendered = render_package(
                 builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status,
-                workers=procs, helpers=helpers, rendered=lambda files: builder.sync_early(f[0] for f in files),
+                workers=started.procs, helpers=started.helpers,
+                rendered=lambda files: builder.sync_early(f[0] for f in files),
             )  # fmt: skip
             tags = derive.tag_files(
                 params, keys.key_name, win, (p.start, p.end), rendered.dossiers, others, (sealed_ms, closed_ms), status,
@@ -226,11 +223,37 @@ def snapshot(
         except BaseException:
             builder.discard()
             raise
-        finally:
-            if helpers is not None:
-                helpers.close()
     paths = tuple(out / "data" / t for t in rendered.transcripts)
     return SnapshotResult(out, str(month), p.start, p.end, status, written, paths, missing)
+
+
+class _Started:
+    """The processes a snapshot may use (`workers`; default: the CPUs it may run on), the record pass's and the
+    renderers' started at once when the log is long enough that the month may need them: they import while the
+    plan is made (a scan of the log's headers) instead of after it. Ended on leaving, used or not."""
+
+    def __init__(self, workers: int | None, log_size: int) -> None:
+        self.procs = default_workers() if workers is None else workers
+        self.records: scan.RecordWorkers | None = None
+        self.helpers: RenderHelpers | None = None
+        if self.procs > 1 and log_size >= scan.PARALLEL_MIN_RECORDS:
+            try:
+                self.records = scan.RecordWorkers(self.procs)
+                self.helpers = RenderHelpers(self.procs - 1)
+            except BaseException:
+                self.close()
+                raise
+
+    def __enter__(self) -> _Started:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for started in (self.records, self.helpers):
+            if started is not None:
+                started.close()
 
 
 class _Spill:
@@ -282,6 +305,7 @@ def _write_records(
     listing: Listing,
     data_dir: Path,
     workers: int = 1,
+    started: scan.RecordWorkers | None = None,
 ) -> tuple[list[DossierState], int, int]:
     """Pass 2: one line per record into its file, leaves into proof/leaves.txt; returns the dossiers.
 
@@ -289,7 +313,7 @@ def _write_records(
     range is long enough to repay starting them (`scan.PARALLEL_MIN_RECORDS`), a frame per chunk (`scan.Frame`:
     leaves, their subtree roots, runs of plain lines); leaf lines, the frontier grown a piece at a time, the
     consistency proof, dossier state and writes stay here, applied in record order (the package is the same
-    either way)."""
+    either way). `started`: record-pass processes started ahead (used if the pass runs in processes)."""
     withheld = fold_decisions(p.decisions)
     dossiers: dict[bytes, DossierState] = {}
     spill = _Spill(builder.root / "data", SPILL_BYTES)
@@ -301,7 +325,7 @@ def _write_records(
     others = 0
     scanner: scan.Scanner | None = None
     if workers > 1 and p.end - p.start >= scan.PARALLEL_MIN_RECORDS:
-        scanner = scan.Scanner(view, data_dir, p.start, p.end, withheld, workers)
+        scanner = scan.Scanner(view, data_dir, p.start, p.end, withheld, workers, started)
     try:
         stream = scanner if scanner is not None else scan.frames(view, p.start, p.end, withheld)
         serie = params.serie
