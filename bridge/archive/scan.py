@@ -572,7 +572,7 @@ def plain_line(line: bytes, withheld: Withholding) -> PlainLine | None:
 #: Kinds a plain message may have by its fields alone (`plain_by_fields`); notices and state events (room
 #: names) always go through `is_plain`.
 _PLAIN_KINDS = frozenset(k.value for k in Kind if k not in (Kind.NOTICE, Kind.STATE))
-_EVENT_FIELDS = ("sender", "sent_at", "received_at", "content", "raw", "problem")
+_EVENT_FIELDS = frozenset(("sender", "sent_at", "received_at", "content", "raw", "problem"))
 
 
 def plain_by_fields(d: dict[str, Any], withheld: Withholding) -> tuple[str, str] | None:
@@ -589,7 +589,7 @@ def plain_by_fields(d: dict[str, Any], withheld: Withholding) -> tuple[str, str]
             return None
     except KeyError:
         return None
-    if any(name not in d for name in _EVENT_FIELDS):
+    if not d.keys() >= _EVENT_FIELDS:
         return None
     if type(source) is not str or type(conversation) is not str or type(event_id) is not str:
         return None
