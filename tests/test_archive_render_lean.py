@@ -256,3 +256,30 @@ def test_the_lean_event_decode_agrees_for_every_field_of_every_value(kind: Kind)
                 d[name] = value
             assert _outcome(render.event_of, d) == _outcome(Event.from_json, d), (name, value)
     assert _outcome(render.event_of, base) == _outcome(Event.from_json, base)
+
+
+def _read(lines: Any) -> tuple[str, object]:
+    try:
+        return ("lines", list(lines()))
+    except Exception as exc:  # the error itself is what is compared
+        return ("error", (type(exc), str(exc)))
+
+
+def test_dossier_lines_are_each_line_parsed_by_dossier_line_parse(made: LogDir, tmp_path: Path) -> None:
+    """`DossierLines` (its common case inline) gives, for every line of January's dossiers (plain messages, an
+    edit, a deletion, an image, a withheld tombstone) and for lines that are no event line at all, what
+    `DossierLine.parse` gives line by line, or the same error, streamed and held alike."""
+    shutil.copytree(made.data_dir, tmp_path / "data")
+    log = LogDir(tmp_path / "data", made.key_file, made.keys)
+    pkg = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log)).path
+    files = sorted(pkg.rglob("events.jsonl"))
+    lines = [line for f in files for line in f.read_bytes().splitlines(keepends=True)]
+    assert any(b'"withheld":' in line for line in lines) and len(lines) > 5
+    odd = [b"[1]\n", b'{"seq":3}\n', b'{"seq":3,"event":{"v":1}}\n', b'{"withheld":null,"seq":4,"event":[]}\n', b"x\n"]
+    cases = [lines, *([*lines[:2], bad] for bad in odd)]
+    for n, case in enumerate(cases):
+        path = tmp_path / f"case{n}.jsonl"
+        path.write_bytes(b"".join(case))
+        want = _read(lambda: (render.DossierLine.parse(line) for line in case))  # noqa: B023  (read at once)
+        assert _read(lambda: render.DossierLines(path)) == want  # noqa: B023
+        assert _read(lambda: render.DossierLines(path, cache_bytes=0)) == want  # noqa: B023
