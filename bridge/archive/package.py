@@ -21,8 +21,11 @@ Theory of operation
    handles and memory are bounded; beyond that, memory
    holds per dossier only its edit/deletion targets and media names;
 3. render (`render.py`, the same code verify-package runs): per dossier, `events.jsonl` is read back to write
-   `transcript.html` and the MDTO XML; then the Serie, the pakbon, the proof
-   files and the bag's tag files.
+   `transcript.html` and the MDTO XML (each dossier's files start their fsync once written); then the Serie,
+   the pakbon, the proof files and the bag's tag files.
+
+With more than one process and a log long enough for the parallel record pass, the record-pass workers and the
+rendering helpers are started before the plan (`_Started`), so they import while it scans the log.
 
 Determinism: every byte derives from the records, the render parameters
 (`derive.RenderParams`, carried in `proof/package.json`) and the checkpoints
