@@ -419,7 +419,8 @@ _EVENT_FIELDS = (
     "source", "conversation", "event_id", "kind", "sender", "sent_at", "received_at", "content", "relates_to",
     "attachments", "raw", "problem",
 )  # fmt: skip
-assert tuple(f.name for f in dataclasses.fields(Event)) == _EVENT_FIELDS, "render.event_of: Event's fields changed"
+if tuple(f.name for f in dataclasses.fields(Event)) != _EVENT_FIELDS:  # not an assert: kept under python -O
+    raise RuntimeError("render.event_of: Event's fields changed; update _EVENT_FIELDS and event_of")
 _SET = tuple(Event.__dict__[name].__set__ for name in _EVENT_FIELDS)
 _KIND_OF = {k.value: k for k in Kind}
 
