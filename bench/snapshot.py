@@ -20,7 +20,11 @@ the same run's baseline, for each number of processes in `--workers` (default
 1 and 2: the curve by process count; pass 2 and rendering use that many; "workers
 RSS" is the largest peak of a worker process, 0 inline). `--before DIR` also runs snapshot and
 verify-package with the code of another checkout (e.g. `git worktree add /tmp/before <commit>`) on the same log,
-alternating with this code, each in its own process: a before/after comparison within one run.
+alternating with this code, each in its own process: a before/after comparison within one run. `--phases`
+also prints, for each snapshot of this code, where its wall time went: plan, record pass (pass 2), rendering,
+publishing (the fsyncs and the rename) and the rest, each with the CPU seconds of the main process and of the
+worker processes that ended in it, and the cores that kept busy on average ((main + workers) / wall; workers
+started ahead are counted where they end).
 Goal: >= 100 MB/s and peak RSS < 150 MB at both sizes.
 """
 
@@ -39,6 +43,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -118,7 +123,47 @@ def child_baseline(data_dir: Path, key_file: Path, out: Path, workers: int | Non
             fh.write(rec.payload + b"\n")
 
 
+#: (label, module, attribute) of each phase `--phases` times in a snapshot child.
+PHASES = (
+    ("plan", "bridge.archive.package", "plan"),
+    ("record pass", "bridge.archive.package", "_write_records"),
+    ("render", "bridge.archive.package", "render_package"),
+    ("publish", "bridge.archive.bag", "BagBuilder.publish"),
+)
+phase_times: list[tuple[str, float, float, float]] = []  # (label, wall, main CPU, CPU of workers ended in it)
+
+
+def _timed(label: str, fn: Any) -> Any:
+    def timed(*args: Any, **kwargs: Any) -> Any:
+        t0, c0, w0 = _clocks()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            t1, c1, w1 = _clocks()
+            phase_times.append((label, t1 - t0, c1 - c0, w1 - w0))
+
+    return timed
+
+
+def _clocks() -> tuple[float, float, float]:
+    mine = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter(), time.process_time(), mine.ru_utime + mine.ru_stime
+
+
+def _time_phases() -> None:
+    """Wrap each phase of `snapshot` (this process's modules) in a timer."""
+    import importlib
+
+    for label, module, attr in PHASES:
+        owner: Any = importlib.import_module(module)
+        *path, name = attr.split(".")
+        for part in path:
+            owner = getattr(owner, part)
+        setattr(owner, name, _timed(label, getattr(owner, name)))
+
+
 def child_snapshot(data_dir: Path, key_file: Path, out: Path, workers: int | None = None) -> None:
+    _time_phases()
     snapshot(data_dir, keyfile.load(key_file), MONTH, out, OPTIONS, workers=workers)
 
 
@@ -140,19 +185,36 @@ def run_child(
 ) -> tuple[float, float, float, float, float]:
     """(seconds, peak RSS MB, largest worker peak RSS MB, CPU seconds of it and its workers, CPU seconds of it
     alone) of one measurement in a fresh process (`code`: the checkout whose bench/snapshot.py and bridge/ run
-    it; default this one)."""
+    it; default this one). Its phases (a snapshot child of this code) go to `last_phases`."""
     script = str(code / "bench" / "snapshot.py") if code is not None else __file__
     cmd = [sys.executable, script, "--child", name, str(data_dir), str(key_file), str(out), str(workers)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed:\n{proc.stderr}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
+    last_phases[:] = result.get("phases", [])
     main = float(result.get("cpu_main", result["cpu"]))  # an older checkout's child gives only the sum
     seconds, rss, workers_rss, cpu = (float(result[k]) for k in ("seconds", "rss_mb", "workers_rss_mb", "cpu"))
     return seconds, rss, workers_rss, cpu, main
 
 
-def bench(n: int, rooms: int, workers: list[int], before: Path | None = None) -> None:
+last_phases: list[list[Any]] = []
+
+
+def print_phases(seconds: float, phases: list[list[Any]]) -> None:
+    """The phases of one snapshot (`--phases`) and what is left of its wall time."""
+    rest = seconds - sum(float(p[1]) for p in phases)
+    for label, wall, main, workers in [*phases, ["rest", rest, None, None]]:
+        if main is None:
+            print(f"      {label:14} {wall:6.2f} s")
+            continue
+        busy = (main + workers) / wall if wall > 0 else 0.0
+        print(
+            f"      {label:14} {wall:6.2f} s  CPU main {main:6.2f} s, workers {workers:6.2f} s: {busy:4.2f} cores busy"
+        )
+
+
+def bench(n: int, rooms: int, workers: list[int], before: Path | None = None, phases: bool = False) -> None:
     with tempfile.TemporaryDirectory(prefix="chatarchief-bench-") as tmp:
         work = Path(tmp)
         t0 = time.perf_counter()
@@ -167,6 +229,7 @@ def bench(n: int, rooms: int, workers: list[int], before: Path | None = None) ->
         for w in workers:
             for code, tag in ((before, " (before)"), (None, "")) if before is not None else ((None, ""),):
                 snap = run_child("snapshot", data_dir, key_file, work / "package", w, code)
+                last_phases_of_snap = list(last_phases)
                 pkg_mb = sum(p.stat().st_size for p in (work / "package").rglob("*") if p.is_file()) / 1e6
                 ver = run_child("verify", data_dir, key_file, work / "package", w, code)
                 for label, (s, rss, wrss, cpu, main_cpu) in (
@@ -179,6 +242,8 @@ def bench(n: int, rooms: int, workers: list[int], before: Path | None = None) ->
                         f"  peak RSS {rss:6.1f} MB  workers RSS {wrss:6.1f} MB"
                         f"  x{base_s / s:.2f} of baseline"
                     )
+                    if phases and label.startswith("snapshot") and code is None and last_phases_of_snap:
+                        print_phases(s, last_phases_of_snap)
                 print(f"  package {pkg_mb:.0f} MB on disk")
                 shutil.rmtree(work / "package", ignore_errors=True)
 
@@ -189,6 +254,7 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=100)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="process counts to measure")
     parser.add_argument("--before", type=Path, help="another checkout to measure on the same log (before/after)")
+    parser.add_argument("--phases", action="store_true", help="where each snapshot's wall time went, by phase")
     parser.add_argument("--child", nargs=5, metavar=("NAME", "DATA", "KEY", "OUT", "WORKERS"))
     args = parser.parse_args()
     if args.child:
@@ -202,11 +268,14 @@ def main() -> None:
         rss_mb = peak_rss_mb()
         # the pool's processes, once they are gone; an upper bound (Linux keeps a spawned child's pre-exec peak)
         children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        result = {"seconds": seconds, "rss_mb": rss_mb, "workers_rss_mb": children, "cpu": cpu, "cpu_main": main_cpu}
+        result = {
+            "seconds": seconds, "rss_mb": rss_mb, "workers_rss_mb": children, "cpu": cpu, "cpu_main": main_cpu,
+            "phases": phase_times,
+        }  # fmt: skip
         print(json.dumps(result))
         return
     for n in args.events:
-        bench(n, args.rooms, args.workers, args.before)
+        bench(n, args.rooms, args.workers, args.before, args.phases)
 
 
 if __name__ == "__main__":

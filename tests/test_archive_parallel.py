@@ -158,3 +158,97 @@ def test_a_failing_rendering_process_is_a_clear_error_not_a_hang(
     monkeypatch.setattr(render, "_render_job", lambda j: (serie, derive.Coverage(), []))
     with pytest.raises(RuntimeError, match=r"a rendering process failed \(exit 1\): FileNotFoundError"):
         render.render_jobs([job("!a:x"), job("!b:x")], [1, 100], 2)
+
+
+def _started_helpers(monkeypatch: pytest.MonkeyPatch) -> list[object]:
+    """Every rendering process started from now on (ahead or fresh)."""
+    started: list[object] = []
+    real = render._start_helper
+
+    def spy() -> object:
+        proc = real()
+        started.append(proc)
+        return proc
+
+    monkeypatch.setattr(render, "_start_helper", spy)
+    return started
+
+
+@pytest.mark.parametrize("used", [True, False])
+def test_rendering_processes_started_ahead_are_used_and_always_end(
+    log: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, used: bool
+) -> None:
+    """`snapshot` with 2 processes starts its rendering helper before the record pass (it imports meanwhile):
+    the package is the inline one, no second helper is started for the render, and every helper started has
+    ended when `snapshot` returns, whether the render used it or not."""
+    from bridge.archive import scan
+
+    inline = snapshot(
+        log.data_dir, log.keys, Month(2024, 1), tmp_path / "inline", OPTIONS, seal=seal_for(log), workers=1
+    )
+    monkeypatch.setattr(scan, "PARALLEL_MIN_RECORDS", 0)
+    monkeypatch.setattr(render, "POOL_MIN_BYTES", 0 if used else 1 << 40)
+    started = _started_helpers(monkeypatch)
+    pooled = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "pool", OPTIONS, seal=seal_for(log), workers=2)
+    assert _files(pooled.path) == _files(inline.path)
+    assert len(started) == 1
+    assert all(proc.returncode is not None for proc in started)  # type: ignore[attr-defined]
+    assert (started[0].returncode == 0) == used  # type: ignore[attr-defined]  (unused: killed, waiting on stdin)
+
+
+def test_a_refused_snapshot_ends_the_rendering_processes_started_ahead(
+    log: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A record pass that fails (a tampered record) leaves no rendering helper behind."""
+    from bridge.archive import scan
+    from bridge.errors import LogIntegrityError
+    from tests.support.pg import Attacker
+    from tests.test_archive_scan import _flip
+
+    conn = Attacker(log.data_dir)
+    try:
+        _flip(conn, 5, "body")
+    finally:
+        conn.close()
+    monkeypatch.setattr(scan, "PARALLEL_MIN_RECORDS", 0)
+    started = _started_helpers(monkeypatch)
+    with pytest.raises(LogIntegrityError):
+        snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "pool", OPTIONS, seal=seal_for(log), workers=2)
+    assert len(started) == 1
+    assert all(proc.returncode is not None for proc in started)  # type: ignore[attr-defined]
+
+
+def test_rendered_files_are_fsynced_while_the_package_is_made(
+    log: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each transcript and its dossier's MDTO files are handed to the early fsyncs as soon as they are rendered,
+    before the pakbon is written and the bag published (each file is still fsynced once: the test above)."""
+    from bridge.archive import bag
+
+    events: list[str] = []
+    real_early, real_publish, real_pakbon = bag.BagBuilder.sync_early, bag.BagBuilder.publish, render.mdto.write_pakbon
+
+    def spy_early(self: bag.BagBuilder, rels: object) -> None:
+        got = list(rels)  # type: ignore[call-overload]
+        events.extend(got)
+        real_early(self, got)
+
+    def spy_publish(self: bag.BagBuilder) -> bool:
+        events.append("publish")
+        return real_publish(self)
+
+    def spy_pakbon(*args: object) -> None:
+        events.append("pakbon")
+        real_pakbon(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bag.BagBuilder, "sync_early", spy_early)
+    monkeypatch.setattr(bag.BagBuilder, "publish", spy_publish)
+    monkeypatch.setattr(render.mdto, "write_pakbon", spy_pakbon)
+    out = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log)).path
+    before = events[: events.index("pakbon")]
+    rendered = sorted(
+        p.relative_to(out / "data").as_posix()
+        for p in (out / "data").rglob("*")
+        if p.name == "transcript.html" or (p.name.endswith(".MDTO.xml") and p.parent != out / "data")
+    )
+    assert rendered and sorted(r for r in before if r in rendered) == rendered

@@ -34,6 +34,7 @@ from bridge.events import MATRIX, SIGNAL, Attachment, ConversationId, Event, Eve
 from bridge.policy import Withheld
 from tests.conftest import LogDir
 from tests.support.archive_log import OPTIONS, archive_log_two_months, seal_for
+from tests.test_archive_scan import _FIELD_VALUES, _FIELDS, _events
 
 T0 = 1_705_320_000_000
 SENDERS = [None, "@a:example.org", "@b:example.org", "@a:example.org\u202e", "+31612345678"]
@@ -203,3 +204,82 @@ def test_the_package_is_the_same_with_the_lean_paths(
         out = tmp_path / f"lean{workers}"
         built = snapshot(log.data_dir, log.keys, january, out, OPTIONS, seal=seal_for(log), workers=workers)
         assert _digests(built.path) == want
+
+
+def _outcome(decode: Any, d: object) -> tuple[str, object]:
+    try:
+        ev = decode(d)
+    except Exception as exc:  # the error itself is what is compared
+        return ("error", (type(exc), str(exc)))
+    return ("event", (ev, [(type(getattr(ev, f)), getattr(ev, f)) for f in render._EVENT_FIELDS]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    event=_events(),
+    changes=st.lists(
+        st.tuples(
+            st.sampled_from(_FIELDS),
+            st.one_of(st.just("<del>"), _FIELD_VALUES, st.sampled_from([*(k.value for k in Kind), "nope", 2])),
+        ),
+        max_size=3,
+    ),
+)
+def test_the_lean_event_decode_is_event_from_json(event: Event, changes: list[tuple[str, object]]) -> None:
+    """`render.event_of` gives exactly what `Event.from_json` gives (the same event, field by field and type by
+    type, or the same error) for encodings of events of every kind and source, with fields removed, of other
+    types, empty, unknown kinds and versions, attachments, and for values that are not objects."""
+    d: dict[str, Any] = event.to_json()
+    for name, value in changes:
+        if value == "<del>":
+            d.pop(name, None)
+        else:
+            d[name] = value
+    for case in (d, [d], "x", None):
+        assert _outcome(render.event_of, case) == _outcome(Event.from_json, case)
+
+
+@pytest.mark.parametrize("kind", list(Kind))
+def test_the_lean_event_decode_agrees_for_every_field_of_every_value(kind: Kind) -> None:
+    """Every field of a plain encoding replaced by every value of another type (or removed), one at a time:
+    `render.event_of` and `Event.from_json` agree on each."""
+    from tests.conftest import make_event
+
+    base = make_event(1).to_json()
+    base["kind"] = kind.value
+    for name in _FIELDS:
+        for value in ["<del>", None, "", "x", "$e1", 0, 7, True, False, [], {}, ["a"], {"k": 1}, 2.5]:
+            d = dict(base)
+            if value == "<del>":
+                del d[name]
+            else:
+                d[name] = value
+            assert _outcome(render.event_of, d) == _outcome(Event.from_json, d), (name, value)
+    assert _outcome(render.event_of, base) == _outcome(Event.from_json, base)
+
+
+def _read(lines: Any) -> tuple[str, object]:
+    try:
+        return ("lines", list(lines()))
+    except Exception as exc:  # the error itself is what is compared
+        return ("error", (type(exc), str(exc)))
+
+
+def test_dossier_lines_are_each_line_parsed_by_dossier_line_parse(made: LogDir, tmp_path: Path) -> None:
+    """`DossierLines` (its common case inline) gives, for every line of January's dossiers (plain messages, an
+    edit, a deletion, an image, a withheld tombstone) and for lines that are no event line at all, what
+    `DossierLine.parse` gives line by line, or the same error, streamed and held alike."""
+    shutil.copytree(made.data_dir, tmp_path / "data")
+    log = LogDir(tmp_path / "data", made.key_file, made.keys)
+    pkg = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log)).path
+    files = sorted(pkg.rglob("events.jsonl"))
+    lines = [line for f in files for line in f.read_bytes().splitlines(keepends=True)]
+    assert any(b'"withheld":' in line for line in lines) and len(lines) > 5
+    odd = [b"[1]\n", b'{"seq":3}\n', b'{"seq":3,"event":{"v":1}}\n', b'{"withheld":null,"seq":4,"event":[]}\n', b"x\n"]
+    cases = [lines, *([*lines[:2], bad] for bad in odd)]
+    for n, case in enumerate(cases):
+        path = tmp_path / f"case{n}.jsonl"
+        path.write_bytes(b"".join(case))
+        want = _read(lambda: (render.DossierLine.parse(line) for line in case))  # noqa: B023  (read at once)
+        assert _read(lambda: render.DossierLines(path)) == want  # noqa: B023
+        assert _read(lambda: render.DossierLines(path, cache_bytes=0)) == want  # noqa: B023

@@ -694,3 +694,60 @@ def test_a_plain_message_by_its_fields_is_a_plain_event(
     decoded = Event.from_json(d)  # raises if the fields alone decided wrongly
     assert scan.is_plain(decoded, withheld if withhold else {})
     assert got == (str(decoded.source), str(decoded.conversation))
+
+
+def _spawned(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """Every record-pass process started from now on."""
+    spawned: list[Any] = []
+    real = scan._spawn
+
+    def spy(stderr: list[Any], entry: str) -> Any:
+        proc = real(stderr, entry)
+        if entry == "worker_main":
+            spawned.append(proc)
+        return proc
+
+    monkeypatch.setattr(scan, "_spawn", spy)
+    return spawned
+
+
+@pytest.mark.parametrize("used", [True, False])
+def test_record_workers_started_before_the_plan_are_used_and_always_end(
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, used: bool
+) -> None:
+    """With 2 processes and a log long enough, `snapshot` starts its record-pass workers before the plan (they
+    import while it runs) and the pass uses them, no others; for a month too short for them they are not used.
+    Either way the package is the inline one and every worker has ended when `snapshot` returns."""
+    from bridge.log.view import LogView
+
+    log = _copy(made, tmp_path)
+    inline = snapshot(log.data_dir, log.keys, JANUARY, tmp_path / "inline", OPTIONS, seal=seal_for(log), workers=1)
+    with LogView(log.data_dir, log.keys) as view:
+        size = view.size()
+    assert inline.end - inline.start < size  # January is not the whole log
+    started = _force_processes(monkeypatch)
+    monkeypatch.setattr(scan, "PARALLEL_MIN_RECORDS", 0 if used else size)
+    spawned = _spawned(monkeypatch)
+    pooled = snapshot(log.data_dir, log.keys, JANUARY, tmp_path / "pooled", OPTIONS, seal=seal_for(log), workers=2)
+    assert _digests(pooled.path) == _digests(inline.path)
+    assert len(spawned) == 2  # started ahead; none started by the pass itself
+    assert len(started) == (1 if used else 0)
+    assert all(proc.returncode is not None for proc in spawned)
+    if not used:
+        assert all(proc.returncode < 0 for proc in spawned)  # ended (killed) while waiting for a job
+
+
+def test_record_workers_started_ahead_end_when_the_plan_refuses(
+    made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A month refused once the plan is made (it ended before the log began) leaves no record-pass worker
+    behind."""
+    from bridge.errors import UsageError
+
+    log = _copy(made, tmp_path)
+    monkeypatch.setattr(scan, "PARALLEL_MIN_RECORDS", 0)
+    spawned = _spawned(monkeypatch)
+    with pytest.raises(UsageError, match="ended before this log began"):
+        snapshot(log.data_dir, log.keys, Month(2000, 1), tmp_path / "old", OPTIONS, seal=seal_for(log), workers=2)
+    assert len(spawned) == 2
+    assert all(proc.returncode is not None for proc in spawned)

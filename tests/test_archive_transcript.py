@@ -694,3 +694,32 @@ def test_time_html_is_the_full_dutch_time(ms: int, zone: str) -> None:
     want = f'<time class="time" datetime="{t.isoformat()}" title="{_full(t)}">{t.hour:02d}:{t.minute:02d}</time>'
     assert time_html(ms, tz) == want
     assert time_html(ms, tz, t) == want
+
+
+class _Str(str):
+    def __str__(self) -> str:
+        return "shown <differently>"
+
+
+@settings(max_examples=1000)
+@given(
+    value=st.one_of(
+        st.text(
+            alphabet=st.characters(codec="utf-8") | st.sampled_from("&<>\"'\r\n\t\x00\x7f\u202e\ufffe\ud800👍"),
+            max_size=30,
+        ),
+        st.text(alphabet="abc &<>\"'", max_size=10),
+        st.integers(),
+        st.none(),
+        st.text(max_size=5).map(_Str),
+    )
+)
+def test_esc_is_clean_text_then_html_escape(value: object) -> None:
+    """`esc`'s shortcut (text with nothing to clean or escape is returned as it is) gives what cleaning and
+    escaping give, for any text (controls, surrogates, bidi marks, every escaped character), numbers, None and
+    str subclasses with their own str()."""
+    import html as html_module
+
+    from bridge.archive.transcript.text import clean_text, esc
+
+    assert esc(value) == html_module.escape(clean_text(str(value)), quote=True)

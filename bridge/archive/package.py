@@ -21,8 +21,11 @@ Theory of operation
    handles and memory are bounded; beyond that, memory
    holds per dossier only its edit/deletion targets and media names;
 3. render (`render.py`, the same code verify-package runs): per dossier, `events.jsonl` is read back to write
-   `transcript.html` and the MDTO XML; then the Serie, the pakbon, the proof
-   files and the bag's tag files.
+   `transcript.html` and the MDTO XML (each dossier's files start their fsync once written); then the Serie,
+   the pakbon, the proof files and the bag's tag files.
+
+With more than one process and a log long enough for the parallel record pass, the record-pass workers and the
+rendering helpers are started before the plan (`_Started`), so they import while it scans the log.
 
 Determinism: every byte derives from the records, the render parameters
 (`derive.RenderParams`, carried in `proof/package.json`) and the checkpoints
@@ -66,7 +69,7 @@ from bridge.archive.derive import STATUS_CLOSED, STATUS_INTERIM, DossierState, R
 from bridge.archive.gaps import LISTING_REL, Listing
 from bridge.archive.mdto import Organisation
 from bridge.archive.plan import Carried, Plan, Seal, carried_decisions, closing, plan, seal_notes
-from bridge.archive.render import default_workers, render_package
+from bridge.archive.render import RenderHelpers, default_workers, render_package
 from bridge.archive.signing_keys import FILE as SIGNING_KEYS_FILE
 from bridge.archive.signing_keys import signing_keys_json
 from bridge.archive.witnessed import FILE as WITNESSED_FILE
@@ -175,7 +178,7 @@ def snapshot(
     if seal is None:
         seal = writer_seal(data_dir, keys)
     work = private_workdir(data_dir)
-    with LogView(data_dir, keys) as view:
+    with LogView(data_dir, keys) as view, _Started(workers, view.size()) as started:
         p = plan(view, win, open_month=open_now)
         began = view.first_appended_ms()
         if p.start == p.end and began is not None and win.end_ms <= began:
@@ -189,9 +192,8 @@ def snapshot(
         try:
             blobs = BlobStore(data_dir / "blobs", view.media_keys())
             listing = Listing()
-            procs = default_workers() if workers is None else workers
             dossiers, others, missing = _write_records(
-                view, builder, p, params, blobs, allow_missing_media, listing, data_dir, procs
+                view, builder, p, params, blobs, allow_missing_media, listing, data_dir, started.procs, started.records
             )
             builder.sync_early(state.events_rel for state in dossiers)  # written while the rest is rendered
             # Ask for missing checkpoints only now: pass 2 has recomputed every leaf of the range from its bytes.
@@ -212,7 +214,8 @@ def snapshot(
                 builder.write(SIGNING_KEYS_FILE, rotations)
             rendered = render_package(
                 builder, params, keys.key_name, dossiers, p.start, p.end, sealed_ms, status,
-                workers=procs,
+                workers=started.procs, helpers=started.helpers,
+                rendered=lambda files: builder.sync_early(f[0] for f in files),
             )  # fmt: skip
             tags = derive.tag_files(
                 params, keys.key_name, win, (p.start, p.end), rendered.dossiers, others, (sealed_ms, closed_ms), status,
@@ -225,6 +228,35 @@ def snapshot(
             raise
     paths = tuple(out / "data" / t for t in rendered.transcripts)
     return SnapshotResult(out, str(month), p.start, p.end, status, written, paths, missing)
+
+
+class _Started:
+    """The processes a snapshot may use (`workers`; default: the CPUs it may run on), the record pass's and the
+    renderers' started at once when the log is long enough that the month may need them: they import while the
+    plan is made (a scan of the log's headers) instead of after it. Ended on leaving, used or not."""
+
+    def __init__(self, workers: int | None, log_size: int) -> None:
+        self.procs = default_workers() if workers is None else workers
+        self.records: scan.RecordWorkers | None = None
+        self.helpers: RenderHelpers | None = None
+        if self.procs > 1 and log_size >= scan.PARALLEL_MIN_RECORDS:
+            try:
+                self.records = scan.RecordWorkers(self.procs)
+                self.helpers = RenderHelpers(self.procs - 1)
+            except BaseException:
+                self.close()
+                raise
+
+    def __enter__(self) -> _Started:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for started in (self.records, self.helpers):
+            if started is not None:
+                started.close()
 
 
 class _Spill:
@@ -276,6 +308,7 @@ def _write_records(
     listing: Listing,
     data_dir: Path,
     workers: int = 1,
+    started: scan.RecordWorkers | None = None,
 ) -> tuple[list[DossierState], int, int]:
     """Pass 2: one line per record into its file, leaves into proof/leaves.txt; returns the dossiers.
 
@@ -283,7 +316,7 @@ def _write_records(
     range is long enough to repay starting them (`scan.PARALLEL_MIN_RECORDS`), a frame per chunk (`scan.Frame`:
     leaves, their subtree roots, runs of plain lines); leaf lines, the frontier grown a piece at a time, the
     consistency proof, dossier state and writes stay here, applied in record order (the package is the same
-    either way)."""
+    either way). `started`: record-pass processes started ahead (used if the pass runs in processes)."""
     withheld = fold_decisions(p.decisions)
     dossiers: dict[bytes, DossierState] = {}
     spill = _Spill(builder.root / "data", SPILL_BYTES)
@@ -295,7 +328,7 @@ def _write_records(
     others = 0
     scanner: scan.Scanner | None = None
     if workers > 1 and p.end - p.start >= scan.PARALLEL_MIN_RECORDS:
-        scanner = scan.Scanner(view, data_dir, p.start, p.end, withheld, workers)
+        scanner = scan.Scanner(view, data_dir, p.start, p.end, withheld, workers, started)
     try:
         stream = scanner if scanner is not None else scan.frames(view, p.start, p.end, withheld)
         serie = params.serie

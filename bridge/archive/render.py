@@ -14,12 +14,13 @@ import gc
 import os
 import pickle
 import posixpath
+import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 from zoneinfo import ZoneInfo
 
 import orjson
@@ -42,7 +43,7 @@ from bridge.archive.leesmij import XSD_PATH
 from bridge.archive.lookahead import Lookahead
 from bridge.archive.range import Month
 from bridge.archive.transcript import Provenance, TranscriptEntry, write_transcript
-from bridge.events import Event
+from bridge.events import ENCODING_VERSION, Event, Kind
 from bridge.policy import Withheld
 
 BRON = "Chatarchief"
@@ -89,13 +90,18 @@ def render_package(
     sealed_ms: int,
     status: str,
     workers: int = 1,
+    helpers: RenderHelpers | None = None,
+    rendered: Callable[[list[tuple[str, str, int]]], None] | None = None,
 ) -> Rendered:
     """Write transcripts, MDTO and pakbon; returns what the tag files need (`Rendered`).
 
     The same code runs in `snapshot` (writing) and in `verify-package` (a sink that compares). Dossiers are
     rendered independently of each other, in up to `workers` processes when the package is large enough to
     repay starting them (`POOL_MIN_BYTES`); their files are taken by `builder` in dossier order, so the output
-    is the same byte for byte whatever the number of processes.
+    is the same byte for byte whatever the number of processes. `helpers`: rendering processes started ahead
+    (they import while the caller does other work); used first, and left to the caller to close. `rendered`:
+    called with each dossier's files (rel, digest, size) as soon as they are written (`snapshot` starts their
+    fsync then), before `builder` records them.
     """
     org = params.organisation
     serie_name = params.serie
@@ -111,7 +117,7 @@ def render_package(
     directory = tuple((d.source, d.conversation, d.folder) for d in dossiers)  # one object, shared by every job
     jobs = [_job(data, builder, params, serie, state, provenance, interim, directory) for state in dossiers]
     sizes = [builder.payload[d.events_rel][1] if d.events_rel in builder.payload else 0 for d in dossiers]
-    results = render_jobs(jobs, sizes, workers)
+    results = render_jobs(jobs, sizes, workers, helpers, rendered)
     for state, (ref, dates, files) in zip(dossiers, results, strict=True):
         for rel, digest, size in files:
             builder.record(rel, digest, size)
@@ -199,41 +205,99 @@ def default_workers() -> int:
 Result = tuple[mdto.Ref, Coverage, list[tuple[str, str, int]]]
 
 
-def render_jobs(jobs: Sequence[_Job], sizes: Sequence[int], workers: int) -> list[Result]:
+def render_jobs(
+    jobs: Sequence[_Job],
+    sizes: Sequence[int],
+    workers: int,
+    helpers: RenderHelpers | None = None,
+    rendered: Callable[[list[tuple[str, str, int]]], None] | None = None,
+) -> list[Result]:
     """Every job's result, in job order: rendered here, or shared out over `workers` processes in all (this one
-    and workers - 1 fresh interpreters) when the event files hold at least `POOL_MIN_BYTES`. Each process gets
-    whole dossiers, the largest first to the least loaded (sizes: bytes of each dossier's events.jsonl)."""
+    and workers - 1 other interpreters: `helpers`' started ahead first, then fresh ones) when the event files
+    hold at least `POOL_MIN_BYTES`. Each process gets whole dossiers, the largest first to the least loaded
+    (sizes: bytes of each dossier's events.jsonl); `rendered(files)` is called for each job once its files
+    are written."""
+
+    def here(job: _Job) -> Result:
+        result = _render_job(job)
+        if rendered is not None:
+            rendered(result[2])
+        return result
+
     n = min(workers, len(jobs))
     if n < 2 or sum(sizes) < POOL_MIN_BYTES:
-        return [_render_job(job) for job in jobs]
+        return [here(job) for job in jobs]
     shares: list[list[int]] = [[] for _ in range(n)]
     load = [0] * n
     for i in sorted(range(len(jobs)), key=lambda i: -sizes[i]):
         k = load.index(min(load))
         shares[k].append(i)
         load[k] += sizes[i] + 1
-    helpers: list[_Helper] = []
+    running: list[_Helper] = []
     try:
         for share in shares[1:]:
-            helpers.append(_Helper([jobs[i] for i in sorted(share)]))
-        results: dict[int, Result] = {i: _render_job(jobs[i]) for i in sorted(shares[0])}
-        for helper, share in zip(helpers, shares[1:], strict=True):
-            results.update(zip(sorted(share), helper.results(), strict=True))
+            running.append(_Helper([jobs[i] for i in sorted(share)], None if helpers is None else helpers.take()))
+        results: dict[int, Result] = {i: here(jobs[i]) for i in sorted(shares[0])}
+        for helper, share in zip(running, shares[1:], strict=True):
+            done = helper.results()
+            if rendered is not None:
+                for result in done:
+                    rendered(result[2])
+            results.update(zip(sorted(share), done, strict=True))
     finally:
-        for helper in helpers:
+        for helper in running:
             helper.stop()
     return [results[i] for i in range(len(jobs))]
 
 
+def _start_helper() -> subprocess.Popen[bytes]:
+    return helper_process.start("bridge.archive.render", "helper_main")
+
+
+class RenderHelpers:
+    """`n` rendering interpreters started ahead of their jobs: they import while the caller works on (a
+    snapshot's record pass), so rendering does not wait for them; `render_jobs` takes them, `close()` ends any
+    not taken (they wait on their stdin until then, using no CPU)."""
+
+    def __init__(self, n: int) -> None:
+        self._procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for _ in range(n):
+                self._procs.append(_start_helper())
+        except BaseException:
+            self.close()
+            raise
+
+    def take(self) -> subprocess.Popen[bytes] | None:
+        return self._procs.pop(0) if self._procs else None
+
+    def close(self) -> None:
+        for proc in self._procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for stream in (proc.stdin, proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
+        self._procs = []
+
+
 class _Helper:
-    """A fresh interpreter rendering a list of jobs (pickled over its stdin, results over its stdout).
+    """An interpreter rendering a list of jobs (pickled over its stdin, results over its stdout): `proc`, one
+    started ahead (`RenderHelpers`), or a fresh one.
 
     A plain subprocess rather than a multiprocessing pool: that would start by importing the caller's main
     script (the whole CLI, for `chatarchief snapshot`) in every process."""
 
-    def __init__(self, jobs: list[_Job]) -> None:
-        data = pickle.dumps(jobs)  # before starting the process: nothing to clean up if this fails
-        self._proc = helper_process.start("bridge.archive.render", "helper_main")
+    def __init__(self, jobs: list[_Job], proc: subprocess.Popen[bytes] | None = None) -> None:
+        try:
+            data = pickle.dumps(jobs)  # before starting the process: nothing to clean up if this fails
+        except BaseException:
+            if proc is not None:
+                proc.kill()
+                proc.communicate()
+            raise
+        self._proc = proc if proc is not None else _start_helper()
         self._out: list[tuple[bytes, bytes]] = []
         self._thread = threading.Thread(target=self._talk, args=(data,), daemon=True)
         self._thread.start()
@@ -350,6 +414,51 @@ def collector_paused() -> Iterator[None]:
             gc.enable()
 
 
+#: Event's fields in order, each with its slot's setter (`event_of`); a field added to Event stops the import.
+_EVENT_FIELDS = (
+    "source", "conversation", "event_id", "kind", "sender", "sent_at", "received_at", "content", "relates_to",
+    "attachments", "raw", "problem",
+)  # fmt: skip
+if tuple(f.name for f in dataclasses.fields(Event)) != _EVENT_FIELDS:  # not an assert: kept under python -O
+    raise RuntimeError("render.event_of: Event's fields changed; update _EVENT_FIELDS and event_of")
+_SET = tuple(Event.__dict__[name].__set__ for name in _EVENT_FIELDS)
+_KIND_OF = {k.value: k for k in Kind}
+
+
+def event_of(d: dict[str, Any]) -> Event:
+    """`Event.from_json(d)`: the same event (or, through it, the same error), a third of its cost for the common
+    encoding (version 1, a known kind, no attachments, every field there, non-empty ids): the values go straight
+    into the frozen event's slots instead of through the dataclass `__init__`, whose per-field
+    `object.__setattr__` costs more than parsing the line. Anything else is `Event.from_json`'s to decide. A
+    hypothesis property pins that both agree."""
+    try:
+        source, conversation, event_id, kind = d["source"], d["conversation"], d["event_id"], d["kind"]
+        values = (
+            d["sender"], d["sent_at"], d["received_at"], d["content"], d["relates_to"], d["attachments"], d["raw"],
+            d["problem"],
+        )  # fmt: skip
+    except (KeyError, TypeError):
+        return Event.from_json(d)
+    known = _KIND_OF.get(kind) if type(kind) is str else None
+    if d.get("v") != ENCODING_VERSION or known is None or values[5] != [] or not (source and conversation and event_id):
+        return Event.from_json(d)
+    ev: Event = object.__new__(Event)
+    s = _SET
+    s[0](ev, source)
+    s[1](ev, conversation)
+    s[2](ev, event_id)
+    s[3](ev, known)
+    s[4](ev, values[0])
+    s[5](ev, values[1])
+    s[6](ev, values[2])
+    s[7](ev, values[3])
+    s[8](ev, values[4])
+    s[9](ev, ())
+    s[10](ev, values[6])
+    s[11](ev, values[7])
+    return ev
+
+
 class DossierLine(NamedTuple):
     """What the renderers read of a line of events.jsonl: an event, or the tombstone that withholds one.
 
@@ -366,7 +475,7 @@ class DossierLine(NamedTuple):
         tomb = d.get("withheld")
         if tomb is not None:
             return cls(d["seq"], None, Withheld(tomb["reason"], tomb["by"], tomb["at_ms"], tomb["decision_seq"]))
-        return cls(d["seq"], Event.from_json(d["event"]), None)
+        return cls(d["seq"], event_of(d["event"]), None)
 
 
 class DossierLines:
@@ -387,8 +496,13 @@ class DossierLines:
 
     def _stream(self) -> Iterator[DossierLine]:
         with self._path.open("rb") as fh:
+            loads, event, line = orjson.loads, event_of, tuple.__new__
             for raw in fh:
-                yield DossierLine.parse(raw)
+                d = loads(raw)
+                if type(d) is dict and d.get("withheld") is None:  # `DossierLine.parse`, its common case inline
+                    yield line(DossierLine, (d["seq"], event(d["event"]), None))
+                else:
+                    yield DossierLine.parse(raw)
 
     def __iter__(self) -> Iterator[DossierLine]:
         return iter(self._cached) if self._cached is not None else self._stream()

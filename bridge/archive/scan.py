@@ -385,23 +385,53 @@ def range_root(pieces: Sequence[Piece], lo: int, hi: int) -> bytes | None:
     return frontier.root()
 
 
+class RecordWorkers:
+    """`n` record-pass interpreters started ahead of their job: they import while the plan is made, and wait on
+    their stdin for what `Scanner` sends them. `close()` ends any not used."""
+
+    def __init__(self, n: int) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.stderr: list[helper_process.StderrTail] = []
+        try:
+            for _ in range(n):
+                self.procs.append(_spawn(self.stderr, "worker_main"))
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        _stop(self.procs)
+
+
 class Scanner:
     """`n` worker processes giving the items of [start, end) chunk by chunk, in record order (`__iter__`)."""
 
-    def __init__(self, view: LogView, data_dir: Path, start: int, end: int, withheld: Withholding, n: int) -> None:
+    def __init__(
+        self,
+        view: LogView,
+        data_dir: Path,
+        start: int,
+        end: int,
+        withheld: Withholding,
+        n: int,
+        workers: RecordWorkers | None = None,
+    ) -> None:
+        """`workers`: processes started ahead (`RecordWorkers`, at least `n`), used instead of fresh ones; any
+        beyond what the chunks need get no chunk and end. `close()` ends them all."""
         self._chunks = chunks(start, end)
         n = max(1, min(n, len(self._chunks)))
         # The stored leaf before each chunk: its first record's chain link (checked by the previous chunk).
         prevs = [view.leaf_before(a) for a, _ in self._chunks]
         keys = view.keys
         secret = (keys.log_id, keys.kek, keys.verifier.public_bytes(Encoding.Raw, PublicFormat.Raw))
-        self._procs: list[subprocess.Popen[bytes]] = []
-        self._stderr: list[helper_process.StderrTail] = []
+        self._procs: list[subprocess.Popen[bytes]] = [] if workers is None else workers.procs
+        self._stderr: list[helper_process.StderrTail] = [] if workers is None else workers.stderr
         try:
-            for w in range(n):
+            while len(self._procs) < n:
+                self._procs.append(_spawn(self._stderr, "worker_main"))
+            for w, proc in enumerate(self._procs):
                 mine = [(a, b, prevs[i]) for i, (a, b) in enumerate(self._chunks) if i % n == w]
-                job = pickle.dumps((str(data_dir), secret, mine, end, dict(withheld)))
-                self._procs.append(_start(job, self._stderr))
+                _send(proc, pickle.dumps((str(data_dir), secret, mine, end, dict(withheld))))
         except BaseException:
             self.close()
             raise
@@ -440,17 +470,6 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
         for stream in (proc.stdin, proc.stdout):
             if stream is not None:
                 stream.close()
-
-
-def _start(job: bytes, stderr: list[helper_process.StderrTail], entry: str = "worker_main") -> subprocess.Popen[bytes]:
-    proc = helper_process.start("bridge.archive.scan", entry)
-    assert proc.stdin is not None and proc.stdout is not None
-    with contextlib.suppress(OSError, AttributeError):  # not Linux, or over the system's limit: the default works
-        fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    stderr.append(helper_process.StderrTail(proc))
-    proc.stdin.write(job)
-    proc.stdin.close()
-    return proc
 
 
 def worker_main() -> None:
@@ -553,7 +572,7 @@ def plain_line(line: bytes, withheld: Withholding) -> PlainLine | None:
 #: Kinds a plain message may have by its fields alone (`plain_by_fields`); notices and state events (room
 #: names) always go through `is_plain`.
 _PLAIN_KINDS = frozenset(k.value for k in Kind if k not in (Kind.NOTICE, Kind.STATE))
-_EVENT_FIELDS = ("sender", "sent_at", "received_at", "content", "raw", "problem")
+_EVENT_FIELDS = frozenset(("sender", "sent_at", "received_at", "content", "raw", "problem"))
 
 
 def plain_by_fields(d: dict[str, Any], withheld: Withholding) -> tuple[str, str] | None:
@@ -570,7 +589,7 @@ def plain_by_fields(d: dict[str, Any], withheld: Withholding) -> tuple[str, str]
             return None
     except KeyError:
         return None
-    if any(name not in d for name in _EVENT_FIELDS):
+    if not d.keys() >= _EVENT_FIELDS:
         return None
     if type(source) is not str or type(conversation) is not str or type(event_id) is not str:
         return None

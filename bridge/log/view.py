@@ -25,6 +25,7 @@ snapshot of the log. Every failure of the stored bytes raises
 from __future__ import annotations
 
 import hashlib
+import hmac
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from typing import NamedTuple, Self
 
 from bridge.blobs import MediaKeys
 from bridge.errors import Check, LogIntegrityError
-from bridge.log import audit, crypto, format, merkle, rotation
+from bridge.log import audit, compression, crypto, format, merkle, rotation
 from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
 from bridge.log.rotation import KeyChain
@@ -284,6 +285,7 @@ class LogView:
         )
         expected = start
         sha256 = hashlib.sha256
+        compare = hmac.compare_digest
         while rows := cur.fetchmany(1024):
             for seq, header_b, commit, body, stored in rows:
                 if seq != expected:
@@ -298,11 +300,11 @@ class LogView:
                     )
                 ct_hash = sha256(body).digest()
                 leaf = sha256(b"\x00" + header_b + commit + ct_hash).digest()  # merkle.leaf_hash(format.leaf_data())
-                if not crypto.hmac_equal(leaf, stored if type(stored) is bytes else bytes(stored)):
+                if not compare(leaf, stored if type(stored) is bytes else bytes(stored)):  # crypto.hmac_equal
                     raise LogIntegrityError(
                         seq, "stored bytes do not match the record's leaf hash", bytes(stored), leaf, check=Check.LEAF
                     )
-                if prev_leaf is not None and not crypto.hmac_equal(header.prev_leaf, prev_leaf):
+                if prev_leaf is not None and not compare(header.prev_leaf, prev_leaf):
                     raise LogIntegrityError(seq, "hash chain broken", header.prev_leaf, prev_leaf, check=Check.CHAIN)
                 prev_leaf = leaf
                 salt, payload = self._open(seq, header_b, header, commit, body)
@@ -337,10 +339,26 @@ class LogView:
                 seq, "ciphertext does not authenticate under its data key", check=Check.AEAD
             ) from None
         if header.version == format.VERSION_COMPRESSED:
+            # format.expand without its concatenation and the split after it: (salt, payload) straight from the
+            # frame; anything it would refuse goes through it, for its error.
+            salt = plaintext[: crypto.SALT_BYTES]
             try:
-                plaintext = format.expand(plaintext)
-            except format.RecordAuthError as exc:
-                raise LogIntegrityError(seq, str(exc), check=audit.auth_check(exc)) from None
+                if len(salt) < crypto.SALT_BYTES:
+                    raise compression.DecompressionError("short")
+                payload = compression.decompress(plaintext[crypto.SALT_BYTES :])
+            except compression.DecompressionError:
+                try:
+                    format.expand(plaintext)
+                except format.RecordAuthError as exc:
+                    raise LogIntegrityError(seq, str(exc), check=audit.auth_check(exc)) from None
+                raise  # expand accepted what decompress refused: cannot happen (it calls decompress)
+            h = hashlib.sha256(salt)
+            h.update(payload)
+            if not hmac.compare_digest(got := h.digest(), commit):  # format.commitment of salt || payload
+                raise LogIntegrityError(
+                    seq, "plaintext does not match the stored commitment", commit, got, check=Check.COMMITMENT
+                )
+            return salt, payload
         if not crypto.hmac_equal(got := hashlib.sha256(plaintext).digest(), commit):  # format.commitment
             raise LogIntegrityError(
                 seq, "plaintext does not match the stored commitment", commit, got, check=Check.COMMITMENT

@@ -54,7 +54,12 @@ def clean_text(text: str) -> str:
 
 def esc(text: object) -> str:
     """Clean and escape any value for text or a double-quoted attribute."""
-    return html.escape(clean_text(str(text)), quote=True)
+    s = text if type(text) is str else str(text)
+    # Most text has nothing to clean or escape (then both return it as it is): five scans for a character that
+    # html.escape replaces cost a tenth of its five replacements and clean_text's call (a property test pins it).
+    if not ("&" in s or "<" in s or ">" in s or '"' in s or "'" in s) and s.isprintable():
+        return s
+    return html.escape(clean_text(s), quote=True)
 
 
 def esc_id(text: object) -> str:
