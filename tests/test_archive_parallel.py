@@ -218,6 +218,43 @@ def test_a_refused_snapshot_ends_the_rendering_processes_started_ahead(
     assert all(proc.returncode is not None for proc in started)  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("refused", [False, True])
+def test_verify_package_starts_its_rendering_process_ahead_and_always_ends_it(
+    log: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refused: bool
+) -> None:
+    """verify-package over a package large enough for its dossier workers starts its rendering helper with them
+    (it imports while the first checks run): the render uses it (no second one is started), and it has ended
+    when verify-package returns or refuses the package."""
+    from bridge.archive import verify_package as vp
+
+    pkg = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log)).path
+    if refused:
+        t = dossier_dir(pkg, "alpha") / "transcript.html"
+        t.write_text(t.read_text().replace("Goedemorgen", "Goedenavond"))
+        rebag(pkg)
+    monkeypatch.setattr(vp, "SCAN_MIN_BYTES", 0)
+    monkeypatch.setattr(render, "POOL_MIN_BYTES", 0)
+    started = _started_helpers(monkeypatch)
+    at_render: list[int] = []
+    real_render = vp.render_package
+
+    def spy(*args: object, **kwargs: object) -> object:
+        at_render.append(len(started))
+        return real_render(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(vp, "render_package", spy)
+    if refused:
+        with pytest.raises(PackageIntegrityError, match=r"transcript\.html is not the file its records give"):
+            verify_package(pkg, _public(log), workers=2)  # type: ignore[arg-type]
+    else:
+        verify_package(pkg, _public(log), workers=2)  # type: ignore[arg-type]
+    assert at_render == [1]  # started before the render began
+    assert len(started) == 1
+    assert all(proc.returncode is not None for proc in started)  # type: ignore[attr-defined]
+    if not refused:
+        assert started[0].returncode == 0  # type: ignore[attr-defined]  (it rendered: ended by itself)
+
+
 def test_rendered_files_are_fsynced_while_the_package_is_made(
     log: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -63,7 +63,7 @@ from bridge.archive.bag import HashOnly, OutFile, tag_files
 from bridge.archive.derive import DossierState, RenderParams
 from bridge.archive.gaps import LISTING_REL, Listing, Summary
 from bridge.archive.leesmij import DOCS
-from bridge.archive.render import default_workers, render_package
+from bridge.archive.render import RenderHelpers, default_workers, render_package
 from bridge.archive.signing_keys import FILE as SIGNING_KEYS_FILE
 from bridge.archive.signing_keys import SigningKeysError, chain_from_package
 from bridge.archive.witnessed import FILE as WITNESSED_FILE
@@ -204,11 +204,16 @@ def _verify(
     read the dossiers' lines, when they will be used, start first: they import while the first checks run."""
     procs = default_workers() if workers is None else workers
     early = scan.DossierWorkers(procs) if _scans(sorted((path / "data").rglob("events.jsonl")), procs) else None
+    helpers: RenderHelpers | None = None
     try:
-        return _verify_steps(path, manifest, public_key, previous, witnesses, quorum, procs, early)
+        if early is not None:  # a package this large renders in helpers too: they import meanwhile as well
+            helpers = RenderHelpers(procs - 1)
+        return _verify_steps(path, manifest, public_key, previous, witnesses, quorum, procs, early, helpers)
     finally:
         if early is not None:
             early.close()
+        if helpers is not None:
+            helpers.close()
 
 
 def _scans(paths: list[Path], procs: int) -> bool:
@@ -225,6 +230,7 @@ def _verify_steps(
     quorum: int,
     procs: int,
     early: scan.DossierWorkers | None,
+    helpers: RenderHelpers | None = None,
 ) -> PackageReport:
     data = path / "data"
     pdir = data / "proof"
@@ -270,7 +276,7 @@ def _verify_steps(
     dossiers = sorted(records.dossiers.values(), key=lambda s: s.folder)
     rendered = render_package(
         sink, params, public_key[0], dossiers, start, end, sealed_ms, status,
-        workers=procs,
+        workers=procs, helpers=helpers,
     )  # fmt: skip
     sink.finish_payload()
     tags = derive.tag_files(
