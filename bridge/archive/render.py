@@ -53,7 +53,7 @@ MONTHS_NL = (
     "juli", "augustus", "september", "oktober", "november", "december",
 )  # fmt: skip
 NAMED_PARTICIPANTS = 4  # a dossier's name lists this many participants, then "en N anderen"
-#: A dossier's events.jsonl up to this size is parsed once and held for the renderers' three passes; a larger
+#: A dossier's events.jsonl up to this size is parsed once and held for rendering's two passes; a larger
 #: one is parsed on each pass (memory stays bounded).
 LINE_CACHE_BYTES = 24 << 20
 #: Rendering uses worker processes only for packages whose event files hold at least this many bytes (starting
@@ -479,7 +479,8 @@ class DossierLine(NamedTuple):
 
 
 class DossierLines:
-    """The parsed lines of a dossier's events.jsonl, iterable more than once (the renderers take three passes).
+    """The parsed lines of a dossier's events.jsonl, iterable more than once (rendering takes two passes:
+    `_first_pass` and the transcript).
 
     A file of at most `cache_bytes` is read and parsed once and held (what a
     conversation-month usually is); a larger one is streamed and parsed again
@@ -513,16 +514,22 @@ def _entries(lines: DossierLines, state: DossierState) -> Iterator[TranscriptEnt
         yield TranscriptEntry(line.seq, line.event, line.withheld, state.media)
 
 
-def _summarise(lines: DossierLines) -> DossierSummary:
-    """The dossier's participants, MDTO events, withheld count and own dates (a pass before the transcript,
-    whose title names the participants)."""
+def _first_pass(lines: DossierLines, state: DossierState) -> tuple[DossierSummary, Lookahead]:
+    """One pass over the dossier before its transcript: the participants, MDTO events, withheld count and own
+    dates (the title names the participants), and the transcript's lookahead (polls, edits, participants;
+    tombstones skipped). One pass, not two: a dossier larger than `LINE_CACHE_BYTES` is parsed once per pass."""
     summary = DossierSummary()
-    for line in lines:
-        if line.event is None:
-            summary.withheld_count += 1
-        else:
-            summary.add(line.event)
-    return summary
+
+    def events() -> Iterator[Event]:
+        for line in lines:
+            if line.event is None:
+                summary.withheld_count += 1
+            else:
+                summary.add(line.event)
+                yield line.event
+
+    ahead = Lookahead.of(events(), state.edited.keys())
+    return summary, ahead
 
 
 def dossier_name(room: str | None, participants: Sequence[mdto.Participant], month: Month) -> str:
@@ -538,11 +545,6 @@ def dossier_name(room: str | None, participants: Sequence[mdto.Participant], mon
     if room:
         return f"{room} (chat), {month_nl(month)}"
     return f"Chat met {who or 'onbekenden'}, {month_nl(month)}"
-
-
-def _lookahead(lines: DossierLines, state: DossierState) -> Lookahead:
-    """The transcript's first pass over the dossier's events (polls, edits, participants); tombstones skipped."""
-    return Lookahead.of((line.event for line in lines if line.event is not None), state.edited.keys())
 
 
 def conversation_links(state: DossierState, directory: Sequence[tuple[str, str, str]]) -> dict[str, str]:
@@ -577,7 +579,7 @@ def _render_dossier(
     month, org, sealed_ms = params.month, params.organisation, provenance.sealed_ms
     kenmerk = f"{serie.kenmerk}:{state.source}:{state.conversation}:{month}"
     lines = DossierLines(builder.data_path(state.events_rel))
-    summary = _summarise(lines)
+    summary, ahead = _first_pass(lines, state)
     participants = summary.participants()
     naam = dossier_name(state.name, participants, month)
     dates = Coverage(
@@ -596,7 +598,7 @@ def _render_dossier(
             entries=_entries(lines, state),
             edited_ids=state.edited,
             deleted_ids=state.deleted,
-            lookahead=_lookahead(lines, state),
+            lookahead=ahead,
             links=links,
             tz=ZoneInfo(params.timezone),
             provenance=provenance,
