@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
@@ -29,14 +28,13 @@ from bridge.dev.synapse import SYNAPSE_MODULE_DIR
 from bridge.events import Kind
 from bridge.sources.matrix.confirm import UNCONFIRMED, Confirmations, Spooled
 from bridge.sources.matrix.spool import HEADER, files
-from tests.support.archiver_module import OFFICIALS, login
 from tests.support.officials import Official, poll_until
-from tests.support.spool import SpoolBot, SpoolServer, frame_events, spool_synapse
+from tests.support.spool import SpoolBot, SpoolServer, frame_events, minister, spool_synapse
 
 sys.path.insert(0, str(SYNAPSE_MODULE_DIR))
 from chatarchief_synapse.spool import encode_frame
 
-__all__ = ["spool_synapse"]  # fixture used by name
+__all__ = ["minister", "spool_synapse"]  # fixtures used by name
 
 
 class Clock:
@@ -149,15 +147,6 @@ def test_what_is_questioned_is_exactly_what_the_model_says(ops: list[tuple[str, 
             del waiting[k]
         assert got == due
     assert c.waiting() == len(waiting)
-
-
-@pytest.fixture
-async def minister(spool_synapse: SpoolServer, tmp_path: Path) -> AsyncIterator[Official]:
-    person = await login(spool_synapse.server, OFFICIALS[0], tmp_path / "people")
-    try:
-        yield person
-    finally:
-        await person.client.close()
 
 
 def forge(spool: SpoolServer, room_id: str, sender: str, body: str) -> str:

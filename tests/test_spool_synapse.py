@@ -17,11 +17,11 @@ from pathlib import Path
 import pytest
 
 from bridge.events import Kind
-from tests.support.archiver_module import OFFICIALS, OUTSIDERS, login
+from tests.support.archiver_module import OUTSIDERS, login
 from tests.support.officials import Official, ok, poll_until
-from tests.support.spool import SpoolBot, SpoolServer, frame_events, spool_synapse
+from tests.support.spool import SpoolBot, SpoolServer, frame_events, minister, spool_synapse
 
-__all__ = ["spool_synapse"]  # fixture used by name
+__all__ = ["minister", "spool_synapse"]  # fixtures used by name
 
 pytestmark = pytest.mark.synapse
 
@@ -33,15 +33,6 @@ async def bot(spool_synapse: SpoolServer, tmp_path: Path) -> AsyncIterator[Spool
         yield made
     finally:
         await made.stop()
-
-
-@pytest.fixture
-async def minister(spool_synapse: SpoolServer, tmp_path: Path) -> AsyncIterator[Official]:
-    person = await login(spool_synapse.server, OFFICIALS[0], tmp_path / "people")
-    try:
-        yield person
-    finally:
-        await person.client.close()
 
 
 async def joined_plain_room(person: Official, spool: SpoolServer) -> str:

@@ -13,7 +13,7 @@ import asyncio
 import base64
 import contextlib
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,8 +31,8 @@ from bridge.log.schema import initialise
 from bridge.log.store import LogStore
 from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
 from bridge.sources.matrix.spool import Frame, Position, read
-from tests.support.archiver_module import ADMINS, ARCHIVER, OFFICIALS, OUTSIDERS, _Blobs, password
-from tests.support.officials import poll_until
+from tests.support.archiver_module import ADMINS, ARCHIVER, OFFICIALS, OUTSIDERS, _Blobs, login, password
+from tests.support.officials import Official, poll_until
 
 
 @dataclass
@@ -66,6 +66,16 @@ def spool_synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SpoolSer
         yield SpoolServer(server, workdir / "spool", key)
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def minister(spool_synapse: SpoolServer, tmp_path: Path) -> AsyncIterator[Official]:
+    """The first official, logged in on the spool's Synapse."""
+    person = await login(spool_synapse.server, OFFICIALS[0], tmp_path / "people")
+    try:
+        yield person
+    finally:
+        await person.client.close()
 
 
 class Held:

@@ -135,35 +135,11 @@ def _splice(event: JSONDict, shape: _Shape, received_at: int) -> tuple[str, str,
 
 
 def _plain_message(event: JSONDict, received_at: int) -> tuple[str, str, bytes, bool] | None:
-    """The encoding of a plain text/notice/emote message with a complete envelope, else None."""
-    if event.get("type") != "m.room.message" or not event.keys() <= _ENVELOPE:
+    """The encoding of a plain text/notice/emote message with a complete envelope (`_shape`), else None."""
+    shape = _shape(event, received_at)
+    if shape is None:
         return None
-    room, event_id, sender, sent_at = (
-        event.get("room_id"),
-        event.get("event_id"),
-        event.get("sender"),
-        event.get("origin_server_ts"),
-    )
-    if not (type(room) is str and room and type(event_id) is str and event_id and type(sender) is str and sender) or (
-        type(sent_at) is not int
-    ):
-        return None
-    content, unsigned = event.get("content"), event.get("unsigned")
-    if type(content) is not dict or not content.keys() <= _CONTENT:
-        return None
-    if unsigned is not None and (type(unsigned) is not dict or "redacted_because" in unsigned):
-        return None
-    msgtype, body = content.get("msgtype"), content.get("body")
-    if msgtype not in _MSGTYPES or type(body) is not str:
-        return None
-    out: JSONDict = {"msgtype": msgtype, "body": body}
-    for key in ("format", "formatted_body"):
-        value = content.get(key)
-        if value is None:
-            continue
-        if type(value) is not str:
-            return None  # the full normaliser names it in `problem`
-        out[key] = value
+    room, event_id, sender, sent_at, _, out = shape
     payload = orjson.dumps(  # Event.to_json's fields, for kind MESSAGE with no relation or attachment
         {
             "v": events.ENCODING_VERSION,
