@@ -34,6 +34,9 @@ JSONDict = dict[str, Any]
 
 #: Version of the canonical encoding; bump when a field is added or changes meaning.
 ENCODING_VERSION = 1
+#: `content["notice"]` of the notice questioning an event that came only through the Synapse module's spool
+#: (`bridge.sources.matrix.confirm`); transcripts mark the event it names.
+SPOOL_UNCONFIRMED = "spool_event_unconfirmed"
 
 
 class Kind(enum.StrEnum):

@@ -223,3 +223,28 @@ def test_emoji_names() -> None:
     assert emoji_name("👍") == "thumbs up sign"
     assert emoji_name("🇳🇱") == "vlag NL"
     assert emoji_name("👍🏽") == "thumbs up sign + emoji modifier fitzpatrick type-4"
+
+
+def test_a_message_the_homeserver_never_confirmed_is_marked_and_its_notice_says_why() -> None:
+    """The archivist's side of `tests/test_spool_confirm.py`: a message that came only through the spool and a
+    later `spool_event_unconfirmed` notice naming it. The message (a plain text message, which would otherwise
+    take the lean path) carries a mark linking to the notice, the notice says in words what it means and links
+    back; a message nobody questioned carries no such mark; the notice's event id is text, never markup."""
+    from bridge.events import SPOOL_UNCONFIRMED
+
+    for forged_id in ("$forged", HOSTILE[0]):
+        events = [
+            ev(0, content={"msgtype": "m.text", "body": "echt besluit"}),
+            ev(1, content={"msgtype": "m.text", "body": "vervalst besluit"}, event_id=EventId(forged_id)),
+        ]
+        question = {"notice": SPOOL_UNCONFIRMED, "event_id": forged_id, "room_id": "!r:x", "waited_s": 121}
+        events.append(ev(2, Kind.NOTICE, question, sender=None))
+        doc = render_like_the_package(entries_of(events))
+        marked = entry_of(doc, forged_id)
+        mark = marked.xpath('.//span[@class="mark rejected"]')
+        assert len(mark) == 1 and words(mark[0]).startswith("niet bevestigd door de homeserver")
+        assert mark[0].xpath("./a")[0].get("href") == f"#{anchor('$e2')}"
+        assert not entry_of(doc, "$e0").xpath('.//span[contains(@class, "mark")]')
+        warning = entry_of(doc, "$e2").xpath('./p[@class="warn"]')[0]
+        assert "kwam alleen binnen via de spool" in words(warning)
+        assert warning.xpath("./a")[0].get("href") == f"#{anchor(forged_id)}"

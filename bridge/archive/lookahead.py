@@ -30,7 +30,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from bridge.archive.lookalike import Participants
-from bridge.events import Event, Kind
+from bridge.events import SPOOL_UNCONFIRMED, Event, Kind
 
 
 @dataclass(frozen=True)
@@ -131,6 +131,8 @@ class Lookahead:
     quoted: set[str] = field(default_factory=set)
     #: generic state changes (not calls, upgrades, pins or identity mappings), in log order
     settings: list[Event] = field(default_factory=list)
+    #: event id -> the first notice questioning it: it came only through the spool, never by the sync loop
+    unconfirmed: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def of(cls, events: Iterable[Event], edit_targets: Collection[str] | None = None) -> Lookahead:
@@ -181,6 +183,8 @@ class Lookahead:
                 self.deletions.setdefault(target, ev)
         if isinstance(reply := c.get("reply_to"), str):
             self.quoted.add(reply)
+        if ev.kind == Kind.NOTICE and c.get("notice") == SPOOL_UNCONFIRMED and isinstance(q := c.get("event_id"), str):
+            self.unconfirmed.setdefault(q, ev.event_id)
 
     def _call(self, ev: Event, call: dict[str, object]) -> None:
         call_id, action = call.get("call_id"), call.get("action")

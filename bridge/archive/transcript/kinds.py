@@ -41,7 +41,7 @@ from bridge.archive.transcript.text import (
     text_of,
     time_html,
 )
-from bridge.events import SIGNAL, Event, Kind
+from bridge.events import SIGNAL, SPOOL_UNCONFIRMED, Event, Kind
 from bridge.policy import Withheld
 
 
@@ -103,7 +103,7 @@ class Renderer:
         self._touched = frozenset(
             (
                 *ahead.quoted, *self._settings, *ahead.versions, *ahead.attempts, *ahead.reactions,
-                *ahead.deletions, *edited, *deleted,
+                *ahead.deletions, *ahead.unconfirmed, *edited, *deleted,
             )
         )  # fmt: skip
         self._lean = LEAN
@@ -255,6 +255,8 @@ class Renderer:
             out += f' <span class="mark rejected">bewerkingspoging door een ander genegeerd, zie {ref(attempt)}</span>'
         if ev.content.get("redacted_before_capture") is True:
             out += ' <span class="mark deleted">verwijderd vóór het vastleggen</span>'
+        if (question := self._ahead.unconfirmed.get(eid)) is not None:
+            out += f' <span class="mark rejected">niet bevestigd door de homeserver, zie {ref(question)}</span>'
         if isinstance(enc := ev.content.get("encryption"), Mapping):
             out += f' <span class="mark encrypted" title="{esc(_encryption_title(enc))}">versleuteld</span>'
         return out
@@ -406,6 +408,13 @@ class Renderer:
                 " gearchiveerd</p>"
             )
         if kind == Kind.NOTICE:
+            if c.get("notice") == SPOOL_UNCONFIRMED:
+                return (
+                    f'<p class="warn">niet bevestigd: {ref(text_of(c, "event_id"))} kwam alleen binnen via de spool'
+                    " van de Synapse-module; de homeserver heeft het de archiveerder bij het synchroniseren nooit"
+                    " gegeven. Het kan zijn dat het niet via de homeserver is verstuurd (een vervalst spoolbericht)."
+                    f" Het bericht is bewaard zoals het binnenkwam.</p>{json_details(c)}"
+                )
             return f'<p class="note">melding van de archiveerder</p>{json_details(c)}'
         problem = f": {esc(ev.problem)}" if ev.problem else ""
         raw_type = ev.raw.get("type")

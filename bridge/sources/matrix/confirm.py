@@ -29,11 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from bridge.clock import now_ms
-from bridge.events import MATRIX, ConversationId, Event, notice
+from bridge.events import MATRIX, SPOOL_UNCONFIRMED, ConversationId, Event, notice
 
 __all__ = ["UNCONFIRMED", "Confirmations", "Spooled", "unconfirmed_notice"]
 
-UNCONFIRMED = "spool_event_unconfirmed"
+UNCONFIRMED = SPOOL_UNCONFIRMED
 #: How long a spooled event may wait for the sync loop before it is questioned (a long-poll sync returns at
 #: least every `sync_timeout_ms`; backfilling a gap can take longer).
 GRACE_SECONDS = 120.0
