@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -365,3 +366,39 @@ def test_reading_in_any_steps_gives_every_frame_once_in_order(
             break
     assert [f.event for f in got] == events and all(f.problem is None for f in got)
     assert pos.seq == len(events)
+
+
+def test_keep_days_removes_old_files_when_a_new_one_starts_and_reading_goes_on(tmp_path: Path) -> None:
+    """`keep_days`: when a writer starts a new file, spool files last written more than that many days ago go
+    (not the new one, not a recent one, nothing that is not a spool file); the seq goes on and a reader reads
+    on (one whose position named a removed file flags it: the test above)."""
+    import chatarchief_synapse.spool as module_spool
+
+    write(tmp_path, [event(1)]).close()
+    write(tmp_path, [event(2)]).close()
+    _, pos = read_all(tmp_path)  # a reader at the end of the second file
+    old, recent = sorted(os.listdir(tmp_path))
+    week = 7 * 86400
+    os.utime(tmp_path / old, (time.time() - week - 60,) * 2)
+    os.utime(tmp_path / recent, (time.time() - week + 3600,) * 2)
+    (tmp_path / "notes.txt").write_text("not a spool file")
+    os.utime(tmp_path / "notes.txt", (time.time() - 10 * week,) * 2)
+
+    writer = module_spool.SpoolWriter(tmp_path, PUBLIC, keep_days=7)
+    writer.append(orjson.dumps(event(3)))
+    writer.close()
+    names = sorted(os.listdir(tmp_path))
+    assert old not in names and recent in names and "notes.txt" in names and len(names) == 3
+    frames, _ = read_all(tmp_path, pos)
+    assert [(f.event, f.seq) for f in frames] == [(event(3), 3)]
+
+    write(tmp_path, [event(4)]).close()  # without keep_days nothing is removed
+    assert len(os.listdir(tmp_path)) == 4
+
+
+def test_pruning_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A spool directory that cannot be listed is an ALERT in Synapse's log, not an error in its event path."""
+    import chatarchief_synapse.spool as module_spool
+
+    assert module_spool.prune(tmp_path / "missing", 1, time.time()) == []
+    assert "ALERT listing the spool for pruning failed" in caplog.text

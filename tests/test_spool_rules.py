@@ -26,6 +26,10 @@ BASE = {"archiver": "@a:x", "officials": ["@o:x"]}
         {"path": "", "public_key": KEY},
         {"path": "/s", "public_key": "not base64!"},
         {"path": "/s", "public_key": base64.b64encode(b"short").decode()},
+        {"path": "/s", "public_key": KEY, "keep_days": 0},
+        {"path": "/s", "public_key": KEY, "keep_days": "7"},
+        {"path": "/s", "public_key": KEY, "keep_days": 1.5},
+        {"path": "/s", "public_key": KEY, "keep_days": True},
         "/s",
     ],
 )
@@ -33,6 +37,14 @@ def test_a_bad_spool_config_is_refused_with_one_line(spool: object) -> None:
     """A spool config without both keys, with extra keys, or with a key that is not 32 bytes of base64 is refused."""
     with pytest.raises(ValueError, match="chatarchief_synapse: 'spool"):
         parse({**BASE, "spool": spool})
+
+
+def test_keep_days_is_optional() -> None:
+    """`keep_days` absent: files are kept; given: a whole number of days."""
+    spool = parse({**BASE, "spool": {"path": "/s", "public_key": KEY}}).spool
+    assert spool is not None and spool.keep_days is None
+    spool = parse({**BASE, "spool": {"path": "/s", "public_key": KEY, "keep_days": 30}}).spool
+    assert spool is not None and spool.keep_days == 30
 
 
 def test_without_spool_nothing_is_spooled() -> None:

@@ -52,7 +52,8 @@ class ArchiverModule:
         if self._policy.spool is not None:
             from chatarchief_synapse.spool import SpoolWriter  # needs `cryptography` (a Synapse dependency)
 
-            self._spool = SpoolWriter(self._policy.spool.path, self._policy.spool.public_key)
+            spool = self._policy.spool
+            self._spool = SpoolWriter(spool.path, spool.public_key, keep_days=spool.keep_days)
         api.register_third_party_rules_callbacks(
             on_create_room=self.on_create_room,
             check_event_allowed=self.check_event_allowed,

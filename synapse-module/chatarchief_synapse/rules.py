@@ -41,10 +41,13 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True)
 class SpoolConfig:
-    """`spool: {path, public_key}`: where plain-room events are appended, sealed to the bot's X25519 key."""
+    """`spool: {path, public_key, keep_days}`: where plain-room events are appended, sealed to the bot's X25519
+    key; spool files last written more than `keep_days` days ago are removed when a new file starts (None: kept
+    until the operator removes them)."""
 
     path: str
     public_key: bytes
+    keep_days: int | None = None
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,13 @@ KNOWN_KEYS = frozenset({"archiver", "officials", "all_local_users", "admins", "s
 def _spool(value: Any) -> SpoolConfig | None:
     if value is None:
         return None
-    if not isinstance(value, dict) or set(value) != {"path", "public_key"}:
-        raise ValueError("chatarchief_synapse: 'spool' must be a mapping with exactly 'path' and 'public_key'")
+    if not isinstance(value, dict) or not {"path", "public_key"} <= set(value) <= {"path", "public_key", "keep_days"}:
+        raise ValueError(
+            "chatarchief_synapse: 'spool' must be a mapping with 'path' and 'public_key' (and optionally 'keep_days')"
+        )
+    keep = value.get("keep_days")
+    if keep is not None and (type(keep) is not int or keep < 1):
+        raise ValueError("chatarchief_synapse: 'spool.keep_days' must be a whole number of days, at least 1")
     path, key = value["path"], value["public_key"]
     if not isinstance(path, str) or not path:
         raise ValueError("chatarchief_synapse: 'spool.path' must be a directory path")
@@ -101,7 +109,7 @@ def _spool(value: Any) -> SpoolConfig | None:
             "chatarchief_synapse: 'spool.public_key' must be the bot's X25519 public key, base64 of 32 bytes"
             " (`chatarchief spool-key --config FILE` prints it)"
         )
-    return SpoolConfig(path, raw)
+    return SpoolConfig(path, raw, keep)
 
 
 def parse(raw: Mapping[str, Any] | None) -> Policy:

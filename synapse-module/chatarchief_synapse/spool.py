@@ -51,6 +51,7 @@ __all__ = [
     "client_event",
     "encode_frame",
     "file_name",
+    "prune",
 ]
 
 logger = logging.getLogger(__name__)
@@ -150,11 +151,43 @@ def last_seq(directory: Path) -> int:
     return first if size else first - 1
 
 
+def prune(directory: Path, keep_seconds: float, now: float, keep: str = "") -> list[str]:
+    """Remove the spool files last written more than `keep_seconds` before `now` (never `keep`, the file about
+    to be written); returns their names. The bot's sync loop is the complete record of every room, so a frame
+    removed before the bot read it loses nothing (the bot records the missing file as a notice). Never raises:
+    a file that cannot be removed is logged and left."""
+    removed: list[str] = []
+    try:
+        entries = sorted(os.scandir(directory), key=lambda e: e.name)
+    except OSError:
+        logger.exception("chatarchief: ALERT listing the spool for pruning failed")
+        return removed
+    for entry in entries:
+        if not entry.name.endswith(SUFFIX) or entry.name == keep:
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat().st_mtime < now - keep_seconds:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            logger.exception("chatarchief: ALERT removing old spool file %s failed", entry.name)
+    if removed:
+        logger.info("chatarchief: removed %d spool file(s) older than the configured keep_days", len(removed))
+    return removed
+
+
 class SpoolWriter:
     """Appends sealed frames to the spool in `directory` (see the module docstring)."""
 
-    def __init__(self, directory: str | os.PathLike[str], public_key: bytes, max_file_bytes: int = MAX_FILE_BYTES):
+    def __init__(
+        self,
+        directory: str | os.PathLike[str],
+        public_key: bytes,
+        max_file_bytes: int = MAX_FILE_BYTES,
+        keep_days: int | None = None,
+    ):
         self._dir = Path(directory)
+        self._keep_seconds = None if keep_days is None else keep_days * 86400
         self._dir.mkdir(parents=True, exist_ok=True)
         self._recipient = X25519PublicKey.from_public_bytes(public_key)
         self._max = max_file_bytes
@@ -208,6 +241,8 @@ class SpoolWriter:
     def _open(self, first_seq: int) -> None:
         self._close()
         path = self._dir / file_name(first_seq)
+        if self._keep_seconds is not None:
+            prune(self._dir, self._keep_seconds, time.time(), keep=path.name)
         # Never an existing file with content (last_seq counts a torn frame's seq as used); an empty one is reused.
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
         self._size = os.fstat(self._fd).st_size
