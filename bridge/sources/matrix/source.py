@@ -496,8 +496,6 @@ class MatrixSource:
         `token=None` (a backfill page) keeps the sync token; the cursor is then passed only when the state
         changed (or a side file awaits its move), so an unchanged cursor is not rewritten page by page.
         """
-        if self._confirm is not None:  # a backfill page brings events too
-            self._confirm.synced(e.event_id for e in batch.events)
         events = [self._bridges.annotate(await recover_original(client, e)) for e in batch.events]
         events = await self._with_media(client, events)
         state = self._state.after(
@@ -526,11 +524,10 @@ class MatrixSource:
         await crypto.request_keys(client, batch.undecrypted)
 
     def _question_unconfirmed(self, batch: _Batch) -> None:
-        """Confirm the spooled events this batch brings; record an ALERT notice for each spooled event the sync
-        loop has not brought in time (`confirm`: it may not come from the homeserver)."""
+        """Record an ALERT notice for each spooled event the sync loop has not brought in time (`confirm`: it may
+        not come from the homeserver); what the loop brings is confirmed as it is read (`_add_events`)."""
         confirm = self._confirm
         assert confirm is not None
-        confirm.synced(e.event_id for e in batch.events)
         confirm.batch_done()
         for item, waited in confirm.overdue():
             log.error(
@@ -599,6 +596,8 @@ class MatrixSource:
                 batch.events.append(link)
             if isinstance(event_id, str) and event_id in undecrypted and event_id not in decrypted:
                 batch.undecrypted.append(undecrypted[event_id])
+        if self._confirm is not None:  # the homeserver brought these: spooled copies are confirmed
+            self._confirm.synced(seen)
 
     async def _backfill(self, client: RawKeepingClient, room_id: str, gap: Backfill) -> str | None:
         """Commit the gap before `gap.until` page by page, oldest first, leaving the cursor alone.
