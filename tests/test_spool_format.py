@@ -402,3 +402,35 @@ def test_pruning_never_raises(tmp_path: Path, caplog: pytest.LogCaptureFixture) 
 
     assert module_spool.prune(tmp_path / "missing", 1, time.time()) == []
     assert "ALERT listing the spool for pruning failed" in caplog.text
+
+
+def test_a_frame_that_fills_a_read_chunk_exactly_is_not_the_end_of_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the property above: a file's first frame exactly one read chunk long made the reader take the
+    chunk for the whole file and move on to the next file, skipping the frames after it in the file. And a
+    torn frame of exactly one chunk at the end of the newest file must make the reader wait, not spin."""
+    import threading
+
+    from bridge.sources.matrix import spool as reader
+
+    write(tmp_path / "a", [event(0, "z" * 1089), event(1)]).close()
+    write(tmp_path / "a", [event(2)]).close()
+    frames, _ = read_all(tmp_path / "a")
+    monkeypatch.setattr(reader, "CHUNK", frames[1].offset)  # the first frame fills a chunk exactly
+    got, pos = [], Position()
+    for _ in range(5):
+        batch, pos = read(tmp_path / "a", pos, KEY, limit=2)
+        got += batch
+    assert [(f.event, f.problem) for f in got] == [(e, None) for e in (event(0, "z" * 1089), event(1), event(2))]
+
+    write(tmp_path / "b", [event(0, "z" * 1089)]).close()
+    (name,) = os.listdir(tmp_path / "b")
+    whole = (tmp_path / "b" / name).read_bytes()
+    (tmp_path / "b" / name).write_bytes(whole[:-1])  # being written: one byte short
+    monkeypatch.setattr(reader, "CHUNK", len(whole) - 1)
+    result: list[Any] = []
+    t = threading.Thread(target=lambda: result.append(read(tmp_path / "b", Position(), KEY)), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and result[0][0] == []  # waits for the rest of the frame

@@ -165,8 +165,8 @@ def read(directory: Path, position: Position, key: X25519PrivateKey, limit: int 
         pos = Position(pos.file, pos.offset + used, max(seq, pos.seq))
         if len(out) >= limit:
             break
-        if rest and len(data) == CHUNK:
-            continue  # the chunk ended inside a frame: read on from that frame's start
+        if len(data) == CHUNK and used:
+            continue  # a full chunk: the file may go on past it (read on from the first byte not used)
         if rest and newest:
             break  # a frame still being written (or a garbled tail the next read flags once a newer file exists)
         later = [n for n in names if n > pos.file]
