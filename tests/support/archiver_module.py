@@ -13,6 +13,7 @@ import hashlib
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nio import AsyncClient, AsyncClientConfig
@@ -67,6 +68,26 @@ class _Blobs:
         return digest, digest
 
 
+def archiver_config(homeserver: str, workdir: Path, device_name: str, **extra: Any) -> MatrixSourceConfig:
+    """The archiver's `MatrixSource` config for the tests' Synapse (its password file written 0600 in `workdir`),
+    with short sync timeouts and backoff; `extra`: further fields (a spool, ...)."""
+    password_file = workdir / "archiver.password"
+    password_file.write_text(password(ARCHIVER))
+    password_file.chmod(0o600)
+    return MatrixSourceConfig(
+        homeserver=homeserver,
+        store_dir=workdir / "bot-store",
+        pickle_key=b"test-pickle-key-from-key-material",
+        user_id=ARCHIVER,
+        password_file=password_file,
+        device_name=device_name,
+        sync_timeout_ms=2_000,
+        backoff_initial=0.2,
+        backoff_max=1.0,
+        **extra,
+    )
+
+
 @dataclass
 class ArchiveBot:
     """The archiver's MatrixSource with no allowed inviters: only the module brings it into rooms."""
@@ -77,20 +98,7 @@ class ArchiveBot:
     running: list[tuple[asyncio.Event, asyncio.Task[None]]] = field(default_factory=list)
 
     async def start(self) -> None:
-        password_file = self.workdir / "archiver.password"
-        password_file.write_text(password(ARCHIVER))
-        password_file.chmod(0o600)
-        cfg = MatrixSourceConfig(
-            homeserver=self.server.url,
-            store_dir=self.workdir / "bot-store",
-            pickle_key=b"test-pickle-key-from-key-material",
-            user_id=ARCHIVER,
-            password_file=password_file,
-            device_name="chatarchief-test",
-            sync_timeout_ms=2_000,
-            backoff_initial=0.2,
-            backoff_max=1.0,
-        )
+        cfg = archiver_config(self.server.url, self.workdir, "chatarchief-test")
         stop = asyncio.Event()
         task = asyncio.create_task(MatrixSource(cfg, self.sink, _Blobs()).run(stop))
         self.running.append((stop, task))

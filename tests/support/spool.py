@@ -29,9 +29,18 @@ from bridge.log.keys import KeyMaterial
 from bridge.log.reader import iter_events
 from bridge.log.schema import initialise
 from bridge.log.store import LogStore
-from bridge.sources.matrix import MatrixSource, MatrixSourceConfig
+from bridge.sources.matrix import MatrixSource
 from bridge.sources.matrix.spool import Frame, Position, read
-from tests.support.archiver_module import ADMINS, ARCHIVER, OFFICIALS, OUTSIDERS, _Blobs, login, password
+from tests.support.archiver_module import (
+    ADMINS,
+    ARCHIVER,
+    OFFICIALS,
+    OUTSIDERS,
+    _Blobs,
+    archiver_config,
+    login,
+    password,
+)
 from tests.support.officials import Official, poll_until
 
 
@@ -135,19 +144,10 @@ class SpoolBot:
             self.gate.clear()
         else:
             self.gate.set()
-        password_file = self.workdir / "archiver.password"
-        password_file.write_text(password(ARCHIVER))
-        password_file.chmod(0o600)
-        cfg = MatrixSourceConfig(
-            homeserver=self.spool.server.url,
-            store_dir=self.workdir / "bot-store",
-            pickle_key=b"test-pickle-key-from-key-material",
-            user_id=ARCHIVER,
-            password_file=password_file,
-            device_name="chatarchief-spool-test",
-            sync_timeout_ms=2_000,
-            backoff_initial=0.2,
-            backoff_max=1.0,
+        cfg = archiver_config(
+            self.spool.server.url,
+            self.workdir,
+            "chatarchief-spool-test",
             spool_dir=self.spool_dir or self.spool.spool_dir,
             spool_key=self.spool.key,
             spool_confirm_seconds=self.confirm_seconds,
