@@ -95,3 +95,63 @@ async def test_a_presealed_batch_cancelled_between_its_sealing_slices_leaves_not
     assert interrupted == 3
     report = verify_log(empty_log.data_dir, empty_log.keys)
     assert report.records == before + 10 and report.unsealed == 0
+
+
+async def test_a_batch_sealed_while_the_one_before_fails_to_commit_fails_too(
+    empty_log: LogDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The store's rule: when a commit fails, every batch sealed after it fails too (it is chained to records
+    never stored). A presealed batch yields between its sealing slices, so the batch before it can fail to
+    commit while it is half sealed: it must then fail as well, not commit on its own chained to the failed
+    batch's leaves (on the code before, found in review: it committed its records after a gap of 5 and `verify`
+    reported "record is missing"). Afterwards the log takes both batches again and verifies."""
+    import sqlite3
+
+    from bridge.errors import StorageError
+
+    monkeypatch.setattr(store_module, "SEAL_SLICE", 1)  # 2,000 yields: the failure lands between slices
+
+    def lines(start: int, n: int) -> list[bytes]:
+        return [
+            json.dumps({
+                "type": "m.room.message", "room_id": "!r:x", "event_id": f"$e{i}", "sender": "@a:x",
+                "origin_server_ts": i, "content": {"msgtype": "m.text", "body": f"b{i}"},
+            }).encode()
+            for i in range(start, start + n)
+        ]  # fmt: skip
+
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        encode, key = import_worker.pure_encoder(), store.tagging_key()
+        first = format.Presealed(MATRIX, *import_worker.preseal(encode, lines(0, 5), 1, key, MATRIX, {})[1:])
+        second = format.Presealed(MATRIX, *import_worker.preseal(encode, lines(100, 2000), 1, key, MATRIX, {})[1:])
+        before, real_write, seal = store.size, store._write, format.seal_prepared_rows
+        second_sealing, writes = asyncio.Event(), [0]
+
+        async def failing_write(batch: Any) -> Any:
+            writes[0] += 1
+            if writes[0] == 1:  # the first batch's commit fails once the second is between its slices
+                await second_sealing.wait()
+                raise sqlite3.OperationalError("disk I/O error")
+            return await real_write(batch)
+
+        def sealing(*args: Any) -> Any:
+            if args[3] >= before + 5:  # the seq of the second batch's records
+                second_sealing.set()
+            return seal(*args)
+
+        monkeypatch.setattr(store, "_write", failing_write)
+        monkeypatch.setattr(format, "seal_prepared_rows", sealing)
+        one = asyncio.create_task(store.append_presealed(first))
+        await asyncio.sleep(0)
+        two = asyncio.create_task(store.append_presealed(second))
+        got = await asyncio.gather(one, two, return_exceptions=True)
+        assert isinstance(got[0], StorageError) and "disk I/O error" in str(got[0])
+        assert isinstance(got[1], StorageError), got[1]
+        assert store.size == before
+
+        monkeypatch.setattr(store, "_write", real_write)
+        assert (await store.append_presealed(first)).appended == 5
+        assert (await store.append_presealed(second)).appended == 2000
+        await store.checkpoint()
+    report = verify_log(empty_log.data_dir, empty_log.keys)
+    assert report.records == before + 2005 and report.unsealed == 0

@@ -497,9 +497,13 @@ class LogStore:
         """`append_records` for a batch whose tags and compressed plaintexts are already computed: the same
         dedup decision, conflicting versions, sealing (header, AES-GCM, leaf) and commit, the same records."""
         async with self._seal_lock:
+            # The batch before is the one whose frontier this batch's sealing starts from: taken before the
+            # sealing, which yields between slices. If that batch fails to commit meanwhile (the frontier reset
+            # to the committed one and the tail cleared), this batch, chained to its leaves, fails with it.
+            previous = self._tail
             batch = await self._prepare_presealed(presealed)
             del presealed
-            previous, self._tail = self._tail, asyncio.get_running_loop().create_future()
+            self._tail = asyncio.get_running_loop().create_future()
             done = self._tail
         return await self._settle(batch, previous, done)
 
