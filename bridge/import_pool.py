@@ -47,7 +47,7 @@ from typing import IO, Any
 
 from bridge.clock import now_ms
 from bridge.errors import ChatarchiefError, UsageError
-from bridge.import_worker import LENGTH_BYTES, Encoder, Tally, cut, preseal, pure_encoder
+from bridge.import_worker import LENGTH_BYTES, YIELD_EVERY, Encoder, Tally, cut, preseal, pure_encoder
 from bridge.log import format
 
 #: Seconds to wait for a worker to exit once its pipe is closed, before it is killed.
@@ -67,8 +67,6 @@ READ_AHEAD = 1
 #: (~47 ms each, `bench/ingest.py`'s events); with one the writer waited ~50 ms for it (10^5 events, 4
 #: alternating rounds: 12.9 against 13.6 us/event median).
 HEAD_BATCHES = 2
-#: Lines the writer preseals between two yields to its event loop (see `preseal_yielding`).
-YIELD_EVERY = 256
 #: One request on a worker's stdin: "send your next batch as lines" (the worker counts bytes: a test sends
 #: several at once).
 _REQUEST = b"\x01"
@@ -181,8 +179,6 @@ class WorkerPool:
         self._closing = False
         #: Lines, blank lines and bytes read of the whole file, once every worker has ended.
         self.tally: Tally | None = None
-        #: Batches this process presealed itself: (at the start, asked of a worker).
-        self.local = [0, 0]
 
     @property
     def pids(self) -> list[int]:
@@ -276,7 +272,6 @@ class WorkerPool:
         tally = Tally()
         for k, lines in enumerate(cut(self._path, self._batch_size, tally)):
             presealed = await self._preseal_here(lines)
-            self.local[0] += 1
             yield WorkerBatch(tally.read, len(lines) >= self._batch_size, presealed[0], presealed[1])
             if k + 1 >= self._head:
                 return
@@ -319,7 +314,6 @@ class WorkerPool:
             raise ImportWorkerError(f"import worker sent a malformed batch {k}")
         self._asked[index] = False  # that request is answered: the next wait may ask again
         unknown, presealed = await self._preseal_here(lines)
-        self.local[1] += 1
         return WorkerBatch(read, full, unknown, presealed)
 
     async def _next(self, index: int) -> tuple[Any, ...] | None:

@@ -43,6 +43,9 @@ from bridge.log import crypto, format
 
 #: One line's (conversation, event id, canonical payload, unknown?) (`bridge.sources.matrix.fast.encode_line`).
 Encoder = Callable[[bytes, int], tuple[str, str, bytes, bool]]
+#: Lines encoded or presealed on an event loop between two yields to it (the importer in process, the
+#: writer's own share of the presealing: `importer._encode_yielding`, `import_pool.preseal_yielding`).
+YIELD_EVERY = 256
 #: Bytes of a frame's length prefix (big-endian), on both pipes.
 LENGTH_BYTES = 8
 #: The dedup tag's length (`crypto.keyed_tag`'s default, as `schema.dedup_tag` makes it).

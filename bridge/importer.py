@@ -40,7 +40,7 @@ from bridge.clock import now_ms
 from bridge.errors import UsageError
 from bridge.events import MATRIX
 from bridge.import_pool import WorkerPool
-from bridge.import_worker import Tally, cut
+from bridge.import_worker import YIELD_EVERY, Tally, cut
 from bridge.log.format import RecordType
 from bridge.log.store import AppendResult, LogStore
 from bridge.log.writer import Appender, LocalWriter
@@ -48,8 +48,6 @@ from bridge.sources.matrix.fast import encode_line
 
 #: Lines per group commit (bench/ingest.py: 256 -> 4096 took 30k events from ~10.5k to ~14k events/s).
 BATCH = 4096
-#: Lines encoded between two yields to the event loop (see `_encode_yielding`).
-YIELD_EVERY = 256
 #: Files smaller than this are imported in process: a worker's start-up (~0.1 s of CPU, up to 0.3 s on a
 #: loaded machine) costs more than it saves below it (docs/log-format.md, "Import in a worker process").
 WORKER_MIN_BYTES = 8 << 20

@@ -50,7 +50,8 @@ class TagFilter:
     Each part holds up to its capacity; when it is full a part of twice the size is added, so the false-hit
     rate stays put however far the log grows (memory: 4-8 bytes per tag, 4-8 MB at 10^6 records). The log's
     tags are keyed BLAKE2b outputs of 16 bytes (`schema.dedup_tag`; random to anyone without the index key),
-    so their own bits give the three 32-bit probe positions; a tag of another length is hashed first.
+    so their own bits give the three 32-bit probe positions (so would a 32-byte keyed tag); a tag of another
+    length is hashed first.
     `hits` and `update` take a batch (one call per batch: this runs for every new tag, at open for every
     tag of the log).
     """

@@ -244,6 +244,7 @@ def seal_prepared_rows(
     ones it inserts. The same bytes as calling `seal_prepared` in turn (a property test pins it), in one
     loop over the columns a worker sent: this is the import's sealing hot path (`LogStore.append_presealed`)."""
     pack, seal, sha, width = _HEADER.pack, sealer.seal, hashlib.sha256, crypto.NONCE_BYTES
+    leaf_prefix = merkle.LEAF_PREFIX
     if len(nonces) != width * len(keys):
         raise ValueError(f"{len(keys)} records need {width * len(keys)} bytes of nonces, got {len(nonces)}")
     out: list[tuple[int, bytes, bytes, bytes, bytes, bytes]] = []
@@ -254,7 +255,7 @@ def seal_prepared_rows(
         nonce = nonces[at : at + width]
         header = pack(version, rtype, seq, appended_ms, key_id, conversation_tag, nonce, prev)
         body = seal(nonce, plaintext, prefix + header + commit)
-        prev = sha(b"\x00" + header + commit + sha(body).digest()).digest()  # merkle.leaf_hash(leaf_data(...))
+        prev = sha(leaf_prefix + header + commit + sha(body).digest()).digest()  # merkle.leaf_hash(leaf_data(...))
         append((seq, key, header, commit, body, prev))
         seq += 1
     return out

@@ -33,14 +33,15 @@ from collections.abc import Callable, Iterable, Sequence
 from hashlib import sha256
 
 HASH_SIZE = 32
-_LEAF_PREFIX = b"\x00"
+#: RFC 9162 domain separation: a leaf is SHA-256(LEAF_PREFIX || data) (inlined on hot paths: `format`).
+LEAF_PREFIX = b"\x00"
 _NODE_PREFIX = b"\x01"
 EMPTY_ROOT = sha256(b"").digest()
 
 
 def leaf_hash(data: bytes) -> bytes:
     """Hash of one leaf: SHA-256(0x00 || data)."""
-    return sha256(_LEAF_PREFIX + data).digest()
+    return sha256(LEAF_PREFIX + data).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:

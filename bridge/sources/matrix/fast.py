@@ -63,8 +63,7 @@ def encode_line(line: bytes, received_at: int) -> tuple[str, str, bytes, bool]:
         event = orjson.loads(line)
         shape = _shape(event, received_at) if type(event) is dict else None
         if shape is not None:
-            keys = _keys(event)
-            if keys >= 0 and line.count(b'":') <= keys and not _decode._SPACED_COLON.search(line):
+            if _decode.accepted_as_parsed(line, _keys(event)):
                 return _splice(event, shape, received_at)  # `decode(line)` returns `event` itself
             decoded = decode(line)  # the decoder's exact checks decide
             if type(decoded) is dict:
