@@ -309,10 +309,17 @@ class PayloadFormError(RecordAuthError):
 
 def expand(plaintext: bytes) -> bytes:
     """salt || payload from the decrypted salt || zstd frame of a version-2 record."""
+    salt, payload = expand_parts(plaintext)
+    return salt + payload
+
+
+def expand_parts(plaintext: bytes) -> tuple[bytes, bytes]:
+    """(salt, payload) of the decrypted salt || zstd frame of a version-2 record (`expand` without joining
+    them: the archive's record reader takes them apart anyway)."""
     if len(plaintext) < crypto.SALT_BYTES:
         raise RecordAuthError("plaintext shorter than its salt")
     try:
-        return plaintext[: crypto.SALT_BYTES] + compression.decompress(plaintext[crypto.SALT_BYTES :])
+        return plaintext[: crypto.SALT_BYTES], compression.decompress(plaintext[crypto.SALT_BYTES :])
     except compression.DecompressionError as exc:
         raise PayloadFormError(str(exc)) from None
 

@@ -35,7 +35,7 @@ from typing import NamedTuple, Self
 
 from bridge.blobs import MediaKeys
 from bridge.errors import Check, LogIntegrityError
-from bridge.log import audit, compression, crypto, format, merkle, rotation
+from bridge.log import audit, crypto, format, merkle, rotation
 from bridge.log.decision import Decision, DecisionError, parse_decision
 from bridge.log.keys import KeyMaterial
 from bridge.log.rotation import KeyChain
@@ -339,19 +339,10 @@ class LogView:
                 seq, "ciphertext does not authenticate under its data key", check=Check.AEAD
             ) from None
         if header.version == format.VERSION_COMPRESSED:
-            # format.expand without its concatenation and the split after it: (salt, payload) straight from the
-            # frame; anything it would refuse goes through it, for its error.
-            salt = plaintext[: crypto.SALT_BYTES]
             try:
-                if len(salt) < crypto.SALT_BYTES:
-                    raise compression.DecompressionError("short")
-                payload = compression.decompress(plaintext[crypto.SALT_BYTES :])
-            except compression.DecompressionError:
-                try:
-                    format.expand(plaintext)
-                except format.RecordAuthError as exc:
-                    raise LogIntegrityError(seq, str(exc), check=audit.auth_check(exc)) from None
-                raise  # expand accepted what decompress refused: cannot happen (it calls decompress)
+                salt, payload = format.expand_parts(plaintext)
+            except format.RecordAuthError as exc:
+                raise LogIntegrityError(seq, str(exc), check=audit.auth_check(exc)) from None
             h = hashlib.sha256(salt)
             h.update(payload)
             if not hmac.compare_digest(got := h.digest(), commit):  # format.commitment of salt || payload
