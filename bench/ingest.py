@@ -138,7 +138,7 @@ def set_up(which: str, work: Path) -> None:
     from bridge.log.store import initialise
 
     material = keyfile.generate(os.urandom(16))
-    _KEYS.append(material)
+    _KEYS[work] = material
     initialise(work / "data", material)
 
 
@@ -147,12 +147,12 @@ async def chatarchief(path: Path, work: Path, workers: int | None = None) -> int
     from bridge.importer import import_file
     from bridge.log.store import LogStore
 
-    async with await LogStore.open(work / "data", _KEYS[-1]) as store:  # type: ignore[arg-type]
+    async with await LogStore.open(work / "data", _KEYS[work]) as store:  # type: ignore[arg-type]
         counts = await import_file(store, path, workers=workers)
     return counts.appended
 
 
-_KEYS: list[object] = []  # the key material of the log `chatarchief` wrote (for `reopen`)
+_KEYS: dict[Path, object] = {}  # each work folder's key material, from `set_up` (for `chatarchief` and `reopen`)
 
 
 async def reopen(work: Path) -> float:
@@ -161,7 +161,7 @@ async def reopen(work: Path) -> float:
     from bridge.log.store import LogStore
 
     start = time.perf_counter()
-    store = await LogStore.open(work / "data", _KEYS[-1])  # type: ignore[arg-type]
+    store = await LogStore.open(work / "data", _KEYS[work])  # type: ignore[arg-type]
     elapsed = time.perf_counter() - start
     await store.close()
     return elapsed

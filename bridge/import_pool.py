@@ -1,7 +1,7 @@
 """The writer's side of `chatarchief import`'s worker processes (`bridge.import_worker`): start them, read their
 presealed batches in file order, preseal a share itself.
 
-Contract. `WorkerPool.start(path, index_key, source, batch, workers)` starts `workers` processes that each
+Contract. `WorkerPool.start(path, index_key, source, batch, workers, head)` starts `workers` processes that each
 read the whole input file themselves (the operator named it; nothing is written to disk), cut it into the
 same batches as the in-process import (`cut`), and for batch k, if k % workers is theirs, normalise each
 line, encode it canonically, and compute what does not depend on the record's place in the log
@@ -160,10 +160,10 @@ class WorkerPool:
         procs: list[subprocess.Popen[bytes]],
         source: str,
         *,
-        path: Path | None = None,
-        index_key: bytes = b"",
-        batch: int = 0,
-        head: int = 0,
+        path: Path,
+        index_key: bytes,
+        batch: int,
+        head: int,
     ) -> None:
         self._procs = procs
         self._source = source
@@ -268,7 +268,6 @@ class WorkerPool:
             k += 1
 
     async def _head_batches(self) -> AsyncIterator[WorkerBatch]:
-        assert self._path is not None
         tally = Tally()
         for k, lines in enumerate(cut(self._path, self._batch_size, tally)):
             presealed = await self._preseal_here(lines)

@@ -26,7 +26,6 @@ Matrix package matrix-nio, ~0.3-0.9 s of start-up): see `pure_encoder`.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import marshal
 import os
@@ -100,11 +99,8 @@ def preseal(
     tags: list[bytes] = []
     ctags: list[bytes] = []
     keyed_tag = crypto.keyed_tag
-    # `keyed_tag(index_key, "event", source, conversation, event_id)`: BLAKE2b is streamed, so the state
-    # after the key and the constant parts is made once per batch and copied per line (same bytes).
-    event_tag = hashlib.blake2b(
-        f"event\x00{source}\x00".encode("utf-8", "surrogatepass"), key=index_key, digest_size=_TAG_LENGTH
-    )
+    # `keyed_tag(index_key, "event", source, conversation, event_id)`, its constant parts hashed once per batch
+    event_tag = crypto.keyed_tag_prefix(index_key, "event", source, length=_TAG_LENGTH)
     for line in lines:
         conversation, event_id, payload, is_unknown = encode(line.rstrip(b"\r\n"), received)
         unknown += is_unknown

@@ -409,7 +409,7 @@ def test_the_cli_import_uses_workers_for_a_large_file_and_prints_the_same(
 
 def test_a_malformed_batch_is_refused_before_anything_is_sealed() -> None:
     """Columns of unequal length, too few fields or an empty batch: ImportWorkerError, not an error mid-seal."""
-    pool = WorkerPool([], MATRIX)
+    pool = WorkerPool([], MATRIX, path=Path("unused.jsonl"), index_key=bytes(32), batch=7, head=0)
     good = ("batch", 10, True, 0, ["!r:x"], ["$e"], [b"t" * 16], [b"c" * 16], b"\x02", [b"h" * 32], [b"p"])
     assert pool._batch(0, good).presealed.event_ids == ["$e"]
     for bad in (good[:-1], (*good[:5], ["$e", "$f"], *good[6:]), (*good[:4], [], [], [], [], b"", [], [])):
@@ -431,7 +431,7 @@ def test_a_malformed_batch_is_refused_before_anything_is_sealed() -> None:
 async def test_a_malformed_lines_frame_is_refused(frame: tuple[Any, ...]) -> None:
     """A "lines" frame (a batch the writer asked for) with too few fields, no lines or lines that are not
     bytes: ImportWorkerError before anything is presealed."""
-    pool = WorkerPool([], MATRIX, index_key=bytes(32), batch=7)
+    pool = WorkerPool([], MATRIX, path=Path("unused.jsonl"), index_key=bytes(32), batch=7, head=0)
     with pytest.raises(ImportWorkerError, match="malformed batch 3"):
         await pool._batch_of(3, 0, frame)
 

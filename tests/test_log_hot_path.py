@@ -143,6 +143,24 @@ def test_keyed_tag_is_blake2b_over_the_nul_joined_encoded_parts(parts: list[str]
     assert crypto.keyed_tag(key, *parts) == hashlib.blake2b(msg, key=key, digest_size=16).digest()
 
 
+@given(
+    head=st.lists(st.text(), min_size=1, max_size=3),
+    rest=st.lists(st.text(), min_size=1, max_size=3),
+    key=_bytes(min_size=32, max_size=32),
+    length=st.integers(1, 64),
+)
+def test_a_keyed_tag_prefix_continued_gives_the_keyed_tag(
+    head: list[str], rest: list[str], key: bytes, length: int
+) -> None:
+    """`keyed_tag_prefix(key, *head)` copied and updated with the rest NUL-joined is `keyed_tag(key, *head,
+    *rest)` (the import's workers tag each line so), and one prefix serves many tags."""
+    prefix = crypto.keyed_tag_prefix(key, *head, length=length)
+    for _ in range(2):
+        tag = prefix.copy()
+        tag.update("\x00".join(rest).encode("utf-8", "surrogatepass"))
+        assert tag.digest() == crypto.keyed_tag(key, *head, *rest, length=length)
+
+
 async def test_new_logs_use_large_pages(empty_log: LogDir) -> None:
     """A new log is created with 16 KiB pages (fewer pages written per commit) and still in WAL mode."""
     conn = sqlite3.connect(db_path(empty_log.data_dir))
