@@ -84,6 +84,20 @@ def test_config_and_data_dir_naming_other_logs_is_exit_2(pg_log: LogDir, tmp_pat
     assert code == 2 and "holds a postgresql log" in text
 
 
+def test_checking_the_config_of_a_sqlite_log_does_not_load_psycopg(tmp_path: Path) -> None:
+    """`check_configured` (every command given a config) over a SQLite log and a SQLite config loads no
+    psycopg (a quarter second per process here), and still refuses a PostgreSQL config for it."""
+    log = create_log(tmp_path)
+    code = (
+        "import sys; from pathlib import Path; from bridge.log import db; "
+        f"db.check_configured(Path({str(log.data_dir)!r}), 'sqlite', None); print('psycopg' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=os.getcwd())
+    assert out.stdout.strip() == "False"
+    with pytest.raises(UsageError, match="holds a sqlite log"):
+        db.check_configured(log.data_dir, "postgresql", None)
+
+
 def test_init_creates_the_log_in_postgresql(tmp_path: Path, pg_server: PgServer) -> None:
     """`init` with backend = "postgresql" creates the tables there and the marker here; a second init on the
     same schema is refused."""

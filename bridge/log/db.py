@@ -217,14 +217,14 @@ def locate(data_dir: Path) -> Path | PgTarget:
 
 def check_configured(data_dir: Path, backend: str, target: PgTarget | None) -> None:
     """The config's [storage] backend/dsn must name the log the data dir holds (exit 2 otherwise)."""
-    from psycopg import conninfo
-
     found = backend_of(data_dir)
     if found is None:
         return
     if found != backend:
         raise UsageError(f"the config says storage.backend = {backend!r}, but {data_dir} holds a {found} log")
     if target is not None:
+        from psycopg import conninfo  # only for a PostgreSQL log: psycopg is not loaded over SQLite
+
         marker = read_marker(data_dir)
         if conninfo.conninfo_to_dict(marker.dsn) != conninfo.conninfo_to_dict(target.dsn):
             raise UsageError(
