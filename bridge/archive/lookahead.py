@@ -131,7 +131,8 @@ class Lookahead:
     quoted: set[str] = field(default_factory=set)
     #: generic state changes (not calls, upgrades, pins or identity mappings), in log order
     settings: list[Event] = field(default_factory=list)
-    #: event id -> the first notice questioning it: it came only through the spool, never by the sync loop
+    #: event id -> the first notice questioning it: it came only through the spool, never by the sync loop (a
+    #: notice in a later month's events is not seen here: that package has the notice, naming the event)
     unconfirmed: dict[str, str] = field(default_factory=dict)
 
     @classmethod
