@@ -633,29 +633,6 @@ def test_frames_hold_the_items_lines_in_order(made: LogDir) -> None:
     assert any(type(i) is scan.Fallback for i in items) and any(type(i) is scan.Plain for i in items)
 
 
-@settings(max_examples=300, deadline=None)
-@given(sizes=st.tuples(st.integers(0, 300), st.integers(0, 300)), chunk=st.sampled_from([1, 2, 3, 4, 8, 64]))
-def test_the_consistency_proof_from_pieces_is_the_leaf_by_leaf_one(sizes: tuple[int, int], chunk: int) -> None:
-    """The writer grows the frontier a chunk's aligned pieces at a time and takes the consistency proof's roots
-    from the pieces (`range_root`): the same frontier and the same PROOF(start, end) as feeding the leaves one
-    by one (`merkle.Frontier.append`, `proof.ConsistencyBuilder`), for any start, end and chunk size."""
-    from bridge.log import merkle
-
-    start, end = min(sizes), max(sizes)
-    leaves = [hashlib.sha256(b"%d" % i).digest() for i in range(end)]
-    at_start = merkle.extend(merkle.Frontier(), leaves[:start])
-    builder = proof.ConsistencyBuilder(at_start, end)
-    for leaf in leaves[start:]:
-        builder.add(leaf)
-    frontier, pieces = at_start.copy(), scan.frontier_pieces(at_start)
-    for a, b in scan.chunks(start, end, chunk):
-        for piece in scan.pieces_of(a, b"".join(leaves[a:b])):
-            frontier = scan.append_piece(frontier, piece)
-            pieces.append(piece)
-    assert frontier == merkle.extend(merkle.Frontier(), leaves)
-    assert [scan.range_root(pieces, lo, hi) for lo, hi in proof.consistency_ranges(start, end)] == builder.proof()
-
-
 _FIELDS = [
     "v", "source", "conversation", "event_id", "kind", "sender", "sent_at", "received_at", "content", "relates_to",
     "attachments", "raw", "problem",

@@ -78,7 +78,7 @@ from bridge.blobs import BlobStore
 from bridge.clock import now_ms
 from bridge.errors import Check, LogIntegrityError, UsageError
 from bridge.events import Attachment, Event
-from bridge.log import checkpoint, crypto
+from bridge.log import checkpoint, crypto, merkle
 from bridge.log.keys import KeyMaterial
 from bridge.log.view import LogView, RangeRecord
 from bridge.policy import Withheld, fold_decisions
@@ -321,7 +321,7 @@ def _write_records(
     dossiers: dict[bytes, DossierState] = {}
     spill = _Spill(builder.root / "data", SPILL_BYTES)
     frontier = p.frontier_start.copy()
-    pieces = scan.frontier_pieces(p.frontier_start)  # then the range's, chunk by chunk: the consistency proof's
+    pieces = merkle.frontier_subtrees(p.frontier_start)  # then the range's, chunk by chunk: the consistency proof's
     other = builder.open("proof/other-records.jsonl")
     leaves = builder.open("proof/leaves.txt")
     media = _MediaCopier(builder, blobs, allow_missing)
@@ -335,7 +335,7 @@ def _write_records(
         for frame in stream:
             leaves.write(frame.leaf_lines)
             for piece in frame.pieces:
-                frontier = scan.append_piece(frontier, piece)
+                frontier = merkle.append_subtree(frontier, piece)
             pieces += frame.pieces
             for entry in frame.entries:
                 if type(entry) is scan.Run:
@@ -386,16 +386,10 @@ def _write_records(
     return sorted(dossiers.values(), key=lambda s: s.folder), others, len(notices)
 
 
-def _consistency(p: Plan, pieces: list[scan.Piece]) -> list[bytes]:
-    """PROOF(start, end) (RFC 9162): each range's root from the pieces that tile it (the start frontier's
-    subtrees, then the chunks' aligned pieces; `proof.ConsistencyBuilder` gives the same from the leaves)."""
-    out: list[bytes] = []
-    for lo, hi in proof.consistency_ranges(p.start, p.end):
-        root = scan.range_root(pieces, lo, hi)
-        if root is None:
-            raise RuntimeError(f"consistency proof range [{lo}, {hi}) is not tiled by the pass's subtrees")
-        out.append(root)
-    return out
+def _consistency(p: Plan, pieces: list[merkle.Subtree]) -> list[bytes]:
+    """PROOF(start, end) (RFC 9162): each range's root from the subtrees that tile it (the start frontier's,
+    then the chunks' aligned ones; `proof.ConsistencyBuilder` gives the same from the leaves)."""
+    return [merkle.range_root(pieces, lo, hi) for lo, hi in proof.consistency_ranges(p.start, p.end)]
 
 
 def _settle_folders(builder: BagBuilder, params: RenderParams, dossiers: Iterable[DossierState]) -> dict[str, str]:

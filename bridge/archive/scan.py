@@ -46,7 +46,7 @@ import hashlib
 import pickle
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -215,9 +215,9 @@ class Frame(NamedTuple):
     leaf_lines: bytes
     entries: list[Entry]
     error: LogIntegrityError | None
-    #: The leaves as aligned perfect subtrees with their roots (`pieces_of`): the writer grows the frontier a
-    #: piece at a time, the hashing below them done here (in the workers, in parallel).
-    pieces: list[Piece]
+    #: The leaves as aligned perfect subtrees with their roots (`merkle.subtrees_of`): the writer grows the
+    #: frontier a subtree at a time, the hashing below them done here (in the workers, in parallel).
+    pieces: list[merkle.Subtree]
 
 
 def chunk_frame(
@@ -289,7 +289,7 @@ def chunk_frame(
         entries.append(Others(b"".join(other_lines), len(other_lines)))
     joined = b"".join(leaves)
     lines = b"".join(leaf.hex().encode("ascii") + b"\n" for leaf in leaves)
-    return Frame(joined, lines, entries, error, pieces_of(start, joined))
+    return Frame(joined, lines, entries, error, merkle.subtrees_of(start, joined))
 
 
 def _event_of(seq: int, d: dict[str, Any]) -> Event:
@@ -314,75 +314,6 @@ def chunks(start: int, end: int, size: int | None = None) -> list[tuple[int, int
         out.append((a, b))
         a = b
     return out
-
-
-# -- the Merkle tree a chunk at a time ----------------------------------------------------------------
-
-#: A perfect subtree of the log's tree: (first leaf, number of leaves (a power of two), root).
-Piece = tuple[int, int, bytes]
-
-
-def aligned_pieces(lo: int, hi: int) -> list[tuple[int, int]]:
-    """[lo, hi) as the fewest perfect subtrees of the log's tree, left to right: (first leaf, size), each size
-    a power of two dividing its first leaf (how a frontier grows: what `append_piece` takes)."""
-    out: list[tuple[int, int]] = []
-    while lo < hi:
-        size = lo & -lo if lo else 1 << ((hi - lo).bit_length() - 1)
-        while lo + size > hi:
-            size >>= 1
-        out.append((lo, size))
-        lo += size
-    return out
-
-
-def pieces_of(start: int, leaves: bytes) -> list[Piece]:
-    """The aligned pieces of the leaves (32 bytes each) from `start`, each with its root (RFC 9162 MTH)."""
-    out: list[Piece] = []
-    for lo, size in aligned_pieces(start, start + len(leaves) // 32):
-        i = (lo - start) * 32
-        out.append((lo, size, merkle.root([leaves[j : j + 32] for j in range(i, i + size * 32, 32)])))
-    return out
-
-
-def append_piece(frontier: merkle.Frontier, piece: Piece) -> merkle.Frontier:
-    """The frontier with the piece's leaves appended (the piece starts at the frontier's size; its size divides
-    it): the same frontier as appending them one by one, since the merges below the piece's level are inside
-    it."""
-    lo, size, root = piece
-    if lo != frontier.size or lo % size or size & (size - 1):
-        raise ValueError(f"piece [{lo}, {lo + size}) does not extend a frontier of size {frontier.size}")
-    hashes = list(frontier.hashes)
-    node, n = root, lo // size
-    while n & 1:
-        node = merkle.node_hash(hashes.pop(), node)
-        n >>= 1
-    hashes.append(node)
-    return merkle.Frontier.from_hashes(lo + size, hashes)
-
-
-def frontier_pieces(frontier: merkle.Frontier) -> list[Piece]:
-    """A frontier's subtrees as pieces (left to right)."""
-    out: list[Piece] = []
-    lo = 0
-    for bit in reversed(range(frontier.size.bit_length())):
-        if frontier.size >> bit & 1:
-            out.append((lo, 1 << bit, frontier.hashes[len(out)]))
-            lo += 1 << bit
-    return out
-
-
-def range_root(pieces: Sequence[Piece], lo: int, hi: int) -> bytes | None:
-    """MTH of leaves [lo, hi) from the pieces (sorted, disjoint) that tile it, None when they do not (the range
-    lies inside a piece or is not covered). [lo, hi) must be a node of a tree over the log (a consistency
-    proof's range is one): then `lo` is a multiple of every piece size inside it, and the pieces grow a
-    frontier of their own from 0."""
-    inside = [pc for pc in pieces if pc[0] >= lo and pc[0] + pc[1] <= hi]
-    if sum(pc[1] for pc in inside) != hi - lo:
-        return None
-    frontier = merkle.Frontier()
-    for first, size, root in inside:
-        frontier = append_piece(frontier, (first - lo, size, root))
-    return frontier.root()
 
 
 class RecordWorkers:
