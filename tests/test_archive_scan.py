@@ -728,3 +728,56 @@ def test_record_workers_started_ahead_end_when_the_plan_refuses(
         snapshot(log.data_dir, log.keys, Month(2000, 1), tmp_path / "old", OPTIONS, seal=seal_for(log), workers=2)
     assert len(spawned) == 2
     assert all(proc.returncode is not None for proc in spawned)
+
+
+def _without_events(frame: scan.Frame) -> scan.Frame:
+    """The frame as a worker sends it: fallbacks without their parsed events."""
+    entries = [e._replace(event=None) if type(e) is scan.Fallback else e for e in frame.entries]
+    return frame._replace(entries=entries)
+
+
+def test_a_scanner_using_fewer_processes_than_started_reads_each_chunk_from_its_worker(
+    made: LogDir, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`Scanner` asked for one process while two were started ahead: every chunk goes to the one it uses and is
+    read from it (the other gets no chunk and ends), so the frames are the inline ones, in order."""
+    from bridge.log.view import LogView
+    from bridge.policy import fold_decisions
+
+    monkeypatch.setattr(scan, "CHUNK", 2)
+    with LogView(made.data_dir, made.keys) as view:
+        end = view.size()
+        withheld = fold_decisions([(row.seq, view.decision(row)) for row in view.decision_rows(end)])
+        want = [_without_events(f) for f in scan.frames(view, 0, end, withheld)]
+        workers = scan.RecordWorkers(2)
+        scanner = scan.Scanner(view, made.data_dir, 0, end, withheld, 1, workers)
+        try:
+            got = list(scanner)
+        finally:
+            scanner.close()
+            workers.close()
+    assert len(want) == len(scan.chunks(0, end)) > 2
+    assert got == want
+    assert all(proc.returncode is not None for proc in workers.procs)
+
+
+def test_a_dossier_scanner_using_fewer_processes_than_started_reads_each_piece_from_its_worker(
+    made: LogDir, tmp_path: Path
+) -> None:
+    """`DossierScanner` asked for one process while two were started ahead, with pieces of 256 bytes: every
+    piece goes to the one it uses and is read from it, so each dossier's lines are what `plain_line` makes of
+    the file's lines, in order."""
+    _, pkg = _january(made, tmp_path)
+    paths = sorted(pkg.rglob("events.jsonl"))
+    workers = scan.DossierWorkers(2)
+    scanner = scan.DossierScanner(paths, {}, 1, 1 << 20, piece=256, workers=workers)
+    try:
+        for i, path in enumerate(paths):
+            lines = _lines(path)
+            want = [(k, scan.plain_line(line, {}) or line) for k, line in enumerate(lines, 1)]
+            assert list(scanner.lines(i, lambda: iter(()))) == want
+            assert len(scan.pieces(path.stat().st_size, 256)) > 1
+    finally:
+        scanner.close()
+    assert len(paths) >= 2
+    assert all(proc.returncode is not None for proc in workers.procs)

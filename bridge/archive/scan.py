@@ -350,7 +350,8 @@ class Scanner:
         """`workers`: processes started ahead (`RecordWorkers`, at least `n`), used instead of fresh ones; any
         beyond what the chunks need get no chunk and end. `close()` ends them all."""
         self._chunks = chunks(start, end)
-        n = max(1, min(n, len(self._chunks)))
+        # Chunk i goes to process i % n, and is read from it; processes started ahead beyond n get no chunk.
+        self._n = n = max(1, min(n, len(self._chunks)))
         # The stored leaf before each chunk: its first record's chain link (checked by the previous chunk).
         prevs = [view.leaf_before(a) for a, _ in self._chunks]
         keys = view.keys
@@ -368,7 +369,7 @@ class Scanner:
             raise
 
     def __iter__(self) -> Iterator[Frame]:
-        n = len(self._procs)
+        n = self._n
         for i in range(len(self._chunks)):
             proc = self._procs[i % n]
             assert proc.stdout is not None
