@@ -24,6 +24,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from bridge import helper_process
 from bridge.archive import derive, proof, scan, verify_package
 from bridge.archive import range as ranges
 from bridge.archive.gaps import LIVENESS_SOURCE, Listing
@@ -276,17 +277,17 @@ def test_a_forged_dossier_is_refused_the_same_way(
         assert "line 3: longer than the limit of 2500 bytes" in str(inline.value)
 
 
-def _early_workers(monkeypatch: pytest.MonkeyPatch) -> list[scan.DossierWorkers]:
-    """Dossier workers started ahead for any package; the returned list gets each `DossierWorkers` made."""
-    made: list[scan.DossierWorkers] = []
-    real = scan.DossierWorkers
+def _early_workers(monkeypatch: pytest.MonkeyPatch) -> list[helper_process.Started]:
+    """Dossier workers started ahead for any package; the returned list gets each `dossier_workers` made."""
+    made: list[helper_process.Started] = []
+    real = scan.dossier_workers
 
-    def keeping(n: int) -> scan.DossierWorkers:
+    def keeping(n: int) -> helper_process.Started:
         made.append(real(n))
         return made[-1]
 
     monkeypatch.setattr(verify_package, "SCAN_MIN_BYTES", 0)
-    monkeypatch.setattr(scan, "DossierWorkers", keeping)
+    monkeypatch.setattr(scan, "dossier_workers", keeping)
     return made
 
 
@@ -676,15 +677,15 @@ def test_a_plain_message_by_its_fields_is_a_plain_event(
 def _spawned(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
     """Every record-pass process started from now on."""
     spawned: list[Any] = []
-    real = scan._spawn
+    real = helper_process.start
 
-    def spy(stderr: list[Any], entry: str) -> Any:
-        proc = real(stderr, entry)
-        if entry == "worker_main":
+    def spy(module: str, entry: str) -> Any:
+        proc = real(module, entry)
+        if (module, entry) == ("bridge.archive.scan", "worker_main"):
             spawned.append(proc)
         return proc
 
-    monkeypatch.setattr(scan, "_spawn", spy)
+    monkeypatch.setattr(helper_process, "start", spy)
     return spawned
 
 
@@ -749,7 +750,7 @@ def test_a_scanner_using_fewer_processes_than_started_reads_each_chunk_from_its_
         end = view.size()
         withheld = fold_decisions([(row.seq, view.decision(row)) for row in view.decision_rows(end)])
         want = [_without_events(f) for f in scan.frames(view, 0, end, withheld)]
-        workers = scan.RecordWorkers(2)
+        workers = scan.record_workers(2)
         scanner = scan.Scanner(view, made.data_dir, 0, end, withheld, 1, workers)
         try:
             got = list(scanner)
@@ -769,7 +770,7 @@ def test_a_dossier_scanner_using_fewer_processes_than_started_reads_each_piece_f
     the file's lines, in order."""
     _, pkg = _january(made, tmp_path)
     paths = sorted(pkg.rglob("events.jsonl"))
-    workers = scan.DossierWorkers(2)
+    workers = scan.dossier_workers(2)
     scanner = scan.DossierScanner(paths, {}, 1, 1 << 20, piece=256, workers=workers)
     try:
         for i, path in enumerate(paths):

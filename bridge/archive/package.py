@@ -62,6 +62,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from bridge import helper_process
 from bridge.archive import derive, proof, scan
 from bridge.archive import range as ranges
 from bridge.archive.bag import BagBuilder, remove_stale
@@ -69,7 +70,7 @@ from bridge.archive.derive import STATUS_CLOSED, STATUS_INTERIM, DossierState, R
 from bridge.archive.gaps import LISTING_REL, Listing
 from bridge.archive.mdto import Organisation
 from bridge.archive.plan import Carried, Plan, Seal, carried_decisions, closing, plan, seal_notes
-from bridge.archive.render import RenderHelpers, default_workers, render_package
+from bridge.archive.render import default_workers, render_helpers, render_package
 from bridge.archive.signing_keys import FILE as SIGNING_KEYS_FILE
 from bridge.archive.signing_keys import signing_keys_json
 from bridge.archive.witnessed import FILE as WITNESSED_FILE
@@ -237,12 +238,12 @@ class _Started:
 
     def __init__(self, workers: int | None, log_size: int) -> None:
         self.procs = default_workers() if workers is None else workers
-        self.records: scan.RecordWorkers | None = None
-        self.helpers: RenderHelpers | None = None
+        self.records: helper_process.Started | None = None
+        self.helpers: helper_process.Started | None = None
         if self.procs > 1 and log_size >= scan.PARALLEL_MIN_RECORDS:
             try:
-                self.records = scan.RecordWorkers(self.procs)
-                self.helpers = RenderHelpers(self.procs - 1)
+                self.records = scan.record_workers(self.procs)
+                self.helpers = render_helpers(self.procs - 1)
             except BaseException:
                 self.close()
                 raise
@@ -308,7 +309,7 @@ def _write_records(
     listing: Listing,
     data_dir: Path,
     workers: int = 1,
-    started: scan.RecordWorkers | None = None,
+    started: helper_process.Started | None = None,
 ) -> tuple[list[DossierState], int, int]:
     """Pass 2: one line per record into its file, leaves into proof/leaves.txt; returns the dossiers.
 

@@ -316,22 +316,10 @@ def chunks(start: int, end: int, size: int | None = None) -> list[tuple[int, int
     return out
 
 
-class RecordWorkers:
+def record_workers(n: int) -> helper_process.Started:
     """`n` record-pass interpreters started ahead of their job: they import while the plan is made, and wait on
     their stdin for what `Scanner` sends them. `close()` ends any not used."""
-
-    def __init__(self, n: int) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.stderr: list[helper_process.StderrTail] = []
-        try:
-            for _ in range(n):
-                self.procs.append(_spawn(self.stderr, "worker_main"))
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        _stop(self.procs)
+    return helper_process.Started("bridge.archive.scan", "worker_main", n, prepare=_big_pipe)
 
 
 class Scanner:
@@ -345,10 +333,11 @@ class Scanner:
         end: int,
         withheld: Withholding,
         n: int,
-        workers: RecordWorkers | None = None,
+        workers: helper_process.Started | None = None,
     ) -> None:
-        """`workers`: processes started ahead (`RecordWorkers`, at least `n`), used instead of fresh ones; any
-        beyond what the chunks need get no chunk and end. `close()` ends them all."""
+        """`workers`: processes started ahead (`record_workers`), used instead of fresh ones (more are started
+        if they are fewer than `n`); any beyond what the chunks need get no chunk and end. `close()` ends them
+        all."""
         self._chunks = chunks(start, end)
         # Chunk i goes to process i % n, and is read from it; processes started ahead beyond n get no chunk.
         self._n = n = max(1, min(n, len(self._chunks)))
@@ -356,12 +345,11 @@ class Scanner:
         prevs = [view.leaf_before(a) for a, _ in self._chunks]
         keys = view.keys
         secret = (keys.log_id, keys.kek, keys.verifier.public_bytes(Encoding.Raw, PublicFormat.Raw))
-        self._procs: list[subprocess.Popen[bytes]] = [] if workers is None else workers.procs
-        self._stderr: list[helper_process.StderrTail] = [] if workers is None else workers.stderr
+        self._workers = record_workers(0) if workers is None else workers
         try:
-            while len(self._procs) < n:
-                self._procs.append(_spawn(self._stderr, "worker_main"))
-            for w, proc in enumerate(self._procs):
+            while len(self._workers.procs) < n:
+                self._workers.start()
+            for w, proc in enumerate(self._workers.procs):
                 mine = [(a, b, prevs[i]) for i, (a, b) in enumerate(self._chunks) if i % n == w]
                 _send(proc, pickle.dumps((str(data_dir), secret, mine, end, dict(withheld))))
         except BaseException:
@@ -371,14 +359,14 @@ class Scanner:
     def __iter__(self) -> Iterator[Frame]:
         n = self._n
         for i in range(len(self._chunks)):
-            proc = self._procs[i % n]
+            proc = self._workers.procs[i % n]
             assert proc.stdout is not None
             try:
                 kind, body = pickle.load(proc.stdout)  # noqa: S301  (our own child, over its private pipe)
             except EOFError:
                 proc.wait()
                 raise RuntimeError(
-                    f"a record-pass process failed (exit {proc.returncode}): {self._stderr[i % n].last()}"
+                    f"a record-pass process failed (exit {proc.returncode}): {self._workers.tails[i % n].last()}"
                 ) from None
             if kind != "frame":
                 raise RuntimeError(f"a record-pass process failed: {body}")
@@ -390,18 +378,7 @@ class Scanner:
             yield frame
 
     def close(self) -> None:
-        _stop(self._procs)
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """End the workers (killed if still running: the caller stopped early) and close their pipes."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+        self._workers.close()
 
 
 def worker_main() -> None:
@@ -569,14 +546,11 @@ def piece_lines(fh: BinaryIO, a: int, b: int | None, limit: int) -> Iterator[byt
         yield parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _spawn(stderr: list[helper_process.StderrTail], entry: str) -> subprocess.Popen[bytes]:
-    """A worker interpreter running `entry`, waiting for its job on stdin."""
-    proc = helper_process.start("bridge.archive.scan", entry)
+def _big_pipe(proc: subprocess.Popen[bytes]) -> None:
+    """Enlarge a worker's stdout pipe to `PIPE_BYTES`, so it can run about a frame ahead."""
     assert proc.stdout is not None
     with contextlib.suppress(OSError, AttributeError):  # not Linux, or over the system's limit: the default works
         fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    stderr.append(helper_process.StderrTail(proc))
-    return proc
 
 
 def _send(proc: subprocess.Popen[bytes], job: bytes) -> None:
@@ -586,22 +560,10 @@ def _send(proc: subprocess.Popen[bytes], job: bytes) -> None:
         proc.stdin.close()
 
 
-class DossierWorkers:
+def dossier_workers(n: int) -> helper_process.Started:
     """`n` dossier-reading interpreters started ahead of their job: they import while the verifier does its
     first checks, and wait on their stdin for what `DossierScanner` sends them. `close()` ends any not used."""
-
-    def __init__(self, n: int) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.stderr: list[helper_process.StderrTail] = []
-        try:
-            for _ in range(n):
-                self.procs.append(_spawn(self.stderr, "dossier_main"))
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        _stop(self.procs)
+    return helper_process.Started("bridge.archive.scan", "dossier_main", n, prepare=_big_pipe)
 
 
 class DossierScanner:
@@ -609,8 +571,9 @@ class DossierScanner:
     a `PlainLine` or the raw line. Each file is cut into pieces of `PIECE_BYTES` (`pieces`), and the pieces of
     all files go round-robin to the workers; a worker sends its pieces' lines in order, one or more frames per
     piece and then an empty one, or ("unread", None) for a piece it could not read (a missing file, a line over
-    the limit: the verifier reads that dossier on itself). With `workers` (started ahead, at least `n`), those
-    processes are used (any beyond what the pieces need get an empty job and end); `close()` ends them."""
+    the limit: the verifier reads that dossier on itself). With `workers` (started ahead: `dossier_workers`),
+    those processes are used (more are started if they are fewer than `n`; any beyond what the pieces need get
+    an empty job and end); `close()` ends them."""
 
     def __init__(
         self,
@@ -619,7 +582,7 @@ class DossierScanner:
         n: int,
         limit: int,
         piece: int | None = None,
-        workers: DossierWorkers | None = None,
+        workers: helper_process.Started | None = None,
     ) -> None:
         size = PIECE_BYTES if piece is None else piece
         tasks: list[tuple[str, int, int | None]] = []
@@ -629,12 +592,11 @@ class DossierScanner:
             self._spans.append(range(len(tasks), len(tasks) + len(cut)))
             tasks.extend((str(p), a, b) for a, b in cut)
         self._n = n = max(1, min(n, len(tasks)))
-        self._procs: list[subprocess.Popen[bytes]] = [] if workers is None else workers.procs
-        self._stderr: list[helper_process.StderrTail] = [] if workers is None else workers.stderr
+        self._workers = dossier_workers(0) if workers is None else workers
         try:
-            while len(self._procs) < n:
-                self._procs.append(_spawn(self._stderr, "dossier_main"))
-            for w, proc in enumerate(self._procs):
+            while len(self._workers.procs) < n:
+                self._workers.start()
+            for w, proc in enumerate(self._workers.procs):
                 _send(proc, pickle.dumps((tasks[w::n] if w < n else [], dict(withheld), limit, FRAME_LINES)))
         except BaseException:
             self.close()
@@ -664,14 +626,14 @@ class DossierScanner:
                     yield k, line
 
     def _frame(self, w: int) -> list[PlainLine | bytes] | None:
-        proc = self._procs[w]
+        proc = self._workers.procs[w]
         assert proc.stdout is not None
         try:
             kind, body = pickle.load(proc.stdout)  # noqa: S301  (our own child, over its private pipe)
         except EOFError:
             proc.wait()
             raise RuntimeError(
-                f"a dossier-reading process failed (exit {proc.returncode}): {self._stderr[w].last()}"
+                f"a dossier-reading process failed (exit {proc.returncode}): {self._workers.tails[w].last()}"
             ) from None
         if kind == "unread":
             return None
@@ -679,7 +641,7 @@ class DossierScanner:
         return lines  # an empty frame ends the piece
 
     def close(self) -> None:
-        _stop(self._procs)
+        self._workers.close()
 
 
 def _file_size(p: Path) -> int:
