@@ -99,22 +99,25 @@ def test_record_pass_in_processes_gives_the_same_package(
     assert len(started) == 2
 
 
-def test_items_of_the_month_hold_plain_and_fallback_events(made: LogDir) -> None:
-    """The fast path is taken for plain messages and never for events that change dossier state."""
+def test_frames_of_the_month_hold_plain_runs_and_fallback_events(made: LogDir) -> None:
+    """The fast path (a run of plain lines) is taken for plain messages and never for events that change
+    dossier state: edits, deletions, room names, attachments and the withheld message are fallbacks, inline
+    with their parsed events."""
     from bridge.log.view import LogView
     from bridge.policy import fold_decisions
 
     with LogView(made.data_dir, made.keys) as view:
         decisions = [(row.seq, view.decision(row)) for row in view.decision_rows(view.size())]
-        got = list(scan.items(view, 0, view.size(), fold_decisions(decisions)))
-    plain = [i for i in got if isinstance(i, scan.Plain)]
-    fallback = [i for i in got if isinstance(i, scan.Fallback)]
-    assert plain and fallback
-    assert all(i.event is not None for i in fallback)
-    kinds = {str(i.event.kind) for i in fallback if i.event is not None}
+        got = [e for f in scan.frames(view, 0, view.size(), fold_decisions(decisions)) for e in f.entries]
+    runs = [e for e in got if type(e) is scan.Run]
+    fallback = [e for e in got if type(e) is scan.Fallback]
+    assert runs and fallback
+    assert all(e.event is not None for e in fallback)
+    kinds = {str(e.event.kind) for e in fallback if e.event is not None}
     assert {"edit", "deletion", "state", "attachment"} <= kinds
-    withheld = [i for i in fallback if i.event is not None and str(i.event.event_id) == "$e2"]
+    withheld = [e for e in fallback if e.event is not None and str(e.event.event_id) == "$e2"]
     assert len(withheld) == 1  # the withheld message is never made a plain line
+    assert not any(b'"event_id":"$e2"' in e.lines for e in runs)
 
 
 def _flip(conn: Attacker, seq: int, column: str) -> None:
@@ -550,7 +553,8 @@ def test_a_record_pass_over_a_sqlite_log_never_loads_psycopg(made: LogDir) -> No
         "import sys; from pathlib import Path; from bridge.archive import scan; from bridge.log import keys;"
         "from bridge.log.view import LogView;"
         f"view = LogView(Path({str(made.data_dir)!r}), keys.load(Path({str(made.key_file)!r})));"
-        "n = len(scan.chunk_items(view, 0, view.size(), view.size(), {}, view.leaf_before(0)));"
+        "frame = scan.chunk_frame(view, 0, view.size(), view.size(), {}, view.leaf_before(0));"
+        "assert frame.error is None; n = len(frame.leaves) // 32;"
         "print(n, 'psycopg' in sys.modules)"
     )
     root = str(Path(scan.__file__).parents[2])
@@ -591,28 +595,46 @@ def test_the_lean_decode_agrees_with_the_general_path(event: Event, data: st.Dat
     assert lean == (str(parsed.source), str(parsed.conversation))
 
 
-def test_frames_hold_the_items_lines_in_order(made: LogDir) -> None:
+def _record_by_record(view: Any, withheld: Any) -> tuple[dict[bytes, list[bytes]], bytes, bytes]:
+    """Each dossier's lines (a fallback as b"fallback <seq>"), the other records' lines and the leaves, record
+    by record through the general path: `parse_event`, `is_plain`, the line `proof.content_line` makes."""
+    lines: dict[bytes, list[bytes]] = {}
+    other, leaves = b"", b""
+    for rec in view.records(0, view.size(), view.leaf_before(0)):
+        leaves += rec.leaf
+        args = (rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None)
+        if rec.header.type in scan.OTHER_KEYS:
+            other += proof.content_line(scan.OTHER_KEYS[rec.header.type], *args)
+        elif scan.is_plain(scan.parse_event(rec), withheld):
+            lines.setdefault(rec.header.conversation_tag, []).append(proof.content_line("event", *args))
+        else:
+            lines.setdefault(rec.header.conversation_tag, []).append(b"fallback %d" % rec.seq)
+    return lines, other, leaves
+
+
+def test_frames_hold_the_record_by_record_lines_in_order(made: LogDir) -> None:
     """The frames (runs of plain lines per dossier, fallbacks, other lines, leaves) give each dossier the lines
-    the record-by-record items give it, in the same order, and the same leaves: inline and with tiny chunks."""
+    the general path gives it record by record, in the same order, and the same leaves and leaf lines: inline
+    (`frames`) and chunk by chunk as the workers read them (`chunk_frame`, also with tiny chunks)."""
     from bridge.log.view import LogView
     from bridge.policy import fold_decisions
 
     with LogView(made.data_dir, made.keys) as view:
         decisions = [(row.seq, view.decision(row)) for row in view.decision_rows(view.size())]
         withheld = fold_decisions(decisions)
-        items = list(scan.items(view, 0, view.size(), withheld))
-        want: dict[bytes, list[bytes]] = {}
-        for item in items:
-            if type(item) is scan.Plain:
-                want.setdefault(item.tag, []).append(item.line)
-            elif type(item) is scan.Fallback:
-                want.setdefault(item.tag, []).append(b"fallback %d" % item.seq)
-        want_other = b"".join(i.line for i in items if type(i) is scan.Other)
-        for chunk in (1024, 3):
+        want, want_other, want_leaves = _record_by_record(view, withheld)
+        inline = list(scan.frames(view, 0, view.size(), withheld))
+        for chunk in (None, 1024, 3):
+            if chunk is None:
+                made_frames = inline
+            else:
+                made_frames = [
+                    scan.chunk_frame(view, a, b, view.size(), withheld, view.leaf_before(a))
+                    for a, b in scan.chunks(0, view.size(), chunk)
+                ]
             got: dict[bytes, list[bytes]] = {}
             other, leaves = b"", b""
-            for a, b in scan.chunks(0, view.size(), chunk):
-                frame = scan.chunk_frame(view, a, b, view.size(), withheld, view.leaf_before(a))
+            for frame in made_frames:
                 assert frame.error is None
                 leaves += frame.leaves
                 assert frame.leaf_lines == b"".join(
@@ -624,14 +646,16 @@ def test_frames_hold_the_items_lines_in_order(made: LogDir) -> None:
                         assert len(lines) == entry.lines_n
                         got.setdefault(entry.tag, []).extend(lines)
                     elif type(entry) is scan.Fallback:
-                        assert entry.event is None
+                        assert (entry.event is None) == (chunk is not None)
                         got.setdefault(entry.tag, []).append(b"fallback %d" % entry.seq)
                     else:
                         assert type(entry) is scan.Others
                         other += entry.lines
             assert got == want and other == want_other
-            assert leaves == b"".join(i.leaf for i in items)
-    assert any(type(i) is scan.Fallback for i in items) and any(type(i) is scan.Plain for i in items)
+            assert leaves == want_leaves
+    flat = [line for lines in want.values() for line in lines]
+    assert any(line.startswith(b"fallback") for line in flat) and any(line.startswith(b"{") for line in flat)
+    assert want_other
 
 
 _FIELDS = [

@@ -1,40 +1,51 @@
-"""Pass 2's per-record work (authenticate, decrypt, decompress, parse, write the line), inline or in processes.
+"""Pass 2 of `snapshot` (authenticate, decrypt, decompress, parse, make each record's line) and the reading of
+a package's dossiers by `verify-package`: inline or in worker processes, the same result either way.
 
-`snapshot`'s record pass turns each record of the range into an `Item`: its
-leaf and what its line needs. Most events are *plain* (a message: no
-withhold decision touches it, no edit/deletion target, no room name, no
-notice, no stored attachment), and for those the whole line is made here;
-every other event is handed on as a `Fallback` (its record and, inline, its
-parsed `Event`) for the package writer to run `derive.event_line` on, in
-record order, because it changes per-dossier state (edits, names, media) or
-the liveness listing. The writer applies items strictly in record order, so
-the package is the same byte for byte whether items come from `items` in this
-process or from `Scanner` worker processes.
+Frames
+------
+A range is cut into chunks of `CHUNK` records at the multiples of `CHUNK` (`chunks`), and each chunk read
+into one `Frame` (`chunk_frame`): its records read as the sequential pass reads them (the hash chain checked
+from the leaf before the chunk, on past the chunk's end so a missing record at its edge is found as inline),
+each payload decoded once (`orjson`). A frame holds the chunk's leaves and their lines of proof/leaves.txt as
+two byte strings, the leaves' aligned perfect subtrees with their roots (`merkle.subtrees_of`: the hashing
+below them done where the frame is made), and its entries, in record order:
 
-What the writer applies is a `Frame` per chunk (`chunk_frame`, `frames` inline): the chunk's leaves and their
-lines of proof/leaves.txt as two byte strings, the plain lines of each dossier joined into one `Run` (cut at
-every fallback, so each dossier's lines keep record order), the fallbacks, and the other records' lines: a
-few objects per chunk instead of one per record, to pickle, unpickle and apply. Each payload is decoded
-once (`orjson`); `plain_by_fields` recognises the common plain message on the decoded object, anything
-else is built into an `Event` and goes through `is_plain` (property tests pin that the two agree).
+- a `Run`: consecutive plain lines of one dossier, joined. An event is *plain* when `derive.event_line` gives
+  it the line `proof.content_line` makes and changes no state (`is_plain`: no withhold decision, no notice,
+  no edit/deletion target, no room or group name, not the archiver's own, no stored attachment);
+  `plain_by_fields` recognises the common plain message on the decoded object, anything else is built into
+  an `Event` for `is_plain` (property tests pin that the two agree);
+- a `Fallback`: any other event (its record and, inline, its parsed `Event`), for the package writer to run
+  `derive.event_line` on, because it changes per-dossier state (edits, names, media) or the liveness
+  listing. Runs are cut at every fallback, so each dossier's lines keep record order;
+- `Others`: the chunk's lines of proof/other-records.jsonl (the records that are not events).
 
-`Scanner` splits the range into chunks of `CHUNK` records handed round-robin
-to `n` fresh interpreters (a plain subprocess, like the renderers': a
-multiprocessing pool would import the CLI in each), each reading its chunks
-from the log itself (SQLite allows concurrent readers) and sending back one
-pickled frame per chunk over its stdout; the writer reads the frames in chunk
-order, so at most a chunk per worker is in flight and memory stays flat. The
-key material goes to a worker only over its stdin pipe, never on a command
+A few objects per chunk instead of one per record, to pickle, unpickle and apply. The writer applies the
+frames in chunk order, so the package is the same byte for byte whether they come from `frames` in this
+process or from `Scanner`'s workers.
+
+Workers
+-------
+`Scanner` hands the chunks round-robin to `n` interpreters (`helper_process`: a plain subprocess, like the
+renderers'; a multiprocessing pool would import the CLI in each; `record_workers` starts them ahead), each
+reading its chunks from the log itself (SQLite allows concurrent readers) and sending back one pickled frame
+per chunk over its stdout; the writer reads the frames in chunk order, so at most a chunk per worker is in
+flight and memory stays flat. The key material goes to a worker only over its stdin pipe, never on a command
 line, in the environment or in a file; workers write no files.
 
-Errors are the sequential pass's, in the same order: a worker checks the
-hash chain of its first record against the *stored* leaf before it (which the
-previous chunk has checked against the recomputed one before this chunk's
-frame is read), reads on past its chunk's end so a missing record at a chunk
-edge is reported as it is inline, and sends a `LogIntegrityError` back as its
-fields, with the frame of the chunk's records before it; the writer raises the
-first failing chunk's error only after those and every earlier chunk were
-applied (the inline frames carry the error object itself: the same order).
+Errors are the sequential pass's, in the same order: a worker checks the hash chain of its first record
+against the *stored* leaf before it (which the previous chunk has checked against the recomputed one before
+this chunk's frame is read), reads on past its chunk's end so a missing record at a chunk edge is reported as
+it is inline, and sends a `LogIntegrityError` back as its fields, with the frame of the chunk's records before
+it; the writer raises the first failing chunk's error only after those and every earlier chunk were applied
+(the inline frames carry the error object itself: the same order).
+
+Dossiers (verify-package)
+-------------------------
+`DossierScanner` cuts each dossier's events.jsonl into pieces of `PIECE_BYTES` (`pieces`, `piece_lines`) and
+hands them round-robin to workers (`dossier_workers` starts them ahead), which send back each line: one that
+is exactly the writer's line of a plain event as a `PlainLine` (`plain_line`), any other as it is, for the
+verifier to check itself.
 """
 
 from __future__ import annotations
@@ -80,38 +91,6 @@ OTHER_KEYS = {
 Withholding = Mapping[tuple[str, str, str], Withheld]
 
 
-class Plain(NamedTuple):
-    """An event whose line is made: only its dossier and its line are left to the writer."""
-
-    seq: int
-    leaf: bytes
-    tag: bytes
-    source: str
-    conversation: str
-    line: bytes
-
-
-class Fallback(NamedTuple):
-    """An event the writer runs `derive.event_line` on (`event` is None when it came from a worker)."""
-
-    seq: int
-    leaf: bytes
-    tag: bytes
-    record: RangeRecord
-    event: Event | None
-
-
-class Other(NamedTuple):
-    """A record that is not an event: its line of proof/other-records.jsonl."""
-
-    seq: int
-    leaf: bytes
-    line: bytes
-
-
-Item = Plain | Fallback | Other
-
-
 def parse_event(rec: RangeRecord) -> Event:
     """The event an authenticated EVENT record holds (`verify` checks that every one decodes)."""
     try:
@@ -133,27 +112,6 @@ def is_plain(event: Event, withheld: Withholding) -> bool:
     return event.source != LIVENESS_SOURCE and not derive.stored_attachments(event)
 
 
-def item_of(rec: RangeRecord, withheld: Withholding) -> Item:
-    if rec.header.type != format.RecordType.EVENT:
-        key = OTHER_KEYS[rec.header.type]
-        line = proof.content_line(key, rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None)
-        return Other(rec.seq, rec.leaf, line)
-    event = parse_event(rec)
-    tag = rec.header.conversation_tag
-    if is_plain(event, withheld):
-        line = proof.content_line(
-            "event", rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None
-        )  # what derive.event_line gives a plain event (no files)
-        return Plain(rec.seq, rec.leaf, tag, str(event.source), str(event.conversation), line)
-    return Fallback(rec.seq, rec.leaf, tag, rec, event)
-
-
-def items(view: LogView, start: int, end: int, withheld: Withholding) -> Iterator[Item]:
-    """The range's items in this process, in record order."""
-    for rec in view.records(start, end, view.leaf_before(start)):
-        yield item_of(rec, withheld)
-
-
 def frames(view: LogView, start: int, end: int, withheld: Withholding) -> Iterator[Frame]:
     """The range's frames in this process, in record order (fallbacks keep their parsed events); the chain is
     checked across chunks from each frame's last recomputed leaf. Stops after a frame with an error."""
@@ -164,22 +122,6 @@ def frames(view: LogView, start: int, end: int, withheld: Withholding) -> Iterat
         if frame.error is not None or not frame.leaves:
             return
         prev = frame.leaves[-32:]
-
-
-def chunk_items(
-    view: LogView, start: int, stop: int, end: int, withheld: Withholding, prev_leaf: bytes | None
-) -> list[Item]:
-    """The items of [start, stop), read as the sequential pass reads them (on towards `end`, so a missing
-    record at `stop` is found as it is inline), chain checked from `prev_leaf`."""
-    out: list[Item] = []
-    if start >= stop:
-        return out
-    for rec in view.records(start, end, prev_leaf):
-        item = item_of(rec, withheld)
-        out.append(item if type(item) is not Fallback else item._replace(event=None))
-        if rec.seq == stop - 1:
-            break
-    return out
 
 
 # -- frames: what the package writer applies, a chunk at a time ------------------------------------
@@ -193,6 +135,16 @@ class Run(NamedTuple):
     conversation: str
     lines: bytes
     lines_n: int
+
+
+class Fallback(NamedTuple):
+    """An event the writer runs `derive.event_line` on (`event` is None when it came from a worker)."""
+
+    seq: int
+    leaf: bytes
+    tag: bytes
+    record: RangeRecord
+    event: Event | None
 
 
 class Others(NamedTuple):
@@ -229,8 +181,11 @@ def chunk_frame(
     prev_leaf: bytes | None,
     keep_events: bool = False,
 ) -> Frame:
-    """The frame of [start, stop): the records read as `chunk_items` reads them, each payload decoded once.
-    `keep_events`: fallbacks carry their parsed `Event` (inline; a worker sends None, the writer parses)."""
+    """The frame of the records [start, stop) (see the module docstring): read as the sequential pass reads
+    them, on towards `end` (so a missing record at `stop` is found as it is inline), the chain checked from
+    `prev_leaf` (None: the log's first record); the error that stops the chunk goes in the frame, after the
+    entries of the records before it. `keep_events`: fallbacks carry their parsed `Event` (inline; a worker
+    sends None, the writer parses)."""
     leaves: list[bytes] = []
     entries: list[Entry] = []
     runs: dict[bytes, tuple[str, str, list[bytes]]] = {}
@@ -323,7 +278,7 @@ def record_workers(n: int) -> helper_process.Started:
 
 
 class Scanner:
-    """`n` worker processes giving the items of [start, end) chunk by chunk, in record order (`__iter__`)."""
+    """`n` worker processes giving the frames of [start, end) chunk by chunk, in chunk order (`__iter__`)."""
 
     def __init__(
         self,
