@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bridge import helper_process
 from bridge.archive import render
 from bridge.archive.package import snapshot
 from bridge.archive.range import Month
@@ -163,14 +165,15 @@ def test_a_failing_rendering_process_is_a_clear_error_not_a_hang(
 def _started_helpers(monkeypatch: pytest.MonkeyPatch) -> list[object]:
     """Every rendering process started from now on (ahead or fresh)."""
     started: list[object] = []
-    real = render._start_helper
+    real = helper_process.start
 
-    def spy() -> object:
-        proc = real()
-        started.append(proc)
+    def spy(module: str, entry: str) -> subprocess.Popen[bytes]:
+        proc = real(module, entry)
+        if module == "bridge.archive.render":
+            started.append(proc)
         return proc
 
-    monkeypatch.setattr(render, "_start_helper", spy)
+    monkeypatch.setattr(helper_process, "start", spy)
     return started
 
 

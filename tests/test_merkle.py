@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Sequence
 
 import pytest
@@ -577,3 +578,69 @@ def test_frontier_append_many_refuses_a_bad_leaf_before_appending_any() -> None:
     with pytest.raises(ValueError, match="leaf 5 is not a 32-byte hash"):
         frontier.append_many([LEAVES[3], LEAVES[4], b"short"])
     assert frontier == before
+
+
+def _cut(start: int, end: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, end) cut at the multiples of `chunk` (as the record pass cuts a range)."""
+    cuts = [start, *range((start // chunk + 1) * chunk, end, chunk), end]
+    return [(a, b) for a, b in itertools.pairwise(cuts) if a < b]
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=st.tuples(st.integers(0, 300), st.integers(0, 300)), chunk=st.sampled_from([1, 2, 3, 4, 8, 64]))
+def test_a_frontier_grown_a_subtree_at_a_time_is_the_leaf_by_leaf_one(sizes: tuple[int, int], chunk: int) -> None:
+    """`append_subtree` of each chunk's `subtrees_of` (aligned, fewest, each with its MTH) gives the frontier
+    that appending the leaves one by one gives, for any start, end and chunk size; and a frontier rebuilt from
+    its own `frontier_subtrees` is the same frontier."""
+    start, end = min(sizes), max(sizes)
+    leaves = distinct_leaves(end)
+    at_start = extend(Frontier(), leaves[:start])
+    rebuilt = Frontier()
+    for subtree in merkle.frontier_subtrees(at_start):
+        rebuilt = merkle.append_subtree(rebuilt, subtree)
+    assert rebuilt == at_start
+    frontier = at_start
+    for a, b in _cut(start, end, chunk):
+        subtrees = merkle.subtrees_of(a, b"".join(leaves[a:b]))
+        assert [(lo, size) for lo, size, _ in subtrees] == merkle.aligned_ranges(a, b)
+        assert sum(size for _, size, _ in subtrees) == b - a
+        for lo, size, node in subtrees:
+            assert lo % size == 0 and size & (size - 1) == 0 and node == root(leaves[lo : lo + size])
+            frontier = merkle.append_subtree(frontier, (lo, size, node))
+    assert frontier == extend(Frontier(), leaves)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=st.tuples(st.integers(0, 300), st.integers(0, 300)), chunk=st.sampled_from([1, 2, 3, 4, 8, 64]))
+def test_the_roots_of_a_proof_from_tiling_subtrees_are_the_rfc_ones(sizes: tuple[int, int], chunk: int) -> None:
+    """`range_root` over a frontier's subtrees and then the chunks' aligned ones gives each range's MTH: the
+    whole PROOF(start, end) as `consistency_proof` makes it from the leaves; from the start frontier's alone, the
+    start tree's root and its last subtree's. A range they do not tile is refused (ValueError)."""
+    start, end = min(sizes), max(sizes)
+    leaves = distinct_leaves(end)
+    subtrees = merkle.frontier_subtrees(extend(Frontier(), leaves[:start]))
+    for a, b in _cut(start, end, chunk):
+        subtrees += merkle.subtrees_of(a, b"".join(leaves[a:b]))
+    if 0 < start < end:
+        ranges = _consistency_ranges(start, end)
+        assert [merkle.range_root(subtrees, lo, hi) for lo, hi in ranges] == consistency_proof(leaves, start)
+    if start:
+        edge = merkle.frontier_subtrees(extend(Frontier(), leaves[:start]))
+        assert merkle.range_root(edge, 0, start) == root(leaves[:start])
+        lo = start - (start & -start)  # the last subtree of the frontier, then the range from just before it
+        assert merkle.range_root(edge, lo, start) == root(leaves[lo:start])
+    if start > 1:  # a range cutting through the first subtree is not tiled
+        with pytest.raises(ValueError, match="not tiled"):
+            merkle.range_root(subtrees, 1, start)
+
+
+def _consistency_ranges(old: int, new: int) -> list[tuple[int, int]]:
+    """The leaf ranges of PROOF(old, new) in proof order, from `consistency_path` itself."""
+    ranges: list[tuple[int, int]] = []
+
+    def subtree(lo: int, hi: int) -> bytes:
+        ranges.append((lo, hi))
+        return SOME_HASH
+
+    merkle.consistency_path(old, new, subtree)
+    return ranges[::-1]

@@ -353,27 +353,6 @@ def consistency_ranges(old_size: int, new_size: int) -> list[tuple[int, int]]:
     return top_down[::-1]
 
 
-def _root_from_frontier(frontier: merkle.Frontier, lo: int, hi: int) -> bytes:
-    """Root of leaves [lo, hi) inside the frontier's tree, from its perfect subtrees that tile [lo, hi)."""
-    nodes: list[bytes] = []
-    offset = 0
-    for bit, node in zip(_set_bits(frontier.size), frontier.hashes, strict=True):
-        span = 1 << bit
-        if offset >= lo and offset + span <= hi:
-            nodes.append(node)
-        elif offset < hi and offset + span > lo:
-            raise ValueError(f"[{lo}, {hi}) is not tiled by the frontier's subtrees")
-        offset += span
-    root = nodes[-1]
-    for left in reversed(nodes[:-1]):
-        root = merkle.node_hash(left, root)
-    return root
-
-
-def _set_bits(n: int) -> list[int]:
-    return [b for b in range(n.bit_length() - 1, -1, -1) if n >> b & 1]
-
-
 class ConsistencyBuilder:
     """PROOF(start, end) from the frontier at `start` and the leaves start..end-1 fed in order."""
 
@@ -381,8 +360,9 @@ class ConsistencyBuilder:
         self._start = start_frontier.size
         self._end = end
         self._ranges = consistency_ranges(self._start, end)
+        start_subtrees = merkle.frontier_subtrees(start_frontier)
         self._roots: dict[tuple[int, int], bytes] = {
-            r: _root_from_frontier(start_frontier, *r) for r in self._ranges if r[1] <= self._start
+            r: merkle.range_root(start_subtrees, *r) for r in self._ranges if r[1] <= self._start
         }
         self._pending = sorted(r for r in self._ranges if r[0] >= self._start)
         self._current: merkle.Frontier | None = None
@@ -452,21 +432,9 @@ def extend_leaf_lines(
         level = [block[k : k + merkle.HASH_SIZE] for k in range(0, len(block), merkle.HASH_SIZE)]
         while len(level) > 1:
             level = [sha(_NODE_PREFIX + level[k] + level[k + 1]).digest() for k in range(0, len(level), 2)]
-        tree = _with_subtree(tree, level[0], span)
+        tree = merkle.append_subtree(tree, (tree.size, span, level[0]))
         i += span
     return tree
-
-
-def _with_subtree(tree: merkle.Frontier, node: bytes, span: int) -> merkle.Frontier:
-    """`tree` (its size a multiple of `span`) with a perfect subtree of `span` leaves appended: merged with
-    equal-sized subtrees as `Frontier.append` merges a leaf."""
-    hashes = list(tree.hashes)
-    n = tree.size // span
-    while n & 1:
-        node = merkle.node_hash(hashes.pop(), node)
-        n >>= 1
-    hashes.append(node)
-    return merkle.Frontier.from_hashes(tree.size + span, hashes)
 
 
 def extend_root(frontier: merkle.Frontier, leaves: Iterable[bytes]) -> bytes:
@@ -530,6 +498,7 @@ class SubtreeRoots:
     def finish(self) -> dict[tuple[int, int], bytes]:
         if self._frontier.size != self._size:
             raise ValueError(f"fed {self._frontier.size} leaves, expected {self._size}")
+        edge = merkle.frontier_subtrees(self._frontier)
         for rng in self._wanted - set(self._found):
-            self._found[rng] = _root_from_frontier(self._frontier, *rng)
+            self._found[rng] = merkle.range_root(edge, *rng)
         return dict(self._found)

@@ -90,7 +90,7 @@ def render_package(
     sealed_ms: int,
     status: str,
     workers: int = 1,
-    helpers: RenderHelpers | None = None,
+    helpers: helper_process.Started | None = None,
     rendered: Callable[[list[tuple[str, str, int]]], None] | None = None,
 ) -> Rendered:
     """Write transcripts, MDTO and pakbon; returns what the tag files need (`Rendered`).
@@ -209,7 +209,7 @@ def render_jobs(
     jobs: Sequence[_Job],
     sizes: Sequence[int],
     workers: int,
-    helpers: RenderHelpers | None = None,
+    helpers: helper_process.Started | None = None,
     rendered: Callable[[list[tuple[str, str, int]]], None] | None = None,
 ) -> list[Result]:
     """Every job's result, in job order: rendered here, or shared out over `workers` processes in all (this one
@@ -254,37 +254,17 @@ def _start_helper() -> subprocess.Popen[bytes]:
     return helper_process.start("bridge.archive.render", "helper_main")
 
 
-class RenderHelpers:
+def render_helpers(n: int) -> helper_process.Started:
     """`n` rendering interpreters started ahead of their jobs: they import while the caller works on (a
-    snapshot's record pass), so rendering does not wait for them; `render_jobs` takes them, `close()` ends any
-    not taken (they wait on their stdin until then, using no CPU)."""
-
-    def __init__(self, n: int) -> None:
-        self._procs: list[subprocess.Popen[bytes]] = []
-        try:
-            for _ in range(n):
-                self._procs.append(_start_helper())
-        except BaseException:
-            self.close()
-            raise
-
-    def take(self) -> subprocess.Popen[bytes] | None:
-        return self._procs.pop(0) if self._procs else None
-
-    def close(self) -> None:
-        for proc in self._procs:
-            if proc.poll() is None:
-                proc.kill()
-            proc.wait()
-            for stream in (proc.stdin, proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-        self._procs = []
+    snapshot's record pass), so rendering does not wait for them; `render_jobs` takes them, the caller's
+    `close()` ends them (they wait on their stdin until they get a job, using no CPU). No stderr tails: a
+    `_Helper` reads its helper's stderr with `communicate`."""
+    return helper_process.Started("bridge.archive.render", "helper_main", n, tails=False)
 
 
 class _Helper:
     """An interpreter rendering a list of jobs (pickled over its stdin, results over its stdout): `proc`, one
-    started ahead (`RenderHelpers`), or a fresh one.
+    started ahead (`render_helpers`), or a fresh one.
 
     A plain subprocess rather than a multiprocessing pool: that would start by importing the caller's main
     script (the whole CLI, for `chatarchief snapshot`) in every process."""

@@ -1,40 +1,51 @@
-"""Pass 2's per-record work (authenticate, decrypt, decompress, parse, write the line), inline or in processes.
+"""Pass 2 of `snapshot` (authenticate, decrypt, decompress, parse, make each record's line) and the reading of
+a package's dossiers by `verify-package`: inline or in worker processes, the same result either way.
 
-`snapshot`'s record pass turns each record of the range into an `Item`: its
-leaf and what its line needs. Most events are *plain* (a message: no
-withhold decision touches it, no edit/deletion target, no room name, no
-notice, no stored attachment), and for those the whole line is made here;
-every other event is handed on as a `Fallback` (its record and, inline, its
-parsed `Event`) for the package writer to run `derive.event_line` on, in
-record order, because it changes per-dossier state (edits, names, media) or
-the liveness listing. The writer applies items strictly in record order, so
-the package is the same byte for byte whether items come from `items` in this
-process or from `Scanner` worker processes.
+Frames
+------
+A range is cut into chunks of `CHUNK` records at the multiples of `CHUNK` (`chunks`), and each chunk read
+into one `Frame` (`chunk_frame`): its records read as the sequential pass reads them (the hash chain checked
+from the leaf before the chunk, on past the chunk's end so a missing record at its edge is found as inline),
+each payload decoded once (`orjson`). A frame holds the chunk's leaves and their lines of proof/leaves.txt as
+two byte strings, the leaves' aligned perfect subtrees with their roots (`merkle.subtrees_of`: the hashing
+below them done where the frame is made), and its entries, in record order:
 
-What the writer applies is a `Frame` per chunk (`chunk_frame`, `frames` inline): the chunk's leaves and their
-lines of proof/leaves.txt as two byte strings, the plain lines of each dossier joined into one `Run` (cut at
-every fallback, so each dossier's lines keep record order), the fallbacks, and the other records' lines: a
-few objects per chunk instead of one per record, to pickle, unpickle and apply. Each payload is decoded
-once (`orjson`); `plain_by_fields` recognises the common plain message on the decoded object, anything
-else is built into an `Event` and goes through `is_plain` (property tests pin that the two agree).
+- a `Run`: consecutive plain lines of one dossier, joined. An event is *plain* when `derive.event_line` gives
+  it the line `proof.content_line` makes and changes no state (`is_plain`: no withhold decision, no notice,
+  no edit/deletion target, no room or group name, not the archiver's own, no stored attachment);
+  `plain_by_fields` recognises the common plain message on the decoded object, anything else is built into
+  an `Event` for `is_plain` (property tests pin that the two agree);
+- a `Fallback`: any other event (its record and, inline, its parsed `Event`), for the package writer to run
+  `derive.event_line` on, because it changes per-dossier state (edits, names, media) or the liveness
+  listing. Runs are cut at every fallback, so each dossier's lines keep record order;
+- `Others`: the chunk's lines of proof/other-records.jsonl (the records that are not events).
 
-`Scanner` splits the range into chunks of `CHUNK` records handed round-robin
-to `n` fresh interpreters (a plain subprocess, like the renderers': a
-multiprocessing pool would import the CLI in each), each reading its chunks
-from the log itself (SQLite allows concurrent readers) and sending back one
-pickled frame per chunk over its stdout; the writer reads the frames in chunk
-order, so at most a chunk per worker is in flight and memory stays flat. The
-key material goes to a worker only over its stdin pipe, never on a command
+A few objects per chunk instead of one per record, to pickle, unpickle and apply. The writer applies the
+frames in chunk order, so the package is the same byte for byte whether they come from `frames` in this
+process or from `Scanner`'s workers.
+
+Workers
+-------
+`Scanner` hands the chunks round-robin to `n` interpreters (`helper_process`: a plain subprocess, like the
+renderers'; a multiprocessing pool would import the CLI in each; `record_workers` starts them ahead), each
+reading its chunks from the log itself (SQLite allows concurrent readers) and sending back one pickled frame
+per chunk over its stdout; the writer reads the frames in chunk order, so at most a chunk per worker is in
+flight and memory stays flat. The key material goes to a worker only over its stdin pipe, never on a command
 line, in the environment or in a file; workers write no files.
 
-Errors are the sequential pass's, in the same order: a worker checks the
-hash chain of its first record against the *stored* leaf before it (which the
-previous chunk has checked against the recomputed one before this chunk's
-frame is read), reads on past its chunk's end so a missing record at a chunk
-edge is reported as it is inline, and sends a `LogIntegrityError` back as its
-fields, with the frame of the chunk's records before it; the writer raises the
-first failing chunk's error only after those and every earlier chunk were
-applied (the inline frames carry the error object itself: the same order).
+Errors are the sequential pass's, in the same order: a worker checks the hash chain of its first record
+against the *stored* leaf before it (which the previous chunk has checked against the recomputed one before
+this chunk's frame is read), reads on past its chunk's end so a missing record at a chunk edge is reported as
+it is inline, and sends a `LogIntegrityError` back as its fields, with the frame of the chunk's records before
+it; the writer raises the first failing chunk's error only after those and every earlier chunk were applied
+(the inline frames carry the error object itself: the same order).
+
+Dossiers (verify-package)
+-------------------------
+`DossierScanner` cuts each dossier's events.jsonl into pieces of `PIECE_BYTES` (`pieces`, `piece_lines`) and
+hands them round-robin to workers (`dossier_workers` starts them ahead), which send back each line: one that
+is exactly the writer's line of a plain event as a `PlainLine` (`plain_line`), any other as it is, for the
+verifier to check itself.
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ import hashlib
 import pickle
 import subprocess
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
@@ -80,38 +91,6 @@ OTHER_KEYS = {
 Withholding = Mapping[tuple[str, str, str], Withheld]
 
 
-class Plain(NamedTuple):
-    """An event whose line is made: only its dossier and its line are left to the writer."""
-
-    seq: int
-    leaf: bytes
-    tag: bytes
-    source: str
-    conversation: str
-    line: bytes
-
-
-class Fallback(NamedTuple):
-    """An event the writer runs `derive.event_line` on (`event` is None when it came from a worker)."""
-
-    seq: int
-    leaf: bytes
-    tag: bytes
-    record: RangeRecord
-    event: Event | None
-
-
-class Other(NamedTuple):
-    """A record that is not an event: its line of proof/other-records.jsonl."""
-
-    seq: int
-    leaf: bytes
-    line: bytes
-
-
-Item = Plain | Fallback | Other
-
-
 def parse_event(rec: RangeRecord) -> Event:
     """The event an authenticated EVENT record holds (`verify` checks that every one decodes)."""
     try:
@@ -133,27 +112,6 @@ def is_plain(event: Event, withheld: Withholding) -> bool:
     return event.source != LIVENESS_SOURCE and not derive.stored_attachments(event)
 
 
-def item_of(rec: RangeRecord, withheld: Withholding) -> Item:
-    if rec.header.type != format.RecordType.EVENT:
-        key = OTHER_KEYS[rec.header.type]
-        line = proof.content_line(key, rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None)
-        return Other(rec.seq, rec.leaf, line)
-    event = parse_event(rec)
-    tag = rec.header.conversation_tag
-    if is_plain(event, withheld):
-        line = proof.content_line(
-            "event", rec.seq, rec.header_bytes, rec.salt, rec.payload, rec.ciphertext_hash, None
-        )  # what derive.event_line gives a plain event (no files)
-        return Plain(rec.seq, rec.leaf, tag, str(event.source), str(event.conversation), line)
-    return Fallback(rec.seq, rec.leaf, tag, rec, event)
-
-
-def items(view: LogView, start: int, end: int, withheld: Withholding) -> Iterator[Item]:
-    """The range's items in this process, in record order."""
-    for rec in view.records(start, end, view.leaf_before(start)):
-        yield item_of(rec, withheld)
-
-
 def frames(view: LogView, start: int, end: int, withheld: Withholding) -> Iterator[Frame]:
     """The range's frames in this process, in record order (fallbacks keep their parsed events); the chain is
     checked across chunks from each frame's last recomputed leaf. Stops after a frame with an error."""
@@ -164,22 +122,6 @@ def frames(view: LogView, start: int, end: int, withheld: Withholding) -> Iterat
         if frame.error is not None or not frame.leaves:
             return
         prev = frame.leaves[-32:]
-
-
-def chunk_items(
-    view: LogView, start: int, stop: int, end: int, withheld: Withholding, prev_leaf: bytes | None
-) -> list[Item]:
-    """The items of [start, stop), read as the sequential pass reads them (on towards `end`, so a missing
-    record at `stop` is found as it is inline), chain checked from `prev_leaf`."""
-    out: list[Item] = []
-    if start >= stop:
-        return out
-    for rec in view.records(start, end, prev_leaf):
-        item = item_of(rec, withheld)
-        out.append(item if type(item) is not Fallback else item._replace(event=None))
-        if rec.seq == stop - 1:
-            break
-    return out
 
 
 # -- frames: what the package writer applies, a chunk at a time ------------------------------------
@@ -193,6 +135,16 @@ class Run(NamedTuple):
     conversation: str
     lines: bytes
     lines_n: int
+
+
+class Fallback(NamedTuple):
+    """An event the writer runs `derive.event_line` on (`event` is None when it came from a worker)."""
+
+    seq: int
+    leaf: bytes
+    tag: bytes
+    record: RangeRecord
+    event: Event | None
 
 
 class Others(NamedTuple):
@@ -215,9 +167,9 @@ class Frame(NamedTuple):
     leaf_lines: bytes
     entries: list[Entry]
     error: LogIntegrityError | None
-    #: The leaves as aligned perfect subtrees with their roots (`pieces_of`): the writer grows the frontier a
-    #: piece at a time, the hashing below them done here (in the workers, in parallel).
-    pieces: list[Piece]
+    #: The leaves as aligned perfect subtrees with their roots (`merkle.subtrees_of`): the writer grows the
+    #: frontier a subtree at a time, the hashing below them done here (in the workers, in parallel).
+    pieces: list[merkle.Subtree]
 
 
 def chunk_frame(
@@ -229,8 +181,11 @@ def chunk_frame(
     prev_leaf: bytes | None,
     keep_events: bool = False,
 ) -> Frame:
-    """The frame of [start, stop): the records read as `chunk_items` reads them, each payload decoded once.
-    `keep_events`: fallbacks carry their parsed `Event` (inline; a worker sends None, the writer parses)."""
+    """The frame of the records [start, stop) (see the module docstring): read as the sequential pass reads
+    them, on towards `end` (so a missing record at `stop` is found as it is inline), the chain checked from
+    `prev_leaf` (None: the log's first record); the error that stops the chunk goes in the frame, after the
+    entries of the records before it. `keep_events`: fallbacks carry their parsed `Event` (inline; a worker
+    sends None, the writer parses)."""
     leaves: list[bytes] = []
     entries: list[Entry] = []
     runs: dict[bytes, tuple[str, str, list[bytes]]] = {}
@@ -289,7 +244,7 @@ def chunk_frame(
         entries.append(Others(b"".join(other_lines), len(other_lines)))
     joined = b"".join(leaves)
     lines = b"".join(leaf.hex().encode("ascii") + b"\n" for leaf in leaves)
-    return Frame(joined, lines, entries, error, pieces_of(start, joined))
+    return Frame(joined, lines, entries, error, merkle.subtrees_of(start, joined))
 
 
 def _event_of(seq: int, d: dict[str, Any]) -> Event:
@@ -316,95 +271,14 @@ def chunks(start: int, end: int, size: int | None = None) -> list[tuple[int, int
     return out
 
 
-# -- the Merkle tree a chunk at a time ----------------------------------------------------------------
-
-#: A perfect subtree of the log's tree: (first leaf, number of leaves (a power of two), root).
-Piece = tuple[int, int, bytes]
-
-
-def aligned_pieces(lo: int, hi: int) -> list[tuple[int, int]]:
-    """[lo, hi) as the fewest perfect subtrees of the log's tree, left to right: (first leaf, size), each size
-    a power of two dividing its first leaf (how a frontier grows: what `append_piece` takes)."""
-    out: list[tuple[int, int]] = []
-    while lo < hi:
-        size = lo & -lo if lo else 1 << ((hi - lo).bit_length() - 1)
-        while lo + size > hi:
-            size >>= 1
-        out.append((lo, size))
-        lo += size
-    return out
-
-
-def pieces_of(start: int, leaves: bytes) -> list[Piece]:
-    """The aligned pieces of the leaves (32 bytes each) from `start`, each with its root (RFC 9162 MTH)."""
-    out: list[Piece] = []
-    for lo, size in aligned_pieces(start, start + len(leaves) // 32):
-        i = (lo - start) * 32
-        out.append((lo, size, merkle.root([leaves[j : j + 32] for j in range(i, i + size * 32, 32)])))
-    return out
-
-
-def append_piece(frontier: merkle.Frontier, piece: Piece) -> merkle.Frontier:
-    """The frontier with the piece's leaves appended (the piece starts at the frontier's size; its size divides
-    it): the same frontier as appending them one by one, since the merges below the piece's level are inside
-    it."""
-    lo, size, root = piece
-    if lo != frontier.size or lo % size or size & (size - 1):
-        raise ValueError(f"piece [{lo}, {lo + size}) does not extend a frontier of size {frontier.size}")
-    hashes = list(frontier.hashes)
-    node, n = root, lo // size
-    while n & 1:
-        node = merkle.node_hash(hashes.pop(), node)
-        n >>= 1
-    hashes.append(node)
-    return merkle.Frontier.from_hashes(lo + size, hashes)
-
-
-def frontier_pieces(frontier: merkle.Frontier) -> list[Piece]:
-    """A frontier's subtrees as pieces (left to right)."""
-    out: list[Piece] = []
-    lo = 0
-    for bit in reversed(range(frontier.size.bit_length())):
-        if frontier.size >> bit & 1:
-            out.append((lo, 1 << bit, frontier.hashes[len(out)]))
-            lo += 1 << bit
-    return out
-
-
-def range_root(pieces: Sequence[Piece], lo: int, hi: int) -> bytes | None:
-    """MTH of leaves [lo, hi) from the pieces (sorted, disjoint) that tile it, None when they do not (the range
-    lies inside a piece or is not covered). [lo, hi) must be a node of a tree over the log (a consistency
-    proof's range is one): then `lo` is a multiple of every piece size inside it, and the pieces grow a
-    frontier of their own from 0."""
-    inside = [pc for pc in pieces if pc[0] >= lo and pc[0] + pc[1] <= hi]
-    if sum(pc[1] for pc in inside) != hi - lo:
-        return None
-    frontier = merkle.Frontier()
-    for first, size, root in inside:
-        frontier = append_piece(frontier, (first - lo, size, root))
-    return frontier.root()
-
-
-class RecordWorkers:
+def record_workers(n: int) -> helper_process.Started:
     """`n` record-pass interpreters started ahead of their job: they import while the plan is made, and wait on
     their stdin for what `Scanner` sends them. `close()` ends any not used."""
-
-    def __init__(self, n: int) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.stderr: list[helper_process.StderrTail] = []
-        try:
-            for _ in range(n):
-                self.procs.append(_spawn(self.stderr, "worker_main"))
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        _stop(self.procs)
+    return helper_process.Started("bridge.archive.scan", "worker_main", n, prepare=_big_pipe)
 
 
 class Scanner:
-    """`n` worker processes giving the items of [start, end) chunk by chunk, in record order (`__iter__`)."""
+    """`n` worker processes giving the frames of [start, end) chunk by chunk, in chunk order (`__iter__`)."""
 
     def __init__(
         self,
@@ -414,22 +288,23 @@ class Scanner:
         end: int,
         withheld: Withholding,
         n: int,
-        workers: RecordWorkers | None = None,
+        workers: helper_process.Started | None = None,
     ) -> None:
-        """`workers`: processes started ahead (`RecordWorkers`, at least `n`), used instead of fresh ones; any
-        beyond what the chunks need get no chunk and end. `close()` ends them all."""
+        """`workers`: processes started ahead (`record_workers`), used instead of fresh ones (more are started
+        if they are fewer than `n`); any beyond what the chunks need get no chunk and end. `close()` ends them
+        all."""
         self._chunks = chunks(start, end)
-        n = max(1, min(n, len(self._chunks)))
+        # Chunk i goes to process i % n, and is read from it; processes started ahead beyond n get no chunk.
+        self._n = n = max(1, min(n, len(self._chunks)))
         # The stored leaf before each chunk: its first record's chain link (checked by the previous chunk).
         prevs = [view.leaf_before(a) for a, _ in self._chunks]
         keys = view.keys
         secret = (keys.log_id, keys.kek, keys.verifier.public_bytes(Encoding.Raw, PublicFormat.Raw))
-        self._procs: list[subprocess.Popen[bytes]] = [] if workers is None else workers.procs
-        self._stderr: list[helper_process.StderrTail] = [] if workers is None else workers.stderr
+        self._workers = record_workers(0) if workers is None else workers
         try:
-            while len(self._procs) < n:
-                self._procs.append(_spawn(self._stderr, "worker_main"))
-            for w, proc in enumerate(self._procs):
+            while len(self._workers.procs) < n:
+                self._workers.start()
+            for w, proc in enumerate(self._workers.procs):
                 mine = [(a, b, prevs[i]) for i, (a, b) in enumerate(self._chunks) if i % n == w]
                 _send(proc, pickle.dumps((str(data_dir), secret, mine, end, dict(withheld))))
         except BaseException:
@@ -437,16 +312,16 @@ class Scanner:
             raise
 
     def __iter__(self) -> Iterator[Frame]:
-        n = len(self._procs)
+        n = self._n
         for i in range(len(self._chunks)):
-            proc = self._procs[i % n]
+            proc = self._workers.procs[i % n]
             assert proc.stdout is not None
             try:
                 kind, body = pickle.load(proc.stdout)  # noqa: S301  (our own child, over its private pipe)
             except EOFError:
                 proc.wait()
                 raise RuntimeError(
-                    f"a record-pass process failed (exit {proc.returncode}): {self._stderr[i % n].last()}"
+                    f"a record-pass process failed (exit {proc.returncode}): {self._workers.tails[i % n].last()}"
                 ) from None
             if kind != "frame":
                 raise RuntimeError(f"a record-pass process failed: {body}")
@@ -458,18 +333,7 @@ class Scanner:
             yield frame
 
     def close(self) -> None:
-        _stop(self._procs)
-
-
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    """End the workers (killed if still running: the caller stopped early) and close their pipes."""
-    for proc in procs:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait()
-        for stream in (proc.stdin, proc.stdout):
-            if stream is not None:
-                stream.close()
+        self._workers.close()
 
 
 def worker_main() -> None:
@@ -637,14 +501,11 @@ def piece_lines(fh: BinaryIO, a: int, b: int | None, limit: int) -> Iterator[byt
         yield parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-def _spawn(stderr: list[helper_process.StderrTail], entry: str) -> subprocess.Popen[bytes]:
-    """A worker interpreter running `entry`, waiting for its job on stdin."""
-    proc = helper_process.start("bridge.archive.scan", entry)
+def _big_pipe(proc: subprocess.Popen[bytes]) -> None:
+    """Enlarge a worker's stdout pipe to `PIPE_BYTES`, so it can run about a frame ahead."""
     assert proc.stdout is not None
     with contextlib.suppress(OSError, AttributeError):  # not Linux, or over the system's limit: the default works
         fcntl.fcntl(proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
-    stderr.append(helper_process.StderrTail(proc))
-    return proc
 
 
 def _send(proc: subprocess.Popen[bytes], job: bytes) -> None:
@@ -654,22 +515,10 @@ def _send(proc: subprocess.Popen[bytes], job: bytes) -> None:
         proc.stdin.close()
 
 
-class DossierWorkers:
+def dossier_workers(n: int) -> helper_process.Started:
     """`n` dossier-reading interpreters started ahead of their job: they import while the verifier does its
     first checks, and wait on their stdin for what `DossierScanner` sends them. `close()` ends any not used."""
-
-    def __init__(self, n: int) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-        self.stderr: list[helper_process.StderrTail] = []
-        try:
-            for _ in range(n):
-                self.procs.append(_spawn(self.stderr, "dossier_main"))
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self) -> None:
-        _stop(self.procs)
+    return helper_process.Started("bridge.archive.scan", "dossier_main", n, prepare=_big_pipe)
 
 
 class DossierScanner:
@@ -677,8 +526,9 @@ class DossierScanner:
     a `PlainLine` or the raw line. Each file is cut into pieces of `PIECE_BYTES` (`pieces`), and the pieces of
     all files go round-robin to the workers; a worker sends its pieces' lines in order, one or more frames per
     piece and then an empty one, or ("unread", None) for a piece it could not read (a missing file, a line over
-    the limit: the verifier reads that dossier on itself). With `workers` (started ahead, at least `n`), those
-    processes are used (any beyond what the pieces need get an empty job and end); `close()` ends them."""
+    the limit: the verifier reads that dossier on itself). With `workers` (started ahead: `dossier_workers`),
+    those processes are used (more are started if they are fewer than `n`; any beyond what the pieces need get
+    an empty job and end); `close()` ends them."""
 
     def __init__(
         self,
@@ -687,7 +537,7 @@ class DossierScanner:
         n: int,
         limit: int,
         piece: int | None = None,
-        workers: DossierWorkers | None = None,
+        workers: helper_process.Started | None = None,
     ) -> None:
         size = PIECE_BYTES if piece is None else piece
         tasks: list[tuple[str, int, int | None]] = []
@@ -697,12 +547,11 @@ class DossierScanner:
             self._spans.append(range(len(tasks), len(tasks) + len(cut)))
             tasks.extend((str(p), a, b) for a, b in cut)
         self._n = n = max(1, min(n, len(tasks)))
-        self._procs: list[subprocess.Popen[bytes]] = [] if workers is None else workers.procs
-        self._stderr: list[helper_process.StderrTail] = [] if workers is None else workers.stderr
+        self._workers = dossier_workers(0) if workers is None else workers
         try:
-            while len(self._procs) < n:
-                self._procs.append(_spawn(self._stderr, "dossier_main"))
-            for w, proc in enumerate(self._procs):
+            while len(self._workers.procs) < n:
+                self._workers.start()
+            for w, proc in enumerate(self._workers.procs):
                 _send(proc, pickle.dumps((tasks[w::n] if w < n else [], dict(withheld), limit, FRAME_LINES)))
         except BaseException:
             self.close()
@@ -732,14 +581,14 @@ class DossierScanner:
                     yield k, line
 
     def _frame(self, w: int) -> list[PlainLine | bytes] | None:
-        proc = self._procs[w]
+        proc = self._workers.procs[w]
         assert proc.stdout is not None
         try:
             kind, body = pickle.load(proc.stdout)  # noqa: S301  (our own child, over its private pipe)
         except EOFError:
             proc.wait()
             raise RuntimeError(
-                f"a dossier-reading process failed (exit {proc.returncode}): {self._stderr[w].last()}"
+                f"a dossier-reading process failed (exit {proc.returncode}): {self._workers.tails[w].last()}"
             ) from None
         if kind == "unread":
             return None
@@ -747,7 +596,7 @@ class DossierScanner:
         return lines  # an empty frame ends the piece
 
     def close(self) -> None:
-        _stop(self._procs)
+        self._workers.close()
 
 
 def _file_size(p: Path) -> int:

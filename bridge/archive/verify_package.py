@@ -57,13 +57,14 @@ import bagit
 import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from bridge import helper_process
 from bridge.archive import derive, mdto, proof, scan
 from bridge.archive import range as ranges
 from bridge.archive.bag import HashOnly, OutFile, tag_files
 from bridge.archive.derive import DossierState, RenderParams
 from bridge.archive.gaps import LISTING_REL, Listing, Summary
 from bridge.archive.leesmij import DOCS
-from bridge.archive.render import RenderHelpers, default_workers, render_package
+from bridge.archive.render import default_workers, render_helpers, render_package
 from bridge.archive.signing_keys import FILE as SIGNING_KEYS_FILE
 from bridge.archive.signing_keys import SigningKeysError, chain_from_package
 from bridge.archive.witnessed import FILE as WITNESSED_FILE
@@ -203,11 +204,11 @@ def _verify(
     """Steps 2 to 8, given the bag's payload manifest (path relative to data/ -> sha256 hex). The processes that
     read the dossiers' lines, when they will be used, start first: they import while the first checks run."""
     procs = default_workers() if workers is None else workers
-    early = scan.DossierWorkers(procs) if _scans(sorted((path / "data").rglob("events.jsonl")), procs) else None
-    helpers: RenderHelpers | None = None
+    early = scan.dossier_workers(procs) if _scans(sorted((path / "data").rglob("events.jsonl")), procs) else None
+    helpers: helper_process.Started | None = None
     try:
         if early is not None:  # a package this large renders in helpers too: they import meanwhile as well
-            helpers = RenderHelpers(procs - 1)
+            helpers = render_helpers(procs - 1)
         return _verify_steps(path, manifest, public_key, previous, witnesses, quorum, procs, early, helpers)
     finally:
         if early is not None:
@@ -229,8 +230,8 @@ def _verify_steps(
     witnesses: Sequence[Verifier],
     quorum: int,
     procs: int,
-    early: scan.DossierWorkers | None,
-    helpers: RenderHelpers | None = None,
+    early: helper_process.Started | None,
+    helpers: helper_process.Started | None = None,
 ) -> PackageReport:
     data = path / "data"
     pdir = data / "proof"
@@ -589,7 +590,7 @@ class _Records:
         end: int,
         start_root: bytes,
         workers: int = 1,
-        early: scan.DossierWorkers | None = None,
+        early: helper_process.Started | None = None,
     ) -> None:
         self._workers = workers
         self._early = early

@@ -20,6 +20,10 @@ Contract:
   equals `root(all leaves appended)`. A monthly package proves that it extends
   last month's signed tree by carrying the old frontier: its root must equal the
   old signed root and `extend(frontier, month's leaves).root()` the new one.
+- A `Subtree` is (first leaf, size, root) of a perfect subtree aligned to its
+  size (its size a power of two dividing its first leaf): `append_subtree` grows
+  a frontier by one at once (the hashing below it done elsewhere, in parallel),
+  `range_root` gives the root of a tree node from the subtrees that tile it.
 
 `root` hashes level by level (pairing neighbours and carrying an odd last node
 up unchanged), which builds exactly the left-balanced RFC tree without
@@ -168,6 +172,72 @@ class Frontier:
 
     def __repr__(self) -> str:
         return f"Frontier(size={self._size}, hashes=[{', '.join(h.hex()[:8] for h in self._hashes)}])"
+
+
+#: A perfect subtree of a tree: (first leaf, number of leaves (a power of two dividing the first leaf), root).
+Subtree = tuple[int, int, bytes]
+
+
+def aligned_ranges(lo: int, hi: int) -> list[tuple[int, int]]:
+    """[lo, hi) as the fewest perfect subtrees of a tree, left to right: (first leaf, size), each size a power of
+    two dividing its first leaf (how a frontier grows: what `append_subtree` takes)."""
+    out: list[tuple[int, int]] = []
+    while lo < hi:
+        size = lo & -lo if lo else 1 << ((hi - lo).bit_length() - 1)
+        while lo + size > hi:
+            size >>= 1
+        out.append((lo, size))
+        lo += size
+    return out
+
+
+def subtrees_of(start: int, leaves: bytes) -> list[Subtree]:
+    """The leaves (32 bytes each, joined) from leaf `start` as `aligned_ranges`, each with its root (MTH)."""
+    out: list[Subtree] = []
+    for lo, size in aligned_ranges(start, start + len(leaves) // HASH_SIZE):
+        i = (lo - start) * HASH_SIZE
+        out.append((lo, size, root([leaves[j : j + HASH_SIZE] for j in range(i, i + size * HASH_SIZE, HASH_SIZE)])))
+    return out
+
+
+def append_subtree(frontier: Frontier, subtree: Subtree) -> Frontier:
+    """A new frontier: `frontier` with the subtree's leaves appended (it must start at the frontier's size, and
+    its size, a power of two, divide that; else ValueError). The same frontier as appending the leaves one by
+    one: the merges below the subtree's level are inside it."""
+    lo, size, node = subtree
+    if lo != frontier.size or size <= 0 or size & (size - 1) or lo % size or not _is_hash(node):
+        raise ValueError(f"subtree [{lo}, {lo + size}) does not extend a frontier of size {frontier.size}")
+    hashes = list(frontier.hashes)
+    n = lo // size
+    while n & 1:
+        node = node_hash(hashes.pop(), node)
+        n >>= 1
+    hashes.append(node)
+    return Frontier.from_hashes(lo + size, hashes)
+
+
+def frontier_subtrees(frontier: Frontier) -> list[Subtree]:
+    """A frontier's perfect subtrees (left to right, largest first)."""
+    out: list[Subtree] = []
+    lo = 0
+    for bit in reversed(range(frontier.size.bit_length())):
+        if frontier.size >> bit & 1:
+            out.append((lo, 1 << bit, frontier.hashes[len(out)]))
+            lo += 1 << bit
+    return out
+
+
+def range_root(subtrees: Sequence[Subtree], lo: int, hi: int) -> bytes:
+    """MTH of leaves [lo, hi) from those of `subtrees` (disjoint, left to right) that lie inside it. [lo, hi)
+    must be a node of the tree (a consistency or inclusion proof's range is one; then `lo` is a multiple of
+    every subtree size inside it), tiled by them: else ValueError."""
+    inside = [(first, size, node) for first, size, node in subtrees if first >= lo and first + size <= hi]
+    if not lo < hi or sum(size for _, size, _ in inside) != hi - lo:
+        raise ValueError(f"[{lo}, {hi}) is not tiled by the subtrees")
+    frontier = Frontier()
+    for first, size, node in inside:
+        frontier = append_subtree(frontier, (first - lo, size, node))
+    return frontier.root()
 
 
 def extend(frontier: Frontier, leaves: Iterable[bytes]) -> Frontier:
