@@ -27,11 +27,13 @@ socket takes plain entries only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import functools
+import gc
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,8 @@ BATCH = 4096
 WORKER_MIN_BYTES = 8 << 20
 #: At most this many import workers: past two the writer's own work (AES-GCM, SQLite) is the bottleneck.
 MAX_WORKERS = 2
+#: The garbage collector's first threshold while an import runs (`_fewer_collections`; Python's default is 700).
+IMPORT_GC_THRESHOLD = 20_000
 
 
 class ImportFormat(enum.StrEnum):
@@ -146,14 +150,15 @@ async def import_file(
         raise UsageError(f"unsupported import format {fmt}")
     counts = ImportCounts()
     local, workers = _plan(store, path, workers)
-    if local is None or workers <= 0:
-        tally = Tally()
-        await _pipeline(_in_process(store, path, tally), counts, progress)
-    else:
-        async with WorkerPool.start(path, local.tagging_key(), MATRIX, BATCH, workers) as pool:
-            await _pipeline(_from_workers(local, pool), counts, progress)
-            assert pool.tally is not None
-            tally = pool.tally
+    with _fewer_collections():
+        if local is None or workers <= 0:
+            tally = Tally()
+            await _pipeline(_in_process(store, path, tally), counts, progress)
+        else:
+            async with WorkerPool.start(path, local.tagging_key(), MATRIX, BATCH, workers) as pool:
+                await _pipeline(_from_workers(local, pool), counts, progress)
+                assert pool.tally is not None
+                tally = pool.tally
     counts.lines, counts.blank = tally.lines, tally.blank
     if progress is not None:
         progress(tally.read)
@@ -218,6 +223,34 @@ async def _encode_yielding(lines: list[bytes], received: int) -> tuple[list[Entr
         unknown += part_unknown
         await asyncio.sleep(0)
     return entries, unknown
+
+
+#: Imports running in this process under `_fewer_collections`, and the thresholds the first one found.
+_gc_paused: list[tuple[int, int, int]] = []
+
+
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """The collector's first threshold at least `IMPORT_GC_THRESHOLD` while imports run (the thresholds found
+    by the first are restored when the last ends).
+
+    Why: a batch makes its 4096 row tuples and columns at once (they are not cyclic garbage: reference counting
+    frees them), so each batch pushed the count of new containers past the default 700 several times, and every
+    collection walked the batch's objects (now and then the whole heap, nio's and psycopg's modules with it):
+    ~1 us/event of the writer's loop (bench/ingest.py, 10^5, timed with `gc.callbacks`). A collection still
+    runs once that many more containers are alive, so cyclic garbage stays bounded; an import's batches do
+    not get there."""
+    found = gc.get_threshold()
+    _gc_paused.append(found)
+    if len(_gc_paused) == 1 and found[0] < IMPORT_GC_THRESHOLD:
+        gc.set_threshold(IMPORT_GC_THRESHOLD, found[1], found[2])
+    try:
+        yield
+    finally:
+        first = _gc_paused[0]
+        _gc_paused.pop()
+        if not _gc_paused:
+            gc.set_threshold(*first)
 
 
 def _tally(result: AppendResult, counts: ImportCounts) -> None:

@@ -496,3 +496,25 @@ async def test_presealed_records_are_byte_identical_to_the_in_process_seal(
     assert len(rows[0]) > counts_here.appended and rows[0] == rows[1]
     for data_dir, keys in (here, there):
         verify_log(data_dir, keys)
+
+
+def test_the_collector_threshold_is_raised_while_imports_run_and_restored_after_the_last() -> None:
+    """`importer._fewer_collections`: the first threshold is at least `IMPORT_GC_THRESHOLD` while any import
+    runs, and the thresholds found by the first are restored when the last ends, whichever ends first."""
+    import gc
+    from contextlib import ExitStack
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        first, second = importer._fewer_collections(), importer._fewer_collections()
+        with ExitStack() as outer:
+            outer.enter_context(first)
+            assert gc.get_threshold() == (importer.IMPORT_GC_THRESHOLD, 10, 10)
+            second.__enter__()
+        # the first ended before the second: still raised
+        assert gc.get_threshold() == (importer.IMPORT_GC_THRESHOLD, 10, 10)
+        second.__exit__(None, None, None)
+        assert gc.get_threshold() == (700, 10, 10)
+    finally:
+        gc.set_threshold(*before)
