@@ -436,6 +436,16 @@ async def test_a_malformed_lines_frame_is_refused(frame: tuple[Any, ...]) -> Non
         await pool._batch_of(3, 0, frame)
 
 
+@pytest.mark.parametrize("tail", [[], ["str"], b"x", None])
+async def test_a_malformed_split_frame_is_refused(tail: object) -> None:
+    """A "split" frame (a batch presealed but for the last lines the writer asked for) whose raw lines are
+    empty or not bytes: ImportWorkerError before anything is presealed."""
+    pool = WorkerPool([], MATRIX, path=Path("unused.jsonl"), index_key=bytes(32), batch=7, head=0)
+    good = ("split", 10, True, 0, ["!r:x"], ["$e"], [b"t" * 16], [b"c" * 16], b"\x02", [b"h" * 32], [b"p"])
+    with pytest.raises(ImportWorkerError, match="malformed batch 3"):
+        await pool._batch_of(3, 0, (*good, tail))
+
+
 def _fixed_randomness(size: int) -> bytes:
     """`os.urandom` for `test_presealed_records_are_byte_identical...`: every salt 0x5a.., every nonce 0xa5..,
     whichever path draws them (the in-process seal draws nonce || salt per record in one call)."""
