@@ -508,23 +508,27 @@ async def test_presealed_records_are_byte_identical_to_the_in_process_seal(
         verify_log(data_dir, keys)
 
 
-def test_the_collector_threshold_is_raised_while_imports_run_and_restored_after_the_last() -> None:
-    """`importer._fewer_collections`: the first threshold is at least `IMPORT_GC_THRESHOLD` while any import
-    runs, and the thresholds found by the first are restored when the last ends, whichever ends first."""
+def test_the_import_tuning_holds_while_imports_run_and_is_restored_after_the_last() -> None:
+    """`importer._tuned_for_import`: the collector's first threshold is at least `IMPORT_GC_THRESHOLD` and the
+    switch interval at most `IMPORT_SWITCH_INTERVAL` while any import runs, and the settings found by the
+    first are restored when the last ends, whichever ends first."""
     import gc
     from contextlib import ExitStack
 
-    before = gc.get_threshold()
+    before = gc.get_threshold(), sys.getswitchinterval()
+    tuned = ((importer.IMPORT_GC_THRESHOLD, 10, 10), importer.IMPORT_SWITCH_INTERVAL)
     try:
         gc.set_threshold(700, 10, 10)
-        first, second = importer._fewer_collections(), importer._fewer_collections()
+        sys.setswitchinterval(0.005)
+        first, second = importer._tuned_for_import(), importer._tuned_for_import()
         with ExitStack() as outer:
             outer.enter_context(first)
-            assert gc.get_threshold() == (importer.IMPORT_GC_THRESHOLD, 10, 10)
+            assert (gc.get_threshold(), sys.getswitchinterval()) == tuned
             second.__enter__()
-        # the first ended before the second: still raised
-        assert gc.get_threshold() == (importer.IMPORT_GC_THRESHOLD, 10, 10)
+        # the first ended before the second: still tuned
+        assert (gc.get_threshold(), sys.getswitchinterval()) == tuned
         second.__exit__(None, None, None)
-        assert gc.get_threshold() == (700, 10, 10)
+        assert (gc.get_threshold(), sys.getswitchinterval()) == ((700, 10, 10), 0.005)
     finally:
-        gc.set_threshold(*before)
+        gc.set_threshold(*before[0])
+        sys.setswitchinterval(before[1])
