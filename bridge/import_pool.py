@@ -23,11 +23,17 @@ and the parent reports the interrupt.
 Sharing the work. The writer has CPU to spare beside one worker (sealing and SQLite cost less per event
 than normalising and compressing), so the parent takes part of the pure stage itself, with the same
 `preseal`: the first `HEAD_BATCHES` batches, cut from the file while the workers start (the workers skip
-them), and any batch it asks a worker for while it waits: when the writer is about to wait for a worker's
-next frame, it writes one byte on that worker's stdin, and the worker sends the next batch it has not
-started as its raw lines ("lines" frame) instead of presealing it. So the split follows the two sides'
-speeds on the machine as it is (another process's load included), and the writer never asks while it has
-work queued. The records are the same whoever preseals a batch.
+them), and the lines it asks a worker for while it waits: when the writer is about to wait for a worker's
+next frame, it writes one byte on that worker's stdin (at most `MAX_ASKED` unanswered), and the worker
+leaves the last `batch // SHARE_PARTS` lines of the next batch it has not started raw, per request, and
+sends the rest presealed with them ("split" frame; a batch left wholly raw is a "lines" frame). So the split
+follows the two sides' speeds on the machine as it is (another process's load included), and the writer
+never asks while it has work queued. The records are the same whoever preseals a line.
+
+Why a part of a batch and not a whole one: the batches are sealed and committed in file order, so while the
+writer preseals a batch of its own (~60-90 ms for 4096 lines beside the worker) the commit before it ends
+and the SQLite thread has nothing to do until it is done (timelines at 10^5: ~40 ms idle, 6-7 times); a
+quarter of a batch is presealed while the commit before it still runs.
 
 The frames on the pipes and what a worker does: `bridge.import_worker`.
 """
@@ -67,8 +73,15 @@ READ_AHEAD = 1
 #: (~47 ms each, `bench/ingest.py`'s events); with one the writer waited ~50 ms for it (10^5 events, 4
 #: alternating rounds: 12.9 against 13.6 us/event median).
 HEAD_BATCHES = 2
-#: One request on a worker's stdin: "send your next batch as lines" (the worker counts bytes: a test sends
-#: several at once).
+#: A request asks for the last `batch // SHARE_PARTS` lines of a batch raw ("Sharing the work" above).
+SHARE_PARTS = 4
+#: Requests to one worker not yet answered, at most: with one the writer took a part of every other batch
+#: only (a request made while the worker presealed a batch is answered by the batch after it).
+MAX_ASKED = 2
+#: The frames that carry a batch (`bridge.import_worker`): presealed, raw lines, or presealed but for its last lines.
+_BATCH_FRAMES = frozenset({"batch", "lines", "split"})
+#: One request on a worker's stdin: "send the last `batch // SHARE_PARTS` lines of your next batch raw" (the
+#: worker counts bytes: a test sends several at once).
 _REQUEST = b"\x01"
 # The worker's entry: the parent's sys.path first (so it imports the same `bridge`), from the config frame
 # on stdin; -I below keeps PYTHONPATH and the user's site out of it.
@@ -148,6 +161,27 @@ def _read_frame(stream: IO[bytes]) -> tuple[Any, ...] | None:
     return frame
 
 
+def _lines(k: int, lines: object) -> list[bytes]:
+    """A frame's raw lines, checked: a non-empty list of bytes."""
+    if not isinstance(lines, list) or not lines or not all(type(line) is bytes for line in lines):
+        raise ImportWorkerError(f"import worker sent a malformed batch {k}")
+    return lines
+
+
+def _joined(first: format.Presealed, then: format.Presealed) -> format.Presealed:
+    """One batch's columns from those of its first lines and of the lines after them."""
+    return format.Presealed(
+        first.source,
+        first.conversations + then.conversations,
+        first.event_ids + then.event_ids,
+        first.tags + then.tags,
+        first.conversation_tags + then.conversation_tags,
+        first.versions + then.versions,
+        first.commitments + then.commitments,
+        first.plaintexts + then.plaintexts,
+    )
+
+
 #: A frame read ahead (None: the pipe ended), or the failure that stopped the reading.
 _Queued = tuple[tuple[Any, ...] | None, BaseException | None]
 
@@ -173,7 +207,8 @@ class WorkerPool:
         self._head = head
         self._encode: Encoder | None = None
         self._conv_tags: dict[str, bytes] = {}
-        self._asked = [False] * len(procs)
+        self._asked = [0] * len(procs)
+        self._share = max(1, batch // SHARE_PARTS)
         self._pump: asyncio.Task[None] | None = None
         self._queue: asyncio.Queue[_Queued] | None = None
         self._closing = False
@@ -200,6 +235,7 @@ class WorkerPool:
             "batch": batch,
             "count": workers,
             "head": head,
+            "share": max(1, batch // SHARE_PARTS),
         }
         try:
             for index in range(workers):
@@ -239,7 +275,7 @@ class WorkerPool:
             frame, error = await queue.get()
             if error is not None:
                 raise error
-            if frame is not None and frame[0] in ("batch", "lines"):
+            if frame is not None and frame[0] in _BATCH_FRAMES:
                 k += 1
                 yield await self._batch_of(k - 1, (k - 1) % count, frame)
                 continue
@@ -263,7 +299,7 @@ class WorkerPool:
                 await queue.put((None, exc))
                 return
             await queue.put((frame, None))
-            if frame is None or frame[0] not in ("batch", "lines"):
+            if frame is None or frame[0] not in _BATCH_FRAMES:
                 return
             k += 1
 
@@ -284,34 +320,38 @@ class WorkerPool:
         return unknown, format.Presealed(self._source, convs, ids, tags, ctags, versions, commits, plaintexts)
 
     def _ask(self, index: int) -> None:
-        """One request to worker `index` (at most one outstanding); a worker that is gone is reported by the
-        read of its pipe, not here."""
+        """One request to worker `index` (at most `MAX_ASKED` outstanding); a worker that is gone is reported by
+        the read of its pipe, not here."""
         proc = self._procs[index]
-        if self._asked[index] or proc.stdin is None:
+        if self._asked[index] >= MAX_ASKED or proc.stdin is None:
             return
         try:
             proc.stdin.write(_REQUEST)
             proc.stdin.flush()
         except (BrokenPipeError, ValueError):
             return
-        self._asked[index] = True
+        self._asked[index] += 1
+
+    def _answered(self, index: int, lines: int) -> None:
+        """`lines` raw lines came from worker `index`: the requests they answer are no longer outstanding."""
+        self._asked[index] = max(0, self._asked[index] - -(-lines // self._share))
 
     async def _batch_of(self, k: int, index: int, frame: tuple[Any, ...]) -> WorkerBatch:
         if frame[0] == "batch":
             return self._batch(k, frame)
+        if frame[0] == "split":  # presealed but for its last lines, which this process preseals
+            batch, tail = self._batch(k, frame[:-1]), _lines(k, frame[-1])
+            self._answered(index, len(tail))
+            unknown, rest = await self._preseal_here(tail)
+            return WorkerBatch(batch.read, batch.full, batch.unknown + unknown, _joined(batch.presealed, rest))
         try:
             read, full, lines = frame[1:]
         except ValueError:
             raise ImportWorkerError(f"import worker sent a malformed batch {k}") from None
-        if (
-            type(read) is not int
-            or type(full) is not bool
-            or not isinstance(lines, list)
-            or not lines
-            or not all(type(line) is bytes for line in lines)
-        ):
+        if type(read) is not int or type(full) is not bool:
             raise ImportWorkerError(f"import worker sent a malformed batch {k}")
-        self._asked[index] = False  # that request is answered: the next wait may ask again
+        lines = _lines(k, lines)
+        self._answered(index, len(lines))
         unknown, presealed = await self._preseal_here(lines)
         return WorkerBatch(read, full, unknown, presealed)
 

@@ -15,10 +15,11 @@ commitment, zstd frame). It writes one frame per batch on stdout, in file order,
 Frames on the pipe are `marshal`ed tuples of str, bytes and int (marshal builds no objects but those and
 runs no code on load, unlike pickle), each behind an 8-byte length: ("batch", bytes read at the cut,
 full?, unknown, conversations, event ids, tags, conversation tags, versions, commitments, plaintexts),
-("lines", bytes read at the cut, full?, lines) for a batch the writer asked for, ("end", lines, blank
+("split", the same fields, then the batch's last lines raw) for a batch whose last lines the writer asked
+for, ("lines", bytes read at the cut, full?, lines) for a batch it asked for whole, ("end", lines, blank
 lines, bytes read) or ("error", message) for an input it cannot read. The writer's stdin pipe carries the
-config frame (8-byte length, then `marshal`ed), then one byte per request ("send your next batch as lines",
-read between batches without blocking: `_Requests`).
+config frame (8-byte length, then `marshal`ed), then one byte per request ("leave `share` more lines of your
+next batch raw", the config's `share`; read between batches without blocking: `_Requests`).
 
 This module's top level imports only what a worker needs (the writer's modules pull in psycopg and the
 Matrix package matrix-nio, ~0.3-0.9 s of start-up): see `pure_encoder`.
@@ -154,6 +155,7 @@ def serve(config: dict[str, Any]) -> int:
     path, index_key, source = Path(config["file"]), bytes(config["index_key"]), str(config["source"])
     size, index, count = int(config["batch"]), int(config["index"]), int(config["count"])
     head = int(config.get("head", 0))
+    share = int(config.get("share", size))
     tally, conv_tags, requests = Tally(), dict[str, bytes](), _Requests(0)
     try:
         with out:
@@ -161,11 +163,16 @@ def serve(config: dict[str, Any]) -> int:
                 for k, lines in enumerate(cut(path, size, tally)):
                     if k < head or k % count != index:
                         continue
-                    if requests.take():  # the writer is waiting: it preseals this batch itself
-                        _write(out, ("lines", tally.read, len(lines) >= size, lines))
+                    full = len(lines) >= size
+                    raw = requests.take(len(lines), share)  # the writer is waiting: it preseals these itself
+                    if raw >= len(lines):
+                        _write(out, ("lines", tally.read, full, lines))
                         continue
-                    columns = preseal(encode, lines, now_ms(), index_key, source, conv_tags)
-                    _write(out, ("batch", tally.read, len(lines) >= size, *columns))
+                    columns = preseal(encode, lines[: len(lines) - raw], now_ms(), index_key, source, conv_tags)
+                    if raw:
+                        _write(out, ("split", tally.read, full, *columns, lines[len(lines) - raw :]))
+                    else:
+                        _write(out, ("batch", tally.read, full, *columns))
             except UsageError as exc:
                 _write(out, ("error", str(exc)))
                 return 2
@@ -183,8 +190,9 @@ class _Requests:
         self._pending = 0
         os.set_blocking(fd, False)
 
-    def take(self) -> bool:
-        """True (and one request used) if the writer has asked for a batch it has not been sent yet."""
+    def take(self, lines: int, share: int) -> int:
+        """How many of the last of a batch's `lines` to send raw: `share` per request the writer has made and
+        this batch can use (the requests it uses are spent), 0 if none is pending."""
         while self._fd is not None:
             try:
                 got = os.read(self._fd, 4096)
@@ -194,7 +202,6 @@ class _Requests:
                 self._fd = None
                 break
             self._pending += len(got)
-        if self._pending:
-            self._pending -= 1
-            return True
-        return False
+        used = min(self._pending, -(-lines // share))
+        self._pending -= used
+        return min(lines, used * share)

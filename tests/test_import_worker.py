@@ -436,6 +436,16 @@ async def test_a_malformed_lines_frame_is_refused(frame: tuple[Any, ...]) -> Non
         await pool._batch_of(3, 0, frame)
 
 
+@pytest.mark.parametrize("tail", [[], ["str"], b"x", None])
+async def test_a_malformed_split_frame_is_refused(tail: object) -> None:
+    """A "split" frame (a batch presealed but for the last lines the writer asked for) whose raw lines are
+    empty or not bytes: ImportWorkerError before anything is presealed."""
+    pool = WorkerPool([], MATRIX, path=Path("unused.jsonl"), index_key=bytes(32), batch=7, head=0)
+    good = ("split", 10, True, 0, ["!r:x"], ["$e"], [b"t" * 16], [b"c" * 16], b"\x02", [b"h" * 32], [b"p"])
+    with pytest.raises(ImportWorkerError, match="malformed batch 3"):
+        await pool._batch_of(3, 0, (*good, tail))
+
+
 def _fixed_randomness(size: int) -> bytes:
     """`os.urandom` for `test_presealed_records_are_byte_identical...`: every salt 0x5a.., every nonce 0xa5..,
     whichever path draws them (the in-process seal draws nonce || salt per record in one call)."""
@@ -496,3 +506,29 @@ async def test_presealed_records_are_byte_identical_to_the_in_process_seal(
     assert len(rows[0]) > counts_here.appended and rows[0] == rows[1]
     for data_dir, keys in (here, there):
         verify_log(data_dir, keys)
+
+
+def test_the_import_tuning_holds_while_imports_run_and_is_restored_after_the_last() -> None:
+    """`importer._tuned_for_import`: the collector's first threshold is at least `IMPORT_GC_THRESHOLD` and the
+    switch interval at most `IMPORT_SWITCH_INTERVAL` while any import runs, and the settings found by the
+    first are restored when the last ends, whichever ends first."""
+    import gc
+    from contextlib import ExitStack
+
+    before = gc.get_threshold(), sys.getswitchinterval()
+    tuned = ((importer.IMPORT_GC_THRESHOLD, 10, 10), importer.IMPORT_SWITCH_INTERVAL)
+    try:
+        gc.set_threshold(700, 10, 10)
+        sys.setswitchinterval(0.005)
+        first, second = importer._tuned_for_import(), importer._tuned_for_import()
+        with ExitStack() as outer:
+            outer.enter_context(first)
+            assert (gc.get_threshold(), sys.getswitchinterval()) == tuned
+            second.__enter__()
+        # the first ended before the second: still tuned
+        assert (gc.get_threshold(), sys.getswitchinterval()) == tuned
+        second.__exit__(None, None, None)
+        assert (gc.get_threshold(), sys.getswitchinterval()) == ((700, 10, 10), 0.005)
+    finally:
+        gc.set_threshold(*before[0])
+        sys.setswitchinterval(before[1])

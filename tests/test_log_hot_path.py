@@ -321,3 +321,38 @@ async def test_a_conflict_in_a_multi_row_insert_leaves_nothing_of_the_batch(empt
     finally:
         conn.close()
     verify_log(empty_log.data_dir, empty_log.keys)
+
+
+async def test_a_batch_committed_at_once_that_fails_leaves_nothing_of_it(empty_log: LogDir) -> None:
+    """On SQLite a batch's transaction runs in one call on the connection's thread (`_commit_at_once`): a
+    batch whose row inside its 4096-row statement collides with a stored record fails as a whole
+    (StorageError; none of its rows and no duplicate counter stored: ROLLBACK on that thread), and the
+    writer goes on writing."""
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        await store.append_events([make_event(i) for i in range(3)])
+        await store.checkpoint()
+        size, frontier = store.size, store._frontier.copy()
+        conn = sqlite3.connect(db_path(empty_log.data_dir))
+        try:
+            stored = conn.execute("SELECT seq, dedup, header, commitment, body, leaf FROM records").fetchall()
+            checkpoints = conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]
+        finally:
+            conn.close()
+        rows = [(size + n, n.to_bytes(16, "big"), b"h", b"c", b"b", b"l") for n in range(4096 + 7)]
+        rows[4000] = tuple(stored[-1])  # type: ignore[assignment]  # inside the 4096-row statement
+        grown = frontier.copy()
+        grown.append_many([bytes(32)] * len(rows))
+        batch = store_module._Batch(rows, 5, None, grown, bytes(32), set())
+        with pytest.raises(StorageError):
+            await store._commit(batch)
+        result = await store.append_events([make_event(3)])
+        assert result.appended == 1 and store.size == size + 1
+        await store.checkpoint()
+    conn = sqlite3.connect(db_path(empty_log.data_dir))
+    try:
+        assert conn.execute("SELECT COUNT(*) FROM records").fetchone()[0] == size + 1
+        assert conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0] == checkpoints + 1
+        assert conn.execute("SELECT COUNT(*) FROM counters WHERE name = 'duplicates'").fetchone()[0] == 0
+    finally:
+        conn.close()
+    verify_log(empty_log.data_dir, empty_log.keys)

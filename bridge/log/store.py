@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import itertools
 import logging
@@ -771,32 +772,51 @@ class LogStore:
 
     async def _commit(self, batch: _Batch) -> tuple[int, int] | None:
         """Write the batch in one transaction; returns the checkpoint it signed, if any."""
+        if isinstance(self._conn, db.SqliteWriter):
+            return await self._transaction(lambda: self._write(batch), whole=True)
         return await self._transaction(lambda: self._write(batch))
 
     async def _write(self, batch: _Batch) -> tuple[int, int] | None:
+        """The batch's statements: on SQLite the whole transaction at once on the connection's thread
+        (`_commit_at_once`), elsewhere inside the caller's transaction."""
         conn = self._conn
+        if isinstance(conn, db.SqliteWriter):
+            return await self._commit_at_once(conn, batch)
         if batch.rows:
             await _insert_records(conn, batch.rows)
         if batch.duplicates:
-            await conn.execute(
-                "INSERT INTO counters (name, value) VALUES ('duplicates', ?)"
-                " ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value",
-                (batch.duplicates,),
-            )
+            await conn.execute(_ADD_DUPLICATES, (batch.duplicates,))
         if batch.cursor is not None:
-            await conn.execute(
-                "INSERT INTO cursors (name, value, updated_ms, mac) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE"
-                " SET value = excluded.value, updated_ms = excluded.updated_ms, mac = excluded.mac",
-                (
-                    batch.cursor[0],
-                    seal_cursor(self._index_key, *batch.cursor),
-                    now_ms(),
-                    cursor_mac(self._index_key, *batch.cursor),
-                ),
-            )
+            await conn.execute(_PUT_CURSOR, self._cursor_row(batch.cursor))
         if self._checkpoint_due(batch.frontier.size):
             return await self._insert_checkpoint(batch.frontier)
         return None
+
+    async def _commit_at_once(self, conn: db.SqliteWriter, batch: _Batch) -> tuple[int, int] | None:
+        """`_write`'s statements between BEGIN IMMEDIATE and COMMIT (ROLLBACK on any failure) in one call on
+        the SQLite connection's thread: what `_run_transaction` does in four or five calls.
+
+        Why: each call is a hand-over to that thread and back to the event loop, and while the loop seals or
+        preseals the next batch each waits for the GIL or for the loop's turn (2-4 ms each way, measured on
+        `bench/ingest.py`'s import at 10^5); the commits are the import's critical path. The statements and
+        the checkpoint's signature are made here, on the loop, before the hand-over."""
+        statements = _insert_statements(conn.backend, batch.rows)
+        if batch.duplicates:
+            statements.append((_ADD_DUPLICATES, [(batch.duplicates,)]))
+        if batch.cursor is not None:
+            statements.append((_PUT_CURSOR, [self._cursor_row(batch.cursor)]))
+        signed: tuple[int, int] | None = None
+        if self._checkpoint_due(batch.frontier.size):
+            row = checkpoint_row(self._keys, batch.frontier)
+            statements.append((_INSERT_CHECKPOINT, [row]))
+            signed = (row[0], row[1])
+        await _on_sqlite_thread(conn, functools.partial(_run_statements, statements))
+        if signed is not None:
+            self._signed_in_transaction = True
+        return signed
+
+    def _cursor_row(self, cursor: tuple[str, str]) -> tuple[str, str, int, bytes]:
+        return (cursor[0], seal_cursor(self._index_key, *cursor), now_ms(), cursor_mac(self._index_key, *cursor))
 
     def _checkpoint_due(self, size: int) -> bool:
         pending = size - max(self._last_cp_size, 0)
@@ -986,7 +1006,7 @@ class LogStore:
         assert prefix is not None
         return prefix
 
-    async def _transaction(self, body: Callable[[], Awaitable[T]]) -> T:
+    async def _transaction(self, body: Callable[[], Awaitable[T]], *, whole: bool = False) -> T:
         """`body` between BEGIN and COMMIT (ROLLBACK on failure), never abandoned half-way: a cancellation
         waits until the transaction has ended, then goes on.
 
@@ -997,9 +1017,10 @@ class LogStore:
         runs as its own task that cancelling the caller cannot reach; the caller then goes on as the transaction
         ended (its bookkeeping matches what is committed) and the cancellation is delivered again at its next
         await (the caller of a committed batch may then acknowledge nothing: a replay is deduplicated). The wait
-        is one transaction long (tests/test_log_cancel.py).
+        is one transaction long (tests/test_log_cancel.py). `whole`: `body` runs BEGIN, its statements and
+        COMMIT or ROLLBACK itself (`_commit_at_once`).
         """
-        inner = asyncio.ensure_future(self._run_transaction(body))
+        inner = asyncio.ensure_future(self._run_transaction(body, whole))
         current = asyncio.current_task()
         cancelled = False
         try:
@@ -1015,16 +1036,19 @@ class LogStore:
             if cancelled and current is not None:
                 current.cancel()
 
-    async def _run_transaction(self, body: Callable[[], Awaitable[T]]) -> T:
+    async def _run_transaction(self, body: Callable[[], Awaitable[T]], whole: bool = False) -> T:
         self._signed_in_transaction = False
         try:
-            await self._conn.execute("BEGIN IMMEDIATE")
-            try:
+            if whole:
                 result = await body()
-                await self._conn.execute("COMMIT")
-            except BaseException:
-                await self._conn.execute("ROLLBACK")
-                raise
+            else:
+                await self._conn.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await body()
+                    await self._conn.execute("COMMIT")
+                except BaseException:
+                    await self._conn.execute("ROLLBACK")
+                    raise
         except self._conn.errors as exc:
             raise StorageError(f"could not write to the log: {exc}") from exc
         if self._signed_in_transaction and self.on_checkpoint is not None:
@@ -1040,6 +1064,16 @@ _INSERT_RECORD = "INSERT INTO records (seq, dedup, header, commitment, body, lea
 _INSERT_CHECKPOINT = "INSERT INTO checkpoints (size, created_ms, note, frontier) VALUES (?, ?, ?, ?)"
 #: Records a presealed batch seals between two yields to the event loop (`LogStore._seal_presealed`): ~1-2 ms.
 SEAL_SLICE = 512
+
+# `bytes` bound as itself, found in the adapter registry at once. Why: `sqlite3` (3.11) binds int, float, str
+# and bytearray directly but sends every `bytes` value through its adaptation protocol, which looks for
+# `PrepareProtocol.__adapt__` on a type object and so builds and drops an AttributeError (a formatted
+# message) per value: five per record, ~0.5 us per record of the SQLite thread's time with the GIL held,
+# beside the loop that seals the next batch. With this entry the value is looked up and returned as it is
+# (`bytes.__bytes__(b)` is `b` for an exact bytes object, Python 3.11+; a method descriptor is called with less
+# overhead than the type: 190 against 260 ns per bound value): the same value bound, for every connection in
+# the process.
+sqlite3.register_adapter(bytes, bytes.__bytes__)
 
 
 def _statement_sizes() -> tuple[int, ...]:
@@ -1062,10 +1096,22 @@ _INSERTS = {
 }
 
 
-async def _insert_records(conn: db.Writer, rows: list[_Row]) -> None:
-    """Insert `rows` in order: on SQLite in as few multi-row statements as `STATEMENT_ROWS` allows (one for
-    an import batch of 4096), the last few (fewer than 8) one by one; on PostgreSQL by `executemany` of the
-    one-row statement, as before.
+#: A statement and the parameters it is run with (`executemany`), in a transaction's order.
+_Statement = tuple[str, list[Sequence[object]]]
+_ADD_DUPLICATES = (
+    "INSERT INTO counters (name, value) VALUES ('duplicates', ?)"
+    " ON CONFLICT(name) DO UPDATE SET value = counters.value + excluded.value"
+)
+_PUT_CURSOR = (
+    "INSERT INTO cursors (name, value, updated_ms, mac) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE"
+    " SET value = excluded.value, updated_ms = excluded.updated_ms, mac = excluded.mac"
+)
+
+
+def _insert_statements(backend: str, rows: list[_Row]) -> list[_Statement]:
+    """The statements that insert `rows` in order: on SQLite as few multi-row statements as `STATEMENT_ROWS`
+    allows (one for an import batch of 4096), the last few (fewer than 8) one by one; on PostgreSQL the one-row
+    statement for every row, as before.
 
     Why: `sqlite3` binds a statement's values with the GIL held, releases it for `sqlite3_step` and must take
     it back after; while the event loop seals the next batch (Python, hashing and AES-GCM that hold the GIL
@@ -1073,19 +1119,47 @@ async def _insert_records(conn: db.Writer, rows: list[_Row]) -> None:
     thread took 42-44 ms with one statement per 128 rows (and 50-3800 ms with one per row) against 18-19 ms
     with one statement, the same as with the loop idle (docs/log-format.md, "Import at scale"). Same rows,
     same order. Each statement size is prepared once per connection (~10 ms for 4096 rows) and cached."""
+    statements: list[_Statement] = []
     start = 0
-    if conn.backend == db.SQLITE:
+    if backend == db.SQLITE:
         flat = itertools.chain.from_iterable
         for size in STATEMENT_ROWS:
             count = (len(rows) - start) // size
             if count:
-                await conn.executemany(
-                    _INSERTS[size],
-                    [tuple(flat(rows[at : at + size])) for at in range(start, start + count * size, size)],
-                )
+                spans = range(start, start + count * size, size)
+                statements.append((_INSERTS[size], [tuple(flat(rows[at : at + size])) for at in spans]))
                 start += count * size
     if start < len(rows):
-        await conn.executemany(_INSERT_RECORD, rows[start:])
+        statements.append((_INSERT_RECORD, list(rows[start:])))
+    return statements
+
+
+async def _insert_records(conn: db.Writer, rows: list[_Row]) -> None:
+    """Insert `rows` in order, in the caller's transaction (`_insert_statements`)."""
+    for sql, params in _insert_statements(conn.backend, rows):
+        await conn.executemany(sql, params)
+
+
+def _run_statements(statements: list[_Statement], conn: sqlite3.Connection) -> None:
+    """On the connection's own thread: `statements` in one transaction, rolled back whole on any failure
+    (a failed COMMIT included; SQLite may have ended the transaction already)."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for sql, params in statements:
+            conn.executemany(sql, params)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+async def _on_sqlite_thread(writer: db.SqliteWriter, call: Callable[[sqlite3.Connection], None]) -> None:
+    """`call(connection)` on the aiosqlite connection's own thread, in its queue's order with the statements
+    handed to it before. aiosqlite has no public call for this; `Connection._execute` is the one every one of
+    its methods uses (present from 0.17 through 0.22; `tests/test_log_hot_path.py` runs this path)."""
+    aio = writer.conn
+    await aio._execute(lambda: call(aio._conn))  # type: ignore[no-untyped-call]
 
 
 async def key_chain(conn: db.Writer, keys: KeyMaterial) -> KeyChain:
