@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
+from typing import Any
 
 import pytest
 from hypothesis import example, given
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from bridge.errors import Check, LogIntegrityError, StorageError
 from bridge.events import canonical_bytes
-from bridge.log import compression, crypto, format
+from bridge.log import compression, crypto, db, format
 from bridge.log import store as store_module
 from bridge.log.dedup import DedupReader
 from bridge.log.schema import PAGE_SIZE, db_path, dedup_tag
@@ -323,11 +324,25 @@ async def test_a_conflict_in_a_multi_row_insert_leaves_nothing_of_the_batch(empt
     verify_log(empty_log.data_dir, empty_log.keys)
 
 
-async def test_a_batch_committed_at_once_that_fails_leaves_nothing_of_it(empty_log: LogDir) -> None:
+@pytest.mark.parametrize("at_once", [True, False], ids=["one-call", "aiosqlite-without-_execute"])
+async def test_a_batch_committed_at_once_that_fails_leaves_nothing_of_it(
+    empty_log: LogDir, monkeypatch: pytest.MonkeyPatch, at_once: bool
+) -> None:
     """On SQLite a batch's transaction runs in one call on the connection's thread (`_commit_at_once`): a
     batch whose row inside its 4096-row statement collides with a stored record fails as a whole
     (StorageError; none of its rows and no duplicate counter stored: ROLLBACK on that thread), and the
-    writer goes on writing."""
+    writer goes on writing. The same with an aiosqlite lacking the private call (`runs_calls` False): the
+    writer takes the statement-by-statement path and never calls `run`."""
+    calls: list[object] = []
+    real_run = db.SqliteWriter.run
+
+    async def spy(self: db.SqliteWriter, call: Any) -> Any:
+        calls.append(call)
+        return await real_run(self, call)
+
+    monkeypatch.setattr(db.SqliteWriter, "run", spy)
+    if not at_once:
+        monkeypatch.setattr(db.SqliteWriter, "runs_calls", property(lambda self: False))
     async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
         await store.append_events([make_event(i) for i in range(3)])
         await store.checkpoint()
@@ -356,3 +371,4 @@ async def test_a_batch_committed_at_once_that_fails_leaves_nothing_of_it(empty_l
     finally:
         conn.close()
     verify_log(empty_log.data_dir, empty_log.keys)
+    assert bool(calls) is at_once

@@ -772,7 +772,7 @@ class LogStore:
 
     async def _commit(self, batch: _Batch) -> tuple[int, int] | None:
         """Write the batch in one transaction; returns the checkpoint it signed, if any."""
-        if isinstance(self._conn, db.SqliteWriter):
+        if isinstance(self._conn, db.SqliteWriter) and self._conn.runs_calls:
             return await self._transaction(lambda: self._write(batch), whole=True)
         return await self._transaction(lambda: self._write(batch))
 
@@ -780,7 +780,7 @@ class LogStore:
         """The batch's statements: on SQLite the whole transaction at once on the connection's thread
         (`_commit_at_once`), elsewhere inside the caller's transaction."""
         conn = self._conn
-        if isinstance(conn, db.SqliteWriter):
+        if isinstance(conn, db.SqliteWriter) and conn.runs_calls:
             return await self._commit_at_once(conn, batch)
         if batch.rows:
             await _insert_records(conn, batch.rows)
@@ -810,7 +810,7 @@ class LogStore:
             row = checkpoint_row(self._keys, batch.frontier)
             statements.append((_INSERT_CHECKPOINT, [row]))
             signed = (row[0], row[1])
-        await _on_sqlite_thread(conn, functools.partial(_run_statements, statements))
+        await conn.run(functools.partial(_run_statements, statements))
         if signed is not None:
             self._signed_in_transaction = True
         return signed
@@ -1152,14 +1152,6 @@ def _run_statements(statements: list[_Statement], conn: sqlite3.Connection) -> N
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-async def _on_sqlite_thread(writer: db.SqliteWriter, call: Callable[[sqlite3.Connection], None]) -> None:
-    """`call(connection)` on the aiosqlite connection's own thread, in its queue's order with the statements
-    handed to it before. aiosqlite has no public call for this; `Connection._execute` is the one every one of
-    its methods uses (present from 0.17 through 0.22; `tests/test_log_hot_path.py` runs this path)."""
-    aio = writer.conn
-    await aio._execute(lambda: call(aio._conn))  # type: ignore[no-untyped-call]
 
 
 async def key_chain(conn: db.Writer, keys: KeyMaterial) -> KeyChain:
