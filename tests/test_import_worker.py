@@ -171,6 +171,14 @@ async def test_batches_the_writer_presealed_itself_store_the_same(
         return await preseal_here(self, lines)
 
     monkeypatch.setattr(WorkerPool, "_preseal_here", counting)
+    splits: list[int] = []
+    joined = import_pool._joined
+
+    def counting_splits(first: format.Presealed, then: format.Presealed) -> format.Presealed:
+        splits.append(len(then.event_ids))
+        return joined(first, then)
+
+    monkeypatch.setattr(import_pool, "_joined", counting_splits)
     path = _mixed_file(tmp_path / "in.jsonl")
     here, there = _log(tmp_path, "here"), _log(tmp_path, "there")
     counts_here, progress_here = await _import(*here, path, workers=0)
@@ -180,6 +188,11 @@ async def test_batches_the_writer_presealed_itself_store_the_same(
     assert _events(*there) == _events(*here)
     verify_log(*there)
     assert len(here_local) >= head + (asks > 1)  # the head, and (asking for many at once) more than that
+    if head == 0:
+        # the writer waits for the first batch while the worker starts and asks for its last lines (one per
+        # request here: 7 // SHARE_PARTS, at least 1; at most MAX_ASKED requests outstanding): "split" frames,
+        # their last lines presealed here and joined to the worker's columns
+        assert splits and all(1 <= n <= import_pool.MAX_ASKED for n in splits)
 
 
 async def test_a_killed_worker_fails_clearly_and_a_rerun_completes(
