@@ -297,6 +297,13 @@ def test_prepare_plaintexts_is_prepare_plaintext_in_turn(items: list[tuple[bytes
         format.prepare_plaintexts(b"".join(salt for salt, _ in items) + b"x", [payload for _, payload in items])
 
 
+def _rows_colliding_inside_the_big_statement(size: int, stored: tuple[object, ...]) -> list[Any]:
+    """4096 + 7 rows from seq `size`, row 4000 (inside the 4096-row statement) a copy of a stored record."""
+    rows: list[Any] = [(size + n, n.to_bytes(16, "big"), b"h", b"c", b"b", b"l") for n in range(4096 + 7)]
+    rows[4000] = stored
+    return rows
+
+
 async def test_a_conflict_in_a_multi_row_insert_leaves_nothing_of_the_batch(empty_log: LogDir) -> None:
     """A batch whose row 4000 (inside its 4096-row statement) collides with a stored record (its seq) fails
     as a whole: StorageError, none of its rows stored (the multi-row statements are `INSERT OR FAIL`: the
@@ -309,8 +316,7 @@ async def test_a_conflict_in_a_multi_row_insert_leaves_nothing_of_the_batch(empt
             stored = conn.execute("SELECT seq, dedup, header, commitment, body, leaf FROM records").fetchall()
         finally:
             conn.close()
-        rows = [(size + n, n.to_bytes(16, "big"), b"h", b"c", b"b", b"l") for n in range(4096 + 7)]
-        rows[4000] = tuple(stored[-1])  # type: ignore[assignment]  # inside the 4096-row statement
+        rows = _rows_colliding_inside_the_big_statement(size, tuple(stored[-1]))
         with pytest.raises(StorageError):
             await store._transaction(lambda: store_module._insert_records(store._conn, rows))
         result = await store.append_events([make_event(3)])
@@ -353,8 +359,7 @@ async def test_a_batch_committed_at_once_that_fails_leaves_nothing_of_it(
             checkpoints = conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]
         finally:
             conn.close()
-        rows = [(size + n, n.to_bytes(16, "big"), b"h", b"c", b"b", b"l") for n in range(4096 + 7)]
-        rows[4000] = tuple(stored[-1])  # type: ignore[assignment]  # inside the 4096-row statement
+        rows = _rows_colliding_inside_the_big_statement(size, tuple(stored[-1]))
         grown = frontier.copy()
         grown.append_many([bytes(32)] * len(rows))
         batch = store_module._Batch(rows, 5, None, grown, bytes(32), set())
