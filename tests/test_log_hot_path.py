@@ -210,24 +210,35 @@ async def test_redelivery_while_the_first_delivery_commits_is_a_duplicate(empty_
     assert report.records == store.size
 
 
+def _stored_from(log: LogDir, first: int, order: str) -> list[Any]:
+    """(seq, header, commitment, body) of the stored records from seq `first`, by `order` (seq or rowid)."""
+    conn = sqlite3.connect(db_path(log.data_dir))
+    try:
+        return conn.execute(
+            f"SELECT seq, header, commitment, body FROM records WHERE seq >= ? ORDER BY {order}",
+            (first,),
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def _assert_they_open_to(log: LogDir, data_keys: dict[int, bytes], rows: list[Any], events: list[Any]) -> None:
+    """Each row's header names its seq and the record opens (AEAD + commitment) to its event's canonical bytes."""
+    for (seq, header_b, commit, body), event in zip(rows, events, strict=True):
+        header = format.unpack_header(header_b)
+        assert header.seq == seq
+        payload = format.open_record(log.keys.log_id, crypto.sealers(data_keys), header, header_b, commit, body)
+        assert payload == canonical_bytes(event)
+
+
 async def test_records_sealed_by_the_fast_path_open_to_their_events(empty_log: LogDir) -> None:
     """Every record the writer sealed decrypts (AEAD + commitment) to the canonical bytes of its event."""
     events = [make_event(i) for i in range(20)]
     async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
         result = await store.append_events(events)
         data_keys = dict(store.media_keys().data_keys)
-    conn = sqlite3.connect(db_path(empty_log.data_dir))
-    try:
-        rows = conn.execute(
-            "SELECT seq, header, commitment, body FROM records WHERE seq >= ? ORDER BY seq", (result.seqs[0],)
-        ).fetchall()
-    finally:
-        conn.close()
-    for (seq, header_b, commit, body), event in zip(rows, events, strict=True):
-        header = format.unpack_header(header_b)
-        assert header.seq == seq
-        payload = format.open_record(empty_log.keys.log_id, crypto.sealers(data_keys), header, header_b, commit, body)
-        assert payload == canonical_bytes(event)
+    rows = _stored_from(empty_log, result.seqs[0], "seq")
+    _assert_they_open_to(empty_log, data_keys, rows, events)
 
 
 async def test_a_key_row_of_the_wrong_types_is_tampering_not_a_crash(empty_log: LogDir) -> None:
@@ -261,19 +272,9 @@ async def test_a_batch_longer_than_one_insert_statement_is_stored_whole_and_in_o
         data_keys = dict(store.media_keys().data_keys)
         await store.checkpoint()
     assert result.appended == n and list(result.seqs) == list(range(result.seqs[0], result.seqs[0] + n))
-    conn = sqlite3.connect(db_path(empty_log.data_dir))
-    try:
-        rows = conn.execute(
-            "SELECT seq, header, commitment, body FROM records WHERE seq >= ? ORDER BY rowid", (result.seqs[0],)
-        ).fetchall()
-    finally:
-        conn.close()
+    rows = _stored_from(empty_log, result.seqs[0], "rowid")
     assert [row[0] for row in rows] == list(result.seqs)
-    for (seq, header_b, commit, body), event in zip(rows, events, strict=True):
-        header = format.unpack_header(header_b)
-        assert header.seq == seq
-        payload = format.open_record(empty_log.keys.log_id, crypto.sealers(data_keys), header, header_b, commit, body)
-        assert payload == canonical_bytes(event)
+    _assert_they_open_to(empty_log, data_keys, rows, events)
     verify_log(empty_log.data_dir, empty_log.keys)
 
 
