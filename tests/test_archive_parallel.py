@@ -10,20 +10,19 @@ from __future__ import annotations
 import dataclasses
 import posixpath
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bridge import helper_process
 from bridge.archive import render
 from bridge.archive.package import snapshot
 from bridge.archive.range import Month
 from bridge.archive.verify_package import PackageIntegrityError, verify_package
 from bridge.log import keys as keyfile
 from tests.conftest import LogDir
+from tests.support import processes
 from tests.support.archive_log import OPTIONS, create_archive_log, dossier_dir, january_february, seal_for
 from tests.test_archive_verify import rebag
 
@@ -162,21 +161,6 @@ def test_a_failing_rendering_process_is_a_clear_error_not_a_hang(
         render.render_jobs([job("!a:x"), job("!b:x")], [1, 100], 2)
 
 
-def _started_helpers(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    """Every rendering process started from now on (ahead or fresh)."""
-    started: list[object] = []
-    real = helper_process.start
-
-    def spy(module: str, entry: str) -> subprocess.Popen[bytes]:
-        proc = real(module, entry)
-        if module == "bridge.archive.render":
-            started.append(proc)
-        return proc
-
-    monkeypatch.setattr(helper_process, "start", spy)
-    return started
-
-
 @pytest.mark.parametrize("used", [True, False])
 def test_rendering_processes_started_ahead_are_used_and_always_end(
     log: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, used: bool
@@ -191,7 +175,7 @@ def test_rendering_processes_started_ahead_are_used_and_always_end(
     )
     monkeypatch.setattr(scan, "PARALLEL_MIN_RECORDS", 0)
     monkeypatch.setattr(render, "POOL_MIN_BYTES", 0 if used else 1 << 40)
-    started = _started_helpers(monkeypatch)
+    started = processes.started(monkeypatch, "bridge.archive.render")
     pooled = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "pool", OPTIONS, seal=seal_for(log), workers=2)
     assert _files(pooled.path) == _files(inline.path)
     assert len(started) == 1
@@ -214,7 +198,7 @@ def test_a_refused_snapshot_ends_the_rendering_processes_started_ahead(
     finally:
         conn.close()
     monkeypatch.setattr(scan, "PARALLEL_MIN_RECORDS", 0)
-    started = _started_helpers(monkeypatch)
+    started = processes.started(monkeypatch, "bridge.archive.render")
     with pytest.raises(LogIntegrityError):
         snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "pool", OPTIONS, seal=seal_for(log), workers=2)
     assert len(started) == 1
@@ -237,7 +221,7 @@ def test_verify_package_starts_its_rendering_process_ahead_and_always_ends_it(
         rebag(pkg)
     monkeypatch.setattr(vp, "SCAN_MIN_BYTES", 0)
     monkeypatch.setattr(render, "POOL_MIN_BYTES", 0)
-    started = _started_helpers(monkeypatch)
+    started = processes.started(monkeypatch, "bridge.archive.render")
     at_render: list[int] = []
     real_render = vp.render_package
 

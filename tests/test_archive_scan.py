@@ -36,6 +36,7 @@ from bridge.events import MATRIX, SIGNAL, Attachment, EncodingError, Event, Kind
 from bridge.log import keys as keyfile
 from bridge.policy import Withheld
 from tests.conftest import LogDir, make_event
+from tests.support import processes
 from tests.support.archive_log import (
     OPTIONS,
     archive_log_two_months,
@@ -701,21 +702,6 @@ def test_a_plain_message_by_its_fields_is_a_plain_event(
     assert got == (str(decoded.source), str(decoded.conversation))
 
 
-def _spawned(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
-    """Every record-pass process started from now on."""
-    spawned: list[Any] = []
-    real = helper_process.start
-
-    def spy(module: str, entry: str) -> Any:
-        proc = real(module, entry)
-        if (module, entry) == ("bridge.archive.scan", "worker_main"):
-            spawned.append(proc)
-        return proc
-
-    monkeypatch.setattr(helper_process, "start", spy)
-    return spawned
-
-
 @pytest.mark.parametrize("used", [True, False])
 def test_record_workers_started_before_the_plan_are_used_and_always_end(
     made: LogDir, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, used: bool
@@ -732,7 +718,7 @@ def test_record_workers_started_before_the_plan_are_used_and_always_end(
     assert inline.end - inline.start < size  # January is not the whole log
     started = _force_processes(monkeypatch)
     monkeypatch.setattr(scan, "PARALLEL_MIN_RECORDS", 0 if used else size)
-    spawned = _spawned(monkeypatch)
+    spawned = processes.started(monkeypatch, "bridge.archive.scan", "worker_main")
     pooled = snapshot(log.data_dir, log.keys, JANUARY, tmp_path / "pooled", OPTIONS, seal=seal_for(log), workers=2)
     assert _digests(pooled.path) == _digests(inline.path)
     assert len(spawned) == 2  # started ahead; none started by the pass itself
@@ -751,7 +737,7 @@ def test_record_workers_started_ahead_end_when_the_plan_refuses(
 
     log = _copy(made, tmp_path)
     monkeypatch.setattr(scan, "PARALLEL_MIN_RECORDS", 0)
-    spawned = _spawned(monkeypatch)
+    spawned = processes.started(monkeypatch, "bridge.archive.scan", "worker_main")
     with pytest.raises(UsageError, match="ended before this log began"):
         snapshot(log.data_dir, log.keys, Month(2000, 1), tmp_path / "old", OPTIONS, seal=seal_for(log), workers=2)
     assert len(spawned) == 2
