@@ -232,6 +232,33 @@ def test_a_tampered_compressed_record_in_a_log_is_named(tmp_path: Path) -> None:
         assert info.value.seq == 16 and info.value.check == Check.LEAF, str(info.value)
 
 
+def _forge_the_last_record(log: LogDir, events: int, plaintext: bytes, commit: bytes) -> int:
+    """What a key holder with write access can do: append `events` events, then replace the last (version-2)
+    record's commitment and ciphertext by `plaintext` sealed under its data key with `commit`, and its leaf to
+    match (the hash chain's next link does not exist). Returns the forged record's seq."""
+    from tests.support.pg import Attacker
+
+    async def go() -> None:
+        async with await LogStore.open(log.data_dir, log.keys) as store:
+            await store.append_events([make_event(i) for i in range(events)])
+
+    asyncio.run(go())
+    with LogView(log.data_dir, log.keys) as view:
+        last = view.size() - 1
+        header_b = view.leaf_parts(last)[0]
+        header = format.unpack_header(header_b)
+        data_key = view._data_keys[header.key_id]
+    assert header.version == format.VERSION_COMPRESSED
+    body = crypto.seal(data_key, header.nonce, plaintext, format.ad_prefix(log.keys.log_id) + header_b + commit)
+    leaf = hashlib.sha256(b"\x00" + header_b + commit + hashlib.sha256(body).digest()).digest()
+    conn = Attacker(log.data_dir)
+    try:
+        conn.execute("UPDATE records SET commitment = ?, body = ?, leaf = ? WHERE seq = ?", (commit, body, leaf, last))
+    finally:
+        conn.close()
+    return last
+
+
 @pytest.mark.parametrize("crafted", [*CRAFTED, "short"])
 def test_the_log_view_refuses_a_crafted_compressed_record_with_the_formats_error(
     empty_log: LogDir, crafted: str
@@ -240,32 +267,11 @@ def test_the_log_view_refuses_a_crafted_compressed_record_with_the_formats_error
     yet a record that authenticates but holds no frame of ours (or a plaintext shorter than its salt) is
     refused exactly as `format.expand` refuses it: a LogIntegrityError of that record, its message and check;
     the records before it come through."""
-    from tests.support.pg import Attacker
-
-    async def go() -> None:
-        async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
-            await store.append_events([make_event(i) for i in range(3)])
-
-    asyncio.run(go())
     plaintext = os.urandom(10) if crafted == "short" else os.urandom(crypto.SALT_BYTES) + CRAFTED[crafted][0]()
     with pytest.raises(format.RecordAuthError) as want:
         format.expand(plaintext)
-    with LogView(empty_log.data_dir, empty_log.keys) as view:
-        size = view.size()
-        last = size - 1
-        header_b = view.leaf_parts(last)[0]
-        header = format.unpack_header(header_b)
-        data_key = view._data_keys[header.key_id]
-        prefix = format.ad_prefix(empty_log.keys.log_id)
-    assert header.version == format.VERSION_COMPRESSED
-    commit = hashlib.sha256(plaintext).digest()
-    body = crypto.seal(data_key, header.nonce, plaintext, prefix + header_b + commit)
-    leaf = hashlib.sha256(b"\x00" + header_b + commit + hashlib.sha256(body).digest()).digest()
-    conn = Attacker(empty_log.data_dir)
-    try:
-        conn.execute("UPDATE records SET commitment = ?, body = ?, leaf = ? WHERE seq = ?", (commit, body, leaf, last))
-    finally:
-        conn.close()
+    last = _forge_the_last_record(empty_log, 3, plaintext, hashlib.sha256(plaintext).digest())
+    size = last + 1
     got: list[int] = []
     with LogView(empty_log.data_dir, empty_log.keys) as view, pytest.raises(LogIntegrityError) as info:
         for rec in view.records(0, size):
@@ -279,30 +285,9 @@ def test_the_log_view_refuses_a_crafted_compressed_record_with_the_formats_error
 def test_the_log_view_refuses_a_compressed_record_whose_commitment_names_other_bytes(empty_log: LogDir) -> None:
     """A version-2 record that authenticates and decompresses but whose commitment is not SHA-256(salt ||
     payload) is refused as a commitment mismatch of that record (what a key holder's forgery would give)."""
-    from tests.support.pg import Attacker
-
-    async def go() -> None:
-        async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
-            await store.append_events([make_event(i) for i in range(2)])
-
-    asyncio.run(go())
     salt, payload = os.urandom(crypto.SALT_BYTES), canonical_bytes(make_event(7))
-    with LogView(empty_log.data_dir, empty_log.keys) as view:
-        last = view.size() - 1
-        header_b = view.leaf_parts(last)[0]
-        header = format.unpack_header(header_b)
-        data_key = view._data_keys[header.key_id]
     commit = hashlib.sha256(salt + payload + b"!").digest()
-    body = crypto.seal(
-        data_key, header.nonce, salt + compression.compress(payload), format.ad_prefix(empty_log.keys.log_id)
-        + header_b + commit,
-    )  # fmt: skip
-    leaf = hashlib.sha256(b"\x00" + header_b + commit + hashlib.sha256(body).digest()).digest()
-    conn = Attacker(empty_log.data_dir)
-    try:
-        conn.execute("UPDATE records SET commitment = ?, body = ?, leaf = ? WHERE seq = ?", (commit, body, leaf, last))
-    finally:
-        conn.close()
+    last = _forge_the_last_record(empty_log, 2, salt + compression.compress(payload), commit)
     with LogView(empty_log.data_dir, empty_log.keys) as view, pytest.raises(LogIntegrityError) as info:
         list(view.records(0, last + 1))
     assert (info.value.seq, info.value.check) == (last, Check.COMMITMENT)
