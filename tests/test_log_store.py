@@ -270,3 +270,36 @@ async def test_other_content_under_a_known_id_is_kept_as_a_conflicting_version(e
     assert stored[1].event_id.startswith("$event1#version-") and stored[1].content["version_of"] == "$event1"
     assert stored[1].content["body"] == "message 1"
     verify_log(empty_log.data_dir, empty_log.keys)
+
+
+async def test_a_copy_stripped_by_a_later_redaction_is_a_duplicate_not_a_version(empty_log: LogDir) -> None:
+    """The log holds a message whole; the sync loop, behind the spool (or replaying after a crash), brings it
+    again after a redaction stripped it: only the `redacted_before_capture` marker, or the original the server
+    gave back (MSC2815) with the marker. Both are duplicates: nothing changed but a later redaction, which is
+    its own record. Whatever else differs (sender, time, a recovered content that is not the stored one) is
+    still a conflicting version, and so is the whole event arriving after a stripped copy (it tells more)."""
+    import dataclasses
+
+    from bridge.log.reader import iter_events
+
+    whole = make_event(1)
+    marker = {"redacted_before_capture": True, "redacted_by": "$redaction"}
+    stripped = dataclasses.replace(whole, content=marker, relates_to=None, received_at=whole.received_at + 10)
+    recovered = dataclasses.replace(whole, content={**whole.content, **marker, "recovered_via": "msc2815"})
+    forged = dataclasses.replace(recovered, content={**recovered.content, "body": "iets anders"})
+    other_sender = dataclasses.replace(stripped, sender="@ander:example.org")
+    async with await LogStore.open(empty_log.data_dir, empty_log.keys) as store:
+        assert (await store.append_events([whole])).appended == 1
+        for copy in (stripped, recovered):
+            result = await store.append_events([copy])
+            assert (result.appended, result.duplicates) == (0, 1)
+        for changed in (forged, other_sender):
+            assert (await store.append_events([changed])).appended == 1
+        later = dataclasses.replace(make_event(2), content=marker)
+        assert (await store.append_events([later])).appended == 1
+        assert (await store.append_events([make_event(2)])).appended == 1
+        await store.checkpoint()
+    stored = [e for _, e in iter_events(empty_log.data_dir, empty_log.keys)]
+    versions = [e.content["version_of"] for e in stored if "#version-" in e.event_id]
+    assert versions == [whole.event_id, whole.event_id, "$event2"]
+    verify_log(empty_log.data_dir, empty_log.keys)

@@ -50,19 +50,12 @@ def test_keep_days_is_optional() -> None:
 def test_without_spool_nothing_is_spooled() -> None:
     """No `spool:` key, no spooling."""
     policy = parse(BASE)
-    assert policy.spool is None and not spooled(policy, "m.room.message", "join", False)
+    assert policy.spool is None and not spooled(policy, "join")
 
 
-@given(
-    event_type=st.sampled_from(["m.room.message", "m.room.encrypted", "m.room.member", "m.reaction"]),
-    membership=st.sampled_from([None, "join", "invite", "leave", "ban"]),
-    encrypted=st.booleans(),
-)
-def test_spooled_only_plain_rooms_the_archiver_is_joined_to(
-    event_type: str, membership: str | None, encrypted: bool
-) -> None:
-    """Spooled exactly when the archiver is joined, the room has no encryption and the event is not encrypted."""
+@given(membership=st.sampled_from([None, "join", "invite", "leave", "ban"]))
+def test_spooled_exactly_the_rooms_the_archiver_is_joined_to(membership: str | None) -> None:
+    """Spooled exactly when the archiver is joined, encrypted rooms included (their events as ciphertext)."""
     policy = parse({**BASE, "spool": {"path": "/s", "public_key": KEY}}).with_server("x")
     assert policy.spool is not None and policy.spool.public_key == bytes(range(32))
-    expected = membership == "join" and not encrypted and event_type != "m.room.encrypted"
-    assert spooled(policy, event_type, membership, encrypted) is expected
+    assert spooled(policy, membership) is (membership == "join")

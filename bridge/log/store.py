@@ -601,8 +601,9 @@ class LogStore:
         """An event whose id the log already holds with *other* content is a conflicting version, not a duplicate.
 
         Identical (kind, sender, sent time, content without decryption evidence, relation) is a duplicate, as
-        a re-delivery after a crash is. Anything else (a decrypted export imported over a live capture that
-        could not decrypt, a server that now returns other content) is kept: the event is stored under
+        a re-delivery after a crash is; so is a copy a later redaction stripped (`_stripped_copy`). Anything
+        else (a decrypted export imported over a live capture that could not decrypt, a server that now returns
+        other content, the whole event after a stripped copy) is kept: the event is stored under
         `<id>#version-<16 hex of its identity hash>` with `content["version_of"] = <id>`, so both stay in the
         archive. `in_log` gains the tags of versions already stored (repeats are duplicates again).
         """
@@ -616,7 +617,7 @@ class LogStore:
                 continue
             new = event_from_bytes(payload)
             identity = _identity(new)
-            if identity == _identity(stored):
+            if identity == _identity(stored) or _stripped_copy(new, stored):
                 continue
             version_id = f"{event_id}#version-{hashlib.sha256(identity).hexdigest()[:16]}"
             version = dataclasses.replace(
@@ -1255,6 +1256,26 @@ def _file_digest(path: Path) -> tuple[str, int]:
             h.update(chunk)
             size += len(chunk)
     return h.hexdigest(), size
+
+
+#: What a copy of an event redacted before it was captured carries besides (or instead of) its content.
+_REDACTION_MARKERS = frozenset({"redacted_before_capture", "redacted_by", "recovered_via", "encryption"})
+
+
+def _stripped_copy(new: Event, stored: Event) -> bool:
+    """Whether `new` is the log's `stored` event brought again after a redaction stripped it (the sync loop
+    behind the spool, a replay after a crash): the same sender and time, and as content only the
+    `redacted_before_capture` marker, or the original the server gave back (MSC2815) with it. That is a
+    duplicate, not a conflicting version: the event did not change, a later redaction (its own record) came."""
+    if new.content.get("redacted_before_capture") is not True or "redacted_before_capture" in stored.content:
+        return False
+    if (new.sender, new.sent_at) != (stored.sender, stored.sent_at):
+        return False
+    rest = {k: v for k, v in new.content.items() if k not in _REDACTION_MARKERS}
+    if not rest and "recovered_via" not in new.content:
+        return True
+    whole = {k: v for k, v in stored.content.items() if k != "encryption"}
+    return (new.kind, rest, new.relates_to) == (stored.kind, whole, stored.relates_to)
 
 
 def _identity(event: Event) -> bytes:

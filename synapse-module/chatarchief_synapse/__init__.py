@@ -13,11 +13,12 @@ blocks the reactor):
 - `on_new_event`: the archiver's invite from an official or admin is followed by a server-side join at once; an
   official joining a room the archiver is not in makes the official invite it and the archiver join. The work
   runs as a Synapse background process, so the notifier is not held up while it happens.
-- `on_new_event` with `spool: {path, public_key}`: every event of a room the archiver is joined to that is not
-  end-to-end encrypted is sealed to the bot's X25519 key and appended to the spool with an fsync
-  (`chatarchief_synapse.spool`), in Synapse's thread pool, as a background process (the notifier and the sender's
-  response never wait for it). The bot reads the spool and so has plain-room events durable before its sync
-  loop brings them. A failure is logged at ERROR (`ALERT`) and never breaks Synapse's event handling.
+- `on_new_event` with `spool: {path, public_key}`: every event of a room the archiver is joined to (in an
+  end-to-end encrypted room: its Megolm ciphertext, as Synapse holds it) is sealed to the bot's X25519 key and
+  appended to the spool with an fsync (`chatarchief_synapse.spool`), in Synapse's thread pool, as a background
+  process (the notifier and the sender's response never wait for it). The bot reads the spool (decrypting with
+  its own room keys) and so has events durable before its sync loop brings them. A failure is logged at ERROR
+  (`ALERT`) and never breaks Synapse's event handling.
 - `check_event_allowed`: a kick, ban, revoked invite or own leave of the archiver is refused (403) unless an admin
   in `admins` does it; every attempt, refused or allowed, is logged at WARNING.
 
@@ -68,7 +69,9 @@ class ArchiverModule:
             len(self._policy.admins),
         )
         if self._policy.spool is not None:
-            logger.info("chatarchief archiver module: plain-room events sealed into %s", self._policy.spool.path)
+            logger.info(
+                "chatarchief archiver module: events of the archiver's rooms sealed into %s", self._policy.spool.path
+            )
 
     @staticmethod
     def parse_config(config: dict[str, Any]) -> Policy:
@@ -122,8 +125,7 @@ class ArchiverModule:
         if self._spool is not None:
             try:
                 archiver = state_events.get((MEMBER, self._policy.archiver))
-                encrypted = ("m.room.encryption", "") in state_events
-                if spooled(self._policy, event.type, archiver.membership if archiver else None, encrypted):
+                if spooled(self._policy, archiver.membership if archiver else None):
                     # Not awaited, like _cover: neither the notifier nor anyone else waits for the fsync.
                     self._api.run_as_background_process("chatarchief_spool", self._spool_event, event, "join")
             except Exception:

@@ -11,8 +11,8 @@ Contract:
 - `guard(policy, ...)`: why a membership change of the archiver is refused (kick, ban, revoking its invite, its own
   leave from a joined room or from an official's invite), or None when allowed. Admins may do anything; the
   archiver may decline an invite from anyone else.
-- `spooled(policy, ...)`: whether an event goes to the sealed spool (`spool:` configured, the archiver joined, the
-  room not end-to-end encrypted); the spool's format and sealing are `chatarchief_synapse.spool`.
+- `spooled(policy, ...)`: whether an event goes to the sealed spool (`spool:` configured, the archiver joined;
+  encrypted rooms as their ciphertext); the spool's format and sealing are `chatarchief_synapse.spool`.
 - `reaction(policy, ...)`: what to do after an event: `JOIN` the archiver (it was invited by an official or admin,
   or is invited and an official joined), `INVITE_AND_JOIN` (an official joined a room the archiver is not in;
   the official invites), or None.
@@ -41,9 +41,9 @@ class Action(enum.Enum):
 
 @dataclass(frozen=True)
 class SpoolConfig:
-    """`spool: {path, public_key, keep_days}`: where plain-room events are appended, sealed to the bot's X25519
-    key; spool files last written more than `keep_days` days ago are removed when a new file starts (None: kept
-    until the operator removes them)."""
+    """`spool: {path, public_key, keep_days}`: where the events of the archiver's rooms are appended, sealed to the
+    bot's X25519 key; spool files last written more than `keep_days` days ago are removed when a new file starts
+    (None: kept until the operator removes them)."""
 
     path: str
     public_key: bytes
@@ -187,13 +187,8 @@ def reaction(
     return Action.INVITE_AND_JOIN
 
 
-def spooled(policy: Policy, event_type: str, archiver_membership: str | None, encrypted_room: bool) -> bool:
-    """Whether an event goes to the sealed spool: a spool is configured, the archiver is joined to the room, and
-    the room is not end-to-end encrypted (no `m.room.encryption` in its state). Encrypted rooms (and any stray
-    `m.room.encrypted` event) are left to the bot's sync loop, the only one that can decrypt them."""
-    return (
-        policy.spool is not None
-        and archiver_membership == "join"
-        and not encrypted_room
-        and event_type != "m.room.encrypted"
-    )
+def spooled(policy: Policy, archiver_membership: str | None) -> bool:
+    """Whether an event goes to the sealed spool: a spool is configured and the archiver is joined to the room.
+    Encrypted rooms too: their events are spooled as Synapse holds them (Megolm ciphertext, sealed once more to
+    the bot's key); only the bot, a member with the room keys, can decrypt them, as its sync loop would."""
+    return policy.spool is not None and archiver_membership == "join"

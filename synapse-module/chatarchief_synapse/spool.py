@@ -1,4 +1,4 @@
-"""The sealed spool: plain-room events appended at persistence time, readable only with the bot's private key.
+"""The sealed spool: room events appended at persistence time, readable only with the bot's private key.
 
 Format (version 1). A spool directory holds append-only files named `<first seq, 20 digits>.spool`; a writer
 starts a new file when it starts and when the current one passes `MAX_FILE_BYTES`, and never rewrites a byte.

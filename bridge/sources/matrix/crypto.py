@@ -28,7 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from nio import AsyncClient, MegolmEvent
-from nio.exceptions import LocalProtocolError
+from nio.exceptions import EncryptionError, LocalProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,23 @@ def merge_decrypted(envelope: dict[str, Any], decrypted: Any) -> dict[str, Any]:
     """The server's event with type and content replaced by the decrypted ones."""
     plain = decrypted.source
     return {**envelope, "type": plain.get("type"), "content": plain.get("content", {})}
+
+
+def decrypt_one(client: AsyncClient, room_id: str, envelope: dict[str, Any]) -> tuple[Any | None, str]:
+    """Decrypt one `m.room.encrypted` event as a timeline carries it (no `room_id`) with the Megolm sessions nio
+    holds now: (nio's decrypted event, "") or (None, why not). Nothing is requested and nothing is recorded
+    here; nio's replay check (same session and message index under another event id) refuses a replay."""
+    megolm = MegolmEvent.from_dict({**envelope, "room_id": room_id})
+    if not isinstance(megolm, MegolmEvent):
+        return None, "not a Megolm event nio can parse"
+    megolm.room_id = room_id
+    try:
+        decrypted = client.decrypt_event(megolm)
+    except EncryptionError:
+        return None, "the keys held do not decrypt it"
+    if not getattr(decrypted, "decrypted", False):
+        return None, "decrypted to a payload nio could not parse"
+    return decrypted, ""
 
 
 def evidence(client: AsyncClient, envelope: dict[str, Any], decrypted: Any) -> dict[str, Any]:

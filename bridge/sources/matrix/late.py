@@ -24,8 +24,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from nio import AsyncClient, MegolmEvent
-from nio.exceptions import EncryptionError
+from nio import AsyncClient
 
 from bridge.sources.matrix import crypto
 from bridge.sources.matrix.client import fetch_event
@@ -76,17 +75,9 @@ async def _retry(client: AsyncClient, item: PendingEvent) -> Late:
             "event_id": item.event_id})  # fmt: skip
         return Late(item)
     envelope = {k: v for k, v in raw.items() if k != "room_id"}  # as a sync timeline carries it
-    megolm = MegolmEvent.from_dict({**envelope, "room_id": item.room_id})
-    if not isinstance(megolm, MegolmEvent):
+    decrypted, why = crypto.decrypt_one(client, item.room_id, envelope)
+    if decrypted is None:
+        log.warning("late decryption given up", extra={"event_id": item.event_id, "reason": why})
         return Late(item)
-    megolm.room_id = item.room_id
-    try:
-        decrypted = client.decrypt_event(megolm)
-    except EncryptionError:
-        log.warning("late decryption given up: the key that arrived does not decrypt it", extra={
-            "event_id": item.event_id})  # fmt: skip
-        return Late(item)
-    if not getattr(decrypted, "decrypted", False):
-        return Late(item)  # decrypted to a malformed payload nio could not parse: stays undecryptable
     proof = crypto.evidence(client, {**envelope, "room_id": item.room_id}, decrypted)
     return Late(item, crypto.merge_decrypted(envelope, decrypted), proof)

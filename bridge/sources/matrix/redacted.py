@@ -22,9 +22,6 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from nio import MegolmEvent
-from nio.exceptions import EncryptionError
-
 from bridge.events import Event
 from bridge.sources.matrix import crypto
 from bridge.sources.matrix.client import fetch_event
@@ -44,16 +41,9 @@ async def fetch_unredacted(
         return None  # server without MSC2815 answers with the redacted event
     if original.get("type") != crypto.ENCRYPTED_TYPE:
         return original, None
-    megolm = MegolmEvent.from_dict({**original, "room_id": room_id})
-    if not isinstance(megolm, MegolmEvent):
-        return original, None
-    megolm.room_id = room_id
-    try:
-        decrypted = client.decrypt_event(megolm)
-    except EncryptionError:
-        return original, None  # ciphertext is still worth keeping
-    if not getattr(decrypted, "decrypted", False):
-        return original, None
+    decrypted, _ = crypto.decrypt_one(client, room_id, {k: v for k, v in original.items() if k != "room_id"})
+    if decrypted is None:
+        return original, None  # the ciphertext is still worth keeping
     envelope = {**original, "room_id": room_id}
     return crypto.merge_decrypted(original, decrypted), crypto.evidence(client, envelope, decrypted)
 

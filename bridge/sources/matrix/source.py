@@ -84,6 +84,7 @@ from typing import Any
 import orjson
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from nio import AsyncClientConfig, MegolmEvent
+from nio.exceptions import LocalProtocolError
 
 from bridge.clock import now_ms
 from bridge.durable import fsync_dir
@@ -100,6 +101,7 @@ from bridge.sources.matrix.client import (
     RawKeepingClient,
     checked,
     close_quietly,
+    fetch_event,
     open_session,
 )
 from bridge.sources.matrix.confirm import GRACE_SECONDS, Confirmations, unconfirmed_notice
@@ -271,6 +273,38 @@ async def maintain_keys(client: RawKeepingClient) -> None:
             log.warning("to-device message refused", extra={"code": str(response.status_code)})
 
 
+async def _with_prev_content(client: RawKeepingClient, room_id: str, raw: dict[str, Any]) -> None:
+    """Give a spooled state event that replaced another the `unsigned.prev_content` and `prev_sender` the sync
+    loop's copy has. Synapse adds them when it serves the event to a client, not when it persists it, so the
+    module's frame (taken at persistence) holds only `replaces_state`; without them the spool's record of, say,
+    the archiver's own join would lack `previous` and the sync loop's copy would be kept beside it as a
+    conflicting version. Left as it is when the server does not give the replaced event."""
+    unsigned = raw.get("unsigned")
+    if not isinstance(unsigned, dict) or "prev_content" in unsigned:
+        return
+    replaced = unsigned.get("replaces_state")
+    if not isinstance(replaced, str):
+        return
+    previous = await fetch_event(client, room_id, replaced)
+    if previous is None or not isinstance(content := previous.get("content"), dict):
+        return
+    raw["unsigned"] = {**unsigned, "prev_content": content, "prev_sender": previous.get("sender")}
+
+
+async def _query_new_devices(client: RawKeepingClient) -> None:
+    """Before the spool's decrypted events are recorded: if nio noted a sender whose devices the bot has not
+    queried yet (it does while decrypting), query them now, so each record's evidence (`device_known`,
+    `device_key_matches`) says what the homeserver publishes for the sending device. The sync loop does this
+    after each sync; the spool is ahead of it. A failure leaves the evidence as it is (unknown device), never
+    the event."""
+    if not client.should_query_keys:
+        return
+    try:
+        await checked(client.keys_query(), "keys query")
+    except (LocalProtocolError, SourceError) as exc:  # the sync loop's own query got there first, or refused
+        log.info("matrix spool: device keys not queried before recording", extra={"reason": str(exc)})
+
+
 class MatrixSource:
     """One bot account on one homeserver (see module docstring)."""
 
@@ -372,7 +406,16 @@ class MatrixSource:
 
         async def to_events(raws: list[dict[str, Any]]) -> list[Event]:
             # As the sync loop: timeline events carry no room_id; normalise, annotate, recover, media.
-            events = [self._bridges.annotate(self._normalise(client, str(raw.pop("room_id")), raw, {})) for raw in raws]
+            kept: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
+            for raw in raws:
+                room_id = str(raw.pop("room_id"))
+                await _with_prev_content(client, room_id, raw)
+                decrypted = self._spool_decrypted(client, room_id, raw)
+                if decrypted is not None:
+                    kept.append((room_id, raw, decrypted))
+            if any(decrypted for _, _, decrypted in kept):
+                await _query_new_devices(client)
+            events = [self._bridges.annotate(self._normalise(client, *item)) for item in kept]
             events = [self._bridges.annotate(await recover_original(client, e)) for e in events]
             return await self._with_media(client, events)
 
@@ -388,6 +431,24 @@ class MatrixSource:
             on_committed=confirm.spooled if confirm is not None else None,
         )  # fmt: skip
         return asyncio.create_task(spool, name="matrix-spool")
+
+    def _spool_decrypted(self, client: RawKeepingClient, room_id: str, raw: dict[str, Any]) -> dict[str, Any] | None:
+        """What `_normalise` needs to store a spooled event as the sync loop would: {} for a clear event, the
+        decryption of an encrypted one by the Megolm sessions the bot holds now, or None when it holds none that
+        decrypts it (the room key has not come yet): then the spool leaves the event to the sync loop, which
+        brings it with its key, requests a missing one and records it undecryptable if need be. Storing it
+        undecryptable from the spool instead would make the log keep that copy and drop the sync loop's
+        decrypted one as a duplicate."""
+        if raw.get("type") != crypto.ENCRYPTED_TYPE:
+            return {}
+        plain, why = crypto.decrypt_one(client, room_id, raw)
+        if plain is None:
+            log.info(
+                "matrix spool: encrypted event left to the sync loop",
+                extra={"room_id": room_id, "event_id": raw.get("event_id"), "reason": why},
+            )
+            return None
+        return {str(raw.get("event_id")): plain}
 
     async def _catch_up_to_device(self, client: RawKeepingClient) -> None:
         """Collect this device's queued to-device messages (room keys) before resuming from a token another

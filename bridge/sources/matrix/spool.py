@@ -1,8 +1,9 @@
 """Reading the sealed spool Chatarchief's Synapse module writes (docs/synapse-module.md, "The sealed spool").
 
-The module seals every event of a plain (not end-to-end encrypted) room the archiver is joined to, at the
-moment Synapse persisted it, and appends it with an fsync to files in a spool directory; the format is defined
-in `synapse-module/chatarchief_synapse/spool.py` (header, sealed body, CRC-32 trailer; X25519 + HKDF-SHA256 +
+The module seals every event of a room the archiver is joined to (in an end-to-end encrypted room: the Megolm
+ciphertext as Synapse holds it, which the bot decrypts with its own room keys), at the moment Synapse persisted
+it, and appends it with an fsync to files in a spool directory; the format is defined in
+`synapse-module/chatarchief_synapse/spool.py` (header, sealed body, CRC-32 trailer; X25519 + HKDF-SHA256 +
 AES-256-GCM, the clear header as additional data). This module is the reader:
 
 - The bot's X25519 key is derived from the log's key material (`bridge.app.spool_private_key`, as nio's store
@@ -304,7 +305,8 @@ async def tail(
     on_committed: Callable[[list[Spooled]], None] | None = None,
 ) -> None:
     """Append the spool's events to the log until `stop`, each batch with the position after it (ack after
-    durable). `to_events` turns opened events into records exactly as the sync loop does; unreadable frames
+    durable). `to_events` turns opened events into records exactly as the sync loop does (leaving out an encrypted
+    event the bot holds no key for yet: the sync loop brings it with its key); unreadable frames
     become `problem_notice` records and an ALERT. Wakes up every `poll_seconds` (a stat of the current file).
     `on_committed` is told the events of each committed batch (where their frames are: `confirm`)."""
     stored = await sink.load_cursor()
@@ -350,4 +352,5 @@ async def tail(
         await sink.commit(events, after.encode())
         pos = after
         if on_committed is not None:
-            on_committed([spooled for f in frames if (spooled := _spooled(f)) is not None])
+            kept = {e.event_id for e in events}  # a frame `to_events` left to the sync loop waits for nothing
+            on_committed([s for f in frames if (s := _spooled(f)) is not None and s.event_id in kept])
