@@ -20,7 +20,8 @@ def test_capture_benchmark_prints_every_case_observer_and_the_breakdown() -> Non
     assert out.count("send round trip (the tick)") == 4
     assert out.count("chatarchief (durable)") == 4
     assert out.count("peer module in Synapse (durable)") == 2
-    assert out.count("spool: our module (durable)") == 2  # Chatarchief's own module, plain rooms only
+    assert out.count("spool: our module (durable)") == 4  # Chatarchief's own module, encrypted rooms too
     assert "  1 sender, plain: spool p50 " in out, out
+    assert "  1 sender, encrypted: spool p50 " in out, out
     assert "queued -> durable" in out
     assert "bare SQLite commit + fsync" in out
