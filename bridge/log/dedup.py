@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+import struct
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -41,6 +43,21 @@ T = TypeVar("T")
 
 #: Tags per `IN (...)` query (SQLite's variable limit is 32766 since 3.32; smaller keeps each statement cheap).
 CHUNK = 1000
+
+
+#: Whether 16-byte tags are probed from their bytes read as native 32-bit words (`_words`): where those are
+#: little-endian and 4 bytes, words 0, 1, 2 of a tag are the probes `int.from_bytes(tag, "little")` gives.
+_NATIVE_WORDS = sys.byteorder == "little" and struct.calcsize("I") == 4
+_TAG16 = frozenset({16})
+
+
+def _words(tags: Sequence[bytes]) -> memoryview | None:
+    """Four 32-bit words per tag (`_NATIVE_WORDS`), when every tag is 16 bytes (the log's tags, `schema.dedup_tag`),
+    else None (the int path). Why: reading the probes as small ints costs less than a 128-bit int and its shifts
+    (`hits` at 10^6 tags, five parts: 1.0 -> 0.6 us per tag)."""
+    if not _NATIVE_WORDS or not set(map(len, tags)) <= _TAG16:
+        return None
+    return memoryview(b"".join(tags)).cast("I")
 
 
 class TagFilter:
@@ -73,6 +90,7 @@ class TagFilter:
 
     @staticmethod
     def _word(tag: bytes) -> int:
+        """The probe word of a tag that is not 16 bytes (a 32-byte tag as it is, any other hashed first)."""
         if len(tag) in TagFilter.RAW_LENGTHS:
             return int.from_bytes(tag, "little")
         return int.from_bytes(hashlib.blake2b(tag, digest_size=32).digest(), "little")
@@ -81,16 +99,25 @@ class TagFilter:
         self.update((tag,))
 
     def update(self, tags: Iterable[bytes]) -> None:
+        tags = tags if isinstance(tags, list | tuple) else list(tags)
+        words = _words(tags)
+        if words is None:
+            self._update_words((self._word(tag) for tag in tags), wide=True)
+        else:
+            self._update_words(words, wide=False)
+
+    def _update_words(self, words: Iterable[int], *, wide: bool) -> None:
+        """Set the three probe bits of each tag, from its probe word (`wide`: one int per tag, the probes its
+        32-bit words 0, 1, 2) or, from `_words`, its four 32-bit words (the fourth unused)."""
         bits, mask, capacity = self._parts[-1]
-        count, raw, from_bytes, word_of = self._count, self.RAW_LENGTHS, int.from_bytes, self._word
-        for tag in tags:
+        count, it = self._count, iter(words)
+        for a, b, c, _ in ((w, w >> 32, w >> 64, 0) for w in it) if wide else zip(it, it, it, it, strict=False):
             if count >= capacity:
                 self._add_part(capacity * 2)
                 bits, mask, capacity = self._parts[-1]
                 count = 0
             count += 1
-            word = from_bytes(tag, "little") if len(tag) in raw else word_of(tag)
-            a, b, c = word & mask, (word >> 32) & mask, (word >> 64) & mask
+            a, b, c = a & mask, b & mask, c & mask
             bits[a >> 3] |= 1 << (a & 7)
             bits[b >> 3] |= 1 << (b & 7)
             bits[c >> 3] |= 1 << (c & 7)
@@ -98,15 +125,26 @@ class TagFilter:
 
     def hits(self, tags: Iterable[bytes]) -> list[bytes]:
         """`[t for t in tags if t in self]`: the tags the filter may hold (every tag it was given among them)."""
+        tags = tags if isinstance(tags, list | tuple) else list(tags)
+        words = _words(tags)
+        if words is None:
+            wide = ((w, w >> 32, w >> 64, 0) for w in map(self._word, tags))
+            probes: Iterator[tuple[int, int, int, int]] = iter(wide)
+        else:
+            it = iter(words)
+            probes = zip(it, it, it, it, strict=False)
         out: list[bytes] = []
-        parts, raw, from_bytes, word_of = self._parts, self.RAW_LENGTHS, int.from_bytes, self._word
-        for tag in tags:
-            word = from_bytes(tag, "little") if len(tag) in raw else word_of(tag)
-            for bits, mask, _ in parts:
-                a, b, c = word & mask, (word >> 32) & mask, (word >> 64) & mask
-                if bits[a >> 3] & (1 << (a & 7)) and bits[b >> 3] & (1 << (b & 7)) and bits[c >> 3] & (1 << (c & 7)):
-                    out.append(tag)
-                    break
+        parts = self._parts
+        for tag, (a, b, c, _) in zip(tags, probes, strict=False):
+            for bits, mask, _ in parts:  # the first probe rules most tags out: the other two only then
+                x = a & mask
+                if bits[x >> 3] >> (x & 7) & 1:
+                    y = b & mask
+                    if bits[y >> 3] >> (y & 7) & 1:
+                        z = c & mask
+                        if bits[z >> 3] >> (z & 7) & 1:
+                            out.append(tag)
+                            break
         return out
 
     def __contains__(self, tag: object) -> bool:
