@@ -70,3 +70,28 @@ def test_the_word_probes_set_and_test_the_bits_the_int_probes_do(
     assert by_words.hits(probe + added) == expected
     if added and dedup._NATIVE_WORDS:
         assert dedup._words(added) is not None  # the word path ran (else this compares the int path with itself)
+
+
+def test_expected_tags_grow_the_filter_in_fewer_parts_and_no_more_memory() -> None:
+    """With the tags still to come announced as an import does (`expect`, after each batch), the filter holds
+    every tag in fewer parts than doubling makes, in no more memory; with an estimate that falls short of the
+    truth it still holds every tag (a part more)."""
+    tags = [os.urandom(16) for _ in range(5000)]
+
+    def grown(hint: float | None) -> TagFilter:
+        f = TagFilter(64)
+        for start in range(0, len(tags), 100):
+            if hint is not None:
+                f.expect(int((len(tags) - start) * hint))
+            f.update(tags[start : start + 100])
+        assert f.hits(tags) == tags
+        return f
+
+    plain, exact, short = grown(None), grown(1.0), grown(0.5)
+    assert len(plain._parts) == 7  # 64, 128, ..., 4096
+    assert len(exact._parts) < len(plain._parts) and len(short._parts) <= len(plain._parts)
+    assert sum(len(bits) for bits, _, _ in exact._parts) <= sum(len(bits) for bits, _, _ in plain._parts)
+    exact.expect(0)  # nothing more expected (the import ended): the next part doubles again
+    newest = exact._parts[-1][2]
+    exact.update(os.urandom(16) for _ in range(newest))
+    assert exact._parts[-1][2] == 2 * newest and exact.hits(tags) == tags
