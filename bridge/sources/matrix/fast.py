@@ -83,23 +83,30 @@ def _shape(event: JSONDict, received_at: int) -> _Shape | None:
     """(room, event id, sender, sent at, content, the content kept) of a plain text/notice/emote message
     with a complete envelope, else None: exactly the events `_plain_message` encodes."""
     get = event.get
-    if get("type") != "m.room.message" or not event.keys() <= _ENVELOPE:
+    if get("type") != "m.room.message" or not _ENVELOPE.issuperset(event):
         return None
     room, event_id, sender, sent_at = get("room_id"), get("event_id"), get("sender"), get("origin_server_ts")
-    if not (type(room) is str and room and type(event_id) is str and event_id and type(sender) is str and sender) or (
-        type(sent_at) is not int
+    if (
+        type(room) is not str
+        or type(event_id) is not str
+        or type(sender) is not str
+        or type(sent_at) is not int
+        or not (room and event_id and sender)
     ):
         return None
     content, unsigned = get("content"), get("unsigned")
-    if type(content) is not dict or not content.keys() <= _CONTENT:
+    if type(content) is not dict or not _CONTENT.issuperset(content):
         return None
     if unsigned is not None and (type(unsigned) is not dict or "redacted_because" in unsigned):
         return None
     msgtype, body = content.get("msgtype"), content.get("body")
     if msgtype not in _MSGTYPES or type(body) is not str:
         return None
-    out: JSONDict = {"msgtype": msgtype, "body": body}
-    if len(content) > 2:  # else it holds msgtype and body only
+    out: JSONDict
+    if len(content) == 2:  # msgtype and body only: the content kept is the content (encoded with sorted keys)
+        out = content
+    else:
+        out = {"msgtype": msgtype, "body": body}
         for key in ("format", "formatted_body"):
             value = content.get(key)
             if value is None:
