@@ -246,6 +246,8 @@ async def test_the_index_key_crosses_only_the_pipe(tmp_path: Path) -> None:
             await asyncio.sleep(0.01)
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         assert b"import_worker" in cmdline  # alive and ours (its output fills the pipe, so it waits)
+        for name, value in import_pool.WORKER_MALLOC_ENV.items():  # the allocator settings, unless the operator's
+            assert f"{name}={os.environ.get(name, value)}".encode() in environ.split(b"\0")
         for form in forms:
             assert form not in cmdline and form not in environ
         batches = [b async for b in pool.batches()]
