@@ -54,7 +54,7 @@ _TAG16 = frozenset({16})
 def _words(tags: Sequence[bytes]) -> memoryview | None:
     """Four 32-bit words per tag (`_NATIVE_WORDS`), when every tag is 16 bytes (the log's tags, `schema.dedup_tag`),
     else None (the int path). Why: reading the probes as small ints costs less than a 128-bit int and its shifts
-    (`hits` at 10^6 tags, five parts: 1.0 -> 0.6 us per tag)."""
+    (`hits` at 10^6 tags, five parts, alone: 0.99 -> 0.68 us per tag)."""
     if not _NATIVE_WORDS or not set(map(len, tags)) <= _TAG16:
         return None
     return memoryview(b"".join(tags)).cast("I")

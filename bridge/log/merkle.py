@@ -155,7 +155,7 @@ class Frontier:
         How: the leaves are cut as `aligned_ranges` (perfect subtrees, each a power of two dividing its first
         leaf), each subtree's root is hashed a level at a time (`_perfect_root`), and the root is merged into
         the frontier as `append_subtree` does: the same nodes hashed as one leaf at a time (a property test
-        pins it), with less Python per node (bench: 0.54 -> ~0.3 us per leaf for a 4096-leaf batch)."""
+        pins it), with less Python per node (a 4096-leaf batch alone: 0.56 -> 0.47 us per leaf)."""
         if not (set(map(type, leaves)) <= _BYTES and set(map(len, leaves)) <= _HASH_SIZES) and not all(
             map(_is_hash, leaves)
         ):  # the exact check only when the cheap one (exact bytes of 32 bytes) does not pass
