@@ -156,12 +156,13 @@ async def import_file(
     counts = ImportCounts()
     local, workers = _plan(store, path, workers)
     with _tuned_for_import():
+        expect = None if local is None else _expecting(local, path)
         if local is None or workers <= 0:
             tally = Tally()
-            await _pipeline(_in_process(store, path, tally), counts, progress)
+            await _pipeline(_in_process(store, path, tally), counts, progress, expect)
         else:
             async with WorkerPool.start(path, local.tagging_key(), MATRIX, BATCH, workers) as pool:
-                await _pipeline(_from_workers(local, pool), counts, progress)
+                await _pipeline(_from_workers(local, pool), counts, progress, expect)
                 assert pool.tally is not None
                 tally = pool.tally
     counts.lines, counts.blank = tally.lines, tally.blank
@@ -171,10 +172,32 @@ async def import_file(
     return counts
 
 
-async def _pipeline(jobs: AsyncIterator[_Job], counts: ImportCounts, progress: Callable[[int], None] | None) -> None:
+def _expecting(store: LogStore, path: Path) -> Callable[[int, int], None] | None:
+    """`expect(read, lines)` after each full batch: tells `store` how many records the rest of the file holds at
+    the lines per byte read so far (`LogStore.expect`: the dedup filter's growth), or None for an unreadable file."""
+    try:
+        size = path.stat().st_size
+    except OSError:
+        return None
+
+    def expect(read: int, lines: int) -> None:
+        if read > 0:
+            store.expect(max(0, size - read) * lines // read)
+
+    return expect
+
+
+async def _pipeline(
+    jobs: AsyncIterator[_Job],
+    counts: ImportCounts,
+    progress: Callable[[int], None] | None,
+    expect: Callable[[int, int], None] | None = None,
+) -> None:
     """One batch sealing on the event loop while the one before commits. When the source of batches fails
-    (a worker died, the file became unreadable), the batches it handed over are whole: they commit first."""
+    (a worker died, the file became unreadable), the batches it handed over are whole: they commit first.
+    `expect(read, lines)`: after each full batch, the bytes read and the lines of the full batches so far."""
     appending: deque[asyncio.Task[AppendResult]] = deque()
+    full = 0
     try:
         while True:
             try:
@@ -190,8 +213,12 @@ async def _pipeline(jobs: AsyncIterator[_Job], counts: ImportCounts, progress: C
             await asyncio.sleep(0)  # let it start sealing
             while len(appending) >= 2:
                 _tally(await appending.popleft(), counts)
-            if job.read is not None and progress is not None:
-                progress(job.read)
+            if job.read is not None:
+                full += 1
+                if expect is not None:
+                    expect(job.read, full * BATCH)
+                if progress is not None:
+                    progress(job.read)
         while appending:
             _tally(await appending.popleft(), counts)
     finally:

@@ -31,6 +31,7 @@ from bridge.import_worker import preseal
 from bridge.importer import ImportCounts, import_file
 from bridge.log import crypto, format
 from bridge.log import keys as keyfile
+from bridge.log.dedup import TagFilter
 from bridge.log.keys import KeyMaterial
 from bridge.log.reader import iter_events
 from bridge.log.schema import conversation_tag, dedup_tag
@@ -245,6 +246,8 @@ async def test_the_index_key_crosses_only_the_pipe(tmp_path: Path) -> None:
             await asyncio.sleep(0.01)
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         assert b"import_worker" in cmdline  # alive and ours (its output fills the pipe, so it waits)
+        for name, value in import_pool.WORKER_MALLOC_ENV.items():  # the allocator settings, unless the operator's
+            assert f"{name}={os.environ.get(name, value)}".encode() in environ.split(b"\0")
         for form in forms:
             assert form not in cmdline and form not in environ
         batches = [b async for b in pool.batches()]
@@ -545,3 +548,31 @@ def test_the_import_tuning_holds_while_imports_run_and_is_restored_after_the_las
     finally:
         gc.set_threshold(*before[0])
         sys.setswitchinterval(before[1])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+async def test_an_import_tells_the_store_the_records_left_after_each_full_batch(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, workers: int
+) -> None:
+    """`LogStore.expect` gets the records the rest of the file holds at the lines per byte read so far: exact
+    for lines of one length (5 batches of 8: 32, 24, 16, 8, 0 left), in process and with a worker; the dedup
+    filter then grows for them (the part after the first is sized for the 32 expected, not doubled)."""
+    monkeypatch.setattr(importer, "BATCH", 8)
+    monkeypatch.setattr(TagFilter, "MIN_CAPACITY", 4)
+    told: list[int] = []
+    expect = LogStore.expect
+
+    def spy(self: LogStore, more: int) -> None:
+        told.append(more)
+        expect(self, more)
+
+    monkeypatch.setattr(LogStore, "expect", spy)
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"".join(_event(100 + i, room=1) + b"\n" for i in range(40)))  # every line the same length
+    data_dir, keys = _log(tmp_path, "log")
+    async with await LogStore.open(data_dir, keys) as store:
+        await store._filter_task  # type: ignore[misc]  # the filter of the new log, loaded
+        counts = await import_file(store, path, workers=workers)
+        parts = [capacity for _, _, capacity in store._filter._parts]
+    assert counts.appended == 40 and told == [32, 24, 16, 8, 0]
+    assert len(parts) < len([4, 8, 16, 32]) and sum(parts) >= 40  # doubling: 4, 8, 16, 32; sized: 4, 8, 33

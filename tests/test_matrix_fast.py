@@ -204,3 +204,110 @@ def test_the_common_message_is_spliced() -> None:
     shape = fast._shape(event, 5)
     assert shape is not None and fast._keys(event) == 10 and line.count(b'":') == 10
     assert fast._splice(event, shape, 5) == fast.encode_line(line, 5) == _slow(line, 5)
+
+
+def _repeats_a_key(line: bytes) -> bool:
+    """True if some object of `line` (JSON) holds a key twice (the stdlib sees every member as written)."""
+    repeated: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        keys = [key for key, _ in items]
+        repeated.extend(key for key in set(keys) if keys.count(key) > 1)
+        return dict(items)
+
+    json.loads(line, object_pairs_hook=pairs)
+    return bool(repeated)
+
+
+# A member written again (before the one kept: orjson keeps the last) at the top, in `content` or in `unsigned`.
+_REPEATS = st.sampled_from([
+    (b"", ["type", "room_id", "event_id", "sender", "origin_server_ts", "content", "unsigned"]),
+    (b'"content"', ["msgtype", "body", "format", "formatted_body"]),
+    (b'"unsigned"', ["age", ""]),
+])  # fmt: skip
+_REPEATED_VALUES = st.one_of(_value, st.sampled_from(['"', '\\"', "\\u0022", '":', "a"]))
+
+
+@given(
+    event=_plain_events(),
+    separators=_SEPARATORS,
+    ascii=st.booleans(),
+    repeat=st.one_of(st.none(), st.tuples(_REPEATS, st.integers(0, 6), _REPEATED_VALUES)),
+    escape=st.booleans(),
+)
+@example(event=PLAIN, separators=(", ", ": "), ascii=False, repeat=None, escape=False)
+def test_the_quote_count_accepts_only_lines_without_a_repeated_key(
+    event: dict[str, Any],
+    separators: tuple[str, str],
+    ascii: bool,
+    repeat: tuple[tuple[bytes, list[str]], int, Any] | None,
+    escape: bool,
+) -> None:
+    """`_quotes_match` is True only for a line that repeats no key and that `decode` returns as parsed (so
+    the splice is the full normaliser's encoding), whatever the layout, a key repeated at any level with any
+    value, or a `"` written as `\\u0022`; and True for the plain messages of a usual export."""
+    if escape:  # every `"` in a string written as `\u0022` (via `\x01`, which JSON writes as `\u0001`)
+        event = _quotes_as(event, "\x01")
+    line = json.dumps(event, ensure_ascii=ascii, separators=separators).encode()
+    if escape:
+        line = line.replace(b"\\u0001", b"\\u0022")
+    if repeat is not None:
+        (where, keys), pick, value = repeat
+        at = line.find(b"{", line.find(where)) + 1  # after the opening brace of the object `where` names
+        if not at or line.find(where) < 0:
+            return
+        member = json.dumps({keys[pick % len(keys)]: value}).encode()[1:-1]
+        line = line[:at] + member + (b"" if line[at:].lstrip().startswith(b"}") else b", ") + line[at:]
+    try:
+        parsed = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return  # Infinity or NaN in `unsigned`: not JSON, not a shape the count is asked about
+    shape = fast._shape(parsed, 5) if type(parsed) is dict else None
+    if shape is None:
+        return
+    accepted = fast._quotes_match(line, parsed, shape)
+    if accepted:
+        assert not _repeats_a_key(line)
+        assert decode.decode(line) == parsed
+        assert fast.encode_line(line, 5) == _slow(line, 5)
+    if repeat is None and '"' not in "".join(_strings(parsed)) and decode._plain_keys(parsed, decode._FAST_DEPTH) >= 0:
+        assert accepted, line  # no `"` in a string, no float, no repeat: the usual line passes in any layout
+
+
+def _quotes_as(value: Any, other: str) -> Any:
+    """`value` with every `"` in its keys and strings replaced by `other`."""
+    if type(value) is dict:
+        return {k.replace('"', other): _quotes_as(v, other) for k, v in value.items()}
+    if type(value) is list:
+        return [_quotes_as(v, other) for v in value]
+    return value.replace('"', other) if type(value) is str else value
+
+
+def _strings(value: Any) -> list[str]:
+    """Every key and string value in a parsed JSON value."""
+    if type(value) is dict:
+        return [*value, *(s for v in value.values() for s in _strings(v))]
+    if type(value) is list:
+        return [s for v in value for s in _strings(v)]
+    return [value] if type(value) is str else []
+
+
+def test_the_quote_count_refuses_hidden_repeats() -> None:
+    """A key repeated (its value the same or not, spaced before its colon or not) or a `"` escaped as
+    `\\u0022` in a string: never accepted by the count; the result is still the full normaliser's."""
+    plain = json.dumps(PLAIN).encode()
+    lines = [
+        json.dumps(PLAIN, separators=(",", " : ")).encode().replace(b'"sender" :', b'"sender" : "@b:x", "sender" :'),
+        plain.replace(b'"sender":', b'"sender" : "@b:x", "sender":'),
+        plain.replace(b'"age": 12', b'"age": 12, "age": 13'),
+        plain.replace(b'"body":', b'"body": "a", "body":'),
+        plain.replace(b'"kamerbrief', b'"\\u0022kamerbrief'),
+        plain.replace(b"{", b'{"type": "m.room.message", ', 1),
+    ]
+    for line in lines:
+        parsed = orjson.loads(line)
+        shape = fast._shape(parsed, 1)
+        assert shape is not None and not fast._quotes_match(line, parsed, shape), line
+        assert fast.encode_line(line, 1) == _slow(line, 1)
+    shape = fast._shape(orjson.loads(plain), 1)
+    assert shape is not None and fast._quotes_match(plain, orjson.loads(plain), shape)

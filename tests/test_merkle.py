@@ -577,7 +577,13 @@ def test_frontier_append_many_refuses_a_bad_leaf_before_appending_any() -> None:
     before = frontier.copy()
     with pytest.raises(ValueError, match="leaf 5 is not a 32-byte hash"):
         frontier.append_many([LEAVES[3], LEAVES[4], b"short"])
+    for bad in (bytearray(LEAVES[5]), LEAVES[5].hex()[:32], None, b"x" * 33):  # of 32 items, or not bytes at all
+        with pytest.raises(ValueError, match="leaf 4 is not a 32-byte hash"):
+            frontier.append_many([LEAVES[3], bad])  # type: ignore[list-item]
     assert frontier == before
+    # A bytes subclass of 32 bytes is a hash (as `append` has it), past the exact-type fast check.
+    frontier.append_many([LEAVES[3], type("Leaf", (bytes,), {})(LEAVES[4])])
+    assert frontier == merkle.extend(Frontier(), LEAVES[:5])
 
 
 def _cut(start: int, end: int, chunk: int) -> list[tuple[int, int]]:

@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
-from collections.abc import Callable, Iterable, Sequence
+import struct
+import sys
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -41,6 +43,21 @@ T = TypeVar("T")
 
 #: Tags per `IN (...)` query (SQLite's variable limit is 32766 since 3.32; smaller keeps each statement cheap).
 CHUNK = 1000
+
+
+#: Whether 16-byte tags are probed from their bytes read as native 32-bit words (`_words`): where those are
+#: little-endian and 4 bytes, words 0, 1, 2 of a tag are the probes `int.from_bytes(tag, "little")` gives.
+_NATIVE_WORDS = sys.byteorder == "little" and struct.calcsize("I") == 4
+_TAG16 = frozenset({16})
+
+
+def _words(tags: Sequence[bytes]) -> memoryview | None:
+    """Four 32-bit words per tag (`_NATIVE_WORDS`), when every tag is 16 bytes (the log's tags, `schema.dedup_tag`),
+    else None (the int path). Why: reading the probes as small ints costs less than a 128-bit int and its shifts
+    (`hits` at 10^6 tags, five parts, alone: 0.99 -> 0.68 us per tag)."""
+    if not _NATIVE_WORDS or not set(map(len, tags)) <= _TAG16:
+        return None
+    return memoryview(b"".join(tags)).cast("I")
 
 
 class TagFilter:
@@ -58,12 +75,16 @@ class TagFilter:
 
     BITS_PER_TAG = 32
     MIN_CAPACITY = 1 << 16
+    #: A part added while tags are expected (`expect`) holds at most this many times the one before.
+    GROWTH_LIMIT = 8
     #: Tag lengths whose own bytes are the probe word (at least 96 bits of keyed-MAC output).
     RAW_LENGTHS = frozenset({16, 32})
 
     def __init__(self, capacity: int = MIN_CAPACITY) -> None:
         self._parts: list[tuple[bytearray, int, int]] = []  # (bits, mask, capacity)
         self._count = 0  # tags in the newest part
+        self._added = 0  # tags added to the parts before the newest
+        self._target = 0  # tags expected in all (`expect`): sizes the next part
         self._add_part(max(capacity, 1))
 
     def _add_part(self, capacity: int) -> None:
@@ -71,8 +92,24 @@ class TagFilter:
         self._parts.append((bytearray(bits // 8), bits - 1, capacity))
         self._count = 0
 
+    def expect(self, more: int) -> None:
+        """About `more` tags are still to come (a hint: `LogStore.expect`, from an import's bytes left to read).
+        The part added when the newest is full is then sized for them (with an eighth to spare; at least half
+        the newest's capacity, at most `GROWTH_LIMIT` times it) instead of twice the newest's capacity, so a
+        large import ends with a few parts to probe instead of one per doubling (`hits` probes every part:
+        10^6 tags from an empty log, three parts instead of five). Memory is what the tags need, or less than
+        doubling gives; a wrong hint costs memory or an extra part, never a false negative."""
+        self._target = self._added + self._count + max(0, more)
+
+    def _next_capacity(self, capacity: int) -> int:
+        left = self._target - self._added
+        if left <= 0:
+            return 2 * capacity
+        return max(capacity // 2, min(left + left // 8, self.GROWTH_LIMIT * capacity))
+
     @staticmethod
     def _word(tag: bytes) -> int:
+        """The probe word of a tag that is not 16 bytes (a 32-byte tag as it is, any other hashed first)."""
         if len(tag) in TagFilter.RAW_LENGTHS:
             return int.from_bytes(tag, "little")
         return int.from_bytes(hashlib.blake2b(tag, digest_size=32).digest(), "little")
@@ -81,16 +118,26 @@ class TagFilter:
         self.update((tag,))
 
     def update(self, tags: Iterable[bytes]) -> None:
+        tags = tags if isinstance(tags, list | tuple) else list(tags)
+        words = _words(tags)
+        if words is None:
+            self._update_words((self._word(tag) for tag in tags), wide=True)
+        else:
+            self._update_words(words, wide=False)
+
+    def _update_words(self, words: Iterable[int], *, wide: bool) -> None:
+        """Set the three probe bits of each tag, from its probe word (`wide`: one int per tag, the probes its
+        32-bit words 0, 1, 2) or, from `_words`, its four 32-bit words (the fourth unused)."""
         bits, mask, capacity = self._parts[-1]
-        count, raw, from_bytes, word_of = self._count, self.RAW_LENGTHS, int.from_bytes, self._word
-        for tag in tags:
+        count, it = self._count, iter(words)
+        for a, b, c, _ in ((w, w >> 32, w >> 64, 0) for w in it) if wide else zip(it, it, it, it, strict=False):
             if count >= capacity:
-                self._add_part(capacity * 2)
+                self._added += count
+                self._add_part(self._next_capacity(capacity))
                 bits, mask, capacity = self._parts[-1]
                 count = 0
             count += 1
-            word = from_bytes(tag, "little") if len(tag) in raw else word_of(tag)
-            a, b, c = word & mask, (word >> 32) & mask, (word >> 64) & mask
+            a, b, c = a & mask, b & mask, c & mask
             bits[a >> 3] |= 1 << (a & 7)
             bits[b >> 3] |= 1 << (b & 7)
             bits[c >> 3] |= 1 << (c & 7)
@@ -98,15 +145,26 @@ class TagFilter:
 
     def hits(self, tags: Iterable[bytes]) -> list[bytes]:
         """`[t for t in tags if t in self]`: the tags the filter may hold (every tag it was given among them)."""
+        tags = tags if isinstance(tags, list | tuple) else list(tags)
+        words = _words(tags)
+        if words is None:
+            wide = ((w, w >> 32, w >> 64, 0) for w in map(self._word, tags))
+            probes: Iterator[tuple[int, int, int, int]] = iter(wide)
+        else:
+            it = iter(words)
+            probes = zip(it, it, it, it, strict=False)
         out: list[bytes] = []
-        parts, raw, from_bytes, word_of = self._parts, self.RAW_LENGTHS, int.from_bytes, self._word
-        for tag in tags:
-            word = from_bytes(tag, "little") if len(tag) in raw else word_of(tag)
-            for bits, mask, _ in parts:
-                a, b, c = word & mask, (word >> 32) & mask, (word >> 64) & mask
-                if bits[a >> 3] & (1 << (a & 7)) and bits[b >> 3] & (1 << (b & 7)) and bits[c >> 3] & (1 << (c & 7)):
-                    out.append(tag)
-                    break
+        parts = self._parts
+        for tag, (a, b, c, _) in zip(tags, probes, strict=False):
+            for bits, mask, _ in parts:  # the first probe rules most tags out: the other two only then
+                x = a & mask
+                if bits[x >> 3] >> (x & 7) & 1:
+                    y = b & mask
+                    if bits[y >> 3] >> (y & 7) & 1:
+                        z = c & mask
+                        if bits[z >> 3] >> (z & 7) & 1:
+                            out.append(tag)
+                            break
         return out
 
     def __contains__(self, tag: object) -> bool:

@@ -63,6 +63,20 @@ def _require_hashes(leaves: Sequence[bytes]) -> None:
             raise ValueError(f"leaf {i} is not a {HASH_SIZE}-byte hash: {h!r}")
 
 
+#: What `Frontier.append_many`'s cheap check accepts: exact bytes, 32 of them.
+_BYTES: frozenset[type] = frozenset({bytes})
+_HASH_SIZES = frozenset({HASH_SIZE})
+
+
+def _perfect_root(leaves: Sequence[bytes]) -> bytes:
+    """MTH of a power-of-two number (at least 2) of leaf hashes, a level at a time."""
+    level = leaves
+    while len(level) > 1:
+        pairs = iter(level)
+        level = [sha256(_NODE_PREFIX + a + b).digest() for a, b in zip(pairs, pairs, strict=False)]
+    return level[0]
+
+
 def _split(n: int) -> int:
     """The largest power of two strictly smaller than n (n >= 2)."""
     return 1 << ((n - 1).bit_length() - 1)
@@ -136,19 +150,27 @@ class Frontier:
 
     def append_many(self, leaves: Sequence[bytes]) -> None:
         """`append` each of `leaves` in order (one call per batch: the writer's hot path). All or nothing:
-        ValueError, and no leaf appended, if one is not a 32-byte hash."""
-        if not all(map(_is_hash, leaves)):
+        ValueError, and no leaf appended, if one is not a 32-byte hash.
+
+        How: the leaves are cut as `aligned_ranges` (perfect subtrees, each a power of two dividing its first
+        leaf), each subtree's root is hashed a level at a time (`_perfect_root`), and the root is merged into
+        the frontier as `append_subtree` does: the same nodes hashed as one leaf at a time (a property test
+        pins it), with less Python per node (a 4096-leaf batch alone: 0.56 -> 0.47 us per leaf)."""
+        if not (set(map(type, leaves)) <= _BYTES and set(map(len, leaves)) <= _HASH_SIZES) and not all(
+            map(_is_hash, leaves)
+        ):  # the exact check only when the cheap one (exact bytes of 32 bytes) does not pass
             bad = next(i for i, leaf in enumerate(leaves) if not _is_hash(leaf))
             raise ValueError(f"leaf {self._size + bad} is not a {HASH_SIZE}-byte hash: {leaves[bad]!r}")
-        hashes, size, prefix = self._hashes, self._size, _NODE_PREFIX
-        for leaf in leaves:
-            node, n = leaf, size
+        hashes, size, prefix, at = self._hashes, self._size, _NODE_PREFIX, 0
+        for lo, width in aligned_ranges(size, size + len(leaves)):
+            node = leaves[at] if width == 1 else _perfect_root(leaves[at : at + width])
+            at += width
+            n = lo // width
             while n & 1:
                 node = sha256(prefix + hashes.pop() + node).digest()
                 n >>= 1
             hashes.append(node)
-            size += 1
-        self._size = size
+        self._size = size + len(leaves)
 
     def root(self) -> bytes:
         """Root hash of the tree of all leaves appended so far."""

@@ -391,6 +391,12 @@ class LogStore:
         """Key material for the blob store of this log (current data key encrypts new media)."""
         return MediaKeys(self._keys.log_id, self._index_key, dict(self._data_keys), self._current_key)
 
+    def expect(self, more: int) -> None:
+        """About `more` records are still to come (an import's estimate from the bytes it has left to read): a
+        hint for the growth of the dedup filter (`TagFilter.expect`: fewer parts to probe per tag). Nothing
+        else changes; a wrong hint costs memory or speed, never a duplicate."""
+        self._filter.expect(more)
+
     def tagging_key(self) -> bytes:
         """The index key, for an import worker that computes dedup and conversation tags (`Presealed`); it
         crosses to the worker only through a pipe."""
