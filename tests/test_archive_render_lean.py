@@ -265,10 +265,22 @@ def _read(lines: Any) -> tuple[str, object]:
         return ("error", (type(exc), str(exc)))
 
 
+def _twice(path: Path, budget: int | None) -> tuple[str, object]:
+    """The lines of a second pass over one `DossierLines` (rendering takes two), after a first one."""
+    try:
+        lines = render.DossierLines(path, cache_bytes=budget)
+        first = list(lines)
+    except Exception as exc:
+        return ("error", (type(exc), str(exc)))
+    second = _read(lambda: lines)
+    assert second == ("lines", first)
+    return second
+
+
 def test_dossier_lines_are_each_line_parsed_by_dossier_line_parse(made: LogDir, tmp_path: Path) -> None:
     """`DossierLines` (its common case inline) gives, for every line of January's dossiers (plain messages, an
     edit, a deletion, an image, a withheld tombstone) and for lines that are no event line at all, what
-    `DossierLine.parse` gives line by line, or the same error, streamed and held alike."""
+    `DossierLine.parse` gives line by line, or the same error, streamed, held and held in part, pass after pass."""
     shutil.copytree(made.data_dir, tmp_path / "data")
     log = LogDir(tmp_path / "data", made.key_file, made.keys)
     pkg = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log)).path
@@ -281,5 +293,9 @@ def test_dossier_lines_are_each_line_parsed_by_dossier_line_parse(made: LogDir, 
         path = tmp_path / f"case{n}.jsonl"
         path.write_bytes(b"".join(case))
         want = _read(lambda: (render.DossierLine.parse(line) for line in case))  # noqa: B023  (read at once)
-        assert _read(lambda: render.DossierLines(path)) == want  # noqa: B023
-        assert _read(lambda: render.DossierLines(path, cache_bytes=0)) == want  # noqa: B023
+        size = path.stat().st_size
+        # held whole, streamed, and held in part (a budget inside a line, at a line's end, one byte past it)
+        first = len(case[0])
+        for budget in (None, 0, 1, first - 1, first, first + 1, size // 2, size - 1, size):
+            assert _read(lambda: render.DossierLines(path, cache_bytes=budget)) == want, budget  # noqa: B023
+            assert _twice(path, budget) == want, budget

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import itertools
 import os
 import pickle
 import posixpath
@@ -462,21 +463,44 @@ class DossierLines:
     """The parsed lines of a dossier's events.jsonl, iterable more than once (rendering takes two passes:
     `_first_pass` and the transcript).
 
-    A file of at most `cache_bytes` is read and parsed once and held (what a
-    conversation-month usually is); a larger one is streamed and parsed again
-    on every pass, so memory stays bounded whatever one conversation holds.
+    The file's lines are parsed and held up to `cache_bytes` of them (default `LINE_CACHE_BYTES`); a file of
+    at most that size (what a conversation-month usually is) is parsed once. Of a larger one the first lines,
+    up to `cache_bytes`, are held and parsed once, the rest streamed and parsed again on every pass, so memory
+    stays bounded whatever one conversation holds.
     """
 
-    __slots__ = ("_cached", "_path")
+    __slots__ = ("_cached", "_path", "_rest")
 
-    def __init__(self, path: Path, cache_bytes: int = LINE_CACHE_BYTES) -> None:
+    def __init__(self, path: Path, cache_bytes: int | None = None) -> None:
         self._path = path
-        self._cached: list[DossierLine] | None = None
-        if path.stat().st_size <= cache_bytes:
-            self._cached = list(self._stream())
+        budget = LINE_CACHE_BYTES if cache_bytes is None else cache_bytes
+        self._cached: list[DossierLine] = []
+        #: The byte offset of the first line not held (None: every line is held).
+        self._rest: int | None = None
+        if path.stat().st_size <= budget:
+            self._cached = list(self._stream(0))
+        elif budget > 0:
+            self._rest = self._hold(budget)
+        else:
+            self._rest = 0
 
-    def _stream(self) -> Iterator[DossierLine]:
+    def _hold(self, budget: int) -> int | None:
+        """Parse and hold the file's first lines, up to `budget` bytes of them; the offset of the first line not
+        held (None: all were)."""
+        held = self._cached
         with self._path.open("rb") as fh:
+            pos = 0
+            for raw in fh:
+                if pos + len(raw) > budget:
+                    return pos
+                pos += len(raw)
+                held.append(_parse_line(raw))
+        return None
+
+    def _stream(self, offset: int) -> Iterator[DossierLine]:
+        with self._path.open("rb") as fh:
+            if offset:
+                fh.seek(offset)
             loads, event, line = orjson.loads, event_of, tuple.__new__
             for raw in fh:
                 d = loads(raw)
@@ -486,7 +510,17 @@ class DossierLines:
                     yield DossierLine.parse(raw)
 
     def __iter__(self) -> Iterator[DossierLine]:
-        return iter(self._cached) if self._cached is not None else self._stream()
+        if self._rest is None:
+            return iter(self._cached)
+        return itertools.chain(self._cached, self._stream(self._rest))
+
+
+def _parse_line(raw: bytes) -> DossierLine:
+    """`DossierLine.parse(raw)`, its common case inline (as `DossierLines._stream`)."""
+    d = orjson.loads(raw)
+    if type(d) is dict and d.get("withheld") is None:
+        return tuple.__new__(DossierLine, (d["seq"], event_of(d["event"]), None))
+    return DossierLine.parse(raw)
 
 
 def _entries(lines: DossierLines, state: DossierState) -> Iterator[TranscriptEntry]:
