@@ -459,14 +459,25 @@ class DossierLine(NamedTuple):
         return cls(d["seq"], event_of(d["event"]), None)
 
 
+#: A held line's charge against the budget is at least this many bytes (a line's objects cost several hundred
+#: bytes whatever its size), so the number of lines held stays bounded too.
+HELD_LINE_MIN = 512
+_NO_RAW: dict[str, Any] = {}  # what a held message's `raw` becomes (never read: see `DossierLines`)
+_SET_RAW = _SET[_EVENT_FIELDS.index("raw")]
+
+
 class DossierLines:
     """The parsed lines of a dossier's events.jsonl, iterable more than once (rendering takes two passes:
     `_first_pass` and the transcript).
 
-    The file's lines are parsed and held up to `cache_bytes` of them (default `LINE_CACHE_BYTES`); a file of
-    at most that size (what a conversation-month usually is) is parsed once. Of a larger one the first lines,
-    up to `cache_bytes`, are held and parsed once, the rest streamed and parsed again on every pass, so memory
-    stays bounded whatever one conversation holds.
+    The file's first lines are parsed once and held, up to `cache_bytes` (default `LINE_CACHE_BYTES`) of them;
+    a file of at most that size (what a conversation-month usually is) is held whole. Of a larger one only the
+    rest is streamed, and parsed again on every pass, so memory stays bounded whatever one conversation holds.
+
+    A held message (`Kind.MESSAGE`) keeps no `raw` (it becomes `{}`): rendering reads `raw` only for an event of
+    a kind it has no view of (`transcript.kinds`), so the dict and strings of the original event, often more than
+    half of a line, are not held. A line held in part of a file is charged its bytes without its `raw` (at
+    least `HELD_LINE_MIN`), so about as many bytes of the file are held in that memory again.
     """
 
     __slots__ = ("_cached", "_path", "_rest")
@@ -476,25 +487,33 @@ class DossierLines:
         budget = LINE_CACHE_BYTES if cache_bytes is None else cache_bytes
         self._cached: list[DossierLine] = []
         #: The byte offset of the first line not held (None: every line is held).
-        self._rest: int | None = None
+        self._rest: int | None = 0
         if path.stat().st_size <= budget:
-            self._cached = list(self._stream(0))
+            self._cached = [_held(line) for line in self._stream(0)]
+            self._rest = None
         elif budget > 0:
             self._rest = self._hold(budget)
-        else:
-            self._rest = 0
 
     def _hold(self, budget: int) -> int | None:
-        """Parse and hold the file's first lines, up to `budget` bytes of them; the offset of the first line not
-        held (None: all were)."""
+        """Parse and hold the file's first lines, up to `budget` bytes of charges; the offset of the first line
+        not held (None: all were)."""
         held = self._cached
+        dumps = orjson.dumps
+        charged = 0
         with self._path.open("rb") as fh:
             pos = 0
             for raw in fh:
-                if pos + len(raw) > budget:
+                line = _parse_line(raw)
+                ev = line.event
+                cost = len(raw)
+                if ev is not None and ev.kind is Kind.MESSAGE and ev.raw:
+                    cost -= len(dumps(ev.raw))
+                    _SET_RAW(ev, _NO_RAW)
+                charged += max(cost, HELD_LINE_MIN)
+                if charged > budget:
                     return pos
                 pos += len(raw)
-                held.append(_parse_line(raw))
+                held.append(line)
         return None
 
     def _stream(self, offset: int) -> Iterator[DossierLine]:
@@ -513,6 +532,14 @@ class DossierLines:
         if self._rest is None:
             return iter(self._cached)
         return itertools.chain(self._cached, self._stream(self._rest))
+
+
+def _held(line: DossierLine) -> DossierLine:
+    """`line` as `DossierLines` holds it: a message without its `raw`."""
+    ev = line.event
+    if ev is not None and ev.kind is Kind.MESSAGE and ev.raw:
+        _SET_RAW(ev, _NO_RAW)
+    return line
 
 
 def _parse_line(raw: bytes) -> DossierLine:
