@@ -54,9 +54,10 @@ MONTHS_NL = (
     "juli", "augustus", "september", "oktober", "november", "december",
 )  # fmt: skip
 NAMED_PARTICIPANTS = 4  # a dossier's name lists this many participants, then "en N anderen"
-#: A dossier's events.jsonl up to this size is parsed once and held for rendering's two passes; a larger
-#: one is parsed on each pass (memory stays bounded).
-LINE_CACHE_BYTES = 24 << 20
+#: A dossier's events.jsonl up to this size is parsed once and held for rendering's two passes; of a larger one
+#: the first lines up to this many bytes (messages charged without their raw: `DossierLines`), the rest parsed on
+#: each pass (memory stays bounded: ~40 MB held at most for `bench/snapshot.py`'s lines, 1.2 KB a message).
+LINE_CACHE_BYTES = 32 << 20
 #: Rendering uses worker processes only for packages whose event files hold at least this many bytes (starting
 #: an interpreter costs about as much as rendering a few megabytes).
 POOL_MIN_BYTES = 8 << 20
