@@ -17,6 +17,7 @@ import io
 import shutil
 from datetime import tzinfo
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -25,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.archive import render
+from bridge.archive.dossier import DossierSummary
 from bridge.archive.lookahead import Lookahead
 from bridge.archive.package import snapshot
 from bridge.archive.range import Month
@@ -151,6 +153,59 @@ def test_a_message_is_rendered_without_its_raw(
     tz = ZoneInfo("Europe/Amsterdam")
     full = _transcript(given, {}, set(), ahead, tz)
     assert _transcript(bare, {}, set(), ahead, tz) == full
+
+
+def _reference_first_pass(lines: list[render.DossierLine], targets: Any) -> tuple[DossierSummary, Lookahead]:
+    """What `render._first_pass` stands for: every event through `DossierSummary.add`, and `Lookahead.of`."""
+    summary = DossierSummary()
+
+    def events() -> Any:
+        for line in lines:
+            if line.event is None:
+                summary.withheld_count += 1
+            else:
+                summary.add(line.event)
+                yield line.event
+
+    return summary, Lookahead.of(events(), targets)
+
+
+def _comparable(ahead: Lookahead) -> tuple[object, ...]:
+    names = ahead.participants.names
+    return (dataclasses.replace(ahead, participants=None), list(names.items()))  # type: ignore[arg-type]
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(
+    entries=months(),
+    replies=st.lists(st.booleans(), min_size=14, max_size=14),
+    targets=st.sets(st.integers(0, 13)),
+    names=st.lists(VALUES, min_size=14, max_size=14),
+)
+def test_the_first_pass_is_the_summary_and_the_lookahead(
+    entries: list[TranscriptEntry], replies: list[bool], targets: set[int], names: list[object]
+) -> None:
+    """`render._first_pass` (its common case inline) gives the same `DossierSummary` and `Lookahead` as every
+    event through `DossierSummary.add` and `Lookahead.of`: months of every kind, withheld lines, messages
+    relating to something, replies, Signal profile names of every type, edit targets from the writer."""
+    lines: list[render.DossierLine] = []
+    for e, reply, name in zip(entries, replies, names, strict=False):
+        ev = e.event
+        if e.withheld is not None or ev is None:
+            lines.append(render.DossierLine(e.seq, None, e.withheld))
+            continue
+        if ev.kind == Kind.MESSAGE and reply and ev.relates_to is None:
+            ev = dataclasses.replace(ev, relates_to=EventId("$e0"))  # a message relating to something
+        if ev.kind == Kind.MESSAGE and name is not None:
+            ev = dataclasses.replace(ev, content={**ev.content, "sender_name": name})
+        lines.append(render.DossierLine(e.seq, ev, None))
+    named = {ev.relates_to for line in lines if (ev := line.event) is not None and ev.kind == Kind.EDIT}
+    edited = {target: "$x" for target in (*(f"$e{i}" for i in targets), *named) if target is not None}
+    state: Any = SimpleNamespace(edited=edited)
+    summary, ahead = render._first_pass(lines, state)  # type: ignore[arg-type]
+    want_summary, want_ahead = _reference_first_pass(lines, edited.keys())
+    assert summary == want_summary
+    assert _comparable(ahead) == _comparable(want_ahead)
 
 
 def test_an_unknown_event_is_rendered_with_its_raw() -> None:

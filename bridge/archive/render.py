@@ -559,18 +559,54 @@ def _entries(lines: DossierLines, state: DossierState) -> Iterator[TranscriptEnt
 def _first_pass(lines: DossierLines, state: DossierState) -> tuple[DossierSummary, Lookahead]:
     """One pass over the dossier before its transcript: the participants, MDTO events, withheld count and own
     dates (the title names the participants), and the transcript's lookahead (polls, edits, participants;
-    tombstones skipped). One pass, not two: a dossier larger than `LINE_CACHE_BYTES` is parsed once per pass."""
+    tombstones skipped). One pass, not two: a dossier larger than `LINE_CACHE_BYTES` is parsed once per pass.
+
+    What `DossierSummary.add` and `Lookahead.of(events, state.edited.keys())` make of the events, in one loop;
+    a message relating to nothing, once the month's first message is in (the common case), is taken inline by
+    what those two do for it: its sender (with a Signal profile name) among the senders and participants, its
+    own time in the dates, the event it replies to quoted, and its sender kept if an edit names it. Every other
+    event goes through `add` and `_observe`. A property test pins that both give the same objects."""
     summary = DossierSummary()
-
-    def events() -> Iterator[Event]:
-        for line in lines:
-            if line.event is None:
-                summary.withheld_count += 1
-            else:
-                summary.add(line.event)
-                yield line.event
-
-    ahead = Lookahead.of(events(), state.edited.keys())
+    ahead = Lookahead(checks_edits=True)
+    targets = state.edited.keys()
+    senders: dict[str, str | None] = {}
+    edits: list[Event] = []
+    message, edit = Kind.MESSAGE, Kind.EDIT
+    people, participants, quoted = summary.senders, ahead.participants, ahead.quoted
+    known = participants.names
+    created = False  # summary.created, read again after each event `add` takes
+    for line in lines:
+        ev = line.event
+        if ev is None:
+            summary.withheld_count += 1
+            continue
+        if ev.kind is message and ev.relates_to is None and created:
+            sender, c = ev.sender, ev.content
+            if sender is not None:
+                people.add((ev.source, sender))
+                name = c.get("sender_name")
+                names = known.get(sender)
+                if names is None:
+                    participants.add(sender, name if isinstance(name, str) else None)
+                elif name and isinstance(name, str):
+                    names.add(name)
+            sent, received = ev.sent_at, ev.received_at
+            own = sent if sent is not None and sent <= received else received  # dossier._own_time
+            if own < summary.first_ms:  # type: ignore[operator]  # set by the month's first message
+                summary.first_ms = own
+            if own > summary.last_ms:  # type: ignore[operator]
+                summary.last_ms = own
+            if isinstance(reply := c.get("reply_to"), str):
+                quoted.add(reply)
+        else:
+            summary.add(ev)
+            created = summary.created
+            ahead._observe(ev)
+            if ev.kind == edit and ev.relates_to is not None:
+                edits.append(ev)
+        if ev.event_id in targets:
+            senders[ev.event_id] = ev.sender
+    ahead.settle(senders, edits)
     return summary, ahead
 
 
