@@ -408,7 +408,7 @@ def test_dossier_lines_are_each_line_parsed_by_dossier_line_parse(made: LogDir, 
         assert _read(lambda: render.DossierLines(path, cache_bytes=0)) == want  # noqa: B023  (streamed: as parsed)
         size = path.stat().st_size
         # held whole, and held in part (budgets inside a line, at a line's charge, past it)
-        budgets = (None, 1, 511, 512, 513, 1024, 2048, size // 2, size - 1, size, 10 * size)
+        budgets = (None, 1, 767, 768, 769, 1024, 2048, size // 2, size - 1, size, size * 5 // 3, 10 * size)
         for budget in budgets:
             assert _bare(_read(lambda: render.DossierLines(path, cache_bytes=budget))) == _bare(want), budget  # noqa: B023
             assert _bare(_twice(path, budget)) == _bare(want), budget

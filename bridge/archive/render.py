@@ -54,10 +54,10 @@ MONTHS_NL = (
     "juli", "augustus", "september", "oktober", "november", "december",
 )  # fmt: skip
 NAMED_PARTICIPANTS = 4  # a dossier's name lists this many participants, then "en N anderen"
-#: A dossier's events.jsonl up to this size is parsed once and held for rendering's two passes; of a larger one
-#: the first lines up to this many bytes (messages charged without their raw: `DossierLines`), the rest parsed on
-#: each pass (memory stays bounded: ~40 MB held at most for `bench/snapshot.py`'s lines, 1.2 KB a message).
-LINE_CACHE_BYTES = 32 << 20
+#: Bytes of a dossier's events.jsonl parsed once and held for rendering's two passes (see `DossierLines`: a
+#: message is charged its bytes without its raw, any other line 5/3 of its bytes); the rest of a larger one is
+#: parsed on each pass, so memory stays bounded: ~57 MB held at most for `bench/snapshot.py`'s lines.
+LINE_CACHE_BYTES = 40 << 20
 #: Rendering uses worker processes only for packages whose event files hold at least this many bytes (starting
 #: an interpreter costs about as much as rendering a few megabytes).
 POOL_MIN_BYTES = 8 << 20
@@ -460,9 +460,9 @@ class DossierLine(NamedTuple):
         return cls(d["seq"], event_of(d["event"]), None)
 
 
-#: A held line's charge against the budget is at least this many bytes (a line's objects cost several hundred
+#: A held message's charge against the budget is at least this many bytes (its objects cost several hundred
 #: bytes whatever its size), so the number of lines held stays bounded too.
-HELD_LINE_MIN = 512
+HELD_LINE_MIN = 768
 _NO_RAW: dict[str, Any] = {}  # what a held message's `raw` becomes (never read: see `DossierLines`)
 _SET_RAW = _SET[_EVENT_FIELDS.index("raw")]
 
@@ -471,14 +471,14 @@ class DossierLines:
     """The parsed lines of a dossier's events.jsonl, iterable more than once (rendering takes two passes:
     `_first_pass` and the transcript).
 
-    The file's first lines are parsed once and held, up to `cache_bytes` (default `LINE_CACHE_BYTES`) of them;
-    a file of at most that size (what a conversation-month usually is) is held whole. Of a larger one only the
-    rest is streamed, and parsed again on every pass, so memory stays bounded whatever one conversation holds.
-
-    A held message (`Kind.MESSAGE`) keeps no `raw` (it becomes `{}`): rendering reads `raw` only for an event of
-    a kind it has no view of (`transcript.kinds`), so the dict and strings of the original event, often more than
-    half of a line, are not held. A line held in part of a file is charged its bytes without its `raw` (at
-    least `HELD_LINE_MIN`), so about as many bytes of the file are held in that memory again.
+    The file's first lines are parsed once and held, up to `cache_bytes` (default `LINE_CACHE_BYTES`) of charges;
+    the rest, if any, is streamed and parsed again on every pass, so memory stays bounded whatever one
+    conversation holds. A held message (`Kind.MESSAGE`) keeps no `raw` (it becomes `{}`): rendering reads `raw`
+    only for an event of a kind it has no view of (`transcript.kinds`), so the dict and strings of the original
+    event, often half of a line, are not held. The charges follow the memory held: a message its bytes without
+    its raw (at least `HELD_LINE_MIN`), any other line 5/3 of its bytes (it keeps its raw, about twice its bytes
+    in objects). A file of at most 3/5 of the budget is held whole without counting (what a conversation-month
+    usually is).
     """
 
     __slots__ = ("_cached", "_path", "_rest")
@@ -489,7 +489,7 @@ class DossierLines:
         self._cached: list[DossierLine] = []
         #: The byte offset of the first line not held (None: every line is held).
         self._rest: int | None = 0
-        if path.stat().st_size <= budget:
+        if path.stat().st_size * 5 <= budget * 3:
             self._cached = [_held(line) for line in self._stream(0)]
             self._rest = None
         elif budget > 0:
@@ -506,11 +506,11 @@ class DossierLines:
             for raw in fh:
                 line = _parse_line(raw)
                 ev = line.event
-                cost = len(raw)
-                if ev is not None and ev.kind is Kind.MESSAGE and ev.raw:
-                    cost -= len(dumps(ev.raw))
+                if ev is not None and ev.kind is Kind.MESSAGE:
+                    charged += max(len(raw) - len(dumps(ev.raw)), HELD_LINE_MIN)
                     _SET_RAW(ev, _NO_RAW)
-                charged += max(cost, HELD_LINE_MIN)
+                else:
+                    charged += len(raw) * 5 // 3
                 if charged > budget:
                     return pos
                 pos += len(raw)
