@@ -552,8 +552,9 @@ def _parse_line(raw: bytes) -> DossierLine:
 
 
 def _entries(lines: DossierLines, state: DossierState) -> Iterator[TranscriptEntry]:
-    for line in lines:
-        yield TranscriptEntry(line.seq, line.event, line.withheld, state.media)
+    media, entry = state.media, tuple.__new__  # TranscriptEntry(seq, event, withheld, media), without its __new__
+    for seq, event, withheld in lines:
+        yield entry(TranscriptEntry, (seq, event, withheld, media))
 
 
 def _first_pass(lines: DossierLines, state: DossierState) -> tuple[DossierSummary, Lookahead]:
