@@ -11,11 +11,13 @@ forced on, and compares every file's SHA-256.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import shutil
 from datetime import tzinfo
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bridge.archive import render
+from bridge.archive.dossier import DossierSummary
 from bridge.archive.lookahead import Lookahead
 from bridge.archive.package import snapshot
 from bridge.archive.range import Month
@@ -122,6 +125,97 @@ def test_the_lean_entry_gives_the_general_transcript(
         mp.setattr(kinds, "LEAN", False)
         general = _transcript(entries, edited, deleted, ahead, tz)
     assert lean == general
+
+
+RAWS = st.dictionaries(
+    st.sampled_from(["type", "content", "event_id", "sender", "body"]), st.none() | TEXT | st.dictionaries(TEXT, TEXT)
+)
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(entries=months(), raws=st.lists(RAWS, min_size=14, max_size=14), ahead=st.booleans())
+def test_a_message_is_rendered_without_its_raw(
+    entries: list[TranscriptEntry], raws: list[dict[str, Any]], ahead: bool
+) -> None:
+    """`DossierLines` holds messages without their `raw`: the transcript (and the look-ahead and summary made of
+    the same events) must not read a message's `raw`. Every event of a month gets a `raw` (a type, content,
+    other keys); the transcript is the same bytes with every message's `raw` emptied."""
+    given = [
+        e._replace(event=dataclasses.replace(e.event, raw=raw)) if e.event is not None else e
+        for e, raw in zip(entries, raws, strict=False)
+    ]
+    bare = [
+        e._replace(event=dataclasses.replace(e.event, raw={}))
+        if e.event is not None and e.event.kind == Kind.MESSAGE
+        else e
+        for e in given
+    ]
+    tz = ZoneInfo("Europe/Amsterdam")
+    full = _transcript(given, {}, set(), ahead, tz)
+    assert _transcript(bare, {}, set(), ahead, tz) == full
+
+
+def _reference_first_pass(lines: list[render.DossierLine], targets: Any) -> tuple[DossierSummary, Lookahead]:
+    """What `render._first_pass` stands for: every event through `DossierSummary.add`, and `Lookahead.of`."""
+    summary = DossierSummary()
+
+    def events() -> Any:
+        for line in lines:
+            if line.event is None:
+                summary.withheld_count += 1
+            else:
+                summary.add(line.event)
+                yield line.event
+
+    return summary, Lookahead.of(events(), targets)
+
+
+def _comparable(ahead: Lookahead) -> tuple[object, ...]:
+    names = ahead.participants.names
+    return (dataclasses.replace(ahead, participants=None), list(names.items()))  # type: ignore[arg-type]
+
+
+@settings(suppress_health_check=[HealthCheck.too_slow])
+@given(
+    entries=months(),
+    replies=st.lists(st.booleans(), min_size=14, max_size=14),
+    targets=st.sets(st.integers(0, 13)),
+    names=st.lists(VALUES, min_size=14, max_size=14),
+)
+def test_the_first_pass_is_the_summary_and_the_lookahead(
+    entries: list[TranscriptEntry], replies: list[bool], targets: set[int], names: list[object]
+) -> None:
+    """`render._first_pass` (its common case inline) gives the same `DossierSummary` and `Lookahead` as every
+    event through `DossierSummary.add` and `Lookahead.of`: months of every kind, withheld lines, messages
+    relating to something, replies, Signal profile names of every type, edit targets from the writer."""
+    lines: list[render.DossierLine] = []
+    for e, reply, name in zip(entries, replies, names, strict=False):
+        ev = e.event
+        if e.withheld is not None or ev is None:
+            lines.append(render.DossierLine(e.seq, None, e.withheld))
+            continue
+        if ev.kind == Kind.MESSAGE and reply and ev.relates_to is None:
+            ev = dataclasses.replace(ev, relates_to=EventId("$e0"))  # a message relating to something
+        if ev.kind == Kind.MESSAGE and name is not None:
+            ev = dataclasses.replace(ev, content={**ev.content, "sender_name": name})
+        lines.append(render.DossierLine(e.seq, ev, None))
+    named = {ev.relates_to for line in lines if (ev := line.event) is not None and ev.kind == Kind.EDIT}
+    edited = {target: "$x" for target in (*(f"$e{i}" for i in targets), *named) if target is not None}
+    state: Any = SimpleNamespace(edited=edited)
+    summary, ahead = render._first_pass(lines, state)  # type: ignore[arg-type]
+    want_summary, want_ahead = _reference_first_pass(lines, edited.keys())
+    assert summary == want_summary
+    assert _comparable(ahead) == _comparable(want_ahead)
+
+
+def test_an_unknown_event_is_rendered_with_its_raw() -> None:
+    """What `test_a_message_is_rendered_without_its_raw` relies on: an event the transcript has no view of shows
+    its `raw` (its type), so a `raw` that is read changes the transcript."""
+    ev = Event(MATRIX, ConversationId("!r:example.org"), EventId("$u"), Kind.UNKNOWN, SenderId("@a:x"), T0, T0)
+    typed = dataclasses.replace(ev, raw={"type": "org.example.nieuw"})
+    tz = ZoneInfo("UTC")
+    shown = [_transcript([TranscriptEntry(1, e, None, {})], {}, set(), True, tz) for e in (ev, typed)]
+    assert b"org.example.nieuw" in shown[1] and shown[0] != shown[1]
 
 
 @settings(suppress_health_check=[HealthCheck.too_slow])
@@ -265,21 +359,58 @@ def _read(lines: Any) -> tuple[str, object]:
         return ("error", (type(exc), str(exc)))
 
 
+def _twice(path: Path, budget: int | None) -> tuple[str, object]:
+    """The lines of a second pass over one `DossierLines` (rendering takes two), after a first one."""
+    try:
+        lines = render.DossierLines(path, cache_bytes=budget)
+        first = list(lines)
+    except Exception as exc:
+        return ("error", (type(exc), str(exc)))
+    second = _read(lambda: lines)
+    assert second == ("lines", first)
+    return second
+
+
+def _bare(result: tuple[str, object]) -> tuple[str, object]:
+    """`result` with every message's `raw` emptied (as `DossierLines` holds them)."""
+    kind, lines = result
+    if kind != "lines":
+        return result
+    assert isinstance(lines, list)
+    return kind, [
+        line._replace(event=dataclasses.replace(ev, raw={}))
+        if (ev := line.event) is not None and ev.kind == Kind.MESSAGE
+        else line
+        for line in lines
+    ]
+
+
 def test_dossier_lines_are_each_line_parsed_by_dossier_line_parse(made: LogDir, tmp_path: Path) -> None:
     """`DossierLines` (its common case inline) gives, for every line of January's dossiers (plain messages, an
     edit, a deletion, an image, a withheld tombstone) and for lines that are no event line at all, what
-    `DossierLine.parse` gives line by line, or the same error, streamed and held alike."""
+    `DossierLine.parse` gives line by line, or the same error, streamed, held and held in part, pass after pass;
+    held messages without their `raw`, every other event as parsed."""
     shutil.copytree(made.data_dir, tmp_path / "data")
     log = LogDir(tmp_path / "data", made.key_file, made.keys)
     pkg = snapshot(log.data_dir, log.keys, Month(2024, 1), tmp_path / "jan", OPTIONS, seal=seal_for(log)).path
     files = sorted(pkg.rglob("events.jsonl"))
     lines = [line for f in files for line in f.read_bytes().splitlines(keepends=True)]
     assert any(b'"withheld":' in line for line in lines) and len(lines) > 5
+    parsed = [render.DossierLine.parse(line) for line in lines]
+    assert any(p.event is not None and p.event.kind == Kind.MESSAGE and p.event.raw for p in parsed)
+    assert any(p.event is not None and p.event.kind != Kind.MESSAGE and p.event.raw for p in parsed)
     odd = [b"[1]\n", b'{"seq":3}\n', b'{"seq":3,"event":{"v":1}}\n', b'{"withheld":null,"seq":4,"event":[]}\n', b"x\n"]
     cases = [lines, *([*lines[:2], bad] for bad in odd)]
     for n, case in enumerate(cases):
         path = tmp_path / f"case{n}.jsonl"
         path.write_bytes(b"".join(case))
         want = _read(lambda: (render.DossierLine.parse(line) for line in case))  # noqa: B023  (read at once)
-        assert _read(lambda: render.DossierLines(path)) == want  # noqa: B023
-        assert _read(lambda: render.DossierLines(path, cache_bytes=0)) == want  # noqa: B023
+        assert _read(lambda: render.DossierLines(path, cache_bytes=0)) == want  # noqa: B023  (streamed: as parsed)
+        size = path.stat().st_size
+        # held whole, and held in part (budgets inside a line, at a line's charge, past it)
+        budgets = (None, 1, 767, 768, 769, 1024, 2048, size // 2, size - 1, size, size * 5 // 3, 10 * size)
+        for budget in budgets:
+            assert _bare(_read(lambda: render.DossierLines(path, cache_bytes=budget))) == _bare(want), budget  # noqa: B023
+            assert _bare(_twice(path, budget)) == _bare(want), budget
+        if n == 0:  # held whole: no message keeps its raw, every other event does
+            assert _twice(path, None) == _bare(want) != want

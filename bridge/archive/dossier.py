@@ -64,6 +64,16 @@ class DossierSummary:
         elif event.kind == Kind.DELETION:
             self._detail("Verwijdering in chat", at, event, f"bericht {event.relates_to} verwijderd; origineel bewaard")
 
+    @property
+    def senders(self) -> set[tuple[str, str]]:
+        """(source, sender) of everyone who sent something (not withheld) so far."""
+        return self._senders
+
+    @property
+    def created(self) -> bool:
+        """Whether the month's first message or attachment is in ("Creatie")."""
+        return self._created
+
     def _learn_name(self, event: Event) -> None:
         target, name = event.content.get("target"), event.content.get("displayname")
         if isinstance(target, str) and isinstance(name, str) and name:

@@ -148,6 +148,13 @@ class Lookahead:
                 senders[ev.event_id] = ev.sender
             if ev.kind == Kind.EDIT and ev.relates_to is not None:
                 edits.append(ev)
+        ahead.settle(senders, edits)
+        return ahead
+
+    def settle(self, senders: Mapping[str, str | None], edits: Iterable[Event]) -> None:
+        """The end of `of`'s pass: each edit (in log order) marks its original as edited when their senders match
+        (`senders`: the original's sender by event id, of the edit targets seen), else is a rejected attempt."""
+        ahead = self
         for edit in edits:
             edit_id, sender, target = edit.event_id, edit.sender, edit.relates_to or ""
             if target not in senders:
@@ -159,7 +166,6 @@ class Lookahead:
             else:
                 ahead.rejected[edit_id] = original or "(no sender)"
                 ahead.attempts.setdefault(target, []).append(edit_id)
-        return ahead
 
     def _observe(self, ev: Event) -> None:
         if ev.sender is not None:

@@ -75,6 +75,11 @@ class Participants:
         if name:
             names.add(name)
 
+    @property
+    def names(self) -> dict[str, set[str]]:
+        """Id -> the display names seen, in order of first appearance (what `add` fills)."""
+        return self._names
+
     def add_all(self, ids: Iterable[str]) -> None:
         for user_id in ids:
             self.add(user_id)

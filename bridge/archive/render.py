@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import gc
+import itertools
 import os
 import pickle
 import posixpath
@@ -53,9 +54,10 @@ MONTHS_NL = (
     "juli", "augustus", "september", "oktober", "november", "december",
 )  # fmt: skip
 NAMED_PARTICIPANTS = 4  # a dossier's name lists this many participants, then "en N anderen"
-#: A dossier's events.jsonl up to this size is parsed once and held for rendering's two passes; a larger
-#: one is parsed on each pass (memory stays bounded).
-LINE_CACHE_BYTES = 24 << 20
+#: Bytes of a dossier's events.jsonl parsed once and held for rendering's two passes (see `DossierLines`: a
+#: message is charged its bytes without its raw, any other line 5/3 of its bytes); the rest of a larger one is
+#: parsed on each pass, so memory stays bounded: ~57 MB held at most for `bench/snapshot.py`'s lines.
+LINE_CACHE_BYTES = 40 << 20
 #: Rendering uses worker processes only for packages whose event files hold at least this many bytes (starting
 #: an interpreter costs about as much as rendering a few megabytes).
 POOL_MIN_BYTES = 8 << 20
@@ -458,25 +460,67 @@ class DossierLine(NamedTuple):
         return cls(d["seq"], event_of(d["event"]), None)
 
 
+#: A held message's charge against the budget is at least this many bytes (its objects cost several hundred
+#: bytes whatever its size), so the number of lines held stays bounded too.
+HELD_LINE_MIN = 768
+_NO_RAW: dict[str, Any] = {}  # what a held message's `raw` becomes (never read: see `DossierLines`)
+_SET_RAW = _SET[_EVENT_FIELDS.index("raw")]
+
+
 class DossierLines:
     """The parsed lines of a dossier's events.jsonl, iterable more than once (rendering takes two passes:
     `_first_pass` and the transcript).
 
-    A file of at most `cache_bytes` is read and parsed once and held (what a
-    conversation-month usually is); a larger one is streamed and parsed again
-    on every pass, so memory stays bounded whatever one conversation holds.
+    The file's first lines are parsed once and held, up to `cache_bytes` (default `LINE_CACHE_BYTES`) of charges;
+    the rest, if any, is streamed and parsed again on every pass, so memory stays bounded whatever one
+    conversation holds. A held message (`Kind.MESSAGE`) keeps no `raw` (it becomes `{}`): rendering reads `raw`
+    only for an event of a kind it has no view of (`transcript.kinds`), so the dict and strings of the original
+    event, often half of a line, are not held. The charges follow the memory held: a message its bytes without
+    its raw (at least `HELD_LINE_MIN`), any other line 5/3 of its bytes (it keeps its raw, about twice its bytes
+    in objects). A file of at most 3/5 of the budget is held whole without counting (what a conversation-month
+    usually is).
     """
 
-    __slots__ = ("_cached", "_path")
+    __slots__ = ("_cached", "_path", "_rest")
 
-    def __init__(self, path: Path, cache_bytes: int = LINE_CACHE_BYTES) -> None:
+    def __init__(self, path: Path, cache_bytes: int | None = None) -> None:
         self._path = path
-        self._cached: list[DossierLine] | None = None
-        if path.stat().st_size <= cache_bytes:
-            self._cached = list(self._stream())
+        budget = LINE_CACHE_BYTES if cache_bytes is None else cache_bytes
+        self._cached: list[DossierLine] = []
+        #: The byte offset of the first line not held (None: every line is held).
+        self._rest: int | None = 0
+        if path.stat().st_size * 5 <= budget * 3:
+            self._cached = [_held(line) for line in self._stream(0)]
+            self._rest = None
+        elif budget > 0:
+            self._rest = self._hold(budget)
 
-    def _stream(self) -> Iterator[DossierLine]:
+    def _hold(self, budget: int) -> int | None:
+        """Parse and hold the file's first lines, up to `budget` bytes of charges; the offset of the first line
+        not held (None: all were)."""
+        held = self._cached
+        dumps = orjson.dumps
+        charged = 0
         with self._path.open("rb") as fh:
+            pos = 0
+            for raw in fh:
+                line = _parse_line(raw)
+                ev = line.event
+                if ev is not None and ev.kind is Kind.MESSAGE:
+                    charged += max(len(raw) - len(dumps(ev.raw)), HELD_LINE_MIN)
+                    _SET_RAW(ev, _NO_RAW)
+                else:
+                    charged += len(raw) * 5 // 3
+                if charged > budget:
+                    return pos
+                pos += len(raw)
+                held.append(line)
+        return None
+
+    def _stream(self, offset: int) -> Iterator[DossierLine]:
+        with self._path.open("rb") as fh:
+            if offset:
+                fh.seek(offset)
             loads, event, line = orjson.loads, event_of, tuple.__new__
             for raw in fh:
                 d = loads(raw)
@@ -486,29 +530,84 @@ class DossierLines:
                     yield DossierLine.parse(raw)
 
     def __iter__(self) -> Iterator[DossierLine]:
-        return iter(self._cached) if self._cached is not None else self._stream()
+        if self._rest is None:
+            return iter(self._cached)
+        return itertools.chain(self._cached, self._stream(self._rest))
+
+
+def _held(line: DossierLine) -> DossierLine:
+    """`line` as `DossierLines` holds it: a message without its `raw`."""
+    ev = line.event
+    if ev is not None and ev.kind is Kind.MESSAGE and ev.raw:
+        _SET_RAW(ev, _NO_RAW)
+    return line
+
+
+def _parse_line(raw: bytes) -> DossierLine:
+    """`DossierLine.parse(raw)`, its common case inline (as `DossierLines._stream`)."""
+    d = orjson.loads(raw)
+    if type(d) is dict and d.get("withheld") is None:
+        return tuple.__new__(DossierLine, (d["seq"], event_of(d["event"]), None))
+    return DossierLine.parse(raw)
 
 
 def _entries(lines: DossierLines, state: DossierState) -> Iterator[TranscriptEntry]:
-    for line in lines:
-        yield TranscriptEntry(line.seq, line.event, line.withheld, state.media)
+    media, entry = state.media, tuple.__new__  # TranscriptEntry(seq, event, withheld, media), without its __new__
+    for seq, event, withheld in lines:
+        yield entry(TranscriptEntry, (seq, event, withheld, media))
 
 
 def _first_pass(lines: DossierLines, state: DossierState) -> tuple[DossierSummary, Lookahead]:
     """One pass over the dossier before its transcript: the participants, MDTO events, withheld count and own
     dates (the title names the participants), and the transcript's lookahead (polls, edits, participants;
-    tombstones skipped). One pass, not two: a dossier larger than `LINE_CACHE_BYTES` is parsed once per pass."""
+    tombstones skipped). One pass, not two: a dossier larger than `LINE_CACHE_BYTES` is parsed once per pass.
+
+    What `DossierSummary.add` and `Lookahead.of(events, state.edited.keys())` make of the events, in one loop;
+    a message relating to nothing, once the month's first message is in (the common case), is taken inline by
+    what those two do for it: its sender (with a Signal profile name) among the senders and participants, its
+    own time in the dates, the event it replies to quoted, and its sender kept if an edit names it. Every other
+    event goes through `add` and `_observe`. A property test pins that both give the same objects."""
     summary = DossierSummary()
-
-    def events() -> Iterator[Event]:
-        for line in lines:
-            if line.event is None:
-                summary.withheld_count += 1
-            else:
-                summary.add(line.event)
-                yield line.event
-
-    ahead = Lookahead.of(events(), state.edited.keys())
+    ahead = Lookahead(checks_edits=True)
+    targets = state.edited.keys()
+    senders: dict[str, str | None] = {}
+    edits: list[Event] = []
+    message, edit = Kind.MESSAGE, Kind.EDIT
+    people, participants, quoted = summary.senders, ahead.participants, ahead.quoted
+    known = participants.names
+    created = False  # summary.created, read again after each event `add` takes
+    for line in lines:
+        ev = line.event
+        if ev is None:
+            summary.withheld_count += 1
+            continue
+        if ev.kind is message and ev.relates_to is None and created:
+            sender, c = ev.sender, ev.content
+            if sender is not None:
+                people.add((ev.source, sender))
+                name = c.get("sender_name")
+                names = known.get(sender)
+                if names is None:
+                    participants.add(sender, name if isinstance(name, str) else None)
+                elif name and isinstance(name, str):
+                    names.add(name)
+            sent, received = ev.sent_at, ev.received_at
+            own = sent if sent is not None and sent <= received else received  # dossier._own_time
+            if own < summary.first_ms:  # type: ignore[operator]  # set by the month's first message
+                summary.first_ms = own
+            if own > summary.last_ms:  # type: ignore[operator]
+                summary.last_ms = own
+            if isinstance(reply := c.get("reply_to"), str):
+                quoted.add(reply)
+        else:
+            summary.add(ev)
+            created = summary.created
+            ahead._observe(ev)
+            if ev.kind == edit and ev.relates_to is not None:
+                edits.append(ev)
+        if ev.event_id in targets:
+            senders[ev.event_id] = ev.sender
+    ahead.settle(senders, edits)
     return summary, ahead
 
 

@@ -243,7 +243,8 @@ def chunk_frame(
     if other_lines:
         entries.append(Others(b"".join(other_lines), len(other_lines)))
     joined = b"".join(leaves)
-    lines = b"".join(leaf.hex().encode("ascii") + b"\n" for leaf in leaves)
+    # each leaf's hex and a newline, in one call: the leaves are 32 bytes each, so every separator ends a leaf
+    lines = joined.hex("\n", merkle.HASH_SIZE).encode("ascii") + b"\n" if joined else b""
     return Frame(joined, lines, entries, error, merkle.subtrees_of(start, joined))
 
 
