@@ -15,24 +15,17 @@ The pure bookkeeping (`Confirmations`) is tested on its own with a fake clock, i
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from pathlib import Path
 
-import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bridge.dev.synapse import SYNAPSE_MODULE_DIR
 from bridge.events import Kind
 from bridge.sources.matrix.confirm import UNCONFIRMED, Confirmations, Spooled
-from bridge.sources.matrix.spool import HEADER, files
 from tests.support.officials import Official, poll_until
-from tests.support.spool import SpoolBot, SpoolServer, frame_events, minister, spool_synapse
-
-sys.path.insert(0, str(SYNAPSE_MODULE_DIR))
-from chatarchief_synapse.spool import encode_frame
+from tests.support.spool import SpoolBot, SpoolServer, append_frame, frame_events, minister, spool_synapse
 
 __all__ = ["minister", "spool_synapse"]  # fixtures used by name
 
@@ -152,12 +145,6 @@ def test_what_is_questioned_is_exactly_what_the_model_says(ops: list[tuple[str, 
 def forge(spool: SpoolServer, room_id: str, sender: str, body: str) -> str:
     """What an insider with write access to the spool directory and the module's config (the public key) does:
     seal a message of their own making and append it to the newest spool file, next in sequence."""
-    newest = spool.spool_dir / files(spool.spool_dir)[-1]
-    data = newest.read_bytes()
-    seq, at = 0, 0
-    while at < len(data):  # walk the clear headers to the last frame's seq
-        _, _, _, _, seq, _, length = HEADER.unpack_from(data, at)
-        at += HEADER.size + length + 4
     event_id = f"$forged{int(time.time() * 1000)}"
     event = {
         "event_id": event_id,
@@ -167,9 +154,7 @@ def forge(spool: SpoolServer, room_id: str, sender: str, body: str) -> str:
         "origin_server_ts": int(time.time() * 1000),
         "content": {"msgtype": "m.text", "body": body},
     }
-    public = spool.key.public_key()  # what the module's config holds
-    with newest.open("ab") as fh:
-        fh.write(encode_frame(public, seq + 1, int(time.time() * 1000), orjson.dumps(event)))
+    append_frame(spool, event)
     return event_id
 
 

@@ -259,10 +259,10 @@ async def test_an_unreadable_spool_is_an_alert_not_a_crash_and_reading_resumes(
     spool_dir.write_text("not a directory")
     sink, stop = DedupSink(), asyncio.Event()
 
-    async def as_events(raws: list[dict[str, Any]]) -> list[Any]:
+    async def as_events(raws: list[dict[str, Any]]) -> tuple[list[Any], dict[int, str]]:
         from bridge.sources.matrix.normalise import normalise
 
-        return [normalise(r, room_id=r.pop("room_id"), received_at=1) for r in raws]
+        return [normalise(r, room_id=r.pop("room_id"), received_at=1) for r in raws], {}
 
     caplog.set_level(logging.ERROR, logger="bridge.sources.matrix.spool")
     task = asyncio.create_task(reader.tail(spool_dir, KEY, sink, "@a:x", as_events, stop, 0.001))

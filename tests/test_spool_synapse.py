@@ -12,6 +12,7 @@ import hashlib
 import io
 import logging
 import os
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from bridge.events import Kind
 from bridge.sources.matrix import MatrixSource
 from tests.support.archiver_module import ARCHIVER, OUTSIDERS, login
 from tests.support.officials import Official, ok, poll_until
-from tests.support.spool import SpoolBot, SpoolServer, frame_events, minister, spool_synapse
+from tests.support.spool import SpoolBot, SpoolServer, append_frame, frame_events, minister, spool_synapse
 
 __all__ = ["minister", "spool_synapse"]  # fixtures used by name
 
@@ -178,6 +179,32 @@ async def test_encrypted_room_messages_are_durable_through_the_spool_while_the_s
     await poll_until(lambda: set(sent) <= set(bot.seen.by_label.get("matrix", [])), timeout=30)
     assert [bot.count(i) for i in sent] == [1, 1, 1]
     assert_no_conflicting_versions(bot, room_id)
+
+
+async def test_a_replayed_encrypted_frame_is_refused_with_an_alert_and_kept_as_a_notice(
+    bot: SpoolBot, minister: Official, spool_synapse: SpoolServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The attack: an insider who can write the spool (and read the public key in the module's config) takes
+    a genuine encrypted frame and seals it again under a new event id, next in sequence: the same Megolm
+    ciphertext, which the bot's own room key decrypts, now claiming to be a second message. nio's replay check
+    refuses it (that session's message index was decrypted under the real event id); the bot records no
+    message for it, logs an ALERT and keeps the frame as a `spool_frame_unreadable` notice naming the replay."""
+    await bot.start()
+    room_id, _ = await _encrypted_room_with_a_shared_key(bot, minister)
+    real = await minister.send_text(room_id, "echt vertrouwelijk besluit")
+    await bot.wait_stored([real])
+    (genuine,) = [e for e in frame_events(spool_synapse.frames()) if e["event_id"] == real]
+
+    caplog.set_level(logging.ERROR, logger="bridge.sources.matrix.spool")
+    replayed = f"$replayed{time.time_ns()}"
+    file, offset = append_frame(spool_synapse, {**genuine, "event_id": replayed})
+    notice_id = f"spool:{file}:{offset}"
+    await bot.wait_stored([notice_id])
+    notice = next(e for e in bot.records() if e.event_id == notice_id)
+    assert notice.kind is Kind.NOTICE and notice.content["notice"] == "spool_frame_unreadable"
+    assert notice.content["reason"].startswith("replayed") and notice.content["event_id"] == replayed
+    assert bot.count(replayed) == 0
+    assert any("ALERT matrix spool" in r.getMessage() for r in caplog.records)
 
 
 async def test_an_encrypted_frame_the_bot_has_no_key_for_is_left_to_the_sync_loop(

@@ -13,16 +13,19 @@ import asyncio
 import base64
 import contextlib
 import os
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from bridge.capture import LogSink
-from bridge.dev.synapse import SynapseServer, archiver_module_config
+from bridge.dev.synapse import SYNAPSE_MODULE_DIR, SynapseServer, archiver_module_config
 from bridge.events import Event
 from bridge.log import keys as keyfile
 from bridge.log.keys import KeyMaterial
@@ -30,7 +33,7 @@ from bridge.log.reader import iter_events
 from bridge.log.schema import initialise
 from bridge.log.store import LogStore
 from bridge.sources.matrix import MatrixSource
-from bridge.sources.matrix.spool import Frame, Position, read
+from bridge.sources.matrix.spool import HEADER, TRAILER, Frame, Position, files, read
 from tests.support.archiver_module import (
     ADMINS,
     ARCHIVER,
@@ -191,3 +194,21 @@ class SpoolBot:
 
 def frame_events(frames: Sequence[Frame]) -> list[dict[str, Any]]:
     return [f.event for f in frames if f.event is not None]
+
+
+def append_frame(spool: SpoolServer, event: dict[str, Any]) -> tuple[str, int]:
+    """What an insider with write access to the spool directory and the module's config (the public key) does:
+    seal `event` and append it to the newest spool file, next in sequence; returns where (file, offset)."""
+    sys.path.insert(0, str(SYNAPSE_MODULE_DIR))
+    from chatarchief_synapse.spool import encode_frame
+
+    name = files(spool.spool_dir)[-1]
+    newest = spool.spool_dir / name
+    data = newest.read_bytes()
+    seq, at = 0, 0
+    while at < len(data):  # walk the clear headers to the last frame's seq
+        _, _, _, _, seq, _, length = HEADER.unpack_from(data, at)
+        at += HEADER.size + length + TRAILER.size
+    with newest.open("ab") as fh:
+        fh.write(encode_frame(spool.key.public_key(), seq + 1, int(time.time() * 1000), orjson.dumps(event)))
+    return name, at

@@ -33,6 +33,11 @@ from nio.exceptions import EncryptionError, LocalProtocolError
 log = logging.getLogger(__name__)
 
 LATE_SUFFIX = "#decrypted"
+#: `decrypt_one`'s reason for a ciphertext whose Megolm session and message index nio decrypted before under
+#: another event id (or time): the same message sent again as a new event, a replay.
+REPLAYED = "replayed: this Megolm message index was decrypted before under another event id"
+#: How nio's `decrypt_megolm_event` words that refusal (its only sign; `tests/test_spool_synapse.py` pins it).
+_NIO_REPLAY = "Duplicate message index"
 ENCRYPTED_TYPE = "m.room.encrypted"
 
 
@@ -54,14 +59,17 @@ def merge_decrypted(envelope: dict[str, Any], decrypted: Any) -> dict[str, Any]:
 def decrypt_one(client: AsyncClient, room_id: str, envelope: dict[str, Any]) -> tuple[Any | None, str]:
     """Decrypt one `m.room.encrypted` event as a timeline carries it (no `room_id`) with the Megolm sessions nio
     holds now: (nio's decrypted event, "") or (None, why not). Nothing is requested and nothing is recorded
-    here; nio's replay check (same session and message index under another event id) refuses a replay."""
+    here; nio's replay check (same session and message index under another event id) refuses a replay, with
+    the reason `REPLAYED`."""
     megolm = MegolmEvent.from_dict({**envelope, "room_id": room_id})
     if not isinstance(megolm, MegolmEvent):
         return None, "not a Megolm event nio can parse"
     megolm.room_id = room_id
     try:
         decrypted = client.decrypt_event(megolm)
-    except EncryptionError:
+    except EncryptionError as exc:
+        if str(exc).startswith(_NIO_REPLAY):
+            return None, REPLAYED
         return None, "the keys held do not decrypt it"
     if not getattr(decrypted, "decrypted", False):
         return None, "decrypted to a payload nio could not parse"

@@ -404,20 +404,23 @@ class MatrixSource:
         if directory is None or key is None or sink is None:
             return None
 
-        async def to_events(raws: list[dict[str, Any]]) -> list[Event]:
+        async def to_events(raws: list[dict[str, Any]]) -> tuple[list[Event], dict[int, str]]:
             # As the sync loop: timeline events carry no room_id; normalise, annotate, recover, media.
             kept: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
-            for raw in raws:
+            refused: dict[int, str] = {}
+            for n, raw in enumerate(raws):
                 room_id = str(raw.pop("room_id"))
                 await _with_prev_content(client, room_id, raw)
-                decrypted = self._spool_decrypted(client, room_id, raw)
+                decrypted, refusal = self._spool_decrypted(client, room_id, raw)
                 if decrypted is not None:
                     kept.append((room_id, raw, decrypted))
+                elif refusal is not None:
+                    refused[n] = refusal
             if any(decrypted for _, _, decrypted in kept):
                 await _query_new_devices(client)
             events = [self._bridges.annotate(self._normalise(client, *item)) for item in kept]
             events = [self._bridges.annotate(await recover_original(client, e)) for e in events]
-            return await self._with_media(client, events)
+            return await self._with_media(client, events), refused
 
         account = self.cfg.user_id or self.cfg.homeserver
         confirm = self._confirm
@@ -432,23 +435,29 @@ class MatrixSource:
         )  # fmt: skip
         return asyncio.create_task(spool, name="matrix-spool")
 
-    def _spool_decrypted(self, client: RawKeepingClient, room_id: str, raw: dict[str, Any]) -> dict[str, Any] | None:
+    def _spool_decrypted(
+        self, client: RawKeepingClient, room_id: str, raw: dict[str, Any]
+    ) -> tuple[dict[str, Any] | None, str | None]:
         """What `_normalise` needs to store a spooled event as the sync loop would: {} for a clear event, the
-        decryption of an encrypted one by the Megolm sessions the bot holds now, or None when it holds none that
-        decrypts it (the room key has not come yet): then the spool leaves the event to the sync loop, which
-        brings it with its key, requests a missing one and records it undecryptable if need be. Storing it
-        undecryptable from the spool instead would make the log keep that copy and drop the sync loop's
-        decrypted one as a duplicate."""
+        decryption of an encrypted one by the Megolm sessions the bot holds now; else None and why the frame is
+        refused, or None and None when the bot holds no key that decrypts it (the room key has not come yet).
+        Then the spool leaves the event to the sync loop, which brings it with its key, requests a missing one
+        and records it undecryptable if need be. Storing it undecryptable from the spool instead would make the
+        log keep that copy and drop the sync loop's decrypted one as a duplicate. Refused: a replay (a Megolm
+        message the bot decrypted before, sealed again under another event id: only an insider who can write
+        the spool does that), kept as a notice with an ALERT by the spool reader."""
         if raw.get("type") != crypto.ENCRYPTED_TYPE:
-            return {}
+            return {}, None
         plain, why = crypto.decrypt_one(client, room_id, raw)
         if plain is None:
+            if why == crypto.REPLAYED:
+                return None, why
             log.info(
                 "matrix spool: encrypted event left to the sync loop",
                 extra={"room_id": room_id, "event_id": raw.get("event_id"), "reason": why},
             )
-            return None
-        return {str(raw.get("event_id")): plain}
+            return None, None
+        return {str(raw.get("event_id")): plain}, None
 
     async def _catch_up_to_device(self, client: RawKeepingClient) -> None:
         """Collect this device's queued to-device messages (room keys) before resuming from a token another

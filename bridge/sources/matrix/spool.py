@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import os
 import struct
@@ -298,7 +299,7 @@ async def tail(
     key: X25519PrivateKey,
     sink: Sink,
     account: str,
-    to_events: Callable[[list[dict[str, Any]]], Awaitable[list[Event]]],
+    to_events: Callable[[list[dict[str, Any]]], Awaitable[tuple[list[Event], dict[int, str]]]],
     stop: asyncio.Event,
     poll_seconds: float = 0.005,
     batch: int = 64,
@@ -306,8 +307,9 @@ async def tail(
 ) -> None:
     """Append the spool's events to the log until `stop`, each batch with the position after it (ack after
     durable). `to_events` turns opened events into records exactly as the sync loop does (leaving out an encrypted
-    event the bot holds no key for yet: the sync loop brings it with its key); unreadable frames
-    become `problem_notice` records and an ALERT. Wakes up every `poll_seconds` (a stat of the current file).
+    event the bot holds no key for yet: the sync loop brings it with its key) and says which of them it
+    refuses (their index, and why: a replayed ciphertext); unreadable and refused frames become
+    `problem_notice` records and an ALERT. Wakes up every `poll_seconds` (a stat of the current file).
     `on_committed` is told the events of each committed batch (where their frames are: `confirm`)."""
     stored = await sink.load_cursor()
     try:
@@ -338,7 +340,12 @@ async def tail(
         if not frames and after == pos:
             await asyncio.sleep(poll_seconds)
             continue
-        events = await to_events([dict(f.event) for f in frames if f.event is not None])
+        opened = [(i, f.event) for i, f in enumerate(frames) if f.event is not None]
+        events, refused = await to_events([dict(event) for _, event in opened])
+        for n, why in refused.items():  # opened, but `to_events` will not record it (a replay): a problem too
+            i = opened[n][0]
+            problem = why if frames[i].problem is None else f"{frames[i].problem}; {why}"
+            frames[i] = dataclasses.replace(frames[i], problem=problem)
         at = now_ms()
         for frame in frames:
             if frame.problem is None:
