@@ -118,19 +118,9 @@ class TagFilter:
         self.update((tag,))
 
     def update(self, tags: Iterable[bytes]) -> None:
-        tags = tags if isinstance(tags, list | tuple) else list(tags)
-        words = _words(tags)
-        if words is None:
-            self._update_words((self._word(tag) for tag in tags), wide=True)
-        else:
-            self._update_words(words, wide=False)
-
-    def _update_words(self, words: Iterable[int], *, wide: bool) -> None:
-        """Set the three probe bits of each tag, from its probe word (`wide`: one int per tag, the probes its
-        32-bit words 0, 1, 2) or, from `_words`, its four 32-bit words (the fourth unused)."""
         bits, mask, capacity = self._parts[-1]
-        count, it = self._count, iter(words)
-        for a, b, c, _ in ((w, w >> 32, w >> 64, 0) for w in it) if wide else zip(it, it, it, it, strict=False):
+        count = self._count
+        for a, b, c, _ in self._probes(tags):
             if count >= capacity:
                 self._added += count
                 self._add_part(self._next_capacity(capacity))
@@ -146,16 +136,9 @@ class TagFilter:
     def hits(self, tags: Iterable[bytes]) -> list[bytes]:
         """`[t for t in tags if t in self]`: the tags the filter may hold (every tag it was given among them)."""
         tags = tags if isinstance(tags, list | tuple) else list(tags)
-        words = _words(tags)
-        if words is None:
-            wide = ((w, w >> 32, w >> 64, 0) for w in map(self._word, tags))
-            probes: Iterator[tuple[int, int, int, int]] = iter(wide)
-        else:
-            it = iter(words)
-            probes = zip(it, it, it, it, strict=False)
         out: list[bytes] = []
         parts = self._parts
-        for tag, (a, b, c, _) in zip(tags, probes, strict=False):
+        for tag, (a, b, c, _) in zip(tags, self._probes(tags), strict=True):
             for bits, mask, _ in parts:  # the first probe rules most tags out: the other two only then
                 x = a & mask
                 if bits[x >> 3] >> (x & 7) & 1:
@@ -166,6 +149,16 @@ class TagFilter:
                             out.append(tag)
                             break
         return out
+
+    def _probes(self, tags: Iterable[bytes]) -> Iterator[tuple[int, int, int, int]]:
+        """Each tag's probe words, unmasked: its 32-bit words 0, 1, 2 (and a fourth, unused), read from the bytes
+        of 16-byte tags (`_words`), else the low bits of `_word` and its shifts."""
+        tags = tags if isinstance(tags, list | tuple) else list(tags)
+        words = _words(tags)
+        if words is None:
+            return ((w, w >> 32, w >> 64, 0) for w in map(self._word, tags))
+        it = iter(words)
+        return zip(it, it, it, it, strict=True)
 
     def __contains__(self, tag: object) -> bool:
         return isinstance(tag, bytes) and bool(self.hits((tag,)))
