@@ -71,7 +71,9 @@ class Participants:
         self._names: dict[str, set[str]] = {}  # id -> display names seen
 
     def add(self, user_id: str, name: str | None = None) -> None:
-        names = self._names.setdefault(user_id, set())
+        names = self._names.get(user_id)
+        if names is None:  # not `setdefault`: it would make a set on every call (once per message rendered)
+            names = self._names[user_id] = set()
         if name:
             names.add(name)
 

@@ -574,7 +574,6 @@ def _first_pass(lines: DossierLines, state: DossierState) -> tuple[DossierSummar
     edits: list[Event] = []
     message, edit = Kind.MESSAGE, Kind.EDIT
     people, participants, quoted = summary.senders, ahead.participants, ahead.quoted
-    known = participants.names
     created = False  # summary.created, read again after each event `add` takes
     for line in lines:
         ev = line.event
@@ -586,11 +585,7 @@ def _first_pass(lines: DossierLines, state: DossierState) -> tuple[DossierSummar
             if sender is not None:
                 people.add((ev.source, sender))
                 name = c.get("sender_name")
-                names = known.get(sender)
-                if names is None:
-                    participants.add(sender, name if isinstance(name, str) else None)
-                elif name and isinstance(name, str):
-                    names.add(name)
+                participants.add(sender, name if isinstance(name, str) else None)
             sent, received = ev.sent_at, ev.received_at
             own = sent if sent is not None and sent <= received else received  # dossier._own_time
             if own < summary.first_ms:  # type: ignore[operator]  # set by the month's first message
