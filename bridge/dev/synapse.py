@@ -2,10 +2,13 @@
 
 Contract:
 - `SynapseServer(workdir)` owns `workdir` (config, signing key, SQLite, media,
-  log). `start()` writes the config once, spawns Synapse and returns when
-  `/_matrix/client/versions` answers; `stop()` sends SIGTERM and kills after a
-  timeout. A stopped server can be started again on the same data and port
-  (fault tests restart the homeserver mid-stream).
+  log). `start()` writes the config once, spawns Synapse and returns when the
+  server on its port serves *its* signing key (`/_matrix/key/v2/server`): a
+  port that was free when chosen can be taken by someone else before Synapse
+  binds it, and "something answers" is then not "ours answers". A port we chose
+  is chosen again (so read `url` after `start()`); a port the caller gave is
+  a clear error. `stop()` sends SIGTERM and kills after a timeout. A stopped server can be started again on
+  the same data and port (fault tests restart the homeserver mid-stream).
 - Synapse runs in its own interpreter, because it pins Twisted and friends:
   `$CHATARCHIEF_SYNAPSE_PYTHON`, else `<repo>/.venv-synapse/bin/python` when it
   exists, else the current interpreter (a `pip install .[demo]` install).
@@ -17,8 +20,9 @@ Contract:
 - The server is loopback-only, without federation, presence or URL previews,
   with every rate limit lifted: never expose it.
 
-Only the standard library is used (HTTP via urllib), so tests and the demo can
-share it without pulling test dependencies into the package.
+HTTP goes through urllib (and the signing key through `cryptography`, a
+dependency of the package anyway), so tests and the demo can share it without
+pulling test dependencies into the package.
 """
 
 from __future__ import annotations
@@ -37,10 +41,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from bridge.errors import ChatarchiefError
 
@@ -79,6 +86,10 @@ class DevServerError(ChatarchiefError):
     """The throwaway homeserver could not be set up, started or asked."""
 
 
+class _PortTaken(DevServerError):
+    """Our Synapse could not have the port: another process answers on it."""
+
+
 def default_synapse_python() -> str:
     """The interpreter that has `matrix-synapse` installed (see module docstring)."""
     env = os.environ.get(SYNAPSE_PYTHON_ENV)
@@ -90,22 +101,35 @@ def default_synapse_python() -> str:
     return sys.executable
 
 
+_HANDED_OUT: deque[int] = deque(maxlen=256)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A TCP port on 127.0.0.1 that was free a moment ago, and not one of the last 256 this process handed out
+    (servers made one after another and started later would otherwise be able to get the same one)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.append(port)
+            return port
 
 
-def write_signing_key(path: Path) -> None:
-    """Write a Synapse signing key (`ed25519 <version> <unpadded b64 seed>`).
+def write_signing_key(path: Path) -> tuple[str, str]:
+    """Write a Synapse signing key (`ed25519 <version> <unpadded b64 seed>`); its key id and public key
+    (unpadded base64), as `/_matrix/key/v2/server` will serve them.
 
     Same format as `synapse._scripts.generate_signing_key`, without paying for a
     second interpreter start (~1 s).
     """
-    seed = base64.b64encode(secrets.token_bytes(32)).decode("ascii").rstrip("=")
-    path.write_text(f"ed25519 a_{secrets.token_hex(2)} {seed}\n", encoding="ascii")
+    seed_bytes = secrets.token_bytes(32)
+    version = f"a_{secrets.token_hex(4)}"
+    seed = base64.b64encode(seed_bytes).decode("ascii").rstrip("=")
+    path.write_text(f"ed25519 {version} {seed}\n", encoding="ascii")
     path.chmod(0o600)
+    public = Ed25519PrivateKey.from_private_bytes(seed_bytes).public_key().public_bytes_raw()
+    return f"ed25519:{version}", base64.b64encode(public).decode("ascii").rstrip("=")
 
 
 def homeserver_config(workdir: Path, port: int, shared_secret: str) -> dict[str, Any]:
@@ -121,7 +145,8 @@ def homeserver_config(workdir: Path, port: int, shared_secret: str) -> dict[str,
                 "type": "http",
                 "tls": False,
                 "x_forwarded": False,
-                "resources": [{"names": ["client"], "compress": False}],
+                # `keys` serves /_matrix/key/v2/server: how `start()` knows the server on the port is ours
+                "resources": [{"names": ["client", "keys"], "compress": False}],
             }
         ],
         "database": {"name": "sqlite3", "args": {"database": str(workdir / "homeserver.db")}},
@@ -200,6 +225,9 @@ class SynapseServer:
         self.workdir = Path(workdir)
         self.python = python or default_synapse_python()
         self.port = port or free_port()
+        self._port_given = port is not None
+        self._identity: tuple[str, str] | None = None  # (key id, public key) of our signing key
+        self._started_once = False
         self.extra_config = dict(extra_config or {})
         self.archiver_module = dict(archiver_module) if archiver_module is not None else None
         self.shared_secret = secrets.token_hex(32)
@@ -229,7 +257,7 @@ class SynapseServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "media_store").mkdir(exist_ok=True)
         (self.workdir / "log.config").write_text(_log_config(self.workdir / "homeserver.log"))
-        write_signing_key(self.workdir / "signing.key")
+        self._identity = write_signing_key(self.workdir / "signing.key")
         config = homeserver_config(self.workdir, self.port, self.shared_secret)
         if self.archiver_module is not None:
             config["modules"] = [self.archiver_module]
@@ -238,9 +266,26 @@ class SynapseServer:
         self._configured = True
 
     def start(self, timeout: float = 60.0) -> None:
-        """Spawn Synapse and return once the client API answers."""
+        """Spawn Synapse and return once the server on its port is this one (it serves our signing key).
+
+        When another process holds the port: a port this object chose is chosen again (up to three times,
+        before the first start only, so a restart keeps its address), a port the caller gave is a
+        DevServerError that says so.
+        """
         if self.running:
             return
+        for attempt in range(3):
+            try:
+                self._spawn(timeout)
+            except _PortTaken as exc:
+                if self._port_given or self._started_once or attempt == 2:
+                    raise DevServerError(str(exc)) from None
+                self.port, self._configured = free_port(), False
+                continue
+            self._started_once = True
+            return
+
+    def _spawn(self, timeout: float) -> None:
         self._write_config()
         env = dict(os.environ)
         if self.archiver_module is not None:
@@ -261,19 +306,41 @@ class SynapseServer:
 
     def _wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
+        stranger = False  # something answered on our port that is not our Synapse
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
-                raise DevServerError(f"synapse exited with {self._proc.returncode} during start:\n{self.log_tail()}")
-            try:
-                versions = f"{self.url}/_matrix/client/versions"
-                with urllib.request.urlopen(versions, timeout=2) as resp:  # noqa: S310 - our loopback URL
-                    if resp.status == 200:
-                        return
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
+                code, self._proc = self._proc.returncode, None
+                if stranger or "Address already in use" in self.log_tail():
+                    raise _PortTaken(
+                        f"port {self.port} on 127.0.0.1 is in use by another server; "
+                        f"Synapse could not listen there and exited with {code}"
+                    )
+                raise DevServerError(f"synapse exited with {code} during start:\n{self.log_tail()}")
+            answer = self._ask_identity()
+            if answer is True:
+                return
+            stranger = stranger or answer is False
             time.sleep(0.1)
         self.stop()
-        raise DevServerError(f"synapse did not answer within {timeout:.0f}s:\n{self.log_tail()}")
+        elsewhere = f"\nanother server answers on port {self.port}" if stranger else ""
+        raise DevServerError(f"synapse did not answer within {timeout:.0f}s:{elsewhere}\n{self.log_tail()}")
+
+    def _ask_identity(self) -> bool | None:
+        """True when the server on our port serves our signing key, False when a server answers that is not
+        ours, None when nothing answers yet."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/_matrix/key/v2/server", timeout=2) as resp:  # noqa: S310 - our loopback URL
+                body = resp.read()
+        except urllib.error.HTTPError:
+            return False  # an HTTP server, but no key endpoint: not a Synapse we configured
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return None
+        try:
+            keys = json.loads(body).get("verify_keys", {})
+            key_id, public = self._identity or ("", "")
+            return bool(keys.get(key_id, {}).get("key") == public)
+        except (ValueError, AttributeError):
+            return False
 
     def stop(self, timeout: float = 15.0) -> None:
         """SIGTERM, then SIGKILL after `timeout` seconds. Idempotent."""
