@@ -40,6 +40,7 @@ from bridge.archive.package import ArchiveOptions, snapshot  # noqa: E402
 from bridge.archive.range import Month  # noqa: E402
 from bridge.archive.verify_package import verify_package  # noqa: E402
 from bridge.blobs import BlobStore  # noqa: E402
+from bridge.dev.synapse import free_port  # noqa: E402
 from bridge.events import MATRIX, Attachment, ConversationId, Event, EventId, Kind, SenderId  # noqa: E402
 from bridge.log import keys as keyfile  # noqa: E402
 from bridge.log import schema as schema_module  # noqa: E402
@@ -94,12 +95,6 @@ def build(workdir: Path, events: int, media: int, media_kib: int) -> tuple[Path,
 
     asyncio.run(go())
     return data_dir, keys
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_stand_in() -> tuple[subprocess.Popen[bytes], str]:

@@ -12,7 +12,6 @@ import contextlib
 import copy
 import json
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bridge.dev.synapse import free_port
 from bridge.log import keys as keyfile
 from tests.support.botrun import BotRun, chatarchief
 from tests.support.disk import fill, mounted_tmpfs
@@ -29,12 +29,6 @@ from tests.support.officials import poll_until
 from tests.support.signal_daemon import ACCOUNT, SignalDaemon, load_fixture
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import aiohttp
 
+from bridge.dev.synapse import free_port
 from bridge.log import keys as keyfile
 from tests.support.logview import LogView
 from tests.support.signal_daemon import ACCOUNT, SignalDaemon
 from tests.test_metrics_run import scrape, value
 from tests.test_signal_run import REPO, chatarchief, numbered, until
-from tests.test_witness_server import _free_port
 
 
 def cosigned_sizes(data_dir: Path) -> list[int]:
@@ -43,8 +43,8 @@ async def test_run_asks_the_witness_and_survives_its_absence(tmp_path: Path) -> 
     await daemon.start()
     secrets = tmp_path / "secrets"
     secrets.mkdir(mode=0o700)
-    port = _free_port()
-    metrics_base = f"http://127.0.0.1:{_free_port()}"
+    port = free_port()
+    metrics_base = f"http://127.0.0.1:{free_port()}"
     wdir = tmp_path / "witness"
     init_w = chatarchief("witness", "init", "--name", "witness.test.example/run", "--key-file", str(wdir / "w.key"))
     assert init_w.returncode == 0, init_w.stderr

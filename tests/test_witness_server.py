@@ -21,6 +21,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bridge.cli import app
+from bridge.dev.synapse import free_port
 from bridge.log import merkle
 from bridge.log.schema import initialise
 from bridge.log.store import CheckpointPolicy, LogStore
@@ -282,7 +283,7 @@ async def test_restart_loses_nothing(tmp_path: Path) -> None:
     await asyncio.to_thread(fill_log, log, 30)
     config, _ = make_witness(tmp_path, [log])
     config_file = tmp_path / "witness.toml"
-    port = _free_port()
+    port = free_port()
     config_file.write_text(
         f'key_file = "{config.key_file}"\nstate = "{config.state}"\nlisten = "127.0.0.1:{port}"\n'
         f'[[logs]]\norigin = "{log.keys.key_name}"\nvkeys = ["{log.keys.vkey()}"]\n'
@@ -294,14 +295,6 @@ async def test_restart_loses_nothing(tmp_path: Path) -> None:
     with witness_process(config_file) as url:
         status, body, _ = await post(url, AddCheckpoint(0, (), note).encode())
     assert (status, body) == (409, "32\n")
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 # -- a witness down ------------------------------------------------------------------------------------------

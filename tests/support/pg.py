@@ -16,7 +16,6 @@ import contextlib
 import glob
 import os
 import shutil
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -26,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from bridge.dev.synapse import free_port
 from bridge.log import db
 
 USER = "chatarchief"
@@ -41,12 +41,6 @@ def pg_bin(name: str) -> str:
     if not candidates:
         raise RuntimeError(f"{name} not found: apt-get install postgresql (see .ci/run)")
     return candidates[-1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class PgServer:
