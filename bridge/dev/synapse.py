@@ -7,8 +7,9 @@ Contract:
   port that was free when chosen can be taken by someone else before Synapse
   binds it, and "something answers" is then not "ours answers". A port we chose
   is chosen again (so read `url` after `start()`); a port the caller gave is
-  a clear error. `stop()` sends SIGTERM and kills after a timeout. A stopped server can be started again on
-  the same data and port (fault tests restart the homeserver mid-stream).
+  a clear error. `stop()` sends SIGTERM and kills after a timeout. A stopped
+  server can be started again on the same data and port (fault tests restart
+  the homeserver mid-stream).
 - Synapse runs in its own interpreter, because it pins Twisted and friends:
   `$CHATARCHIEF_SYNAPSE_PYTHON`, else `<repo>/.venv-synapse/bin/python` when it
   exists, else the current interpreter (a `pip install .[demo]` install).
@@ -277,9 +278,9 @@ class SynapseServer:
         for attempt in range(3):
             try:
                 self._spawn(timeout)
-            except _PortTaken as exc:
+            except _PortTaken:
                 if self._port_given or self._started_once or attempt == 2:
-                    raise DevServerError(str(exc)) from None
+                    raise
                 self.port, self._configured = free_port(), False
                 continue
             self._started_once = True
