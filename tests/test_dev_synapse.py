@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.server
 import json
+import socketserver
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,10 +37,21 @@ class _Stranger(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def stranger() -> Iterator[int]:
-    """A port on 127.0.0.1 held by a server that is not ours."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stranger)
+class _Banner(socketserver.BaseRequestHandler):
+    """A server that does not speak HTTP (an SSH-like banner), as a database or mail server on the port would."""
+
+    def handle(self) -> None:
+        self.request.sendall(b"SSH-2.0-elsewhere\r\n")
+
+
+@pytest.fixture(params=["http", "not http"])
+def stranger(request: pytest.FixtureRequest) -> Iterator[int]:
+    """A port on 127.0.0.1 held by a server that is not ours: one that answers HTTP, one that does not."""
+    server: socketserver.ThreadingTCPServer
+    if request.param == "http":
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stranger)
+    else:
+        server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Banner)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:

@@ -32,6 +32,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import http.client
 import json
 import os
 import secrets
@@ -332,8 +333,8 @@ class SynapseServer:
         try:
             with urllib.request.urlopen(f"{self.url}/_matrix/key/v2/server", timeout=2) as resp:  # noqa: S310 - our loopback URL
                 body = resp.read()
-        except urllib.error.HTTPError:
-            return False  # an HTTP server, but no key endpoint: not a Synapse we configured
+        except (urllib.error.HTTPError, http.client.HTTPException):
+            return False  # no key endpoint, or not HTTP at all: not a Synapse we configured
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             return None
         try:
